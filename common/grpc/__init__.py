@@ -1,0 +1,1 @@
+"""gRPC transport building blocks shared by every service."""

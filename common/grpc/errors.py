@@ -1,0 +1,142 @@
+"""The one table that maps domain errors to gRPC status codes, and the interceptor applying it.
+
+Servicers hold no try/except: they raise domain errors and this interceptor turns them into a
+status with rich details (google.rpc.ErrorInfo always, google.rpc.BadRequest for field
+violations). Anything unexpected becomes INTERNAL with a request id and no internals; the
+traceback goes to the log, never to the caller.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import redis.exceptions
+import sqlalchemy.exc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_interceptor.server import AsyncServerInterceptor
+
+from common.errors import (
+    AlreadyExists,
+    ConcurrentUpdate,
+    DependencyUnavailable,
+    DomainError,
+    FailedPrecondition,
+    IdempotencyConflict,
+    NotFound,
+    ValidationError,
+)
+
+log = structlog.get_logger(__name__)
+
+ERROR_DOMAIN = "paysuite.dev"
+
+# Most specific first: the first matching class wins.
+STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (IdempotencyConflict, grpc.StatusCode.ALREADY_EXISTS),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConcurrentUpdate, grpc.StatusCode.ABORTED),
+    (DependencyUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
+    # Infrastructure failures that reach the edge mean a dependency is down, not a bug:
+    # UNAVAILABLE tells clients that retrying the same idempotent request is right.
+    (sqlalchemy.exc.OperationalError, grpc.StatusCode.UNAVAILABLE),
+    (sqlalchemy.exc.InterfaceError, grpc.StatusCode.UNAVAILABLE),
+    (redis.exceptions.ConnectionError, grpc.StatusCode.UNAVAILABLE),
+    (TimeoutError, grpc.StatusCode.UNAVAILABLE),
+)
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+
+def status_for(exc: Exception) -> grpc.StatusCode:
+    for error_type, code in STATUS_BY_ERROR:
+        if isinstance(exc, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _message(exc: Exception, code: grpc.StatusCode, request_id: str) -> str:
+    if isinstance(exc, DomainError):
+        return exc.message
+    if code is grpc.StatusCode.UNIMPLEMENTED:
+        return str(exc) or "not implemented yet"
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return f"a dependency is unavailable, retry later (request id {request_id})"
+    return f"internal error (request id {request_id})"
+
+
+def rich_status(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str, bytes]:
+    code = status_for(exc)
+    message = _message(exc, code, request_id)
+    reason = exc.reason if isinstance(exc, DomainError) else code.name
+    details = [
+        error_details_pb2.ErrorInfo(
+            reason=reason, domain=ERROR_DOMAIN, metadata={"request_id": request_id}
+        )
+    ]
+    if isinstance(exc, ValidationError):
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in exc.violations
+                ]
+            )
+        )
+    packed = []
+    for detail in details:
+        holder = any_pb2.Any()
+        holder.Pack(detail)
+        packed.append(holder)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
+    return code, message, status.SerializeToString()
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return str(uuid.uuid4())
+
+
+class ErrorMappingInterceptor(AsyncServerInterceptor):
+    async def intercept(
+        self,
+        method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+        request_or_iterator: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method_name: str,
+    ) -> Any:
+        request_id = _request_id(context)
+        token = request_id_var.set(request_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method_name)
+        try:
+            response = method(request_or_iterator, context)
+            if hasattr(response, "__aiter__"):
+                return response
+            return await response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, message, details = rich_status(exc, request_id)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("rpc.internal_error")
+            else:
+                log.info("rpc.error", code=code.name, message=message)
+            await context.abort(
+                code, message, trailing_metadata=(("grpc-status-details-bin", details),)
+            )
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id", "rpc")
+            request_id_var.reset(token)

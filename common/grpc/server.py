@@ -1,0 +1,120 @@
+"""Server bootstrap: a grpc.aio server with error mapping, health and reflection, and the
+background tasks (outbox relay, stream consumers, readiness probe) that live beside it.
+
+`ServiceRuntime` is what each service's bootstrap builds; `serve()` is what `python -m <svc>`
+runs. Tests build a runtime on port 0 and start/stop it in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.grpc.errors import ErrorMappingInterceptor
+
+log = structlog.get_logger(__name__)
+
+Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+Check = Callable[[], Awaitable[None]]
+Closer = Callable[[], Awaitable[None]]
+Registrar = Callable[[grpc.aio.Server], None]
+
+HEALTH_INTERVAL_S = 2.0
+
+
+@dataclass
+class ServiceRuntime:
+    """A service process's parts: its server, what runs beside it, and how to close it."""
+
+    name: str
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: Sequence[str]
+    readiness_checks: Sequence[Check] = ()
+    background: list[Background] = field(default_factory=list)
+    closers: list[Closer] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await self._set_health(serving=False)
+        await self.server.start()
+        self._tasks = [asyncio.create_task(job(self._stop)) for job in self.background]
+        self._tasks.append(asyncio.create_task(self._probe_readiness()))
+        log.info("service.started", service=self.name, port=self.port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        self._stop.set()
+        await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for close in reversed(self.closers):
+            await close()
+        log.info("service.stopped", service=self.name)
+
+    async def _probe_readiness(self) -> None:
+        """SERVING only while every dependency answers: Kubernetes then routes around us."""
+        while not self._stop.is_set():
+            try:
+                for check in self.readiness_checks:
+                    await asyncio.wait_for(check(), timeout=HEALTH_INTERVAL_S)
+                await self._set_health(serving=True)
+            except Exception as exc:
+                log.warning("service.not_ready", service=self.name, error=repr(exc))
+                await self._set_health(serving=False)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=HEALTH_INTERVAL_S)
+
+    async def _set_health(self, *, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+
+def create_server(
+    address: str, *, registrars: Sequence[Registrar], service_names: Sequence[str]
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A server with our interceptors, health and reflection, bound to `address` (port 0 ok)."""
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor()],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    for register in registrars:
+        register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind gRPC server to {address}")
+    return server, port, health_servicer
+
+
+async def run_until_signalled(runtime: ServiceRuntime, *, grace: float) -> None:
+    """Starts the runtime, waits for SIGTERM/SIGINT, then drains in-flight calls and stops."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runtime.start()
+    await stop.wait()
+    log.info("service.stopping", service=runtime.name, grace_s=grace)
+    await runtime.stop(grace)

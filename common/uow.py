@@ -1,0 +1,71 @@
+"""The unit of work: one database transaction per use case, which also writes the outbox.
+
+Aggregates collect the domain events they cause; repositories `track` the aggregates they
+hand out; at commit the unit of work turns every collected event into an envelope and writes
+it to the outbox in the same transaction as the state change (invariant 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from common.events import OutgoingEvent
+from common.outbox import write_outbox
+
+
+class EventSource(Protocol):
+    def pull_events(self) -> list[Any]: ...
+
+
+EventMapper = Callable[[Any], OutgoingEvent]
+
+
+class SqlUnitOfWork:
+    conn: AsyncConnection
+
+    def __init__(self, engine: AsyncEngine, to_outgoing: EventMapper) -> None:
+        self._engine = engine
+        self._to_outgoing = to_outgoing
+        self._tracked: list[EventSource] = []
+        self._extra: list[OutgoingEvent] = []
+
+    async def __aenter__(self) -> Self:
+        self.conn = await self._engine.connect()
+        await self.conn.begin()
+        self._tracked = []
+        self._extra = []
+        self._open()
+        return self
+
+    def _open(self) -> None:
+        """Subclasses build their repositories on `self.conn` here."""
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self.conn.in_transaction():
+                await self.conn.rollback()
+        finally:
+            await self.conn.close()
+
+    def track(self, aggregate: EventSource) -> None:
+        if not any(aggregate is seen for seen in self._tracked):
+            self._tracked.append(aggregate)
+
+    def emit(self, event: OutgoingEvent) -> None:
+        """An event that belongs to no aggregate of this service."""
+        self._extra.append(event)
+
+    async def commit(self) -> None:
+        events = [self._to_outgoing(e) for agg in self._tracked for e in agg.pull_events()]
+        await write_outbox(self.conn, [*events, *self._extra])
+        await self.conn.commit()
+        self._tracked, self._extra = [], []
