@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Development-only Standard Webhooks secret shared by the simulator and the webhook adapter.
 # Deployments must set PAYSUITE_WEBHOOK_SECRET.
-DEV_WEBHOOK_SECRET = "whsec_cGF5c3VpdGUtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="
+DEV_WEBHOOK_SECRET = "whsec_cGF5c3VpdGUtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="  # noqa: S105 - public dev value
 
 ENDPOINTS_FILE = "endpoints.json"
 

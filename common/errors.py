@@ -14,7 +14,13 @@ to gRPC status codes (common.grpc.errors) and HTTP statuses; domain code never k
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +90,19 @@ def require(value: str, field: str, *, max_length: int = 128) -> str:
     if not value.isprintable():
         raise ValidationError(FieldViolation(field, "must contain printable characters only"))
     return value
+
+
+async def retry_on_conflict(operation: Callable[[], Awaitable[T]], *, attempts: int = 3) -> T:
+    """Re-runs a whole unit of work that lost a race (a unique key taken meanwhile).
+
+    The second run normally finds the winner's row and answers as an idempotent replay.
+    """
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(ConcurrentUpdate),
+        stop=stop_after_attempt(attempts),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await operation()
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from google.protobuf import message as pb_message
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from common.ids import new_id
-from paysuite.common.v1 import money_pb2
 from paysuite.events.v1 import events_pb2
 
-from .money import Money
+from common.grpc.convert import money_to_proto
+from common.ids import new_id
+
+__all__ = ["money_to_proto"]  # re-exported for the event mappers
 
 PAYMENT_STREAM = "paysuite.payment.events"
 WALLET_STREAM = "paysuite.wallet.events"
@@ -52,13 +51,3 @@ def make_envelope(
     envelope.occurred_at.GetCurrentTime()
     envelope.payload.Pack(payload)
     return envelope
-
-
-def money_to_proto(money: Money) -> money_pb2.Money:
-    return money_pb2.Money(amount_minor=money.amount_minor, currency=money.currency)
-
-
-def timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts

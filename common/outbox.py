@@ -136,10 +136,10 @@ class OutboxRelay:
                 await _wait_any(stop, stop, self._poll_interval_s)
 
 
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
     waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())}
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()

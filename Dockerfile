@@ -1,0 +1,79 @@
+# syntax=docker/dockerfile:1.7
+#
+# One image for every paysuite process; the process is picked by the module given as the
+# container's arguments:
+#
+#   docker run ghcr.io/paysuite/paysuite:dev payment_service
+#   docker run ghcr.io/paysuite/paysuite:dev gateway_service.webhook
+#   docker run --entrypoint /usr/bin/tini ghcr.io/paysuite/paysuite:dev -- paysuite migrate
+#
+# Build:  docker build -t ghcr.io/paysuite/paysuite:dev .
+# Pin the base by digest for releases: --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:...
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---------------------------------------------------------------------------------------------
+# build: resolve nothing, download exactly what requirements.lock pins (hash-checked), then
+# install the project itself into the same virtualenv.
+# ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+
+# Dependencies first so this layer is reused until the lock changes. Every pinned package ships
+# a manylinux wheel, so --only-binary keeps compilers out of the build as well.
+COPY requirements.lock ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --require-hashes --only-binary=:all: -r requirements.lock
+
+# The project itself. setuptools comes from the lock (hash-checked), hence no build isolation
+# and no unpinned download; --no-deps because the lock already installed everything.
+COPY . .
+RUN pip install --no-deps --no-build-isolation . \
+ && pip check
+
+# ---------------------------------------------------------------------------------------------
+# runtime: the virtualenv and nothing else from the build; no compilers, no source tree.
+# ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+LABEL org.opencontainers.image.title="paysuite" \
+      org.opencontainers.image.description="Event-driven payment suite: payment, wallet and gateway gRPC services" \
+      org.opencontainers.image.source="https://github.com/paysuite/paysuite" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# tini as PID 1: forwards SIGTERM to Python so graceful shutdown works, and reaps children.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
+
+# Fixed uid/gid 10001, matching runAsUser in k8s/. HOME is /tmp, the only writable path when
+# the root filesystem is read-only (k8s mounts an emptyDir there, compose a tmpfs).
+RUN groupadd --system --gid 10001 paysuite \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
+            --shell /usr/sbin/nologin paysuite
+
+COPY --from=build /opt/venv /opt/venv
+
+# Bytecode was compiled at install time; never try to write more on a read-only filesystem.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PAYSUITE_LOG_FORMAT=json
+
+# An empty, root-owned working directory: `python -m` puts the cwd on sys.path, and nothing
+# there may shadow the installed packages.
+WORKDIR /app
+USER 10001:10001
+
+# gRPC: payment 50051, wallet 50052, gateway 50053. HTTP: webhook adapter 8080, simulator 8090.
+EXPOSE 50051 50052 50053 8080 8090
+
+ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m"]
+CMD ["payment_service"]

@@ -1,0 +1,94 @@
+"""What every service process wires the same way: settings, logging, its database engine, a
+Redis client, the outbox relay, readiness checks, and `python -m <service>` itself."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis.asyncio import Redis
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common import db
+from common.config import ConfigError, Settings, load_settings
+from common.grpc.server import ServiceRuntime, run_until_signalled
+from common.logging import configure_logging
+from common.outbox import OutboxRelay
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDatabase:
+    """A service's own database: its name on the shared server and its migrations."""
+
+    name: str
+    migrations: Path
+
+    def url(self, settings: Settings) -> URL:
+        return db.service_database_url(
+            settings.require_database_url(), self.name, prefix=settings.database_prefix
+        )
+
+    def migrate(self, settings: Settings) -> None:
+        db.migrate(self.url(settings), self.migrations)
+
+
+@dataclass
+class Infra:
+    settings: Settings
+    database_url: URL
+    engine: AsyncEngine
+    redis: Redis
+
+    @classmethod
+    def connect(cls, settings: Settings, database: ServiceDatabase) -> Infra:
+        url = database.url(settings)
+        return cls(
+            settings=settings,
+            database_url=url,
+            engine=db.create_engine(url),
+            redis=Redis.from_url(settings.require_redis_url()),
+        )
+
+    def relay(self) -> OutboxRelay:
+        return OutboxRelay(
+            self.engine,
+            self.redis,
+            listen_dsn=db.libpq_dsn(self.database_url),
+            batch_size=self.settings.relay_batch_size,
+            poll_interval_s=self.settings.relay_poll_interval_ms / 1000,
+        )
+
+    async def ping_database(self) -> None:
+        await db.ping(self.engine)
+
+    async def ping_redis(self) -> None:
+        await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.engine.dispose()
+
+
+Builder = Callable[[Settings, str], Awaitable[ServiceRuntime]]
+
+
+def serve_main(name: str, build: Builder, listen: Callable[[Settings], str]) -> None:
+    """The body of `python -m <service>`: validated settings, then serve until signalled."""
+    try:
+        settings = load_settings()
+        settings.require_database_url()
+        settings.require_redis_url()
+    except ConfigError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(level=settings.log_level, fmt=settings.log_format, service=name)
+
+    async def main() -> None:
+        runtime = await build(settings, listen(settings))
+        await run_until_signalled(runtime, grace=settings.shutdown_grace_s)
+
+    asyncio.run(main())

@@ -1,0 +1,42 @@
+"""``python -m provider_simulator``: serve until SIGTERM or SIGINT, then shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from common.logging import configure_logging
+from provider_simulator.app import serve
+from provider_simulator.settings import SettingsError, SimulatorSettings, load_settings
+
+
+async def _run(settings: SimulatorSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await serve(settings, stop)
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    configure_logging(service="provider-simulator")
+    try:
+        asyncio.run(_run(settings))
+    except OSError as exc:  # typically the port is taken
+        print(
+            f"provider simulator cannot listen on {settings.listen_host}:{settings.listen_port}:"
+            f" {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

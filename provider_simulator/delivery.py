@@ -1,0 +1,114 @@
+"""Signed webhook delivery with provider-style retries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import aiohttp
+import structlog
+from pydantic import SecretStr
+from standardwebhooks.webhooks import Webhook
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from provider_simulator.models import WebhookEvent
+
+log = structlog.get_logger(__name__)
+
+ATTEMPT_TIMEOUT = aiohttp.ClientTimeout(total=10)
+# Statuses that mean "try later" even though they are 4xx; every other 4xx is the receiver
+# refusing this event, and repeating an identical request will not change its mind.
+RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
+
+
+class _RetryableFailure(Exception):
+    """An attempt that failed in a way worth retrying (connection error, timeout, 5xx...)."""
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        url: str,
+        secret: SecretStr,
+        max_attempts: int,
+        initial_backoff: float = 0.2,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._session = session
+        self._url = url
+        self._webhook = Webhook(secret.get_secret_value())
+        self._max_attempts = max_attempts
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+
+    async def deliver(self, event: WebhookEvent) -> None:
+        """Send ``event`` until the receiver accepts it, rejects it, or attempts run out."""
+        event.state = "pending"
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=wait_exponential(multiplier=self._initial_backoff, max=self._max_backoff),
+            retry=retry_if_exception_type(_RetryableFailure),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._attempt(event)
+        except _RetryableFailure:
+            event.state = "failed"
+            log.warning(
+                "webhook.gave_up",
+                event_id=event.id,
+                attempts=event.attempts,
+                last_status=event.last_status,
+            )
+
+    async def _attempt(self, event: WebhookEvent) -> None:
+        event.attempts += 1
+        try:
+            async with self._session.post(
+                self._url,
+                data=event.body.encode(),
+                headers=self._headers(event),
+                # Standard Webhooks senders do not follow redirects: a redirect is a
+                # misconfigured endpoint, and following it would re-send to an unvetted URL.
+                allow_redirects=False,
+                timeout=ATTEMPT_TIMEOUT,
+            ) as response:
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            event.last_status = None
+            log.info(
+                "webhook.attempt_failed",
+                event_id=event.id,
+                attempt=event.attempts,
+                error=type(exc).__name__,
+            )
+            raise _RetryableFailure from exc
+
+        event.last_status = status
+        if 200 <= status < 300:
+            event.state = "delivered"
+            log.info("webhook.delivered", event_id=event.id, attempt=event.attempts, status=status)
+            return
+        if 400 <= status < 500 and status not in RETRYABLE_CLIENT_ERRORS:
+            event.state = "failed"
+            log.warning(
+                "webhook.rejected", event_id=event.id, attempt=event.attempts, status=status
+            )
+            return
+        log.info("webhook.attempt_failed", event_id=event.id, attempt=event.attempts, status=status)
+        raise _RetryableFailure
+
+    def _headers(self, event: WebhookEvent) -> dict[str, str]:
+        # Signed afresh for each attempt: receivers reject timestamps older than a few minutes,
+        # and late retries must still verify. The id and body never change, so receivers dedup.
+        now = datetime.now(UTC)
+        return {
+            "content-type": "application/json",
+            "user-agent": "paysuite-provider-simulator",
+            "webhook-id": event.id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": self._webhook.sign(event.id, now, event.body),
+        }

@@ -1,0 +1,89 @@
+"""Configuration, read from ``PAYSUITE_SIMULATOR_*`` environment variables."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "PAYSUITE_SIMULATOR_"
+WEBHOOK_SECRET_ENV = "PAYSUITE_WEBHOOK_SECRET"  # noqa: S105 - a variable name, not a secret
+
+# DEVELOPMENT ONLY. A fixed, publicly known secret so that a bare `make run` works: the webhook
+# adapter falls back to the same value. Anything reachable by others must set
+# PAYSUITE_WEBHOOK_SECRET.
+DEVELOPMENT_WEBHOOK_SECRET = (
+    "whsec_" + base64.b64encode(b"paysuite-development-webhook-secret").decode()
+)
+
+
+class SimulatorSettings(BaseSettings):
+    """Validated at construction; ``load_settings`` turns failures into a readable message."""
+
+    # validate_by_name lets tests pass ``webhook_secret=`` directly, while the environment only
+    # ever supplies it through the shared, unprefixed variable.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, validate_by_name=True, validate_by_alias=True
+    )
+
+    listen_host: str = Field(default="127.0.0.1", min_length=1)
+    listen_port: int = Field(default=8090, ge=0, le=65535)
+    webhook_url: str = "http://127.0.0.1:8080/webhooks/simulator"
+    settle_delay_ms: int = Field(default=300, ge=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_secret: SecretStr = Field(
+        default=SecretStr(DEVELOPMENT_WEBHOOK_SECRET), validation_alias=WEBHOOK_SECRET_ENV
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _decodable_secret(cls, value: SecretStr) -> SecretStr:
+        # Checked here rather than left to standardwebhooks, which decodes leniently and would
+        # otherwise fail (or silently sign with a different key) only when the first webhook goes.
+        raw = value.get_secret_value().removeprefix("whsec_")
+        try:
+            key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+        except binascii.Error:
+            raise ValueError("must be base64, optionally prefixed with 'whsec_'") from None
+        if not key:
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def uses_development_secret(self) -> bool:
+        return self.webhook_secret.get_secret_value() == DEVELOPMENT_WEBHOOK_SECRET
+
+
+class SettingsError(Exception):
+    """Bad configuration, with a message meant for the operator."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the environment variable to fix.
+
+    Pydantic's own rendering echoes the rejected input, which would print the signing secret.
+    """
+    lines = ["invalid provider simulator configuration:"]
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        variable = name if name == WEBHOOK_SECRET_ENV else ENV_PREFIX + name.upper()
+        lines.append(f"  {variable}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings() -> SimulatorSettings:
+    try:
+        return SimulatorSettings()
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None

@@ -1,0 +1,1 @@
+"""Wallet service: accounts and their double-entry ledger."""
