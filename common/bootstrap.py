@@ -18,6 +18,7 @@ from common.config import ConfigError, Settings, load_settings
 from common.grpc.server import ServiceRuntime, run_until_signalled
 from common.logging import configure_logging
 from common.outbox import OutboxRelay
+from common.streams import Handler, StreamConsumer
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,18 @@ class Infra:
             listen_dsn=db.libpq_dsn(self.database_url),
             batch_size=self.settings.relay_batch_size,
             poll_interval_s=self.settings.relay_poll_interval_ms / 1000,
+            stream_prefix=self.settings.stream_prefix,
+        )
+
+    def consumer(self, *, stream: str, group: str, handler: Handler) -> StreamConsumer:
+        return StreamConsumer(
+            self.redis,
+            stream=self.settings.stream_prefix + stream,
+            group=group,
+            handler=handler,
+            block_ms=self.settings.consumer_block_ms,
+            claim_idle_ms=self.settings.consumer_claim_idle_ms,
+            max_deliveries=self.settings.consumer_max_deliveries,
         )
 
     async def ping_database(self) -> None:

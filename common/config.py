@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".paysuite")
     # Prefix for the per-service database names (tests use it to isolate runs).
     database_prefix: str = Field(default="", pattern=r"^[a-z0-9_]*$")
+    # Prefix for Redis stream names, for several suites (or test runs) sharing one Redis.
+    stream_prefix: str = Field(default="", pattern=r"^[a-z0-9_.-]*$")
 
     payment_listen: str = "127.0.0.1:50051"
     wallet_listen: str = "127.0.0.1:50052"

@@ -51,8 +51,8 @@ class ValidationError(DomainError):
 class NotFound(DomainError):
     reason = "NOT_FOUND"
 
-    def __init__(self, kind: str, identifier: str) -> None:
-        super().__init__(f"{kind} {identifier!r} not found")
+    def __init__(self, kind: str, identifier: str, *, message: str = "") -> None:
+        super().__init__(message or f"{kind} {identifier!r} not found")
         self.kind = kind
         self.identifier = identifier
 

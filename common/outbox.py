@@ -73,7 +73,9 @@ class OutboxRelay:
         listen_dsn: str,
         batch_size: int = 200,
         poll_interval_s: float = 1.0,
+        stream_prefix: str = "",
     ) -> None:
+        self._stream_prefix = stream_prefix
         self._engine = engine
         self._redis = redis
         self._listen_dsn = listen_dsn
@@ -90,7 +92,7 @@ class OutboxRelay:
             pipe = self._redis.pipeline(transaction=False)
             for row in rows:
                 pipe.xadd(
-                    row.stream,
+                    self._stream_prefix + row.stream,
                     {
                         "event_id": str(row.event_id),
                         "event_type": row.event_type,

@@ -8,10 +8,11 @@ traceback goes to the log, never to the caller.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, NoReturn
 
 import grpc
 import redis.exceptions
@@ -113,30 +114,57 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 class ErrorMappingInterceptor(AsyncServerInterceptor):
     async def intercept(
         self,
-        method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+        method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any],
         request_or_iterator: Any,
         context: grpc.aio.ServicerContext[Any, Any],
         method_name: str,
     ) -> Any:
         request_id = _request_id(context)
-        token = request_id_var.set(request_id)
-        structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method_name)
+        with _request_scope(request_id, method_name):
+            try:
+                response = method(request_or_iterator, context)
+                if hasattr(response, "__aiter__"):
+                    return _mapped_stream(response, context, request_id, method_name)
+                return await response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await _abort(exc, context, request_id)
+
+
+async def _mapped_stream(
+    stream: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext[Any, Any],
+    request_id: str,
+    method_name: str,
+) -> AsyncIterator[Any]:
+    with _request_scope(request_id, method_name):
         try:
-            response = method(request_or_iterator, context)
-            if hasattr(response, "__aiter__"):
-                return response
-            return await response
+            async for item in stream:
+                yield item
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            code, message, details = rich_status(exc, request_id)
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("rpc.internal_error")
-            else:
-                log.info("rpc.error", code=code.name, message=message)
-            await context.abort(
-                code, message, trailing_metadata=(("grpc-status-details-bin", details),)
-            )
-        finally:
-            structlog.contextvars.unbind_contextvars("request_id", "rpc")
-            request_id_var.reset(token)
+            await _abort(exc, context, request_id)
+
+
+@contextlib.contextmanager
+def _request_scope(request_id: str, method_name: str) -> Iterator[None]:
+    token = request_id_var.set(request_id)
+    structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method_name)
+    try:
+        yield
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id", "rpc")
+        request_id_var.reset(token)
+
+
+async def _abort(
+    exc: Exception, context: grpc.aio.ServicerContext[Any, Any], request_id: str
+) -> NoReturn:
+    code, message, details = rich_status(exc, request_id)
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("rpc.internal_error")
+    else:
+        log.info("rpc.error", code=code.name, message=message)
+    await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", details),))

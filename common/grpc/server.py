@@ -29,6 +29,10 @@ Closer = Callable[[], Awaitable[None]]
 Registrar = Callable[[grpc.aio.Server], None]
 
 HEALTH_INTERVAL_S = 2.0
+# Health service name that answers SERVING for as long as the process runs. Kubernetes
+# liveness probes ask for it, so an outage of PostgreSQL or Redis takes replicas out of
+# rotation (readiness: "" and the service names) without restarting them all.
+LIVENESS = "liveness"
 
 
 @dataclass
@@ -48,6 +52,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         await self._set_health(serving=False)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
         self._tasks = [asyncio.create_task(job(self._stop)) for job in self.background]
         self._tasks.append(asyncio.create_task(self._probe_readiness()))

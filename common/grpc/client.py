@@ -1,0 +1,78 @@
+"""Channels between our own services.
+
+Retries of UNAVAILABLE are left to gRPC's own retry policy (service config) rather than
+hand-written loops: every call between services is idempotent on a key the caller derives,
+so a transparent retry can never apply a step twice.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from common.errors import (
+    DependencyUnavailable,
+    DomainError,
+    FailedPrecondition,
+    IdempotencyConflict,
+    NotFound,
+)
+
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def create_channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.keepalive_time_ms", 30_000),
+        ],
+    )
+
+
+_UNAVAILABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+
+
+def translate_rpc_error(exc: grpc.aio.AioRpcError, *, service: str) -> DomainError:
+    """Another service's status as our domain error, at the adapter boundary.
+
+    Anything transient (including the other side's INTERNAL) is DependencyUnavailable: the
+    caller's step is idempotent, so it is retried rather than failing a payment.
+    """
+    code, details = exc.code(), exc.details() or ""
+    if code in _UNAVAILABLE:
+        return DependencyUnavailable(f"{service} unavailable: {code.name}")
+    if code is grpc.StatusCode.NOT_FOUND:
+        # The other service's message already names what was not found (safe to pass on).
+        return NotFound("resource", "", message=details or f"{service}: not found")
+    if code is grpc.StatusCode.ALREADY_EXISTS:
+        return IdempotencyConflict(f"{service}: {details}")
+    return FailedPrecondition(f"{service} refused: {details}")

@@ -1,0 +1,1 @@
+"""Payment service: orchestrates deposits, withdrawals, transfers and refunds."""

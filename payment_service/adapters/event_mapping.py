@@ -1,0 +1,35 @@
+"""Payment domain events -> protobuf envelopes on paysuite.payment.events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paysuite.events.v1 import events_pb2
+
+from common.events import PAYMENT_STREAM, OutgoingEvent, make_envelope, money_to_proto
+from payment_service.domain import events
+
+PRODUCER = "payment-service"
+
+
+def to_outgoing(event: Any) -> OutgoingEvent:
+    if not isinstance(event, events.PaymentStatusChanged):
+        raise TypeError(f"no mapping for {type(event).__name__}")
+    envelope = make_envelope(
+        event_type=f"payment.{event.to_status}",
+        aggregate_type="payment",
+        aggregate_id=event.payment_id,
+        aggregate_version=event.version,
+        producer=PRODUCER,
+        payload=events_pb2.PaymentStatusChanged(
+            payment_id=event.payment_id,
+            kind=event.kind,
+            from_status=event.from_status,
+            to_status=event.to_status,
+            amount=money_to_proto(event.amount),
+            source_account_id=event.source_account_id,
+            destination_account_id=event.destination_account_id,
+            failure_reason=event.failure_reason,
+        ),
+    )
+    return OutgoingEvent(PAYMENT_STREAM, envelope)

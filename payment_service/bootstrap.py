@@ -1,0 +1,65 @@
+"""Wires the payment service: database, wallet and gateway clients, service layer, gRPC,
+outbox relay, and the consumer of gateway events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
+
+from common.bootstrap import Infra, ServiceDatabase
+from common.config import Settings
+from common.events import GATEWAY_STREAM
+from common.grpc.client import create_channel
+from common.grpc.server import ServiceRuntime, create_server
+from payment_service.adapters.clients import GatewayClient, WalletClient
+from payment_service.adapters.uow import PaymentUnitOfWork
+from payment_service.entrypoints.gateway_events import GROUP, GatewayEventsEntrypoint
+from payment_service.entrypoints.grpc_servicer import PaymentServicer
+from payment_service.service_layer.handlers import GatewayEventHandlers
+from payment_service.service_layer.services import PaymentService
+
+NAME = "payment-service"
+DATABASE = ServiceDatabase("payments", Path(__file__).parent / "adapters" / "migrations")
+SERVICE_NAME = payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
+
+
+async def build(settings: Settings, address: str) -> ServiceRuntime:
+    infra = Infra.connect(settings, DATABASE)
+    wallet_channel = create_channel(settings.wallet_target)
+    gateway_channel = create_channel(settings.gateway_target)
+    timeout_s = settings.rpc_timeout_ms / 1000
+    wallet = WalletClient(wallet_channel, timeout_s=timeout_s)
+
+    def uow() -> PaymentUnitOfWork:
+        return PaymentUnitOfWork(infra.engine)
+
+    service = PaymentService(
+        uow=uow, wallet=wallet, gateway=GatewayClient(gateway_channel, timeout_s=timeout_s)
+    )
+    consumer = infra.consumer(
+        stream=GATEWAY_STREAM,
+        group=GROUP,
+        handler=GatewayEventsEntrypoint(GatewayEventHandlers(uow=uow, wallet=wallet)),
+    )
+    servicer = PaymentServicer(service)
+    server, port, health = create_server(
+        address,
+        registrars=[lambda s: payment_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, s)],
+        service_names=[SERVICE_NAME],
+    )
+
+    async def close_channels() -> None:
+        await wallet_channel.close()
+        await gateway_channel.close()
+
+    return ServiceRuntime(
+        name=NAME,
+        server=server,
+        port=port,
+        health=health,
+        service_names=[SERVICE_NAME],
+        readiness_checks=[infra.ping_database, infra.ping_redis],
+        background=[infra.relay().run, consumer.run],
+        closers=[infra.close, close_channels],
+    )

@@ -1,0 +1,178 @@
+"""The payment aggregate and its state machine. Plain Python: no SQL, no gRPC.
+
+    initiated ──► pending ──► completed
+        │            │  └───► refunding ──► refunded
+        │            │              └─────► requires_manual_review
+        ├────────────┴──► failed
+        └──► cancelled
+
+States only move forward (invariant 6). Terminal states are final; a payment in
+requires_manual_review is resolved by an operator into a terminal state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from common.errors import FailedPrecondition, IdempotencyConflict
+from common.ids import new_id
+from common.money import Money
+from payment_service.domain import events
+
+
+class PaymentKind(StrEnum):
+    DEPOSIT = "deposit"
+    WITHDRAWAL = "withdrawal"
+    TRANSFER = "transfer"
+    REFUND = "refund"
+
+
+class PaymentStatus(StrEnum):
+    INITIATED = "initiated"
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REFUNDING = "refunding"
+    REFUNDED = "refunded"
+    REQUIRES_MANUAL_REVIEW = "requires_manual_review"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+S = PaymentStatus
+TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.REFUNDED, S.CANCELLED})
+ALLOWED: dict[PaymentStatus, frozenset[PaymentStatus]] = {
+    S.INITIATED: frozenset({S.PENDING, S.FAILED, S.CANCELLED, S.REQUIRES_MANUAL_REVIEW}),
+    S.PENDING: frozenset({S.COMPLETED, S.FAILED, S.REFUNDING, S.REQUIRES_MANUAL_REVIEW}),
+    S.REFUNDING: frozenset({S.REFUNDED, S.REQUIRES_MANUAL_REVIEW}),
+    S.REQUIRES_MANUAL_REVIEW: frozenset({S.COMPLETED, S.FAILED, S.REFUNDED}),
+    S.COMPLETED: frozenset(),
+    S.FAILED: frozenset(),
+    S.REFUNDED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+
+class InvalidTransition(FailedPrecondition):
+    def __init__(self, payment_id: str, current: PaymentStatus, target: PaymentStatus) -> None:
+        super().__init__(f"payment {payment_id} cannot move from {current} to {target}")
+        self.current = current
+        self.target = target
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    sequence: int
+    from_status: PaymentStatus | None
+    to_status: PaymentStatus
+    reason: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DepositRequest:
+    """What a CreateDeposit asks for; a replayed idempotency key must ask for the same."""
+
+    idempotency_key: str
+    account_id: str
+    amount: Money
+    payment_method: str
+
+
+@dataclass
+class Payment:
+    payment_id: str
+    kind: PaymentKind
+    status: PaymentStatus
+    amount: Money
+    idempotency_key: str
+    source_account_id: str = ""
+    destination_account_id: str = ""
+    payment_method: str = ""
+    failure_reason: str = ""
+    gateway_operation_id: str = ""
+    version: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    new_changes: list[StatusChange] = field(default_factory=list, repr=False)
+    _events: list[events.PaymentStatusChanged] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def deposit(cls, request: DepositRequest) -> Payment:
+        payment = cls(
+            payment_id=new_id(),
+            kind=PaymentKind.DEPOSIT,
+            status=PaymentStatus.INITIATED,
+            amount=request.amount,
+            idempotency_key=request.idempotency_key,
+            destination_account_id=request.account_id,
+            payment_method=request.payment_method,
+        )
+        payment._record(None, PaymentStatus.INITIATED, "")
+        return payment
+
+    def check_same_deposit(self, request: DepositRequest) -> None:
+        same = (
+            self.kind is PaymentKind.DEPOSIT
+            and self.destination_account_id == request.account_id
+            and self.amount == request.amount
+            and self.payment_method == request.payment_method
+        )
+        if not same:
+            raise IdempotencyConflict(
+                f"idempotency_key {request.idempotency_key!r} was already used for a "
+                "different payment"
+            )
+
+    def can_move_to(self, target: PaymentStatus) -> bool:
+        return target in ALLOWED[self.status]
+
+    def mark_pending(self, gateway_operation_id: str) -> None:
+        self.gateway_operation_id = gateway_operation_id
+        self._move(PaymentStatus.PENDING, "")
+
+    def complete(self) -> None:
+        self._move(PaymentStatus.COMPLETED, "")
+
+    def fail(self, reason: str) -> None:
+        self.failure_reason = reason
+        self._move(PaymentStatus.FAILED, reason)
+
+    def start_refund(self, reason: str) -> None:
+        self.failure_reason = reason
+        self._move(PaymentStatus.REFUNDING, reason)
+
+    def _move(self, target: PaymentStatus, reason: str) -> None:
+        if not self.can_move_to(target):
+            raise InvalidTransition(self.payment_id, self.status, target)
+        previous, self.status = self.status, target
+        self._record(previous, target, reason)
+
+    def _record(self, previous: PaymentStatus | None, target: PaymentStatus, reason: str) -> None:
+        self.version += 1
+        now = datetime.now(UTC)
+        self.updated_at = now
+        self.created_at = self.created_at or now
+        self.new_changes.append(StatusChange(self.version, previous, target, reason, now))
+        self._events.append(
+            events.PaymentStatusChanged(
+                payment_id=self.payment_id,
+                kind=self.kind.value,
+                from_status=previous.value if previous else "",
+                to_status=target.value,
+                amount=self.amount,
+                source_account_id=self.source_account_id,
+                destination_account_id=self.destination_account_id,
+                failure_reason=self.failure_reason,
+                version=self.version,
+            )
+        )
+
+    def pull_events(self) -> list[events.PaymentStatusChanged]:
+        pulled, self._events = self._events, []
+        return pulled

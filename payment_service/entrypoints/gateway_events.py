@@ -1,0 +1,39 @@
+"""Consumes paysuite.gateway.events and hands each charge outcome to the service layer."""
+
+from __future__ import annotations
+
+import structlog
+from paysuite.events.v1 import events_pb2
+
+from payment_service.service_layer.handlers import GatewayEventHandlers
+
+log = structlog.get_logger(__name__)
+
+GROUP = "payment-service"
+
+
+class GatewayEventsEntrypoint:
+    def __init__(self, handlers: GatewayEventHandlers) -> None:
+        self._handlers = handlers
+
+    async def __call__(self, envelope: events_pb2.EventEnvelope) -> None:
+        if not envelope.event_type.startswith("charge."):
+            return
+        change = events_pb2.OperationStatusChanged()
+        if not envelope.payload.Unpack(change):
+            raise ValueError(f"{envelope.event_type} without an OperationStatusChanged payload")
+        if not change.reference:
+            log.warning("gateway_event.without_reference", event_id=envelope.event_id)
+            return
+        common = {
+            "event_id": envelope.event_id,
+            "payment_id": change.reference,
+            "operation_id": change.operation_id,
+        }
+        match envelope.event_type:
+            case "charge.pending":
+                await self._handlers.charge_pending(**common)
+            case "charge.succeeded":
+                await self._handlers.charge_succeeded(**common)
+            case "charge.failed":
+                await self._handlers.charge_failed(**common, reason=change.failure_reason)

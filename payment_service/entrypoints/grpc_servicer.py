@@ -1,0 +1,112 @@
+"""PaymentService over gRPC: converts messages, calls the service layer, converts back.
+
+No try/except here: domain errors become statuses in common.grpc.errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
+
+from common.grpc.convert import money_from_request, money_to_proto, timestamp
+from payment_service.domain.model import Payment, PaymentKind, PaymentStatus, StatusChange
+from payment_service.service_layer.services import PaymentService
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_STATUS = {s: payment_pb2.PaymentStatus.Value(f"PAYMENT_STATUS_{s.name}") for s in PaymentStatus}
+_KIND = {k: payment_pb2.PaymentKind.Value(f"PAYMENT_KIND_{k.name}") for k in PaymentKind}
+
+
+def payment_to_proto(payment: Payment) -> payment_pb2.Payment:
+    return payment_pb2.Payment(
+        payment_id=payment.payment_id,
+        kind=_KIND[payment.kind],
+        status=_STATUS[payment.status],
+        amount=money_to_proto(payment.amount),
+        source_account_id=payment.source_account_id,
+        destination_account_id=payment.destination_account_id,
+        idempotency_key=payment.idempotency_key,
+        failure_reason=payment.failure_reason,
+        created_at=timestamp(payment.created_at),
+        updated_at=timestamp(payment.updated_at),
+        version=payment.version,
+        gateway_operation_id=payment.gateway_operation_id,
+    )
+
+
+def change_to_proto(change: StatusChange) -> payment_pb2.PaymentStatusChange:
+    return payment_pb2.PaymentStatusChange(
+        sequence=change.sequence,
+        from_status=(
+            _STATUS[change.from_status]
+            if change.from_status
+            else payment_pb2.PAYMENT_STATUS_UNSPECIFIED
+        ),
+        to_status=_STATUS[change.to_status],
+        reason=change.reason,
+        occurred_at=timestamp(change.occurred_at),
+    )
+
+
+class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
+    def __init__(self, service: PaymentService) -> None:
+        self._service = service
+
+    async def CreateDeposit(
+        self, request: payment_pb2.CreateDepositRequest, context: Context
+    ) -> payment_pb2.Payment:
+        payment = await self._service.create_deposit(
+            idempotency_key=request.idempotency_key,
+            account_id=request.account_id,
+            amount=money_from_request(
+                request.amount, field="amount", present=request.HasField("amount")
+            ),
+            payment_method=request.payment_method,
+        )
+        return payment_to_proto(payment)
+
+    async def GetPayment(
+        self, request: payment_pb2.GetPaymentRequest, context: Context
+    ) -> payment_pb2.Payment:
+        return payment_to_proto(await self._service.get_payment(request.payment_id))
+
+    async def ListPayments(
+        self, request: payment_pb2.ListPaymentsRequest, context: Context
+    ) -> payment_pb2.ListPaymentsResponse:
+        page = await self._service.list_payments(
+            account_id=request.account_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return payment_pb2.ListPaymentsResponse(
+            payments=[payment_to_proto(p) for p in page.payments],
+            next_page_token=page.next_page_token,
+        )
+
+    async def ListPaymentEvents(
+        self, request: payment_pb2.ListPaymentEventsRequest, context: Context
+    ) -> payment_pb2.ListPaymentEventsResponse:
+        changes = await self._service.history(request.payment_id)
+        return payment_pb2.ListPaymentEventsResponse(changes=[change_to_proto(c) for c in changes])
+
+    async def CreateWithdrawal(self, request: Any, context: Context) -> Any:
+        raise NotImplementedError("PaymentService.CreateWithdrawal is not implemented yet")
+
+    async def CreateTransfer(self, request: Any, context: Context) -> Any:
+        raise NotImplementedError("PaymentService.CreateTransfer is not implemented yet")
+
+    async def RefundPayment(self, request: Any, context: Context) -> Any:
+        raise NotImplementedError("PaymentService.RefundPayment is not implemented yet")
+
+    async def CancelPayment(self, request: Any, context: Context) -> Any:
+        raise NotImplementedError("PaymentService.CancelPayment is not implemented yet")
+
+    async def WatchPayment(
+        self, request: payment_pb2.WatchPaymentRequest, context: Context
+    ) -> AsyncIterator[payment_pb2.Payment]:
+        raise NotImplementedError("PaymentService.WatchPayment is not implemented yet")
+        yield  # unreachable: makes this a server-streaming generator

