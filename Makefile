@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos/paysuite -name '*.proto' | sort)
 PY_PACKAGES := common payment_service wallet_service gateway_service recovery_worker provider_simulator
 
-.PHONY: help install run test test-unit test-integration lint format typecheck protos protos-check bench clean
+.PHONY: help install run test test-unit test-integration lint format typecheck protos protos-check clean
 
 help:
 	@echo "make run          start the whole suite (embedded PostgreSQL + Redis unless PAYSUITE_*_URL set)"
@@ -52,9 +52,6 @@ protos: $(STAMP)
 
 protos-check: $(STAMP)
 	$(BIN)/python -m common.protogen protos --check
-
-bench: $(STAMP)
-	$(BIN)/python -m tests.bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -58,7 +58,7 @@ def start_embedded(data_dir: Path, *, keep_data: bool = True) -> EmbeddedServers
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver only
         # uses that folder for a lock file, and /tmp is fine for it.
         warnings.simplefilter("ignore")
-        import pgserver  # noqa: PLC0415 - imported here, inside the warning filter
+        import pgserver
 
         postgres = pgserver.get_server(  # type: ignore[attr-defined]
             data_dir / "postgres", cleanup_mode="stop" if keep_data else "delete"

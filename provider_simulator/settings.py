@@ -9,15 +9,14 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.config import DEV_WEBHOOK_SECRET
+
 ENV_PREFIX = "PAYSUITE_SIMULATOR_"
 WEBHOOK_SECRET_ENV = "PAYSUITE_WEBHOOK_SECRET"  # noqa: S105 - a variable name, not a secret
 
-# DEVELOPMENT ONLY. A fixed, publicly known secret so that a bare `make run` works: the webhook
-# adapter falls back to the same value. Anything reachable by others must set
-# PAYSUITE_WEBHOOK_SECRET.
-DEVELOPMENT_WEBHOOK_SECRET = (
-    "whsec_" + base64.b64encode(b"paysuite-development-webhook-secret").decode()
-)
+# DEVELOPMENT ONLY: the one publicly known secret the webhook adapter also falls back to, so a
+# bare `make run` works. Anything reachable by others must set PAYSUITE_WEBHOOK_SECRET.
+DEVELOPMENT_WEBHOOK_SECRET = DEV_WEBHOOK_SECRET
 
 
 class SimulatorSettings(BaseSettings):

@@ -1,0 +1,1 @@
+"""The `paysuite` command line: run the suite, migrate, demo, inspect."""

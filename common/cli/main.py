@@ -1,0 +1,151 @@
+"""`paysuite`: run the suite, migrate its databases, drive a demo, inspect payments and events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from common.cli import demo as demo_module
+from common.cli import inspect as inspect_module
+from common.cli import supervisor
+from common.config import ConfigError, Settings, load_settings
+from common.embedded import start_embedded
+from common.logging import configure_logging
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+payments = typer.Typer(help="Inspect payments.", no_args_is_help=True)
+events = typer.Typer(help="Inspect event streams.", no_args_is_help=True)
+app.add_typer(payments, name="payments")
+app.add_typer(events, name="events")
+console = Console()
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _servers(settings: Settings) -> Iterator[tuple[str, str, bool]]:
+    """The configured servers, or embedded ones when no URL is set."""
+    if settings.database_url and settings.redis_url:
+        yield settings.database_url, settings.redis_url, False
+        return
+    embedded = start_embedded(settings.data_dir)
+    try:
+        yield (
+            settings.database_url or embedded.database_url,
+            settings.redis_url or embedded.redis_url,
+            True,
+        )
+    finally:
+        embedded.stop()
+
+
+def _migrate_all(settings: Settings) -> None:
+    from gateway_service.bootstrap import DATABASE as GATEWAY_DB
+
+    from payment_service.bootstrap import DATABASE as PAYMENT_DB
+    from wallet_service.bootstrap import DATABASE as WALLET_DB
+
+    for database in (WALLET_DB, PAYMENT_DB, GATEWAY_DB):
+        database.migrate(settings)
+        console.print(f"migrated database [bold]{settings.database_prefix}{database.name}[/]")
+
+
+@app.command()
+def migrate() -> None:
+    """Create the service databases if needed and apply every migration."""
+    settings = _settings()
+    configure_logging(level="WARNING", fmt=settings.log_format)
+    with _servers(settings) as (database_url, _redis_url, _embedded):
+        _migrate_all(settings.model_copy(update={"database_url": database_url}))
+
+
+@app.command()
+def up() -> None:
+    """Start the whole suite (embedded PostgreSQL and Redis unless PAYSUITE_*_URL are set)."""
+    settings = _settings()
+    configure_logging(level="WARNING", fmt=settings.log_format)
+    with _servers(settings) as (database_url, redis_url, embedded):
+        if embedded:
+            start_embedded_note = f"embedded, data in {settings.data_dir.resolve()}"
+            console.print(f"PostgreSQL and Redis: {start_embedded_note}")
+            _write_endpoints(settings, database_url, redis_url)
+        _migrate_all(settings.model_copy(update={"database_url": database_url}))
+        processes = supervisor.plan(settings)
+        env = supervisor.child_env(settings, database_url, redis_url)
+        with supervisor.running(processes, env) as children:
+            try:
+                supervisor.wait_ready(processes, children)
+            except RuntimeError as exc:
+                console.print(f"[red]paysuite failed to start: {exc}[/red]")
+                raise typer.Exit(1) from None
+            _print_endpoints(processes)
+            exited = supervisor.wait_for_exit(children)
+            console.print("stopping paysuite ...")
+        if exited is not None:
+            name, code = exited
+            console.print(f"[red]{name} exited with code {code}; the suite stopped[/red]")
+            raise typer.Exit(1)
+
+
+def _write_endpoints(settings: Settings, database_url: str, redis_url: str) -> None:
+    from common.config import ENDPOINTS_FILE
+
+    (settings.data_dir / ENDPOINTS_FILE).write_text(
+        json.dumps({"database_url": database_url, "redis_url": redis_url})
+    )
+
+
+def _print_endpoints(processes: list[supervisor.Process]) -> None:
+    table = Table(title="paysuite is up", title_justify="left")
+    table.add_column("process")
+    table.add_column("endpoint")
+    table.add_column("status")
+    for proc in processes:
+        status = "SERVING" if proc.kind == "grpc" else "ok"
+        table.add_row(proc.name, proc.endpoint, f"[green]{status}[/green]")
+    console.print(table)
+    console.print("Try: [bold]paysuite demo[/bold] (in another terminal)   Stop: Ctrl-C")
+
+
+@app.command()
+def demo(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each payment.")] = 30.0,
+) -> None:
+    """Open an account, make a successful and a declined deposit, show every status change."""
+    settings = _settings()
+    ok = asyncio.run(demo_module.run(settings, console, timeout_s=timeout))
+    if not ok:
+        raise typer.Exit(1)
+
+
+@payments.command("get")
+def payments_get(payment_id: str) -> None:
+    """Show a payment and its status history."""
+    settings = _settings()
+    asyncio.run(inspect_module.show_payment(settings, console, payment_id))
+
+
+@events.command("tail")
+def events_tail(
+    stream: Annotated[str, typer.Argument(help="payment, wallet, gateway or a full stream name")],
+    from_start: Annotated[bool, typer.Option(help="Replay the stream from its start.")] = False,
+    count: Annotated[int, typer.Option(help="Stop after this many events (0: never).")] = 0,
+) -> None:
+    """Print events from a Redis stream as they arrive."""
+    settings = _settings()
+    asyncio.run(
+        inspect_module.tail_events(settings, console, stream, from_start=from_start, count=count)
+    )

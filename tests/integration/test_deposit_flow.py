@@ -1,0 +1,151 @@
+"""A deposit across every real process: payment -> gateway -> provider simulator -> webhook
+adapter -> gateway -> Redis Streams -> payment -> wallet, on real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
+from paysuite.events.v1 import events_pb2
+from paysuite.payment.v1 import payment_pb2
+from paysuite.wallet.v1 import wallet_pb2
+from tests.conftest import Suite
+from tests.integration.helpers import (
+    clients,
+    open_account,
+    usd,
+    wait_for_events,
+    wait_for_status,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+P = payment_pb2
+
+
+async def test_deposit_reaches_completed_and_credits_the_wallet(suite: Suite, redis: Redis) -> None:
+    async with clients(suite) as c:
+        account_id = await open_account(c)
+        key = f"it-{uuid.uuid4()}"
+        created = await c.payments.CreateDeposit(
+            P.CreateDepositRequest(idempotency_key=key, account_id=account_id, amount=usd(1250))
+        )
+        assert created.status == P.PAYMENT_STATUS_PENDING
+        assert created.kind == P.PAYMENT_KIND_DEPOSIT
+
+        done = await wait_for_status(c, created.payment_id, {P.PAYMENT_STATUS_COMPLETED})
+        assert done.amount == usd(1250)
+
+        balance = await c.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id))
+        assert balance.available == usd(1250)
+        assert balance.total == usd(1250)
+
+        history = await c.payments.ListPaymentEvents(
+            P.ListPaymentEventsRequest(payment_id=created.payment_id)
+        )
+        assert [(h.sequence, h.to_status) for h in history.changes] == [
+            (1, P.PAYMENT_STATUS_INITIATED),
+            (2, P.PAYMENT_STATUS_PENDING),
+            (3, P.PAYMENT_STATUS_COMPLETED),
+        ]
+
+        # The same request again: the same payment, and no money moves twice.
+        again = await c.payments.CreateDeposit(
+            P.CreateDepositRequest(idempotency_key=key, account_id=account_id, amount=usd(1250))
+        )
+        assert again.payment_id == created.payment_id
+        assert again.status == P.PAYMENT_STATUS_COMPLETED
+        balance = await c.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id))
+        assert balance.available == usd(1250)
+
+    prefix = suite.settings.stream_prefix
+    payment_events = await wait_for_events(redis, prefix + PAYMENT_STREAM, created.payment_id, 3)
+    assert [e.event_type for e in payment_events] == [
+        "payment.initiated",
+        "payment.pending",
+        "payment.completed",
+    ]
+    assert [e.aggregate_version for e in payment_events] == [1, 2, 3]
+    completed = events_pb2.PaymentStatusChanged()
+    assert payment_events[-1].payload.Unpack(completed)
+    assert completed.destination_account_id == account_id
+    assert completed.amount == usd(1250)
+
+    charge_events = [
+        e
+        for e in await wait_for_events(redis, prefix + GATEWAY_STREAM, created.gateway_operation_id, 2)
+        if e.correlation_id == created.payment_id
+    ]
+    assert [e.event_type for e in charge_events] == ["charge.pending", "charge.succeeded"]
+
+    credits = await wait_for_events(redis, prefix + WALLET_STREAM, account_id, 2)
+    assert [e.event_type for e in credits] == ["account.opened", "account.credited"]
+
+
+async def test_declined_deposit_ends_failed_with_the_reason(suite: Suite) -> None:
+    async with clients(suite) as c:
+        account_id = await open_account(c)
+        created = await c.payments.CreateDeposit(
+            P.CreateDepositRequest(
+                idempotency_key=f"it-{uuid.uuid4()}",
+                account_id=account_id,
+                amount=usd(700),
+                payment_method="pm_card_declined",
+            )
+        )
+        failed = await wait_for_status(c, created.payment_id, {P.PAYMENT_STATUS_FAILED})
+        assert failed.failure_reason == "card_declined"
+        balance = await c.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id))
+        assert balance.total == usd(0)
+        history = await c.payments.ListPaymentEvents(
+            P.ListPaymentEventsRequest(payment_id=created.payment_id)
+        )
+        assert [h.to_status for h in history.changes] == [
+            P.PAYMENT_STATUS_INITIATED,
+            P.PAYMENT_STATUS_PENDING,
+            P.PAYMENT_STATUS_FAILED,
+        ]
+
+
+async def test_a_webhook_delivered_twice_moves_money_once(suite: Suite) -> None:
+    async with clients(suite) as c, aiohttp.ClientSession() as http:
+        account_id = await open_account(c)
+        created = await c.payments.CreateDeposit(
+            P.CreateDepositRequest(
+                idempotency_key=f"it-{uuid.uuid4()}", account_id=account_id, amount=usd(300)
+            )
+        )
+        await wait_for_status(c, created.payment_id, {P.PAYMENT_STATUS_COMPLETED})
+        async with http.get(f"{suite.simulator_url}/_sim/events") as response:
+            sent = (await response.json())["events"]
+        event_id = ""
+        for event in sent:
+            reference = await _charge_reference(http, suite, event["charge_id"])
+            if event["type"] == "charge.succeeded" and reference == created.gateway_operation_id:
+                event_id = event["id"]
+        assert event_id, "the simulator sent no charge.succeeded for this payment"
+        async with http.post(f"{suite.simulator_url}/_sim/events/{event_id}/redeliver") as resp:
+            assert resp.status == 202
+        await _wait_delivered_twice(http, suite, event_id)
+        balance = await c.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id))
+        assert balance.total == usd(300)
+
+
+async def _charge_reference(http: aiohttp.ClientSession, suite: Suite, charge_id: str) -> str:
+    async with http.get(f"{suite.simulator_url}/v1/charges/{charge_id}") as response:
+        return str((await response.json())["reference"])
+
+
+async def _wait_delivered_twice(http: aiohttp.ClientSession, suite: Suite, event_id: str) -> None:
+    for _ in range(200):
+        async with http.get(f"{suite.simulator_url}/_sim/events") as response:
+            event = next(e for e in (await response.json())["events"] if e["id"] == event_id)
+        if event["attempts"] >= 2 and event["last_status"] == 200:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"redelivery of {event_id} not acknowledged: {event}")
