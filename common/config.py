@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     gateway_target: str = "127.0.0.1:50053"
 
     provider_url: str = "http://127.0.0.1:8090"
-    provider_timeout_ms: int = Field(default=5000, gt=0)
+    provider_timeout_ms: int = Field(default=2000, gt=0)
     webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
 
     # Deadline for calls between our own services.

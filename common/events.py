@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from google.protobuf import message as pb_message
-from paysuite.events.v1 import events_pb2
 
 from common.grpc.convert import money_to_proto
 from common.ids import new_id
+from paysuite.events.v1 import events_pb2
 
 __all__ = ["money_to_proto"]  # re-exported for the event mappers
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import structlog
 from google.protobuf.message import DecodeError
-from paysuite.events.v1 import events_pb2
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.events import dead_letter_stream
+from paysuite.events.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
 

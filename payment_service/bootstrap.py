@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
-
 from common.bootstrap import Infra, ServiceDatabase
 from common.config import Settings
 from common.events import GATEWAY_STREAM
@@ -18,6 +16,7 @@ from payment_service.entrypoints.gateway_events import GROUP, GatewayEventsEntry
 from payment_service.entrypoints.grpc_servicer import PaymentServicer
 from payment_service.service_layer.handlers import GatewayEventHandlers
 from payment_service.service_layer.services import PaymentService
+from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
 NAME = "payment-service"
 DATABASE = ServiceDatabase("payments", Path(__file__).parent / "adapters" / "migrations")

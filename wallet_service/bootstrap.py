@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-
 from common.bootstrap import Infra, ServiceDatabase
 from common.config import Settings
 from common.grpc.server import ServiceRuntime, create_server
+from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_service.adapters.uow import WalletUnitOfWork
 from wallet_service.entrypoints.grpc_servicer import WalletServicer
 from wallet_service.service_layer.services import WalletService

@@ -7,14 +7,14 @@ import time
 import uuid
 
 import grpc
-from paysuite.common.v1 import money_pb2
-from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
-from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from rich.console import Console
 
 from common.config import Settings
 from common.grpc.client import create_channel
 from common.money import Money
+from paysuite.common.v1 import money_pb2
+from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
+from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 POLL_S = 0.02
 TERMINAL = {

@@ -6,8 +6,6 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from paysuite.events.v1 import events_pb2
-from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
@@ -17,6 +15,8 @@ from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
 from common.grpc.client import create_channel
 from common.money import Money
+from paysuite.events.v1 import events_pb2
+from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
 STREAMS = {"payment": PAYMENT_STREAM, "wallet": WALLET_STREAM, "gateway": GATEWAY_STREAM}
 

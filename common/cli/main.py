@@ -54,7 +54,6 @@ def _servers(settings: Settings) -> Iterator[tuple[str, str, bool]]:
 
 def _migrate_all(settings: Settings) -> None:
     from gateway_service.bootstrap import DATABASE as GATEWAY_DB
-
     from payment_service.bootstrap import DATABASE as PAYMENT_DB
     from wallet_service.bootstrap import DATABASE as WALLET_DB
 

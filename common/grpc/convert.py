@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from paysuite.common.v1 import money_pb2
 
 from common.errors import FieldViolation, ValidationError
 from common.money import Money
+from paysuite.common.v1 import money_pb2
 
 
 def money_from_request(message: money_pb2.Money, *, field: str, present: bool) -> Money:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import grpc
-from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from common.grpc.client import translate_rpc_error
 from common.grpc.convert import money_to_proto
 from common.money import Money
 from payment_service.service_layer.ports import AccountInfo, ChargeResult
+from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 _OPERATION_STATUS = {
     gateway_pb2.OPERATION_STATUS_CREATED: "created",

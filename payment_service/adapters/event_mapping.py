@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from paysuite.events.v1 import events_pb2
-
 from common.events import PAYMENT_STREAM, OutgoingEvent, make_envelope, money_to_proto
 from payment_service.domain import events
+from paysuite.events.v1 import events_pb2
 
 PRODUCER = "payment-service"
 

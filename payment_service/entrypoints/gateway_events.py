@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import structlog
-from paysuite.events.v1 import events_pb2
 
 from payment_service.service_layer.handlers import GatewayEventHandlers
+from paysuite.events.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
 

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
 from payment_service.domain.model import Payment, PaymentKind, PaymentStatus, StatusChange
 from payment_service.service_layer.services import PaymentService
+from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

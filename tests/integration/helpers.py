@@ -65,7 +65,9 @@ async def wait_for_status(
         await asyncio.sleep(0.05)
 
 
-async def stream_events(redis: Redis, stream: str, aggregate_id: str) -> list[events_pb2.EventEnvelope]:
+async def stream_events(
+    redis: Redis, stream: str, aggregate_id: str
+) -> list[events_pb2.EventEnvelope]:
     found = []
     for _entry_id, fields in await redis.xrange(stream):
         envelope = events_pb2.EventEnvelope.FromString(fields[b"envelope"])

@@ -132,10 +132,12 @@ async def test_webhook_with_a_wrong_signature_is_401_and_changes_nothing(suite: 
         "webhook-timestamp": "1700000000",
         "webhook-signature": "v1,Zm9yZ2VkIHNpZ25hdHVyZQ==",
     }
-    async with aiohttp.ClientSession() as http:
-        async with http.post(suite.webhook_url, data=body, headers=headers) as response:
-            assert response.status == 401
-            payload = await response.json()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(suite.webhook_url, data=body, headers=headers) as response,
+    ):
+        assert response.status == 401
+        payload = await response.json()
     assert payload["error"]["code"] == "invalid_signature"
     assert await _gateway_rows(suite, "evt_forged") == 0
 

@@ -78,7 +78,9 @@ async def test_deposit_reaches_completed_and_credits_the_wallet(suite: Suite, re
 
     charge_events = [
         e
-        for e in await wait_for_events(redis, prefix + GATEWAY_STREAM, created.gateway_operation_id, 2)
+        for e in await wait_for_events(
+            redis, prefix + GATEWAY_STREAM, created.gateway_operation_id, 2
+        )
         if e.correlation_id == created.payment_id
     ]
     assert [e.event_type for e in charge_events] == ["charge.pending", "charge.succeeded"]

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
+from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_service.domain.model import Account, Entry, LedgerTransaction
 from wallet_service.service_layer.services import WalletService
 

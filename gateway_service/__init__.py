@@ -1,0 +1,1 @@
+"""Gateway service: the only door to payment providers, and their webhooks."""

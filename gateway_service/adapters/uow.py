@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common.uow import SqlUnitOfWork
+from gateway_service.adapters.event_mapping import to_outgoing
+from gateway_service.adapters.repository import OperationRepository, ProviderEventRepository
+
+
+class GatewayUnitOfWork(SqlUnitOfWork):
+    operations: OperationRepository
+    provider_events: ProviderEventRepository
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine, to_outgoing)
+
+    def _open(self) -> None:
+        self.operations = OperationRepository(self.conn)
+        self.provider_events = ProviderEventRepository(self.conn)

@@ -1,0 +1,226 @@
+"""Provider operations and their state machine. Plain Python: no SQL, no gRPC, no HTTP.
+
+    CREATED ──> PENDING ──> SUCCEEDED
+       │           └──────> FAILED
+       └──> SUCCEEDED | FAILED
+
+CREATED means "recorded, the provider's answer unknown": the request may never have left, or
+the provider may have taken it and we timed out. Only the provider can settle that, so nothing
+here ever fails an operation on our own say-so. A provider event can overtake our own record
+of the provider's answer, which is why CREATED may go straight to an outcome. Terminal states
+are final: a later contradicting provider event is recorded as a conflict, never applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from common.errors import FailedPrecondition
+from common.ids import new_id
+from common.money import Money
+from gateway_service.domain import events
+
+
+class OperationKind(StrEnum):
+    CHARGE = "charge"
+    PAYOUT = "payout"
+    REFUND = "refund"
+
+
+class OperationStatus(StrEnum):
+    CREATED = "created"
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (OperationStatus.SUCCEEDED, OperationStatus.FAILED)
+
+
+class ProviderEventStatus(StrEnum):
+    """What became of one provider event; stored beside it for audit and manual review."""
+
+    APPLIED = "applied"
+    DUPLICATE_OUTCOME = "duplicate_outcome"
+    CONFLICT = "conflict"
+    UNMATCHED = "unmatched"
+    IGNORED = "ignored"
+
+
+_NEXT: dict[OperationStatus, frozenset[OperationStatus]] = {
+    OperationStatus.CREATED: frozenset(
+        {OperationStatus.PENDING, OperationStatus.SUCCEEDED, OperationStatus.FAILED}
+    ),
+    OperationStatus.PENDING: frozenset({OperationStatus.SUCCEEDED, OperationStatus.FAILED}),
+    OperationStatus.SUCCEEDED: frozenset(),
+    OperationStatus.FAILED: frozenset(),
+}
+
+# A FAILED operation always says why; providers that fail without a reason get this one.
+UNSPECIFIED_FAILURE = "provider_failed"
+
+
+@dataclass
+class Operation:
+    operation_id: str
+    kind: OperationKind
+    status: OperationStatus
+    amount: Money
+    idempotency_key: str
+    # A payment instrument token: stored so a retry can re-ask the provider, never logged,
+    # never put in an event. repr=False keeps it out of tracebacks and debug output.
+    payment_method: str = field(repr=False)
+    reference: str
+    provider: str
+    provider_reference: str | None = None
+    failure_reason: str | None = None
+    version: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    _events: list[events.GatewayEvent] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def charge(
+        cls,
+        *,
+        idempotency_key: str,
+        amount: Money,
+        payment_method: str,
+        reference: str,
+        provider: str,
+    ) -> Operation:
+        """A new charge, CREATED. It emits nothing: only the provider's answer is news."""
+        return cls(
+            operation_id=new_id(),
+            kind=OperationKind.CHARGE,
+            status=OperationStatus.CREATED,
+            amount=amount,
+            idempotency_key=idempotency_key,
+            payment_method=payment_method,
+            reference=reference,
+            provider=provider,
+            version=1,
+        )
+
+    def same_request(
+        self, *, kind: OperationKind, amount: Money, payment_method: str, reference: str
+    ) -> bool:
+        return (
+            self.kind is kind
+            and self.amount == amount
+            and self.payment_method == payment_method
+            and self.reference == reference
+        )
+
+    def mark_accepted(self, provider_reference: str) -> bool:
+        """The provider took the request. False, changing nothing, when the operation has
+        already moved on (a provider event overtook this answer): never go backwards."""
+        if self.status is not OperationStatus.CREATED:
+            return False
+        self.provider_reference = provider_reference
+        self._move(OperationStatus.PENDING)
+        return True
+
+    def mark_rejected(self, reason: str) -> bool:
+        """The provider refused the request outright, so nothing happened: FAILED."""
+        if self.status is not OperationStatus.CREATED:
+            return False
+        self._move(OperationStatus.FAILED, failure_reason=reason or UNSPECIFIED_FAILURE)
+        return True
+
+    def apply_provider_outcome(
+        self,
+        *,
+        kind: OperationKind,
+        outcome: OperationStatus,
+        failure_reason: str,
+        provider_event_id: str,
+        provider_reference: str,
+    ) -> ProviderEventStatus:
+        """Applies a provider's final word on this operation, as far as it may be applied."""
+        if not outcome.is_terminal:
+            raise ValueError(f"a provider outcome is succeeded or failed, not {outcome}")
+        if kind is not self.kind:
+            return ProviderEventStatus.IGNORED
+        if self.status.is_terminal:
+            if self.status is outcome:
+                return ProviderEventStatus.DUPLICATE_OUTCOME
+            self._contradicted(outcome, failure_reason, provider_event_id)
+            return ProviderEventStatus.CONFLICT
+        if self.provider_reference is None and provider_reference:
+            self.provider_reference = provider_reference
+        reason = (
+            (failure_reason or UNSPECIFIED_FAILURE) if outcome is OperationStatus.FAILED else ""
+        )
+        self._move(outcome, failure_reason=reason, causation_id=provider_event_id)
+        return ProviderEventStatus.APPLIED
+
+    def pull_events(self) -> list[events.GatewayEvent]:
+        pulled, self._events = self._events, []
+        return pulled
+
+    def _move(
+        self, status: OperationStatus, *, failure_reason: str = "", causation_id: str = ""
+    ) -> None:
+        if status not in _NEXT[self.status]:
+            raise FailedPrecondition(
+                f"operation {self.operation_id} cannot move from {self.status} to {status}"
+            )
+        self.status = status
+        if failure_reason:
+            self.failure_reason = failure_reason
+        self.version += 1
+        self._events.append(events.OperationStatusChanged(**self._fact(status, causation_id)))
+
+    def _contradicted(
+        self, outcome: OperationStatus, failure_reason: str, provider_event_id: str
+    ) -> None:
+        # The state stays; the version still moves, because the conflict event is a fact of
+        # its own and consumers order and deduplicate events by (aggregate_id, version).
+        self.version += 1
+        said = f"{outcome} ({failure_reason})" if failure_reason else str(outcome)
+        fact = self._fact(outcome, provider_event_id)
+        fact["failure_reason"] = (
+            f"contradicting provider event {provider_event_id}: the provider reports {said}"
+            f" but the operation is already {self.status}"
+        )
+        self._events.append(events.ContradictingOutcomeReceived(**fact))
+
+    def _fact(self, status: OperationStatus, causation_id: str) -> dict[str, Any]:
+        return {
+            "operation_id": self.operation_id,
+            "kind": self.kind.value,
+            "status": status.value,
+            "amount": self.amount,
+            "reference": self.reference,
+            "idempotency_key": self.idempotency_key,
+            "provider": self.provider,
+            "provider_reference": self.provider_reference or "",
+            "failure_reason": self.failure_reason or "",
+            "version": self.version,
+            "causation_id": causation_id,
+        }
+
+
+# What each provider event type we understand says about which kind of operation.
+PROVIDER_EVENT_OUTCOMES: dict[str, tuple[OperationKind, OperationStatus]] = {
+    "charge.succeeded": (OperationKind.CHARGE, OperationStatus.SUCCEEDED),
+    "charge.failed": (OperationKind.CHARGE, OperationStatus.FAILED),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvent:
+    """One callback from a provider, as received (its signature already verified)."""
+
+    provider: str
+    provider_event_id: str
+    event_type: str
+    provider_reference: str
+    failure_reason: str
+    occurred_at: datetime | None
+    raw_payload: bytes = field(repr=False)

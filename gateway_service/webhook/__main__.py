@@ -1,0 +1,56 @@
+"""`python -m gateway_service.webhook`: serve until SIGTERM or SIGINT, then stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import structlog
+
+from common.config import ConfigError, Settings, load_settings
+from common.logging import configure_logging
+from gateway_service.webhook.app import start
+
+NAME = "webhook-adapter"
+
+log = structlog.get_logger(__name__)
+
+
+async def _serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner, _ = await start(settings, settings.webhook_listen)
+    try:
+        await stop.wait()
+    finally:
+        log.info("webhook.stopping")
+        await runner.cleanup()
+        log.info("webhook.stopped")
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"{NAME}: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(level=settings.log_level, fmt=settings.log_format, service=NAME)
+    try:
+        asyncio.run(_serve(settings))
+    except ConfigError as exc:
+        print(f"{NAME}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # typically the port is taken
+        print(
+            f"{NAME}: cannot listen on {settings.webhook_listen}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

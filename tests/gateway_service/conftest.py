@@ -1,0 +1,238 @@
+"""In-memory fakes of the gateway's ports (unit of work, provider) and fixtures built on them.
+
+The fake unit of work behaves like the SQL one where the service relies on it: changes are
+staged and only become visible at commit, unique keys raise ConcurrentUpdate, and commit
+harvests the tracked aggregates' events (the fake's "outbox").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
+
+import pytest
+
+from common.errors import ConcurrentUpdate
+from common.money import Money
+from gateway_service.domain import events
+from gateway_service.domain.model import Operation, ProviderEvent, ProviderEventStatus
+from gateway_service.domain.provider import ChargeInstruction, ProviderAcceptance
+from gateway_service.service_layer.services import GatewayService
+
+EUR_12_50 = Money(1250, "EUR")
+PAYMENT_METHOD = "pm_card_visa"
+
+
+def _detached(operation: Operation) -> Operation:
+    """A copy sharing nothing with the original, as a row read back from a database."""
+    return dataclasses.replace(operation, _events=[])
+
+
+@dataclasses.dataclass
+class StoredProviderEvent:
+    event: ProviderEvent
+    operation_id: str | None
+    status: ProviderEventStatus
+
+
+@dataclasses.dataclass
+class FakeDatabase:
+    operations: dict[str, Operation] = dataclasses.field(default_factory=dict)
+    provider_events: dict[tuple[str, str], StoredProviderEvent] = dataclasses.field(
+        default_factory=dict
+    )
+    # Every event committed, in order: what the outbox would hold.
+    published: list[events.GatewayEvent] = dataclasses.field(default_factory=list)
+    # Committed by "another request" just before our next insert, to stage an insert race.
+    racing_insert: Operation | None = None
+
+    def by_key(self, idempotency_key: str) -> Operation | None:
+        return next(
+            (op for op in self.operations.values() if op.idempotency_key == idempotency_key),
+            None,
+        )
+
+
+class FakeOperations:
+    def __init__(self, db: FakeDatabase, staged: dict[str, Operation]) -> None:
+        self._db = db
+        self._staged = staged
+
+    async def get(self, operation_id: str, *, for_update: bool = False) -> Operation | None:
+        found = self._staged.get(operation_id)
+        return _detached(found) if found else None
+
+    async def find_by_idempotency_key(self, idempotency_key: str) -> Operation | None:
+        found = next(
+            (op for op in self._staged.values() if op.idempotency_key == idempotency_key), None
+        )
+        return _detached(found) if found else None
+
+    async def find_by_provider_reference(
+        self, provider: str, provider_reference: str, *, for_update: bool = False
+    ) -> Operation | None:
+        found = next(
+            (
+                op
+                for op in self._staged.values()
+                if (op.provider, op.provider_reference) == (provider, provider_reference)
+            ),
+            None,
+        )
+        return _detached(found) if found else None
+
+    async def add(self, operation: Operation) -> None:
+        if self._db.racing_insert is not None:
+            winner, self._db.racing_insert = self._db.racing_insert, None
+            self._db.operations[winner.operation_id] = _detached(winner)
+        taken = {
+            op.idempotency_key for op in [*self._db.operations.values(), *self._staged.values()]
+        }
+        if operation.idempotency_key in taken:
+            raise ConcurrentUpdate("a concurrent request changed the same data")
+        self._staged[operation.operation_id] = _detached(operation)
+
+    async def save(self, operation: Operation) -> None:
+        self._staged[operation.operation_id] = _detached(operation)
+
+
+class FakeProviderEvents:
+    def __init__(self, staged: dict[tuple[str, str], StoredProviderEvent]) -> None:
+        self._staged = staged
+
+    async def claim(self, event: ProviderEvent) -> bool:
+        key = (event.provider, event.provider_event_id)
+        if key in self._staged:
+            return False
+        self._staged[key] = StoredProviderEvent(event, None, ProviderEventStatus.UNMATCHED)
+        return True
+
+    async def operation_of(self, provider: str, provider_event_id: str) -> str | None:
+        return self._staged[(provider, provider_event_id)].operation_id
+
+    async def resolve(
+        self,
+        provider: str,
+        provider_event_id: str,
+        *,
+        operation_id: str | None,
+        status: ProviderEventStatus,
+    ) -> None:
+        stored = self._staged[(provider, provider_event_id)]
+        stored.operation_id, stored.status = operation_id, status
+
+
+class FakeUnitOfWork:
+    operations: FakeOperations
+    provider_events: FakeProviderEvents
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+        self._tracked: list[Operation] = []
+
+    async def __aenter__(self) -> Self:
+        self._ops = dict(self._db.operations)
+        self._events = {k: dataclasses.replace(v) for k, v in self._db.provider_events.items()}
+        self.operations = FakeOperations(self._db, self._ops)
+        self.provider_events = FakeProviderEvents(self._events)
+        self._tracked = []
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._tracked = []
+
+    def track(self, aggregate: Operation) -> None:
+        self._tracked.append(aggregate)
+
+    async def commit(self) -> None:
+        for aggregate in self._tracked:
+            self._db.published.extend(aggregate.pull_events())
+        self._db.operations = dict(self._ops)
+        self._db.provider_events = dict(self._events)
+        self._tracked = []
+
+
+Answer = ProviderAcceptance | Exception
+
+
+class FakeProvider:
+    """Deduplicates on the idempotency key like a real provider; scripted answers first."""
+
+    def __init__(self) -> None:
+        self.answers: list[Answer] = []
+        self.calls: list[ChargeInstruction] = []
+        self.charge_ids: dict[str, str] = {}
+        # Runs while the "provider" holds the request, e.g. to deliver a webhook meanwhile.
+        self.during_call: Callable[[ChargeInstruction], Awaitable[None]] | None = None
+
+    @property
+    def name(self) -> str:
+        return "simulator"
+
+    async def create_charge(self, instruction: ChargeInstruction) -> ProviderAcceptance:
+        self.calls.append(instruction)
+        charge_id = self.charge_ids.setdefault(
+            instruction.idempotency_key, f"ch_{uuid.uuid4().hex[:12]}"
+        )
+        if self.during_call is not None:
+            await self.during_call(instruction)
+        if self.answers:
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return ProviderAcceptance(provider_reference=charge_id)
+
+    def operation_id_in_event(self, raw_payload: bytes) -> str | None:
+        try:
+            return str(json.loads(raw_payload)["data"]["reference"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@pytest.fixture
+def fake_db() -> FakeDatabase:
+    return FakeDatabase()
+
+
+@pytest.fixture
+def fake_provider() -> FakeProvider:
+    return FakeProvider()
+
+
+@pytest.fixture
+def service(fake_db: FakeDatabase, fake_provider: FakeProvider) -> GatewayService:
+    return GatewayService(uow=lambda: FakeUnitOfWork(fake_db), provider=fake_provider)
+
+
+async def charge(service: GatewayService, **overrides: Any) -> Operation:
+    request: dict[str, Any] = {
+        "idempotency_key": "pay-1:charge",
+        "amount": EUR_12_50,
+        "payment_method": PAYMENT_METHOD,
+        "reference": "pay-1",
+        **overrides,
+    }
+    return await service.charge(**request)
+
+
+def provider_event_body(charge_id: str, reference: str, event_type: str) -> bytes:
+    """A body shaped like the simulator's webhook."""
+    status = event_type.removeprefix("charge.")
+    return json.dumps(
+        {
+            "id": "evt_x",
+            "type": event_type,
+            "created": 1_700_000_000,
+            "data": {"charge_id": charge_id, "reference": reference, "status": status},
+        }
+    ).encode()

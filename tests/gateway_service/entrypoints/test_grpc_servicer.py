@@ -1,0 +1,153 @@
+"""The servicer on a real gRPC server (port 0, the shared interceptor) over the in-memory fakes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+
+from common.grpc.server import create_server
+from common.ids import new_id
+from gateway_service.bootstrap import SERVICE_NAME
+from gateway_service.entrypoints.grpc_servicer import GatewayServicer
+from gateway_service.service_layer.services import GatewayService
+from paysuite.common.v1 import money_pb2
+from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.gateway_service.conftest import PAYMENT_METHOD, FakeProvider, provider_event_body
+
+if TYPE_CHECKING:
+    from paysuite.gateway.v1.gateway_pb2_grpc import GatewayServiceAsyncStub as Stub
+
+
+@pytest.fixture
+async def stub(service: GatewayService) -> AsyncIterator[Stub]:
+    servicer = GatewayServicer(service)
+    server, port, _ = create_server(
+        "127.0.0.1:0",
+        registrars=[lambda s: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, s)],
+        service_names=[SERVICE_NAME],
+    )
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield gateway_pb2_grpc.GatewayServiceStub(channel)
+    await server.stop(None)
+
+
+def charge_request(**changes: object) -> gateway_pb2.ChargeRequest:
+    request = gateway_pb2.ChargeRequest(
+        idempotency_key="pay-1:charge",
+        amount=money_pb2.Money(amount_minor=1250, currency="EUR"),
+        payment_method=PAYMENT_METHOD,
+        reference="pay-1",
+    )
+    for name, value in changes.items():
+        if value is None:
+            request.ClearField(name)  # type: ignore[arg-type]
+        elif isinstance(value, money_pb2.Money):
+            request.amount.CopyFrom(value)
+        else:
+            setattr(request, name, value)
+    return request
+
+
+async def test_charge_returns_the_pending_operation(
+    stub: Stub, fake_provider: FakeProvider
+) -> None:
+    operation = await stub.Charge(charge_request())
+
+    assert operation.kind == gateway_pb2.OPERATION_KIND_CHARGE
+    assert operation.status == gateway_pb2.OPERATION_STATUS_PENDING
+    assert (operation.amount.amount_minor, operation.amount.currency) == (1250, "EUR")
+    assert (operation.reference, operation.idempotency_key) == ("pay-1", "pay-1:charge")
+    assert operation.provider == "simulator"
+    assert operation.provider_reference == fake_provider.charge_ids["pay-1:charge"]
+    assert PAYMENT_METHOD.encode() not in operation.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"amount": None}, "amount"),
+        ({"amount": money_pb2.Money(amount_minor=0, currency="EUR")}, "amount.amount_minor"),
+        ({"amount": money_pb2.Money(amount_minor=5, currency="XXX")}, "amount.currency"),
+        ({"idempotency_key": ""}, "idempotency_key"),
+    ],
+)
+async def test_an_invalid_charge_is_invalid_argument(
+    stub: Stub, changes: dict[str, object], field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Charge(charge_request(**changes))
+
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (caught.value.details() or "")
+
+
+async def test_a_reused_key_is_already_exists(stub: Stub) -> None:
+    await stub.Charge(charge_request())
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Charge(charge_request(reference="pay-2"))
+
+    assert caught.value.code() is grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_get_operation_finds_the_charge(stub: Stub) -> None:
+    charged = await stub.Charge(charge_request())
+
+    found = await stub.GetOperation(
+        gateway_pb2.GetOperationRequest(operation_id=charged.operation_id)
+    )
+
+    assert found == charged
+
+
+@pytest.mark.parametrize(
+    ("operation_id", "code"),
+    [(new_id(), grpc.StatusCode.NOT_FOUND), ("nope", grpc.StatusCode.INVALID_ARGUMENT)],
+)
+async def test_get_operation_errors(stub: Stub, operation_id: str, code: grpc.StatusCode) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetOperation(gateway_pb2.GetOperationRequest(operation_id=operation_id))
+
+    assert caught.value.code() is code
+
+
+async def test_handle_provider_event_settles_once(stub: Stub) -> None:
+    charged = await stub.Charge(charge_request())
+    request = gateway_pb2.HandleProviderEventRequest(
+        provider="simulator",
+        provider_event_id="evt_1",
+        event_type="charge.succeeded",
+        provider_reference=charged.provider_reference,
+        raw_payload=provider_event_body(
+            charged.provider_reference, charged.operation_id, "charge.succeeded"
+        ),
+    )
+    request.occurred_at.GetCurrentTime()
+
+    first = await stub.HandleProviderEvent(request)
+    again = await stub.HandleProviderEvent(request)
+
+    assert (first.first_delivery, first.operation_id) == (True, charged.operation_id)
+    assert (again.first_delivery, again.operation_id) == (False, charged.operation_id)
+    found = await stub.GetOperation(
+        gateway_pb2.GetOperationRequest(operation_id=charged.operation_id)
+    )
+    assert found.status == gateway_pb2.OPERATION_STATUS_SUCCEEDED
+
+
+async def test_not_yet_built_methods_are_unimplemented(stub: Stub) -> None:
+    calls: list[Awaitable[object]] = [
+        stub.Payout(gateway_pb2.PayoutRequest()),
+        stub.Refund(gateway_pb2.RefundRequest()),
+        stub.SyncOperation(gateway_pb2.SyncOperationRequest()),
+        stub.GetProviderStatus(gateway_pb2.GetProviderStatusRequest()),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert "not implemented yet" in (caught.value.details() or "")

@@ -1,0 +1,349 @@
+"""The webhook adapter on port 0, forwarding to a fake GatewayService on a real gRPC server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+from standardwebhooks.webhooks import Webhook
+
+from common.config import ConfigError, Settings
+from gateway_service.webhook.app import MAX_BODY_BYTES, create_app, start
+from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+# Deliberately not the development secret, so the tests prove the configured one is used.
+TEST_SECRET = "whsec_" + base64.b64encode(b"gateway-webhook-test-secret").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"somebody-else").decode()
+CHARGE_ID = "ch_0123456789abcdef01234567"
+
+
+class FakeGateway(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self) -> None:
+        self.received: list[gateway_pb2.HandleProviderEventRequest] = []
+        self.fail_with: grpc.StatusCode | None = None
+
+    async def HandleProviderEvent(
+        self,
+        request: gateway_pb2.HandleProviderEventRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.HandleProviderEventResponse:
+        if self.fail_with is not None:
+            await context.abort(self.fail_with, f"scripted {self.fail_with.name.lower()}")
+        first = all(r.provider_event_id != request.provider_event_id for r in self.received)
+        self.received.append(request)
+        return gateway_pb2.HandleProviderEventResponse(first_delivery=first, operation_id="op-1")
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[FakeGateway, int]]:
+    # Only HandleProviderEvent is served; the base class answers the rest UNIMPLEMENTED.
+    fake = FakeGateway()  # type: ignore[abstract]
+    server = grpc.aio.server()
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield fake, port
+    await server.stop(None)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def settings_for(gateway_port: int, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "gateway_target": f"127.0.0.1:{gateway_port}",
+        "webhook_secret": SecretStr(TEST_SECRET),
+        "rpc_timeout_ms": 2000,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+Post = Callable[..., Awaitable[tuple[int, Any]]]
+StartWebhook = Callable[[Settings], Awaitable[Post]]
+
+
+@pytest.fixture
+async def start_webhook() -> AsyncIterator[StartWebhook]:
+    """Starts adapters with `start()`; returns a poster for each; all stopped at teardown."""
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+
+    async def start_with(settings: Settings) -> Post:
+        runner, port = await start(settings, "127.0.0.1:0")
+        cleanups.append(runner.cleanup)
+        client = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}")
+        cleanups.append(client.close)
+
+        async def post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+            async with client.post(path, data=body, headers=headers) as response:
+                return response.status, await response.json()
+
+        return post
+
+    yield start_with
+    for cleanup in reversed(cleanups):
+        await cleanup()
+
+
+@pytest.fixture
+async def post(start_webhook: StartWebhook, gateway: tuple[FakeGateway, int]) -> Post:
+    return await start_webhook(settings_for(gateway[1]))
+
+
+@pytest.fixture
+def fake(gateway: tuple[FakeGateway, int]) -> FakeGateway:
+    return gateway[0]
+
+
+def event_body(**changes: Any) -> bytes:
+    body: dict[str, Any] = {
+        "id": "evt_1",
+        "type": "charge.failed",
+        "created": 1_700_000_000,
+        "data": {
+            "charge_id": CHARGE_ID,
+            "reference": "0b4c7a40-3f4e-4b9a-9a55-9f1f8f0c1d2e",
+            "amount_minor": 1250,
+            "currency": "EUR",
+            "status": "failed",
+            "failure_reason": "card_declined",
+        },
+        **changes,
+    }
+    return json.dumps(body).encode()
+
+
+def signed(
+    body: bytes,
+    *,
+    secret: str = TEST_SECRET,
+    msg_id: str = "evt_1",
+    at: datetime | None = None,
+) -> dict[str, str]:
+    at = at or datetime.now(UTC)
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, at, body.decode()),
+    }
+
+
+async def test_a_signed_event_is_forwarded_and_accepted(post: Post, fake: FakeGateway) -> None:
+    body = event_body()
+
+    status, answer = await post("/webhooks/simulator", body, signed(body))
+
+    assert (status, answer) == (200, {"status": "accepted", "duplicate": False})
+    [request] = fake.received
+    assert (request.provider, request.provider_event_id, request.event_type) == (
+        "simulator",
+        "evt_1",
+        "charge.failed",
+    )
+    assert (request.provider_reference, request.failure_reason) == (CHARGE_ID, "card_declined")
+    assert request.occurred_at.seconds == 1_700_000_000
+    assert request.raw_payload == body
+
+
+async def test_a_repeated_event_is_accepted_as_a_duplicate(post: Post, fake: FakeGateway) -> None:
+    body = event_body(type="charge.succeeded")
+    await post("/webhooks/simulator", body, signed(body))
+
+    status, answer = await post("/webhooks/simulator", body, signed(body))
+
+    assert (status, answer) == (200, {"status": "accepted", "duplicate": True})
+    assert len(fake.received) == 2
+
+
+async def test_an_unknown_event_type_still_reaches_the_gateway(
+    post: Post, fake: FakeGateway
+) -> None:
+    body = event_body(type="payout.paid", data={"payout_id": "po_1"})
+
+    status, _ = await post("/webhooks/simulator", body, signed(body))
+
+    assert status == 200
+    assert (fake.received[0].event_type, fake.received[0].provider_reference) == (
+        "payout.paid",
+        "",
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(lambda body: signed(body, secret=OTHER_SECRET), id="other-secret"),
+        pytest.param(lambda body: signed(event_body(id="evt_2")), id="other-body"),
+        pytest.param(lambda body: {**signed(body), "webhook-id": "evt_2"}, id="other-id"),
+        pytest.param(
+            lambda body: signed(body, at=datetime.now(UTC) - timedelta(minutes=10)), id="replayed"
+        ),
+        pytest.param(
+            lambda body: {**signed(body), "webhook-signature": "v1"}, id="garbled-signature"
+        ),
+        pytest.param(
+            lambda body: {k: v for k, v in signed(body).items() if k != "webhook-signature"},
+            id="unsigned",
+        ),
+        pytest.param(lambda body: {"content-type": "application/json"}, id="no-headers"),
+    ],
+)
+async def test_a_bad_signature_is_401_and_nothing_is_forwarded(
+    post: Post, fake: FakeGateway, headers: Callable[[bytes], dict[str, str]]
+) -> None:
+    body = event_body()
+
+    status, answer = await post("/webhooks/simulator", body, headers(body))
+
+    assert status == 401
+    assert answer["error"]["code"] == "invalid_signature"
+    assert fake.received == []
+
+
+async def test_a_body_that_is_not_utf8_is_401(post: Post, fake: FakeGateway) -> None:
+    body = b"\xff\xfe"
+    headers = {**signed(b"x"), "content-type": "application/json"}
+
+    status, _ = await post("/webhooks/simulator", body, headers)
+
+    assert status == 401
+    assert fake.received == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"not json", "body"),
+        (b"[1, 2]", "body"),
+        (event_body(id=""), "id"),
+        (event_body(created="yesterday"), "created"),
+        (event_body(data="ch_1"), "data"),
+        (event_body(data={"failure_reason": None}), "data.charge_id"),
+        (event_body(data={"charge_id": 7}), "data.charge_id"),
+    ],
+)
+async def test_a_malformed_signed_body_is_400_with_the_field(
+    post: Post, fake: FakeGateway, body: bytes, field: str
+) -> None:
+    status, answer = await post("/webhooks/simulator", body, signed(body))
+
+    assert status == 400
+    assert answer["error"]["code"] == "malformed_payload"
+    assert answer["error"]["field"] == field
+    assert fake.received == []
+
+
+async def test_an_unknown_provider_is_404(post: Post, fake: FakeGateway) -> None:
+    body = event_body()
+
+    status, answer = await post("/webhooks/acme", body, signed(body))
+
+    assert status == 404
+    assert answer["error"]["code"] == "unknown_provider"
+    assert fake.received == []
+
+
+async def test_a_body_over_the_limit_is_413(post: Post, fake: FakeGateway) -> None:
+    body = event_body(padding="x" * MAX_BODY_BYTES)
+
+    status, answer = await post("/webhooks/simulator", body, signed(body))
+
+    assert status == 413
+    assert answer["error"]["code"] == "request_entity_too_large"
+    assert fake.received == []
+
+
+async def test_a_gateway_that_is_down_is_503(start_webhook: StartWebhook) -> None:
+    post = await start_webhook(settings_for(free_port()))
+    body = event_body()
+
+    status, answer = await post("/webhooks/simulator", body, signed(body))
+
+    assert status == 503
+    assert answer["error"]["code"] == "gateway_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, 503),
+        (grpc.StatusCode.ABORTED, 503),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 503),
+        (grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (grpc.StatusCode.FAILED_PRECONDITION, 422),
+        (grpc.StatusCode.INTERNAL, 502),
+    ],
+)
+async def test_gateway_errors_map_to_what_the_provider_should_do(
+    post: Post, fake: FakeGateway, code: grpc.StatusCode, status: int
+) -> None:
+    fake.fail_with = code
+    body = event_body()
+
+    got, answer = await post("/webhooks/simulator", body, signed(body))
+
+    assert got == status
+    assert set(answer) == {"error"}
+    if status in (400, 422):
+        assert answer["error"]["code"] == code.name.lower()
+        assert answer["error"]["message"] == f"scripted {code.name.lower()}"
+
+
+async def test_healthz(start_webhook: StartWebhook) -> None:
+    runner, port = await start(settings_for(free_port()), "127.0.0.1:0")
+    try:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"http://127.0.0.1:{port}/healthz") as response,
+        ):
+            assert response.status == 200
+            assert await response.json() == {"status": "ok"}
+    finally:
+        await runner.cleanup()
+
+
+class ExplodingStub:
+    async def HandleProviderEvent(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+
+async def test_an_unexpected_error_is_a_bare_500() -> None:
+    app = create_app(settings_for(free_port()), ExplodingStub())  # type: ignore[arg-type]
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    body = event_body()
+    try:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(
+                f"http://127.0.0.1:{port}/webhooks/simulator", data=body, headers=signed(body)
+            ) as response,
+        ):
+            assert response.status == 500
+            assert await response.json() == {"error": {"code": "internal"}}
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("secret", ["whsec_not*base64!", "whsec_"])
+async def test_an_unusable_secret_is_a_configuration_error(secret: str) -> None:
+    with pytest.raises(ConfigError, match="PAYSUITE_WEBHOOK_SECRET") as caught:
+        await start(settings_for(free_port(), webhook_secret=SecretStr(secret)), "127.0.0.1:0")
+
+    assert secret not in str(caught.value)
