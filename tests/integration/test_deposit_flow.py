@@ -9,7 +9,9 @@ import uuid
 import aiohttp
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import text
 
+from common import db
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
 from paysuite.events.v1 import events_pb2
 from paysuite.payment.v1 import payment_pb2
@@ -22,6 +24,7 @@ from tests.integration.helpers import (
     wait_for_events,
     wait_for_status,
 )
+from wallet_service.bootstrap import DATABASE as WALLET_DB
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -151,3 +154,34 @@ async def _wait_delivered_twice(http: aiohttp.ClientSession, suite: Suite, event
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"redelivery of {event_id} not acknowledged: {event}")
+
+
+async def test_ledger_invariants_hold_after_the_flows(suite: Suite) -> None:
+    """Invariants 1-3 over everything the tests above wrote, checked in the database itself."""
+    engine = db.create_engine(WALLET_DB.url(suite.settings), pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            unbalanced = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM (SELECT transaction_id FROM ledger_entries"
+                    " GROUP BY transaction_id, currency HAVING sum(amount_minor) <> 0) AS t"
+                )
+            )
+            drifted = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM accounts a WHERE a.kind = 'customer' AND a.total_minor"
+                    " <> (SELECT coalesce(sum(e.amount_minor), 0) FROM ledger_entries e"
+                    " WHERE e.account_id = a.account_id)"
+                )
+            )
+            negative = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM accounts"
+                    " WHERE kind = 'customer' AND total_minor - held_minor < 0"
+                )
+            )
+            entries = await conn.scalar(text("SELECT count(*) FROM ledger_entries"))
+    finally:
+        await engine.dispose()
+    assert entries, "the flows above should have written ledger entries"
+    assert (unbalanced, drifted, negative) == (0, 0, 0)

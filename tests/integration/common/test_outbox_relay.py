@@ -1,0 +1,136 @@
+"""The outbox relay against a real PostgreSQL and Redis (invariant 7: every committed change
+reaches its stream; nothing is skipped)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common import db
+from common.config import Settings
+from common.events import OutgoingEvent, make_envelope
+from common.migrations import OUTBOX_DDL
+from common.outbox import OutboxRelay, write_outbox
+from paysuite.events.v1 import events_pb2
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def outbox_engine(migrated: Settings) -> AsyncIterator[AsyncEngine]:
+    """A database of its own, so no service's relay competes for these rows."""
+    url = db.service_database_url(
+        migrated.require_database_url(), "outbox_test", prefix=migrated.database_prefix
+    )
+    db.ensure_database(url)
+    engine = db.create_engine(url, pool_size=4)
+    async with engine.begin() as conn:
+        exists = await conn.scalar(text("SELECT to_regclass('outbox') IS NOT NULL"))
+        if not exists:
+            for statement in OUTBOX_DDL:
+                await conn.execute(text(statement))
+    yield engine
+    await engine.dispose()
+    db.drop_database(url)
+
+
+def event(stream: str, name: str) -> OutgoingEvent:
+    envelope = make_envelope(
+        event_type=name,
+        aggregate_type="test",
+        aggregate_id=str(uuid.uuid4()),
+        aggregate_version=1,
+        payload=events_pb2.AccountOpened(account_id=name),
+        producer="test",
+    )
+    return OutgoingEvent(stream, envelope)
+
+
+def relay(engine: AsyncEngine, redis: Redis, settings: Settings, **kwargs: float) -> OutboxRelay:
+    return OutboxRelay(
+        engine,
+        redis,
+        listen_dsn=db.libpq_dsn(engine.url),
+        stream_prefix=settings.stream_prefix,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def published(redis: Redis, stream: str) -> list[str]:
+    return [fields[b"event_type"].decode() for _id, fields in await redis.xrange(stream)]
+
+
+async def test_a_row_whose_transaction_commits_late_is_not_skipped(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    stream = f"test.{uuid.uuid4()}"
+    late = await outbox_engine.connect()
+    await late.begin()
+    await write_outbox(late, [event(stream, "late")])  # takes the lower id, commits last
+    async with outbox_engine.begin() as conn:
+        await write_outbox(conn, [event(stream, "early")])
+    the_relay = relay(outbox_engine, redis, migrated)
+
+    assert await the_relay.publish_batch() == 1
+    await late.commit()
+    await late.close()
+    assert await the_relay.publish_batch() == 1
+    assert await the_relay.publish_batch() == 0
+    assert await published(redis, migrated.stream_prefix + stream) == ["early", "late"]
+
+
+async def test_rolled_back_changes_publish_nothing(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    stream = f"test.{uuid.uuid4()}"
+    async with outbox_engine.connect() as conn:
+        await conn.begin()
+        await write_outbox(conn, [event(stream, "rolled-back")])
+        await conn.rollback()
+    while await relay(outbox_engine, redis, migrated).publish_batch():
+        pass
+    assert await published(redis, migrated.stream_prefix + stream) == []
+
+
+async def test_two_relays_publish_each_row_once(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    stream = f"test.{uuid.uuid4()}"
+    async with outbox_engine.begin() as conn:
+        await write_outbox(conn, [event(stream, f"e{i}") for i in range(300)])
+    relays = [relay(outbox_engine, redis, migrated, batch_size=7) for _ in range(2)]
+
+    async def drain(r: OutboxRelay) -> None:
+        while await r.publish_batch():
+            pass
+
+    await asyncio.gather(*(drain(r) for r in relays))
+    names = await published(redis, migrated.stream_prefix + stream)
+    assert sorted(names) == sorted(f"e{i}" for i in range(300))
+
+
+async def test_notify_wakes_the_relay_long_before_its_poll_interval(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    stream = f"test.{uuid.uuid4()}"
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay(outbox_engine, redis, migrated, poll_interval_s=60).run(stop))
+    try:
+        await asyncio.sleep(0.5)  # let it LISTEN
+        async with outbox_engine.begin() as conn:
+            await write_outbox(conn, [event(stream, "woken")])
+        for _ in range(100):
+            if await published(redis, migrated.stream_prefix + stream):
+                break
+            await asyncio.sleep(0.05)
+        assert await published(redis, migrated.stream_prefix + stream) == ["woken"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)

@@ -1,0 +1,120 @@
+"""Consumer groups on a real Redis: ack after the effect, reclaim from dead consumers, park
+poison messages on the dead-letter stream."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from common.config import Settings
+from common.events import dead_letter_stream, make_envelope
+from common.streams import StreamConsumer
+from paysuite.events.v1 import events_pb2
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def publish(redis: Redis, stream: str, name: str = "thing.happened") -> str:
+    envelope = make_envelope(
+        event_type=name,
+        aggregate_type="test",
+        aggregate_id="a",
+        aggregate_version=1,
+        payload=events_pb2.AccountOpened(account_id="a"),
+        producer="test",
+    )
+    await redis.xadd(
+        stream, {"event_id": envelope.event_id, "envelope": envelope.SerializeToString()}
+    )
+    return envelope.event_id
+
+
+def stream_name(settings: Settings) -> str:
+    return f"{settings.stream_prefix}test.{uuid.uuid4()}"
+
+
+async def pending(redis: Redis, stream: str, group: str) -> int:
+    info = await redis.xpending(stream, group)
+    return int(info["pending"])
+
+
+async def test_a_handled_event_is_acknowledged(redis: Redis, migrated: Settings) -> None:
+    stream = stream_name(migrated)
+    seen: list[str] = []
+
+    async def handler(envelope: events_pb2.EventEnvelope) -> None:
+        seen.append(envelope.event_id)
+
+    consumer = StreamConsumer(redis, stream=stream, group="g", handler=handler, block_ms=10)
+    await consumer.ensure_group()
+    event_id = await publish(redis, stream)
+    await consumer.poll_once()
+    assert seen == [event_id]
+    assert await pending(redis, stream, "g") == 0
+
+
+async def test_entries_of_a_dead_consumer_are_reclaimed(redis: Redis, migrated: Settings) -> None:
+    stream = stream_name(migrated)
+    handled: list[str] = []
+
+    async def crash(envelope: events_pb2.EventEnvelope) -> None:
+        raise RuntimeError("process died mid-flight")
+
+    async def handler(envelope: events_pb2.EventEnvelope) -> None:
+        handled.append(envelope.event_id)
+
+    dead = StreamConsumer(redis, stream=stream, group="g", handler=crash, block_ms=10, name="a")
+    await dead.ensure_group()
+    event_id = await publish(redis, stream)
+    await dead.poll_once()
+    assert await pending(redis, stream, "g") == 1
+
+    alive = StreamConsumer(
+        redis, stream=stream, group="g", handler=handler, block_ms=10, claim_idle_ms=1, name="b"
+    )
+    await alive.poll_once()
+    assert handled == [event_id]
+    assert await pending(redis, stream, "g") == 0
+
+
+async def test_an_event_that_keeps_failing_is_dead_lettered(
+    redis: Redis, migrated: Settings
+) -> None:
+    stream = stream_name(migrated)
+
+    async def failing(envelope: events_pb2.EventEnvelope) -> None:
+        raise ValueError("cannot handle this")
+
+    consumer = StreamConsumer(
+        redis, stream=stream, group="g", handler=failing, block_ms=10, claim_idle_ms=1,
+        max_deliveries=3,
+    )  # fmt: skip
+    await consumer.ensure_group()
+    event_id = await publish(redis, stream)
+    for _ in range(4):
+        await consumer.poll_once()
+    parked = await redis.xrange(dead_letter_stream(stream))
+    assert [fields[b"event_id"].decode() for _id, fields in parked] == [event_id]
+    assert b"cannot handle this" in parked[0][1][b"error"]
+    assert await pending(redis, stream, "g") == 0
+
+
+async def test_an_unparseable_entry_is_dead_lettered_at_once(
+    redis: Redis, migrated: Settings
+) -> None:
+    stream = stream_name(migrated)
+    calls = 0
+
+    async def handler(envelope: events_pb2.EventEnvelope) -> None:
+        nonlocal calls
+        calls += 1
+
+    consumer = StreamConsumer(redis, stream=stream, group="g", handler=handler, block_ms=10)
+    await consumer.ensure_group()
+    await redis.xadd(stream, {"envelope": b"\xff\xfe not protobuf"})
+    await consumer.poll_once()
+    assert calls == 0
+    assert len(await redis.xrange(dead_letter_stream(stream))) == 1
+    assert await pending(redis, stream, "g") == 0
