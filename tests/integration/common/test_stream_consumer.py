@@ -3,6 +3,7 @@ poison messages on the dead-letter stream."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -72,8 +73,9 @@ async def test_entries_of_a_dead_consumer_are_reclaimed(redis: Redis, migrated: 
     assert await pending(redis, stream, "g") == 1
 
     alive = StreamConsumer(
-        redis, stream=stream, group="g", handler=handler, block_ms=10, claim_idle_ms=1, name="b"
+        redis, stream=stream, group="g", handler=handler, block_ms=10, claim_idle_ms=20, name="b"
     )
+    await asyncio.sleep(0.05)  # longer than claim_idle_ms: the entry now counts as abandoned
     await alive.poll_once()
     assert handled == [event_id]
     assert await pending(redis, stream, "g") == 0
@@ -95,6 +97,7 @@ async def test_an_event_that_keeps_failing_is_dead_lettered(
     event_id = await publish(redis, stream)
     for _ in range(4):
         await consumer.poll_once()
+        await asyncio.sleep(0.01)  # let the pending entry idle past claim_idle_ms
     parked = await redis.xrange(dead_letter_stream(stream))
     assert [fields[b"event_id"].decode() for _id, fields in parked] == [event_id]
     assert b"cannot handle this" in parked[0][1][b"error"]
