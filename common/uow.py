@@ -21,6 +21,20 @@ class EventSource(Protocol):
     def pull_events(self) -> list[Any]: ...
 
 
+class UnitOfWork(Protocol):
+    """What a service layer needs of a unit of work; each service adds its repositories."""
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    def track(self, aggregate: Any) -> None: ...
+    async def commit(self) -> None: ...
+
+
 EventMapper = Callable[[Any], OutgoingEvent]
 
 

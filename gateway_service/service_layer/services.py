@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
 import structlog
 
@@ -26,6 +25,7 @@ from common.errors import (
 )
 from common.ids import parse_id
 from common.money import Money
+from common.uow import UnitOfWork as BaseUnitOfWork
 from gateway_service.domain.model import (
     PROVIDER_EVENT_OUTCOMES,
     Operation,
@@ -77,21 +77,11 @@ class ProviderEventStore(Protocol):
     ) -> None: ...
 
 
-class UnitOfWork(Protocol):
+class UnitOfWork(BaseUnitOfWork, Protocol):
     @property
     def operations(self) -> OperationStore: ...
     @property
     def provider_events(self) -> ProviderEventStore: ...
-
-    async def __aenter__(self) -> Self: ...
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-    def track(self, aggregate: Operation) -> None: ...
-    async def commit(self) -> None: ...
 
 
 class Provider(Protocol):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
 from common.money import Money
+from common.uow import UnitOfWork as BaseUnitOfWork
 from payment_service.domain.model import Payment, StatusChange
 
 
@@ -47,16 +47,6 @@ class PaymentStore(Protocol):
     async def mark_processed(self, consumer: str, event_id: str) -> bool: ...
 
 
-class UnitOfWork(Protocol):
+class UnitOfWork(BaseUnitOfWork, Protocol):
     @property
     def payments(self) -> PaymentStore: ...
-
-    async def __aenter__(self) -> Self: ...
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-    def track(self, aggregate: Payment) -> None: ...
-    async def commit(self) -> None: ...

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 from common.errors import FieldViolation, NotFound, ValidationError, require, retry_on_conflict
 from common.ids import parse_id
 from common.money import Money, validate_currency
+from common.uow import UnitOfWork as BaseUnitOfWork
 from wallet_service.domain.model import (
     Account,
     AccountKind,
@@ -34,19 +34,9 @@ class AccountStore(Protocol):
     ) -> list[tuple[int, Entry, str, Any]]: ...
 
 
-class UnitOfWork(Protocol):
+class UnitOfWork(BaseUnitOfWork, Protocol):
     @property
     def accounts(self) -> AccountStore: ...
-
-    async def __aenter__(self) -> Self: ...
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-    def track(self, aggregate: Account) -> None: ...
-    async def commit(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
