@@ -149,7 +149,7 @@ async def suite(migrated: Settings, redis: Redis) -> AsyncIterator[Suite]:
                 listen_host="127.0.0.1",
                 listen_port=simulator_port,
                 webhook_url=webhook_url,
-                settle_delay_ms=100,
+                settle_delay_ms=300,
                 webhook_secret=settings.webhook_secret,
             )
         )
