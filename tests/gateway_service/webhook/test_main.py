@@ -3,39 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 
 import pytest
 
+from tests.processes import spawn, start
+
 
 async def _spawn(**env: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway_service.webhook",
-        env={**os.environ, "PAYSUITE_WEBHOOK_LISTEN": "127.0.0.1:0", **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return await spawn(
+        "gateway_service.webhook", **{"PAYSUITE_WEBHOOK_LISTEN": "127.0.0.1:0", **env}
     )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_runs_until_signalled_then_stops_gracefully(signum: signal.Signals) -> None:
-    process = await _spawn()
-    assert process.stderr is not None
-    seen = b""
-    async with asyncio.timeout(10):
-        while b"webhook.started" not in seen:
-            line = await process.stderr.readline()
-            assert line, f"exited before starting: {seen.decode()}"
-            seen += line
-
-        process.send_signal(signum)
-        _, rest = await process.communicate()
-
-    assert process.returncode == 0, (seen + rest).decode()
+    started = await start(
+        "gateway_service.webhook", b"webhook.started", **{"PAYSUITE_WEBHOOK_LISTEN": "127.0.0.1:0"}
+    )
+    code, rest = await started.stop(signum)
+    assert code == 0, (started.log + rest).decode()
     assert b"webhook.stopped" in rest
     assert b"Traceback" not in rest
 
