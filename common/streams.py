@@ -4,7 +4,8 @@ A handler does its effect and records the event id (see `mark_processed`) in ONE
 transaction, then the consumer acknowledges. Redelivery after a crash is therefore harmless.
 Entries left pending by a dead consumer are reclaimed with XAUTOCLAIM once idle; an entry that
 keeps failing, or cannot even be parsed, is parked on `<stream>.dlq` and acknowledged, so one
-poison message cannot block a stream.
+poison message cannot block a stream. A handler failing with DependencyUnavailable (the
+wallet is down, say) is never dead-lettered: the entry waits for the dependency.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from redis.exceptions import ResponseError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.errors import DependencyUnavailable
 from common.events import dead_letter_stream
 from paysuite.events.v1 import events_pb2
 
@@ -125,6 +127,11 @@ class StreamConsumer:
         bound = log.bind(stream=self.stream, event_id=envelope.event_id, type=envelope.event_type)
         try:
             await self._handler(envelope)
+        except DependencyUnavailable as exc:
+            # Not the message's fault: keep it pending however long the outage lasts, rather
+            # than dead-lettering a perfectly good event after N quick failures.
+            bound.warning("stream.dependency_unavailable", error=str(exc))
+            return
         except Exception as exc:
             deliveries = await self._deliveries(entry_id)
             if deliveries >= self._max_deliveries:

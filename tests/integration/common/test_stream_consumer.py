@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from common.config import Settings
+from common.errors import DependencyUnavailable
 from common.events import dead_letter_stream, make_envelope
 from common.streams import StreamConsumer
 from paysuite.events.v1 import events_pb2
@@ -121,3 +122,24 @@ async def test_an_unparseable_entry_is_dead_lettered_at_once(
     assert calls == 0
     assert len(await redis.xrange(dead_letter_stream(stream))) == 1
     assert await pending(redis, stream, "g") == 0
+
+
+async def test_an_outage_of_a_dependency_never_dead_letters(
+    redis: Redis, migrated: Settings
+) -> None:
+    stream = stream_name(migrated)
+
+    async def wallet_down(envelope: events_pb2.EventEnvelope) -> None:
+        raise DependencyUnavailable("wallet unavailable")
+
+    consumer = StreamConsumer(
+        redis, stream=stream, group="g", handler=wallet_down, block_ms=10, claim_idle_ms=1,
+        max_deliveries=2,
+    )  # fmt: skip
+    await consumer.ensure_group()
+    await publish(redis, stream)
+    for _ in range(5):
+        await consumer.poll_once()
+        await asyncio.sleep(0.01)
+    assert await redis.xrange(dead_letter_stream(stream)) == []
+    assert await pending(redis, stream, "g") == 1
