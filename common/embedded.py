@@ -88,13 +88,15 @@ def start_embedded(data_dir: Path, *, keep_data: bool = True) -> EmbeddedServers
         stderr=subprocess.DEVNULL,
     )
     _wait_for_redis(socket, process)
-    return EmbeddedServers(
+    servers = EmbeddedServers(
         data_dir=data_dir,
         database_url=postgres.get_uri(),
         redis_url=f"unix://{socket}",
         _postgres=postgres,
         _redis=process,
     )
+    servers.write_endpoints()
+    return servers
 
 
 def _wait_for_redis(socket: Path, process: subprocess.Popen[bytes]) -> None:

@@ -6,11 +6,8 @@ from dataclasses import dataclass
 
 from google.protobuf import message as pb_message
 
-from common.grpc.convert import money_to_proto
 from common.ids import new_id
 from paysuite.events.v1 import events_pb2
-
-__all__ = ["money_to_proto"]  # re-exported for the event mappers
 
 PAYMENT_STREAM = "paysuite.payment.events"
 WALLET_STREAM = "paysuite.wallet.events"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -78,9 +77,7 @@ def up() -> None:
     configure_logging(level="WARNING", fmt=settings.log_format)
     with _servers(settings) as (database_url, redis_url, embedded):
         if embedded:
-            start_embedded_note = f"embedded, data in {settings.data_dir.resolve()}"
-            console.print(f"PostgreSQL and Redis: {start_embedded_note}")
-            _write_endpoints(settings, database_url, redis_url)
+            console.print(f"PostgreSQL and Redis: embedded, data in {settings.data_dir.resolve()}")
         _migrate_all(settings.model_copy(update={"database_url": database_url}))
         processes = supervisor.plan(settings)
         env = supervisor.child_env(settings, database_url, redis_url)
@@ -97,14 +94,6 @@ def up() -> None:
             name, code = exited
             console.print(f"[red]{name} exited with code {code}; the suite stopped[/red]")
             raise typer.Exit(1)
-
-
-def _write_endpoints(settings: Settings, database_url: str, redis_url: str) -> None:
-    from common.config import ENDPOINTS_FILE
-
-    (settings.data_dir / ENDPOINTS_FILE).write_text(
-        json.dumps({"database_url": database_url, "redis_url": redis_url})
-    )
 
 
 def _print_endpoints(processes: list[supervisor.Process]) -> None:

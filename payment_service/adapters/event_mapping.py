@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.events import PAYMENT_STREAM, OutgoingEvent, make_envelope, money_to_proto
+from common.events import PAYMENT_STREAM, OutgoingEvent, make_envelope
+from common.grpc.convert import money_to_proto
 from payment_service.domain import events
 from paysuite.events.v1 import events_pb2
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.events import WALLET_STREAM, OutgoingEvent, make_envelope, money_to_proto
+from common.events import WALLET_STREAM, OutgoingEvent, make_envelope
+from common.grpc.convert import money_to_proto
 from paysuite.events.v1 import events_pb2
 from wallet_service.domain import events
 

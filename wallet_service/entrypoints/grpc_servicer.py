@@ -5,6 +5,7 @@ No try/except here: domain errors become statuses in common.grpc.errors.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -84,20 +85,19 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def Credit(
         self, request: wallet_pb2.CreditRequest, context: Context
     ) -> wallet_pb2.LedgerTransaction:
-        txn = await self._service.credit(
-            operation_ref=request.operation_ref,
-            account_id=request.account_id,
-            amount=money_from_request(
-                request.amount, field="amount", present=request.HasField("amount")
-            ),
-            description=request.description,
-        )
-        return transaction_to_proto(txn)
+        return await self._move(self._service.credit, request)
 
     async def Debit(
         self, request: wallet_pb2.DebitRequest, context: Context
     ) -> wallet_pb2.LedgerTransaction:
-        txn = await self._service.debit(
+        return await self._move(self._service.debit, request)
+
+    @staticmethod
+    async def _move(
+        movement: Callable[..., Awaitable[LedgerTransaction]],
+        request: wallet_pb2.CreditRequest | wallet_pb2.DebitRequest,
+    ) -> wallet_pb2.LedgerTransaction:
+        txn = await movement(
             operation_ref=request.operation_ref,
             account_id=request.account_id,
             amount=money_from_request(
