@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -50,7 +51,7 @@ class Infra:
         return cls(
             settings=settings,
             database_url=url,
-            engine=db.create_engine(url),
+            engine=db.create_engine(url, pool_size=settings.db_pool_size),
             redis=Redis.from_url(settings.require_redis_url()),
         )
 
@@ -62,6 +63,8 @@ class Infra:
             batch_size=self.settings.relay_batch_size,
             poll_interval_s=self.settings.relay_poll_interval_ms / 1000,
             stream_prefix=self.settings.stream_prefix,
+            retention=timedelta(seconds=self.settings.outbox_retention_s),
+            stream_retention=timedelta(seconds=self.settings.stream_retention_s),
         )
 
     def consumer(self, *, stream: str, group: str, handler: Handler) -> StreamConsumer:
@@ -73,6 +76,7 @@ class Infra:
             block_ms=self.settings.consumer_block_ms,
             claim_idle_ms=self.settings.consumer_claim_idle_ms,
             max_deliveries=self.settings.consumer_max_deliveries,
+            concurrency=self.settings.consumer_concurrency,
         )
 
     async def ping_database(self) -> None:

@@ -59,11 +59,20 @@ class Settings(BaseSettings):
 
     # Deadline for calls between our own services.
     rpc_timeout_ms: int = Field(default=5000, gt=0)
-    relay_batch_size: int = Field(default=200, gt=0, le=10_000)
+    relay_batch_size: int = Field(default=500, gt=0, le=10_000)
     relay_poll_interval_ms: int = Field(default=1000, gt=0)
+    # Published outbox rows are kept this long (for forensics), then purged.
+    outbox_retention_s: int = Field(default=86_400, ge=0)
+    # Stream entries every consumer group has acknowledged are trimmed after this long.
+    stream_retention_s: int = Field(default=86_400, ge=0)
     consumer_block_ms: int = Field(default=1000, gt=0)
     consumer_claim_idle_ms: int = Field(default=30_000, gt=0)
     consumer_max_deliveries: int = Field(default=10, gt=0)
+    # Entries one consumer handles at once (different aggregates; one aggregate is serial).
+    consumer_concurrency: int = Field(default=32, gt=0, le=1024)
+    # Connections per service process; the consumers' concurrency and the gRPC server's
+    # in-flight requests share them (each pool may grow to twice this under bursts).
+    db_pool_size: int = Field(default=16, gt=0, le=200)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

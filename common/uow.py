@@ -13,6 +13,8 @@ from typing import Any, Protocol, Self
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from common.db import database_boundary, is_database_down
+from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
 from common.outbox import write_outbox
 
@@ -48,8 +50,9 @@ class SqlUnitOfWork:
         self._extra: list[OutgoingEvent] = []
 
     async def __aenter__(self) -> Self:
-        self.conn = await self._engine.connect()
-        await self.conn.begin()
+        async with database_boundary("connect"):
+            self.conn = await self._engine.connect()
+            await self.conn.begin()
         self._tracked = []
         self._extra = []
         self._open()
@@ -65,10 +68,19 @@ class SqlUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if self.conn.in_transaction():
-                await self.conn.rollback()
-        finally:
-            await self.conn.close()
+            async with database_boundary("rollback"):
+                try:
+                    if self.conn.in_transaction():
+                        await self.conn.rollback()
+                finally:
+                    await self.conn.close()
+        except DependencyUnavailable:
+            pass  # the server is gone: so is the transaction, and the pool drops the connection
+        # The adapter boundary: an unreachable database anywhere inside the unit of work (a
+        # repository's statement, the commit) leaves it as DependencyUnavailable, so nothing
+        # above ever sees SQLAlchemy or psycopg.
+        if exc is not None and is_database_down(exc):
+            raise DependencyUnavailable("database unavailable") from exc
 
     def track(self, aggregate: EventSource) -> None:
         if not any(aggregate is seen for seen in self._tracked):

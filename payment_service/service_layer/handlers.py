@@ -24,6 +24,11 @@ class GatewayEventHandlers:
         self._wallet = wallet
 
     async def charge_pending(self, *, event_id: str, payment_id: str, operation_id: str) -> None:
+        # Normally the saga step recorded `pending` already: then this event has no effect,
+        # and a read is all it costs.
+        payment = await self._peek(payment_id)
+        if payment is None or payment.status is not PaymentStatus.INITIATED:
+            return
         async with self._uow() as uow:
             payment = await self._locked(uow, payment_id)
             if payment is None or not await uow.payments.mark_processed(CONSUMER, event_id):

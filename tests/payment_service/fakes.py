@@ -82,8 +82,10 @@ class FakeWallet:
         self.accounts: dict[str, str] = {}
         self.credits: dict[str, tuple[str, Money]] = {}
         self.unavailable = False
+        self.lookups = 0
 
     async def get_account(self, account_id: str) -> AccountInfo:
+        self.lookups += 1
         if account_id not in self.accounts:
             raise NotFound("account", account_id)
         return AccountInfo(account_id, self.accounts[account_id])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -37,6 +38,13 @@ class World:
         return GatewayEventHandlers(uow=self.uow, wallet=self.wallet)
 
     async def deposit(self, key: str = "k1", amount: int = 1000, currency: str = "USD") -> str:
+        """CreateDeposit, then the saga step its `payment.initiated` event triggers."""
+        payment_id = await self.create(key, amount, currency)
+        with contextlib.suppress(DependencyUnavailable):
+            await self.service.charge_deposit(payment_id)
+        return payment_id
+
+    async def create(self, key: str = "k1", amount: int = 1000, currency: str = "USD") -> str:
         payment = await self.service.create_deposit(
             idempotency_key=key,
             account_id=ACCOUNT,
@@ -46,12 +54,44 @@ class World:
         return payment.payment_id
 
 
-async def test_deposit_returns_pending_after_one_charge() -> None:
+async def test_create_deposit_answers_initiated_without_calling_the_gateway() -> None:
+    world = World()
+    payment_id = await world.create()
+    assert (await world.service.get_payment(payment_id)).status is S.INITIATED
+    assert world.gateway.calls == []
+    assert [e.to_status for e in world.published] == ["initiated"]  # type: ignore[attr-defined]
+
+
+async def test_the_saga_step_charges_once_and_records_pending() -> None:
     world = World()
     payment_id = await world.deposit()
     payment = await world.service.get_payment(payment_id)
     assert payment.status is S.PENDING
     assert world.gateway.calls == [f"{payment_id}:charge"]
+    await world.service.charge_deposit(payment_id)  # a redelivered payment.initiated
+    assert world.gateway.calls == [f"{payment_id}:charge"]
+
+
+async def test_an_unknown_provider_outcome_is_retried_not_failed() -> None:
+    world = World()
+    world.gateway.answer = "created"
+    payment_id = await world.create()
+    with pytest.raises(DependencyUnavailable):
+        await world.service.charge_deposit(payment_id)
+    assert (await world.service.get_payment(payment_id)).status is S.INITIATED
+
+
+async def test_the_account_currency_is_looked_up_once() -> None:
+    world = World()
+    service = world.service
+    for key in ("k1", "k2"):
+        await service.create_deposit(
+            idempotency_key=key,
+            account_id=ACCOUNT,
+            amount=Money(100, "USD"),
+            payment_method="pm_card_ok",
+        )
+    assert world.wallet.lookups == 1
 
 
 async def test_same_key_returns_the_same_payment_without_charging_again() -> None:
@@ -90,10 +130,12 @@ async def test_currency_other_than_the_accounts_is_invalid() -> None:
 async def test_unreachable_gateway_leaves_it_initiated_and_a_retry_resumes() -> None:
     world = World()
     world.gateway.unavailable = True
-    payment_id = await world.deposit()
+    payment_id = await world.create()
+    with pytest.raises(DependencyUnavailable):
+        await world.service.charge_deposit(payment_id)
     assert (await world.service.get_payment(payment_id)).status is S.INITIATED
     world.gateway.unavailable = False
-    assert await world.deposit() == payment_id
+    await world.service.charge_deposit(payment_id)  # the event, redelivered
     assert (await world.service.get_payment(payment_id)).status is S.PENDING
 
 
