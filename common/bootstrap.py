@@ -59,7 +59,6 @@ class Infra:
         return OutboxRelay(
             self.engine,
             self.redis,
-            listen_dsn=db.libpq_dsn(self.database_url),
             batch_size=self.settings.relay_batch_size,
             poll_interval_s=self.settings.relay_poll_interval_ms / 1000,
             stream_prefix=self.settings.stream_prefix,

@@ -11,7 +11,11 @@ Relay contract (safe with any number of replicas, against every service database
 - it XADDs a batch to Redis and marks it published in the same database transaction; a crash
   between the two republishes the batch with the same event ids, which consumers deduplicate
   (at-least-once delivery, exactly-once effect);
-- it wakes on NOTIFY from an insert trigger and polls as a fallback;
+- it wakes as soon as a unit of work of its own process commits outbox rows, and polls
+  (every `poll_interval_s`) for rows written by other processes. Not LISTEN/NOTIFY: a NOTIFY
+  takes a cluster-wide lock from pre-commit to the end of the commit, which serialised every
+  business transaction (measured on the embedded server with 16 writers: 5,310 commits/s
+  plain, 1,179 with a NOTIFY each);
 - housekeeping: published rows are purged after `retention`, and each stream is trimmed
   (XTRIM MINID) only below what every consumer group has acknowledged and older than the
   stream retention, so an unread entry is never dropped. A stream that grows past
@@ -21,13 +25,11 @@ Relay contract (safe with any number of replicas, against every service database
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Sequence
 from datetime import timedelta
 
-import psycopg
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy import bindparam, text
@@ -41,8 +43,8 @@ from common.streams import redis_boundary
 
 log = structlog.get_logger(__name__)
 
-NOTIFY_CHANNEL = "paysuite_outbox"
 PARTITIONS = 16
+CONTENDED_RETRY_S = 0.02
 # First key of the relay's advisory locks (the second is the partition): "outb".
 LOCK_NAMESPACE = 0x6F757462
 
@@ -68,6 +70,16 @@ _PURGE = text(
     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
     " WHERE published_at < now() - :retention LIMIT :limit)"
 )
+
+
+# The relays running in this process, by the id of the engine they publish from.
+_RELAY_WAKERS: dict[int, set[asyncio.Event]] = {}
+
+
+def outbox_committed(engine: AsyncEngine) -> None:
+    """Called after a commit that wrote outbox rows: wakes this process's relay for them."""
+    for wake in _RELAY_WAKERS.get(id(engine), ()):
+        wake.set()
 
 
 async def write_outbox(conn: AsyncConnection, events: Sequence[OutgoingEvent]) -> None:
@@ -97,7 +109,6 @@ class OutboxRelay:
         engine: AsyncEngine,
         redis: Redis,
         *,
-        listen_dsn: str,
         batch_size: int = 500,
         poll_interval_s: float = 1.0,
         stream_prefix: str = "",
@@ -109,7 +120,6 @@ class OutboxRelay:
         self._stream_prefix = stream_prefix
         self._engine = engine
         self._redis = redis
-        self._listen_dsn = listen_dsn
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._retention = retention
@@ -119,6 +129,9 @@ class OutboxRelay:
         self._next_housekeeping = 0.0
         self._streams: set[str] = set()
         self._wake = asyncio.Event()
+        # Another relay held some partitions at the last look: look again soon, since rows
+        # this process committed may sit in them.
+        self._contended = False
 
     async def publish_batch(self) -> int:
         """Publishes up to one batch of the partitions it can lock; returns how many."""
@@ -127,6 +140,7 @@ class OutboxRelay:
                 _LOCK_PARTITIONS,
                 {"n": PARTITIONS, "ns": LOCK_NAMESPACE, "offset": random.randrange(PARTITIONS)},  # noqa: S311 - spreads replicas, not a secret
             )
+            self._contended = len(parts or ()) < PARTITIONS
             if not parts:
                 return 0
             rows = (
@@ -157,7 +171,8 @@ class OutboxRelay:
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener = asyncio.create_task(self._listen(stop))
+        wakers = _RELAY_WAKERS.setdefault(id(self._engine), set())
+        wakers.add(self._wake)
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -168,11 +183,10 @@ class OutboxRelay:
                 except DependencyUnavailable as exc:
                     # The rows stay unpublished and are retried when the server is back.
                     log.warning("outbox.publish_failed", error=str(exc))
-                await _wait_any(stop, self._wake, self._poll_interval_s)
+                wait = CONTENDED_RETRY_S if self._contended else self._poll_interval_s
+                await _wait_any(stop, self._wake, wait)
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            wakers.discard(self._wake)
 
     # -- housekeeping -------------------------------------------------------------------
 
@@ -205,18 +219,6 @@ class OutboxRelay:
             oldest_kept_ms = int(time.time() * 1000 - self._stream_retention.total_seconds() * 1000)
             minid = min(floor, (max(oldest_kept_ms, 0), 0))
             return int(await self._redis.xtrim(stream, minid=f"{minid[0]}-{minid[1]}"))
-
-    async def _listen(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._listen_dsn, autocommit=True)
-                async with conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    async for _ in conn.notifies():
-                        self._wake.set()
-            except (psycopg.Error, OSError) as exc:
-                log.warning("outbox.listen_failed", error=repr(exc))
-                await _wait_any(stop, stop, self._poll_interval_s)
 
 
 def _entry_id(value: bytes | str) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from common.db import database_boundary, is_database_down
 from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
-from common.outbox import write_outbox
+from common.outbox import outbox_committed, write_outbox
 
 
 class EventSource(Protocol):
@@ -92,6 +92,9 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         events = [self._to_outgoing(e) for agg in self._tracked for e in agg.pull_events()]
-        await write_outbox(self.conn, [*events, *self._extra])
+        outgoing = [*events, *self._extra]
+        await write_outbox(self.conn, outgoing)
         await self.conn.commit()
         self._tracked, self._extra = [], []
+        if outgoing:
+            outbox_committed(self._engine)

@@ -30,6 +30,7 @@ def to_outgoing(event: Any) -> OutgoingEvent:
             source_account_id=event.source_account_id,
             destination_account_id=event.destination_account_id,
             failure_reason=event.failure_reason,
+            payment_method=event.payment_method,
         ),
     )
     return OutgoingEvent(PAYMENT_STREAM, envelope)

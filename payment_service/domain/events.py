@@ -18,3 +18,4 @@ class PaymentStatusChanged:
     destination_account_id: str
     failure_reason: str
     version: int
+    payment_method: str = ""

@@ -74,6 +74,19 @@ class StatusChange:
     occurred_at: datetime
 
 
+def charge_key(payment_id: str) -> str:
+    """The gateway idempotency key of a deposit's charge step."""
+    return f"{payment_id}:charge"
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeInstruction:
+    payment_id: str
+    idempotency_key: str
+    amount: Money
+    payment_method: str
+
+
 @dataclass(frozen=True, slots=True)
 class DepositRequest:
     """What a CreateDeposit asks for; a replayed idempotency key must ask for the same."""
@@ -129,6 +142,16 @@ class Payment:
                 "different payment"
             )
 
+    def charge_instruction(self) -> ChargeInstruction:
+        """What the deposit saga's charge step sends the gateway; its key is derived from
+        the payment, so a retried or resumed step can never charge twice."""
+        return ChargeInstruction(
+            payment_id=self.payment_id,
+            idempotency_key=charge_key(self.payment_id),
+            amount=self.amount,
+            payment_method=self.payment_method,
+        )
+
     def can_move_to(self, target: PaymentStatus) -> bool:
         return target in ALLOWED[self.status]
 
@@ -170,6 +193,7 @@ class Payment:
                 destination_account_id=self.destination_account_id,
                 failure_reason=self.failure_reason,
                 version=self.version,
+                payment_method=self.payment_method,
             )
         )
 

@@ -23,21 +23,6 @@ class GatewayEventHandlers:
         self._uow = uow
         self._wallet = wallet
 
-    async def charge_pending(self, *, event_id: str, payment_id: str, operation_id: str) -> None:
-        # Normally the saga step recorded `pending` already: then this event has no effect,
-        # and a read is all it costs.
-        payment = await self._peek(payment_id)
-        if payment is None or payment.status is not PaymentStatus.INITIATED:
-            return
-        async with self._uow() as uow:
-            payment = await self._locked(uow, payment_id)
-            if payment is None or not await uow.payments.mark_processed(CONSUMER, event_id):
-                return
-            if payment.status is PaymentStatus.INITIATED:
-                payment.mark_pending(operation_id)
-                await self._save(uow, payment)
-            await uow.commit()
-
     async def charge_failed(
         self, *, event_id: str, payment_id: str, operation_id: str, reason: str
     ) -> None:

@@ -21,6 +21,7 @@ from common.errors import (
 from common.ids import parse_id
 from common.money import Money
 from payment_service.domain.model import (
+    ChargeInstruction,
     DepositRequest,
     Payment,
     PaymentStatus,
@@ -31,10 +32,6 @@ from payment_service.service_layer.ports import GatewayPort, UnitOfWork, WalletP
 log = structlog.get_logger(__name__)
 
 DEFAULT_PAYMENT_METHOD = "pm_card_ok"
-
-
-def charge_key(payment_id: str) -> str:
-    return f"{payment_id}:charge"
 
 
 def credit_ref(payment_id: str) -> str:
@@ -118,22 +115,21 @@ class PaymentService:
         log.info("payment.initiated", payment_id=payment.payment_id, kind="deposit")
         return payment
 
-    async def charge_deposit(self, payment_id: str) -> None:
-        """Saga step, run from the durable `payment.initiated` event: ask the gateway to
-        charge, then record what it said.
+    async def charge_deposit(self, charge: ChargeInstruction) -> None:
+        """Saga step, run from the durable `payment.initiated` event (which carries the
+        instruction, so no read comes first): ask the gateway to charge, then record what it
+        said, unless the payment moved on meanwhile (a redelivery, or the gateway's own event
+        was faster).
 
         Raises DependencyUnavailable while the gateway is unreachable or the provider's
         answer is unknown: the event stays pending and the step is retried with the same
         key, which the gateway and the provider deduplicate on.
         """
-        payment = await self._peek(payment_id)
-        if payment is None or payment.status is not PaymentStatus.INITIATED:
-            return  # already past this step (a redelivery, or the gateway's event was faster)
         result = await self._gateway.charge(
-            idempotency_key=charge_key(payment.payment_id),
-            amount=payment.amount,
-            payment_method=payment.payment_method,
-            reference=payment.payment_id,
+            idempotency_key=charge.idempotency_key,
+            amount=charge.amount,
+            payment_method=charge.payment_method,
+            reference=charge.payment_id,
         )
         if result.status == "created":
             raise DependencyUnavailable(
@@ -142,7 +138,7 @@ class PaymentService:
 
         async def record() -> None:
             async with self._uow() as uow:
-                current = await uow.payments.get(payment_id, for_update=True)
+                current = await uow.payments.get(charge.payment_id, for_update=True)
                 if current is None or current.status is not PaymentStatus.INITIATED:
                     return
                 if result.status == "failed":
@@ -154,10 +150,6 @@ class PaymentService:
                 await uow.commit()
 
         await retry_on_conflict(record)
-
-    async def _peek(self, payment_id: str) -> Payment | None:
-        async with self._uow() as uow:
-            return await uow.payments.get(payment_id)
 
     async def get_payment(self, payment_id: str) -> Payment:
         payment_id = parse_id(payment_id, "payment_id")

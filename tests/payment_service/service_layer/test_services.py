@@ -41,8 +41,13 @@ class World:
         """CreateDeposit, then the saga step its `payment.initiated` event triggers."""
         payment_id = await self.create(key, amount, currency)
         with contextlib.suppress(DependencyUnavailable):
-            await self.service.charge_deposit(payment_id)
+            await self.charge(payment_id)
         return payment_id
+
+    async def charge(self, payment_id: str) -> None:
+        """The saga step, as the `payment.initiated` event triggers it."""
+        payment = await self.service.get_payment(payment_id)
+        await self.service.charge_deposit(payment.charge_instruction())
 
     async def create(self, key: str = "k1", amount: int = 1000, currency: str = "USD") -> str:
         payment = await self.service.create_deposit(
@@ -68,8 +73,14 @@ async def test_the_saga_step_charges_once_and_records_pending() -> None:
     payment = await world.service.get_payment(payment_id)
     assert payment.status is S.PENDING
     assert world.gateway.calls == [f"{payment_id}:charge"]
-    await world.service.charge_deposit(payment_id)  # a redelivered payment.initiated
-    assert world.gateway.calls == [f"{payment_id}:charge"]
+    # A redelivered payment.initiated asks again with the same key (the gateway answers with
+    # the same operation) and records nothing new.
+    await world.charge(payment_id)
+    assert world.gateway.calls == [f"{payment_id}:charge"] * 2
+    assert [c.to_status for c in await world.service.history(payment_id)] == [
+        S.INITIATED,
+        S.PENDING,
+    ]
 
 
 async def test_an_unknown_provider_outcome_is_retried_not_failed() -> None:
@@ -77,7 +88,7 @@ async def test_an_unknown_provider_outcome_is_retried_not_failed() -> None:
     world.gateway.answer = "created"
     payment_id = await world.create()
     with pytest.raises(DependencyUnavailable):
-        await world.service.charge_deposit(payment_id)
+        await world.charge(payment_id)
     assert (await world.service.get_payment(payment_id)).status is S.INITIATED
 
 
@@ -94,13 +105,14 @@ async def test_the_account_currency_is_looked_up_once() -> None:
     assert world.wallet.lookups == 1
 
 
-async def test_same_key_returns_the_same_payment_without_charging_again() -> None:
+async def test_same_key_returns_the_same_payment_and_starts_nothing_new() -> None:
     world = World()
     first = await world.deposit()
-    second = await world.deposit()
+    published = len(world.published)
+    second = await world.create()
     assert first == second
-    assert len(world.gateway.calls) == 1
     assert len(world.store.rows) == 1
+    assert len(world.published) == published  # no second payment.initiated, so no charge
 
 
 async def test_same_key_with_other_amount_is_refused() -> None:
@@ -132,10 +144,10 @@ async def test_unreachable_gateway_leaves_it_initiated_and_a_retry_resumes() -> 
     world.gateway.unavailable = True
     payment_id = await world.create()
     with pytest.raises(DependencyUnavailable):
-        await world.service.charge_deposit(payment_id)
+        await world.charge(payment_id)
     assert (await world.service.get_payment(payment_id)).status is S.INITIATED
     world.gateway.unavailable = False
-    await world.service.charge_deposit(payment_id)  # the event, redelivered
+    await world.charge(payment_id)  # the event, redelivered
     assert (await world.service.get_payment(payment_id)).status is S.PENDING
 
 

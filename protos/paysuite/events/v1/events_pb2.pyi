@@ -94,6 +94,7 @@ class PaymentStatusChanged(_message.Message):
     SOURCE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     DESTINATION_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     kind: _builtins.str
     from_status: _builtins.str
@@ -101,6 +102,10 @@ class PaymentStatusChanged(_message.Message):
     source_account_id: _builtins.str
     destination_account_id: _builtins.str
     failure_reason: _builtins.str
+    payment_method: _builtins.str
+    """The payment method token (never card data): carried so the saga's charge step needs no
+    read of the payment it was created from.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -114,10 +119,11 @@ class PaymentStatusChanged(_message.Message):
         source_account_id: _builtins.str = ...,
         destination_account_id: _builtins.str = ...,
         failure_reason: _builtins.str = ...,
+        payment_method: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination_account_id", b"destination_account_id", "failure_reason", b"failure_reason", "from_status", b"from_status", "kind", b"kind", "payment_id", b"payment_id", "source_account_id", b"source_account_id", "to_status", b"to_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination_account_id", b"destination_account_id", "failure_reason", b"failure_reason", "from_status", b"from_status", "kind", b"kind", "payment_id", b"payment_id", "payment_method", b"payment_method", "source_account_id", b"source_account_id", "to_status", b"to_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
