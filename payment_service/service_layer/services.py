@@ -18,6 +18,7 @@ from common.errors import (
     require,
     retry_on_conflict,
 )
+from common.faults import crash_point
 from common.ids import parse_id
 from common.money import Money
 from payment_service.domain.model import (
@@ -112,6 +113,7 @@ class PaymentService:
             await uow.payments.add(payment)
             uow.track(payment)
             await uow.commit()
+        crash_point("payment.deposit_committed")
         log.info("payment.initiated", payment_id=payment.payment_id, kind="deposit")
         return payment
 
