@@ -3,7 +3,6 @@ Redis client, the outbox relay, readiness checks, and `python -m <service>` itse
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from redis.asyncio import Redis
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common import db
+from common import aio, db
 from common.config import ConfigError, Settings, load_settings
 from common.grpc.server import ServiceRuntime, run_until_signalled
 from common.logging import configure_logging
@@ -107,4 +106,4 @@ def serve_main(name: str, build: Builder, listen: Callable[[Settings], str]) -> 
         runtime = await build(settings, listen(settings))
         await run_until_signalled(runtime, grace=settings.shutdown_grace_s)
 
-    asyncio.run(main())
+    aio.run(main())

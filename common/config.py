@@ -69,9 +69,11 @@ class Settings(BaseSettings):
     consumer_claim_idle_ms: int = Field(default=30_000, gt=0)
     consumer_max_deliveries: int = Field(default=10, gt=0)
     # Entries one consumer handles at once (different aggregates; one aggregate is serial).
-    consumer_concurrency: int = Field(default=32, gt=0, le=1024)
-    # Connections per service process; the consumers' concurrency and the gRPC server's
-    # in-flight requests share them (each pool may grow to twice this under bursts).
+    # Each holds a database connection only while its transaction is open.
+    consumer_concurrency: int = Field(default=16, gt=0, le=1024)
+    # Connections per service process, shared by its consumers, relay and gRPC requests;
+    # sized so a service's consumers at full concurrency still leave room for requests
+    # (the pool may grow by half again in a burst).
     db_pool_size: int = Field(default=16, gt=0, le=200)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
 

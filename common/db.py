@@ -35,14 +35,17 @@ def libpq_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def create_engine(url: URL, *, pool_size: int = 10, pool_timeout_s: float = 5.0) -> AsyncEngine:
+def create_engine(url: URL, *, pool_size: int = 10, pool_timeout_s: float = 30.0) -> AsyncEngine:
     # No pool_pre_ping: it costs a round trip per checkout on the hot path, and a connection
     # that died meanwhile fails its first statement, which database_boundary turns into
     # DependencyUnavailable (retried by the caller) while the pool discards the connection.
+    # A burst may take half as many again; waiting for a connection (up to pool_timeout_s,
+    # within the caller's deadline) is better than failing the request. Three services at
+    # the default size stay well inside PostgreSQL's default 100 connections.
     return create_async_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size // 2,
         pool_timeout=pool_timeout_s,
         pool_recycle=1800,
     )
