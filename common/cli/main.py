@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from common.cli import bench as bench_module
 from common.cli import demo as demo_module
 from common.cli import inspect as inspect_module
 from common.cli import supervisor
@@ -24,6 +25,7 @@ events = typer.Typer(help="Inspect event streams.", no_args_is_help=True)
 app.add_typer(payments, name="payments")
 app.add_typer(events, name="events")
 console = Console()
+app.command()(bench_module.bench)
 
 
 def _settings() -> Settings:
