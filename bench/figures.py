@@ -66,6 +66,7 @@ FIGURES: tuple[Figure, ...] = (
     ),
     Figure("create_to_completed_p50_ms", "create → completed p50, closed loop", _MS),
     Figure("create_to_completed_p99_ms", "create → completed p99, closed loop", _MS),
+    Figure("deposit_errors_closed", "CreateDeposit errors, closed loop", "calls"),
     Figure("open_loop_arrivals_per_s", "open loop arrival rate (½ completed/s)", _RATE),
     Figure("open_create_p50_ms", "CreateDeposit p50, open loop", _MS),
     Figure("open_create_p99_ms", "CreateDeposit p99, open loop", _MS, budget=Budget(at_most=50)),
@@ -76,6 +77,7 @@ FIGURES: tuple[Figure, ...] = (
         _MS,
         budget=Budget(at_most=150),
     ),
+    Figure("deposit_errors_open", "CreateDeposit errors, open loop", "calls"),
     Figure("raw_xadd_per_s", "baseline: raw pipelined XADD", _RATE),
     Figure(
         "relay_events_per_s",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,8 @@ from rich.console import Console
 
 from common.config import ConfigError, load_settings
 
-console = Console()
+# Piped into a file or CI log, rich would wrap the table at 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=130)
 
 
 def bench(
