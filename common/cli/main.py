@@ -14,7 +14,7 @@ from rich.table import Table
 from common.cli import bench as bench_module
 from common.cli import demo as demo_module
 from common.cli import inspect as inspect_module
-from common.cli import supervisor
+from common.cli import ops, supervisor
 from common.config import ConfigError, Settings, load_settings
 from common.embedded import start_embedded
 from common.logging import configure_logging
@@ -26,6 +26,7 @@ app.add_typer(payments, name="payments")
 app.add_typer(events, name="events")
 console = Console()
 app.command()(bench_module.bench)
+ops.register(app, events)
 
 
 def _settings() -> Settings:
