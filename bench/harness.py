@@ -71,7 +71,7 @@ def run(
         ctx = BenchContext(settings=suite.settings, options=options, run_id=_run_id())
         problems = asyncio.run(measure_all(ctx, console, sections))
         suite.check_alive()
-    return _report(ctx, problems, console, started_at, target_running)
+    return publish(ctx, problems, console, started_at=started_at, mode=_mode(target_running))
 
 
 async def measure_all(
@@ -119,15 +119,12 @@ def _run_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def _report(
-    ctx: BenchContext,
-    problems: list[str],
-    console: Console,
-    started_at: datetime,
-    target_running: bool,
+def publish(
+    ctx: BenchContext, problems: list[str], console: Console, *, started_at: datetime, mode: str
 ) -> Outcome:
+    """The table on the console, the figures as JSON and the chart as PNG, side by side."""
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
-    title = f"paysuite bench {stamp} ({os.cpu_count()} CPUs, {_mode(target_running)})"
+    title = f"paysuite bench {stamp} ({os.cpu_count()} CPUs, {mode})"
     rows = report.rows(ctx.figures)
     console.print(report.render(rows, title=title))
     for note in ctx.notes:
@@ -140,7 +137,7 @@ def _report(
         )
     folder = ctx.options.output_dir
     json_path = report.write_json(
-        folder / f"{stamp}.json", _document(ctx, rows, problems, started_at, target_running)
+        folder / f"{stamp}.json", _document(ctx, rows, problems, started_at, mode)
     )
     png_path = charts.draw(
         ctx.timeline, start=ctx.started, path=folder / f"{stamp}.png", title=title
@@ -158,7 +155,7 @@ def _document(
     rows: list[report.Row],
     problems: list[str],
     started_at: datetime,
-    target_running: bool,
+    mode: str,
 ) -> dict[str, Any]:
     options = {
         k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(ctx.options).items()
@@ -166,7 +163,7 @@ def _document(
     return {
         "started_at": started_at.isoformat(),
         "run_id": ctx.run_id,
-        "mode": _mode(target_running),
+        "mode": mode,
         "machine": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
         "options": options,
         "figures": ctx.figures,
@@ -178,4 +175,4 @@ def _document(
     }
 
 
-__all__ = ["SECTIONS", "Outcome", "Section", "SuiteFailed", "measure_all", "run"]
+__all__ = ["SECTIONS", "Outcome", "Section", "SuiteFailed", "measure_all", "publish", "run"]

@@ -214,10 +214,11 @@ class DeadLetter:
 
 
 def resolve_stream(settings: Settings, stream: str) -> str:
-    """`payment`, `paysuite.payment.events` or its `.dlq`: the source stream, prefixed."""
-    name = STREAMS.get(stream, stream)
-    suffix = dead_letter_stream("")
-    return settings.stream_prefix + (name[: -len(suffix)] if name.endswith(suffix) else name)
+    """`payment`, `paysuite.payment.events` or its `.dlq`, with or without the configured
+    stream prefix: the source stream's full name."""
+    name = STREAMS.get(stream, stream).removesuffix(dead_letter_stream(""))
+    prefix = settings.stream_prefix
+    return name if prefix and name.startswith(prefix) else prefix + name
 
 
 async def dead_letters(redis: Redis, stream: str, *, limit: int) -> list[DeadLetter]:
