@@ -32,7 +32,8 @@ def draw(timeline: Timeline, *, start: float, path: Path, title: str) -> Path:
     cdf.set(xlabel="latency (ms, log scale)", ylabel="fraction of calls")
     cdf.set_title("latency CDF")
     cdf.grid(True, which="both", alpha=0.3)
-    cdf.legend(fontsize="small", loc="lower right")
+    if cdf.get_lines():
+        cdf.legend(fontsize="small", loc="lower right")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     return path
