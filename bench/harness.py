@@ -69,7 +69,11 @@ def run(
     suite_cm = running_suite(settings) if target_running else fresh_suite(settings)
     with suite_cm as suite:
         ctx = BenchContext(settings=suite.settings, options=options, run_id=_run_id())
-        problems = asyncio.run(measure_all(ctx, console, sections))
+        try:
+            problems = asyncio.run(measure_all(ctx, console, sections))
+        except grpc.RpcError as exc:
+            suite.check_alive()  # a dead process is the better explanation
+            raise SuiteFailed(f"a call to the suite failed: {exc}") from None
         suite.check_alive()
     return publish(ctx, problems, console, started_at=started_at, mode=_mode(target_running))
 
