@@ -177,15 +177,18 @@ def events_pending() -> None:
     streams = [settings.stream_prefix + name for name in STREAMS.values()]
     statuses = _with_redis(settings, lambda redis: pending_status(redis, streams))
     table = Table(title="consumer groups", title_justify="left")
-    for column in ("stream", "group", "consumers", "lag", "pending", "oldest idle", "dead letters"):
+    columns = ("stream", "length", "group", "consumers", "lag", "pending", "oldest idle", "DLQ")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("stream", "group") else "right")
     for status in statuses:
         dlq = f"[red]{status.dead_letters:,}[/red]" if status.dead_letters else "0"
+        length = f"{status.length:,}"
         if not status.groups:
-            table.add_row(status.stream, "(no group)", "", "", "", "", dlq)
+            table.add_row(status.stream, length, "(no group)", "", "", "", "", dlq)
         for group in status.groups:
             table.add_row(
                 status.stream,
+                length,
                 group.group,
                 str(group.consumers),
                 f"≥ {group.lag:,}" if group.lag_capped else f"{group.lag:,}",
