@@ -96,6 +96,34 @@ FIGURES: tuple[Figure, ...] = (
     ),
 )
 
+# Reserved for the wallet and webhook sections (bench/wallet_bench.py, bench/webhook_bench.py):
+# return these keys and the table compares them with their baseline and budget.
+FIGURES += (
+    Figure("wallet_trivial_calls_per_s", "baseline: wallet health Check", _RATE),
+    Figure(
+        "wallet_postings_distinct_per_s",
+        "wallet postings, distinct accounts",
+        _RATE,
+        "wallet_trivial_calls_per_s",
+        Budget(at_least=2_000),
+    ),
+    Figure(
+        "wallet_postings_hot_per_s",
+        "wallet postings, one hot account",
+        _RATE,
+        "wallet_trivial_calls_per_s",
+        Budget(at_least=300),
+    ),
+    Figure("http_trivial_per_s", "baseline: trivial HTTP request to the adapter", _RATE),
+    Figure(
+        "webhooks_per_s",
+        "webhooks through the adapter into the gateway",
+        _RATE,
+        "http_trivial_per_s",
+        Budget(at_least=1_000),
+    ),
+)
+
 BY_KEY = {figure.key: figure for figure in FIGURES}
 
 
