@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from common.config import ConfigError, load_settings
+from common.logging import configure_logging
 
 # Piped into a file or CI log, rich would wrap the table at 80 columns.
 console = Console() if sys.stdout.isatty() else Console(width=130)
@@ -55,6 +56,8 @@ def bench(
     options = BenchOptions.quick(**overrides) if quick else BenchOptions(**overrides)  # type: ignore[arg-type]
     try:
         settings = load_settings()
+        # The bench's own process runs a relay and a consumer: their info lines are noise here.
+        configure_logging(level="WARNING", fmt=settings.log_format)
         outcome = harness.run(settings, options, console, target_running=target_running)
     except (ConfigError, harness.SuiteFailed) as exc:
         console.print(f"[red]bench failed: {exc}[/red]")

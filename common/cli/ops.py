@@ -36,6 +36,10 @@ LAG_COUNT_CAP = 10_000
 PENDING_SCAN = 1_000
 DLQ_FIELDS = frozenset({b"source_stream", b"source_id", b"group", b"error"})
 PAGE = 100
+# The relay logs an alarm past this stream length (its default `stream_alarm_length`): the
+# stream is trimmed only below what every group acknowledged, so a long one means a group is
+# far behind or gone.
+STREAM_ALARM_LENGTH = 1_000_000
 
 outbox_app = typer.Typer(help="The transactional outboxes of the service databases.")
 dlq_app = typer.Typer(help="Dead-lettered events: list, replay onto their stream, or drop.")
@@ -95,9 +99,14 @@ async def _one_outbox(settings: Settings, database: Any) -> OutboxStatus:
     return OutboxStatus(name, int(count), float(age) if age is not None else None)
 
 
+async def stream_lengths(redis: Redis, streams: Sequence[str]) -> dict[str, int]:
+    return {stream: int(await redis.xlen(stream)) for stream in streams}
+
+
 @outbox_app.command("status")
 def outbox_status_command() -> None:
-    """Unpublished outbox rows and the oldest one's age, per service database."""
+    """Unpublished outbox rows and the oldest one's age, per service database; then each
+    stream's length, with an alarm when it nears the point where it would be trimmed."""
     settings = _settings(need_database=True)
     statuses = asyncio.run(outbox_status(settings))
     table = Table(title="outbox", title_justify="left")
@@ -111,8 +120,26 @@ def outbox_status_command() -> None:
             f"[red]unreachable: {escape(status.error)}[/red]" if status.error else "ok",
         )
     console.print(table)
+    _print_stream_lengths(settings)
     if any(status.error for status in statuses):
         raise typer.Exit(1)
+
+
+def _print_stream_lengths(settings: Settings) -> None:
+    try:
+        settings = settings.model_copy(update={"redis_url": settings.require_redis_url()})
+    except ConfigError:
+        return  # no Redis configured here: the databases are what this command is about
+    streams = [settings.stream_prefix + name for name in STREAMS.values()]
+    lengths = _with_redis(settings, lambda redis: stream_lengths(redis, streams))
+    table = Table(title="streams", title_justify="left")
+    for column in ("stream", "length", "state"):
+        table.add_column(column, justify="right" if column == "length" else "left")
+    for stream, length in lengths.items():
+        alarm = length > STREAM_ALARM_LENGTH
+        state = f"[red]ALARM: over {STREAM_ALARM_LENGTH:,} entries[/red]" if alarm else "ok"
+        table.add_row(stream, f"{length:,}", state)
+    console.print(table)
 
 
 # --- events pending ----------------------------------------------------------------------

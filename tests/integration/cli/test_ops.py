@@ -14,10 +14,17 @@ from redis.asyncio import Redis
 from typer.testing import CliRunner
 
 from common import db
+from common.cli import ops
 from common.cli.main import app
 from common.cli.ops import pending_status, replay
 from common.config import Settings
-from common.events import PAYMENT_STREAM, WALLET_STREAM, dead_letter_stream, make_envelope
+from common.events import (
+    GATEWAY_STREAM,
+    PAYMENT_STREAM,
+    WALLET_STREAM,
+    dead_letter_stream,
+    make_envelope,
+)
 from common.streams import StreamConsumer
 from paysuite.events.v1 import events_pb2
 
@@ -107,6 +114,29 @@ def test_outbox_status_counts_unpublished_rows_and_their_age(scratch_databases: 
     assert "90." in payments  # the oldest unpublished row, not the published one
     wallets = next(line for line in output.splitlines() if f"{prefix}wallets" in line)
     assert "│           0 │" in wallets
+
+
+def test_outbox_status_raises_an_alarm_for_a_stream_near_its_cap(
+    scratch_databases: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ops, "STREAM_ALARM_LENGTH", 2)
+    settings = scratch_databases.model_copy(
+        update={"stream_prefix": f"{scratch_databases.stream_prefix}alarm{uuid.uuid4().hex[:6]}."}
+    )
+    client = SyncRedis.from_url(settings.require_redis_url())
+    long_stream = settings.stream_prefix + GATEWAY_STREAM
+    for _ in range(3):
+        client.xadd(long_stream, fields())  # type: ignore[arg-type]
+    try:
+        code, output = cli(settings, "outbox", "status")
+    finally:
+        client.delete(long_stream)
+        client.close()
+    assert code == 0, output
+    lines = output.splitlines()
+    assert "ALARM: over 2 entries" in next(line for line in lines if long_stream in line)
+    quiet = settings.stream_prefix + PAYMENT_STREAM
+    assert "ok" in next(line for line in lines if quiet in line)
 
 
 def test_outbox_status_fails_when_a_database_is_unreachable(migrated: Settings) -> None:
