@@ -1,8 +1,9 @@
 """The unit of work: one database transaction per use case, which also writes the outbox.
 
-Aggregates collect the domain events they cause; repositories `track` the aggregates they
-hand out; at commit the unit of work turns every collected event into an envelope and writes
-it to the outbox in the same transaction as the state change (invariant 7).
+Aggregates collect the domain events they cause; repositories register (`track`) every
+aggregate they hand out or add, as cosmicpython's `seen`; at commit the unit of work turns
+every collected event into an envelope and writes it to the outbox in the same transaction as
+the state change (invariant 7). Service code never tracks by hand, so it cannot forget to.
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ from common.faults import crash_point
 from common.ids import parse_id
 from common.money import Money
 from payment_service.domain.model import (
+    ChargeAnswer,
     ChargeInstruction,
     DepositRequest,
     Payment,
-    PaymentStatus,
     StatusChange,
 )
 from payment_service.service_layer.ports import GatewayPort, UnitOfWork, WalletPort
@@ -111,7 +111,6 @@ class PaymentService:
             # A concurrent request with the same key makes this insert a ConcurrentUpdate;
             # retry_on_conflict re-runs the unit of work, which then finds the winner's row.
             await uow.payments.add(payment)
-            uow.track(payment)
             await uow.commit()
         crash_point("payment.deposit_committed")
         log.info("payment.initiated", payment_id=payment.payment_id, kind="deposit")
@@ -133,22 +132,20 @@ class PaymentService:
             payment_method=charge.payment_method,
             reference=charge.payment_id,
         )
-        if result.status == "created":
+        if result.answer is ChargeAnswer.UNKNOWN:
             raise DependencyUnavailable(
                 f"provider outcome of charge {result.operation_id} unknown; asking again"
             )
 
         async def record() -> None:
             async with self._uow() as uow:
-                current = await uow.payments.get(charge.payment_id, for_update=True)
-                if current is None or current.status is not PaymentStatus.INITIATED:
+                payment = await uow.payments.get(charge.payment_id, for_update=True)
+                if payment is None:
                     return
-                if result.status == "failed":
-                    current.fail(result.failure_reason or "charge_failed")
-                else:
-                    current.mark_pending(result.operation_id)
-                await uow.payments.save(current)
-                uow.track(current)
+                payment.record_charge_answer(
+                    result.answer, operation_id=result.operation_id, reason=result.failure_reason
+                )
+                await uow.payments.save(payment)
                 await uow.commit()
 
         await retry_on_conflict(record)

@@ -7,7 +7,8 @@ import pytest
 
 from common.errors import DependencyUnavailable, IdempotencyConflict, NotFound, ValidationError
 from common.money import Money
-from payment_service.domain.model import PaymentStatus
+from payment_service.domain.events import ReviewRequested
+from payment_service.domain.model import ChargeAnswer, PaymentStatus
 from payment_service.service_layer.handlers import GatewayEventHandlers
 from payment_service.service_layer.services import PaymentService, credit_ref
 from tests.payment_service.fakes import FakeGateway, FakeStore, FakeUnitOfWork, FakeWallet
@@ -85,7 +86,7 @@ async def test_the_saga_step_charges_once_and_records_pending() -> None:
 
 async def test_an_unknown_provider_outcome_is_retried_not_failed() -> None:
     world = World()
-    world.gateway.answer = "created"
+    world.gateway.answer = ChargeAnswer.UNKNOWN
     payment_id = await world.create()
     with pytest.raises(DependencyUnavailable):
         await world.charge(payment_id)
@@ -153,7 +154,7 @@ async def test_unreachable_gateway_leaves_it_initiated_and_a_retry_resumes() -> 
 
 async def test_gateway_refusal_fails_the_payment() -> None:
     world = World()
-    world.gateway.answer = "failed"
+    world.gateway.answer = ChargeAnswer.DECLINED
     payment = await world.service.get_payment(await world.deposit())
     assert payment.status is S.FAILED
     assert payment.failure_reason == "card_declined"
@@ -196,6 +197,16 @@ async def test_credit_that_can_never_apply_starts_a_refund() -> None:
     world.wallet.accounts.clear()
     await world.handlers.charge_succeeded(event_id="e1", payment_id=payment_id, operation_id="op")
     assert (await world.service.get_payment(payment_id)).status is S.REFUNDING
+
+
+async def test_a_late_success_on_a_failed_payment_publishes_a_review_request() -> None:
+    world = World()
+    world.gateway.answer = ChargeAnswer.DECLINED
+    payment_id = await world.deposit()
+    await world.handlers.charge_succeeded(event_id="e1", payment_id=payment_id, operation_id="op")
+    assert (await world.service.get_payment(payment_id)).status is S.FAILED
+    assert world.wallet.credits == {}  # never credited: an operator decides
+    assert isinstance(world.published[-1], ReviewRequested)
 
 
 async def test_late_failure_never_overwrites_a_completed_payment() -> None:

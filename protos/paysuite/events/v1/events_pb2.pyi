@@ -235,3 +235,38 @@ class OperationStatusChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OperationStatusChanged: _TypeAlias = OperationStatusChanged  # noqa: Y015
+
+@_typing.final
+class PaymentReviewRequested(_message.Message):
+    """payment.review_requested: a provider event contradicts a payment's final state. The payment
+    keeps its state; an operator decides (the recovery worker's manual-review cases).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PROVIDER_EVENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    GATEWAY_OPERATION_ID_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    status: _builtins.str
+    provider_event: _builtins.str
+    reason: _builtins.str
+    gateway_operation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        provider_event: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        gateway_operation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_operation_id", b"gateway_operation_id", "payment_id", b"payment_id", "provider_event", b"provider_event", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentReviewRequested: _TypeAlias = PaymentReviewRequested  # noqa: Y015
