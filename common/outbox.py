@@ -223,7 +223,10 @@ class OutboxRelay:
                 return 0
             oldest_kept_ms = int(time.time() * 1000 - self._stream_retention.total_seconds() * 1000)
             minid = min(floor, (max(oldest_kept_ms, 0), 0))
-            return int(await self._redis.xtrim(stream, minid=f"{minid[0]}-{minid[1]}"))
+            trimmed = await self._redis.xtrim(
+                stream, minid=f"{minid[0]}-{minid[1]}", approximate=False
+            )
+            return int(trimmed)
 
 
 def _entry_id(value: bytes | str) -> tuple[int, int]:
