@@ -72,7 +72,7 @@ async def test_a_ref_reused_for_another_amount_is_refused(suite: Suite) -> None:
             )
         balance = await c.wallet.GetBalance(W.GetBalanceRequest(account_id=account_id))
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert error_details(caught.value)[1] == "IDEMPOTENCY_KEY_REUSED"
+    assert error_details(caught.value)[1] == "OPERATION_REF_REUSED"
     assert balance.total == usd(5)
 
 
