@@ -14,6 +14,7 @@ from rich.table import Table
 from common.cli import demo as demo_module
 from common.cli import inspect as inspect_module
 from common.cli import supervisor
+from common.cli import wallet as wallet_cli
 from common.config import ConfigError, Settings, load_settings
 from common.embedded import start_embedded
 from common.logging import configure_logging
@@ -23,6 +24,7 @@ payments = typer.Typer(help="Inspect payments.", no_args_is_help=True)
 events = typer.Typer(help="Inspect event streams.", no_args_is_help=True)
 app.add_typer(payments, name="payments")
 app.add_typer(events, name="events")
+wallet_cli.register(app)
 console = Console()
 
 
