@@ -395,18 +395,21 @@ class WalletRepository:
 
     @boundary
     async def add_transaction(self, txn: LedgerTransaction) -> None:
-        await self._conn.execute(
-            insert(t.ledger_transactions),
-            [
-                {
-                    "transaction_id": txn.transaction_id,
-                    "operation_ref": txn.operation_ref,
-                    "kind": txn.kind.value,
-                    "description": txn.description,
-                    "conversion": conversion_to_json(txn.conversion),
-                }
-            ],
-        )
+        # The database's clock stamps the journal; the caller's answer shows the same time a
+        # replay of this operation will.
+        txn.created_at = (
+            await self._conn.execute(
+                insert(t.ledger_transactions)
+                .values(
+                    transaction_id=txn.transaction_id,
+                    operation_ref=txn.operation_ref,
+                    kind=txn.kind.value,
+                    description=txn.description,
+                    conversion=conversion_to_json(txn.conversion),
+                )
+                .returning(t.ledger_transactions.c.created_at)
+            )
+        ).scalar_one()
         await self._conn.execute(
             insert(t.ledger_entries),
             [
