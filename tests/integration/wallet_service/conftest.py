@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -33,9 +34,17 @@ async def rates(wallet_engine: AsyncEngine) -> WalletService:
     return service
 
 
+@dataclass
+class PrivateWallet:
+    settings: Settings
+    engine: AsyncEngine
+    service: WalletService
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def private_wallet(migrated: Settings) -> AsyncIterator[tuple[WalletService, AsyncEngine]]:
-    """A wallet database of its own, for tests that break the books on purpose."""
+async def private_wallet(migrated: Settings) -> AsyncIterator[PrivateWallet]:
+    """A wallet database of its own, for tests that break the books on purpose. Snapshots
+    every 5 events, so a short workload goes through several."""
     settings = migrated.model_copy(
         update={"database_prefix": f"{migrated.database_prefix}w{uuid.uuid4().hex[:6]}_"}
     )
@@ -43,7 +52,8 @@ async def private_wallet(migrated: Settings) -> AsyncIterator[tuple[WalletServic
     DATABASE.migrate(settings)
     engine = db.create_engine(url, pool_size=5)
     try:
-        yield WalletService(lambda: WalletUnitOfWork(engine, snapshot_every=5)), engine
+        service = WalletService(lambda: WalletUnitOfWork(engine, snapshot_every=5))
+        yield PrivateWallet(settings, engine, service)
     finally:
         await engine.dispose()
         db.drop_database(url)
