@@ -16,9 +16,7 @@ from sqlalchemy.engine import URL
 SHARED_TABLES = frozenset({"outbox", "processed_events", "alembic_version"})
 
 
-def _include(
-    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
-) -> bool:
+def _include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
     table = obj if type_ == "table" else getattr(obj, "table", None)
     return getattr(table, "name", name) not in SHARED_TABLES
 

@@ -359,7 +359,8 @@ class Account:
         if amount.amount_minor > self.total_minor - self.held_minor:
             raise NotEnoughAvailable(self.account_id, self.available, amount)
 
-    def _check_incoming(self, amount: Money, limits: Limits) -> None:
+    def check_incoming(self, amount: Money, limits: Limits) -> None:
+        """Whether the account can take `amount` in; raises the reason when it cannot."""
         self._check_not_closed()
         self.check_currency(amount)
         limits.check_operation(amount)
@@ -371,7 +372,7 @@ class Account:
         self, transaction_id: str, amount: Money, operation_ref: str, limits: Limits
     ) -> None:
         """Frozen accounts still accept credits: money arriving must land somewhere."""
-        self._check_incoming(amount, limits)
+        self.check_incoming(amount, limits)
         self._record(ev.Credited(transaction_id, operation_ref, amount.amount_minor))
 
     def debit(self, transaction_id: str, amount: Money, operation_ref: str, limits: Limits) -> None:
@@ -387,7 +388,7 @@ class Account:
     def transfer_in(
         self, transaction_id: str, amount: Money, operation_ref: str, source: str, limits: Limits
     ) -> None:
-        self._check_incoming(amount, limits)
+        self.check_incoming(amount, limits)
         self._record(ev.TransferredIn(transaction_id, operation_ref, amount.amount_minor, source))
 
     def place_hold(

@@ -122,6 +122,8 @@ def transfer(
     conversion = _conversion(source, destination, amount, rate)
     target = conversion.target if conversion else amount
     taken = amount + fee if fee is not None else amount
+    # Both sides are checked before either changes, so a refusal leaves both untouched.
+    destination.check_incoming(target, limits)
     txn_id = new_id()
     source.transfer_out(txn_id, taken, operation_ref, destination.account_id, limits)
     destination.transfer_in(txn_id, target, operation_ref, source.account_id, limits)
