@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy.exc
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -83,12 +85,34 @@ def boundary(
     return wrapper
 
 
-_LOCK = text(
-    "SELECT account_id FROM accounts WHERE account_id = ANY(CAST(:ids AS uuid[]))"
-    " ORDER BY account_id FOR NO KEY UPDATE"
+# One round trip locks the accounts and reads each one's latest snapshot, the events after
+# it, and the operation already recorded under the caller's ref. Its snapshot predates any
+# wait for the lock, so when the locked row (which PostgreSQL re-reads after the wait) is at
+# a later version than the history read, a second, fresh read follows (_HISTORY).
+_LOCK_AND_LOAD = text(
+    """
+    WITH locked AS (
+        SELECT account_id, version FROM accounts
+        WHERE account_id = ANY(CAST(:ids AS uuid[]))
+        ORDER BY account_id FOR NO KEY UPDATE
+    ), snap AS (
+        SELECT DISTINCT ON (account_id) account_id, version, state
+        FROM account_snapshots WHERE account_id = ANY(CAST(:ids AS uuid[]))
+        ORDER BY account_id, version DESC
+    )
+    SELECT a.account_id, a.owner_id, a.currency, a.kind, a.open_ref, a.created_at,
+           l.version AS locked_version, snap.state,
+           coalesce((
+               SELECT json_agg(json_build_array(e.version, e.event_type, e.payload,
+                                                e.prev_hash, e.hash) ORDER BY e.version)
+               FROM account_events e
+               WHERE e.account_id = a.account_id AND e.version > coalesce(snap.version, 0)
+           ), '[]') AS events,
+           (SELECT json_build_array(o.kind, o.fingerprint, o.result) FROM operations o
+            WHERE o.operation_ref = :ref) AS operation
+    FROM locked l JOIN accounts a USING (account_id) LEFT JOIN snap USING (account_id)
+    """
 )
-# A fresh statement after the lock, so it sees everything the previous lock holder committed:
-# each account's latest snapshot and the events after it.
 _HISTORY = text(
     """
     WITH snap AS (
@@ -97,16 +121,89 @@ _HISTORY = text(
         ORDER BY account_id, version DESC
     )
     SELECT a.account_id, a.owner_id, a.currency, a.kind, a.open_ref, a.created_at,
-           a.total_minor, a.held_minor, a.version AS projected_version, a.status,
-           snap.state,
+           a.version AS locked_version, snap.state,
            coalesce((
                SELECT json_agg(json_build_array(e.version, e.event_type, e.payload,
                                                 e.prev_hash, e.hash) ORDER BY e.version)
                FROM account_events e
                WHERE e.account_id = a.account_id AND e.version > coalesce(snap.version, 0)
-           ), '[]') AS events
-    FROM accounts a LEFT JOIN snap ON snap.account_id = a.account_id
+           ), '[]') AS events,
+           (SELECT json_build_array(o.kind, o.fingerprint, o.result) FROM operations o
+            WHERE o.operation_ref = :ref) AS operation
+    FROM accounts a LEFT JOIN snap USING (account_id)
     WHERE a.account_id = ANY(CAST(:ids AS uuid[]))
+    """
+)
+# Everything a unit of work writes, in one statement: round trips to PostgreSQL are where a
+# posting's time goes (design.md §9). Each CTE reads its rows from a JSON array; empty arrays
+# write nothing. Foreign keys are checked at the end of the statement, so entries may refer to
+# a system account or a transaction inserted beside them. The account UPDATE is conditional on
+# the version the history was loaded at: `updated` short of the count is a lost race.
+_FLUSH = text(
+    """
+    WITH sys AS (
+        INSERT INTO accounts (account_id, owner_id, currency, kind, total_minor, held_minor,
+                              version, open_ref, status)
+        SELECT x.account_id, 'paysuite', x.currency, x.kind, 0, 0, 0, x.name, 'open'
+        FROM jsonb_to_recordset(CAST(:system AS jsonb))
+             AS x(account_id uuid, currency text, kind text, name text)
+        ON CONFLICT DO NOTHING
+    ), evt AS (
+        INSERT INTO account_events (account_id, version, event_type, payload, prev_hash, hash)
+        SELECT x.account_id, x.version, x.event_type, x.payload, x.prev_hash, x.hash
+        FROM jsonb_to_recordset(CAST(:events AS jsonb))
+             AS x(account_id uuid, version bigint, event_type text, payload jsonb,
+                  prev_hash text, hash text)
+    ), acc AS (
+        UPDATE accounts a SET total_minor = x.total_minor, held_minor = x.held_minor,
+                              version = x.version, status = x.status
+        FROM jsonb_to_recordset(CAST(:accounts AS jsonb))
+             AS x(account_id uuid, previous bigint, total_minor bigint, held_minor bigint,
+                  version bigint, status text)
+        WHERE a.account_id = x.account_id AND a.version = x.previous
+        RETURNING a.account_id
+    ), snp AS (
+        INSERT INTO account_snapshots (account_id, version, state)
+        SELECT x.account_id, x.version, x.state
+        FROM jsonb_to_recordset(CAST(:snapshots AS jsonb))
+             AS x(account_id uuid, version bigint, state jsonb)
+    ), hold_new AS (
+        INSERT INTO holds (hold_id, account_id, currency, amount_minor, captured_minor, status,
+                           expires_at, reference)
+        SELECT x.hold_id, x.account_id, x.currency, x.amount_minor, 0, 'open', x.expires_at,
+               x.reference
+        FROM jsonb_to_recordset(CAST(:new_holds AS jsonb))
+             AS x(hold_id uuid, account_id uuid, currency text, amount_minor bigint,
+                  expires_at timestamptz, reference text)
+    ), hold_set AS (
+        UPDATE holds h SET status = x.status, captured_minor = x.captured_minor,
+                           updated_at = now()
+        FROM jsonb_to_recordset(CAST(:hold_changes AS jsonb))
+             AS x(hold_id uuid, status text, captured_minor bigint)
+        WHERE h.hold_id = x.hold_id
+    ), txn AS (
+        INSERT INTO ledger_transactions (transaction_id, operation_ref, kind, description,
+                                         conversion)
+        SELECT x.transaction_id, x.operation_ref, x.kind, x.description, x.conversion
+        FROM jsonb_to_recordset(CAST(:transactions AS jsonb))
+             AS x(transaction_id uuid, operation_ref text, kind text, description text,
+                  conversion jsonb)
+    ), ent AS (
+        INSERT INTO ledger_entries (entry_id, transaction_id, account_id, amount_minor,
+                                    currency, balance_after_minor)
+        SELECT x.entry_id, x.transaction_id, x.account_id, x.amount_minor, x.currency,
+               x.balance_after_minor
+        FROM jsonb_to_recordset(CAST(:entries AS jsonb))
+             AS x(n int, entry_id uuid, transaction_id uuid, account_id uuid,
+                  amount_minor bigint, currency text, balance_after_minor bigint)
+        ORDER BY x.n
+    ), ops AS (
+        INSERT INTO operations (operation_ref, kind, fingerprint, result)
+        SELECT x.operation_ref, x.kind, x.fingerprint, x.result
+        FROM jsonb_to_recordset(CAST(:operations AS jsonb))
+             AS x(operation_ref text, kind text, fingerprint text, result jsonb)
+    )
+    SELECT (SELECT count(*) FROM acc) AS updated, now() AS at
     """
 )
 
@@ -182,6 +279,92 @@ def conversion_from_json(data: dict[str, Any] | None) -> Conversion | None:
     )
 
 
+def _stale(row: Any) -> bool:
+    """Whether the history read missed events committed while this statement waited."""
+    events = row.events
+    last = events[-1][0] if events else (row.state["version"] if row.state else 0)
+    return bool(last != row.locked_version)
+
+
+def _event_row(recorded: ev.RecordedEvent) -> dict[str, Any]:
+    return {
+        "account_id": recorded.account_id,
+        "version": recorded.version,
+        "event_type": recorded.event_type,
+        "payload": ev.payload_of(recorded.event),
+        "prev_hash": recorded.prev_hash,
+        "hash": recorded.hash,
+    }
+
+
+def _new_hold(account: Account, event: ev.AccountEvent) -> dict[str, Any] | None:
+    if not isinstance(event, ev.HoldPlaced):
+        return None
+    return {
+        "hold_id": event.hold_id,
+        "account_id": account.account_id,
+        "currency": account.currency,
+        "amount_minor": event.amount_minor,
+        "expires_at": event.expires_at,
+        "reference": event.reference,
+    }
+
+
+def _hold_change(event: ev.AccountEvent) -> dict[str, Any] | None:
+    match event:
+        case ev.HoldCaptured():
+            return {
+                "hold_id": event.hold_id,
+                "status": HoldStatus.CAPTURED.value,
+                "captured_minor": event.captured_minor,
+            }
+        case ev.HoldReleased() | ev.HoldExpired():
+            status = (
+                HoldStatus.RELEASED if isinstance(event, ev.HoldReleased) else HoldStatus.EXPIRED
+            )
+            return {"hold_id": event.hold_id, "status": status.value, "captured_minor": 0}
+    return None
+
+
+def _transaction_row(txn: LedgerTransaction) -> dict[str, Any]:
+    return {
+        "transaction_id": txn.transaction_id,
+        "operation_ref": txn.operation_ref,
+        "kind": txn.kind.value,
+        "description": txn.description,
+        "conversion": conversion_to_json(txn.conversion),
+    }
+
+
+def _entry_row(n: int, txn: LedgerTransaction, entry: Entry) -> dict[str, Any]:
+    return {
+        "n": n,
+        "entry_id": entry.entry_id,
+        "transaction_id": txn.transaction_id,
+        "account_id": entry.account_id,
+        "amount_minor": entry.amount.amount_minor,
+        "currency": entry.amount.currency,
+        "balance_after_minor": entry.balance_after,
+    }
+
+
+@dataclass
+class _Pending:
+    """What a unit of work has decided to write, flushed in one statement at commit."""
+
+    system: dict[str, SystemAccount] = field(default_factory=dict)
+    accounts: dict[str, tuple[Account, int]] = field(default_factory=dict)
+    transactions: list[LedgerTransaction] = field(default_factory=list)
+    operations: list[Operation] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.system or self.accounts or self.transactions or self.operations)
+
+
+def _dumps(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, separators=(",", ":"))
+
+
 class WalletRepository:
     def __init__(
         self,
@@ -195,6 +378,7 @@ class WalletRepository:
         self._track = track
         self._known_system = known_system
         self._snapshot_every = snapshot_every
+        self._pending = _Pending()
         self.created_system: list[str] = []
 
     # -- accounts ------------------------------------------------------------------------
@@ -210,24 +394,45 @@ class WalletRepository:
         return _projected(row) if row else None
 
     @boundary
-    async def lock(self, account_ids: Iterable[str]) -> dict[str, Account]:
-        """Locks the accounts, then loads each from its latest snapshot and later events."""
-        ids = sorted(set(account_ids))
-        await self._conn.execute(_LOCK, {"ids": ids})
-        return await self._load(ids)
+    async def lock(
+        self, account_ids: Iterable[str], *, operation_ref: str = ""
+    ) -> tuple[dict[str, Account], Operation | None]:
+        """Locks the accounts and loads each from its latest snapshot and later events, with
+        the operation already recorded under `operation_ref`, if any."""
+        params = {"ids": sorted(set(account_ids)), "ref": operation_ref}
+        rows = (await self._conn.execute(_LOCK_AND_LOAD, params)).all()
+        if any(_stale(row) for row in rows):
+            rows = (await self._conn.execute(_HISTORY, params)).all()
+        accounts = {}
+        for row in rows:
+            account = self._rebuild(row)
+            if account is not None:
+                accounts[account.account_id] = account
+        operation = rows[0].operation if rows else None
+        if operation is None and not rows and operation_ref:
+            operation = await self._operation(operation_ref)
+        if operation is None:
+            return accounts, None
+        kind, fingerprint, result = operation
+        return accounts, Operation(operation_ref, kind, fingerprint, result)
 
-    async def _load(self, ids: list[str]) -> dict[str, Account]:
-        loaded: dict[str, Account] = {}
-        for row in (await self._conn.execute(_HISTORY, {"ids": ids})).all():
-            account = _identity(row)
-            if account.kind is not AccountKind.CUSTOMER:
-                continue
-            if row.state is not None:
-                account.restore(row.state)
-            account.replay(_recorded(account.account_id, raw) for raw in row.events)
-            self._track(account)
-            loaded[account.account_id] = account
-        return loaded
+    async def _operation(self, operation_ref: str) -> tuple[str, str, dict[str, Any]] | None:
+        row = (
+            await self._conn.execute(
+                select(t.operations).where(t.operations.c.operation_ref == operation_ref)
+            )
+        ).first()
+        return (row.kind, row.fingerprint, row.result) if row else None
+
+    def _rebuild(self, row: Any) -> Account | None:
+        account = _identity(row)
+        if account.kind is not AccountKind.CUSTOMER:
+            return None
+        if row.state is not None:
+            account.restore(row.state)
+        account.replay(_recorded(account.account_id, raw) for raw in row.events)
+        self._track(account)
+        return account
 
     @boundary
     async def find_opened(self, owner_id: str, open_ref: str) -> Account | None:
@@ -239,6 +444,8 @@ class WalletRepository:
 
     @boundary
     async def add(self, account: Account) -> None:
+        """Inserts the account's row now (its owner and ref are unique); its events follow
+        at commit."""
         await self._conn.execute(
             insert(t.accounts),
             [
@@ -256,121 +463,93 @@ class WalletRepository:
             ],
         )
         self._track(account)
-        await self._store([account], previous={account.account_id: 0})
+        self._pending.accounts[account.account_id] = (account, 0)
 
-    @boundary
     async def ensure_system(self, accounts: Iterable[SystemAccount]) -> None:
         """System accounts are created on first use; a process remembers which exist."""
-        missing = [a for a in accounts if a.account_id not in self._known_system]
-        if not missing:
-            return
-        await self._conn.execute(
-            pg_insert(t.accounts).on_conflict_do_nothing(),
-            [
-                {
-                    "account_id": a.account_id,
-                    "owner_id": "paysuite",
-                    "currency": a.currency,
-                    "kind": a.kind.value,
-                    "total_minor": 0,
-                    "held_minor": 0,
-                    "version": 0,
-                    "open_ref": a.name,
-                    "status": "open",
-                }
-                for a in missing
-            ],
-        )
-        # Remembered only once this transaction commits (see WalletUnitOfWork.commit).
-        self.created_system += [a.account_id for a in missing]
+        for account in accounts:
+            if account.account_id not in self._known_system:
+                self._pending.system[account.account_id] = account
+
+    async def save(self, accounts: Iterable[Account]) -> None:
+        for account in accounts:
+            events = account.new_events
+            if events and account.account_id not in self._pending.accounts:
+                self._pending.accounts[account.account_id] = (account, events[0].version - 1)
+
+    async def add_transaction(self, txn: LedgerTransaction) -> None:
+        self._pending.transactions.append(txn)
+
+    async def add_operation(self, operation: Operation) -> None:
+        self._pending.operations.append(operation)
 
     @boundary
-    async def save(self, accounts: Iterable[Account]) -> None:
-        changed = [a for a in accounts if a.new_events]
-        previous = {a.account_id: a.new_events[0].version - 1 for a in changed}
-        await self._store(changed, previous=previous)
-
-    async def _store(self, accounts: list[Account], *, previous: dict[str, int]) -> None:
-        rows = [
-            {
-                "account_id": r.account_id,
-                "version": r.version,
-                "event_type": r.event_type,
-                "payload": ev.payload_of(r.event),
-                "prev_hash": r.prev_hash,
-                "hash": r.hash,
-            }
-            for a in accounts
-            for r in a.new_events
-        ]
-        if not rows:
+    async def flush(self) -> None:
+        """Writes everything pending in one statement (see _FLUSH)."""
+        pending, self._pending = self._pending, _Pending()
+        if not pending:
             return
-        await self._conn.execute(insert(t.account_events), rows)
-        for account in accounts:
-            await self._project(account, previous[account.account_id])
+        changed = [(a, previous) for a, previous in pending.accounts.values() if a.new_events]
+        row = (await self._conn.execute(_FLUSH, self._flush_params(pending, changed))).one()
+        if row.updated != len(changed):
+            raise VersionConflict("an account changed after it was loaded")
+        for txn in pending.transactions:
+            txn.created_at = row.at
+        for account, _ in changed:
             account.mark_stored()
+        self.created_system += list(pending.system)
 
-    async def _project(self, account: Account, previous_version: int) -> None:
-        result = await self._conn.execute(
-            update(t.accounts)
-            .where(t.accounts.c.account_id == account.account_id)
-            .where(t.accounts.c.version == previous_version)
-            .values(
-                total_minor=account.total_minor,
-                held_minor=account.held_minor,
-                version=account.version,
-                status=account.status.value,
-            )
-        )
-        if result.rowcount != 1:
-            raise VersionConflict(f"account {account.account_id} changed meanwhile")
-        for recorded in account.new_events:
-            await self._project_hold(account, recorded.event)
+    def _flush_params(
+        self, pending: _Pending, changed: list[tuple[Account, int]]
+    ) -> dict[str, str]:
         every = self._snapshot_every
-        if account.version // every > previous_version // every:
-            await self._conn.execute(
-                insert(t.account_snapshots),
+        return {
+            "system": _dumps(
                 [
-                    {
-                        "account_id": account.account_id,
-                        "version": account.version,
-                        "state": account.snapshot(),
-                    }
-                ],
-            )
-
-    async def _project_hold(self, account: Account, event: ev.AccountEvent) -> None:
-        holds = t.holds
-        match event:
-            case ev.HoldPlaced():
-                await self._conn.execute(
-                    insert(holds),
-                    [
-                        {
-                            "hold_id": event.hold_id,
-                            "account_id": account.account_id,
-                            "currency": account.currency,
-                            "amount_minor": event.amount_minor,
-                            "captured_minor": 0,
-                            "status": HoldStatus.OPEN.value,
-                            "expires_at": datetime.fromisoformat(event.expires_at),
-                            "reference": event.reference,
-                        }
-                    ],
-                )
-            case ev.HoldCaptured():
-                await self._set_hold(event.hold_id, HoldStatus.CAPTURED, event.captured_minor)
-            case ev.HoldReleased():
-                await self._set_hold(event.hold_id, HoldStatus.RELEASED, 0)
-            case ev.HoldExpired():
-                await self._set_hold(event.hold_id, HoldStatus.EXPIRED, 0)
-
-    async def _set_hold(self, hold_id: str, status: HoldStatus, captured_minor: int) -> None:
-        await self._conn.execute(
-            update(t.holds)
-            .where(t.holds.c.hold_id == hold_id)
-            .values(status=status.value, captured_minor=captured_minor, updated_at=text("now()"))
-        )
+                    {"account_id": a.account_id, "currency": a.currency, "kind": a.kind.value,
+                     "name": a.name}
+                    for a in pending.system.values()
+                ]
+            ),
+            "events": _dumps([_event_row(r) for a, _ in changed for r in a.new_events]),
+            "accounts": _dumps(
+                [
+                    {"account_id": a.account_id, "previous": previous,
+                     "total_minor": a.total_minor, "held_minor": a.held_minor,
+                     "version": a.version, "status": a.status.value}
+                    for a, previous in changed
+                ]
+            ),
+            "snapshots": _dumps(
+                [
+                    {"account_id": a.account_id, "version": a.version, "state": a.snapshot()}
+                    for a, previous in changed
+                    if a.version // every > previous // every
+                ]
+            ),
+            "new_holds": _dumps(
+                [h for a, _ in changed for r in a.new_events if (h := _new_hold(a, r.event))]
+            ),
+            "hold_changes": _dumps(
+                [h for a, _ in changed for r in a.new_events if (h := _hold_change(r.event))]
+            ),
+            "transactions": _dumps([_transaction_row(txn) for txn in pending.transactions]),
+            "entries": _dumps(
+                [
+                    _entry_row(n, txn, e)
+                    for n, (txn, e) in enumerate(
+                        (txn, e) for txn in pending.transactions for e in txn.entries
+                    )
+                ]
+            ),
+            "operations": _dumps(
+                [
+                    {"operation_ref": o.operation_ref, "kind": o.kind,
+                     "fingerprint": o.fingerprint, "result": o.result}
+                    for o in pending.operations
+                ]
+            ),
+        }  # fmt: skip
 
     # -- holds ---------------------------------------------------------------------------
 
@@ -392,38 +571,6 @@ class WalletRepository:
         return [str(r.account_id) for r in rows]
 
     # -- journal -------------------------------------------------------------------------
-
-    @boundary
-    async def add_transaction(self, txn: LedgerTransaction) -> None:
-        # The database's clock stamps the journal; the caller's answer shows the same time a
-        # replay of this operation will.
-        txn.created_at = (
-            await self._conn.execute(
-                insert(t.ledger_transactions)
-                .values(
-                    transaction_id=txn.transaction_id,
-                    operation_ref=txn.operation_ref,
-                    kind=txn.kind.value,
-                    description=txn.description,
-                    conversion=conversion_to_json(txn.conversion),
-                )
-                .returning(t.ledger_transactions.c.created_at)
-            )
-        ).scalar_one()
-        await self._conn.execute(
-            insert(t.ledger_entries),
-            [
-                {
-                    "entry_id": e.entry_id,
-                    "transaction_id": txn.transaction_id,
-                    "account_id": e.account_id,
-                    "amount_minor": e.amount.amount_minor,
-                    "currency": e.amount.currency,
-                    "balance_after_minor": e.balance_after,
-                }
-                for e in txn.entries
-            ],
-        )
 
     @boundary
     async def get_transaction(self, transaction_id: str) -> LedgerTransaction | None:
@@ -488,33 +635,6 @@ class WalletRepository:
             )
             for r in rows
         ]
-
-    # -- operations ----------------------------------------------------------------------
-
-    @boundary
-    async def find_operation(self, operation_ref: str) -> Operation | None:
-        row = (
-            await self._conn.execute(
-                select(t.operations).where(t.operations.c.operation_ref == operation_ref)
-            )
-        ).first()
-        if row is None:
-            return None
-        return Operation(row.operation_ref, row.kind, row.fingerprint, row.result)
-
-    @boundary
-    async def add_operation(self, operation: Operation) -> None:
-        await self._conn.execute(
-            insert(t.operations),
-            [
-                {
-                    "operation_ref": operation.operation_ref,
-                    "kind": operation.kind,
-                    "fingerprint": operation.fingerprint,
-                    "result": operation.result,
-                }
-            ],
-        )
 
     # -- FX rates ------------------------------------------------------------------------
 

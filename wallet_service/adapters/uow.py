@@ -51,6 +51,7 @@ class WalletUnitOfWork(SqlUnitOfWork):
             await super().__aexit__(exc_type, exc, tb)
 
     async def commit(self) -> None:
+        await self.accounts.flush()
         async with translated():
             await super().commit()
         self._known_system.update(self.accounts.created_system)

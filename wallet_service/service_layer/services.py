@@ -37,7 +37,9 @@ ATTEMPTS = 5
 
 class WalletStore(Protocol):
     async def get(self, account_id: str) -> Account | None: ...
-    async def lock(self, account_ids: Iterable[str]) -> dict[str, Account]: ...
+    async def lock(
+        self, account_ids: Iterable[str], *, operation_ref: str = ""
+    ) -> tuple[dict[str, Account], Operation | None]: ...
     async def find_opened(self, owner_id: str, open_ref: str) -> Account | None: ...
     async def add(self, account: Account) -> None: ...
     async def ensure_system(self, accounts: Iterable[SystemAccount]) -> None: ...
@@ -49,7 +51,6 @@ class WalletStore(Protocol):
     async def list_entries(
         self, account_id: str, *, limit: int, after_seq: int
     ) -> list[tuple[int, Entry, str, datetime]]: ...
-    async def find_operation(self, operation_ref: str) -> Operation | None: ...
     async def add_operation(self, operation: Operation) -> None: ...
     async def latest_rate(self, base: str, quote: str) -> FxRate | None: ...
     async def add_rate(self, rate: FxRate) -> None: ...
@@ -131,8 +132,9 @@ class WalletService:
     ) -> T:
         async def attempt() -> T:
             async with self._uow() as uow:
-                accounts = await uow.accounts.lock(account_ids)
-                previous = await uow.accounts.find_operation(operation_ref)
+                accounts, previous = await uow.accounts.lock(
+                    account_ids, operation_ref=operation_ref
+                )
                 if previous is not None:
                     if (previous.kind, previous.fingerprint) != (kind, fingerprint):
                         raise OperationRefReused(operation_ref)
@@ -500,7 +502,7 @@ class WalletService:
 
     async def _expire(self, account_id: str, now: datetime) -> list[str]:
         async with self._uow() as uow:
-            accounts = await uow.accounts.lock([account_id])
+            accounts, _ = await uow.accounts.lock([account_id])
             account = accounts.get(account_id)
             if account is None:
                 return []
