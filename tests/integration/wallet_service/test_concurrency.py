@@ -20,7 +20,6 @@ from tests.integration.helpers import Clients, clients, open_account, usd
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 W = wallet_pb2
-EXPECTED_REFUSALS = {"INSUFFICIENT_FUNDS", "HOLD_NOT_OPEN"}
 
 
 def ref() -> str:
@@ -40,12 +39,11 @@ async def balances(c: Clients, *account_ids: str) -> list[W.Balance]:
 
 
 async def tolerate_refusal(call: Awaitable[object]) -> str:
-    """Runs one racing call; a clean refusal (not enough money) is part of the game."""
+    """Runs one racing call and names its outcome: the status code of a refusal."""
     try:
         await call
     except grpc.aio.AioRpcError as exc:
-        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc.details()
-        return "refused"
+        return exc.code().name
     return "applied"
 
 
@@ -94,8 +92,8 @@ async def test_racing_debits_holds_and_transfers_never_overdraw(
         await asyncio.gather(*settle)
         final = await balances(c, a, b)
 
-    assert "refused" in outcomes
-    assert "applied" in outcomes
+    # Only clean refusals for lack of money: never ABORTED, never INTERNAL.
+    assert set(outcomes) == {"applied", "FAILED_PRECONDITION"}
     for bal in final:
         assert bal.available.amount_minor >= 0
         assert bal.held.amount_minor == 0
