@@ -38,6 +38,7 @@ def build_service(settings: Settings, infra: Infra) -> WalletService:
             max_operation_minor=settings.wallet_max_operation_minor,
             max_balance_minor=settings.wallet_max_balance_minor,
         ),
+        group_commit=True,
     )
 
 

@@ -108,8 +108,9 @@ _LOCK_AND_LOAD = text(
                FROM account_events e
                WHERE e.account_id = a.account_id AND e.version > coalesce(snap.version, 0)
            ), '[]') AS events,
-           (SELECT json_build_array(o.kind, o.fingerprint, o.result) FROM operations o
-            WHERE o.operation_ref = :ref) AS operation
+           (SELECT json_agg(json_build_array(o.operation_ref, o.kind, o.fingerprint,
+                                             o.result))
+            FROM operations o WHERE o.operation_ref = ANY(CAST(:refs AS text[]))) AS operations
     FROM locked l JOIN accounts a USING (account_id) LEFT JOIN snap USING (account_id)
     """
 )
@@ -128,8 +129,9 @@ _HISTORY = text(
                FROM account_events e
                WHERE e.account_id = a.account_id AND e.version > coalesce(snap.version, 0)
            ), '[]') AS events,
-           (SELECT json_build_array(o.kind, o.fingerprint, o.result) FROM operations o
-            WHERE o.operation_ref = :ref) AS operation
+           (SELECT json_agg(json_build_array(o.operation_ref, o.kind, o.fingerprint,
+                                             o.result))
+            FROM operations o WHERE o.operation_ref = ANY(CAST(:refs AS text[]))) AS operations
     FROM accounts a LEFT JOIN snap USING (account_id)
     WHERE a.account_id = ANY(CAST(:ids AS uuid[]))
     """
@@ -395,11 +397,11 @@ class WalletRepository:
 
     @boundary
     async def lock(
-        self, account_ids: Iterable[str], *, operation_ref: str = ""
-    ) -> tuple[dict[str, Account], Operation | None]:
+        self, account_ids: Iterable[str], *, operation_refs: Iterable[str] = ()
+    ) -> tuple[dict[str, Account], dict[str, Operation]]:
         """Locks the accounts and loads each from its latest snapshot and later events, with
-        the operation already recorded under `operation_ref`, if any."""
-        params = {"ids": sorted(set(account_ids)), "ref": operation_ref}
+        the operations already recorded under any of `operation_refs`."""
+        params = {"ids": sorted(set(account_ids)), "refs": sorted(set(operation_refs))}
         rows = (await self._conn.execute(_LOCK_AND_LOAD, params)).all()
         if any(_stale(row) for row in rows):
             rows = (await self._conn.execute(_HISTORY, params)).all()
@@ -408,21 +410,18 @@ class WalletRepository:
             account = self._rebuild(row)
             if account is not None:
                 accounts[account.account_id] = account
-        operation = rows[0].operation if rows else None
-        if operation is None and not rows and operation_ref:
-            operation = await self._operation(operation_ref)
-        if operation is None:
-            return accounts, None
-        kind, fingerprint, result = operation
-        return accounts, Operation(operation_ref, kind, fingerprint, result)
+        if rows:
+            found = rows[0].operations or []
+        else:
+            found = await self._operations(params["refs"]) if params["refs"] else []
+        operations = {ref: Operation(ref, kind, fp, result) for ref, kind, fp, result in found}
+        return accounts, operations
 
-    async def _operation(self, operation_ref: str) -> tuple[str, str, dict[str, Any]] | None:
-        row = (
-            await self._conn.execute(
-                select(t.operations).where(t.operations.c.operation_ref == operation_ref)
-            )
-        ).first()
-        return (row.kind, row.fingerprint, row.result) if row else None
+    async def _operations(self, refs: list[str]) -> list[tuple[str, str, str, Any]]:
+        rows = await self._conn.execute(
+            select(t.operations).where(t.operations.c.operation_ref.in_(refs))
+        )
+        return [(r.operation_ref, r.kind, r.fingerprint, r.result) for r in rows]
 
     def _rebuild(self, row: Any) -> Account | None:
         account = _identity(row)

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from common.errors import FieldViolation, ValidationError, require, retry_on_conflict
+from common.errors import (
+    ConcurrentUpdate,
+    DependencyUnavailable,
+    DomainError,
+    FieldViolation,
+    ValidationError,
+    require,
+    retry_on_conflict,
+)
 from common.ids import new_id, parse_id
 from common.money import Money, validate_currency
 from common.uow import UnitOfWork as BaseUnitOfWork
@@ -27,6 +35,7 @@ from wallet_service.domain.model import (
     Operation,
     SystemAccount,
 )
+from wallet_service.service_layer.group_commit import GroupCommit, Job
 
 T = TypeVar("T")
 DEFAULT_HOLD_TTL = timedelta(days=7)
@@ -38,8 +47,8 @@ ATTEMPTS = 5
 class WalletStore(Protocol):
     async def get(self, account_id: str) -> Account | None: ...
     async def lock(
-        self, account_ids: Iterable[str], *, operation_ref: str = ""
-    ) -> tuple[dict[str, Account], Operation | None]: ...
+        self, account_ids: Iterable[str], *, operation_refs: Iterable[str] = ()
+    ) -> tuple[dict[str, Account], dict[str, Operation]]: ...
     async def find_opened(self, owner_id: str, open_ref: str) -> Account | None: ...
     async def add(self, account: Account) -> None: ...
     async def ensure_system(self, accounts: Iterable[SystemAccount]) -> None: ...
@@ -104,6 +113,24 @@ Action = Callable[[UnitOfWork, dict[str, Account]], Awaitable[tuple[T, dict[str,
 Replay = Callable[[UnitOfWork, dict[str, Any]], Awaitable[T]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """One mutation: its ref and fingerprint, the accounts it locks, what it does."""
+
+    operation_ref: str
+    kind: str
+    fingerprint: str
+    account_ids: list[str]
+    act: Action[Any]
+    replay: Replay[Any]
+
+
+def _unwrap(outcome: Any) -> Any:
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
 class WalletService:
     def __init__(
         self,
@@ -112,11 +139,13 @@ class WalletService:
         limits: Limits | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         attempts: int = ATTEMPTS,
+        group_commit: bool = False,
     ) -> None:
         self._uow = uow
         self._limits = limits or Limits()
         self._clock = clock
         self._attempts = attempts
+        self._group = GroupCommit(self._run_batch, self._run_alone) if group_commit else None
 
     # -- the one shape of every mutation -------------------------------------------------
 
@@ -130,27 +159,88 @@ class WalletService:
         act: Action[T],
         replay: Replay[T],
     ) -> T:
+        spec = _Spec(operation_ref, kind, fingerprint, account_ids, act, replay)
+        if self._group is not None:
+            result: T = await self._group.submit(spec)
+            return result
+
         async def attempt() -> T:
             async with self._uow() as uow:
-                accounts, previous = await uow.accounts.lock(
-                    account_ids, operation_ref=operation_ref
-                )
-                if previous is not None:
-                    if (previous.kind, previous.fingerprint) != (kind, fingerprint):
-                        raise OperationRefReused(operation_ref)
-                    return await replay(uow, previous.result)
-                for account_id in account_ids:
-                    if account_id not in accounts:
-                        raise AccountNotFound(account_id)
-                result, stored = await act(uow, accounts)
-                await uow.accounts.save(accounts.values())
-                await uow.accounts.add_operation(
-                    Operation(operation_ref, kind, fingerprint, stored)
-                )
+                outcome = await self._decide_all(uow, [spec])
                 await uow.commit()
-                return result
+            alone: T = _unwrap(outcome[0])
+            return alone
 
         return await retry_on_conflict(attempt, attempts=self._attempts)
+
+    async def _run_batch(self, jobs: list[Job]) -> None:
+        """Decides every job in one unit of work and commits them together."""
+        async with self._uow() as uow:
+            outcomes = await self._decide_all(uow, [job.spec for job in jobs])
+            await uow.commit()
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                job.fail(outcome)
+            else:
+                job.settle(outcome)
+
+    async def _run_alone(self, jobs: list[Job]) -> None:
+        (job,) = jobs
+
+        async def attempt() -> Any:
+            async with self._uow() as uow:
+                outcome = await self._decide_all(uow, [job.spec])
+                await uow.commit()
+            return _unwrap(outcome[0])
+
+        job.settle(await retry_on_conflict(attempt, attempts=self._attempts))
+
+    async def _decide_all(self, uow: UnitOfWork, specs: list[_Spec]) -> list[Any]:
+        """Locks every account involved, then decides each request in arrival order. A
+        request refused by the domain leaves no trace and answers with its error."""
+        accounts, previous = await uow.accounts.lock(
+            [a for spec in specs for a in spec.account_ids],
+            operation_refs=[spec.operation_ref for spec in specs],
+        )
+        decided: dict[str, tuple[_Spec, Any]] = {}
+        outcomes: list[Any] = []
+        for spec in specs:
+            try:
+                outcomes.append(await self._decide(uow, spec, accounts, previous, decided))
+            except DomainError as exc:
+                if isinstance(exc, ConcurrentUpdate | DependencyUnavailable):
+                    raise
+                outcomes.append(exc)
+        await uow.accounts.save(accounts.values())
+        return outcomes
+
+    async def _decide(
+        self,
+        uow: UnitOfWork,
+        spec: _Spec,
+        accounts: dict[str, Account],
+        previous: dict[str, Operation],
+        decided: dict[str, tuple[_Spec, Any]],
+    ) -> Any:
+        recorded = previous.get(spec.operation_ref)
+        if recorded is not None:
+            if (recorded.kind, recorded.fingerprint) != (spec.kind, spec.fingerprint):
+                raise OperationRefReused(spec.operation_ref)
+            return await spec.replay(uow, recorded.result)
+        if spec.operation_ref in decided:  # the same ref twice in one batch
+            first, result = decided[spec.operation_ref]
+            if (first.kind, first.fingerprint) != (spec.kind, spec.fingerprint):
+                raise OperationRefReused(spec.operation_ref)
+            return result
+        for account_id in spec.account_ids:
+            if account_id not in accounts:
+                raise AccountNotFound(account_id)
+        result, stored = await spec.act(uow, accounts)
+        await uow.accounts.add_operation(
+            Operation(spec.operation_ref, spec.kind, spec.fingerprint, stored)
+        )
+        decided[spec.operation_ref] = (spec, result)
+        return result
 
     @staticmethod
     async def _replay_transaction(uow: UnitOfWork, stored: dict[str, Any]) -> LedgerTransaction:

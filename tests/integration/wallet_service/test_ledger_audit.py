@@ -5,11 +5,14 @@ written behind the service's back. The journal refuses UPDATE and DELETE."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy.exc
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
@@ -172,6 +175,20 @@ async def test_the_journal_refuses_updates_and_deletes(private_wallet: PrivateWa
                 await conn.execute(text(statement))
 
 
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """The CLI configures logging onto the runner's captured stderr, which closes after each
+    invocation: put back what the rest of the session logs to."""
+    saved_structlog = structlog.get_config()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved_structlog)
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+
+
+@pytest.mark.usefixtures("logging_restored")
 async def test_cli_verify_exits_non_zero_on_findings(
     private_wallet: PrivateWallet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
