@@ -39,7 +39,8 @@ operations = st.lists(
         st.integers(1, 8_000),
         st.integers(0, 100),
     ),
-    max_size=60,
+    min_size=20,
+    max_size=80,
 )
 
 
@@ -160,7 +161,7 @@ def check_invariants(world: World, model: Model) -> None:
         assert all(r.intact() for r in account.new_events)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(operations)
 def test_random_operations_keep_the_invariants(ops: list[tuple[str, int, int, int, int]]) -> None:
     accounts = [
