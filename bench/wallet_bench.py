@@ -1,14 +1,16 @@
-"""Wallet postings per second over gRPC, on many distinct accounts and on one hot account.
+"""Wallet postings per second over gRPC, on many distinct accounts and on one hot account,
+beside the wallet's trivial call (health Check) measured in the same run.
 
-A posting is one completed Credit, Debit or Transfer. Two closed-loop phases, each half of
-`duration_s`, with `concurrency` clients:
+A posting is one completed Credit, Debit or Transfer. After a short baseline phase, two
+closed-loop phases, each half of `duration_s`, with `concurrency` clients:
 
 - distinct: client k owns two accounts and cycles credit, debit, transfer between them, so no
   two clients ever touch the same account (the ledger's parallel throughput);
 - hot: every client credits and debits one shared account (its row lock is the queue).
 
-Latencies are per RPC, in milliseconds. A refused call (e.g. ABORTED) counts under `errors`
-and is not a posting.
+Keys: `wallet_trivial_calls_per_s`, `wallet_postings_distinct_per_s`,
+`wallet_postings_hot_per_s` (described in bench/figures.py), `wallet_<rpc>_p50_ms` and
+`_p99_ms` per RPC, and `wallet_errors` (refused calls: they are not postings).
 
     python -m bench.wallet_bench 127.0.0.1:50052 [--duration 10] [--concurrency 32]
 """
@@ -25,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paysuite.common.v1 import money_pb2
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -100,12 +103,30 @@ async def measure(
     wallet_target: str, *, duration_s: float = 10.0, concurrency: int = 32
 ) -> dict[str, float]:
     channels = [grpc.aio.insecure_channel(wallet_target) for _ in range(CHANNELS)]
-    stubs = [wallet_pb2_grpc.WalletServiceStub(ch) for ch in channels]
     try:
-        return await _measure(stubs, duration_s=duration_s, concurrency=concurrency)
+        baseline = await _trivial_calls_per_s(channels, duration_s / 4, concurrency)
+        stubs = [wallet_pb2_grpc.WalletServiceStub(ch) for ch in channels]
+        figures = await _measure(stubs, duration_s=duration_s, concurrency=concurrency)
     finally:
         for channel in channels:
             await channel.close()
+    return {"wallet_trivial_calls_per_s": baseline, **figures}
+
+
+async def _trivial_calls_per_s(
+    channels: list[grpc.aio.Channel], duration_s: float, concurrency: int
+) -> float:
+    """The same clients calling the wallet's health Check: what the transport alone allows."""
+    # The typeshed stub declares no methods on HealthStub.
+    checks = [health_pb2_grpc.HealthStub(ch).Check for ch in channels]  # type: ignore[attr-defined]
+    recorder = _Recorder()
+
+    def step(n: int) -> tuple[str, Awaitable[object]]:
+        check = checks[n // 1_000_000 % len(checks)]
+        return "check", check(health_pb2.HealthCheckRequest())
+
+    elapsed = await _closed_loop(step, recorder, duration_s, concurrency)
+    return recorder.postings / elapsed
 
 
 async def _measure(
@@ -158,15 +179,14 @@ async def _measure(
     hot_s = await _closed_loop(hot_step, contended, phase_s, concurrency)
 
     figures = {
-        "postings_per_s_distinct": spread.postings / spread_s,
-        "postings_per_s_hot": contended.postings / hot_s,
-        "errors_distinct": float(spread.errors),
-        "errors_hot": float(contended.errors),
+        "wallet_postings_distinct_per_s": spread.postings / spread_s,
+        "wallet_postings_hot_per_s": contended.postings / hot_s,
+        "wallet_errors": float(spread.errors + contended.errors),
     }
     for recorder in (spread, contended):
         for name, samples in recorder.latencies.items():
-            figures[f"{name}_p50_ms"] = _percentile(samples, 0.50)
-            figures[f"{name}_p99_ms"] = _percentile(samples, 0.99)
+            figures[f"wallet_{name}_p50_ms"] = _percentile(samples, 0.50)
+            figures[f"wallet_{name}_p99_ms"] = _percentile(samples, 0.99)
     return figures
 
 

@@ -11,9 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from common.cli import bench as bench_module
 from common.cli import demo as demo_module
 from common.cli import inspect as inspect_module
-from common.cli import supervisor
+from common.cli import ops, supervisor
 from common.cli import wallet as wallet_cli
 from common.config import ConfigError, Settings, load_settings
 from common.embedded import start_embedded
@@ -26,6 +27,8 @@ app.add_typer(payments, name="payments")
 app.add_typer(events, name="events")
 wallet_cli.register(app)
 console = Console()
+app.command()(bench_module.bench)
+ops.register(app, events)
 
 
 def _settings() -> Settings:

@@ -4,6 +4,7 @@ impossible even without a row lock."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import insert, or_, select, update
@@ -41,22 +42,32 @@ def _payment(row: Any) -> Payment:
 
 
 class PaymentRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    """Every payment it hands out or adds is registered with the unit of work (`track`), which
+    harvests their events into the outbox at commit: no call site can forget one."""
+
+    def __init__(self, conn: AsyncConnection, *, track: Callable[[Payment], None]) -> None:
         self._conn = conn
+        self._track = track
 
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
         query = select(t.payments).where(t.payments.c.payment_id == payment_id)
         if for_update:
             query = query.with_for_update()
-        row = (await self._conn.execute(query)).first()
-        return _payment(row) if row else None
+        return self._seen((await self._conn.execute(query)).first())
 
     async def by_idempotency_key(self, key: str) -> Payment | None:
         query = select(t.payments).where(t.payments.c.idempotency_key == key)
-        row = (await self._conn.execute(query)).first()
-        return _payment(row) if row else None
+        return self._seen((await self._conn.execute(query)).first())
+
+    def _seen(self, row: Any) -> Payment | None:
+        if row is None:
+            return None
+        payment = _payment(row)
+        self._track(payment)
+        return payment
 
     async def add(self, payment: Payment) -> None:
+        self._track(payment)
         async with unique_violation_is_conflict():
             await self._conn.execute(
                 insert(t.payments).values(
@@ -75,6 +86,10 @@ class PaymentRepository:
         await self._write_history(payment)
 
     async def save(self, payment: Payment) -> None:
+        """Writes the payment's new changes; nothing when it has none (its events, if any,
+        still reach the outbox through the unit of work)."""
+        if not payment.has_changes:
+            return
         expected = payment.version - len(payment.new_changes)
         result = await self._conn.execute(
             update(t.payments)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
 from common.errors import DependencyUnavailable, NotFound
 from common.money import Money
-from payment_service.domain.model import Payment, StatusChange
+from payment_service.domain.model import ChargeAnswer, Payment, StatusChange
 from payment_service.service_layer.ports import AccountInfo, ChargeResult
 
 
 class FakeStore:
+    """The rows, shared by every unit of work; each sees them through a TrackingStore."""
+
     def __init__(self) -> None:
         self.rows: dict[str, Payment] = {}
         self.history_rows: dict[str, list[StatusChange]] = {}
@@ -51,9 +54,46 @@ class FakeStore:
         return True
 
 
+class TrackingStore:
+    """Registers what it hands out with its unit of work, as the SQL repository does."""
+
+    def __init__(self, store: FakeStore, track: Callable[[Payment], None]) -> None:
+        self._store = store
+        self._track = track
+
+    async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
+        return self._seen(await self._store.get(payment_id))
+
+    async def by_idempotency_key(self, key: str) -> Payment | None:
+        return self._seen(await self._store.by_idempotency_key(key))
+
+    def _seen(self, payment: Payment | None) -> Payment | None:
+        if payment is not None:
+            self._track(payment)
+        return payment
+
+    async def add(self, payment: Payment) -> None:
+        self._track(payment)
+        await self._store.add(payment)
+
+    async def save(self, payment: Payment) -> None:
+        await self._store.save(payment)
+
+    async def history(self, payment_id: str) -> list[StatusChange]:
+        return await self._store.history(payment_id)
+
+    async def list(
+        self, *, account_id: str, limit: int, before_seq: int | None
+    ) -> list[tuple[int, Payment]]:
+        return await self._store.list(account_id=account_id, limit=limit, before_seq=before_seq)
+
+    async def mark_processed(self, consumer: str, event_id: str) -> bool:
+        return await self._store.mark_processed(consumer, event_id)
+
+
 class FakeUnitOfWork:
     def __init__(self, store: FakeStore, published: list[object]) -> None:
-        self.payments = store
+        self.payments = TrackingStore(store, self.track)
         self._published = published
         self._tracked: list[Payment] = []
 
@@ -82,8 +122,10 @@ class FakeWallet:
         self.accounts: dict[str, str] = {}
         self.credits: dict[str, tuple[str, Money]] = {}
         self.unavailable = False
+        self.lookups = 0
 
     async def get_account(self, account_id: str) -> AccountInfo:
+        self.lookups += 1
         if account_id not in self.accounts:
             raise NotFound("account", account_id)
         return AccountInfo(account_id, self.accounts[account_id])
@@ -100,7 +142,7 @@ class FakeGateway:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.unavailable = False
-        self.answer = "pending"
+        self.answer = ChargeAnswer.ACCEPTED
 
     async def charge(
         self, *, idempotency_key: str, amount: Money, payment_method: str, reference: str
@@ -108,5 +150,5 @@ class FakeGateway:
         if self.unavailable:
             raise DependencyUnavailable("gateway down")
         self.calls.append(idempotency_key)
-        reason = "card_declined" if self.answer == "failed" else ""
+        reason = "card_declined" if self.answer is ChargeAnswer.DECLINED else ""
         return ChargeResult(f"op-{reference}", self.answer, reason)

@@ -1,12 +1,12 @@
 """Event-sourced accounts, holds, idempotent operations, FX rates, an append-only journal.
 
-Revision ID: 0002
+Revision ID: 0003
 """
 
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002_outbox_without_notify"
 branch_labels = None
 depends_on = None
 
