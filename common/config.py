@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     # many events an account gets between snapshots, how often expired holds are swept.
     wallet_max_operation_minor: int = Field(default=2**63 - 1, gt=0, le=2**63 - 1)
     wallet_max_balance_minor: int = Field(default=2**63 - 1, gt=0, le=2**63 - 1)
-    wallet_snapshot_every: int = Field(default=50, gt=0)
+    wallet_snapshot_every: int = Field(default=10, gt=0)
     wallet_hold_sweep_interval_ms: int = Field(default=1000, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -9,7 +9,10 @@ from common.uow import SqlUnitOfWork
 from wallet_service.adapters.event_mapping import to_outgoing
 from wallet_service.adapters.repository import WalletRepository, translated
 
-DEFAULT_SNAPSHOT_EVERY = 50
+# Loading an account replays the events after its latest snapshot: every 10 keeps that to a
+# few events (a batch of 32 postings on distinct accounts loads 32 histories), at one small
+# snapshot row per 10 events. Measured: every 50 cost a third of the distinct-account rate.
+DEFAULT_SNAPSHOT_EVERY = 10
 
 
 class WalletUnitOfWork(SqlUnitOfWork):

@@ -172,6 +172,6 @@ async def test_a_hot_account_takes_many_concurrent_writers_without_aborting(
             )
         )
         (bal,) = await balances(c, account_id)
-    # 120 events crossed the snapshot interval twice; loading went through snapshots.
+    # 121 events crossed the snapshot interval many times; loading went through snapshots.
     assert bal.total == usd(120)
     assert bal.version == 121
