@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import sqlalchemy.exc
@@ -19,7 +20,7 @@ from alembic.config import Config
 from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from common.errors import ConcurrentUpdate, DependencyUnavailable
 
@@ -126,6 +127,18 @@ async def database_boundary(what: str) -> AsyncIterator[None]:
 
 UNIQUE_VIOLATION = "23505"
 
+# The driver connection under a SQLAlchemy connection, for the few hot statements that are
+# plain SQL (see payment_service.adapters.repository for what it saves).
+RawConnection = psycopg.AsyncConnection[Any]
+
+
+async def driver_connection(conn: AsyncConnection | RawConnection) -> RawConnection:
+    if isinstance(conn, psycopg.AsyncConnection):
+        return conn
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert isinstance(raw, psycopg.AsyncConnection)
+    return raw
+
 
 @contextlib.asynccontextmanager
 async def unique_violation_is_conflict() -> AsyncIterator[None]:
@@ -137,3 +150,5 @@ async def unique_violation_is_conflict() -> AsyncIterator[None]:
         if getattr(exc.orig, "sqlstate", None) == UNIQUE_VIOLATION:
             raise ConcurrentUpdate("a concurrent request changed the same data") from exc
         raise
+    except psycopg.errors.UniqueViolation as exc:
+        raise ConcurrentUpdate("a concurrent request changed the same data") from exc

@@ -32,11 +32,10 @@ from datetime import timedelta
 
 import structlog
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY, INTEGER
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from common.db import database_boundary
+from common.db import RawConnection, database_boundary, driver_connection
 from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
 from common.streams import redis_boundary
@@ -48,24 +47,23 @@ CONTENDED_RETRY_S = 0.02
 # First key of the relay's advisory locks (the second is the partition): "outb".
 LOCK_NAMESPACE = 0x6F757462
 
-_INSERT = text(
+_INSERT = (
     "INSERT INTO outbox (event_id, stream, event_type, aggregate_type, aggregate_id,"
-    " aggregate_version, envelope) VALUES (:event_id, :stream, :event_type, :aggregate_type,"
-    " :aggregate_id, :aggregate_version, :envelope)"
+    " aggregate_version, envelope) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
-_LOCK_PARTITIONS = text(
+_LOCK_PARTITIONS = (
     "SELECT coalesce(array_agg(part), '{}') FROM ("
-    " SELECT CAST((s + :offset) % :n AS integer) AS part"
-    " FROM generate_series(0, CAST(:n AS integer) - 1) AS s) AS candidates"
-    " WHERE pg_try_advisory_xact_lock(CAST(:ns AS integer), part)"
+    " SELECT CAST((s + %(offset)s) %% %(n)s AS integer) AS part"
+    " FROM generate_series(0, CAST(%(n)s AS integer) - 1) AS s) AS candidates"
+    " WHERE pg_try_advisory_xact_lock(CAST(%(ns)s AS integer), part)"
 )
-_CLAIM = text(
+_CLAIM = (
     "SELECT id, stream, event_id, event_type, aggregate_id, aggregate_version, envelope"
     " FROM outbox WHERE published_at IS NULL"
-    " AND (hashtext(aggregate_id) & 2147483647) % CAST(:n AS integer) = ANY(:parts)"
-    " ORDER BY id LIMIT :limit FOR UPDATE"
-).bindparams(bindparam("parts", type_=ARRAY(INTEGER)))
-_MARK = text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
+    " AND (hashtext(aggregate_id) & 2147483647) %% CAST(%(n)s AS integer) = ANY(%(parts)s)"
+    " ORDER BY id LIMIT %(limit)s FOR UPDATE"
+)
+_MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY(%s)"
 _PURGE = text(
     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
     " WHERE published_at < now() - :retention LIMIT :limit)"
@@ -82,25 +80,31 @@ def outbox_committed(engine: AsyncEngine) -> None:
         wake.set()
 
 
-async def write_outbox(conn: AsyncConnection, events: Sequence[OutgoingEvent]) -> None:
-    """Adds events to the outbox inside the caller's open transaction."""
+async def write_outbox(
+    conn: AsyncConnection | RawConnection, events: Sequence[OutgoingEvent]
+) -> None:
+    """Adds events to the outbox inside the caller's open transaction (plain SQL on the driver
+    connection: it runs in every business transaction)."""
     if not events:
         return
-    await conn.execute(
-        _INSERT,
-        [
-            {
-                "event_id": e.envelope.event_id,
-                "stream": e.stream,
-                "event_type": e.envelope.event_type,
-                "aggregate_type": e.envelope.aggregate_type,
-                "aggregate_id": e.envelope.aggregate_id,
-                "aggregate_version": e.envelope.aggregate_version,
-                "envelope": e.envelope.SerializeToString(),
-            }
-            for e in events
-        ],
-    )
+    rows = [
+        (
+            e.envelope.event_id,
+            e.stream,
+            e.envelope.event_type,
+            e.envelope.aggregate_type,
+            e.envelope.aggregate_id,
+            e.envelope.aggregate_version,
+            e.envelope.SerializeToString(),
+        )
+        for e in events
+    ]
+    raw = await driver_connection(conn)
+    if len(rows) == 1:
+        await raw.execute(_INSERT, rows[0])
+    else:
+        async with raw.cursor() as cursor:
+            await cursor.executemany(_INSERT, rows)
 
 
 class OutboxRelay:
@@ -136,37 +140,38 @@ class OutboxRelay:
     async def publish_batch(self) -> int:
         """Publishes up to one batch of the partitions it can lock; returns how many."""
         async with database_boundary("outbox relay"), self._engine.begin() as conn:
-            parts = await conn.scalar(
-                _LOCK_PARTITIONS,
-                {"n": PARTITIONS, "ns": LOCK_NAMESPACE, "offset": random.randrange(PARTITIONS)},  # noqa: S311 - spreads replicas, not a secret
+            raw = await driver_connection(conn)
+            offset = random.randrange(PARTITIONS)  # noqa: S311 - spreads replicas, not a secret
+            cursor = await raw.execute(
+                _LOCK_PARTITIONS, {"n": PARTITIONS, "ns": LOCK_NAMESPACE, "offset": offset}
             )
-            self._contended = len(parts or ()) < PARTITIONS
+            parts = (await cursor.fetchone() or [[]])[0]
+            self._contended = len(parts) < PARTITIONS
             if not parts:
                 return 0
-            rows = (
-                await conn.execute(
-                    _CLAIM, {"n": PARTITIONS, "parts": parts, "limit": self._batch_size}
-                )
-            ).all()
+            cursor = await raw.execute(
+                _CLAIM, {"n": PARTITIONS, "parts": parts, "limit": self._batch_size}
+            )
+            rows = await cursor.fetchall()
             if not rows:
                 return 0
             pipe = self._redis.pipeline(transaction=False)
-            for row in rows:
-                stream = self._stream_prefix + row.stream
+            for _id, stream, event_id, event_type, aggregate_id, version, envelope in rows:
+                stream = self._stream_prefix + stream
                 self._streams.add(stream)
                 pipe.xadd(
                     stream,
                     {
-                        "event_id": str(row.event_id),
-                        "event_type": row.event_type,
-                        "aggregate_id": row.aggregate_id,
-                        "aggregate_version": str(row.aggregate_version),
-                        "envelope": bytes(row.envelope),
+                        "event_id": str(event_id),
+                        "event_type": event_type,
+                        "aggregate_id": aggregate_id,
+                        "aggregate_version": str(version),
+                        "envelope": bytes(envelope),
                     },
                 )
             async with redis_boundary("outbox publish"):
                 await pipe.execute()
-            await conn.execute(_MARK, {"ids": [row.id for row in rows]})
+            await raw.execute(_MARK, ([row[0] for row in rows],))
         log.debug("outbox.published", count=len(rows))
         return len(rows)
 
@@ -218,7 +223,10 @@ class OutboxRelay:
                 return 0
             oldest_kept_ms = int(time.time() * 1000 - self._stream_retention.total_seconds() * 1000)
             minid = min(floor, (max(oldest_kept_ms, 0), 0))
-            return int(await self._redis.xtrim(stream, minid=f"{minid[0]}-{minid[1]}"))
+            trimmed = await self._redis.xtrim(
+                stream, minid=f"{minid[0]}-{minid[1]}", approximate=False
+            )
+            return int(trimmed)
 
 
 def _entry_id(value: bytes | str) -> tuple[int, int]:

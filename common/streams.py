@@ -37,9 +37,9 @@ import redis.exceptions
 import structlog
 from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.db import RawConnection, driver_connection
 from common.errors import ConcurrentUpdate, DependencyUnavailable
 from common.events import dead_letter_stream
 from paysuite.events.v1 import events_pb2
@@ -49,9 +49,8 @@ log = structlog.get_logger(__name__)
 Handler = Callable[[events_pb2.EventEnvelope], Awaitable[None]]
 Entry = tuple[bytes, dict[bytes, bytes]]
 
-_MARK_PROCESSED = text(
-    "INSERT INTO processed_events (consumer, event_id) VALUES (:consumer, :event_id)"
-    " ON CONFLICT DO NOTHING"
+_MARK_PROCESSED = (
+    "INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 )
 # Worth waiting for rather than counting against the entry.
 _RETRY_LATER = (DependencyUnavailable, ConcurrentUpdate)
@@ -60,13 +59,16 @@ MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
 
 
-async def mark_processed(conn: AsyncConnection, consumer: str, event_id: str) -> bool:
+async def mark_processed(
+    conn: AsyncConnection | RawConnection, consumer: str, event_id: str
+) -> bool:
     """Records the event as processed in the caller's transaction.
 
     Returns False when it was processed before: the caller must then skip its effect.
     """
-    result = await conn.execute(_MARK_PROCESSED, {"consumer": consumer, "event_id": event_id})
-    return bool(result.rowcount)
+    raw = await driver_connection(conn)
+    cursor = await raw.execute(_MARK_PROCESSED, (consumer, event_id))
+    return bool(cursor.rowcount)
 
 
 def consumer_name() -> str:

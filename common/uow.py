@@ -14,7 +14,7 @@ from typing import Any, Protocol, Self
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from common.db import database_boundary, is_database_down
+from common.db import RawConnection, database_boundary, driver_connection, is_database_down
 from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
 from common.outbox import outbox_committed, write_outbox
@@ -43,6 +43,8 @@ EventMapper = Callable[[Any], OutgoingEvent]
 
 class SqlUnitOfWork:
     conn: AsyncConnection
+    # The same transaction's driver connection, for plain-SQL hot paths.
+    raw: RawConnection
 
     def __init__(self, engine: AsyncEngine, to_outgoing: EventMapper) -> None:
         self._engine = engine
@@ -54,6 +56,7 @@ class SqlUnitOfWork:
         async with database_boundary("connect"):
             self.conn = await self._engine.connect()
             await self.conn.begin()
+            self.raw = await driver_connection(self.conn)
         self._tracked = []
         self._extra = []
         self._open()
@@ -94,7 +97,7 @@ class SqlUnitOfWork:
     async def commit(self) -> None:
         events = [self._to_outgoing(e) for agg in self._tracked for e in agg.pull_events()]
         outgoing = [*events, *self._extra]
-        await write_outbox(self.conn, outgoing)
+        await write_outbox(self.raw, outgoing)
         await self.conn.commit()
         self._tracked, self._extra = [], []
         if outgoing:

@@ -8,6 +8,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 import pytest_asyncio
@@ -55,7 +56,7 @@ def event(stream: str, name: str) -> OutgoingEvent:
     return OutgoingEvent(stream, envelope)
 
 
-def relay(engine: AsyncEngine, redis: Redis, settings: Settings, **kwargs: float) -> OutboxRelay:
+def relay(engine: AsyncEngine, redis: Redis, settings: Settings, **kwargs: object) -> OutboxRelay:
     return OutboxRelay(
         engine,
         redis,
@@ -261,3 +262,66 @@ async def test_a_relay_killed_mid_batch_loses_nothing_and_republishes_the_same_e
             ids.add(item[0])
             first_seen.append(item)
     assert_in_order_per_aggregate(first_seen)
+
+
+async def test_published_rows_are_purged_after_the_retention_and_not_before(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    stream = f"test.{uuid.uuid4()}"
+    async with outbox_engine.begin() as conn:
+        await write_outbox(conn, [event(stream, f"e{i}") for i in range(5)])
+    the_relay = relay(outbox_engine, redis, migrated, retention=timedelta(hours=1))
+    while await the_relay.publish_batch():
+        pass
+    async with outbox_engine.begin() as conn:
+        await write_outbox(conn, [event(stream, "unpublished")])
+        await conn.execute(  # two of them were published long ago
+            text(
+                "UPDATE outbox SET published_at = now() - interval '2 hours' WHERE id IN"
+                " (SELECT id FROM outbox WHERE stream = :s AND published_at IS NOT NULL"
+                " ORDER BY id LIMIT 2)"
+            ),
+            {"s": stream},
+        )
+
+    assert await the_relay.purge_published() == 2
+    async with outbox_engine.connect() as conn:
+        left = await conn.execute(
+            text("SELECT published_at IS NULL FROM outbox WHERE stream = :s"), {"s": stream}
+        )
+        assert sorted(unpublished for (unpublished,) in left) == [False, False, False, True]
+
+
+async def test_a_stream_is_trimmed_only_below_what_every_group_acknowledged(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    stream = f"{migrated.stream_prefix}test.{uuid.uuid4()}"
+    ids = [await redis.xadd(stream, {"n": str(i)}) for i in range(10)]
+    the_relay = relay(outbox_engine, redis, migrated, stream_retention=timedelta(0))
+    assert await the_relay.trim_stream(stream) == 0  # no group yet: nobody said what they need
+
+    await redis.xgroup_create(stream, "fast", id="0")
+    await redis.xgroup_create(stream, "slow", id="0")
+    fast = await redis.xreadgroup("fast", "c", {stream: ">"}, count=10)
+    await redis.xack(stream, "fast", *[entry_id for entry_id, _ in fast[0][1]])
+    slow = await redis.xreadgroup("slow", "c", {stream: ">"}, count=6)
+    await redis.xack(stream, "slow", *[entry_id for entry_id, _ in slow[0][1][:4]])
+    # "slow" acknowledged 0-3, still holds 4-5 pending, and has not read 6-9.
+
+    await the_relay.trim_stream(stream)
+    kept = [entry_id for entry_id, _ in await redis.xrange(stream)]
+    assert kept == ids[4:]
+
+
+async def test_the_stream_retention_keeps_acknowledged_entries_for_a_while(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    stream = f"{migrated.stream_prefix}test.{uuid.uuid4()}"
+    for i in range(3):
+        await redis.xadd(stream, {"n": str(i)})
+    await redis.xgroup_create(stream, "g", id="0")
+    read = await redis.xreadgroup("g", "c", {stream: ">"}, count=3)
+    await redis.xack(stream, "g", *[entry_id for entry_id, _ in read[0][1]])
+    the_relay = relay(outbox_engine, redis, migrated, stream_retention=timedelta(hours=1))
+    assert await the_relay.trim_stream(stream) == 0
+    assert await redis.xlen(stream) == 3
