@@ -27,11 +27,14 @@ from datetime import datetime
 from fractions import Fraction
 from typing import Any, ParamSpec, TypeVar
 
+import psycopg
 import sqlalchemy.exc
-from sqlalchemy import insert, select, text
+from psycopg.rows import namedtuple_row
+from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.db import RawConnection
 from common.errors import ConcurrentUpdate, DependencyUnavailable
 from common.money import Money
 from wallet_service.adapters import tables as t
@@ -72,6 +75,13 @@ async def translated() -> AsyncIterator[None]:
         if getattr(exc.orig, "sqlstate", None) in RETRYABLE:
             raise ConcurrentUpdate("a concurrent request changed the same data") from exc
         raise DependencyUnavailable("the wallet database is unavailable") from exc
+    # The same, raised by plain SQL on the driver connection.
+    except psycopg.errors.UniqueViolation as exc:
+        raise VersionConflict("a concurrent request changed the same data") from exc
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        if exc.sqlstate in RETRYABLE:
+            raise ConcurrentUpdate("a concurrent request changed the same data") from exc
+        raise DependencyUnavailable("the wallet database is unavailable") from exc
 
 
 def boundary(
@@ -85,19 +95,22 @@ def boundary(
     return wrapper
 
 
+# The hot statements (lock-and-load, flush) are plain SQL on the transaction's driver
+# connection: SQLAlchemy Core's per-statement work is a cost every batch pays, for nothing
+# these two statements need (the tables stay described in tables.py, checked by a test).
+#
 # One round trip locks the accounts and reads each one's latest snapshot, the events after
 # it, and the operation already recorded under the caller's ref. Its snapshot predates any
 # wait for the lock, so when the locked row (which PostgreSQL re-reads after the wait) is at
 # a later version than the history read, a second, fresh read follows (_HISTORY).
-_LOCK_AND_LOAD = text(
-    """
+_LOCK_AND_LOAD = """
     WITH locked AS (
         SELECT account_id, version FROM accounts
-        WHERE account_id = ANY(CAST(:ids AS uuid[]))
+        WHERE account_id = ANY(CAST(%(ids)s AS uuid[]))
         ORDER BY account_id FOR NO KEY UPDATE
     ), snap AS (
         SELECT DISTINCT ON (account_id) account_id, version, state
-        FROM account_snapshots WHERE account_id = ANY(CAST(:ids AS uuid[]))
+        FROM account_snapshots WHERE account_id = ANY(CAST(%(ids)s AS uuid[]))
         ORDER BY account_id, version DESC
     )
     SELECT a.account_id, a.owner_id, a.currency, a.kind, a.open_ref, a.created_at,
@@ -110,15 +123,13 @@ _LOCK_AND_LOAD = text(
            ), '[]') AS events,
            (SELECT json_agg(json_build_array(o.operation_ref, o.kind, o.fingerprint,
                                              o.result))
-            FROM operations o WHERE o.operation_ref = ANY(CAST(:refs AS text[]))) AS operations
+            FROM operations o WHERE o.operation_ref = ANY(CAST(%(refs)s AS text[]))) AS operations
     FROM locked l JOIN accounts a USING (account_id) LEFT JOIN snap USING (account_id)
     """
-)
-_HISTORY = text(
-    """
+_HISTORY = """
     WITH snap AS (
         SELECT DISTINCT ON (account_id) account_id, version, state
-        FROM account_snapshots WHERE account_id = ANY(CAST(:ids AS uuid[]))
+        FROM account_snapshots WHERE account_id = ANY(CAST(%(ids)s AS uuid[]))
         ORDER BY account_id, version DESC
     )
     SELECT a.account_id, a.owner_id, a.currency, a.kind, a.open_ref, a.created_at,
@@ -131,35 +142,33 @@ _HISTORY = text(
            ), '[]') AS events,
            (SELECT json_agg(json_build_array(o.operation_ref, o.kind, o.fingerprint,
                                              o.result))
-            FROM operations o WHERE o.operation_ref = ANY(CAST(:refs AS text[]))) AS operations
+            FROM operations o WHERE o.operation_ref = ANY(CAST(%(refs)s AS text[]))) AS operations
     FROM accounts a LEFT JOIN snap USING (account_id)
-    WHERE a.account_id = ANY(CAST(:ids AS uuid[]))
+    WHERE a.account_id = ANY(CAST(%(ids)s AS uuid[]))
     """
-)
 # Everything a unit of work writes, in one statement: round trips to PostgreSQL are where a
 # posting's time goes (design.md §9). Each CTE reads its rows from a JSON array; empty arrays
 # write nothing. Foreign keys are checked at the end of the statement, so entries may refer to
 # a system account or a transaction inserted beside them. The account UPDATE is conditional on
 # the version the history was loaded at: `updated` short of the count is a lost race.
-_FLUSH = text(
-    """
+_FLUSH = """
     WITH sys AS (
         INSERT INTO accounts (account_id, owner_id, currency, kind, total_minor, held_minor,
                               version, open_ref, status)
         SELECT x.account_id, 'paysuite', x.currency, x.kind, 0, 0, 0, x.name, 'open'
-        FROM jsonb_to_recordset(CAST(:system AS jsonb))
+        FROM jsonb_to_recordset(CAST(%(system)s AS jsonb))
              AS x(account_id uuid, currency text, kind text, name text)
         ON CONFLICT DO NOTHING
     ), evt AS (
         INSERT INTO account_events (account_id, version, event_type, payload, prev_hash, hash)
         SELECT x.account_id, x.version, x.event_type, x.payload, x.prev_hash, x.hash
-        FROM jsonb_to_recordset(CAST(:events AS jsonb))
+        FROM jsonb_to_recordset(CAST(%(events)s AS jsonb))
              AS x(account_id uuid, version bigint, event_type text, payload jsonb,
                   prev_hash text, hash text)
     ), acc AS (
         UPDATE accounts a SET total_minor = x.total_minor, held_minor = x.held_minor,
                               version = x.version, status = x.status
-        FROM jsonb_to_recordset(CAST(:accounts AS jsonb))
+        FROM jsonb_to_recordset(CAST(%(accounts)s AS jsonb))
              AS x(account_id uuid, previous bigint, total_minor bigint, held_minor bigint,
                   version bigint, status text)
         WHERE a.account_id = x.account_id AND a.version = x.previous
@@ -167,27 +176,27 @@ _FLUSH = text(
     ), snp AS (
         INSERT INTO account_snapshots (account_id, version, state)
         SELECT x.account_id, x.version, x.state
-        FROM jsonb_to_recordset(CAST(:snapshots AS jsonb))
+        FROM jsonb_to_recordset(CAST(%(snapshots)s AS jsonb))
              AS x(account_id uuid, version bigint, state jsonb)
     ), hold_new AS (
         INSERT INTO holds (hold_id, account_id, currency, amount_minor, captured_minor, status,
                            expires_at, reference)
         SELECT x.hold_id, x.account_id, x.currency, x.amount_minor, 0, 'open', x.expires_at,
                x.reference
-        FROM jsonb_to_recordset(CAST(:new_holds AS jsonb))
+        FROM jsonb_to_recordset(CAST(%(new_holds)s AS jsonb))
              AS x(hold_id uuid, account_id uuid, currency text, amount_minor bigint,
                   expires_at timestamptz, reference text)
     ), hold_set AS (
         UPDATE holds h SET status = x.status, captured_minor = x.captured_minor,
                            updated_at = now()
-        FROM jsonb_to_recordset(CAST(:hold_changes AS jsonb))
+        FROM jsonb_to_recordset(CAST(%(hold_changes)s AS jsonb))
              AS x(hold_id uuid, status text, captured_minor bigint)
         WHERE h.hold_id = x.hold_id
     ), txn AS (
         INSERT INTO ledger_transactions (transaction_id, operation_ref, kind, description,
                                          conversion)
         SELECT x.transaction_id, x.operation_ref, x.kind, x.description, x.conversion
-        FROM jsonb_to_recordset(CAST(:transactions AS jsonb))
+        FROM jsonb_to_recordset(CAST(%(transactions)s AS jsonb))
              AS x(transaction_id uuid, operation_ref text, kind text, description text,
                   conversion jsonb)
     ), ent AS (
@@ -195,19 +204,18 @@ _FLUSH = text(
                                     currency, balance_after_minor)
         SELECT x.entry_id, x.transaction_id, x.account_id, x.amount_minor, x.currency,
                x.balance_after_minor
-        FROM jsonb_to_recordset(CAST(:entries AS jsonb))
+        FROM jsonb_to_recordset(CAST(%(entries)s AS jsonb))
              AS x(n int, entry_id uuid, transaction_id uuid, account_id uuid,
                   amount_minor bigint, currency text, balance_after_minor bigint)
         ORDER BY x.n
     ), ops AS (
         INSERT INTO operations (operation_ref, kind, fingerprint, result)
         SELECT x.operation_ref, x.kind, x.fingerprint, x.result
-        FROM jsonb_to_recordset(CAST(:operations AS jsonb))
+        FROM jsonb_to_recordset(CAST(%(operations)s AS jsonb))
              AS x(operation_ref text, kind text, fingerprint text, result jsonb)
     )
     SELECT (SELECT count(*) FROM acc) AS updated, now() AS at
     """
-)
 
 
 def _recorded(account_id: str, raw: Sequence[Any]) -> ev.RecordedEvent:
@@ -371,12 +379,14 @@ class WalletRepository:
     def __init__(
         self,
         conn: AsyncConnection,
+        raw: RawConnection,
         *,
         track: Callable[[Account], None],
         known_system: set[str],
         snapshot_every: int,
     ) -> None:
         self._conn = conn
+        self._raw = raw
         self._track = track
         self._known_system = known_system
         self._snapshot_every = snapshot_every
@@ -402,9 +412,9 @@ class WalletRepository:
         """Locks the accounts and loads each from its latest snapshot and later events, with
         the operations already recorded under any of `operation_refs`."""
         params = {"ids": sorted(set(account_ids)), "refs": sorted(set(operation_refs))}
-        rows = (await self._conn.execute(_LOCK_AND_LOAD, params)).all()
+        rows = await self._fetch(_LOCK_AND_LOAD, params)
         if any(_stale(row) for row in rows):
-            rows = (await self._conn.execute(_HISTORY, params)).all()
+            rows = await self._fetch(_HISTORY, params)
         accounts = {}
         for row in rows:
             account = self._rebuild(row)
@@ -422,6 +432,11 @@ class WalletRepository:
             select(t.operations).where(t.operations.c.operation_ref.in_(refs))
         )
         return [(r.operation_ref, r.kind, r.fingerprint, r.result) for r in rows]
+
+    async def _fetch(self, query: str, params: dict[str, Any]) -> list[Any]:
+        async with self._raw.cursor(row_factory=namedtuple_row) as cursor:
+            await cursor.execute(query, params)
+            return await cursor.fetchall()
 
     def _rebuild(self, row: Any) -> Account | None:
         account = _identity(row)
@@ -489,7 +504,7 @@ class WalletRepository:
         if not pending:
             return
         changed = [(a, previous) for a, previous in pending.accounts.values() if a.new_events]
-        row = (await self._conn.execute(_FLUSH, self._flush_params(pending, changed))).one()
+        (row,) = await self._fetch(_FLUSH, self._flush_params(pending, changed))
         if row.updated != len(changed):
             raise VersionConflict("an account changed after it was loaded")
         for txn in pending.transactions:

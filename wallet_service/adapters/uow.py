@@ -35,6 +35,7 @@ class WalletUnitOfWork(SqlUnitOfWork):
     def _open(self) -> None:
         self.accounts = WalletRepository(
             self.conn,
+            self.raw,
             track=self.track,
             known_system=self._known_system,
             snapshot_every=self._snapshot_every,
