@@ -1,6 +1,10 @@
-"""Wallet use cases. Each runs in one unit of work: lock the accounts, replay the operation if
-its ref was seen, else let the domain decide, then store events, projections, journal and the
-operation record together. Every mutation is idempotent on its operation_ref."""
+"""Wallet use cases. A mutation runs in one unit of work: lock the accounts, replay the
+operation if its ref was seen, else let the domain decide, then store events, projections,
+journal and the operation record together. Every mutation is idempotent on its operation_ref.
+
+With group commit on (the service's default, see group_commit.py), mutations that arrive
+together share that unit of work; each is still decided, replayed or refused on its own.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +49,9 @@ ATTEMPTS = 5
 
 
 class WalletStore(Protocol):
+    """What the use cases need of storage. Its locking and idempotency rules are written at
+    the top of wallet_service.adapters.repository; writes are kept until the commit."""
+
     async def get(self, account_id: str) -> Account | None: ...
     async def lock(
         self, account_ids: Iterable[str], *, operation_refs: Iterable[str] = ()
