@@ -279,12 +279,8 @@ class WalletService:
                 existing = await uow.accounts.find_opened(owner_id, operation_ref)
                 if existing is not None:
                     if existing.currency != currency:
-                        raise ValidationError(
-                            FieldViolation(
-                                "operation_ref",
-                                f"already opened a {existing.currency} account for this owner",
-                            )
-                        )
+                        # The ref opened a different account: a reuse, like any other.
+                        raise OperationRefReused(operation_ref)
                     return existing
                 account = Account.open(owner_id=owner_id, currency=currency, open_ref=operation_ref)
                 await uow.accounts.ensure_system([SystemAccount.clearing(currency)])

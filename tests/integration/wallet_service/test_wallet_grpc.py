@@ -75,6 +75,20 @@ async def test_open_account_is_idempotent_on_owner_and_ref(suite: Suite) -> None
     assert first.status == W.ACCOUNT_STATUS_OPEN
 
 
+async def test_open_account_ref_reused_for_another_currency_is_refused(suite: Suite) -> None:
+    operation_ref = ref()
+    async with clients(suite) as c:
+        await c.wallet.OpenAccount(
+            W.OpenAccountRequest(operation_ref=operation_ref, owner_id="eve", currency="USD")
+        )
+        code, reason, _ = await refused(
+            c.wallet.OpenAccount(
+                W.OpenAccountRequest(operation_ref=operation_ref, owner_id="eve", currency="EUR")
+            )
+        )
+    assert (code, reason) == (grpc.StatusCode.ALREADY_EXISTS, "OPERATION_REF_REUSED")
+
+
 async def test_racing_credits_with_one_ref_move_money_once(suite: Suite) -> None:
     async with clients(suite) as c:
         account_id = await open_account(c)
