@@ -75,7 +75,10 @@ def rich_status(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str, 
     reason = exc.reason if isinstance(exc, DomainError) else code.name
     details = [
         error_details_pb2.ErrorInfo(
-            reason=reason, domain=ERROR_DOMAIN, metadata={"request_id": request_id}
+            reason=reason,
+            domain=ERROR_DOMAIN,
+            # A domain error may add details a caller acts on (e.g. the available amount).
+            metadata={**getattr(exc, "metadata", {}), "request_id": request_id},
         )
     ]
     if isinstance(exc, ValidationError):
