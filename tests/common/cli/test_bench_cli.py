@@ -2,14 +2,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from common.cli import bench as bench_cli
 from common.cli.main import app
 
 runner = CliRunner()
 
 
-def test_bench_against_no_running_suite_fails_in_one_line(tmp_path: Path) -> None:
+def test_bench_against_no_running_suite_fails_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # structlog would keep writing to CliRunner's captured stderr, closed after the test.
+    monkeypatch.setattr(bench_cli, "configure_logging", lambda **_kwargs: None)
     result = runner.invoke(
         app,
         ["bench", "--target-running", "--output", str(tmp_path)],
