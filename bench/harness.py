@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -167,6 +168,7 @@ def _document(
     return {
         "started_at": started_at.isoformat(),
         "run_id": ctx.run_id,
+        "git_commit": _git_commit(),
         "mode": mode,
         "machine": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
         "options": options,
@@ -177,6 +179,21 @@ def _document(
         "money_problems": problems,
         "money_check_passed": not problems,
     }
+
+
+def _git_commit() -> str:
+    """Which code the figures belong to, for before/after comparisons; empty outside git."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 - git from PATH, no shell
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 __all__ = ["SECTIONS", "Outcome", "Section", "SuiteFailed", "measure_all", "publish", "run"]
