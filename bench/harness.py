@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from rich.console import Console
 
-from bench import charts, databases, deposits, pipeline, report
+from bench import charts, databases, deposits, pipeline, report, wallet_bench
 from bench.checks import money_problems, not_terminal
 from bench.context import BenchContext, BenchOptions
 from bench.suite import SuiteFailed, fresh_suite, running_suite
@@ -34,11 +34,21 @@ class Section:
     measure: Measure
 
 
+async def _wallet(ctx: BenchContext) -> dict[str, float]:
+    """Postings straight to the wallet, on accounts of its own (outside the money check)."""
+    return await wallet_bench.measure(
+        ctx.settings.wallet_target,
+        duration_s=max(ctx.options.open_duration_s, 4.0),
+        concurrency=ctx.options.clients,
+    )
+
+
 # In this order: the trivial call first, while the suite is idle; the pipeline sections last,
 # on scratch state, once the deposits have settled.
 SECTIONS: tuple[Section, ...] = (
     Section("baseline: trivial gRPC call", deposits.measure_baseline),
     Section("deposits, closed then open loop", deposits.measure),
+    Section("wallet postings", _wallet),
     Section("outbox relay and stream consumer", pipeline.measure),
 )
 
