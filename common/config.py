@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     # (the pool may grow by half again in a burst).
     db_pool_size: int = Field(default=16, gt=0, le=200)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Payments: how long an idempotency key is remembered (then a reuse makes a new payment).
+    idempotency_retention_h: int = Field(default=72, gt=0)
 
     # Wallet: limits checked before anything is written (minor units of any currency), how
     # many events an account gets between snapshots, how often expired holds are swept.

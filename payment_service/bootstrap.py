@@ -3,6 +3,7 @@ outbox relay, and the consumer of gateway events."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from common.bootstrap import Infra, ServiceDatabase
@@ -14,6 +15,7 @@ from payment_service.adapters.clients import GatewayClient, WalletClient
 from payment_service.adapters.uow import PaymentUnitOfWork
 from payment_service.entrypoints.gateway_events import GROUP, GatewayEventsEntrypoint
 from payment_service.entrypoints.grpc_servicer import PaymentServicer
+from payment_service.entrypoints.housekeeping import Housekeeping
 from payment_service.entrypoints.payment_events import GROUP as SAGA_GROUP
 from payment_service.entrypoints.payment_events import PaymentSagaEntrypoint
 from payment_service.service_layer.handlers import GatewayEventHandlers
@@ -46,6 +48,9 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     saga = infra.consumer(
         stream=PAYMENT_STREAM, group=SAGA_GROUP, handler=PaymentSagaEntrypoint(service)
     )
+    housekeeping = Housekeeping(
+        service, key_retention=timedelta(hours=settings.idempotency_retention_h)
+    )
     servicer = PaymentServicer(service)
     server, port, health = create_server(
         address,
@@ -64,6 +69,6 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         health=health,
         service_names=[SERVICE_NAME],
         readiness_checks=[infra.ping_database, infra.ping_redis],
-        background=[infra.relay().run, consumer.run, saga.run],
+        background=[infra.relay().run, consumer.run, saga.run, housekeeping.run],
         closers=[infra.close, close_channels],
     )

@@ -12,7 +12,7 @@ SQLAlchemy tables remain the schema's one description (checked against the migra
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg.rows import namedtuple_row
@@ -25,6 +25,7 @@ from common.money import Money
 from common.streams import mark_processed
 from payment_service.adapters import tables as t
 from payment_service.domain.model import (
+    IdempotencyClaim,
     Payment,
     PaymentKind,
     PaymentStatus,
@@ -57,7 +58,15 @@ _SELECT = (
 )
 _GET = _SELECT + " WHERE payment_id = %s"
 _GET_FOR_UPDATE = _GET + " FOR UPDATE"
-_BY_KEY = _SELECT + " WHERE idempotency_key = %s"
+_CLAIM_KEY = (
+    "INSERT INTO idempotency_keys (caller, key, fingerprint, payment_id) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT DO NOTHING"
+)
+_CLAIMED = "SELECT fingerprint, payment_id FROM idempotency_keys WHERE caller = %s AND key = %s"
+_PURGE_CLAIMS = (
+    "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys"
+    " WHERE created_at < now() - %s LIMIT %s)"
+)
 _INSERT = (
     "INSERT INTO payments (payment_id, kind, idempotency_key, amount_minor, currency,"
     " source_account_id, destination_account_id, payment_method, created_at, status,"
@@ -88,8 +97,22 @@ class PaymentRepository:
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
         return await self._one(_GET_FOR_UPDATE if for_update else _GET, payment_id)
 
-    async def by_idempotency_key(self, key: str) -> Payment | None:
-        return await self._one(_BY_KEY, key)
+    async def claim_key(self, claim: IdempotencyClaim) -> IdempotencyClaim | None:
+        cursor = await self._raw.execute(
+            _CLAIM_KEY, (claim.caller, claim.key, claim.fingerprint, claim.payment_id)
+        )
+        if cursor.rowcount == 1:
+            return None
+        cursor = await self._raw.execute(_CLAIMED, (claim.caller, claim.key))
+        row = await cursor.fetchone()
+        if row is None:  # claimed and purged in between: a new claim next time
+            raise ConcurrentUpdate(f"idempotency key {claim.key!r} changed concurrently")
+        fingerprint, payment_id = row
+        return IdempotencyClaim(claim.caller, claim.key, fingerprint, str(payment_id))
+
+    async def purge_claims(self, *, older_than: timedelta, limit: int) -> int:
+        cursor = await self._raw.execute(_PURGE_CLAIMS, (older_than, limit))
+        return cursor.rowcount
 
     async def _one(self, query: str, value: str) -> Payment | None:
         async with self._raw.cursor(row_factory=namedtuple_row) as cursor:

@@ -31,7 +31,8 @@ payments = Table(
     Column("status", Text, nullable=False),
     Column("amount_minor", BigInteger, CheckConstraint("amount_minor > 0"), nullable=False),
     Column("currency", CHAR(3), nullable=False),
-    Column("idempotency_key", Text, nullable=False, unique=True),
+    # The key the payment was created with; its uniqueness lives in idempotency_keys.
+    Column("idempotency_key", Text, nullable=False),
     Column("source_account_id", Uuid(as_uuid=False)),
     Column("destination_account_id", Uuid(as_uuid=False)),
     Column("payment_method", Text, nullable=False, server_default=EMPTY),
@@ -55,4 +56,17 @@ payment_status_history = Table(
     Column("to_status", Text, nullable=False),
     Column("reason", Text, nullable=False, server_default=EMPTY),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
+)
+
+# A caller's idempotency key, the fingerprint of the request it was first used for, and the
+# payment that request made; purged after the retention (PAYSUITE_IDEMPOTENCY_RETENTION_H).
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("caller", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("fingerprint", Text, nullable=False),
+    Column("payment_id", Uuid(as_uuid=False), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Index("idempotency_keys_created", "created_at"),
 )

@@ -12,6 +12,7 @@ requires_manual_review is resolved by an operator into a terminal state.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -98,6 +99,27 @@ class ChargeInstruction:
     payment_method: str
 
 
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """A caller's idempotency key, the request it was first used for (as a fingerprint), and
+    the payment that request made. Keys are scoped to the caller: two callers may use the
+    same key for different payments."""
+
+    caller: str
+    key: str
+    fingerprint: str
+    payment_id: str
+
+    def check_same_request(self, fingerprint: str) -> None:
+        if fingerprint != self.fingerprint:
+            raise IdempotencyConflict(
+                f"idempotency_key {self.key!r} was already used for a different request"
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class DepositRequest:
     """What a CreateDeposit asks for; a replayed idempotency key must ask for the same."""
@@ -106,6 +128,24 @@ class DepositRequest:
     account_id: str
     amount: Money
     payment_method: str
+    caller: str = ANONYMOUS
+
+    @property
+    def fingerprint(self) -> str:
+        """The request's identity for idempotency: every field that shapes the payment."""
+        canonical = "|".join(
+            (
+                "deposit",
+                self.account_id,
+                str(self.amount.amount_minor),
+                self.amount.currency,
+                self.payment_method,
+            )
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def claim(self, payment_id: str) -> IdempotencyClaim:
+        return IdempotencyClaim(self.caller, self.idempotency_key, self.fingerprint, payment_id)
 
 
 @dataclass
@@ -139,19 +179,6 @@ class Payment:
         )
         payment._record(None, PaymentStatus.INITIATED, "")
         return payment
-
-    def check_same_deposit(self, request: DepositRequest) -> None:
-        same = (
-            self.kind is PaymentKind.DEPOSIT
-            and self.destination_account_id == request.account_id
-            and self.amount == request.amount
-            and self.payment_method == request.payment_method
-        )
-        if not same:
-            raise IdempotencyConflict(
-                f"idempotency_key {request.idempotency_key!r} was already used for a "
-                "different payment"
-            )
 
     def charge_instruction(self) -> ChargeInstruction:
         """What the deposit saga's charge step sends the gateway; its key is derived from

@@ -11,7 +11,13 @@ from typing import Any
 import grpc
 
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
-from payment_service.domain.model import Payment, PaymentKind, PaymentStatus, StatusChange
+from payment_service.domain.model import (
+    ANONYMOUS,
+    Payment,
+    PaymentKind,
+    PaymentStatus,
+    StatusChange,
+)
 from payment_service.service_layer.services import PaymentService
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
@@ -52,6 +58,18 @@ def change_to_proto(change: StatusChange) -> payment_pb2.PaymentStatusChange:
     )
 
 
+# Until access control lands, a caller names itself in this metadata entry; idempotency keys
+# are scoped to it (absent: "anonymous").
+CALLER_METADATA = "x-paysuite-caller"
+
+
+def caller_of(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CALLER_METADATA and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return ANONYMOUS
+
+
 class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     def __init__(self, service: PaymentService) -> None:
         self._service = service
@@ -66,6 +84,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
                 request.amount, field="amount", present=request.HasField("amount")
             ),
             payment_method=request.payment_method,
+            caller=caller_of(context),
         )
         return payment_to_proto(payment)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol
 
 from common.money import Money
 from common.uow import UnitOfWork as BaseUnitOfWork
-from payment_service.domain.model import ChargeAnswer, Payment, StatusChange
+from payment_service.domain.model import ChargeAnswer, IdempotencyClaim, Payment, StatusChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,13 @@ class GatewayPort(Protocol):
 
 class PaymentStore(Protocol):
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None: ...
-    async def by_idempotency_key(self, key: str) -> Payment | None: ...
+    async def claim_key(self, claim: IdempotencyClaim) -> IdempotencyClaim | None:
+        """Records the claim, or returns the earlier claim of the same caller and key. A
+        concurrent claim of the same key waits for the first one's transaction to end."""
+        ...
+
+    async def purge_claims(self, *, older_than: timedelta, limit: int) -> int: ...
+
     async def add(self, payment: Payment) -> None: ...
     async def save(self, payment: Payment) -> None: ...
     async def history(self, payment_id: str) -> list[StatusChange]: ...

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 
@@ -22,6 +23,7 @@ from common.faults import crash_point
 from common.ids import parse_id
 from common.money import Money
 from payment_service.domain.model import (
+    ANONYMOUS,
     ChargeAnswer,
     ChargeInstruction,
     DepositRequest,
@@ -76,7 +78,13 @@ class PaymentService:
         self._gateway = gateway
 
     async def create_deposit(
-        self, *, idempotency_key: str, account_id: str, amount: Money, payment_method: str
+        self,
+        *,
+        idempotency_key: str,
+        account_id: str,
+        amount: Money,
+        payment_method: str,
+        caller: str = ANONYMOUS,
     ) -> Payment:
         """Records the deposit and answers: one transaction (payment, audit row, outbox row),
         no provider call. The charge runs asynchronously from the `payment.initiated` event
@@ -87,6 +95,7 @@ class PaymentService:
             account_id=parse_id(account_id, "account_id"),
             amount=amount,
             payment_method=require(payment_method or DEFAULT_PAYMENT_METHOD, "payment_method"),
+            caller=caller or ANONYMOUS,
         )
         await self._check_account(request)
         return await retry_on_conflict(lambda: self._start_deposit(request))
@@ -103,13 +112,16 @@ class PaymentService:
 
     async def _start_deposit(self, request: DepositRequest) -> Payment:
         async with self._uow() as uow:
-            existing = await uow.payments.by_idempotency_key(request.idempotency_key)
-            if existing is not None:
-                existing.check_same_deposit(request)
-                return existing
             payment = Payment.deposit(request)
-            # A concurrent request with the same key makes this insert a ConcurrentUpdate;
-            # retry_on_conflict re-runs the unit of work, which then finds the winner's row.
+            # The claim and the payment commit together. A concurrent request with the same
+            # key waits on the claim's unique key for this transaction, then replays it.
+            prior = await uow.payments.claim_key(request.claim(payment.payment_id))
+            if prior is not None:
+                prior.check_same_request(request.fingerprint)
+                existing = await uow.payments.get(prior.payment_id)
+                if existing is None:
+                    raise NotFound("payment", prior.payment_id)
+                return existing
             await uow.payments.add(payment)
             await uow.commit()
         crash_point("payment.deposit_committed")
@@ -149,6 +161,18 @@ class PaymentService:
                 await uow.commit()
 
         await retry_on_conflict(record)
+
+    async def purge_idempotency_keys(self, *, older_than: timedelta) -> int:
+        """Forgets keys older than the retention, a batch at a time; returns how many. A key
+        used again after that makes a new payment (as with Stripe's keys)."""
+        purged = 0
+        while True:
+            async with self._uow() as uow:
+                count = await uow.payments.purge_claims(older_than=older_than, limit=10_000)
+                await uow.commit()
+            purged += count
+            if count < 10_000:
+                return purged
 
     async def get_payment(self, payment_id: str) -> Payment:
         payment_id = parse_id(payment_id, "payment_id")

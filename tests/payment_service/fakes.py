@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from datetime import timedelta
 from types import TracebackType
 from typing import Self
 
 from common.errors import ConcurrentUpdate, DependencyUnavailable, NotFound
 from common.money import Money
-from payment_service.domain.model import ChargeAnswer, Payment, StatusChange
+from payment_service.domain.model import ChargeAnswer, IdempotencyClaim, Payment, StatusChange
 from payment_service.service_layer.ports import AccountInfo, ChargeResult
 
 
@@ -23,9 +24,7 @@ class FakeStore:
         self.seqs: dict[str, int] = {}
         self.history_rows: dict[str, list[StatusChange]] = {}
         self.processed: set[tuple[str, str]] = set()
-
-    def by_key(self, key: str) -> Payment | None:
-        return next((p for p in self.rows.values() if p.idempotency_key == key), None)
+        self.claims: dict[tuple[str, str], IdempotencyClaim] = {}
 
 
 def _stored(payment: Payment) -> Payment:
@@ -44,13 +43,18 @@ class TrackingStore:
         self._staged: list[Callable[[], None]] = []
         self._added: dict[str, Payment] = {}
         self._marked: set[tuple[str, str]] = set()
+        self._claimed: dict[tuple[str, str], IdempotencyClaim] = {}
 
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
         return self._seen(self._added.get(payment_id) or self._store.rows.get(payment_id))
 
-    async def by_idempotency_key(self, key: str) -> Payment | None:
-        added = next((p for p in self._added.values() if p.idempotency_key == key), None)
-        return self._seen(added or self._store.by_key(key))
+    async def claim_key(self, claim: IdempotencyClaim) -> IdempotencyClaim | None:
+        slot = (claim.caller, claim.key)
+        prior = self._store.claims.get(slot) or self._claimed.get(slot)
+        if prior is not None:
+            return prior
+        self._claimed[slot] = claim
+        return None
 
     def _seen(self, payment: Payment | None) -> Payment | None:
         if payment is None:
@@ -61,10 +65,7 @@ class TrackingStore:
 
     async def add(self, payment: Payment) -> None:
         self._track(payment)
-        taken = self._store.by_key(payment.idempotency_key) or any(
-            p.idempotency_key == payment.idempotency_key for p in self._added.values()
-        )
-        if taken:
+        if payment.payment_id in self._store.rows:
             raise ConcurrentUpdate("a concurrent request changed the same data")
         self._added[payment.payment_id] = _stored(payment)
         self._stage(payment)
@@ -94,7 +95,11 @@ class TrackingStore:
         for write in self._staged:
             write()
         self._store.processed |= self._marked
-        self._staged, self._added, self._marked = [], {}, set()
+        self._store.claims.update(self._claimed)
+        self._staged, self._added, self._marked, self._claimed = [], {}, set(), {}
+
+    async def purge_claims(self, *, older_than: timedelta, limit: int) -> int:
+        return 0  # the fake keeps no clock; the SQL store's purge is tested on PostgreSQL
 
     async def history(self, payment_id: str) -> list[StatusChange]:
         return list(self._store.history_rows.get(payment_id, []))

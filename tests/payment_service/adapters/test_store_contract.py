@@ -14,17 +14,22 @@ import pytest_asyncio
 from common.config import Settings
 from common.errors import ConcurrentUpdate
 from common.money import Money
-from payment_service.domain.model import DepositRequest, Payment, PaymentStatus
+from payment_service.domain.model import (
+    DepositRequest,
+    IdempotencyClaim,
+    Payment,
+    PaymentStatus,
+)
 from payment_service.service_layer.ports import UnitOfWork
 from tests.payment_service.fakes import FakeStore, FakeUnitOfWork
 
 UowFactory = Callable[[], UnitOfWork]
 
 
-def deposit(*, key: str = "", account: str = "") -> Payment:
+def deposit(*, account: str = "") -> Payment:
     return Payment.deposit(
         DepositRequest(
-            idempotency_key=key or f"k-{uuid.uuid4()}",
+            idempotency_key=f"k-{uuid.uuid4()}",
             account_id=account or str(uuid.uuid4()),
             amount=Money(1500, "USD"),
             payment_method="pm_card_ok",
@@ -42,17 +47,13 @@ async def added(uow_factory: UowFactory, payment: Payment) -> Payment:
 class StoreContract:
     """The cases; subclasses provide `uow` (a unit-of-work factory fixture)."""
 
-    async def test_an_added_payment_is_found_by_id_and_key_with_its_history(
-        self, uow: UowFactory
-    ) -> None:
+    async def test_an_added_payment_is_found_with_its_history(self, uow: UowFactory) -> None:
         payment = await added(uow, deposit())
         async with uow() as u:
             by_id = await u.payments.get(payment.payment_id)
-            by_key = await u.payments.by_idempotency_key(payment.idempotency_key)
             history = await u.payments.history(payment.payment_id)
         assert by_id is not None
-        assert by_key is not None
-        assert by_id.payment_id == by_key.payment_id == payment.payment_id
+        assert by_id.payment_id == payment.payment_id
         assert (by_id.status, by_id.version, by_id.amount) == (
             PaymentStatus.INITIATED,
             1,
@@ -67,10 +68,26 @@ class StoreContract:
         async with uow() as u:
             assert await u.payments.get(payment.payment_id) is None
 
-    async def test_a_second_payment_with_the_same_key_is_refused(self, uow: UowFactory) -> None:
-        first = await added(uow, deposit())
-        with pytest.raises(ConcurrentUpdate):
-            await added(uow, deposit(key=first.idempotency_key))
+    async def test_a_key_is_claimed_once_per_caller(self, uow: UowFactory) -> None:
+        key = f"k-{uuid.uuid4()}"
+        first = IdempotencyClaim("alice", key, "f1", str(uuid.uuid4()))
+        async with uow() as u:
+            assert await u.payments.claim_key(first) is None
+            await u.commit()
+        async with uow() as u:
+            again = IdempotencyClaim("alice", key, "f2", str(uuid.uuid4()))
+            assert await u.payments.claim_key(again) == first
+            assert (
+                await u.payments.claim_key(IdempotencyClaim("bob", key, "f3", str(uuid.uuid4())))
+                is None
+            )
+
+    async def test_an_uncommitted_claim_is_not_kept(self, uow: UowFactory) -> None:
+        claim = IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f1", str(uuid.uuid4()))
+        async with uow() as u:
+            await u.payments.claim_key(claim)
+        async with uow() as u:
+            assert await u.payments.claim_key(claim) is None
 
     async def test_a_save_based_on_a_stale_read_is_refused(self, uow: UowFactory) -> None:
         payment = await added(uow, deposit())
@@ -154,4 +171,40 @@ class TestSqlStore(StoreContract):
             return PaymentUnitOfWork(engine)
 
         yield factory
+        await engine.dispose()
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio(loop_scope="session")
+async def test_claims_past_the_retention_are_purged_and_the_key_is_free_again(
+    migrated: Settings,
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from common import db
+    from payment_service.adapters.uow import PaymentUnitOfWork
+    from payment_service.bootstrap import DATABASE
+
+    engine = db.create_engine(DATABASE.url(migrated), pool_size=1)
+    old = IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f1", str(uuid.uuid4()))
+    fresh = IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f1", str(uuid.uuid4()))
+    try:
+        async with PaymentUnitOfWork(engine) as u:
+            await u.payments.claim_key(old)
+            await u.payments.claim_key(fresh)
+            await u.conn.execute(
+                text("UPDATE idempotency_keys SET created_at = now() - interval '73 hours'"
+                     " WHERE key = :k"),
+                {"k": old.key},
+            )  # fmt: skip
+            await u.commit()
+        async with PaymentUnitOfWork(engine) as u:
+            assert await u.payments.purge_claims(older_than=timedelta(hours=72), limit=100) >= 1
+            await u.commit()
+        async with PaymentUnitOfWork(engine) as u:
+            assert await u.payments.claim_key(old) is None  # forgotten: free again
+            assert await u.payments.claim_key(fresh) == fresh  # still remembered
+    finally:
         await engine.dispose()

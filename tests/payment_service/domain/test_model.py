@@ -87,16 +87,23 @@ def test_every_transition_in_the_table_moves_forward() -> None:
             assert target not in order[: order.index(source) + 1] if source in order else True
 
 
-def test_replayed_key_with_different_amount_is_a_conflict() -> None:
-    payment = deposit(1000)
-    other = DepositRequest(
+def request(amount: int = 1000, *, method: str = "pm_card_ok", caller: str = "c") -> DepositRequest:
+    return DepositRequest(
         idempotency_key="key-1",
-        account_id=payment.destination_account_id,
-        amount=Money(999, "USD"),
-        payment_method="pm_card_ok",
+        account_id="0b7d4d1e-55f4-4c43-8c3e-2a51f3c1d6a1",
+        amount=Money(amount, "USD"),
+        payment_method=method,
+        caller=caller,
     )
-    with pytest.raises(IdempotencyConflict):
-        payment.check_same_deposit(other)
+
+
+def test_a_replayed_key_must_ask_for_the_same_payment() -> None:
+    claim = request(1000).claim("p-1")
+    claim.check_same_request(request(1000).fingerprint)
+    claim.check_same_request(request(1000, caller="someone else").fingerprint)
+    for other in (request(999), request(1000, method="pm_card_declined")):
+        with pytest.raises(IdempotencyConflict):
+            claim.check_same_request(other.fingerprint)
 
 
 def pending_deposit() -> Payment:

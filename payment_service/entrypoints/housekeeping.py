@@ -1,0 +1,33 @@
+"""The payment service's periodic chores: forgetting idempotency keys past their retention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+
+import structlog
+
+from common.errors import DependencyUnavailable
+from payment_service.service_layer.services import PaymentService
+
+log = structlog.get_logger(__name__)
+
+EVERY_S = 3600.0
+
+
+class Housekeeping:
+    def __init__(self, service: PaymentService, *, key_retention: timedelta) -> None:
+        self._service = service
+        self._key_retention = key_retention
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                purged = await self._service.purge_idempotency_keys(older_than=self._key_retention)
+                if purged:
+                    log.info("payment.idempotency_keys_purged", count=purged)
+            except DependencyUnavailable as exc:
+                log.warning("payment.housekeeping_deferred", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=EVERY_S)
