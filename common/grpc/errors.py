@@ -81,6 +81,12 @@ def rich_status(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str, 
             metadata={**getattr(exc, "metadata", {}), "request_id": request_id},
         )
     ]
+    if isinstance(exc, NotFound) and exc.kind != "resource":
+        details.append(
+            error_details_pb2.ResourceInfo(
+                resource_type=exc.kind, resource_name=exc.identifier, description=message
+            )
+        )
     if isinstance(exc, ValidationError):
         details.append(
             error_details_pb2.BadRequest(

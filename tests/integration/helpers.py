@@ -105,3 +105,15 @@ def error_details(exc: grpc.aio.AioRpcError) -> tuple[list[str], str]:
             detail.Unpack(info)
             reason = info.reason
     return fields, reason
+
+
+def resource_info(exc: grpc.aio.AioRpcError) -> tuple[str, str] | None:
+    """The (type, name) of the google.rpc.ResourceInfo a NOT_FOUND carries, if any."""
+    raw = dict(exc.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert isinstance(raw, bytes), "error status without rich details"
+    for detail in status_pb2.Status.FromString(raw).details:
+        if detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
+            info = error_details_pb2.ResourceInfo()
+            detail.Unpack(info)
+            return info.resource_type, info.resource_name
+    return None

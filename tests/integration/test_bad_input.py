@@ -14,7 +14,7 @@ from payment_service.bootstrap import DATABASE as PAYMENT_DB
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2
 from tests.conftest import Suite
-from tests.integration.helpers import clients, error_details, open_account, usd
+from tests.integration.helpers import clients, error_details, open_account, resource_info, usd
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -110,6 +110,7 @@ async def test_unknown_payment_is_not_found(suite: Suite) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await c.payments.GetPayment(P.GetPaymentRequest(payment_id=UNKNOWN_ACCOUNT))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert resource_info(caught.value) == ("payment", UNKNOWN_ACCOUNT)
 
 
 async def test_later_rpcs_say_they_are_not_implemented(suite: Suite) -> None:
