@@ -27,6 +27,7 @@ from payment_service.adapters import tables as t
 from payment_service.domain.model import (
     IdempotencyClaim,
     Payment,
+    PaymentFilter,
     PaymentKind,
     PaymentStatus,
     StatusChange,
@@ -178,18 +179,24 @@ class PaymentRepository:
         ]
 
     async def list(
-        self, *, account_id: str, limit: int, before_seq: int | None
+        self, *, account_id: str, limit: int, before_seq: int | None, where: PaymentFilter
     ) -> list[tuple[int, Payment]]:
-        query = select(t.payments).order_by(t.payments.c.seq.desc()).limit(limit)
+        p = t.payments
+        query = select(p).order_by(p.c.seq.desc()).limit(limit)
         if account_id:
             query = query.where(
-                or_(
-                    t.payments.c.destination_account_id == account_id,
-                    t.payments.c.source_account_id == account_id,
-                )
+                or_(p.c.destination_account_id == account_id, p.c.source_account_id == account_id)
             )
         if before_seq is not None:
-            query = query.where(t.payments.c.seq < before_seq)
+            query = query.where(p.c.seq < before_seq)
+        if where.kind is not None:
+            query = query.where(p.c.kind == where.kind.value)
+        if where.status is not None:
+            query = query.where(p.c.status == where.status.value)
+        if where.created_after is not None:
+            query = query.where(p.c.created_at >= where.created_after)
+        if where.created_before is not None:
+            query = query.where(p.c.created_at < where.created_before)
         rows = (await self._conn.execute(query)).all()
         return [(row.seq, _payment(row)) for row in rows]
 

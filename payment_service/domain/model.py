@@ -295,3 +295,28 @@ class Payment:
     def pull_events(self) -> list[PaymentEvent]:
         pulled, self._events = self._events, []
         return pulled
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentFilter:
+    """What a listing may be narrowed to; None means any."""
+
+    kind: PaymentKind | None = None
+    status: PaymentStatus | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def matches(self, payment: Payment) -> bool:
+        created = payment.created_at
+        return (
+            (self.kind is None or payment.kind is self.kind)
+            and (self.status is None or payment.status is self.status)
+            and (
+                self.created_after is None
+                or (created is not None and created >= self.created_after)
+            )
+            and (
+                self.created_before is None
+                or (created is not None and created < self.created_before)
+            )
+        )

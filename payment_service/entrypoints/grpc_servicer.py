@@ -6,6 +6,7 @@ No try/except here: domain errors become statuses in common.grpc.errors.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -14,6 +15,7 @@ from common.grpc.convert import money_from_request, money_to_proto, timestamp
 from payment_service.domain.model import (
     ANONYMOUS,
     Payment,
+    PaymentFilter,
     PaymentKind,
     PaymentStatus,
     StatusChange,
@@ -25,6 +27,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 _STATUS = {s: payment_pb2.PaymentStatus.Value(f"PAYMENT_STATUS_{s.name}") for s in PaymentStatus}
 _KIND = {k: payment_pb2.PaymentKind.Value(f"PAYMENT_KIND_{k.name}") for k in PaymentKind}
+# Filters: the UNSPECIFIED value (0) maps to nothing, i.e. any.
+_STATUS_OF = {number: status for status, number in _STATUS.items()}
+_KIND_OF = {number: kind for kind, number in _KIND.items()}
 
 
 def payment_to_proto(payment: Payment) -> payment_pb2.Payment:
@@ -100,6 +105,20 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
             account_id=request.account_id,
             page_size=request.page_size,
             page_token=request.page_token,
+            where=PaymentFilter(
+                kind=_KIND_OF.get(request.kind),
+                status=_STATUS_OF.get(request.status),
+                created_after=(
+                    request.created_after.ToDatetime(UTC)
+                    if request.HasField("created_after")
+                    else None
+                ),
+                created_before=(
+                    request.created_before.ToDatetime(UTC)
+                    if request.HasField("created_before")
+                    else None
+                ),
+            ),
         )
         return payment_pb2.ListPaymentsResponse(
             payments=[payment_to_proto(p) for p in page.payments],

@@ -8,7 +8,13 @@ from typing import Protocol
 
 from common.money import Money
 from common.uow import UnitOfWork as BaseUnitOfWork
-from payment_service.domain.model import ChargeAnswer, IdempotencyClaim, Payment, StatusChange
+from payment_service.domain.model import (
+    ChargeAnswer,
+    IdempotencyClaim,
+    Payment,
+    PaymentFilter,
+    StatusChange,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +54,7 @@ class PaymentStore(Protocol):
     async def save(self, payment: Payment) -> None: ...
     async def history(self, payment_id: str) -> list[StatusChange]: ...
     async def list(
-        self, *, account_id: str, limit: int, before_seq: int | None
+        self, *, account_id: str, limit: int, before_seq: int | None, where: PaymentFilter
     ) -> list[tuple[int, Payment]]: ...
     async def mark_processed(self, consumer: str, event_id: str) -> bool: ...
 

@@ -28,6 +28,7 @@ from payment_service.domain.model import (
     ChargeInstruction,
     DepositRequest,
     Payment,
+    PaymentFilter,
     StatusChange,
 )
 from payment_service.service_layer.ports import GatewayPort, UnitOfWork, WalletPort
@@ -188,10 +189,20 @@ class PaymentService:
             return await uow.payments.history(payment.payment_id)
 
     async def list_payments(
-        self, *, account_id: str, page_size: int, page_token: str
+        self,
+        *,
+        account_id: str,
+        page_size: int,
+        page_token: str,
+        where: PaymentFilter | None = None,
     ) -> PaymentPage:
         if account_id:
             account_id = parse_id(account_id, "account_id")
+        after, before_time = (where.created_after, where.created_before) if where else (None, None)
+        if after and before_time and after >= before_time:
+            raise ValidationError(
+                FieldViolation("created_before", "must be later than created_after")
+            )
         size = page_size or 50
         if not 1 <= size <= 100:
             raise ValidationError(FieldViolation("page_size", "must be between 1 and 100"))
@@ -200,6 +211,8 @@ class PaymentService:
         except ValueError:
             raise ValidationError(FieldViolation("page_token", "is not a valid token")) from None
         async with self._uow() as uow:
-            rows = await uow.payments.list(account_id=account_id, limit=size, before_seq=before)
+            rows = await uow.payments.list(
+                account_id=account_id, limit=size, before_seq=before, where=where or PaymentFilter()
+            )
         token = str(rows[-1][0]) if len(rows) == size else ""
         return PaymentPage([p for _, p in rows], token)

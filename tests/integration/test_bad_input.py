@@ -169,3 +169,27 @@ async def _gateway_rows(suite: Suite, provider_event_id: str) -> int:
             return int(result.scalar_one())
     finally:
         await engine.dispose()
+
+
+async def test_list_payments_filters_and_refuses_an_empty_time_range(suite: Suite) -> None:
+    async with clients(suite) as c:
+        account_id = await open_account(c)
+        await c.payments.CreateDeposit(
+            P.CreateDepositRequest(
+                idempotency_key=f"it-{uuid.uuid4()}",
+                account_id=account_id,
+                amount=usd(7),
+                payment_method="pm_card_declined",
+            )
+        )
+        listed = await c.payments.ListPayments(
+            P.ListPaymentsRequest(account_id=account_id, kind=P.PAYMENT_KIND_WITHDRAWAL)
+        )
+        assert list(listed.payments) == []
+        request = P.ListPaymentsRequest(account_id=account_id)
+        request.created_after.GetCurrentTime()
+        request.created_before.FromSeconds(request.created_after.seconds - 60)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await c.payments.ListPayments(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(caught.value)[0] == ["created_before"]

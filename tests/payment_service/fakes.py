@@ -10,7 +10,13 @@ from typing import Self
 
 from common.errors import ConcurrentUpdate, DependencyUnavailable, NotFound
 from common.money import Money
-from payment_service.domain.model import ChargeAnswer, IdempotencyClaim, Payment, StatusChange
+from payment_service.domain.model import (
+    ChargeAnswer,
+    IdempotencyClaim,
+    Payment,
+    PaymentFilter,
+    StatusChange,
+)
 from payment_service.service_layer.ports import AccountInfo, ChargeResult
 
 
@@ -105,12 +111,13 @@ class TrackingStore:
         return list(self._store.history_rows.get(payment_id, []))
 
     async def list(
-        self, *, account_id: str, limit: int, before_seq: int | None
+        self, *, account_id: str, limit: int, before_seq: int | None, where: PaymentFilter
     ) -> list[tuple[int, Payment]]:
         found = [
             (self._store.seqs[p.payment_id], copy.deepcopy(p))
             for p in self._store.rows.values()
-            if not account_id or account_id in (p.source_account_id, p.destination_account_id)
+            if (not account_id or account_id in (p.source_account_id, p.destination_account_id))
+            and where.matches(p)
         ]
         found = [(seq, p) for seq, p in found if before_seq is None or seq < before_seq]
         return sorted(found, key=lambda item: item[0], reverse=True)[:limit]

@@ -18,6 +18,8 @@ from payment_service.domain.model import (
     DepositRequest,
     IdempotencyClaim,
     Payment,
+    PaymentFilter,
+    PaymentKind,
     PaymentStatus,
 )
 from payment_service.service_layer.ports import UnitOfWork
@@ -139,10 +141,38 @@ class StoreContract:
         payments = [await added(uow, deposit(account=account)) for _ in range(3)]
         await added(uow, deposit())  # another account's
         async with uow() as u:
-            first = await u.payments.list(account_id=account, limit=2, before_seq=None)
-            rest = await u.payments.list(account_id=account, limit=2, before_seq=first[-1][0])
+            first = await u.payments.list(
+                account_id=account, limit=2, before_seq=None, where=PaymentFilter()
+            )
+            rest = await u.payments.list(
+                account_id=account, limit=2, before_seq=first[-1][0], where=PaymentFilter()
+            )
         listed = [p.payment_id for _, p in first + rest]
         assert listed == [p.payment_id for p in reversed(payments)]
+
+    async def test_listing_filters_by_status_kind_and_creation_time(self, uow: UowFactory) -> None:
+        account = str(uuid.uuid4())
+        older = await added(uow, deposit(account=account))
+        newer = await added(uow, deposit(account=account))
+        async with uow() as u:
+            loaded = await u.payments.get(newer.payment_id, for_update=True)
+            assert loaded is not None
+            loaded.fail("declined")
+            await u.payments.save(loaded)
+            await u.commit()
+
+        async def ids(where: PaymentFilter) -> list[str]:
+            async with uow() as u:
+                rows = await u.payments.list(
+                    account_id=account, limit=10, before_seq=None, where=where
+                )
+            return [p.payment_id for _, p in rows]
+
+        assert await ids(PaymentFilter(status=PaymentStatus.FAILED)) == [newer.payment_id]
+        assert await ids(PaymentFilter(kind=PaymentKind.WITHDRAWAL)) == []
+        assert older.created_at is not None
+        assert await ids(PaymentFilter(created_before=older.created_at)) == []
+        assert older.payment_id in await ids(PaymentFilter(created_after=older.created_at))
 
 
 class TestInMemoryStore(StoreContract):
