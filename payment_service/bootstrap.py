@@ -11,6 +11,7 @@ from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM
 from common.grpc.client import create_channel
 from common.grpc.server import ServiceRuntime, create_server
+from payment_service.adapters.change_feed import PaymentChangeFeed
 from payment_service.adapters.clients import GatewayClient, WalletClient
 from payment_service.adapters.uow import PaymentUnitOfWork
 from payment_service.entrypoints.gateway_events import GROUP, GatewayEventsEntrypoint
@@ -51,7 +52,8 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     housekeeping = Housekeeping(
         service, key_retention=timedelta(hours=settings.idempotency_retention_h)
     )
-    servicer = PaymentServicer(service)
+    feed = PaymentChangeFeed(infra.redis, stream=settings.stream_prefix + PAYMENT_STREAM)
+    servicer = PaymentServicer(service, feed=feed)
     server, port, health = create_server(
         address,
         registrars=[lambda s: payment_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, s)],
@@ -69,6 +71,6 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         health=health,
         service_names=[SERVICE_NAME],
         readiness_checks=[infra.ping_database, infra.ping_redis],
-        background=[infra.relay().run, consumer.run, saga.run, housekeeping.run],
+        background=[infra.relay().run, consumer.run, saga.run, housekeeping.run, feed.run],
         closers=[infra.close, close_channels],
     )

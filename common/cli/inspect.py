@@ -21,7 +21,8 @@ from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 STREAMS = {"payment": PAYMENT_STREAM, "wallet": WALLET_STREAM, "gateway": GATEWAY_STREAM}
 
 
-async def show_payment(settings: Settings, console: Console, payment_id: str) -> None:
+async def show_payment(settings: Settings, console: Console, payment_id: str) -> bool:
+    """Prints a payment and its history; False (after saying why) when it cannot."""
     channel = create_channel(settings.payment_target)
     async with channel:
         stub = payment_pb2_grpc.PaymentServiceStub(channel)
@@ -34,7 +35,7 @@ async def show_payment(settings: Settings, console: Console, payment_id: str) ->
             )
         except grpc.aio.AioRpcError as exc:
             console.print(f"[red]{exc.code().name}: {exc.details()}[/red]")
-            return
+            return False
     amount = Money(payment.amount.amount_minor, payment.amount.currency)
     console.print(f"payment [bold]{payment.payment_id}[/]")
     console.print(f"  kind     {payment_pb2.PaymentKind.Name(payment.kind)}")
@@ -55,6 +56,25 @@ async def show_payment(settings: Settings, console: Console, payment_id: str) ->
             change.occurred_at.ToDatetime().isoformat(timespec="milliseconds"),
         )
     console.print(table)
+    return True
+
+
+async def watch_payment(settings: Settings, console: Console, payment_id: str) -> bool:
+    """Prints each state the payment reaches until a terminal one; False on an error."""
+    channel = create_channel(settings.payment_target)
+    async with channel:
+        stub = payment_pb2_grpc.PaymentServiceStub(channel)
+        try:
+            async for payment in stub.WatchPayment(
+                payment_pb2.WatchPaymentRequest(payment_id=payment_id)
+            ):
+                reason = f" ({payment.failure_reason})" if payment.failure_reason else ""
+                at = payment.updated_at.ToDatetime().isoformat(timespec="milliseconds")
+                console.print(f"{at}  v{payment.version}  {status_name(payment.status)}{reason}")
+        except grpc.aio.AioRpcError as exc:
+            console.print(f"[red]{exc.code().name}: {exc.details()}[/red]")
+            return False
+    return True
 
 
 async def tail_events(

@@ -128,7 +128,16 @@ def demo(
 def payments_get(payment_id: str) -> None:
     """Show a payment and its status history."""
     settings = _settings()
-    asyncio.run(inspect_module.show_payment(settings, console, payment_id))
+    if not asyncio.run(inspect_module.show_payment(settings, console, payment_id)):
+        raise typer.Exit(1)
+
+
+@payments.command("watch")
+def payments_watch(payment_id: str) -> None:
+    """Follow a payment: every state it reaches, until a terminal one."""
+    settings = _settings()
+    if not asyncio.run(inspect_module.watch_payment(settings, console, payment_id)):
+        raise typer.Exit(1)
 
 
 @events.command("tail")

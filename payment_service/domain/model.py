@@ -13,7 +13,7 @@ requires_manual_review is resolved by an operator into a terminal state.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TypeAlias
@@ -179,6 +179,20 @@ class Payment:
         )
         payment._record(None, PaymentStatus.INITIATED, "")
         return payment
+
+    def as_of(self, change: StatusChange) -> Payment:
+        """This payment as it stood right after `change` (one of its own, from its history):
+        what a watcher is shown for each state it passed through."""
+        latest = change.sequence == self.version
+        return replace(
+            self,
+            status=change.to_status,
+            version=change.sequence,
+            updated_at=change.occurred_at,
+            failure_reason=self.failure_reason if latest else "",
+            new_changes=[],
+            _events=[],
+        )
 
     def charge_instruction(self) -> ChargeInstruction:
         """What the deposit saga's charge step sends the gateway; its key is derived from

@@ -20,6 +20,7 @@ from payment_service.domain.model import (
     PaymentStatus,
     StatusChange,
 )
+from payment_service.service_layer.ports import ChangeFeed
 from payment_service.service_layer.services import PaymentService
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
@@ -76,8 +77,9 @@ def caller_of(context: Context) -> str:
 
 
 class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, service: PaymentService) -> None:
+    def __init__(self, service: PaymentService, *, feed: ChangeFeed) -> None:
         self._service = service
+        self._feed = feed
 
     async def CreateDeposit(
         self, request: payment_pb2.CreateDepositRequest, context: Context
@@ -146,5 +148,5 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def WatchPayment(
         self, request: payment_pb2.WatchPaymentRequest, context: Context
     ) -> AsyncIterator[payment_pb2.Payment]:
-        raise NotImplementedError("PaymentService.WatchPayment is not implemented yet")
-        yield  # unreachable: makes this a server-streaming generator
+        async for payment in self._service.watch(request.payment_id, feed=self._feed):
+            yield payment_to_proto(payment)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
@@ -28,6 +30,12 @@ class ChargeResult:
     operation_id: str
     answer: ChargeAnswer
     failure_reason: str = ""
+
+
+class ChangeFeed(Protocol):
+    def subscribe(self, payment_id: str) -> AbstractAsyncContextManager[asyncio.Event]:
+        """An event set whenever the payment may have changed; the watcher clears it."""
+        ...
 
 
 class WalletPort(Protocol):

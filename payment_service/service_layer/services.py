@@ -4,8 +4,10 @@ redelivered event or a resumed saga never applies a step twice."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -31,9 +33,11 @@ from payment_service.domain.model import (
     PaymentFilter,
     StatusChange,
 )
-from payment_service.service_layer.ports import GatewayPort, UnitOfWork, WalletPort
+from payment_service.service_layer.ports import ChangeFeed, GatewayPort, UnitOfWork, WalletPort
 
 log = structlog.get_logger(__name__)
+
+WATCH_RECHECK_S = 5.0
 
 DEFAULT_PAYMENT_METHOD = "pm_card_ok"
 
@@ -162,6 +166,36 @@ class PaymentService:
                 await uow.commit()
 
         await retry_on_conflict(record)
+
+    async def watch(
+        self, payment_id: str, *, feed: ChangeFeed, recheck_s: float = WATCH_RECHECK_S
+    ) -> AsyncIterator[Payment]:
+        """The payment now, then each later state it passes through, in order, until a
+        terminal one.
+
+        Subscribes before reading, so no change can fall between the two; on every wake-up
+        (and at least every `recheck_s`, so a missed one only delays) it reads the status
+        changes past the last one sent, so two changes in quick succession are both sent.
+        """
+        payment_id = parse_id(payment_id, "payment_id")
+        async with feed.subscribe(payment_id) as changed:
+            current = await self.get_payment(payment_id)
+            yield current
+            while not current.status.is_terminal:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=recheck_s)
+                changed.clear()
+                latest = await self.get_payment(payment_id)
+                if latest.version <= current.version:
+                    continue
+                for change in await self._changes_after(payment_id, current.version):
+                    current = latest.as_of(change)
+                    yield current
+
+    async def _changes_after(self, payment_id: str, version: int) -> list[StatusChange]:
+        async with self._uow() as uow:
+            history = await uow.payments.history(payment_id)
+        return [change for change in history if change.sequence > version]
 
     async def purge_idempotency_keys(self, *, older_than: timedelta) -> int:
         """Forgets keys older than the retention, a batch at a time; returns how many. A key

@@ -1,0 +1,67 @@
+"""Which payments changed, as the payment events stream tells every replica.
+
+One reader per process follows `paysuite.payment.events` with plain XREAD (not a consumer
+group: every replica must see every event) and wakes the watchers of the payments it names.
+A watcher therefore learns of a change made by any replica. The feed only says "look again";
+what a watcher sends is always read from the database, so a missed wake-up (Redis restarting)
+costs at most the watcher's re-check interval, never a wrong state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+
+from common.errors import DependencyUnavailable
+from common.streams import redis_boundary
+
+log = structlog.get_logger(__name__)
+
+
+class PaymentChangeFeed:
+    def __init__(self, redis: Redis, *, stream: str, block_ms: int = 1000) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._block_ms = block_ms
+        self._watchers: dict[str, set[asyncio.Event]] = {}
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, payment_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever the payment may have changed (the watcher clears it)."""
+        changed = asyncio.Event()
+        self._watchers.setdefault(payment_id, set()).add(changed)
+        try:
+            yield changed
+        finally:
+            watchers = self._watchers.get(payment_id, set())
+            watchers.discard(changed)
+            if not watchers:
+                self._watchers.pop(payment_id, None)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        last = "$"
+        while not stop.is_set():
+            try:
+                last = await self._read(last)
+            except DependencyUnavailable as exc:
+                log.warning("payment.change_feed_waiting", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+    async def _read(self, last: str) -> str:
+        async with redis_boundary("XREAD"):
+            response: list[Any] = await self._redis.xread(  # type: ignore[assignment]
+                {self._stream: last}, count=500, block=self._block_ms
+            )
+        for _stream, entries in response or ():
+            for entry_id, fields in entries:
+                last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                aggregate = fields.get(b"aggregate_id", b"").decode()
+                for changed in self._watchers.get(aggregate, ()):
+                    changed.set()
+        return last
