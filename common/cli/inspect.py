@@ -59,6 +59,33 @@ async def show_payment(settings: Settings, console: Console, payment_id: str) ->
     return True
 
 
+async def show_audit_trail(settings: Settings, console: Console, payment_id: str) -> bool:
+    """Prints every step and transition of a payment, in order; False on an error."""
+    channel = create_channel(settings.payment_target)
+    async with channel:
+        stub = payment_pb2_grpc.PaymentServiceStub(channel)
+        try:
+            trail = await stub.ListPaymentEvents(
+                payment_pb2.ListPaymentEventsRequest(payment_id=payment_id), timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            console.print(f"[red]{exc.code().name}: {exc.details()}[/red]")
+            return False
+    table = Table(title=f"audit trail of {payment_id}", title_justify="left")
+    for column in ("step", "event", "at", "data", "error"):
+        table.add_column(column)
+    for step in trail.steps:
+        table.add_row(
+            str(step.step),
+            step.event_type,
+            step.occurred_at.ToDatetime().isoformat(timespec="milliseconds"),
+            ", ".join(f"{k}={v}" for k, v in sorted(step.data.items())),
+            step.error,
+        )
+    console.print(table)
+    return True
+
+
 async def watch_payment(settings: Settings, console: Console, payment_id: str) -> bool:
     """Prints each state the payment reaches until a terminal one; False on an error."""
     channel = create_channel(settings.payment_target)

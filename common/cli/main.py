@@ -132,6 +132,14 @@ def payments_get(payment_id: str) -> None:
         raise typer.Exit(1)
 
 
+@payments.command("events")
+def payments_events(payment_id: str) -> None:
+    """Show a payment's audit trail: every saga step and transition, in order."""
+    settings = _settings()
+    if not asyncio.run(inspect_module.show_audit_trail(settings, console, payment_id)):
+        raise typer.Exit(1)
+
+
 @payments.command("watch")
 def payments_watch(payment_id: str) -> None:
     """Follow a payment: every state it reaches, until a terminal one."""

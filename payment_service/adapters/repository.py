@@ -11,11 +11,13 @@ SQLAlchemy tables remain the schema's one description (checked against the migra
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg.rows import namedtuple_row
+from psycopg.types.json import Jsonb
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -30,6 +32,7 @@ from payment_service.domain.model import (
     PaymentFilter,
     PaymentKind,
     PaymentStatus,
+    PaymentStep,
     StatusChange,
 )
 
@@ -49,13 +52,14 @@ def _payment(row: Any) -> Payment:
         version=row.version,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        steps=row.steps,
     )
 
 
 _SELECT = (
     "SELECT payment_id, seq, kind, status, amount_minor, currency, idempotency_key,"
     " source_account_id, destination_account_id, payment_method, failure_reason,"
-    " gateway_operation_id, version, created_at, updated_at FROM payments"
+    " gateway_operation_id, version, created_at, updated_at, steps FROM payments"
 )
 _GET = _SELECT + " WHERE payment_id = %s"
 _GET_FOR_UPDATE = _GET + " FOR UPDATE"
@@ -71,12 +75,21 @@ _PURGE_CLAIMS = (
 _INSERT = (
     "INSERT INTO payments (payment_id, kind, idempotency_key, amount_minor, currency,"
     " source_account_id, destination_account_id, payment_method, created_at, status,"
-    " failure_reason, gateway_operation_id, version, updated_at)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " failure_reason, gateway_operation_id, version, updated_at, steps)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _UPDATE = (
     "UPDATE payments SET status = %s, failure_reason = %s, gateway_operation_id = %s,"
-    " version = %s, updated_at = %s WHERE payment_id = %s AND version = %s"
+    " version = %s, updated_at = %s, steps = %s"
+    " WHERE payment_id = %s AND version = %s AND steps = %s"
+)
+_INSERT_STEP = (
+    "INSERT INTO payment_steps (payment_id, step, event_type, occurred_at, data, error)"
+    " VALUES (%s, %s, %s, %s, %s, %s)"
+)
+_STEPS = (
+    "SELECT step, event_type, occurred_at, data, error FROM payment_steps"
+    " WHERE payment_id = %s ORDER BY step"
 )
 _INSERT_HISTORY = (
     "INSERT INTO payment_status_history (payment_id, sequence, from_status, to_status, reason,"
@@ -153,10 +166,10 @@ class PaymentRepository:
         if not payment.has_changes:
             return
         expected = payment.version - len(payment.new_changes)
-        status, reason, operation_id, version, updated_at = self._mutable(payment)
+        expected_steps = payment.steps - len(payment.new_steps)
         cursor = await self._raw.execute(
             _UPDATE,
-            (status, reason, operation_id, version, updated_at, payment.payment_id, expected),
+            (*self._mutable(payment), payment.payment_id, expected, expected_steps),
         )
         if cursor.rowcount != 1:
             raise ConcurrentUpdate(f"payment {payment.payment_id} changed concurrently")
@@ -203,27 +216,56 @@ class PaymentRepository:
     async def mark_processed(self, consumer: str, event_id: str) -> bool:
         return await mark_processed(self._raw, consumer, event_id)
 
+    async def steps(self, payment_id: str) -> builtins.list[PaymentStep]:
+        cursor = await self._raw.execute(_STEPS, (payment_id,))
+        return [
+            PaymentStep(step, event_type, occurred_at, dict(data or {}), error)
+            for step, event_type, occurred_at, data, error in await cursor.fetchall()
+        ]
+
     async def _write_history(self, payment: Payment) -> None:
+        """The transitions and the audit-trail steps recorded since the payment was loaded."""
         changes, payment.new_changes = payment.new_changes, []
-        for c in changes:
-            await self._raw.execute(
-                _INSERT_HISTORY,
-                (
-                    payment.payment_id,
-                    c.sequence,
-                    c.from_status.value if c.from_status else None,
-                    c.to_status.value,
-                    c.reason,
-                    c.occurred_at,
-                ),
-            )
+        steps, payment.new_steps = payment.new_steps, []
+        async with self._raw.cursor() as cursor:
+            if changes:
+                await cursor.executemany(
+                    _INSERT_HISTORY,
+                    [
+                        (
+                            payment.payment_id,
+                            c.sequence,
+                            c.from_status.value if c.from_status else None,
+                            c.to_status.value,
+                            c.reason,
+                            c.occurred_at,
+                        )
+                        for c in changes
+                    ],
+                )
+            if steps:
+                await cursor.executemany(
+                    _INSERT_STEP,
+                    [
+                        (
+                            payment.payment_id,
+                            step.step,
+                            step.event_type,
+                            step.occurred_at,
+                            Jsonb(dict(step.data)),
+                            step.error,
+                        )
+                        for step in steps
+                    ],
+                )
 
     @staticmethod
-    def _mutable(payment: Payment) -> tuple[str, str, str, int, datetime | None]:
+    def _mutable(payment: Payment) -> tuple[str, str, str, int, datetime | None, int]:
         return (
             payment.status.value,
             payment.failure_reason,
             payment.gateway_operation_id,
             payment.version,
             payment.updated_at,
+            payment.steps,
         )

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
 EMPTY = text("''")
@@ -41,6 +42,8 @@ payments = Table(
     Column("version", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # How many audit-trail steps the payment has (the last one's `step`).
+    Column("steps", BigInteger, nullable=False, server_default=text("0")),
     # The recovery worker sweeps non-terminal payments by age; listings go by account.
     Index("payments_status_updated", "status", "updated_at"),
     Index("payments_destination", "destination_account_id", "seq"),
@@ -69,4 +72,16 @@ idempotency_keys = Table(
     Column("payment_id", Uuid(as_uuid=False), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Index("idempotency_keys_created", "created_at"),
+)
+
+# The audit trail: every step of a payment's saga and every transition, in order.
+payment_steps = Table(
+    "payment_steps",
+    metadata,
+    Column("payment_id", Uuid(as_uuid=False), ForeignKey("payments.payment_id"), primary_key=True),
+    Column("step", BigInteger, primary_key=True),
+    Column("event_type", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("data", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("error", Text, nullable=False, server_default=EMPTY),
 )

@@ -13,6 +13,7 @@ requires_manual_review is resolved by an operator into a terminal state.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -121,6 +122,25 @@ class IdempotencyClaim:
 
 
 @dataclass(frozen=True, slots=True)
+class PaymentStep:
+    """One entry of a payment's audit trail: every step of its saga and every transition,
+    in order (`step`), with what it concerned (`data`) and, for a failure, why (`error`).
+
+    Deposit, success:  status.initiated, charge.requested, charge.accepted, status.pending,
+                       provider.charge_succeeded, credit.completed, status.completed
+    Deposit, the credit impossible after the charge: ... provider.charge_succeeded,
+                       credit.failed, compensation.started, status.refunding
+    A provider contradicting a final state: review.requested
+    """
+
+    step: int
+    event_type: str
+    occurred_at: datetime
+    data: Mapping[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class DepositRequest:
     """What a CreateDeposit asks for; a replayed idempotency key must ask for the same."""
 
@@ -163,7 +183,10 @@ class Payment:
     version: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # Steps of the audit trail so far (stored); those recorded since loading.
+    steps: int = 0
     new_changes: list[StatusChange] = field(default_factory=list, repr=False)
+    new_steps: list[PaymentStep] = field(default_factory=list, repr=False)
     _events: list[PaymentEvent] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -191,6 +214,7 @@ class Payment:
             updated_at=change.occurred_at,
             failure_reason=self.failure_reason if latest else "",
             new_changes=[],
+            new_steps=[],
             _events=[],
         )
 
@@ -209,14 +233,28 @@ class Payment:
 
     # -- what the deposit saga hears; the aggregate decides what it means ----------------
 
-    def record_charge_answer(self, answer: ChargeAnswer, *, operation_id: str, reason: str) -> None:
+    def record_charge_answer(
+        self,
+        answer: ChargeAnswer,
+        *,
+        operation_id: str,
+        reason: str,
+        requested_at: datetime | None = None,
+    ) -> None:
         """The gateway's answer to the charge step. Only an INITIATED payment learns from it:
         later, the provider's own events (which may have overtaken the answer) decide."""
         if self.status is not PaymentStatus.INITIATED or answer is ChargeAnswer.UNKNOWN:
             return
+        self._note(
+            "charge.requested",
+            {"idempotency_key": charge_key(self.payment_id)},
+            at=requested_at,
+        )
         if answer is ChargeAnswer.DECLINED:
+            self._note("charge.declined", {"operation_id": operation_id}, error=reason)
             self.fail(reason or "charge_failed")
         else:
+            self._note("charge.accepted", {"operation_id": operation_id})
             self.mark_pending(operation_id)
 
     def wants_credit_for_charge(self) -> bool:
@@ -231,9 +269,14 @@ class Payment:
         contradicts us, and an operator must look (never an overwrite of a final state)."""
         if self.status is PaymentStatus.INITIATED:
             self.mark_pending(operation_id)
+        if self.status is PaymentStatus.PENDING and (credited or credit_refused):
+            self._note("provider.charge_succeeded", {"operation_id": operation_id})
         if self.status is PaymentStatus.PENDING and credited:
+            self._note("credit.completed", {"operation_ref": f"{self.payment_id}:credit"})
             self.complete()
         elif self.status is PaymentStatus.PENDING and credit_refused:
+            self._note("credit.failed", error=credit_refused)
+            self._note("compensation.started", {"compensation": "refund"})
             self.start_refund(credit_refused)
         elif self.status in (PaymentStatus.FAILED, PaymentStatus.CANCELLED):
             detail = "and the wallet was credited" if credited else "after it ended"
@@ -244,11 +287,13 @@ class Payment:
         if self.status is PaymentStatus.INITIATED:
             self.mark_pending(operation_id)
         if self.can_move_to(PaymentStatus.FAILED):
+            self._note("provider.charge_failed", {"operation_id": operation_id}, error=reason)
             self.fail(reason or "charge_failed")
         elif self.status in (PaymentStatus.COMPLETED, PaymentStatus.REFUNDING):
             self._request_review("charge.failed", f"provider declined a {self.status} payment")
 
     def _request_review(self, provider_event: str, reason: str) -> None:
+        self._note("review.requested", {"provider_event": provider_event}, error=reason)
         self._events.append(
             events.ReviewRequested(
                 payment_id=self.payment_id,
@@ -287,6 +332,7 @@ class Payment:
         self.updated_at = now
         self.created_at = self.created_at or now
         self.new_changes.append(StatusChange(self.version, previous, target, reason, now))
+        self._note(f"status.{target}", {"from": previous.value if previous else ""}, at=now)
         self._events.append(
             events.PaymentStatusChanged(
                 payment_id=self.payment_id,
@@ -302,9 +348,21 @@ class Payment:
             )
         )
 
+    def _note(
+        self,
+        event_type: str,
+        data: Mapping[str, str] | None = None,
+        *,
+        error: str = "",
+        at: datetime | None = None,
+    ) -> None:
+        self.steps += 1
+        occurred = at or datetime.now(UTC)
+        self.new_steps.append(PaymentStep(self.steps, event_type, occurred, data or {}, error))
+
     @property
     def has_changes(self) -> bool:
-        return bool(self.new_changes)
+        return bool(self.new_changes or self.new_steps)
 
     def pull_events(self) -> list[PaymentEvent]:
         pulled, self._events = self._events, []

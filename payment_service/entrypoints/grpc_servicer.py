@@ -18,6 +18,7 @@ from payment_service.domain.model import (
     PaymentFilter,
     PaymentKind,
     PaymentStatus,
+    PaymentStep,
     StatusChange,
 )
 from payment_service.service_layer.ports import ChangeFeed
@@ -61,6 +62,16 @@ def change_to_proto(change: StatusChange) -> payment_pb2.PaymentStatusChange:
         to_status=_STATUS[change.to_status],
         reason=change.reason,
         occurred_at=timestamp(change.occurred_at),
+    )
+
+
+def step_to_proto(step: PaymentStep) -> payment_pb2.PaymentStep:
+    return payment_pb2.PaymentStep(
+        step=step.step,
+        event_type=step.event_type,
+        occurred_at=timestamp(step.occurred_at),
+        data=dict(step.data),
+        error=step.error,
     )
 
 
@@ -131,7 +142,11 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         self, request: payment_pb2.ListPaymentEventsRequest, context: Context
     ) -> payment_pb2.ListPaymentEventsResponse:
         changes = await self._service.history(request.payment_id)
-        return payment_pb2.ListPaymentEventsResponse(changes=[change_to_proto(c) for c in changes])
+        steps = await self._service.audit_trail(request.payment_id)
+        return payment_pb2.ListPaymentEventsResponse(
+            changes=[change_to_proto(c) for c in changes],
+            steps=[step_to_proto(s) for s in steps],
+        )
 
     async def CreateWithdrawal(self, request: Any, context: Context) -> Any:
         raise NotImplementedError("PaymentService.CreateWithdrawal is not implemented yet")

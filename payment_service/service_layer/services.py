@@ -9,7 +9,7 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -31,6 +31,7 @@ from payment_service.domain.model import (
     DepositRequest,
     Payment,
     PaymentFilter,
+    PaymentStep,
     StatusChange,
 )
 from payment_service.service_layer.ports import ChangeFeed, GatewayPort, UnitOfWork, WalletPort
@@ -143,6 +144,7 @@ class PaymentService:
         answer is unknown: the event stays pending and the step is retried with the same
         key, which the gateway and the provider deduplicate on.
         """
+        requested_at = datetime.now(UTC)
         result = await self._gateway.charge(
             idempotency_key=charge.idempotency_key,
             amount=charge.amount,
@@ -160,7 +162,10 @@ class PaymentService:
                 if payment is None:
                     return
                 payment.record_charge_answer(
-                    result.answer, operation_id=result.operation_id, reason=result.failure_reason
+                    result.answer,
+                    operation_id=result.operation_id,
+                    reason=result.failure_reason,
+                    requested_at=requested_at,
                 )
                 await uow.payments.save(payment)
                 await uow.commit()
@@ -221,6 +226,11 @@ class PaymentService:
         payment = await self.get_payment(payment_id)
         async with self._uow() as uow:
             return await uow.payments.history(payment.payment_id)
+
+    async def audit_trail(self, payment_id: str) -> list[PaymentStep]:
+        payment = await self.get_payment(payment_id)
+        async with self._uow() as uow:
+            return await uow.payments.steps(payment.payment_id)
 
     async def list_payments(
         self,

@@ -57,6 +57,22 @@ async def test_deposit_reaches_completed_and_credits_the_wallet(suite: Suite, re
             (2, P.PAYMENT_STATUS_PENDING),
             (3, P.PAYMENT_STATUS_COMPLETED),
         ]
+        # The audit trail: every saga step and transition, in order (seed 004's success flow).
+        assert [(s.step, s.event_type) for s in history.steps] == list(
+            enumerate(
+                [
+                    "status.initiated",
+                    "charge.requested",
+                    "charge.accepted",
+                    "status.pending",
+                    "provider.charge_succeeded",
+                    "credit.completed",
+                    "status.completed",
+                ],
+                start=1,
+            )
+        )
+        assert history.steps[2].data["operation_id"] == done.gateway_operation_id
 
         # The same request again: the same payment, and no money moves twice.
         again = await c.payments.CreateDeposit(
@@ -206,6 +222,16 @@ async def test_a_charge_the_wallet_can_never_credit_turns_into_a_refund(suite: S
         )
         refunding = await wait_for_status(c, overflowing.payment_id, {P.PAYMENT_STATUS_REFUNDING})
         assert "wallet credit impossible" in refunding.failure_reason
+        trail = await c.payments.ListPaymentEvents(
+            P.ListPaymentEventsRequest(payment_id=overflowing.payment_id)
+        )
+        assert [s.event_type for s in trail.steps][-4:] == [
+            "provider.charge_succeeded",
+            "credit.failed",
+            "compensation.started",
+            "status.refunding",
+        ]
+        assert "LIMIT" in trail.steps[-3].error.upper()
         balance = await c.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id))
         assert balance.total == usd(2**63 - 1_000)
 

@@ -15,6 +15,7 @@ from payment_service.domain.model import (
     IdempotencyClaim,
     Payment,
     PaymentFilter,
+    PaymentStep,
     StatusChange,
 )
 from payment_service.service_layer.ports import AccountInfo, ChargeResult
@@ -29,13 +30,14 @@ class FakeStore:
         self.rows: dict[str, Payment] = {}
         self.seqs: dict[str, int] = {}
         self.history_rows: dict[str, list[StatusChange]] = {}
+        self.step_rows: dict[str, list[PaymentStep]] = {}
         self.processed: set[tuple[str, str]] = set()
         self.claims: dict[tuple[str, str], IdempotencyClaim] = {}
 
 
 def _stored(payment: Payment) -> Payment:
     stored = copy.deepcopy(payment)
-    stored.new_changes, stored._events = [], []
+    stored.new_changes, stored.new_steps, stored._events = [], [], []
     return stored
 
 
@@ -81,12 +83,14 @@ class TrackingStore:
             return
         expected = payment.version - len(payment.new_changes)
         current = self._added.get(payment.payment_id) or self._store.rows.get(payment.payment_id)
-        if current is None or current.version != expected:
+        expected_steps = payment.steps - len(payment.new_steps)
+        if current is None or (current.version, current.steps) != (expected, expected_steps):
             raise ConcurrentUpdate(f"payment {payment.payment_id} changed concurrently")
         self._stage(payment)
 
     def _stage(self, payment: Payment) -> None:
         changes, payment.new_changes = payment.new_changes, []
+        steps, payment.new_steps = payment.new_steps, []
         stored = _stored(payment)
 
         def apply() -> None:
@@ -94,6 +98,7 @@ class TrackingStore:
             store.seqs.setdefault(stored.payment_id, len(store.seqs) + 1)
             store.rows[stored.payment_id] = stored
             store.history_rows.setdefault(stored.payment_id, []).extend(changes)
+            store.step_rows.setdefault(stored.payment_id, []).extend(steps)
 
         self._staged.append(apply)
 
@@ -109,6 +114,9 @@ class TrackingStore:
 
     async def history(self, payment_id: str) -> list[StatusChange]:
         return list(self._store.history_rows.get(payment_id, []))
+
+    async def steps(self, payment_id: str) -> list[PaymentStep]:
+        return list(self._store.step_rows.get(payment_id, []))
 
     async def list(
         self, *, account_id: str, limit: int, before_seq: int | None, where: PaymentFilter

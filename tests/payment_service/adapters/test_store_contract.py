@@ -15,6 +15,7 @@ from common.config import Settings
 from common.errors import ConcurrentUpdate
 from common.money import Money
 from payment_service.domain.model import (
+    ChargeAnswer,
     DepositRequest,
     IdempotencyClaim,
     Payment,
@@ -126,6 +127,27 @@ class StoreContract:
             (2, PaymentStatus.PENDING),
             (3, PaymentStatus.COMPLETED),
         ]
+
+    async def test_the_audit_trail_keeps_every_step_in_order(self, uow: UowFactory) -> None:
+        payment = await added(uow, deposit())
+        async with uow() as u:
+            loaded = await u.payments.get(payment.payment_id, for_update=True)
+            assert loaded is not None
+            loaded.record_charge_answer(ChargeAnswer.ACCEPTED, operation_id="op-1", reason="")
+            await u.payments.save(loaded)
+            await u.commit()
+        async with uow() as u:
+            steps = await u.payments.steps(payment.payment_id)
+            reloaded = await u.payments.get(payment.payment_id)
+        assert [(s.step, s.event_type) for s in steps] == [
+            (1, "status.initiated"),
+            (2, "charge.requested"),
+            (3, "charge.accepted"),
+            (4, "status.pending"),
+        ]
+        assert steps[2].data == {"operation_id": "op-1"}
+        assert reloaded is not None
+        assert reloaded.steps == 4
 
     async def test_an_event_is_marked_processed_once(self, uow: UowFactory) -> None:
         event_id = str(uuid.uuid4())
