@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Development-only Standard Webhooks secret shared by the simulator and the webhook adapter.
 # Deployments must set PAYSUITE_WEBHOOK_SECRET.
 DEV_WEBHOOK_SECRET = "whsec_cGF5c3VpdGUtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="  # noqa: S105 - public dev value
+# Development-only secret of the second simulator, which signs in Stripe's format.
+DEV_STRIPE_WEBHOOK_SECRET = "whsec_paysuite_development_stripe_format_secret"  # noqa: S105 - public dev value
+DEV_SECRETS = frozenset({DEV_WEBHOOK_SECRET, DEV_STRIPE_WEBHOOK_SECRET})
 
 ENDPOINTS_FILE = "endpoints.json"
 

@@ -28,6 +28,7 @@ async def test_create_charge_is_accepted_pending(start_sim: StartSim) -> None:
     assert charge["id"].startswith("ch_")
     assert charge == {
         "id": charge["id"],
+        "object": "charge",
         "status": "pending",
         "amount_minor": 1250,
         "currency": "EUR",
@@ -158,6 +159,7 @@ async def test_shutdown_cancels_background_work(
         webhook_url=receiver.url,
         settle_delay_ms=settle_delay_ms,
         webhook_secret=SecretStr(TEST_SECRET),
+        data_dir=None,
     )
     runner, port = await start(settings)
     async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as client:
