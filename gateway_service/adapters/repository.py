@@ -18,6 +18,7 @@ from common.db import unique_violation_is_conflict
 from common.money import Money
 from gateway_service.adapters import tables as t
 from gateway_service.domain.model import (
+    HistoryEntry,
     Operation,
     OperationKind,
     OperationStatus,
@@ -33,14 +34,29 @@ def _operation(row: Any) -> Operation:
         status=OperationStatus(row.status),
         amount=Money(row.amount_minor, row.currency),
         idempotency_key=row.idempotency_key,
-        payment_method=row.payment_method,
+        instrument=row.payment_method,
         reference=row.reference,
         provider=row.provider,
         provider_reference=row.provider_reference,
         failure_reason=row.failure_reason,
         version=row.version,
+        outcome_unknown=row.outcome_unknown,
+        parent_operation_id=(
+            str(row.parent_operation_id) if row.parent_operation_id is not None else None
+        ),
         created_at=row.created_at,
         updated_at=row.updated_at,
+    )
+
+
+def _history(row: Any) -> HistoryEntry:
+    return HistoryEntry(
+        status=OperationStatus(row.status),
+        provider=row.provider,
+        provider_reference=row.provider_reference or "",
+        failure_reason=row.failure_reason or "",
+        outcome_unknown=row.outcome_unknown,
+        recorded_at=row.recorded_at,
     )
 
 
@@ -65,6 +81,22 @@ class OperationRepository:
         )
         return await self._one(query, for_update=for_update)
 
+    async def refunded_minor(self, charge_operation_id: str) -> int:
+        query = select(func.coalesce(func.sum(t.operations.c.amount_minor), 0)).where(
+            t.operations.c.parent_operation_id == charge_operation_id,
+            t.operations.c.kind == OperationKind.REFUND.value,
+            t.operations.c.status != OperationStatus.FAILED.value,
+        )
+        return int((await self._conn.execute(query)).scalar_one())
+
+    async def history(self, operation_id: str) -> list[HistoryEntry]:
+        query = (
+            select(t.operation_history)
+            .where(t.operation_history.c.operation_id == operation_id)
+            .order_by(t.operation_history.c.history_id)
+        )
+        return [_history(row) for row in await self._conn.execute(query)]
+
     async def add(self, operation: Operation) -> None:
         async with unique_violation_is_conflict():
             row = (
@@ -75,6 +107,20 @@ class OperationRepository:
                 )
             ).one()
         operation.created_at, operation.updated_at = row.created_at, row.updated_at
+        await self._append_history(operation)
+
+    async def _append_history(self, operation: Operation) -> None:
+        await self._conn.execute(
+            insert(t.operation_history).values(
+                operation_id=operation.operation_id,
+                version=operation.version,
+                status=operation.status.value,
+                provider=operation.provider,
+                provider_reference=operation.provider_reference,
+                failure_reason=operation.failure_reason,
+                outcome_unknown=operation.outcome_unknown,
+            )
+        )
 
     async def save(self, operation: Operation) -> None:
         # The provider reference is unique: a clash means another operation claimed it.
@@ -85,14 +131,17 @@ class OperationRepository:
                     .where(t.operations.c.operation_id == operation.operation_id)
                     .values(
                         status=operation.status.value,
+                        provider=operation.provider,
                         provider_reference=operation.provider_reference,
                         failure_reason=operation.failure_reason,
                         version=operation.version,
+                        outcome_unknown=operation.outcome_unknown,
                         updated_at=func.now(),
                     )
                     .returning(t.operations.c.updated_at)
                 )
             ).scalar_one()
+        await self._append_history(operation)
 
     async def _one(self, query: Select[Any], *, for_update: bool) -> Operation | None:
         if for_update:
@@ -109,12 +158,14 @@ class OperationRepository:
             "amount_minor": operation.amount.amount_minor,
             "currency": operation.amount.currency,
             "idempotency_key": operation.idempotency_key,
-            "payment_method": operation.payment_method,
+            "payment_method": operation.instrument,
             "reference": operation.reference,
             "provider": operation.provider,
             "provider_reference": operation.provider_reference,
             "failure_reason": operation.failure_reason,
             "version": operation.version,
+            "outcome_unknown": operation.outcome_unknown,
+            "parent_operation_id": operation.parent_operation_id,
         }
 
 

@@ -4,18 +4,27 @@ Each database step runs in one unit of work (state change + outbox rows in one t
 A provider call never runs inside a transaction: the operation is committed as CREATED first,
 so a crash or timeout mid-call leaves a record that the same request (or the recovery worker)
 can pick up, and the provider's idempotency on our key makes asking again safe.
+
+Failover: a CREATED operation is moved to the next provider only while no provider can have
+acted on it (its breaker was open, the connection was refused, or it answered "not
+processed"). Once a provider may have acted (a timeout, a 5xx), the operation is bound to it
+and only that provider's answer settles it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
 
 from common.errors import (
+    DependencyUnavailable,
+    FailedPrecondition,
     FieldViolation,
     IdempotencyConflict,
     NotFound,
@@ -26,8 +35,11 @@ from common.errors import (
 from common.ids import parse_id
 from common.money import Money
 from common.uow import UnitOfWork as BaseUnitOfWork
+from gateway_service.domain import events
 from gateway_service.domain.model import (
     PROVIDER_EVENT_OUTCOMES,
+    UNSPECIFIED_FAILURE,
+    HistoryEntry,
     Operation,
     OperationKind,
     OperationStatus,
@@ -35,16 +47,24 @@ from gateway_service.domain.model import (
     ProviderEventStatus,
 )
 from gateway_service.domain.provider import (
-    ChargeInstruction,
-    ProviderAcceptance,
+    Instruction,
+    InstructionKind,
+    ProviderError,
+    ProviderNotProcessed,
     ProviderRejected,
     ProviderUnavailable,
+    ReportedStatus,
+    StatusReport,
 )
+from gateway_service.service_layer.breaker import BreakerSnapshot, Transition
+from gateway_service.service_layer.providers import GuardedProvider, ProviderRouter
 
 log = structlog.get_logger(__name__)
 
 # Providers commonly accept up to 255 characters for tokens and event ids.
 MAX_PROVIDER_FIELD = 255
+UNVERIFIED_WEBHOOK = "unverified_webhook"
+NOT_PROCESSED = "not_processed_by_provider"
 
 
 class OperationStore(Protocol):
@@ -56,6 +76,11 @@ class OperationStore(Protocol):
     async def find_by_provider_reference(
         self, provider: str, provider_reference: str, *, for_update: bool = False
     ) -> Operation | None: ...
+    async def refunded_minor(self, charge_operation_id: str) -> int:
+        """The amount of the charge's refunds that have not failed."""
+        ...
+
+    async def history(self, operation_id: str) -> list[HistoryEntry]: ...
     async def add(self, operation: Operation) -> None: ...
     async def save(self, operation: Operation) -> None: ...
 
@@ -84,19 +109,6 @@ class UnitOfWork(BaseUnitOfWork, Protocol):
     def provider_events(self) -> ProviderEventStore: ...
 
 
-class Provider(Protocol):
-    """A payment provider. Calls raise the gateway_service.domain.provider error family."""
-
-    @property
-    def name(self) -> str: ...
-
-    async def create_charge(self, instruction: ChargeInstruction) -> ProviderAcceptance: ...
-
-    def operation_id_in_event(self, raw_payload: bytes) -> str | None:
-        """Our operation id as the provider echoes it in an event body, if it does."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class ProviderEventReceipt:
     first_delivery: bool
@@ -105,36 +117,155 @@ class ProviderEventReceipt:
     status: ProviderEventStatus | None
 
 
+@dataclass(frozen=True, slots=True)
+class OpenRequest:
+    kind: OperationKind
+    idempotency_key: str
+    amount: Money
+    instrument: str
+    reference: str
+    parent_operation_id: str | None = None
+    # Only the charge's provider can refund it.
+    provider: str | None = None
+
+
+@dataclass
+class _Locks:
+    """Per-operation submission locks: two concurrent requests for one operation in this
+    process never ask two providers at once. (Across replicas the callers' own claim of the
+    saga step, and the providers' idempotency, keep this rare; see the closing note.)"""
+
+    held: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def of(self, operation_id: str) -> asyncio.Lock:
+        return self.held.setdefault(operation_id, asyncio.Lock())
+
+    def release(self, operation_id: str) -> None:
+        lock = self.held.get(operation_id)
+        if lock is not None and not lock.locked():
+            del self.held[operation_id]
+
+
 class GatewayService:
-    def __init__(self, *, uow: Callable[[], UnitOfWork], provider: Provider) -> None:
+    def __init__(
+        self,
+        *,
+        uow: Callable[[], UnitOfWork],
+        providers: ProviderRouter,
+        sync_not_found_grace_s: float = 60.0,
+    ) -> None:
         self._uow = uow
-        self._provider = provider
+        self._providers = providers
+        self._not_found_grace_s = sync_not_found_grace_s
+        self._locks = _Locks()
+        self._transitions: asyncio.Queue[Transition] = asyncio.Queue()
+
+    # -- money-moving requests ------------------------------------------------------------
 
     async def charge(
-        self, *, idempotency_key: str, amount: Money, payment_method: str, reference: str
+        self,
+        *,
+        idempotency_key: str,
+        amount: Money,
+        payment_method: str,
+        reference: str,
+        deadline: float | None = None,
     ) -> Operation:
-        """Asks the provider to charge `payment_method`; idempotent on `idempotency_key`.
+        """Asks a provider to charge `payment_method`; idempotent on `idempotency_key`.
 
-        Normally returns the operation PENDING. CREATED means the provider's answer is
-        unknown (it timed out or was unreachable): the caller may retry the same request.
+        Normally returns the operation PENDING. CREATED with `outcome_unknown` means the
+        provider did not answer in time: it may have charged, so nobody may assume otherwise.
+        Raises DependencyUnavailable when no provider could take it (nothing was charged).
         """
-        require(idempotency_key, "idempotency_key")
-        require(reference, "reference")
         require(payment_method, "payment_method", max_length=MAX_PROVIDER_FIELD)
-        operation = await retry_on_conflict(
-            lambda: self._record_charge(idempotency_key, amount, payment_method, reference)
+        request = OpenRequest(
+            OperationKind.CHARGE, idempotency_key, amount, payment_method, reference
         )
-        if operation.status is not OperationStatus.CREATED:
-            return operation
-        return await self._submit_charge(operation)
+        return await self._open(request, deadline)
+
+    async def payout(
+        self,
+        *,
+        idempotency_key: str,
+        amount: Money,
+        destination: str,
+        reference: str,
+        deadline: float | None = None,
+    ) -> Operation:
+        require(destination, "destination", max_length=MAX_PROVIDER_FIELD)
+        request = OpenRequest(OperationKind.PAYOUT, idempotency_key, amount, destination, reference)
+        return await self._open(request, deadline)
+
+    async def refund(
+        self,
+        *,
+        idempotency_key: str,
+        charge_operation_id: str,
+        amount: Money,
+        reference: str,
+        deadline: float | None = None,
+    ) -> Operation:
+        """Refunds (part of) a succeeded charge at the provider that took it."""
+        charge_id = parse_id(charge_operation_id, "charge_operation_id")
+        charge = await self.get_operation(charge_id)
+        _check_refundable(charge, amount)
+        request = OpenRequest(
+            OperationKind.REFUND,
+            idempotency_key,
+            amount,
+            charge.provider_reference or "",
+            reference,
+            parent_operation_id=charge.operation_id,
+            provider=charge.provider,
+        )
+        return await self._open(request, deadline)
 
     async def get_operation(self, operation_id: str) -> Operation:
         operation_id = parse_id(operation_id, "operation_id")
         async with self._uow() as uow:
             operation = await uow.operations.get(operation_id)
+            if operation is not None:
+                operation.history = await uow.operations.history(operation_id)
         if operation is None:
             raise NotFound("operation", operation_id)
         return operation
+
+    # -- asking the provider --------------------------------------------------------------
+
+    async def sync_operation(
+        self, operation_id: str, *, trigger: str = "", deadline: float | None = None
+    ) -> Operation:
+        """Asks the operation's provider what became of it and applies the answer through the
+        same state machine as a webhook. A terminal operation is not asked about again."""
+        if trigger not in ("", UNVERIFIED_WEBHOOK):
+            raise ValidationError(FieldViolation("trigger", f"unknown trigger {trigger!r}"))
+        operation = await self.get_operation(operation_id)
+        if trigger:
+            await self._record_rejected_webhook(operation)
+        if operation.status.is_terminal:
+            return operation
+        provider = self._providers.get(operation.provider)
+        try:
+            report = await provider.get_status(
+                InstructionKind(operation.kind.value),
+                idempotency_key=operation.idempotency_key,
+                provider_reference=operation.provider_reference or "",
+                deadline=deadline,
+            )
+        except ProviderError as exc:
+            raise DependencyUnavailable(f"cannot ask {operation.provider}: {exc}") from exc
+        log.info(
+            "operation.synced",
+            operation_id=operation.operation_id,
+            provider=operation.provider,
+            reported=report.status.value,
+        )
+        return await self._update(operation.operation_id, self._apply_report(report))
+
+    def provider_status(self) -> list[tuple[int, BreakerSnapshot]]:
+        return self._providers.status()
+
+    # -- provider events ------------------------------------------------------------------
 
     async def handle_provider_event(
         self,
@@ -146,10 +277,13 @@ class GatewayService:
         failure_reason: str,
         occurred_at: datetime | None,
         raw_payload: bytes,
+        operation_id: str = "",
+        amount: Money | None = None,
     ) -> ProviderEventReceipt:
         """Records a provider event once and applies what it says; idempotent on
         (provider, provider_event_id). An event we cannot match is kept, never dropped."""
-        self._check_provider(provider)
+        require(provider, "provider")
+        self._providers.get(provider)
         require(provider_event_id, "provider_event_id", max_length=MAX_PROVIDER_FIELD)
         require(event_type, "event_type")
         event = ProviderEvent(
@@ -160,24 +294,69 @@ class GatewayService:
             failure_reason=failure_reason,
             occurred_at=occurred_at,
             raw_payload=raw_payload,
+            operation_id=operation_id,
+            amount=amount,
         )
         return await retry_on_conflict(lambda: self._record_provider_event(event))
 
-    # -- charge ---------------------------------------------------------------------------
+    # -- breaker transitions --------------------------------------------------------------
 
-    async def _record_charge(
-        self, idempotency_key: str, amount: Money, payment_method: str, reference: str
-    ) -> Operation:
+    def on_breaker_transition(self, transition: Transition) -> None:
+        """Called by the breakers (synchronously); published by `publish_breaker_transitions`."""
+        log.warning(
+            "circuit_breaker.transition",
+            provider=transition.name,
+            from_state=transition.from_state.value,
+            to_state=transition.to_state.value,
+        )
+        self._transitions.put_nowait(transition)
+
+    async def publish_breaker_transitions(self, stop: asyncio.Event) -> None:
+        """Runs for the life of the service: every breaker transition becomes an event."""
+        sequence = 0
+        while not stop.is_set():
+            transition = await self._transitions.get()
+            sequence += 1
+            fact = _breaker_fact(transition, sequence)
+            try:
+                async with self._uow() as uow:
+                    uow.track(events.Facts(fact))
+                    await uow.commit()
+            except DependencyUnavailable:
+                # A breaker event is telemetry; losing one while the database is down must
+                # not stop the next from being published.
+                log.warning("circuit_breaker.event_lost", provider=transition.name)
+
+    # -- opening operations ---------------------------------------------------------------
+
+    async def _open(self, request: OpenRequest, deadline: float | None) -> Operation:
+        require(request.idempotency_key, "idempotency_key")
+        require(request.reference, "reference")
+        operation = await retry_on_conflict(lambda: self._record(request))
+        if operation.status is not OperationStatus.CREATED:
+            return operation
+        lock = self._locks.of(operation.operation_id)
+        try:
+            async with lock:
+                return await self._submit(operation.operation_id, deadline)
+        finally:
+            self._locks.release(operation.operation_id)
+
+    async def _record(self, request: OpenRequest) -> Operation:
         async with self._uow() as uow:
-            existing = await uow.operations.find_by_idempotency_key(idempotency_key)
+            existing = await uow.operations.find_by_idempotency_key(request.idempotency_key)
             if existing is not None:
-                return _replayed(existing, amount, payment_method, reference)
-            operation = Operation.charge(
-                idempotency_key=idempotency_key,
-                amount=amount,
-                payment_method=payment_method,
-                reference=reference,
-                provider=self._provider.name,
+                return _replayed(existing, request)
+            if request.parent_operation_id is not None:
+                await self._check_refund_total(uow, request)
+            operation = Operation.open(
+                kind=request.kind,
+                idempotency_key=request.idempotency_key,
+                amount=request.amount,
+                instrument=request.instrument,
+                reference=request.reference,
+                provider=request.provider or self._providers.in_order()[0].name,
+                parent_operation_id=request.parent_operation_id,
             )
             # A concurrent request with the same key makes this insert a ConcurrentUpdate;
             # retry_on_conflict then re-runs this step, which finds the winner's operation.
@@ -186,30 +365,63 @@ class GatewayService:
             await uow.commit()
             return operation
 
-    async def _submit_charge(self, operation: Operation) -> Operation:
-        instruction = ChargeInstruction(
-            idempotency_key=operation.idempotency_key,
-            amount=operation.amount,
-            payment_method=operation.payment_method,
-            reference=operation.operation_id,
-        )
-        try:
-            acceptance = await self._provider.create_charge(instruction)
-        except ProviderRejected as exc:
-            log.info("charge.rejected", operation_id=operation.operation_id, code=exc.code)
-            return await self._update(operation.operation_id, _rejection(exc.code))
-        except ProviderUnavailable as exc:
-            # Outcome unknown: the provider may have taken the charge. Failing it here could
-            # lose a real charge, so it stays CREATED until the provider says what happened.
-            log.warning(
-                "charge.outcome_unknown", operation_id=operation.operation_id, error=str(exc)
+    @staticmethod
+    async def _check_refund_total(uow: UnitOfWork, request: OpenRequest) -> None:
+        assert request.parent_operation_id is not None
+        # The charge's row lock orders concurrent refunds of one charge.
+        charge = await uow.operations.get(request.parent_operation_id, for_update=True)
+        if charge is None:
+            raise NotFound("operation", request.parent_operation_id)
+        refunded = await uow.operations.refunded_minor(charge.operation_id)
+        if refunded + request.amount.amount_minor > charge.amount.amount_minor:
+            raise FailedPrecondition(
+                f"refunds of {charge.operation_id} would exceed the {charge.amount} charged"
             )
-            return operation
-        return await self._update(
-            operation.operation_id, _acceptance(acceptance.provider_reference)
+
+    async def _submit(self, operation_id: str, deadline: float | None) -> Operation:
+        operation = await self._load(operation_id)
+        if operation.status is not OperationStatus.CREATED:
+            return operation  # settled meanwhile, e.g. by a webhook or a sync
+        last: ProviderNotProcessed | None = None
+        for provider in self._candidates(operation):
+            if provider.name != operation.provider:
+                operation = await self._update(operation_id, _route(provider.name))
+                if operation.provider != provider.name:
+                    return operation  # a provider may have acted meanwhile: stay with it
+            try:
+                acceptance = await provider.submit(_instruction(operation), deadline=deadline)
+            except ProviderRejected as exc:
+                log.info("operation.rejected", operation_id=operation_id, code=exc.code)
+                return await self._update(operation_id, _rejection(exc.code))
+            except ProviderNotProcessed as exc:
+                log.warning("operation.not_processed", provider=provider.name, error=str(exc))
+                last = exc
+                continue
+            except ProviderUnavailable as exc:
+                # The provider may have acted: failing the operation could lose real money,
+                # and asking another provider could move it twice. It waits for the answer.
+                log.warning("operation.outcome_unknown", operation_id=operation_id, error=str(exc))
+                return await self._update(operation_id, Operation.mark_unknown)
+            return await self._update(operation_id, _acceptance(acceptance.provider_reference))
+        raise DependencyUnavailable(
+            f"no provider could take the {operation.kind.value} now (nothing was moved): {last}"
         )
 
-    async def _update(self, operation_id: str, change: Callable[[Operation], bool]) -> Operation:
+    def _candidates(self, operation: Operation) -> list[GuardedProvider]:
+        if operation.kind is OperationKind.REFUND or not operation.may_fail_over:
+            return [self._providers.get(operation.provider)]
+        return self._providers.in_order()
+
+    async def _load(self, operation_id: str) -> Operation:
+        async with self._uow() as uow:
+            operation = await uow.operations.get(operation_id)
+        if operation is None:
+            raise NotFound("operation", operation_id)
+        return operation
+
+    async def _update(self, operation_id: str, change: Callable[[Operation], object]) -> Operation:
+        """Applies `change` under the operation's row lock; saved when it returns truthy."""
+
         async def attempt() -> Operation:
             async with self._uow() as uow:
                 operation = await uow.operations.get(operation_id, for_update=True)
@@ -223,12 +435,46 @@ class GatewayService:
 
         return await retry_on_conflict(attempt)
 
-    # -- provider events ------------------------------------------------------------------
+    def _apply_report(self, report: StatusReport) -> Callable[[Operation], bool]:
+        def apply(operation: Operation) -> bool:
+            if report.status is ReportedStatus.NOT_FOUND:
+                return self._not_found(operation)
+            outcome = ProviderEventStatus.IGNORED
+            if not operation.status.is_terminal or report.status is not ReportedStatus.PENDING:
+                outcome = operation.apply_provider_report(
+                    kind=operation.kind,
+                    status=OperationStatus(report.status.value),
+                    failure_reason=report.failure_reason,
+                    provider_event_id=f"sync:{operation.operation_id}:{operation.version}",
+                    provider_reference=report.provider_reference,
+                    amount=report.amount,
+                )
+            return outcome in _CHANGES_OPERATION
 
-    def _check_provider(self, provider: str) -> None:
-        require(provider, "provider")
-        if provider != self._provider.name:
-            raise ValidationError(FieldViolation("provider", f"unknown provider {provider!r}"))
+        return apply
+
+    def _not_found(self, operation: Operation) -> bool:
+        """The provider has no record of our request: it moved no money. Taken as final
+        only for an operation older than the grace period, so a request still in flight
+        to the provider is not failed under its feet."""
+        if operation.status is not OperationStatus.CREATED or operation.updated_at is None:
+            return False
+        age = (datetime.now(UTC) - operation.updated_at).total_seconds()
+        if age < self._not_found_grace_s:
+            return False
+        return operation.mark_rejected(NOT_PROCESSED)
+
+    async def _record_rejected_webhook(self, operation: Operation) -> None:
+        fact = events.WebhookRejected(
+            provider=operation.provider,
+            provider_event_id="",
+            event_type="",
+            operation_id=operation.operation_id,
+            outcome="invalid_signature",
+        )
+        async with self._uow() as uow:
+            uow.track(events.Facts(fact))
+            await uow.commit()
 
     async def _record_provider_event(self, event: ProviderEvent) -> ProviderEventReceipt:
         async with self._uow() as uow:
@@ -245,6 +491,7 @@ class GatewayService:
             if operation is not None and status in _CHANGES_OPERATION:
                 uow.track(operation)
                 await uow.operations.save(operation)
+            uow.track(events.Facts(_received(event, operation_id, status)))
             await uow.commit()
         _log_provider_event(event, operation, status)
         return ProviderEventReceipt(first_delivery=True, operation_id=operation_id, status=status)
@@ -258,44 +505,74 @@ class GatewayService:
         operation = await self._match(uow, event)
         if operation is None:
             return None, ProviderEventStatus.UNMATCHED
-        kind, outcome = meaning
-        status = operation.apply_provider_outcome(
+        kind, status = meaning
+        outcome = operation.apply_provider_report(
             kind=kind,
-            outcome=outcome,
+            status=status,
             failure_reason=event.failure_reason,
             provider_event_id=event.provider_event_id,
             provider_reference=event.provider_reference,
+            amount=event.amount,
         )
-        return operation, status
+        return operation, outcome
 
     async def _match(self, uow: UnitOfWork, event: ProviderEvent) -> Operation | None:
-        if not event.provider_reference:
-            return None
-        operation = await uow.operations.find_by_provider_reference(
-            event.provider, event.provider_reference, for_update=True
-        )
-        if operation is not None:
-            return operation
+        if event.provider_reference:
+            operation = await uow.operations.find_by_provider_reference(
+                event.provider, event.provider_reference, for_update=True
+            )
+            if operation is not None:
+                return operation
         # The provider's event can overtake our commit of its answer to the request: the
         # operation is then still CREATED, without a provider reference. The provider echoes
-        # our operation id, and the row lock orders us against that commit either way.
-        operation_id = self._provider.operation_id_in_event(event.raw_payload)
-        if operation_id is None:
+        # our operation id (the adapter parsed it), and the row lock orders us against that
+        # commit either way. A report naming an operation of another provider is not its own.
+        if not _is_uuid(event.operation_id):
             return None
-        operation = await uow.operations.get(operation_id, for_update=True)
+        operation = await uow.operations.get(event.operation_id, for_update=True)
         if operation is None or operation.provider != event.provider:
-            return None
-        if operation.provider_reference not in (None, event.provider_reference):
             return None
         return operation
 
 
-_CHANGES_OPERATION = frozenset({ProviderEventStatus.APPLIED, ProviderEventStatus.CONFLICT})
+_CHANGES_OPERATION = frozenset(
+    {ProviderEventStatus.APPLIED, ProviderEventStatus.CONFLICT, ProviderEventStatus.MISMATCH}
+)
 
 
-def _replayed(existing: Operation, amount: Money, payment_method: str, reference: str) -> Operation:
+def _is_uuid(value: str) -> bool:
+    try:
+        parse_id(value, "operation_id")
+    except ValidationError:
+        return False
+    return True
+
+
+def _check_refundable(charge: Operation, amount: Money) -> None:
+    if charge.kind is not OperationKind.CHARGE:
+        raise ValidationError(FieldViolation("charge_operation_id", "is not a charge"))
+    if charge.status is not OperationStatus.SUCCEEDED or not charge.provider_reference:
+        raise FailedPrecondition(f"charge {charge.operation_id} has not succeeded")
+    if amount.currency != charge.amount.currency:
+        raise ValidationError(FieldViolation("amount.currency", "must be the charge's currency"))
+
+
+def _instruction(operation: Operation) -> Instruction:
+    return Instruction(
+        kind=InstructionKind(operation.kind.value),
+        idempotency_key=operation.idempotency_key,
+        amount=operation.amount,
+        instrument=operation.instrument,
+        reference=operation.operation_id,
+    )
+
+
+def _replayed(existing: Operation, request: OpenRequest) -> Operation:
     if not existing.same_request(
-        kind=OperationKind.CHARGE, amount=amount, payment_method=payment_method, reference=reference
+        kind=request.kind,
+        amount=request.amount,
+        instrument=request.instrument,
+        reference=request.reference,
     ):
         raise IdempotencyConflict(
             f"idempotency_key {existing.idempotency_key!r} was already used for a different"
@@ -304,8 +581,12 @@ def _replayed(existing: Operation, amount: Money, payment_method: str, reference
     return existing
 
 
+def _route(provider: str) -> Callable[[Operation], bool]:
+    return lambda operation: operation.route_to(provider)
+
+
 def _rejection(code: str) -> Callable[[Operation], bool]:
-    return lambda operation: operation.mark_rejected(code)
+    return lambda operation: operation.mark_rejected(code or UNSPECIFIED_FAILURE)
 
 
 def _acceptance(provider_reference: str) -> Callable[[Operation], bool]:
@@ -313,7 +594,7 @@ def _acceptance(provider_reference: str) -> Callable[[Operation], bool]:
         changed = operation.mark_accepted(provider_reference)
         if not changed and operation.provider_reference not in (None, provider_reference):
             log.warning(
-                "charge.provider_reference_mismatch",
+                "operation.provider_reference_mismatch",
                 operation_id=operation.operation_id,
                 stored=operation.provider_reference,
                 answered=provider_reference,
@@ -321,6 +602,30 @@ def _acceptance(provider_reference: str) -> Callable[[Operation], bool]:
         return changed
 
     return accept
+
+
+def _received(
+    event: ProviderEvent, operation_id: str | None, status: ProviderEventStatus
+) -> events.WebhookRecorded:
+    return events.WebhookRecorded(
+        provider=event.provider,
+        provider_event_id=event.provider_event_id,
+        event_type=event.event_type,
+        operation_id=operation_id or "",
+        outcome=status.value,
+    )
+
+
+def _breaker_fact(transition: Transition, sequence: int) -> events.CircuitBreakerStateChanged:
+    return events.CircuitBreakerStateChanged(
+        provider=transition.name,
+        from_state=transition.from_state.value,
+        to_state=transition.to_state.value,
+        calls=transition.snapshot.calls,
+        failures=transition.snapshot.failures,
+        slow_calls=transition.snapshot.slow_calls,
+        sequence=sequence,
+    )
 
 
 def _log_provider_event(
@@ -335,10 +640,18 @@ def _log_provider_event(
     }
     if operation is not None:
         fields.update(operation_id=operation.operation_id, operation_status=operation.status.value)
-    if status is ProviderEventStatus.UNMATCHED:
+    if status in (ProviderEventStatus.UNMATCHED, ProviderEventStatus.MISMATCH):
         # Kept in provider_events with this status: reconciliation can still match it.
-        log.warning("provider_event.unmatched", **fields)
+        log.warning(f"provider_event.{status.value}", **fields)
     elif status is ProviderEventStatus.CONFLICT:
         log.warning("provider_event.conflict", **fields)
     else:
-        log.info("provider_event.recorded", **fields)
+        log.debug("provider_event.recorded", **fields)
+
+
+def monotonic_deadline(seconds_left: float | None, *, margin_s: float = 0.1) -> float | None:
+    """An absolute time.monotonic() deadline from a caller's remaining time, less a margin
+    for recording the answer."""
+    if seconds_left is None:
+        return None
+    return time.monotonic() + max(0.0, seconds_left - margin_s)

@@ -81,35 +81,39 @@ class GatewayServiceServicer:
     """
 
     def Charge(self, request, context):
-        """Asks the provider to take money from a payment method. Returns the operation, normally
-        PENDING: the outcome arrives as charge.succeeded / charge.failed.
+        """Asks a provider to take money from a payment method. Returns the operation, normally
+        PENDING: the outcome arrives as charge.succeeded / charge.failed. CREATED with
+        outcome_unknown means the provider did not answer in time: never assume it failed.
+        UNAVAILABLE when no provider could take it (nothing was charged; retry later).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Payout(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Asks a provider to send money to a destination; outcome as payout.succeeded / failed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Refund(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Refunds (part of) a succeeded charge, at the charge's provider; refund.succeeded / failed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetOperation(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The operation and its status history.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SyncOperation(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Asks the operation's provider for its status now and applies the answer through the
+        same state machine as a webhook (the recovery worker's tool for unknown outcomes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
