@@ -28,7 +28,7 @@ from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.config import Settings
+from common.config import ConfigError, Settings
 from gateway_service.webhook.payload import (
     MalformedWebhook,
     ProviderCallback,
@@ -292,14 +292,20 @@ def _health_probe(
 
 
 def _verifiers(settings: Settings) -> dict[str, Verifier]:
-    return {
-        config.name: verifier_for(
-            config.signature_format,
-            [secret.get_secret_value() for secret in config.webhook_secrets],
-            tolerance_s=settings.webhook_tolerance_s,
-        )
-        for config in settings.provider_configs()
-    }
+    verifiers: dict[str, Verifier] = {}
+    for config in settings.provider_configs():
+        try:
+            verifiers[config.name] = verifier_for(
+                config.signature_format,
+                [secret.get_secret_value() for secret in config.webhook_secrets],
+                tolerance_s=settings.webhook_tolerance_s,
+            )
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{config.name}: {exc} (PAYSUITE_WEBHOOK_SECRET,"
+                " PAYSUITE_PROVIDER_SECONDARY_WEBHOOK_SECRET or PAYSUITE_PROVIDERS)"
+            ) from None
+    return verifiers
 
 
 def create_app(
