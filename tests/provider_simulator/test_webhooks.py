@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 import pytest
+import stripe
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.provider_simulator.conftest import TEST_SECRET, ReceivedWebhook, Receiver, Sim, StartSim
@@ -150,3 +151,17 @@ async def test_redeliver_sends_the_same_event_again(sim: Sim, receiver: Receiver
     event = await sim.wait_for_event(event_id, lambda e: e["attempts"] == 2)
     assert event["state"] == "delivered"
     assert json.loads(again.body)["type"] == "charge.succeeded"
+
+
+async def test_a_stripe_format_instance_signs_what_stripes_library_verifies(
+    start_sim: StartSim, receiver: Receiver
+) -> None:
+    secret = "whsec_simulator_stripe_test"
+    sim = await start_sim(signature_format="stripe", webhook_secret=secret)
+    await sim.charge()
+
+    webhook = await receiver.next()
+
+    header = webhook.headers["stripe-signature"]
+    assert stripe.WebhookSignature.verify_header(webhook.body, header, secret, tolerance=300)
+    assert "webhook-signature" not in webhook.headers

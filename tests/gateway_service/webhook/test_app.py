@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+import stripe
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import SecretStr
@@ -526,3 +527,13 @@ async def test_the_public_development_secrets_are_refused_unless_allowed() -> No
 
     runner, _ = await start(settings.model_copy(update={"allow_dev_secrets": True}), "127.0.0.1:0")
     await runner.cleanup()
+
+
+async def test_a_header_from_stripes_own_library_is_accepted(post: Post, fake: FakeGateway) -> None:
+    body = event_body(type="charge.succeeded")
+    header = stripe.WebhookSignature.generate_signature_header(body.decode(), STRIPE_SECRET)
+
+    status, _ = await post(SECONDARY, body, {"stripe-signature": header})
+
+    assert status == 200
+    assert fake.received[0].provider == "sim-secondary"
