@@ -220,10 +220,16 @@ async def _simulator_context(app: web.Application) -> AsyncIterator[None]:
         await simulator.close()
 
 
+async def _release_unanswered(app: web.Application) -> None:
+    # Before aiohttp waits for in-flight handlers: the ones the chaos holds end now.
+    app[SIMULATOR].release_unanswered()
+
+
 def create_app(settings: SimulatorSettings) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_simulator_context)
+    app.on_shutdown.append(_release_unanswered)
     for kind in KINDS:
         app.router.add_post(f"/v1/{kind}s", _operation_handler(kind))
         app.router.add_get(f"/v1/{kind}s", _lookup_handler(kind))

@@ -82,6 +82,7 @@ class Simulator:
         self._by_key = {(op.kind, op.idempotency_key): op for op in self.operations.values()}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
+        self._release = asyncio.Event()
         self.unanswered = 0
 
     @property
@@ -147,10 +148,13 @@ class Simulator:
         self.unanswered += 1
         try:
             async with asyncio.timeout(UNANSWERED_HOLD_S):
-                await self._closing.wait()
+                await self._release.wait()
         except TimeoutError:
             pass
         raise SimulatorError(504, "never_answered", "this request was never going to be answered")
+
+    def release_unanswered(self) -> None:
+        self._release.set()
 
     def redeliver(self, event_id: str) -> WebhookEvent | None:
         event = self.events.get(event_id)
@@ -162,6 +166,7 @@ class Simulator:
     async def close(self) -> None:
         """Cancel outstanding settlements and deliveries; the store resumes them on restart."""
         self._closing.set()
+        self._release.set()
         if self._tasks:
             log.info("simulator.pausing_tasks", count=len(self._tasks))
         for task in self._tasks:
