@@ -13,6 +13,7 @@ from rich.table import Table
 
 from common.cli import demo as demo_module
 from common.cli import inspect as inspect_module
+from common.cli import providers as providers_module
 from common.cli import supervisor
 from common.config import ConfigError, Settings, load_settings
 from common.embedded import start_embedded
@@ -23,6 +24,8 @@ payments = typer.Typer(help="Inspect payments.", no_args_is_help=True)
 events = typer.Typer(help="Inspect event streams.", no_args_is_help=True)
 app.add_typer(payments, name="payments")
 app.add_typer(events, name="events")
+app.command("providers")(providers_module.providers)
+app.add_typer(providers_module.sim, name="sim")
 console = Console()
 
 
