@@ -8,9 +8,10 @@ concurrent delivery of the same event waits on that key and then finds it taken.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy import Select, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -80,6 +81,28 @@ class OperationRepository:
             t.operations.c.provider_reference == provider_reference,
         )
         return await self._one(query, for_update=for_update)
+
+    async def lock_for_events(
+        self, references: Sequence[tuple[str, str]], operation_ids: Sequence[str]
+    ) -> list[Operation]:
+        """Every operation named by (provider, provider_reference) or by id, locked in
+        operation_id order: two transactions locking overlapping sets cannot deadlock."""
+        conditions = []
+        if references:
+            conditions.append(
+                tuple_(t.operations.c.provider, t.operations.c.provider_reference).in_(references)
+            )
+        if operation_ids:
+            conditions.append(t.operations.c.operation_id.in_(operation_ids))
+        if not conditions:
+            return []
+        query = (
+            select(t.operations)
+            .where(or_(*conditions))
+            .order_by(t.operations.c.operation_id)
+            .with_for_update()
+        )
+        return [_operation(row) for row in await self._conn.execute(query)]
 
     async def refunded_minor(self, charge_operation_id: str) -> int:
         query = select(func.coalesce(func.sum(t.operations.c.amount_minor), 0)).where(
@@ -173,49 +196,46 @@ class ProviderEventRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def claim(self, event: ProviderEvent) -> bool:
-        # Inserted as unmatched and resolved in the same transaction, so no reader ever
-        # sees the interim status. DO NOTHING makes a repeat delivery a no-op, not an error.
+    async def recorded(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        """Which of these (provider, provider_event_id) are recorded, with their operation."""
+        if not keys:
+            return {}
+        c = t.provider_events.c
+        query = select(c.provider, c.provider_event_id, c.operation_id).where(
+            tuple_(c.provider, c.provider_event_id).in_(keys)
+        )
+        return {
+            (row.provider, row.provider_event_id): (
+                str(row.operation_id) if row.operation_id is not None else None
+            )
+            for row in await self._conn.execute(query)
+        }
+
+    async def record(
+        self, records: Sequence[tuple[ProviderEvent, str | None, ProviderEventStatus]]
+    ) -> set[tuple[str, str]]:
+        """Inserts the events with what became of them; returns the keys it inserted. A key
+        a concurrent transaction inserted meanwhile waits for it, then is left out (DO NOTHING)."""
+        if not records:
+            return set()
         query = (
             pg_insert(t.provider_events)
             .values(
-                provider=event.provider,
-                provider_event_id=event.provider_event_id,
-                event_type=event.event_type,
-                provider_reference=event.provider_reference,
-                status=ProviderEventStatus.UNMATCHED.value,
-                occurred_at=event.occurred_at,
-                raw_payload=event.raw_payload,
+                [
+                    {
+                        "provider": event.provider,
+                        "provider_event_id": event.provider_event_id,
+                        "operation_id": operation_id,
+                        "event_type": event.event_type,
+                        "provider_reference": event.provider_reference,
+                        "status": status.value,
+                        "occurred_at": event.occurred_at,
+                        "raw_payload": event.raw_payload,
+                    }
+                    for event, operation_id, status in records
+                ]
             )
             .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
-            .returning(t.provider_events.c.provider_event_id)
+            .returning(t.provider_events.c.provider, t.provider_events.c.provider_event_id)
         )
-        return (await self._conn.execute(query)).first() is not None
-
-    async def operation_of(self, provider: str, provider_event_id: str) -> str | None:
-        operation_id = (
-            await self._conn.execute(
-                select(t.provider_events.c.operation_id).where(
-                    t.provider_events.c.provider == provider,
-                    t.provider_events.c.provider_event_id == provider_event_id,
-                )
-            )
-        ).scalar_one_or_none()
-        return str(operation_id) if operation_id is not None else None
-
-    async def resolve(
-        self,
-        provider: str,
-        provider_event_id: str,
-        *,
-        operation_id: str | None,
-        status: ProviderEventStatus,
-    ) -> None:
-        await self._conn.execute(
-            update(t.provider_events)
-            .where(
-                t.provider_events.c.provider == provider,
-                t.provider_events.c.provider_event_id == provider_event_id,
-            )
-            .values(operation_id=operation_id, status=status.value)
-        )
+        return {(row.provider, row.provider_event_id) for row in await self._conn.execute(query)}

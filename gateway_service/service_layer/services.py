@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -23,6 +23,7 @@ from typing import Protocol
 import structlog
 
 from common.errors import (
+    ConcurrentUpdate,
     DependencyUnavailable,
     FailedPrecondition,
     FieldViolation,
@@ -76,6 +77,12 @@ class OperationStore(Protocol):
     async def find_by_provider_reference(
         self, provider: str, provider_reference: str, *, for_update: bool = False
     ) -> Operation | None: ...
+    async def lock_for_events(
+        self, references: Sequence[tuple[str, str]], operation_ids: Sequence[str]
+    ) -> list[Operation]:
+        """The operations named by (provider, provider_reference) or id, locked in id order."""
+        ...
+
     async def refunded_minor(self, charge_operation_id: str) -> int:
         """The amount of the charge's refunds that have not failed."""
         ...
@@ -85,21 +92,19 @@ class OperationStore(Protocol):
     async def save(self, operation: Operation) -> None: ...
 
 
+EventKey = tuple[str, str]  # (provider, provider_event_id)
+EventRecord = tuple[ProviderEvent, str | None, ProviderEventStatus]
+
+
 class ProviderEventStore(Protocol):
-    async def claim(self, event: ProviderEvent) -> bool:
-        """Records the event as received; False if (provider, provider_event_id) already was.
-        A concurrent delivery of the same event waits for the first one's transaction."""
+    async def recorded(self, keys: Sequence[EventKey]) -> dict[EventKey, str | None]:
+        """Which of these events are already recorded, with the operation each matched."""
         ...
 
-    async def operation_of(self, provider: str, provider_event_id: str) -> str | None: ...
-    async def resolve(
-        self,
-        provider: str,
-        provider_event_id: str,
-        *,
-        operation_id: str | None,
-        status: ProviderEventStatus,
-    ) -> None: ...
+    async def record(self, records: Sequence[EventRecord]) -> set[EventKey]:
+        """Records events with what became of them; returns the keys it inserted. A key that
+        a concurrent transaction inserted waits for that one, and is then left out."""
+        ...
 
 
 class UnitOfWork(BaseUnitOfWork, Protocol):
@@ -146,6 +151,52 @@ class _Locks:
             del self.held[operation_id]
 
 
+Pending = tuple[ProviderEvent, "asyncio.Future[ProviderEventReceipt]"]
+
+
+class _Inbox:
+    """Coalesces concurrent provider events into one transaction each time round.
+
+    While a batch is being recorded, new events queue; the next batch takes them all (up to
+    `max_batch`). One commit, one lock statement and one insert then serve a whole batch, which
+    is what lets the gateway record webhooks faster than one transaction per webhook allows.
+    Each caller still gets its answer only after the commit that recorded its event.
+    """
+
+    def __init__(
+        self,
+        process: Callable[[list[ProviderEvent]], Awaitable[list[ProviderEventReceipt]]],
+        *,
+        max_batch: int = 256,
+    ) -> None:
+        self._process = process
+        self._max_batch = max_batch
+        self._queue: list[Pending] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, event: ProviderEvent) -> ProviderEventReceipt:
+        future: asyncio.Future[ProviderEventReceipt] = asyncio.get_running_loop().create_future()
+        self._queue.append((event, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain(), name="gateway provider events")
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            try:
+                receipts = await self._process([event for event, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), receipt in zip(batch, receipts, strict=True):
+                if not future.done():  # the caller may have given up (its deadline passed)
+                    future.set_result(receipt)
+
+
 class GatewayService:
     def __init__(
         self,
@@ -159,6 +210,7 @@ class GatewayService:
         self._not_found_grace_s = sync_not_found_grace_s
         self._locks = _Locks()
         self._transitions: asyncio.Queue[Transition] = asyncio.Queue()
+        self._inbox = _Inbox(self._record_batch)
 
     # -- money-moving requests ------------------------------------------------------------
 
@@ -297,7 +349,7 @@ class GatewayService:
             operation_id=operation_id,
             amount=amount,
         )
-        return await retry_on_conflict(lambda: self._record_provider_event(event))
+        return await self._inbox.submit(event)
 
     # -- breaker transitions --------------------------------------------------------------
 
@@ -476,37 +528,110 @@ class GatewayService:
             uow.track(events.Facts(fact))
             await uow.commit()
 
-    async def _record_provider_event(self, event: ProviderEvent) -> ProviderEventReceipt:
+    async def _record_batch(self, batch: list[ProviderEvent]) -> list[ProviderEventReceipt]:
+        return await retry_on_conflict(lambda: self._record_batch_once(batch))
+
+    async def _record_batch_once(self, batch: list[ProviderEvent]) -> list[ProviderEventReceipt]:
+        """Records each event once and applies what it says, in arrival order, in one unit of
+        work. Operations are locked before any event row is written, in id order, so batches
+        of several replicas cannot deadlock; an event recorded meanwhile is a duplicate."""
         async with self._uow() as uow:
-            if not await uow.provider_events.claim(event):
-                known = await uow.provider_events.operation_of(
-                    event.provider, event.provider_event_id
-                )
-                return ProviderEventReceipt(first_delivery=False, operation_id=known, status=None)
-            operation, status = await self._apply(uow, event)
-            operation_id = operation.operation_id if operation is not None else None
-            await uow.provider_events.resolve(
-                event.provider, event.provider_event_id, operation_id=operation_id, status=status
+            operations = await uow.operations.lock_for_events(
+                [(e.provider, e.provider_reference) for e in batch if e.provider_reference],
+                [e.operation_id for e in batch if _is_uuid(e.operation_id)],
             )
-            if operation is not None and status in _CHANGES_OPERATION:
+            known = await uow.provider_events.recorded(
+                [(e.provider, e.provider_event_id) for e in batch]
+            )
+            applied = _Application(operations, known)
+            receipts = [applied.apply(event) for event in batch]
+            inserted = await uow.provider_events.record(applied.records)
+            lost = applied.keys() - inserted
+            if any(applied.changed_by(key) for key in lost):
+                # Recorded by another transaction meanwhile; ours must not apply it twice.
+                raise ConcurrentUpdate("a provider event was recorded concurrently")
+            for operation in applied.changed.values():
                 uow.track(operation)
                 await uow.operations.save(operation)
-            uow.track(events.Facts(_received(event, operation_id, status)))
+            uow.track(events.Facts(*applied.facts(inserted)))
             await uow.commit()
-        _log_provider_event(event, operation, status)
-        return ProviderEventReceipt(first_delivery=True, operation_id=operation_id, status=status)
+        for event, matched, status in applied.outcomes:
+            _log_provider_event(event, matched, status)
+        return [
+            _repeat_if_lost(receipt, key, lost)
+            for receipt, key in zip(receipts, _keys(batch), strict=True)
+        ]
 
-    async def _apply(
-        self, uow: UnitOfWork, event: ProviderEvent
-    ) -> tuple[Operation | None, ProviderEventStatus]:
+
+_CHANGES_OPERATION = frozenset(
+    {ProviderEventStatus.APPLIED, ProviderEventStatus.CONFLICT, ProviderEventStatus.MISMATCH}
+)
+
+
+def _keys(batch: list[ProviderEvent]) -> list[EventKey]:
+    return [(event.provider, event.provider_event_id) for event in batch]
+
+
+def _repeat_if_lost(
+    receipt: ProviderEventReceipt, key: EventKey, lost: set[EventKey]
+) -> ProviderEventReceipt:
+    """A first delivery that another transaction recorded first is, in the end, a repeat."""
+    if receipt.first_delivery and key in lost:
+        return ProviderEventReceipt(False, receipt.operation_id, None)
+    return receipt
+
+
+class _Application:
+    """Applies one batch of provider events to the operations they name, in memory, in order:
+    a later event of the batch sees what an earlier one did."""
+
+    def __init__(self, operations: list[Operation], known: dict[EventKey, str | None]) -> None:
+        self._by_reference = {
+            (op.provider, op.provider_reference): op for op in operations if op.provider_reference
+        }
+        self._by_id = {op.operation_id: op for op in operations}
+        self._known = dict(known)
+        self.records: list[EventRecord] = []
+        self.changed: dict[str, Operation] = {}
+        self.outcomes: list[tuple[ProviderEvent, Operation | None, ProviderEventStatus]] = []
+        self._changing: set[EventKey] = set()
+
+    def apply(self, event: ProviderEvent) -> ProviderEventReceipt:
+        key = (event.provider, event.provider_event_id)
+        if key in self._known:
+            return ProviderEventReceipt(False, self._known[key], None)
+        operation, status = self._outcome(event)
+        operation_id = operation.operation_id if operation is not None else None
+        self._known[key] = operation_id
+        self.records.append((event, operation_id, status))
+        self.outcomes.append((event, operation, status))
+        if operation is not None and status in _CHANGES_OPERATION:
+            self.changed[operation.operation_id] = operation
+            self._changing.add(key)
+        return ProviderEventReceipt(True, operation_id, status)
+
+    def keys(self) -> set[EventKey]:
+        return {(event.provider, event.provider_event_id) for event, _, _ in self.records}
+
+    def changed_by(self, key: EventKey) -> bool:
+        return key in self._changing
+
+    def facts(self, inserted: set[EventKey]) -> list[events.WebhookRecorded]:
+        return [
+            _received(event, operation_id, status)
+            for event, operation_id, status in self.records
+            if (event.provider, event.provider_event_id) in inserted
+        ]
+
+    def _outcome(self, event: ProviderEvent) -> tuple[Operation | None, ProviderEventStatus]:
         meaning = PROVIDER_EVENT_OUTCOMES.get(event.event_type)
         if meaning is None:
             return None, ProviderEventStatus.IGNORED
-        operation = await self._match(uow, event)
+        operation = self._match(event)
         if operation is None:
             return None, ProviderEventStatus.UNMATCHED
         kind, status = meaning
-        outcome = operation.apply_provider_report(
+        return operation, operation.apply_provider_report(
             kind=kind,
             status=status,
             failure_reason=event.failure_reason,
@@ -514,30 +639,20 @@ class GatewayService:
             provider_reference=event.provider_reference,
             amount=event.amount,
         )
-        return operation, outcome
 
-    async def _match(self, uow: UnitOfWork, event: ProviderEvent) -> Operation | None:
+    def _match(self, event: ProviderEvent) -> Operation | None:
         if event.provider_reference:
-            operation = await uow.operations.find_by_provider_reference(
-                event.provider, event.provider_reference, for_update=True
-            )
+            operation = self._by_reference.get((event.provider, event.provider_reference))
             if operation is not None:
                 return operation
         # The provider's event can overtake our commit of its answer to the request: the
         # operation is then still CREATED, without a provider reference. The provider echoes
         # our operation id (the adapter parsed it), and the row lock orders us against that
         # commit either way. A report naming an operation of another provider is not its own.
-        if not _is_uuid(event.operation_id):
-            return None
-        operation = await uow.operations.get(event.operation_id, for_update=True)
+        operation = self._by_id.get(event.operation_id)
         if operation is None or operation.provider != event.provider:
             return None
         return operation
-
-
-_CHANGES_OPERATION = frozenset(
-    {ProviderEventStatus.APPLIED, ProviderEventStatus.CONFLICT, ProviderEventStatus.MISMATCH}
-)
 
 
 def _is_uuid(value: str) -> bool:
@@ -640,9 +755,12 @@ def _log_provider_event(
     }
     if operation is not None:
         fields.update(operation_id=operation.operation_id, operation_status=operation.status.value)
-    if status in (ProviderEventStatus.UNMATCHED, ProviderEventStatus.MISMATCH):
-        # Kept in provider_events with this status: reconciliation can still match it.
-        log.warning(f"provider_event.{status.value}", **fields)
+    if status is ProviderEventStatus.UNMATCHED:
+        # Kept in provider_events with this status (and its attention index): reconciliation
+        # can still match it. Debug, so a flood of them is not a flood of rendered log lines.
+        log.debug("provider_event.unmatched", **fields)
+    elif status is ProviderEventStatus.MISMATCH:
+        log.warning("provider_event.mismatch", **fields)
     elif status is ProviderEventStatus.CONFLICT:
         log.warning("provider_event.conflict", **fields)
     else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -104,6 +104,17 @@ class FakeOperations:
         )
         return _detached(found) if found else None
 
+    async def lock_for_events(
+        self, references: Sequence[tuple[str, str]], operation_ids: Sequence[str]
+    ) -> list[Operation]:
+        found = [
+            op
+            for op in self._staged.values()
+            if (op.provider, op.provider_reference) in set(references)
+            or op.operation_id in set(operation_ids)
+        ]
+        return [_detached(op) for op in sorted(found, key=lambda op: op.operation_id)]
+
     async def refunded_minor(self, charge_operation_id: str) -> int:
         return sum(
             op.amount.amount_minor
@@ -151,26 +162,19 @@ class FakeProviderEvents:
     def __init__(self, staged: dict[tuple[str, str], StoredProviderEvent]) -> None:
         self._staged = staged
 
-    async def claim(self, event: ProviderEvent) -> bool:
-        key = (event.provider, event.provider_event_id)
-        if key in self._staged:
-            return False
-        self._staged[key] = StoredProviderEvent(event, None, ProviderEventStatus.UNMATCHED)
-        return True
+    async def recorded(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        return {key: self._staged[key].operation_id for key in keys if key in self._staged}
 
-    async def operation_of(self, provider: str, provider_event_id: str) -> str | None:
-        return self._staged[(provider, provider_event_id)].operation_id
-
-    async def resolve(
-        self,
-        provider: str,
-        provider_event_id: str,
-        *,
-        operation_id: str | None,
-        status: ProviderEventStatus,
-    ) -> None:
-        stored = self._staged[(provider, provider_event_id)]
-        stored.operation_id, stored.status = operation_id, status
+    async def record(
+        self, records: Sequence[tuple[ProviderEvent, str | None, ProviderEventStatus]]
+    ) -> set[tuple[str, str]]:
+        inserted = set()
+        for event, operation_id, status in records:
+            key = (event.provider, event.provider_event_id)
+            if key not in self._staged:
+                self._staged[key] = StoredProviderEvent(event, operation_id, status)
+                inserted.add(key)
+        return inserted
 
 
 class FakeUnitOfWork:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -436,3 +437,24 @@ async def test_provider_events_are_validated(
 
     assert caught.value.violations[0].field == field
     assert fake_db.provider_events == {}
+
+
+async def test_concurrent_deliveries_are_recorded_in_one_batch_and_applied_once(
+    service: GatewayService, fake_db: FakeDatabase
+) -> None:
+    operation = await charge(service)
+
+    receipts = await asyncio.gather(
+        *(deliver(service, operation) for _ in range(5)),
+        deliver(service, operation, event_id="evt_2"),
+        deliver(service, provider_reference="ch_nobody", reference=new_id(), event_id="evt_3"),
+    )
+
+    assert [r.first_delivery for r in receipts] == [True, False, False, False, False, True, True]
+    assert [r.status for r in receipts[5:]] == [
+        ProviderEventStatus.DUPLICATE_OUTCOME,
+        ProviderEventStatus.UNMATCHED,
+    ]
+    assert statuses(fake_db) == ["pending", "succeeded"]
+    received = [e for e in fake_db.published if isinstance(e, events.WebhookRecorded)]
+    assert len(received) == 3
