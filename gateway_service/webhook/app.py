@@ -29,6 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.config import ConfigError, Settings
+from gateway_service.webhook import facade
 from gateway_service.webhook.payload import (
     MalformedWebhook,
     ProviderCallback,
@@ -41,6 +42,7 @@ from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
     from paysuite.gateway.v1.gateway_pb2_grpc import GatewayServiceAsyncStub
+    from paysuite.payment.v1.payment_pb2_grpc import PaymentServiceAsyncStub
 
 log = structlog.get_logger(__name__)
 
@@ -228,7 +230,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     request[REQUEST_ID] = request_id
     try:
         return await handler(request)
-    except WebhookError as exc:
+    except (WebhookError, facade.FacadeError) as exc:
         return _error_response(exc.status, exc.code, exc.message, exc.field)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -309,10 +311,13 @@ def _verifiers(settings: Settings) -> dict[str, Verifier]:
 
 
 def create_app(
-    settings: Settings, gateway: grpc.aio.Channel | GatewayServiceAsyncStub
+    settings: Settings,
+    gateway: grpc.aio.Channel | GatewayServiceAsyncStub,
+    payments: grpc.aio.Channel | PaymentServiceAsyncStub | None = None,
 ) -> web.Application:
-    """The adapter's app. A channel passed in stays the caller's to close. Raises
-    ConfigError for the public development secrets unless they are explicitly allowed."""
+    """The adapter's app, with the HTTP facade when given the payment service. Channels
+    passed in stay the caller's to close. Raises ConfigError for the public development
+    secrets unless they are explicitly allowed."""
     settings.check_no_dev_secrets()
     channel: grpc.aio.Channel | None = None
     if isinstance(gateway, grpc.aio.Channel):
@@ -336,6 +341,8 @@ def create_app(
     app.router.add_post("/webhooks/{provider}", receive_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if payments is not None:
+        facade.add_routes(app, payments)
     return app
 
 
@@ -349,14 +356,17 @@ async def start(settings: Settings, listen: str) -> tuple[web.AppRunner, int]:
     channel to the gateway. Returns the runner (`await runner.cleanup()` stops it, and
     closes the channel) and the bound port."""
     channel = grpc.aio.insecure_channel(settings.gateway_target)
+    payments = grpc.aio.insecure_channel(settings.payment_target)
     try:
-        app = create_app(settings, channel)
+        app = create_app(settings, channel, payments)
     except BaseException:
         await channel.close()
+        await payments.close()
         raise
 
     async def close_channel(_: web.Application) -> None:
         await channel.close()
+        await payments.close()
 
     app.on_cleanup.append(close_channel)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
