@@ -71,9 +71,12 @@ async def test_a_deposit_is_accepted_and_completes(
     )
     path = f"/transaction/{created['transaction_id']}/status"
     async with asyncio.timeout(15):
-        while (found := await call(http, "GET", path))[1]["status"] != "completed":
+        while True:
+            status, found = await call(http, "GET", path)
+            if found["status"] == "completed":
+                break
             await asyncio.sleep(0.1)
-    assert found[0] == 200
+    assert status == 200
 
 
 async def test_the_same_key_with_another_amount_is_409(
