@@ -28,12 +28,13 @@ def main() -> int:
     configure_logging(service="provider-simulator")
     try:
         asyncio.run(_run(settings))
-    except OSError as exc:  # typically the port is taken
-        print(
-            f"provider simulator cannot listen on {settings.listen_host}:{settings.listen_port}:"
-            f" {exc.strerror or exc}",
-            file=sys.stderr,
+    except OSError as exc:  # typically the port is taken, or the data folder is not writable
+        where = (
+            f"use {exc.filename}"
+            if exc.filename
+            else f"listen on {settings.listen_host}:{settings.listen_port}"
         )
+        print(f"provider simulator cannot {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

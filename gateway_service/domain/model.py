@@ -286,6 +286,8 @@ class Operation:
                 f"operation {self.operation_id} cannot move from {self.status} to {status}"
             )
         self.status = status
+        # The provider has answered now: whatever it was, the outcome is no longer unknown.
+        self.outcome_unknown = False
         if failure_reason:
             self.failure_reason = failure_reason
         self.version += 1

@@ -14,9 +14,10 @@ and only that provider's answer settles it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -134,21 +135,28 @@ class OpenRequest:
     provider: str | None = None
 
 
-@dataclass
 class _Locks:
     """Per-operation submission locks: two concurrent requests for one operation in this
     process never ask two providers at once. (Across replicas the callers' own claim of the
-    saga step, and the providers' idempotency, keep this rare; see the closing note.)"""
+    saga step, and the providers' idempotency, keep this rare; see gateway_service/README.md.)
+    A lock is forgotten when its last user leaves, so the table does not grow."""
 
-    held: dict[str, asyncio.Lock] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    def of(self, operation_id: str) -> asyncio.Lock:
-        return self.held.setdefault(operation_id, asyncio.Lock())
-
-    def release(self, operation_id: str) -> None:
-        lock = self.held.get(operation_id)
-        if lock is not None and not lock.locked():
-            del self.held[operation_id]
+    @contextlib.asynccontextmanager
+    async def hold(self, operation_id: str) -> AsyncIterator[None]:
+        lock, users = self._held.get(operation_id, (asyncio.Lock(), 0))
+        self._held[operation_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._held[operation_id]
+            if users == 1:
+                del self._held[operation_id]
+            else:
+                self._held[operation_id] = (lock, users - 1)
 
 
 Pending = tuple[ProviderEvent, "asyncio.Future[ProviderEventReceipt]"]
@@ -374,10 +382,10 @@ class GatewayService:
                 async with self._uow() as uow:
                     uow.track(events.Facts(fact))
                     await uow.commit()
-            except DependencyUnavailable:
-                # A breaker event is telemetry; losing one while the database is down must
+            except Exception:
+                # A breaker event is telemetry; losing one (the database is down, say) must
                 # not stop the next from being published.
-                log.warning("circuit_breaker.event_lost", provider=transition.name)
+                log.exception("circuit_breaker.event_lost", provider=transition.name)
 
     # -- opening operations ---------------------------------------------------------------
 
@@ -387,12 +395,8 @@ class GatewayService:
         operation = await retry_on_conflict(lambda: self._record(request))
         if operation.status is not OperationStatus.CREATED:
             return operation
-        lock = self._locks.of(operation.operation_id)
-        try:
-            async with lock:
-                return await self._submit(operation.operation_id, deadline)
-        finally:
-            self._locks.release(operation.operation_id)
+        async with self._locks.hold(operation.operation_id):
+            return await self._submit(operation.operation_id, deadline)
 
     async def _record(self, request: OpenRequest) -> Operation:
         async with self._uow() as uow:

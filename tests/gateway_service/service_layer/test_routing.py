@@ -242,6 +242,7 @@ async def test_sync_resolves_an_unknown_outcome_with_the_providers_answer(
     synced = await service.sync_operation(unknown.operation_id)
 
     assert synced.status is status
+    assert not synced.outcome_unknown  # the provider has answered
     if report.status is ReportedStatus.NOT_FOUND:
         assert synced.failure_reason == "not_processed_by_provider"
 
