@@ -138,9 +138,7 @@ def with_providers(settings: Settings, primary_url: str, secondary_url: str) -> 
     )
 
 
-async def start_simulators(
-    settings: Settings, webhook_base: str, ports: tuple[int, int]
-) -> list[web.AppRunner]:
+async def start_simulators(webhook_base: str, ports: tuple[int, int]) -> list[web.AppRunner]:
     from provider_simulator.app import start as start_simulator
     from provider_simulator.settings import SimulatorSettings
 
@@ -198,7 +196,7 @@ async def suite(migrated: Settings, redis: Redis) -> AsyncIterator[Suite]:
         webhook_runner, webhook_port = await start_webhook(settings, "127.0.0.1:0")
         runners.append(webhook_runner)
         webhook_base = f"http://127.0.0.1:{webhook_port}"
-        runners.extend(await start_simulators(settings, webhook_base, simulator_ports))
+        runners.extend(await start_simulators(webhook_base, simulator_ports))
         payment_target = await start(await payment.build(settings, "127.0.0.1:0"))
         settings = settings.model_copy(update={"payment_target": payment_target})
         yield Suite(

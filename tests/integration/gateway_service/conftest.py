@@ -121,7 +121,7 @@ async def rig(migrated: Settings) -> AsyncIterator[Rig]:
         webhook_runner, webhook_port = await start_webhook(settings, "127.0.0.1:0")
         runners.append(webhook_runner)
         webhook_base = f"http://127.0.0.1:{webhook_port}"
-        runners.extend(await start_simulators(settings, webhook_base, ports))
+        runners.extend(await start_simulators(webhook_base, ports))
         sims = Simulators(http, dict(zip(("sim-primary", "sim-secondary"), urls, strict=True)))
         await sims.reset()
         yield Rig(settings, gateway_pb2_grpc.GatewayServiceStub(channel), sims, webhook_base)
