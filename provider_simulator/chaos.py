@@ -28,7 +28,7 @@ class Chaos(BaseModel):
     # Share of webhooks held back for webhook_delay_ms before their first attempt.
     webhook_delay_rate: float = Field(default=0.0, ge=0, le=1)
     webhook_delay_ms: int = Field(default=2000, ge=0)
-    # Share of operations that also announce "<kind>.pending", delivered after their outcome.
+    # Share of operations that also announce "<kind>.processing", delivered after their outcome.
     webhook_reorder_rate: float = Field(default=0.0, ge=0, le=1)
     # Every request is answered 503, unprocessed, as during a provider outage.
     outage: bool = False

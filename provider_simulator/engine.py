@@ -1,6 +1,6 @@
 """The simulated provider itself: operations, settlement, chaos and event bookkeeping.
 
-Like a real PSP it answers `pending` at once and settles later, deduplicates on the
+Like a real PSP it answers `processing` at once and settles later, deduplicates on the
 idempotency key, and reports outcomes by signed webhooks delivered at least once. The `Chaos`
 knobs make it fail like one too: declines, 503s, requests taken but never answered, outages,
 and webhooks duplicated, delayed or reordered.
@@ -92,7 +92,7 @@ class Simulator:
     def resume(self) -> None:
         """After a restart: settle what was pending, deliver what was not delivered."""
         self._store.open()
-        pending = [op for op in self.operations.values() if op.status == "pending"]
+        pending = [op for op in self.operations.values() if op.status == "processing"]
         for operation in pending:
             self._spawn(self._settle(operation), f"settle {operation.id}")
         undelivered = [e for e in self.events.values() if e.state == "pending"]
@@ -197,7 +197,9 @@ class Simulator:
         log.info("operation.settled", id=operation.id, status=operation.status, reason=reason)
         outcome = self._record_event(operation, f"{operation.kind}.{operation.status}")
         reordered = self._dice.roll(self.chaos.webhook_reorder_rate)
-        earlier = self._record_event(operation, f"{operation.kind}.pending") if reordered else None
+        earlier = (
+            self._record_event(operation, f"{operation.kind}.processing") if reordered else None
+        )
         await self._send(outcome)
         if earlier is not None:
             await self._send(earlier)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Kind = Literal["charge", "payout", "refund"]
 KINDS: tuple[Kind, ...] = ("charge", "payout", "refund")
-OperationStatus = Literal["pending", "succeeded", "failed"]
+OperationStatus = Literal["processing", "succeeded", "failed"]
 DeliveryState = Literal["pending", "delivered", "failed"]
 
 ID_PREFIX: dict[Kind, str] = {"charge": "ch", "payout": "po", "refund": "re"}
@@ -70,7 +70,7 @@ class Operation:
     # The request as received, minus the idempotency key: a replay must match it exactly.
     request: dict[str, Any]
     created: int = field(default_factory=lambda: int(time.time()))
-    status: OperationStatus = "pending"
+    status: OperationStatus = "processing"
     failure_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:

@@ -140,7 +140,8 @@ def _failure(status: int, payload: bytes, headers: dict[str, str]) -> Exception:
 
 def _report(payload: dict[str, Any]) -> StatusReport:
     try:
-        status = ReportedStatus(str(payload.get("status")))
+        said = str(payload.get("status"))
+        status = ReportedStatus("pending" if said == "processing" else said)
         amount = Money(int(payload["amount_minor"]), str(payload["currency"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise ProviderUnavailable("the provider's status answer is malformed") from exc

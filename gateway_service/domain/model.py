@@ -325,9 +325,15 @@ class Operation:
 
 # What each provider event type we understand says about which kind of operation.
 PROVIDER_EVENT_OUTCOMES: dict[str, tuple[OperationKind, OperationStatus]] = {
-    f"{kind.value}.{status.value}": (kind, status)
+    f"{kind.value}.{said}": (kind, status)
     for kind in OperationKind
-    for status in (OperationStatus.PENDING, OperationStatus.SUCCEEDED, OperationStatus.FAILED)
+    for said, status in (
+        # Providers say "processing" (Stripe) or "pending"; to us both mean PENDING.
+        ("processing", OperationStatus.PENDING),
+        ("pending", OperationStatus.PENDING),
+        ("succeeded", OperationStatus.SUCCEEDED),
+        ("failed", OperationStatus.FAILED),
+    )
 }
 
 

@@ -1,6 +1,6 @@
 """The providers' webhook body, parsed only after its signature verified.
 
-    {"id": "evt_..", "type": "<charge|payout|refund>.<pending|succeeded|failed>",
+    {"id": "evt_..", "type": "<charge|payout|refund>.<processing|succeeded|failed>",
      "created": <unix seconds>,
      "data": {"id" | "charge_id", "reference", "amount_minor", "currency", "failure_reason"}}
 
@@ -22,7 +22,7 @@ MAX_AMOUNT_MINOR = 2**63 - 1
 KNOWN_EVENT_TYPES = frozenset(
     f"{kind}.{status}"
     for kind in ("charge", "payout", "refund")
-    for status in ("pending", "succeeded", "failed")
+    for status in ("processing", "pending", "succeeded", "failed")
 )
 
 

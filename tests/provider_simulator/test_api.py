@@ -18,7 +18,7 @@ async def test_healthz(sim: Sim) -> None:
     assert await sim.call("GET", "/healthz") == (200, {"status": "ok"})
 
 
-async def test_create_charge_is_accepted_pending(start_sim: StartSim) -> None:
+async def test_create_charge_is_accepted_processing(start_sim: StartSim) -> None:
     # A long settle delay keeps the charge pending for the whole test.
     sim = await start_sim(settle_delay_ms=60_000)
 
@@ -29,7 +29,7 @@ async def test_create_charge_is_accepted_pending(start_sim: StartSim) -> None:
     assert charge == {
         "id": charge["id"],
         "object": "charge",
-        "status": "pending",
+        "status": "processing",
         "amount_minor": 1250,
         "currency": "EUR",
         "reference": "pay_123",

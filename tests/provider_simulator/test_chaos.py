@@ -96,7 +96,7 @@ async def test_a_request_it_never_answers_was_still_processed(start_sim: StartSi
     await configure(sim, timeout_rate=0)
 
     status, found = await sim.call("GET", "/v1/charges?idempotency_key=k-lost")
-    assert (status, found["status"]) == (200, "pending")
+    assert (status, found["status"]) == (200, "processing")
     _, config = await sim.call("GET", "/_sim/config")
     assert config["unanswered_requests"] == 1
 
@@ -121,8 +121,8 @@ async def test_duplicated_and_reordered_webhooks(sim: Sim, receiver: Receiver) -
     await charge(sim)
     types = sorted([json.loads((await receiver.next()).body)["type"] for _ in range(3)])
 
-    # The outcome twice (same event id), then the pending event it overtook.
-    assert types == ["charge.pending", "charge.succeeded", "charge.succeeded"]
+    # The outcome twice (same event id), then the processing event it overtook.
+    assert types == ["charge.processing", "charge.succeeded", "charge.succeeded"]
 
 
 async def test_a_delayed_webhook_arrives_late(sim: Sim, receiver: Receiver) -> None:

@@ -75,7 +75,7 @@ async def test_settlement_waits_for_the_configured_delay(
     _, charge = await sim.charge()
 
     _, still = await sim.call("GET", f"/v1/charges/{charge['id']}")
-    assert still["status"] == "pending"
+    assert still["status"] == "processing"
     verified(await receiver.next())
 
 
