@@ -192,6 +192,13 @@ class OperationRepository:
         }
 
 
+_RECORD = (
+    pg_insert(t.provider_events)
+    .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
+    .returning(t.provider_events.c.provider, t.provider_events.c.provider_event_id)
+)
+
+
 class ProviderEventRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -218,24 +225,20 @@ class ProviderEventRepository:
         a concurrent transaction inserted meanwhile waits for it, then is left out (DO NOTHING)."""
         if not records:
             return set()
-        query = (
-            pg_insert(t.provider_events)
-            .values(
-                [
-                    {
-                        "provider": event.provider,
-                        "provider_event_id": event.provider_event_id,
-                        "operation_id": operation_id,
-                        "event_type": event.event_type,
-                        "provider_reference": event.provider_reference,
-                        "status": status.value,
-                        "occurred_at": event.occurred_at,
-                        "raw_payload": event.raw_payload,
-                    }
-                    for event, operation_id, status in records
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
-            .returning(t.provider_events.c.provider, t.provider_events.c.provider_event_id)
-        )
-        return {(row.provider, row.provider_event_id) for row in await self._conn.execute(query)}
+        # One cached statement, executed for many rows (SQLAlchemy's insertmanyvalues batches
+        # them into few round trips and still returns the inserted keys).
+        rows = [
+            {
+                "provider": event.provider,
+                "provider_event_id": event.provider_event_id,
+                "operation_id": operation_id,
+                "event_type": event.event_type,
+                "provider_reference": event.provider_reference,
+                "status": status.value,
+                "occurred_at": event.occurred_at,
+                "raw_payload": event.raw_payload,
+            }
+            for event, operation_id, status in records
+        ]
+        result = await self._conn.execute(_RECORD, rows)
+        return {(row.provider, row.provider_event_id) for row in result}

@@ -136,7 +136,7 @@ async def test_duplicated_delayed_and_reordered_webhooks_apply_once_and_never_re
 async def test_a_signed_webhook_with_the_wrong_amount_moves_no_money(rig: Rig) -> None:
     await rig.sims.configure("sim-primary", settle_delay_ms=60_000)
     charged = await rig.charge(key("mismatch"), amount_minor=200)
-    body = json.dumps(
+    body, headers = _signed_webhook(
         {
             "id": f"evt_forged_{uuid.uuid4().hex[:6]}",
             "type": "charge.succeeded",
@@ -149,15 +149,6 @@ async def test_a_signed_webhook_with_the_wrong_amount_moves_no_money(rig: Rig) -
             },
         }
     )
-    msg_id = json.loads(body)["id"]
-    now = int(time.time())
-    headers = {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(now),
-        "webhook-signature": Webhook(PRIMARY_SECRET).sign(
-            msg_id, datetime.fromtimestamp(now, UTC), body
-        ),
-    }
 
     async with (
         aiohttp.ClientSession() as http,
@@ -167,3 +158,49 @@ async def test_a_signed_webhook_with_the_wrong_amount_moves_no_money(rig: Rig) -
 
     operation = await rig.operation(charged.operation_id)
     assert operation.status == PENDING
+
+
+def _signed_webhook(event: dict[str, object]) -> tuple[str, dict[str, str]]:
+    body = json.dumps(event)
+    msg_id = str(event["id"])
+    now = int(time.time())
+    signature = Webhook(PRIMARY_SECRET).sign(msg_id, datetime.fromtimestamp(now, UTC), body)
+    return body, {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(now),
+        "webhook-signature": signature,
+    }
+
+
+async def test_concurrent_deliveries_of_one_webhook_are_recorded_once(rig: Rig) -> None:
+    await rig.sims.configure("sim-primary", settle_delay_ms=60_000)
+    charged = await rig.charge(key("concurrent"))
+    body, headers = _signed_webhook(
+        {
+            "id": f"evt_concurrent_{uuid.uuid4().hex[:6]}",
+            "type": "charge.succeeded",
+            "created": int(time.time()),
+            "data": {
+                "id": charged.provider_reference,
+                "reference": charged.operation_id,
+                "amount_minor": 1250,
+                "currency": "EUR",
+            },
+        }
+    )
+    url = f"{rig.webhook_base}/webhooks/sim-primary"
+
+    async with aiohttp.ClientSession() as http:
+
+        async def deliver() -> bool:
+            async with http.post(url, data=body, headers=headers) as response:
+                assert response.status == 200
+                answer = await response.json()
+                return bool(answer["duplicate"])
+
+        duplicates = await asyncio.gather(*(deliver() for _ in range(12)))
+
+    assert duplicates.count(False) == 1
+    operation = await rig.operation(charged.operation_id)
+    assert operation.status == SUCCEEDED
+    assert [h.status for h in operation.history].count(SUCCEEDED) == 1
