@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook
 
+from common import db
 from paysuite.gateway.v1 import gateway_pb2
 from tests.conftest import PRIMARY_SECRET
 from tests.integration.gateway_service.conftest import Rig
@@ -204,3 +206,52 @@ async def test_concurrent_deliveries_of_one_webhook_are_recorded_once(rig: Rig) 
     operation = await rig.operation(charged.operation_id)
     assert operation.status == SUCCEEDED
     assert [h.status for h in operation.history].count(SUCCEEDED) == 1
+
+
+async def test_an_unverifiable_webhook_syncs_its_operation_and_is_recorded_rejected(
+    rig: Rig,
+) -> None:
+    from gateway_service.bootstrap import DATABASE
+
+    charged = await rig.charge(key("forged"))
+    body = json.dumps(
+        {
+            "id": "evt_forged_sig",
+            "type": "charge.failed",
+            "created": int(time.time()),
+            "data": {"id": charged.provider_reference, "reference": charged.operation_id},
+        }
+    )
+    headers = {
+        "webhook-id": "evt_forged_sig",
+        "webhook-timestamp": str(int(time.time())),
+        "webhook-signature": "v1,Zm9yZ2Vk",
+    }
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{rig.webhook_base}/webhooks/sim-primary", data=body, headers=headers) as r,
+    ):
+        assert r.status == 401
+
+    engine = db.create_engine(DATABASE.url(rig.settings), pool_size=1)
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                async with engine.connect() as conn:
+                    rejected = (
+                        await conn.execute(
+                            text(
+                                "SELECT count(*) FROM outbox WHERE event_type = 'webhook.rejected'"
+                                " AND aggregate_id = :id"
+                            ),
+                            {"id": f"sim-primary:{charged.operation_id}"},
+                        )
+                    ).scalar_one()
+                if rejected:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await engine.dispose()
+    # Never applied: the forged "failed" did not fail the charge.
+    assert (await rig.operation(charged.operation_id)).status != FAILED
