@@ -12,10 +12,22 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from common.errors import ValidationError
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
+from common.grpc.errors import status_for
 from common.money import Money
-from gateway_service.domain.model import HistoryEntry, Operation, OperationKind, OperationStatus
-from gateway_service.service_layer.services import GatewayService, monotonic_deadline
+from gateway_service.domain.model import (
+    HistoryEntry,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    ProviderEvent,
+)
+from gateway_service.service_layer.services import (
+    GatewayService,
+    ProviderEventReceipt,
+    monotonic_deadline,
+)
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -77,6 +89,51 @@ def _wall_time(seconds: float) -> Timestamp:
     return stamp
 
 
+def _provider_event(request: gateway_pb2.HandleProviderEventRequest) -> ProviderEvent:
+    return ProviderEvent(
+        provider=request.provider,
+        provider_event_id=request.provider_event_id,
+        event_type=request.event_type,
+        provider_reference=request.provider_reference,
+        failure_reason=request.failure_reason,
+        occurred_at=(
+            request.occurred_at.ToDatetime(tzinfo=UTC) if request.HasField("occurred_at") else None
+        ),
+        raw_payload=request.raw_payload,
+        operation_id=request.operation_id,
+        amount=_amount(request) if request.HasField("amount") else None,
+    )
+
+
+def _provider_event_or_error(
+    request: gateway_pb2.HandleProviderEventRequest,
+) -> ProviderEvent | ValidationError:
+    # The one try in this module: in a batch, an event whose amount does not convert must get
+    # its own INVALID_ARGUMENT result, not fail the events that came with it.
+    try:
+        return _provider_event(request)
+    except ValidationError as exc:
+        return exc
+
+
+def _receipt_to_proto(receipt: ProviderEventReceipt) -> gateway_pb2.HandleProviderEventResponse:
+    return gateway_pb2.HandleProviderEventResponse(
+        first_delivery=receipt.first_delivery,
+        operation_id=receipt.operation_id or "",
+        outcome=receipt.status.value if receipt.status is not None else "",
+    )
+
+
+def _result_to_proto(
+    outcome: ProviderEventReceipt | ValidationError,
+) -> gateway_pb2.HandleProviderEventResult:
+    if isinstance(outcome, ValidationError):
+        return gateway_pb2.HandleProviderEventResult(
+            code=status_for(outcome).value[0], message=outcome.message
+        )
+    return gateway_pb2.HandleProviderEventResult(response=_receipt_to_proto(outcome))
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, service: GatewayService) -> None:
         self._service = service
@@ -133,25 +190,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def HandleProviderEvent(
         self, request: gateway_pb2.HandleProviderEventRequest, context: Context
     ) -> gateway_pb2.HandleProviderEventResponse:
+        event = _provider_event(request)
         receipt = await self._service.handle_provider_event(
-            provider=request.provider,
-            provider_event_id=request.provider_event_id,
-            event_type=request.event_type,
-            provider_reference=request.provider_reference,
-            failure_reason=request.failure_reason,
-            occurred_at=(
-                request.occurred_at.ToDatetime(tzinfo=UTC)
-                if request.HasField("occurred_at")
-                else None
-            ),
-            raw_payload=request.raw_payload,
-            operation_id=request.operation_id,
-            amount=_amount(request) if request.HasField("amount") else None,
+            provider=event.provider,
+            provider_event_id=event.provider_event_id,
+            event_type=event.event_type,
+            provider_reference=event.provider_reference,
+            failure_reason=event.failure_reason,
+            occurred_at=event.occurred_at,
+            raw_payload=event.raw_payload,
+            operation_id=event.operation_id,
+            amount=event.amount,
         )
-        return gateway_pb2.HandleProviderEventResponse(
-            first_delivery=receipt.first_delivery,
-            operation_id=receipt.operation_id or "",
-            outcome=receipt.status.value if receipt.status is not None else "",
+        return _receipt_to_proto(receipt)
+
+    async def HandleProviderEvents(
+        self, request: gateway_pb2.HandleProviderEventsRequest, context: Context
+    ) -> gateway_pb2.HandleProviderEventsResponse:
+        outcomes = await self._service.handle_provider_events(
+            [_provider_event_or_error(item) for item in request.events]
+        )
+        return gateway_pb2.HandleProviderEventsResponse(
+            results=[_result_to_proto(outcome) for outcome in outcomes]
         )
 
     async def GetProviderStatus(

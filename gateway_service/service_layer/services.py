@@ -342,10 +342,6 @@ class GatewayService:
     ) -> ProviderEventReceipt:
         """Records a provider event once and applies what it says; idempotent on
         (provider, provider_event_id). An event we cannot match is kept, never dropped."""
-        require(provider, "provider")
-        self._providers.get(provider)
-        require(provider_event_id, "provider_event_id", max_length=MAX_PROVIDER_FIELD)
-        require(event_type, "event_type")
         event = ProviderEvent(
             provider=provider,
             provider_event_id=provider_event_id,
@@ -357,7 +353,44 @@ class GatewayService:
             operation_id=operation_id,
             amount=amount,
         )
+        self._check_event(event)
         return await self._inbox.submit(event)
+
+    async def handle_provider_events(
+        self, batch: Sequence[ProviderEvent | ValidationError]
+    ) -> list[ProviderEventReceipt | ValidationError]:
+        """Several events at once, each as by handle_provider_event: an invalid one (or one
+        the transport could not even convert) gets its ValidationError in its place, the
+        others are recorded together. Raises when the valid ones could not be recorded."""
+        invalid = [
+            item if isinstance(item, ValidationError) else self._invalid(item) for item in batch
+        ]
+        valid = [
+            item
+            for item, error in zip(batch, invalid, strict=True)
+            if error is None and isinstance(item, ProviderEvent)
+        ]
+        outcomes = await asyncio.gather(
+            *(self._inbox.submit(event) for event in valid), return_exceptions=True
+        )
+        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failure is not None:
+            raise failure
+        receipts = iter(o for o in outcomes if isinstance(o, ProviderEventReceipt))
+        return [error if error is not None else next(receipts) for error in invalid]
+
+    def _check_event(self, event: ProviderEvent) -> None:
+        require(event.provider, "provider")
+        self._providers.get(event.provider)
+        require(event.provider_event_id, "provider_event_id", max_length=MAX_PROVIDER_FIELD)
+        require(event.event_type, "event_type")
+
+    def _invalid(self, event: ProviderEvent) -> ValidationError | None:
+        try:
+            self._check_event(event)
+        except ValidationError as exc:
+            return exc
+        return None
 
     # -- breaker transitions --------------------------------------------------------------
 

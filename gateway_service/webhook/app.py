@@ -81,32 +81,93 @@ class WebhookError(Exception):
         self.field = field
 
 
+Pending = tuple[gateway_pb2.HandleProviderEventRequest, "asyncio.Future[bool]"]
+
+
 class GatewayForwarder:
-    def __init__(self, stub: GatewayServiceAsyncStub, *, timeout_s: float) -> None:
+    """Hands events to the gateway. Concurrent webhooks are coalesced into one
+    HandleProviderEvents call (while one is in flight, the next gathers), each caller answered
+    from its own result; a gateway that does not know that call gets one call per event."""
+
+    def __init__(
+        self, stub: GatewayServiceAsyncStub, *, timeout_s: float, max_batch: int = 128
+    ) -> None:
         self._stub = stub
         self._timeout_s = timeout_s
+        self._max_batch = max_batch
+        self._batching = True
+        self._queue: list[Pending] = []
+        self._worker: asyncio.Task[None] | None = None
 
     async def forward(
         self, provider: str, callback: ProviderCallback, raw: bytes, *, request_id: str
     ) -> bool:
-        """Hands the event to the gateway; True when it had seen this event before."""
-        request = gateway_pb2.HandleProviderEventRequest(
-            provider=provider,
-            provider_event_id=callback.event_id,
-            event_type=callback.event_type,
-            provider_reference=callback.provider_reference,
-            failure_reason=callback.failure_reason,
-            occurred_at=Timestamp(seconds=callback.created),
-            raw_payload=raw,
-            operation_id=callback.operation_reference,
-        )
-        if callback.amount_minor is not None and callback.currency is not None:
-            request.amount.CopyFrom(
-                money_pb2.Money(amount_minor=callback.amount_minor, currency=callback.currency)
+        """Hands the event to the gateway; True when it had seen this event before. Returns
+        only once the gateway has durably recorded it."""
+        request = _forward_request(provider, callback, raw)
+        if not self._batching:
+            return await self._forward_one(request, request_id)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain(), name="webhook forwarding")
+        return await future
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            try:
+                await self._send(batch)
+            except Exception as exc:
+                # Never leave a caller waiting: each answers from this (as a 503, so the
+                # provider retries) through the error middleware.
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+
+    async def _send(self, batch: list[Pending]) -> None:
+        try:
+            response = await self._stub.HandleProviderEvents(
+                gateway_pb2.HandleProviderEventsRequest(events=[r for r, _ in batch]),
+                timeout=self._timeout_s,
             )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                # An older gateway during a rolling deploy: one call per event from now on.
+                self._batching = False
+                await asyncio.gather(*(self._settle_one(r, f) for r, f in batch))
+                return
+            failure = _rpc_failure(exc)
+            for _, future in batch:
+                _settle(future, failure)
+            return
+        for (_, future), result in zip(batch, response.results, strict=True):
+            if result.code == grpc.StatusCode.OK.value[0]:
+                _settle(future, not result.response.first_delivery)
+            else:
+                _settle(future, _failure(_code(result.code), result.message))
+
+    async def _settle_one(
+        self, request: gateway_pb2.HandleProviderEventRequest, future: asyncio.Future[bool]
+    ) -> None:
+        try:
+            _settle(future, await self._forward_one(request, ""))
+        except WebhookError as exc:
+            _settle(future, exc)
+
+    async def _forward_one(
+        self, request: gateway_pb2.HandleProviderEventRequest, request_id: str
+    ) -> bool:
+        metadata = (("x-request-id", request_id),) if request_id else ()
         try:
             response = await self._stub.HandleProviderEvent(
-                request, timeout=self._timeout_s, metadata=(("x-request-id", request_id),)
+                request, timeout=self._timeout_s, metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
             raise _rpc_failure(exc) from None
@@ -124,15 +185,54 @@ class GatewayForwarder:
             log.info("webhook.sync_failed", operation_id=operation_id, grpc_code=exc.code().name)
 
 
+def _settle(future: asyncio.Future[bool], outcome: bool | WebhookError) -> None:
+    if future.done():  # the caller went away (its client disconnected)
+        return
+    if isinstance(outcome, WebhookError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _forward_request(
+    provider: str, callback: ProviderCallback, raw: bytes
+) -> gateway_pb2.HandleProviderEventRequest:
+    request = gateway_pb2.HandleProviderEventRequest(
+        provider=provider,
+        provider_event_id=callback.event_id,
+        event_type=callback.event_type,
+        provider_reference=callback.provider_reference,
+        failure_reason=callback.failure_reason,
+        occurred_at=Timestamp(seconds=callback.created),
+        raw_payload=raw,
+        operation_id=callback.operation_reference,
+    )
+    if callback.amount_minor is not None and callback.currency is not None:
+        request.amount.CopyFrom(
+            money_pb2.Money(amount_minor=callback.amount_minor, currency=callback.currency)
+        )
+    return request
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _code(value: int) -> grpc.StatusCode:
+    return _CODES.get(value, grpc.StatusCode.UNKNOWN)
+
+
 def _rpc_failure(exc: grpc.aio.AioRpcError) -> WebhookError:
-    code = exc.code()
-    log.warning("webhook.forward_failed", grpc_code=code.name, details=exc.details())
+    log.warning("webhook.forward_failed", grpc_code=exc.code().name, details=exc.details())
+    return _failure(exc.code(), exc.details() or "")
+
+
+def _failure(code: grpc.StatusCode, details: str) -> WebhookError:
     if code in RETRY_LATER:
         return WebhookError(503, "gateway_unavailable", "the gateway is unavailable, retry later")
     if code in GATEWAY_FAULTS:
         return WebhookError(502, "gateway_error", "the gateway could not process the event")
     status = 400 if code is grpc.StatusCode.INVALID_ARGUMENT else 422
-    return WebhookError(status, code.name.lower(), exc.details() or code.name.lower())
+    return WebhookError(status, code.name.lower(), details or code.name.lower())
 
 
 class SyncLimiter:
@@ -336,6 +436,7 @@ def create_app(
 
     async def stop_syncs(_: web.Application) -> None:
         await syncer.close()
+        await forwarder.close()
 
     app.on_cleanup.append(stop_syncs)
     app.router.add_post("/webhooks/{provider}", receive_webhook)

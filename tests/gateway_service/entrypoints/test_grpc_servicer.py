@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -183,3 +183,36 @@ async def test_get_provider_status_lists_every_breaker_in_order(stub: Stub) -> N
         ("sim-primary", "closed", 0),
         ("sim-secondary", "closed", 1),
     ]
+
+
+async def test_handle_provider_events_answers_each_event_on_its_own(stub: Stub) -> None:
+    charged = await stub.Charge(charge_request())
+
+    def event(event_id: str, **changes: Any) -> gateway_pb2.HandleProviderEventRequest:
+        fields: dict[str, Any] = {
+            "provider": "sim-primary",
+            "provider_event_id": event_id,
+            "event_type": "charge.succeeded",
+            "provider_reference": charged.provider_reference,
+            "raw_payload": b"{}",
+            "operation_id": charged.operation_id,
+            **changes,
+        }
+        return gateway_pb2.HandleProviderEventRequest(**fields)
+
+    response = await stub.HandleProviderEvents(
+        gateway_pb2.HandleProviderEventsRequest(
+            events=[
+                event("evt_a"),
+                event("evt_b", provider="acme"),
+                event("evt_c", amount=money_pb2.Money(amount_minor=1, currency="ZZ")),
+                event("evt_a"),
+            ]
+        )
+    )
+
+    codes = [r.code for r in response.results]
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert codes == [0, invalid, invalid, 0]
+    assert [r.response.first_delivery for r in response.results] == [True, False, False, False]
+    assert response.results[0].response.outcome == "applied"

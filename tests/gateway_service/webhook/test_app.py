@@ -537,3 +537,65 @@ async def test_a_header_from_stripes_own_library_is_accepted(post: Post, fake: F
 
     assert status == 200
     assert fake.received[0].provider == "sim-secondary"
+
+
+class BatchingFakeGateway(FakeGateway):
+    """Also serves HandleProviderEvents, answering each event as HandleProviderEvent would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.item_codes: dict[str, grpc.StatusCode] = {}
+
+    async def HandleProviderEvents(
+        self,
+        request: gateway_pb2.HandleProviderEventsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> gateway_pb2.HandleProviderEventsResponse:
+        self.batches.append(len(request.events))
+        results = []
+        for event in request.events:
+            code = self.item_codes.get(event.provider_event_id)
+            if code is not None:
+                results.append(
+                    gateway_pb2.HandleProviderEventResult(code=code.value[0], message="scripted")
+                )
+                continue
+            first = all(r.provider_event_id != event.provider_event_id for r in self.received)
+            self.received.append(event)
+            results.append(
+                gateway_pb2.HandleProviderEventResult(
+                    response=gateway_pb2.HandleProviderEventResponse(first_delivery=first)
+                )
+            )
+        return gateway_pb2.HandleProviderEventsResponse(results=results)
+
+
+@pytest.fixture
+async def batching() -> AsyncIterator[tuple[BatchingFakeGateway, int]]:
+    fake = BatchingFakeGateway()  # type: ignore[abstract]
+    server = grpc.aio.server()
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield fake, port
+    await server.stop(None)
+
+
+async def test_concurrent_webhooks_reach_the_gateway_in_batches_each_with_its_answer(
+    start_webhook: StartWebhook, batching: tuple[BatchingFakeGateway, int]
+) -> None:
+    fake, port = batching
+    post = await start_webhook(settings_for(port))
+    fake.item_codes = {"evt_bad": grpc.StatusCode.INVALID_ARGUMENT}
+    bodies = [event_body(id=f"evt_{i}") for i in range(20)] + [event_body(id="evt_bad")]
+
+    answers = await asyncio.gather(
+        *(post(PRIMARY, body, signed(body, msg_id=json.loads(body)["id"])) for body in bodies)
+    )
+
+    assert [status for status, _ in answers] == [200] * 20 + [400]
+    assert answers[-1][1]["error"]["message"] == "scripted"
+    assert sum(fake.batches) == 21
+    assert len(fake.batches) < 21  # coalesced
+    assert {r.provider_event_id for r in fake.received} == {f"evt_{i}" for i in range(20)}

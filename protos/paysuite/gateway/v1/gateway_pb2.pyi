@@ -381,6 +381,77 @@ class HandleProviderEventResponse(_message.Message):
 Global___HandleProviderEventResponse: _TypeAlias = HandleProviderEventResponse  # noqa: Y015
 
 @_typing.final
+class HandleProviderEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___HandleProviderEventRequest]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___HandleProviderEventRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleProviderEventsRequest: _TypeAlias = HandleProviderEventsRequest  # noqa: Y015
+
+@_typing.final
+class HandleProviderEventResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """google.rpc.Code: 0 (OK) when recorded, else what HandleProviderEvent would have failed
+    this event with (e.g. 3, INVALID_ARGUMENT).
+    """
+    message: _builtins.str
+    @_builtins.property
+    def response(self) -> Global___HandleProviderEventResponse: ...
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        response: Global___HandleProviderEventResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleProviderEventResult: _TypeAlias = HandleProviderEventResult  # noqa: Y015
+
+@_typing.final
+class HandleProviderEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___HandleProviderEventResult]:
+        """One per request event, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___HandleProviderEventResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleProviderEventsResponse: _TypeAlias = HandleProviderEventsResponse  # noqa: Y015
+
+@_typing.final
 class GetProviderStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -67,6 +67,11 @@ class GatewayServiceStub:
                 request_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventRequest.SerializeToString,
                 response_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventResponse.FromString,
                 _registered_method=True)
+        self.HandleProviderEvents = channel.unary_unary(
+                '/paysuite.gateway.v1.GatewayService/HandleProviderEvents',
+                request_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventsRequest.SerializeToString,
+                response_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventsResponse.FromString,
+                _registered_method=True)
         self.GetProviderStatus = channel.unary_unary(
                 '/paysuite.gateway.v1.GatewayService/GetProviderStatus',
                 request_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.GetProviderStatusRequest.SerializeToString,
@@ -127,6 +132,15 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandleProviderEvents(self, request, context):
+        """Several callbacks at once (the webhook adapter coalesces concurrent ones), each handled as
+        by HandleProviderEvent and answered with its own result. UNAVAILABLE for the whole call
+        when the events could not be recorded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetProviderStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -165,6 +179,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.HandleProviderEvent,
                     request_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventRequest.FromString,
                     response_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventResponse.SerializeToString,
+            ),
+            'HandleProviderEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandleProviderEvents,
+                    request_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventsRequest.FromString,
+                    response_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventsResponse.SerializeToString,
             ),
             'GetProviderStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProviderStatus,
@@ -337,6 +356,33 @@ class GatewayService:
             '/paysuite.gateway.v1.GatewayService/HandleProviderEvent',
             paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventRequest.SerializeToString,
             paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandleProviderEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.gateway.v1.GatewayService/HandleProviderEvents',
+            paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventsRequest.SerializeToString,
+            paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,11 @@ class GatewayServiceStub:
     """Called by the webhook adapter with a provider callback whose signature it verified.
     Idempotent on (provider, provider_event_id).
     """
+    HandleProviderEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.HandleProviderEventsRequest, _gateway_pb2.HandleProviderEventsResponse]
+    """Several callbacks at once (the webhook adapter coalesces concurrent ones), each handled as
+    by HandleProviderEvent and answered with its own result. UNAVAILABLE for the whole call
+    when the events could not be recorded.
+    """
     GetProviderStatus: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetProviderStatusRequest, _gateway_pb2.GetProviderStatusResponse]
 
 @_typing.type_check_only
@@ -85,6 +90,11 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     HandleProviderEvent: _aio.UnaryUnaryMultiCallable[_gateway_pb2.HandleProviderEventRequest, _gateway_pb2.HandleProviderEventResponse]  # type: ignore[assignment]
     """Called by the webhook adapter with a provider callback whose signature it verified.
     Idempotent on (provider, provider_event_id).
+    """
+    HandleProviderEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.HandleProviderEventsRequest, _gateway_pb2.HandleProviderEventsResponse]  # type: ignore[assignment]
+    """Several callbacks at once (the webhook adapter coalesces concurrent ones), each handled as
+    by HandleProviderEvent and answered with its own result. UNAVAILABLE for the whole call
+    when the events could not be recorded.
     """
     GetProviderStatus: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetProviderStatusRequest, _gateway_pb2.GetProviderStatusResponse]  # type: ignore[assignment]
 
@@ -148,6 +158,17 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.HandleProviderEventResponse, _abc.Awaitable[_gateway_pb2.HandleProviderEventResponse]]:
         """Called by the webhook adapter with a provider callback whose signature it verified.
         Idempotent on (provider, provider_event_id).
+        """
+
+    @_abc_1.abstractmethod
+    def HandleProviderEvents(
+        self,
+        request: _gateway_pb2.HandleProviderEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.HandleProviderEventsResponse, _abc.Awaitable[_gateway_pb2.HandleProviderEventsResponse]]:
+        """Several callbacks at once (the webhook adapter coalesces concurrent ones), each handled as
+        by HandleProviderEvent and answered with its own result. UNAVAILABLE for the whole call
+        when the events could not be recorded.
         """
 
     @_abc_1.abstractmethod
