@@ -11,7 +11,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Select,
+    Text,
+    Uuid,
+    and_,
+    any_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -86,23 +99,20 @@ class OperationRepository:
         self, references: Sequence[tuple[str, str]], operation_ids: Sequence[str]
     ) -> list[Operation]:
         """Every operation named by (provider, provider_reference) or by id, locked in
-        operation_id order: two transactions locking overlapping sets cannot deadlock."""
-        conditions = []
-        if references:
-            conditions.append(
-                tuple_(t.operations.c.provider, t.operations.c.provider_reference).in_(references)
-            )
-        if operation_ids:
-            conditions.append(t.operations.c.operation_id.in_(operation_ids))
-        if not conditions:
+        operation_id order: two transactions locking overlapping sets cannot deadlock.
+
+        Arrays, not IN lists, so the statement text is the same for every batch size and
+        PostgreSQL's prepared statement is reused. Matching provider and reference separately
+        may lock a few rows too many (a reference of one provider equal to another's); the
+        caller matches exact pairs, and an extra lock is harmless."""
+        if not references and not operation_ids:
             return []
-        query = (
-            select(t.operations)
-            .where(or_(*conditions))
-            .order_by(t.operations.c.operation_id)
-            .with_for_update()
-        )
-        return [_operation(row) for row in await self._conn.execute(query)]
+        params = {
+            "providers": sorted({provider for provider, _ in references}),
+            "references": [reference for _, reference in references],
+            "ids": list(operation_ids),
+        }
+        return [_operation(row) for row in await self._conn.execute(_LOCK_FOR_EVENTS, params)]
 
     async def refunded_minor(self, charge_operation_id: str) -> int:
         query = select(func.coalesce(func.sum(t.operations.c.amount_minor), 0)).where(
@@ -192,6 +202,31 @@ class OperationRepository:
         }
 
 
+_TEXT_ARRAY = postgresql.ARRAY(Text)
+_LOCK_FOR_EVENTS = (
+    select(t.operations)
+    .where(
+        or_(
+            and_(
+                t.operations.c.provider == any_(bindparam("providers", type_=_TEXT_ARRAY)),
+                t.operations.c.provider_reference
+                == any_(bindparam("references", type_=_TEXT_ARRAY)),
+            ),
+            t.operations.c.operation_id
+            == any_(bindparam("ids", type_=postgresql.ARRAY(Uuid(as_uuid=False)))),
+        )
+    )
+    .order_by(t.operations.c.operation_id)
+    .with_for_update()
+)
+_RECORDED = select(
+    t.provider_events.c.provider,
+    t.provider_events.c.provider_event_id,
+    t.provider_events.c.operation_id,
+).where(
+    t.provider_events.c.provider == any_(bindparam("providers", type_=_TEXT_ARRAY)),
+    t.provider_events.c.provider_event_id == any_(bindparam("ids", type_=_TEXT_ARRAY)),
+)
 _RECORD = (
     pg_insert(t.provider_events)
     .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
@@ -207,15 +242,17 @@ class ProviderEventRepository:
         """Which of these (provider, provider_event_id) are recorded, with their operation."""
         if not keys:
             return {}
-        c = t.provider_events.c
-        query = select(c.provider, c.provider_event_id, c.operation_id).where(
-            tuple_(c.provider, c.provider_event_id).in_(keys)
-        )
+        params = {
+            "providers": sorted({provider for provider, _ in keys}),
+            "ids": [event_id for _, event_id in keys],
+        }
+        wanted = set(keys)
         return {
             (row.provider, row.provider_event_id): (
                 str(row.operation_id) if row.operation_id is not None else None
             )
-            for row in await self._conn.execute(query)
+            for row in await self._conn.execute(_RECORDED, params)
+            if (row.provider, row.provider_event_id) in wanted
         }
 
     async def record(
