@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -79,6 +79,17 @@ async def _closed_loop(
     return len(latencies), latencies, failures
 
 
+async def _ok(request: Any) -> bool:
+    """True for a 200; a refused or broken connection counts as a failure, not a crash."""
+    try:
+        async with request as response:
+            await response.read()
+            return bool(response.status == 200)
+    except aiohttp.ClientError:
+        await asyncio.sleep(0.01)  # do not spin on a server that is down
+        return False
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -101,14 +112,10 @@ async def measure(
 
         async def post_webhook() -> bool:
             body, headers = _webhook(signer)
-            async with session.post(webhook_url, data=body, headers=headers) as response:
-                await response.read()
-                return response.status == 200
+            return await _ok(session.post(webhook_url, data=body, headers=headers))
 
         async def get_healthz() -> bool:
-            async with session.get(healthz) as response:
-                await response.read()
-                return response.status == 200
+            return await _ok(session.get(healthz))
 
         await _closed_loop(post_webhook, duration_s=0.5, concurrency=4)  # warm-up
         started = time.perf_counter()
