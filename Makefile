@@ -4,12 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos/paysuite -name '*.proto' | sort)
-PY_PACKAGES := common payment_service wallet_service gateway_service recovery_worker provider_simulator
+PY_PACKAGES := common payment_service wallet_service gateway_service recovery_worker provider_simulator bench
 
-.PHONY: help install run test test-unit test-integration lint format typecheck protos protos-check clean
+.PHONY: help install run bench test test-unit test-integration lint format typecheck protos protos-check clean
 
 help:
 	@echo "make run          start the whole suite (embedded PostgreSQL + Redis unless PAYSUITE_*_URL set)"
+	@echo "make bench        throughput and latency on a fresh embedded suite (BENCH_ARGS=--quick)"
 	@echo "make test         unit + integration tests against real PostgreSQL, Redis and gRPC servers"
 	@echo "make lint         ruff check + format check"
 	@echo "make typecheck    mypy --strict on our packages"
@@ -26,6 +27,10 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/paysuite up
+
+# Never part of `make test`: it loads the machine for a few minutes.
+bench: $(STAMP)
+	$(BIN)/paysuite bench $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

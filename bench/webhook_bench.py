@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from bench.context import BenchContext
 from provider_simulator.signing import Signer
 
 
@@ -128,13 +129,30 @@ async def measure(
             get_healthz, duration_s=min(duration_s, 3.0), concurrency=concurrency
         )
         trivial_elapsed = time.perf_counter() - started
+    trivial_per_s = trivial / trivial_elapsed
     return {
         "webhooks_per_s": count / webhook_elapsed,
         "webhook_p50_ms": statistics.median(latencies) * 1000 if latencies else float("nan"),
         "webhook_p99_ms": _percentile(latencies, 0.99) * 1000,
         "webhook_failures": float(failures),
-        "trivial_http_per_s": trivial / trivial_elapsed,
+        "trivial_http_per_s": trivial_per_s,
+        # The key bench/figures.py compares webhooks_per_s with.
+        "http_trivial_per_s": trivial_per_s,
     }
+
+
+async def measure_in_bench(ctx: BenchContext) -> dict[str, float]:
+    """The `make bench` section: `Section("webhooks through the adapter into the gateway",
+    webhook_bench.measure_in_bench)` in bench/harness.py. Signs as the primary simulator."""
+    primary = ctx.settings.provider_configs()[0]
+    return await measure(
+        webhook_url=f"http://{ctx.settings.webhook_listen}/webhooks/{primary.name}",
+        signing=WebhookSigning(
+            primary.webhook_secrets[0].get_secret_value(), primary.signature_format
+        ),
+        duration_s=ctx.options.open_duration_s,
+        concurrency=ctx.options.clients,
+    )
 
 
 def main() -> None:

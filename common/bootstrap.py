@@ -3,17 +3,17 @@ Redis client, the outbox relay, readiness checks, and `python -m <service>` itse
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from redis.asyncio import Redis
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common import db
+from common import aio, db
 from common.config import ConfigError, Settings, load_settings
 from common.grpc.server import ServiceRuntime, run_until_signalled
 from common.logging import configure_logging
@@ -50,7 +50,7 @@ class Infra:
         return cls(
             settings=settings,
             database_url=url,
-            engine=db.create_engine(url),
+            engine=db.create_engine(url, pool_size=settings.db_pool_size),
             redis=Redis.from_url(settings.require_redis_url()),
         )
 
@@ -58,10 +58,11 @@ class Infra:
         return OutboxRelay(
             self.engine,
             self.redis,
-            listen_dsn=db.libpq_dsn(self.database_url),
             batch_size=self.settings.relay_batch_size,
             poll_interval_s=self.settings.relay_poll_interval_ms / 1000,
             stream_prefix=self.settings.stream_prefix,
+            retention=timedelta(seconds=self.settings.outbox_retention_s),
+            stream_retention=timedelta(seconds=self.settings.stream_retention_s),
         )
 
     def consumer(self, *, stream: str, group: str, handler: Handler) -> StreamConsumer:
@@ -73,6 +74,7 @@ class Infra:
             block_ms=self.settings.consumer_block_ms,
             claim_idle_ms=self.settings.consumer_claim_idle_ms,
             max_deliveries=self.settings.consumer_max_deliveries,
+            concurrency=self.settings.consumer_concurrency,
         )
 
     async def ping_database(self) -> None:
@@ -104,4 +106,4 @@ def serve_main(name: str, build: Builder, listen: Callable[[Settings], str]) -> 
         runtime = await build(settings, listen(settings))
         await run_until_signalled(runtime, grace=settings.shutdown_grace_s)
 
-    asyncio.run(main())
+    aio.run(main())

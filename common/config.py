@@ -107,11 +107,22 @@ class Settings(BaseSettings):
 
     # Deadline for calls between our own services.
     rpc_timeout_ms: int = Field(default=5000, gt=0)
-    relay_batch_size: int = Field(default=200, gt=0, le=10_000)
+    relay_batch_size: int = Field(default=500, gt=0, le=10_000)
     relay_poll_interval_ms: int = Field(default=1000, gt=0)
+    # Published outbox rows are kept this long (for forensics), then purged.
+    outbox_retention_s: int = Field(default=86_400, ge=0)
+    # Stream entries every consumer group has acknowledged are trimmed after this long.
+    stream_retention_s: int = Field(default=86_400, ge=0)
     consumer_block_ms: int = Field(default=1000, gt=0)
     consumer_claim_idle_ms: int = Field(default=30_000, gt=0)
     consumer_max_deliveries: int = Field(default=10, gt=0)
+    # Entries one consumer handles at once (different aggregates; one aggregate is serial).
+    # Each holds a database connection only while its transaction is open.
+    consumer_concurrency: int = Field(default=16, gt=0, le=1024)
+    # Connections per service process, shared by its consumers, relay and gRPC requests;
+    # sized so a service's consumers at full concurrency still leave room for requests
+    # (the pool may grow by half again in a burst).
+    db_pool_size: int = Field(default=16, gt=0, le=200)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

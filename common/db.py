@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import sqlalchemy.exc
@@ -19,9 +20,9 @@ from alembic.config import Config
 from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from common.errors import ConcurrentUpdate
+from common.errors import ConcurrentUpdate, DependencyUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -35,9 +36,19 @@ def libpq_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def create_engine(url: URL, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: URL, *, pool_size: int = 10, pool_timeout_s: float = 30.0) -> AsyncEngine:
+    # No pool_pre_ping: it costs a round trip per checkout on the hot path, and a connection
+    # that died meanwhile fails its first statement, which database_boundary turns into
+    # DependencyUnavailable (retried by the caller) while the pool discards the connection.
+    # A burst may take half as many again; waiting for a connection (up to pool_timeout_s,
+    # within the caller's deadline) is better than failing the request. Three services at
+    # the default size stay well inside PostgreSQL's default 100 connections.
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size // 2,
+        pool_timeout=pool_timeout_s,
+        pool_recycle=1800,
     )
 
 
@@ -78,11 +89,55 @@ def drop_database(url: URL) -> None:
 
 
 async def ping(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
+    async with database_boundary("ping"), engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
 
 
+# What "the database is unreachable" looks like from SQLAlchemy and psycopg: the server went
+# away (OperationalError, InterfaceError, a DBAPIError with connection_invalidated), the pool
+# has no connection to give (sqlalchemy.exc.TimeoutError), or the socket itself failed.
+_DATABASE_DOWN = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_database_down(exc: BaseException) -> bool:
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, _DATABASE_DOWN)
+
+
+@contextlib.asynccontextmanager
+async def database_boundary(what: str) -> AsyncIterator[None]:
+    """Translates an unreachable database into DependencyUnavailable, once, at the adapter
+    boundary: everything above waits and retries instead of failing a payment."""
+    try:
+        yield
+    except Exception as exc:
+        if is_database_down(exc):
+            raise DependencyUnavailable(f"database unavailable during {what}") from exc
+        raise
+
+
 UNIQUE_VIOLATION = "23505"
+
+# The driver connection under a SQLAlchemy connection, for the few hot statements that are
+# plain SQL (see payment_service.adapters.repository for what it saves).
+RawConnection = psycopg.AsyncConnection[Any]
+
+
+async def driver_connection(conn: AsyncConnection | RawConnection) -> RawConnection:
+    if isinstance(conn, psycopg.AsyncConnection):
+        return conn
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert isinstance(raw, psycopg.AsyncConnection)
+    return raw
 
 
 @contextlib.asynccontextmanager
@@ -95,3 +150,5 @@ async def unique_violation_is_conflict() -> AsyncIterator[None]:
         if getattr(exc.orig, "sqlstate", None) == UNIQUE_VIOLATION:
             raise ConcurrentUpdate("a concurrent request changed the same data") from exc
         raise
+    except psycopg.errors.UniqueViolation as exc:
+        raise ConcurrentUpdate("a concurrent request changed the same data") from exc

@@ -87,7 +87,7 @@ def start_embedded(data_dir: Path, *, keep_data: bool = True) -> EmbeddedServers
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _wait_for_redis(socket, process)
+    wait_for_redis(socket, process)
     servers = EmbeddedServers(
         data_dir=data_dir,
         database_url=postgres.get_uri(),
@@ -99,7 +99,7 @@ def start_embedded(data_dir: Path, *, keep_data: bool = True) -> EmbeddedServers
     return servers
 
 
-def _wait_for_redis(socket: Path, process: subprocess.Popen[bytes]) -> None:
+def wait_for_redis(socket: Path, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + REDIS_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -49,8 +49,21 @@ OUTBOX_DDL = (
 )
 
 
+# Revision 0002 of every service: the relay no longer listens (see common.outbox for why a
+# NOTIFY per commit was too dear), so the insert trigger goes.
+DROP_NOTIFY_DDL = (
+    "DROP TRIGGER IF EXISTS outbox_notify ON outbox",
+    "DROP FUNCTION IF EXISTS outbox_notify()",
+)
+
+
 def create_outbox_tables() -> None:
     for statement in OUTBOX_DDL:
+        op.execute(statement)
+
+
+def drop_outbox_notify() -> None:
+    for statement in DROP_NOTIFY_DDL:
         op.execute(statement)
 
 

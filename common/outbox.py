@@ -1,67 +1,110 @@
 """The transactional outbox: written in the business transaction, published by the relay.
 
 Relay contract (safe with any number of replicas, against every service database):
-- it claims unpublished rows with `FOR UPDATE SKIP LOCKED`, so replicas split the work and a
-  row whose transaction commits late is still unpublished, never skipped (no "id > last seen");
-- it XADDs them to their Redis stream and marks them published in the same database
-  transaction; a crash between the two republishes the batch, and consumers deduplicate on
-  event_id (at-least-once delivery, exactly-once effect);
-- it wakes on NOTIFY from an insert trigger and polls as a fallback, so a lost notification
-  (relay reconnecting) delays an event by at most one poll interval.
+- rows are split into `PARTITIONS` by a hash of their aggregate id; a relay publishes a
+  partition only while it holds that partition's transaction-scoped advisory lock, so at
+  most one relay at a time publishes each aggregate's events, and it publishes them in id
+  order. Rows of one aggregate are inserted in version order (each change waits for the
+  previous one's commit), so id order is per-aggregate order on the stream;
+- it reads unpublished rows (never "id > last seen"), so a row whose transaction commits
+  late is published later instead of being skipped;
+- it XADDs a batch to Redis and marks it published in the same database transaction; a crash
+  between the two republishes the batch with the same event ids, which consumers deduplicate
+  (at-least-once delivery, exactly-once effect);
+- it wakes as soon as a unit of work of its own process commits outbox rows, and polls
+  (every `poll_interval_s`) for rows written by other processes. Not LISTEN/NOTIFY: a NOTIFY
+  takes a cluster-wide lock from pre-commit to the end of the commit, which serialised every
+  business transaction (measured on the embedded server with 16 writers: 5,310 commits/s
+  plain, 1,179 with a NOTIFY each);
+- housekeeping: published rows are purged after `retention`, and each stream is trimmed
+  (XTRIM MINID) only below what every consumer group has acknowledged and older than the
+  stream retention, so an unread entry is never dropped. A stream that grows past
+  `stream_alarm_length` is logged as an alarm (and shown by `paysuite outbox status`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import random
+import time
 from collections.abc import Sequence
+from datetime import timedelta
 
-import psycopg
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from common.db import RawConnection, database_boundary, driver_connection
+from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
+from common.streams import redis_boundary
 
 log = structlog.get_logger(__name__)
 
-NOTIFY_CHANNEL = "paysuite_outbox"
-# Streams keep roughly this many entries; consumers that fall further behind than this are
-# a page-worthy incident anyway, and unbounded streams fill Redis memory.
-STREAM_MAXLEN = 1_000_000
+PARTITIONS = 16
+CONTENDED_RETRY_S = 0.02
+# First key of the relay's advisory locks (the second is the partition): "outb".
+LOCK_NAMESPACE = 0x6F757462
 
-_INSERT = text(
+_INSERT = (
     "INSERT INTO outbox (event_id, stream, event_type, aggregate_type, aggregate_id,"
-    " aggregate_version, envelope) VALUES (:event_id, :stream, :event_type, :aggregate_type,"
-    " :aggregate_id, :aggregate_version, :envelope)"
+    " aggregate_version, envelope) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
-_CLAIM = text(
+_LOCK_PARTITIONS = (
+    "SELECT coalesce(array_agg(part), '{}') FROM ("
+    " SELECT CAST((s + %(offset)s) %% %(n)s AS integer) AS part"
+    " FROM generate_series(0, CAST(%(n)s AS integer) - 1) AS s) AS candidates"
+    " WHERE pg_try_advisory_xact_lock(CAST(%(ns)s AS integer), part)"
+)
+_CLAIM = (
     "SELECT id, stream, event_id, event_type, aggregate_id, aggregate_version, envelope"
-    " FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+    " FROM outbox WHERE published_at IS NULL"
+    " AND (hashtext(aggregate_id) & 2147483647) %% CAST(%(n)s AS integer) = ANY(%(parts)s)"
+    " ORDER BY id LIMIT %(limit)s FOR UPDATE"
 )
-_MARK = text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)")
+_MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY(%s)"
+_PURGE = text(
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+    " WHERE published_at < now() - :retention LIMIT :limit)"
+)
 
 
-async def write_outbox(conn: AsyncConnection, events: Sequence[OutgoingEvent]) -> None:
-    """Adds events to the outbox inside the caller's open transaction."""
+# The relays running in this process, by the id of the engine they publish from.
+_RELAY_WAKERS: dict[int, set[asyncio.Event]] = {}
+
+
+def outbox_committed(engine: AsyncEngine) -> None:
+    """Called after a commit that wrote outbox rows: wakes this process's relay for them."""
+    for wake in _RELAY_WAKERS.get(id(engine), ()):
+        wake.set()
+
+
+async def write_outbox(
+    conn: AsyncConnection | RawConnection, events: Sequence[OutgoingEvent]
+) -> None:
+    """Adds events to the outbox inside the caller's open transaction (plain SQL on the driver
+    connection: it runs in every business transaction)."""
     if not events:
         return
-    await conn.execute(
-        _INSERT,
-        [
-            {
-                "event_id": e.envelope.event_id,
-                "stream": e.stream,
-                "event_type": e.envelope.event_type,
-                "aggregate_type": e.envelope.aggregate_type,
-                "aggregate_id": e.envelope.aggregate_id,
-                "aggregate_version": e.envelope.aggregate_version,
-                "envelope": e.envelope.SerializeToString(),
-            }
-            for e in events
-        ],
-    )
+    rows = [
+        (
+            e.envelope.event_id,
+            e.stream,
+            e.envelope.event_type,
+            e.envelope.aggregate_type,
+            e.envelope.aggregate_id,
+            e.envelope.aggregate_version,
+            e.envelope.SerializeToString(),
+        )
+        for e in events
+    ]
+    raw = await driver_connection(conn)
+    if len(rows) == 1:
+        await raw.execute(_INSERT, rows[0])
+    else:
+        async with raw.cursor() as cursor:
+            await cursor.executemany(_INSERT, rows)
 
 
 class OutboxRelay:
@@ -70,72 +113,145 @@ class OutboxRelay:
         engine: AsyncEngine,
         redis: Redis,
         *,
-        listen_dsn: str,
-        batch_size: int = 200,
+        batch_size: int = 500,
         poll_interval_s: float = 1.0,
         stream_prefix: str = "",
+        retention: timedelta = timedelta(hours=24),
+        stream_retention: timedelta = timedelta(hours=24),
+        stream_alarm_length: int = 1_000_000,
+        housekeeping_interval_s: float = 60.0,
     ) -> None:
         self._stream_prefix = stream_prefix
         self._engine = engine
         self._redis = redis
-        self._listen_dsn = listen_dsn
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
+        self._retention = retention
+        self._stream_retention = stream_retention
+        self._stream_alarm_length = stream_alarm_length
+        self._housekeeping_interval_s = housekeeping_interval_s
+        self._next_housekeeping = 0.0
+        self._streams: set[str] = set()
         self._wake = asyncio.Event()
+        # Another relay held some partitions at the last look: look again soon, since rows
+        # this process committed may sit in them.
+        self._contended = False
 
     async def publish_batch(self) -> int:
-        """Publishes up to one batch; returns how many events it published."""
-        async with self._engine.begin() as conn:
-            rows = (await conn.execute(_CLAIM, {"limit": self._batch_size})).all()
+        """Publishes up to one batch of the partitions it can lock; returns how many."""
+        async with database_boundary("outbox relay"), self._engine.begin() as conn:
+            raw = await driver_connection(conn)
+            offset = random.randrange(PARTITIONS)  # noqa: S311 - spreads replicas, not a secret
+            cursor = await raw.execute(
+                _LOCK_PARTITIONS, {"n": PARTITIONS, "ns": LOCK_NAMESPACE, "offset": offset}
+            )
+            parts = (await cursor.fetchone() or [[]])[0]
+            self._contended = len(parts) < PARTITIONS
+            if not parts:
+                return 0
+            cursor = await raw.execute(
+                _CLAIM, {"n": PARTITIONS, "parts": parts, "limit": self._batch_size}
+            )
+            rows = await cursor.fetchall()
             if not rows:
                 return 0
             pipe = self._redis.pipeline(transaction=False)
-            for row in rows:
+            for _id, stream, event_id, event_type, aggregate_id, version, envelope in rows:
+                stream = self._stream_prefix + stream
+                self._streams.add(stream)
                 pipe.xadd(
-                    self._stream_prefix + row.stream,
+                    stream,
                     {
-                        "event_id": str(row.event_id),
-                        "event_type": row.event_type,
-                        "aggregate_id": row.aggregate_id,
-                        "aggregate_version": str(row.aggregate_version),
-                        "envelope": bytes(row.envelope),
+                        "event_id": str(event_id),
+                        "event_type": event_type,
+                        "aggregate_id": aggregate_id,
+                        "aggregate_version": str(version),
+                        "envelope": bytes(envelope),
                     },
-                    maxlen=STREAM_MAXLEN,
-                    approximate=True,
                 )
-            await pipe.execute()
-            await conn.execute(_MARK, {"ids": [row.id for row in rows]})
+            async with redis_boundary("outbox publish"):
+                await pipe.execute()
+            await raw.execute(_MARK, ([row[0] for row in rows],))
         log.debug("outbox.published", count=len(rows))
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener = asyncio.create_task(self._listen(stop))
+        wakers = _RELAY_WAKERS.setdefault(id(self._engine), set())
+        wakers.add(self._wake)
         try:
             while not stop.is_set():
                 self._wake.clear()
                 try:
                     while await self.publish_batch() == self._batch_size:
                         pass
-                except Exception as exc:
-                    # Redis or PostgreSQL is down: the rows stay unpublished and are retried.
-                    log.warning("outbox.publish_failed", error=repr(exc))
-                await _wait_any(stop, self._wake, self._poll_interval_s)
+                    await self._housekeeping_when_due()
+                except DependencyUnavailable as exc:
+                    # The rows stay unpublished and are retried when the server is back.
+                    log.warning("outbox.publish_failed", error=str(exc))
+                wait = CONTENDED_RETRY_S if self._contended else self._poll_interval_s
+                await _wait_any(stop, self._wake, wait)
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            wakers.discard(self._wake)
 
-    async def _listen(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._listen_dsn, autocommit=True)
-                async with conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    async for _ in conn.notifies():
-                        self._wake.set()
-            except psycopg.Error as exc:
-                log.warning("outbox.listen_failed", error=repr(exc))
-                await _wait_any(stop, stop, self._poll_interval_s)
+    # -- housekeeping -------------------------------------------------------------------
+
+    async def _housekeeping_when_due(self) -> None:
+        if time.monotonic() < self._next_housekeeping:
+            return
+        self._next_housekeeping = time.monotonic() + self._housekeeping_interval_s
+        purged = await self.purge_published()
+        for stream in sorted(self._streams):
+            await self.trim_stream(stream)
+        if purged:
+            log.info("outbox.purged", count=purged)
+
+    async def purge_published(self, *, limit: int = 10_000) -> int:
+        """Deletes published rows older than the retention; returns how many."""
+        async with database_boundary("outbox purge"), self._engine.begin() as conn:
+            result = await conn.execute(_PURGE, {"retention": self._retention, "limit": limit})
+        return int(result.rowcount)
+
+    async def trim_stream(self, stream: str) -> int:
+        """Trims entries every group has acknowledged and that are older than the stream
+        retention; returns how many were removed. A stream without groups is left alone."""
+        async with redis_boundary("stream trim"):
+            floor = await acknowledged_floor(self._redis, stream)
+            length = int(await self._redis.xlen(stream))
+            if length > self._stream_alarm_length:
+                log.error("outbox.stream_too_long", stream=stream, length=length)
+            if floor is None:
+                return 0
+            oldest_kept_ms = int(time.time() * 1000 - self._stream_retention.total_seconds() * 1000)
+            minid = min(floor, (max(oldest_kept_ms, 0), 0))
+            trimmed = await self._redis.xtrim(
+                stream, minid=f"{minid[0]}-{minid[1]}", approximate=False
+            )
+            return int(trimmed)
+
+
+def _entry_id(value: bytes | str) -> tuple[int, int]:
+    raw = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = raw.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def acknowledged_floor(redis: Redis, stream: str) -> tuple[int, int] | None:
+    """The lowest entry id some consumer group may still need, or None without groups.
+
+    For each group that is its oldest pending entry or, with nothing pending, the last entry
+    it was given (kept, harmlessly, so the floor never passes an unread entry).
+    """
+    groups = await redis.xinfo_groups(stream)
+    if not groups:
+        return None
+    floors = []
+    for group in groups:
+        floor = _entry_id(group["last-delivered-id"])
+        if int(group["pending"]):
+            summary = await redis.xpending(stream, group["name"])
+            floor = min(floor, _entry_id(summary["min"]))
+        floors.append(floor)
+    return min(floors)
 
 
 async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:

@@ -2,52 +2,94 @@
 
 A handler does its effect and records the event id (see `mark_processed`) in ONE database
 transaction, then the consumer acknowledges. Redelivery after a crash is therefore harmless.
-Entries left pending by a dead consumer are reclaimed with XAUTOCLAIM once idle; an entry that
-keeps failing, or cannot even be parsed, is parked on `<stream>.dlq` and acknowledged, so one
-poison message cannot block a stream. A handler failing with DependencyUnavailable (the
-wallet is down, say) is never dead-lettered: the entry waits for the dependency.
+
+Throughput and order:
+- entries of different aggregates are handled concurrently, up to `concurrency` at once;
+  entries of one aggregate run one after another in stream order (each waits for the one
+  before it, and is left pending if that one did not succeed, so order survives a retry);
+- reading stops while `concurrency` entries are in flight (back-pressure), and acknowledgements
+  are sent in batches, together with the cleanup of their failure counters;
+- idle entries of dead consumers are reclaimed with XAUTOCLAIM on a timer, not before every
+  read; this consumer's own failed entries are re-read from its pending list after a backoff.
+
+Failures:
+- an entry that cannot be parsed is parked on `<stream>.dlq` at once;
+- a handler failure is counted in a Redis hash (not Redis' delivery counter, which also
+  counts redeliveries during outages); at `max_deliveries` the entry is parked, so one poison
+  message cannot block a stream;
+- DependencyUnavailable (a database, Redis or peer is down) and ConcurrentUpdate are "wait
+  and retry": never counted, never dead-lettered, however long the outage lasts. The
+  consumer backs off while they happen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import redis.exceptions
 import structlog
 from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.errors import DependencyUnavailable
+from common.db import RawConnection, driver_connection
+from common.errors import ConcurrentUpdate, DependencyUnavailable
 from common.events import dead_letter_stream
 from paysuite.events.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[events_pb2.EventEnvelope], Awaitable[None]]
+Entry = tuple[bytes, dict[bytes, bytes]]
 
-_MARK_PROCESSED = text(
-    "INSERT INTO processed_events (consumer, event_id) VALUES (:consumer, :event_id)"
-    " ON CONFLICT DO NOTHING"
+_MARK_PROCESSED = (
+    "INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 )
+# Worth waiting for rather than counting against the entry.
+_RETRY_LATER = (DependencyUnavailable, ConcurrentUpdate)
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+MIN_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 5.0
 
 
-async def mark_processed(conn: AsyncConnection, consumer: str, event_id: str) -> bool:
+async def mark_processed(
+    conn: AsyncConnection | RawConnection, consumer: str, event_id: str
+) -> bool:
     """Records the event as processed in the caller's transaction.
 
     Returns False when it was processed before: the caller must then skip its effect.
     """
-    result = await conn.execute(_MARK_PROCESSED, {"consumer": consumer, "event_id": event_id})
-    return bool(result.rowcount)
+    raw = await driver_connection(conn)
+    cursor = await raw.execute(_MARK_PROCESSED, (consumer, event_id))
+    return bool(cursor.rowcount)
 
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@contextlib.asynccontextmanager
+async def redis_boundary(what: str) -> AsyncIterator[None]:
+    """Redis being unreachable is an outage, not a bug: translated once, here."""
+    try:
+        yield
+    except _REDIS_DOWN as exc:
+        raise DependencyUnavailable(f"redis unavailable during {what}: {exc}") from exc
+
+
+@dataclass
+class _Outcome:
+    """What a batch of handled entries leaves to do on Redis, done in one round trip."""
+
+    ack: list[bytes] = field(default_factory=list)
+    park: list[tuple[bytes, dict[bytes, bytes], str]] = field(default_factory=list)
 
 
 class StreamConsumer:
@@ -61,7 +103,8 @@ class StreamConsumer:
         block_ms: int = 1000,
         claim_idle_ms: int = 30_000,
         max_deliveries: int = 10,
-        batch_size: int = 50,
+        batch_size: int = 100,
+        concurrency: int = 32,
         name: str | None = None,
     ) -> None:
         self._redis = redis
@@ -72,83 +115,241 @@ class StreamConsumer:
         self._claim_idle_ms = claim_idle_ms
         self._max_deliveries = max_deliveries
         self._batch_size = batch_size
+        self._concurrency = concurrency
         self.name = name or consumer_name()
+        self._failures_key = f"{stream}.{group}.failures"
+        # aggregate id -> the task handling its latest entry; a newer entry waits for it.
+        self._tails: dict[str, asyncio.Task[bool]] = {}
+        self._in_flight: set[bytes] = set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._outcome = _Outcome()
+        self._flush_wanted = asyncio.Event()
+        # Reclaiming from dead consumers runs on a timer; re-reading our own failed entries
+        # after a backoff that grows while failures continue.
+        self._claim_every_s = max(claim_idle_ms / 2000, 0.001)
+        self._next_claim = 0.0
+        self._claim_cursor = "0-0"
+        self._retry_own_at: float | None = None
+        self._backoff_s = MIN_BACKOFF_S
 
     async def ensure_group(self) -> None:
         # From the start of the stream: a group created after events were published still
         # sees them; deduplication makes reprocessing harmless.
-        try:
-            await self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        async with redis_boundary("XGROUP CREATE"):
+            try:
+                await self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    # -- running ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        flusher = asyncio.create_task(self._flush_loop(stop))
+        try:
+            while not stop.is_set():
+                try:
+                    await self.ensure_group()
+                    await self._read_loop(stop)
+                except DependencyUnavailable as exc:
+                    log.warning("stream.redis_unavailable", stream=self.stream, error=str(exc))
+                    await _sleep_unless(stop, 1.0)
+                except redis.exceptions.ResponseError as exc:
+                    # NOGROUP after the stream was deleted: recreate the group and go on.
+                    log.warning("stream.consume_failed", stream=self.stream, error=repr(exc))
+                    await _sleep_unless(stop, 1.0)
+        finally:
+            await self._drain()
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            with contextlib.suppress(DependencyUnavailable):
+                await self._flush()
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
-                await self.ensure_group()
-                while not stop.is_set():
-                    await self.poll_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("stream.consume_failed", stream=self.stream, error=repr(exc))
-                await asyncio.sleep(1.0)
+            await self._room.wait()
+            room = self._concurrency - len(self._in_flight)
+            for entry in await self._fetch(min(room, self._batch_size)):
+                self._dispatch(entry)
 
     async def poll_once(self) -> int:
-        """Reclaims idle entries, then reads new ones; returns how many it handled."""
-        claimed = await self._redis.xautoclaim(
-            self.stream, self.group, self.name, self._claim_idle_ms, "0-0", self._batch_size
-        )
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = list(claimed[1])
-        if not entries:
-            response: list[Any] = await self._redis.xreadgroup(  # type: ignore[assignment]
-                self.group,
-                self.name,
-                {self.stream: ">"},
-                count=self._batch_size,
-                block=self._block_ms,
-            )
-            for _stream, stream_entries in response or ():
-                entries.extend(stream_entries)
-        for entry_id, fields in entries:
-            if fields:  # a claimed entry trimmed from the stream arrives without fields
-                await self._handle(entry_id, fields)
-            else:
-                await self._redis.xack(self.stream, self.group, entry_id)
+        """Reads one batch, handles it to the end and acknowledges; returns its size."""
+        entries = await self._fetch(self._batch_size)
+        tasks = [task for entry in entries if (task := self._dispatch(entry)) is not None]
+        await asyncio.gather(*tasks)
+        await self._flush()
         return len(entries)
 
-    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _drain(self) -> None:
+        pending = list(self._tails.values())
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+
+    # -- fetching -------------------------------------------------------------------------
+
+    async def _fetch(self, count: int) -> list[Entry]:
+        now = time.monotonic()
+        if self._retry_own_at is not None and now >= self._retry_own_at:
+            self._retry_own_at = None
+            entries = await self._read("0", count, block=None)
+            if entries:
+                return entries
+        if now >= self._next_claim:
+            entries = await self._reclaim(count)
+            if entries:
+                return entries
+        return await self._read(">", count, block=self._block_ms)
+
+    async def _read(self, start: str, count: int, *, block: int | None) -> list[Entry]:
+        async with redis_boundary("XREADGROUP"):
+            response: list[Any] = await self._redis.xreadgroup(  # type: ignore[assignment]
+                self.group, self.name, {self.stream: start}, count=count, block=block
+            )
+        entries: list[Entry] = []
+        for _stream, stream_entries in response or ():
+            entries.extend(stream_entries)
+        return entries
+
+    async def _reclaim(self, count: int) -> list[Entry]:
+        async with redis_boundary("XAUTOCLAIM"):
+            claimed = await self._redis.xautoclaim(
+                self.stream, self.group, self.name, self._claim_idle_ms, self._claim_cursor, count
+            )
+        cursor = claimed[0].decode() if isinstance(claimed[0], bytes) else str(claimed[0])
+        self._claim_cursor = cursor
+        if cursor == "0-0":
+            self._next_claim = time.monotonic() + self._claim_every_s
+        return list(claimed[1])
+
+    # -- handling -------------------------------------------------------------------------
+
+    def _dispatch(self, entry: Entry) -> asyncio.Task[bool] | None:
+        entry_id, fields = entry
+        if entry_id in self._in_flight:
+            return None  # reclaimed from ourselves while still being handled
+        self._in_flight.add(entry_id)
+        if len(self._in_flight) >= self._concurrency:
+            self._room.clear()
+        key = _aggregate_key(entry_id, fields)
+        task = asyncio.create_task(self._run_after(self._tails.get(key), entry))
+        self._tails[key] = task
+        task.add_done_callback(lambda done: self._finished(key, entry_id, done))
+        return task
+
+    def _finished(self, key: str, entry_id: bytes, task: asyncio.Task[bool]) -> None:
+        self._in_flight.discard(entry_id)
+        if self._tails.get(key) is task:
+            del self._tails[key]
+        if len(self._in_flight) < self._concurrency:
+            self._room.set()
+
+    async def _run_after(self, previous: asyncio.Task[bool] | None, entry: Entry) -> bool:
+        """Handles `entry` once the entry before it of the same aggregate is done."""
+        if previous is not None and not await previous:
+            self._retry_soon(grow=False)
+            return False  # stays pending behind its predecessor, and is retried with it
+        entry_id, fields = entry
+        if not fields:  # a reclaimed entry trimmed from the stream arrives without fields
+            self._done(entry_id)
+            return True
+        return await self._handle(entry_id, fields)
+
+    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> bool:
         try:
             envelope = events_pb2.EventEnvelope.FromString(fields[b"envelope"])
         except (KeyError, DecodeError):
-            await self._park(entry_id, fields, "unparseable envelope")
-            return
-        bound = log.bind(stream=self.stream, event_id=envelope.event_id, type=envelope.event_type)
+            self._park(entry_id, fields, "unparseable envelope")
+            return True
         try:
             await self._handler(envelope)
-        except DependencyUnavailable as exc:
-            # Not the message's fault: keep it pending however long the outage lasts, rather
-            # than dead-lettering a perfectly good event after N quick failures.
-            bound.warning("stream.dependency_unavailable", error=str(exc))
-            return
+        except _RETRY_LATER as exc:
+            log.warning(
+                "stream.retry_later", stream=self.stream, event_id=envelope.event_id, error=str(exc)
+            )
+            self._retry_soon(grow=True)
+            return False
         except Exception as exc:
-            deliveries = await self._deliveries(entry_id)
-            if deliveries >= self._max_deliveries:
-                bound.error("stream.poison", deliveries=deliveries, error=repr(exc))
-                await self._park(entry_id, fields, repr(exc))
-            else:
-                bound.warning("stream.handler_failed", deliveries=deliveries, error=repr(exc))
+            return await self._failed(entry_id, fields, envelope, exc)
+        self._done(entry_id)
+        return True
+
+    async def _failed(
+        self,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        envelope: events_pb2.EventEnvelope,
+        exc: Exception,
+    ) -> bool:
+        bound = log.bind(stream=self.stream, event_id=envelope.event_id, type=envelope.event_type)
+        try:
+            async with redis_boundary("HINCRBY"):
+                failures = int(await self._redis.hincrby(self._failures_key, entry_id.decode()))
+        except DependencyUnavailable:
+            self._retry_soon(grow=True)
+            return False
+        if failures >= self._max_deliveries:
+            bound.error("stream.poison", failures=failures, error=repr(exc))
+            self._park(entry_id, fields, repr(exc))
+            return True
+        bound.warning("stream.handler_failed", failures=failures, error=repr(exc))
+        self._retry_soon(grow=True)
+        return False
+
+    def _retry_soon(self, *, grow: bool) -> None:
+        if self._retry_own_at is None:
+            self._retry_own_at = time.monotonic() + self._backoff_s
+        if grow:
+            self._backoff_s = min(self._backoff_s * 2, MAX_BACKOFF_S)
+
+    def _done(self, entry_id: bytes) -> None:
+        self._backoff_s = MIN_BACKOFF_S
+        self._outcome.ack.append(entry_id)
+        self._flush_wanted.set()
+
+    def _park(self, entry_id: bytes, fields: dict[bytes, bytes], error: str) -> None:
+        self._outcome.park.append((entry_id, fields, error))
+        self._outcome.ack.append(entry_id)
+        self._flush_wanted.set()
+
+    # -- acknowledging --------------------------------------------------------------------
+
+    async def _flush_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._flush_wanted.wait()
+            await asyncio.sleep(0.002)  # let the entries finishing right now join the batch
+            try:
+                await self._flush()
+            except DependencyUnavailable as exc:
+                log.warning("stream.ack_failed", stream=self.stream, error=str(exc))
+                await _sleep_unless(stop, 1.0)
+
+    async def _flush(self) -> None:
+        outcome, self._outcome = self._outcome, _Outcome()
+        self._flush_wanted.clear()
+        if not outcome.ack:
             return
-        await self._redis.xack(self.stream, self.group, entry_id)
+        pipe = self._redis.pipeline(transaction=False)
+        dlq = dead_letter_stream(self.stream)
+        for entry_id, fields, error in outcome.park:
+            pipe.xadd(dlq, self._parked(entry_id, fields, error))  # type: ignore[arg-type]
+        pipe.xack(self.stream, self.group, *outcome.ack)
+        pipe.hdel(self._failures_key, *(entry_id.decode() for entry_id in outcome.ack))
+        try:
+            async with redis_boundary("XACK"):
+                await pipe.execute()
+        except DependencyUnavailable:
+            # Nothing acknowledged: put it back; the effects are deduplicated anyway.
+            self._outcome.ack[:0] = outcome.ack
+            self._outcome.park[:0] = outcome.park
+            raise
+        for entry_id, _fields, _error in outcome.park:
+            log.error("stream.dead_lettered", stream=self.stream, entry_id=entry_id.decode())
 
-    async def _deliveries(self, entry_id: bytes) -> int:
-        pending: list[dict[str, Any]] = await self._redis.xpending_range(
-            self.stream, self.group, min=entry_id, max=entry_id, count=1
-        )
-        return int(pending[0]["times_delivered"]) if pending else 1
-
-    async def _park(self, entry_id: bytes, fields: dict[bytes, bytes], error: str) -> None:
+    def _parked(
+        self, entry_id: bytes, fields: dict[bytes, bytes], error: str
+    ) -> dict[bytes, bytes]:
         parked = dict(fields)
         parked.update(
             {
@@ -158,6 +359,16 @@ class StreamConsumer:
                 b"error": error[:1000].encode(),
             }
         )
-        await self._redis.xadd(dead_letter_stream(self.stream), parked)  # type: ignore[arg-type]
-        await self._redis.xack(self.stream, self.group, entry_id)
-        log.error("stream.dead_lettered", stream=self.stream, entry_id=entry_id.decode())
+        return parked
+
+
+def _aggregate_key(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
+    """The relay writes `aggregate_id` beside the envelope; an entry without one (written by
+    hand) is ordered only against itself."""
+    aggregate = fields.get(b"aggregate_id")
+    return aggregate.decode(errors="replace") if aggregate else f"entry:{entry_id.decode()}"
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

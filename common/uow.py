@@ -1,8 +1,9 @@
 """The unit of work: one database transaction per use case, which also writes the outbox.
 
-Aggregates collect the domain events they cause; repositories `track` the aggregates they
-hand out; at commit the unit of work turns every collected event into an envelope and writes
-it to the outbox in the same transaction as the state change (invariant 7).
+Aggregates collect the domain events they cause; repositories register (`track`) every
+aggregate they hand out or add, as cosmicpython's `seen`; at commit the unit of work turns
+every collected event into an envelope and writes it to the outbox in the same transaction as
+the state change (invariant 7). Service code never tracks by hand, so it cannot forget to.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any, Protocol, Self
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from common.db import RawConnection, database_boundary, driver_connection, is_database_down
+from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
-from common.outbox import write_outbox
+from common.outbox import outbox_committed, write_outbox
 
 
 class EventSource(Protocol):
@@ -40,6 +43,8 @@ EventMapper = Callable[[Any], OutgoingEvent]
 
 class SqlUnitOfWork:
     conn: AsyncConnection
+    # The same transaction's driver connection, for plain-SQL hot paths.
+    raw: RawConnection
 
     def __init__(self, engine: AsyncEngine, to_outgoing: EventMapper) -> None:
         self._engine = engine
@@ -48,8 +53,10 @@ class SqlUnitOfWork:
         self._extra: list[OutgoingEvent] = []
 
     async def __aenter__(self) -> Self:
-        self.conn = await self._engine.connect()
-        await self.conn.begin()
+        async with database_boundary("connect"):
+            self.conn = await self._engine.connect()
+            await self.conn.begin()
+            self.raw = await driver_connection(self.conn)
         self._tracked = []
         self._extra = []
         self._open()
@@ -65,10 +72,19 @@ class SqlUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if self.conn.in_transaction():
-                await self.conn.rollback()
-        finally:
-            await self.conn.close()
+            async with database_boundary("rollback"):
+                try:
+                    if self.conn.in_transaction():
+                        await self.conn.rollback()
+                finally:
+                    await self.conn.close()
+        except DependencyUnavailable:
+            pass  # the server is gone: so is the transaction, and the pool drops the connection
+        # The adapter boundary: an unreachable database anywhere inside the unit of work (a
+        # repository's statement, the commit) leaves it as DependencyUnavailable, so nothing
+        # above ever sees SQLAlchemy or psycopg.
+        if exc is not None and is_database_down(exc):
+            raise DependencyUnavailable("database unavailable") from exc
 
     def track(self, aggregate: EventSource) -> None:
         if not any(aggregate is seen for seen in self._tracked):
@@ -80,6 +96,9 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         events = [self._to_outgoing(e) for agg in self._tracked for e in agg.pull_events()]
-        await write_outbox(self.conn, [*events, *self._extra])
+        outgoing = [*events, *self._extra]
+        await write_outbox(self.raw, outgoing)
         await self.conn.commit()
         self._tracked, self._extra = [], []
+        if outgoing:
+            outbox_committed(self._engine)

@@ -7,13 +7,15 @@ from pathlib import Path
 
 from common.bootstrap import Infra, ServiceDatabase
 from common.config import Settings
-from common.events import GATEWAY_STREAM
+from common.events import GATEWAY_STREAM, PAYMENT_STREAM
 from common.grpc.client import create_channel
 from common.grpc.server import ServiceRuntime, create_server
 from payment_service.adapters.clients import GatewayClient, WalletClient
 from payment_service.adapters.uow import PaymentUnitOfWork
 from payment_service.entrypoints.gateway_events import GROUP, GatewayEventsEntrypoint
 from payment_service.entrypoints.grpc_servicer import PaymentServicer
+from payment_service.entrypoints.payment_events import GROUP as SAGA_GROUP
+from payment_service.entrypoints.payment_events import PaymentSagaEntrypoint
 from payment_service.service_layer.handlers import GatewayEventHandlers
 from payment_service.service_layer.services import PaymentService
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
@@ -41,6 +43,9 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         group=GROUP,
         handler=GatewayEventsEntrypoint(GatewayEventHandlers(uow=uow, wallet=wallet)),
     )
+    saga = infra.consumer(
+        stream=PAYMENT_STREAM, group=SAGA_GROUP, handler=PaymentSagaEntrypoint(service)
+    )
     servicer = PaymentServicer(service)
     server, port, health = create_server(
         address,
@@ -59,6 +64,6 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         health=health,
         service_names=[SERVICE_NAME],
         readiness_checks=[infra.ping_database, infra.ping_redis],
-        background=[infra.relay().run, consumer.run],
+        background=[infra.relay().run, consumer.run, saga.run],
         closers=[infra.close, close_channels],
     )

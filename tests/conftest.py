@@ -10,6 +10,7 @@ by a per-run database-name prefix and stream-name prefix.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -75,19 +76,26 @@ def base_settings(infra_urls: InfraUrls) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
-def migrated(base_settings: Settings, infra_urls: InfraUrls) -> Iterator[Settings]:
+@contextlib.contextmanager
+def migrated_databases(settings: Settings, *, drop: bool) -> Iterator[Settings]:
+    """Every service database under `settings.database_prefix`, migrated."""
     from gateway_service.bootstrap import DATABASE as GATEWAY_DB
     from payment_service.bootstrap import DATABASE as PAYMENT_DB
     from wallet_service.bootstrap import DATABASE as WALLET_DB
 
     databases = (WALLET_DB, PAYMENT_DB, GATEWAY_DB)
     for database in databases:
-        database.migrate(base_settings)
-    yield base_settings
-    if infra_urls.external:
+        database.migrate(settings)
+    yield settings
+    if drop:
         for database in databases:
-            db.drop_database(database.url(base_settings))
+            db.drop_database(database.url(settings))
+
+
+@pytest.fixture(scope="session")
+def migrated(base_settings: Settings, infra_urls: InfraUrls) -> Iterator[Settings]:
+    with migrated_databases(base_settings, drop=infra_urls.external) as settings:
+        yield settings
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -171,6 +179,14 @@ async def start_simulators(webhook_base: str, ports: tuple[int, int]) -> list[we
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def suite(migrated: Settings, redis: Redis) -> AsyncIterator[Suite]:
     """Every process of the suite, on real sockets, sharing the test databases and Redis."""
+    async with running_suite(migrated) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def running_suite(migrated: Settings, *, with_payment: bool = True) -> AsyncIterator[Suite]:
+    """The suite's processes in this process (the payment service only if `with_payment`: a
+    test may run its own, as a real process it kills)."""
     from gateway_service import bootstrap as gateway
     from gateway_service.webhook.app import start as start_webhook
     from payment_service import bootstrap as payment
@@ -197,8 +213,10 @@ async def suite(migrated: Settings, redis: Redis) -> AsyncIterator[Suite]:
         runners.append(webhook_runner)
         webhook_base = f"http://127.0.0.1:{webhook_port}"
         runners.extend(await start_simulators(webhook_base, simulator_ports))
-        payment_target = await start(await payment.build(settings, "127.0.0.1:0"))
-        settings = settings.model_copy(update={"payment_target": payment_target})
+        payment_target = ""
+        if with_payment:
+            payment_target = await start(await payment.build(settings, "127.0.0.1:0"))
+            settings = settings.model_copy(update={"payment_target": payment_target})
         yield Suite(
             settings=settings,
             wallet_target=wallet_target,

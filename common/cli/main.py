@@ -11,10 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from common.cli import bench as bench_module
 from common.cli import demo as demo_module
 from common.cli import inspect as inspect_module
+from common.cli import ops, supervisor
 from common.cli import providers as providers_module
-from common.cli import supervisor
 from common.config import ConfigError, Settings, load_settings
 from common.embedded import start_embedded
 from common.logging import configure_logging
@@ -27,6 +28,8 @@ app.add_typer(events, name="events")
 app.command("providers")(providers_module.providers)
 app.add_typer(providers_module.sim, name="sim")
 console = Console()
+app.command()(bench_module.bench)
+ops.register(app, events)
 
 
 def _settings() -> Settings:

@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn
 
 import grpc
-import redis.exceptions
-import sqlalchemy.exc
 import structlog
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -47,12 +45,8 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ConcurrentUpdate, grpc.StatusCode.ABORTED),
     (DependencyUnavailable, grpc.StatusCode.UNAVAILABLE),
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
-    # Infrastructure failures that reach the edge mean a dependency is down, not a bug:
-    # UNAVAILABLE tells clients that retrying the same idempotent request is right.
-    (sqlalchemy.exc.OperationalError, grpc.StatusCode.UNAVAILABLE),
-    (sqlalchemy.exc.InterfaceError, grpc.StatusCode.UNAVAILABLE),
-    (redis.exceptions.ConnectionError, grpc.StatusCode.UNAVAILABLE),
-    (TimeoutError, grpc.StatusCode.UNAVAILABLE),
+    # Infrastructure errors never get here: adapters translate them into
+    # DependencyUnavailable where they are raised (design.md section 2).
 )
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")

@@ -7,15 +7,17 @@ import grpc
 from common.grpc.client import translate_rpc_error
 from common.grpc.convert import money_to_proto
 from common.money import Money
+from payment_service.domain.model import ChargeAnswer
 from payment_service.service_layer.ports import AccountInfo, ChargeResult
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
-_OPERATION_STATUS = {
-    gateway_pb2.OPERATION_STATUS_CREATED: "created",
-    gateway_pb2.OPERATION_STATUS_PENDING: "pending",
-    gateway_pb2.OPERATION_STATUS_SUCCEEDED: "succeeded",
-    gateway_pb2.OPERATION_STATUS_FAILED: "failed",
+# Any status not listed (CREATED, or one a newer gateway adds) means the outcome is unknown:
+# the saga asks again with the same key rather than guess.
+_CHARGE_ANSWER = {
+    gateway_pb2.OPERATION_STATUS_PENDING: ChargeAnswer.ACCEPTED,
+    gateway_pb2.OPERATION_STATUS_SUCCEEDED: ChargeAnswer.ACCEPTED,
+    gateway_pb2.OPERATION_STATUS_FAILED: ChargeAnswer.DECLINED,
 }
 
 
@@ -66,6 +68,6 @@ class GatewayClient:
             raise translate_rpc_error(exc, service="gateway") from exc
         return ChargeResult(
             operation_id=operation.operation_id,
-            status=_OPERATION_STATUS.get(operation.status, "created"),
+            answer=_CHARGE_ANSWER.get(operation.status, ChargeAnswer.UNKNOWN),
             failure_reason=operation.failure_reason,
         )

@@ -13,6 +13,8 @@ PRODUCER = "payment-service"
 
 
 def to_outgoing(event: Any) -> OutgoingEvent:
+    if isinstance(event, events.ReviewRequested):
+        return _review_requested(event)
     if not isinstance(event, events.PaymentStatusChanged):
         raise TypeError(f"no mapping for {type(event).__name__}")
     envelope = make_envelope(
@@ -30,6 +32,25 @@ def to_outgoing(event: Any) -> OutgoingEvent:
             source_account_id=event.source_account_id,
             destination_account_id=event.destination_account_id,
             failure_reason=event.failure_reason,
+            payment_method=event.payment_method,
+        ),
+    )
+    return OutgoingEvent(PAYMENT_STREAM, envelope)
+
+
+def _review_requested(event: events.ReviewRequested) -> OutgoingEvent:
+    envelope = make_envelope(
+        event_type="payment.review_requested",
+        aggregate_type="payment",
+        aggregate_id=event.payment_id,
+        aggregate_version=event.version,
+        producer=PRODUCER,
+        payload=events_pb2.PaymentReviewRequested(
+            payment_id=event.payment_id,
+            status=event.status,
+            provider_event=event.provider_event,
+            reason=event.reason,
+            gateway_operation_id=event.gateway_operation_id,
         ),
     )
     return OutgoingEvent(PAYMENT_STREAM, envelope)

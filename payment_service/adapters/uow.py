@@ -14,4 +14,4 @@ class PaymentUnitOfWork(SqlUnitOfWork):
         super().__init__(engine, to_outgoing)
 
     def _open(self) -> None:
-        self.payments = PaymentRepository(self.conn)
+        self.payments = PaymentRepository(self.conn, self.raw, track=self.track)

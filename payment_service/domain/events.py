@@ -1,4 +1,5 @@
-"""Facts the payment service publishes: one per status change, `payment.<to_status>`."""
+"""Facts the payment service publishes: one per status change, `payment.<to_status>`, and
+`payment.review_requested` when a provider contradicts a payment's final state."""
 
 from __future__ import annotations
 
@@ -17,4 +18,18 @@ class PaymentStatusChanged:
     source_account_id: str
     destination_account_id: str
     failure_reason: str
+    version: int
+    payment_method: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewRequested:
+    """A provider event contradicts the payment: an operator must decide (a manual-review
+    case); the payment's state is left as it is."""
+
+    payment_id: str
+    status: str
+    provider_event: str
+    reason: str
+    gateway_operation_id: str
     version: int

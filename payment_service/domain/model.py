@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TypeAlias
 
 from common.errors import FailedPrecondition, IdempotencyConflict
 from common.ids import new_id
@@ -44,6 +45,8 @@ class PaymentStatus(StrEnum):
         return self in TERMINAL
 
 
+PaymentEvent: TypeAlias = events.PaymentStatusChanged | events.ReviewRequested
+
 S = PaymentStatus
 TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.REFUNDED, S.CANCELLED})
 ALLOWED: dict[PaymentStatus, frozenset[PaymentStatus]] = {
@@ -56,6 +59,14 @@ ALLOWED: dict[PaymentStatus, frozenset[PaymentStatus]] = {
     S.REFUNDED: frozenset(),
     S.CANCELLED: frozenset(),
 }
+
+
+class ChargeAnswer(StrEnum):
+    """What the gateway answered the saga's charge step."""
+
+    ACCEPTED = "accepted"  # the provider has it; its outcome comes as an event
+    DECLINED = "declined"  # refused outright: no money moved
+    UNKNOWN = "unknown"  # no answer (timeout): money may have moved; ask again, never fail
 
 
 class InvalidTransition(FailedPrecondition):
@@ -72,6 +83,19 @@ class StatusChange:
     to_status: PaymentStatus
     reason: str
     occurred_at: datetime
+
+
+def charge_key(payment_id: str) -> str:
+    """The gateway idempotency key of a deposit's charge step."""
+    return f"{payment_id}:charge"
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeInstruction:
+    payment_id: str
+    idempotency_key: str
+    amount: Money
+    payment_method: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +124,7 @@ class Payment:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     new_changes: list[StatusChange] = field(default_factory=list, repr=False)
-    _events: list[events.PaymentStatusChanged] = field(default_factory=list, repr=False)
+    _events: list[PaymentEvent] = field(default_factory=list, repr=False)
 
     @classmethod
     def deposit(cls, request: DepositRequest) -> Payment:
@@ -129,8 +153,71 @@ class Payment:
                 "different payment"
             )
 
+    def charge_instruction(self) -> ChargeInstruction:
+        """What the deposit saga's charge step sends the gateway; its key is derived from
+        the payment, so a retried or resumed step can never charge twice."""
+        return ChargeInstruction(
+            payment_id=self.payment_id,
+            idempotency_key=charge_key(self.payment_id),
+            amount=self.amount,
+            payment_method=self.payment_method,
+        )
+
     def can_move_to(self, target: PaymentStatus) -> bool:
         return target in ALLOWED[self.status]
+
+    # -- what the deposit saga hears; the aggregate decides what it means ----------------
+
+    def record_charge_answer(self, answer: ChargeAnswer, *, operation_id: str, reason: str) -> None:
+        """The gateway's answer to the charge step. Only an INITIATED payment learns from it:
+        later, the provider's own events (which may have overtaken the answer) decide."""
+        if self.status is not PaymentStatus.INITIATED or answer is ChargeAnswer.UNKNOWN:
+            return
+        if answer is ChargeAnswer.DECLINED:
+            self.fail(reason or "charge_failed")
+        else:
+            self.mark_pending(operation_id)
+
+    def wants_credit_for_charge(self) -> bool:
+        """Whether money the provider reports taken should now be credited to the wallet."""
+        return self.status in (PaymentStatus.INITIATED, PaymentStatus.PENDING)
+
+    def apply_charge_succeeded(
+        self, *, operation_id: str, credited: bool, credit_refused: str = ""
+    ) -> None:
+        """The provider took the money. Credited: completed. The credit can never apply:
+        refunding. Already settled: nothing. Failed or cancelled meanwhile: the provider
+        contradicts us, and an operator must look (never an overwrite of a final state)."""
+        if self.status is PaymentStatus.INITIATED:
+            self.mark_pending(operation_id)
+        if self.status is PaymentStatus.PENDING and credited:
+            self.complete()
+        elif self.status is PaymentStatus.PENDING and credit_refused:
+            self.start_refund(credit_refused)
+        elif self.status in (PaymentStatus.FAILED, PaymentStatus.CANCELLED):
+            detail = "and the wallet was credited" if credited else "after it ended"
+            self._request_review("charge.succeeded", f"provider charged the payment {detail}")
+
+    def apply_charge_failed(self, *, operation_id: str, reason: str) -> None:
+        """The provider declined. A payment already settled the other way needs review."""
+        if self.status is PaymentStatus.INITIATED:
+            self.mark_pending(operation_id)
+        if self.can_move_to(PaymentStatus.FAILED):
+            self.fail(reason or "charge_failed")
+        elif self.status in (PaymentStatus.COMPLETED, PaymentStatus.REFUNDING):
+            self._request_review("charge.failed", f"provider declined a {self.status} payment")
+
+    def _request_review(self, provider_event: str, reason: str) -> None:
+        self._events.append(
+            events.ReviewRequested(
+                payment_id=self.payment_id,
+                status=self.status.value,
+                provider_event=provider_event,
+                reason=reason,
+                gateway_operation_id=self.gateway_operation_id,
+                version=self.version,
+            )
+        )
 
     def mark_pending(self, gateway_operation_id: str) -> None:
         self.gateway_operation_id = gateway_operation_id
@@ -170,9 +257,14 @@ class Payment:
                 destination_account_id=self.destination_account_id,
                 failure_reason=self.failure_reason,
                 version=self.version,
+                payment_method=self.payment_method,
             )
         )
 
-    def pull_events(self) -> list[events.PaymentStatusChanged]:
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.new_changes)
+
+    def pull_events(self) -> list[PaymentEvent]:
         pulled, self._events = self._events, []
         return pulled

@@ -30,9 +30,9 @@ class GatewayEventsEntrypoint:
             "payment_id": change.reference,
             "operation_id": change.operation_id,
         }
+        # charge.pending is not handled: the saga's charge step records `pending` from the
+        # gateway's answer itself, so that event would cost a read and change nothing.
         match envelope.event_type:
-            case "charge.pending":
-                await self._handlers.charge_pending(**common)
             case "charge.succeeded":
                 await self._handlers.charge_succeeded(**common)
             case "charge.failed":

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from common.money import Money
 from common.uow import UnitOfWork as BaseUnitOfWork
-from payment_service.domain.model import Payment, StatusChange
+from payment_service.domain.model import ChargeAnswer, Payment, StatusChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +19,7 @@ class AccountInfo:
 @dataclass(frozen=True, slots=True)
 class ChargeResult:
     operation_id: str
-    # "created" (provider's answer unknown), "pending", "succeeded" or "failed".
-    status: str
+    answer: ChargeAnswer
     failure_reason: str = ""
 
 

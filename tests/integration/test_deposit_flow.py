@@ -38,7 +38,8 @@ async def test_deposit_reaches_completed_and_credits_the_wallet(suite: Suite, re
         created = await c.payments.CreateDeposit(
             P.CreateDepositRequest(idempotency_key=key, account_id=account_id, amount=usd(1250))
         )
-        assert created.status == P.PAYMENT_STATUS_PENDING
+        # Answered after one commit: the charge runs asynchronously, from the durable event.
+        assert created.status == P.PAYMENT_STATUS_INITIATED
         assert created.kind == P.PAYMENT_KIND_DEPOSIT
 
         done = await wait_for_status(c, created.payment_id, {P.PAYMENT_STATUS_COMPLETED})
@@ -81,9 +82,7 @@ async def test_deposit_reaches_completed_and_credits_the_wallet(suite: Suite, re
 
     charge_events = [
         e
-        for e in await wait_for_events(
-            redis, prefix + GATEWAY_STREAM, created.gateway_operation_id, 2
-        )
+        for e in await wait_for_events(redis, prefix + GATEWAY_STREAM, done.gateway_operation_id, 2)
         if e.correlation_id == created.payment_id
     ]
     assert [e.event_type for e in charge_events] == ["charge.pending", "charge.succeeded"]
@@ -125,13 +124,13 @@ async def test_a_webhook_delivered_twice_moves_money_once(suite: Suite) -> None:
                 idempotency_key=f"it-{uuid.uuid4()}", account_id=account_id, amount=usd(300)
             )
         )
-        await wait_for_status(c, created.payment_id, {P.PAYMENT_STATUS_COMPLETED})
+        done = await wait_for_status(c, created.payment_id, {P.PAYMENT_STATUS_COMPLETED})
         async with http.get(f"{suite.simulator_url}/_sim/events") as response:
             sent = (await response.json())["events"]
         event_id = ""
         for event in sent:
             reference = await _charge_reference(http, suite, event["charge_id"])
-            if event["type"] == "charge.succeeded" and reference == created.gateway_operation_id:
+            if event["type"] == "charge.succeeded" and reference == done.gateway_operation_id:
                 event_id = event["id"]
         assert event_id, "the simulator sent no charge.succeeded for this payment"
         async with http.post(f"{suite.simulator_url}/_sim/events/{event_id}/redeliver") as resp:

@@ -23,3 +23,4 @@ async def test_measure_reports_webhooks_and_the_trivial_baseline(rig: Rig) -> No
     assert result["webhook_failures"] == 0
     assert result["webhook_p50_ms"] <= result["webhook_p99_ms"]
     assert result["trivial_http_per_s"] > 0
+    assert result["http_trivial_per_s"] == result["trivial_http_per_s"]

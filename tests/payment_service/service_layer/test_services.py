@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import pytest
 
 from common.errors import DependencyUnavailable, IdempotencyConflict, NotFound, ValidationError
 from common.money import Money
-from payment_service.domain.model import PaymentStatus
+from payment_service.domain.events import ReviewRequested
+from payment_service.domain.model import ChargeAnswer, PaymentStatus
 from payment_service.service_layer.handlers import GatewayEventHandlers
 from payment_service.service_layer.services import PaymentService, credit_ref
 from tests.payment_service.fakes import FakeGateway, FakeStore, FakeUnitOfWork, FakeWallet
@@ -37,6 +39,18 @@ class World:
         return GatewayEventHandlers(uow=self.uow, wallet=self.wallet)
 
     async def deposit(self, key: str = "k1", amount: int = 1000, currency: str = "USD") -> str:
+        """CreateDeposit, then the saga step its `payment.initiated` event triggers."""
+        payment_id = await self.create(key, amount, currency)
+        with contextlib.suppress(DependencyUnavailable):
+            await self.charge(payment_id)
+        return payment_id
+
+    async def charge(self, payment_id: str) -> None:
+        """The saga step, as the `payment.initiated` event triggers it."""
+        payment = await self.service.get_payment(payment_id)
+        await self.service.charge_deposit(payment.charge_instruction())
+
+    async def create(self, key: str = "k1", amount: int = 1000, currency: str = "USD") -> str:
         payment = await self.service.create_deposit(
             idempotency_key=key,
             account_id=ACCOUNT,
@@ -46,21 +60,60 @@ class World:
         return payment.payment_id
 
 
-async def test_deposit_returns_pending_after_one_charge() -> None:
+async def test_create_deposit_answers_initiated_without_calling_the_gateway() -> None:
+    world = World()
+    payment_id = await world.create()
+    assert (await world.service.get_payment(payment_id)).status is S.INITIATED
+    assert world.gateway.calls == []
+    assert [e.to_status for e in world.published] == ["initiated"]  # type: ignore[attr-defined]
+
+
+async def test_the_saga_step_charges_once_and_records_pending() -> None:
     world = World()
     payment_id = await world.deposit()
     payment = await world.service.get_payment(payment_id)
     assert payment.status is S.PENDING
     assert world.gateway.calls == [f"{payment_id}:charge"]
+    # A redelivered payment.initiated asks again with the same key (the gateway answers with
+    # the same operation) and records nothing new.
+    await world.charge(payment_id)
+    assert world.gateway.calls == [f"{payment_id}:charge"] * 2
+    assert [c.to_status for c in await world.service.history(payment_id)] == [
+        S.INITIATED,
+        S.PENDING,
+    ]
 
 
-async def test_same_key_returns_the_same_payment_without_charging_again() -> None:
+async def test_an_unknown_provider_outcome_is_retried_not_failed() -> None:
+    world = World()
+    world.gateway.answer = ChargeAnswer.UNKNOWN
+    payment_id = await world.create()
+    with pytest.raises(DependencyUnavailable):
+        await world.charge(payment_id)
+    assert (await world.service.get_payment(payment_id)).status is S.INITIATED
+
+
+async def test_the_account_currency_is_looked_up_once() -> None:
+    world = World()
+    service = world.service
+    for key in ("k1", "k2"):
+        await service.create_deposit(
+            idempotency_key=key,
+            account_id=ACCOUNT,
+            amount=Money(100, "USD"),
+            payment_method="pm_card_ok",
+        )
+    assert world.wallet.lookups == 1
+
+
+async def test_same_key_returns_the_same_payment_and_starts_nothing_new() -> None:
     world = World()
     first = await world.deposit()
-    second = await world.deposit()
+    published = len(world.published)
+    second = await world.create()
     assert first == second
-    assert len(world.gateway.calls) == 1
     assert len(world.store.rows) == 1
+    assert len(world.published) == published  # no second payment.initiated, so no charge
 
 
 async def test_same_key_with_other_amount_is_refused() -> None:
@@ -90,16 +143,18 @@ async def test_currency_other_than_the_accounts_is_invalid() -> None:
 async def test_unreachable_gateway_leaves_it_initiated_and_a_retry_resumes() -> None:
     world = World()
     world.gateway.unavailable = True
-    payment_id = await world.deposit()
+    payment_id = await world.create()
+    with pytest.raises(DependencyUnavailable):
+        await world.charge(payment_id)
     assert (await world.service.get_payment(payment_id)).status is S.INITIATED
     world.gateway.unavailable = False
-    assert await world.deposit() == payment_id
+    await world.charge(payment_id)  # the event, redelivered
     assert (await world.service.get_payment(payment_id)).status is S.PENDING
 
 
 async def test_gateway_refusal_fails_the_payment() -> None:
     world = World()
-    world.gateway.answer = "failed"
+    world.gateway.answer = ChargeAnswer.DECLINED
     payment = await world.service.get_payment(await world.deposit())
     assert payment.status is S.FAILED
     assert payment.failure_reason == "card_declined"
@@ -142,6 +197,16 @@ async def test_credit_that_can_never_apply_starts_a_refund() -> None:
     world.wallet.accounts.clear()
     await world.handlers.charge_succeeded(event_id="e1", payment_id=payment_id, operation_id="op")
     assert (await world.service.get_payment(payment_id)).status is S.REFUNDING
+
+
+async def test_a_late_success_on_a_failed_payment_publishes_a_review_request() -> None:
+    world = World()
+    world.gateway.answer = ChargeAnswer.DECLINED
+    payment_id = await world.deposit()
+    await world.handlers.charge_succeeded(event_id="e1", payment_id=payment_id, operation_id="op")
+    assert (await world.service.get_payment(payment_id)).status is S.FAILED
+    assert world.wallet.credits == {}  # never credited: an operator decides
+    assert isinstance(world.published[-1], ReviewRequested)
 
 
 async def test_late_failure_never_overwrites_a_completed_payment() -> None:

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from paysuite.common.v1 import money_pb2 as paysuite_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpaysuite/events/v1/events.proto\x12\x12paysuite.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epaysuite/common/v1/money.proto\"\xab\x02\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x03 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x04 \x01(\t\x12\x19\n\x11\x61ggregate_version\x18\x05 \x01(\x03\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\x08 \x01(\t\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12\x10\n\x08producer\x18\n \x01(\t\x12%\n\x07payload\x18\x0b \x01(\x0b\x32\x14.google.protobuf.Any\"\xde\x01\n\x14PaymentStatusChanged\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x66rom_status\x18\x03 \x01(\t\x12\x11\n\tto_status\x18\x04 \x01(\t\x12)\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x19\n\x11source_account_id\x18\x06 \x01(\t\x12\x1e\n\x16\x64\x65stination_account_id\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\"G\n\rAccountOpened\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\xc9\x01\n\x19LedgerTransactionRecorded\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x15\n\roperation_ref\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12)\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x30\n\rbalance_after\x18\x06 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"\xe9\x01\n\x16OperationStatusChanged\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x11\n\treference\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x1a\n\x12provider_reference\x18\x08 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\t \x01(\t\"\x89\x01\n\x1a\x43ircuitBreakerStateChanged\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x12\n\nfrom_state\x18\x02 \x01(\t\x12\x10\n\x08to_state\x18\x03 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x03\x12\x12\n\nslow_calls\x18\x06 \x01(\x03\"\x81\x01\n\x17ProviderWebhookReceived\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x19\n\x11provider_event_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0coperation_id\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpaysuite/events/v1/events.proto\x12\x12paysuite.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epaysuite/common/v1/money.proto\"\xab\x02\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x03 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x04 \x01(\t\x12\x19\n\x11\x61ggregate_version\x18\x05 \x01(\x03\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\x08 \x01(\t\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12\x10\n\x08producer\x18\n \x01(\t\x12%\n\x07payload\x18\x0b \x01(\x0b\x32\x14.google.protobuf.Any\"\xf6\x01\n\x14PaymentStatusChanged\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x66rom_status\x18\x03 \x01(\t\x12\x11\n\tto_status\x18\x04 \x01(\t\x12)\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x19\n\x11source_account_id\x18\x06 \x01(\t\x12\x1e\n\x16\x64\x65stination_account_id\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x16\n\x0epayment_method\x18\t \x01(\t\"G\n\rAccountOpened\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\xc9\x01\n\x19LedgerTransactionRecorded\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x15\n\roperation_ref\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12)\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x30\n\rbalance_after\x18\x06 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"\xe9\x01\n\x16OperationStatusChanged\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x11\n\treference\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x1a\n\x12provider_reference\x18\x08 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\t \x01(\t\"\x82\x01\n\x16PaymentReviewRequested\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x16\n\x0eprovider_event\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x1c\n\x14gateway_operation_id\x18\x05 \x01(\t\"\x89\x01\n\x1a\x43ircuitBreakerStateChanged\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x12\n\nfrom_state\x18\x02 \x01(\t\x12\x10\n\x08to_state\x18\x03 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x03\x12\x12\n\nslow_calls\x18\x06 \x01(\x03\"\x81\x01\n\x17ProviderWebhookReceived\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x19\n\x11provider_event_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0coperation_id\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTENVELOPE']._serialized_start=148
   _globals['_EVENTENVELOPE']._serialized_end=447
   _globals['_PAYMENTSTATUSCHANGED']._serialized_start=450
-  _globals['_PAYMENTSTATUSCHANGED']._serialized_end=672
-  _globals['_ACCOUNTOPENED']._serialized_start=674
-  _globals['_ACCOUNTOPENED']._serialized_end=745
-  _globals['_LEDGERTRANSACTIONRECORDED']._serialized_start=748
-  _globals['_LEDGERTRANSACTIONRECORDED']._serialized_end=949
-  _globals['_OPERATIONSTATUSCHANGED']._serialized_start=952
-  _globals['_OPERATIONSTATUSCHANGED']._serialized_end=1185
-  _globals['_CIRCUITBREAKERSTATECHANGED']._serialized_start=1188
-  _globals['_CIRCUITBREAKERSTATECHANGED']._serialized_end=1325
-  _globals['_PROVIDERWEBHOOKRECEIVED']._serialized_start=1328
-  _globals['_PROVIDERWEBHOOKRECEIVED']._serialized_end=1457
+  _globals['_PAYMENTSTATUSCHANGED']._serialized_end=696
+  _globals['_ACCOUNTOPENED']._serialized_start=698
+  _globals['_ACCOUNTOPENED']._serialized_end=769
+  _globals['_LEDGERTRANSACTIONRECORDED']._serialized_start=772
+  _globals['_LEDGERTRANSACTIONRECORDED']._serialized_end=973
+  _globals['_OPERATIONSTATUSCHANGED']._serialized_start=976
+  _globals['_OPERATIONSTATUSCHANGED']._serialized_end=1209
+  _globals['_PAYMENTREVIEWREQUESTED']._serialized_start=1212
+  _globals['_PAYMENTREVIEWREQUESTED']._serialized_end=1342
+  _globals['_CIRCUITBREAKERSTATECHANGED']._serialized_start=1345
+  _globals['_CIRCUITBREAKERSTATECHANGED']._serialized_end=1482
+  _globals['_PROVIDERWEBHOOKRECEIVED']._serialized_start=1485
+  _globals['_PROVIDERWEBHOOKRECEIVED']._serialized_end=1614
 # @@protoc_insertion_point(module_scope)

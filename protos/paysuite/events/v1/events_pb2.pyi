@@ -94,6 +94,7 @@ class PaymentStatusChanged(_message.Message):
     SOURCE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     DESTINATION_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     kind: _builtins.str
     from_status: _builtins.str
@@ -101,6 +102,10 @@ class PaymentStatusChanged(_message.Message):
     source_account_id: _builtins.str
     destination_account_id: _builtins.str
     failure_reason: _builtins.str
+    payment_method: _builtins.str
+    """The payment method token (never card data): carried so the saga's charge step needs no
+    read of the payment it was created from.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -114,10 +119,11 @@ class PaymentStatusChanged(_message.Message):
         source_account_id: _builtins.str = ...,
         destination_account_id: _builtins.str = ...,
         failure_reason: _builtins.str = ...,
+        payment_method: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination_account_id", b"destination_account_id", "failure_reason", b"failure_reason", "from_status", b"from_status", "kind", b"kind", "payment_id", b"payment_id", "source_account_id", b"source_account_id", "to_status", b"to_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination_account_id", b"destination_account_id", "failure_reason", b"failure_reason", "from_status", b"from_status", "kind", b"kind", "payment_id", b"payment_id", "payment_method", b"payment_method", "source_account_id", b"source_account_id", "to_status", b"to_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,6 +235,41 @@ class OperationStatusChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OperationStatusChanged: _TypeAlias = OperationStatusChanged  # noqa: Y015
+
+@_typing.final
+class PaymentReviewRequested(_message.Message):
+    """payment.review_requested: a provider event contradicts a payment's final state. The payment
+    keeps its state; an operator decides (the recovery worker's manual-review cases).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PROVIDER_EVENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    GATEWAY_OPERATION_ID_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    status: _builtins.str
+    provider_event: _builtins.str
+    reason: _builtins.str
+    gateway_operation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        provider_event: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        gateway_operation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_operation_id", b"gateway_operation_id", "payment_id", b"payment_id", "provider_event", b"provider_event", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentReviewRequested: _TypeAlias = PaymentReviewRequested  # noqa: Y015
 
 @_typing.final
 class CircuitBreakerStateChanged(_message.Message):

@@ -1,12 +1,12 @@
 """Several providers: failover routing, unknown outcomes, payouts and refunds, history.
 
-Revision ID: 0002
+Revision ID: 0003_providers
 """
 
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003_providers"
+down_revision = "0002_outbox_without_notify"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,75 @@
+"""What every bench section gets: the suite's endpoints, the options, and the run's records."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    duration_s: float = 20.0  # closed-loop deposits
+    open_duration_s: float = 10.0  # open-loop deposits
+    baseline_s: float = 5.0  # trivial-call baseline
+    clients: int = 32
+    accounts: int = 64
+    pipeline_events: int = 20_000  # relay and consumer sections
+    settle_timeout_s: float = 180.0  # how long to wait for every deposit to finish
+    output_dir: Path = Path("bench/results")
+
+    @classmethod
+    def quick(cls, **overrides: object) -> BenchOptions:
+        """A smoke run: every phase, short enough to try while developing."""
+        values: dict[str, object] = {
+            "duration_s": 4.0,
+            "open_duration_s": 3.0,
+            "baseline_s": 1.5,
+            "accounts": 16,
+            "pipeline_events": 3_000,
+            "settle_timeout_s": 90.0,
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Deposit:
+    """One CreateDeposit the bench sent; payment_id is empty when the call failed."""
+
+    idempotency_key: str
+    account_id: str
+    amount_minor: int
+    payment_id: str = ""
+
+
+@dataclass
+class Timeline:
+    """perf_counter() instants and latency samples (seconds) for the charts."""
+
+    creates: list[float] = field(default_factory=list)
+    completions: list[float] = field(default_factory=list)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class BenchContext:
+    settings: Settings  # database_url, redis_url and every target filled in
+    options: BenchOptions
+    run_id: str
+    figures: dict[str, float] = field(default_factory=dict)
+    accounts: list[str] = field(default_factory=list)
+    deposits: dict[str, Deposit] = field(default_factory=dict)  # by idempotency key
+    timeline: Timeline = field(default_factory=Timeline)
+    notes: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.require_database_url()
+
+    @property
+    def redis_url(self) -> str:
+        return self.settings.require_redis_url()

@@ -1,0 +1,132 @@
+"""What each figure means: its label, unit, baseline and budget (design.md §9).
+
+A section's figures are plain `{key: value}` dicts; this table is how the report knows that
+`relay_events_per_s` is compared with `raw_xadd_per_s` and must reach 10,000.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    at_least: float | None = None
+    at_most: float | None = None
+    # The figure divided by its baseline must reach this (e.g. 1/16 of the trivial call).
+    min_ratio: float | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.at_least is not None:
+            parts.append(f"≥ {self.at_least:,.0f}")
+        if self.at_most is not None:
+            parts.append(f"≤ {self.at_most:,.0f}")
+        if self.min_ratio is not None:
+            parts.append(f"ratio ≥ {self.min_ratio:.4g}")
+        return ", ".join(parts)
+
+    def passes(self, value: float, ratio: float | None) -> bool:
+        if math.isnan(value):
+            return False
+        if self.at_least is not None and value < self.at_least:
+            return False
+        if self.at_most is not None and value > self.at_most:
+            return False
+        return self.min_ratio is None or (ratio is not None and ratio >= self.min_ratio)
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    key: str
+    label: str
+    unit: str
+    baseline: str | None = None
+    budget: Budget | None = None
+
+
+_RATE = "/s"
+_MS = "ms"
+
+FIGURES: tuple[Figure, ...] = (
+    Figure("health_calls_per_s", "baseline: health Check, closed loop", _RATE),
+    Figure(
+        "deposit_creates_per_s", "CreateDeposit accepted, closed loop", _RATE, "health_calls_per_s"
+    ),
+    Figure("deposit_create_p50_ms", "CreateDeposit p50, closed loop", _MS),
+    Figure("deposit_create_p95_ms", "CreateDeposit p95, closed loop", _MS),
+    Figure("deposit_create_p99_ms", "CreateDeposit p99, closed loop", _MS),
+    Figure(
+        "deposits_completed_per_s",
+        "deposits completed, closed loop",
+        _RATE,
+        "health_calls_per_s",
+        Budget(at_least=250, min_ratio=1 / 16),
+    ),
+    Figure("create_to_completed_p50_ms", "create → completed p50, closed loop", _MS),
+    Figure("create_to_completed_p99_ms", "create → completed p99, closed loop", _MS),
+    Figure("deposit_errors_closed", "CreateDeposit errors, closed loop", "calls"),
+    Figure("open_loop_arrivals_per_s", "open loop arrival rate (½ completed/s)", _RATE),
+    Figure("open_create_p50_ms", "CreateDeposit p50, open loop", _MS),
+    Figure("open_create_p99_ms", "CreateDeposit p99, open loop", _MS, budget=Budget(at_most=50)),
+    Figure("webhook_to_completed_p50_ms", "webhook received → completed p50, open loop", _MS),
+    Figure(
+        "webhook_to_completed_p99_ms",
+        "webhook received → completed p99, open loop",
+        _MS,
+        budget=Budget(at_most=150),
+    ),
+    Figure("deposit_errors_open", "CreateDeposit errors, open loop", "calls"),
+    Figure("raw_xadd_per_s", "baseline: raw pipelined XADD", _RATE),
+    Figure(
+        "relay_events_per_s",
+        "outbox relay, rows → stream",
+        _RATE,
+        "raw_xadd_per_s",
+        Budget(at_least=10_000),
+    ),
+    Figure("raw_xread_per_s", "baseline: raw XREAD", _RATE),
+    Figure(
+        "consumer_events_per_s",
+        "no-op stream consumer",
+        _RATE,
+        "raw_xread_per_s",
+        Budget(at_least=5_000),
+    ),
+)
+
+# Reserved for the wallet and webhook sections (bench/wallet_bench.py, bench/webhook_bench.py):
+# return these keys and the table compares them with their baseline and budget.
+FIGURES += (
+    Figure("wallet_trivial_calls_per_s", "baseline: wallet health Check", _RATE),
+    Figure(
+        "wallet_postings_distinct_per_s",
+        "wallet postings, distinct accounts",
+        _RATE,
+        "wallet_trivial_calls_per_s",
+        Budget(at_least=2_000),
+    ),
+    Figure(
+        "wallet_postings_hot_per_s",
+        "wallet postings, one hot account",
+        _RATE,
+        "wallet_trivial_calls_per_s",
+        Budget(at_least=300),
+    ),
+    Figure("http_trivial_per_s", "baseline: trivial HTTP request to the adapter", _RATE),
+    Figure(
+        "webhooks_per_s",
+        "webhooks through the adapter into the gateway",
+        _RATE,
+        "http_trivial_per_s",
+        Budget(at_least=1_000),
+    ),
+)
+
+BY_KEY = {figure.key: figure for figure in FIGURES}
+
+
+def describe(key: str) -> Figure:
+    """A figure's description; an undescribed one is shown under its key, without a unit."""
+    return BY_KEY.get(key, Figure(key, key, ""))

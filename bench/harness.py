@@ -1,0 +1,182 @@
+"""One bench run: start (or find) the suite, measure every section, check the money, report."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from rich.console import Console
+
+from bench import charts, databases, deposits, pipeline, report
+from bench.checks import money_problems, not_terminal
+from bench.context import BenchContext, BenchOptions
+from bench.suite import SuiteFailed, fresh_suite, running_suite
+from common.config import Settings
+from payment_service.bootstrap import DATABASE as PAYMENT_DB
+from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+
+Measure = Callable[[BenchContext], Awaitable[dict[str, float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    name: str
+    measure: Measure
+
+
+# In this order: the trivial call first, while the suite is idle; the pipeline sections last,
+# on scratch state, once the deposits have settled.
+SECTIONS: tuple[Section, ...] = (
+    Section("baseline: trivial gRPC call", deposits.measure_baseline),
+    Section("deposits, closed then open loop", deposits.measure),
+    Section("outbox relay and stream consumer", pipeline.measure),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    figures: dict[str, float]
+    problems: list[str]
+    json_path: Path
+    png_path: Path
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def run(
+    settings: Settings,
+    options: BenchOptions,
+    console: Console,
+    *,
+    target_running: bool = False,
+    sections: Iterable[Section] = SECTIONS,
+) -> Outcome:
+    """Raises SuiteFailed when the suite cannot start or dies under the load."""
+    started_at = datetime.now(UTC)
+    if not target_running:
+        console.print("starting a fresh suite on the embedded servers ...")
+    suite_cm = running_suite(settings) if target_running else fresh_suite(settings)
+    with suite_cm as suite:
+        ctx = BenchContext(settings=suite.settings, options=options, run_id=_run_id())
+        try:
+            problems = asyncio.run(measure_all(ctx, console, sections))
+        except grpc.RpcError as exc:
+            suite.check_alive()  # a dead process is the better explanation
+            raise SuiteFailed(f"a call to the suite failed: {exc}") from None
+        suite.check_alive()
+    return publish(ctx, problems, console, started_at=started_at, mode=_mode(target_running))
+
+
+async def measure_all(
+    ctx: BenchContext, console: Console, sections: Iterable[Section]
+) -> list[str]:
+    """Every section's figures into ctx.figures; returns what is wrong with the money."""
+    for section in sections:
+        console.print(f"measuring {section.name} ...")
+        began = time.perf_counter()
+        ctx.figures.update(await section.measure(ctx))
+        console.print(f"  done in {time.perf_counter() - began:.1f} s")
+    console.print("checking every payment and balance ...")
+    return await check_money(ctx)
+
+
+async def check_money(ctx: BenchContext) -> list[str]:
+    if not ctx.accounts:
+        return []
+    dsn = databases.dsn(ctx.settings, PAYMENT_DB)
+    deadline = time.perf_counter() + ctx.options.settle_timeout_s
+    stored = await databases.stored_payments(dsn, ctx.accounts)
+    # Deposits whose call failed on the client side were not watched: give them time too.
+    while not_terminal(stored) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.5)
+        stored = await databases.stored_payments(dsn, ctx.accounts)
+    problems = money_problems(ctx.deposits.values(), stored, await _balances(ctx))
+    if not any(p.status == "completed" for p in stored):
+        problems.append("no deposit completed: the bench measured nothing")
+    return problems
+
+
+async def _balances(ctx: BenchContext) -> dict[str, int]:
+    async with grpc.aio.insecure_channel(ctx.settings.wallet_target) as channel:
+        wallet = wallet_pb2_grpc.WalletServiceStub(channel)
+        balances = {}
+        for account_id in ctx.accounts:
+            balance = await wallet.GetBalance(
+                wallet_pb2.GetBalanceRequest(account_id=account_id), timeout=30
+            )
+            balances[account_id] = balance.total.amount_minor
+        return balances
+
+
+def _run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def publish(
+    ctx: BenchContext, problems: list[str], console: Console, *, started_at: datetime, mode: str
+) -> Outcome:
+    """The table on the console, the figures as JSON and the chart as PNG, side by side."""
+    stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
+    title = f"paysuite bench {stamp} ({os.cpu_count()} CPUs, {mode})"
+    rows = report.rows(ctx.figures)
+    console.print(report.render(rows, title=title))
+    for note in ctx.notes:
+        console.print(f"[yellow]note: {note}[/yellow]")
+    for problem in problems:
+        console.print(f"[red]MONEY CHECK FAILED: {problem}[/red]")
+    if not problems:
+        console.print(
+            f"[green]money check: {len(ctx.deposits)} deposits, all accounted for[/green]"
+        )
+    folder = ctx.options.output_dir
+    json_path = report.write_json(
+        folder / f"{stamp}.json", _document(ctx, rows, problems, started_at, mode)
+    )
+    png_path = charts.draw(
+        ctx.timeline, start=ctx.started, path=folder / f"{stamp}.png", title=title
+    )
+    console.print(f"figures: {json_path}\nchart:   {png_path}")
+    return Outcome(dict(ctx.figures), problems, json_path, png_path)
+
+
+def _mode(target_running: bool) -> str:
+    return "running suite" if target_running else "fresh embedded suite"
+
+
+def _document(
+    ctx: BenchContext,
+    rows: list[report.Row],
+    problems: list[str],
+    started_at: datetime,
+    mode: str,
+) -> dict[str, Any]:
+    options = {
+        k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(ctx.options).items()
+    }
+    return {
+        "started_at": started_at.isoformat(),
+        "run_id": ctx.run_id,
+        "mode": mode,
+        "machine": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
+        "options": options,
+        "figures": ctx.figures,
+        "table": [dataclasses.asdict(row) for row in rows],
+        "deposits": len(ctx.deposits),
+        "notes": ctx.notes,
+        "money_problems": problems,
+        "money_check_passed": not problems,
+    }
+
+
+__all__ = ["SECTIONS", "Outcome", "Section", "SuiteFailed", "measure_all", "publish", "run"]

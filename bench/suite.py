@@ -1,0 +1,127 @@
+"""The suite under test: a fresh one on the embedded servers, or one that is already running.
+
+A fresh suite lives in a throw-away folder on free ports, so it never meets the data or the
+ports of a `make run` on the same machine. Its simulator settles charges at once and its
+services log only warnings: the bench measures our code, not a sleep or a terminal.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.cli import supervisor
+from common.config import Settings
+from common.embedded import start_embedded
+from gateway_service.bootstrap import DATABASE as GATEWAY_DB
+from payment_service.bootstrap import DATABASE as PAYMENT_DB
+from wallet_service.bootstrap import DATABASE as WALLET_DB
+
+SUITE_ENV = {"PAYSUITE_LOG_LEVEL": "WARNING", "PAYSUITE_SIMULATOR_SETTLE_DELAY_MS": "0"}
+
+
+class SuiteFailed(Exception):
+    """The suite did not start, or one of its processes died during the bench."""
+
+
+@dataclass
+class RunningSuite:
+    settings: Settings
+    children: dict[str, subprocess.Popen[bytes]]
+
+    def check_alive(self) -> None:
+        dead = [name for name, child in self.children.items() if child.poll() is not None]
+        if dead:
+            raise SuiteFailed(f"{', '.join(dead)} exited during the bench")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def on_free_ports(settings: Settings, data_dir: Path) -> Settings:
+    payment, wallet, gateway, webhook, provider = (f"127.0.0.1:{free_port()}" for _ in range(5))
+    return settings.model_copy(
+        update={
+            "data_dir": data_dir,
+            "payment_listen": payment,
+            "payment_target": payment,
+            "wallet_listen": wallet,
+            "wallet_target": wallet,
+            "gateway_listen": gateway,
+            "gateway_target": gateway,
+            "webhook_listen": webhook,
+            "provider_url": f"http://{provider}",
+            "log_level": "WARNING",
+        }
+    )
+
+
+def child_env(settings: Settings, database_url: str, redis_url: str) -> dict[str, str]:
+    env = supervisor.child_env(settings, database_url, redis_url)
+    env.update(SUITE_ENV)
+    env.update(
+        {
+            "PAYSUITE_DATA_DIR": str(settings.data_dir),
+            "PAYSUITE_PAYMENT_LISTEN": settings.payment_listen,
+            "PAYSUITE_PAYMENT_TARGET": settings.payment_target,
+            "PAYSUITE_WALLET_LISTEN": settings.wallet_listen,
+            "PAYSUITE_WALLET_TARGET": settings.wallet_target,
+            "PAYSUITE_GATEWAY_LISTEN": settings.gateway_listen,
+            "PAYSUITE_GATEWAY_TARGET": settings.gateway_target,
+            "PAYSUITE_WEBHOOK_LISTEN": settings.webhook_listen,
+            "PAYSUITE_PROVIDER_URL": settings.provider_url,
+            "PAYSUITE_SIMULATOR_WEBHOOK_URL": (
+                f"http://{settings.webhook_listen}/webhooks/simulator"
+            ),
+        }
+    )
+    return env
+
+
+@contextmanager
+def fresh_suite(base: Settings) -> Iterator[RunningSuite]:
+    # Not under /tmp's private folders: pgserver runs PostgreSQL as an unprivileged user
+    # when started as root, and that user must reach the data folder.
+    folder = Path(tempfile.mkdtemp(prefix="paysuite-bench-"))
+    folder.chmod(0o755)
+    servers = start_embedded(folder, keep_data=False)
+    try:
+        settings = on_free_ports(base, folder).model_copy(
+            update={"database_url": servers.database_url, "redis_url": servers.redis_url}
+        )
+        for database in (WALLET_DB, PAYMENT_DB, GATEWAY_DB):
+            database.migrate(settings)
+        processes = supervisor.plan(settings)
+        env = child_env(settings, servers.database_url, servers.redis_url)
+        with supervisor.running(processes, env) as children:
+            try:
+                supervisor.wait_ready(processes, children)
+            except RuntimeError as exc:
+                raise SuiteFailed(str(exc)) from None
+            yield RunningSuite(settings, children)
+    finally:
+        servers.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def running_suite(settings: Settings) -> Iterator[RunningSuite]:
+    """The suite `make run` (or a deployment) started: endpoints from PAYSUITE_* settings."""
+    yield RunningSuite(
+        settings.model_copy(
+            update={
+                "database_url": settings.require_database_url(),
+                "redis_url": settings.require_redis_url(),
+            }
+        ),
+        {},
+    )

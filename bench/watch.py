@@ -1,0 +1,72 @@
+"""Sees payments finish by reading `paysuite.payment.events` with plain XREAD.
+
+Cheaper than polling GetPayment for thousands of payments, and it observes what a downstream
+consumer would: the instant the terminal event reached the stream. Reading starts at the
+stream's last entry taken before the load starts, so nothing published during it is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from bench.checks import TERMINAL
+from paysuite.events.v1 import events_pb2
+
+_READ_COUNT = 500
+
+
+class CompletionWatcher:
+    def __init__(self, redis: Redis, stream: str) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._last_id = "0-0"
+        self._task: asyncio.Task[None] | None = None
+        self.completed: dict[str, float] = {}  # payment_id -> perf_counter() when seen
+        self.finished: dict[str, str] = {}  # payment_id -> terminal status
+
+    async def __aenter__(self) -> CompletionWatcher:
+        newest: list[Any] = await self._redis.xrevrange(self._stream, count=1)  # type: ignore[assignment]
+        if newest:
+            self._last_id = newest[0][0].decode()
+        self._task = asyncio.create_task(self._follow())
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait_finished(self, payment_ids: set[str], *, timeout_s: float) -> bool:
+        """True once every payment reached a terminal state; False at the timeout."""
+        deadline = time.perf_counter() + timeout_s
+        while not payment_ids <= self.finished.keys():
+            if time.perf_counter() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
+    async def _follow(self) -> None:
+        while True:
+            response: list[Any] = await self._redis.xread(  # type: ignore[assignment]
+                {self._stream: self._last_id}, count=_READ_COUNT, block=1000
+            )
+            seen = time.perf_counter()
+            for _stream, entries in response or ():
+                for entry_id, fields in entries:
+                    self._last_id = entry_id.decode()
+                    self._record(fields, seen)
+
+    def _record(self, fields: dict[bytes, bytes], seen: float) -> None:
+        envelope = events_pb2.EventEnvelope.FromString(fields[b"envelope"])
+        status = envelope.event_type.removeprefix("payment.")
+        if status not in TERMINAL:
+            return
+        self.finished.setdefault(envelope.aggregate_id, status)
+        if status == "completed":
+            self.completed.setdefault(envelope.aggregate_id, seen)

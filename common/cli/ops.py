@@ -1,0 +1,428 @@
+"""Operator commands for the event pipeline.
+
+`paysuite outbox status`: unpublished rows and the oldest one's age, per service database.
+`paysuite events pending`: per stream and consumer group, the lag, the pending entries and the
+longest idle one, and the dead-letter stream's length.
+`paysuite events dlq list|replay|drop`: look at dead-lettered events, put them back on their
+stream (same event_id, so consumers that already applied them skip them), or discard them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import psycopg
+import typer
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from common import db
+from common.cli.inspect import STREAMS
+from common.config import ConfigError, Settings, load_settings
+from common.events import dead_letter_stream
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT_S = 5
+# Redis 6 reports no lag: count the undelivered entries, up to this many.
+LAG_COUNT_CAP = 10_000
+# How many pending entries (oldest first) to look at for the longest idle time.
+PENDING_SCAN = 1_000
+DLQ_FIELDS = frozenset({b"source_stream", b"source_id", b"group", b"error"})
+PAGE = 100
+# The relay logs an alarm past this stream length (its default `stream_alarm_length`): the
+# stream is trimmed only below what every group acknowledged, so a long one means a group is
+# far behind or gone.
+STREAM_ALARM_LENGTH = 1_000_000
+
+outbox_app = typer.Typer(help="The transactional outboxes of the service databases.")
+dlq_app = typer.Typer(help="Dead-lettered events: list, replay onto their stream, or drop.")
+console = Console()
+
+
+class OpsError(Exception):
+    """An expected failure: printed as one line, exit code 1."""
+
+
+def register(app: typer.Typer, events: typer.Typer) -> None:
+    app.add_typer(outbox_app, name="outbox", no_args_is_help=True)
+    events.command("pending")(events_pending)
+    events.add_typer(dlq_app, name="dlq", no_args_is_help=True)
+
+
+# --- outbox status -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatus:
+    database: str
+    unpublished: int | None = None
+    oldest_age_s: float | None = None
+    error: str = ""
+
+
+_OUTBOX_STATUS = (
+    "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8"
+    " FROM outbox WHERE published_at IS NULL"
+)
+
+
+def service_databases() -> list[tuple[str, Any]]:
+    from gateway_service.bootstrap import DATABASE as GATEWAY_DB
+    from payment_service.bootstrap import DATABASE as PAYMENT_DB
+    from wallet_service.bootstrap import DATABASE as WALLET_DB
+
+    return [(database.name, database) for database in (PAYMENT_DB, WALLET_DB, GATEWAY_DB)]
+
+
+async def outbox_status(settings: Settings) -> list[OutboxStatus]:
+    return [await _one_outbox(settings, db_) for _name, db_ in service_databases()]
+
+
+async def _one_outbox(settings: Settings, database: Any) -> OutboxStatus:
+    url = database.url(settings)
+    name = str(url.database)
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            db.libpq_dsn(url), connect_timeout=CONNECT_TIMEOUT_S
+        ) as conn:
+            row = await (await conn.execute(_OUTBOX_STATUS)).fetchone()
+    except psycopg.Error as exc:
+        return OutboxStatus(name, error=_first_line(exc))
+    count, age = row if row else (0, None)
+    return OutboxStatus(name, int(count), float(age) if age is not None else None)
+
+
+async def stream_lengths(redis: Redis, streams: Sequence[str]) -> dict[str, int]:
+    return {stream: int(await redis.xlen(stream)) for stream in streams}
+
+
+@outbox_app.command("status")
+def outbox_status_command() -> None:
+    """Unpublished outbox rows and the oldest one's age, per service database; then each
+    stream's length, with an alarm when it nears the point where it would be trimmed."""
+    settings = _settings(need_database=True)
+    statuses = asyncio.run(outbox_status(settings))
+    table = Table(title="outbox", title_justify="left")
+    for column in ("database", "unpublished", "oldest unpublished", "state"):
+        table.add_column(column, justify="right" if column != "database" else "left")
+    for status in statuses:
+        table.add_row(
+            status.database,
+            "" if status.unpublished is None else f"{status.unpublished:,}",
+            _age(status.oldest_age_s),
+            f"[red]unreachable: {escape(status.error)}[/red]" if status.error else "ok",
+        )
+    console.print(table)
+    _print_stream_lengths(settings)
+    if any(status.error for status in statuses):
+        raise typer.Exit(1)
+
+
+def _print_stream_lengths(settings: Settings) -> None:
+    try:
+        settings = settings.model_copy(update={"redis_url": settings.require_redis_url()})
+    except ConfigError:
+        return  # no Redis configured here: the databases are what this command is about
+    streams = [settings.stream_prefix + name for name in STREAMS.values()]
+    lengths = _with_redis(settings, lambda redis: stream_lengths(redis, streams))
+    table = Table(title="streams", title_justify="left")
+    for column in ("stream", "length", "state"):
+        table.add_column(column, justify="right" if column == "length" else "left")
+    for stream, length in lengths.items():
+        alarm = length > STREAM_ALARM_LENGTH
+        state = f"[red]ALARM: over {STREAM_ALARM_LENGTH:,} entries[/red]" if alarm else "ok"
+        table.add_row(stream, f"{length:,}", state)
+    console.print(table)
+
+
+# --- events pending ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    group: str
+    consumers: int
+    lag: int
+    lag_capped: bool  # lag is at least this (counted on a Redis without XINFO lag)
+    pending: int
+    oldest_idle_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    stream: str
+    length: int
+    dead_letters: int
+    groups: list[GroupStatus]
+
+
+async def pending_status(redis: Redis, streams: Sequence[str]) -> list[StreamStatus]:
+    return [await _stream_status(redis, stream) for stream in streams]
+
+
+async def _stream_status(redis: Redis, stream: str) -> StreamStatus:
+    dead_letters = int(await redis.xlen(dead_letter_stream(stream)))
+    if not await redis.exists(stream):
+        return StreamStatus(stream, 0, dead_letters, [])
+    infos: list[dict[str, Any]] = await redis.xinfo_groups(stream)
+    groups = [await _group_status(redis, stream, info) for info in infos]
+    return StreamStatus(stream, int(await redis.xlen(stream)), dead_letters, groups)
+
+
+async def _group_status(redis: Redis, stream: str, info: dict[str, Any]) -> GroupStatus:
+    group = _text(info["name"])
+    lag, capped = await _lag(redis, stream, info)
+    pending = int(info["pending"])
+    idle = None
+    if pending:
+        entries: list[dict[str, Any]] = await redis.xpending_range(
+            stream, group, min="-", max="+", count=PENDING_SCAN
+        )
+        idle = max((int(e["time_since_delivered"]) for e in entries), default=None)
+    return GroupStatus(group, int(info["consumers"]), lag, capped, pending, idle)
+
+
+async def _lag(redis: Redis, stream: str, info: dict[str, Any]) -> tuple[int, bool]:
+    """Redis 7 knows the lag (unless entries were deleted); otherwise count what is left."""
+    if info.get("lag") is not None:
+        return int(info["lag"]), False
+    after = _text(info["last-delivered-id"])
+    entries = await _range(redis, stream, low=f"({after}", count=LAG_COUNT_CAP)
+    return len(entries), len(entries) >= LAG_COUNT_CAP
+
+
+def events_pending() -> None:
+    """Per stream and consumer group: lag, pending entries, longest idle, dead letters."""
+    settings = _settings()
+    streams = [settings.stream_prefix + name for name in STREAMS.values()]
+    statuses = _with_redis(settings, lambda redis: pending_status(redis, streams))
+    table = Table(title="consumer groups", title_justify="left")
+    columns = ("stream", "length", "group", "consumers", "lag", "pending", "oldest idle", "DLQ")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("stream", "group") else "right")
+    for status in statuses:
+        dlq = f"[red]{status.dead_letters:,}[/red]" if status.dead_letters else "0"
+        length = f"{status.length:,}"
+        if not status.groups:
+            table.add_row(status.stream, length, "(no group)", "", "", "", "", dlq)
+        for group in status.groups:
+            table.add_row(
+                status.stream,
+                length,
+                group.group,
+                str(group.consumers),
+                f"≥ {group.lag:,}" if group.lag_capped else f"{group.lag:,}",
+                f"{group.pending:,}",
+                _age(group.oldest_idle_ms / 1000 if group.oldest_idle_ms is not None else None),
+                dlq,
+            )
+    console.print(table)
+
+
+# --- events dlq --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    entry_id: str
+    fields: dict[bytes, bytes]
+
+    @property
+    def original(self) -> dict[bytes, bytes]:
+        """The entry as it was on its stream, without what dead-lettering added."""
+        return {k: v for k, v in self.fields.items() if k not in DLQ_FIELDS}
+
+    def field(self, name: str) -> str:
+        return self.fields.get(name.encode(), b"").decode(errors="replace")
+
+
+def resolve_stream(settings: Settings, stream: str) -> str:
+    """`payment`, `paysuite.payment.events` or its `.dlq`, with or without the configured
+    stream prefix: the source stream's full name."""
+    name = STREAMS.get(stream, stream).removesuffix(dead_letter_stream(""))
+    prefix = settings.stream_prefix
+    return name if prefix and name.startswith(prefix) else prefix + name
+
+
+async def dead_letters(redis: Redis, stream: str, *, limit: int) -> list[DeadLetter]:
+    return await _range(redis, dead_letter_stream(stream), count=limit)
+
+
+async def replay(redis: Redis, stream: str, entry_id: str | None) -> int:
+    """Re-adds dead letters to their source stream and removes them from the DLQ, each in one
+    MULTI, so a crash never loses one and never replays one twice. None: every one present
+    now (not the ones a still-failing consumer parks again meanwhile)."""
+    return await _each(redis, stream, entry_id, lambda letter: _replay_one(redis, stream, letter))
+
+
+async def drop(redis: Redis, stream: str, entry_id: str | None) -> int:
+    dlq = dead_letter_stream(stream)
+    return await _each(redis, stream, entry_id, lambda letter: redis.xdel(dlq, letter.entry_id))
+
+
+async def _replay_one(redis: Redis, stream: str, letter: DeadLetter) -> None:
+    target = letter.field("source_stream") or stream
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xadd(target, letter.original)  # type: ignore[arg-type]
+        pipe.xdel(dead_letter_stream(stream), letter.entry_id)
+        await pipe.execute()
+
+
+async def _each(
+    redis: Redis, stream: str, entry_id: str | None, action: Callable[[DeadLetter], Awaitable[Any]]
+) -> int:
+    dlq = dead_letter_stream(stream)
+    if entry_id is not None:
+        found = await _range(redis, dlq, low=entry_id, high=entry_id, count=1)
+        if not found:
+            raise OpsError(f"no entry {entry_id} in {dlq}")
+        await action(found[0])
+        return 1
+    newest = await _range(redis, dlq, reverse=True, count=1)
+    if not newest:
+        return 0
+    done = 0
+    while page := await _range(redis, dlq, high=newest[0].entry_id, count=PAGE):
+        for letter in page:
+            await action(letter)
+            done += 1
+    return done
+
+
+async def _range(
+    redis: Redis,
+    stream: str,
+    *,
+    low: str = "-",
+    high: str = "+",
+    count: int,
+    reverse: bool = False,
+) -> list[DeadLetter]:
+    """XRANGE (or XREVRANGE) as typed entries; redis-py's own annotation is a loose union."""
+    if reverse:
+        response: Any = await redis.xrevrange(stream, max=high, min=low, count=count)
+    else:
+        response = await redis.xrange(stream, min=low, max=high, count=count)
+    return [DeadLetter(_text(entry_id), dict(fields)) for entry_id, fields in response or ()]
+
+
+StreamArg = Annotated[str, typer.Argument(help="payment, wallet, gateway or a full stream name")]
+EntryArg = Annotated[str | None, typer.Argument(help="The DLQ entry id (see `dlq list`).")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every entry in the DLQ.")]
+
+
+@dlq_app.command("list")
+def dlq_list(
+    stream: StreamArg,
+    limit: Annotated[int, typer.Option(help="Show at most this many, oldest first.", min=1)] = 20,
+) -> None:
+    """Dead-lettered events of a stream, oldest first."""
+    settings = _settings()
+    name = resolve_stream(settings, stream)
+    letters = _with_redis(settings, lambda redis: dead_letters(redis, name, limit=limit))
+    table = Table(title=dead_letter_stream(name), title_justify="left")
+    for column in ("entry", "group", "event type", "event id", "source entry", "error"):
+        table.add_column(column)
+    for letter in letters:
+        table.add_row(
+            letter.entry_id,
+            letter.field("group"),
+            letter.field("event_type"),
+            letter.field("event_id"),
+            letter.field("source_id"),
+            escape(letter.field("error")[:200]),
+        )
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(stream: StreamArg, entry_id: EntryArg = None, all_: AllOpt = False) -> None:
+    """Put dead letters back on their stream, keeping their event_id.
+
+    Every group on the stream sees a replayed event again; those that applied it already skip
+    it by its event_id.
+    """
+    _dlq_action(stream, entry_id, all_, replay, "replayed")
+
+
+@dlq_app.command("drop")
+def dlq_drop(stream: StreamArg, entry_id: EntryArg = None, all_: AllOpt = False) -> None:
+    """Delete dead letters for good."""
+    _dlq_action(stream, entry_id, all_, drop, "dropped")
+
+
+def _dlq_action(
+    stream: str,
+    entry_id: str | None,
+    all_: bool,
+    action: Callable[[Redis, str, str | None], Awaitable[int]],
+    verb: str,
+) -> None:
+    if (entry_id is None) == (not all_):
+        console.print("[red]give either an ENTRY_ID or --all[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    name = resolve_stream(settings, stream)
+    count = _with_redis(settings, lambda redis: action(redis, name, entry_id))
+    console.print(f"{verb} {count} dead letter{'s' if count != 1 else ''} of {name}")
+
+
+# --- plumbing ----------------------------------------------------------------------------
+
+
+def _settings(*, need_database: bool = False) -> Settings:
+    try:
+        settings = load_settings()
+        if need_database:
+            return settings.model_copy(update={"database_url": settings.require_database_url()})
+        return settings.model_copy(update={"redis_url": settings.require_redis_url()})
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
+    async def run() -> T:
+        redis = Redis.from_url(
+            settings.require_redis_url(),
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=CONNECT_TIMEOUT_S * 2,
+        )
+        try:
+            return await work(redis)
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(run())
+    except RedisError as exc:
+        console.print(f"[red]Redis: {escape(_first_line(exc))}[/red]")
+        raise typer.Exit(1) from None
+    except OpsError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.0f} min"

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.context import BenchContext, BenchOptions
+from bench.harness import publish
+from common.config import Settings
+
+
+def test_the_report_prints_the_table_and_writes_json_and_png(tmp_path: Path) -> None:
+    ctx = BenchContext(settings=Settings(), options=BenchOptions(output_dir=tmp_path), run_id="r")
+    ctx.figures.update({"health_calls_per_s": 100.0, "deposits_completed_per_s": math.nan})
+    console = Console(record=True, width=200)
+
+    outcome = publish(
+        ctx, ["lost money"], console, started_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), mode="t"
+    )
+
+    assert not outcome.ok
+    assert outcome.json_path == tmp_path / "20260102T030405Z.json"
+    document = json.loads(outcome.json_path.read_text())
+    assert document["figures"] == {"health_calls_per_s": 100.0, "deposits_completed_per_s": None}
+    assert document["money_check_passed"] is False
+    assert outcome.png_path.read_bytes()[:4] == b"\x89PNG"
+    text = console.export_text()
+    assert "MONEY CHECK FAILED: lost money" in text
+    assert "deposits completed, closed loop" in text
