@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 
+from common import aio
 from common.logging import configure_logging
 from provider_simulator.app import serve
 from provider_simulator.settings import SettingsError, SimulatorSettings, load_settings
@@ -27,7 +28,7 @@ def main() -> int:
         return 2
     configure_logging(service="provider-simulator")
     try:
-        asyncio.run(_run(settings))
+        aio.run(_run(settings))
     except OSError as exc:  # typically the port is taken, or the data folder is not writable
         where = (
             f"use {exc.filename}"
