@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from rich.console import Console
 
-from bench import charts, databases, deposits, pipeline, report
+from bench import charts, databases, deposits, pipeline, report, webhook_bench
 from bench.checks import money_problems, not_terminal
 from bench.context import BenchContext, BenchOptions
 from bench.suite import SuiteFailed, fresh_suite, running_suite
@@ -39,6 +39,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("baseline: trivial gRPC call", deposits.measure_baseline),
     Section("deposits, closed then open loop", deposits.measure),
     Section("outbox relay and stream consumer", pipeline.measure),
+    Section("webhooks through the adapter into the gateway", webhook_bench.measure_in_bench),
 )
 
 

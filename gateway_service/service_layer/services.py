@@ -145,12 +145,13 @@ class _Locks:
         self._held: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, operation_id: str) -> AsyncIterator[None]:
+    async def hold(self, operation_id: str) -> AsyncIterator[bool]:
+        """Holds the operation's lock; yields whether another request held it first."""
         lock, users = self._held.get(operation_id, (asyncio.Lock(), 0))
         self._held[operation_id] = (lock, users + 1)
         try:
             async with lock:
-                yield
+                yield users > 0
         finally:
             lock, users = self._held[operation_id]
             if users == 1:
@@ -428,8 +429,10 @@ class GatewayService:
         operation = await retry_on_conflict(lambda: self._record(request))
         if operation.status is not OperationStatus.CREATED:
             return operation
-        async with self._locks.hold(operation.operation_id):
-            return await self._submit(operation.operation_id, deadline)
+        async with self._locks.hold(operation.operation_id) as waited:
+            if waited:  # another request went first: start from what it left
+                operation = await self._load(operation.operation_id)
+            return await self._submit(operation, deadline)
 
     async def _record(self, request: OpenRequest) -> Operation:
         async with self._uow() as uow:
@@ -467,10 +470,12 @@ class GatewayService:
                 f"refunds of {charge.operation_id} would exceed the {charge.amount} charged"
             )
 
-    async def _submit(self, operation_id: str, deadline: float | None) -> Operation:
-        operation = await self._load(operation_id)
+    async def _submit(self, operation: Operation, deadline: float | None) -> Operation:
+        """Asks the providers in turn. A webhook or a sync may settle the operation while
+        this runs: every change below is made under its row lock and refuses to go back."""
         if operation.status is not OperationStatus.CREATED:
             return operation  # settled meanwhile, e.g. by a webhook or a sync
+        operation_id = operation.operation_id
         last: ProviderNotProcessed | None = None
         for provider in self._candidates(operation):
             if provider.name != operation.provider:
