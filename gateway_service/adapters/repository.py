@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db import unique_violation_is_conflict
+from common.errors import ConcurrentUpdate
 from common.money import Money
 from gateway_service.adapters import tables as t
 from gateway_service.domain.model import (
@@ -71,6 +72,31 @@ def _history(row: Any) -> HistoryEntry:
         failure_reason=row.failure_reason or "",
         outcome_unknown=row.outcome_unknown,
         recorded_at=row.recorded_at,
+    )
+
+
+_HISTORY_COLUMNS = (
+    "operation_id",
+    "version",
+    "status",
+    "provider",
+    "provider_reference",
+    "failure_reason",
+    "outcome_unknown",
+)
+
+
+def _history_columns_of(columns: Any) -> list[Any]:
+    return [columns[name] for name in _HISTORY_COLUMNS]
+
+
+def _with_history(changed: Any) -> Any:
+    """INSERT INTO operation_history SELECT ... FROM <the changed operation row>: the change
+    and its history entry in one round trip. Returns the entry's recorded_at (or no row)."""
+    return (
+        insert(t.operation_history)
+        .from_select(list(_HISTORY_COLUMNS), select(*_history_columns_of(changed.c)))
+        .returning(t.operation_history.c.recorded_at)
     )
 
 
@@ -131,50 +157,47 @@ class OperationRepository:
         return [_history(row) for row in await self._conn.execute(query)]
 
     async def add(self, operation: Operation) -> None:
-        async with unique_violation_is_conflict():
-            row = (
-                await self._conn.execute(
-                    insert(t.operations)
-                    .values(**self._row(operation))
-                    .returning(t.operations.c.created_at, t.operations.c.updated_at)
-                )
-            ).one()
-        operation.created_at, operation.updated_at = row.created_at, row.updated_at
-        await self._append_history(operation)
+        if not await self.add_new(operation):
+            raise ConcurrentUpdate("an operation with this idempotency key exists")
 
-    async def _append_history(self, operation: Operation) -> None:
-        await self._conn.execute(
-            insert(t.operation_history).values(
-                operation_id=operation.operation_id,
-                version=operation.version,
+    async def add_new(self, operation: Operation) -> bool:
+        """Inserts the operation and its first history entry in one statement; False, writing
+        nothing, when its idempotency key is taken (a concurrent insert waits for the other)."""
+        inserted = (
+            pg_insert(t.operations)
+            .values(**self._row(operation))
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(*_history_columns_of(t.operations.c))
+            .cte("inserted")
+        )
+        async with unique_violation_is_conflict():
+            recorded_at = (await self._conn.execute(_with_history(inserted))).scalar_one_or_none()
+        if recorded_at is None:
+            return False
+        # now() is the transaction's time: the same instant for both rows.
+        operation.created_at = operation.updated_at = recorded_at
+        return True
+
+    async def save(self, operation: Operation) -> None:
+        """Updates the operation and appends its history entry in one statement. The provider
+        reference is unique: a clash means another operation claimed it (ConcurrentUpdate)."""
+        updated = (
+            update(t.operations)
+            .where(t.operations.c.operation_id == operation.operation_id)
+            .values(
                 status=operation.status.value,
                 provider=operation.provider,
                 provider_reference=operation.provider_reference,
                 failure_reason=operation.failure_reason,
+                version=operation.version,
                 outcome_unknown=operation.outcome_unknown,
+                updated_at=func.now(),
             )
+            .returning(*_history_columns_of(t.operations.c))
+            .cte("updated")
         )
-
-    async def save(self, operation: Operation) -> None:
-        # The provider reference is unique: a clash means another operation claimed it.
         async with unique_violation_is_conflict():
-            operation.updated_at = (
-                await self._conn.execute(
-                    update(t.operations)
-                    .where(t.operations.c.operation_id == operation.operation_id)
-                    .values(
-                        status=operation.status.value,
-                        provider=operation.provider,
-                        provider_reference=operation.provider_reference,
-                        failure_reason=operation.failure_reason,
-                        version=operation.version,
-                        outcome_unknown=operation.outcome_unknown,
-                        updated_at=func.now(),
-                    )
-                    .returning(t.operations.c.updated_at)
-                )
-            ).scalar_one()
-        await self._append_history(operation)
+            operation.updated_at = (await self._conn.execute(_with_history(updated))).scalar_one()
 
     async def _one(self, query: Select[Any], *, for_update: bool) -> Operation | None:
         if for_update:

@@ -90,6 +90,10 @@ class OperationStore(Protocol):
 
     async def history(self, operation_id: str) -> list[HistoryEntry]: ...
     async def add(self, operation: Operation) -> None: ...
+    async def add_new(self, operation: Operation) -> bool:
+        """Adds the operation unless its idempotency key is taken (then False, no change)."""
+        ...
+
     async def save(self, operation: Operation) -> None: ...
 
 
@@ -436,10 +440,12 @@ class GatewayService:
 
     async def _record(self, request: OpenRequest) -> Operation:
         async with self._uow() as uow:
-            existing = await uow.operations.find_by_idempotency_key(request.idempotency_key)
-            if existing is not None:
-                return _replayed(existing, request)
             if request.parent_operation_id is not None:
+                # A refund is checked against the charge's other refunds, which must not count
+                # a replay of itself: look for it first.
+                existing = await uow.operations.find_by_idempotency_key(request.idempotency_key)
+                if existing is not None:
+                    return _replayed(existing, request)
                 await self._check_refund_total(uow, request)
             operation = Operation.open(
                 kind=request.kind,
@@ -450,9 +456,13 @@ class GatewayService:
                 provider=request.provider or self._providers.in_order()[0].name,
                 parent_operation_id=request.parent_operation_id,
             )
-            # A concurrent request with the same key makes this insert a ConcurrentUpdate;
-            # retry_on_conflict then re-runs this step, which finds the winner's operation.
-            await uow.operations.add(operation)
+            # Insert first: a new request (the common case) costs one statement. A taken key
+            # is a replay (or a concurrent twin, which the insert waited for): answer with it.
+            if not await uow.operations.add_new(operation):
+                existing = await uow.operations.find_by_idempotency_key(request.idempotency_key)
+                if existing is None:
+                    raise ConcurrentUpdate("the operation with this key vanished")
+                return _replayed(existing, request)
             uow.track(operation)
             await uow.commit()
             return operation

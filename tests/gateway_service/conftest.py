@@ -139,6 +139,13 @@ class FakeOperations:
             )
         )
 
+    async def add_new(self, operation: Operation) -> bool:
+        try:
+            await self.add(operation)
+        except ConcurrentUpdate:
+            return False
+        return True
+
     async def add(self, operation: Operation) -> None:
         if self._db.racing_insert is not None:
             winner, self._db.racing_insert = self._db.racing_insert, None
