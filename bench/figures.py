@@ -114,6 +114,12 @@ FIGURES += (
         "wallet_trivial_calls_per_s",
         Budget(at_least=300),
     ),
+    *(
+        Figure(f"wallet_{rpc}_{q}_ms", f"wallet {rpc.replace('_', ' ')} {q}", _MS)
+        for rpc in ("credit", "debit", "transfer", "hot_credit", "hot_debit")
+        for q in ("p50", "p99")
+    ),
+    Figure("wallet_errors", "wallet calls failed", "calls"),
     Figure("http_trivial_per_s", "baseline: trivial HTTP request to the adapter", _RATE),
     Figure(
         "webhooks_per_s",

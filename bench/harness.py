@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -16,7 +17,7 @@ from typing import Any
 import grpc
 from rich.console import Console
 
-from bench import charts, databases, deposits, pipeline, report, webhook_bench
+from bench import charts, databases, deposits, pipeline, report, wallet_bench, webhook_bench
 from bench.checks import money_problems, not_terminal
 from bench.context import BenchContext, BenchOptions
 from bench.suite import SuiteFailed, fresh_suite, running_suite
@@ -33,11 +34,21 @@ class Section:
     measure: Measure
 
 
+async def _wallet(ctx: BenchContext) -> dict[str, float]:
+    """Postings straight to the wallet, on accounts of its own (outside the money check)."""
+    return await wallet_bench.measure(
+        ctx.settings.wallet_target,
+        duration_s=max(ctx.options.open_duration_s, 4.0),
+        concurrency=ctx.options.clients,
+    )
+
+
 # In this order: the trivial call first, while the suite is idle; the pipeline sections last,
 # on scratch state, once the deposits have settled.
 SECTIONS: tuple[Section, ...] = (
     Section("baseline: trivial gRPC call", deposits.measure_baseline),
     Section("deposits, closed then open loop", deposits.measure),
+    Section("wallet postings", _wallet),
     Section("outbox relay and stream consumer", pipeline.measure),
     Section("webhooks through the adapter into the gateway", webhook_bench.measure_in_bench),
 )
@@ -168,6 +179,7 @@ def _document(
     return {
         "started_at": started_at.isoformat(),
         "run_id": ctx.run_id,
+        "git_commit": _git_commit(),
         "mode": mode,
         "machine": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
         "options": options,
@@ -178,6 +190,21 @@ def _document(
         "money_problems": problems,
         "money_check_passed": not problems,
     }
+
+
+def _git_commit() -> str:
+    """Which code the figures belong to, for before/after comparisons; empty outside git."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 - git from PATH, no shell
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 __all__ = ["SECTIONS", "Outcome", "Section", "SuiteFailed", "measure_all", "publish", "run"]

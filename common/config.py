@@ -125,6 +125,13 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=16, gt=0, le=200)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
 
+    # Wallet: limits checked before anything is written (minor units of any currency), how
+    # many events an account gets between snapshots, how often expired holds are swept.
+    wallet_max_operation_minor: int = Field(default=2**63 - 1, gt=0, le=2**63 - 1)
+    wallet_max_balance_minor: int = Field(default=2**63 - 1, gt=0, le=2**63 - 1)
+    wallet_snapshot_every: int = Field(default=10, gt=0)
+    wallet_hold_sweep_interval_ms: int = Field(default=1000, gt=0)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
 

@@ -1,14 +1,21 @@
-"""Wires the wallet service: database, unit of work, service layer, gRPC, outbox relay."""
+"""Wires the wallet service: database, unit of work, service layer, gRPC, outbox relay, and
+the sweep that releases expired holds."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
+
+import structlog
 
 from common.bootstrap import Infra, ServiceDatabase
 from common.config import Settings
+from common.errors import DomainError
 from common.grpc.server import ServiceRuntime, create_server
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_service.adapters.uow import WalletUnitOfWork
+from wallet_service.domain.model import Limits
 from wallet_service.entrypoints.grpc_servicer import WalletServicer
 from wallet_service.service_layer.services import WalletService
 
@@ -16,16 +23,54 @@ NAME = "wallet-service"
 DATABASE = ServiceDatabase("wallets", Path(__file__).parent / "adapters" / "migrations")
 SERVICE_NAME = wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name
 
+log = structlog.get_logger(__name__)
+
+
+def build_service(settings: Settings, infra: Infra) -> WalletService:
+    known_system: set[str] = set()
+    return WalletService(
+        lambda: WalletUnitOfWork(
+            infra.engine,
+            known_system=known_system,
+            snapshot_every=settings.wallet_snapshot_every,
+        ),
+        limits=Limits(
+            max_operation_minor=settings.wallet_max_operation_minor,
+            max_balance_minor=settings.wallet_max_balance_minor,
+        ),
+        group_commit=True,
+    )
+
+
+async def sweep_expired_holds(
+    service: WalletService, stop: asyncio.Event, *, interval_s: float
+) -> None:
+    """Releases expired holds until stopped; a failed round is logged and tried again later."""
+    while not stop.is_set():
+        try:
+            expired = await service.expire_holds()
+            if expired:
+                log.info("holds.expired", count=len(expired))
+        except DomainError as exc:
+            log.warning("holds.sweep_failed", error=exc.message)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
 
 async def build(settings: Settings, address: str) -> ServiceRuntime:
     infra = Infra.connect(settings, DATABASE)
-    service = WalletService(lambda: WalletUnitOfWork(infra.engine))
+    service = build_service(settings, infra)
     servicer = WalletServicer(service)
     server, port, health = create_server(
         address,
         registrars=[lambda s: wallet_pb2_grpc.add_WalletServiceServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
     )
+    interval_s = settings.wallet_hold_sweep_interval_ms / 1000
+
+    async def sweeper(stop: asyncio.Event) -> None:
+        await sweep_expired_holds(service, stop, interval_s=interval_s)
+
     return ServiceRuntime(
         name=NAME,
         server=server,
@@ -33,6 +78,6 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         health=health,
         service_names=[SERVICE_NAME],
         readiness_checks=[infra.ping_database, infra.ping_redis],
-        background=[infra.relay().run],
+        background=[infra.relay().run, sweeper],
         closers=[infra.close],
     )

@@ -21,17 +21,21 @@ def bench(
     duration: Annotated[
         float | None,
         typer.Option(
-            help="Seconds of closed-loop deposits [default: 20, quick: 4].",
+            help="Seconds of closed-loop deposits (default 20; 4 with --quick).",
             envvar="PAYSUITE_BENCH_DURATION_S",
         ),
     ] = None,
     open_duration: Annotated[
-        float | None, typer.Option(help="Seconds of open-loop deposits [default: 10, quick: 3].")
+        float | None,
+        typer.Option(help="Seconds of open-loop deposits (default 10; 3 with --quick)."),
     ] = None,
     clients: Annotated[int, typer.Option(help="Concurrent clients in the closed loops.")] = 32,
     events: Annotated[
         int | None,
-        typer.Option(help="Events through the relay and the consumer [default: 20000].", min=1),
+        typer.Option(
+            help="Events through the relay and the consumer (default 20,000; 3,000 with --quick).",
+            min=1,
+        ),
     ] = None,
     target_running: Annotated[
         bool,

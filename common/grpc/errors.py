@@ -75,7 +75,10 @@ def rich_status(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str, 
     reason = exc.reason if isinstance(exc, DomainError) else code.name
     details = [
         error_details_pb2.ErrorInfo(
-            reason=reason, domain=ERROR_DOMAIN, metadata={"request_id": request_id}
+            reason=reason,
+            domain=ERROR_DOMAIN,
+            # A domain error may add details a caller acts on (e.g. the available amount).
+            metadata={**getattr(exc, "metadata", {}), "request_id": request_id},
         )
     ]
     if isinstance(exc, ValidationError):
@@ -123,7 +126,7 @@ class ErrorMappingInterceptor(AsyncServerInterceptor):
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await _abort(exc, context, request_id)
+                await abort_with(exc, context, request_id)
 
 
 async def _mapped_stream(
@@ -139,7 +142,7 @@ async def _mapped_stream(
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _abort(exc, context, request_id)
+            await abort_with(exc, context, request_id)
 
 
 @contextlib.contextmanager
@@ -153,7 +156,7 @@ def _request_scope(request_id: str, method_name: str) -> Iterator[None]:
         request_id_var.reset(token)
 
 
-async def _abort(
+async def abort_with(
     exc: Exception, context: grpc.aio.ServicerContext[Any, Any], request_id: str
 ) -> NoReturn:
     code, message, details = rich_status(exc, request_id)

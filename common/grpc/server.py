@@ -19,6 +19,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.grpc.decoding import DecodeGuardInterceptor
 from common.grpc.errors import ErrorMappingInterceptor
 
 log = structlog.get_logger(__name__)
@@ -92,13 +93,23 @@ class ServiceRuntime:
             await self.health.set(name, status)
 
 
+MAX_REQUEST_BYTES = 1 << 20
+MAX_RESPONSE_BYTES = 4 << 20
+
+
 def create_server(
     address: str, *, registrars: Sequence[Registrar], service_names: Sequence[str]
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with our interceptors, health and reflection, bound to `address` (port 0 ok)."""
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
-        options=[("grpc.so_reuseport", 0)],
+        # The decode guard first: it answers undecodable requests before anything else runs.
+        interceptors=[DecodeGuardInterceptor(), ErrorMappingInterceptor()],
+        options=[
+            ("grpc.so_reuseport", 0),
+            # Our largest request is a few hundred bytes; nobody needs to send us megabytes.
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+        ],
     )
     for register in registrars:
         register(server)

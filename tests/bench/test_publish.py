@@ -26,6 +26,7 @@ def test_the_report_prints_the_table_and_writes_json_and_png(tmp_path: Path) -> 
     document = json.loads(outcome.json_path.read_text())
     assert document["figures"] == {"health_calls_per_s": 100.0, "deposits_completed_per_s": None}
     assert document["money_check_passed"] is False
+    assert isinstance(document["git_commit"], str)
     assert outcome.png_path.read_bytes()[:4] == b"\x89PNG"
     text = console.export_text()
     assert "MONEY CHECK FAILED: lost money" in text

@@ -184,3 +184,27 @@ async def test_ledger_invariants_hold_after_the_flows(suite: Suite) -> None:
         await engine.dispose()
     assert entries, "the flows above should have written ledger entries"
     assert (unbalanced, drifted, negative) == (0, 0, 0)
+
+
+async def test_a_charge_the_wallet_can_never_credit_turns_into_a_refund(suite: Suite) -> None:
+    """The provider has the money, but the credit would overflow the balance: the wallet's
+    LIMIT_EXCEEDED is final, so the deposit moves to refunding instead of being retried."""
+    async with clients(suite) as c:
+        account_id = await open_account(c)
+        nearly_full = await c.payments.CreateDeposit(
+            P.CreateDepositRequest(
+                idempotency_key=f"it-{uuid.uuid4()}",
+                account_id=account_id,
+                amount=usd(2**63 - 1_000),
+            )
+        )
+        await wait_for_status(c, nearly_full.payment_id, {P.PAYMENT_STATUS_COMPLETED})
+        overflowing = await c.payments.CreateDeposit(
+            P.CreateDepositRequest(
+                idempotency_key=f"it-{uuid.uuid4()}", account_id=account_id, amount=usd(5_000)
+            )
+        )
+        refunding = await wait_for_status(c, overflowing.payment_id, {P.PAYMENT_STATUS_REFUNDING})
+        assert "wallet credit impossible" in refunding.failure_reason
+        balance = await c.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id))
+        assert balance.total == usd(2**63 - 1_000)

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from tests.conftest import Suite
+from tests.integration.helpers import error_details
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -46,3 +47,26 @@ async def test_health_is_serving_once_dependencies_answer(
                     break
                 await asyncio.sleep(0.1)
             assert response.status == health_pb2.HealthCheckResponse.SERVING, name
+
+
+METHODS = {
+    "wallet_target": "/paysuite.wallet.v1.WalletService/Credit",
+    "payment_target": "/paysuite.payment.v1.PaymentService/CreateDeposit",
+    "gateway_target": "/paysuite.gateway.v1.GatewayService/Charge",
+}
+
+
+@pytest.mark.parametrize(("target", "method"), sorted(METHODS.items()))
+async def test_request_bytes_that_do_not_decode_are_invalid_argument(
+    suite: Suite, target: str, method: str
+) -> None:
+    async with grpc.aio.insecure_channel(getattr(suite, target)) as channel:
+        call = channel.unary_unary(method)  # raw bytes in, raw bytes out
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"\xff\xff\xff\xff\x0f\x01 not protobuf")
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    fields, reason = error_details(caught.value)
+    assert (fields, reason) == (["request"], "INVALID_ARGUMENT")
+    details = caught.value.details() or ""
+    assert "DecodeError" not in details
+    assert "paysuite." not in details  # no message type names

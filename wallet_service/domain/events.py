@@ -1,29 +1,181 @@
-"""Facts the wallet publishes (past tense)."""
+"""What happens to an account, past tense. Each event is appended under the account's next
+version and carries the hash of the account's previous event, so the history is a chain:
+changing one event breaks every link after it.
+
+Payloads hold plain ints and strings only, so an event's canonical JSON (and so its hash) is
+the same wherever it is computed.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
-from common.money import Money
+GENESIS_HASH = "0" * 64
 
 
 @dataclass(frozen=True, slots=True)
 class AccountOpened:
-    account_id: str
     owner_id: str
     currency: str
-    version: int
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerTransactionRecorded:
+class Credited:
     transaction_id: str
     operation_ref: str
-    kind: str
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class Debited:
+    transaction_id: str
+    operation_ref: str
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPlaced:
+    hold_id: str
+    operation_ref: str
+    amount_minor: int
+    expires_at: str  # ISO 8601, UTC
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldCaptured:
+    hold_id: str
+    transaction_id: str
+    operation_ref: str
+    captured_minor: int
+    released_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldReleased:
+    hold_id: str
+    operation_ref: str
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldExpired:
+    hold_id: str
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferredOut:
+    transaction_id: str
+    operation_ref: str
+    amount_minor: int
+    counterparty_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferredIn:
+    transaction_id: str
+    operation_ref: str
+    amount_minor: int
+    counterparty_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountFrozen:
+    operation_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountUnfrozen:
+    operation_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountClosed:
+    operation_ref: str
+
+
+AccountEvent = (
+    AccountOpened
+    | Credited
+    | Debited
+    | HoldPlaced
+    | HoldCaptured
+    | HoldReleased
+    | HoldExpired
+    | TransferredOut
+    | TransferredIn
+    | AccountFrozen
+    | AccountUnfrozen
+    | AccountClosed
+)
+
+EVENT_TYPES: dict[str, type[AccountEvent]] = {
+    cls.__name__: cls
+    for cls in (
+        AccountOpened,
+        Credited,
+        Debited,
+        HoldPlaced,
+        HoldCaptured,
+        HoldReleased,
+        HoldExpired,
+        TransferredOut,
+        TransferredIn,
+        AccountFrozen,
+        AccountUnfrozen,
+        AccountClosed,
+    )
+}
+
+
+def payload_of(event: AccountEvent) -> dict[str, Any]:
+    return asdict(event)
+
+
+def event_from(event_type: str, payload: dict[str, Any]) -> AccountEvent:
+    cls = EVENT_TYPES[event_type]
+    return cls(**{f.name: payload[f.name] for f in fields(cls)})
+
+
+def chain_hash(
+    prev_hash: str, account_id: str, version: int, event_type: str, payload: dict[str, Any]
+) -> str:
+    canonical = json.dumps(
+        [prev_hash, account_id, version, event_type, payload],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as appended to its account's history: position and chain link included."""
+
     account_id: str
-    amount: Money
-    balance_after: Money
     version: int
+    event: AccountEvent
+    prev_hash: str
+    hash: str
 
+    @property
+    def event_type(self) -> str:
+        return type(self.event).__name__
 
-WalletEvent = AccountOpened | LedgerTransactionRecorded
+    @classmethod
+    def record(
+        cls, account_id: str, version: int, event: AccountEvent, prev_hash: str
+    ) -> RecordedEvent:
+        digest = chain_hash(prev_hash, account_id, version, type(event).__name__, payload_of(event))
+        return cls(account_id, version, event, prev_hash, digest)
+
+    def intact(self) -> bool:
+        """Whether the stored hash still matches the stored content."""
+        expected = chain_hash(
+            self.prev_hash, self.account_id, self.version, self.event_type, payload_of(self.event)
+        )
+        return expected == self.hash

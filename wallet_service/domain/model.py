@@ -1,40 +1,137 @@
-"""Accounts and balanced ledger transactions. Plain Python: no SQL, no gRPC.
+"""Accounts (event-sourced aggregates) and balanced ledger transactions. Plain Python: no SQL,
+no gRPC.
 
-Every movement is a ledger transaction whose entries sum to zero per currency (invariant 1).
-Money from or to the outside world passes through the currency's clearing account, the one
-account allowed below zero: it mirrors what the outside world holds of ours.
+An account's state is the fold of its events (`Account.replay`); a command method checks the
+state, then records one event, which both changes the state and joins the account's history
+under the next version with the previous event's hash. Every movement of money is also one
+ledger transaction whose entries sum to zero per currency (invariant 1), across customer and
+system accounts:
+
+- clearing, per provider and currency: mirrors what the outside world holds of ours;
+- FX liquidity, per currency: the wallet's own stock each side of a conversion;
+- fees, per currency: what the wallet earned.
+
+System accounts may go below zero and keep no projected balance (their balance is the sum of
+their entries): every deposit in a currency touches its clearing account, and a balance row
+there would serialise them all.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from common.errors import FailedPrecondition, IdempotencyConflict, InsufficientFunds
+from common.errors import FieldViolation, ValidationError
 from common.ids import new_id
-from common.money import Money
-from wallet_service.domain import events
+from common.money import MAX_AMOUNT_MINOR, Money
+from wallet_service.domain import events as ev
+from wallet_service.domain.errors import (
+    AccountClosed,
+    AccountFrozen,
+    AccountNotEmpty,
+    CurrencyMismatch,
+    HoldNotOpen,
+    LimitExceeded,
+    NotEnoughAvailable,
+)
+from wallet_service.domain.fx import Conversion
 
-# Clearing account ids are derived from the currency, so every replica agrees on them. A
-# clearing account keeps no projected balance (its balance is the sum of its entries): every
-# deposit in a currency touches it, and a balance row there would serialise them all.
-_CLEARING_NAMESPACE = uuid.UUID("6f1c0c2e-9a43-4d0f-9f5e-3b7a1c2d4e5f")
+# System account ids are derived from their names, so every replica agrees on them.
+_SYSTEM_NAMESPACE = uuid.UUID("6f1c0c2e-9a43-4d0f-9f5e-3b7a1c2d4e5f")
 
 
 class AccountKind(StrEnum):
     CUSTOMER = "customer"
     CLEARING = "clearing"
+    FX = "fx"
+    FEES = "fees"
+
+
+class AccountStatus(StrEnum):
+    OPEN = "open"
+    FROZEN = "frozen"
+    CLOSED = "closed"
 
 
 class TransactionKind(StrEnum):
     CREDIT = "credit"
     DEBIT = "debit"
+    CAPTURE = "capture"
+    TRANSFER = "transfer"
 
 
-def clearing_account_id(currency: str) -> str:
-    return str(uuid.uuid5(_CLEARING_NAMESPACE, f"clearing:{currency}"))
+class HoldStatus(StrEnum):
+    OPEN = "open"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+def clearing_account_id(currency: str, provider: str = "") -> str:
+    # No provider keeps the id the walking skeleton gave each currency's clearing account.
+    name = f"clearing:{provider}:{currency}" if provider else f"clearing:{currency}"
+    return str(uuid.uuid5(_SYSTEM_NAMESPACE, name))
+
+
+def fx_account_id(currency: str) -> str:
+    return str(uuid.uuid5(_SYSTEM_NAMESPACE, f"fx:{currency}"))
+
+
+def fees_account_id(currency: str) -> str:
+    return str(uuid.uuid5(_SYSTEM_NAMESPACE, f"fees:{currency}"))
+
+
+@dataclass(frozen=True, slots=True)
+class SystemAccount:
+    account_id: str
+    kind: AccountKind
+    currency: str
+    name: str
+
+    @classmethod
+    def clearing(cls, currency: str, provider: str = "") -> SystemAccount:
+        name = f"clearing:{provider}:{currency}" if provider else f"clearing:{currency}"
+        return cls(clearing_account_id(currency, provider), AccountKind.CLEARING, currency, name)
+
+    @classmethod
+    def fx(cls, currency: str) -> SystemAccount:
+        return cls(fx_account_id(currency), AccountKind.FX, currency, f"fx:{currency}")
+
+    @classmethod
+    def fees(cls, currency: str) -> SystemAccount:
+        return cls(fees_account_id(currency), AccountKind.FEES, currency, f"fees:{currency}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Checked before anything is written. Capped at what a 64-bit balance can hold."""
+
+    max_operation_minor: int = MAX_AMOUNT_MINOR
+    max_balance_minor: int = MAX_AMOUNT_MINOR
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "max_operation_minor", min(self.max_operation_minor, MAX_AMOUNT_MINOR)
+        )
+        object.__setattr__(self, "max_balance_minor", min(self.max_balance_minor, MAX_AMOUNT_MINOR))
+
+    def check_operation(self, amount: Money) -> None:
+        if amount.amount_minor > self.max_operation_minor:
+            raise LimitExceeded(
+                f"{amount} is above the limit of {Money(self.max_operation_minor, amount.currency)}"
+                " per operation"
+            )
+
+    def check_balance(self, account_id: str, new_total_minor: int, currency: str) -> None:
+        if new_total_minor > self.max_balance_minor:
+            raise LimitExceeded(
+                f"account {account_id} would exceed the balance limit of "
+                f"{Money(self.max_balance_minor, currency)}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +139,7 @@ class Entry:
     entry_id: str
     account_id: str
     amount: Money  # signed: what the entry adds to the account
+    balance_after: int | None = None  # the customer account's total after it; None on system ones
 
 
 @dataclass
@@ -51,25 +149,66 @@ class LedgerTransaction:
     kind: TransactionKind
     entries: list[Entry]
     description: str = ""
+    conversion: Conversion | None = None
     created_at: datetime | None = None
 
     def __post_init__(self) -> None:
-        totals: dict[str, int] = {}
-        for entry in self.entries:
-            cur = entry.amount.currency
-            totals[cur] = totals.get(cur, 0) + entry.amount.amount_minor
-        if any(totals.values()):
-            raise ValueError(f"unbalanced ledger transaction {self.transaction_id}: {totals}")
+        unbalanced = imbalance(e.amount for e in self.entries)
+        if unbalanced:
+            raise ValueError(f"unbalanced ledger transaction {self.transaction_id}: {unbalanced}")
 
     def entry_for(self, account_id: str) -> Entry:
         return next(e for e in self.entries if e.account_id == account_id)
 
-    def same_request(self, kind: TransactionKind, account_id: str, amount: Money) -> bool:
-        """Whether a repeated call with this operation_ref asks for the same thing."""
-        if self.kind is not kind:
-            return False
-        signed = amount if kind is TransactionKind.CREDIT else -amount
-        return any(e.account_id == account_id and e.amount == signed for e in self.entries)
+
+def imbalance(amounts: Iterable[Money]) -> dict[str, int]:
+    """Per currency, what the amounts fail to cancel out; empty when they balance."""
+    totals: dict[str, int] = {}
+    for amount in amounts:
+        totals[amount.currency] = totals.get(amount.currency, 0) + amount.amount_minor
+    return {cur: total for cur, total in totals.items() if total}
+
+
+@dataclass(frozen=True, slots=True)
+class OpenHold:
+    hold_id: str
+    amount_minor: int
+    expires_at: datetime
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldView:
+    """A hold as the read model shows it, also after it closed."""
+
+    hold_id: str
+    account_id: str
+    amount: Money
+    captured: Money
+    status: HoldStatus
+    expires_at: datetime
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What an operation_ref did: its kind, a fingerprint of its parameters, and its result,
+    so that a repeat replays the result and a reuse with other parameters is refused."""
+
+    operation_ref: str
+    kind: str
+    fingerprint: str
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """An event on its way to the outbox, with the balances right after it."""
+
+    recorded: ev.RecordedEvent
+    currency: str
+    total_minor: int
+    held_minor: int
 
 
 @dataclass
@@ -78,31 +217,114 @@ class Account:
     owner_id: str
     currency: str
     kind: AccountKind = AccountKind.CUSTOMER
+    status: AccountStatus = AccountStatus.OPEN
     total_minor: int = 0
     held_minor: int = 0
     version: int = 0
+    last_hash: str = ev.GENESIS_HASH
+    holds: dict[str, OpenHold] = field(default_factory=dict)
     open_ref: str = ""
     created_at: datetime | None = None
-    _events: list[events.WalletEvent] = field(default_factory=list, repr=False)
+    _pending: list[ev.RecordedEvent] = field(default_factory=list, repr=False)
+    _outbox: list[Published] = field(default_factory=list, repr=False)
+
+    # -- history -------------------------------------------------------------------------
 
     @classmethod
     def open(cls, *, owner_id: str, currency: str, open_ref: str) -> Account:
         account = cls(account_id=new_id(), owner_id=owner_id, currency=currency, open_ref=open_ref)
-        account.version = 1
-        account._events.append(
-            events.AccountOpened(account.account_id, owner_id, currency, account.version)
-        )
+        account._record(ev.AccountOpened(owner_id=owner_id, currency=currency))
         return account
 
-    @classmethod
-    def clearing(cls, currency: str) -> Account:
-        return cls(
-            account_id=clearing_account_id(currency),
-            owner_id="paysuite",
-            currency=currency,
-            kind=AccountKind.CLEARING,
-            open_ref=f"clearing:{currency}",
-        )
+    def replay(self, history: Iterable[ev.RecordedEvent]) -> None:
+        for recorded in history:
+            self._apply(recorded.event)
+            self.version = recorded.version
+            self.last_hash = recorded.hash
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "last_hash": self.last_hash,
+            "status": self.status.value,
+            "total_minor": self.total_minor,
+            "held_minor": self.held_minor,
+            "holds": [
+                {
+                    "hold_id": h.hold_id,
+                    "amount_minor": h.amount_minor,
+                    "expires_at": h.expires_at.isoformat(),
+                    "reference": h.reference,
+                }
+                for h in self.holds.values()
+            ],
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self.version = snapshot["version"]
+        self.last_hash = snapshot["last_hash"]
+        self.status = AccountStatus(snapshot["status"])
+        self.total_minor = snapshot["total_minor"]
+        self.held_minor = snapshot["held_minor"]
+        self.holds = {
+            h["hold_id"]: OpenHold(
+                h["hold_id"],
+                h["amount_minor"],
+                datetime.fromisoformat(h["expires_at"]),
+                h["reference"],
+            )
+            for h in snapshot["holds"]
+        }
+
+    @property
+    def new_events(self) -> list[ev.RecordedEvent]:
+        """Recorded since loading and not yet stored."""
+        return list(self._pending)
+
+    def mark_stored(self) -> None:
+        self._pending = []
+
+    def pull_events(self) -> list[Published]:
+        pulled, self._outbox = self._outbox, []
+        return pulled
+
+    def _record(self, event: ev.AccountEvent) -> None:
+        recorded = ev.RecordedEvent.record(self.account_id, self.version + 1, event, self.last_hash)
+        self._apply(event)
+        self.version = recorded.version
+        self.last_hash = recorded.hash
+        self._pending.append(recorded)
+        self._outbox.append(Published(recorded, self.currency, self.total_minor, self.held_minor))
+
+    def _apply(self, event: ev.AccountEvent) -> None:
+        match event:
+            case ev.AccountOpened():
+                self.status = AccountStatus.OPEN
+            case ev.Credited() | ev.TransferredIn():
+                self.total_minor += event.amount_minor
+            case ev.Debited() | ev.TransferredOut():
+                self.total_minor -= event.amount_minor
+            case ev.HoldPlaced():
+                self.held_minor += event.amount_minor
+                self.holds[event.hold_id] = OpenHold(
+                    event.hold_id,
+                    event.amount_minor,
+                    datetime.fromisoformat(event.expires_at),
+                    event.reference,
+                )
+            case ev.HoldCaptured():
+                self.held_minor -= self.holds.pop(event.hold_id).amount_minor
+                self.total_minor -= event.captured_minor
+            case ev.HoldReleased() | ev.HoldExpired():
+                self.held_minor -= self.holds.pop(event.hold_id).amount_minor
+            case ev.AccountFrozen():
+                self.status = AccountStatus.FROZEN
+            case ev.AccountUnfrozen():
+                self.status = AccountStatus.OPEN
+            case ev.AccountClosed():
+                self.status = AccountStatus.CLOSED
+
+    # -- balances ------------------------------------------------------------------------
 
     @property
     def total(self) -> Money:
@@ -116,68 +338,193 @@ class Account:
     def available(self) -> Money:
         return Money(self.total_minor - self.held_minor, self.currency)
 
+    # -- checks --------------------------------------------------------------------------
+
     def check_currency(self, amount: Money) -> None:
         if amount.currency != self.currency:
-            raise FailedPrecondition(
+            raise CurrencyMismatch(
                 f"account {self.account_id} holds {self.currency}, not {amount.currency}"
             )
 
-    def apply(self, txn: LedgerTransaction) -> None:
-        entry = txn.entry_for(self.account_id)
-        new_total = self.total_minor + entry.amount.amount_minor
-        if new_total - self.held_minor < 0:
-            raise InsufficientFunds(
-                f"account {self.account_id} has {self.available} available, needs {-entry.amount}"
-            )
-        self.total_minor = new_total
-        self.version += 1
-        self._events.append(
-            events.LedgerTransactionRecorded(
-                transaction_id=txn.transaction_id,
-                operation_ref=txn.operation_ref,
-                kind=txn.kind.value,
-                account_id=self.account_id,
-                amount=entry.amount,
-                balance_after=self.total,
-                version=self.version,
+    def _check_not_closed(self) -> None:
+        if self.status is AccountStatus.CLOSED:
+            raise AccountClosed(self.account_id)
+
+    def _check_outgoing(self, amount: Money, limits: Limits) -> None:
+        self._check_not_closed()
+        if self.status is AccountStatus.FROZEN:
+            raise AccountFrozen(self.account_id)
+        self.check_currency(amount)
+        limits.check_operation(amount)
+        if amount.amount_minor > self.total_minor - self.held_minor:
+            raise NotEnoughAvailable(self.account_id, self.available, amount)
+
+    def check_incoming(self, amount: Money, limits: Limits) -> None:
+        """Whether the account can take `amount` in; raises the reason when it cannot."""
+        self._check_not_closed()
+        self.check_currency(amount)
+        limits.check_operation(amount)
+        limits.check_balance(self.account_id, self.total_minor + amount.amount_minor, self.currency)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def credit(
+        self, transaction_id: str, amount: Money, operation_ref: str, limits: Limits
+    ) -> None:
+        """Frozen accounts still accept credits: money arriving must land somewhere."""
+        self.check_incoming(amount, limits)
+        self._record(ev.Credited(transaction_id, operation_ref, amount.amount_minor))
+
+    def debit(self, transaction_id: str, amount: Money, operation_ref: str, limits: Limits) -> None:
+        self._check_outgoing(amount, limits)
+        self._record(ev.Debited(transaction_id, operation_ref, amount.amount_minor))
+
+    def transfer_out(
+        self, transaction_id: str, amount: Money, operation_ref: str, to: str, limits: Limits
+    ) -> None:
+        self._check_outgoing(amount, limits)
+        self._record(ev.TransferredOut(transaction_id, operation_ref, amount.amount_minor, to))
+
+    def transfer_in(
+        self, transaction_id: str, amount: Money, operation_ref: str, source: str, limits: Limits
+    ) -> None:
+        self.check_incoming(amount, limits)
+        self._record(ev.TransferredIn(transaction_id, operation_ref, amount.amount_minor, source))
+
+    def place_hold(
+        self,
+        *,
+        hold_id: str,
+        amount: Money,
+        expires_at: datetime,
+        reference: str,
+        operation_ref: str,
+        limits: Limits,
+    ) -> None:
+        self._check_outgoing(amount, limits)
+        self._record(
+            ev.HoldPlaced(
+                hold_id, operation_ref, amount.amount_minor, expires_at.isoformat(), reference
             )
         )
 
-    def pull_events(self) -> list[events.WalletEvent]:
-        pulled, self._events = self._events, []
-        return pulled
+    def open_hold(self, hold_id: str, now: datetime) -> OpenHold:
+        hold = self.holds.get(hold_id)
+        if hold is None:
+            raise HoldNotOpen(f"hold {hold_id} is no longer open")
+        if hold.expires_at <= now:
+            raise HoldNotOpen(f"hold {hold_id} expired at {hold.expires_at.isoformat()}")
+        return hold
+
+    def capture_hold(
+        self,
+        *,
+        hold_id: str,
+        amount: Money | None,
+        transaction_id: str,
+        operation_ref: str,
+        now: datetime,
+    ) -> Money:
+        """Captures all of the hold or part of it; the rest is released. Returns the capture."""
+        self._check_not_closed()
+        if self.status is AccountStatus.FROZEN:
+            raise AccountFrozen(self.account_id)
+        hold = self.open_hold(hold_id, now)
+        captured = hold.amount_minor if amount is None else amount.amount_minor
+        if amount is not None:
+            self.check_currency(amount)
+        if captured > hold.amount_minor:
+            raise ValidationError(
+                FieldViolation(
+                    "amount", f"exceeds the hold's {Money(hold.amount_minor, self.currency)}"
+                )
+            )
+        self._record(
+            ev.HoldCaptured(
+                hold_id, transaction_id, operation_ref, captured, hold.amount_minor - captured
+            )
+        )
+        return Money(captured, self.currency)
+
+    def release_hold(self, hold_id: str, operation_ref: str) -> None:
+        """Releasing needs no open account: it only gives the customer their money back."""
+        hold = self.holds.get(hold_id)
+        if hold is None:
+            raise HoldNotOpen(f"hold {hold_id} is no longer open")
+        self._record(ev.HoldReleased(hold_id, operation_ref, hold.amount_minor))
+
+    def expire_holds(self, now: datetime) -> list[str]:
+        expired = [h for h in self.holds.values() if h.expires_at <= now]
+        for hold in expired:
+            self._record(ev.HoldExpired(hold.hold_id, hold.amount_minor))
+        return [h.hold_id for h in expired]
+
+    def freeze(self, operation_ref: str) -> None:
+        self._check_not_closed()
+        if self.status is AccountStatus.OPEN:
+            self._record(ev.AccountFrozen(operation_ref))
+
+    def unfreeze(self, operation_ref: str) -> None:
+        self._check_not_closed()
+        if self.status is AccountStatus.FROZEN:
+            self._record(ev.AccountUnfrozen(operation_ref))
+
+    def close(self, operation_ref: str) -> None:
+        if self.status is AccountStatus.CLOSED:
+            return
+        if self.total_minor or self.holds:
+            raise AccountNotEmpty(
+                f"account {self.account_id} still has {self.total} and {len(self.holds)} open"
+                " holds; only an empty account closes"
+            )
+        self._record(ev.AccountClosed(operation_ref))
 
 
-def move(
-    *,
-    operation_ref: str,
-    kind: TransactionKind,
-    account: Account,
-    amount: Money,
-    description: str = "",
-) -> LedgerTransaction:
-    """Credits (or debits) `account` against the currency's clearing account."""
-    account.check_currency(amount)
-    signed = amount if kind is TransactionKind.CREDIT else -amount
-    txn = LedgerTransaction(
-        transaction_id=new_id(),
-        operation_ref=operation_ref,
-        kind=kind,
-        description=description,
-        entries=[
-            Entry(new_id(), account.account_id, signed),
-            Entry(new_id(), clearing_account_id(amount.currency), -signed),
-        ],
+def hold_views(
+    account_id: str, currency: str, history: Iterable[ev.RecordedEvent]
+) -> dict[str, HoldView]:
+    """Every hold's final state, folded from an account's history (rebuilds the read model)."""
+    views: dict[str, HoldView] = {}
+    for recorded in history:
+        apply_to_hold_views(views, account_id, currency, recorded.event)
+    return views
+
+
+def apply_to_hold_views(
+    views: dict[str, HoldView], account_id: str, currency: str, event: ev.AccountEvent
+) -> HoldView | None:
+    """Updates `views` with one event; returns the hold it changed, if any."""
+    match event:
+        case ev.HoldPlaced():
+            view = HoldView(
+                event.hold_id,
+                account_id,
+                Money(event.amount_minor, currency),
+                Money(0, currency),
+                HoldStatus.OPEN,
+                datetime.fromisoformat(event.expires_at),
+                event.reference,
+            )
+        case ev.HoldCaptured():
+            old = views[event.hold_id]
+            view = _closed(old, HoldStatus.CAPTURED, event.captured_minor)
+        case ev.HoldReleased():
+            view = _closed(views[event.hold_id], HoldStatus.RELEASED, 0)
+        case ev.HoldExpired():
+            view = _closed(views[event.hold_id], HoldStatus.EXPIRED, 0)
+        case _:
+            return None
+    views[view.hold_id] = view
+    return view
+
+
+def _closed(view: HoldView, status: HoldStatus, captured_minor: int) -> HoldView:
+    return HoldView(
+        view.hold_id,
+        view.account_id,
+        view.amount,
+        Money(captured_minor, view.amount.currency),
+        status,
+        view.expires_at,
+        view.reference,
     )
-    account.apply(txn)
-    return txn
-
-
-def check_replay(
-    existing: LedgerTransaction, kind: TransactionKind, account_id: str, amount: Money
-) -> LedgerTransaction:
-    if not existing.same_request(kind, account_id, amount):
-        raise IdempotencyConflict(
-            f"operation_ref {existing.operation_ref!r} was already used for a different operation"
-        )
-    return existing

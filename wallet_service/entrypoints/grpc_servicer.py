@@ -5,17 +5,28 @@ No try/except here: domain errors become statuses in common.grpc.errors.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from common.errors import FieldViolation, ValidationError
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
+from common.money import Money
+from paysuite.common.v1 import money_pb2
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from wallet_service.domain.model import Account, Entry, LedgerTransaction
+from wallet_service.domain.fx import Conversion
+from wallet_service.domain.model import Account, AccountStatus, Entry, HoldView, LedgerTransaction
 from wallet_service.service_layer.services import WalletService
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+_STATUS = {
+    AccountStatus.OPEN: wallet_pb2.ACCOUNT_STATUS_OPEN,
+    AccountStatus.FROZEN: wallet_pb2.ACCOUNT_STATUS_FROZEN,
+    AccountStatus.CLOSED: wallet_pb2.ACCOUNT_STATUS_CLOSED,
+}
 
 
 def account_to_proto(account: Account) -> wallet_pb2.Account:
@@ -25,6 +36,7 @@ def account_to_proto(account: Account) -> wallet_pb2.Account:
         currency=account.currency,
         balance=balance_to_proto(account),
         created_at=timestamp(account.created_at),
+        status=_STATUS[account.status],
     )
 
 
@@ -39,23 +51,73 @@ def balance_to_proto(account: Account) -> wallet_pb2.Balance:
 
 
 def entry_to_proto(entry: Entry, transaction_id: str, created_at: Any) -> wallet_pb2.LedgerEntry:
-    return wallet_pb2.LedgerEntry(
+    message = wallet_pb2.LedgerEntry(
         entry_id=entry.entry_id,
         transaction_id=transaction_id,
         account_id=entry.account_id,
         amount=money_to_proto(entry.amount),
         created_at=timestamp(created_at),
     )
+    if entry.balance_after is not None:
+        message.balance_after.CopyFrom(
+            money_to_proto(Money(entry.balance_after, entry.amount.currency))
+        )
+    return message
+
+
+def conversion_to_proto(conversion: Conversion) -> wallet_pb2.Conversion:
+    return wallet_pb2.Conversion(
+        rate=conversion.rate.text,
+        rate_source=conversion.rate.source,
+        rate_as_of=timestamp(conversion.rate.as_of),
+        source_amount=money_to_proto(conversion.source),
+        target_amount=money_to_proto(conversion.target),
+    )
 
 
 def transaction_to_proto(txn: LedgerTransaction) -> wallet_pb2.LedgerTransaction:
-    return wallet_pb2.LedgerTransaction(
+    message = wallet_pb2.LedgerTransaction(
         transaction_id=txn.transaction_id,
         operation_ref=txn.operation_ref,
         kind=txn.kind.value,
         entries=[entry_to_proto(e, txn.transaction_id, txn.created_at) for e in txn.entries],
         created_at=timestamp(txn.created_at),
+        description=txn.description,
     )
+    if txn.conversion is not None:
+        message.conversion.CopyFrom(conversion_to_proto(txn.conversion))
+    return message
+
+
+def hold_to_proto(hold: HoldView) -> wallet_pb2.Hold:
+    return wallet_pb2.Hold(
+        hold_id=hold.hold_id,
+        account_id=hold.account_id,
+        amount=money_to_proto(hold.amount),
+        status=hold.status.value,
+        captured=money_to_proto(hold.captured),
+        expires_at=timestamp(hold.expires_at),
+        reference=hold.reference,
+    )
+
+
+def _optional_money(message: money_pb2.Money, *, field: str, present: bool) -> Money | None:
+    return money_from_request(message, field=field, present=True) if present else None
+
+
+def _optional_time(message: Timestamp, *, field: str, present: bool) -> datetime | None:
+    if not present:
+        return None
+    try:
+        return message.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise ValidationError(FieldViolation(field, "is not a valid timestamp")) from None
+
+
+def _text(value: str, field: str, *, max_length: int = 256) -> str:
+    if len(value) > max_length:
+        raise ValidationError(FieldViolation(field, f"must be at most {max_length} characters"))
+    return value
 
 
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
@@ -85,27 +147,119 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def Credit(
         self, request: wallet_pb2.CreditRequest, context: Context
     ) -> wallet_pb2.LedgerTransaction:
-        return await self._move(self._service.credit, request)
-
-    async def Debit(
-        self, request: wallet_pb2.DebitRequest, context: Context
-    ) -> wallet_pb2.LedgerTransaction:
-        return await self._move(self._service.debit, request)
-
-    @staticmethod
-    async def _move(
-        movement: Callable[..., Awaitable[LedgerTransaction]],
-        request: wallet_pb2.CreditRequest | wallet_pb2.DebitRequest,
-    ) -> wallet_pb2.LedgerTransaction:
-        txn = await movement(
+        txn = await self._service.credit(
             operation_ref=request.operation_ref,
             account_id=request.account_id,
             amount=money_from_request(
                 request.amount, field="amount", present=request.HasField("amount")
             ),
-            description=request.description,
+            description=_text(request.description, "description"),
+            provider=request.provider,
         )
         return transaction_to_proto(txn)
+
+    async def Debit(
+        self, request: wallet_pb2.DebitRequest, context: Context
+    ) -> wallet_pb2.LedgerTransaction:
+        txn = await self._service.debit(
+            operation_ref=request.operation_ref,
+            account_id=request.account_id,
+            amount=money_from_request(
+                request.amount, field="amount", present=request.HasField("amount")
+            ),
+            description=_text(request.description, "description"),
+            provider=request.provider,
+        )
+        return transaction_to_proto(txn)
+
+    async def Transfer(
+        self, request: wallet_pb2.TransferRequest, context: Context
+    ) -> wallet_pb2.LedgerTransaction:
+        txn = await self._service.transfer(
+            operation_ref=request.operation_ref,
+            source_account_id=request.source_account_id,
+            destination_account_id=request.destination_account_id,
+            amount=money_from_request(
+                request.amount, field="amount", present=request.HasField("amount")
+            ),
+            reference=_text(request.reference, "reference"),
+            fee=_optional_money(request.fee, field="fee", present=request.HasField("fee")),
+        )
+        return transaction_to_proto(txn)
+
+    async def PlaceHold(
+        self, request: wallet_pb2.PlaceHoldRequest, context: Context
+    ) -> wallet_pb2.Hold:
+        hold = await self._service.place_hold(
+            operation_ref=request.operation_ref,
+            account_id=request.account_id,
+            amount=money_from_request(
+                request.amount, field="amount", present=request.HasField("amount")
+            ),
+            expires_at=_optional_time(
+                request.expires_at, field="expires_at", present=request.HasField("expires_at")
+            ),
+            reference=_text(request.reference, "reference"),
+        )
+        return hold_to_proto(hold)
+
+    async def CaptureHold(
+        self, request: wallet_pb2.CaptureHoldRequest, context: Context
+    ) -> wallet_pb2.LedgerTransaction:
+        txn = await self._service.capture_hold(
+            operation_ref=request.operation_ref,
+            hold_id=request.hold_id,
+            amount=_optional_money(
+                request.amount, field="amount", present=request.HasField("amount")
+            ),
+            provider=request.provider,
+        )
+        return transaction_to_proto(txn)
+
+    async def ReleaseHold(
+        self, request: wallet_pb2.ReleaseHoldRequest, context: Context
+    ) -> wallet_pb2.Hold:
+        hold = await self._service.release_hold(
+            operation_ref=request.operation_ref, hold_id=request.hold_id
+        )
+        return hold_to_proto(hold)
+
+    async def GetHold(
+        self, request: wallet_pb2.GetHoldRequest, context: Context
+    ) -> wallet_pb2.Hold:
+        return hold_to_proto(await self._service.get_hold(request.hold_id))
+
+    async def ExpireHolds(
+        self, request: wallet_pb2.ExpireHoldsRequest, context: Context
+    ) -> wallet_pb2.ExpireHoldsResponse:
+        if not 0 <= request.limit <= 10_000:
+            raise ValidationError(FieldViolation("limit", "must be between 0 and 10000"))
+        expired = await self._service.expire_holds(limit=request.limit or 100)
+        return wallet_pb2.ExpireHoldsResponse(expired_hold_ids=expired)
+
+    async def FreezeAccount(
+        self, request: wallet_pb2.AccountStatusRequest, context: Context
+    ) -> wallet_pb2.Account:
+        account = await self._service.freeze(
+            operation_ref=request.operation_ref, account_id=request.account_id
+        )
+        return account_to_proto(account)
+
+    async def UnfreezeAccount(
+        self, request: wallet_pb2.AccountStatusRequest, context: Context
+    ) -> wallet_pb2.Account:
+        account = await self._service.unfreeze(
+            operation_ref=request.operation_ref, account_id=request.account_id
+        )
+        return account_to_proto(account)
+
+    async def CloseAccount(
+        self, request: wallet_pb2.AccountStatusRequest, context: Context
+    ) -> wallet_pb2.Account:
+        account = await self._service.close(
+            operation_ref=request.operation_ref, account_id=request.account_id
+        )
+        return account_to_proto(account)
 
     async def ListEntries(
         self, request: wallet_pb2.ListEntriesRequest, context: Context
@@ -117,15 +271,3 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             entries=[entry_to_proto(e, txn, at) for e, txn, at in page.entries],
             next_page_token=page.next_page_token,
         )
-
-    async def PlaceHold(self, request: Any, context: Context) -> Any:
-        raise NotImplementedError("WalletService.PlaceHold is not implemented yet")
-
-    async def CaptureHold(self, request: Any, context: Context) -> Any:
-        raise NotImplementedError("WalletService.CaptureHold is not implemented yet")
-
-    async def ReleaseHold(self, request: Any, context: Context) -> Any:
-        raise NotImplementedError("WalletService.ReleaseHold is not implemented yet")
-
-    async def Transfer(self, request: Any, context: Context) -> Any:
-        raise NotImplementedError("WalletService.Transfer is not implemented yet")

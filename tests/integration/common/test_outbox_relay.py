@@ -214,7 +214,7 @@ async def main() -> None:
     relay = OutboxRelay(engine, redis, batch_size=25, stream_prefix=sys.argv[3])
     print("started", flush=True)
     while await relay.publish_batch():
-        pass
+        await asyncio.sleep(0.01)  # a long drain, so the kill lands in the middle of it
 
 asyncio.run(main())
 """

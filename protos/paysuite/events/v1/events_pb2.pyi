@@ -272,6 +272,59 @@ class PaymentReviewRequested(_message.Message):
 Global___PaymentReviewRequested: _TypeAlias = PaymentReviewRequested  # noqa: Y015
 
 @_typing.final
+class AccountEventRecorded(_message.Message):
+    """Any change to a wallet account after it opened (credits, debits, holds, transfers, freezes,
+    closing), exactly as appended to the account's hash-chained history, with the balances
+    right after it. event_type in the envelope is "account.<snake_case_event>".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
+    PREV_HASH_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    version: _builtins.int
+    event_type: _builtins.str
+    """The wallet's event name, e.g. "Credited", "HoldPlaced", "TransferredOut"."""
+    payload_json: _builtins.str
+    """The event's fields as canonical JSON (integers in minor units, ISO 8601 times)."""
+    prev_hash: _builtins.str
+    hash: _builtins.str
+    @_builtins.property
+    def total(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def held(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def available(self) -> _money_pb2.Money: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        event_type: _builtins.str = ...,
+        payload_json: _builtins.str = ...,
+        prev_hash: _builtins.str = ...,
+        hash: _builtins.str = ...,
+        total: _money_pb2.Money | None = ...,
+        held: _money_pb2.Money | None = ...,
+        available: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "held", b"held", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "available", b"available", "event_type", b"event_type", "hash", b"hash", "held", b"held", "payload_json", b"payload_json", "prev_hash", b"prev_hash", "total", b"total", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountEventRecorded: _TypeAlias = AccountEventRecorded  # noqa: Y015
+
+@_typing.final
 class CircuitBreakerStateChanged(_message.Message):
     """circuit_breaker.opened / circuit_breaker.half_open / circuit_breaker.closed, from the
     gateway (aggregate_type "provider", aggregate_id the provider name).

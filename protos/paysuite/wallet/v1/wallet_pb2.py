@@ -26,45 +26,57 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from paysuite.common.v1 import money_pb2 as paysuite_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpaysuite/wallet/v1/wallet.proto\x12\x12paysuite.wallet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epaysuite/common/v1/money.proto\"\x9f\x01\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12,\n\x07\x62\x61lance\x18\x04 \x01(\x0b\x32\x1b.paysuite.wallet.v1.Balance\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x01\n\x07\x42\x61lance\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12,\n\tavailable\x18\x02 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\'\n\x04held\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12(\n\x05total\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x0f\n\x07version\x18\x05 \x01(\x03\"O\n\x12OpenAccountRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"z\n\rCreditRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"y\n\x0c\x44\x65\x62itRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"h\n\x10PlaceHoldRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"g\n\x12\x43\x61ptureHoldRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"<\n\x12ReleaseHoldRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\"\x8e\x01\n\x0fTransferRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x19\n\x11source_account_id\x18\x02 \x01(\t\x12\x1e\n\x16\x64\x65stination_account_id\x18\x03 \x01(\t\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"f\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x0e\n\x06status\x18\x04 \x01(\t\"\xa6\x01\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb2\x01\n\x11LedgerTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x15\n\roperation_ref\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x30\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x1f.paysuite.wallet.v1.LedgerEntry\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x12ListEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x13ListEntriesResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.paysuite.wallet.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe1\x06\n\rWalletService\x12R\n\x0bOpenAccount\x12&.paysuite.wallet.v1.OpenAccountRequest\x1a\x1b.paysuite.wallet.v1.Account\x12P\n\nGetAccount\x12%.paysuite.wallet.v1.GetAccountRequest\x1a\x1b.paysuite.wallet.v1.Account\x12P\n\nGetBalance\x12%.paysuite.wallet.v1.GetBalanceRequest\x1a\x1b.paysuite.wallet.v1.Balance\x12R\n\x06\x43redit\x12!.paysuite.wallet.v1.CreditRequest\x1a%.paysuite.wallet.v1.LedgerTransaction\x12P\n\x05\x44\x65\x62it\x12 .paysuite.wallet.v1.DebitRequest\x1a%.paysuite.wallet.v1.LedgerTransaction\x12K\n\tPlaceHold\x12$.paysuite.wallet.v1.PlaceHoldRequest\x1a\x18.paysuite.wallet.v1.Hold\x12\\\n\x0b\x43\x61ptureHold\x12&.paysuite.wallet.v1.CaptureHoldRequest\x1a%.paysuite.wallet.v1.LedgerTransaction\x12O\n\x0bReleaseHold\x12&.paysuite.wallet.v1.ReleaseHoldRequest\x1a\x18.paysuite.wallet.v1.Hold\x12V\n\x08Transfer\x12#.paysuite.wallet.v1.TransferRequest\x1a%.paysuite.wallet.v1.LedgerTransaction\x12^\n\x0bListEntries\x12&.paysuite.wallet.v1.ListEntriesRequest\x1a\'.paysuite.wallet.v1.ListEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpaysuite/wallet/v1/wallet.proto\x12\x12paysuite.wallet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epaysuite/common/v1/money.proto\"\xd2\x01\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12,\n\x07\x62\x61lance\x18\x04 \x01(\x0b\x32\x1b.paysuite.wallet.v1.Balance\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x06status\x18\x06 \x01(\x0e\x32!.paysuite.wallet.v1.AccountStatus\"\xaf\x01\n\x07\x42\x61lance\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12,\n\tavailable\x18\x02 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\'\n\x04held\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12(\n\x05total\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x0f\n\x07version\x18\x05 \x01(\x03\"O\n\x12OpenAccountRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\x8c\x01\n\rCreditRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\"\x8b\x01\n\x0c\x44\x65\x62itRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\"\xab\x01\n\x10PlaceHoldRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x05 \x01(\t\"y\n\x12\x43\x61ptureHoldRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x10\n\x08provider\x18\x04 \x01(\t\"!\n\x0eGetHoldRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\"#\n\x12\x45xpireHoldsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"/\n\x13\x45xpireHoldsResponse\x12\x18\n\x10\x65xpired_hold_ids\x18\x01 \x03(\t\"A\n\x14\x41\x63\x63ountStatusRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"<\n\x12ReleaseHoldRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\"\xc9\x01\n\x0fTransferRequest\x12\x15\n\roperation_ref\x18\x01 \x01(\t\x12\x19\n\x11source_account_id\x18\x02 \x01(\t\x12\x1e\n\x16\x64\x65stination_account_id\x18\x03 \x01(\t\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x11\n\treference\x18\x05 \x01(\t\x12&\n\x03\x66\x65\x65\x18\x06 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"\xd6\x01\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x0e\n\x06status\x18\x04 \x01(\t\x12+\n\x08\x63\x61ptured\x18\x05 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x07 \x01(\t\"\xc3\x01\n\nConversion\x12\x0c\n\x04rate\x18\x01 \x01(\t\x12\x13\n\x0brate_source\x18\x02 \x01(\t\x12.\n\nrate_as_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\rsource_amount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x30\n\rtarget_amount\x18\x05 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"\xd8\x01\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\rbalance_after\x18\x06 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"\xfb\x01\n\x11LedgerTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x15\n\roperation_ref\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x30\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x1f.paysuite.wallet.v1.LedgerEntry\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\nconversion\x18\x06 \x01(\x0b\x32\x1e.paysuite.wallet.v1.Conversion\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"O\n\x12ListEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x13ListEntriesResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.paysuite.wallet.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*~\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43\x43OUNT_STATUS_OPEN\x10\x01\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_FROZEN\x10\x02\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_CLOSED\x10\x03\x32\x93\n\n\rWalletService\x12R\n\x0bOpenAccount\x12&.paysuite.wallet.v1.OpenAccountRequest\x1a\x1b.paysuite.wallet.v1.Account\x12P\n\nGetAccount\x12%.paysuite.wallet.v1.GetAccountRequest\x1a\x1b.paysuite.wallet.v1.Account\x12P\n\nGetBalance\x12%.paysuite.wallet.v1.GetBalanceRequest\x1a\x1b.paysuite.wallet.v1.Balance\x12R\n\x06\x43redit\x12!.paysuite.wallet.v1.CreditRequest\x1a%.paysuite.wallet.v1.LedgerTransaction\x12P\n\x05\x44\x65\x62it\x12 .paysuite.wallet.v1.DebitRequest\x1a%.paysuite.wallet.v1.LedgerTransaction\x12K\n\tPlaceHold\x12$.paysuite.wallet.v1.PlaceHoldRequest\x1a\x18.paysuite.wallet.v1.Hold\x12\\\n\x0b\x43\x61ptureHold\x12&.paysuite.wallet.v1.CaptureHoldRequest\x1a%.paysuite.wallet.v1.LedgerTransaction\x12O\n\x0bReleaseHold\x12&.paysuite.wallet.v1.ReleaseHoldRequest\x1a\x18.paysuite.wallet.v1.Hold\x12G\n\x07GetHold\x12\".paysuite.wallet.v1.GetHoldRequest\x1a\x18.paysuite.wallet.v1.Hold\x12^\n\x0b\x45xpireHolds\x12&.paysuite.wallet.v1.ExpireHoldsRequest\x1a\'.paysuite.wallet.v1.ExpireHoldsResponse\x12V\n\x08Transfer\x12#.paysuite.wallet.v1.TransferRequest\x1a%.paysuite.wallet.v1.LedgerTransaction\x12^\n\x0bListEntries\x12&.paysuite.wallet.v1.ListEntriesRequest\x1a\'.paysuite.wallet.v1.ListEntriesResponse\x12V\n\rFreezeAccount\x12(.paysuite.wallet.v1.AccountStatusRequest\x1a\x1b.paysuite.wallet.v1.Account\x12X\n\x0fUnfreezeAccount\x12(.paysuite.wallet.v1.AccountStatusRequest\x1a\x1b.paysuite.wallet.v1.Account\x12U\n\x0c\x43loseAccount\x12(.paysuite.wallet.v1.AccountStatusRequest\x1a\x1b.paysuite.wallet.v1.Accountb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paysuite.wallet.v1.wallet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ACCOUNTSTATUS']._serialized_start=2777
+  _globals['_ACCOUNTSTATUS']._serialized_end=2903
   _globals['_ACCOUNT']._serialized_start=121
-  _globals['_ACCOUNT']._serialized_end=280
-  _globals['_BALANCE']._serialized_start=283
-  _globals['_BALANCE']._serialized_end=458
-  _globals['_OPENACCOUNTREQUEST']._serialized_start=460
-  _globals['_OPENACCOUNTREQUEST']._serialized_end=539
-  _globals['_GETACCOUNTREQUEST']._serialized_start=541
-  _globals['_GETACCOUNTREQUEST']._serialized_end=580
-  _globals['_GETBALANCEREQUEST']._serialized_start=582
-  _globals['_GETBALANCEREQUEST']._serialized_end=621
-  _globals['_CREDITREQUEST']._serialized_start=623
-  _globals['_CREDITREQUEST']._serialized_end=745
-  _globals['_DEBITREQUEST']._serialized_start=747
-  _globals['_DEBITREQUEST']._serialized_end=868
-  _globals['_PLACEHOLDREQUEST']._serialized_start=870
-  _globals['_PLACEHOLDREQUEST']._serialized_end=974
-  _globals['_CAPTUREHOLDREQUEST']._serialized_start=976
-  _globals['_CAPTUREHOLDREQUEST']._serialized_end=1079
-  _globals['_RELEASEHOLDREQUEST']._serialized_start=1081
-  _globals['_RELEASEHOLDREQUEST']._serialized_end=1141
-  _globals['_TRANSFERREQUEST']._serialized_start=1144
-  _globals['_TRANSFERREQUEST']._serialized_end=1286
-  _globals['_HOLD']._serialized_start=1288
-  _globals['_HOLD']._serialized_end=1390
-  _globals['_LEDGERENTRY']._serialized_start=1393
-  _globals['_LEDGERENTRY']._serialized_end=1559
-  _globals['_LEDGERTRANSACTION']._serialized_start=1562
-  _globals['_LEDGERTRANSACTION']._serialized_end=1740
-  _globals['_LISTENTRIESREQUEST']._serialized_start=1742
-  _globals['_LISTENTRIESREQUEST']._serialized_end=1821
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=1823
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=1919
-  _globals['_WALLETSERVICE']._serialized_start=1922
-  _globals['_WALLETSERVICE']._serialized_end=2787
+  _globals['_ACCOUNT']._serialized_end=331
+  _globals['_BALANCE']._serialized_start=334
+  _globals['_BALANCE']._serialized_end=509
+  _globals['_OPENACCOUNTREQUEST']._serialized_start=511
+  _globals['_OPENACCOUNTREQUEST']._serialized_end=590
+  _globals['_GETACCOUNTREQUEST']._serialized_start=592
+  _globals['_GETACCOUNTREQUEST']._serialized_end=631
+  _globals['_GETBALANCEREQUEST']._serialized_start=633
+  _globals['_GETBALANCEREQUEST']._serialized_end=672
+  _globals['_CREDITREQUEST']._serialized_start=675
+  _globals['_CREDITREQUEST']._serialized_end=815
+  _globals['_DEBITREQUEST']._serialized_start=818
+  _globals['_DEBITREQUEST']._serialized_end=957
+  _globals['_PLACEHOLDREQUEST']._serialized_start=960
+  _globals['_PLACEHOLDREQUEST']._serialized_end=1131
+  _globals['_CAPTUREHOLDREQUEST']._serialized_start=1133
+  _globals['_CAPTUREHOLDREQUEST']._serialized_end=1254
+  _globals['_GETHOLDREQUEST']._serialized_start=1256
+  _globals['_GETHOLDREQUEST']._serialized_end=1289
+  _globals['_EXPIREHOLDSREQUEST']._serialized_start=1291
+  _globals['_EXPIREHOLDSREQUEST']._serialized_end=1326
+  _globals['_EXPIREHOLDSRESPONSE']._serialized_start=1328
+  _globals['_EXPIREHOLDSRESPONSE']._serialized_end=1375
+  _globals['_ACCOUNTSTATUSREQUEST']._serialized_start=1377
+  _globals['_ACCOUNTSTATUSREQUEST']._serialized_end=1442
+  _globals['_RELEASEHOLDREQUEST']._serialized_start=1444
+  _globals['_RELEASEHOLDREQUEST']._serialized_end=1504
+  _globals['_TRANSFERREQUEST']._serialized_start=1507
+  _globals['_TRANSFERREQUEST']._serialized_end=1708
+  _globals['_HOLD']._serialized_start=1711
+  _globals['_HOLD']._serialized_end=1925
+  _globals['_CONVERSION']._serialized_start=1928
+  _globals['_CONVERSION']._serialized_end=2123
+  _globals['_LEDGERENTRY']._serialized_start=2126
+  _globals['_LEDGERENTRY']._serialized_end=2342
+  _globals['_LEDGERTRANSACTION']._serialized_start=2345
+  _globals['_LEDGERTRANSACTION']._serialized_end=2596
+  _globals['_LISTENTRIESREQUEST']._serialized_start=2598
+  _globals['_LISTENTRIESREQUEST']._serialized_end=2677
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=2679
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=2775
+  _globals['_WALLETSERVICE']._serialized_start=2906
+  _globals['_WALLETSERVICE']._serialized_end=4205
 # @@protoc_insertion_point(module_scope)

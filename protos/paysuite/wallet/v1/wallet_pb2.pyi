@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from paysuite.common.v1 import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
@@ -20,6 +21,25 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _AccountStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AccountStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccountStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACCOUNT_STATUS_UNSPECIFIED: _AccountStatus.ValueType  # 0
+    ACCOUNT_STATUS_OPEN: _AccountStatus.ValueType  # 1
+    ACCOUNT_STATUS_FROZEN: _AccountStatus.ValueType  # 2
+    ACCOUNT_STATUS_CLOSED: _AccountStatus.ValueType  # 3
+
+class AccountStatus(_AccountStatus, metaclass=_AccountStatusEnumTypeWrapper): ...
+
+ACCOUNT_STATUS_UNSPECIFIED: AccountStatus.ValueType  # 0
+ACCOUNT_STATUS_OPEN: AccountStatus.ValueType  # 1
+ACCOUNT_STATUS_FROZEN: AccountStatus.ValueType  # 2
+ACCOUNT_STATUS_CLOSED: AccountStatus.ValueType  # 3
+Global___AccountStatus: _TypeAlias = AccountStatus  # noqa: Y015
+
 @_typing.final
 class Account(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -29,9 +49,11 @@ class Account(_message.Message):
     CURRENCY_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     owner_id: _builtins.str
     currency: _builtins.str
+    status: Global___AccountStatus.ValueType
     @_builtins.property
     def balance(self) -> Global___Balance: ...
     @_builtins.property
@@ -44,10 +66,11 @@ class Account(_message.Message):
         currency: _builtins.str = ...,
         balance: Global___Balance | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        status: Global___AccountStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance", b"balance", "created_at", b"created_at", "currency", b"currency", "owner_id", b"owner_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance", b"balance", "created_at", b"created_at", "currency", b"currency", "owner_id", b"owner_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -162,9 +185,14 @@ class CreditRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     operation_ref: _builtins.str
     account_id: _builtins.str
     description: _builtins.str
+    provider: _builtins.str
+    """The provider the money came through; its clearing account is the other side. Empty: the
+    currency's default clearing account.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -174,10 +202,11 @@ class CreditRequest(_message.Message):
         account_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         description: _builtins.str = ...,
+        provider: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "description", b"description", "operation_ref", b"operation_ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "description", b"description", "operation_ref", b"operation_ref", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -191,9 +220,11 @@ class DebitRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     operation_ref: _builtins.str
     account_id: _builtins.str
     description: _builtins.str
+    provider: _builtins.str
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -203,10 +234,11 @@ class DebitRequest(_message.Message):
         account_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         description: _builtins.str = ...,
+        provider: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "description", b"description", "operation_ref", b"operation_ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "description", b"description", "operation_ref", b"operation_ref", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -219,20 +251,30 @@ class PlaceHoldRequest(_message.Message):
     OPERATION_REF_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
     operation_ref: _builtins.str
     account_id: _builtins.str
+    reference: _builtins.str
+    """The caller's own reference (e.g. a payment id), kept on the hold."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the sweep releases the hold if it is still open. Unset: 7 days from now."""
+
     def __init__(
         self,
         *,
         operation_ref: _builtins.str = ...,
         account_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        reference: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "operation_ref", b"operation_ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "expires_at", b"expires_at", "operation_ref", b"operation_ref", "reference", b"reference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -245,8 +287,10 @@ class CaptureHoldRequest(_message.Message):
     OPERATION_REF_FIELD_NUMBER: _builtins.int
     HOLD_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     operation_ref: _builtins.str
     hold_id: _builtins.str
+    provider: _builtins.str
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """Omit to capture the whole hold."""
@@ -257,14 +301,96 @@ class CaptureHoldRequest(_message.Message):
         operation_ref: _builtins.str = ...,
         hold_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
+        provider: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "hold_id", b"hold_id", "operation_ref", b"operation_ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "hold_id", b"hold_id", "operation_ref", b"operation_ref", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CaptureHoldRequest: _TypeAlias = CaptureHoldRequest  # noqa: Y015
+
+@_typing.final
+class GetHoldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHoldRequest: _TypeAlias = GetHoldRequest  # noqa: Y015
+
+@_typing.final
+class ExpireHoldsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """How many accounts to sweep at most in this call; 0 means 100."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpireHoldsRequest: _TypeAlias = ExpireHoldsRequest  # noqa: Y015
+
+@_typing.final
+class ExpireHoldsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPIRED_HOLD_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def expired_hold_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        expired_hold_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expired_hold_ids", b"expired_hold_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpireHoldsResponse: _TypeAlias = ExpireHoldsResponse  # noqa: Y015
+
+@_typing.final
+class AccountStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_REF_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    operation_ref: _builtins.str
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        operation_ref: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "operation_ref", b"operation_ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountStatusRequest: _TypeAlias = AccountStatusRequest  # noqa: Y015
 
 @_typing.final
 class ReleaseHoldRequest(_message.Message):
@@ -296,11 +422,20 @@ class TransferRequest(_message.Message):
     SOURCE_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     DESTINATION_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    FEE_FIELD_NUMBER: _builtins.int
     operation_ref: _builtins.str
     source_account_id: _builtins.str
     destination_account_id: _builtins.str
+    reference: _builtins.str
     @_builtins.property
-    def amount(self) -> _money_pb2.Money: ...
+    def amount(self) -> _money_pb2.Money:
+        """In the source account's currency."""
+
+    @_builtins.property
+    def fee(self) -> _money_pb2.Money:
+        """Optional, in the source account's currency: taken on top of amount, to the fees account."""
+
     def __init__(
         self,
         *,
@@ -308,10 +443,12 @@ class TransferRequest(_message.Message):
         source_account_id: _builtins.str = ...,
         destination_account_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
+        reference: _builtins.str = ...,
+        fee: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "fee", b"fee"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination_account_id", b"destination_account_id", "operation_ref", b"operation_ref", "source_account_id", b"source_account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination_account_id", b"destination_account_id", "fee", b"fee", "operation_ref", b"operation_ref", "reference", b"reference", "source_account_id", b"source_account_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -325,11 +462,20 @@ class Hold(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    CAPTURED_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     account_id: _builtins.str
     status: _builtins.str
+    """"open", "captured", "released" or "expired"."""
+    reference: _builtins.str
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def captured(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -337,14 +483,56 @@ class Hold(_message.Message):
         account_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         status: _builtins.str = ...,
+        captured: _money_pb2.Money | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        reference: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "captured", b"captured", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "hold_id", b"hold_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "captured", b"captured", "expires_at", b"expires_at", "hold_id", b"hold_id", "reference", b"reference", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Hold: _TypeAlias = Hold  # noqa: Y015
+
+@_typing.final
+class Conversion(_message.Message):
+    """How a cross-currency transfer converted: the rate as an exact decimal or ratio text
+    ("0.9215", "1/3"), its source and time, and both amounts. The target amount is
+    source * rate, rounded half-to-even to the target currency's minor unit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_FIELD_NUMBER: _builtins.int
+    RATE_SOURCE_FIELD_NUMBER: _builtins.int
+    RATE_AS_OF_FIELD_NUMBER: _builtins.int
+    SOURCE_AMOUNT_FIELD_NUMBER: _builtins.int
+    TARGET_AMOUNT_FIELD_NUMBER: _builtins.int
+    rate: _builtins.str
+    rate_source: _builtins.str
+    @_builtins.property
+    def rate_as_of(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def source_amount(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def target_amount(self) -> _money_pb2.Money: ...
+    def __init__(
+        self,
+        *,
+        rate: _builtins.str = ...,
+        rate_source: _builtins.str = ...,
+        rate_as_of: _timestamp_pb2.Timestamp | None = ...,
+        source_amount: _money_pb2.Money | None = ...,
+        target_amount: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate_as_of", b"rate_as_of", "source_amount", b"source_amount", "target_amount", b"target_amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate", "rate_as_of", b"rate_as_of", "rate_source", b"rate_source", "source_amount", b"source_amount", "target_amount", b"target_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Conversion: _TypeAlias = Conversion  # noqa: Y015
 
 @_typing.final
 class LedgerEntry(_message.Message):
@@ -355,6 +543,7 @@ class LedgerEntry(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    BALANCE_AFTER_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.str
     transaction_id: _builtins.str
     account_id: _builtins.str
@@ -364,6 +553,10 @@ class LedgerEntry(_message.Message):
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def balance_after(self) -> _money_pb2.Money:
+        """The customer account's total right after this entry (unset on system accounts)."""
+
     def __init__(
         self,
         *,
@@ -372,10 +565,11 @@ class LedgerEntry(_message.Message):
         account_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        balance_after: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "balance_after", b"balance_after", "created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "created_at", b"created_at", "entry_id", b"entry_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "balance_after", b"balance_after", "created_at", b"created_at", "entry_id", b"entry_id", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -392,13 +586,20 @@ class LedgerTransaction(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    CONVERSION_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     operation_ref: _builtins.str
     kind: _builtins.str
+    description: _builtins.str
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def conversion(self) -> Global___Conversion:
+        """Set on cross-currency transfers."""
+
     def __init__(
         self,
         *,
@@ -407,10 +608,12 @@ class LedgerTransaction(_message.Message):
         kind: _builtins.str = ...,
         entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        conversion: Global___Conversion | None = ...,
+        description: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversion", b"conversion", "created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "entries", b"entries", "kind", b"kind", "operation_ref", b"operation_ref", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversion", b"conversion", "created_at", b"created_at", "description", b"description", "entries", b"entries", "kind", b"kind", "operation_ref", b"operation_ref", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

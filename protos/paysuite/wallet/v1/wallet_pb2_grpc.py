@@ -28,7 +28,12 @@ if _version_not_supported:
 class WalletServiceStub:
     """Accounts and their double-entry ledger. Every mutating call carries a caller-chosen
     operation_ref and is idempotent on it: repeating it returns the first result; reusing it
-    with different parameters is ALREADY_EXISTS.
+    with different parameters is ALREADY_EXISTS with ErrorInfo.reason OPERATION_REF_REUSED.
+
+    Errors carry a specific ErrorInfo.reason: INSUFFICIENT_FUNDS (metadata available_minor,
+    currency), ACCOUNT_FROZEN, ACCOUNT_CLOSED, ACCOUNT_NOT_EMPTY, CURRENCY_MISMATCH,
+    LIMIT_EXCEEDED, HOLD_NOT_OPEN, FX_RATE_UNAVAILABLE, CONVERSION_TOO_SMALL (all
+    FAILED_PRECONDITION); CONCURRENT_UPDATE (ABORTED: retry the same request).
     """
 
     def __init__(self, channel):
@@ -77,6 +82,16 @@ class WalletServiceStub:
                 request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ReleaseHoldRequest.SerializeToString,
                 response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Hold.FromString,
                 _registered_method=True)
+        self.GetHold = channel.unary_unary(
+                '/paysuite.wallet.v1.WalletService/GetHold',
+                request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.GetHoldRequest.SerializeToString,
+                response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Hold.FromString,
+                _registered_method=True)
+        self.ExpireHolds = channel.unary_unary(
+                '/paysuite.wallet.v1.WalletService/ExpireHolds',
+                request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ExpireHoldsRequest.SerializeToString,
+                response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ExpireHoldsResponse.FromString,
+                _registered_method=True)
         self.Transfer = channel.unary_unary(
                 '/paysuite.wallet.v1.WalletService/Transfer',
                 request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.TransferRequest.SerializeToString,
@@ -87,12 +102,32 @@ class WalletServiceStub:
                 request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListEntriesRequest.SerializeToString,
                 response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListEntriesResponse.FromString,
                 _registered_method=True)
+        self.FreezeAccount = channel.unary_unary(
+                '/paysuite.wallet.v1.WalletService/FreezeAccount',
+                request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.AccountStatusRequest.SerializeToString,
+                response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Account.FromString,
+                _registered_method=True)
+        self.UnfreezeAccount = channel.unary_unary(
+                '/paysuite.wallet.v1.WalletService/UnfreezeAccount',
+                request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.AccountStatusRequest.SerializeToString,
+                response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Account.FromString,
+                _registered_method=True)
+        self.CloseAccount = channel.unary_unary(
+                '/paysuite.wallet.v1.WalletService/CloseAccount',
+                request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.AccountStatusRequest.SerializeToString,
+                response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Account.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
     """Accounts and their double-entry ledger. Every mutating call carries a caller-chosen
     operation_ref and is idempotent on it: repeating it returns the first result; reusing it
-    with different parameters is ALREADY_EXISTS.
+    with different parameters is ALREADY_EXISTS with ErrorInfo.reason OPERATION_REF_REUSED.
+
+    Errors carry a specific ErrorInfo.reason: INSUFFICIENT_FUNDS (metadata available_minor,
+    currency), ACCOUNT_FROZEN, ACCOUNT_CLOSED, ACCOUNT_NOT_EMPTY, CURRENCY_MISMATCH,
+    LIMIT_EXCEEDED, HOLD_NOT_OPEN, FX_RATE_UNAVAILABLE, CONVERSION_TOO_SMALL (all
+    FAILED_PRECONDITION); CONCURRENT_UPDATE (ABORTED: retry the same request).
     """
 
     def OpenAccount(self, request, context):
@@ -128,35 +163,69 @@ class WalletServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PlaceHold(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Reserves money: available drops, total stays, until the hold is captured, released or expires.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CaptureHold(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Takes all or part of a hold out of the account (to clearing); the rest is released.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseHold(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHold(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExpireHolds(self, request, context):
+        """Releases every hold past its expires_at (the recovery worker calls it; so does a sweep).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Transfer(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Atomic; across currencies it converts through the FX liquidity accounts at the latest
+        configured rate (FAILED_PRECONDITION, FX_RATE_UNAVAILABLE, when there is none).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListEntries(self, request, context):
+        """Entries oldest first, each with the account's balance right after it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FreezeAccount(self, request, context):
+        """A frozen account refuses debits, holds and outgoing transfers; it still accepts credits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnfreezeAccount(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseAccount(self, request, context):
+        """Only an account with a zero total and no open holds closes; a closed account refuses all.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -204,6 +273,16 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ReleaseHoldRequest.FromString,
                     response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Hold.SerializeToString,
             ),
+            'GetHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHold,
+                    request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.GetHoldRequest.FromString,
+                    response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Hold.SerializeToString,
+            ),
+            'ExpireHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExpireHolds,
+                    request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ExpireHoldsRequest.FromString,
+                    response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ExpireHoldsResponse.SerializeToString,
+            ),
             'Transfer': grpc.unary_unary_rpc_method_handler(
                     servicer.Transfer,
                     request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.TransferRequest.FromString,
@@ -213,6 +292,21 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.ListEntries,
                     request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListEntriesRequest.FromString,
                     response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListEntriesResponse.SerializeToString,
+            ),
+            'FreezeAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreezeAccount,
+                    request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.AccountStatusRequest.FromString,
+                    response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Account.SerializeToString,
+            ),
+            'UnfreezeAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnfreezeAccount,
+                    request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.AccountStatusRequest.FromString,
+                    response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Account.SerializeToString,
+            ),
+            'CloseAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseAccount,
+                    request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.AccountStatusRequest.FromString,
+                    response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Account.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,7 +319,12 @@ def add_WalletServiceServicer_to_server(servicer, server):
 class WalletService:
     """Accounts and their double-entry ledger. Every mutating call carries a caller-chosen
     operation_ref and is idempotent on it: repeating it returns the first result; reusing it
-    with different parameters is ALREADY_EXISTS.
+    with different parameters is ALREADY_EXISTS with ErrorInfo.reason OPERATION_REF_REUSED.
+
+    Errors carry a specific ErrorInfo.reason: INSUFFICIENT_FUNDS (metadata available_minor,
+    currency), ACCOUNT_FROZEN, ACCOUNT_CLOSED, ACCOUNT_NOT_EMPTY, CURRENCY_MISMATCH,
+    LIMIT_EXCEEDED, HOLD_NOT_OPEN, FX_RATE_UNAVAILABLE, CONVERSION_TOO_SMALL (all
+    FAILED_PRECONDITION); CONCURRENT_UPDATE (ABORTED: retry the same request).
     """
 
     @staticmethod
@@ -445,6 +544,60 @@ class WalletService:
             _registered_method=True)
 
     @staticmethod
+    def GetHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.wallet.v1.WalletService/GetHold',
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.GetHoldRequest.SerializeToString,
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Hold.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExpireHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.wallet.v1.WalletService/ExpireHolds',
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ExpireHoldsRequest.SerializeToString,
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ExpireHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Transfer(request,
             target,
             options=(),
@@ -488,6 +641,87 @@ class WalletService:
             '/paysuite.wallet.v1.WalletService/ListEntries',
             paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListEntriesRequest.SerializeToString,
             paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreezeAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.wallet.v1.WalletService/FreezeAccount',
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.AccountStatusRequest.SerializeToString,
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnfreezeAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.wallet.v1.WalletService/UnfreezeAccount',
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.AccountStatusRequest.SerializeToString,
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.wallet.v1.WalletService/CloseAccount',
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.AccountStatusRequest.SerializeToString,
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Account.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,7 +29,12 @@ GRPC_VERSION: str
 class WalletServiceStub:
     """Accounts and their double-entry ledger. Every mutating call carries a caller-chosen
     operation_ref and is idempotent on it: repeating it returns the first result; reusing it
-    with different parameters is ALREADY_EXISTS.
+    with different parameters is ALREADY_EXISTS with ErrorInfo.reason OPERATION_REF_REUSED.
+
+    Errors carry a specific ErrorInfo.reason: INSUFFICIENT_FUNDS (metadata available_minor,
+    currency), ACCOUNT_FROZEN, ACCOUNT_CLOSED, ACCOUNT_NOT_EMPTY, CURRENCY_MISMATCH,
+    LIMIT_EXCEEDED, HOLD_NOT_OPEN, FX_RATE_UNAVAILABLE, CONVERSION_TOO_SMALL (all
+    FAILED_PRECONDITION); CONCURRENT_UPDATE (ABORTED: retry the same request).
     """
 
     @_typing.overload
@@ -44,20 +49,35 @@ class WalletServiceStub:
     Debit: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.DebitRequest, _wallet_pb2.LedgerTransaction]
     """Money leaving to the outside: account -> external clearing. FAILED_PRECONDITION on insufficient funds."""
     PlaceHold: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.PlaceHoldRequest, _wallet_pb2.Hold]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Reserves money: available drops, total stays, until the hold is captured, released or expires."""
     CaptureHold: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CaptureHoldRequest, _wallet_pb2.LedgerTransaction]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Takes all or part of a hold out of the account (to clearing); the rest is released."""
     ReleaseHold: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ReleaseHoldRequest, _wallet_pb2.Hold]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    GetHold: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.GetHoldRequest, _wallet_pb2.Hold]
+    ExpireHolds: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ExpireHoldsRequest, _wallet_pb2.ExpireHoldsResponse]
+    """Releases every hold past its expires_at (the recovery worker calls it; so does a sweep)."""
     Transfer: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.TransferRequest, _wallet_pb2.LedgerTransaction]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Atomic; across currencies it converts through the FX liquidity accounts at the latest
+    configured rate (FAILED_PRECONDITION, FX_RATE_UNAVAILABLE, when there is none).
+    """
     ListEntries: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ListEntriesRequest, _wallet_pb2.ListEntriesResponse]
+    """Entries oldest first, each with the account's balance right after it."""
+    FreezeAccount: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.AccountStatusRequest, _wallet_pb2.Account]
+    """A frozen account refuses debits, holds and outgoing transfers; it still accepts credits."""
+    UnfreezeAccount: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.AccountStatusRequest, _wallet_pb2.Account]
+    CloseAccount: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.AccountStatusRequest, _wallet_pb2.Account]
+    """Only an account with a zero total and no open holds closes; a closed account refuses all."""
 
 @_typing.type_check_only
 class WalletServiceAsyncStub(WalletServiceStub):
     """Accounts and their double-entry ledger. Every mutating call carries a caller-chosen
     operation_ref and is idempotent on it: repeating it returns the first result; reusing it
-    with different parameters is ALREADY_EXISTS.
+    with different parameters is ALREADY_EXISTS with ErrorInfo.reason OPERATION_REF_REUSED.
+
+    Errors carry a specific ErrorInfo.reason: INSUFFICIENT_FUNDS (metadata available_minor,
+    currency), ACCOUNT_FROZEN, ACCOUNT_CLOSED, ACCOUNT_NOT_EMPTY, CURRENCY_MISMATCH,
+    LIMIT_EXCEEDED, HOLD_NOT_OPEN, FX_RATE_UNAVAILABLE, CONVERSION_TOO_SMALL (all
+    FAILED_PRECONDITION); CONCURRENT_UPDATE (ABORTED: retry the same request).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -69,19 +89,34 @@ class WalletServiceAsyncStub(WalletServiceStub):
     Debit: _aio.UnaryUnaryMultiCallable[_wallet_pb2.DebitRequest, _wallet_pb2.LedgerTransaction]  # type: ignore[assignment]
     """Money leaving to the outside: account -> external clearing. FAILED_PRECONDITION on insufficient funds."""
     PlaceHold: _aio.UnaryUnaryMultiCallable[_wallet_pb2.PlaceHoldRequest, _wallet_pb2.Hold]  # type: ignore[assignment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Reserves money: available drops, total stays, until the hold is captured, released or expires."""
     CaptureHold: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CaptureHoldRequest, _wallet_pb2.LedgerTransaction]  # type: ignore[assignment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Takes all or part of a hold out of the account (to clearing); the rest is released."""
     ReleaseHold: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ReleaseHoldRequest, _wallet_pb2.Hold]  # type: ignore[assignment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    GetHold: _aio.UnaryUnaryMultiCallable[_wallet_pb2.GetHoldRequest, _wallet_pb2.Hold]  # type: ignore[assignment]
+    ExpireHolds: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ExpireHoldsRequest, _wallet_pb2.ExpireHoldsResponse]  # type: ignore[assignment]
+    """Releases every hold past its expires_at (the recovery worker calls it; so does a sweep)."""
     Transfer: _aio.UnaryUnaryMultiCallable[_wallet_pb2.TransferRequest, _wallet_pb2.LedgerTransaction]  # type: ignore[assignment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Atomic; across currencies it converts through the FX liquidity accounts at the latest
+    configured rate (FAILED_PRECONDITION, FX_RATE_UNAVAILABLE, when there is none).
+    """
     ListEntries: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ListEntriesRequest, _wallet_pb2.ListEntriesResponse]  # type: ignore[assignment]
+    """Entries oldest first, each with the account's balance right after it."""
+    FreezeAccount: _aio.UnaryUnaryMultiCallable[_wallet_pb2.AccountStatusRequest, _wallet_pb2.Account]  # type: ignore[assignment]
+    """A frozen account refuses debits, holds and outgoing transfers; it still accepts credits."""
+    UnfreezeAccount: _aio.UnaryUnaryMultiCallable[_wallet_pb2.AccountStatusRequest, _wallet_pb2.Account]  # type: ignore[assignment]
+    CloseAccount: _aio.UnaryUnaryMultiCallable[_wallet_pb2.AccountStatusRequest, _wallet_pb2.Account]  # type: ignore[assignment]
+    """Only an account with a zero total and no open holds closes; a closed account refuses all."""
 
 class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
     """Accounts and their double-entry ledger. Every mutating call carries a caller-chosen
     operation_ref and is idempotent on it: repeating it returns the first result; reusing it
-    with different parameters is ALREADY_EXISTS.
+    with different parameters is ALREADY_EXISTS with ErrorInfo.reason OPERATION_REF_REUSED.
+
+    Errors carry a specific ErrorInfo.reason: INSUFFICIENT_FUNDS (metadata available_minor,
+    currency), ACCOUNT_FROZEN, ACCOUNT_CLOSED, ACCOUNT_NOT_EMPTY, CURRENCY_MISMATCH,
+    LIMIT_EXCEEDED, HOLD_NOT_OPEN, FX_RATE_UNAVAILABLE, CONVERSION_TOO_SMALL (all
+    FAILED_PRECONDITION); CONCURRENT_UPDATE (ABORTED: retry the same request).
     """
 
     @_abc_1.abstractmethod
@@ -127,7 +162,7 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _wallet_pb2.PlaceHoldRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.Hold, _abc.Awaitable[_wallet_pb2.Hold]]:
-        """Not implemented yet: returns UNIMPLEMENTED."""
+        """Reserves money: available drops, total stays, until the hold is captured, released or expires."""
 
     @_abc_1.abstractmethod
     def CaptureHold(
@@ -135,15 +170,29 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _wallet_pb2.CaptureHoldRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.LedgerTransaction, _abc.Awaitable[_wallet_pb2.LedgerTransaction]]:
-        """Not implemented yet: returns UNIMPLEMENTED."""
+        """Takes all or part of a hold out of the account (to clearing); the rest is released."""
 
     @_abc_1.abstractmethod
     def ReleaseHold(
         self,
         request: _wallet_pb2.ReleaseHoldRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_wallet_pb2.Hold, _abc.Awaitable[_wallet_pb2.Hold]]:
-        """Not implemented yet: returns UNIMPLEMENTED."""
+    ) -> _typing.Union[_wallet_pb2.Hold, _abc.Awaitable[_wallet_pb2.Hold]]: ...
+
+    @_abc_1.abstractmethod
+    def GetHold(
+        self,
+        request: _wallet_pb2.GetHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.Hold, _abc.Awaitable[_wallet_pb2.Hold]]: ...
+
+    @_abc_1.abstractmethod
+    def ExpireHolds(
+        self,
+        request: _wallet_pb2.ExpireHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.ExpireHoldsResponse, _abc.Awaitable[_wallet_pb2.ExpireHoldsResponse]]:
+        """Releases every hold past its expires_at (the recovery worker calls it; so does a sweep)."""
 
     @_abc_1.abstractmethod
     def Transfer(
@@ -151,13 +200,39 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _wallet_pb2.TransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.LedgerTransaction, _abc.Awaitable[_wallet_pb2.LedgerTransaction]]:
-        """Not implemented yet: returns UNIMPLEMENTED."""
+        """Atomic; across currencies it converts through the FX liquidity accounts at the latest
+        configured rate (FAILED_PRECONDITION, FX_RATE_UNAVAILABLE, when there is none).
+        """
 
     @_abc_1.abstractmethod
     def ListEntries(
         self,
         request: _wallet_pb2.ListEntriesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_wallet_pb2.ListEntriesResponse, _abc.Awaitable[_wallet_pb2.ListEntriesResponse]]: ...
+    ) -> _typing.Union[_wallet_pb2.ListEntriesResponse, _abc.Awaitable[_wallet_pb2.ListEntriesResponse]]:
+        """Entries oldest first, each with the account's balance right after it."""
+
+    @_abc_1.abstractmethod
+    def FreezeAccount(
+        self,
+        request: _wallet_pb2.AccountStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.Account, _abc.Awaitable[_wallet_pb2.Account]]:
+        """A frozen account refuses debits, holds and outgoing transfers; it still accepts credits."""
+
+    @_abc_1.abstractmethod
+    def UnfreezeAccount(
+        self,
+        request: _wallet_pb2.AccountStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.Account, _abc.Awaitable[_wallet_pb2.Account]]: ...
+
+    @_abc_1.abstractmethod
+    def CloseAccount(
+        self,
+        request: _wallet_pb2.AccountStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.Account, _abc.Awaitable[_wallet_pb2.Account]]:
+        """Only an account with a zero total and no open holds closes; a closed account refuses all."""
 
 def add_WalletServiceServicer_to_server(servicer: WalletServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,110 @@
+"""Requests whose bytes do not decode are the caller's error, not ours.
+
+Left to grpc, a corrupt message becomes UNKNOWN with the exception class and message type in
+its details, and a traceback in the log for every such request: internals to the caller and
+an unauthenticated way to flood the logs. This interceptor decodes tolerantly and answers
+INVALID_ARGUMENT (with the usual rich details) instead, logging at most one warning per
+`LOG_EVERY_S`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError
+
+from common.errors import FieldViolation, ValidationError
+from common.grpc.errors import abort_with
+
+log = structlog.get_logger(__name__)
+
+LOG_EVERY_S = 60.0
+Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any] | None
+
+
+class _Undecodable:
+    """Stands in for a request that did not decode."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._last_logged = 0.0
+        self._unlogged = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        tolerant = self._tolerant(handler.request_deserializer, handler_call_details.method)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._guard_unary(handler.unary_unary),
+                request_deserializer=tolerant,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._guard_stream(handler.unary_stream),
+                request_deserializer=tolerant,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client-streaming methods: none in our contracts
+
+    def _tolerant(self, decode: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
+        def tolerant(raw: bytes) -> Any:
+            try:
+                return decode(raw)
+            except DecodeError:
+                self._note(method)
+                return UNDECODABLE
+
+        return tolerant
+
+    def _note(self, method: str) -> None:
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._last_logged >= LOG_EVERY_S:
+            log.warning("rpc.undecodable_requests", method=method, count=self._unlogged)
+            self._last_logged, self._unlogged = now, 0
+
+    @staticmethod
+    def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        async def guarded(request: Any, context: Context) -> Any:
+            if request is UNDECODABLE:
+                await _reject(context)
+            return await behavior(request, context)
+
+        return guarded
+
+    @staticmethod
+    def _guard_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+        async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+            if request is UNDECODABLE:
+                await _reject(context)
+            responses = behavior(request, context)
+            if inspect.isawaitable(responses):
+                responses = await responses
+            async for response in responses:
+                yield response
+
+        return guarded
+
+
+async def _reject(context: Context) -> None:
+    error = ValidationError(FieldViolation("request", "is not a valid message of this method"))
+    await abort_with(error, context, str(uuid.uuid4()))
