@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from psycopg.rows import namedtuple_row
 from sqlalchemy import (
     Select,
     Text,
@@ -19,16 +20,14 @@ from sqlalchemy import (
     any_,
     bindparam,
     func,
-    insert,
     or_,
     select,
-    update,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.db import unique_violation_is_conflict
+from common.db import RawConnection, driver_connection, unique_violation_is_conflict
 from common.errors import ConcurrentUpdate
 from common.money import Money
 from gateway_service.adapters import tables as t
@@ -75,42 +74,86 @@ def _history(row: Any) -> HistoryEntry:
     )
 
 
-_HISTORY_COLUMNS = (
+# Plain SQL constants (no interpolation anywhere): every value is a bound parameter.
+_GET = (
+    "SELECT operation_id, kind, status, amount_minor, currency, idempotency_key,"
+    " payment_method, reference, provider, provider_reference, failure_reason, version,"
+    " created_at, updated_at, outcome_unknown, parent_operation_id"
+    " FROM operations WHERE operation_id = %s"
+)
+_GET_FOR_UPDATE = _GET + " FOR UPDATE"
+_BY_KEY = (
+    "SELECT operation_id, kind, status, amount_minor, currency, idempotency_key,"
+    " payment_method, reference, provider, provider_reference, failure_reason, version,"
+    " created_at, updated_at, outcome_unknown, parent_operation_id"
+    " FROM operations WHERE idempotency_key = %s"
+)
+_INSERT_COLUMNS = (
     "operation_id",
-    "version",
+    "kind",
     "status",
+    "amount_minor",
+    "currency",
+    "idempotency_key",
+    "payment_method",
+    "reference",
     "provider",
     "provider_reference",
     "failure_reason",
+    "version",
     "outcome_unknown",
+    "parent_operation_id",
+)
+# The change and its history entry in one round trip; no row when the key is taken.
+_INSERT_NEW = (
+    "WITH changed AS (INSERT INTO operations (operation_id, kind, status, amount_minor,"
+    " currency, idempotency_key, payment_method, reference, provider, provider_reference,"
+    " failure_reason, version, outcome_unknown, parent_operation_id)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *)"
+    " INSERT INTO operation_history (operation_id, version, status, provider,"
+    " provider_reference, failure_reason, outcome_unknown)"
+    " SELECT operation_id, version, status, provider, provider_reference, failure_reason,"
+    " outcome_unknown FROM changed RETURNING recorded_at"
+)
+_SAVE = (
+    "WITH changed AS (UPDATE operations SET status = %s, provider = %s,"
+    " provider_reference = %s, failure_reason = %s, version = %s, outcome_unknown = %s,"
+    " updated_at = now() WHERE operation_id = %s RETURNING *)"
+    " INSERT INTO operation_history (operation_id, version, status, provider,"
+    " provider_reference, failure_reason, outcome_unknown)"
+    " SELECT operation_id, version, status, provider, provider_reference, failure_reason,"
+    " outcome_unknown FROM changed RETURNING recorded_at"
 )
 
 
-def _history_columns_of(columns: Any) -> list[Any]:
-    return [columns[name] for name in _HISTORY_COLUMNS]
-
-
-def _with_history(changed: Any) -> Any:
-    """INSERT INTO operation_history SELECT ... FROM <the changed operation row>: the change
-    and its history entry in one round trip. Returns the entry's recorded_at (or no row)."""
-    return (
-        insert(t.operation_history)
-        .from_select(list(_HISTORY_COLUMNS), select(*_history_columns_of(changed.c)))
-        .returning(t.operation_history.c.recorded_at)
-    )
-
-
 class OperationRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    """Hot statements (get, insert, save) are plain SQL on the transaction's own driver
+    connection, as in the payment service: SQLAlchemy's statement handling was most of a
+    charge's CPU. The rest stays SQLAlchemy Core."""
+
+    def __init__(self, conn: AsyncConnection, raw: RawConnection | None = None) -> None:
         self._conn = conn
+        self._raw = raw
 
     async def get(self, operation_id: str, *, for_update: bool = False) -> Operation | None:
-        query = select(t.operations).where(t.operations.c.operation_id == operation_id)
-        return await self._one(query, for_update=for_update)
+        if self._raw is None:
+            query = select(t.operations).where(t.operations.c.operation_id == operation_id)
+            return await self._one(query, for_update=for_update)
+        return await self._raw_one(_GET_FOR_UPDATE if for_update else _GET, operation_id)
 
     async def find_by_idempotency_key(self, idempotency_key: str) -> Operation | None:
-        query = select(t.operations).where(t.operations.c.idempotency_key == idempotency_key)
-        return await self._one(query, for_update=False)
+        if self._raw is None:
+            query = select(t.operations).where(t.operations.c.idempotency_key == idempotency_key)
+            return await self._one(query, for_update=False)
+        return await self._raw_one(_BY_KEY, idempotency_key)
+
+    async def _raw_one(self, query: str, value: str) -> Operation | None:
+        assert self._raw is not None
+        async with self._raw.cursor(row_factory=namedtuple_row) as cursor:
+            await cursor.execute(query, (value,))
+            row = await cursor.fetchone()
+        return _operation(row) if row is not None else None
 
     async def find_by_provider_reference(
         self, provider: str, provider_reference: str, *, for_update: bool = False
@@ -163,15 +206,10 @@ class OperationRepository:
     async def add_new(self, operation: Operation) -> bool:
         """Inserts the operation and its first history entry in one statement; False, writing
         nothing, when its idempotency key is taken (a concurrent insert waits for the other)."""
-        inserted = (
-            pg_insert(t.operations)
-            .values(**self._row(operation))
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(*_history_columns_of(t.operations.c))
-            .cte("inserted")
-        )
+        row = self._row(operation)
+        params = [row[name] for name in _INSERT_COLUMNS]
         async with unique_violation_is_conflict():
-            recorded_at = (await self._conn.execute(_with_history(inserted))).scalar_one_or_none()
+            recorded_at = await self._scalar(_INSERT_NEW, params)
         if recorded_at is None:
             return False
         # now() is the transaction's time: the same instant for both rows.
@@ -181,23 +219,26 @@ class OperationRepository:
     async def save(self, operation: Operation) -> None:
         """Updates the operation and appends its history entry in one statement. The provider
         reference is unique: a clash means another operation claimed it (ConcurrentUpdate)."""
-        updated = (
-            update(t.operations)
-            .where(t.operations.c.operation_id == operation.operation_id)
-            .values(
-                status=operation.status.value,
-                provider=operation.provider,
-                provider_reference=operation.provider_reference,
-                failure_reason=operation.failure_reason,
-                version=operation.version,
-                outcome_unknown=operation.outcome_unknown,
-                updated_at=func.now(),
-            )
-            .returning(*_history_columns_of(t.operations.c))
-            .cte("updated")
-        )
+        params = [
+            operation.status.value,
+            operation.provider,
+            operation.provider_reference,
+            operation.failure_reason,
+            operation.version,
+            operation.outcome_unknown,
+            operation.operation_id,
+        ]
         async with unique_violation_is_conflict():
-            operation.updated_at = (await self._conn.execute(_with_history(updated))).scalar_one()
+            updated_at = await self._scalar(_SAVE, params)
+        if updated_at is None:
+            raise ConcurrentUpdate(f"operation {operation.operation_id} vanished")
+        operation.updated_at = updated_at
+
+    async def _scalar(self, query: str, params: list[Any]) -> Any:
+        raw = self._raw if self._raw is not None else await driver_connection(self._conn)
+        cursor = await raw.execute(query, params)
+        row = await cursor.fetchone()
+        return row[0] if row is not None else None
 
     async def _one(self, query: Select[Any], *, for_update: bool) -> Operation | None:
         if for_update:

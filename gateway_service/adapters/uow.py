@@ -18,5 +18,5 @@ class GatewayUnitOfWork(SqlUnitOfWork):
         super().__init__(engine, to_outgoing)
 
     def _open(self) -> None:
-        self.operations = OperationRepository(self.conn)
+        self.operations = OperationRepository(self.conn, self.raw)
         self.provider_events = ProviderEventRepository(self.conn)
