@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from rich.console import Console
 
-from bench import charts, databases, deposits, pipeline, report, wallet_bench
+from bench import charts, databases, deposits, pipeline, report, wallet_bench, webhook_bench
 from bench.checks import money_problems, not_terminal
 from bench.context import BenchContext, BenchOptions
 from bench.suite import SuiteFailed, fresh_suite, running_suite
@@ -50,6 +50,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("deposits, closed then open loop", deposits.measure),
     Section("wallet postings", _wallet),
     Section("outbox relay and stream consumer", pipeline.measure),
+    Section("webhooks through the adapter into the gateway", webhook_bench.measure_in_bench),
 )
 
 

@@ -48,7 +48,9 @@ def free_port() -> int:
 
 
 def on_free_ports(settings: Settings, data_dir: Path) -> Settings:
-    payment, wallet, gateway, webhook, provider = (f"127.0.0.1:{free_port()}" for _ in range(5))
+    payment, wallet, gateway, webhook, provider, secondary = (
+        f"127.0.0.1:{free_port()}" for _ in range(6)
+    )
     return settings.model_copy(
         update={
             "data_dir": data_dir,
@@ -60,6 +62,7 @@ def on_free_ports(settings: Settings, data_dir: Path) -> Settings:
             "gateway_target": gateway,
             "webhook_listen": webhook,
             "provider_url": f"http://{provider}",
+            "provider_secondary_url": f"http://{secondary}",
             "log_level": "WARNING",
         }
     )
@@ -79,6 +82,7 @@ def child_env(settings: Settings, database_url: str, redis_url: str) -> dict[str
             "PAYSUITE_GATEWAY_TARGET": settings.gateway_target,
             "PAYSUITE_WEBHOOK_LISTEN": settings.webhook_listen,
             "PAYSUITE_PROVIDER_URL": settings.provider_url,
+            "PAYSUITE_PROVIDER_SECONDARY_URL": settings.provider_secondary_url,
             "PAYSUITE_SIMULATOR_WEBHOOK_URL": (
                 f"http://{settings.webhook_listen}/webhooks/simulator"
             ),

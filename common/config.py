@@ -11,12 +11,15 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Development-only Standard Webhooks secret shared by the simulator and the webhook adapter.
 # Deployments must set PAYSUITE_WEBHOOK_SECRET.
 DEV_WEBHOOK_SECRET = "whsec_cGF5c3VpdGUtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="  # noqa: S105 - public dev value
+# Development-only secret of the second simulator, which signs in Stripe's format.
+DEV_STRIPE_WEBHOOK_SECRET = "whsec_paysuite_development_stripe_format_secret"  # noqa: S105 - public dev value
+DEV_SECRETS = frozenset({DEV_WEBHOOK_SECRET, DEV_STRIPE_WEBHOOK_SECRET})
 
 ENDPOINTS_FILE = "endpoints.json"
 
@@ -30,6 +33,25 @@ def _address(value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     return value
+
+
+SignatureFormat = Literal["standard", "stripe"]
+
+
+class ProviderConfig(BaseModel):
+    """One payment provider instance the gateway routes to and the webhook adapter hears from.
+
+    Listed in failover order in PAYSUITE_PROVIDERS (JSON), e.g.
+    `[{"name": "sim-primary", "url": "http://sim1:8090", "signature_format": "standard",
+       "webhook_secrets": ["whsec_..."]}]`. Two secrets at once is a rotation in progress.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    url: str
+    signature_format: SignatureFormat = "standard"
+    webhook_secrets: tuple[SecretStr, ...] = Field(min_length=1, max_length=4)
 
 
 class Settings(BaseSettings):
@@ -56,6 +78,32 @@ class Settings(BaseSettings):
     provider_url: str = "http://127.0.0.1:8090"
     provider_timeout_ms: int = Field(default=2000, gt=0)
     webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
+    # The secret being rotated out, accepted beside webhook_secret until it is removed.
+    webhook_previous_secret: SecretStr | None = None
+    # The second simulator instance (Stripe-format signatures), the failover target.
+    provider_secondary_url: str = "http://127.0.0.1:8091"
+    provider_secondary_webhook_secret: SecretStr = SecretStr(DEV_STRIPE_WEBHOOK_SECRET)
+    # Overrides the two simulator instances above with any list of providers (JSON).
+    providers: tuple[ProviderConfig, ...] = ()
+    # The public development secrets are refused unless this is set (`paysuite up` sets it).
+    allow_dev_secrets: bool = False
+
+    provider_attempts: int = Field(default=3, ge=1, le=10)
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_slow_call_rate: float = Field(default=1.0, gt=0, le=1)
+    breaker_slow_call_ms: int = Field(default=2000, gt=0)
+    breaker_window_s: float = Field(default=30.0, gt=0)
+    breaker_minimum_calls: int = Field(default=10, ge=1)
+    breaker_reset_timeout_ms: int = Field(default=5000, gt=0)
+    breaker_half_open_calls: int = Field(default=3, ge=1)
+    # SyncOperation fails an operation its provider has never heard of only once it is older.
+    sync_not_found_grace_ms: int = Field(default=60_000, ge=0)
+
+    # Webhook adapter: signature timestamp tolerance, body limit, and how many signature
+    # failures per second may trigger a status sync of the operation they name.
+    webhook_tolerance_s: int = Field(default=300, gt=0)
+    webhook_max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    webhook_sync_per_s: float = Field(default=5.0, ge=0)
 
     # Deadline for calls between our own services.
     rpc_timeout_ms: int = Field(default=5000, gt=0)
@@ -112,6 +160,38 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
         return value
+
+    def provider_configs(self) -> tuple[ProviderConfig, ...]:
+        """The providers in failover order: PAYSUITE_PROVIDERS, or the two simulators."""
+        if self.providers:
+            return self.providers
+        primary = [self.webhook_secret]
+        if self.webhook_previous_secret is not None:
+            primary.append(self.webhook_previous_secret)
+        return (
+            ProviderConfig(
+                name="sim-primary", url=self.provider_url, webhook_secrets=tuple(primary)
+            ),
+            ProviderConfig(
+                name="sim-secondary",
+                url=self.provider_secondary_url,
+                signature_format="stripe",
+                webhook_secrets=(self.provider_secondary_webhook_secret,),
+            ),
+        )
+
+    def check_no_dev_secrets(self) -> None:
+        """Refuses the public development secrets unless PAYSUITE_ALLOW_DEV_SECRETS is set."""
+        if self.allow_dev_secrets:
+            return
+        for provider in self.provider_configs():
+            if any(s.get_secret_value() in DEV_SECRETS for s in provider.webhook_secrets):
+                raise ConfigError(
+                    f"provider {provider.name} uses the public development webhook secret:"
+                    " set its secret (PAYSUITE_WEBHOOK_SECRET, PAYSUITE_PROVIDER_SECONDARY_"
+                    "WEBHOOK_SECRET or PAYSUITE_PROVIDERS), or PAYSUITE_ALLOW_DEV_SECRETS=true"
+                    " for development"
+                )
 
     def require_database_url(self) -> str:
         return self.database_url or self._embedded("database_url")

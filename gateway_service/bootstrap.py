@@ -1,8 +1,10 @@
-"""Wires the gateway service: database, unit of work, provider client, gRPC, outbox relay."""
+"""Wires the gateway service: database, unit of work, providers, gRPC, outbox relay."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import aiohttp
 
 from common.bootstrap import Infra, ServiceDatabase
 from common.config import Settings
@@ -10,6 +12,8 @@ from common.grpc.server import ServiceRuntime, create_server
 from gateway_service.adapters.provider import SimulatorProvider, provider_session
 from gateway_service.adapters.uow import GatewayUnitOfWork
 from gateway_service.entrypoints.grpc_servicer import GatewayServicer
+from gateway_service.service_layer.breaker import BreakerOptions, CircuitBreaker, Transition
+from gateway_service.service_layer.providers import GuardedProvider, ProviderRouter, RetryPolicy
 from gateway_service.service_layer.services import GatewayService
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -18,11 +22,55 @@ DATABASE = ServiceDatabase("gateway", Path(__file__).parent / "adapters" / "migr
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
 
+def breaker_options(settings: Settings) -> BreakerOptions:
+    return BreakerOptions(
+        failure_rate_threshold=settings.breaker_failure_rate,
+        slow_call_rate_threshold=settings.breaker_slow_call_rate,
+        slow_call_s=settings.breaker_slow_call_ms / 1000,
+        window_s=settings.breaker_window_s,
+        minimum_calls=settings.breaker_minimum_calls,
+        reset_timeout_s=settings.breaker_reset_timeout_ms / 1000,
+        half_open_calls=settings.breaker_half_open_calls,
+    )
+
+
+class _TransitionRelay:
+    """Breakers are built before the service that publishes their transitions."""
+
+    service: GatewayService | None = None
+
+    def __call__(self, transition: Transition) -> None:
+        if self.service is not None:
+            self.service.on_breaker_transition(transition)
+
+
+def build_router(
+    settings: Settings, session: aiohttp.ClientSession, relay: _TransitionRelay
+) -> ProviderRouter:
+    options = breaker_options(settings)
+    return ProviderRouter(
+        [
+            GuardedProvider(
+                SimulatorProvider(session, name=config.name, base_url=config.url),
+                CircuitBreaker(config.name, options, on_transition=relay),
+                timeout_s=settings.provider_timeout_ms / 1000,
+                retry=RetryPolicy(attempts=settings.provider_attempts),
+            )
+            for config in settings.provider_configs()
+        ]
+    )
+
+
 async def build(settings: Settings, address: str) -> ServiceRuntime:
     infra = Infra.connect(settings, DATABASE)
-    session = provider_session(settings.provider_timeout_ms)
-    provider = SimulatorProvider(session, base_url=settings.provider_url)
-    service = GatewayService(uow=lambda: GatewayUnitOfWork(infra.engine), provider=provider)
+    session = provider_session()
+    relay = _TransitionRelay()
+    service = GatewayService(
+        uow=lambda: GatewayUnitOfWork(infra.engine),
+        providers=build_router(settings, session, relay),
+        sync_not_found_grace_s=settings.sync_not_found_grace_ms / 1000,
+    )
+    relay.service = service
     servicer = GatewayServicer(service)
     try:
         server, port, health = create_server(
@@ -44,7 +92,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         health=health,
         service_names=[SERVICE_NAME],
         readiness_checks=[infra.ping_database, infra.ping_redis],
-        background=[infra.relay().run],
+        background=[infra.relay().run, service.publish_breaker_transitions],
         # Run after the server has drained, so no in-flight charge loses its session.
         closers=[infra.close, session.close],
     )

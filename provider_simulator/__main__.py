@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 
+from common import aio
 from common.logging import configure_logging
 from provider_simulator.app import serve
 from provider_simulator.settings import SettingsError, SimulatorSettings, load_settings
@@ -27,13 +28,14 @@ def main() -> int:
         return 2
     configure_logging(service="provider-simulator")
     try:
-        asyncio.run(_run(settings))
-    except OSError as exc:  # typically the port is taken
-        print(
-            f"provider simulator cannot listen on {settings.listen_host}:{settings.listen_port}:"
-            f" {exc.strerror or exc}",
-            file=sys.stderr,
+        aio.run(_run(settings))
+    except OSError as exc:  # typically the port is taken, or the data folder is not writable
+        where = (
+            f"use {exc.filename}"
+            if exc.filename
+            else f"listen on {settings.listen_host}:{settings.listen_port}"
         )
+        print(f"provider simulator cannot {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -14,10 +14,13 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from provider_simulator.chaos import Chaos
 from provider_simulator.delivery import WebhookSender
-from provider_simulator.engine import IdempotencyKeyReused, Simulator
-from provider_simulator.models import ChargeRequest
+from provider_simulator.engine import Simulator, SimulatorError
+from provider_simulator.models import KINDS, REQUEST_MODELS, Kind
 from provider_simulator.settings import SimulatorSettings
+from provider_simulator.signing import Signer
+from provider_simulator.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +54,12 @@ async def json_errors(
         return await handler(request)
     except ApiError as exc:
         return _error_response(exc.status, exc.code, exc.message, exc.field)
+    except SimulatorError as exc:
+        response = _error_response(exc.status, exc.code, exc.message, exc.field)
+        # Says whether the request did anything, so a client knows if another provider may be
+        # asked instead (a PSP's equivalent: Stripe's "should retry" semantics on 503).
+        response.headers["Provider-Processed"] = "true" if exc.processed else "false"
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -65,15 +74,22 @@ async def json_errors(
         return _error_response(500, "internal_error", "internal error")
 
 
-async def _parse_charge_request(request: web.Request) -> ChargeRequest:
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         payload: Any = json.loads(await request.read())
     except ValueError:  # also UnicodeDecodeError
         raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    return payload
+
+
+def _validated(kind: Kind, payload: dict[str, Any]) -> dict[str, Any]:
     try:
-        return ChargeRequest.model_validate(payload)
+        return REQUEST_MODELS[kind].model_validate(payload).model_dump(exclude_none=True)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or None
@@ -81,29 +97,53 @@ async def _parse_charge_request(request: web.Request) -> ChargeRequest:
         raise ApiError(400, code, error["msg"], field) from None
 
 
-async def create_charge(request: web.Request) -> web.Response:
-    charge_request = await _parse_charge_request(request)
-    try:
-        charge, created = request.app[SIMULATOR].create_charge(charge_request)
-    except IdempotencyKeyReused:
+def _idempotency_key(request: web.Request, body: dict[str, Any]) -> str:
+    header = request.headers.get(IDEMPOTENCY_HEADER, "")
+    in_body = body.pop("idempotency_key", None)
+    if header and in_body and header != in_body:
         raise ApiError(
-            409,
-            "idempotency_key_reused",
-            "idempotency_key was already used with different charge parameters",
-            "idempotency_key",
-        ) from None
-    if created:
-        return web.json_response(charge.to_json(), status=202)
-    # A replay returns the charge as it is now (possibly settled), which is what a client
-    # retrying after a lost response needs to learn.
-    return web.json_response(charge.to_json(), headers={"Idempotent-Replayed": "true"})
+            400, "invalid_field", "differs from the Idempotency-Key header", "idempotency_key"
+        )
+    key = header or in_body
+    if not isinstance(key, str) or not key or len(key) > 255:
+        raise ApiError(
+            400, "missing_field", "the Idempotency-Key header is required", IDEMPOTENCY_HEADER
+        )
+    return key
 
 
-async def get_charge(request: web.Request) -> web.Response:
-    charge = request.app[SIMULATOR].charges.get(request.match_info["charge_id"])
-    if charge is None:
-        raise ApiError(404, "charge_not_found", "no such charge")
-    return web.json_response(charge.to_json())
+def _operation_handler(kind: Kind) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def create(request: web.Request) -> web.Response:
+        simulator = request.app[SIMULATOR]
+        body = _validated(kind, await _json_object(request))
+        key = _idempotency_key(request, body)
+        simulator.check_available()
+        operation, created = simulator.create(kind, key, body)
+        await simulator.maybe_never_answer()
+        if created:
+            return web.json_response(operation.to_json(), status=202)
+        # A replay returns the operation as it is now (possibly settled), which is what a
+        # client retrying after a lost response needs to learn.
+        return web.json_response(operation.to_json(), headers={"Idempotent-Replayed": "true"})
+
+    return create
+
+
+def _lookup_handler(kind: Kind) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def lookup(request: web.Request) -> web.Response:
+        simulator = request.app[SIMULATOR]
+        simulator.check_available()
+        operation = simulator.find(
+            kind,
+            operation_id=request.match_info.get("operation_id", ""),
+            idempotency_key=request.query.get("idempotency_key", ""),
+        )
+        if operation is None:
+            # An explicit answer: this provider has no such operation, so it moved no money.
+            raise ApiError(404, f"{kind}_not_found", f"no such {kind}")
+        return web.json_response(operation.to_json())
+
+    return lookup
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -115,6 +155,11 @@ async def list_events(request: web.Request) -> web.Response:
     return web.json_response({"events": events})
 
 
+async def list_operations(request: web.Request) -> web.Response:
+    operations = [op.to_json() for op in request.app[SIMULATOR].operations.values()]
+    return web.json_response({"operations": operations})
+
+
 async def redeliver_event(request: web.Request) -> web.Response:
     event = request.app[SIMULATOR].redeliver(request.match_info["event_id"])
     if event is None:
@@ -122,31 +167,79 @@ async def redeliver_event(request: web.Request) -> web.Response:
     return web.json_response(event.to_json(), status=202)
 
 
+async def get_config(request: web.Request) -> web.Response:
+    simulator = request.app[SIMULATOR]
+    settings = request.app[SETTINGS]
+    return web.json_response(
+        {
+            "name": settings.name,
+            "signature_format": settings.signature_format,
+            "seed": settings.seed,
+            "unanswered_requests": simulator.unanswered,
+            **simulator.chaos.model_dump(),
+        }
+    )
+
+
+async def patch_config(request: web.Request) -> web.Response:
+    """Operator control: change chaos knobs at run time (`paysuite sim set ...`)."""
+    simulator = request.app[SIMULATOR]
+    try:
+        simulator.chaos = simulator.chaos.update(await _json_object(request))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or None
+        raise ApiError(400, "invalid_field", error["msg"], field) from None
+    log.info("simulator.reconfigured", **simulator.chaos.model_dump())
+    return await get_config(request)
+
+
+def _chaos(settings: SimulatorSettings) -> Chaos:
+    return Chaos.model_validate(settings.model_dump(include=set(Chaos.model_fields)))
+
+
 async def _simulator_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    path = settings.data_dir / f"{settings.name}.jsonl" if settings.data_dir else None
+    store = Store(path)
     async with aiohttp.ClientSession() as session:
         sender = WebhookSender(
             session,
             url=settings.webhook_url,
-            secret=settings.webhook_secret,
+            signer=Signer(settings.signature_format, settings.webhook_secret.get_secret_value()),
             max_attempts=settings.webhook_max_attempts,
+            max_concurrent=settings.max_concurrent_deliveries,
+            initial_backoff=settings.webhook_initial_backoff_ms / 1000,
+            on_change=store.save_event,
         )
-        simulator = Simulator(sender, settle_delay_ms=settings.settle_delay_ms)
+        simulator = Simulator(sender, chaos=_chaos(settings), seed=settings.seed, store=store)
         app[SIMULATOR] = simulator
+        simulator.resume()
         yield
         # Before the session closes, so no delivery is cut off mid-request by a closed session.
         await simulator.close()
+
+
+async def _release_unanswered(app: web.Application) -> None:
+    # Before aiohttp waits for in-flight handlers: the ones the chaos holds end now.
+    app[SIMULATOR].release_unanswered()
 
 
 def create_app(settings: SimulatorSettings) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_simulator_context)
-    app.router.add_post("/v1/charges", create_charge)
-    app.router.add_get("/v1/charges/{charge_id}", get_charge)
+    app.on_shutdown.append(_release_unanswered)
+    for kind in KINDS:
+        app.router.add_post(f"/v1/{kind}s", _operation_handler(kind))
+        app.router.add_get(f"/v1/{kind}s", _lookup_handler(kind))
+        app.router.add_get(f"/v1/{kind}s/{{operation_id}}", _lookup_handler(kind))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/_sim/events", list_events)
+    app.router.add_get("/_sim/operations", list_operations)
     app.router.add_post("/_sim/events/{event_id}/redeliver", redeliver_event)
+    app.router.add_get("/_sim/config", get_config)
+    app.router.add_patch("/_sim/config", patch_config)
     return app
 
 
@@ -174,6 +267,8 @@ async def start(settings: SimulatorSettings) -> tuple[web.AppRunner, int]:
     port: int = runner.addresses[0][1]
     log.info(
         "simulator.started",
+        name=settings.name,
+        signature_format=settings.signature_format,
         host=settings.listen_host,
         port=port,
         webhook_url=_loggable_url(settings.webhook_url),

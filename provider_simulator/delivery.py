@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from collections.abc import Callable
 
 import aiohttp
 import structlog
-from pydantic import SecretStr
-from standardwebhooks.webhooks import Webhook
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from provider_simulator.models import WebhookEvent
+from provider_simulator.signing import Signer
 
 log = structlog.get_logger(__name__)
 
@@ -30,20 +30,30 @@ class WebhookSender:
         session: aiohttp.ClientSession,
         *,
         url: str,
-        secret: SecretStr,
+        signer: Signer,
         max_attempts: int,
+        max_concurrent: int = 64,
         initial_backoff: float = 0.2,
         max_backoff: float = 5.0,
+        on_change: Callable[[WebhookEvent], None] = lambda _: None,
     ) -> None:
         self._session = session
         self._url = url
-        self._webhook = Webhook(secret.get_secret_value())
+        self._signer = signer
         self._max_attempts = max_attempts
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._on_change = on_change
 
     async def deliver(self, event: WebhookEvent) -> None:
         """Send ``event`` until the receiver accepts it, rejects it, or attempts run out."""
+        try:
+            await self._deliver(event)
+        finally:
+            self._on_change(event)
+
+    async def _deliver(self, event: WebhookEvent) -> None:
         event.state = "pending"
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_attempts),
@@ -66,6 +76,11 @@ class WebhookSender:
 
     async def _attempt(self, event: WebhookEvent) -> None:
         event.attempts += 1
+        # Only the request holds a slot, never the backoff sleep between attempts.
+        async with self._slots:
+            await self._post(event)
+
+    async def _post(self, event: WebhookEvent) -> None:
         try:
             async with self._session.post(
                 self._url,
@@ -102,13 +117,8 @@ class WebhookSender:
         raise _RetryableFailure
 
     def _headers(self, event: WebhookEvent) -> dict[str, str]:
-        # Signed afresh for each attempt: receivers reject timestamps older than a few minutes,
-        # and late retries must still verify. The id and body never change, so receivers dedup.
-        now = datetime.now(UTC)
         return {
             "content-type": "application/json",
             "user-agent": "paysuite-provider-simulator",
-            "webhook-id": event.id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": self._webhook.sign(event.id, now, event.body),
+            **self._signer.headers(event.id, event.body),
         }

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.config import DEV_WEBHOOK_SECRET
+from common.config import DEV_STRIPE_WEBHOOK_SECRET, DEV_WEBHOOK_SECRET
 
 ENV_PREFIX = "PAYSUITE_SIMULATOR_"
 WEBHOOK_SECRET_ENV = "PAYSUITE_WEBHOOK_SECRET"  # noqa: S105 - a variable name, not a secret
@@ -17,6 +19,9 @@ WEBHOOK_SECRET_ENV = "PAYSUITE_WEBHOOK_SECRET"  # noqa: S105 - a variable name, 
 # DEVELOPMENT ONLY: the one publicly known secret the webhook adapter also falls back to, so a
 # bare `make run` works. Anything reachable by others must set PAYSUITE_WEBHOOK_SECRET.
 DEVELOPMENT_WEBHOOK_SECRET = DEV_WEBHOOK_SECRET
+DEVELOPMENT_SECRETS = frozenset({DEV_WEBHOOK_SECRET, DEV_STRIPE_WEBHOOK_SECRET})
+
+SignatureFormat = Literal["standard", "stripe"]
 
 
 class SimulatorSettings(BaseSettings):
@@ -28,14 +33,37 @@ class SimulatorSettings(BaseSettings):
         env_prefix=ENV_PREFIX, validate_by_name=True, validate_by_alias=True
     )
 
+    # The instance's name: the gateway knows each configured provider by it, and it is the
+    # last segment of the webhook URL.
+    name: str = Field(default="sim-primary", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     listen_host: str = Field(default="127.0.0.1", min_length=1)
     listen_port: int = Field(default=8090, ge=0, le=65535)
-    webhook_url: str = "http://127.0.0.1:8080/webhooks/simulator"
-    settle_delay_ms: int = Field(default=300, ge=0)
-    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_url: str = "http://127.0.0.1:8080/webhooks/sim-primary"
+    signature_format: SignatureFormat = "standard"
     webhook_secret: SecretStr = Field(
         default=SecretStr(DEVELOPMENT_WEBHOOK_SECRET), validation_alias=WEBHOOK_SECRET_ENV
     )
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_initial_backoff_ms: int = Field(default=200, ge=0)
+    # Deliveries run concurrently, like a real PSP's sender fleet, but no more than this many
+    # at once: a flood of settlements must not open thousands of sockets.
+    max_concurrent_deliveries: int = Field(default=64, ge=1)
+    # Operations and events are kept in <data_dir>/<name>.jsonl and survive a restart.
+    # None keeps them in memory only (unit tests).
+    data_dir: Path | None = Path(".paysuite") / "simulator"
+    # Seeds the chaos dice, so a chaos run can be repeated; None seeds from the OS.
+    seed: int | None = None
+
+    # The behaviour at start-up; every knob can be changed at run time (PATCH /_sim/config).
+    settle_delay_ms: int = Field(default=300, ge=0)
+    decline_rate: float = Field(default=0.0, ge=0, le=1)
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    timeout_rate: float = Field(default=0.0, ge=0, le=1)
+    webhook_duplicate_rate: float = Field(default=0.0, ge=0, le=1)
+    webhook_delay_rate: float = Field(default=0.0, ge=0, le=1)
+    webhook_delay_ms: int = Field(default=2000, ge=0)
+    webhook_reorder_rate: float = Field(default=0.0, ge=0, le=1)
+    outage: bool = False
 
     @field_validator("webhook_url")
     @classmethod
@@ -47,7 +75,12 @@ class SimulatorSettings(BaseSettings):
 
     @field_validator("webhook_secret")
     @classmethod
-    def _decodable_secret(cls, value: SecretStr) -> SecretStr:
+    def _decodable_secret(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        if info.data.get("signature_format") == "stripe":
+            # Stripe signs with the secret's characters as the HMAC key: any non-empty value.
+            if not value.get_secret_value():
+                raise ValueError("must not be empty")
+            return value
         # Checked here rather than left to standardwebhooks, which decodes leniently and would
         # otherwise fail (or silently sign with a different key) only when the first webhook goes.
         raw = value.get_secret_value().removeprefix("whsec_")
@@ -61,7 +94,7 @@ class SimulatorSettings(BaseSettings):
 
     @property
     def uses_development_secret(self) -> bool:
-        return self.webhook_secret.get_secret_value() == DEVELOPMENT_WEBHOOK_SECRET
+        return self.webhook_secret.get_secret_value() in DEVELOPMENT_SECRETS
 
 
 class SettingsError(Exception):

@@ -9,6 +9,7 @@ by a per-run database-name prefix and stream-name prefix.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from common import db
@@ -118,8 +120,60 @@ class Suite:
     wallet_target: str
     payment_target: str
     gateway_target: str
+    # The primary provider's webhook URL and simulator (sim-primary, Standard Webhooks).
     webhook_url: str
     simulator_url: str
+    # The failover provider (sim-secondary, Stripe-format signatures).
+    secondary_webhook_url: str = ""
+    secondary_simulator_url: str = ""
+
+
+# -- two provider simulators (gateway failover) -------------------------------------------
+
+PRIMARY_SECRET = "whsec_" + base64.b64encode(b"suite-primary-" + os.urandom(16)).decode()
+SECONDARY_SECRET = "whsec_suite_secondary_" + uuid.uuid4().hex
+
+
+def with_providers(settings: Settings, primary_url: str, secondary_url: str) -> Settings:
+    """Both simulators, with secrets of this run (never the public development ones)."""
+    return settings.model_copy(
+        update={
+            "provider_url": primary_url,
+            "provider_secondary_url": secondary_url,
+            "webhook_secret": SecretStr(PRIMARY_SECRET),
+            "provider_secondary_webhook_secret": SecretStr(SECONDARY_SECRET),
+        }
+    )
+
+
+async def start_simulators(webhook_base: str, ports: tuple[int, int]) -> list[web.AppRunner]:
+    from provider_simulator.app import start as start_simulator
+    from provider_simulator.settings import SimulatorSettings
+
+    runners = []
+    for (name, fmt, secret), port in zip(
+        [
+            ("sim-primary", "standard", PRIMARY_SECRET),
+            ("sim-secondary", "stripe", SECONDARY_SECRET),
+        ],
+        ports,
+        strict=True,
+    ):
+        runner, _ = await start_simulator(
+            SimulatorSettings(
+                name=name,
+                listen_host="127.0.0.1",
+                listen_port=port,
+                webhook_url=f"{webhook_base}/webhooks/{name}",
+                signature_format=fmt,
+                settle_delay_ms=300,
+                webhook_secret=SecretStr(secret),
+                data_dir=None,
+                seed=port,
+            )
+        )
+        runners.append(runner)
+    return runners
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -136,8 +190,6 @@ async def running_suite(migrated: Settings, *, with_payment: bool = True) -> Asy
     from gateway_service import bootstrap as gateway
     from gateway_service.webhook.app import start as start_webhook
     from payment_service import bootstrap as payment
-    from provider_simulator.app import start as start_simulator
-    from provider_simulator.settings import SimulatorSettings
     from wallet_service import bootstrap as wallet
 
     runtimes: list[ServiceRuntime] = []
@@ -149,9 +201,9 @@ async def running_suite(migrated: Settings, *, with_payment: bool = True) -> Asy
         return f"127.0.0.1:{runtime.port}"
 
     try:
-        simulator_port = free_port()
-        simulator_url = f"http://127.0.0.1:{simulator_port}"
-        settings = migrated.model_copy(update={"provider_url": simulator_url})
+        simulator_ports = (free_port(), free_port())
+        simulator_url, secondary_url = (f"http://127.0.0.1:{p}" for p in simulator_ports)
+        settings = with_providers(migrated, simulator_url, secondary_url)
         wallet_target = await start(await wallet.build(settings, "127.0.0.1:0"))
         gateway_target = await start(await gateway.build(settings, "127.0.0.1:0"))
         settings = settings.model_copy(
@@ -159,17 +211,8 @@ async def running_suite(migrated: Settings, *, with_payment: bool = True) -> Asy
         )
         webhook_runner, webhook_port = await start_webhook(settings, "127.0.0.1:0")
         runners.append(webhook_runner)
-        webhook_url = f"http://127.0.0.1:{webhook_port}/webhooks/simulator"
-        simulator_runner, _ = await start_simulator(
-            SimulatorSettings(
-                listen_host="127.0.0.1",
-                listen_port=simulator_port,
-                webhook_url=webhook_url,
-                settle_delay_ms=300,
-                webhook_secret=settings.webhook_secret,
-            )
-        )
-        runners.append(simulator_runner)
+        webhook_base = f"http://127.0.0.1:{webhook_port}"
+        runners.extend(await start_simulators(webhook_base, simulator_ports))
         payment_target = ""
         if with_payment:
             payment_target = await start(await payment.build(settings, "127.0.0.1:0"))
@@ -179,8 +222,10 @@ async def running_suite(migrated: Settings, *, with_payment: bool = True) -> Asy
             wallet_target=wallet_target,
             payment_target=payment_target,
             gateway_target=gateway_target,
-            webhook_url=webhook_url,
+            webhook_url=f"{webhook_base}/webhooks/sim-primary",
             simulator_url=simulator_url,
+            secondary_webhook_url=f"{webhook_base}/webhooks/sim-secondary",
+            secondary_simulator_url=secondary_url,
         )
     finally:
         for runner in reversed(runners):

@@ -15,6 +15,7 @@ from common.cli import bench as bench_module
 from common.cli import demo as demo_module
 from common.cli import inspect as inspect_module
 from common.cli import ops, supervisor
+from common.cli import providers as providers_module
 from common.cli import wallet as wallet_cli
 from common.config import ConfigError, Settings, load_settings
 from common.embedded import start_embedded
@@ -25,6 +26,8 @@ payments = typer.Typer(help="Inspect payments.", no_args_is_help=True)
 events = typer.Typer(help="Inspect event streams.", no_args_is_help=True)
 app.add_typer(payments, name="payments")
 app.add_typer(events, name="events")
+app.command("providers")(providers_module.providers)
+app.add_typer(providers_module.sim, name="sim")
 wallet_cli.register(app)
 console = Console()
 app.command()(bench_module.bench)

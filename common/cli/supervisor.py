@@ -32,13 +32,38 @@ class Process:
     module: str
     endpoint: str
     kind: str  # "grpc" or "http"
+    # Added to the shared child environment for this process only.
+    env: tuple[tuple[str, str], ...] = ()
 
     def is_ready(self) -> bool:
         return _grpc_serving(self.endpoint) if self.kind == "grpc" else _http_ok(self.endpoint)
 
 
+def _simulator(settings: Settings, index: int) -> Process:
+    """One provider simulator process per configured provider, each on its own port."""
+    config = settings.provider_configs()[index]
+    url = urlsplit(config.url)
+    return Process(
+        f"provider simulator ({config.name})",
+        "provider_simulator",
+        f"http://{url.hostname}:{url.port}/healthz",
+        "http",
+        env=(
+            ("PAYSUITE_SIMULATOR_NAME", config.name),
+            ("PAYSUITE_SIMULATOR_LISTEN_HOST", url.hostname or "127.0.0.1"),
+            ("PAYSUITE_SIMULATOR_LISTEN_PORT", str(url.port or 8090 + index)),
+            ("PAYSUITE_SIMULATOR_SIGNATURE_FORMAT", config.signature_format),
+            ("PAYSUITE_WEBHOOK_SECRET", config.webhook_secrets[0].get_secret_value()),
+            (
+                "PAYSUITE_SIMULATOR_WEBHOOK_URL",
+                f"http://{settings.webhook_listen}/webhooks/{config.name}",
+            ),
+            ("PAYSUITE_SIMULATOR_DATA_DIR", str(settings.data_dir / "simulator")),
+        ),
+    )
+
+
 def plan(settings: Settings) -> list[Process]:
-    provider = urlsplit(settings.provider_url)
     return [
         Process("wallet", "wallet_service", settings.wallet_listen, "grpc"),
         Process("gateway", "gateway_service", settings.gateway_listen, "grpc"),
@@ -49,29 +74,16 @@ def plan(settings: Settings) -> list[Process]:
             f"http://{settings.webhook_listen}/healthz",
             "http",
         ),
-        Process(
-            "provider simulator",
-            "provider_simulator",
-            f"http://{provider.hostname}:{provider.port}/healthz",
-            "http",
-        ),
+        *(_simulator(settings, i) for i in range(len(settings.provider_configs()))),
     ]
 
 
 def child_env(settings: Settings, database_url: str, redis_url: str) -> dict[str, str]:
-    provider = urlsplit(settings.provider_url)
     env = dict(os.environ)
-    env.update(
-        {
-            "PAYSUITE_DATABASE_URL": database_url,
-            "PAYSUITE_REDIS_URL": redis_url,
-            "PAYSUITE_SIMULATOR_LISTEN_HOST": provider.hostname or "127.0.0.1",
-            "PAYSUITE_SIMULATOR_LISTEN_PORT": str(provider.port or 8090),
-        }
-    )
-    env.setdefault(
-        "PAYSUITE_SIMULATOR_WEBHOOK_URL", f"http://{settings.webhook_listen}/webhooks/simulator"
-    )
+    env.update({"PAYSUITE_DATABASE_URL": database_url, "PAYSUITE_REDIS_URL": redis_url})
+    # `paysuite up` is the development front door: the public development webhook secrets are
+    # allowed here (the adapter logs that they are). Deployments never run through it.
+    env.setdefault("PAYSUITE_ALLOW_DEV_SECRETS", "true")
     return env
 
 
@@ -83,7 +95,7 @@ def running(
     try:
         for proc in processes:
             children[proc.name] = subprocess.Popen(  # noqa: S603 - our own modules, no shell
-                [sys.executable, "-m", proc.module], env=env
+                [sys.executable, "-m", proc.module], env={**env, **dict(proc.env)}
             )
         yield children
     finally:

@@ -1,127 +1,158 @@
 """The provider simulator's HTTP API, behind the service layer's `Provider` port.
 
-aiohttp's errors stop here: callers see only the gateway_service.domain.provider family.
-Retries are safe because every charge carries our idempotency key, which the provider
-deduplicates on; they cover only failures that mean "try again" (connection errors, 5xx,
-408/429), and they are few and quick, because the gRPC caller is waiting on us.
+aiohttp's errors stop here: callers see only the gateway_service.domain.provider family, and
+the classification is the part that matters for money (Hyperswitch does the same per
+connector): did the provider certainly not act (failover is safe), refuse (nothing happened),
+or may it have acted (the outcome is unknown)? Retries, breakers and deadlines are the
+service layer's (GuardedProvider); this class makes exactly one HTTP request per call.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import aiohttp
-import structlog
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from common.money import Money
 from gateway_service.domain.provider import (
-    ChargeInstruction,
+    Instruction,
+    InstructionKind,
     ProviderAcceptance,
+    ProviderNotProcessed,
     ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
+    ReportedStatus,
+    StatusReport,
 )
 
-log = structlog.get_logger(__name__)
-
-SIMULATOR = "simulator"
 ACCEPTED_STATUSES = frozenset({200, 201, 202})
-# 4xx answers that mean "not now" rather than "no".
-RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})
+# 4xx answers that mean "not now" rather than "no": the request did nothing.
+NOT_NOW = frozenset({408, 425, 429})
+INSTRUMENT_FIELD = {
+    InstructionKind.CHARGE: "payment_method",
+    InstructionKind.PAYOUT: "destination",
+    InstructionKind.REFUND: "charge",
+}
 
 
-class _Transient(ProviderUnavailable):
-    """Failed in a way that asking again right away may fix."""
-
-
-def provider_session(timeout_ms: int) -> aiohttp.ClientSession:
-    """The HTTP session provider adapters share; its timeout bounds each attempt."""
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_ms / 1000))
+def provider_session() -> aiohttp.ClientSession:
+    """The HTTP session provider adapters share; each call passes its own timeout."""
+    connector = aiohttp.TCPConnector(limit=256)
+    return aiohttp.ClientSession(connector=connector)
 
 
 class SimulatorProvider:
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        *,
-        base_url: str,
-        attempts: int = 3,
-        initial_backoff_s: float = 0.05,
-        max_backoff_s: float = 0.5,
-    ) -> None:
+    def __init__(self, session: aiohttp.ClientSession, *, name: str, base_url: str) -> None:
         self._session = session
-        self._charges_url = base_url.rstrip("/") + "/v1/charges"
-        self._attempts = attempts
-        self._initial_backoff_s = initial_backoff_s
-        self._max_backoff_s = max_backoff_s
+        self._name = name
+        self._base_url = base_url.rstrip("/")
 
     @property
     def name(self) -> str:
-        return SIMULATOR
+        return self._name
 
-    async def create_charge(self, instruction: ChargeInstruction) -> ProviderAcceptance:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(self._attempts),
-            # Full jitter, so replicas retrying after one provider blip do not stampede.
-            wait=wait_random_exponential(
-                multiplier=self._initial_backoff_s, max=self._max_backoff_s
-            ),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await self._post_charge(instruction)
-        raise AssertionError("unreachable")  # pragma: no cover
+    async def charge(self, instruction: Instruction, *, timeout_s: float) -> ProviderAcceptance:
+        return await self._submit(instruction, timeout_s)
 
-    def operation_id_in_event(self, raw_payload: bytes) -> str | None:
-        """The simulator echoes the `reference` we sent (our operation id) in `data`."""
-        try:
-            reference = json.loads(raw_payload)["data"]["reference"]
-            return str(uuid.UUID(reference))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return None
+    async def payout(self, instruction: Instruction, *, timeout_s: float) -> ProviderAcceptance:
+        return await self._submit(instruction, timeout_s)
 
-    async def _post_charge(self, instruction: ChargeInstruction) -> ProviderAcceptance:
+    async def refund(self, instruction: Instruction, *, timeout_s: float) -> ProviderAcceptance:
+        return await self._submit(instruction, timeout_s)
+
+    async def get_status(
+        self,
+        kind: InstructionKind,
+        *,
+        idempotency_key: str,
+        provider_reference: str,
+        timeout_s: float,
+    ) -> StatusReport:
+        url = f"{self._base_url}/v1/{kind.value}s"
+        if provider_reference:
+            url, params = f"{url}/{provider_reference}", {}
+        else:
+            params = {"idempotency_key": idempotency_key}
+        status, payload, headers = await self._request("GET", url, timeout_s, params=params)
+        if status == 404:
+            return StatusReport(status=ReportedStatus.NOT_FOUND)
+        if status != 200:
+            raise _failure(status, payload, headers)
+        return _report(_json(payload))
+
+    async def _submit(self, instruction: Instruction, timeout_s: float) -> ProviderAcceptance:
         body = {
-            "idempotency_key": instruction.idempotency_key,
             "amount_minor": instruction.amount.amount_minor,
             "currency": instruction.amount.currency,
-            "payment_method": instruction.payment_method,
+            INSTRUMENT_FIELD[instruction.kind]: instruction.instrument,
             "reference": instruction.reference,
         }
+        status, payload, headers = await self._request(
+            "POST",
+            f"{self._base_url}/v1/{instruction.kind.value}s",
+            timeout_s,
+            json=body,
+            headers={"Idempotency-Key": instruction.idempotency_key},
+        )
+        if status not in ACCEPTED_STATUSES:
+            raise _failure(status, payload, headers)
+        operation_id = _json(payload).get("id")
+        if not isinstance(operation_id, str) or not operation_id:
+            raise ProviderUnavailable("the provider accepted the request without naming it")
+        return ProviderAcceptance(provider_reference=operation_id)
+
+    async def _request(
+        self, method: str, url: str, timeout_s: float, **kwargs: Any
+    ) -> tuple[int, bytes, dict[str, str]]:
         try:
-            async with self._session.post(
-                self._charges_url, json=body, allow_redirects=False
+            async with self._session.request(
+                method,
+                url,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                **kwargs,
             ) as response:
-                status, payload = response.status, await response.read()
+                return response.status, await response.read(), dict(response.headers)
         except TimeoutError as exc:
-            raise ProviderTimeout("the provider did not answer in time") from exc
+            raise ProviderTimeout(f"{self._name} did not answer within {timeout_s:.2f}s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            # The connection was never made, so the request never reached the provider.
+            raise ProviderNotProcessed(f"cannot connect to {self._name}: {exc.os_error}") from exc
         except aiohttp.ClientError as exc:
-            log.info("provider.attempt_failed", reference=instruction.reference, error=repr(exc))
-            raise _Transient(f"cannot reach the provider: {type(exc).__name__}") from exc
-        return _charge_answer(status, payload)
+            # Sent, perhaps in full, and then the connection broke: the provider may have acted.
+            raise ProviderUnavailable(f"{self._name}: {type(exc).__name__}") from exc
 
 
-def _charge_answer(status: int, payload: bytes) -> ProviderAcceptance:
-    if status in ACCEPTED_STATUSES:
-        charge_id = _json(payload).get("id")
-        if not isinstance(charge_id, str) or not charge_id:
-            raise ProviderUnavailable("the provider accepted the charge without naming it")
-        return ProviderAcceptance(provider_reference=charge_id)
-    if status >= 500 or status in RETRYABLE_CLIENT_ERRORS:
-        raise _Transient(f"the provider answered HTTP {status}")
+def _failure(status: int, payload: bytes, headers: dict[str, str]) -> Exception:
+    code, message = _error(_json(payload), status)
+    if status >= 500:
+        if headers.get("Provider-Processed", "").lower() == "false":
+            return ProviderNotProcessed(f"HTTP {status} {code}: not processed")
+        return ProviderUnavailable(f"HTTP {status} {code}: the outcome is unknown")
+    if status in NOT_NOW:
+        return ProviderNotProcessed(f"HTTP {status} {code}")
     if 400 <= status < 500:
-        code, message = _error(_json(payload), status)
-        raise ProviderRejected(code, message)
-    raise ProviderUnavailable(f"unexpected HTTP {status} from the provider")
+        return ProviderRejected(code, message)
+    return ProviderUnavailable(f"unexpected HTTP {status} from the provider")
+
+
+def _report(payload: dict[str, Any]) -> StatusReport:
+    try:
+        said = str(payload.get("status"))
+        status = ReportedStatus("pending" if said == "processing" else said)
+        amount = Money(int(payload["amount_minor"]), str(payload["currency"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProviderUnavailable("the provider's status answer is malformed") from exc
+    if status is ReportedStatus.NOT_FOUND:
+        raise ProviderUnavailable("the provider's status answer is malformed")
+    return StatusReport(
+        status=status,
+        provider_reference=str(payload.get("id") or ""),
+        failure_reason=str(payload.get("failure_reason") or ""),
+        amount=amount,
+    )
 
 
 def _json(payload: bytes) -> dict[str, Any]:

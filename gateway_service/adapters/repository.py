@@ -8,16 +8,31 @@ concurrent delivery of the same event waits on that key and then finds it taken.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, insert, select, update
+from psycopg.rows import namedtuple_row
+from sqlalchemy import (
+    Select,
+    Text,
+    Uuid,
+    and_,
+    any_,
+    bindparam,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.db import unique_violation_is_conflict
+from common.db import RawConnection, driver_connection, unique_violation_is_conflict
+from common.errors import ConcurrentUpdate
 from common.money import Money
 from gateway_service.adapters import tables as t
 from gateway_service.domain.model import (
+    HistoryEntry,
     Operation,
     OperationKind,
     OperationStatus,
@@ -33,28 +48,112 @@ def _operation(row: Any) -> Operation:
         status=OperationStatus(row.status),
         amount=Money(row.amount_minor, row.currency),
         idempotency_key=row.idempotency_key,
-        payment_method=row.payment_method,
+        instrument=row.payment_method,
         reference=row.reference,
         provider=row.provider,
         provider_reference=row.provider_reference,
         failure_reason=row.failure_reason,
         version=row.version,
+        outcome_unknown=row.outcome_unknown,
+        parent_operation_id=(
+            str(row.parent_operation_id) if row.parent_operation_id is not None else None
+        ),
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
 
 
+def _history(row: Any) -> HistoryEntry:
+    return HistoryEntry(
+        status=OperationStatus(row.status),
+        provider=row.provider,
+        provider_reference=row.provider_reference or "",
+        failure_reason=row.failure_reason or "",
+        outcome_unknown=row.outcome_unknown,
+        recorded_at=row.recorded_at,
+    )
+
+
+# Plain SQL constants (no interpolation anywhere): every value is a bound parameter.
+_GET = (
+    "SELECT operation_id, kind, status, amount_minor, currency, idempotency_key,"
+    " payment_method, reference, provider, provider_reference, failure_reason, version,"
+    " created_at, updated_at, outcome_unknown, parent_operation_id"
+    " FROM operations WHERE operation_id = %s"
+)
+_GET_FOR_UPDATE = _GET + " FOR UPDATE"
+_BY_KEY = (
+    "SELECT operation_id, kind, status, amount_minor, currency, idempotency_key,"
+    " payment_method, reference, provider, provider_reference, failure_reason, version,"
+    " created_at, updated_at, outcome_unknown, parent_operation_id"
+    " FROM operations WHERE idempotency_key = %s"
+)
+_INSERT_COLUMNS = (
+    "operation_id",
+    "kind",
+    "status",
+    "amount_minor",
+    "currency",
+    "idempotency_key",
+    "payment_method",
+    "reference",
+    "provider",
+    "provider_reference",
+    "failure_reason",
+    "version",
+    "outcome_unknown",
+    "parent_operation_id",
+)
+# The change and its history entry in one round trip; no row when the key is taken.
+_INSERT_NEW = (
+    "WITH changed AS (INSERT INTO operations (operation_id, kind, status, amount_minor,"
+    " currency, idempotency_key, payment_method, reference, provider, provider_reference,"
+    " failure_reason, version, outcome_unknown, parent_operation_id)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *)"
+    " INSERT INTO operation_history (operation_id, version, status, provider,"
+    " provider_reference, failure_reason, outcome_unknown)"
+    " SELECT operation_id, version, status, provider, provider_reference, failure_reason,"
+    " outcome_unknown FROM changed RETURNING recorded_at"
+)
+_SAVE = (
+    "WITH changed AS (UPDATE operations SET status = %s, provider = %s,"
+    " provider_reference = %s, failure_reason = %s, version = %s, outcome_unknown = %s,"
+    " updated_at = now() WHERE operation_id = %s RETURNING *)"
+    " INSERT INTO operation_history (operation_id, version, status, provider,"
+    " provider_reference, failure_reason, outcome_unknown)"
+    " SELECT operation_id, version, status, provider, provider_reference, failure_reason,"
+    " outcome_unknown FROM changed RETURNING recorded_at"
+)
+
+
 class OperationRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    """Hot statements (get, insert, save) are plain SQL on the transaction's own driver
+    connection, as in the payment service: SQLAlchemy's statement handling was most of a
+    charge's CPU. The rest stays SQLAlchemy Core."""
+
+    def __init__(self, conn: AsyncConnection, raw: RawConnection | None = None) -> None:
         self._conn = conn
+        self._raw = raw
 
     async def get(self, operation_id: str, *, for_update: bool = False) -> Operation | None:
-        query = select(t.operations).where(t.operations.c.operation_id == operation_id)
-        return await self._one(query, for_update=for_update)
+        if self._raw is None:
+            query = select(t.operations).where(t.operations.c.operation_id == operation_id)
+            return await self._one(query, for_update=for_update)
+        return await self._raw_one(_GET_FOR_UPDATE if for_update else _GET, operation_id)
 
     async def find_by_idempotency_key(self, idempotency_key: str) -> Operation | None:
-        query = select(t.operations).where(t.operations.c.idempotency_key == idempotency_key)
-        return await self._one(query, for_update=False)
+        if self._raw is None:
+            query = select(t.operations).where(t.operations.c.idempotency_key == idempotency_key)
+            return await self._one(query, for_update=False)
+        return await self._raw_one(_BY_KEY, idempotency_key)
+
+    async def _raw_one(self, query: str, value: str) -> Operation | None:
+        assert self._raw is not None
+        async with self._raw.cursor(row_factory=namedtuple_row) as cursor:
+            await cursor.execute(query, (value,))
+            row = await cursor.fetchone()
+        return _operation(row) if row is not None else None
 
     async def find_by_provider_reference(
         self, provider: str, provider_reference: str, *, for_update: bool = False
@@ -65,34 +164,81 @@ class OperationRepository:
         )
         return await self._one(query, for_update=for_update)
 
+    async def lock_for_events(
+        self, references: Sequence[tuple[str, str]], operation_ids: Sequence[str]
+    ) -> list[Operation]:
+        """Every operation named by (provider, provider_reference) or by id, locked in
+        operation_id order: two transactions locking overlapping sets cannot deadlock.
+
+        Arrays, not IN lists, so the statement text is the same for every batch size and
+        PostgreSQL's prepared statement is reused. Matching provider and reference separately
+        may lock a few rows too many (a reference of one provider equal to another's); the
+        caller matches exact pairs, and an extra lock is harmless."""
+        if not references and not operation_ids:
+            return []
+        params = {
+            "providers": sorted({provider for provider, _ in references}),
+            "references": [reference for _, reference in references],
+            "ids": list(operation_ids),
+        }
+        return [_operation(row) for row in await self._conn.execute(_LOCK_FOR_EVENTS, params)]
+
+    async def refunded_minor(self, charge_operation_id: str) -> int:
+        query = select(func.coalesce(func.sum(t.operations.c.amount_minor), 0)).where(
+            t.operations.c.parent_operation_id == charge_operation_id,
+            t.operations.c.kind == OperationKind.REFUND.value,
+            t.operations.c.status != OperationStatus.FAILED.value,
+        )
+        return int((await self._conn.execute(query)).scalar_one())
+
+    async def history(self, operation_id: str) -> list[HistoryEntry]:
+        query = (
+            select(t.operation_history)
+            .where(t.operation_history.c.operation_id == operation_id)
+            .order_by(t.operation_history.c.history_id)
+        )
+        return [_history(row) for row in await self._conn.execute(query)]
+
     async def add(self, operation: Operation) -> None:
+        if not await self.add_new(operation):
+            raise ConcurrentUpdate("an operation with this idempotency key exists")
+
+    async def add_new(self, operation: Operation) -> bool:
+        """Inserts the operation and its first history entry in one statement; False, writing
+        nothing, when its idempotency key is taken (a concurrent insert waits for the other)."""
+        row = self._row(operation)
+        params = [row[name] for name in _INSERT_COLUMNS]
         async with unique_violation_is_conflict():
-            row = (
-                await self._conn.execute(
-                    insert(t.operations)
-                    .values(**self._row(operation))
-                    .returning(t.operations.c.created_at, t.operations.c.updated_at)
-                )
-            ).one()
-        operation.created_at, operation.updated_at = row.created_at, row.updated_at
+            recorded_at = await self._scalar(_INSERT_NEW, params)
+        if recorded_at is None:
+            return False
+        # now() is the transaction's time: the same instant for both rows.
+        operation.created_at = operation.updated_at = recorded_at
+        return True
 
     async def save(self, operation: Operation) -> None:
-        # The provider reference is unique: a clash means another operation claimed it.
+        """Updates the operation and appends its history entry in one statement. The provider
+        reference is unique: a clash means another operation claimed it (ConcurrentUpdate)."""
+        params = [
+            operation.status.value,
+            operation.provider,
+            operation.provider_reference,
+            operation.failure_reason,
+            operation.version,
+            operation.outcome_unknown,
+            operation.operation_id,
+        ]
         async with unique_violation_is_conflict():
-            operation.updated_at = (
-                await self._conn.execute(
-                    update(t.operations)
-                    .where(t.operations.c.operation_id == operation.operation_id)
-                    .values(
-                        status=operation.status.value,
-                        provider_reference=operation.provider_reference,
-                        failure_reason=operation.failure_reason,
-                        version=operation.version,
-                        updated_at=func.now(),
-                    )
-                    .returning(t.operations.c.updated_at)
-                )
-            ).scalar_one()
+            updated_at = await self._scalar(_SAVE, params)
+        if updated_at is None:
+            raise ConcurrentUpdate(f"operation {operation.operation_id} vanished")
+        operation.updated_at = updated_at
+
+    async def _scalar(self, query: str, params: list[Any]) -> Any:
+        raw = self._raw if self._raw is not None else await driver_connection(self._conn)
+        cursor = await raw.execute(query, params)
+        row = await cursor.fetchone()
+        return row[0] if row is not None else None
 
     async def _one(self, query: Select[Any], *, for_update: bool) -> Operation | None:
         if for_update:
@@ -109,62 +255,91 @@ class OperationRepository:
             "amount_minor": operation.amount.amount_minor,
             "currency": operation.amount.currency,
             "idempotency_key": operation.idempotency_key,
-            "payment_method": operation.payment_method,
+            "payment_method": operation.instrument,
             "reference": operation.reference,
             "provider": operation.provider,
             "provider_reference": operation.provider_reference,
             "failure_reason": operation.failure_reason,
             "version": operation.version,
+            "outcome_unknown": operation.outcome_unknown,
+            "parent_operation_id": operation.parent_operation_id,
         }
+
+
+_TEXT_ARRAY = postgresql.ARRAY(Text)
+_LOCK_FOR_EVENTS = (
+    select(t.operations)
+    .where(
+        or_(
+            and_(
+                t.operations.c.provider == any_(bindparam("providers", type_=_TEXT_ARRAY)),
+                t.operations.c.provider_reference
+                == any_(bindparam("references", type_=_TEXT_ARRAY)),
+            ),
+            t.operations.c.operation_id
+            == any_(bindparam("ids", type_=postgresql.ARRAY(Uuid(as_uuid=False)))),
+        )
+    )
+    .order_by(t.operations.c.operation_id)
+    .with_for_update()
+)
+_RECORDED = select(
+    t.provider_events.c.provider,
+    t.provider_events.c.provider_event_id,
+    t.provider_events.c.operation_id,
+).where(
+    t.provider_events.c.provider == any_(bindparam("providers", type_=_TEXT_ARRAY)),
+    t.provider_events.c.provider_event_id == any_(bindparam("ids", type_=_TEXT_ARRAY)),
+)
+_RECORD = (
+    pg_insert(t.provider_events)
+    .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
+    .returning(t.provider_events.c.provider, t.provider_events.c.provider_event_id)
+)
 
 
 class ProviderEventRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def claim(self, event: ProviderEvent) -> bool:
-        # Inserted as unmatched and resolved in the same transaction, so no reader ever
-        # sees the interim status. DO NOTHING makes a repeat delivery a no-op, not an error.
-        query = (
-            pg_insert(t.provider_events)
-            .values(
-                provider=event.provider,
-                provider_event_id=event.provider_event_id,
-                event_type=event.event_type,
-                provider_reference=event.provider_reference,
-                status=ProviderEventStatus.UNMATCHED.value,
-                occurred_at=event.occurred_at,
-                raw_payload=event.raw_payload,
+    async def recorded(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        """Which of these (provider, provider_event_id) are recorded, with their operation."""
+        if not keys:
+            return {}
+        params = {
+            "providers": sorted({provider for provider, _ in keys}),
+            "ids": [event_id for _, event_id in keys],
+        }
+        wanted = set(keys)
+        return {
+            (row.provider, row.provider_event_id): (
+                str(row.operation_id) if row.operation_id is not None else None
             )
-            .on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
-            .returning(t.provider_events.c.provider_event_id)
-        )
-        return (await self._conn.execute(query)).first() is not None
+            for row in await self._conn.execute(_RECORDED, params)
+            if (row.provider, row.provider_event_id) in wanted
+        }
 
-    async def operation_of(self, provider: str, provider_event_id: str) -> str | None:
-        operation_id = (
-            await self._conn.execute(
-                select(t.provider_events.c.operation_id).where(
-                    t.provider_events.c.provider == provider,
-                    t.provider_events.c.provider_event_id == provider_event_id,
-                )
-            )
-        ).scalar_one_or_none()
-        return str(operation_id) if operation_id is not None else None
-
-    async def resolve(
-        self,
-        provider: str,
-        provider_event_id: str,
-        *,
-        operation_id: str | None,
-        status: ProviderEventStatus,
-    ) -> None:
-        await self._conn.execute(
-            update(t.provider_events)
-            .where(
-                t.provider_events.c.provider == provider,
-                t.provider_events.c.provider_event_id == provider_event_id,
-            )
-            .values(operation_id=operation_id, status=status.value)
-        )
+    async def record(
+        self, records: Sequence[tuple[ProviderEvent, str | None, ProviderEventStatus]]
+    ) -> set[tuple[str, str]]:
+        """Inserts the events with what became of them; returns the keys it inserted. A key
+        a concurrent transaction inserted meanwhile waits for it, then is left out (DO NOTHING)."""
+        if not records:
+            return set()
+        # One cached statement, executed for many rows (SQLAlchemy's insertmanyvalues batches
+        # them into few round trips and still returns the inserted keys).
+        rows = [
+            {
+                "provider": event.provider,
+                "provider_event_id": event.provider_event_id,
+                "operation_id": operation_id,
+                "event_type": event.event_type,
+                "provider_reference": event.provider_reference,
+                "status": status.value,
+                "occurred_at": event.occurred_at,
+                "raw_payload": event.raw_payload,
+            }
+            for event, operation_id, status in records
+        ]
+        result = await self._conn.execute(_RECORD, rows)
+        return {(row.provider, row.provider_event_id) for row in result}

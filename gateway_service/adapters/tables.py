@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -35,6 +36,24 @@ operations = Table(
     Column("version", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("outcome_unknown", Boolean, nullable=False, server_default="false"),
+    Column("parent_operation_id", Uuid(as_uuid=False), ForeignKey("operations.operation_id")),
+)
+
+operation_history = Table(
+    "operation_history",
+    metadata,
+    Column("history_id", BigInteger, primary_key=True, autoincrement=True),
+    Column(
+        "operation_id", Uuid(as_uuid=False), ForeignKey("operations.operation_id"), nullable=False
+    ),
+    Column("version", BigInteger, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("provider_reference", Text),
+    Column("failure_reason", Text),
+    Column("outcome_unknown", Boolean, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 provider_events = Table(

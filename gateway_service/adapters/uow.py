@@ -1,3 +1,6 @@
+"""The gateway's unit of work. An unreachable database anywhere inside it leaves as
+DependencyUnavailable: common.uow.SqlUnitOfWork is that boundary for every service."""
+
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,5 +18,5 @@ class GatewayUnitOfWork(SqlUnitOfWork):
         super().__init__(engine, to_outgoing)
 
     def _open(self) -> None:
-        self.operations = OperationRepository(self.conn)
+        self.operations = OperationRepository(self.conn, self.raw)
         self.provider_events = ProviderEventRepository(self.conn)

@@ -5,8 +5,10 @@
        └──> SUCCEEDED | FAILED
 
 CREATED means "recorded, the provider's answer unknown": the request may never have left, or
-the provider may have taken it and we timed out. Only the provider can settle that, so nothing
-here ever fails an operation on our own say-so. A provider event can overtake our own record
+the provider may have taken it and we timed out (then `outcome_unknown` is set, and the
+operation is bound to its provider for good). Only the provider can settle that, so nothing
+here ever fails an operation on our own say-so. While no provider can have acted, a CREATED
+operation may be routed to another provider (failover). A provider event can overtake our own record
 of the provider's answer, which is why CREATED may go straight to an outcome. Terminal states
 are final: a later contradicting provider event is recorded as a conflict, never applied.
 """
@@ -49,6 +51,10 @@ class ProviderEventStatus(StrEnum):
     CONFLICT = "conflict"
     UNMATCHED = "unmatched"
     IGNORED = "ignored"
+    # Verified, but disagrees with the operation it names (amount, currency, reference).
+    MISMATCH = "mismatch"
+    # An earlier stage than the operation has reached (a reordered "pending"): changes nothing.
+    STALE = "stale"
 
 
 _NEXT: dict[OperationStatus, frozenset[OperationStatus]] = {
@@ -64,6 +70,16 @@ _NEXT: dict[OperationStatus, frozenset[OperationStatus]] = {
 UNSPECIFIED_FAILURE = "provider_failed"
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    status: OperationStatus
+    provider: str
+    provider_reference: str
+    failure_reason: str
+    outcome_unknown: bool
+    recorded_at: datetime | None
+
+
 @dataclass
 class Operation:
     operation_id: str
@@ -71,17 +87,47 @@ class Operation:
     status: OperationStatus
     amount: Money
     idempotency_key: str
-    # A payment instrument token: stored so a retry can re-ask the provider, never logged,
-    # never put in an event. repr=False keeps it out of tracebacks and debug output.
-    payment_method: str = field(repr=False)
+    # The payment method token (charge), destination (payout) or the provider's id of the
+    # refunded charge (refund): stored so a retry can re-ask the provider, never logged, never
+    # put in an event. repr=False keeps it out of tracebacks and debug output.
+    instrument: str = field(repr=False)
     reference: str
     provider: str
     provider_reference: str | None = None
     failure_reason: str | None = None
     version: int = 0
+    outcome_unknown: bool = False
+    parent_operation_id: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    history: list[HistoryEntry] = field(default_factory=list, repr=False)
     _events: list[events.GatewayEvent] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        kind: OperationKind,
+        idempotency_key: str,
+        amount: Money,
+        instrument: str,
+        reference: str,
+        provider: str,
+        parent_operation_id: str | None = None,
+    ) -> Operation:
+        """A new operation, CREATED. It emits nothing: only the provider's answer is news."""
+        return cls(
+            operation_id=new_id(),
+            kind=kind,
+            status=OperationStatus.CREATED,
+            amount=amount,
+            idempotency_key=idempotency_key,
+            instrument=instrument,
+            reference=reference,
+            provider=provider,
+            parent_operation_id=parent_operation_id,
+            version=1,
+        )
 
     @classmethod
     def charge(
@@ -93,28 +139,46 @@ class Operation:
         reference: str,
         provider: str,
     ) -> Operation:
-        """A new charge, CREATED. It emits nothing: only the provider's answer is news."""
-        return cls(
-            operation_id=new_id(),
+        return cls.open(
             kind=OperationKind.CHARGE,
-            status=OperationStatus.CREATED,
-            amount=amount,
             idempotency_key=idempotency_key,
-            payment_method=payment_method,
+            amount=amount,
+            instrument=payment_method,
             reference=reference,
             provider=provider,
-            version=1,
         )
 
     def same_request(
-        self, *, kind: OperationKind, amount: Money, payment_method: str, reference: str
+        self, *, kind: OperationKind, amount: Money, instrument: str, reference: str
     ) -> bool:
         return (
             self.kind is kind
             and self.amount == amount
-            and self.payment_method == payment_method
+            and self.instrument == instrument
             and self.reference == reference
         )
+
+    @property
+    def may_fail_over(self) -> bool:
+        """True while no provider can have acted on this operation."""
+        return self.status is OperationStatus.CREATED and not self.outcome_unknown
+
+    def route_to(self, provider: str) -> bool:
+        """Sends the operation to another provider; refused once one may have acted."""
+        if provider == self.provider or not self.may_fail_over:
+            return False
+        self.provider = provider
+        self.version += 1
+        return True
+
+    def mark_unknown(self) -> bool:
+        """The provider was asked and did not answer: it may have acted. Announced once."""
+        if self.status is not OperationStatus.CREATED or self.outcome_unknown:
+            return False
+        self.outcome_unknown = True
+        self.version += 1
+        self._events.append(events.OperationOutcomeUnknown(**self._fact(self.status, "")))
+        return True
 
     def mark_accepted(self, provider_reference: str) -> bool:
         """The provider took the request. False, changing nothing, when the operation has
@@ -131,6 +195,57 @@ class Operation:
             return False
         self._move(OperationStatus.FAILED, failure_reason=reason or UNSPECIFIED_FAILURE)
         return True
+
+    def apply_provider_report(
+        self,
+        *,
+        kind: OperationKind,
+        status: OperationStatus,
+        failure_reason: str,
+        provider_event_id: str,
+        provider_reference: str,
+        amount: Money | None,
+    ) -> ProviderEventStatus:
+        """Applies what the provider says of this operation (a webhook or a status answer).
+
+        A report that disagrees with the operation moves no money: it is a mismatch for
+        review. An earlier stage than the operation has reached never moves it backwards.
+        """
+        if kind is not self.kind:
+            return ProviderEventStatus.IGNORED
+        mismatch = self._mismatch(amount, provider_reference)
+        if mismatch:
+            self._mismatched(mismatch, provider_event_id)
+            return ProviderEventStatus.MISMATCH
+        if status is OperationStatus.PENDING:
+            return (
+                ProviderEventStatus.APPLIED
+                if self.mark_accepted(provider_reference)
+                else ProviderEventStatus.STALE
+            )
+        return self.apply_provider_outcome(
+            kind=kind,
+            outcome=status,
+            failure_reason=failure_reason,
+            provider_event_id=provider_event_id,
+            provider_reference=provider_reference,
+        )
+
+    def _mismatch(self, amount: Money | None, provider_reference: str) -> str:
+        if amount is not None and amount != self.amount:
+            return f"the provider reports {amount}, the operation is for {self.amount}"
+        if provider_reference and self.provider_reference not in (None, provider_reference):
+            return (
+                f"the provider reports reference {provider_reference!r},"
+                f" the operation has {self.provider_reference!r}"
+            )
+        return ""
+
+    def _mismatched(self, description: str, provider_event_id: str) -> None:
+        self.version += 1
+        fact = self._fact(self.status, provider_event_id)
+        fact["failure_reason"] = f"provider event {provider_event_id}: {description}"
+        self._events.append(events.ProviderReportMismatched(**fact))
 
     def apply_provider_outcome(
         self,
@@ -171,6 +286,8 @@ class Operation:
                 f"operation {self.operation_id} cannot move from {self.status} to {status}"
             )
         self.status = status
+        # The provider has answered now: whatever it was, the outcome is no longer unknown.
+        self.outcome_unknown = False
         if failure_reason:
             self.failure_reason = failure_reason
         self.version += 1
@@ -208,8 +325,15 @@ class Operation:
 
 # What each provider event type we understand says about which kind of operation.
 PROVIDER_EVENT_OUTCOMES: dict[str, tuple[OperationKind, OperationStatus]] = {
-    "charge.succeeded": (OperationKind.CHARGE, OperationStatus.SUCCEEDED),
-    "charge.failed": (OperationKind.CHARGE, OperationStatus.FAILED),
+    f"{kind.value}.{said}": (kind, status)
+    for kind in OperationKind
+    for said, status in (
+        # Providers say "processing" (Stripe) or "pending"; to us both mean PENDING.
+        ("processing", OperationStatus.PENDING),
+        ("pending", OperationStatus.PENDING),
+        ("succeeded", OperationStatus.SUCCEEDED),
+        ("failed", OperationStatus.FAILED),
+    )
 }
 
 
@@ -224,3 +348,6 @@ class ProviderEvent:
     failure_reason: str
     occurred_at: datetime | None
     raw_payload: bytes = field(repr=False)
+    # What the provider says about the operation, parsed by the webhook adapter.
+    operation_id: str = ""
+    amount: Money | None = None

@@ -1,18 +1,33 @@
 """GatewayService over gRPC: converts messages, calls the service layer, converts back.
 
-No try/except here: domain errors become statuses in common.grpc.errors.
+No try/except here: domain errors become statuses in common.grpc.errors. Every call that asks
+a provider passes the caller's deadline down, so no provider request outlives its caller.
 """
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from common.errors import ValidationError
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
-from gateway_service.domain.model import Operation, OperationKind, OperationStatus
-from gateway_service.service_layer.services import GatewayService
+from common.grpc.errors import status_for
+from common.money import Money
+from gateway_service.domain.model import (
+    HistoryEntry,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    ProviderEvent,
+)
+from gateway_service.service_layer.services import (
+    GatewayService,
+    ProviderEventReceipt,
+    monotonic_deadline,
+)
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -30,6 +45,17 @@ STATUS_TO_PROTO = {
 }
 
 
+def _history_to_proto(entry: HistoryEntry) -> gateway_pb2.OperationHistoryEntry:
+    return gateway_pb2.OperationHistoryEntry(
+        status=STATUS_TO_PROTO[entry.status],
+        provider=entry.provider,
+        provider_reference=entry.provider_reference,
+        failure_reason=entry.failure_reason,
+        outcome_unknown=entry.outcome_unknown,
+        recorded_at=timestamp(entry.recorded_at),
+    )
+
+
 def operation_to_proto(operation: Operation) -> gateway_pb2.Operation:
     return gateway_pb2.Operation(
         operation_id=operation.operation_id,
@@ -43,7 +69,69 @@ def operation_to_proto(operation: Operation) -> gateway_pb2.Operation:
         reference=operation.reference,
         created_at=timestamp(operation.created_at),
         updated_at=timestamp(operation.updated_at),
+        outcome_unknown=operation.outcome_unknown,
+        parent_operation_id=operation.parent_operation_id or "",
+        history=[_history_to_proto(entry) for entry in operation.history],
     )
+
+
+def _deadline(context: Context) -> float | None:
+    return monotonic_deadline(context.time_remaining())
+
+
+def _amount(message: Any, field: str = "amount") -> Money:
+    return money_from_request(getattr(message, field), field=field, present=message.HasField(field))
+
+
+def _wall_time(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.fromtimestamp(seconds, UTC))
+    return stamp
+
+
+def _provider_event(request: gateway_pb2.HandleProviderEventRequest) -> ProviderEvent:
+    return ProviderEvent(
+        provider=request.provider,
+        provider_event_id=request.provider_event_id,
+        event_type=request.event_type,
+        provider_reference=request.provider_reference,
+        failure_reason=request.failure_reason,
+        occurred_at=(
+            request.occurred_at.ToDatetime(tzinfo=UTC) if request.HasField("occurred_at") else None
+        ),
+        raw_payload=request.raw_payload,
+        operation_id=request.operation_id,
+        amount=_amount(request) if request.HasField("amount") else None,
+    )
+
+
+def _provider_event_or_error(
+    request: gateway_pb2.HandleProviderEventRequest,
+) -> ProviderEvent | ValidationError:
+    # The one try in this module: in a batch, an event whose amount does not convert must get
+    # its own INVALID_ARGUMENT result, not fail the events that came with it.
+    try:
+        return _provider_event(request)
+    except ValidationError as exc:
+        return exc
+
+
+def _receipt_to_proto(receipt: ProviderEventReceipt) -> gateway_pb2.HandleProviderEventResponse:
+    return gateway_pb2.HandleProviderEventResponse(
+        first_delivery=receipt.first_delivery,
+        operation_id=receipt.operation_id or "",
+        outcome=receipt.status.value if receipt.status is not None else "",
+    )
+
+
+def _result_to_proto(
+    outcome: ProviderEventReceipt | ValidationError,
+) -> gateway_pb2.HandleProviderEventResult:
+    if isinstance(outcome, ValidationError):
+        return gateway_pb2.HandleProviderEventResult(
+            code=status_for(outcome).value[0], message=outcome.message
+        )
+    return gateway_pb2.HandleProviderEventResult(response=_receipt_to_proto(outcome))
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -55,11 +143,34 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.Operation:
         operation = await self._service.charge(
             idempotency_key=request.idempotency_key,
-            amount=money_from_request(
-                request.amount, field="amount", present=request.HasField("amount")
-            ),
+            amount=_amount(request),
             payment_method=request.payment_method,
             reference=request.reference,
+            deadline=_deadline(context),
+        )
+        return operation_to_proto(operation)
+
+    async def Payout(
+        self, request: gateway_pb2.PayoutRequest, context: Context
+    ) -> gateway_pb2.Operation:
+        operation = await self._service.payout(
+            idempotency_key=request.idempotency_key,
+            amount=_amount(request),
+            destination=request.destination,
+            reference=request.reference,
+            deadline=_deadline(context),
+        )
+        return operation_to_proto(operation)
+
+    async def Refund(
+        self, request: gateway_pb2.RefundRequest, context: Context
+    ) -> gateway_pb2.Operation:
+        operation = await self._service.refund(
+            idempotency_key=request.idempotency_key,
+            charge_operation_id=request.charge_operation_id,
+            amount=_amount(request),
+            reference=request.reference,
+            deadline=_deadline(context),
         )
         return operation_to_proto(operation)
 
@@ -68,34 +179,56 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.Operation:
         return operation_to_proto(await self._service.get_operation(request.operation_id))
 
+    async def SyncOperation(
+        self, request: gateway_pb2.SyncOperationRequest, context: Context
+    ) -> gateway_pb2.Operation:
+        operation = await self._service.sync_operation(
+            request.operation_id, trigger=request.trigger, deadline=_deadline(context)
+        )
+        return operation_to_proto(operation)
+
     async def HandleProviderEvent(
         self, request: gateway_pb2.HandleProviderEventRequest, context: Context
     ) -> gateway_pb2.HandleProviderEventResponse:
+        event = _provider_event(request)
         receipt = await self._service.handle_provider_event(
-            provider=request.provider,
-            provider_event_id=request.provider_event_id,
-            event_type=request.event_type,
-            provider_reference=request.provider_reference,
-            failure_reason=request.failure_reason,
-            occurred_at=(
-                request.occurred_at.ToDatetime(tzinfo=UTC)
-                if request.HasField("occurred_at")
-                else None
-            ),
-            raw_payload=request.raw_payload,
+            provider=event.provider,
+            provider_event_id=event.provider_event_id,
+            event_type=event.event_type,
+            provider_reference=event.provider_reference,
+            failure_reason=event.failure_reason,
+            occurred_at=event.occurred_at,
+            raw_payload=event.raw_payload,
+            operation_id=event.operation_id,
+            amount=event.amount,
         )
-        return gateway_pb2.HandleProviderEventResponse(
-            first_delivery=receipt.first_delivery, operation_id=receipt.operation_id or ""
+        return _receipt_to_proto(receipt)
+
+    async def HandleProviderEvents(
+        self, request: gateway_pb2.HandleProviderEventsRequest, context: Context
+    ) -> gateway_pb2.HandleProviderEventsResponse:
+        outcomes = await self._service.handle_provider_events(
+            [_provider_event_or_error(item) for item in request.events]
+        )
+        return gateway_pb2.HandleProviderEventsResponse(
+            results=[_result_to_proto(outcome) for outcome in outcomes]
         )
 
-    async def Payout(self, request: Any, context: Context) -> Any:
-        raise NotImplementedError("GatewayService.Payout is not implemented yet")
-
-    async def Refund(self, request: Any, context: Context) -> Any:
-        raise NotImplementedError("GatewayService.Refund is not implemented yet")
-
-    async def SyncOperation(self, request: Any, context: Context) -> Any:
-        raise NotImplementedError("GatewayService.SyncOperation is not implemented yet")
-
-    async def GetProviderStatus(self, request: Any, context: Context) -> Any:
-        raise NotImplementedError("GatewayService.GetProviderStatus is not implemented yet")
+    async def GetProviderStatus(
+        self, request: gateway_pb2.GetProviderStatusRequest, context: Context
+    ) -> gateway_pb2.GetProviderStatusResponse:
+        return gateway_pb2.GetProviderStatusResponse(
+            providers=[
+                gateway_pb2.ProviderStatus(
+                    provider=snapshot.name,
+                    breaker_state=snapshot.state.value,
+                    calls=snapshot.calls,
+                    failures=snapshot.failures,
+                    slow_calls=snapshot.slow_calls,
+                    rejected_calls=snapshot.rejected_calls,
+                    state_since=_wall_time(snapshot.state_since),
+                    priority=priority,
+                )
+                for priority, snapshot in self._service.provider_status()
+            ]
+        )

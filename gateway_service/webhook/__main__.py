@@ -8,6 +8,7 @@ import sys
 
 import structlog
 
+from common import aio
 from common.config import ConfigError, Settings, load_settings
 from common.logging import configure_logging
 from gateway_service.webhook.app import start
@@ -39,7 +40,7 @@ def main() -> int:
         return 2
     configure_logging(level=settings.log_level, fmt=settings.log_format, service=NAME)
     try:
-        asyncio.run(_serve(settings))
+        aio.run(_serve(settings))
     except ConfigError as exc:
         print(f"{NAME}: {exc}", file=sys.stderr)
         return 2

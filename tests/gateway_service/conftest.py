@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -19,12 +20,29 @@ import pytest
 from common.errors import ConcurrentUpdate
 from common.money import Money
 from gateway_service.domain import events
-from gateway_service.domain.model import Operation, ProviderEvent, ProviderEventStatus
-from gateway_service.domain.provider import ChargeInstruction, ProviderAcceptance
+from gateway_service.domain.model import (
+    HistoryEntry,
+    Operation,
+    OperationKind,
+    OperationStatus,
+    ProviderEvent,
+    ProviderEventStatus,
+)
+from gateway_service.domain.provider import (
+    Instruction,
+    InstructionKind,
+    ProviderAcceptance,
+    ReportedStatus,
+    StatusReport,
+)
+from gateway_service.service_layer.breaker import BreakerOptions, CircuitBreaker
+from gateway_service.service_layer.providers import GuardedProvider, ProviderRouter, RetryPolicy
 from gateway_service.service_layer.services import GatewayService
 
 EUR_12_50 = Money(1250, "EUR")
 PAYMENT_METHOD = "pm_card_visa"
+PRIMARY = "sim-primary"
+SECONDARY = "sim-secondary"
 
 
 def _detached(operation: Operation) -> Operation:
@@ -42,6 +60,7 @@ class StoredProviderEvent:
 @dataclasses.dataclass
 class FakeDatabase:
     operations: dict[str, Operation] = dataclasses.field(default_factory=dict)
+    history: dict[str, list[HistoryEntry]] = dataclasses.field(default_factory=dict)
     provider_events: dict[tuple[str, str], StoredProviderEvent] = dataclasses.field(
         default_factory=dict
     )
@@ -85,6 +104,48 @@ class FakeOperations:
         )
         return _detached(found) if found else None
 
+    async def lock_for_events(
+        self, references: Sequence[tuple[str, str]], operation_ids: Sequence[str]
+    ) -> list[Operation]:
+        found = [
+            op
+            for op in self._staged.values()
+            if (op.provider, op.provider_reference) in set(references)
+            or op.operation_id in set(operation_ids)
+        ]
+        return [_detached(op) for op in sorted(found, key=lambda op: op.operation_id)]
+
+    async def refunded_minor(self, charge_operation_id: str) -> int:
+        return sum(
+            op.amount.amount_minor
+            for op in self._staged.values()
+            if op.parent_operation_id == charge_operation_id
+            and op.kind is OperationKind.REFUND
+            and op.status is not OperationStatus.FAILED
+        )
+
+    async def history(self, operation_id: str) -> list[HistoryEntry]:
+        return list(self._db.history.get(operation_id, []))
+
+    def _append_history(self, operation: Operation) -> None:
+        self._db.history.setdefault(operation.operation_id, []).append(
+            HistoryEntry(
+                status=operation.status,
+                provider=operation.provider,
+                provider_reference=operation.provider_reference or "",
+                failure_reason=operation.failure_reason or "",
+                outcome_unknown=operation.outcome_unknown,
+                recorded_at=None,
+            )
+        )
+
+    async def add_new(self, operation: Operation) -> bool:
+        try:
+            await self.add(operation)
+        except ConcurrentUpdate:
+            return False
+        return True
+
     async def add(self, operation: Operation) -> None:
         if self._db.racing_insert is not None:
             winner, self._db.racing_insert = self._db.racing_insert, None
@@ -94,36 +155,33 @@ class FakeOperations:
         }
         if operation.idempotency_key in taken:
             raise ConcurrentUpdate("a concurrent request changed the same data")
+        operation.updated_at = operation.created_at = datetime.now(UTC)
         self._staged[operation.operation_id] = _detached(operation)
+        self._append_history(operation)
 
     async def save(self, operation: Operation) -> None:
+        operation.updated_at = datetime.now(UTC)
         self._staged[operation.operation_id] = _detached(operation)
+        self._append_history(operation)
 
 
 class FakeProviderEvents:
     def __init__(self, staged: dict[tuple[str, str], StoredProviderEvent]) -> None:
         self._staged = staged
 
-    async def claim(self, event: ProviderEvent) -> bool:
-        key = (event.provider, event.provider_event_id)
-        if key in self._staged:
-            return False
-        self._staged[key] = StoredProviderEvent(event, None, ProviderEventStatus.UNMATCHED)
-        return True
+    async def recorded(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        return {key: self._staged[key].operation_id for key in keys if key in self._staged}
 
-    async def operation_of(self, provider: str, provider_event_id: str) -> str | None:
-        return self._staged[(provider, provider_event_id)].operation_id
-
-    async def resolve(
-        self,
-        provider: str,
-        provider_event_id: str,
-        *,
-        operation_id: str | None,
-        status: ProviderEventStatus,
-    ) -> None:
-        stored = self._staged[(provider, provider_event_id)]
-        stored.operation_id, stored.status = operation_id, status
+    async def record(
+        self, records: Sequence[tuple[ProviderEvent, str | None, ProviderEventStatus]]
+    ) -> set[tuple[str, str]]:
+        inserted = set()
+        for event, operation_id, status in records:
+            key = (event.provider, event.provider_event_id)
+            if key not in self._staged:
+                self._staged[key] = StoredProviderEvent(event, operation_id, status)
+                inserted.add(key)
+        return inserted
 
 
 class FakeUnitOfWork:
@@ -132,7 +190,7 @@ class FakeUnitOfWork:
 
     def __init__(self, db: FakeDatabase) -> None:
         self._db = db
-        self._tracked: list[Operation] = []
+        self._tracked: list[Any] = []
 
     async def __aenter__(self) -> Self:
         self._ops = dict(self._db.operations)
@@ -150,7 +208,7 @@ class FakeUnitOfWork:
     ) -> None:
         self._tracked = []
 
-    def track(self, aggregate: Operation) -> None:
+    def track(self, aggregate: Any) -> None:
         self._tracked.append(aggregate)
 
     async def commit(self) -> None:
@@ -165,22 +223,53 @@ Answer = ProviderAcceptance | Exception
 
 
 class FakeProvider:
-    """Deduplicates on the idempotency key like a real provider; scripted answers first."""
+    """Deduplicates on the idempotency key like a real provider; scripted answers first.
 
-    def __init__(self) -> None:
+    `calls` records every request that reached it; `moved` the idempotency keys of requests
+    it acted on (answered or not), which is what "money moved here" means in the tests.
+    """
+
+    def __init__(self, name: str = PRIMARY) -> None:
+        self._name = name
         self.answers: list[Answer] = []
-        self.calls: list[ChargeInstruction] = []
-        self.charge_ids: dict[str, str] = {}
+        self.calls: list[Instruction] = []
+        self.references: dict[str, str] = {}
+        self.statuses: dict[str, StatusReport] = {}
+        self.status_answers: list[StatusReport | Exception] = []
         # Runs while the "provider" holds the request, e.g. to deliver a webhook meanwhile.
-        self.during_call: Callable[[ChargeInstruction], Awaitable[None]] | None = None
+        self.during_call: Callable[[Instruction], Awaitable[None]] | None = None
 
     @property
     def name(self) -> str:
-        return "simulator"
+        return self._name
 
-    async def create_charge(self, instruction: ChargeInstruction) -> ProviderAcceptance:
+    async def charge(self, instruction: Instruction, *, timeout_s: float) -> ProviderAcceptance:
+        return await self._submit(instruction)
+
+    async def payout(self, instruction: Instruction, *, timeout_s: float) -> ProviderAcceptance:
+        return await self._submit(instruction)
+
+    async def refund(self, instruction: Instruction, *, timeout_s: float) -> ProviderAcceptance:
+        return await self._submit(instruction)
+
+    async def get_status(
+        self,
+        kind: InstructionKind,
+        *,
+        idempotency_key: str,
+        provider_reference: str,
+        timeout_s: float,
+    ) -> StatusReport:
+        if self.status_answers:
+            answer = self.status_answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return self.statuses.get(idempotency_key, StatusReport(ReportedStatus.NOT_FOUND))
+
+    async def _submit(self, instruction: Instruction) -> ProviderAcceptance:
         self.calls.append(instruction)
-        charge_id = self.charge_ids.setdefault(
+        reference = self.references.setdefault(
             instruction.idempotency_key, f"ch_{uuid.uuid4().hex[:12]}"
         )
         if self.during_call is not None:
@@ -190,13 +279,19 @@ class FakeProvider:
             if isinstance(answer, Exception):
                 raise answer
             return answer
-        return ProviderAcceptance(provider_reference=charge_id)
+        self.statuses[instruction.idempotency_key] = StatusReport(
+            ReportedStatus.PENDING, reference, "", instruction.amount
+        )
+        return ProviderAcceptance(provider_reference=reference)
 
-    def operation_id_in_event(self, raw_payload: bytes) -> str | None:
-        try:
-            return str(json.loads(raw_payload)["data"]["reference"])
-        except (ValueError, KeyError, TypeError):
-            return None
+
+def guarded(provider: FakeProvider, **options: Any) -> GuardedProvider:
+    return GuardedProvider(
+        provider,
+        CircuitBreaker(provider.name, BreakerOptions(**options)),
+        timeout_s=1.0,
+        retry=RetryPolicy(attempts=2, initial_backoff_s=0.001, max_backoff_s=0.002),
+    )
 
 
 @pytest.fixture
@@ -206,12 +301,24 @@ def fake_db() -> FakeDatabase:
 
 @pytest.fixture
 def fake_provider() -> FakeProvider:
-    return FakeProvider()
+    return FakeProvider(PRIMARY)
 
 
 @pytest.fixture
-def service(fake_db: FakeDatabase, fake_provider: FakeProvider) -> GatewayService:
-    return GatewayService(uow=lambda: FakeUnitOfWork(fake_db), provider=fake_provider)
+def secondary() -> FakeProvider:
+    return FakeProvider(SECONDARY)
+
+
+@pytest.fixture
+def router(fake_provider: FakeProvider, secondary: FakeProvider) -> ProviderRouter:
+    return ProviderRouter([guarded(fake_provider), guarded(secondary)])
+
+
+@pytest.fixture
+def service(fake_db: FakeDatabase, router: ProviderRouter) -> GatewayService:
+    return GatewayService(
+        uow=lambda: FakeUnitOfWork(fake_db), providers=router, sync_not_found_grace_s=0
+    )
 
 
 async def charge(service: GatewayService, **overrides: Any) -> Operation:

@@ -108,6 +108,8 @@ async def start_sim(receiver: Receiver) -> AsyncIterator[StartSim]:
                 "settle_delay_ms": 0,
                 "webhook_max_attempts": 3,
                 "webhook_secret": TEST_SECRET,
+                "data_dir": None,
+                "seed": 7,
                 **overrides,
             }
         )

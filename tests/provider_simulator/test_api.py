@@ -18,7 +18,7 @@ async def test_healthz(sim: Sim) -> None:
     assert await sim.call("GET", "/healthz") == (200, {"status": "ok"})
 
 
-async def test_create_charge_is_accepted_pending(start_sim: StartSim) -> None:
+async def test_create_charge_is_accepted_processing(start_sim: StartSim) -> None:
     # A long settle delay keeps the charge pending for the whole test.
     sim = await start_sim(settle_delay_ms=60_000)
 
@@ -28,7 +28,8 @@ async def test_create_charge_is_accepted_pending(start_sim: StartSim) -> None:
     assert charge["id"].startswith("ch_")
     assert charge == {
         "id": charge["id"],
-        "status": "pending",
+        "object": "charge",
+        "status": "processing",
         "amount_minor": 1250,
         "currency": "EUR",
         "reference": "pay_123",
@@ -164,6 +165,7 @@ async def test_shutdown_cancels_background_work(
         webhook_url=receiver.url,
         settle_delay_ms=settle_delay_ms,
         webhook_secret=SecretStr(TEST_SECRET),
+        data_dir=None,
     )
     runner, port = await start(settings)
     async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as client:

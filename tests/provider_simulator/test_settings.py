@@ -31,7 +31,9 @@ def test_defaults() -> None:
 
     assert settings.listen_host == "127.0.0.1"
     assert settings.listen_port == 8090
-    assert settings.webhook_url == "http://127.0.0.1:8080/webhooks/simulator"
+    assert settings.webhook_url == "http://127.0.0.1:8080/webhooks/sim-primary"
+    assert settings.name == "sim-primary"
+    assert settings.signature_format == "standard"
     assert settings.settle_delay_ms == 300
     assert settings.webhook_max_attempts == 8
     assert settings.webhook_secret.get_secret_value() == DEVELOPMENT_WEBHOOK_SECRET

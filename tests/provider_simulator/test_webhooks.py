@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 import pytest
+import stripe
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.provider_simulator.conftest import TEST_SECRET, ReceivedWebhook, Receiver, Sim, StartSim
@@ -28,12 +29,9 @@ async def test_successful_charge_sends_a_signed_succeeded_webhook(
     assert payload["type"] == "charge.succeeded"
     assert isinstance(payload["created"], int)
     assert payload["data"] == {
+        **charge,
         "charge_id": charge["id"],
-        "reference": "pay_123",
-        "amount_minor": 1250,
-        "currency": "EUR",
         "status": "succeeded",
-        "failure_reason": None,
     }
     _, settled = await sim.call("GET", f"/v1/charges/{charge['id']}")
     assert settled["status"] == "succeeded"
@@ -77,7 +75,7 @@ async def test_settlement_waits_for_the_configured_delay(
     _, charge = await sim.charge()
 
     _, still = await sim.call("GET", f"/v1/charges/{charge['id']}")
-    assert still["status"] == "pending"
+    assert still["status"] == "processing"
     verified(await receiver.next())
 
 
@@ -153,3 +151,17 @@ async def test_redeliver_sends_the_same_event_again(sim: Sim, receiver: Receiver
     event = await sim.wait_for_event(event_id, lambda e: e["attempts"] == 2)
     assert event["state"] == "delivered"
     assert json.loads(again.body)["type"] == "charge.succeeded"
+
+
+async def test_a_stripe_format_instance_signs_what_stripes_library_verifies(
+    start_sim: StartSim, receiver: Receiver
+) -> None:
+    secret = "whsec_simulator_stripe_test"
+    sim = await start_sim(signature_format="stripe", webhook_secret=secret)
+    await sim.charge()
+
+    webhook = await receiver.next()
+
+    header = webhook.headers["stripe-signature"]
+    assert stripe.WebhookSignature.verify_header(webhook.body, header, secret, tolerance=300)
+    assert "webhook-signature" not in webhook.headers

@@ -1,11 +1,11 @@
-"""SimulatorProvider against tiny scripted HTTP servers on port 0, and once against the real
-provider simulator, so a drift in its request schema shows up here."""
+"""SimulatorProvider against a tiny scripted HTTP server on port 0 (the classification of every
+answer), and against the real provider simulator, so a drift in its API shows up here."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,52 +14,57 @@ import pytest
 from aiohttp import web
 
 from common.ids import new_id
+from common.money import Money
 from gateway_service.adapters.provider import SimulatorProvider, provider_session
 from gateway_service.domain.provider import (
-    ChargeInstruction,
-    ProviderAcceptance,
+    Instruction,
+    InstructionKind,
+    ProviderNotProcessed,
     ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
+    ReportedStatus,
 )
 from provider_simulator.app import start as start_simulator
 from provider_simulator.settings import SimulatorSettings
-from tests.gateway_service.conftest import EUR_12_50, PAYMENT_METHOD, provider_event_body
+from tests.gateway_service.conftest import EUR_12_50, PAYMENT_METHOD
 
-TIMEOUT_MS = 300
-Reply = Callable[[], Awaitable[web.Response]]
+TIMEOUT_S = 0.3
 
 
-def reply(status: int, body: Any = None, *, delay_s: float = 0.0) -> Reply:
-    async def answer() -> web.Response:
-        await asyncio.sleep(delay_s)
-        if body is None:
-            return web.Response(status=status)
-        return web.json_response(body, status=status)
-
-    return answer
+def instruction(kind: InstructionKind = InstructionKind.CHARGE, **changes: Any) -> Instruction:
+    fields: dict[str, Any] = {
+        "kind": kind,
+        "idempotency_key": f"pay-{new_id()}:{kind.value}",
+        "amount": EUR_12_50,
+        "instrument": PAYMENT_METHOD,
+        "reference": new_id(),
+        **changes,
+    }
+    return Instruction(**fields)
 
 
 @dataclass
-class ScriptedProvider:
-    """Answers POST /v1/charges with `replies` in order; the last one repeats."""
-
+class Scripted:
     url: str = ""
-    replies: list[Reply] = field(default_factory=list)
-    requests: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 202
+    body: Any = field(default_factory=lambda: {"id": "ch_1"})
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    requests: list[tuple[dict[str, str], Any]] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append(await request.json())
-        answer = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        return await answer()
+        self.requests.append((dict(request.headers), await request.json()))
+        await asyncio.sleep(self.delay_s)
+        return web.json_response(self.body, status=self.status, headers=self.headers)
 
 
 @pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedProvider]:
-    server = ScriptedProvider()
+async def scripted() -> AsyncIterator[Scripted]:
+    server = Scripted()
     app = web.Application()
-    app.router.add_post("/v1/charges", server.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    app.router.add_post("/v1/{kind}", server.handle)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
@@ -69,165 +74,158 @@ async def scripted() -> AsyncIterator[ScriptedProvider]:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with provider_session(TIMEOUT_MS) as session:
+    async with provider_session() as session:
         yield session
 
 
-def adapter(session: aiohttp.ClientSession, url: str) -> SimulatorProvider:
-    return SimulatorProvider(session, base_url=url, initial_backoff_s=0.01, max_backoff_s=0.02)
+def provider(session: aiohttp.ClientSession, url: str) -> SimulatorProvider:
+    return SimulatorProvider(session, name="sim-primary", base_url=url)
 
 
-def instruction(operation_id: str = "op-1") -> ChargeInstruction:
-    return ChargeInstruction(
-        idempotency_key="pay-1:charge",
-        amount=EUR_12_50,
-        payment_method=PAYMENT_METHOD,
-        reference=operation_id,
-    )
-
-
-async def test_an_accepted_charge_yields_the_providers_charge_id(
-    scripted: ScriptedProvider, session: aiohttp.ClientSession
+async def test_a_charge_sends_the_idempotency_key_header_and_our_reference(
+    scripted: Scripted, session: aiohttp.ClientSession
 ) -> None:
-    scripted.replies = [reply(202, {"id": "ch_1", "status": "pending"})]
+    sent = instruction()
 
-    acceptance = await adapter(session, scripted.url).create_charge(instruction())
-
-    assert acceptance == ProviderAcceptance(provider_reference="ch_1")
-    assert scripted.requests == [
-        {
-            "idempotency_key": "pay-1:charge",
-            "amount_minor": 1250,
-            "currency": "EUR",
-            "payment_method": PAYMENT_METHOD,
-            "reference": "op-1",
-        }
-    ]
-
-
-INVALID = {"error": {"code": "invalid_field", "message": "bad", "field": "x"}}
-REUSED = {"error": {"code": "idempotency_key_reused", "message": "no"}}
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "code"),
-    [
-        (400, INVALID, "invalid_field"),
-        (409, REUSED, "idempotency_key_reused"),
-        (422, None, "http_422"),
-    ],
-)
-async def test_a_refusal_is_a_rejection_with_the_providers_code(
-    scripted: ScriptedProvider,
-    session: aiohttp.ClientSession,
-    status: int,
-    body: Any,
-    code: str,
-) -> None:
-    scripted.replies = [reply(status, body)]
-
-    with pytest.raises(ProviderRejected) as caught:
-        await adapter(session, scripted.url).create_charge(instruction())
-
-    assert caught.value.code == code
-    assert len(scripted.requests) == 1
-
-
-@pytest.mark.parametrize("status", [500, 503, 429])
-async def test_transient_failures_are_retried(
-    scripted: ScriptedProvider, session: aiohttp.ClientSession, status: int
-) -> None:
-    scripted.replies = [reply(status), reply(status), reply(202, {"id": "ch_1"})]
-
-    acceptance = await adapter(session, scripted.url).create_charge(instruction())
+    acceptance = await provider(session, scripted.url).charge(sent, timeout_s=TIMEOUT_S)
 
     assert acceptance.provider_reference == "ch_1"
-    assert len(scripted.requests) == 3
-
-
-async def test_a_provider_failing_every_attempt_is_unavailable(
-    scripted: ScriptedProvider, session: aiohttp.ClientSession
-) -> None:
-    scripted.replies = [reply(502)]
-
-    with pytest.raises(ProviderUnavailable):
-        await adapter(session, scripted.url).create_charge(instruction())
-
-    assert len(scripted.requests) == 3
-
-
-async def test_a_slow_provider_times_out_without_a_retry(
-    scripted: ScriptedProvider, session: aiohttp.ClientSession
-) -> None:
-    scripted.replies = [reply(202, {"id": "ch_1"}, delay_s=TIMEOUT_MS / 1000 * 3)]
-
-    with pytest.raises(ProviderTimeout):
-        await adapter(session, scripted.url).create_charge(instruction())
-
-    assert len(scripted.requests) == 1
-
-
-async def test_an_acceptance_without_a_charge_id_is_no_acceptance(
-    scripted: ScriptedProvider, session: aiohttp.ClientSession
-) -> None:
-    scripted.replies = [reply(202, {"status": "pending"})]
-
-    with pytest.raises(ProviderUnavailable):
-        await adapter(session, scripted.url).create_charge(instruction())
-
-
-async def test_an_unreachable_provider_is_unavailable(session: aiohttp.ClientSession) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-
-    with pytest.raises(ProviderUnavailable):
-        await adapter(session, f"http://127.0.0.1:{port}").create_charge(instruction())
-
-
-async def test_the_operation_id_is_read_from_the_simulators_event(
-    session: aiohttp.ClientSession,
-) -> None:
-    operation_id = new_id()
-    body = provider_event_body("ch_1", operation_id, "charge.succeeded")
-
-    assert adapter(session, "http://unused").operation_id_in_event(body) == operation_id
+    [(headers, body)] = scripted.requests
+    assert headers["Idempotency-Key"] == sent.idempotency_key
+    assert body == {
+        "amount_minor": 1250,
+        "currency": "EUR",
+        "payment_method": PAYMENT_METHOD,
+        "reference": sent.reference,
+    }
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("status", "headers", "error"),
     [
-        b"not json",
-        b"[]",
-        b'{"data": null}',
-        b'{"data": {"reference": 7}}',
-        b'{"data": {"reference": "pay-1"}}',
+        (402, {}, ProviderRejected),
+        (409, {}, ProviderRejected),
+        (429, {}, ProviderNotProcessed),
+        (503, {"Provider-Processed": "false"}, ProviderNotProcessed),
+        (503, {}, ProviderUnavailable),
+        (500, {}, ProviderUnavailable),
     ],
 )
-async def test_an_event_without_our_operation_id_yields_none(
-    session: aiohttp.ClientSession, body: bytes
-) -> None:
-    assert adapter(session, "http://unused").operation_id_in_event(body) is None
-
-
-async def test_the_real_simulator_accepts_our_charges_and_dedups_on_our_key(
+async def test_answers_are_classified_by_whether_money_can_have_moved(
+    scripted: Scripted,
     session: aiohttp.ClientSession,
+    status: int,
+    headers: dict[str, str],
+    error: type[Exception],
 ) -> None:
+    scripted.status, scripted.headers = status, headers
+    scripted.body = {"error": {"code": "card_declined", "message": "no"}}
+
+    with pytest.raises(error) as caught:
+        await provider(session, scripted.url).charge(instruction(), timeout_s=TIMEOUT_S)
+
+    assert type(caught.value) is error
+    if error is ProviderRejected:
+        assert caught.value.code == "card_declined"  # type: ignore[attr-defined]
+
+
+async def test_no_answer_in_time_is_a_timeout(
+    scripted: Scripted, session: aiohttp.ClientSession
+) -> None:
+    scripted.delay_s = 2 * TIMEOUT_S
+
+    with pytest.raises(ProviderTimeout):
+        await provider(session, scripted.url).charge(instruction(), timeout_s=TIMEOUT_S)
+
+
+async def test_a_refused_connection_is_not_processed(session: aiohttp.ClientSession) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    with pytest.raises(ProviderNotProcessed):
+        await provider(session, f"http://127.0.0.1:{port}").charge(
+            instruction(), timeout_s=TIMEOUT_S
+        )
+
+
+# -- against the real simulator ----------------------------------------------------------
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[str]:
     settings = SimulatorSettings(
-        listen_host="127.0.0.1",
         listen_port=0,
-        # Never settles within the test, so it never tries to call a webhook back.
-        settle_delay_ms=600_000,
-        webhook_url="http://127.0.0.1:9/webhooks/simulator",
+        webhook_url="http://127.0.0.1:9/webhooks/sim-primary",
+        settle_delay_ms=50,
+        webhook_max_attempts=1,
+        data_dir=None,
     )
     runner, port = await start_simulator(settings)
-    try:
-        provider = adapter(session, f"http://127.0.0.1:{port}")
-        operation_id = new_id()
-        first = await provider.create_charge(instruction(operation_id))
-        again = await provider.create_charge(instruction(operation_id))
-    finally:
-        await runner.cleanup()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
 
-    assert first.provider_reference.startswith("ch_")
-    assert again == first
+
+async def test_charge_status_and_refund_against_the_simulator(
+    simulator: str, session: aiohttp.ClientSession
+) -> None:
+    sim = provider(session, simulator)
+    sent = instruction()
+
+    accepted = await sim.charge(sent, timeout_s=1.0)
+    replayed = await sim.charge(sent, timeout_s=1.0)
+    by_key = await sim.get_status(
+        InstructionKind.CHARGE,
+        idempotency_key=sent.idempotency_key,
+        provider_reference="",
+        timeout_s=1.0,
+    )
+
+    assert replayed == accepted
+    assert (by_key.status, by_key.provider_reference, by_key.amount) == (
+        ReportedStatus.PENDING,
+        accepted.provider_reference,
+        EUR_12_50,
+    )
+    for _ in range(50):
+        report = await sim.get_status(
+            InstructionKind.CHARGE,
+            idempotency_key="",
+            provider_reference=accepted.provider_reference,
+            timeout_s=1.0,
+        )
+        if report.status is ReportedStatus.SUCCEEDED:
+            break
+        await asyncio.sleep(0.02)
+    assert report.status is ReportedStatus.SUCCEEDED
+
+    refund = instruction(
+        InstructionKind.REFUND, instrument=accepted.provider_reference, amount=Money(250, "EUR")
+    )
+    assert (await sim.refund(refund, timeout_s=1.0)).provider_reference.startswith("re_")
+    too_much = instruction(
+        InstructionKind.REFUND, instrument=accepted.provider_reference, amount=EUR_12_50
+    )
+    with pytest.raises(ProviderRejected) as caught:
+        await sim.refund(too_much, timeout_s=1.0)
+    assert caught.value.code == "amount_too_large"
+
+
+async def test_an_operation_the_simulator_never_saw_is_not_found(
+    simulator: str, session: aiohttp.ClientSession
+) -> None:
+    report = await provider(session, simulator).get_status(
+        InstructionKind.PAYOUT, idempotency_key="never-sent", provider_reference="", timeout_s=1.0
+    )
+
+    assert report.status is ReportedStatus.NOT_FOUND
+
+
+async def test_a_payout_against_the_simulator(
+    simulator: str, session: aiohttp.ClientSession
+) -> None:
+    sent = instruction(InstructionKind.PAYOUT, instrument="acct_123")
+
+    accepted = await provider(session, simulator).payout(sent, timeout_s=1.0)
+
+    assert accepted.provider_reference.startswith("po_")

@@ -203,7 +203,7 @@ def test_a_provider_outcome_is_final_by_definition() -> None:
     [
         (True, {}),
         (False, {"amount": EUR_12_50 + EUR_12_50}),
-        (False, {"payment_method": "pm_card_declined"}),
+        (False, {"instrument": "pm_card_declined"}),
         (False, {"reference": "pay-2"}),
         (False, {"kind": OperationKind.PAYOUT}),
     ],
@@ -212,7 +212,7 @@ def test_same_request_compares_every_parameter(same: bool, changes: dict[str, ob
     request: dict[str, object] = {
         "kind": OperationKind.CHARGE,
         "amount": EUR_12_50,
-        "payment_method": PAYMENT_METHOD,
+        "instrument": PAYMENT_METHOD,
         "reference": "pay-1",
         **changes,
     }

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -61,8 +61,8 @@ async def test_charge_returns_the_pending_operation(
     assert operation.status == gateway_pb2.OPERATION_STATUS_PENDING
     assert (operation.amount.amount_minor, operation.amount.currency) == (1250, "EUR")
     assert (operation.reference, operation.idempotency_key) == ("pay-1", "pay-1:charge")
-    assert operation.provider == "simulator"
-    assert operation.provider_reference == fake_provider.charge_ids["pay-1:charge"]
+    assert operation.provider == "sim-primary"
+    assert operation.provider_reference == fake_provider.references["pay-1:charge"]
     assert PAYMENT_METHOD.encode() not in operation.SerializeToString()
 
 
@@ -101,6 +101,11 @@ async def test_get_operation_finds_the_charge(stub: Stub) -> None:
         gateway_pb2.GetOperationRequest(operation_id=charged.operation_id)
     )
 
+    assert [h.status for h in found.history] == [
+        gateway_pb2.OPERATION_STATUS_CREATED,
+        gateway_pb2.OPERATION_STATUS_PENDING,
+    ]
+    del found.history[:]
     assert found == charged
 
 
@@ -118,13 +123,15 @@ async def test_get_operation_errors(stub: Stub, operation_id: str, code: grpc.St
 async def test_handle_provider_event_settles_once(stub: Stub) -> None:
     charged = await stub.Charge(charge_request())
     request = gateway_pb2.HandleProviderEventRequest(
-        provider="simulator",
+        provider="sim-primary",
         provider_event_id="evt_1",
         event_type="charge.succeeded",
         provider_reference=charged.provider_reference,
         raw_payload=provider_event_body(
             charged.provider_reference, charged.operation_id, "charge.succeeded"
         ),
+        operation_id=charged.operation_id,
+        amount=charged.amount,
     )
     request.occurred_at.GetCurrentTime()
 
@@ -139,15 +146,73 @@ async def test_handle_provider_event_settles_once(stub: Stub) -> None:
     assert found.status == gateway_pb2.OPERATION_STATUS_SUCCEEDED
 
 
-async def test_not_yet_built_methods_are_unimplemented(stub: Stub) -> None:
-    calls: list[Awaitable[object]] = [
-        stub.Payout(gateway_pb2.PayoutRequest()),
-        stub.Refund(gateway_pb2.RefundRequest()),
-        stub.SyncOperation(gateway_pb2.SyncOperationRequest()),
-        stub.GetProviderStatus(gateway_pb2.GetProviderStatusRequest()),
+async def test_payout_refund_and_sync(stub: Stub) -> None:
+    payout = await stub.Payout(
+        gateway_pb2.PayoutRequest(
+            idempotency_key="pay-9:payout",
+            amount=money_pb2.Money(amount_minor=500, currency="EUR"),
+            destination="acct_1",
+            reference="pay-9",
+        )
+    )
+    assert (payout.kind, payout.status) == (
+        gateway_pb2.OPERATION_KIND_PAYOUT,
+        gateway_pb2.OPERATION_STATUS_PENDING,
+    )
+    synced = await stub.SyncOperation(
+        gateway_pb2.SyncOperationRequest(operation_id=payout.operation_id)
+    )
+    assert synced.status == gateway_pb2.OPERATION_STATUS_PENDING
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Refund(
+            gateway_pb2.RefundRequest(
+                idempotency_key="pay-9:refund",
+                charge_operation_id=payout.operation_id,
+                amount=money_pb2.Money(amount_minor=500, currency="EUR"),
+                reference="pay-9",
+            )
+        )
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_get_provider_status_lists_every_breaker_in_order(stub: Stub) -> None:
+    response = await stub.GetProviderStatus(gateway_pb2.GetProviderStatusRequest())
+
+    assert [(p.provider, p.breaker_state, p.priority) for p in response.providers] == [
+        ("sim-primary", "closed", 0),
+        ("sim-secondary", "closed", 1),
     ]
-    for call in calls:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call
-        assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
-        assert "not implemented yet" in (caught.value.details() or "")
+
+
+async def test_handle_provider_events_answers_each_event_on_its_own(stub: Stub) -> None:
+    charged = await stub.Charge(charge_request())
+
+    def event(event_id: str, **changes: Any) -> gateway_pb2.HandleProviderEventRequest:
+        fields: dict[str, Any] = {
+            "provider": "sim-primary",
+            "provider_event_id": event_id,
+            "event_type": "charge.succeeded",
+            "provider_reference": charged.provider_reference,
+            "raw_payload": b"{}",
+            "operation_id": charged.operation_id,
+            **changes,
+        }
+        return gateway_pb2.HandleProviderEventRequest(**fields)
+
+    response = await stub.HandleProviderEvents(
+        gateway_pb2.HandleProviderEventsRequest(
+            events=[
+                event("evt_a"),
+                event("evt_b", provider="acme"),
+                event("evt_c", amount=money_pb2.Money(amount_minor=1, currency="ZZ")),
+                event("evt_a"),
+            ]
+        )
+    )
+
+    codes = [r.code for r in response.results]
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert codes == [0, invalid, invalid, 0]
+    assert [r.response.first_delivery for r in response.results] == [True, False, False, False]
+    assert response.results[0].response.outcome == "applied"

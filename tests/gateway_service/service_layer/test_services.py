@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,8 @@ from gateway_service.domain.model import (
     ProviderEventStatus,
 )
 from gateway_service.domain.provider import (
-    ChargeInstruction,
+    Instruction,
+    InstructionKind,
     ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
@@ -24,6 +26,7 @@ from gateway_service.service_layer.services import GatewayService, ProviderEvent
 from tests.gateway_service.conftest import (
     EUR_12_50,
     PAYMENT_METHOD,
+    PRIMARY,
     FakeDatabase,
     FakeProvider,
     charge,
@@ -47,18 +50,23 @@ async def deliver(
         charge_id = operation.provider_reference or ""
     op_id = reference if reference is not None else (operation.operation_id if operation else "")
     return await service.handle_provider_event(
-        provider="simulator",
+        provider=PRIMARY,
         provider_event_id=event_id,
         event_type=event_type,
         provider_reference=charge_id,
         failure_reason=failure_reason,
         occurred_at=datetime(2024, 1, 1, tzinfo=UTC),
         raw_payload=provider_event_body(charge_id, op_id, event_type),
+        operation_id=op_id,
     )
 
 
+def operation_facts(fake_db: FakeDatabase) -> list[events.OperationFact]:
+    return [e for e in fake_db.published if isinstance(e, events.OperationFact)]
+
+
 def statuses(fake_db: FakeDatabase) -> list[str]:
-    return [e.status for e in fake_db.published]
+    return [e.status for e in operation_facts(fake_db)]
 
 
 # -- charge ------------------------------------------------------------------------------
@@ -70,9 +78,9 @@ async def test_an_accepted_charge_is_pending(
     operation = await charge(service)
 
     assert operation.status is OperationStatus.PENDING
-    assert operation.provider_reference == fake_provider.charge_ids["pay-1:charge"]
+    assert operation.provider_reference == fake_provider.references["pay-1:charge"]
     assert fake_db.operations[operation.operation_id].status is OperationStatus.PENDING
-    [event] = fake_db.published
+    [event] = operation_facts(fake_db)
     assert isinstance(event, events.OperationStatusChanged)
     assert (event.status, event.operation_id, event.reference) == (
         "pending",
@@ -87,10 +95,11 @@ async def test_the_provider_is_asked_with_our_key_and_operation_id(
     operation = await charge(service)
 
     assert fake_provider.calls == [
-        ChargeInstruction(
+        Instruction(
+            kind=InstructionKind.CHARGE,
             idempotency_key="pay-1:charge",
             amount=EUR_12_50,
-            payment_method=PAYMENT_METHOD,
+            instrument=PAYMENT_METHOD,
             reference=operation.operation_id,
         )
     ]
@@ -111,18 +120,29 @@ async def test_a_rejected_charge_fails_with_the_providers_code(
 
 
 @pytest.mark.parametrize(
-    "error", [ProviderTimeout("slow"), ProviderUnavailable("down")], ids=["timeout", "down"]
+    "errors",
+    [[ProviderTimeout("slow")], [ProviderUnavailable("down"), ProviderUnavailable("down")]],
+    ids=["timeout", "down"],
 )
-async def test_an_unanswered_charge_stays_created(
-    service: GatewayService, fake_db: FakeDatabase, fake_provider: FakeProvider, error: Exception
+async def test_an_unanswered_charge_stays_created_with_an_unknown_outcome(
+    service: GatewayService,
+    fake_db: FakeDatabase,
+    fake_provider: FakeProvider,
+    secondary: FakeProvider,
+    errors: list[Exception],
 ) -> None:
-    fake_provider.answers = [error]
+    fake_provider.answers = list(errors)
 
     operation = await charge(service)
 
-    assert operation.status is OperationStatus.CREATED
-    assert fake_db.operations[operation.operation_id].status is OperationStatus.CREATED
-    assert fake_db.published == []
+    assert (operation.status, operation.outcome_unknown) == (OperationStatus.CREATED, True)
+    assert fake_db.operations[operation.operation_id].outcome_unknown
+    [unknown] = operation_facts(fake_db)
+    assert isinstance(unknown, events.OperationOutcomeUnknown)
+    # The primary may have charged: the secondary is never asked.
+    assert secondary.calls == []
+    # A timeout is never retried; an unknown 5xx is, with the same key.
+    assert len(fake_provider.calls) == len(errors)
 
 
 async def test_retrying_an_unanswered_charge_asks_the_provider_again_with_the_same_key(
@@ -137,7 +157,8 @@ async def test_retrying_an_unanswered_charge_asks_the_provider_again_with_the_sa
     assert second.status is OperationStatus.PENDING
     assert [c.idempotency_key for c in fake_provider.calls] == ["pay-1:charge", "pay-1:charge"]
     assert {c.reference for c in fake_provider.calls} == {first.operation_id}
-    assert statuses(fake_db) == ["pending"]
+    # Announced unknown once, then pending once the provider answered.
+    assert statuses(fake_db) == ["created", "pending"]
 
 
 async def test_replaying_an_answered_charge_returns_it_without_asking_again(
@@ -186,7 +207,7 @@ async def test_losing_the_insert_race_answers_as_a_replay(
         amount=EUR_12_50,
         payment_method=PAYMENT_METHOD,
         reference="pay-1",
-        provider="simulator",
+        provider=PRIMARY,
     )
     fake_db.racing_insert = winner
 
@@ -252,8 +273,8 @@ async def test_a_provider_outcome_settles_the_operation(
     )
     assert fake_db.operations[operation.operation_id].status is OperationStatus.SUCCEEDED
     assert statuses(fake_db) == ["pending", "succeeded"]
-    assert fake_db.published[-1].causation_id == "evt_1"
-    stored = fake_db.provider_events[("simulator", "evt_1")]
+    assert operation_facts(fake_db)[-1].causation_id == "evt_1"
+    stored = fake_db.provider_events[(PRIMARY, "evt_1")]
     assert (stored.operation_id, stored.status) == (
         operation.operation_id,
         ProviderEventStatus.APPLIED,
@@ -269,7 +290,7 @@ async def test_a_failed_charge_keeps_the_providers_reason(
 
     stored = fake_db.operations[operation.operation_id]
     assert (stored.status, stored.failure_reason) == (OperationStatus.FAILED, "card_declined")
-    assert fake_db.published[-1].failure_reason == "card_declined"
+    assert operation_facts(fake_db)[-1].failure_reason == "card_declined"
 
 
 async def test_a_repeated_delivery_changes_nothing(
@@ -311,10 +332,10 @@ async def test_a_contradicting_event_is_a_conflict_not_an_overwrite(
 
     assert receipt.status is ProviderEventStatus.CONFLICT
     assert fake_db.operations[operation.operation_id].status is OperationStatus.SUCCEEDED
-    conflict = fake_db.published[-1]
+    conflict = operation_facts(fake_db)[-1]
     assert isinstance(conflict, events.ContradictingOutcomeReceived)
     assert (conflict.status, conflict.causation_id) == ("failed", "evt_2")
-    assert fake_db.provider_events[("simulator", "evt_2")].status is ProviderEventStatus.CONFLICT
+    assert fake_db.provider_events[(PRIMARY, "evt_2")].status is ProviderEventStatus.CONFLICT
 
 
 async def test_an_event_for_an_unknown_charge_is_kept_as_unmatched(
@@ -325,10 +346,13 @@ async def test_an_event_for_an_unknown_charge_is_kept_as_unmatched(
     assert receipt == ProviderEventReceipt(
         first_delivery=True, operation_id=None, status=ProviderEventStatus.UNMATCHED
     )
-    stored = fake_db.provider_events[("simulator", "evt_1")]
+    stored = fake_db.provider_events[(PRIMARY, "evt_1")]
     assert stored.status is ProviderEventStatus.UNMATCHED
     assert stored.event.raw_payload
-    assert fake_db.published == []
+    assert operation_facts(fake_db) == []
+    [received] = fake_db.published
+    assert isinstance(received, events.WebhookRecorded)
+    assert received.outcome == "unmatched"
 
 
 async def test_an_unknown_event_type_is_recorded_and_ignored(
@@ -339,7 +363,7 @@ async def test_an_unknown_event_type_is_recorded_and_ignored(
     receipt = await deliver(service, operation, event_type="charge.disputed")
 
     assert receipt.status is ProviderEventStatus.IGNORED
-    assert fake_db.provider_events[("simulator", "evt_1")].status is ProviderEventStatus.IGNORED
+    assert fake_db.provider_events[(PRIMARY, "evt_1")].status is ProviderEventStatus.IGNORED
     assert fake_db.operations[operation.operation_id].status is OperationStatus.PENDING
 
 
@@ -348,12 +372,12 @@ async def test_a_webhook_overtaking_the_pending_commit_still_settles_the_operati
 ) -> None:
     receipts: list[ProviderEventReceipt] = []
 
-    async def webhook_first(instruction: ChargeInstruction) -> None:
+    async def webhook_first(instruction: Instruction) -> None:
         # The provider settles and calls back before answering our request.
         receipts.append(
             await deliver(
                 service,
-                provider_reference=fake_provider.charge_ids[instruction.idempotency_key],
+                provider_reference=fake_provider.references[instruction.idempotency_key],
                 reference=instruction.reference,
             )
         )
@@ -366,13 +390,13 @@ async def test_a_webhook_overtaking_the_pending_commit_still_settles_the_operati
     assert operation.status is OperationStatus.SUCCEEDED
     assert (
         fake_db.operations[operation.operation_id].provider_reference
-        == (fake_provider.charge_ids["pay-1:charge"])
+        == (fake_provider.references["pay-1:charge"])
     )
     # Straight from created to succeeded; the late answer did not go back to pending.
     assert statuses(fake_db) == ["succeeded"]
 
 
-async def test_an_echoed_reference_does_not_match_an_operation_of_another_charge(
+async def test_an_echoed_reference_with_another_charge_is_a_mismatch_not_applied(
     service: GatewayService, fake_db: FakeDatabase
 ) -> None:
     operation = await charge(service)
@@ -381,8 +405,9 @@ async def test_an_echoed_reference_does_not_match_an_operation_of_another_charge
         service, provider_reference="ch_other", reference=operation.operation_id
     )
 
-    assert receipt.status is ProviderEventStatus.UNMATCHED
+    assert receipt.status is ProviderEventStatus.MISMATCH
     assert fake_db.operations[operation.operation_id].status is OperationStatus.PENDING
+    assert isinstance(operation_facts(fake_db)[-1], events.ProviderReportMismatched)
 
 
 @pytest.mark.parametrize(
@@ -398,7 +423,7 @@ async def test_provider_events_are_validated(
     service: GatewayService, fake_db: FakeDatabase, changes: dict[str, Any], field: str
 ) -> None:
     request: dict[str, Any] = {
-        "provider": "simulator",
+        "provider": PRIMARY,
         "provider_event_id": "evt_1",
         "event_type": "charge.succeeded",
         "provider_reference": "ch_1",
@@ -412,3 +437,24 @@ async def test_provider_events_are_validated(
 
     assert caught.value.violations[0].field == field
     assert fake_db.provider_events == {}
+
+
+async def test_concurrent_deliveries_are_recorded_in_one_batch_and_applied_once(
+    service: GatewayService, fake_db: FakeDatabase
+) -> None:
+    operation = await charge(service)
+
+    receipts = await asyncio.gather(
+        *(deliver(service, operation) for _ in range(5)),
+        deliver(service, operation, event_id="evt_2"),
+        deliver(service, provider_reference="ch_nobody", reference=new_id(), event_id="evt_3"),
+    )
+
+    assert [r.first_delivery for r in receipts] == [True, False, False, False, False, True, True]
+    assert [r.status for r in receipts[5:]] == [
+        ProviderEventStatus.DUPLICATE_OUTCOME,
+        ProviderEventStatus.UNMATCHED,
+    ]
+    assert statuses(fake_db) == ["pending", "succeeded"]
+    received = [e for e in fake_db.published if isinstance(e, events.WebhookRecorded)]
+    assert len(received) == 3

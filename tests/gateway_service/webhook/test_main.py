@@ -19,7 +19,10 @@ async def _spawn(**env: str) -> asyncio.subprocess.Process:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_runs_until_signalled_then_stops_gracefully(signum: signal.Signals) -> None:
     started = await start(
-        "gateway_service.webhook", b"webhook.started", **{"PAYSUITE_WEBHOOK_LISTEN": "127.0.0.1:0"}
+        "gateway_service.webhook",
+        b"webhook.started",
+        PAYSUITE_WEBHOOK_LISTEN="127.0.0.1:0",
+        PAYSUITE_ALLOW_DEV_SECRETS="true",
     )
     code, rest = await started.stop(signum)
     assert code == 0, (started.log + rest).decode()
@@ -31,9 +34,13 @@ async def test_runs_until_signalled_then_stops_gracefully(signum: signal.Signals
     ("env", "named"),
     [
         ({"PAYSUITE_RPC_TIMEOUT_MS": "soon"}, b"PAYSUITE_RPC_TIMEOUT_MS"),
-        ({"PAYSUITE_WEBHOOK_SECRET": "whsec_*"}, b"PAYSUITE_WEBHOOK_SECRET"),
+        (
+            {"PAYSUITE_WEBHOOK_SECRET": "whsec_*", "PAYSUITE_ALLOW_DEV_SECRETS": "true"},
+            b"PAYSUITE_WEBHOOK_SECRET",
+        ),
+        ({}, b"PAYSUITE_ALLOW_DEV_SECRETS"),
     ],
-    ids=["settings", "secret"],
+    ids=["settings", "secret", "development-secret"],
 )
 async def test_bad_configuration_exits_with_a_clear_message(
     env: dict[str, str], named: bytes

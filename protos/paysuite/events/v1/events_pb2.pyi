@@ -323,3 +323,78 @@ class AccountEventRecorded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AccountEventRecorded: _TypeAlias = AccountEventRecorded  # noqa: Y015
+
+@_typing.final
+class CircuitBreakerStateChanged(_message.Message):
+    """circuit_breaker.opened / circuit_breaker.half_open / circuit_breaker.closed, from the
+    gateway (aggregate_type "provider", aggregate_id the provider name).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    SLOW_CALLS_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    from_state: _builtins.str
+    to_state: _builtins.str
+    calls: _builtins.int
+    """The rolling window's counts when the state changed."""
+    failures: _builtins.int
+    slow_calls: _builtins.int
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        from_state: _builtins.str = ...,
+        to_state: _builtins.str = ...,
+        calls: _builtins.int = ...,
+        failures: _builtins.int = ...,
+        slow_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "failures", b"failures", "from_state", b"from_state", "provider", b"provider", "slow_calls", b"slow_calls", "to_state", b"to_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitBreakerStateChanged: _TypeAlias = CircuitBreakerStateChanged  # noqa: Y015
+
+@_typing.final
+class ProviderWebhookReceived(_message.Message):
+    """webhook.received (a provider callback recorded for the first time) and webhook.rejected
+    (one that did not verify, or named an operation it does not match), from the gateway.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PROVIDER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    provider_event_id: _builtins.str
+    event_type: _builtins.str
+    operation_id: _builtins.str
+    outcome: _builtins.str
+    """What became of it: "applied", "mismatch", "unmatched", ..., or why it was rejected."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        provider_event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        operation_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "operation_id", b"operation_id", "outcome", b"outcome", "provider", b"provider", "provider_event_id", b"provider_event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderWebhookReceived: _TypeAlias = ProviderWebhookReceived  # noqa: Y015

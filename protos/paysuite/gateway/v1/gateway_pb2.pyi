@@ -80,6 +80,9 @@ class Operation(_message.Message):
     REFERENCE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    OUTCOME_UNKNOWN_FIELD_NUMBER: _builtins.int
+    PARENT_OPERATION_ID_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     operation_id: _builtins.str
     kind: Global___OperationKind.ValueType
     status: Global___OperationStatus.ValueType
@@ -90,12 +93,20 @@ class Operation(_message.Message):
     """Provider's reason when FAILED, e.g. "card_declined"."""
     reference: _builtins.str
     """The caller's reference (e.g. the payment id), echoed in every event about this operation."""
+    outcome_unknown: _builtins.bool
+    """The last request to the provider went unanswered (timeout): the provider may have acted."""
+    parent_operation_id: _builtins.str
+    """For a refund: the charge it refunds."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperationHistoryEntry]:
+        """Oldest first; filled by GetOperation."""
+
     def __init__(
         self,
         *,
@@ -110,14 +121,52 @@ class Operation(_message.Message):
         reference: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        outcome_unknown: _builtins.bool = ...,
+        parent_operation_id: _builtins.str = ...,
+        history: _abc.Iterable[Global___OperationHistoryEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "failure_reason", b"failure_reason", "idempotency_key", b"idempotency_key", "kind", b"kind", "operation_id", b"operation_id", "provider", b"provider", "provider_reference", b"provider_reference", "reference", b"reference", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "failure_reason", b"failure_reason", "history", b"history", "idempotency_key", b"idempotency_key", "kind", b"kind", "operation_id", b"operation_id", "outcome_unknown", b"outcome_unknown", "parent_operation_id", b"parent_operation_id", "provider", b"provider", "provider_reference", b"provider_reference", "reference", b"reference", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Operation: _TypeAlias = Operation  # noqa: Y015
+
+@_typing.final
+class OperationHistoryEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PROVIDER_REFERENCE_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    OUTCOME_UNKNOWN_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    status: Global___OperationStatus.ValueType
+    provider: _builtins.str
+    provider_reference: _builtins.str
+    failure_reason: _builtins.str
+    outcome_unknown: _builtins.bool
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        status: Global___OperationStatus.ValueType = ...,
+        provider: _builtins.str = ...,
+        provider_reference: _builtins.str = ...,
+        failure_reason: _builtins.str = ...,
+        outcome_unknown: _builtins.bool = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "outcome_unknown", b"outcome_unknown", "provider", b"provider", "provider_reference", b"provider_reference", "recorded_at", b"recorded_at", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperationHistoryEntry: _TypeAlias = OperationHistoryEntry  # noqa: Y015
 
 @_typing.final
 class ChargeRequest(_message.Message):
@@ -230,15 +279,22 @@ class SyncOperationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OPERATION_ID_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
     operation_id: _builtins.str
+    trigger: _builtins.str
+    """Why the sync was asked for: "" (an operator or the recovery worker) or
+    "unverified_webhook" (the webhook adapter received a webhook naming this operation whose
+    signature did not verify; the gateway records webhook.rejected).
+    """
     def __init__(
         self,
         *,
         operation_id: _builtins.str = ...,
+        trigger: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation_id", b"operation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation_id", b"operation_id", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -255,6 +311,8 @@ class HandleProviderEventRequest(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     RAW_PAYLOAD_FIELD_NUMBER: _builtins.int
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     provider_event_id: _builtins.str
     """The provider's unique id for this callback; duplicates are acknowledged and ignored."""
@@ -263,9 +321,15 @@ class HandleProviderEventRequest(_message.Message):
     provider_reference: _builtins.str
     failure_reason: _builtins.str
     raw_payload: _builtins.bytes
-    """The raw JSON body as received, kept for audit."""
+    """The raw JSON body as received, kept for audit; never parsed by the gateway."""
+    operation_id: _builtins.str
+    """Our operation id as the provider echoes it (its "reference"), parsed by the adapter."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """The amount the provider says the operation was for; checked against the operation."""
+
     def __init__(
         self,
         *,
@@ -276,10 +340,12 @@ class HandleProviderEventRequest(_message.Message):
         failure_reason: _builtins.str = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         raw_payload: _builtins.bytes = ...,
+        operation_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_type", b"event_type", "failure_reason", b"failure_reason", "occurred_at", b"occurred_at", "provider", b"provider", "provider_event_id", b"provider_event_id", "provider_reference", b"provider_reference", "raw_payload", b"raw_payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "event_type", b"event_type", "failure_reason", b"failure_reason", "occurred_at", b"occurred_at", "operation_id", b"operation_id", "provider", b"provider", "provider_event_id", b"provider_event_id", "provider_reference", b"provider_reference", "raw_payload", b"raw_payload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -291,22 +357,99 @@ class HandleProviderEventResponse(_message.Message):
 
     FIRST_DELIVERY_FIELD_NUMBER: _builtins.int
     OPERATION_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
     first_delivery: _builtins.bool
     """False when this provider_event_id had been handled before."""
     operation_id: _builtins.str
+    outcome: _builtins.str
+    """What became of the event: "applied", "duplicate_outcome", "conflict", "mismatch",
+    "stale", "unmatched" or "ignored"; empty for a repeated delivery.
+    """
     def __init__(
         self,
         *,
         first_delivery: _builtins.bool = ...,
         operation_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_delivery", b"first_delivery", "operation_id", b"operation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_delivery", b"first_delivery", "operation_id", b"operation_id", "outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HandleProviderEventResponse: _TypeAlias = HandleProviderEventResponse  # noqa: Y015
+
+@_typing.final
+class HandleProviderEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___HandleProviderEventRequest]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___HandleProviderEventRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleProviderEventsRequest: _TypeAlias = HandleProviderEventsRequest  # noqa: Y015
+
+@_typing.final
+class HandleProviderEventResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """google.rpc.Code: 0 (OK) when recorded, else what HandleProviderEvent would have failed
+    this event with (e.g. 3, INVALID_ARGUMENT).
+    """
+    message: _builtins.str
+    @_builtins.property
+    def response(self) -> Global___HandleProviderEventResponse: ...
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        response: Global___HandleProviderEventResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleProviderEventResult: _TypeAlias = HandleProviderEventResult  # noqa: Y015
+
+@_typing.final
+class HandleProviderEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___HandleProviderEventResult]:
+        """One per request event, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___HandleProviderEventResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleProviderEventsResponse: _TypeAlias = HandleProviderEventsResponse  # noqa: Y015
 
 @_typing.final
 class GetProviderStatusRequest(_message.Message):
@@ -329,18 +472,40 @@ class ProviderStatus(_message.Message):
 
     PROVIDER_FIELD_NUMBER: _builtins.int
     BREAKER_STATE_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    SLOW_CALLS_FIELD_NUMBER: _builtins.int
+    REJECTED_CALLS_FIELD_NUMBER: _builtins.int
+    STATE_SINCE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     breaker_state: _builtins.str
     """"closed", "open" or "half_open"."""
+    calls: _builtins.int
+    """Counts over the breaker's rolling window."""
+    failures: _builtins.int
+    slow_calls: _builtins.int
+    rejected_calls: _builtins.int
+    """Calls refused without asking the provider because the breaker was open."""
+    priority: _builtins.int
+    """Position in the failover order, 0 first."""
+    @_builtins.property
+    def state_since(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         provider: _builtins.str = ...,
         breaker_state: _builtins.str = ...,
+        calls: _builtins.int = ...,
+        failures: _builtins.int = ...,
+        slow_calls: _builtins.int = ...,
+        rejected_calls: _builtins.int = ...,
+        state_since: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state_since", b"state_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_state", b"breaker_state", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_state", b"breaker_state", "calls", b"calls", "failures", b"failures", "priority", b"priority", "provider", b"provider", "rejected_calls", b"rejected_calls", "slow_calls", b"slow_calls", "state_since", b"state_since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

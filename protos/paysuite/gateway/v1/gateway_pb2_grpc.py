@@ -67,6 +67,11 @@ class GatewayServiceStub:
                 request_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventRequest.SerializeToString,
                 response_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventResponse.FromString,
                 _registered_method=True)
+        self.HandleProviderEvents = channel.unary_unary(
+                '/paysuite.gateway.v1.GatewayService/HandleProviderEvents',
+                request_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventsRequest.SerializeToString,
+                response_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventsResponse.FromString,
+                _registered_method=True)
         self.GetProviderStatus = channel.unary_unary(
                 '/paysuite.gateway.v1.GatewayService/GetProviderStatus',
                 request_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.GetProviderStatusRequest.SerializeToString,
@@ -81,35 +86,39 @@ class GatewayServiceServicer:
     """
 
     def Charge(self, request, context):
-        """Asks the provider to take money from a payment method. Returns the operation, normally
-        PENDING: the outcome arrives as charge.succeeded / charge.failed.
+        """Asks a provider to take money from a payment method. Returns the operation, normally
+        PENDING: the outcome arrives as charge.succeeded / charge.failed. CREATED with
+        outcome_unknown means the provider did not answer in time: never assume it failed.
+        UNAVAILABLE when no provider could take it (nothing was charged; retry later).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Payout(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Asks a provider to send money to a destination; outcome as payout.succeeded / failed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Refund(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Refunds (part of) a succeeded charge, at the charge's provider; refund.succeeded / failed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetOperation(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The operation and its status history.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SyncOperation(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Asks the operation's provider for its status now and applies the answer through the
+        same state machine as a webhook (the recovery worker's tool for unknown outcomes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,6 +127,15 @@ class GatewayServiceServicer:
     def HandleProviderEvent(self, request, context):
         """Called by the webhook adapter with a provider callback whose signature it verified.
         Idempotent on (provider, provider_event_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HandleProviderEvents(self, request, context):
+        """Several callbacks at once (the webhook adapter coalesces concurrent ones), each handled as
+        by HandleProviderEvent and answered with its own result. UNAVAILABLE for the whole call
+        when the events could not be recorded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,6 +179,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.HandleProviderEvent,
                     request_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventRequest.FromString,
                     response_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventResponse.SerializeToString,
+            ),
+            'HandleProviderEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandleProviderEvents,
+                    request_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventsRequest.FromString,
+                    response_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventsResponse.SerializeToString,
             ),
             'GetProviderStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProviderStatus,
@@ -333,6 +356,33 @@ class GatewayService:
             '/paysuite.gateway.v1.GatewayService/HandleProviderEvent',
             paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventRequest.SerializeToString,
             paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandleProviderEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.gateway.v1.GatewayService/HandleProviderEvents',
+            paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventsRequest.SerializeToString,
+            paysuite_dot_gateway_dot_v1_dot_gateway__pb2.HandleProviderEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

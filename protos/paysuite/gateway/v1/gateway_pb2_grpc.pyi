@@ -37,19 +37,29 @@ class GatewayServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
     Charge: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ChargeRequest, _gateway_pb2.Operation]
-    """Asks the provider to take money from a payment method. Returns the operation, normally
-    PENDING: the outcome arrives as charge.succeeded / charge.failed.
+    """Asks a provider to take money from a payment method. Returns the operation, normally
+    PENDING: the outcome arrives as charge.succeeded / charge.failed. CREATED with
+    outcome_unknown means the provider did not answer in time: never assume it failed.
+    UNAVAILABLE when no provider could take it (nothing was charged; retry later).
     """
     Payout: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PayoutRequest, _gateway_pb2.Operation]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Asks a provider to send money to a destination; outcome as payout.succeeded / failed."""
     Refund: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RefundRequest, _gateway_pb2.Operation]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Refunds (part of) a succeeded charge, at the charge's provider; refund.succeeded / failed."""
     GetOperation: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetOperationRequest, _gateway_pb2.Operation]
+    """The operation and its status history."""
     SyncOperation: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SyncOperationRequest, _gateway_pb2.Operation]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Asks the operation's provider for its status now and applies the answer through the
+    same state machine as a webhook (the recovery worker's tool for unknown outcomes).
+    """
     HandleProviderEvent: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.HandleProviderEventRequest, _gateway_pb2.HandleProviderEventResponse]
     """Called by the webhook adapter with a provider callback whose signature it verified.
     Idempotent on (provider, provider_event_id).
+    """
+    HandleProviderEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.HandleProviderEventsRequest, _gateway_pb2.HandleProviderEventsResponse]
+    """Several callbacks at once (the webhook adapter coalesces concurrent ones), each handled as
+    by HandleProviderEvent and answered with its own result. UNAVAILABLE for the whole call
+    when the events could not be recorded.
     """
     GetProviderStatus: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetProviderStatusRequest, _gateway_pb2.GetProviderStatusResponse]
 
@@ -62,19 +72,29 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Charge: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ChargeRequest, _gateway_pb2.Operation]  # type: ignore[assignment]
-    """Asks the provider to take money from a payment method. Returns the operation, normally
-    PENDING: the outcome arrives as charge.succeeded / charge.failed.
+    """Asks a provider to take money from a payment method. Returns the operation, normally
+    PENDING: the outcome arrives as charge.succeeded / charge.failed. CREATED with
+    outcome_unknown means the provider did not answer in time: never assume it failed.
+    UNAVAILABLE when no provider could take it (nothing was charged; retry later).
     """
     Payout: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PayoutRequest, _gateway_pb2.Operation]  # type: ignore[assignment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Asks a provider to send money to a destination; outcome as payout.succeeded / failed."""
     Refund: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RefundRequest, _gateway_pb2.Operation]  # type: ignore[assignment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Refunds (part of) a succeeded charge, at the charge's provider; refund.succeeded / failed."""
     GetOperation: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetOperationRequest, _gateway_pb2.Operation]  # type: ignore[assignment]
+    """The operation and its status history."""
     SyncOperation: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SyncOperationRequest, _gateway_pb2.Operation]  # type: ignore[assignment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Asks the operation's provider for its status now and applies the answer through the
+    same state machine as a webhook (the recovery worker's tool for unknown outcomes).
+    """
     HandleProviderEvent: _aio.UnaryUnaryMultiCallable[_gateway_pb2.HandleProviderEventRequest, _gateway_pb2.HandleProviderEventResponse]  # type: ignore[assignment]
     """Called by the webhook adapter with a provider callback whose signature it verified.
     Idempotent on (provider, provider_event_id).
+    """
+    HandleProviderEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.HandleProviderEventsRequest, _gateway_pb2.HandleProviderEventsResponse]  # type: ignore[assignment]
+    """Several callbacks at once (the webhook adapter coalesces concurrent ones), each handled as
+    by HandleProviderEvent and answered with its own result. UNAVAILABLE for the whole call
+    when the events could not be recorded.
     """
     GetProviderStatus: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetProviderStatusRequest, _gateway_pb2.GetProviderStatusResponse]  # type: ignore[assignment]
 
@@ -90,8 +110,10 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.ChargeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.Operation, _abc.Awaitable[_gateway_pb2.Operation]]:
-        """Asks the provider to take money from a payment method. Returns the operation, normally
-        PENDING: the outcome arrives as charge.succeeded / charge.failed.
+        """Asks a provider to take money from a payment method. Returns the operation, normally
+        PENDING: the outcome arrives as charge.succeeded / charge.failed. CREATED with
+        outcome_unknown means the provider did not answer in time: never assume it failed.
+        UNAVAILABLE when no provider could take it (nothing was charged; retry later).
         """
 
     @_abc_1.abstractmethod
@@ -100,7 +122,7 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.PayoutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.Operation, _abc.Awaitable[_gateway_pb2.Operation]]:
-        """Not implemented yet: returns UNIMPLEMENTED."""
+        """Asks a provider to send money to a destination; outcome as payout.succeeded / failed."""
 
     @_abc_1.abstractmethod
     def Refund(
@@ -108,14 +130,15 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.RefundRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.Operation, _abc.Awaitable[_gateway_pb2.Operation]]:
-        """Not implemented yet: returns UNIMPLEMENTED."""
+        """Refunds (part of) a succeeded charge, at the charge's provider; refund.succeeded / failed."""
 
     @_abc_1.abstractmethod
     def GetOperation(
         self,
         request: _gateway_pb2.GetOperationRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.Operation, _abc.Awaitable[_gateway_pb2.Operation]]: ...
+    ) -> _typing.Union[_gateway_pb2.Operation, _abc.Awaitable[_gateway_pb2.Operation]]:
+        """The operation and its status history."""
 
     @_abc_1.abstractmethod
     def SyncOperation(
@@ -123,7 +146,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.SyncOperationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.Operation, _abc.Awaitable[_gateway_pb2.Operation]]:
-        """Not implemented yet: returns UNIMPLEMENTED."""
+        """Asks the operation's provider for its status now and applies the answer through the
+        same state machine as a webhook (the recovery worker's tool for unknown outcomes).
+        """
 
     @_abc_1.abstractmethod
     def HandleProviderEvent(
@@ -133,6 +158,17 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.HandleProviderEventResponse, _abc.Awaitable[_gateway_pb2.HandleProviderEventResponse]]:
         """Called by the webhook adapter with a provider callback whose signature it verified.
         Idempotent on (provider, provider_event_id).
+        """
+
+    @_abc_1.abstractmethod
+    def HandleProviderEvents(
+        self,
+        request: _gateway_pb2.HandleProviderEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.HandleProviderEventsResponse, _abc.Awaitable[_gateway_pb2.HandleProviderEventsResponse]]:
+        """Several callbacks at once (the webhook adapter coalesces concurrent ones), each handled as
+        by HandleProviderEvent and answered with its own result. UNAVAILABLE for the whole call
+        when the events could not be recorded.
         """
 
     @_abc_1.abstractmethod
