@@ -1,20 +1,24 @@
-"""The gateway database schema as SQLAlchemy Core tables (the migrations create it)."""
+"""The gateway database schema as SQLAlchemy Core tables: the one description of it that code
+reads. The migrations create it; tests/integration/gateway_service/test_schema.py fails when
+the two drift apart."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    CHAR,
     BigInteger,
     Boolean,
     Column,
     DateTime,
     ForeignKey,
+    Index,
     LargeBinary,
     MetaData,
-    String,
     Table,
     Text,
     Uuid,
     func,
+    text,
 )
 
 metadata = MetaData()
@@ -26,7 +30,7 @@ operations = Table(
     Column("kind", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("amount_minor", BigInteger, nullable=False),
-    Column("currency", String(3), nullable=False),
+    Column("currency", CHAR(3), nullable=False),
     Column("idempotency_key", Text, nullable=False, unique=True),
     Column("payment_method", Text, nullable=False),
     Column("reference", Text, nullable=False),
@@ -38,6 +42,16 @@ operations = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("outcome_unknown", Boolean, nullable=False, server_default="false"),
     Column("parent_operation_id", Uuid(as_uuid=False), ForeignKey("operations.operation_id")),
+    # A provider's reference names one operation; webhooks find their operation by it.
+    Index(
+        "operations_provider_reference",
+        "provider",
+        "provider_reference",
+        unique=True,
+        postgresql_where=text("provider_reference IS NOT NULL"),
+    ),
+    Index("operations_status_updated", "status", "updated_at"),
+    Index("operations_parent", "parent_operation_id"),
 )
 
 operation_history = Table(
@@ -54,6 +68,7 @@ operation_history = Table(
     Column("failure_reason", Text),
     Column("outcome_unknown", Boolean, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("operation_history_operation", "operation_id"),
 )
 
 provider_events = Table(
@@ -63,9 +78,17 @@ provider_events = Table(
     Column("provider_event_id", Text, primary_key=True),
     Column("operation_id", Uuid(as_uuid=False), ForeignKey("operations.operation_id")),
     Column("event_type", Text, nullable=False),
-    Column("provider_reference", Text, nullable=False),
+    Column("provider_reference", Text, nullable=False, server_default=text("''")),
     Column("status", Text, nullable=False),
     Column("occurred_at", DateTime(timezone=True)),
     Column("raw_payload", LargeBinary, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("provider_events_operation", "operation_id"),
+    # The manual-review work queue: unmatched, conflicting and mismatched events by age.
+    Index(
+        "provider_events_attention",
+        "status",
+        "received_at",
+        postgresql_where=text("status IN ('unmatched', 'conflict', 'mismatch')"),
+    ),
 )
