@@ -5,13 +5,17 @@ group: every replica must see every event) and wakes the watchers of the payment
 A watcher therefore learns of a change made by any replica. The feed only says "look again";
 what a watcher sends is always read from the database, so a missed wake-up (Redis restarting)
 costs at most the watcher's re-check interval, never a wrong state.
+
+With nobody watching, the reader rests (reading every event of a busy stream for no one
+costs CPU on the deposit path). It resumes from the stream's end when a watcher arrives and
+then wakes every watcher once, so a change made while it was resting is looked at too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import structlog
@@ -29,12 +33,14 @@ class PaymentChangeFeed:
         self._stream = stream
         self._block_ms = block_ms
         self._watchers: dict[str, set[asyncio.Event]] = {}
+        self._watched = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def subscribe(self, payment_id: str) -> AsyncIterator[asyncio.Event]:
         """An event set whenever the payment may have changed (the watcher clears it)."""
         changed = asyncio.Event()
         self._watchers.setdefault(payment_id, set()).add(changed)
+        self._watched.set()
         try:
             yield changed
         finally:
@@ -42,16 +48,40 @@ class PaymentChangeFeed:
             watchers.discard(changed)
             if not watchers:
                 self._watchers.pop(payment_id, None)
+            if not self._watchers:
+                self._watched.clear()
 
     async def run(self, stop: asyncio.Event) -> None:
-        last = "$"
+        last: str | None = None  # None: resting, or about to resume from the stream's end
         while not stop.is_set():
             try:
+                if not self._watched.is_set():
+                    last = None
+                    await _first(stop.wait(), self._watched.wait())
+                    continue
+                if last is None:
+                    # Where the stream ends now, before the watchers look again: any change
+                    # after their look is an entry past this point.
+                    last = await self._stream_end()
+                    self._wake_everyone()
                 last = await self._read(last)
             except DependencyUnavailable as exc:
                 log.warning("payment.change_feed_waiting", error=str(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+    async def _stream_end(self) -> str:
+        async with redis_boundary("XREVRANGE"):
+            newest = await self._redis.xrevrange(self._stream, count=1)
+        if not newest:
+            return "0-0"
+        entry_id = newest[0][0]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def _wake_everyone(self) -> None:
+        for watchers in self._watchers.values():
+            for changed in watchers:
+                changed.set()
 
     async def _read(self, last: str) -> str:
         async with redis_boundary("XREAD"):
@@ -65,3 +95,13 @@ class PaymentChangeFeed:
                 for changed in self._watchers.get(aggregate, ()):
                     changed.set()
         return last
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    tasks = [asyncio.create_task(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
