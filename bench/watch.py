@@ -26,6 +26,7 @@ class CompletionWatcher:
         self._stream = stream
         self._last_id = "0-0"
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self.completed: dict[str, float] = {}  # payment_id -> perf_counter() when seen
         self.finished: dict[str, str] = {}  # payment_id -> terminal status
 
@@ -37,8 +38,10 @@ class CompletionWatcher:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
+        # Stopped between reads, not cancelled inside one: a cancelled blocking XREAD leaves
+        # its connection half-closed for the garbage collector to warn about.
+        self._stop.set()
         if self._task is not None:
-            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
@@ -52,9 +55,9 @@ class CompletionWatcher:
         return True
 
     async def _follow(self) -> None:
-        while True:
+        while not self._stop.is_set():
             response: list[Any] = await self._redis.xread(  # type: ignore[assignment]
-                {self._stream: self._last_id}, count=_READ_COUNT, block=1000
+                {self._stream: self._last_id}, count=_READ_COUNT, block=200
             )
             seen = time.perf_counter()
             for _stream, entries in response or ():

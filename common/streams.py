@@ -161,7 +161,12 @@ class StreamConsumer:
                     await _sleep_unless(stop, 1.0)
         finally:
             await self._drain()
-            flusher.cancel()
+            if stop.is_set():
+                # Woken, the flusher sends what is left and then sees the stop; cancelling it
+                # inside a pipeline would leave a connection half-closed.
+                self._flush_wanted.set()
+            else:
+                flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             with contextlib.suppress(DependencyUnavailable):

@@ -52,7 +52,11 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     housekeeping = Housekeeping(
         service, key_retention=timedelta(hours=settings.idempotency_retention_h)
     )
-    feed = PaymentChangeFeed(infra.redis, stream=settings.stream_prefix + PAYMENT_STREAM)
+    feed = PaymentChangeFeed(
+        infra.redis,
+        stream=settings.stream_prefix + PAYMENT_STREAM,
+        block_ms=settings.consumer_block_ms,
+    )
     servicer = PaymentServicer(service, feed=feed)
     server, port, health = create_server(
         address,

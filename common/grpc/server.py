@@ -63,8 +63,12 @@ class ServiceRuntime:
         await self.health.enter_graceful_shutdown()
         self._stop.set()
         await self.server.stop(grace)
-        for task in self._tasks:
-            task.cancel()
+        # Background work sees the stop and finishes what it holds (a transaction, a blocking
+        # read); cancelling it mid-statement would leave connections for the GC to find.
+        if self._tasks:
+            _, unfinished = await asyncio.wait(self._tasks, timeout=max(grace, 1.5))
+            for task in unfinished:
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for close in reversed(self.closers):
             await close()
