@@ -26,7 +26,9 @@ def main() -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    configure_logging(service="provider-simulator")
+    configure_logging(
+        level=settings.log_level, fmt=settings.log_format, service="provider-simulator"
+    )
     try:
         aio.run(_run(settings))
     except OSError as exc:  # typically the port is taken, or the data folder is not writable

@@ -40,6 +40,13 @@ class SimulatorSettings(BaseSettings):
     listen_port: int = Field(default=8090, ge=0, le=65535)
     webhook_url: str = "http://127.0.0.1:8080/webhooks/sim-primary"
     signature_format: SignatureFormat = "standard"
+    # The suite's own log settings (not PAYSUITE_SIMULATOR_*): one switch quiets every process.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", validation_alias="PAYSUITE_LOG_LEVEL"
+    )
+    log_format: Literal["console", "json"] = Field(
+        default="console", validation_alias="PAYSUITE_LOG_FORMAT"
+    )
     webhook_secret: SecretStr = Field(
         default=SecretStr(DEVELOPMENT_WEBHOOK_SECRET), validation_alias=WEBHOOK_SECRET_ENV
     )
@@ -109,7 +116,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     lines = ["invalid provider simulator configuration:"]
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else "?"
-        variable = name if name == WEBHOOK_SECRET_ENV else ENV_PREFIX + name.upper()
+        variable = name if name.startswith("PAYSUITE_") else ENV_PREFIX + name.upper()
         lines.append(f"  {variable}: {error['msg']}")
     return "\n".join(lines)
 
