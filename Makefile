@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos/paysuite -name '*.proto' | sort)
-PY_PACKAGES := common payment_service wallet_service gateway_service recovery_worker provider_simulator bench
+PY_PACKAGES := common payment_service wallet_service gateway_service recovery_worker provider_simulator paysuite_cli bench
 
 .PHONY: help install run bench test test-unit test-integration lint format typecheck protos protos-check clean
 

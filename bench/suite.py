@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.cli import supervisor
 from common.config import Settings
 from common.embedded import start_embedded
 from gateway_service.bootstrap import DATABASE as GATEWAY_DB
 from payment_service.bootstrap import DATABASE as PAYMENT_DB
+from paysuite_cli import supervisor
 from wallet_service.bootstrap import DATABASE as WALLET_DB
 
 SUITE_ENV = {"PAYSUITE_LOG_LEVEL": "WARNING", "PAYSUITE_SIMULATOR_SETTLE_DELAY_MS": "0"}

@@ -14,9 +14,6 @@ from redis.asyncio import Redis
 from typer.testing import CliRunner
 
 from common import db
-from common.cli import ops
-from common.cli.main import app
-from common.cli.ops import pending_status, replay
 from common.config import Settings
 from common.events import (
     GATEWAY_STREAM,
@@ -27,6 +24,9 @@ from common.events import (
 )
 from common.streams import StreamConsumer
 from paysuite.events.v1 import events_pb2
+from paysuite_cli import ops
+from paysuite_cli.main import app
+from paysuite_cli.ops import pending_status, replay
 
 pytestmark = [pytest.mark.integration]
 

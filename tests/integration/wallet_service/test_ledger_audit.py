@@ -17,9 +17,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
 
-from common.cli.main import app
 from common.errors import FailedPrecondition
 from common.money import Money
+from paysuite_cli.main import app
 from tests.integration.wallet_service.conftest import PrivateWallet
 from wallet_service.adapters.audit import rebuild_projections, verify_ledger
 from wallet_service.service_layer.services import WalletService

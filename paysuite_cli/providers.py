@@ -1,6 +1,6 @@
 """`paysuite providers` (breaker states and counts) and `paysuite sim set` (simulator chaos).
 
-Registered in common.cli.main; kept apart so the gateway's CLI grows here, not there.
+Registered in paysuite_cli.main; kept apart so the gateway's CLI grows here, not there.
 """
 
 from __future__ import annotations

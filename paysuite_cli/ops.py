@@ -23,9 +23,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from common import db
-from common.cli.inspect import STREAMS
 from common.config import ConfigError, Settings, load_settings
 from common.events import dead_letter_stream
+from paysuite_cli.inspect import STREAMS
 
 T = TypeVar("T")
 

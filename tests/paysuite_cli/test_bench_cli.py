@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from common.cli import bench as bench_cli
-from common.cli.main import app
+from paysuite_cli import bench as bench_cli
+from paysuite_cli.main import app
 
 runner = CliRunner()
 

@@ -10,13 +10,13 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from common.cli.demo import status_name
 from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
 from common.grpc.client import create_channel
 from common.money import Money
 from paysuite.events.v1 import events_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
+from paysuite_cli.demo import status_name
 
 STREAMS = {"payment": PAYMENT_STREAM, "wallet": WALLET_STREAM, "gateway": GATEWAY_STREAM}
 

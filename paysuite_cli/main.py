@@ -5,23 +5,45 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.cli import bench as bench_module
-from common.cli import demo as demo_module
-from common.cli import inspect as inspect_module
-from common.cli import ops, supervisor
-from common.cli import providers as providers_module
-from common.cli import wallet as wallet_cli
 from common.config import ConfigError, Settings, load_settings
 from common.embedded import start_embedded
 from common.logging import configure_logging
+from paysuite_cli import bench as bench_module
+from paysuite_cli import demo as demo_module
+from paysuite_cli import inspect as inspect_module
+from paysuite_cli import ops, supervisor
+from paysuite_cli import providers as providers_module
+from paysuite_cli import wallet as wallet_cli
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+
+
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"paysuite {version('paysuite')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """`paysuite`: run the suite, migrate its databases, drive a demo, inspect payments and
+    events."""
+
+
 payments = typer.Typer(help="Inspect payments.", no_args_is_help=True)
 events = typer.Typer(help="Inspect event streams.", no_args_is_help=True)
 app.add_typer(payments, name="payments")

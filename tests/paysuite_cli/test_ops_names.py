@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.cli.ops import resolve_stream
 from common.config import Settings
+from paysuite_cli.ops import resolve_stream
 
 
 @pytest.mark.parametrize(
