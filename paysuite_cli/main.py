@@ -184,3 +184,13 @@ def events_tail(
     asyncio.run(
         inspect_module.tail_events(settings, console, stream, from_start=from_start, count=count)
     )
+
+
+def run() -> None:
+    """The `paysuite` command: expected failures end in one line and a non-zero exit code,
+    never a traceback (a suite that is not running, a bad setting)."""
+    try:
+        app()
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise SystemExit(2) from None
