@@ -43,6 +43,8 @@ from common.streams import redis_boundary
 log = structlog.get_logger(__name__)
 
 PARTITIONS = 16
+PURGE_BATCH = 10_000
+PURGE_BATCHES_PER_ROUND = 50
 CONTENDED_RETRY_S = 0.02
 # First key of the relay's advisory locks (the second is the partition): "outb".
 LOCK_NAMESPACE = 0x6F757462
@@ -199,7 +201,14 @@ class OutboxRelay:
         if time.monotonic() < self._next_housekeeping:
             return
         self._next_housekeeping = time.monotonic() + self._housekeeping_interval_s
-        purged = await self.purge_published()
+        # In batches of PURGE_BATCH, each its own short transaction, until the backlog is gone
+        # (a busy service publishes far more than one batch a minute) or a bounded number ran.
+        purged = 0
+        for _ in range(PURGE_BATCHES_PER_ROUND):
+            batch = await self.purge_published(limit=PURGE_BATCH)
+            purged += batch
+            if batch < PURGE_BATCH:
+                break
         for stream in sorted(self._streams):
             await self.trim_stream(stream)
         if purged:
