@@ -105,6 +105,16 @@ def up() -> None:
     """Start the whole suite (embedded PostgreSQL and Redis unless PAYSUITE_*_URL are set)."""
     settings = _settings()
     configure_logging(level="WARNING", fmt=settings.log_format)
+    try:
+        with supervisor.exclusive(settings.data_dir):
+            supervisor.check_ports_free(supervisor.plan(settings))
+            _up(settings)
+    except supervisor.AlreadyRunning as exc:
+        console.print(f"[red]paysuite is not starting: {exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+def _up(settings: Settings) -> None:
     with _servers(settings) as (database_url, redis_url, embedded):
         if embedded:
             console.print(f"PostgreSQL and Redis: embedded, data in {settings.data_dir.resolve()}")

@@ -6,14 +6,17 @@ developer sees a broken start instead of a half-working suite.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlsplit
 from urllib.request import urlopen
@@ -76,6 +79,70 @@ def plan(settings: Settings) -> list[Process]:
         ),
         *(_simulator(settings, i) for i in range(len(settings.provider_configs()))),
     ]
+
+
+class AlreadyRunning(Exception):
+    """Another suite holds the data folder, or a port this one needs is taken."""
+
+
+LOCK_FILE = "suite.lock"
+
+
+@contextmanager
+def exclusive(data_dir: Path) -> Iterator[None]:
+    """Holds the data folder for this suite alone. A second `paysuite up` on the same folder
+    would otherwise probe the first suite's ports, report it up, and then overwrite its
+    endpoints file and Redis socket. The lock dies with the process, however it ends."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise AlreadyRunning(
+                f"a suite is already running on {data_dir.resolve()} (pid {holder}); stop it"
+                " first, or set PAYSUITE_DATA_DIR to another folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_ports_free(processes: list[Process]) -> None:
+    """Refuses before anything starts when an address a process must listen on is taken."""
+    taken = [proc for proc in processes if not _can_bind(_listen_address(proc))]
+    if taken:
+        where = ", ".join(f"{proc.name} ({_listen_address(proc)})" for proc in taken)
+        raise AlreadyRunning(
+            f"already in use: {where}; stop whatever listens there, or set the"
+            " PAYSUITE_*_LISTEN variables to free addresses"
+        )
+
+
+def _listen_address(proc: Process) -> str:
+    if proc.kind == "grpc":
+        return proc.endpoint
+    url = urlsplit(proc.endpoint)
+    return f"{url.hostname}:{url.port}"
+
+
+def _can_bind(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As a server binds: a port whose last connection lingers in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            return False
+    return True
 
 
 def child_env(settings: Settings, database_url: str, redis_url: str) -> dict[str, str]:
