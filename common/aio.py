@@ -20,3 +20,15 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:  # pragma: no cover - platforms without uvloop wheels (Windows)
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+async def wait_any(*events: asyncio.Event, at_most_s: float | None = None) -> None:
+    """Returns once any of `events` is set, or after `at_most_s` seconds (never raises for it):
+    the one way every background loop sleeps until it is stopped or woken."""
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=at_most_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from common.aio import wait_any
 from common.db import RawConnection, database_boundary, driver_connection
 from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
@@ -191,7 +192,7 @@ class OutboxRelay:
                     # The rows stay unpublished and are retried when the server is back.
                     log.warning("outbox.publish_failed", error=str(exc))
                 wait = CONTENDED_RETRY_S if self._contended else self._poll_interval_s
-                await _wait_any(stop, self._wake, wait)
+                await wait_any(stop, self._wake, at_most_s=wait)
         finally:
             wakers.discard(self._wake)
 
@@ -261,13 +262,3 @@ async def acknowledged_floor(redis: Redis, stream: str) -> tuple[int, int] | Non
             floor = min(floor, _entry_id(summary["min"]))
         floors.append(floor)
     return min(floors)
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
-    waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())}
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)

@@ -39,6 +39,7 @@ from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.aio import wait_any
 from common.db import RawConnection, driver_connection
 from common.errors import ConcurrentUpdate, DependencyUnavailable
 from common.events import dead_letter_stream
@@ -154,11 +155,11 @@ class StreamConsumer:
                     await self._read_loop(stop)
                 except DependencyUnavailable as exc:
                     log.warning("stream.redis_unavailable", stream=self.stream, error=str(exc))
-                    await _sleep_unless(stop, 1.0)
+                    await wait_any(stop, at_most_s=1.0)
                 except redis.exceptions.ResponseError as exc:
                     # NOGROUP after the stream was deleted: recreate the group and go on.
                     log.warning("stream.consume_failed", stream=self.stream, error=repr(exc))
-                    await _sleep_unless(stop, 1.0)
+                    await wait_any(stop, at_most_s=1.0)
         finally:
             await self._drain()
             if stop.is_set():
@@ -328,7 +329,7 @@ class StreamConsumer:
                 await self._flush()
             except DependencyUnavailable as exc:
                 log.warning("stream.ack_failed", stream=self.stream, error=str(exc))
-                await _sleep_unless(stop, 1.0)
+                await wait_any(stop, at_most_s=1.0)
 
     async def _flush(self) -> None:
         outcome, self._outcome = self._outcome, _Outcome()
@@ -372,8 +373,3 @@ def _aggregate_key(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
     hand) is ordered only against itself."""
     aggregate = fields.get(b"aggregate_id")
     return aggregate.decode(errors="replace") if aggregate else f"entry:{entry_id.decode()}"
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)

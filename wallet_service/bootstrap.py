@@ -4,11 +4,11 @@ the sweep that releases expired holds."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 import structlog
 
+from common.aio import wait_any
 from common.bootstrap import Infra, ServiceDatabase
 from common.config import Settings
 from common.errors import DomainError
@@ -53,8 +53,7 @@ async def sweep_expired_holds(
                 log.info("holds.expired", count=len(expired))
         except DomainError as exc:
             log.warning("holds.sweep_failed", error=exc.message)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        await wait_any(stop, at_most_s=interval_s)
 
 
 async def build(settings: Settings, address: str) -> ServiceRuntime:

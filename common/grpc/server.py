@@ -8,7 +8,6 @@ runs. Tests build a runtime on port 0 and start/stop it in-process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.aio import wait_any
 from common.grpc.decoding import DecodeGuardInterceptor
 from common.grpc.errors import ErrorMappingInterceptor
 
@@ -84,8 +84,7 @@ class ServiceRuntime:
             except Exception as exc:
                 log.warning("service.not_ready", service=self.name, error=repr(exc))
                 await self._set_health(serving=False)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=HEALTH_INTERVAL_S)
+            await wait_any(self._stop, at_most_s=HEALTH_INTERVAL_S)
 
     async def _set_health(self, *, serving: bool) -> None:
         status = (

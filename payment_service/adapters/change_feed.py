@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
 
+from common.aio import wait_any
 from common.errors import DependencyUnavailable
 from common.streams import redis_boundary
 
@@ -57,7 +58,7 @@ class PaymentChangeFeed:
             try:
                 if not self._watched.is_set():
                     last = None
-                    await _first(stop.wait(), self._watched.wait())
+                    await wait_any(stop, self._watched)
                     continue
                 if last is None:
                     # Where the stream ends now, before the watchers look again: any change
@@ -67,8 +68,7 @@ class PaymentChangeFeed:
                 last = await self._read(last)
             except DependencyUnavailable as exc:
                 log.warning("payment.change_feed_waiting", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                await wait_any(stop, at_most_s=1.0)
 
     async def _stream_end(self) -> str:
         async with redis_boundary("XREVRANGE"):
@@ -95,13 +95,3 @@ class PaymentChangeFeed:
                 for changed in self._watchers.get(aggregate, ()):
                     changed.set()
         return last
-
-
-async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
-    tasks = [asyncio.create_task(wait) for wait in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 
 import structlog
 
+from common.aio import wait_any
 from common.errors import DependencyUnavailable
 from payment_service.service_layer.services import PaymentService
 
@@ -29,5 +29,4 @@ class Housekeeping:
                     log.info("payment.idempotency_keys_purged", count=purged)
             except DependencyUnavailable as exc:
                 log.warning("payment.housekeeping_deferred", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=EVERY_S)
+            await wait_any(stop, at_most_s=EVERY_S)
