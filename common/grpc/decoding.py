@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from common.errors import FieldViolation, ValidationError
-from common.grpc.errors import abort_with
+from common.grpc.errors import abort_with, request_id_of
 
 log = structlog.get_logger(__name__)
 
@@ -107,4 +106,4 @@ class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
 
 async def _reject(context: Context) -> None:
     error = ValidationError(FieldViolation("request", "is not a valid message of this method"))
-    await abort_with(error, context, str(uuid.uuid4()))
+    await abort_with(error, context, request_id_of(context))

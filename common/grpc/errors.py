@@ -107,7 +107,8 @@ def rich_status(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str, 
     return code, message, status.SerializeToString()
 
 
-def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's x-request-id when it sent a sane one, else a new id."""
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
             return value
@@ -122,7 +123,7 @@ class ErrorMappingInterceptor(AsyncServerInterceptor):
         context: grpc.aio.ServicerContext[Any, Any],
         method_name: str,
     ) -> Any:
-        request_id = _request_id(context)
+        request_id = request_id_of(context)
         with _request_scope(request_id, method_name):
             try:
                 response = method(request_or_iterator, context)

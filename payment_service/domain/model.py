@@ -99,6 +99,12 @@ class ChargeInstruction:
     amount: Money
     payment_method: str
 
+    @classmethod
+    def for_deposit(cls, payment_id: str, amount: Money, payment_method: str) -> ChargeInstruction:
+        """The deposit's charge step; its key is derived from the payment, so a retried or
+        resumed step can never charge twice."""
+        return cls(payment_id, charge_key(payment_id), amount, payment_method)
+
 
 ANONYMOUS = "anonymous"
 
@@ -219,14 +225,8 @@ class Payment:
         )
 
     def charge_instruction(self) -> ChargeInstruction:
-        """What the deposit saga's charge step sends the gateway; its key is derived from
-        the payment, so a retried or resumed step can never charge twice."""
-        return ChargeInstruction(
-            payment_id=self.payment_id,
-            idempotency_key=charge_key(self.payment_id),
-            amount=self.amount,
-            payment_method=self.payment_method,
-        )
+        """What the deposit saga's charge step sends the gateway."""
+        return ChargeInstruction.for_deposit(self.payment_id, self.amount, self.payment_method)
 
     def can_move_to(self, target: PaymentStatus) -> bool:
         return target in ALLOWED[self.status]

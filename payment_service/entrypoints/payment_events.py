@@ -8,7 +8,7 @@ point leaves the event pending, and the step is retried with the same idempotenc
 from __future__ import annotations
 
 from common.grpc.convert import money_from_proto
-from payment_service.domain.model import ChargeInstruction, charge_key
+from payment_service.domain.model import ChargeInstruction
 from payment_service.service_layer.services import PaymentService
 from paysuite.events.v1 import events_pb2
 
@@ -27,10 +27,7 @@ class PaymentSagaEntrypoint:
             raise ValueError(f"{envelope.event_type} without a PaymentStatusChanged payload")
         if change.kind == "deposit":
             await self._service.charge_deposit(
-                ChargeInstruction(
-                    payment_id=change.payment_id,
-                    idempotency_key=charge_key(change.payment_id),
-                    amount=money_from_proto(change.amount),
-                    payment_method=change.payment_method,
+                ChargeInstruction.for_deposit(
+                    change.payment_id, money_from_proto(change.amount), change.payment_method
                 )
             )
