@@ -87,15 +87,17 @@ async def wait_for_events(
         await asyncio.sleep(0.05)
 
 
-def error_details(exc: grpc.aio.AioRpcError) -> tuple[list[str], str]:
-    """The BadRequest field names and the ErrorInfo reason carried by an error status."""
+def _details(exc: grpc.aio.AioRpcError) -> list[any_pb2.Any]:
     raw = dict(exc.trailing_metadata() or ()).get("grpc-status-details-bin")
     assert isinstance(raw, bytes), "error status without rich details"
-    status = status_pb2.Status.FromString(raw)
+    return list(status_pb2.Status.FromString(raw).details)
+
+
+def error_details(exc: grpc.aio.AioRpcError) -> tuple[list[str], str]:
+    """The BadRequest field names and the ErrorInfo reason carried by an error status."""
     fields: list[str] = []
     reason = ""
-    for detail in status.details:
-        detail: any_pb2.Any
+    for detail in _details(exc):
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
@@ -109,9 +111,7 @@ def error_details(exc: grpc.aio.AioRpcError) -> tuple[list[str], str]:
 
 def resource_info(exc: grpc.aio.AioRpcError) -> tuple[str, str] | None:
     """The (type, name) of the google.rpc.ResourceInfo a NOT_FOUND carries, if any."""
-    raw = dict(exc.trailing_metadata() or ()).get("grpc-status-details-bin")
-    assert isinstance(raw, bytes), "error status without rich details"
-    for detail in status_pb2.Status.FromString(raw).details:
+    for detail in _details(exc):
         if detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
             info = error_details_pb2.ResourceInfo()
             detail.Unpack(info)
