@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+import typer
 from google.protobuf import json_format
 from redis.asyncio import Redis
 from rich.console import Console
@@ -21,21 +24,29 @@ from paysuite_cli.demo import status_name
 STREAMS = {"payment": PAYMENT_STREAM, "wallet": WALLET_STREAM, "gateway": GATEWAY_STREAM}
 
 
-async def show_payment(settings: Settings, console: Console, payment_id: str) -> bool:
-    """Prints a payment and its history; False (after saying why) when it cannot."""
-    channel = create_channel(settings.payment_target)
-    async with channel:
-        stub = payment_pb2_grpc.PaymentServiceStub(channel)
+@asynccontextmanager
+async def _payment_service(
+    settings: Settings, console: Console
+) -> AsyncIterator[payment_pb2_grpc.PaymentServiceAsyncStub]:
+    """The payment service for one command; an error status ends the command with it (one
+    line, exit code 1)."""
+    async with create_channel(settings.payment_target) as channel:
         try:
-            payment = await stub.GetPayment(
-                payment_pb2.GetPaymentRequest(payment_id=payment_id), timeout=10
-            )
-            history = await stub.ListPaymentEvents(
-                payment_pb2.ListPaymentEventsRequest(payment_id=payment_id), timeout=10
-            )
+            yield payment_pb2_grpc.PaymentServiceStub(channel)
         except grpc.aio.AioRpcError as exc:
             console.print(f"[red]{exc.code().name}: {exc.details()}[/red]")
-            return False
+            raise typer.Exit(1) from None
+
+
+async def show_payment(settings: Settings, console: Console, payment_id: str) -> None:
+    """Prints a payment and its history."""
+    async with _payment_service(settings, console) as stub:
+        payment = await stub.GetPayment(
+            payment_pb2.GetPaymentRequest(payment_id=payment_id), timeout=10
+        )
+        history = await stub.ListPaymentEvents(
+            payment_pb2.ListPaymentEventsRequest(payment_id=payment_id), timeout=10
+        )
     amount = Money(payment.amount.amount_minor, payment.amount.currency)
     console.print(f"payment [bold]{payment.payment_id}[/]")
     console.print(f"  kind     {payment_pb2.PaymentKind.Name(payment.kind)}")
@@ -56,21 +67,14 @@ async def show_payment(settings: Settings, console: Console, payment_id: str) ->
             change.occurred_at.ToDatetime().isoformat(timespec="milliseconds"),
         )
     console.print(table)
-    return True
 
 
-async def show_audit_trail(settings: Settings, console: Console, payment_id: str) -> bool:
-    """Prints every step and transition of a payment, in order; False on an error."""
-    channel = create_channel(settings.payment_target)
-    async with channel:
-        stub = payment_pb2_grpc.PaymentServiceStub(channel)
-        try:
-            trail = await stub.ListPaymentEvents(
-                payment_pb2.ListPaymentEventsRequest(payment_id=payment_id), timeout=10
-            )
-        except grpc.aio.AioRpcError as exc:
-            console.print(f"[red]{exc.code().name}: {exc.details()}[/red]")
-            return False
+async def show_audit_trail(settings: Settings, console: Console, payment_id: str) -> None:
+    """Prints every step and transition of a payment, in order."""
+    async with _payment_service(settings, console) as stub:
+        trail = await stub.ListPaymentEvents(
+            payment_pb2.ListPaymentEventsRequest(payment_id=payment_id), timeout=10
+        )
     table = Table(title=f"audit trail of {payment_id}", title_justify="left")
     for column in ("step", "event", "at", "data", "error"):
         table.add_column(column)
@@ -83,25 +87,16 @@ async def show_audit_trail(settings: Settings, console: Console, payment_id: str
             step.error,
         )
     console.print(table)
-    return True
 
 
-async def watch_payment(settings: Settings, console: Console, payment_id: str) -> bool:
-    """Prints each state the payment reaches until a terminal one; False on an error."""
-    channel = create_channel(settings.payment_target)
-    async with channel:
-        stub = payment_pb2_grpc.PaymentServiceStub(channel)
-        try:
-            async for payment in stub.WatchPayment(
-                payment_pb2.WatchPaymentRequest(payment_id=payment_id)
-            ):
-                reason = f" ({payment.failure_reason})" if payment.failure_reason else ""
-                at = payment.updated_at.ToDatetime().isoformat(timespec="milliseconds")
-                console.print(f"{at}  v{payment.version}  {status_name(payment.status)}{reason}")
-        except grpc.aio.AioRpcError as exc:
-            console.print(f"[red]{exc.code().name}: {exc.details()}[/red]")
-            return False
-    return True
+async def watch_payment(settings: Settings, console: Console, payment_id: str) -> None:
+    """Prints each state the payment reaches until a terminal one."""
+    async with _payment_service(settings, console) as stub:
+        request = payment_pb2.WatchPaymentRequest(payment_id=payment_id)
+        async for payment in stub.WatchPayment(request):
+            reason = f" ({payment.failure_reason})" if payment.failure_reason else ""
+            at = payment.updated_at.ToDatetime().isoformat(timespec="milliseconds")
+            console.print(f"{at}  v{payment.version}  {status_name(payment.status)}{reason}")
 
 
 async def tail_events(

@@ -163,24 +163,21 @@ def demo(
 def payments_get(payment_id: str) -> None:
     """Show a payment and its status history."""
     settings = _settings()
-    if not asyncio.run(inspect_module.show_payment(settings, console, payment_id)):
-        raise typer.Exit(1)
+    asyncio.run(inspect_module.show_payment(settings, console, payment_id))
 
 
 @payments.command("events")
 def payments_events(payment_id: str) -> None:
     """Show a payment's audit trail: every saga step and transition, in order."""
     settings = _settings()
-    if not asyncio.run(inspect_module.show_audit_trail(settings, console, payment_id)):
-        raise typer.Exit(1)
+    asyncio.run(inspect_module.show_audit_trail(settings, console, payment_id))
 
 
 @payments.command("watch")
 def payments_watch(payment_id: str) -> None:
     """Follow a payment: every state it reaches, until a terminal one."""
     settings = _settings()
-    if not asyncio.run(inspect_module.watch_payment(settings, console, payment_id)):
-        raise typer.Exit(1)
+    asyncio.run(inspect_module.watch_payment(settings, console, payment_id))
 
 
 @events.command("tail")
