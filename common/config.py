@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     # Payments: how long an idempotency key is remembered (then a reuse makes a new payment).
     idempotency_retention_h: int = Field(default=72, gt=0)
+    # Payments: a saga unchanged this long in `initiated` or `refunding` is resumed from its
+    # recovery point (a process died between two steps, or an event was lost).
+    saga_resume_after_s: float = Field(default=30.0, gt=0)
 
     # Wallet: limits checked before anything is written (minor units of any currency), how
     # many events an account gets between snapshots, how often expired holds are swept.

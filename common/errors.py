@@ -9,6 +9,7 @@ to gRPC status codes (common.grpc.errors) and HTTP statuses; domain code never k
     ├── FailedPrecondition       the state does not allow it
     │   └── InsufficientFunds
     ├── ConcurrentUpdate         lost an optimistic race; retrying is safe
+    ├── RetryLater               the same request is still in flight; retry after a pause
     └── DependencyUnavailable    a database, Redis, another service or the provider is down
 """
 
@@ -75,6 +76,13 @@ class InsufficientFunds(FailedPrecondition):
 
 class ConcurrentUpdate(DomainError):
     reason = "CONCURRENT_UPDATE"
+
+
+class RetryLater(DomainError):
+    """The caller should repeat the request after `retry_after_s` (sent as RetryInfo)."""
+
+    reason = "RETRY_LATER"
+    retry_after_s = 1.0
 
 
 class DependencyUnavailable(DomainError):

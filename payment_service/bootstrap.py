@@ -16,7 +16,7 @@ from payment_service.adapters.clients import GatewayClient, WalletClient
 from payment_service.adapters.uow import PaymentUnitOfWork
 from payment_service.entrypoints.gateway_events import GROUP, GatewayEventsEntrypoint
 from payment_service.entrypoints.grpc_servicer import PaymentServicer
-from payment_service.entrypoints.housekeeping import Housekeeping
+from payment_service.entrypoints.housekeeping import Housekeeping, SagaResumer
 from payment_service.entrypoints.payment_events import GROUP as SAGA_GROUP
 from payment_service.entrypoints.payment_events import PaymentSagaEntrypoint
 from payment_service.service_layer.handlers import GatewayEventHandlers
@@ -52,6 +52,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     housekeeping = Housekeeping(
         service, key_retention=timedelta(hours=settings.idempotency_retention_h)
     )
+    resumer = SagaResumer(service, after=timedelta(seconds=settings.saga_resume_after_s))
     feed = PaymentChangeFeed(
         infra.redis,
         stream=settings.stream_prefix + PAYMENT_STREAM,
@@ -75,6 +76,13 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         health=health,
         service_names=[SERVICE_NAME],
         readiness_checks=[infra.ping_database, infra.ping_redis],
-        background=[infra.relay().run, consumer.run, saga.run, housekeeping.run, feed.run],
+        background=[
+            infra.relay().run,
+            consumer.run,
+            saga.run,
+            housekeeping.run,
+            resumer.run,
+            feed.run,
+        ],
         closers=[infra.close, close_channels],
     )

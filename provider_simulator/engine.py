@@ -21,6 +21,7 @@ from provider_simulator.chaos import Chaos, Dice
 from provider_simulator.delivery import WebhookSender
 from provider_simulator.models import (
     DECLINE_REASON,
+    DECLINING_DESTINATIONS,
     DECLINING_PAYMENT_METHODS,
     ID_PREFIX,
     Kind,
@@ -205,8 +206,9 @@ class Simulator:
             await self._send(earlier)
 
     def _decline_reason(self, operation: Operation) -> str | None:
-        token = operation.request.get("payment_method", "")
-        reason = DECLINING_PAYMENT_METHODS.get(token)
+        reason = DECLINING_PAYMENT_METHODS.get(
+            operation.request.get("payment_method", "")
+        ) or DECLINING_DESTINATIONS.get(operation.request.get("destination", ""))
         if reason is None and self._dice.roll(self.chaos.decline_rate):
             reason = DECLINE_REASON[operation.kind]
         return reason

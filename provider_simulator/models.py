@@ -21,6 +21,11 @@ DECLINING_PAYMENT_METHODS: dict[str, str] = {
     "pm_card_declined": "card_declined",
     "pm_card_insufficient_funds": "insufficient_funds",
 }
+# Magic payout destinations, likewise.
+DECLINING_DESTINATIONS: dict[str, str] = {
+    "acct_fail": "account_closed",
+    "acct_closed": "account_closed",
+}
 DECLINE_REASON: dict[Kind, str] = {
     "charge": "card_declined",
     "payout": "account_closed",

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from common.errors import (
     DependencyUnavailable,
     DomainError,
     FailedPrecondition,
     IdempotencyConflict,
+    InsufficientFunds,
     NotFound,
 )
 
@@ -75,4 +77,29 @@ def translate_rpc_error(exc: grpc.aio.AioRpcError, *, service: str) -> DomainErr
         return NotFound("resource", "", message=details or f"{service}: not found")
     if code is grpc.StatusCode.ALREADY_EXISTS:
         return IdempotencyConflict(f"{service}: {details}")
-    return FailedPrecondition(f"{service} refused: {details}")
+    reason, metadata = error_info(exc)
+    message = f"{service} refused: {details}"
+    refusal: FailedPrecondition = (
+        InsufficientFunds(message)
+        if reason == InsufficientFunds.reason
+        else FailedPrecondition(message)
+    )
+    # The other service's specific reason (ACCOUNT_FROZEN, FX_RATE_UNAVAILABLE, ...) is part of
+    # its API; passing it on lets our callers branch on it as on our own.
+    if reason and reason not in ("FAILED_PRECONDITION", "INVALID_ARGUMENT"):
+        refusal.reason = reason
+    refusal.metadata = {k: v for k, v in metadata.items() if k != "request_id"}  # type: ignore[attr-defined]
+    return refusal
+
+
+def error_info(exc: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo reason and metadata a status carries in its rich details, if any."""
+    for key, value in exc.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return info.reason, dict(info.metadata)
+    return "", {}

@@ -28,8 +28,10 @@ from common.errors import (
     FailedPrecondition,
     IdempotencyConflict,
     NotFound,
+    RetryLater,
     ValidationError,
 )
+from common.grpc.deadlines import deadline_var, set_deadline
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +45,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (ConcurrentUpdate, grpc.StatusCode.ABORTED),
+    (RetryLater, grpc.StatusCode.ABORTED),
     (DependencyUnavailable, grpc.StatusCode.UNAVAILABLE),
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
     # Infrastructure errors never get here: adapters translate them into
@@ -87,6 +90,10 @@ def rich_status(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str, 
                 resource_type=exc.kind, resource_name=exc.identifier, description=message
             )
         )
+    if isinstance(exc, RetryLater):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(exc.retry_after_s * 1000))
+        details.append(retry)
     if isinstance(exc, ValidationError):
         details.append(
             error_details_pb2.BadRequest(
@@ -124,7 +131,7 @@ class ErrorMappingInterceptor(AsyncServerInterceptor):
         method_name: str,
     ) -> Any:
         request_id = request_id_of(context)
-        with _request_scope(request_id, method_name):
+        with _request_scope(request_id, method_name, context.time_remaining()):
             try:
                 response = method(request_or_iterator, context)
                 if hasattr(response, "__aiter__"):
@@ -142,7 +149,7 @@ async def _mapped_stream(
     request_id: str,
     method_name: str,
 ) -> AsyncIterator[Any]:
-    with _request_scope(request_id, method_name):
+    with _request_scope(request_id, method_name, context.time_remaining()):
         try:
             async for item in stream:
                 yield item
@@ -153,13 +160,17 @@ async def _mapped_stream(
 
 
 @contextlib.contextmanager
-def _request_scope(request_id: str, method_name: str) -> Iterator[None]:
+def _request_scope(
+    request_id: str, method_name: str, time_remaining: float | None
+) -> Iterator[None]:
     token = request_id_var.set(request_id)
+    deadline = set_deadline(time_remaining)
     structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method_name)
     try:
         yield
     finally:
         structlog.contextvars.unbind_contextvars("request_id", "rpc")
+        deadline_var.reset(deadline)
         request_id_var.reset(token)
 
 

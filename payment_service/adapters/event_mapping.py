@@ -15,6 +15,8 @@ PRODUCER = "payment-service"
 def to_outgoing(event: Any) -> OutgoingEvent:
     if isinstance(event, events.ReviewRequested):
         return _review_requested(event)
+    if isinstance(event, events.PaymentStepRecorded):
+        return _step_recorded(event)
     if not isinstance(event, events.PaymentStatusChanged):
         raise TypeError(f"no mapping for {type(event).__name__}")
     envelope = make_envelope(
@@ -33,6 +35,7 @@ def to_outgoing(event: Any) -> OutgoingEvent:
             destination_account_id=event.destination_account_id,
             failure_reason=event.failure_reason,
             payment_method=event.payment_method,
+            parent_payment_id=event.parent_payment_id,
         ),
     )
     return OutgoingEvent(PAYMENT_STREAM, envelope)
@@ -51,6 +54,20 @@ def _review_requested(event: events.ReviewRequested) -> OutgoingEvent:
             provider_event=event.provider_event,
             reason=event.reason,
             gateway_operation_id=event.gateway_operation_id,
+        ),
+    )
+    return OutgoingEvent(PAYMENT_STREAM, envelope)
+
+
+def _step_recorded(event: events.PaymentStepRecorded) -> OutgoingEvent:
+    envelope = make_envelope(
+        event_type=f"payment.{event.step}",
+        aggregate_type="payment",
+        aggregate_id=event.payment_id,
+        aggregate_version=event.version,
+        producer=PRODUCER,
+        payload=events_pb2.PaymentStepRecorded(
+            payment_id=event.payment_id, kind=event.kind, step=event.step
         ),
     )
     return OutgoingEvent(PAYMENT_STREAM, envelope)

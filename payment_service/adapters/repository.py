@@ -12,6 +12,7 @@ SQLAlchemy tables remain the schema's one description (checked against the migra
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,12 +28,14 @@ from common.money import Money
 from common.streams import mark_processed
 from payment_service.adapters import tables as t
 from payment_service.domain.model import (
+    HoldState,
     IdempotencyClaim,
     Payment,
     PaymentFilter,
     PaymentKind,
     PaymentStatus,
     PaymentStep,
+    SagaState,
     StatusChange,
 )
 
@@ -53,34 +56,69 @@ def _payment(row: Any) -> Payment:
         created_at=row.created_at,
         updated_at=row.updated_at,
         steps=row.steps,
+        parent_payment_id=str(row.parent_payment_id or ""),
+        saga=_saga(row.saga),
+    )
+
+
+def _saga(data: Any) -> SagaState:
+    fields = dict(data or {})
+    if "hold" in fields:
+        fields["hold"] = HoldState(fields["hold"])
+    return SagaState(**fields)
+
+
+def _saga_json(saga: SagaState) -> Jsonb:
+    """Only what differs from a fresh saga: most payments store next to nothing."""
+    fresh = SagaState()
+    return Jsonb(
+        {
+            f.name: getattr(saga, f.name)
+            for f in dataclasses.fields(saga)
+            if getattr(saga, f.name) != getattr(fresh, f.name)
+        }
     )
 
 
 _SELECT = (
     "SELECT payment_id, seq, kind, status, amount_minor, currency, idempotency_key,"
     " source_account_id, destination_account_id, payment_method, failure_reason,"
-    " gateway_operation_id, version, created_at, updated_at, steps FROM payments"
+    " gateway_operation_id, version, created_at, updated_at, steps, parent_payment_id, saga"
+    " FROM payments"
 )
 _GET = _SELECT + " WHERE payment_id = %s"
 _GET_FOR_UPDATE = _GET + " FOR UPDATE"
 _CLAIM_KEY = (
-    "INSERT INTO idempotency_keys (caller, key, fingerprint, payment_id) VALUES (%s, %s, %s, %s)"
-    " ON CONFLICT DO NOTHING"
+    "INSERT INTO idempotency_keys (caller, key, fingerprint, payment_id, response_version)"
+    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
 )
-_CLAIMED = "SELECT fingerprint, payment_id FROM idempotency_keys WHERE caller = %s AND key = %s"
+_CLAIMED = (
+    "SELECT fingerprint, payment_id, response_version, error_reason, error_message"
+    " FROM idempotency_keys WHERE caller = %s AND key = %s"
+)
+_ANSWER_CLAIM = (
+    "UPDATE idempotency_keys SET response_version = %s, error_reason = %s, error_message = %s"
+    " WHERE payment_id = %s AND response_version IS NULL"
+)
+# Payments whose saga may have stopped between two steps, oldest first; a row another replica
+# is resuming right now is skipped rather than waited for.
+_STALLED = (
+    "SELECT payment_id FROM payments WHERE status IN ('initiated', 'refunding')"
+    " AND updated_at < now() - %s ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED"
+)
 _PURGE_CLAIMS = (
     "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys"
     " WHERE created_at < now() - %s LIMIT %s)"
 )
 _INSERT = (
     "INSERT INTO payments (payment_id, kind, idempotency_key, amount_minor, currency,"
-    " source_account_id, destination_account_id, payment_method, created_at, status,"
-    " failure_reason, gateway_operation_id, version, updated_at, steps)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " source_account_id, destination_account_id, payment_method, created_at, parent_payment_id,"
+    " status, failure_reason, gateway_operation_id, version, updated_at, steps, saga)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _UPDATE = (
     "UPDATE payments SET status = %s, failure_reason = %s, gateway_operation_id = %s,"
-    " version = %s, updated_at = %s, steps = %s"
+    " version = %s, updated_at = %s, steps = %s, saga = %s"
     " WHERE payment_id = %s AND version = %s AND steps = %s"
 )
 _INSERT_STEP = (
@@ -113,16 +151,34 @@ class PaymentRepository:
 
     async def claim_key(self, claim: IdempotencyClaim) -> IdempotencyClaim | None:
         cursor = await self._raw.execute(
-            _CLAIM_KEY, (claim.caller, claim.key, claim.fingerprint, claim.payment_id)
+            _CLAIM_KEY,
+            (claim.caller, claim.key, claim.fingerprint, claim.payment_id, claim.response_version),
         )
         if cursor.rowcount == 1:
             return None
-        cursor = await self._raw.execute(_CLAIMED, (claim.caller, claim.key))
-        row = await cursor.fetchone()
-        if row is None:  # claimed and purged in between: a new claim next time
+        prior = await self.claimed(claim.caller, claim.key)
+        if prior is None:  # claimed and purged in between: a new claim next time
             raise ConcurrentUpdate(f"idempotency key {claim.key!r} changed concurrently")
-        fingerprint, payment_id = row
-        return IdempotencyClaim(claim.caller, claim.key, fingerprint, str(payment_id))
+        return prior
+
+    async def claimed(self, caller: str, key: str) -> IdempotencyClaim | None:
+        cursor = await self._raw.execute(_CLAIMED, (caller, key))
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        fingerprint, payment_id, version, error_reason, error_message = row
+        return IdempotencyClaim(
+            caller, key, fingerprint, str(payment_id), version, error_reason, error_message
+        )
+
+    async def answer_claim(
+        self, payment_id: str, *, version: int, error_reason: str = "", error_message: str = ""
+    ) -> None:
+        await self._raw.execute(_ANSWER_CLAIM, (version, error_reason, error_message, payment_id))
+
+    async def stalled(self, *, older_than: timedelta, limit: int) -> builtins.list[str]:
+        cursor = await self._raw.execute(_STALLED, (older_than, limit))
+        return [str(row[0]) for row in await cursor.fetchall()]
 
     async def purge_claims(self, *, older_than: timedelta, limit: int) -> int:
         cursor = await self._raw.execute(_PURGE_CLAIMS, (older_than, limit))
@@ -155,6 +211,7 @@ class PaymentRepository:
                     payment.destination_account_id or None,
                     payment.payment_method,
                     payment.created_at,
+                    payment.parent_payment_id or None,
                     *self._mutable(payment),
                 ),
             )
@@ -260,7 +317,7 @@ class PaymentRepository:
                 )
 
     @staticmethod
-    def _mutable(payment: Payment) -> tuple[str, str, str, int, datetime | None, int]:
+    def _mutable(payment: Payment) -> tuple[str, str, str, int, datetime | None, int, Jsonb]:
         return (
             payment.status.value,
             payment.failure_reason,
@@ -268,4 +325,5 @@ class PaymentRepository:
             payment.version,
             payment.updated_at,
             payment.steps,
+            _saga_json(payment.saga),
         )

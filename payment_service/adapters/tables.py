@@ -44,10 +44,21 @@ payments = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     # How many audit-trail steps the payment has (the last one's `step`).
     Column("steps", BigInteger, nullable=False, server_default=text("0")),
+    # A refund's deposit.
+    Column("parent_payment_id", Uuid(as_uuid=False)),
+    # The saga's recovery points (hold, provider call, refund amounts): domain SagaState.
+    Column("saga", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     # The recovery worker sweeps non-terminal payments by age; listings go by account.
     Index("payments_status_updated", "status", "updated_at"),
     Index("payments_destination", "destination_account_id", "seq"),
     Index("payments_source", "source_account_id", "seq"),
+    Index("payments_parent", "parent_payment_id"),
+    # The resume sweep: payments whose saga may have stopped between steps.
+    Index(
+        "payments_unsettled",
+        "updated_at",
+        postgresql_where=text("status IN ('initiated', 'refunding')"),
+    ),
 )
 
 payment_status_history = Table(
@@ -71,7 +82,13 @@ idempotency_keys = Table(
     Column("fingerprint", Text, nullable=False),
     Column("payment_id", Uuid(as_uuid=False), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # The response the key answers with: the payment as of this version (NULL while the first
+    # request is in flight), or the refusal.
+    Column("response_version", BigInteger),
+    Column("error_reason", Text, nullable=False, server_default=EMPTY),
+    Column("error_message", Text, nullable=False, server_default=EMPTY),
     Index("idempotency_keys_created", "created_at"),
+    Index("idempotency_keys_payment", "payment_id"),
 )
 
 # The audit trail: every step of a payment's saga and every transition, in order.

@@ -1,5 +1,6 @@
 """Facts the payment service publishes: one per status change, `payment.<to_status>`, and
-`payment.review_requested` when a provider contradicts a payment's final state."""
+`payment.review_requested` when a provider contradicts a payment's final state, and
+`payment.<step>` for the saga steps its own next step runs from."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class PaymentStatusChanged:
     failure_reason: str
     version: int
     payment_method: str = ""
+    parent_payment_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,4 +34,15 @@ class ReviewRequested:
     provider_event: str
     reason: str
     gateway_operation_id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentStepRecorded:
+    """A saga step the saga's next step reacts to (`payment.funds_held`,
+    `payment.compensation_retry`): durable, so a crash right after it loses nothing."""
+
+    payment_id: str
+    kind: str
+    step: str
     version: int

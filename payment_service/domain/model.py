@@ -1,13 +1,32 @@
 """The payment aggregate and its state machine. Plain Python: no SQL, no gRPC.
 
-    initiated ──► pending ──► completed
-        │            │  └───► refunding ──► refunded
-        │            │              └─────► requires_manual_review
-        ├────────────┴──► failed
-        └──► cancelled
+    initiated ──► pending ──► completed ──► partially_refunded ──► refunded
+        │  │         │  └───► refunding ──► refunded       ▲
+        │  │         │              └─────► requires_manual_review ──► completed | failed | refunded
+        │  └─────────┴──► failed                   (completed ──► refunded, all at once)
+        ├──► completed                 (a transfer: one atomic wallet operation)
+        └──► cancelled                 (before the provider was asked)
 
-States only move forward (invariant 6). Terminal states are final; a payment in
-requires_manual_review is resolved by an operator into a terminal state.
+The states, and who moves a payment into each:
+- initiated: recorded, answered to the caller; nothing asked of the provider yet. A withdrawal
+  or refund in this state may already hold its funds (`hold.placed` in its audit trail).
+- pending: the provider has it (charge, payout or refund accepted); its outcome comes as a
+  provider event, or by asking the provider (the recovery worker).
+- completed: money moved as asked. For a deposit it may later be refunded.
+- failed: nothing moved (declined, refused, or compensated: a withdrawal's hold is released
+  before it fails).
+- cancelled: stopped by the caller before the provider was asked; its hold is then released.
+- refunding: a deposit whose money the provider took but the wallet could never take in; the
+  saga refunds it (a compensation), retrying a few times.
+- refunded / partially_refunded: a deposit's money went back (all of it / part of it) through
+  refund payments, or its compensation refund succeeded.
+- requires_manual_review: the saga cannot decide (a compensation kept failing); an operator
+  resolves it into completed, failed or refunded.
+
+Final states (failed, cancelled, refunded) never change again. Settled states (completed,
+partially_refunded) never change by what a provider says: a late or contradicting provider
+event opens a review instead (`payment.review_requested`); only a refund of the payment
+itself moves them on (invariant 6).
 """
 
 from __future__ import annotations
@@ -23,6 +42,11 @@ from common.errors import FailedPrecondition, IdempotencyConflict
 from common.ids import new_id
 from common.money import Money
 from payment_service.domain import events
+from payment_service.domain.errors import (
+    PaymentNotCancellable,
+    PaymentNotRefundable,
+    RefundExceedsCaptured,
+)
 
 
 class PaymentKind(StrEnum):
@@ -39,39 +63,66 @@ class PaymentStatus(StrEnum):
     FAILED = "failed"
     REFUNDING = "refunding"
     REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
     REQUIRES_MANUAL_REVIEW = "requires_manual_review"
     CANCELLED = "cancelled"
 
     @property
     def is_terminal(self) -> bool:
+        """Final or settled: nothing the provider says moves it any more."""
         return self in TERMINAL
 
 
-PaymentEvent: TypeAlias = events.PaymentStatusChanged | events.ReviewRequested
+PaymentEvent: TypeAlias = (
+    events.PaymentStatusChanged | events.ReviewRequested | events.PaymentStepRecorded
+)
 
 S = PaymentStatus
-TERMINAL = frozenset({S.COMPLETED, S.FAILED, S.REFUNDED, S.CANCELLED})
+FINAL = frozenset({S.FAILED, S.REFUNDED, S.CANCELLED})
+SETTLED = frozenset({S.COMPLETED, S.PARTIALLY_REFUNDED})
+TERMINAL = FINAL | SETTLED
 ALLOWED: dict[PaymentStatus, frozenset[PaymentStatus]] = {
-    S.INITIATED: frozenset({S.PENDING, S.FAILED, S.CANCELLED, S.REQUIRES_MANUAL_REVIEW}),
+    S.INITIATED: frozenset(
+        {S.PENDING, S.COMPLETED, S.FAILED, S.CANCELLED, S.REQUIRES_MANUAL_REVIEW}
+    ),
     S.PENDING: frozenset({S.COMPLETED, S.FAILED, S.REFUNDING, S.REQUIRES_MANUAL_REVIEW}),
     S.REFUNDING: frozenset({S.REFUNDED, S.REQUIRES_MANUAL_REVIEW}),
     S.REQUIRES_MANUAL_REVIEW: frozenset({S.COMPLETED, S.FAILED, S.REFUNDED}),
-    S.COMPLETED: frozenset(),
+    # Only a refund of the payment itself moves a settled payment (see the module docstring).
+    S.COMPLETED: frozenset({S.PARTIALLY_REFUNDED, S.REFUNDED}),
+    S.PARTIALLY_REFUNDED: frozenset({S.REFUNDED}),
     S.FAILED: frozenset(),
     S.REFUNDED: frozenset(),
     S.CANCELLED: frozenset(),
 }
 
+# A deposit's compensation refund is tried this many times (each with its own provider key)
+# before an operator must look.
+MAX_COMPENSATION_ATTEMPTS = 3
 
-class ChargeAnswer(StrEnum):
-    """What the gateway answered the saga's charge step."""
+
+class ProviderAnswer(StrEnum):
+    """What the gateway answered a saga step that asks the provider (charge, payout, refund)."""
 
     ACCEPTED = "accepted"  # the provider has it; its outcome comes as an event
     DECLINED = "declined"  # refused outright: no money moved
     UNKNOWN = "unknown"  # no answer (timeout): money may have moved; ask again, never fail
 
 
+# The deposit saga's name for it, kept for its callers.
+ChargeAnswer = ProviderAnswer
+
+
+class HoldState(StrEnum):
+    NONE = ""
+    PLACED = "placed"
+    CAPTURED = "captured"
+    RELEASED = "released"
+
+
 class InvalidTransition(FailedPrecondition):
+    reason = "INVALID_TRANSITION"
+
     def __init__(self, payment_id: str, current: PaymentStatus, target: PaymentStatus) -> None:
         super().__init__(f"payment {payment_id} cannot move from {current} to {target}")
         self.current = current
@@ -106,25 +157,45 @@ class ChargeInstruction:
         return cls(payment_id, charge_key(payment_id), amount, payment_method)
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderCall:
+    """A saga step that asks the provider: which call, with what key, for how much."""
+
+    operation: str  # "charge", "payout" or "refund"
+    idempotency_key: str
+    amount: Money
+    payment_method: str = ""  # charge
+    destination: str = ""  # payout
+    charge_operation_id: str = ""  # refund: the gateway operation that took the money
+
+
 ANONYMOUS = "anonymous"
 
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyClaim:
-    """A caller's idempotency key, the request it was first used for (as a fingerprint), and
-    the payment that request made. Keys are scoped to the caller: two callers may use the
-    same key for different payments."""
+    """A caller's idempotency key, the request it was first used for (as a fingerprint), the
+    payment that request made, and the response it got once there is one: the payment as of
+    `response_version`, or the refusal (`error_reason`, `error_message`). Keys are scoped to
+    the caller: two callers may use the same key for different payments."""
 
     caller: str
     key: str
     fingerprint: str
     payment_id: str
+    response_version: int | None = None
+    error_reason: str = ""
+    error_message: str = ""
 
     def check_same_request(self, fingerprint: str) -> None:
         if fingerprint != self.fingerprint:
             raise IdempotencyConflict(
                 f"idempotency_key {self.key!r} was already used for a different request"
             )
+
+    @property
+    def answered(self) -> bool:
+        return self.response_version is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +206,15 @@ class PaymentStep:
     Deposit, success:  status.initiated, charge.requested, charge.accepted, status.pending,
                        provider.charge_succeeded, credit.completed, status.completed
     Deposit, the credit impossible after the charge: ... provider.charge_succeeded,
-                       credit.failed, compensation.started, status.refunding
+                       credit.failed, compensation.started, status.refunding,
+                       refund.requested, refund.accepted, provider.refund_succeeded,
+                       status.refunded (or refund.failed three times, status.requires_manual_review)
+    Withdrawal, success: status.initiated, hold.placed, payout.requested, payout.accepted,
+                       status.pending, provider.payout_succeeded, hold.captured,
+                       status.completed
+    Withdrawal, payout failed: ... provider.payout_failed, hold.released, status.failed
+    Refund (its own payment): as a withdrawal with refund.* steps; its deposit records
+                       refund.reserved, then refund.settled or refund.released
     A provider contradicting a final state: review.requested
     """
 
@@ -144,6 +223,10 @@ class PaymentStep:
     occurred_at: datetime
     data: Mapping[str, str] = field(default_factory=dict)
     error: str = ""
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,19 +242,103 @@ class DepositRequest:
     @property
     def fingerprint(self) -> str:
         """The request's identity for idempotency: every field that shapes the payment."""
-        canonical = "|".join(
-            (
-                "deposit",
-                self.account_id,
-                str(self.amount.amount_minor),
-                self.amount.currency,
-                self.payment_method,
-            )
+        return _fingerprint(
+            "deposit",
+            self.account_id,
+            str(self.amount.amount_minor),
+            self.amount.currency,
+            self.payment_method,
         )
-        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def claim(self, payment_id: str) -> IdempotencyClaim:
+        # A deposit is answered by the commit that creates it: its response is version 1.
+        return IdempotencyClaim(
+            self.caller, self.idempotency_key, self.fingerprint, payment_id, response_version=1
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalRequest:
+    idempotency_key: str
+    account_id: str
+    amount: Money
+    destination: str
+    caller: str = ANONYMOUS
+
+    @property
+    def fingerprint(self) -> str:
+        return _fingerprint(
+            "withdrawal",
+            self.account_id,
+            str(self.amount.amount_minor),
+            self.amount.currency,
+            self.destination,
+        )
+
+    def claim(self, payment_id: str) -> IdempotencyClaim:
+        # Answered only once the hold is placed or refused (on the request path).
+        return IdempotencyClaim(self.caller, self.idempotency_key, self.fingerprint, payment_id)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequest:
+    idempotency_key: str
+    source_account_id: str
+    destination_account_id: str
+    amount: Money
+    caller: str = ANONYMOUS
+
+    @property
+    def fingerprint(self) -> str:
+        return _fingerprint(
+            "transfer",
+            self.source_account_id,
+            self.destination_account_id,
+            str(self.amount.amount_minor),
+            self.amount.currency,
+        )
 
     def claim(self, payment_id: str) -> IdempotencyClaim:
         return IdempotencyClaim(self.caller, self.idempotency_key, self.fingerprint, payment_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    idempotency_key: str
+    payment_id: str
+    amount: Money | None  # None: whatever is left to refund
+    caller: str = ANONYMOUS
+
+    @property
+    def fingerprint(self) -> str:
+        amount = self.amount
+        return _fingerprint(
+            "refund",
+            self.payment_id,
+            str(amount.amount_minor) if amount else "rest",
+            amount.currency if amount else "",
+        )
+
+    def claim(self, payment_id: str) -> IdempotencyClaim:
+        return IdempotencyClaim(self.caller, self.idempotency_key, self.fingerprint, payment_id)
+
+
+@dataclass
+class SagaState:
+    """What a payment's saga has done so far beyond its status: its recovery points."""
+
+    hold_id: str = ""
+    hold: HoldState = HoldState.NONE
+    # The provider call this payment has asked for ("" until its recovery point is recorded:
+    # until then the payment can still be cancelled).
+    provider_call: str = ""
+    provider: str = ""
+    destination: str = ""  # a withdrawal's payout destination
+    charge_operation_id: str = ""  # a refund's: the deposit's charge
+    compensation_attempts: int = 0  # a refunding deposit's refund attempts that failed
+    last_failed_operation: str = ""  # the last of them, counted once however often reported
+    refunded_minor: int = 0  # a deposit's refunds that succeeded
+    refund_reserved_minor: int = 0  # a deposit's refunds in flight
 
 
 @dataclass
@@ -186,6 +353,9 @@ class Payment:
     payment_method: str = ""
     failure_reason: str = ""
     gateway_operation_id: str = ""
+    # A refund's deposit.
+    parent_payment_id: str = ""
+    saga: SagaState = field(default_factory=SagaState)
     version: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -195,23 +365,98 @@ class Payment:
     new_steps: list[PaymentStep] = field(default_factory=list, repr=False)
     _events: list[PaymentEvent] = field(default_factory=list, repr=False)
 
+    # -- creation -------------------------------------------------------------------------
+
     @classmethod
-    def deposit(cls, request: DepositRequest) -> Payment:
+    def _new(
+        cls, kind: PaymentKind, amount: Money, key: str, payment_id: str, **fields: object
+    ) -> Payment:
         payment = cls(
-            payment_id=new_id(),
-            kind=PaymentKind.DEPOSIT,
+            payment_id=payment_id or new_id(),
+            kind=kind,
             status=PaymentStatus.INITIATED,
-            amount=request.amount,
-            idempotency_key=request.idempotency_key,
-            destination_account_id=request.account_id,
-            payment_method=request.payment_method,
+            amount=amount,
+            idempotency_key=key,
+            **fields,  # type: ignore[arg-type]
         )
         payment._record(None, PaymentStatus.INITIATED, "")
         return payment
 
+    @classmethod
+    def deposit(cls, request: DepositRequest, payment_id: str = "") -> Payment:
+        return cls._new(
+            PaymentKind.DEPOSIT,
+            request.amount,
+            request.idempotency_key,
+            payment_id,
+            destination_account_id=request.account_id,
+            payment_method=request.payment_method,
+        )
+
+    @classmethod
+    def withdrawal(cls, request: WithdrawalRequest, payment_id: str = "") -> Payment:
+        return cls._new(
+            PaymentKind.WITHDRAWAL,
+            request.amount,
+            request.idempotency_key,
+            payment_id,
+            source_account_id=request.account_id,
+            saga=SagaState(destination=request.destination),
+        )
+
+    @classmethod
+    def transfer(cls, request: TransferRequest, payment_id: str = "") -> Payment:
+        return cls._new(
+            PaymentKind.TRANSFER,
+            request.amount,
+            request.idempotency_key,
+            payment_id,
+            source_account_id=request.source_account_id,
+            destination_account_id=request.destination_account_id,
+        )
+
+    def refund(self, request: RefundRequest, payment_id: str = "") -> Payment:
+        """A refund of this deposit, as its own payment. Reserves its amount on this deposit
+        at once (under the deposit's lock), so concurrent refunds can never add up to more
+        than the deposit captured."""
+        if self.kind is not PaymentKind.DEPOSIT or self.status not in SETTLED:
+            raise PaymentNotRefundable(
+                f"payment {self.payment_id} is a {self.status} {self.kind}; only a completed"
+                " deposit can be refunded"
+            )
+        left = self.refundable_minor
+        amount = request.amount or Money(left, self.amount.currency)
+        if amount.currency != self.amount.currency:
+            raise PaymentNotRefundable(
+                f"payment {self.payment_id} was made in {self.amount.currency}, not"
+                f" {amount.currency}"
+            )
+        if amount.amount_minor <= 0 or amount.amount_minor > left:
+            raise RefundExceedsCaptured(
+                f"payment {self.payment_id} has {Money(left, self.amount.currency)} left to"
+                f" refund, not {amount}"
+            )
+        refund = Payment._new(
+            PaymentKind.REFUND,
+            amount,
+            request.idempotency_key,
+            payment_id,
+            source_account_id=self.destination_account_id,
+            parent_payment_id=self.payment_id,
+            saga=SagaState(charge_operation_id=self.gateway_operation_id),
+        )
+        self.saga.refund_reserved_minor += amount.amount_minor
+        self._note("refund.reserved", {"refund_id": refund.payment_id, "amount": str(amount)})
+        return refund
+
+    @property
+    def refundable_minor(self) -> int:
+        return self.amount.amount_minor - self.saga.refunded_minor - self.saga.refund_reserved_minor
+
     def as_of(self, change: StatusChange) -> Payment:
         """This payment as it stood right after `change` (one of its own, from its history):
-        what a watcher is shown for each state it passed through."""
+        what a watcher is shown for each state it passed through, and what a replayed
+        idempotency key answers."""
         latest = change.sequence == self.version
         return replace(
             self,
@@ -231,35 +476,130 @@ class Payment:
     def can_move_to(self, target: PaymentStatus) -> bool:
         return target in ALLOWED[self.status]
 
-    # -- what the deposit saga hears; the aggregate decides what it means ----------------
+    # -- holds (withdrawals and refunds reserve their money before the provider is asked) ---
 
-    def record_charge_answer(
+    def needs_hold(self) -> bool:
+        return (
+            self.kind in (PaymentKind.WITHDRAWAL, PaymentKind.REFUND)
+            and self.status is PaymentStatus.INITIATED
+            and self.saga.hold is HoldState.NONE
+        )
+
+    def record_hold(self, hold_id: str) -> None:
+        """The wallet holds the money: the provider may now be asked (`payment.funds_held`)."""
+        if not self.needs_hold():
+            return
+        self.saga.hold_id, self.saga.hold = hold_id, HoldState.PLACED
+        self._note("hold.placed", {"hold_id": hold_id, "operation_ref": self.step_ref("hold")})
+        self._emit_step("funds_held")
+
+    def reject(self, reason: str, message: str) -> None:
+        """The wallet refused what the request path asked (no funds, account frozen, no FX
+        rate, ...): nothing moved and nothing will."""
+        if self.status is not PaymentStatus.INITIATED:
+            return
+        self._note(f"{self._first_step}.refused", error=message)
+        self.fail(reason.lower())
+
+    @property
+    def _first_step(self) -> str:
+        return "transfer" if self.kind is PaymentKind.TRANSFER else "hold"
+
+    def needs_hold_release(self) -> bool:
+        return self.saga.hold is HoldState.PLACED and self.status in (
+            PaymentStatus.FAILED,
+            PaymentStatus.CANCELLED,
+        )
+
+    def record_hold_released(self) -> None:
+        if self.saga.hold is HoldState.PLACED:
+            self.saga.hold = HoldState.RELEASED
+            self._note("hold.released", {"operation_ref": self.step_ref("release")})
+
+    def step_ref(self, step: str) -> str:
+        """The key of one of this payment's downstream calls: derived from the payment and
+        the step, so a retried or resumed step can never apply twice."""
+        return f"{self.payment_id}:{step}"
+
+    # -- transfers ------------------------------------------------------------------------
+
+    def complete_transfer(self, transaction_id: str) -> None:
+        if self.kind is PaymentKind.TRANSFER and self.status is PaymentStatus.INITIATED:
+            self._note("transfer.completed", {"transaction_id": transaction_id})
+            self.complete()
+
+    # -- asking the provider ----------------------------------------------------------------
+
+    def begin_provider_call(self) -> ProviderCall | None:
+        """The recovery point before the provider is asked: once recorded, the payment can
+        no longer be cancelled. None when there is nothing to ask (cancelled, already past
+        it, or a withdrawal without its hold)."""
+        if self.status is not PaymentStatus.INITIATED or self.kind is PaymentKind.TRANSFER:
+            return None
+        if self.kind is not PaymentKind.DEPOSIT and self.saga.hold is not HoldState.PLACED:
+            return None
+        call = self.provider_call()
+        if not self.saga.provider_call:
+            self.saga.provider_call = call.operation
+            self._note(f"{call.operation}.requested", {"idempotency_key": call.idempotency_key})
+        return call
+
+    def provider_call(self) -> ProviderCall:
+        if self.kind is PaymentKind.DEPOSIT:
+            return ProviderCall(
+                "charge", charge_key(self.payment_id), self.amount, self.payment_method
+            )
+        if self.kind is PaymentKind.WITHDRAWAL:
+            return ProviderCall(
+                "payout", self.step_ref("payout"), self.amount, destination=self.saga.destination
+            )
+        return ProviderCall(
+            "refund",
+            self.step_ref("refund"),
+            self.amount,
+            charge_operation_id=self.saga.charge_operation_id,
+        )
+
+    def record_provider_answer(
         self,
-        answer: ChargeAnswer,
+        answer: ProviderAnswer,
         *,
         operation_id: str,
         reason: str,
         requested_at: datetime | None = None,
     ) -> None:
-        """The gateway's answer to the charge step. Only an INITIATED payment learns from it:
-        later, the provider's own events (which may have overtaken the answer) decide."""
-        if self.status is not PaymentStatus.INITIATED or answer is ChargeAnswer.UNKNOWN:
+        """The gateway's answer to the step that asked the provider. Only an INITIATED
+        payment learns from it: later, the provider's own events (which may have overtaken
+        the answer) decide. A declined withdrawal or refund must have released its hold."""
+        if self.status is not PaymentStatus.INITIATED or answer is ProviderAnswer.UNKNOWN:
             return
-        self._note(
-            "charge.requested",
-            {"idempotency_key": charge_key(self.payment_id)},
-            at=requested_at,
-        )
-        if answer is ChargeAnswer.DECLINED:
-            self._note("charge.declined", {"operation_id": operation_id}, error=reason)
-            self.fail(reason or "charge_failed")
+        operation = self.saga.provider_call or self.provider_call().operation
+        if not self.saga.provider_call:  # a deposit charged before recovery points existed
+            self.saga.provider_call = operation
+            self._note(
+                f"{operation}.requested",
+                {"idempotency_key": self.provider_call().idempotency_key},
+                at=requested_at,
+            )
+        if answer is ProviderAnswer.DECLINED:
+            self._note(f"{operation}.declined", {"operation_id": operation_id}, error=reason)
+            self.record_hold_released()
+            self.fail(reason or f"{operation}_failed")
         else:
-            self._note("charge.accepted", {"operation_id": operation_id})
+            self._note(f"{operation}.accepted", {"operation_id": operation_id})
             self.mark_pending(operation_id)
+
+    # Kept for the deposit saga's callers.
+    record_charge_answer = record_provider_answer
+
+    # -- what the provider says; the aggregate decides what it means ------------------------
 
     def wants_credit_for_charge(self) -> bool:
         """Whether money the provider reports taken should now be credited to the wallet."""
-        return self.status in (PaymentStatus.INITIATED, PaymentStatus.PENDING)
+        return self.kind is PaymentKind.DEPOSIT and self.status in (
+            PaymentStatus.INITIATED,
+            PaymentStatus.PENDING,
+        )
 
     def apply_charge_succeeded(
         self, *, operation_id: str, credited: bool, credit_refused: str = ""
@@ -289,8 +629,184 @@ class Payment:
         if self.can_move_to(PaymentStatus.FAILED):
             self._note("provider.charge_failed", {"operation_id": operation_id}, error=reason)
             self.fail(reason or "charge_failed")
-        elif self.status in (PaymentStatus.COMPLETED, PaymentStatus.REFUNDING):
+        elif self.status in SETTLED or self.status is PaymentStatus.REFUNDING:
             self._request_review("charge.failed", f"provider declined a {self.status} payment")
+
+    def wants_capture(self) -> bool:
+        """Whether a provider success should now take the held money for good."""
+        return (
+            self.kind in (PaymentKind.WITHDRAWAL, PaymentKind.REFUND)
+            and self.status in (PaymentStatus.INITIATED, PaymentStatus.PENDING)
+            and self.saga.hold is HoldState.PLACED
+        )
+
+    def wants_release(self) -> bool:
+        """Whether a provider failure should now give the held money back."""
+        return self.wants_capture()
+
+    def apply_provider_succeeded(
+        self, operation: str, *, operation_id: str, provider: str, captured: bool
+    ) -> None:
+        """A payout or refund went through. The held money was taken (captured): completed.
+        A provider success on a payment that failed or was cancelled contradicts us: review."""
+        if self.status is PaymentStatus.INITIATED and self.saga.provider_call:
+            self.mark_pending(operation_id)
+        if self.status is PaymentStatus.PENDING and captured:
+            self.saga.provider = provider or self.saga.provider
+            self._note(f"provider.{operation}_succeeded", {"operation_id": operation_id})
+            self.saga.hold = HoldState.CAPTURED
+            self._note("hold.captured", {"operation_ref": self.step_ref("capture")})
+            self.complete()
+        elif self.status in FINAL or self.status is PaymentStatus.REQUIRES_MANUAL_REVIEW:
+            self._request_review(
+                f"{operation}.succeeded",
+                f"provider reports the {operation} of a {self.status} payment succeeded",
+            )
+
+    def apply_provider_failed(
+        self, operation: str, *, operation_id: str, reason: str, released: bool
+    ) -> None:
+        """A payout or refund was declined by the provider: the hold was released, nothing
+        moved: failed. A completed one declined afterwards: review."""
+        if self.status is PaymentStatus.INITIATED and self.saga.provider_call:
+            self.mark_pending(operation_id)
+        if self.status is PaymentStatus.PENDING and released:
+            self._note(f"provider.{operation}_failed", {"operation_id": operation_id}, error=reason)
+            self.record_hold_released()
+            self.fail(reason or f"{operation}_failed")
+        elif self.status in SETTLED:
+            self._request_review(
+                f"{operation}.failed", f"provider declined the {operation} of a completed payment"
+            )
+
+    def capture_refused(self, operation: str, reason: str) -> None:
+        """The provider paid out but the hold could not be captured (it expired, or the
+        account was tampered with): money left without its debit. An operator must look."""
+        if self.status in (PaymentStatus.INITIATED, PaymentStatus.PENDING):
+            self._note("hold.capture_failed", error=reason)
+            self._move(
+                PaymentStatus.REQUIRES_MANUAL_REVIEW,
+                f"{operation} succeeded, capture failed: {reason}",
+            )
+
+    # -- a deposit's refunds ----------------------------------------------------------------
+
+    def settle_refund(self, refund: Payment) -> None:
+        """One of this deposit's refunds ended: completed moves the deposit on (partially
+        refunded, or refunded once all of it went back); failed or cancelled frees its
+        reservation for another refund."""
+        amount = refund.amount.amount_minor
+        if refund.status is PaymentStatus.COMPLETED:
+            self.saga.refund_reserved_minor -= amount
+            self.saga.refunded_minor += amount
+            self._note(
+                "refund.settled", {"refund_id": refund.payment_id, "amount": str(refund.amount)}
+            )
+            target = (
+                PaymentStatus.REFUNDED
+                if self.saga.refunded_minor >= self.amount.amount_minor
+                else PaymentStatus.PARTIALLY_REFUNDED
+            )
+            if target is not self.status:
+                self._move(target, "")
+        elif refund.status in (PaymentStatus.FAILED, PaymentStatus.CANCELLED):
+            self.saga.refund_reserved_minor -= amount
+            self._note(
+                "refund.released", {"refund_id": refund.payment_id, "amount": str(refund.amount)}
+            )
+
+    # -- a deposit's compensation (the provider took money the wallet cannot take in) -------
+
+    def compensation_call(self) -> ProviderCall | None:
+        """The next refund attempt of a refunding deposit, its recovery point recorded."""
+        if self.kind is not PaymentKind.DEPOSIT or self.status is not PaymentStatus.REFUNDING:
+            return None
+        attempt = self.saga.compensation_attempts + 1
+        key = self.step_ref("refund") + ("" if attempt == 1 else f":{attempt}")
+        if self.saga.provider_call != key:
+            self.saga.provider_call = key
+            self._note("refund.requested", {"idempotency_key": key, "attempt": str(attempt)})
+        return ProviderCall(
+            "refund", key, self.amount, charge_operation_id=self.gateway_operation_id
+        )
+
+    def record_compensation_answer(
+        self, answer: ProviderAnswer, *, operation_id: str, reason: str
+    ) -> None:
+        if self.status is not PaymentStatus.REFUNDING or answer is ProviderAnswer.UNKNOWN:
+            return
+        if answer is ProviderAnswer.ACCEPTED:
+            self._note("refund.accepted", {"operation_id": operation_id})
+        else:
+            self.apply_compensation_outcome(
+                succeeded=False, operation_id=operation_id, reason=reason
+            )
+
+    def apply_compensation_outcome(
+        self, *, succeeded: bool, operation_id: str, reason: str
+    ) -> None:
+        """The compensation refund went through (refunded), or failed: tried again with a
+        new key, until MAX_COMPENSATION_ATTEMPTS have failed (requires_manual_review)."""
+        if self.status is not PaymentStatus.REFUNDING:
+            if succeeded and self.status is not PaymentStatus.REFUNDED:
+                self._request_review(
+                    "refund.succeeded", f"provider refunded a {self.status} payment"
+                )
+            return
+        if succeeded:
+            self._note("provider.refund_succeeded", {"operation_id": operation_id})
+            self._move(PaymentStatus.REFUNDED, "")
+            return
+        if operation_id and operation_id == self.saga.last_failed_operation:
+            return  # the gateway's answer and its event both report the same failed attempt
+        self.saga.last_failed_operation = operation_id
+        self.saga.compensation_attempts += 1
+        self._note(
+            "refund.failed",
+            {"operation_id": operation_id, "attempt": str(self.saga.compensation_attempts)},
+            error=reason,
+        )
+        if self.saga.compensation_attempts >= MAX_COMPENSATION_ATTEMPTS:
+            self._move(
+                PaymentStatus.REQUIRES_MANUAL_REVIEW,
+                f"compensation refund failed {self.saga.compensation_attempts} times: {reason}",
+            )
+        else:
+            self._emit_step("compensation_retry")
+
+    # -- cancelling -------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stops a payment the provider has not been asked about. Its hold (if any) is
+        released afterwards from the durable `payment.cancelled` event."""
+        if (
+            self.status is not PaymentStatus.INITIATED
+            or self.saga.provider_call
+            or (self.kind is PaymentKind.TRANSFER)
+        ):
+            raise PaymentNotCancellable(
+                f"payment {self.payment_id} is {self.status}"
+                + (" and the provider was already asked" if self.saga.provider_call else "")
+                + "; only a payment not yet sent to the provider can be cancelled"
+            )
+        self._note("cancel.requested")
+        self._move(PaymentStatus.CANCELLED, "cancelled by the caller")
+
+    # -- the saga resumed after a stop ----------------------------------------------------------
+
+    def note_resumed(self) -> None:
+        """The resume sweep picked this payment up; it looks again only after its threshold
+        has passed once more."""
+        self.updated_at = datetime.now(UTC)
+        self._note("saga.resumed", {"status": self.status.value})
+
+    def settles_refund(self) -> bool:
+        """Whether this refund has just ended, so its deposit must learn of it."""
+        return self.kind is PaymentKind.REFUND and any(
+            change.to_status
+            in (PaymentStatus.COMPLETED, PaymentStatus.FAILED, PaymentStatus.CANCELLED)
+            for change in self.new_changes
+        )
 
     def _request_review(self, provider_event: str, reason: str) -> None:
         self._note("review.requested", {"provider_event": provider_event}, error=reason)
@@ -345,6 +861,16 @@ class Payment:
                 failure_reason=self.failure_reason,
                 version=self.version,
                 payment_method=self.payment_method,
+                parent_payment_id=self.parent_payment_id,
+            )
+        )
+
+    def _emit_step(self, step: str) -> None:
+        """A saga step other services or the saga's own next step react to
+        (`payment.<step>`), written to the outbox with the change that caused it."""
+        self._events.append(
+            events.PaymentStepRecorded(
+                payment_id=self.payment_id, kind=self.kind.value, step=step, version=self.version
             )
         )
 

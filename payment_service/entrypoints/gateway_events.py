@@ -17,7 +17,11 @@ class GatewayEventsEntrypoint:
         self._handlers = handlers
 
     async def __call__(self, envelope: events_pb2.EventEnvelope) -> None:
-        if not envelope.event_type.startswith("charge."):
+        operation, _, outcome = envelope.event_type.partition(".")
+        if operation not in ("charge", "payout", "refund") or outcome not in (
+            "succeeded",
+            "failed",
+        ):
             return
         change = events_pb2.OperationStatusChanged()
         if not envelope.payload.Unpack(change):
@@ -30,10 +34,18 @@ class GatewayEventsEntrypoint:
             "payment_id": change.reference,
             "operation_id": change.operation_id,
         }
-        # charge.pending is not handled: the saga's charge step records `pending` from the
-        # gateway's answer itself, so that event would cost a read and change nothing.
+        # *.pending is not handled: the saga step that asked the provider records `pending`
+        # from the gateway's answer itself, so that event would cost a read and change nothing.
         match envelope.event_type:
             case "charge.succeeded":
                 await self._handlers.charge_succeeded(**common)
             case "charge.failed":
                 await self._handlers.charge_failed(**common, reason=change.failure_reason)
+            case "payout.succeeded" | "refund.succeeded":
+                await self._handlers.provider_succeeded(
+                    **common, operation=operation, provider=change.provider
+                )
+            case _:
+                await self._handlers.provider_failed(
+                    **common, operation=operation, reason=change.failure_reason
+                )

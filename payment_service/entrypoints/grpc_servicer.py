@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
+from common.money import Money
 from payment_service.domain.model import (
     ANONYMOUS,
     Payment,
@@ -23,6 +24,7 @@ from payment_service.domain.model import (
 )
 from payment_service.service_layer.ports import ChangeFeed
 from payment_service.service_layer.services import PaymentService
+from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -48,7 +50,17 @@ def payment_to_proto(payment: Payment) -> payment_pb2.Payment:
         updated_at=timestamp(payment.updated_at),
         version=payment.version,
         gateway_operation_id=payment.gateway_operation_id,
+        destination=payment.saga.destination,
+        parent_payment_id=payment.parent_payment_id,
+        refunded_amount=_refund_money(payment, payment.saga.refunded_minor),
+        refund_pending_amount=_refund_money(payment, payment.saga.refund_reserved_minor),
     )
+
+
+def _refund_money(payment: Payment, amount_minor: int) -> money_pb2.Money | None:
+    if payment.kind is not PaymentKind.DEPOSIT:
+        return None
+    return money_to_proto(Money(amount_minor, payment.amount.currency))
 
 
 def change_to_proto(change: StatusChange) -> payment_pb2.PaymentStatusChange:
@@ -148,17 +160,54 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
             steps=[step_to_proto(s) for s in steps],
         )
 
-    async def CreateWithdrawal(self, request: Any, context: Context) -> Any:
-        raise NotImplementedError("PaymentService.CreateWithdrawal is not implemented yet")
+    async def CreateWithdrawal(
+        self, request: payment_pb2.CreateWithdrawalRequest, context: Context
+    ) -> payment_pb2.Payment:
+        payment = await self._service.create_withdrawal(
+            idempotency_key=request.idempotency_key,
+            account_id=request.account_id,
+            amount=money_from_request(
+                request.amount, field="amount", present=request.HasField("amount")
+            ),
+            destination=request.destination,
+            caller=caller_of(context),
+        )
+        return payment_to_proto(payment)
 
-    async def CreateTransfer(self, request: Any, context: Context) -> Any:
-        raise NotImplementedError("PaymentService.CreateTransfer is not implemented yet")
+    async def CreateTransfer(
+        self, request: payment_pb2.CreateTransferRequest, context: Context
+    ) -> payment_pb2.Payment:
+        payment = await self._service.create_transfer(
+            idempotency_key=request.idempotency_key,
+            source_account_id=request.source_account_id,
+            destination_account_id=request.destination_account_id,
+            amount=money_from_request(
+                request.amount, field="amount", present=request.HasField("amount")
+            ),
+            caller=caller_of(context),
+        )
+        return payment_to_proto(payment)
 
-    async def RefundPayment(self, request: Any, context: Context) -> Any:
-        raise NotImplementedError("PaymentService.RefundPayment is not implemented yet")
+    async def RefundPayment(
+        self, request: payment_pb2.RefundPaymentRequest, context: Context
+    ) -> payment_pb2.Payment:
+        amount = (
+            money_from_request(request.amount, field="amount", present=True)
+            if request.HasField("amount")
+            else None
+        )
+        payment = await self._service.refund_payment(
+            idempotency_key=request.idempotency_key,
+            payment_id=request.payment_id,
+            amount=amount,
+            caller=caller_of(context),
+        )
+        return payment_to_proto(payment)
 
-    async def CancelPayment(self, request: Any, context: Context) -> Any:
-        raise NotImplementedError("PaymentService.CancelPayment is not implemented yet")
+    async def CancelPayment(
+        self, request: payment_pb2.CancelPaymentRequest, context: Context
+    ) -> payment_pb2.Payment:
+        return payment_to_proto(await self._service.cancel_payment(request.payment_id))
 
     async def WatchPayment(
         self, request: payment_pb2.WatchPaymentRequest, context: Context

@@ -1,4 +1,5 @@
-"""The payment service's periodic chores: forgetting idempotency keys past their retention."""
+"""The payment service's periodic chores: forgetting idempotency keys past their retention,
+and resuming sagas that stopped between two steps."""
 
 from __future__ import annotations
 
@@ -30,3 +31,23 @@ class Housekeeping:
             except DependencyUnavailable as exc:
                 log.warning("payment.housekeeping_deferred", error=str(exc))
             await wait_any(stop, at_most_s=EVERY_S)
+
+
+class SagaResumer:
+    """Every so often, resumes payments whose saga stopped between steps (see
+    `PaymentService.resume_stalled`); checks twice per threshold, so a stalled payment waits
+    at most one and a half thresholds."""
+
+    def __init__(self, service: PaymentService, *, after: timedelta) -> None:
+        self._service = service
+        self._after = after
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                resumed = await self._service.resume_stalled(older_than=self._after)
+                if resumed:
+                    log.info("payment.sagas_resumed", count=resumed)
+            except DependencyUnavailable as exc:
+                log.warning("payment.resume_deferred", error=str(exc))
+            await wait_any(stop, at_most_s=self._after.total_seconds() / 2)

@@ -1,14 +1,15 @@
 """Consumes the payment service's own stream to run the saga's next step asynchronously.
 
 CreateDeposit only commits the payment (with its `payment.initiated` outbox row); this
-consumer, in its own group, turns that durable fact into the gateway charge. A crash at any
-point leaves the event pending, and the step is retried with the same idempotency key.
+consumer, in its own group, turns that durable fact into the gateway charge. Likewise a
+withdrawal's or refund's `payment.funds_held` into the payout or refund, a deposit's
+`payment.refunding` into its compensation refund, and `payment.cancelled` into releasing the
+hold. A crash at any point leaves the event pending, and the step is retried with the same
+idempotency key.
 """
 
 from __future__ import annotations
 
-from common.grpc.convert import money_from_proto
-from payment_service.domain.model import ChargeInstruction
 from payment_service.service_layer.services import PaymentService
 from paysuite.events.v1 import events_pb2
 
@@ -20,14 +21,19 @@ class PaymentSagaEntrypoint:
         self._service = service
 
     async def __call__(self, envelope: events_pb2.EventEnvelope) -> None:
-        if envelope.event_type != "payment.initiated":
-            return
-        change = events_pb2.PaymentStatusChanged()
-        if not envelope.payload.Unpack(change):
-            raise ValueError(f"{envelope.event_type} without a PaymentStatusChanged payload")
-        if change.kind == "deposit":
-            await self._service.charge_deposit(
-                ChargeInstruction.for_deposit(
-                    change.payment_id, money_from_proto(change.amount), change.payment_method
-                )
-            )
+        payment_id = envelope.aggregate_id
+        match envelope.event_type:
+            case "payment.initiated":
+                # Withdrawals, transfers and refunds take their first step on the request
+                # path (the resume sweep covers a crash there); a deposit's is the charge.
+                change = events_pb2.PaymentStatusChanged()
+                if not envelope.payload.Unpack(change):
+                    raise ValueError(f"{envelope.event_type} without a PaymentStatusChanged")
+                if change.kind == "deposit":
+                    await self._service.ask_provider(payment_id)
+            case "payment.funds_held":
+                await self._service.ask_provider(payment_id)
+            case "payment.refunding" | "payment.compensation_retry":
+                await self._service.compensate(payment_id)
+            case "payment.cancelled":
+                await self._service.release_hold(payment_id)

@@ -1,7 +1,10 @@
 """Reactions to facts from the gateway. Each loads the payment, lets it decide what the fact
-means (`Payment.apply_charge_*`), and saves it, recording the event id in the same transaction
+means (`Payment.apply_*`), and saves it, recording the event id in the same transaction
 (exactly-once effect over at-least-once delivery). Events arriving late, twice or out of order
-never move a payment backwards; one that contradicts a final state asks for review."""
+never move a payment backwards; one that contradicts a final state asks for review.
+
+A wallet call a fact needs (credit a deposit, capture or release a hold) runs between two
+transactions, never inside one; its operation ref makes a repeated call harmless."""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ from collections.abc import Callable
 import structlog
 
 from common.errors import DependencyUnavailable, DomainError, retry_on_conflict
-from payment_service.domain.model import Payment
+from payment_service.domain.model import Payment, PaymentKind
 from payment_service.service_layer.ports import UnitOfWork, WalletPort
-from payment_service.service_layer.services import credit_ref
+from payment_service.service_layer.services import credit_ref, save_settling_refunds
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +61,84 @@ class GatewayEventHandlers:
                     operation_id=operation_id, credited=credited, credit_refused=refused
                 )
                 await uow.payments.save(current)
+                await uow.commit()
+
+        await retry_on_conflict(apply)
+
+    async def provider_succeeded(
+        self, *, event_id: str, payment_id: str, operation: str, operation_id: str, provider: str
+    ) -> None:
+        """A payout or refund went through: the held money is taken for good (captured),
+        then the payment completes. A deposit's compensation refund: refunded."""
+        payment = await self._peek(payment_id)
+        if payment is None:
+            return
+        captured, refused = False, ""
+        if payment.wants_capture():
+            try:
+                await self._wallet.capture_hold(
+                    operation_ref=payment.step_ref("capture"),
+                    hold_id=payment.saga.hold_id,
+                    provider=provider,
+                )
+                captured = True
+            except DependencyUnavailable:
+                raise
+            except DomainError as exc:
+                log.error("payment.capture_impossible", payment_id=payment_id, error=exc.message)
+                refused = exc.message
+
+        def apply(current: Payment) -> None:
+            if current.kind is PaymentKind.DEPOSIT:
+                current.apply_compensation_outcome(
+                    succeeded=True, operation_id=operation_id, reason=""
+                )
+            elif refused:
+                current.capture_refused(operation, refused)
+            else:
+                current.apply_provider_succeeded(
+                    operation, operation_id=operation_id, provider=provider, captured=captured
+                )
+
+        await self._apply(event_id, payment_id, apply)
+
+    async def provider_failed(
+        self, *, event_id: str, payment_id: str, operation: str, operation_id: str, reason: str
+    ) -> None:
+        """A payout or refund was declined: the hold is released, then the payment fails. A
+        deposit's compensation refund: tried again, or an operator looks."""
+        payment = await self._peek(payment_id)
+        if payment is None:
+            return
+        released = False
+        if payment.wants_release():
+            await self._wallet.release_hold(
+                operation_ref=payment.step_ref("release"), hold_id=payment.saga.hold_id
+            )
+            released = True
+
+        def apply(current: Payment) -> None:
+            if current.kind is PaymentKind.DEPOSIT:
+                current.apply_compensation_outcome(
+                    succeeded=False, operation_id=operation_id, reason=reason
+                )
+            else:
+                current.apply_provider_failed(
+                    operation, operation_id=operation_id, reason=reason, released=released
+                )
+
+        await self._apply(event_id, payment_id, apply)
+
+    async def _apply(
+        self, event_id: str, payment_id: str, decide: Callable[[Payment], None]
+    ) -> None:
+        async def apply() -> None:
+            async with self._uow() as uow:
+                current = await self._locked(uow, payment_id)
+                if current is None or not await uow.payments.mark_processed(CONSUMER, event_id):
+                    return
+                decide(current)
+                await save_settling_refunds(uow, current)
                 await uow.commit()
 
         await retry_on_conflict(apply)

@@ -11,11 +11,11 @@ from typing import Protocol
 from common.money import Money
 from common.uow import UnitOfWork as BaseUnitOfWork
 from payment_service.domain.model import (
-    ChargeAnswer,
     IdempotencyClaim,
     Payment,
     PaymentFilter,
     PaymentStep,
+    ProviderAnswer,
     StatusChange,
 )
 
@@ -27,10 +27,15 @@ class AccountInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class ChargeResult:
+class ProviderResult:
+    """The gateway's answer to a charge, payout or refund request."""
+
     operation_id: str
-    answer: ChargeAnswer
+    answer: ProviderAnswer
     failure_reason: str = ""
+
+
+ChargeResult = ProviderResult
 
 
 class ChangeFeed(Protocol):
@@ -40,14 +45,43 @@ class ChangeFeed(Protocol):
 
 
 class WalletPort(Protocol):
+    """Every mutation is idempotent on its operation_ref. A refusal (no funds, frozen, no FX
+    rate, ...) raises a FailedPrecondition carrying the wallet's reason; an unreachable
+    wallet raises DependencyUnavailable."""
+
     async def get_account(self, account_id: str) -> AccountInfo: ...
     async def credit(self, *, operation_ref: str, account_id: str, amount: Money) -> None: ...
+    async def place_hold(
+        self, *, operation_ref: str, account_id: str, amount: Money, reference: str
+    ) -> str:
+        """Returns the hold's id."""
+        ...
+
+    async def capture_hold(self, *, operation_ref: str, hold_id: str, provider: str) -> None: ...
+    async def release_hold(self, *, operation_ref: str, hold_id: str) -> None: ...
+    async def transfer(
+        self,
+        *,
+        operation_ref: str,
+        source_account_id: str,
+        destination_account_id: str,
+        amount: Money,
+        reference: str,
+    ) -> str:
+        """Returns the ledger transaction's id."""
+        ...
 
 
 class GatewayPort(Protocol):
     async def charge(
         self, *, idempotency_key: str, amount: Money, payment_method: str, reference: str
-    ) -> ChargeResult: ...
+    ) -> ProviderResult: ...
+    async def payout(
+        self, *, idempotency_key: str, amount: Money, destination: str, reference: str
+    ) -> ProviderResult: ...
+    async def refund(
+        self, *, idempotency_key: str, charge_operation_id: str, amount: Money, reference: str
+    ) -> ProviderResult: ...
 
 
 class PaymentStore(Protocol):
@@ -55,6 +89,18 @@ class PaymentStore(Protocol):
     async def claim_key(self, claim: IdempotencyClaim) -> IdempotencyClaim | None:
         """Records the claim, or returns the earlier claim of the same caller and key. A
         concurrent claim of the same key waits for the first one's transaction to end."""
+        ...
+
+    async def claimed(self, caller: str, key: str) -> IdempotencyClaim | None: ...
+    async def answer_claim(
+        self, payment_id: str, *, version: int, error_reason: str = "", error_message: str = ""
+    ) -> None:
+        """Stores the response of the key that made the payment, if it has none yet."""
+        ...
+
+    async def stalled(self, *, older_than: timedelta, limit: int) -> list[str]:
+        """Ids of payments whose saga may have stopped between steps (initiated or
+        refunding, unchanged for `older_than`), locked; others' locked rows are skipped."""
         ...
 
     async def purge_claims(self, *, older_than: timedelta, limit: int) -> int: ...

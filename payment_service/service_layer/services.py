@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import TypeAlias
 
 import structlog
 
 from common.errors import (
     DependencyUnavailable,
+    DomainError,
+    FailedPrecondition,
     FieldViolation,
     NotFound,
     ValidationError,
@@ -22,29 +25,66 @@ from common.errors import (
     retry_on_conflict,
 )
 from common.faults import crash_point
-from common.ids import parse_id
+from common.ids import new_id, parse_id
 from common.money import Money
+from payment_service.domain.errors import Refused, RequestInFlight
 from payment_service.domain.model import (
     ANONYMOUS,
-    ChargeAnswer,
-    ChargeInstruction,
     DepositRequest,
+    HoldState,
+    IdempotencyClaim,
     Payment,
     PaymentFilter,
+    PaymentKind,
+    PaymentStatus,
     PaymentStep,
+    ProviderAnswer,
+    ProviderCall,
+    RefundRequest,
     StatusChange,
+    TransferRequest,
+    WithdrawalRequest,
 )
-from payment_service.service_layer.ports import ChangeFeed, GatewayPort, UnitOfWork, WalletPort
+from payment_service.service_layer.ports import (
+    ChangeFeed,
+    GatewayPort,
+    ProviderResult,
+    UnitOfWork,
+    WalletPort,
+)
 
 log = structlog.get_logger(__name__)
 
 WATCH_RECHECK_S = 5.0
+# A repeated idempotency key whose first request is still in flight waits this long for its
+# answer before it is ABORTED (IDEMPOTENCY_REQUEST_IN_FLIGHT) with a retry hint.
+IN_FLIGHT_WAIT_S = 2.0
+IN_FLIGHT_POLL_S = 0.05
+
+CreateRequest: TypeAlias = DepositRequest | WithdrawalRequest | TransferRequest | RefundRequest
+Refusal: TypeAlias = tuple[str, FailedPrecondition | NotFound]
 
 DEFAULT_PAYMENT_METHOD = "pm_card_ok"
 
 
 def credit_ref(payment_id: str) -> str:
     return f"{payment_id}:credit"
+
+
+async def _made(payment: Payment) -> Payment:
+    return payment
+
+
+async def save_settling_refunds(uow: UnitOfWork, payment: Payment) -> None:
+    """Saves the payment; a refund that has just ended settles on its deposit in the same
+    transaction (moving it to partially_refunded or refunded, or freeing its reservation).
+    The refund is locked before its deposit, here as everywhere."""
+    if payment.settles_refund():
+        deposit = await uow.payments.get(payment.parent_payment_id, for_update=True)
+        if deposit is not None:
+            deposit.settle_refund(payment)
+            await uow.payments.save(deposit)
+    await uow.payments.save(payment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +117,20 @@ class AccountDirectory:
 
 class PaymentService:
     def __init__(
-        self, *, uow: Callable[[], UnitOfWork], wallet: WalletPort, gateway: GatewayPort
+        self,
+        *,
+        uow: Callable[[], UnitOfWork],
+        wallet: WalletPort,
+        gateway: GatewayPort,
+        in_flight_wait_s: float = IN_FLIGHT_WAIT_S,
     ) -> None:
         self._uow = uow
         self._accounts = AccountDirectory(wallet)
+        self._wallet = wallet
         self._gateway = gateway
+        self._in_flight_wait_s = in_flight_wait_s
+
+    # -- creating payments: one commit, then (withdrawals, refunds, transfers) the wallet ----
 
     async def create_deposit(
         self,
@@ -94,7 +143,7 @@ class PaymentService:
     ) -> Payment:
         """Records the deposit and answers: one transaction (payment, audit row, outbox row),
         no provider call. The charge runs asynchronously from the `payment.initiated` event
-        (`charge_deposit`), so the caller gets `initiated` and a crash after the commit loses
+        (`ask_provider`), so the caller gets `initiated` and a crash after the commit loses
         nothing."""
         request = DepositRequest(
             idempotency_key=require(idempotency_key, "idempotency_key"),
@@ -103,74 +152,449 @@ class PaymentService:
             payment_method=require(payment_method or DEFAULT_PAYMENT_METHOD, "payment_method"),
             caller=caller or ANONYMOUS,
         )
-        await self._check_account(request)
-        return await retry_on_conflict(lambda: self._start_deposit(request))
+        await self._check_currency(request.account_id, amount, "amount.currency")
+        payment, _ = await self._create(
+            request, lambda _, pid: _made(Payment.deposit(request, pid))
+        )
+        crash_point("payment.deposit_committed")
+        return payment
 
-    async def _check_account(self, request: DepositRequest) -> None:
-        currency = await self._accounts.currency_of(request.account_id)
-        if currency != request.amount.currency:
+    async def create_withdrawal(
+        self,
+        *,
+        idempotency_key: str,
+        account_id: str,
+        amount: Money,
+        destination: str,
+        caller: str = ANONYMOUS,
+    ) -> Payment:
+        """Records the withdrawal, then holds its money on the request path: a caller without
+        the funds hears INSUFFICIENT_FUNDS at once, and no provider is asked. The payout runs
+        asynchronously from the durable `payment.funds_held` event."""
+        request = WithdrawalRequest(
+            idempotency_key=require(idempotency_key, "idempotency_key"),
+            account_id=parse_id(account_id, "account_id"),
+            amount=amount,
+            destination=require(destination, "destination"),
+            caller=caller or ANONYMOUS,
+        )
+        await self._check_currency(request.account_id, amount, "amount.currency")
+        payment, created = await self._create(
+            request, lambda _, pid: _made(Payment.withdrawal(request, pid))
+        )
+        if not created:
+            return payment
+        crash_point("payment.withdrawal_committed")
+        return await self._hold_funds(payment)
+
+    async def create_transfer(
+        self,
+        *,
+        idempotency_key: str,
+        source_account_id: str,
+        destination_account_id: str,
+        amount: Money,
+        caller: str = ANONYMOUS,
+    ) -> Payment:
+        """Records the transfer, then moves the money in one atomic wallet operation (FX when
+        the currencies differ) and answers `completed`, or the wallet's refusal."""
+        request = TransferRequest(
+            idempotency_key=require(idempotency_key, "idempotency_key"),
+            source_account_id=parse_id(source_account_id, "source_account_id"),
+            destination_account_id=parse_id(destination_account_id, "destination_account_id"),
+            amount=amount,
+            caller=caller or ANONYMOUS,
+        )
+        if request.source_account_id == request.destination_account_id:
+            raise ValidationError(
+                FieldViolation("destination_account_id", "must differ from source_account_id")
+            )
+        await self._check_currency(request.source_account_id, amount, "amount.currency")
+        await self._accounts.currency_of(request.destination_account_id)  # NOT_FOUND at once
+        payment, created = await self._create(
+            request, lambda _, pid: _made(Payment.transfer(request, pid))
+        )
+        if not created:
+            return payment
+        crash_point("payment.transfer_committed")
+        return await self._transfer(payment)
+
+    async def refund_payment(
+        self,
+        *,
+        idempotency_key: str,
+        payment_id: str,
+        amount: Money | None,
+        caller: str = ANONYMOUS,
+    ) -> Payment:
+        """Refunds (part of) a completed deposit as a payment of its own. Its amount is
+        reserved on the deposit under the deposit's lock, so concurrent refunds never exceed
+        what was captured; then the money is held on the account (the customer may have spent
+        it: INSUFFICIENT_FUNDS), and taken only once the provider confirms the refund. Held
+        first, so no money can be lost between the provider and the ledger: a refund the
+        provider makes always finds its money waiting."""
+        request = RefundRequest(
+            idempotency_key=require(idempotency_key, "idempotency_key"),
+            payment_id=parse_id(payment_id, "payment_id"),
+            amount=amount,
+            caller=caller or ANONYMOUS,
+        )
+
+        async def make(uow: UnitOfWork, refund_id: str) -> Payment:
+            deposit = await uow.payments.get(request.payment_id, for_update=True)
+            if deposit is None:
+                raise NotFound("payment", request.payment_id)
+            refund = deposit.refund(request, refund_id)
+            await uow.payments.save(deposit)
+            return refund
+
+        payment, created = await self._create(request, make)
+        if not created:
+            return payment
+        return await self._hold_funds(payment)
+
+    async def cancel_payment(self, payment_id: str) -> Payment:
+        """Cancels a payment the provider has not been asked about. Its hold, if any, is
+        released from the durable `payment.cancelled` event (`release_hold`)."""
+        payment_id = parse_id(payment_id, "payment_id")
+
+        async def cancel() -> Payment:
+            async with self._uow() as uow:
+                payment = await uow.payments.get(payment_id, for_update=True)
+                if payment is None:
+                    raise NotFound("payment", payment_id)
+                payment.cancel()
+                await self._save(uow, payment)
+                await uow.commit()
+                return payment
+
+        return await retry_on_conflict(cancel)
+
+    async def _check_currency(self, account_id: str, amount: Money, field: str) -> None:
+        currency = await self._accounts.currency_of(account_id)
+        if currency != amount.currency:
             raise ValidationError(
                 FieldViolation(
-                    "amount.currency",
-                    f"account {request.account_id} holds {currency}, not {request.amount.currency}",
+                    field, f"account {account_id} holds {currency}, not {amount.currency}"
                 )
             )
 
-    async def _start_deposit(self, request: DepositRequest) -> Payment:
+    async def _create(
+        self, request: CreateRequest, make: Callable[[UnitOfWork, str], Awaitable[Payment]]
+    ) -> tuple[Payment, bool]:
+        """Claims the caller's idempotency key and records the payment in one transaction;
+        returns it and True, or (a repeated key) the stored response and False. A concurrent
+        request with the same key waits on the claim's unique key for this transaction.
+
+        A refusal while making the payment (e.g. REFUND_EXCEEDS_CAPTURED) is stored as the
+        key's response, so a repeat is refused alike."""
+
+        async def attempt() -> tuple[Payment | None, IdempotencyClaim | None, Refusal | None]:
+            async with self._uow() as uow:
+                payment_id = new_id()
+                prior = await uow.payments.claim_key(request.claim(payment_id))
+                if prior is not None:
+                    return None, prior, None
+                try:
+                    payment = await make(uow, payment_id)
+                except (FailedPrecondition, NotFound) as refusal:
+                    return None, None, (payment_id, refusal)  # leaving rolls the claim back
+                await uow.payments.add(payment)
+                await uow.commit()
+            log.info("payment.initiated", payment_id=payment.payment_id, kind=payment.kind.value)
+            return payment, None, None
+
+        payment, prior, refused = await retry_on_conflict(attempt)
+        if refused is not None:
+            await self._store_refusal(request, *refused)
+            raise refused[1]
+        if prior is not None:
+            return await self._replay(prior, request.fingerprint), False
+        assert payment is not None
+        return payment, True
+
+    async def _store_refusal(
+        self, request: CreateRequest, payment_id: str, error: DomainError
+    ) -> None:
+        claim = replace(
+            request.claim(payment_id), error_reason=error.reason, error_message=error.message
+        )
         async with self._uow() as uow:
-            payment = Payment.deposit(request)
-            # The claim and the payment commit together. A concurrent request with the same
-            # key waits on the claim's unique key for this transaction, then replays it.
-            prior = await uow.payments.claim_key(request.claim(payment.payment_id))
-            if prior is not None:
-                prior.check_same_request(request.fingerprint)
-                existing = await uow.payments.get(prior.payment_id)
-                if existing is None:
-                    raise NotFound("payment", prior.payment_id)
-                return existing
-            await uow.payments.add(payment)
-            await uow.commit()
-        crash_point("payment.deposit_committed")
-        log.info("payment.initiated", payment_id=payment.payment_id, kind="deposit")
+            if await uow.payments.claim_key(claim) is None:
+                await uow.commit()
+
+    async def _replay(self, claim: IdempotencyClaim, fingerprint: str) -> Payment:
+        """The stored response of a repeated key: the payment as first answered, or the same
+        refusal. While the first request is still in flight, waits a little for its answer."""
+        claim.check_same_request(fingerprint)
+        waited = 0.0
+        while not claim.answered:
+            if waited >= self._in_flight_wait_s:
+                raise RequestInFlight(
+                    f"a request with idempotency_key {claim.key!r} is still in flight;"
+                    " retry it shortly"
+                )
+            await asyncio.sleep(IN_FLIGHT_POLL_S)
+            waited += IN_FLIGHT_POLL_S
+            async with self._uow() as uow:
+                latest = await uow.payments.claimed(claim.caller, claim.key)
+            if latest is None:
+                raise RequestInFlight(f"idempotency_key {claim.key!r} changed; retry it")
+            claim = latest
+        if claim.error_reason:
+            raise Refused(claim.error_reason, claim.error_message)
+        payment = await self.get_payment(claim.payment_id)
+        if claim.response_version is None or payment.version == claim.response_version:
+            return payment
+        for change in await self.history(payment.payment_id):
+            if change.sequence == claim.response_version:
+                return payment.as_of(change)
         return payment
 
-    async def charge_deposit(self, charge: ChargeInstruction) -> None:
-        """Saga step, run from the durable `payment.initiated` event (which carries the
-        instruction, so no read comes first): ask the gateway to charge, then record what it
-        said, unless the payment moved on meanwhile (a redelivery, or the gateway's own event
-        was faster).
+    # -- saga steps -------------------------------------------------------------------------
+
+    async def _hold_funds(self, payment: Payment) -> Payment:
+        """Holds a withdrawal's or refund's money (on the request path, and again when the
+        saga resumes). A refusal fails the payment and is the key's stored response."""
+        try:
+            hold_id = await self._wallet.place_hold(
+                operation_ref=payment.step_ref("hold"),
+                account_id=payment.source_account_id,
+                amount=payment.amount,
+                reference=payment.payment_id,
+            )
+        except (FailedPrecondition, NotFound) as refusal:
+            await self._reject(payment.payment_id, refusal)
+            raise
+        crash_point("payment.hold_placed")
+
+        async def record() -> Payment:
+            async with self._uow() as uow:
+                current = await self._get(uow, payment.payment_id)
+                current.record_hold(hold_id)
+                if current.saga.hold is HoldState.NONE and current.status.is_terminal:
+                    # Cancelled while the hold was being placed: it is released below.
+                    current.saga.hold_id, current.saga.hold = hold_id, HoldState.PLACED
+                await self._save(uow, current)
+                await uow.payments.answer_claim(current.payment_id, version=current.version)
+                await uow.commit()
+                return current
+
+        held = await retry_on_conflict(record)
+        if held.needs_hold_release():
+            await self.release_hold(held.payment_id)
+        return held
+
+    async def _transfer(self, payment: Payment) -> Payment:
+        try:
+            transaction_id = await self._wallet.transfer(
+                operation_ref=payment.step_ref("transfer"),
+                source_account_id=payment.source_account_id,
+                destination_account_id=payment.destination_account_id,
+                amount=payment.amount,
+                reference=payment.payment_id,
+            )
+        except (FailedPrecondition, NotFound) as refusal:
+            await self._reject(payment.payment_id, refusal)
+            raise
+        crash_point("payment.transfer_moved")
+
+        async def record() -> Payment:
+            async with self._uow() as uow:
+                current = await self._get(uow, payment.payment_id)
+                current.complete_transfer(transaction_id)
+                await self._save(uow, current)
+                await uow.payments.answer_claim(current.payment_id, version=current.version)
+                await uow.commit()
+                return current
+
+        return await retry_on_conflict(record)
+
+    async def _reject(self, payment_id: str, refusal: DomainError) -> None:
+        async def reject() -> None:
+            async with self._uow() as uow:
+                current = await self._get(uow, payment_id)
+                current.reject(refusal.reason, refusal.message)
+                await self._save(uow, current)
+                await uow.payments.answer_claim(
+                    payment_id,
+                    version=current.version,
+                    error_reason=refusal.reason,
+                    error_message=refusal.message,
+                )
+                await uow.commit()
+
+        await retry_on_conflict(reject)
+        log.info("payment.refused", payment_id=payment_id, reason=refusal.reason)
+
+    async def ask_provider(self, payment_id: str) -> None:
+        """Saga step, run from a durable event (`payment.initiated` of a deposit,
+        `payment.funds_held` of a withdrawal or refund): records the recovery point (from
+        then on the payment cannot be cancelled), asks the gateway to charge, pay out or
+        refund with a key derived from the payment, then records what it said, unless the
+        payment moved on meanwhile (a redelivery, or the provider's own event was faster).
+        A declined withdrawal or refund releases its hold before it fails.
 
         Raises DependencyUnavailable while the gateway is unreachable or the provider's
         answer is unknown: the event stays pending and the step is retried with the same
         key, which the gateway and the provider deduplicate on.
         """
+
+        async def begin() -> tuple[Payment, ProviderCall] | None:
+            async with self._uow() as uow:
+                payment = await uow.payments.get(payment_id, for_update=True)
+                call = payment.begin_provider_call() if payment is not None else None
+                if payment is None or call is None:
+                    return None
+                await uow.payments.save(payment)
+                await uow.commit()
+                return payment, call
+
+        begun = await retry_on_conflict(begin)
+        if begun is None:
+            return
+        payment, call = begun
         requested_at = datetime.now(UTC)
-        result = await self._gateway.charge(
-            idempotency_key=charge.idempotency_key,
-            amount=charge.amount,
-            payment_method=charge.payment_method,
-            reference=charge.payment_id,
-        )
-        if result.answer is ChargeAnswer.UNKNOWN:
+        result = await self._call_provider(payment, call)
+        if result.answer is ProviderAnswer.UNKNOWN:
             raise DependencyUnavailable(
-                f"provider outcome of charge {result.operation_id} unknown; asking again"
+                f"provider outcome of {call.operation} {result.operation_id} unknown; asking again"
+            )
+        if result.answer is ProviderAnswer.DECLINED and payment.wants_release():
+            await self._wallet.release_hold(
+                operation_ref=payment.step_ref("release"), hold_id=payment.saga.hold_id
             )
 
         async def record() -> None:
             async with self._uow() as uow:
-                payment = await uow.payments.get(charge.payment_id, for_update=True)
-                if payment is None:
+                current = await uow.payments.get(payment_id, for_update=True)
+                if current is None:
                     return
-                payment.record_charge_answer(
+                current.record_provider_answer(
                     result.answer,
                     operation_id=result.operation_id,
                     reason=result.failure_reason,
                     requested_at=requested_at,
                 )
-                await uow.payments.save(payment)
+                await self._save(uow, current)
                 await uow.commit()
 
         await retry_on_conflict(record)
+
+    async def _call_provider(self, payment: Payment, call: ProviderCall) -> ProviderResult:
+        if call.operation == "charge":
+            return await self._gateway.charge(
+                idempotency_key=call.idempotency_key,
+                amount=call.amount,
+                payment_method=call.payment_method,
+                reference=payment.payment_id,
+            )
+        if call.operation == "payout":
+            return await self._gateway.payout(
+                idempotency_key=call.idempotency_key,
+                amount=call.amount,
+                destination=call.destination,
+                reference=payment.payment_id,
+            )
+        return await self._gateway.refund(
+            idempotency_key=call.idempotency_key,
+            charge_operation_id=call.charge_operation_id,
+            amount=call.amount,
+            reference=payment.payment_id,
+        )
+
+    async def compensate(self, payment_id: str) -> None:
+        """A refunding deposit's refund attempt (from `payment.refunding`, then from each
+        `payment.compensation_retry`), each attempt with its own provider key."""
+
+        async def begin() -> tuple[Payment, ProviderCall] | None:
+            async with self._uow() as uow:
+                payment = await uow.payments.get(payment_id, for_update=True)
+                call = payment.compensation_call() if payment is not None else None
+                if payment is None or call is None:
+                    return None
+                await uow.payments.save(payment)
+                await uow.commit()
+                return payment, call
+
+        begun = await retry_on_conflict(begin)
+        if begun is None:
+            return
+        payment, call = begun
+        result = await self._call_provider(payment, call)
+        if result.answer is ProviderAnswer.UNKNOWN:
+            raise DependencyUnavailable(f"refund {result.operation_id} outcome unknown")
+
+        async def record() -> None:
+            async with self._uow() as uow:
+                current = await self._get(uow, payment_id)
+                current.record_compensation_answer(
+                    result.answer, operation_id=result.operation_id, reason=result.failure_reason
+                )
+                await uow.payments.save(current)
+                await uow.commit()
+
+        await retry_on_conflict(record)
+
+    async def release_hold(self, payment_id: str) -> None:
+        """Gives a cancelled payment's held money back (from `payment.cancelled`)."""
+        payment = await self.get_payment(payment_id)
+        if not payment.needs_hold_release():
+            return
+        await self._wallet.release_hold(
+            operation_ref=payment.step_ref("release"), hold_id=payment.saga.hold_id
+        )
+
+        async def record() -> None:
+            async with self._uow() as uow:
+                current = await self._get(uow, payment_id)
+                current.record_hold_released()
+                await uow.payments.save(current)
+                await uow.commit()
+
+        await retry_on_conflict(record)
+
+    async def resume_stalled(self, *, older_than: timedelta, limit: int = 100) -> int:
+        """Picks up payments whose saga stopped between two steps (a process died, or an
+        event was lost) and runs their next step again: every step is idempotent on its key,
+        so a step that did run is not applied twice. Claimed with SKIP LOCKED and recorded
+        as `saga.resumed`, so replicas never resume the same payment at once."""
+        async with self._uow() as uow:
+            stalled = await uow.payments.stalled(older_than=older_than, limit=limit)
+            for payment_id in stalled:
+                payment = await self._get(uow, payment_id)
+                payment.note_resumed()
+                await uow.payments.save(payment)
+            await uow.commit()
+        for payment_id in stalled:
+            try:
+                await self.resume(payment_id)
+            except DomainError as exc:
+                log.warning("payment.resume_deferred", payment_id=payment_id, error=exc.message)
+        return len(stalled)
+
+    async def resume(self, payment_id: str) -> None:
+        """Runs the payment's next saga step from its recorded recovery point."""
+        payment = await self.get_payment(payment_id)
+        if payment.status is PaymentStatus.REFUNDING:
+            await self.compensate(payment_id)
+        elif payment.status is not PaymentStatus.INITIATED:
+            return
+        elif payment.kind is PaymentKind.TRANSFER:
+            await self._transfer(payment)
+        elif payment.needs_hold():
+            await self._hold_funds(payment)
+        else:
+            await self.ask_provider(payment_id)
+
+    async def _get(self, uow: UnitOfWork, payment_id: str) -> Payment:
+        payment = await uow.payments.get(payment_id, for_update=True)
+        if payment is None:
+            raise NotFound("payment", payment_id)
+        return payment
+
+    async def _save(self, uow: UnitOfWork, payment: Payment) -> None:
+        await save_settling_refunds(uow, payment)
 
     async def watch(
         self, payment_id: str, *, feed: ChangeFeed, recheck_s: float = WATCH_RECHECK_S

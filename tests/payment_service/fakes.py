@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
 
-from common.errors import ConcurrentUpdate, DependencyUnavailable, NotFound
+from common.errors import ConcurrentUpdate, DependencyUnavailable, InsufficientFunds, NotFound
 from common.money import Money
 from payment_service.domain.model import (
-    ChargeAnswer,
     IdempotencyClaim,
     Payment,
     PaymentFilter,
+    PaymentStatus,
     PaymentStep,
+    ProviderAnswer,
     StatusChange,
 )
-from payment_service.service_layer.ports import AccountInfo, ChargeResult
+from payment_service.service_layer.ports import AccountInfo, ProviderResult
 
 
 class FakeStore:
@@ -58,11 +60,38 @@ class TrackingStore:
 
     async def claim_key(self, claim: IdempotencyClaim) -> IdempotencyClaim | None:
         slot = (claim.caller, claim.key)
-        prior = self._store.claims.get(slot) or self._claimed.get(slot)
+        prior = self._claimed.get(slot) or self._store.claims.get(slot)
         if prior is not None:
             return prior
         self._claimed[slot] = claim
         return None
+
+    async def claimed(self, caller: str, key: str) -> IdempotencyClaim | None:
+        return self._claimed.get((caller, key)) or self._store.claims.get((caller, key))
+
+    async def answer_claim(
+        self, payment_id: str, *, version: int, error_reason: str = "", error_message: str = ""
+    ) -> None:
+        for slot, claim in {**self._store.claims, **self._claimed}.items():
+            if claim.payment_id == payment_id and not claim.answered:
+                self._claimed[slot] = replace(
+                    claim,
+                    response_version=version,
+                    error_reason=error_reason,
+                    error_message=error_message,
+                )
+
+    async def stalled(self, *, older_than: timedelta, limit: int) -> list[str]:
+        cutoff = datetime.now(UTC) - older_than
+        found = [
+            p
+            for p in self._store.rows.values()
+            if p.status in (PaymentStatus.INITIATED, PaymentStatus.REFUNDING)
+            and p.updated_at is not None
+            and p.updated_at < cutoff
+        ]
+        found.sort(key=lambda p: p.updated_at or cutoff)
+        return [p.payment_id for p in found[:limit]]
 
     def _seen(self, payment: Payment | None) -> Payment | None:
         if payment is None:
@@ -166,37 +195,114 @@ class FakeUnitOfWork:
 
 
 class FakeWallet:
+    """Balances per account (available; holds apart), idempotent on operation refs."""
+
     def __init__(self) -> None:
         self.accounts: dict[str, str] = {}
+        self.available: dict[str, int] = {}
         self.credits: dict[str, tuple[str, Money]] = {}
+        self.holds: dict[str, tuple[str, int, str]] = {}  # hold id: account, amount, status
+        self.refs: dict[str, str] = {}
         self.unavailable = False
         self.lookups = 0
 
-    async def get_account(self, account_id: str) -> AccountInfo:
-        self.lookups += 1
+    def _up(self) -> None:
+        if self.unavailable:
+            raise DependencyUnavailable("wallet down")
+
+    def _account(self, account_id: str) -> None:
         if account_id not in self.accounts:
             raise NotFound("account", account_id)
+
+    async def get_account(self, account_id: str) -> AccountInfo:
+        self.lookups += 1
+        self._account(account_id)
         return AccountInfo(account_id, self.accounts[account_id])
 
     async def credit(self, *, operation_ref: str, account_id: str, amount: Money) -> None:
-        if self.unavailable:
-            raise DependencyUnavailable("wallet down")
-        if account_id not in self.accounts:
-            raise NotFound("account", account_id)
-        self.credits.setdefault(operation_ref, (account_id, amount))
+        self._up()
+        self._account(account_id)
+        if operation_ref not in self.credits:
+            self.credits[operation_ref] = (account_id, amount)
+            self.available[account_id] = self.available.get(account_id, 0) + amount.amount_minor
+
+    async def place_hold(
+        self, *, operation_ref: str, account_id: str, amount: Money, reference: str
+    ) -> str:
+        self._up()
+        self._account(account_id)
+        if operation_ref in self.refs:
+            return self.refs[operation_ref]
+        if self.available.get(account_id, 0) < amount.amount_minor:
+            raise InsufficientFunds(f"account {account_id} lacks {amount}")
+        self.available[account_id] -= amount.amount_minor
+        hold_id = f"hold-{operation_ref}"
+        self.holds[hold_id] = (account_id, amount.amount_minor, "open")
+        self.refs[operation_ref] = hold_id
+        return hold_id
+
+    async def capture_hold(self, *, operation_ref: str, hold_id: str, provider: str) -> None:
+        self._up()
+        account, amount, status = self.holds[hold_id]
+        if status == "open":
+            self.holds[hold_id] = (account, amount, "captured")
+
+    async def release_hold(self, *, operation_ref: str, hold_id: str) -> None:
+        self._up()
+        account, amount, status = self.holds[hold_id]
+        if status == "open":
+            self.holds[hold_id] = (account, amount, "released")
+            self.available[account] += amount
+
+    async def transfer(
+        self,
+        *,
+        operation_ref: str,
+        source_account_id: str,
+        destination_account_id: str,
+        amount: Money,
+        reference: str,
+    ) -> str:
+        self._up()
+        self._account(source_account_id)
+        self._account(destination_account_id)
+        if operation_ref in self.refs:
+            return self.refs[operation_ref]
+        if self.available.get(source_account_id, 0) < amount.amount_minor:
+            raise InsufficientFunds(f"account {source_account_id} lacks {amount}")
+        self.available[source_account_id] -= amount.amount_minor
+        self.available[destination_account_id] = (
+            self.available.get(destination_account_id, 0) + amount.amount_minor
+        )
+        self.refs[operation_ref] = f"tx-{operation_ref}"
+        return self.refs[operation_ref]
 
 
 class FakeGateway:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.unavailable = False
-        self.answer = ChargeAnswer.ACCEPTED
+        self.answer = ProviderAnswer.ACCEPTED
 
-    async def charge(
-        self, *, idempotency_key: str, amount: Money, payment_method: str, reference: str
-    ) -> ChargeResult:
+    def _answer(self, idempotency_key: str, reference: str, declined: str) -> ProviderResult:
         if self.unavailable:
             raise DependencyUnavailable("gateway down")
         self.calls.append(idempotency_key)
-        reason = "card_declined" if self.answer is ChargeAnswer.DECLINED else ""
-        return ChargeResult(f"op-{reference}", self.answer, reason)
+        reason = declined if self.answer is ProviderAnswer.DECLINED else ""
+        return ProviderResult(f"op-{idempotency_key}", self.answer, reason)
+
+    async def charge(
+        self, *, idempotency_key: str, amount: Money, payment_method: str, reference: str
+    ) -> ProviderResult:
+        result = self._answer(idempotency_key, reference, "card_declined")
+        return replace(result, operation_id=f"op-{reference}")
+
+    async def payout(
+        self, *, idempotency_key: str, amount: Money, destination: str, reference: str
+    ) -> ProviderResult:
+        return self._answer(idempotency_key, reference, "account_closed")
+
+    async def refund(
+        self, *, idempotency_key: str, charge_operation_id: str, amount: Money, reference: str
+    ) -> ProviderResult:
+        return self._answer(idempotency_key, reference, "refund_declined")

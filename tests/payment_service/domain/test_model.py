@@ -5,6 +5,8 @@ from common.money import Money
 from payment_service.domain.events import ReviewRequested
 from payment_service.domain.model import (
     ALLOWED,
+    FINAL,
+    SETTLED,
     TERMINAL,
     ChargeAnswer,
     DepositRequest,
@@ -55,15 +57,21 @@ def test_failure_keeps_the_reason() -> None:
     assert payment.new_changes[-1].reason == "card_declined"
 
 
-@pytest.mark.parametrize("terminal", sorted(TERMINAL))
-def test_terminal_states_are_final(terminal: PaymentStatus) -> None:
-    assert ALLOWED[terminal] == frozenset()
+@pytest.mark.parametrize("final", sorted(FINAL))
+def test_final_states_are_final(final: PaymentStatus) -> None:
+    assert ALLOWED[final] == frozenset()
+
+
+@pytest.mark.parametrize("settled", sorted(SETTLED))
+def test_settled_states_move_only_to_refunded_ones(settled: PaymentStatus) -> None:
+    assert ALLOWED[settled] <= {S.PARTIALLY_REFUNDED, S.REFUNDED}
+    assert settled in TERMINAL
 
 
 @pytest.mark.parametrize(
     ("path", "target"),
     [
-        ((), S.COMPLETED),  # initiated cannot complete without the provider
+        ((), S.REFUNDED),  # nothing was taken, so nothing can be refunded
         ((S.PENDING,), S.INITIATED),
         ((S.PENDING, S.COMPLETED), S.FAILED),
         ((S.PENDING, S.FAILED), S.COMPLETED),

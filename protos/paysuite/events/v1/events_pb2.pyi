@@ -95,6 +95,7 @@ class PaymentStatusChanged(_message.Message):
     DESTINATION_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
+    PARENT_PAYMENT_ID_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     kind: _builtins.str
     from_status: _builtins.str
@@ -106,6 +107,8 @@ class PaymentStatusChanged(_message.Message):
     """The payment method token (never card data): carried so the saga's charge step needs no
     read of the payment it was created from.
     """
+    parent_payment_id: _builtins.str
+    """A refund's deposit; empty for other kinds."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -120,14 +123,44 @@ class PaymentStatusChanged(_message.Message):
         destination_account_id: _builtins.str = ...,
         failure_reason: _builtins.str = ...,
         payment_method: _builtins.str = ...,
+        parent_payment_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination_account_id", b"destination_account_id", "failure_reason", b"failure_reason", "from_status", b"from_status", "kind", b"kind", "payment_id", b"payment_id", "payment_method", b"payment_method", "source_account_id", b"source_account_id", "to_status", b"to_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination_account_id", b"destination_account_id", "failure_reason", b"failure_reason", "from_status", b"from_status", "kind", b"kind", "parent_payment_id", b"parent_payment_id", "payment_id", b"payment_id", "payment_method", b"payment_method", "source_account_id", b"source_account_id", "to_status", b"to_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PaymentStatusChanged: _TypeAlias = PaymentStatusChanged  # noqa: Y015
+
+@_typing.final
+class PaymentStepRecorded(_message.Message):
+    """payment.funds_held, payment.compensation_retry: a saga step the payment service's own
+    saga consumer runs the next step from (the provider call, another refund attempt).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    kind: _builtins.str
+    step: _builtins.str
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        step: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "payment_id", b"payment_id", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentStepRecorded: _TypeAlias = PaymentStepRecorded  # noqa: Y015
 
 @_typing.final
 class AccountOpened(_message.Message):

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from paysuite.common.v1 import money_pb2 as paysuite_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!paysuite/payment/v1/payment.proto\x12\x13paysuite.payment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epaysuite/common/v1/money.proto\"\xa7\x03\n\x07Payment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12.\n\x04kind\x18\x02 \x01(\x0e\x32 .paysuite.payment.v1.PaymentKind\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".paysuite.payment.v1.PaymentStatus\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x19\n\x11source_account_id\x18\x05 \x01(\t\x12\x1e\n\x16\x64\x65stination_account_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x0b \x01(\x03\x12\x1c\n\x14gateway_operation_id\x18\x0c \x01(\t\"\x86\x01\n\x14\x43reateDepositRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x16\n\x0epayment_method\x18\x04 \x01(\t\"\x86\x01\n\x17\x43reateWithdrawalRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\"\x96\x01\n\x15\x43reateTransferRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x19\n\x11source_account_id\x18\x02 \x01(\t\x12\x1e\n\x16\x64\x65stination_account_id\x18\x03 \x01(\t\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"n\n\x14RefundPaymentRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\npayment_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"*\n\x14\x43\x61ncelPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"\'\n\x11GetPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"\x9b\x02\n\x13ListPaymentsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\x04kind\x18\x04 \x01(\x0e\x32 .paysuite.payment.v1.PaymentKind\x12\x32\n\x06status\x18\x05 \x01(\x0e\x32\".paysuite.payment.v1.PaymentStatus\x12\x31\n\rcreated_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x14ListPaymentsResponse\x12.\n\x08payments\x18\x01 \x03(\x0b\x32\x1c.paysuite.payment.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x18ListPaymentEventsRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"\xd8\x01\n\x13PaymentStatusChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x37\n\x0b\x66rom_status\x18\x02 \x01(\x0e\x32\".paysuite.payment.v1.PaymentStatus\x12\x35\n\tto_status\x18\x03 \x01(\x0e\x32\".paysuite.payment.v1.PaymentStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd6\x01\n\x0bPaymentStep\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32*.paysuite.payment.v1.PaymentStep.DataEntry\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x01\n\x19ListPaymentEventsResponse\x12\x39\n\x07\x63hanges\x18\x01 \x03(\x0b\x32(.paysuite.payment.v1.PaymentStatusChange\x12/\n\x05steps\x18\x02 \x03(\x0b\x32 .paysuite.payment.v1.PaymentStep\")\n\x13WatchPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t*\x96\x01\n\x0bPaymentKind\x12\x1c\n\x18PAYMENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PAYMENT_KIND_DEPOSIT\x10\x01\x12\x1b\n\x17PAYMENT_KIND_WITHDRAWAL\x10\x02\x12\x19\n\x15PAYMENT_KIND_TRANSFER\x10\x03\x12\x17\n\x13PAYMENT_KIND_REFUND\x10\x04*\xa6\x02\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18PAYMENT_STATUS_INITIATED\x10\x01\x12\x1a\n\x16PAYMENT_STATUS_PENDING\x10\x02\x12\x1c\n\x18PAYMENT_STATUS_COMPLETED\x10\x03\x12\x19\n\x15PAYMENT_STATUS_FAILED\x10\x04\x12\x1c\n\x18PAYMENT_STATUS_REFUNDING\x10\x05\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x06\x12)\n%PAYMENT_STATUS_REQUIRES_MANUAL_REVIEW\x10\x07\x12\x1c\n\x18PAYMENT_STATUS_CANCELLED\x10\x08\x32\xe1\x06\n\x0ePaymentService\x12X\n\rCreateDeposit\x12).paysuite.payment.v1.CreateDepositRequest\x1a\x1c.paysuite.payment.v1.Payment\x12^\n\x10\x43reateWithdrawal\x12,.paysuite.payment.v1.CreateWithdrawalRequest\x1a\x1c.paysuite.payment.v1.Payment\x12Z\n\x0e\x43reateTransfer\x12*.paysuite.payment.v1.CreateTransferRequest\x1a\x1c.paysuite.payment.v1.Payment\x12X\n\rRefundPayment\x12).paysuite.payment.v1.RefundPaymentRequest\x1a\x1c.paysuite.payment.v1.Payment\x12X\n\rCancelPayment\x12).paysuite.payment.v1.CancelPaymentRequest\x1a\x1c.paysuite.payment.v1.Payment\x12R\n\nGetPayment\x12&.paysuite.payment.v1.GetPaymentRequest\x1a\x1c.paysuite.payment.v1.Payment\x12\x63\n\x0cListPayments\x12(.paysuite.payment.v1.ListPaymentsRequest\x1a).paysuite.payment.v1.ListPaymentsResponse\x12r\n\x11ListPaymentEvents\x12-.paysuite.payment.v1.ListPaymentEventsRequest\x1a..paysuite.payment.v1.ListPaymentEventsResponse\x12X\n\x0cWatchPayment\x12(.paysuite.payment.v1.WatchPaymentRequest\x1a\x1c.paysuite.payment.v1.Payment0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!paysuite/payment/v1/payment.proto\x12\x13paysuite.payment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epaysuite/common/v1/money.proto\"\xc5\x04\n\x07Payment\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12.\n\x04kind\x18\x02 \x01(\x0e\x32 .paysuite.payment.v1.PaymentKind\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".paysuite.payment.v1.PaymentStatus\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x19\n\x11source_account_id\x18\x05 \x01(\t\x12\x1e\n\x16\x64\x65stination_account_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x0b \x01(\x03\x12\x1c\n\x14gateway_operation_id\x18\x0c \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\r \x01(\t\x12\x19\n\x11parent_payment_id\x18\x0e \x01(\t\x12\x32\n\x0frefunded_amount\x18\x0f \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x38\n\x15refund_pending_amount\x18\x10 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"\x86\x01\n\x14\x43reateDepositRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x16\n\x0epayment_method\x18\x04 \x01(\t\"\x86\x01\n\x17\x43reateWithdrawalRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\"\x96\x01\n\x15\x43reateTransferRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x19\n\x11source_account_id\x18\x02 \x01(\t\x12\x1e\n\x16\x64\x65stination_account_id\x18\x03 \x01(\t\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"n\n\x14RefundPaymentRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\npayment_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"*\n\x14\x43\x61ncelPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"\'\n\x11GetPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"\x9b\x02\n\x13ListPaymentsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\x04kind\x18\x04 \x01(\x0e\x32 .paysuite.payment.v1.PaymentKind\x12\x32\n\x06status\x18\x05 \x01(\x0e\x32\".paysuite.payment.v1.PaymentStatus\x12\x31\n\rcreated_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x14ListPaymentsResponse\x12.\n\x08payments\x18\x01 \x03(\x0b\x32\x1c.paysuite.payment.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x18ListPaymentEventsRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\"\xd8\x01\n\x13PaymentStatusChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x37\n\x0b\x66rom_status\x18\x02 \x01(\x0e\x32\".paysuite.payment.v1.PaymentStatus\x12\x35\n\tto_status\x18\x03 \x01(\x0e\x32\".paysuite.payment.v1.PaymentStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd6\x01\n\x0bPaymentStep\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32*.paysuite.payment.v1.PaymentStep.DataEntry\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x01\n\x19ListPaymentEventsResponse\x12\x39\n\x07\x63hanges\x18\x01 \x03(\x0b\x32(.paysuite.payment.v1.PaymentStatusChange\x12/\n\x05steps\x18\x02 \x03(\x0b\x32 .paysuite.payment.v1.PaymentStep\")\n\x13WatchPaymentRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t*\x96\x01\n\x0bPaymentKind\x12\x1c\n\x18PAYMENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14PAYMENT_KIND_DEPOSIT\x10\x01\x12\x1b\n\x17PAYMENT_KIND_WITHDRAWAL\x10\x02\x12\x19\n\x15PAYMENT_KIND_TRANSFER\x10\x03\x12\x17\n\x13PAYMENT_KIND_REFUND\x10\x04*\xcd\x02\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18PAYMENT_STATUS_INITIATED\x10\x01\x12\x1a\n\x16PAYMENT_STATUS_PENDING\x10\x02\x12\x1c\n\x18PAYMENT_STATUS_COMPLETED\x10\x03\x12\x19\n\x15PAYMENT_STATUS_FAILED\x10\x04\x12\x1c\n\x18PAYMENT_STATUS_REFUNDING\x10\x05\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x06\x12)\n%PAYMENT_STATUS_REQUIRES_MANUAL_REVIEW\x10\x07\x12\x1c\n\x18PAYMENT_STATUS_CANCELLED\x10\x08\x12%\n!PAYMENT_STATUS_PARTIALLY_REFUNDED\x10\t2\xe1\x06\n\x0ePaymentService\x12X\n\rCreateDeposit\x12).paysuite.payment.v1.CreateDepositRequest\x1a\x1c.paysuite.payment.v1.Payment\x12^\n\x10\x43reateWithdrawal\x12,.paysuite.payment.v1.CreateWithdrawalRequest\x1a\x1c.paysuite.payment.v1.Payment\x12Z\n\x0e\x43reateTransfer\x12*.paysuite.payment.v1.CreateTransferRequest\x1a\x1c.paysuite.payment.v1.Payment\x12X\n\rRefundPayment\x12).paysuite.payment.v1.RefundPaymentRequest\x1a\x1c.paysuite.payment.v1.Payment\x12X\n\rCancelPayment\x12).paysuite.payment.v1.CancelPaymentRequest\x1a\x1c.paysuite.payment.v1.Payment\x12R\n\nGetPayment\x12&.paysuite.payment.v1.GetPaymentRequest\x1a\x1c.paysuite.payment.v1.Payment\x12\x63\n\x0cListPayments\x12(.paysuite.payment.v1.ListPaymentsRequest\x1a).paysuite.payment.v1.ListPaymentsResponse\x12r\n\x11ListPaymentEvents\x12-.paysuite.payment.v1.ListPaymentEventsRequest\x1a..paysuite.payment.v1.ListPaymentEventsResponse\x12X\n\x0cWatchPayment\x12(.paysuite.payment.v1.WatchPaymentRequest\x1a\x1c.paysuite.payment.v1.Payment0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,40 +35,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PAYMENTSTEP_DATAENTRY']._loaded_options = None
   _globals['_PAYMENTSTEP_DATAENTRY']._serialized_options = b'8\001'
-  _globals['_PAYMENTKIND']._serialized_start=2222
-  _globals['_PAYMENTKIND']._serialized_end=2372
-  _globals['_PAYMENTSTATUS']._serialized_start=2375
-  _globals['_PAYMENTSTATUS']._serialized_end=2669
+  _globals['_PAYMENTKIND']._serialized_start=2380
+  _globals['_PAYMENTKIND']._serialized_end=2530
+  _globals['_PAYMENTSTATUS']._serialized_start=2533
+  _globals['_PAYMENTSTATUS']._serialized_end=2866
   _globals['_PAYMENT']._serialized_start=124
-  _globals['_PAYMENT']._serialized_end=547
-  _globals['_CREATEDEPOSITREQUEST']._serialized_start=550
-  _globals['_CREATEDEPOSITREQUEST']._serialized_end=684
-  _globals['_CREATEWITHDRAWALREQUEST']._serialized_start=687
-  _globals['_CREATEWITHDRAWALREQUEST']._serialized_end=821
-  _globals['_CREATETRANSFERREQUEST']._serialized_start=824
-  _globals['_CREATETRANSFERREQUEST']._serialized_end=974
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=976
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=1086
-  _globals['_CANCELPAYMENTREQUEST']._serialized_start=1088
-  _globals['_CANCELPAYMENTREQUEST']._serialized_end=1130
-  _globals['_GETPAYMENTREQUEST']._serialized_start=1132
-  _globals['_GETPAYMENTREQUEST']._serialized_end=1171
-  _globals['_LISTPAYMENTSREQUEST']._serialized_start=1174
-  _globals['_LISTPAYMENTSREQUEST']._serialized_end=1457
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=1459
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=1554
-  _globals['_LISTPAYMENTEVENTSREQUEST']._serialized_start=1556
-  _globals['_LISTPAYMENTEVENTSREQUEST']._serialized_end=1602
-  _globals['_PAYMENTSTATUSCHANGE']._serialized_start=1605
-  _globals['_PAYMENTSTATUSCHANGE']._serialized_end=1821
-  _globals['_PAYMENTSTEP']._serialized_start=1824
-  _globals['_PAYMENTSTEP']._serialized_end=2038
-  _globals['_PAYMENTSTEP_DATAENTRY']._serialized_start=1995
-  _globals['_PAYMENTSTEP_DATAENTRY']._serialized_end=2038
-  _globals['_LISTPAYMENTEVENTSRESPONSE']._serialized_start=2041
-  _globals['_LISTPAYMENTEVENTSRESPONSE']._serialized_end=2176
-  _globals['_WATCHPAYMENTREQUEST']._serialized_start=2178
-  _globals['_WATCHPAYMENTREQUEST']._serialized_end=2219
-  _globals['_PAYMENTSERVICE']._serialized_start=2672
-  _globals['_PAYMENTSERVICE']._serialized_end=3537
+  _globals['_PAYMENT']._serialized_end=705
+  _globals['_CREATEDEPOSITREQUEST']._serialized_start=708
+  _globals['_CREATEDEPOSITREQUEST']._serialized_end=842
+  _globals['_CREATEWITHDRAWALREQUEST']._serialized_start=845
+  _globals['_CREATEWITHDRAWALREQUEST']._serialized_end=979
+  _globals['_CREATETRANSFERREQUEST']._serialized_start=982
+  _globals['_CREATETRANSFERREQUEST']._serialized_end=1132
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=1134
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=1244
+  _globals['_CANCELPAYMENTREQUEST']._serialized_start=1246
+  _globals['_CANCELPAYMENTREQUEST']._serialized_end=1288
+  _globals['_GETPAYMENTREQUEST']._serialized_start=1290
+  _globals['_GETPAYMENTREQUEST']._serialized_end=1329
+  _globals['_LISTPAYMENTSREQUEST']._serialized_start=1332
+  _globals['_LISTPAYMENTSREQUEST']._serialized_end=1615
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=1617
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=1712
+  _globals['_LISTPAYMENTEVENTSREQUEST']._serialized_start=1714
+  _globals['_LISTPAYMENTEVENTSREQUEST']._serialized_end=1760
+  _globals['_PAYMENTSTATUSCHANGE']._serialized_start=1763
+  _globals['_PAYMENTSTATUSCHANGE']._serialized_end=1979
+  _globals['_PAYMENTSTEP']._serialized_start=1982
+  _globals['_PAYMENTSTEP']._serialized_end=2196
+  _globals['_PAYMENTSTEP_DATAENTRY']._serialized_start=2153
+  _globals['_PAYMENTSTEP_DATAENTRY']._serialized_end=2196
+  _globals['_LISTPAYMENTEVENTSRESPONSE']._serialized_start=2199
+  _globals['_LISTPAYMENTEVENTSRESPONSE']._serialized_end=2334
+  _globals['_WATCHPAYMENTREQUEST']._serialized_start=2336
+  _globals['_WATCHPAYMENTREQUEST']._serialized_end=2377
+  _globals['_PAYMENTSERVICE']._serialized_start=2869
+  _globals['_PAYMENTSERVICE']._serialized_end=3734
 # @@protoc_insertion_point(module_scope)

@@ -57,6 +57,7 @@ class _PaymentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Payment
     PAYMENT_STATUS_REFUNDED: _PaymentStatus.ValueType  # 6
     PAYMENT_STATUS_REQUIRES_MANUAL_REVIEW: _PaymentStatus.ValueType  # 7
     PAYMENT_STATUS_CANCELLED: _PaymentStatus.ValueType  # 8
+    PAYMENT_STATUS_PARTIALLY_REFUNDED: _PaymentStatus.ValueType  # 9
 
 class PaymentStatus(_PaymentStatus, metaclass=_PaymentStatusEnumTypeWrapper): ...
 
@@ -69,6 +70,7 @@ PAYMENT_STATUS_REFUNDING: PaymentStatus.ValueType  # 5
 PAYMENT_STATUS_REFUNDED: PaymentStatus.ValueType  # 6
 PAYMENT_STATUS_REQUIRES_MANUAL_REVIEW: PaymentStatus.ValueType  # 7
 PAYMENT_STATUS_CANCELLED: PaymentStatus.ValueType  # 8
+PAYMENT_STATUS_PARTIALLY_REFUNDED: PaymentStatus.ValueType  # 9
 Global___PaymentStatus: _TypeAlias = PaymentStatus  # noqa: Y015
 
 @_typing.final
@@ -87,6 +89,10 @@ class Payment(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     GATEWAY_OPERATION_ID_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    PARENT_PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REFUNDED_AMOUNT_FIELD_NUMBER: _builtins.int
+    REFUND_PENDING_AMOUNT_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     kind: Global___PaymentKind.ValueType
     status: Global___PaymentStatus.ValueType
@@ -101,12 +107,22 @@ class Payment(_message.Message):
     """Increments with every status change."""
     gateway_operation_id: _builtins.str
     """The gateway operation that moves money with the provider, once there is one."""
+    destination: _builtins.str
+    """A withdrawal's payout destination."""
+    parent_payment_id: _builtins.str
+    """A refund's deposit."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def refunded_amount(self) -> _money_pb2.Money:
+        """A deposit's refunds: settled, and in flight."""
+
+    @_builtins.property
+    def refund_pending_amount(self) -> _money_pb2.Money: ...
     def __init__(
         self,
         *,
@@ -122,10 +138,14 @@ class Payment(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
         gateway_operation_id: _builtins.str = ...,
+        destination: _builtins.str = ...,
+        parent_payment_id: _builtins.str = ...,
+        refunded_amount: _money_pb2.Money | None = ...,
+        refund_pending_amount: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "refund_pending_amount", b"refund_pending_amount", "refunded_amount", b"refunded_amount", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "destination_account_id", b"destination_account_id", "failure_reason", b"failure_reason", "gateway_operation_id", b"gateway_operation_id", "idempotency_key", b"idempotency_key", "kind", b"kind", "payment_id", b"payment_id", "source_account_id", b"source_account_id", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "destination", b"destination", "destination_account_id", b"destination_account_id", "failure_reason", b"failure_reason", "gateway_operation_id", b"gateway_operation_id", "idempotency_key", b"idempotency_key", "kind", b"kind", "parent_payment_id", b"parent_payment_id", "payment_id", b"payment_id", "refund_pending_amount", b"refund_pending_amount", "refunded_amount", b"refunded_amount", "source_account_id", b"source_account_id", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -175,6 +195,9 @@ class CreateWithdrawalRequest(_message.Message):
     idempotency_key: _builtins.str
     account_id: _builtins.str
     destination: _builtins.str
+    """Where the provider pays out to (a bank account token, never raw account data). 1-128
+    characters. Simulator: "acct_fail" is declined.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(

@@ -27,8 +27,12 @@ if _version_not_supported:
 
 class PaymentServiceStub:
     """Orchestrates payments: deposits, withdrawals, transfers and refunds.
-    Every create call is idempotent on its idempotency_key: repeating it returns the same
-    payment and moves no money twice; reusing a key with different parameters is ALREADY_EXISTS.
+    Every create call is idempotent on its idempotency_key, scoped to the caller: repeating it
+    with the same request returns the stored response (the payment as first answered, or the
+    same refusal) and moves no money twice; the same key with a different request is
+    ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED); a repeat while the first is still in flight waits
+    briefly, then is ABORTED (IDEMPOTENCY_REQUEST_IN_FLIGHT) with a RetryInfo. Keys are kept
+    for 72 hours (PAYSUITE_IDEMPOTENCY_RETENTION_H).
     """
 
     def __init__(self, channel):
@@ -86,41 +90,54 @@ class PaymentServiceStub:
 
 class PaymentServiceServicer:
     """Orchestrates payments: deposits, withdrawals, transfers and refunds.
-    Every create call is idempotent on its idempotency_key: repeating it returns the same
-    payment and moves no money twice; reusing a key with different parameters is ALREADY_EXISTS.
+    Every create call is idempotent on its idempotency_key, scoped to the caller: repeating it
+    with the same request returns the stored response (the payment as first answered, or the
+    same refusal) and moves no money twice; the same key with a different request is
+    ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED); a repeat while the first is still in flight waits
+    briefly, then is ABORTED (IDEMPOTENCY_REQUEST_IN_FLIGHT) with a RetryInfo. Keys are kept
+    for 72 hours (PAYSUITE_IDEMPOTENCY_RETENTION_H).
     """
 
     def CreateDeposit(self, request, context):
         """Starts a deposit from an external payment method into a wallet account.
-        Returns at once with status PENDING; the provider's answer arrives asynchronously.
+        Returns at once with status INITIATED; the provider's answer arrives asynchronously.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateWithdrawal(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Pays money out of an account to an external destination. The funds are held before the
+        answer (FAILED_PRECONDITION INSUFFICIENT_FUNDS / ACCOUNT_FROZEN at once, no provider
+        call); the payout runs asynchronously: PENDING, then COMPLETED (hold captured) or FAILED
+        (hold released).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateTransfer(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Moves money between two accounts in one atomic wallet operation (FX when currencies
+        differ); answers COMPLETED, or the wallet's refusal (INSUFFICIENT_FUNDS,
+        FX_RATE_UNAVAILABLE, ACCOUNT_FROZEN, ...).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RefundPayment(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Refunds a completed deposit, fully or in part, as a payment of kind REFUND. The refunds
+        of a deposit never exceed what it captured (REFUND_EXCEEDS_CAPTURED); only a completed
+        deposit is refundable (PAYMENT_NOT_REFUNDABLE). The refunded money is held on the
+        account first, and taken only once the provider confirms the refund.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelPayment(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """Cancels a payment the provider has not been asked about yet (and releases its hold);
+        afterwards FAILED_PRECONDITION PAYMENT_NOT_CANCELLABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,7 +163,8 @@ class PaymentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchPayment(self, request, context):
-        """Not implemented yet: returns UNIMPLEMENTED.
+        """The payment now, then every status it passes through, in order, until a final or
+        settled one (COMPLETED, FAILED, CANCELLED, REFUNDED, PARTIALLY_REFUNDED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -210,8 +228,12 @@ def add_PaymentServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class PaymentService:
     """Orchestrates payments: deposits, withdrawals, transfers and refunds.
-    Every create call is idempotent on its idempotency_key: repeating it returns the same
-    payment and moves no money twice; reusing a key with different parameters is ALREADY_EXISTS.
+    Every create call is idempotent on its idempotency_key, scoped to the caller: repeating it
+    with the same request returns the stored response (the payment as first answered, or the
+    same refusal) and moves no money twice; the same key with a different request is
+    ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED); a repeat while the first is still in flight waits
+    briefly, then is ABORTED (IDEMPOTENCY_REQUEST_IN_FLIGHT) with a RetryInfo. Keys are kept
+    for 72 hours (PAYSUITE_IDEMPOTENCY_RETENTION_H).
     """
 
     @staticmethod

@@ -28,8 +28,12 @@ GRPC_VERSION: str
 
 class PaymentServiceStub:
     """Orchestrates payments: deposits, withdrawals, transfers and refunds.
-    Every create call is idempotent on its idempotency_key: repeating it returns the same
-    payment and moves no money twice; reusing a key with different parameters is ALREADY_EXISTS.
+    Every create call is idempotent on its idempotency_key, scoped to the caller: repeating it
+    with the same request returns the stored response (the payment as first answered, or the
+    same refusal) and moves no money twice; the same key with a different request is
+    ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED); a repeat while the first is still in flight waits
+    briefly, then is ABORTED (IDEMPOTENCY_REQUEST_IN_FLIGHT) with a RetryInfo. Keys are kept
+    for 72 hours (PAYSUITE_IDEMPOTENCY_RETENTION_H).
     """
 
     @_typing.overload
@@ -38,54 +42,92 @@ class PaymentServiceStub:
     def __new__(cls, channel: _aio.Channel) -> PaymentServiceAsyncStub: ...
     CreateDeposit: _grpc.UnaryUnaryMultiCallable[_payment_pb2.CreateDepositRequest, _payment_pb2.Payment]
     """Starts a deposit from an external payment method into a wallet account.
-    Returns at once with status PENDING; the provider's answer arrives asynchronously.
+    Returns at once with status INITIATED; the provider's answer arrives asynchronously.
     """
     CreateWithdrawal: _grpc.UnaryUnaryMultiCallable[_payment_pb2.CreateWithdrawalRequest, _payment_pb2.Payment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Pays money out of an account to an external destination. The funds are held before the
+    answer (FAILED_PRECONDITION INSUFFICIENT_FUNDS / ACCOUNT_FROZEN at once, no provider
+    call); the payout runs asynchronously: PENDING, then COMPLETED (hold captured) or FAILED
+    (hold released).
+    """
     CreateTransfer: _grpc.UnaryUnaryMultiCallable[_payment_pb2.CreateTransferRequest, _payment_pb2.Payment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Moves money between two accounts in one atomic wallet operation (FX when currencies
+    differ); answers COMPLETED, or the wallet's refusal (INSUFFICIENT_FUNDS,
+    FX_RATE_UNAVAILABLE, ACCOUNT_FROZEN, ...).
+    """
     RefundPayment: _grpc.UnaryUnaryMultiCallable[_payment_pb2.RefundPaymentRequest, _payment_pb2.Payment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Refunds a completed deposit, fully or in part, as a payment of kind REFUND. The refunds
+    of a deposit never exceed what it captured (REFUND_EXCEEDS_CAPTURED); only a completed
+    deposit is refundable (PAYMENT_NOT_REFUNDABLE). The refunded money is held on the
+    account first, and taken only once the provider confirms the refund.
+    """
     CancelPayment: _grpc.UnaryUnaryMultiCallable[_payment_pb2.CancelPaymentRequest, _payment_pb2.Payment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Cancels a payment the provider has not been asked about yet (and releases its hold);
+    afterwards FAILED_PRECONDITION PAYMENT_NOT_CANCELLABLE.
+    """
     GetPayment: _grpc.UnaryUnaryMultiCallable[_payment_pb2.GetPaymentRequest, _payment_pb2.Payment]
     ListPayments: _grpc.UnaryUnaryMultiCallable[_payment_pb2.ListPaymentsRequest, _payment_pb2.ListPaymentsResponse]
     ListPaymentEvents: _grpc.UnaryUnaryMultiCallable[_payment_pb2.ListPaymentEventsRequest, _payment_pb2.ListPaymentEventsResponse]
     """The payment's audit trail: every status change, oldest first."""
     WatchPayment: _grpc.UnaryStreamMultiCallable[_payment_pb2.WatchPaymentRequest, _payment_pb2.Payment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """The payment now, then every status it passes through, in order, until a final or
+    settled one (COMPLETED, FAILED, CANCELLED, REFUNDED, PARTIALLY_REFUNDED).
+    """
 
 @_typing.type_check_only
 class PaymentServiceAsyncStub(PaymentServiceStub):
     """Orchestrates payments: deposits, withdrawals, transfers and refunds.
-    Every create call is idempotent on its idempotency_key: repeating it returns the same
-    payment and moves no money twice; reusing a key with different parameters is ALREADY_EXISTS.
+    Every create call is idempotent on its idempotency_key, scoped to the caller: repeating it
+    with the same request returns the stored response (the payment as first answered, or the
+    same refusal) and moves no money twice; the same key with a different request is
+    ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED); a repeat while the first is still in flight waits
+    briefly, then is ABORTED (IDEMPOTENCY_REQUEST_IN_FLIGHT) with a RetryInfo. Keys are kept
+    for 72 hours (PAYSUITE_IDEMPOTENCY_RETENTION_H).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateDeposit: _aio.UnaryUnaryMultiCallable[_payment_pb2.CreateDepositRequest, _payment_pb2.Payment]  # type: ignore[assignment]
     """Starts a deposit from an external payment method into a wallet account.
-    Returns at once with status PENDING; the provider's answer arrives asynchronously.
+    Returns at once with status INITIATED; the provider's answer arrives asynchronously.
     """
     CreateWithdrawal: _aio.UnaryUnaryMultiCallable[_payment_pb2.CreateWithdrawalRequest, _payment_pb2.Payment]  # type: ignore[assignment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Pays money out of an account to an external destination. The funds are held before the
+    answer (FAILED_PRECONDITION INSUFFICIENT_FUNDS / ACCOUNT_FROZEN at once, no provider
+    call); the payout runs asynchronously: PENDING, then COMPLETED (hold captured) or FAILED
+    (hold released).
+    """
     CreateTransfer: _aio.UnaryUnaryMultiCallable[_payment_pb2.CreateTransferRequest, _payment_pb2.Payment]  # type: ignore[assignment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Moves money between two accounts in one atomic wallet operation (FX when currencies
+    differ); answers COMPLETED, or the wallet's refusal (INSUFFICIENT_FUNDS,
+    FX_RATE_UNAVAILABLE, ACCOUNT_FROZEN, ...).
+    """
     RefundPayment: _aio.UnaryUnaryMultiCallable[_payment_pb2.RefundPaymentRequest, _payment_pb2.Payment]  # type: ignore[assignment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Refunds a completed deposit, fully or in part, as a payment of kind REFUND. The refunds
+    of a deposit never exceed what it captured (REFUND_EXCEEDS_CAPTURED); only a completed
+    deposit is refundable (PAYMENT_NOT_REFUNDABLE). The refunded money is held on the
+    account first, and taken only once the provider confirms the refund.
+    """
     CancelPayment: _aio.UnaryUnaryMultiCallable[_payment_pb2.CancelPaymentRequest, _payment_pb2.Payment]  # type: ignore[assignment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """Cancels a payment the provider has not been asked about yet (and releases its hold);
+    afterwards FAILED_PRECONDITION PAYMENT_NOT_CANCELLABLE.
+    """
     GetPayment: _aio.UnaryUnaryMultiCallable[_payment_pb2.GetPaymentRequest, _payment_pb2.Payment]  # type: ignore[assignment]
     ListPayments: _aio.UnaryUnaryMultiCallable[_payment_pb2.ListPaymentsRequest, _payment_pb2.ListPaymentsResponse]  # type: ignore[assignment]
     ListPaymentEvents: _aio.UnaryUnaryMultiCallable[_payment_pb2.ListPaymentEventsRequest, _payment_pb2.ListPaymentEventsResponse]  # type: ignore[assignment]
     """The payment's audit trail: every status change, oldest first."""
     WatchPayment: _aio.UnaryStreamMultiCallable[_payment_pb2.WatchPaymentRequest, _payment_pb2.Payment]  # type: ignore[assignment]
-    """Not implemented yet: returns UNIMPLEMENTED."""
+    """The payment now, then every status it passes through, in order, until a final or
+    settled one (COMPLETED, FAILED, CANCELLED, REFUNDED, PARTIALLY_REFUNDED).
+    """
 
 class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Orchestrates payments: deposits, withdrawals, transfers and refunds.
-    Every create call is idempotent on its idempotency_key: repeating it returns the same
-    payment and moves no money twice; reusing a key with different parameters is ALREADY_EXISTS.
+    Every create call is idempotent on its idempotency_key, scoped to the caller: repeating it
+    with the same request returns the stored response (the payment as first answered, or the
+    same refusal) and moves no money twice; the same key with a different request is
+    ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED); a repeat while the first is still in flight waits
+    briefly, then is ABORTED (IDEMPOTENCY_REQUEST_IN_FLIGHT) with a RetryInfo. Keys are kept
+    for 72 hours (PAYSUITE_IDEMPOTENCY_RETENTION_H).
     """
 
     @_abc_1.abstractmethod
@@ -95,7 +137,7 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_payment_pb2.Payment, _abc.Awaitable[_payment_pb2.Payment]]:
         """Starts a deposit from an external payment method into a wallet account.
-        Returns at once with status PENDING; the provider's answer arrives asynchronously.
+        Returns at once with status INITIATED; the provider's answer arrives asynchronously.
         """
 
     @_abc_1.abstractmethod
@@ -104,7 +146,11 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payment_pb2.CreateWithdrawalRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payment_pb2.Payment, _abc.Awaitable[_payment_pb2.Payment]]:
-        """Not implemented yet: returns UNIMPLEMENTED."""
+        """Pays money out of an account to an external destination. The funds are held before the
+        answer (FAILED_PRECONDITION INSUFFICIENT_FUNDS / ACCOUNT_FROZEN at once, no provider
+        call); the payout runs asynchronously: PENDING, then COMPLETED (hold captured) or FAILED
+        (hold released).
+        """
 
     @_abc_1.abstractmethod
     def CreateTransfer(
@@ -112,7 +158,10 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payment_pb2.CreateTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payment_pb2.Payment, _abc.Awaitable[_payment_pb2.Payment]]:
-        """Not implemented yet: returns UNIMPLEMENTED."""
+        """Moves money between two accounts in one atomic wallet operation (FX when currencies
+        differ); answers COMPLETED, or the wallet's refusal (INSUFFICIENT_FUNDS,
+        FX_RATE_UNAVAILABLE, ACCOUNT_FROZEN, ...).
+        """
 
     @_abc_1.abstractmethod
     def RefundPayment(
@@ -120,7 +169,11 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payment_pb2.RefundPaymentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payment_pb2.Payment, _abc.Awaitable[_payment_pb2.Payment]]:
-        """Not implemented yet: returns UNIMPLEMENTED."""
+        """Refunds a completed deposit, fully or in part, as a payment of kind REFUND. The refunds
+        of a deposit never exceed what it captured (REFUND_EXCEEDS_CAPTURED); only a completed
+        deposit is refundable (PAYMENT_NOT_REFUNDABLE). The refunded money is held on the
+        account first, and taken only once the provider confirms the refund.
+        """
 
     @_abc_1.abstractmethod
     def CancelPayment(
@@ -128,7 +181,9 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payment_pb2.CancelPaymentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payment_pb2.Payment, _abc.Awaitable[_payment_pb2.Payment]]:
-        """Not implemented yet: returns UNIMPLEMENTED."""
+        """Cancels a payment the provider has not been asked about yet (and releases its hold);
+        afterwards FAILED_PRECONDITION PAYMENT_NOT_CANCELLABLE.
+        """
 
     @_abc_1.abstractmethod
     def GetPayment(
@@ -158,6 +213,8 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payment_pb2.WatchPaymentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_payment_pb2.Payment], _abc.AsyncIterator[_payment_pb2.Payment]]:
-        """Not implemented yet: returns UNIMPLEMENTED."""
+        """The payment now, then every status it passes through, in order, until a final or
+        settled one (COMPLETED, FAILED, CANCELLED, REFUNDED, PARTIALLY_REFUNDED).
+        """
 
 def add_PaymentServiceServicer_to_server(servicer: PaymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

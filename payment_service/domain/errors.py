@@ -1,0 +1,44 @@
+"""The payment service's own errors. Each subclasses a family of `common.errors` (which the one
+table in the transport layer maps to a status code); `reason` travels as `ErrorInfo.reason`
+and is part of the API: callers branch on it, so it never changes meaning."""
+
+from __future__ import annotations
+
+from common.errors import FailedPrecondition, RetryLater
+
+
+class PaymentNotRefundable(FailedPrecondition):
+    """Only a completed (or partially refunded) deposit can be refunded."""
+
+    reason = "PAYMENT_NOT_REFUNDABLE"
+
+
+class RefundExceedsCaptured(FailedPrecondition):
+    """The refunds of a deposit, settled and in flight, never exceed what it captured."""
+
+    reason = "REFUND_EXCEEDS_CAPTURED"
+
+
+class PaymentNotCancellable(FailedPrecondition):
+    """The payment reached the provider (or settled): cancelling can no longer stop it."""
+
+    reason = "PAYMENT_NOT_CANCELLABLE"
+
+
+class SameAccount(FailedPrecondition):
+    reason = "SAME_ACCOUNT"
+
+
+class RequestInFlight(RetryLater):
+    """A request with the same idempotency key is still being processed."""
+
+    reason = "IDEMPOTENCY_REQUEST_IN_FLIGHT"
+
+
+class Refused(FailedPrecondition):
+    """A refusal replayed from an idempotency key's stored response (or a downstream refusal
+    whose reason is carried as it is, e.g. INSUFFICIENT_FUNDS or ACCOUNT_FROZEN)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
