@@ -114,12 +114,17 @@ async def test_unknown_payment_is_not_found(suite: Suite) -> None:
     assert resource_info(caught.value) == ("payment", UNKNOWN_ACCOUNT)
 
 
-async def test_later_rpcs_say_they_are_not_implemented(suite: Suite) -> None:
+async def test_empty_payment_requests_are_invalid_argument(suite: Suite) -> None:
     async with clients(suite) as c:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await c.payments.CreateWithdrawal(P.CreateWithdrawalRequest())
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "not implemented yet" in (caught.value.details() or "")
+        for call, request in (
+            (c.payments.CreateWithdrawal, P.CreateWithdrawalRequest()),
+            (c.payments.CreateTransfer, P.CreateTransferRequest()),
+            (c.payments.RefundPayment, P.RefundPaymentRequest()),
+            (c.payments.CancelPayment, P.CancelPaymentRequest()),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call(request)  # type: ignore[operator]
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, call
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for _ in c.payments.WatchPayment(P.WatchPaymentRequest()):
                 pass

@@ -74,12 +74,13 @@ async def test_deposit_reaches_completed_and_credits_the_wallet(suite: Suite, re
         )
         assert history.steps[2].data["operation_id"] == done.gateway_operation_id
 
-        # The same request again: the same payment, and no money moves twice.
+        # The same request again: the stored response (the payment as first answered, as
+        # Stripe's keys do), and no money moves twice.
         again = await c.payments.CreateDeposit(
             P.CreateDepositRequest(idempotency_key=key, account_id=account_id, amount=usd(1250))
         )
-        assert again.payment_id == created.payment_id
-        assert again.status == P.PAYMENT_STATUS_COMPLETED
+        assert (again.payment_id, again.version) == (created.payment_id, created.version)
+        assert again.status == P.PAYMENT_STATUS_INITIATED
         balance = await c.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id))
         assert balance.available == usd(1250)
 
@@ -204,7 +205,8 @@ async def test_ledger_invariants_hold_after_the_flows(suite: Suite) -> None:
 
 async def test_a_charge_the_wallet_can_never_credit_turns_into_a_refund(suite: Suite) -> None:
     """The provider has the money, but the credit would overflow the balance: the wallet's
-    LIMIT_EXCEEDED is final, so the deposit moves to refunding instead of being retried."""
+    LIMIT_EXCEEDED is final, so the deposit moves to refunding instead of being retried, and
+    the compensation refund gives the customer their money back (seed 004's failure flow)."""
     async with clients(suite) as c:
         account_id = await open_account(c)
         nearly_full = await c.payments.CreateDeposit(
@@ -220,18 +222,24 @@ async def test_a_charge_the_wallet_can_never_credit_turns_into_a_refund(suite: S
                 idempotency_key=f"it-{uuid.uuid4()}", account_id=account_id, amount=usd(5_000)
             )
         )
-        refunding = await wait_for_status(c, overflowing.payment_id, {P.PAYMENT_STATUS_REFUNDING})
-        assert "wallet credit impossible" in refunding.failure_reason
+        refunded = await wait_for_status(c, overflowing.payment_id, {P.PAYMENT_STATUS_REFUNDED})
+        assert "wallet credit impossible" in refunded.failure_reason
         trail = await c.payments.ListPaymentEvents(
             P.ListPaymentEventsRequest(payment_id=overflowing.payment_id)
         )
-        assert [s.event_type for s in trail.steps][-4:] == [
+        types = [s.event_type for s in trail.steps]
+        start = types.index("provider.charge_succeeded")
+        assert types[start:] == [
             "provider.charge_succeeded",
             "credit.failed",
             "compensation.started",
             "status.refunding",
+            "refund.requested",
+            "refund.accepted",
+            "provider.refund_succeeded",
+            "status.refunded",
         ]
-        assert "LIMIT" in trail.steps[-3].error.upper()
+        assert "LIMIT" in trail.steps[start + 1].error.upper()
         balance = await c.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id))
         assert balance.total == usd(2**63 - 1_000)
 
