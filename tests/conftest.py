@@ -73,6 +73,7 @@ def base_settings(infra_urls: InfraUrls) -> Settings:
         rpc_timeout_ms=5000,
         provider_timeout_ms=3000,
         shutdown_grace_s=0.5,
+        saga_resume_after_s=5.0,
     )
 
 

@@ -124,3 +124,95 @@ async def wait_completed(
             return payment
         await asyncio.sleep(0.1)
     raise AssertionError(f"payment {payment_id} is {P.PaymentStatus.Name(payment.status)}")
+
+
+async def _funded(suite: Suite, amount: int) -> str:
+    async with grpc.aio.insecure_channel(suite.wallet_target) as channel:
+        wallet = wallet_pb2_grpc.WalletServiceStub(channel)
+        account = await wallet.OpenAccount(
+            wallet_pb2.OpenAccountRequest(
+                operation_ref=str(uuid.uuid4()), owner_id="o", currency="USD"
+            )
+        )
+        if amount:
+            await wallet.Credit(
+                wallet_pb2.CreditRequest(
+                    operation_ref=str(uuid.uuid4()),
+                    account_id=account.account_id,
+                    amount=usd(amount),
+                )
+            )
+    return account.account_id
+
+
+async def _balance(suite: Suite, account_id: str) -> tuple[int, int]:
+    async with grpc.aio.insecure_channel(suite.wallet_target) as channel:
+        b = await wallet_pb2_grpc.WalletServiceStub(channel).GetBalance(
+            wallet_pb2.GetBalanceRequest(account_id=account_id)
+        )
+    return b.available.amount_minor, b.held.amount_minor
+
+
+@pytest.mark.parametrize(
+    ("fault", "create"),
+    [
+        # The hold exists in the wallet; the payment does not know it yet.
+        ("payment.hold_placed", "withdrawal"),
+        # The money moved in the wallet; the payment is still initiated.
+        ("payment.transfer_moved", "transfer"),
+    ],
+)
+async def test_a_saga_killed_between_an_effect_and_its_record_finishes_once_after_restart(
+    lonely_suite: Suite, fault: str, create: str
+) -> None:
+    suite = lonely_suite
+    source = await _funded(suite, 5000)
+    target = await _funded(suite, 0)
+    doomed = await start(
+        "payment_service", b"service.started", **payment_env(suite, PAYSUITE_FAULTS=fault)
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port_of(doomed)}") as channel:
+        payments = payment_pb2_grpc.PaymentServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError):
+            if create == "withdrawal":
+                await payments.CreateWithdrawal(
+                    P.CreateWithdrawalRequest(
+                        idempotency_key=f"crash-{uuid.uuid4()}",
+                        account_id=source,
+                        amount=usd(1000),
+                        destination="acct_ok",
+                    ),
+                    wait_for_ready=False,
+                )
+            else:
+                await payments.CreateTransfer(
+                    P.CreateTransferRequest(
+                        idempotency_key=f"crash-{uuid.uuid4()}",
+                        source_account_id=source,
+                        destination_account_id=target,
+                        amount=usd(1000),
+                    ),
+                    wait_for_ready=False,
+                )
+    assert await doomed.process.wait() == 137
+
+    restarted = await start(
+        "payment_service",
+        b"service.started",
+        **payment_env(suite, PAYSUITE_SAGA_RESUME_AFTER_S="0.5"),
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port_of(restarted)}") as channel:
+            payments = payment_pb2_grpc.PaymentServiceStub(channel)
+            listed = await payments.ListPayments(P.ListPaymentsRequest(account_id=source))
+            (payment,) = listed.payments
+            await wait_completed(payments, payment.payment_id)
+            trail = await payments.ListPaymentEvents(
+                P.ListPaymentEventsRequest(payment_id=payment.payment_id)
+            )
+        assert "saga.resumed" in [s.event_type for s in trail.steps]
+        assert await _balance(suite, source) == (4000, 0)  # taken once, nothing left held
+        if create == "transfer":
+            assert await _balance(suite, target) == (1000, 0)
+    finally:
+        await restarted.stop()
