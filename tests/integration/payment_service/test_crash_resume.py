@@ -173,27 +173,27 @@ async def test_a_saga_killed_between_an_effect_and_its_record_finishes_once_afte
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port_of(doomed)}") as channel:
         payments = payment_pb2_grpc.PaymentServiceStub(channel)
+        key = f"crash-{uuid.uuid4()}"
+        call = (
+            payments.CreateWithdrawal(
+                P.CreateWithdrawalRequest(
+                    idempotency_key=key, account_id=source, amount=usd(1000), destination="acct_ok"
+                ),
+                wait_for_ready=False,
+            )
+            if create == "withdrawal"
+            else payments.CreateTransfer(
+                P.CreateTransferRequest(
+                    idempotency_key=key,
+                    source_account_id=source,
+                    destination_account_id=target,
+                    amount=usd(1000),
+                ),
+                wait_for_ready=False,
+            )
+        )
         with pytest.raises(grpc.aio.AioRpcError):
-            if create == "withdrawal":
-                await payments.CreateWithdrawal(
-                    P.CreateWithdrawalRequest(
-                        idempotency_key=f"crash-{uuid.uuid4()}",
-                        account_id=source,
-                        amount=usd(1000),
-                        destination="acct_ok",
-                    ),
-                    wait_for_ready=False,
-                )
-            else:
-                await payments.CreateTransfer(
-                    P.CreateTransferRequest(
-                        idempotency_key=f"crash-{uuid.uuid4()}",
-                        source_account_id=source,
-                        destination_account_id=target,
-                        amount=usd(1000),
-                    ),
-                    wait_for_ready=False,
-                )
+            await call
     assert await doomed.process.wait() == 137
 
     restarted = await start(

@@ -22,6 +22,7 @@ from payment_service.domain.model import (
     PaymentFilter,
     PaymentKind,
     PaymentStatus,
+    RefundRequest,
 )
 from payment_service.service_layer.ports import UnitOfWork
 from tests.payment_service.fakes import FakeStore, FakeUnitOfWork
@@ -157,6 +158,62 @@ class StoreContract:
         async with uow() as u:
             assert not await u.payments.mark_processed("c", event_id)
             assert await u.payments.mark_processed("other-consumer", event_id)
+
+    async def test_saga_state_and_parent_survive_a_round_trip(self, uow: UowFactory) -> None:
+        parent = deposit()
+        parent.mark_pending("op-1")
+        parent.complete()
+        await added(uow, parent)
+        async with uow() as u:
+            loaded = await u.payments.get(parent.payment_id, for_update=True)
+            assert loaded is not None
+            refund = loaded.refund(RefundRequest(f"k-{uuid.uuid4()}", parent.payment_id, None))
+            await u.payments.save(loaded)
+            await u.payments.add(refund)
+            await u.commit()
+        async with uow() as u:
+            stored_parent = await u.payments.get(parent.payment_id)
+            stored_refund = await u.payments.get(refund.payment_id)
+        assert stored_parent is not None
+        assert stored_refund is not None
+        assert stored_parent.saga.refund_reserved_minor == 1500
+        assert stored_refund.parent_payment_id == parent.payment_id
+        assert stored_refund.saga.charge_operation_id == "op-1"
+
+    async def test_a_claim_is_answered_once(self, uow: UowFactory) -> None:
+        claim = IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f1", str(uuid.uuid4()))
+        async with uow() as u:
+            await u.payments.claim_key(claim)
+            await u.commit()
+        async with uow() as u:
+            stored = await u.payments.claimed("alice", claim.key)
+            assert stored is not None
+            assert not stored.answered
+            await u.payments.answer_claim(claim.payment_id, version=2)
+            await u.payments.answer_claim(claim.payment_id, version=3, error_reason="LATE")
+            await u.commit()
+        async with uow() as u:
+            stored = await u.payments.claimed("alice", claim.key)
+        assert stored is not None
+        assert (stored.response_version, stored.error_reason) == (2, "")
+
+    async def test_only_sagas_unchanged_past_the_threshold_are_stalled(
+        self, uow: UowFactory
+    ) -> None:
+        from datetime import timedelta
+
+        waiting = await added(uow, deposit())
+        done = deposit()
+        done.mark_pending("op")
+        done.complete()
+        await added(uow, done)
+        async with uow() as u:
+            assert waiting.payment_id not in await u.payments.stalled(
+                older_than=timedelta(hours=1), limit=1000
+            )
+            stalled = await u.payments.stalled(older_than=timedelta(0), limit=100_000)
+        assert waiting.payment_id in stalled
+        assert done.payment_id not in stalled
 
     async def test_listing_by_account_is_newest_first_and_pages(self, uow: UowFactory) -> None:
         account = str(uuid.uuid4())
