@@ -10,8 +10,8 @@ one HTTP edge; like the webhook routes it holds no state and talks gRPC only:
     GET  /openapi.json
 
 Errors are JSON (`{"error": {"code", "message", "field"?}}`) with the status mirroring the gRPC
-code: 400 invalid, 404 not found, 409 conflict, 422 not allowed now, 501 not implemented yet
-(withdraw and transfer until the payment service implements them), 503 unavailable. Never 500.
+code: 400 invalid, 404 not found, 409 conflict, 422 not allowed now (e.g. insufficient funds),
+501 not implemented, 503 unavailable. Never 500.
 """
 
 from __future__ import annotations
@@ -323,7 +323,6 @@ OPENAPI: dict[str, Any] = {
             404,
             409,
             422,
-            501,
             503,
         ),
         "/account/{id}/transfer": _create(
@@ -335,7 +334,6 @@ OPENAPI: dict[str, Any] = {
             404,
             409,
             422,
-            501,
             503,
         ),
         "/transaction/{id}/status": {

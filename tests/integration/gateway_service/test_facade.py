@@ -136,26 +136,37 @@ async def test_an_unknown_account_and_transaction_are_404_or_400(
 
 
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("path", "body", "expected", "code"),
     [
-        ("withdraw", {"amount_minor": 100, "currency": "USD", "destination": "acct_ext"}),
-        ("transfer", {"amount_minor": 100, "currency": "USD", "to_account_id": str(uuid.uuid4())}),
+        # A new account holds nothing: the hold is refused on the request path.
+        (
+            "withdraw",
+            {"amount_minor": 100, "currency": "USD", "destination": "acct_ext"},
+            422,
+            "failed_precondition",
+        ),
+        (
+            "transfer",
+            {"amount_minor": 100, "currency": "USD", "to_account_id": str(uuid.uuid4())},
+            404,
+            "not_found",
+        ),
     ],
 )
-async def test_withdraw_and_transfer_say_clearly_when_not_implemented(
-    http: aiohttp.ClientSession, account: str, path: str, body: dict[str, Any]
+async def test_withdraw_and_transfer_answer_with_the_payment_service_s_refusals(
+    http: aiohttp.ClientSession,
+    account: str,
+    path: str,
+    body: dict[str, Any],
+    expected: int,
+    code: str,
 ) -> None:
     status, answer = await call(
         http, "POST", f"/account/{account}/{path}", json=body, headers=key()
     )
 
-    # 501 until the payment service implements them; then its own answers apply.
-    assert status in (202, 404, 409, 422, 501)
-    if status == 501:
-        assert answer["error"] == {
-            "code": "unimplemented",
-            "message": "not implemented yet by the payment service",
-        }
+    assert status == expected
+    assert answer["error"]["code"] == code
 
 
 async def test_openapi_is_served(http: aiohttp.ClientSession) -> None:
