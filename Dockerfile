@@ -13,8 +13,13 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # ---------------------------------------------------------------------------------------------
-# build: resolve nothing, download exactly what requirements.lock pins (hash-checked), then
-# install the project itself into the same virtualenv.
+# build: resolve nothing, download exactly what requirements.runtime.lock pins (hash-checked),
+# then install the project itself into the same virtualenv.
+#
+# requirements.runtime.lock is the runtime subset of requirements.lock (no dev or bench extras:
+# no mypy, ruff, pytest, hypothesis, stripe or matplotlib in the image), compiled with
+# requirements.lock as constraints so both pin the same versions. `make lock` regenerates both;
+# tests/deploy/test_runtime_lock.py fails when they drift apart.
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
 
@@ -28,12 +33,14 @@ WORKDIR /src
 
 # Dependencies first so this layer is reused until the lock changes. Every pinned package ships
 # a manylinux wheel, so --only-binary keeps compilers out of the build as well.
-COPY requirements.lock ./
+COPY requirements.runtime.lock ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --require-hashes --only-binary=:all: -r requirements.lock
+    pip install --require-hashes --only-binary=:all: -r requirements.runtime.lock
 
-# The project itself. setuptools comes from the lock (hash-checked), hence no build isolation
-# and no unpinned download; --no-deps because the lock already installed everything.
+# The project itself. setuptools comes from the lock (hash-checked; grpcio-tools needs it at
+# run time too), hence no build isolation and no unpinned download; --no-deps because the lock
+# already installed everything, and `pip check` fails the build if the runtime lock misses a
+# dependency that pyproject.toml declares.
 COPY . .
 RUN pip install --no-deps --no-build-isolation . \
  && pip check
@@ -72,8 +79,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 USER 10001:10001
 
-# gRPC: payment 50051, wallet 50052, gateway 50053. HTTP: webhook adapter 8080, simulator 8090.
-EXPOSE 50051 50052 50053 8080 8090
+# gRPC: payment 50051, wallet 50052, gateway 50053. HTTP: webhook adapter 8080, simulators
+# 8090/8091, Prometheus /metrics 9100 (every process, when PAYSUITE_METRICS_PORT=9100).
+EXPOSE 50051 50052 50053 8080 8090 8091 9100
 
 ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m"]
 CMD ["payment_service"]

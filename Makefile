@@ -60,3 +60,46 @@ protos-check: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# --- deployment: locks, protos lint, compose and k8s checks ----------------------------------
+.PHONY: lock lint-protos test-deploy compose-dev-up compose-dev-down
+
+UV ?= uv
+BUF_VERSION := 1.75.0
+BUF := $(VENV)/buf/node_modules/.bin/buf
+COMPOSE_DEV := docker compose --env-file deploy/compose/dev.env -f docker-compose.yml -f docker-compose.dev.yml
+
+# Both locks from pyproject.toml: the full one (dev + bench tools, for make install) and the
+# runtime one the Docker image installs, constrained by the first so both pin the same versions.
+# Without --upgrade, uv keeps every existing pin it can.
+lock:
+	@command -v $(UV) >/dev/null || { echo "make lock needs uv: pip install uv"; exit 1; }
+	$(UV) pip compile pyproject.toml --extra dev --extra bench --generate-hashes --python-version 3.11 -o requirements.lock
+	$(UV) pip compile pyproject.toml --generate-hashes --python-version 3.11 -c requirements.lock -o requirements.runtime.lock
+
+# buf lint with protos/buf.yaml. buf comes from the npm registry (the package ships the binary),
+# installed once under .venv/buf so later runs are quick and offline. Without Node.js/npm the
+# target says so and succeeds: the protos are linted wherever Node is.
+lint-protos:
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  echo "lint-protos: skipped: npm (Node.js) not found; buf is installed from the npm registry"; \
+	  exit 0; \
+	fi; \
+	if [ "$$($(BUF) --version 2>/dev/null)" != "$(BUF_VERSION)" ]; then \
+	  echo "lint-protos: installing @bufbuild/buf@$(BUF_VERSION) into $(VENV)/buf"; \
+	  npm install --silent --no-audit --no-fund --no-save --prefix $(VENV)/buf \
+	    @bufbuild/buf@$(BUF_VERSION) || exit 1; \
+	fi; \
+	cd protos && ../$(BUF) lint && echo "lint-protos: buf $(BUF_VERSION) lint clean"
+
+# Only the deployment checks: compose against the Compose Specification schema, every k8s overlay
+# rendered and validated, the Grafana dashboard and the runtime lock (all offline; also in make test).
+test-deploy: $(STAMP)
+	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
+
+# The compose stack with the development override and the public development values.
+compose-dev-up:
+	$(COMPOSE_DEV) up --build -d
+
+compose-dev-down:
+	$(COMPOSE_DEV) down
