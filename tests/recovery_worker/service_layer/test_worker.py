@@ -69,13 +69,27 @@ async def test_a_lease_store_outage_is_a_round_of_unavailable_reports() -> None:
     assert [r.status for r in reports] == [SweepStatus.UNAVAILABLE]
 
 
+class CountingSweep:
+    """Stops the worker on its third run."""
+
+    name = "counting"
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self.runs = 0
+
+    async def run_once(self, now: datetime) -> SweepReport:
+        self.runs += 1
+        if self.runs == 3:
+            self.stop.set()
+        return SweepReport(self.name)
+
+
 @pytest.mark.timeout(5)
-async def test_the_loop_runs_rounds_until_stopped() -> None:
-    sweep = SlowSweep()
-    sweep.release.set()
+async def test_the_loop_runs_a_round_every_interval_until_stopped() -> None:
     stop = asyncio.Event()
-    running = asyncio.create_task(worker(FakeLeases(), sweep).run(stop))
-    while len(sweep.runs) < 3:
-        await asyncio.sleep(0.01)
-    stop.set()
-    await running
+    sweep = CountingSweep(stop)
+
+    await worker(FakeLeases(), sweep).run(stop)
+
+    assert sweep.runs == 3
