@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from common.config import ConfigError, Settings, load_settings
+from common.logging import configure_logging
 from recovery_worker.bootstrap import Connections, build_worker
 from recovery_worker.domain.model import SweepReport, SweepStatus
 
@@ -44,6 +45,8 @@ def recover(
         raise typer.Exit(2)
     try:
         settings = load_settings()
+        # The table says what each sweep did; only warnings (a stalled consumer) go to the log.
+        configure_logging(level="WARNING", fmt=settings.log_format)
         settings = settings.model_copy(update={"redis_url": settings.require_redis_url()})
         reports = asyncio.run(run_once(settings))
     except (ConfigError, SuiteNotRunning) as exc:
@@ -68,7 +71,7 @@ async def _check_running(settings: Settings, connections: Connections) -> None:
     except (RedisError, OSError, TimeoutError):
         raise SuiteNotRunning("Redis does not answer: is the suite running?") from None
     # The typeshed stub declares no methods on HealthStub.
-    stub = health_pb2_grpc.HealthStub(connections.channels[0])
+    stub = health_pb2_grpc.HealthStub(connections.payment)
     try:
         await stub.Check(  # type: ignore[attr-defined]
             health_pb2.HealthCheckRequest(service=""), timeout=PROBE_TIMEOUT_S

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -43,31 +42,33 @@ class Connections:
     """What the worker talks to; closed together."""
 
     redis: Redis
-    channels: Sequence[grpc.aio.Channel]
+    payment: grpc.aio.Channel
+    gateway: grpc.aio.Channel
+    wallet: grpc.aio.Channel
 
     @classmethod
     def open(cls, settings: Settings) -> Connections:
-        targets = (settings.payment_target, settings.gateway_target, settings.wallet_target)
         return cls(
             redis=Redis.from_url(settings.require_redis_url()),
-            channels=[create_channel(target) for target in targets],
+            payment=create_channel(settings.payment_target),
+            gateway=create_channel(settings.gateway_target),
+            wallet=create_channel(settings.wallet_target),
         )
 
     async def close(self) -> None:
-        for channel in self.channels:
+        for channel in (self.payment, self.gateway, self.wallet):
             await channel.close()
         await self.redis.aclose()
 
 
 def build_sweeps(settings: Settings, connections: Connections) -> list[Sweep]:
     timeout_s = settings.rpc_timeout_ms / 1000
-    payment_channel, gateway_channel, wallet_channel = connections.channels
-    payments = GrpcPayments(payment_channel, timeout_s=timeout_s)
+    payments = GrpcPayments(connections.payment, timeout_s=timeout_s)
     streams = [settings.stream_prefix + s for s in (PAYMENT_STREAM, WALLET_STREAM, GATEWAY_STREAM)]
     return [
         PendingSweep(
             payments=payments,
-            gateway=GrpcGateway(gateway_channel, timeout_s=timeout_s),
+            gateway=GrpcGateway(connections.gateway, timeout_s=timeout_s),
             memory=RedisRungMemory(connections.redis, prefix=settings.stream_prefix),
             ladder=Ladder.starting_at(timedelta(seconds=settings.recovery_pending_after_s)),
         ),
@@ -77,7 +78,7 @@ def build_sweeps(settings: Settings, connections: Connections) -> list[Sweep]:
         RefundingSweep(
             payments=payments, after=timedelta(seconds=settings.recovery_refunding_after_s)
         ),
-        ExpiredHoldsSweep(wallet=GrpcWallet(wallet_channel, timeout_s=timeout_s)),
+        ExpiredHoldsSweep(wallet=GrpcWallet(connections.wallet, timeout_s=timeout_s)),
         PipelineSweep(
             pipeline=RedisPipeline(connections.redis),
             streams=streams,

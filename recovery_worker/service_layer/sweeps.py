@@ -9,7 +9,7 @@ no-op, ExpireHolds re-checks each hold), so the next round simply picks up again
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -45,15 +45,13 @@ class _Tally:
     found: int = 0
     acted: int = 0
     skipped: int = 0
-    notes: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
-        self.notes = [*(self.notes or []), text]
+        self.notes.append(text)
 
     def report(self, sweep: str, status: SweepStatus = SweepStatus.DONE) -> SweepReport:
-        return SweepReport(
-            sweep, status, self.found, self.acted, self.skipped, tuple(self.notes or ())
-        )
+        return SweepReport(sweep, status, self.found, self.acted, self.skipped, tuple(self.notes))
 
 
 def _unavailable(sweep: str, tally: _Tally, exc: DependencyUnavailable) -> SweepReport:

@@ -59,5 +59,7 @@ class RecoveryWorker:
             # A bug in one sweep must not stop the others, nor the worker's next round.
             log.exception("recovery.sweep_crashed", sweep=sweep.name)
             return SweepReport(sweep.name, SweepStatus.FAILED)
-        log.info("recovery.sweep_done", **report.summary())
+        # A round that found nothing is the normal case every few seconds: debug, not info.
+        emit = log.info if report.found or report.acted else log.debug
+        emit("recovery.sweep_done", **report.summary())
         return report

@@ -70,6 +70,7 @@ async def test_the_worker_process_sweeps_and_exits_0_on_sigterm(rig: Rig) -> Non
         PAYSUITE_RECOVERY_LISTEN=f"127.0.0.1:{free_port()}",
         PAYSUITE_RECOVERY_INTERVAL_S="0.2",
         PAYSUITE_LOG_FORMAT="json",
+        PAYSUITE_LOG_LEVEL="DEBUG",
         PAYSUITE_SHUTDOWN_GRACE_S="0.5",
     )
     process = await asyncio.create_subprocess_exec(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -94,3 +95,15 @@ async def test_a_redis_that_does_not_answer_is_dependency_unavailable(tmp_path: 
                 pass
     finally:
         await redis.aclose()
+
+
+async def test_a_lease_is_renewed_while_its_sweep_runs_past_the_ttl(
+    rig: Rig, connections: Connections
+) -> None:
+    short = leases(connections.redis, rig.settings.stream_prefix, ttl_s=0.3)
+    other = leases(connections.redis, rig.settings.stream_prefix)
+
+    async with short.hold("long-sweep") as held:
+        await asyncio.sleep(0.8)  # well past the ttl: only renewal keeps it
+        async with other.hold("long-sweep") as stolen:
+            assert (held, stolen) == (True, False)
