@@ -116,8 +116,10 @@ class PendingSweep:
         except DependencyUnavailable:
             raise  # the whole round waits (run_once), not just this payment
         except DomainError as exc:
-            # The gateway refused (an operation it does not know): a person has to look.
+            # The gateway refused (an operation it does not know): a person has to look. It
+            # climbs the ladder too, so the refusal is reported once per rung, not per round.
             log.warning("recovery.sync_refused", payment_id=payment.payment_id, error=exc.message)
+            await self._memory.remember(payment.payment_id, since=payment.updated_at, rung=rung)
             tally.skipped += 1
             tally.note(f"{payment.payment_id}: {exc.message}")
             return

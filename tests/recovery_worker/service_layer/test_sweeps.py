@@ -102,10 +102,13 @@ async def test_an_operation_the_gateway_refuses_is_noted_and_the_rest_go_on() ->
     gateway = FakeGateway()
     gateway.error = NotFound("operation", "op")
 
-    report = await pending_sweep(payments, gateway).run_once(T0)
+    memory = FakeRungMemory()
+    report = await pending_sweep(payments, gateway, memory).run_once(T0)
+    again = await pending_sweep(payments, gateway, memory).run_once(T0)
 
     assert (report.status, report.found, report.skipped) == (SweepStatus.DONE, 2, 2)
     assert len(report.notes) == 2
+    assert again.notes == ()  # asked again at the next rung, not every round
 
 
 async def test_pending_without_an_operation_is_reported_not_synced() -> None:
