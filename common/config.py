@@ -137,6 +137,16 @@ class Settings(BaseSettings):
     wallet_snapshot_every: int = Field(default=10, gt=0)
     wallet_hold_sweep_interval_ms: int = Field(default=1000, gt=0)
 
+    # Recovery worker: how often it sweeps, when a payment counts as stuck (seed 004: every
+    # 5 minutes, refunds stuck for 30), when a consumer's pending entry counts as stalled, and
+    # how long one sweep's lease lasts unless renewed (a dead worker's lease frees itself).
+    recovery_listen: str = "127.0.0.1:50054"
+    recovery_interval_s: float = Field(default=300.0, gt=0)
+    recovery_pending_after_s: float = Field(default=60.0, gt=0)
+    recovery_refunding_after_s: float = Field(default=1800.0, gt=0)
+    recovery_stalled_after_s: float = Field(default=300.0, gt=0)
+    recovery_lease_s: float = Field(default=60.0, ge=1)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
 
@@ -145,6 +155,7 @@ class Settings(BaseSettings):
         "wallet_listen",
         "gateway_listen",
         "webhook_listen",
+        "recovery_listen",
         "payment_target",
         "wallet_target",
         "gateway_target",

@@ -20,6 +20,7 @@ from paysuite_cli import demo as demo_module
 from paysuite_cli import inspect as inspect_module
 from paysuite_cli import ops, supervisor
 from paysuite_cli import providers as providers_module
+from paysuite_cli import recover as recover_module
 from paysuite_cli import wallet as wallet_cli
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -53,6 +54,7 @@ app.add_typer(providers_module.sim, name="sim")
 wallet_cli.register(app)
 console = Console()
 app.command()(bench_module.bench)
+app.command()(recover_module.recover)
 ops.register(app, events)
 
 

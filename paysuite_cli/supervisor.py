@@ -66,11 +66,28 @@ def _simulator(settings: Settings, index: int) -> Process:
     )
 
 
+# `paysuite up` is for trying the suite out: its recovery worker sweeps every few seconds, so
+# a payment left pending by a stopped simulator is seen moving on within a minute rather than
+# after the production defaults. A value set in the environment wins.
+DEMO_RECOVERY_ENV = (
+    ("PAYSUITE_RECOVERY_INTERVAL_S", "5"),
+    ("PAYSUITE_RECOVERY_PENDING_AFTER_S", "10"),
+    ("PAYSUITE_RECOVERY_REFUNDING_AFTER_S", "60"),
+    ("PAYSUITE_RECOVERY_STALLED_AFTER_S", "60"),
+)
+
+
+def _recovery_worker(settings: Settings) -> Process:
+    env = tuple((name, value) for name, value in DEMO_RECOVERY_ENV if name not in os.environ)
+    return Process("recovery worker", "recovery_worker", settings.recovery_listen, "grpc", env=env)
+
+
 def plan(settings: Settings) -> list[Process]:
     return [
         Process("wallet", "wallet_service", settings.wallet_listen, "grpc"),
         Process("gateway", "gateway_service", settings.gateway_listen, "grpc"),
         Process("payment", "payment_service", settings.payment_listen, "grpc"),
+        _recovery_worker(settings),
         Process(
             "webhook adapter",
             "gateway_service.webhook",

@@ -1,8 +1,30 @@
+"""`python -m recovery_worker`: validated settings, then sweep until SIGTERM/SIGINT (exit 0)."""
+
+from __future__ import annotations
+
 import sys
 
-print(
-    "recovery-worker: not implemented yet (the sweeps arrive with their own issue); "
-    "stuck payments are not recovered automatically in this version",
-    file=sys.stderr,
-)
-sys.exit(3)
+from common import aio
+from common.config import ConfigError, load_settings
+from common.grpc.server import run_until_signalled
+from common.logging import configure_logging
+from recovery_worker import bootstrap
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+        settings.require_redis_url()
+    except ConfigError as exc:
+        print(f"{bootstrap.NAME}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(level=settings.log_level, fmt=settings.log_format, service=bootstrap.NAME)
+
+    async def serve() -> None:
+        runtime = await bootstrap.build(settings, settings.recovery_listen)
+        await run_until_signalled(runtime, grace=settings.shutdown_grace_s)
+
+    aio.run(serve())
+
+
+main()

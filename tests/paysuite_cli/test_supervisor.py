@@ -45,3 +45,20 @@ def test_a_port_already_taken_is_named_before_anything_starts() -> None:
         wallet = Process("wallet", "wallet_service", f"127.0.0.1:{port}", "grpc")
         with pytest.raises(AlreadyRunning, match=f"wallet \\(127.0.0.1:{port}\\)"):
             check_ports_free([wallet])
+
+
+def test_the_suite_runs_the_recovery_worker_with_demo_timings_the_environment_overrides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from common.config import Settings
+    from paysuite_cli.supervisor import plan
+
+    monkeypatch.setenv("PAYSUITE_RECOVERY_INTERVAL_S", "42")
+    worker = next(p for p in plan(Settings()) if p.module == "recovery_worker")
+
+    assert worker.endpoint == "127.0.0.1:50054"
+    assert dict(worker.env) == {
+        "PAYSUITE_RECOVERY_PENDING_AFTER_S": "10",
+        "PAYSUITE_RECOVERY_REFUNDING_AFTER_S": "60",
+        "PAYSUITE_RECOVERY_STALLED_AFTER_S": "60",
+    }

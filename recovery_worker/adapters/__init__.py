@@ -1,0 +1,1 @@
+"""The ports' real implementations: gRPC clients of the services, and Redis."""

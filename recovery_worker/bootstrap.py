@@ -1,0 +1,124 @@
+"""Wires the worker: gRPC channels to the services, Redis, the sweeps, and a gRPC server that
+serves only health and reflection (so `paysuite up`, Kubernetes probes and grpcurl see it
+like every other process). Redis is the readiness check: without it no lease can be taken.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from redis.asyncio import Redis
+
+from common.config import Settings
+from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
+from common.grpc.client import create_channel
+from common.grpc.server import ServiceRuntime, create_server
+from recovery_worker.adapters.redis_store import RedisLeases, RedisPipeline, RedisRungMemory
+from recovery_worker.adapters.services import GrpcGateway, GrpcPayments, GrpcWallet
+from recovery_worker.domain.ladder import Ladder
+from recovery_worker.service_layer.sweeps import (
+    ExpiredHoldsSweep,
+    InitiatedSweep,
+    PendingSweep,
+    PipelineSweep,
+    RefundingSweep,
+    Sweep,
+)
+from recovery_worker.service_layer.worker import Clock, RecoveryWorker
+
+NAME = "recovery-worker"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Connections:
+    """What the worker talks to; closed together."""
+
+    redis: Redis
+    payment: grpc.aio.Channel
+    gateway: grpc.aio.Channel
+    wallet: grpc.aio.Channel
+
+    @classmethod
+    def open(cls, settings: Settings) -> Connections:
+        return cls(
+            redis=Redis.from_url(settings.require_redis_url()),
+            payment=create_channel(settings.payment_target),
+            gateway=create_channel(settings.gateway_target),
+            wallet=create_channel(settings.wallet_target),
+        )
+
+    async def close(self) -> None:
+        for channel in (self.payment, self.gateway, self.wallet):
+            await channel.close()
+        await self.redis.aclose()
+
+
+def build_sweeps(settings: Settings, connections: Connections) -> list[Sweep]:
+    timeout_s = settings.rpc_timeout_ms / 1000
+    payments = GrpcPayments(connections.payment, timeout_s=timeout_s)
+    streams = [settings.stream_prefix + s for s in (PAYMENT_STREAM, WALLET_STREAM, GATEWAY_STREAM)]
+    return [
+        PendingSweep(
+            payments=payments,
+            gateway=GrpcGateway(connections.gateway, timeout_s=timeout_s),
+            memory=RedisRungMemory(connections.redis, prefix=settings.stream_prefix),
+            ladder=Ladder.starting_at(timedelta(seconds=settings.recovery_pending_after_s)),
+        ),
+        InitiatedSweep(
+            payments=payments, after=timedelta(seconds=settings.recovery_pending_after_s)
+        ),
+        RefundingSweep(
+            payments=payments, after=timedelta(seconds=settings.recovery_refunding_after_s)
+        ),
+        ExpiredHoldsSweep(wallet=GrpcWallet(connections.wallet, timeout_s=timeout_s)),
+        PipelineSweep(
+            pipeline=RedisPipeline(connections.redis),
+            streams=streams,
+            stalled_after=timedelta(seconds=settings.recovery_stalled_after_s),
+        ),
+    ]
+
+
+def build_worker(
+    settings: Settings, connections: Connections, *, clock: Clock = utc_now
+) -> RecoveryWorker:
+    leases = RedisLeases(
+        connections.redis,
+        prefix=settings.stream_prefix,
+        ttl=timedelta(seconds=settings.recovery_lease_s),
+        owner=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    return RecoveryWorker(
+        sweeps=build_sweeps(settings, connections),
+        leases=leases,
+        clock=clock,
+        interval_s=settings.recovery_interval_s,
+    )
+
+
+async def build(settings: Settings, address: str) -> ServiceRuntime:
+    connections = Connections.open(settings)
+    worker = build_worker(settings, connections)
+    server, port, health = create_server(address, registrars=[], service_names=[])
+
+    async def ping_redis() -> None:
+        await connections.redis.ping()
+
+    return ServiceRuntime(
+        name=NAME,
+        server=server,
+        port=port,
+        health=health,
+        service_names=[],
+        readiness_checks=[ping_redis],
+        background=[worker.run],
+        closers=[connections.close],
+    )

@@ -1,0 +1,1 @@
+"""What the recovery worker decides, in plain Python: no gRPC, no Redis."""

@@ -1,0 +1,1 @@
+"""The sweeps and the loop that runs them, written against the ports in `ports`."""

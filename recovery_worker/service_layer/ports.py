@@ -1,0 +1,56 @@
+"""What the sweeps need from the outside world, as Protocols. The real ones are in
+`recovery_worker.adapters` (gRPC clients, Redis); tests use the fakes beside them.
+
+Every method raises `common.errors.DependencyUnavailable` when what it talks to does not
+answer (translated once, in the adapter); the sweeps treat that as "try next round".
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Protocol
+
+from recovery_worker.domain.model import PaymentStatus, PaymentView, StreamHealth, SyncAnswer
+
+
+class Payments(Protocol):
+    def stuck(
+        self, status: PaymentStatus, *, created_before: datetime
+    ) -> AsyncIterator[PaymentView]:
+        """Every payment in `status` created before the instant, page by page."""
+        ...
+
+
+class Gateway(Protocol):
+    async def sync_operation(self, operation_id: str) -> SyncAnswer:
+        """Asks the provider about the operation now; the gateway applies what it says."""
+        ...
+
+
+class Wallet(Protocol):
+    async def expire_holds(self, *, limit: int) -> Sequence[str]:
+        """Releases expired holds of up to `limit` accounts; returns the hold ids released."""
+        ...
+
+
+class Pipeline(Protocol):
+    async def health(self, streams: Sequence[str], *, stalled_ms: int) -> list[StreamHealth]:
+        """Lag, stalled pending entries and dead letters of each stream's groups."""
+        ...
+
+
+class RungMemory(Protocol):
+    """Which ladder rung was last tried for a payment, since its last change."""
+
+    async def last_tried(self, payment_id: str, *, since: datetime) -> int | None: ...
+
+    async def remember(self, payment_id: str, *, since: datetime, rung: int) -> None: ...
+
+
+class Leases(Protocol):
+    def hold(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """Claims the lease `name` for the duration of the block: yields True when this
+        worker holds it, False when another one does (the block must then do nothing)."""
+        ...

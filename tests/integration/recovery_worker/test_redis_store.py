@@ -1,0 +1,109 @@
+"""The worker's Redis bookkeeping and its read of the event pipeline, on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from redis.asyncio import Redis
+
+from common.errors import DependencyUnavailable
+from recovery_worker.adapters.redis_store import RedisLeases, RedisPipeline, RedisRungMemory
+from recovery_worker.bootstrap import Connections
+from recovery_worker.domain.model import SweepStatus
+from tests.integration.recovery_worker.conftest import Rig, later, sweep
+
+pytestmark = [pytest.mark.integration]
+
+
+def leases(redis: Redis, prefix: str, ttl_s: float = 30) -> RedisLeases:
+    return RedisLeases(redis, prefix=prefix, ttl=timedelta(seconds=ttl_s), owner="test")
+
+
+async def test_a_lease_has_one_holder_and_is_free_again_after_it(
+    rig: Rig, connections: Connections
+) -> None:
+    one = leases(connections.redis, rig.settings.stream_prefix)
+    two = leases(connections.redis, rig.settings.stream_prefix)
+
+    async with one.hold("lease-test") as first:
+        async with two.hold("lease-test") as second:
+            assert (first, second) == (True, False)
+        assert await connections.redis.pttl(one.key("lease-test")) > 0
+    async with two.hold("lease-test") as again:
+        assert again
+
+    assert not await connections.redis.exists(one.key("lease-test"))
+
+
+async def test_a_holder_whose_lease_expired_never_frees_the_next_holders(
+    rig: Rig, connections: Connections
+) -> None:
+    redis, prefix = connections.redis, rig.settings.stream_prefix
+    stale = leases(redis, prefix)
+    async with stale.hold("taken-over") as held:
+        assert held
+        # Its lease ran out (a long pause) and another worker claimed the sweep.
+        await redis.set(stale.key("taken-over"), "someone-else")
+
+    assert await redis.get(stale.key("taken-over")) == b"someone-else"
+
+
+async def test_the_ladder_memory_forgets_a_rung_once_the_payment_changed(
+    rig: Rig, connections: Connections
+) -> None:
+    memory = RedisRungMemory(connections.redis, prefix=rig.settings.stream_prefix)
+    payment_id, changed = str(uuid.uuid4()), datetime.now(UTC)
+
+    await memory.remember(payment_id, since=changed, rung=2)
+
+    assert await memory.last_tried(payment_id, since=changed) == 2
+    assert await memory.last_tried(payment_id, since=changed + timedelta(seconds=1)) is None
+
+
+async def test_stalled_entries_and_dead_letters_are_reported(
+    rig: Rig, connections: Connections
+) -> None:
+    redis = connections.redis
+    stream = f"{rig.settings.stream_prefix}paysuite.wallet.events"
+    group = f"stalled-{uuid.uuid4().hex[:6]}"
+    await redis.xgroup_create(stream, group, id="$", mkstream=True)
+    await redis.xadd(stream, {"envelope": b"x"})
+    await redis.xreadgroup(group, "gone-consumer", {stream: ">"}, count=1)  # never acked
+    await redis.xadd(f"{stream}.dlq", {"error": b"poison"})
+    try:
+        [health] = await RedisPipeline(redis).health([stream], stalled_ms=0)
+        report = await sweep(rig, connections, "pipeline").run_once(later())
+    finally:
+        await redis.xgroup_destroy(stream, group)
+        await redis.delete(f"{stream}.dlq")
+
+    ours = next(g for g in health.groups if g.group == group)
+    assert (ours.pending, ours.stalled, health.dead_letters) == (1, 1, 1)
+    # The sweep's threshold (300 s) has not passed for that entry: only the dead letter.
+    assert report.status is SweepStatus.DONE
+    assert report.notes == (f"{stream}.dlq: 1 dead letters",)
+
+
+async def test_a_redis_that_does_not_answer_is_dependency_unavailable(tmp_path: object) -> None:
+    redis = Redis.from_url(f"unix://{tmp_path}/nothing.sock")
+    try:
+        with pytest.raises(DependencyUnavailable, match="redis unavailable"):
+            async with leases(redis, "x.").hold("any"):
+                pass
+    finally:
+        await redis.aclose()
+
+
+async def test_a_lease_is_renewed_while_its_sweep_runs_past_the_ttl(
+    rig: Rig, connections: Connections
+) -> None:
+    short = leases(connections.redis, rig.settings.stream_prefix, ttl_s=0.3)
+    other = leases(connections.redis, rig.settings.stream_prefix)
+
+    async with short.hold("long-sweep") as held:
+        await asyncio.sleep(0.8)  # well past the ttl: only renewal keeps it
+        async with other.hold("long-sweep") as stolen:
+            assert (held, stolen) == (True, False)
