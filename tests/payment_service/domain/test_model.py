@@ -167,3 +167,20 @@ def test_a_decline_after_completion_asks_for_review() -> None:
     payment.apply_charge_failed(operation_id="op-1", reason="card_declined")
     assert payment.status is S.COMPLETED
     assert [type(e) for e in payment.pull_events()] == [ReviewRequested]
+
+
+@pytest.mark.parametrize("source", list(PaymentStatus))
+@pytest.mark.parametrize("target", list(PaymentStatus))
+def test_every_pair_of_states_moves_exactly_as_the_table_says(
+    source: PaymentStatus, target: PaymentStatus
+) -> None:
+    payment = deposit()
+    payment.status = source
+    version = payment.version
+    if target in ALLOWED[source]:
+        payment._move(target, "")
+        assert (payment.status, payment.version) == (target, version + 1)
+    else:
+        with pytest.raises(InvalidTransition):
+            payment._move(target, "")
+        assert (payment.status, payment.version) == (source, version)

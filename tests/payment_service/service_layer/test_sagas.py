@@ -9,7 +9,12 @@ from datetime import timedelta
 
 import pytest
 
-from common.errors import DependencyUnavailable, IdempotencyConflict, InsufficientFunds
+from common.errors import (
+    DependencyUnavailable,
+    FailedPrecondition,
+    IdempotencyConflict,
+    InsufficientFunds,
+)
 from common.money import Money
 from payment_service.domain.errors import (
     PaymentNotCancellable,
@@ -350,3 +355,55 @@ async def test_a_repeat_while_the_first_is_in_flight_is_aborted_with_a_retry_hin
     with pytest.raises(RequestInFlight) as aborted:
         await service._replay(claim, "fp")
     assert aborted.value.retry_after_s > 0
+
+
+async def test_a_gateway_down_at_the_payout_leaves_it_to_be_retried_with_the_same_key() -> None:
+    world = funded()
+    payment_id = await withdraw(world)
+    world.gateway.unavailable = True
+    with pytest.raises(DependencyUnavailable):
+        await world.service.ask_provider(payment_id)
+    payment = await world.service.get_payment(payment_id)
+    assert (payment.status, payment.saga.provider_call) == (S.INITIATED, "payout")
+    world.gateway.unavailable = False
+    await world.service.ask_provider(payment_id)  # the redelivered funds_held
+    assert world.gateway.calls == [f"{payment_id}:payout"]
+    assert (await world.service.get_payment(payment_id)).status is S.PENDING
+
+
+async def test_a_wallet_down_at_the_capture_waits_and_changes_nothing() -> None:
+    world = funded()
+    payment_id = await withdraw(world)
+    await world.service.ask_provider(payment_id)
+    world.wallet.unavailable = True
+    with pytest.raises(DependencyUnavailable):
+        await world.handlers.provider_succeeded(
+            event_id="e1", payment_id=payment_id, operation="payout", operation_id="o", provider="p"
+        )
+    assert (await world.service.get_payment(payment_id)).status is S.PENDING
+    world.wallet.unavailable = False
+    await world.handlers.provider_succeeded(
+        event_id="e1", payment_id=payment_id, operation="payout", operation_id="o", provider="p"
+    )
+    assert (await world.service.get_payment(payment_id)).status is S.COMPLETED
+    assert world.wallet.available[ACCOUNT] == 9000
+
+
+async def test_a_hold_that_cannot_be_captured_after_a_payout_goes_to_review() -> None:
+    world = funded()
+    payment_id = await withdraw(world)
+    await world.service.ask_provider(payment_id)
+    payment = await world.service.get_payment(payment_id)
+    account, amount, _ = world.wallet.holds[payment.saga.hold_id]
+    world.wallet.holds[payment.saga.hold_id] = (account, amount, "expired")
+
+    async def refuse(**_: object) -> None:
+        raise FailedPrecondition("hold is not open")
+
+    world.wallet.capture_hold = refuse  # type: ignore[method-assign]
+    await world.handlers.provider_succeeded(
+        event_id="e1", payment_id=payment_id, operation="payout", operation_id="o", provider="p"
+    )
+    payment = await world.service.get_payment(payment_id)
+    assert payment.status is S.REQUIRES_MANUAL_REVIEW
+    assert "capture failed" in (await world.service.history(payment_id))[-1].reason
