@@ -23,6 +23,21 @@ def _redact(
     return event_dict
 
 
+class _CurrentStderr:
+    """Writes each line to whatever `sys.stderr` is when it is logged, not when logging was
+    configured: loggers are cached on first use, and a stream swapped out meanwhile (a CLI
+    runner's captured stderr, closed after the command) must not break them for good."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def _current_stderr(*_args: object) -> _CurrentStderr:
+    return _CurrentStderr()
+
+
 def configure_logging(*, level: str = "INFO", fmt: str = "console", service: str = "") -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
@@ -39,7 +54,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "console", service: str
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_current_stderr,
         cache_logger_on_first_use=True,
     )
     if service:
