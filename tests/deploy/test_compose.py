@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from common.config import DEV_STRIPE_WEBHOOK_SECRET, DEV_WEBHOOK_SECRET
+from common.config import DEV_STRIPE_WEBHOOK_SECRET, DEV_WEBHOOK_SECRET, Settings
 
 jsonschema = pytest.importorskip("jsonschema")
 yaml = pytest.importorskip("yaml")
@@ -41,6 +41,23 @@ SECRETS = frozenset(
 # Values nobody would use in production, to load the base file the way a deployment would.
 DEPLOYMENT_ENV = {name: f"not-a-dev-value-{name.lower()}" for name in SECRETS}
 PAYSUITE_IMAGE = "ghcr.io/paysuite/paysuite:dev"
+# Every gRPC process: the setting it listens on and its port. The recovery worker's server
+# serves only health, but it is probed like the services'.
+GRPC_PROCESSES = {
+    "payment": ("PAYSUITE_PAYMENT_LISTEN", 50051),
+    "wallet": ("PAYSUITE_WALLET_LISTEN", 50052),
+    "gateway": ("PAYSUITE_GATEWAY_LISTEN", 50053),
+    "recovery-worker": ("PAYSUITE_RECOVERY_LISTEN", 50054),
+}
+# Where each caller dials the services (common/config.py *_target).
+TARGETS = {
+    "PAYSUITE_PAYMENT_TARGET": "payment",
+    "PAYSUITE_WALLET_TARGET": "wallet",
+    "PAYSUITE_GATEWAY_TARGET": "gateway",
+}
+SIMULATORS = frozenset({"provider-simulator", "provider-simulator-secondary"})
+# Read by every process but not (yet) a field of common.config.Settings.
+NOT_IN_SETTINGS = frozenset({"PAYSUITE_METRICS_PORT"})
 
 
 def _validate(model: dict[str, Any]) -> None:
@@ -155,7 +172,62 @@ def test_the_recovery_worker_runs_as_a_long_lived_process(dev_model: dict[str, A
     worker = dev_model["services"]["recovery-worker"]
     assert worker["command"] == ["recovery_worker"]  # `python -m recovery_worker`
     assert worker["restart"] == "unless-stopped"
-    assert "healthcheck" not in worker  # it has no endpoint a check could probe
+
+
+def test_every_grpc_process_listens_on_all_interfaces_and_is_health_checked_there(
+    dev_model: dict[str, Any],
+) -> None:
+    for name, (setting, port) in GRPC_PROCESSES.items():
+        service = dev_model["services"][name]
+        assert service["environment"].get(setting) == f"0.0.0.0:{port}", name
+        test = service["healthcheck"]["test"]
+        # The grpc-health program, given the address it probes as its only argument.
+        assert test[:3] == ["CMD", "/opt/venv/bin/python", "-c"], name
+        assert "grpc_health" in test[3], name
+        assert test[4:] == [f"127.0.0.1:{port}"], name
+
+
+def test_the_recovery_worker_gets_redis_and_the_services_but_no_database(
+    dev_model: dict[str, Any],
+) -> None:
+    services = dev_model["services"]
+    worker = services["recovery-worker"]
+    env = worker["environment"]
+    # Its leases and the streams it inspects live in the suite's Redis.
+    assert env["PAYSUITE_REDIS_URL"] == "redis://redis:6379/0"
+    assert env["PAYSUITE_REDIS_URL"] == services["payment"]["environment"]["PAYSUITE_REDIS_URL"]
+    for setting, callee in TARGETS.items():
+        listen_setting, port = GRPC_PROCESSES[callee]
+        assert env[setting] == f"{callee}:{port}", setting
+        assert services[callee]["environment"][listen_setting].endswith(f":{port}"), callee
+    # It owns no data: no database URL, so no PostgreSQL password either.
+    assert "PAYSUITE_DATABASE_URL" not in env
+    assert not any("postgres" in str(value) for value in env.values()), env
+    depends_on = worker["depends_on"]
+    assert {name: d["condition"] for name, d in depends_on.items()} == {
+        "redis": "service_healthy",
+        "payment": "service_healthy",
+        "wallet": "service_healthy",
+        "gateway": "service_healthy",
+    }
+
+
+def test_every_callers_targets_point_at_the_services_ports(dev_model: dict[str, Any]) -> None:
+    for name, service in _paysuite_processes(dev_model).items():
+        for setting, callee in TARGETS.items():
+            if setting in service["environment"]:
+                expected = f"{callee}:{GRPC_PROCESSES[callee][1]}"
+                assert service["environment"][setting] == expected, (name, setting)
+
+
+def test_every_paysuite_setting_the_file_sets_exists(dev_model: dict[str, Any]) -> None:
+    # A misspelt PAYSUITE_* name is silently ignored (extra="ignore"): catch it here.
+    known = {f"PAYSUITE_{field.upper()}" for field in Settings.model_fields} | NOT_IN_SETTINGS
+    for name, service in dev_model["services"].items():
+        if service.get("image") != PAYSUITE_IMAGE or name in SIMULATORS:
+            continue
+        unknown = {k for k in service.get("environment", {}) if k.startswith("PAYSUITE_")} - known
+        assert unknown == set(), name
 
 
 def test_every_process_serves_metrics_and_prometheus_scrapes_each(

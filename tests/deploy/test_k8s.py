@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from common.config import Settings
+from common.grpc.server import LIVENESS
 from tests.deploy.netpol import Endpoint, allowed
 
 yaml = pytest.importorskip("yaml")
@@ -34,6 +36,19 @@ OLDEST_SUPPORTED = "1.27"
 STATELESS = {"payment", "wallet", "gateway", "webhook-adapter"}
 PAYSUITE_IMAGE = "ghcr.io/paysuite/paysuite"
 WORKLOAD_KINDS = {"Deployment", "Job"}
+# Every gRPC workload: the setting it listens on and its port. The recovery worker's server
+# serves only health, but it is probed like the services'.
+GRPC_WORKLOADS = {
+    "payment": ("PAYSUITE_PAYMENT_LISTEN", 50051),
+    "wallet": ("PAYSUITE_WALLET_LISTEN", 50052),
+    "gateway": ("PAYSUITE_GATEWAY_LISTEN", 50053),
+    "recovery-worker": ("PAYSUITE_RECOVERY_LISTEN", 50054),
+}
+SIMULATORS = frozenset({"provider-simulator", "provider-simulator-secondary"})
+# Workloads that have a database (and so the database-url Secret key and PostgreSQL egress).
+WITH_DATABASE = frozenset({"payment", "wallet", "gateway", "webhook-adapter", "migrate"})
+# Read by every process but not (yet) a field of common.config.Settings.
+NOT_IN_SETTINGS = frozenset({"PAYSUITE_METRICS_PORT"})
 
 
 def _kustomize_command() -> list[str]:
@@ -157,14 +172,102 @@ def test_every_paysuite_pod_serves_metrics_and_is_annotated_for_prometheus(
             assert ports.get("metrics") == 9100, name
 
 
-def test_the_recovery_worker_is_a_long_running_deployment_without_probes(
+def _config(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The paysuite-config ConfigMap's data (its name carries a content hash)."""
+    (config,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("paysuite-config")
+    ]
+    data: dict[str, str] = config["data"]
+    return data
+
+
+def _environment(container: dict[str, Any], config: dict[str, str]) -> dict[str, Any]:
+    """What the process sees: the ConfigMap (envFrom) overlaid by `env` (value or valueFrom)."""
+    sources = [s["configMapRef"]["name"] for s in container.get("envFrom", [])]
+    assert all(name.startswith("paysuite-config") for name in sources), sources
+    env: dict[str, Any] = dict(config) if sources else {}
+    env.update({e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])})
+    return env
+
+
+def test_the_recovery_worker_is_a_long_running_deployment(
     rendered: tuple[str, list[dict[str, Any]]],
 ) -> None:
     _, objects = rendered
     worker = _of_kind(objects, "Deployment")["recovery-worker"]
     (container,) = worker["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["recovery_worker"]
-    assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(container)
+    assert worker["spec"]["replicas"] == 1
+    assert "recovery-worker" not in _of_kind(objects, "Service")  # nothing calls it
+
+
+def test_every_grpc_workload_listens_on_its_port_and_is_probed_there(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objects = rendered
+    deployments = _of_kind(objects, "Deployment")
+    for name, (setting, port) in GRPC_WORKLOADS.items():
+        (container,) = _paysuite_containers(deployments[name])
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env.get(setting) == f"0.0.0.0:{port}", name
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports.get("grpc") == port, name
+        # Readiness asks the default service "" (NOT_SERVING while a dependency is down);
+        # startup and liveness ask the name ServiceRuntime keeps SERVING while the process runs.
+        readiness = container["readinessProbe"]["grpc"]
+        assert readiness["port"] == port, name
+        assert readiness.get("service", "") == "", name
+        for probe in ("startupProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": port, "service": LIVENESS}, (name, probe)
+
+
+def test_the_recovery_worker_gets_redis_and_the_services_but_no_database(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objects = rendered
+    config = _config(objects)
+    services = _of_kind(objects, "Service")
+    (container,) = _paysuite_containers(_of_kind(objects, "Deployment")["recovery-worker"])
+    env = _environment(container, config)
+    assert env["PAYSUITE_REDIS_URL"].startswith("redis://")
+    for setting, callee in (
+        ("PAYSUITE_PAYMENT_TARGET", "payment"),
+        ("PAYSUITE_WALLET_TARGET", "wallet"),
+        ("PAYSUITE_GATEWAY_TARGET", "gateway"),
+    ):
+        port = GRPC_WORKLOADS[callee][1]
+        assert env[setting] == f"{callee}:{port}", setting
+        assert [p["port"] for p in services[callee]["spec"]["ports"]] == [port], callee
+    # It owns no data: no database URL, and no reference to paysuite-secrets at all.
+    assert "PAYSUITE_DATABASE_URL" not in env
+    assert not [e for e in container.get("env", []) if "valueFrom" in e]
+
+
+def test_only_the_workloads_with_a_database_read_its_url(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objects = rendered
+    for name, workload in _of_kind(objects, *WORKLOAD_KINDS).items():
+        for container in _paysuite_containers(workload):
+            names = {e["name"] for e in container.get("env", [])}
+            assert ("PAYSUITE_DATABASE_URL" in names) == (name in WITH_DATABASE), name
+
+
+def test_every_paysuite_setting_the_manifests_set_exists(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    # A misspelt PAYSUITE_* name is silently ignored (extra="ignore"): catch it here.
+    _, objects = rendered
+    known = {f"PAYSUITE_{field.upper()}" for field in Settings.model_fields} | NOT_IN_SETTINGS
+    config = _config(objects)
+    for name, workload in _of_kind(objects, *WORKLOAD_KINDS).items():
+        if name in SIMULATORS:  # provider_simulator reads its own PAYSUITE_SIMULATOR_*
+            continue
+        for container in _paysuite_containers(workload):
+            env = _environment(container, config)
+            assert {k for k in env if k.startswith("PAYSUITE_")} - known == set(), name
 
 
 def test_the_stateless_services_are_autoscaled(
@@ -297,7 +400,14 @@ def test_the_calls_the_design_needs_are_allowed(network: Network) -> None:
         assert allowed(policies, pods[source], pods[destination], port), (source, destination)
 
 
-SERVICE_PORTS = {"payment": 50051, "wallet": 50052, "gateway": 50053, "webhook-adapter": 8080}
+# Every port a pod listens on for others (the recovery worker's: health, for the kubelet only).
+SERVICE_PORTS = {
+    "payment": 50051,
+    "wallet": 50052,
+    "gateway": 50053,
+    "webhook-adapter": 8080,
+    "recovery-worker": 50054,
+}
 
 
 def test_every_other_call_between_services_is_denied(network: Network) -> None:
@@ -333,10 +443,32 @@ def test_the_processes_reach_postgres_and_redis_only_where_configured(network: N
     else:  # labelled pods in the cluster
         postgres, redis = _in_cluster_datastore("postgresql"), _in_cluster_datastore("redis")
     for name, pod in pods.items():
-        expected = not name.startswith("provider-simulator")
-        assert allowed(policies, pod, postgres, 5432) == expected, name
-        assert allowed(policies, pod, redis, 6379) == expected, name
+        # The recovery worker has no database: Redis (its leases, the streams) only.
+        assert allowed(policies, pod, postgres, 5432) == (name in WITH_DATABASE), name
+        assert allowed(policies, pod, redis, 6379) == (name not in SIMULATORS), name
         assert not allowed(policies, pod, redis, 5432), name
+        assert not allowed(policies, pod, postgres, 6379), name
+
+
+def test_the_recovery_worker_reaches_what_it_needs_and_nobody_reaches_its_health_port(
+    network: Network,
+) -> None:
+    _, policies, pods = network
+    worker = pods["recovery-worker"]
+    for callee in ("payment", "wallet", "gateway"):
+        assert allowed(policies, worker, pods[callee], SERVICE_PORTS[callee]), callee
+    assert allowed(policies, worker, DNS, 53, "UDP")
+    assert allowed(policies, PROMETHEUS, worker, 9100)
+    # Health on 50054 is for the kubelet, which probes from the pod's node: NetworkPolicy
+    # always allows that, so no rule may open the port to anyone else.
+    for name, peer in {
+        **pods,
+        "prometheus": PROMETHEUS,
+        "client": CLIENT,
+        "stranger": STRANGER,
+        "internet": INTERNET,
+    }.items():
+        assert not allowed(policies, peer, worker, 50054), name
 
 
 def test_only_the_gateway_reaches_the_provider_and_never_private_ranges(
