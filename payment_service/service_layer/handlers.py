@@ -13,6 +13,7 @@ from collections.abc import Callable
 import structlog
 
 from common.errors import DependencyUnavailable, DomainError, retry_on_conflict
+from common.faults import crash_point
 from payment_service.domain.model import Payment, PaymentKind
 from payment_service.service_layer.ports import UnitOfWork, WalletPort
 from payment_service.service_layer.services import credit_ref, save_settling_refunds
@@ -51,6 +52,7 @@ class GatewayEventHandlers:
         if payment.wants_credit_for_charge():
             refused = await self._credit(payment)
             credited = not refused
+            crash_point("payment.credited")
 
         async def apply() -> None:
             async with self._uow() as uow:
@@ -82,6 +84,7 @@ class GatewayEventHandlers:
                     provider=provider,
                 )
                 captured = True
+                crash_point("payment.hold_captured")
             except DependencyUnavailable:
                 raise
             except DomainError as exc:

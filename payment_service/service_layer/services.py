@@ -456,6 +456,7 @@ class PaymentService:
         payment, call = begun
         requested_at = datetime.now(UTC)
         result = await self._call_provider(payment, call)
+        crash_point("payment.provider_answered")
         if result.answer is ProviderAnswer.UNKNOWN:
             raise DependencyUnavailable(
                 f"provider outcome of {call.operation} {result.operation_id} unknown; asking again"
