@@ -109,10 +109,6 @@ class ProviderAnswer(StrEnum):
     UNKNOWN = "unknown"  # no answer (timeout): money may have moved; ask again, never fail
 
 
-# The deposit saga's name for it, kept for its callers.
-ChargeAnswer = ProviderAnswer
-
-
 class HoldState(StrEnum):
     NONE = ""
     PLACED = "placed"
@@ -136,25 +132,6 @@ class StatusChange:
     to_status: PaymentStatus
     reason: str
     occurred_at: datetime
-
-
-def charge_key(payment_id: str) -> str:
-    """The gateway idempotency key of a deposit's charge step."""
-    return f"{payment_id}:charge"
-
-
-@dataclass(frozen=True, slots=True)
-class ChargeInstruction:
-    payment_id: str
-    idempotency_key: str
-    amount: Money
-    payment_method: str
-
-    @classmethod
-    def for_deposit(cls, payment_id: str, amount: Money, payment_method: str) -> ChargeInstruction:
-        """The deposit's charge step; its key is derived from the payment, so a retried or
-        resumed step can never charge twice."""
-        return cls(payment_id, charge_key(payment_id), amount, payment_method)
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,10 +446,6 @@ class Payment:
             _events=[],
         )
 
-    def charge_instruction(self) -> ChargeInstruction:
-        """What the deposit saga's charge step sends the gateway."""
-        return ChargeInstruction.for_deposit(self.payment_id, self.amount, self.payment_method)
-
     def can_move_to(self, target: PaymentStatus) -> bool:
         return target in ALLOWED[self.status]
 
@@ -546,9 +519,7 @@ class Payment:
 
     def provider_call(self) -> ProviderCall:
         if self.kind is PaymentKind.DEPOSIT:
-            return ProviderCall(
-                "charge", charge_key(self.payment_id), self.amount, self.payment_method
-            )
+            return ProviderCall("charge", self.step_ref("charge"), self.amount, self.payment_method)
         if self.kind is PaymentKind.WITHDRAWAL:
             return ProviderCall(
                 "payout", self.step_ref("payout"), self.amount, destination=self.saga.destination
@@ -589,9 +560,6 @@ class Payment:
             self._note(f"{operation}.accepted", {"operation_id": operation_id})
             self.mark_pending(operation_id)
 
-    # Kept for the deposit saga's callers.
-    record_charge_answer = record_provider_answer
-
     # -- what the provider says; the aggregate decides what it means ------------------------
 
     def wants_credit_for_charge(self) -> bool:
@@ -612,7 +580,7 @@ class Payment:
         if self.status is PaymentStatus.PENDING and (credited or credit_refused):
             self._note("provider.charge_succeeded", {"operation_id": operation_id})
         if self.status is PaymentStatus.PENDING and credited:
-            self._note("credit.completed", {"operation_ref": f"{self.payment_id}:credit"})
+            self._note("credit.completed", {"operation_ref": self.step_ref("credit")})
             self.complete()
         elif self.status is PaymentStatus.PENDING and credit_refused:
             self._note("credit.failed", error=credit_refused)

@@ -16,7 +16,7 @@ from common.errors import DependencyUnavailable, DomainError, retry_on_conflict
 from common.faults import crash_point
 from payment_service.domain.model import Payment, PaymentKind
 from payment_service.service_layer.ports import UnitOfWork, WalletPort
-from payment_service.service_layer.services import credit_ref, save_settling_refunds
+from payment_service.service_layer.services import save_settling_refunds
 
 log = structlog.get_logger(__name__)
 
@@ -155,7 +155,7 @@ class GatewayEventHandlers:
         """
         try:
             await self._wallet.credit(
-                operation_ref=credit_ref(payment.payment_id),
+                operation_ref=payment.step_ref("credit"),
                 account_id=payment.destination_account_id,
                 amount=payment.amount,
             )

@@ -35,9 +35,6 @@ class ProviderResult:
     failure_reason: str = ""
 
 
-ChargeResult = ProviderResult
-
-
 class ChangeFeed(Protocol):
     def subscribe(self, payment_id: str) -> AbstractAsyncContextManager[asyncio.Event]:
         """An event set whenever the payment may have changed; the watcher clears it."""

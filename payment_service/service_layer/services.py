@@ -67,10 +67,6 @@ Refusal: TypeAlias = tuple[str, FailedPrecondition | NotFound]
 DEFAULT_PAYMENT_METHOD = "pm_card_ok"
 
 
-def credit_ref(payment_id: str) -> str:
-    return f"{payment_id}:credit"
-
-
 async def _made(payment: Payment) -> Payment:
     return payment
 

@@ -15,13 +15,13 @@ from common.config import Settings
 from common.errors import ConcurrentUpdate
 from common.money import Money
 from payment_service.domain.model import (
-    ChargeAnswer,
     DepositRequest,
     IdempotencyClaim,
     Payment,
     PaymentFilter,
     PaymentKind,
     PaymentStatus,
+    ProviderAnswer,
     RefundRequest,
 )
 from payment_service.service_layer.ports import UnitOfWork
@@ -134,7 +134,7 @@ class StoreContract:
         async with uow() as u:
             loaded = await u.payments.get(payment.payment_id, for_update=True)
             assert loaded is not None
-            loaded.record_charge_answer(ChargeAnswer.ACCEPTED, operation_id="op-1", reason="")
+            loaded.record_provider_answer(ProviderAnswer.ACCEPTED, operation_id="op-1", reason="")
             await u.payments.save(loaded)
             await u.commit()
         async with uow() as u:

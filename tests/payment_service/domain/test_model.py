@@ -8,11 +8,11 @@ from payment_service.domain.model import (
     FINAL,
     SETTLED,
     TERMINAL,
-    ChargeAnswer,
     DepositRequest,
     InvalidTransition,
     Payment,
     PaymentStatus,
+    ProviderAnswer,
 )
 
 S = PaymentStatus
@@ -116,18 +116,20 @@ def test_a_replayed_key_must_ask_for_the_same_payment() -> None:
 
 def pending_deposit() -> Payment:
     payment = deposit()
-    payment.record_charge_answer(ChargeAnswer.ACCEPTED, operation_id="op-1", reason="")
+    payment.record_provider_answer(ProviderAnswer.ACCEPTED, operation_id="op-1", reason="")
     payment.pull_events()
     return payment
 
 
 def test_the_charge_answer_moves_only_an_initiated_payment() -> None:
     payment = deposit()
-    payment.record_charge_answer(ChargeAnswer.UNKNOWN, operation_id="op-1", reason="")
+    payment.record_provider_answer(ProviderAnswer.UNKNOWN, operation_id="op-1", reason="")
     assert payment.status is S.INITIATED  # unknown: never failed on a guess
-    payment.record_charge_answer(ChargeAnswer.DECLINED, operation_id="op-1", reason="card_declined")
+    payment.record_provider_answer(
+        ProviderAnswer.DECLINED, operation_id="op-1", reason="card_declined"
+    )
     assert (payment.status, payment.failure_reason) == (S.FAILED, "card_declined")
-    payment.record_charge_answer(ChargeAnswer.ACCEPTED, operation_id="op-1", reason="")
+    payment.record_provider_answer(ProviderAnswer.ACCEPTED, operation_id="op-1", reason="")
     assert payment.status is S.FAILED
 
 

@@ -8,9 +8,9 @@ import pytest
 from common.errors import DependencyUnavailable, IdempotencyConflict, NotFound, ValidationError
 from common.money import Money
 from payment_service.domain.events import ReviewRequested
-from payment_service.domain.model import ChargeAnswer, PaymentStatus
+from payment_service.domain.model import PaymentStatus, ProviderAnswer
 from payment_service.service_layer.handlers import GatewayEventHandlers
-from payment_service.service_layer.services import PaymentService, credit_ref
+from payment_service.service_layer.services import PaymentService
 from tests.payment_service.fakes import FakeGateway, FakeStore, FakeUnitOfWork, FakeWallet
 
 ACCOUNT = "0b7d4d1e-55f4-4c43-8c3e-2a51f3c1d6a1"
@@ -84,7 +84,7 @@ async def test_the_saga_step_charges_once_and_records_pending() -> None:
 
 async def test_an_unknown_provider_outcome_is_retried_not_failed() -> None:
     world = World()
-    world.gateway.answer = ChargeAnswer.UNKNOWN
+    world.gateway.answer = ProviderAnswer.UNKNOWN
     payment_id = await world.create()
     with pytest.raises(DependencyUnavailable):
         await world.charge(payment_id)
@@ -152,7 +152,7 @@ async def test_unreachable_gateway_leaves_it_initiated_and_a_retry_resumes() -> 
 
 async def test_gateway_refusal_fails_the_payment() -> None:
     world = World()
-    world.gateway.answer = ChargeAnswer.DECLINED
+    world.gateway.answer = ProviderAnswer.DECLINED
     payment = await world.service.get_payment(await world.deposit())
     assert payment.status is S.FAILED
     assert payment.failure_reason == "card_declined"
@@ -165,7 +165,7 @@ async def test_charge_succeeded_credits_once_even_when_delivered_twice() -> None
         await world.handlers.charge_succeeded(
             event_id="e1", payment_id=payment_id, operation_id="op"
         )
-    assert world.wallet.credits == {credit_ref(payment_id): (ACCOUNT, Money(1000, "USD"))}
+    assert world.wallet.credits == {f"{payment_id}:credit": (ACCOUNT, Money(1000, "USD"))}
     history = await world.service.history(payment_id)
     assert [c.to_status for c in history] == [S.INITIATED, S.PENDING, S.COMPLETED]
 
@@ -199,7 +199,7 @@ async def test_credit_that_can_never_apply_starts_a_refund() -> None:
 
 async def test_a_late_success_on_a_failed_payment_publishes_a_review_request() -> None:
     world = World()
-    world.gateway.answer = ChargeAnswer.DECLINED
+    world.gateway.answer = ProviderAnswer.DECLINED
     payment_id = await world.deposit()
     await world.handlers.charge_succeeded(event_id="e1", payment_id=payment_id, operation_id="op")
     assert (await world.service.get_payment(payment_id)).status is S.FAILED
