@@ -1,10 +1,13 @@
-"""`paysuite demo`: one successful and one declined deposit against the running suite."""
+"""`paysuite demo`: every kind of payment against the running suite — a deposit and a declined
+one, a transfer, a withdrawal and a declined one, and a partial refund — each followed from
+its answer to its final state, then the balances."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable
 
 import grpc
 from rich.console import Console
@@ -20,7 +23,9 @@ POLL_S = 0.02
 TERMINAL = {
     payment_pb2.PAYMENT_STATUS_COMPLETED,
     payment_pb2.PAYMENT_STATUS_FAILED,
+    payment_pb2.PAYMENT_STATUS_CANCELLED,
     payment_pb2.PAYMENT_STATUS_REFUNDED,
+    payment_pb2.PAYMENT_STATUS_PARTIALLY_REFUNDED,
     payment_pb2.PAYMENT_STATUS_REQUIRES_MANUAL_REVIEW,
 }
 
@@ -46,59 +51,160 @@ async def run(settings: Settings, console: Console, *, timeout_s: float) -> bool
             console.print(f"[red]cannot reach the wallet service: {exc.details()}[/red]")
             console.print("Is the suite running? Start it with `make run`.")
             return False
-        console.print(f"opened account [bold]{account.account_id}[/] (USD)")
-        ok = await _deposit(payments, account.account_id, 1250, "pm_card_ok", console, timeout_s)
-        ok &= await _deposit(
-            payments, account.account_id, 700, "pm_card_declined", console, timeout_s
+        saver = await wallet.OpenAccount(
+            wallet_pb2.OpenAccountRequest(
+                operation_ref=f"demo-{uuid.uuid4()}", owner_id="demo-user", currency="USD"
+            ),
+            timeout=10,
         )
-        balance = await wallet.GetBalance(
-            wallet_pb2.GetBalanceRequest(account_id=account.account_id), timeout=10
+        console.print(f"opened accounts [bold]{account.account_id}[/] and {saver.account_id} (USD)")
+        follow = _Follower(payments, console, timeout_s)
+        deposit = await follow(
+            f"deposit of {usd(1250)} with payment method pm_card_ok",
+            payments.CreateDeposit(
+                payment_pb2.CreateDepositRequest(
+                    idempotency_key=_key(),
+                    account_id=account.account_id,
+                    amount=_money(1250),
+                    payment_method="pm_card_ok",
+                ),
+                timeout=10,
+            ),
         )
-        available = Money(balance.available.amount_minor, balance.available.currency)
-        console.print(f"account balance: [bold]{available}[/] available")
+        declined = await follow(
+            f"deposit of {usd(700)} with payment method pm_card_declined",
+            payments.CreateDeposit(
+                payment_pb2.CreateDepositRequest(
+                    idempotency_key=_key(),
+                    account_id=account.account_id,
+                    amount=_money(700),
+                    payment_method="pm_card_declined",
+                ),
+                timeout=10,
+            ),
+        )
+        transfer = await follow(
+            f"transfer of {usd(250)} to the second account",
+            payments.CreateTransfer(
+                payment_pb2.CreateTransferRequest(
+                    idempotency_key=_key(),
+                    source_account_id=account.account_id,
+                    destination_account_id=saver.account_id,
+                    amount=_money(250),
+                ),
+                timeout=10,
+            ),
+        )
+        withdrawal = await follow(
+            f"withdrawal of {usd(300)} to destination acct_ok",
+            payments.CreateWithdrawal(
+                payment_pb2.CreateWithdrawalRequest(
+                    idempotency_key=_key(),
+                    account_id=account.account_id,
+                    amount=_money(300),
+                    destination="acct_ok",
+                ),
+                timeout=10,
+            ),
+        )
+        bounced = await follow(
+            f"withdrawal of {usd(100)} to destination acct_fail (the provider declines it)",
+            payments.CreateWithdrawal(
+                payment_pb2.CreateWithdrawalRequest(
+                    idempotency_key=_key(),
+                    account_id=account.account_id,
+                    amount=_money(100),
+                    destination="acct_fail",
+                ),
+                timeout=10,
+            ),
+        )
+        ok = all(p is not None for p in (deposit, declined, transfer, withdrawal, bounced))
+        if deposit is not None:
+            refund = await follow(
+                f"refund of {usd(200)} of the first deposit",
+                payments.RefundPayment(
+                    payment_pb2.RefundPaymentRequest(
+                        idempotency_key=_key(), payment_id=deposit.payment_id, amount=_money(200)
+                    ),
+                    timeout=10,
+                ),
+            )
+            ok &= refund is not None
+            parent = await payments.GetPayment(
+                payment_pb2.GetPaymentRequest(payment_id=deposit.payment_id), timeout=10
+            )
+            _print(console, time.monotonic(), parent, "the deposit, after its refund")
+        console.print("")
+        for label, account_id in (("first", account.account_id), ("second", saver.account_id)):
+            balance = await wallet.GetBalance(
+                wallet_pb2.GetBalanceRequest(account_id=account_id), timeout=10
+            )
+            available = Money(balance.available.amount_minor, balance.available.currency)
+            console.print(f"{label} account balance: [bold]{available}[/] available")
         return ok
 
 
-async def _deposit(
-    payments: payment_pb2_grpc.PaymentServiceAsyncStub,
-    account_id: str,
-    amount_minor: int,
-    payment_method: str,
-    console: Console,
-    timeout_s: float,
-) -> bool:
-    amount = Money(amount_minor, "USD")
-    console.print(f"\ndeposit of [bold]{amount}[/] with payment method {payment_method}")
-    started = time.monotonic()
-    payment = await payments.CreateDeposit(
-        payment_pb2.CreateDepositRequest(
-            idempotency_key=f"demo-{uuid.uuid4()}",
-            account_id=account_id,
-            amount=money_pb2.Money(amount_minor=amount_minor, currency="USD"),
-            payment_method=payment_method,
-        ),
-        timeout=10,
-    )
-    _print(console, started, payment, "CreateDeposit returned")
-    last = payment.status
-    while payment.status not in TERMINAL:
-        if time.monotonic() - started > timeout_s:
-            console.print(f"[red]still {status_name(payment.status)} after {timeout_s}s[/red]")
-            return False
-        await asyncio.sleep(POLL_S)
-        payment = await payments.GetPayment(
-            payment_pb2.GetPaymentRequest(payment_id=payment.payment_id), timeout=10
-        )
-        if payment.status != last:
-            _print(console, started, payment, "status changed")
-            last = payment.status
-    return True
+def usd(amount_minor: int) -> Money:
+    return Money(amount_minor, "USD")
+
+
+def _money(amount_minor: int) -> money_pb2.Money:
+    return money_pb2.Money(amount_minor=amount_minor, currency="USD")
+
+
+def _key() -> str:
+    return f"demo-{uuid.uuid4()}"
+
+
+class _Follower:
+    """Sends one create call and follows its payment to a final or settled state."""
+
+    def __init__(
+        self,
+        payments: payment_pb2_grpc.PaymentServiceAsyncStub,
+        console: Console,
+        timeout_s: float,
+    ) -> None:
+        self._payments = payments
+        self._console = console
+        self._timeout_s = timeout_s
+
+    async def __call__(
+        self, what: str, call: Awaitable[payment_pb2.Payment]
+    ) -> payment_pb2.Payment | None:
+        console = self._console
+        console.print(f"\n{what}")
+        started = time.monotonic()
+        try:
+            payment = await call
+        except grpc.aio.AioRpcError as exc:
+            console.print(f"  [red]{exc.code().name}: {exc.details()}[/red]")
+            return None
+        _print(console, started, payment, "returned")
+        last = payment.status
+        while payment.status not in TERMINAL:
+            if time.monotonic() - started > self._timeout_s:
+                console.print(
+                    f"[red]still {status_name(payment.status)} after {self._timeout_s}s[/red]"
+                )
+                return None
+            await asyncio.sleep(POLL_S)
+            payment = await self._payments.GetPayment(
+                payment_pb2.GetPaymentRequest(payment_id=payment.payment_id), timeout=10
+            )
+            if payment.status != last:
+                _print(console, started, payment, "status changed")
+                last = payment.status
+        return payment
 
 
 def _print(console: Console, started: float, payment: payment_pb2.Payment, what: str) -> None:
     elapsed_ms = (time.monotonic() - started) * 1000
     reason = f" ({payment.failure_reason})" if payment.failure_reason else ""
-    colour = {"completed": "green", "failed": "red"}.get(status_name(payment.status), "yellow")
+    colour = {"completed": "green", "failed": "red", "partially_refunded": "cyan"}.get(
+        status_name(payment.status), "yellow"
+    )
     console.print(
         f"  {elapsed_ms:7.0f} ms  {payment.payment_id}  "
         f"[{colour}]{status_name(payment.status)}[/{colour}]{reason}  — {what}"
