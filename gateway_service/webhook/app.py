@@ -313,10 +313,14 @@ HEALTH: web.AppKey[Probe] = web.AppKey("health")
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
-def _error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+def _error_response(
+    status: int, code: str, message: str, field: str | None = None, reason: str = ""
+) -> web.Response:
     error: dict[str, str] = {"code": code, "message": message}
     if field is not None:
         error["field"] = field
+    if reason:
+        error["reason"] = reason
     return web.json_response({"error": error}, status=status)
 
 
@@ -330,7 +334,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     request[REQUEST_ID] = request_id
     try:
         return await handler(request)
-    except (WebhookError, facade.FacadeError) as exc:
+    except facade.FacadeError as exc:
+        return _error_response(exc.status, exc.code, exc.message, exc.field, exc.reason)
+    except WebhookError as exc:
         return _error_response(exc.status, exc.code, exc.message, exc.field)
     except web.HTTPException as exc:
         if exc.status < 400:

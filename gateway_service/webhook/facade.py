@@ -9,7 +9,8 @@ one HTTP edge; like the webhook routes it holds no state and talks gRPC only:
     GET  /transaction/{id}/status                    -> PaymentService.GetPayment
     GET  /openapi.json
 
-Errors are JSON (`{"error": {"code", "message", "field"?}}`) with the status mirroring the gRPC
+Errors are JSON (`{"error": {"code", "message", "field"?, "reason"?}}`, `reason` being the
+service's stable ErrorInfo reason such as INSUFFICIENT_FUNDS) with the status mirroring the gRPC
 code: 400 invalid, 404 not found, 409 conflict, 422 not allowed now (e.g. insufficient funds),
 501 not implemented, 503 unavailable. Never 500.
 """
@@ -23,6 +24,7 @@ from aiohttp import web
 from google.rpc import error_details_pb2, status_pb2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.grpc.client import error_info
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
@@ -44,12 +46,16 @@ HTTP_BY_GRPC = {
 
 
 class FacadeError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, reason: str = ""
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        # The service's ErrorInfo reason (INSUFFICIENT_FUNDS, ...), for callers to branch on.
+        self.reason = reason
 
 
 class _Amount(BaseModel):
@@ -118,7 +124,8 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> FacadeError:
         message = "not implemented yet by the payment service"
     if status == 503:
         message = "the payment service is unavailable, retry later"
-    return FacadeError(status, code.name.lower(), message, _violated_field(exc))
+    reason = error_info(exc)[0] if status != 503 else ""
+    return FacadeError(status, code.name.lower(), message, _violated_field(exc), reason)
 
 
 def _violated_field(exc: grpc.aio.AioRpcError) -> str | None:
@@ -241,6 +248,8 @@ def _error_schema() -> dict[str, Any]:
                     "code": {"type": "string"},
                     "message": {"type": "string"},
                     "field": {"type": "string"},
+                    # The service's stable ErrorInfo reason, e.g. INSUFFICIENT_FUNDS.
+                    "reason": {"type": "string"},
                 },
             }
         },

@@ -136,20 +136,20 @@ async def test_an_unknown_account_and_transaction_are_404_or_400(
 
 
 @pytest.mark.parametrize(
-    ("path", "body", "expected", "code"),
+    ("path", "body", "expected", "reason"),
     [
         # A new account holds nothing: the hold is refused on the request path.
         (
             "withdraw",
             {"amount_minor": 100, "currency": "USD", "destination": "acct_ext"},
             422,
-            "failed_precondition",
+            "INSUFFICIENT_FUNDS",
         ),
         (
             "transfer",
             {"amount_minor": 100, "currency": "USD", "to_account_id": str(uuid.uuid4())},
             404,
-            "not_found",
+            "NOT_FOUND",
         ),
     ],
 )
@@ -159,14 +159,14 @@ async def test_withdraw_and_transfer_answer_with_the_payment_service_s_refusals(
     path: str,
     body: dict[str, Any],
     expected: int,
-    code: str,
+    reason: str,
 ) -> None:
     status, answer = await call(
         http, "POST", f"/account/{account}/{path}", json=body, headers=key()
     )
 
     assert status == expected
-    assert answer["error"]["code"] == code
+    assert answer["error"]["reason"] == reason
 
 
 async def test_openapi_is_served(http: aiohttp.ClientSession) -> None:
