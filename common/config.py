@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     wallet_snapshot_every: int = Field(default=10, gt=0)
     wallet_hold_sweep_interval_ms: int = Field(default=1000, gt=0)
 
+    # /metrics of this process (Prometheus). Unset or 0: not served; containers use 9100 for
+    # every process. `paysuite up` gives each of its processes a free port of its own.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
 

@@ -18,6 +18,7 @@ from common.errors import (
     IdempotencyConflict,
     NotFound,
 )
+from common.grpc.metrics import ClientMetricsInterceptor
 
 _SERVICE_CONFIG = json.dumps(
     {
@@ -45,6 +46,7 @@ def create_channel(target: str) -> grpc.aio.Channel:
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.keepalive_time_ms", 30_000),
         ],
+        interceptors=[ClientMetricsInterceptor()],
     )
 
 

@@ -29,6 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.config import ConfigError, Settings
+from common.grpc.metrics import ClientMetricsInterceptor
 from gateway_service.webhook import facade
 from gateway_service.webhook.payload import (
     MalformedWebhook,
@@ -456,8 +457,14 @@ async def start(settings: Settings, listen: str) -> tuple[web.AppRunner, int]:
     """Starts listening on `listen` (HOST:PORT, port 0 picks a free one) with its own gRPC
     channel to the gateway. Returns the runner (`await runner.cleanup()` stops it, and
     closes the channel) and the bound port."""
-    channel = grpc.aio.insecure_channel(settings.gateway_target)
-    payments = grpc.aio.insecure_channel(settings.payment_target)
+    # Not common.grpc.client.create_channel: the adapter answers 503 and lets the provider
+    # retry rather than retrying inside gRPC, so only the metrics interceptor is shared.
+    channel = grpc.aio.insecure_channel(
+        settings.gateway_target, interceptors=[ClientMetricsInterceptor()]
+    )
+    payments = grpc.aio.insecure_channel(
+        settings.payment_target, interceptors=[ClientMetricsInterceptor()]
+    )
     try:
         app = create_app(settings, channel, payments)
     except BaseException:
