@@ -27,9 +27,12 @@ import structlog
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import Counter
+from prometheus_client.metrics import Counter as CounterType
 
 from common.config import ConfigError, Settings
 from common.grpc.metrics import ClientMetricsInterceptor
+from common.metrics import cached
 from gateway_service.webhook import facade
 from gateway_service.webhook.payload import (
     MalformedWebhook,
@@ -344,11 +347,46 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return _error_response(503, "internal", "the webhook could not be taken now, retry")
 
 
+RECEIPTS = Counter(
+    "webhook_receipts_total",
+    "Webhooks received, by provider and result: accepted, duplicate, rejected_signature,"
+    " bad_request (malformed, too large, refused by the gateway, or an unknown provider,"
+    " counted as provider 'unknown'), unavailable (answered 5xx: the provider retries).",
+    ["provider", "result"],
+)
+
+
+def _bind_receipt(key: tuple[str, str]) -> CounterType:
+    return RECEIPTS.labels(*key)
+
+
+_receipt = cached(_bind_receipt)
+
+
+def _result_of(exc: Exception) -> str:
+    status = exc.status if isinstance(exc, WebhookError | web.HTTPException) else 503
+    if status == HTTPStatus.UNAUTHORIZED:
+        return "rejected_signature"
+    return "unavailable" if status >= 500 else "bad_request"
+
+
 async def receive_webhook(request: web.Request) -> web.Response:
     provider = request.match_info["provider"]
     verifier = request.app[VERIFIERS].get(provider)
     if verifier is None:
+        # The name is the caller's text: never a label value.
+        _receipt(("unknown", "bad_request")).inc()
         raise WebhookError(404, "unknown_provider", f"no webhooks are taken for {provider!r}")
+    try:
+        duplicate = await _receive(request, provider, verifier)
+    except Exception as exc:
+        _receipt((provider, _result_of(exc))).inc()
+        raise
+    _receipt((provider, "duplicate" if duplicate else "accepted")).inc()
+    return web.json_response({"status": "accepted", "duplicate": duplicate})
+
+
+async def _receive(request: web.Request, provider: str, verifier: Verifier) -> bool:
     body = await request.read()
     try:
         verifier.verify(body, request.headers)
@@ -360,10 +398,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
         callback = parse_callback(body)
     except MalformedWebhook as exc:
         raise WebhookError(400, exc.code, exc.message, exc.field) from None
-    duplicate = await request.app[FORWARDER].forward(
+    return await request.app[FORWARDER].forward(
         provider, callback, body, request_id=request[REQUEST_ID]
     )
-    return web.json_response({"status": "accepted", "duplicate": duplicate})
 
 
 async def healthz(_: web.Request) -> web.Response:
