@@ -78,6 +78,12 @@ PENDING = Gauge(
     "Entries delivered to the group and not yet acknowledged, sampled on the reclaim timer.",
     ["stream", "group"],
 )
+LAG = Gauge(
+    "stream_lag",
+    "Entries not yet delivered to the group, sampled on the reclaim timer (Redis 7 and later"
+    " report it; absent on Redis 6).",
+    ["stream", "group"],
+)
 DEAD_LETTERS = Gauge(
     "stream_dead_letter_length",
     "Entries parked on the stream's dead-letter stream, sampled on the reclaim timer.",
@@ -163,6 +169,7 @@ class StreamConsumer:
         self._dead_lettered = HANDLED.labels(stream, group, "dead_lettered")
         self._handling = HANDLING_SECONDS.labels(stream, group)
         self._pending = PENDING.labels(stream, group)
+        self._lag = LAG.labels(stream, group)
         self._dead_letters = DEAD_LETTERS.labels(stream)
 
     async def ensure_group(self) -> None:
@@ -262,14 +269,18 @@ class StreamConsumer:
         return list(claimed[1])
 
     async def sample_depths(self) -> None:
-        """Sets the pending and dead-letter gauges: two reads, once per reclaim round."""
+        """Sets the lag, pending and dead-letter gauges: one round trip per reclaim round."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.xpending(self.stream, self.group)
+        pipe.xinfo_groups(self.stream)
         pipe.xlen(dead_letter_stream(self.stream))
-        async with redis_boundary("XPENDING"):
-            summary, parked = await pipe.execute()
-        self._pending.set(int(summary["pending"]))
+        async with redis_boundary("XINFO GROUPS"):
+            groups, parked = await pipe.execute()
         self._dead_letters.set(int(parked))
+        for info in groups:
+            if _text(info["name"]) == self.group:
+                self._pending.set(int(info["pending"]))
+                if info.get("lag") is not None:
+                    self._lag.set(int(info["lag"]))
 
     # -- handling -------------------------------------------------------------------------
 
@@ -424,3 +435,7 @@ def _aggregate_key(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
     hand) is ordered only against itself."""
     aggregate = fields.get(b"aggregate_id")
     return aggregate.decode(errors="replace") if aggregate else f"entry:{entry_id.decode()}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
