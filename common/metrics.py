@@ -81,19 +81,20 @@ class BoundedLabel:
 
     def __init__(self, limit: int = 50) -> None:
         self._limit = limit
-        self._seen: dict[str, str] = {}
+        self._seen: set[str] = set()
         self._lock = threading.Lock()
 
     def __call__(self, value: str) -> str:
-        known = self._seen.get(value)
-        if known is not None:
-            return known
+        if value in self._seen:
+            return value
+        # Odd text never takes a slot, so it cannot crowd out the ordinary values that follow.
+        if not _SANE.match(value):
+            return OTHER
         with self._lock:
             if len(self._seen) >= self._limit:
                 return OTHER
-            label = value if _SANE.match(value) else OTHER
-            self._seen[value] = label
-            return label
+            self._seen.add(value)
+            return value
 
 
 def cached(make: Callable[[K], V]) -> Callable[[K], V]:

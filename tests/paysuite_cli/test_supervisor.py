@@ -1,7 +1,9 @@
-"""`paysuite up` refuses to share its data folder or its ports with a running suite."""
+"""`paysuite up` refuses to share its data folder or its ports with a running suite, and gives
+each of its processes a metrics port of its own."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from common.config import ENDPOINTS_FILE, Settings
+from paysuite_cli import supervisor
 from paysuite_cli.supervisor import AlreadyRunning, Process, check_ports_free, exclusive
 
 HOLD_LOCK = """
@@ -45,3 +49,35 @@ def test_a_port_already_taken_is_named_before_anything_starts() -> None:
         wallet = Process("wallet", "wallet_service", f"127.0.0.1:{port}", "grpc")
         with pytest.raises(AlreadyRunning, match=f"wallet \\(127.0.0.1:{port}\\)"):
             check_ports_free([wallet])
+
+
+def test_each_of_our_processes_gets_its_own_metrics_port_and_the_simulators_none() -> None:
+    plan = supervisor.plan(Settings())
+
+    ours = {p.name: p for p in plan if p.metrics_port}
+    assert set(ours) == {"wallet", "gateway", "payment", "webhook adapter"}
+    assert len({p.metrics_port for p in ours.values()}) == 4
+    for proc in ours.values():
+        env = dict(proc.env)
+        assert env["PAYSUITE_METRICS_PORT"] == str(proc.metrics_port)
+        assert env["PAYSUITE_METRICS_HOST"] == "127.0.0.1"
+        assert proc.metrics_url == f"http://127.0.0.1:{proc.metrics_port}/metrics"
+    assert all(p.metrics_url == "" for p in plan if p.module == "provider_simulator")
+
+
+def test_metrics_urls_join_the_embedded_servers_endpoints_file(tmp_path: Path) -> None:
+    path = tmp_path / ENDPOINTS_FILE
+    path.write_text(json.dumps({"database_url": "postgresql://x", "redis_url": "unix:///r"}))
+    plan = supervisor.plan(Settings())
+
+    supervisor.publish_metrics(tmp_path, plan)
+
+    endpoints = json.loads(path.read_text())
+    assert endpoints["database_url"] == "postgresql://x"
+    assert endpoints["metrics"]["payment"].endswith("/metrics")
+    assert len(endpoints["metrics"]) == 4
+
+
+def test_without_an_endpoints_file_nothing_is_written(tmp_path: Path) -> None:
+    supervisor.publish_metrics(tmp_path, supervisor.plan(Settings()))
+    assert not (tmp_path / ENDPOINTS_FILE).exists()
