@@ -17,6 +17,7 @@ from common import aio, db
 from common.config import ConfigError, Settings, load_settings
 from common.grpc.server import ServiceRuntime, run_until_signalled
 from common.logging import configure_logging
+from common.metrics import metrics_for
 from common.outbox import OutboxRelay
 from common.streams import Handler, StreamConsumer
 
@@ -106,4 +107,5 @@ def serve_main(name: str, build: Builder, listen: Callable[[Settings], str]) -> 
         runtime = await build(settings, listen(settings))
         await run_until_signalled(runtime, grace=settings.shutdown_grace_s)
 
-    aio.run(main())
+    with metrics_for(name, settings.metrics_port, settings.metrics_host):
+        aio.run(main())

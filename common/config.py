@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     recovery_refunding_after_s: float = Field(default=1800.0, gt=0)
     recovery_stalled_after_s: float = Field(default=300.0, gt=0)
     recovery_lease_s: float = Field(default=60.0, ge=1)
+    # /metrics of this process (Prometheus). Unset or 0: not served; containers use 9100 for
+    # every process. `paysuite up` gives each of its processes a free port of its own.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import structlog
+from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -67,11 +68,31 @@ _CLAIM = (
     " ORDER BY id LIMIT %(limit)s FOR UPDATE"
 )
 _MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY(%s)"
+# Both read the partial index of unpublished rows; the count stops at BACKLOG_COUNT_LIMIT so
+# a huge backlog cannot make the sample itself slow.
+_BACKLOG = (
+    "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE published_at IS NULL"
+    " LIMIT %(limit)s) AS unpublished),"
+    " (SELECT extract(epoch FROM now() - created_at) FROM outbox"
+    " WHERE published_at IS NULL ORDER BY id LIMIT 1)"
+)
+BACKLOG_COUNT_LIMIT = 1_000_000
 _PURGE = text(
     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
     " WHERE published_at < now() - :retention LIMIT :limit)"
 )
 
+
+PUBLISHED = Counter("outbox_published_total", "Outbox rows this process published to streams.")
+BACKLOG = Gauge(
+    "outbox_backlog", "Unpublished outbox rows, sampled by the relay (counted up to a million)."
+)
+OLDEST_AGE = Gauge(
+    "outbox_oldest_unpublished_age_seconds",
+    "Age of the oldest unpublished outbox row (0 when none), sampled by the relay.",
+)
+# Sampled on this period, not per batch: the relay's own hot path stays two statements.
+SAMPLE_EVERY_S = 5.0
 
 # The relays running in this process, by the id of the engine they publish from.
 _RELAY_WAKERS: dict[int, set[asyncio.Event]] = {}
@@ -134,6 +155,7 @@ class OutboxRelay:
         self._stream_alarm_length = stream_alarm_length
         self._housekeeping_interval_s = housekeeping_interval_s
         self._next_housekeeping = 0.0
+        self._next_sample = 0.0
         self._streams: set[str] = set()
         self._wake = asyncio.Event()
         # Another relay held some partitions at the last look: look again soon, since rows
@@ -175,6 +197,7 @@ class OutboxRelay:
             async with redis_boundary("outbox publish"):
                 await pipe.execute()
             await raw.execute(_MARK, ([row[0] for row in rows],))
+        PUBLISHED.inc(len(rows))
         log.debug("outbox.published", count=len(rows))
         return len(rows)
 
@@ -188,6 +211,7 @@ class OutboxRelay:
                     while await self.publish_batch() == self._batch_size:
                         pass
                     await self._housekeeping_when_due()
+                    await self._sample_when_due()
                 except DependencyUnavailable as exc:
                     # The rows stay unpublished and are retried when the server is back.
                     log.warning("outbox.publish_failed", error=str(exc))
@@ -195,6 +219,23 @@ class OutboxRelay:
                 await wait_any(stop, self._wake, at_most_s=wait)
         finally:
             wakers.discard(self._wake)
+
+    async def _sample_when_due(self) -> None:
+        if time.monotonic() < self._next_sample:
+            return
+        self._next_sample = time.monotonic() + SAMPLE_EVERY_S
+        await self.sample_backlog()
+
+    async def sample_backlog(self) -> tuple[int, float]:
+        """Sets the backlog gauges; returns (unpublished rows, oldest age in seconds)."""
+        async with database_boundary("outbox sample"), self._engine.begin() as conn:
+            raw = await driver_connection(conn)
+            cursor = await raw.execute(_BACKLOG, {"limit": BACKLOG_COUNT_LIMIT})
+            count, age = await cursor.fetchone() or (0, None)
+        backlog, oldest = int(count), float(age or 0.0)
+        BACKLOG.set(backlog)
+        OLDEST_AGE.set(oldest)
+        return backlog, oldest
 
     # -- housekeeping -------------------------------------------------------------------
 

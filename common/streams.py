@@ -36,6 +36,7 @@ from typing import Any
 import redis.exceptions
 import structlog
 from google.protobuf.message import DecodeError
+from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -43,6 +44,7 @@ from common.aio import wait_any
 from common.db import RawConnection, driver_connection
 from common.errors import ConcurrentUpdate, DependencyUnavailable
 from common.events import dead_letter_stream
+from common.metrics import CALL_BUCKETS
 from paysuite.events.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
@@ -58,6 +60,35 @@ _RETRY_LATER = (DependencyUnavailable, ConcurrentUpdate)
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
+
+HANDLED = Counter(
+    "stream_events_handled_total",
+    "Stream entries this consumer finished with, by result: ok, retry (left pending to be"
+    " tried again) or dead_lettered.",
+    ["stream", "group", "result"],
+)
+HANDLING_SECONDS = Histogram(
+    "stream_event_handling_seconds",
+    "Time the handler took for one entry, whatever its result.",
+    ["stream", "group"],
+    buckets=CALL_BUCKETS,
+)
+PENDING = Gauge(
+    "stream_pending",
+    "Entries delivered to the group and not yet acknowledged, sampled on the reclaim timer.",
+    ["stream", "group"],
+)
+LAG = Gauge(
+    "stream_lag",
+    "Entries not yet delivered to the group, sampled on the reclaim timer (Redis 7 and later"
+    " report it; absent on Redis 6).",
+    ["stream", "group"],
+)
+DEAD_LETTERS = Gauge(
+    "stream_dead_letter_length",
+    "Entries parked on the stream's dead-letter stream, sampled on the reclaim timer.",
+    ["stream"],
+)
 
 
 async def mark_processed(
@@ -133,6 +164,13 @@ class StreamConsumer:
         self._claim_cursor = "0-0"
         self._retry_own_at: float | None = None
         self._backoff_s = MIN_BACKOFF_S
+        self._ok = HANDLED.labels(stream, group, "ok")
+        self._retried = HANDLED.labels(stream, group, "retry")
+        self._dead_lettered = HANDLED.labels(stream, group, "dead_lettered")
+        self._handling = HANDLING_SECONDS.labels(stream, group)
+        self._pending = PENDING.labels(stream, group)
+        self._lag = LAG.labels(stream, group)
+        self._dead_letters = DEAD_LETTERS.labels(stream)
 
     async def ensure_group(self) -> None:
         # From the start of the stream: a group created after events were published still
@@ -227,7 +265,22 @@ class StreamConsumer:
         self._claim_cursor = cursor
         if cursor == "0-0":
             self._next_claim = time.monotonic() + self._claim_every_s
+            await self.sample_depths()
         return list(claimed[1])
+
+    async def sample_depths(self) -> None:
+        """Sets the lag, pending and dead-letter gauges: one round trip per reclaim round."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xinfo_groups(self.stream)
+        pipe.xlen(dead_letter_stream(self.stream))
+        async with redis_boundary("XINFO GROUPS"):
+            groups, parked = await pipe.execute()
+        self._dead_letters.set(int(parked))
+        for info in groups:
+            if _text(info["name"]) == self.group:
+                self._pending.set(int(info["pending"]))
+                if info.get("lag") is not None:
+                    self._lag.set(int(info["lag"]))
 
     # -- handling -------------------------------------------------------------------------
 
@@ -268,16 +321,22 @@ class StreamConsumer:
         except (KeyError, DecodeError):
             self._park(entry_id, fields, "unparseable envelope")
             return True
+        started = time.perf_counter()
         try:
             await self._handler(envelope)
         except _RETRY_LATER as exc:
+            self._handling.observe(time.perf_counter() - started)
+            self._retried.inc()
             log.warning(
                 "stream.retry_later", stream=self.stream, event_id=envelope.event_id, error=str(exc)
             )
             self._retry_soon(grow=True)
             return False
         except Exception as exc:
+            self._handling.observe(time.perf_counter() - started)
             return await self._failed(entry_id, fields, envelope, exc)
+        self._handling.observe(time.perf_counter() - started)
+        self._ok.inc()
         self._done(entry_id)
         return True
 
@@ -293,6 +352,7 @@ class StreamConsumer:
             async with redis_boundary("HINCRBY"):
                 failures = int(await self._redis.hincrby(self._failures_key, entry_id.decode()))
         except DependencyUnavailable:
+            self._retried.inc()
             self._retry_soon(grow=True)
             return False
         if failures >= self._max_deliveries:
@@ -300,6 +360,7 @@ class StreamConsumer:
             self._park(entry_id, fields, repr(exc))
             return True
         bound.warning("stream.handler_failed", failures=failures, error=repr(exc))
+        self._retried.inc()
         self._retry_soon(grow=True)
         return False
 
@@ -315,6 +376,7 @@ class StreamConsumer:
         self._flush_wanted.set()
 
     def _park(self, entry_id: bytes, fields: dict[bytes, bytes], error: str) -> None:
+        self._dead_lettered.inc()
         self._outcome.park.append((entry_id, fields, error))
         self._outcome.ack.append(entry_id)
         self._flush_wanted.set()
@@ -373,3 +435,7 @@ def _aggregate_key(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
     hand) is ordered only against itself."""
     aggregate = fields.get(b"aggregate_id")
     return aggregate.decode(errors="replace") if aggregate else f"entry:{entry_id.decode()}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

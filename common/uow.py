@@ -12,12 +12,15 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from common.db import RawConnection, database_boundary, driver_connection, is_database_down
 from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
 from common.outbox import outbox_committed, write_outbox
+
+log = structlog.get_logger(__name__)
 
 
 class EventSource(Protocol):
@@ -95,10 +98,21 @@ class SqlUnitOfWork:
         self._extra.append(event)
 
     async def commit(self) -> None:
-        events = [self._to_outgoing(e) for agg in self._tracked for e in agg.pull_events()]
-        outgoing = [*events, *self._extra]
+        harvested = [e for agg in self._tracked for e in agg.pull_events()]
+        outgoing = [*(self._to_outgoing(e) for e in harvested), *self._extra]
         await write_outbox(self.raw, outgoing)
         await self.conn.commit()
-        self._tracked, self._extra = [], []
+        tracked, self._tracked, self._extra = self._tracked, [], []
         if outgoing:
             outbox_committed(self._engine)
+        if harvested:
+            try:
+                self._committed(harvested, tracked)
+            except Exception:
+                # The change is durable: an observer's bug must not turn it into a failure
+                # that the caller would retry.
+                log.exception("uow.observer_failed")
+
+    def _committed(self, events: list[Any], aggregates: list[EventSource]) -> None:
+        """Subclasses observe the domain events of a change once it is durable (metrics
+        count here, after the commit, so a rolled-back change is never counted)."""

@@ -12,6 +12,7 @@ from common.grpc.server import ServiceRuntime, create_server
 from gateway_service.adapters.provider import SimulatorProvider, provider_session
 from gateway_service.adapters.uow import GatewayUnitOfWork
 from gateway_service.entrypoints.grpc_servicer import GatewayServicer
+from gateway_service.metrics import breaker_moved
 from gateway_service.service_layer.breaker import BreakerOptions, CircuitBreaker, Transition
 from gateway_service.service_layer.providers import GuardedProvider, ProviderRouter, RetryPolicy
 from gateway_service.service_layer.services import GatewayService
@@ -40,6 +41,7 @@ class _TransitionRelay:
     service: GatewayService | None = None
 
     def __call__(self, transition: Transition) -> None:
+        breaker_moved(transition)
         if self.service is not None:
             self.service.on_breaker_transition(transition)
 

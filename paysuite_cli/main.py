@@ -129,6 +129,7 @@ def _up(settings: Settings) -> None:
             except RuntimeError as exc:
                 console.print(f"[red]paysuite failed to start: {exc}[/red]")
                 raise typer.Exit(1) from None
+            supervisor.publish_metrics(settings.data_dir, processes)
             _print_endpoints(processes)
             exited = supervisor.wait_for_exit(children)
             console.print("stopping paysuite ...")
@@ -143,9 +144,10 @@ def _print_endpoints(processes: list[supervisor.Process]) -> None:
     table.add_column("process")
     table.add_column("endpoint")
     table.add_column("status")
+    table.add_column("metrics")
     for proc in processes:
         status = "SERVING" if proc.kind == "grpc" else "ok"
-        table.add_row(proc.name, proc.endpoint, f"[green]{status}[/green]")
+        table.add_row(proc.name, proc.endpoint, f"[green]{status}[/green]", proc.metrics_url)
     console.print(table)
     console.print("Try: [bold]paysuite demo[/bold] (in another terminal)   Stop: Ctrl-C")
 

@@ -7,6 +7,7 @@ developer sees a broken start instead of a half-working suite.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlsplit
@@ -24,7 +25,7 @@ from urllib.request import urlopen
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.config import Settings
+from common.config import ENDPOINTS_FILE, Settings
 
 START_TIMEOUT_S = 60.0
 
@@ -37,6 +38,11 @@ class Process:
     kind: str  # "grpc" or "http"
     # Added to the shared child environment for this process only.
     env: tuple[tuple[str, str], ...] = ()
+    metrics_port: int = 0
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{METRICS_HOST}:{self.metrics_port}/metrics" if self.metrics_port else ""
 
     def is_ready(self) -> bool:
         return _grpc_serving(self.endpoint) if self.kind == "grpc" else _http_ok(self.endpoint)
@@ -84,18 +90,50 @@ def _recovery_worker(settings: Settings) -> Process:
 
 def plan(settings: Settings) -> list[Process]:
     return [
-        Process("wallet", "wallet_service", settings.wallet_listen, "grpc"),
-        Process("gateway", "gateway_service", settings.gateway_listen, "grpc"),
-        Process("payment", "payment_service", settings.payment_listen, "grpc"),
-        _recovery_worker(settings),
-        Process(
-            "webhook adapter",
-            "gateway_service.webhook",
-            f"http://{settings.webhook_listen}/healthz",
-            "http",
+        _with_metrics(Process("wallet", "wallet_service", settings.wallet_listen, "grpc")),
+        _with_metrics(Process("gateway", "gateway_service", settings.gateway_listen, "grpc")),
+        _with_metrics(Process("payment", "payment_service", settings.payment_listen, "grpc")),
+        _with_metrics(_recovery_worker(settings)),
+        _with_metrics(
+            Process(
+                "webhook adapter",
+                "gateway_service.webhook",
+                f"http://{settings.webhook_listen}/healthz",
+                "http",
+            )
         ),
         *(_simulator(settings, i) for i in range(len(settings.provider_configs()))),
     ]
+
+
+# Every process of a suite shares one host here, so each gets a free port of its own (in a
+# container they all use PAYSUITE_METRICS_PORT=9100). The simulators stand in for the outside
+# world and serve no metrics of ours.
+METRICS_HOST = "127.0.0.1"
+
+
+def _with_metrics(proc: Process) -> Process:
+    port = _free_port()
+    env = (("PAYSUITE_METRICS_PORT", str(port)), ("PAYSUITE_METRICS_HOST", METRICS_HOST))
+    return replace(proc, env=proc.env + env, metrics_port=port)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((METRICS_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def publish_metrics(data_dir: Path, processes: list[Process]) -> None:
+    """Adds each process's /metrics URL to the embedded servers' endpoints file, where the
+    CLI in another terminal (and a local Prometheus config) can find them."""
+    path = data_dir / ENDPOINTS_FILE
+    try:
+        endpoints = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # external servers: there is no endpoints file to extend
+    endpoints["metrics"] = {p.name: p.metrics_url for p in processes if p.metrics_port}
+    path.write_text(json.dumps(endpoints))
 
 
 class AlreadyRunning(Exception):

@@ -8,6 +8,7 @@ from common import aio
 from common.config import ConfigError, load_settings
 from common.grpc.server import run_until_signalled
 from common.logging import configure_logging
+from common.metrics import metrics_for
 from recovery_worker import bootstrap
 
 
@@ -24,7 +25,8 @@ def main() -> None:
         runtime = await bootstrap.build(settings, settings.recovery_listen)
         await run_until_signalled(runtime, grace=settings.shutdown_grace_s)
 
-    aio.run(serve())
+    with metrics_for(bootstrap.NAME, settings.metrics_port, settings.metrics_host):
+        aio.run(serve())
 
 
 main()

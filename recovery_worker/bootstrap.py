@@ -17,6 +17,7 @@ from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
 from common.grpc.client import create_channel
 from common.grpc.server import ServiceRuntime, create_server
+from recovery_worker.adapters import metrics
 from recovery_worker.adapters.redis_store import RedisLeases, RedisPipeline, RedisRungMemory
 from recovery_worker.adapters.services import GrpcGateway, GrpcPayments, GrpcWallet
 from recovery_worker.domain.ladder import Ladder
@@ -101,6 +102,7 @@ def build_worker(
         leases=leases,
         clock=clock,
         interval_s=settings.recovery_interval_s,
+        observe=metrics.observe,
     )
 
 

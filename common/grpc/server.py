@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from common.aio import wait_any
 from common.grpc.decoding import DecodeGuardInterceptor
 from common.grpc.errors import ErrorMappingInterceptor
+from common.grpc.metrics import ServerMetricsInterceptor
 
 log = structlog.get_logger(__name__)
 
@@ -105,8 +106,13 @@ def create_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with our interceptors, health and reflection, bound to `address` (port 0 ok)."""
     server = grpc.aio.server(
-        # The decode guard first: it answers undecodable requests before anything else runs.
-        interceptors=[DecodeGuardInterceptor(), ErrorMappingInterceptor()],
+        # Metrics outermost, to count the status the others chose; then the decode guard,
+        # which answers undecodable requests before anything else runs.
+        interceptors=[
+            ServerMetricsInterceptor(),
+            DecodeGuardInterceptor(),
+            ErrorMappingInterceptor(),
+        ],
         options=[
             ("grpc.so_reuseport", 0),
             # Our largest request is a few hundred bytes; nobody needs to send us megabytes.

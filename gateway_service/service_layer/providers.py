@@ -41,6 +41,7 @@ from gateway_service.domain.provider import (
     ProviderUnavailable,
     StatusReport,
 )
+from gateway_service.metrics import ProviderMetrics
 from gateway_service.service_layer.breaker import BreakerSnapshot, CircuitBreaker
 
 log = structlog.get_logger(__name__)
@@ -104,6 +105,7 @@ class GuardedProvider:
         self._timeout_s = timeout_s
         self._retry = retry
         self._clock = clock
+        self._metrics = ProviderMetrics(provider.name)
 
     @property
     def name(self) -> str:
@@ -117,7 +119,11 @@ class GuardedProvider:
             InstructionKind.PAYOUT: self._provider.payout,
             InstructionKind.REFUND: self._provider.refund,
         }[instruction.kind]
-        return await self._call(lambda timeout_s: call(instruction, timeout_s=timeout_s), deadline)
+        return await self._call(
+            lambda timeout_s: call(instruction, timeout_s=timeout_s),
+            deadline,
+            operation=instruction.kind.value,
+        )
 
     async def get_status(
         self,
@@ -135,15 +141,22 @@ class GuardedProvider:
                 timeout_s=timeout_s,
             ),
             deadline,
+            operation="status",
         )
 
-    async def _call(self, call: Callable[[float], Awaitable[T]], deadline: float | None) -> T:
+    async def _call(
+        self, call: Callable[[float], Awaitable[T]], deadline: float | None, *, operation: str
+    ) -> T:
         maybe_acted = False
+        attempts = 0
 
         async def attempt() -> T:
-            nonlocal maybe_acted
+            nonlocal maybe_acted, attempts
+            attempts += 1
+            if attempts > 1:
+                self._metrics.retries[operation].inc()
             try:
-                return await self._attempt(call, deadline)
+                return await self._attempt(call, deadline, operation)
             except ProviderNotProcessed:
                 raise
             except ProviderUnavailable:
@@ -169,23 +182,34 @@ class GuardedProvider:
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, call: Callable[[float], Awaitable[T]], deadline: float | None) -> T:
+    async def _attempt(
+        self, call: Callable[[float], Awaitable[T]], deadline: float | None, operation: str
+    ) -> T:
         timeout_s = self._attempt_timeout(deadline)
         permit = self.breaker.acquire()
         if permit is None:
+            self._metrics.calls[operation, "circuit_open"].inc()
             raise CircuitOpen(self.name)
+        started = time.perf_counter()
         try:
             result = await call(timeout_s)
         except ProviderRejected:
             # The provider answered, clearly: it is healthy, the request was not.
             self.breaker.record(permit, failed=False)
+            self._observe(operation, "rejected", started)
             raise
         except ProviderError as exc:
             self.breaker.record(permit, failed=True)
+            self._observe(operation, _outcome(exc), started)
             log.info("provider.attempt_failed", provider=self.name, error=str(exc))
             raise
         self.breaker.record(permit, failed=False)
+        self._observe(operation, "ok", started)
         return result
+
+    def _observe(self, operation: str, outcome: str, started: float) -> None:
+        self._metrics.seconds[operation].observe(time.perf_counter() - started)
+        self._metrics.calls[operation, outcome].inc()
 
     def _attempt_timeout(self, deadline: float | None) -> float:
         if deadline is None:
@@ -197,6 +221,14 @@ class GuardedProvider:
 
     def _out_of_time(self, deadline: float | None) -> _OutOfTime:
         return _OutOfTime(deadline, self._clock)
+
+
+def _outcome(exc: ProviderError) -> str:
+    if isinstance(exc, ProviderTimeout):
+        return "timeout"
+    if isinstance(exc, ProviderUnavailable):
+        return "unavailable"
+    return "not_processed"
 
 
 class _OutOfTime(stop_base):

@@ -11,6 +11,7 @@ import structlog
 from common import aio
 from common.config import ConfigError, Settings, load_settings
 from common.logging import configure_logging
+from common.metrics import metrics_for
 from gateway_service.webhook.app import start
 
 NAME = "webhook-adapter"
@@ -40,7 +41,8 @@ def main() -> int:
         return 2
     configure_logging(level=settings.log_level, fmt=settings.log_format, service=NAME)
     try:
-        aio.run(_serve(settings))
+        with metrics_for(NAME, settings.metrics_port, settings.metrics_host):
+            aio.run(_serve(settings))
     except ConfigError as exc:
         print(f"{NAME}: {exc}", file=sys.stderr)
         return 2

@@ -27,8 +27,12 @@ import structlog
 from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import Counter
+from prometheus_client.metrics import Counter as CounterType
 
 from common.config import ConfigError, Settings
+from common.grpc.metrics import ClientMetricsInterceptor
+from common.metrics import cached
 from gateway_service.webhook import facade
 from gateway_service.webhook.payload import (
     MalformedWebhook,
@@ -349,11 +353,46 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return _error_response(503, "internal", "the webhook could not be taken now, retry")
 
 
+RECEIPTS = Counter(
+    "webhook_receipts_total",
+    "Webhooks received, by provider and result: accepted, duplicate, rejected_signature,"
+    " bad_request (malformed, too large, refused by the gateway, or an unknown provider,"
+    " counted as provider 'unknown'), unavailable (answered 5xx: the provider retries).",
+    ["provider", "result"],
+)
+
+
+def _bind_receipt(key: tuple[str, str]) -> CounterType:
+    return RECEIPTS.labels(*key)
+
+
+_receipt = cached(_bind_receipt)
+
+
+def _result_of(exc: Exception) -> str:
+    status = exc.status if isinstance(exc, WebhookError | web.HTTPException) else 503
+    if status == HTTPStatus.UNAUTHORIZED:
+        return "rejected_signature"
+    return "unavailable" if status >= 500 else "bad_request"
+
+
 async def receive_webhook(request: web.Request) -> web.Response:
     provider = request.match_info["provider"]
     verifier = request.app[VERIFIERS].get(provider)
     if verifier is None:
+        # The name is the caller's text: never a label value.
+        _receipt(("unknown", "bad_request")).inc()
         raise WebhookError(404, "unknown_provider", f"no webhooks are taken for {provider!r}")
+    try:
+        duplicate = await _receive(request, provider, verifier)
+    except Exception as exc:
+        _receipt((provider, _result_of(exc))).inc()
+        raise
+    _receipt((provider, "duplicate" if duplicate else "accepted")).inc()
+    return web.json_response({"status": "accepted", "duplicate": duplicate})
+
+
+async def _receive(request: web.Request, provider: str, verifier: Verifier) -> bool:
     body = await request.read()
     try:
         verifier.verify(body, request.headers)
@@ -365,10 +404,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
         callback = parse_callback(body)
     except MalformedWebhook as exc:
         raise WebhookError(400, exc.code, exc.message, exc.field) from None
-    duplicate = await request.app[FORWARDER].forward(
+    return await request.app[FORWARDER].forward(
         provider, callback, body, request_id=request[REQUEST_ID]
     )
-    return web.json_response({"status": "accepted", "duplicate": duplicate})
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -462,8 +500,14 @@ async def start(settings: Settings, listen: str) -> tuple[web.AppRunner, int]:
     """Starts listening on `listen` (HOST:PORT, port 0 picks a free one) with its own gRPC
     channel to the gateway. Returns the runner (`await runner.cleanup()` stops it, and
     closes the channel) and the bound port."""
-    channel = grpc.aio.insecure_channel(settings.gateway_target)
-    payments = grpc.aio.insecure_channel(settings.payment_target)
+    # Not common.grpc.client.create_channel: the adapter answers 503 and lets the provider
+    # retry rather than retrying inside gRPC, so only the metrics interceptor is shared.
+    channel = grpc.aio.insecure_channel(
+        settings.gateway_target, interceptors=[ClientMetricsInterceptor()]
+    )
+    payments = grpc.aio.insecure_channel(
+        settings.payment_target, interceptors=[ClientMetricsInterceptor()]
+    )
     try:
         app = create_app(settings, channel, payments)
     except BaseException:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.uow import SqlUnitOfWork
+from common.uow import EventSource, SqlUnitOfWork
+from payment_service.adapters import metrics
 from payment_service.adapters.event_mapping import to_outgoing
 from payment_service.adapters.repository import PaymentRepository
 
@@ -15,3 +18,6 @@ class PaymentUnitOfWork(SqlUnitOfWork):
 
     def _open(self) -> None:
         self.payments = PaymentRepository(self.conn, self.raw, track=self.track)
+
+    def _committed(self, events: list[Any], aggregates: list[EventSource]) -> None:
+        metrics.record_committed(events, aggregates)

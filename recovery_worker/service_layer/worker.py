@@ -23,16 +23,29 @@ from recovery_worker.service_layer.sweeps import Sweep
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
+Observer = Callable[[SweepReport], None]
+
+
+def _ignore(_report: SweepReport) -> None:
+    return None
 
 
 class RecoveryWorker:
     def __init__(
-        self, *, sweeps: Sequence[Sweep], leases: Leases, clock: Clock, interval_s: float
+        self,
+        *,
+        sweeps: Sequence[Sweep],
+        leases: Leases,
+        clock: Clock,
+        interval_s: float,
+        observe: Observer = _ignore,
     ) -> None:
         self._sweeps = sweeps
         self._leases = leases
         self._clock = clock
         self._interval_s = interval_s
+        # Told every sweep's report (metrics), whatever became of the sweep.
+        self._observe = observe
 
     async def run(self, stop: asyncio.Event) -> None:
         """Runs a round at once, then one every interval, until `stop` is set."""
@@ -45,6 +58,11 @@ class RecoveryWorker:
         return [await self.run_sweep(sweep) for sweep in self._sweeps]
 
     async def run_sweep(self, sweep: Sweep) -> SweepReport:
+        report = await self._run_sweep(sweep)
+        self._observe(report)
+        return report
+
+    async def _run_sweep(self, sweep: Sweep) -> SweepReport:
         try:
             async with self._leases.hold(sweep.name) as held:
                 if not held:

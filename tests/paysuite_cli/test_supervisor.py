@@ -1,7 +1,9 @@
-"""`paysuite up` refuses to share its data folder or its ports with a running suite."""
+"""`paysuite up` refuses to share its data folder or its ports with a running suite, and gives
+each of its processes a metrics port of its own."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from common.config import ENDPOINTS_FILE, Settings
+from paysuite_cli import supervisor
 from paysuite_cli.supervisor import AlreadyRunning, Process, check_ports_free, exclusive
 
 HOLD_LOCK = """
@@ -57,8 +61,40 @@ def test_the_suite_runs_the_recovery_worker_with_demo_timings_the_environment_ov
     worker = next(p for p in plan(Settings()) if p.module == "recovery_worker")
 
     assert worker.endpoint == "127.0.0.1:50054"
-    assert dict(worker.env) == {
+    assert {k: v for k, v in worker.env if k.startswith("PAYSUITE_RECOVERY_")} == {
         "PAYSUITE_RECOVERY_PENDING_AFTER_S": "10",
         "PAYSUITE_RECOVERY_REFUNDING_AFTER_S": "60",
         "PAYSUITE_RECOVERY_STALLED_AFTER_S": "60",
     }
+
+
+def test_each_of_our_processes_gets_its_own_metrics_port_and_the_simulators_none() -> None:
+    plan = supervisor.plan(Settings())
+
+    ours = {p.name: p for p in plan if p.metrics_port}
+    assert set(ours) == {"wallet", "gateway", "payment", "recovery worker", "webhook adapter"}
+    assert len({p.metrics_port for p in ours.values()}) == 5
+    for proc in ours.values():
+        env = dict(proc.env)
+        assert env["PAYSUITE_METRICS_PORT"] == str(proc.metrics_port)
+        assert env["PAYSUITE_METRICS_HOST"] == "127.0.0.1"
+        assert proc.metrics_url == f"http://127.0.0.1:{proc.metrics_port}/metrics"
+    assert all(p.metrics_url == "" for p in plan if p.module == "provider_simulator")
+
+
+def test_metrics_urls_join_the_embedded_servers_endpoints_file(tmp_path: Path) -> None:
+    path = tmp_path / ENDPOINTS_FILE
+    path.write_text(json.dumps({"database_url": "postgresql://x", "redis_url": "unix:///r"}))
+    plan = supervisor.plan(Settings())
+
+    supervisor.publish_metrics(tmp_path, plan)
+
+    endpoints = json.loads(path.read_text())
+    assert endpoints["database_url"] == "postgresql://x"
+    assert endpoints["metrics"]["payment"].endswith("/metrics")
+    assert len(endpoints["metrics"]) == 5
+
+
+def test_without_an_endpoints_file_nothing_is_written(tmp_path: Path) -> None:
+    supervisor.publish_metrics(tmp_path, supervisor.plan(Settings()))
+    assert not (tmp_path / ENDPOINTS_FILE).exists()

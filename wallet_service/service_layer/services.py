@@ -8,6 +8,7 @@ together share that unit of work; each is still decided, replayed or refused on 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from common.errors import (
 from common.ids import new_id, parse_id
 from common.money import Money, validate_currency
 from common.uow import UnitOfWork as BaseUnitOfWork
+from wallet_service import metrics
 from wallet_service.domain import postings
 from wallet_service.domain.errors import AccountNotFound, HoldNotFound, OperationRefReused
 from wallet_service.domain.fx import FxRate, parse_rate
@@ -167,16 +169,24 @@ class WalletService:
         replay: Replay[T],
     ) -> T:
         spec = _Spec(operation_ref, kind, fingerprint, account_ids, act, replay)
-        if self._group is not None:
-            result: T = await self._group.submit(spec)
-            return result
+        started = time.perf_counter()
+        try:
+            result: T = await self._perform(spec)
+        except Exception as exc:
+            metrics.observe(kind, exc, started)
+            raise
+        metrics.observe(kind, None, started)
+        return result
 
-        async def attempt() -> T:
+    async def _perform(self, spec: _Spec) -> Any:
+        if self._group is not None:
+            return await self._group.submit(spec)
+
+        async def attempt() -> Any:
             async with self._uow() as uow:
                 outcome = await self._decide_all(uow, [spec])
                 await uow.commit()
-            alone: T = _unwrap(outcome[0])
-            return alone
+            return _unwrap(outcome[0])
 
         return await retry_on_conflict(attempt, attempts=self._attempts)
 

@@ -17,6 +17,7 @@ import pytest
 import stripe
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
@@ -599,3 +600,29 @@ async def test_concurrent_webhooks_reach_the_gateway_in_batches_each_with_its_an
     assert sum(fake.batches) == 21
     assert len(fake.batches) < 21  # coalesced
     assert {r.provider_event_id for r in fake.received} == {f"evt_{i}" for i in range(20)}
+
+
+async def test_every_receipt_is_counted_by_provider_and_result(
+    post: Post, fake: FakeGateway
+) -> None:
+    def count(result: str, provider: str = "sim-primary") -> float:
+        labels = {"provider": provider, "result": result}
+        return REGISTRY.get_sample_value("webhook_receipts_total", labels) or 0.0
+
+    results = ["accepted", "duplicate", "rejected_signature", "bad_request", "unavailable"]
+    before = {result: count(result) for result in results}
+    unknown_before = count("bad_request", provider="unknown")
+    body = event_body(type="charge.succeeded")
+
+    await post(PRIMARY, body, signed(body))
+    await post(PRIMARY, body, signed(body))
+    await post(PRIMARY, body, signed(body, secret=OTHER_SECRET))
+    await post(PRIMARY, event_body(type="refund"), signed(event_body(type="refund")))
+    fake.fail_with = grpc.StatusCode.UNAVAILABLE
+    await post(PRIMARY, body, signed(body))
+    await post("/webhooks/nobody-we-know", body, signed(body))
+
+    assert {result: count(result) - before[result] for result in results} == dict.fromkeys(
+        results, 1
+    )
+    assert count("bad_request", provider="unknown") - unknown_before == 1

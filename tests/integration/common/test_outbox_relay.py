@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -203,6 +204,7 @@ async def test_three_relays_publish_10000_rows_once_each_in_per_aggregate_order(
 
 RELAY_PROCESS = """
 import asyncio, sys
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 from common import db
@@ -325,3 +327,25 @@ async def test_the_stream_retention_keeps_acknowledged_entries_for_a_while(
     the_relay = relay(outbox_engine, redis, migrated, stream_retention=timedelta(hours=1))
     assert await the_relay.trim_stream(stream) == 0
     assert await redis.xlen(stream) == 3
+
+
+async def test_the_relay_counts_what_it_publishes_and_samples_its_backlog(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    stream = f"test.{uuid.uuid4()}"
+    the_relay = relay(outbox_engine, redis, migrated)
+    while await the_relay.publish_batch():  # what earlier tests left
+        pass
+    async with outbox_engine.begin() as conn:
+        await write_outbox(conn, [event(stream, "a"), event(stream, "b")])
+    before = REGISTRY.get_sample_value("outbox_published_total") or 0.0
+
+    backlog, age = await the_relay.sample_backlog()
+    assert backlog == 2
+    assert 0 <= age < 60
+    assert REGISTRY.get_sample_value("outbox_backlog") == 2
+    assert await the_relay.publish_batch() == 2
+
+    assert REGISTRY.get_sample_value("outbox_published_total") == before + 2
+    assert await the_relay.sample_backlog() == (0, 0.0)
+    assert REGISTRY.get_sample_value("outbox_oldest_unpublished_age_seconds") == 0

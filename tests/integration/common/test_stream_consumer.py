@@ -7,6 +7,7 @@ import asyncio
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from common.config import Settings
@@ -143,3 +144,31 @@ async def test_an_outage_of_a_dependency_never_dead_letters(
         await asyncio.sleep(0.01)
     assert await redis.xrange(dead_letter_stream(stream)) == []
     assert await pending(redis, stream, "g") == 1
+
+
+async def test_results_are_counted_and_depths_sampled(redis: Redis, migrated: Settings) -> None:
+    stream = stream_name(migrated)
+    outcomes: list[Exception | None] = [None, RuntimeError("a bug"), DependencyUnavailable("down")]
+
+    async def handler(envelope: events_pb2.EventEnvelope) -> None:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    consumer = StreamConsumer(
+        redis, stream=stream, group="g", handler=handler, block_ms=10, max_deliveries=1
+    )
+    await consumer.ensure_group()
+    for _ in range(3):
+        await publish(redis, stream)
+    await consumer.poll_once()
+    await consumer.sample_depths()
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"stream": stream, **labels})
+
+    results = ["ok", "dead_lettered", "retry"]
+    assert [value("stream_events_handled_total", group="g", result=r) for r in results] == [1] * 3
+    assert value("stream_event_handling_seconds_count", group="g") == 3
+    assert value("stream_pending", group="g") == 1  # the one to retry
+    assert value("stream_dead_letter_length") == 1
