@@ -13,6 +13,7 @@ from common.config import Settings
 class BenchOptions:
     duration_s: float = 20.0  # closed-loop deposits
     open_duration_s: float = 10.0  # open-loop deposits
+    movement_duration_s: float = 10.0  # closed-loop transfers, then withdrawals, each
     baseline_s: float = 5.0  # trivial-call baseline
     clients: int = 32
     accounts: int = 64
@@ -26,6 +27,7 @@ class BenchOptions:
         values: dict[str, object] = {
             "duration_s": 4.0,
             "open_duration_s": 3.0,
+            "movement_duration_s": 3.0,
             "baseline_s": 1.5,
             "accounts": 16,
             "pipeline_events": 3_000,
@@ -41,6 +43,19 @@ class Deposit:
 
     idempotency_key: str
     account_id: str
+    amount_minor: int
+    payment_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """One CreateTransfer or CreateWithdrawal the bench sent; payment_id is empty when the call
+    failed. A withdrawal has no destination account."""
+
+    idempotency_key: str
+    kind: str  # "transfer" or "withdrawal", as the payments database spells it
+    source_account_id: str
+    destination_account_id: str
     amount_minor: int
     payment_id: str = ""
 
@@ -62,6 +77,9 @@ class BenchContext:
     figures: dict[str, float] = field(default_factory=dict)
     accounts: list[str] = field(default_factory=list)
     deposits: dict[str, Deposit] = field(default_factory=dict)  # by idempotency key
+    # Accounts of the transfer and withdrawal sections, each with what the bench credited it.
+    funded: dict[str, int] = field(default_factory=dict)
+    movements: dict[str, Movement] = field(default_factory=dict)  # by idempotency key
     timeline: Timeline = field(default_factory=Timeline)
     notes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)

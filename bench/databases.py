@@ -12,7 +12,7 @@ from datetime import datetime
 
 import psycopg
 
-from bench.checks import StoredPayment
+from bench.checks import StoredMovement, StoredPayment
 from common import db
 from common.bootstrap import ServiceDatabase
 from common.config import Settings
@@ -20,6 +20,11 @@ from common.config import Settings
 _PAYMENTS_ON = (
     "SELECT payment_id::text, idempotency_key, destination_account_id::text, status,"
     " amount_minor FROM payments WHERE destination_account_id = ANY(%s::uuid[])"
+)
+_MOVEMENTS_ON = (
+    "SELECT payment_id::text, idempotency_key, kind, coalesce(source_account_id::text, ''),"
+    " coalesce(destination_account_id::text, ''), status, amount_minor FROM payments"
+    " WHERE source_account_id = ANY(%s::uuid[]) OR destination_account_id = ANY(%s::uuid[])"
 )
 _COMPLETED_AT = (
     "SELECT payment_id::text, min(occurred_at) FROM payment_status_history"
@@ -41,6 +46,13 @@ async def stored_payments(dsn: str, account_ids: Sequence[str]) -> list[StoredPa
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         cursor = await conn.execute(_PAYMENTS_ON, (list(account_ids),))
         return [StoredPayment(*row) for row in await cursor.fetchall()]
+
+
+async def stored_movements(dsn: str, account_ids: Sequence[str]) -> list[StoredMovement]:
+    """Every payment taking money from or bringing it to these accounts."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cursor = await conn.execute(_MOVEMENTS_ON, (list(account_ids), list(account_ids)))
+        return [StoredMovement(*row) for row in await cursor.fetchall()]
 
 
 async def completed_at(dsn: str, payment_ids: Sequence[str]) -> dict[str, datetime]:

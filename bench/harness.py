@@ -17,8 +17,17 @@ from typing import Any
 import grpc
 from rich.console import Console
 
-from bench import charts, databases, deposits, pipeline, report, wallet_bench, webhook_bench
-from bench.checks import money_problems, not_terminal
+from bench import (
+    charts,
+    databases,
+    deposits,
+    movements,
+    pipeline,
+    report,
+    wallet_bench,
+    webhook_bench,
+)
+from bench.checks import money_problems, movement_problems, not_terminal
 from bench.context import BenchContext, BenchOptions
 from bench.suite import SuiteFailed, fresh_suite, running_suite
 from common.config import Settings
@@ -48,6 +57,7 @@ async def _wallet(ctx: BenchContext) -> dict[str, float]:
 SECTIONS: tuple[Section, ...] = (
     Section("baseline: trivial gRPC call", deposits.measure_baseline),
     Section("deposits, closed then open loop", deposits.measure),
+    Section("transfers, then withdrawals, closed loop", movements.measure),
     Section("wallet postings", _wallet),
     Section("outbox relay and stream consumer", pipeline.measure),
     Section("webhooks through the adapter into the gateway", webhook_bench.measure_in_bench),
@@ -104,8 +114,13 @@ async def measure_all(
 
 
 async def check_money(ctx: BenchContext) -> list[str]:
-    if not ctx.accounts:
-        return []
+    problems = await _check_deposits(ctx) if ctx.accounts else []
+    if ctx.funded:
+        problems += await _check_movements(ctx)
+    return problems
+
+
+async def _check_deposits(ctx: BenchContext) -> list[str]:
     dsn = databases.dsn(ctx.settings, PAYMENT_DB)
     deadline = time.perf_counter() + ctx.options.settle_timeout_s
     stored = await databases.stored_payments(dsn, ctx.accounts)
@@ -113,17 +128,33 @@ async def check_money(ctx: BenchContext) -> list[str]:
     while not_terminal(stored) and time.perf_counter() < deadline:
         await asyncio.sleep(0.5)
         stored = await databases.stored_payments(dsn, ctx.accounts)
-    problems = money_problems(ctx.deposits.values(), stored, await _balances(ctx))
+    problems = money_problems(ctx.deposits.values(), stored, await _balances(ctx, ctx.accounts))
     if not any(p.status == "completed" for p in stored):
         problems.append("no deposit completed: the bench measured nothing")
     return problems
 
 
-async def _balances(ctx: BenchContext) -> dict[str, int]:
+async def _check_movements(ctx: BenchContext) -> list[str]:
+    dsn = databases.dsn(ctx.settings, PAYMENT_DB)
+    accounts = list(ctx.funded)
+    deadline = time.perf_counter() + ctx.options.settle_timeout_s
+    stored = await databases.stored_movements(dsn, accounts)
+    while not_terminal(stored) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.5)
+        stored = await databases.stored_movements(dsn, accounts)
+    balances = await _balances(ctx, accounts)
+    problems = movement_problems(ctx.movements.values(), stored, ctx.funded, balances)
+    for kind in (movements.TRANSFER, movements.WITHDRAWAL):
+        if not any(p.kind == kind and p.status == "completed" for p in stored):
+            problems.append(f"no {kind} completed: the bench measured nothing")
+    return problems
+
+
+async def _balances(ctx: BenchContext, accounts: Iterable[str]) -> dict[str, int]:
     async with grpc.aio.insecure_channel(ctx.settings.wallet_target) as channel:
         wallet = wallet_pb2_grpc.WalletServiceStub(channel)
         balances = {}
-        for account_id in ctx.accounts:
+        for account_id in accounts:
             balance = await wallet.GetBalance(
                 wallet_pb2.GetBalanceRequest(account_id=account_id), timeout=30
             )
@@ -149,7 +180,8 @@ def publish(
         console.print(f"[red]MONEY CHECK FAILED: {problem}[/red]")
     if not problems:
         console.print(
-            f"[green]money check: {len(ctx.deposits)} deposits, all accounted for[/green]"
+            f"[green]money check: {len(ctx.deposits)} deposits, {len(ctx.movements)} transfers"
+            " and withdrawals, all accounted for[/green]"
         )
     folder = ctx.options.output_dir
     json_path = report.write_json(
@@ -186,6 +218,7 @@ def _document(
         "figures": ctx.figures,
         "table": [dataclasses.asdict(row) for row in rows],
         "deposits": len(ctx.deposits),
+        "transfers_and_withdrawals": len(ctx.movements),
         "notes": ctx.notes,
         "money_problems": problems,
         "money_check_passed": not problems,

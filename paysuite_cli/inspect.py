@@ -1,4 +1,4 @@
-"""`paysuite payments get` and `paysuite events tail`."""
+"""`paysuite payments get|events|watch` and `paysuite events tail`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import typer
 from google.protobuf import json_format
 from redis.asyncio import Redis
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
-from common.grpc.client import create_channel
+from common.grpc.client import create_channel, error_info
 from common.money import Money
 from paysuite.events.v1 import events_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
@@ -25,22 +26,24 @@ STREAMS = {"payment": PAYMENT_STREAM, "wallet": WALLET_STREAM, "gateway": GATEWA
 
 
 @asynccontextmanager
-async def _payment_service(
+async def payment_service(
     settings: Settings, console: Console
 ) -> AsyncIterator[payment_pb2_grpc.PaymentServiceAsyncStub]:
     """The payment service for one command; an error status ends the command with it (one
-    line, exit code 1)."""
+    line, exit code 1), with the refusal's reason when it carries one (INSUFFICIENT_FUNDS)."""
     async with create_channel(settings.payment_target) as channel:
         try:
             yield payment_pb2_grpc.PaymentServiceStub(channel)
         except grpc.aio.AioRpcError as exc:
-            console.print(f"[red]{exc.code().name}: {exc.details()}[/red]")
+            reason, _metadata = error_info(exc)
+            code = f"{exc.code().name} {reason}" if reason else exc.code().name
+            console.print(f"[red]{escape(code)}: {escape(exc.details() or '')}[/red]")
             raise typer.Exit(1) from None
 
 
 async def show_payment(settings: Settings, console: Console, payment_id: str) -> None:
     """Prints a payment and its history."""
-    async with _payment_service(settings, console) as stub:
+    async with payment_service(settings, console) as stub:
         payment = await stub.GetPayment(
             payment_pb2.GetPaymentRequest(payment_id=payment_id), timeout=10
         )
@@ -71,7 +74,7 @@ async def show_payment(settings: Settings, console: Console, payment_id: str) ->
 
 async def show_audit_trail(settings: Settings, console: Console, payment_id: str) -> None:
     """Prints every step and transition of a payment, in order."""
-    async with _payment_service(settings, console) as stub:
+    async with payment_service(settings, console) as stub:
         trail = await stub.ListPaymentEvents(
             payment_pb2.ListPaymentEventsRequest(payment_id=payment_id), timeout=10
         )
@@ -91,7 +94,7 @@ async def show_audit_trail(settings: Settings, console: Console, payment_id: str
 
 async def watch_payment(settings: Settings, console: Console, payment_id: str) -> None:
     """Prints each state the payment reaches until a terminal one."""
-    async with _payment_service(settings, console) as stub:
+    async with payment_service(settings, console) as stub:
         request = payment_pb2.WatchPaymentRequest(payment_id=payment_id)
         async for payment in stub.WatchPayment(request):
             reason = f" ({payment.failure_reason})" if payment.failure_reason else ""

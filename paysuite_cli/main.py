@@ -15,10 +15,12 @@ from rich.table import Table
 from common.config import ConfigError, Settings, load_settings
 from common.embedded import start_embedded
 from common.logging import configure_logging
+from paysuite.common.v1 import money_pb2
 from paysuite_cli import bench as bench_module
 from paysuite_cli import demo as demo_module
 from paysuite_cli import inspect as inspect_module
 from paysuite_cli import ops, supervisor
+from paysuite_cli import payments as payments_module
 from paysuite_cli import providers as providers_module
 from paysuite_cli import recover as recover_module
 from paysuite_cli import wallet as wallet_cli
@@ -45,7 +47,7 @@ def _options(
     events."""
 
 
-payments = typer.Typer(help="Inspect payments.", no_args_is_help=True)
+payments = typer.Typer(help="Inspect payments, and move money.", no_args_is_help=True)
 events = typer.Typer(help="Inspect event streams.", no_args_is_help=True)
 app.add_typer(payments, name="payments")
 app.add_typer(events, name="events")
@@ -182,6 +184,101 @@ def payments_watch(payment_id: str) -> None:
     """Follow a payment: every state it reaches, until a terminal one."""
     settings = _settings()
     asyncio.run(inspect_module.watch_payment(settings, console, payment_id))
+
+
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--key", help="Idempotency key: repeat a request safely (default: a new one)."),
+]
+AmountArg = Annotated[str, typer.Argument(help="In major units, exact: 12.50")]
+CurrencyArg = Annotated[str, typer.Argument(help="ISO 4217 code, e.g. USD")]
+
+
+def _money(amount: str, currency: str) -> money_pb2.Money:
+    try:
+        return payments_module.parse_money(amount, currency)
+    except payments_module.AmountError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@payments.command("withdraw")
+def payments_withdraw(
+    account_id: Annotated[str, typer.Argument(help="The account money leaves.")],
+    amount: AmountArg,
+    currency: CurrencyArg,
+    destination: Annotated[
+        str, typer.Option(help="Payout destination token (simulator: acct_fail is declined).")
+    ],
+    key: KeyOpt = None,
+) -> None:
+    """Pay money out of an account; it is held at once and leaves when the payout completes."""
+    money = _money(amount, currency)
+    settings = _settings()
+    asyncio.run(
+        payments_module.withdraw(
+            settings,
+            console,
+            account_id=account_id,
+            amount=money,
+            destination=destination,
+            key=key or payments_module.new_key(),
+        )
+    )
+
+
+@payments.command("transfer")
+def payments_transfer(
+    source_account_id: Annotated[str, typer.Argument(metavar="FROM")],
+    destination_account_id: Annotated[str, typer.Argument(metavar="TO")],
+    amount: AmountArg,
+    currency: CurrencyArg,
+    key: KeyOpt = None,
+) -> None:
+    """Move money between two accounts in one wallet operation."""
+    money = _money(amount, currency)
+    settings = _settings()
+    asyncio.run(
+        payments_module.transfer(
+            settings,
+            console,
+            source_account_id=source_account_id,
+            destination_account_id=destination_account_id,
+            amount=money,
+            key=key or payments_module.new_key(),
+        )
+    )
+
+
+@payments.command("refund")
+def payments_refund(
+    payment_id: Annotated[str, typer.Argument(help="The completed deposit to refund.")],
+    amount: Annotated[str | None, typer.Argument(help="Omit for a full refund.")] = None,
+    currency: Annotated[str | None, typer.Argument(help="Given with AMOUNT.")] = None,
+    key: KeyOpt = None,
+) -> None:
+    """Refund a completed deposit, fully or in part."""
+    if (amount is None) != (currency is None):
+        console.print("[red]give both AMOUNT and CURRENCY, or neither for a full refund[/red]")
+        raise typer.Exit(2)
+    money = _money(amount, currency) if amount is not None and currency is not None else None
+    settings = _settings()
+    asyncio.run(
+        payments_module.refund(
+            settings,
+            console,
+            payment_id=payment_id,
+            amount=money,
+            key=key or payments_module.new_key(),
+        )
+    )
+
+
+@payments.command("cancel")
+def payments_cancel(payment_id: str) -> None:
+    """Cancel a payment the provider has not been asked about yet."""
+    settings = _settings()
+    asyncio.run(payments_module.cancel(settings, console, payment_id=payment_id))
 
 
 @events.command("tail")

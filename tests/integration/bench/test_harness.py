@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 TOY = BenchOptions(
     duration_s=0.8,
     open_duration_s=0.8,
+    movement_duration_s=0.8,
     baseline_s=0.3,
     clients=4,
     accounts=4,
@@ -43,7 +44,16 @@ async def test_every_phase_measures_and_the_money_adds_up(suite: Suite) -> None:
         "raw_xadd_per_s",
         "consumer_events_per_s",
         "raw_xread_per_s",
+        "transfers_completed_per_s",
+        "transfer_create_p99_ms",
+        "withdrawals_completed_per_s",
+        "withdrawal_create_p99_ms",
+        "withdrawal_to_completed_p99_ms",
     ):
         assert ctx.figures[key] > 0, key
         assert not math.isnan(ctx.figures[key]), key
     assert ctx.figures["deposit_errors_closed"] == 0
+    assert ctx.figures["transfer_errors"] == 0
+    assert ctx.figures["withdrawal_errors"] == 0
+    assert ctx.movements
+    assert ctx.funded

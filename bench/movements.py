@@ -1,0 +1,210 @@
+"""Money leaving and moving between accounts under load: a closed loop of CreateTransfer, then
+one of CreateWithdrawal, on accounts of their own that the bench funds with wallet Credits.
+
+A transfer answers once its one wallet operation committed, so completed/s is successful
+CreateTransfer/s. A withdrawal answers PENDING with its money held; it completes when the
+provider confirms the payout, seen as `payment.completed` on the payment stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import uuid
+from collections.abc import Sequence
+
+import grpc
+from redis.asyncio import Redis
+
+from bench.context import BenchContext, Movement
+from bench.deposits import CALL_TIMEOUT_S, CURRENCY, amount_of
+from bench.load import Sample, closed_loop
+from bench.stats import Latency, rate
+from bench.watch import CompletionWatcher
+from common.events import PAYMENT_STREAM
+from paysuite.common.v1 import money_pb2
+from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
+from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+
+# Each account's funding: far more than any run moves out of it, so no call is refused.
+FUNDING_MINOR = 10**12
+PAYOUT_DESTINATION = "acct_ok"  # the simulator pays out to any destination but acct_fail/closed
+TRANSFER = "transfer"
+WITHDRAWAL = "withdrawal"
+
+
+def transfer_pair(i: int, accounts: Sequence[str]) -> tuple[str, str]:
+    """Call i's source and destination: disjoint pairs, taken in turn, so concurrent transfers
+    rarely wait on each other's rows; the direction flips each round so money goes both ways."""
+    pairs = len(accounts) // 2
+    if pairs == 0:
+        raise ValueError("transfers need at least two accounts")
+    k, round_ = i % pairs, i // pairs
+    a, b = accounts[2 * k], accounts[2 * k + 1]
+    return (b, a) if round_ % 2 else (a, b)
+
+
+async def measure(ctx: BenchContext) -> dict[str, float]:
+    wallet_channel = grpc.aio.insecure_channel(ctx.settings.wallet_target)
+    payment_channel = grpc.aio.insecure_channel(ctx.settings.payment_target)
+    redis = Redis.from_url(ctx.redis_url)
+    try:
+        wallet = wallet_pb2_grpc.WalletServiceStub(wallet_channel)
+        payments = payment_pb2_grpc.PaymentServiceStub(payment_channel)
+        accounts = await _open_funded(wallet, ctx)
+        figures = await _transfers(ctx, payments, accounts)
+        stream = ctx.settings.stream_prefix + PAYMENT_STREAM
+        figures.update(await _withdrawals(ctx, payments, accounts, redis, stream))
+        return figures
+    finally:
+        await redis.aclose()
+        await wallet_channel.close()
+        await payment_channel.close()
+
+
+async def _open_funded(
+    wallet: wallet_pb2_grpc.WalletServiceAsyncStub, ctx: BenchContext
+) -> list[str]:
+    accounts = []
+    for i in range(max(ctx.options.accounts, 2)):
+        account = await wallet.OpenAccount(
+            wallet_pb2.OpenAccountRequest(
+                operation_ref=f"bench-{ctx.run_id}-funded-{i}",
+                owner_id=f"bench-{ctx.run_id}",
+                currency=CURRENCY,
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+        await wallet.Credit(
+            wallet_pb2.CreditRequest(
+                operation_ref=f"bench-{ctx.run_id}-funding-{i}",
+                account_id=account.account_id,
+                amount=money_pb2.Money(amount_minor=FUNDING_MINOR, currency=CURRENCY),
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+        ctx.funded[account.account_id] = FUNDING_MINOR
+        accounts.append(account.account_id)
+    return accounts
+
+
+class _Mover:
+    """Sends CreateTransfer or CreateWithdrawal with a fresh idempotency key each time."""
+
+    def __init__(
+        self,
+        payments: payment_pb2_grpc.PaymentServiceAsyncStub,
+        ctx: BenchContext,
+        accounts: Sequence[str],
+        kind: str,
+    ) -> None:
+        self._payments = payments
+        self._ctx = ctx
+        self._accounts = accounts
+        self._kind = kind
+
+    async def __call__(self, i: int) -> Movement:
+        ctx = self._ctx
+        key = f"bench-{ctx.run_id}-{self._kind}-{i}-{uuid.uuid4().hex[:8]}"
+        amount = money_pb2.Money(amount_minor=amount_of(i), currency=CURRENCY)
+        if self._kind == TRANSFER:
+            source, destination = transfer_pair(i, self._accounts)
+        else:
+            source, destination = self._accounts[i % len(self._accounts)], ""
+        movement = Movement(key, self._kind, source, destination, amount.amount_minor)
+        # Recorded before the call: a call that fails client-side may still have committed.
+        ctx.movements[key] = movement
+        if self._kind == TRANSFER:
+            payment = await self._payments.CreateTransfer(
+                payment_pb2.CreateTransferRequest(
+                    idempotency_key=key,
+                    source_account_id=source,
+                    destination_account_id=destination,
+                    amount=amount,
+                ),
+                timeout=CALL_TIMEOUT_S,
+            )
+        else:
+            payment = await self._payments.CreateWithdrawal(
+                payment_pb2.CreateWithdrawalRequest(
+                    idempotency_key=key,
+                    account_id=source,
+                    amount=amount,
+                    destination=PAYOUT_DESTINATION,
+                ),
+                timeout=CALL_TIMEOUT_S,
+            )
+        accepted = dataclasses.replace(movement, payment_id=payment.payment_id)
+        ctx.movements[key] = accepted
+        return accepted
+
+
+async def _transfers(
+    ctx: BenchContext, payments: payment_pb2_grpc.PaymentServiceAsyncStub, accounts: list[str]
+) -> dict[str, float]:
+    samples = await closed_loop(
+        _Mover(payments, ctx, accounts, TRANSFER),
+        clients=ctx.options.clients,
+        duration_s=ctx.options.movement_duration_s,
+    )
+    ok = [s for s in samples if s.result is not None]
+    ctx.timeline.latencies["CreateTransfer (closed)"] = [s.latency for s in ok]
+    _note_errors(ctx, "transfers", samples)
+    return {
+        "transfers_completed_per_s": rate(len(ok), _span(ok)),
+        **_p50_p99(Latency.of_seconds([s.latency for s in ok]).figures("transfer_create")),
+        "transfer_errors": float(len(samples) - len(ok)),
+    }
+
+
+async def _withdrawals(
+    ctx: BenchContext,
+    payments: payment_pb2_grpc.PaymentServiceAsyncStub,
+    accounts: list[str],
+    redis: Redis,
+    stream: str,
+) -> dict[str, float]:
+    async with CompletionWatcher(redis, stream) as watcher:
+        samples = await closed_loop(
+            _Mover(payments, ctx, accounts, WITHDRAWAL),
+            clients=ctx.options.clients,
+            duration_s=ctx.options.movement_duration_s,
+        )
+        ok = [s for s in samples if s.result is not None]
+        ids = {s.result.payment_id for s in ok if s.result is not None}
+        if not await watcher.wait_finished(ids, timeout_s=ctx.options.settle_timeout_s):
+            ctx.notes.append("withdrawals: not every one finished within the settle timeout")
+    done = [watcher.completed[i] for i in ids if i in watcher.completed]
+    first_create = min((s.started for s in ok), default=math.nan)
+    to_completed = [
+        watcher.completed[s.result.payment_id] - s.started
+        for s in ok
+        if s.result is not None and s.result.payment_id in watcher.completed
+    ]
+    ctx.timeline.latencies["CreateWithdrawal (closed)"] = [s.latency for s in ok]
+    ctx.timeline.latencies["withdrawal create → completed"] = to_completed
+    _note_errors(ctx, "withdrawals", samples)
+    if len(done) < len(ids):
+        ctx.notes.append(f"withdrawals: {len(ids) - len(done)} of {len(ids)} did not complete")
+    return {
+        "withdrawals_completed_per_s": rate(len(done), max(done, default=math.nan) - first_create),
+        **_p50_p99(Latency.of_seconds([s.latency for s in ok]).figures("withdrawal_create")),
+        **_p50_p99(Latency.of_seconds(to_completed).figures("withdrawal_to_completed")),
+        "withdrawal_errors": float(len(samples) - len(ok)),
+    }
+
+
+def _note_errors(ctx: BenchContext, phase: str, samples: Sequence[Sample[Movement]]) -> None:
+    errors = [s.error for s in samples if s.result is None]
+    if errors:
+        ctx.notes.append(f"{phase}: {len(errors)} calls failed, e.g. {errors[0]}")
+
+
+def _p50_p99(figures: dict[str, float]) -> dict[str, float]:
+    return {key: value for key, value in figures.items() if not key.endswith("_p95_ms")}
+
+
+def _span(samples: Sequence[Sample[Movement]]) -> float:
+    if not samples:
+        return math.nan
+    return max(s.finished for s in samples) - min(s.started for s in samples)
