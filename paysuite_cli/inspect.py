@@ -25,7 +25,7 @@ STREAMS = {"payment": PAYMENT_STREAM, "wallet": WALLET_STREAM, "gateway": GATEWA
 
 
 @asynccontextmanager
-async def _payment_service(
+async def payment_service_stub(
     settings: Settings, console: Console
 ) -> AsyncIterator[payment_pb2_grpc.PaymentServiceAsyncStub]:
     """The payment service for one command; an error status ends the command with it (one
@@ -40,7 +40,7 @@ async def _payment_service(
 
 async def show_payment(settings: Settings, console: Console, payment_id: str) -> None:
     """Prints a payment and its history."""
-    async with _payment_service(settings, console) as stub:
+    async with payment_service_stub(settings, console) as stub:
         payment = await stub.GetPayment(
             payment_pb2.GetPaymentRequest(payment_id=payment_id), timeout=10
         )
@@ -71,7 +71,7 @@ async def show_payment(settings: Settings, console: Console, payment_id: str) ->
 
 async def show_audit_trail(settings: Settings, console: Console, payment_id: str) -> None:
     """Prints every step and transition of a payment, in order."""
-    async with _payment_service(settings, console) as stub:
+    async with payment_service_stub(settings, console) as stub:
         trail = await stub.ListPaymentEvents(
             payment_pb2.ListPaymentEventsRequest(payment_id=payment_id), timeout=10
         )
@@ -91,7 +91,7 @@ async def show_audit_trail(settings: Settings, console: Console, payment_id: str
 
 async def watch_payment(settings: Settings, console: Console, payment_id: str) -> None:
     """Prints each state the payment reaches until a terminal one."""
-    async with _payment_service(settings, console) as stub:
+    async with payment_service_stub(settings, console) as stub:
         request = payment_pb2.WatchPaymentRequest(payment_id=payment_id)
         async for payment in stub.WatchPayment(request):
             reason = f" ({payment.failure_reason})" if payment.failure_reason else ""
