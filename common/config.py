@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     # Payments: a saga unchanged this long in `initiated` or `refunding` is resumed from its
     # recovery point (a process died between two steps, or an event was lost).
     saga_resume_after_s: float = Field(default=30.0, gt=0)
+    # Payments: a manual-review case open longer than this is overdue (flagged in listings,
+    # logged as a warning at most once an hour).
+    review_sla_s: float = Field(default=4 * 3600.0, gt=0)
 
     # Wallet: limits checked before anything is written (minor units of any currency), how
     # many events an account gets between snapshots, how often expired holds are swept.

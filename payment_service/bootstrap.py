@@ -16,10 +16,11 @@ from payment_service.adapters.clients import GatewayClient, WalletClient
 from payment_service.adapters.uow import PaymentUnitOfWork
 from payment_service.entrypoints.gateway_events import GROUP, GatewayEventsEntrypoint
 from payment_service.entrypoints.grpc_servicer import PaymentServicer
-from payment_service.entrypoints.housekeeping import Housekeeping, SagaResumer
+from payment_service.entrypoints.housekeeping import Housekeeping, ReviewSlaAlarm, SagaResumer
 from payment_service.entrypoints.payment_events import GROUP as SAGA_GROUP
 from payment_service.entrypoints.payment_events import PaymentSagaEntrypoint
 from payment_service.service_layer.handlers import GatewayEventHandlers
+from payment_service.service_layer.reviews import ReviewService
 from payment_service.service_layer.services import PaymentService
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
@@ -58,7 +59,8 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         stream=settings.stream_prefix + PAYMENT_STREAM,
         block_ms=settings.consumer_block_ms,
     )
-    servicer = PaymentServicer(service, feed=feed)
+    reviews = ReviewService(uow=uow, wallet=wallet, sla=timedelta(seconds=settings.review_sla_s))
+    servicer = PaymentServicer(service, feed=feed, reviews=reviews)
     server, port, health = create_server(
         address,
         registrars=[lambda s: payment_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, s)],
@@ -82,6 +84,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
             saga.run,
             housekeeping.run,
             resumer.run,
+            ReviewSlaAlarm(reviews).run,
             feed.run,
         ],
         closers=[infra.close, close_channels],

@@ -23,6 +23,7 @@ from paysuite_cli import ops, supervisor
 from paysuite_cli import payments as payments_module
 from paysuite_cli import providers as providers_module
 from paysuite_cli import recover as recover_module
+from paysuite_cli import review as review_module
 from paysuite_cli import wallet as wallet_cli
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -49,7 +50,11 @@ def _options(
 
 payments = typer.Typer(help="Inspect payments, and move money.", no_args_is_help=True)
 events = typer.Typer(help="Inspect event streams.", no_args_is_help=True)
+review = typer.Typer(
+    help="The manual-review workbench: payments an operator must decide.", no_args_is_help=True
+)
 app.add_typer(payments, name="payments")
+app.add_typer(review, name="review")
 app.add_typer(events, name="events")
 app.command("providers")(providers_module.providers)
 app.add_typer(providers_module.sim, name="sim")
@@ -279,6 +284,53 @@ def payments_cancel(payment_id: str) -> None:
     """Cancel a payment the provider has not been asked about yet."""
     settings = _settings()
     asyncio.run(payments_module.cancel(settings, console, payment_id=payment_id))
+
+
+@review.command("list")
+def review_list(
+    resolved: Annotated[bool, typer.Option(help="Resolved cases instead of open ones.")] = False,
+    limit: Annotated[int, typer.Option(help="Show at most this many.", min=1)] = 100,
+) -> None:
+    """Review cases, oldest first, with their age; OVERDUE past PAYSUITE_REVIEW_SLA_S."""
+    settings = _settings()
+    asyncio.run(review_module.list_cases(settings, console, resolved=resolved, limit=limit))
+
+
+@review.command("show")
+def review_show(case_id: str) -> None:
+    """A review case with its evidence, its payment and the payment's audit trail."""
+    settings = _settings()
+    asyncio.run(review_module.show_case(settings, console, case_id))
+
+
+@review.command("resolve")
+def review_resolve(
+    case_id: str,
+    resolution: Annotated[
+        review_module.ResolveAs,
+        typer.Option("--as", help="What the payment is: completed, failed or refunded."),
+    ],
+    note: Annotated[str, typer.Option(help="Why: kept with the case and the payment.")],
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who decides (default: $USER, or operator).")
+    ] = None,
+) -> None:
+    """Resolve a review case (once).
+
+    A payment in review moves to the resolution (a deposit resolved as completed is credited
+    first); a final or settled payment only records a resolution that agrees with its status.
+    """
+    settings = _settings()
+    asyncio.run(
+        review_module.resolve_case(
+            settings,
+            console,
+            case_id,
+            resolution=resolution,
+            note=note,
+            resolved_by=by or review_module.default_operator(),
+        )
+    )
 
 
 @events.command("tail")

@@ -24,9 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db import RawConnection, unique_violation_is_conflict
 from common.errors import ConcurrentUpdate
+from common.ids import new_id
 from common.money import Money
 from common.streams import mark_processed
 from payment_service.adapters import tables as t
+from payment_service.domain.errors import ReviewAlreadyResolved
 from payment_service.domain.model import (
     HoldState,
     IdempotencyClaim,
@@ -37,6 +39,14 @@ from payment_service.domain.model import (
     PaymentStep,
     SagaState,
     StatusChange,
+)
+from payment_service.domain.review import (
+    Decision,
+    Resolution,
+    ReviewCase,
+    ReviewOpening,
+    ReviewReason,
+    ReviewStatus,
 )
 
 
@@ -129,10 +139,82 @@ _STEPS = (
     "SELECT step, event_type, occurred_at, data, error FROM payment_steps"
     " WHERE payment_id = %s ORDER BY step"
 )
+# A reason to look at a payment: opens its case, or (one is open already: the partial unique
+# index) adds to that case's evidence. Runs after the payment's row is locked by its update.
+_OPEN_CASE = (
+    "INSERT INTO review_cases (case_id, payment_id, reason_code, reason, opened_at, status,"
+    " evidence) VALUES (%s, %s, %s, %s, %s, 'open', %s)"
+    " ON CONFLICT (payment_id) WHERE status = 'open'"
+    " DO UPDATE SET evidence = review_cases.evidence || EXCLUDED.evidence"
+)
+# Literal column lists (not interpolated), so every statement reads whole.
+_CASE = (
+    "SELECT seq, case_id, payment_id, reason_code, reason, opened_at, status, evidence,"
+    " resolution, note, resolved_by, resolved_at FROM review_cases"
+    " WHERE case_id = %s"
+)
+_OPEN_CASE_OF = (
+    "SELECT seq, case_id, payment_id, reason_code, reason, opened_at, status, evidence,"
+    " resolution, note, resolved_by, resolved_at FROM review_cases"
+    " WHERE payment_id = %s AND status = 'open'"
+)
+_LIST_CASES = (
+    "SELECT seq, case_id, payment_id, reason_code, reason, opened_at, status, evidence,"
+    " resolution, note, resolved_by, resolved_at FROM review_cases"
+    " WHERE status = %s AND seq > %s ORDER BY seq LIMIT %s"
+)
+# Only an open case is resolved: a racer that skipped the row lock still cannot resolve twice.
+_RESOLVE_CASE = (
+    "UPDATE review_cases SET status = %s, resolution = %s, note = %s, resolved_by = %s,"
+    " resolved_at = %s WHERE case_id = %s AND status = 'open'"
+)
+_ALARM_CASES = (
+    "UPDATE review_cases SET alarmed_at = %s WHERE case_id IN (SELECT case_id FROM review_cases"
+    " WHERE status = 'open' AND opened_at < %s AND (alarmed_at IS NULL OR alarmed_at < %s)"
+    " ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED)"
+    " RETURNING seq, case_id, payment_id, reason_code, reason, opened_at, status, evidence,"
+    " resolution, note, resolved_by, resolved_at"
+)
 _INSERT_HISTORY = (
     "INSERT INTO payment_status_history (payment_id, sequence, from_status, to_status, reason,"
     " occurred_at) VALUES (%s, %s, %s, %s, %s, %s)"
 )
+
+
+def _evidence_json(opening: ReviewOpening) -> dict[str, str]:
+    return {
+        "reason_code": opening.reason_code.value,
+        "reason": opening.reason,
+        "source": opening.source,
+        "occurred_at": opening.occurred_at.isoformat(),
+    }
+
+
+def _evidence(payment_id: str, data: Any) -> ReviewOpening:
+    return ReviewOpening(
+        payment_id,
+        ReviewReason(data["reason_code"]),
+        data["reason"],
+        data["source"],
+        datetime.fromisoformat(data["occurred_at"]),
+    )
+
+
+def _case(row: Any) -> ReviewCase:
+    payment_id = str(row.payment_id)
+    decision = None
+    if row.resolved_at is not None:
+        decision = Decision(Resolution(row.resolution), row.note, row.resolved_by, row.resolved_at)
+    return ReviewCase(
+        case_id=str(row.case_id),
+        payment_id=payment_id,
+        reason_code=ReviewReason(row.reason_code),
+        reason=row.reason,
+        opened_at=row.opened_at,
+        status=ReviewStatus(row.status),
+        evidence=[_evidence(payment_id, item) for item in row.evidence or ()],
+        decision=decision,
+    )
 
 
 class PaymentRepository:
@@ -281,9 +363,23 @@ class PaymentRepository:
         ]
 
     async def _write_history(self, payment: Payment) -> None:
-        """The transitions and the audit-trail steps recorded since the payment was loaded."""
+        """The transitions, the audit-trail steps and the review cases recorded since the
+        payment was loaded."""
         changes, payment.new_changes = payment.new_changes, []
         steps, payment.new_steps = payment.new_steps, []
+        reviews, payment.new_reviews = payment.new_reviews, []
+        for opening in reviews:
+            await self._raw.execute(
+                _OPEN_CASE,
+                (
+                    new_id(),
+                    opening.payment_id,
+                    opening.reason_code.value,
+                    opening.reason,
+                    opening.occurred_at,
+                    Jsonb([_evidence_json(opening)]),
+                ),
+            )
         async with self._raw.cursor() as cursor:
             if changes:
                 await cursor.executemany(
@@ -315,6 +411,53 @@ class PaymentRepository:
                         for step in steps
                     ],
                 )
+
+    # -- review cases ---------------------------------------------------------------------
+
+    async def get_case(self, case_id: str, *, for_update: bool = False) -> ReviewCase | None:
+        cases = await self._cases(_CASE + (" FOR UPDATE" if for_update else ""), (case_id,))
+        return cases[0][1] if cases else None
+
+    async def open_case(self, payment_id: str) -> ReviewCase | None:
+        cases = await self._cases(_OPEN_CASE_OF, (payment_id,))
+        return cases[0][1] if cases else None
+
+    async def list_cases(
+        self, *, status: ReviewStatus, limit: int, after_seq: int | None
+    ) -> builtins.list[tuple[int, ReviewCase]]:
+        return await self._cases(_LIST_CASES, (status.value, after_seq or 0, limit))
+
+    async def save_case(self, case: ReviewCase) -> None:
+        decision = case.decision
+        if decision is None:
+            return
+        cursor = await self._raw.execute(
+            _RESOLVE_CASE,
+            (
+                case.status.value,
+                decision.resolution.value,
+                decision.note,
+                decision.resolved_by,
+                decision.resolved_at,
+                case.case_id,
+            ),
+        )
+        if cursor.rowcount != 1:
+            raise ReviewAlreadyResolved(f"review case {case.case_id} is already resolved")
+
+    async def alarm_overdue(
+        self, *, opened_before: datetime, alarmed_before: datetime, now: datetime, limit: int
+    ) -> builtins.list[ReviewCase]:
+        rows = await self._cases(_ALARM_CASES, (now, opened_before, alarmed_before, limit))
+        return [case for _, case in sorted(rows, key=lambda row: row[0])]
+
+    async def _cases(
+        self, query: str, params: tuple[Any, ...]
+    ) -> builtins.list[tuple[int, ReviewCase]]:
+        async with self._raw.cursor(row_factory=namedtuple_row) as cursor:
+            await cursor.execute(query, params)
+            rows: builtins.list[Any] = await cursor.fetchall()
+            return [(row.seq, _case(row)) for row in rows]
 
     @staticmethod
     def _mutable(payment: Payment) -> tuple[str, str, str, int, datetime | None, int, Jsonb]:

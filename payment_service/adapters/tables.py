@@ -102,3 +102,33 @@ payment_steps = Table(
     Column("data", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("error", Text, nullable=False, server_default=EMPTY),
 )
+
+# Manual-review cases (domain ReviewCase): at most one open per payment, so a second reason to
+# look adds to `evidence` instead of opening another case.
+review_cases = Table(
+    "review_cases",
+    metadata,
+    Column("case_id", Uuid(as_uuid=False), primary_key=True),
+    # The listing's cursor: cases in the order they were opened.
+    Column("seq", BigInteger, nullable=False, unique=True),
+    Column("payment_id", Uuid(as_uuid=False), ForeignKey("payments.payment_id"), nullable=False),
+    Column("reason_code", Text, nullable=False),
+    Column("reason", Text, nullable=False, server_default=EMPTY),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("status", Text, nullable=False),
+    Column("evidence", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("resolution", Text, nullable=False, server_default=EMPTY),
+    Column("note", Text, nullable=False, server_default=EMPTY),
+    Column("resolved_by", Text, nullable=False, server_default=EMPTY),
+    Column("resolved_at", DateTime(timezone=True)),
+    # When the SLA alarm last logged this case (at most once an hour).
+    Column("alarmed_at", DateTime(timezone=True)),
+    CheckConstraint("status IN ('open', 'resolved')", name="review_cases_status"),
+    Index(
+        "review_cases_one_open",
+        "payment_id",
+        unique=True,
+        postgresql_where=text("status = 'open'"),
+    ),
+    Index("review_cases_payment", "payment_id"),
+)

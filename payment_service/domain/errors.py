@@ -42,3 +42,23 @@ class Refused(FailedPrecondition):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ReviewAlreadyResolved(FailedPrecondition):
+    """A review case is resolved once; a second (or racing) resolve is refused."""
+
+    reason = "REVIEW_ALREADY_RESOLVED"
+
+
+class ResolutionContradictsPayment(FailedPrecondition):
+    """The payment is final or settled, and the resolution would move it (invariant 6): a
+    resolution of such a payment may only record what its status already says."""
+
+    reason = "REVIEW_RESOLUTION_CONTRADICTS_PAYMENT"
+
+
+class ReviewPaymentInFlight(FailedPrecondition):
+    """The payment's saga is still running (neither in review nor final): resolve the case
+    once the payment has settled or reached requires_manual_review."""
+
+    reason = "REVIEW_PAYMENT_IN_FLIGHT"

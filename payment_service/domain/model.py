@@ -20,8 +20,9 @@ The states, and who moves a payment into each:
   saga refunds it (a compensation), retrying a few times.
 - refunded / partially_refunded: a deposit's money went back (all of it / part of it) through
   refund payments, or its compensation refund succeeded.
-- requires_manual_review: the saga cannot decide (a compensation kept failing); an operator
-  resolves it into completed, failed or refunded.
+- requires_manual_review: the saga cannot decide (a compensation kept failing, or a capture
+  was refused after a payout); a review case is opened, and an operator resolves it into
+  completed, failed or refunded (`resolve_review`).
 
 Final states (failed, cancelled, refunded) never change again. Settled states (completed,
 partially_refunded) never change by what a provider says: a late or contradicting provider
@@ -46,7 +47,10 @@ from payment_service.domain.errors import (
     PaymentNotCancellable,
     PaymentNotRefundable,
     RefundExceedsCaptured,
+    ResolutionContradictsPayment,
+    ReviewPaymentInFlight,
 )
+from payment_service.domain.review import Decision, Resolution, ReviewOpening, ReviewReason
 
 
 class PaymentKind(StrEnum):
@@ -94,6 +98,15 @@ ALLOWED: dict[PaymentStatus, frozenset[PaymentStatus]] = {
     S.FAILED: frozenset(),
     S.REFUNDED: frozenset(),
     S.CANCELLED: frozenset(),
+}
+
+# A final or settled payment can only be resolved as what it already is (invariant 6).
+AGREEING_RESOLUTION: dict[PaymentStatus, Resolution] = {
+    S.COMPLETED: Resolution.COMPLETED,
+    S.PARTIALLY_REFUNDED: Resolution.COMPLETED,
+    S.FAILED: Resolution.FAILED,
+    S.CANCELLED: Resolution.FAILED,
+    S.REFUNDED: Resolution.REFUNDED,
 }
 
 # A deposit's compensation refund is tried this many times (each with its own provider key)
@@ -192,7 +205,9 @@ class PaymentStep:
     Withdrawal, payout failed: ... provider.payout_failed, hold.released, status.failed
     Refund (its own payment): as a withdrawal with refund.* steps; its deposit records
                        refund.reserved, then refund.settled or refund.released
-    A provider contradicting a final state: review.requested
+    A provider contradicting a final state: review.requested (a review case is opened)
+    An operator's decision on a review case: review.resolved (then, for a payment in
+                       requires_manual_review, status.<resolution>)
     """
 
     step: int
@@ -340,6 +355,9 @@ class Payment:
     steps: int = 0
     new_changes: list[StatusChange] = field(default_factory=list, repr=False)
     new_steps: list[PaymentStep] = field(default_factory=list, repr=False)
+    # Reasons for an operator to look, recorded since loading: the repository opens a review
+    # case with them (or adds them to the payment's open case) in the same transaction.
+    new_reviews: list[ReviewOpening] = field(default_factory=list, repr=False)
     _events: list[PaymentEvent] = field(default_factory=list, repr=False)
 
     # -- creation -------------------------------------------------------------------------
@@ -443,6 +461,7 @@ class Payment:
             failure_reason=self.failure_reason if latest else "",
             new_changes=[],
             new_steps=[],
+            new_reviews=[],
             _events=[],
         )
 
@@ -652,9 +671,8 @@ class Payment:
         account was tampered with): money left without its debit. An operator must look."""
         if self.status in (PaymentStatus.INITIATED, PaymentStatus.PENDING):
             self._note("hold.capture_failed", error=reason)
-            self._move(
-                PaymentStatus.REQUIRES_MANUAL_REVIEW,
-                f"{operation} succeeded, capture failed: {reason}",
+            self._escalate(
+                ReviewReason.CAPTURE_FAILED, f"{operation} succeeded, capture failed: {reason}"
             )
 
     # -- a deposit's refunds ----------------------------------------------------------------
@@ -735,8 +753,8 @@ class Payment:
             error=reason,
         )
         if self.saga.compensation_attempts >= MAX_COMPENSATION_ATTEMPTS:
-            self._move(
-                PaymentStatus.REQUIRES_MANUAL_REVIEW,
+            self._escalate(
+                ReviewReason.COMPENSATION_FAILED,
                 f"compensation refund failed {self.saga.compensation_attempts} times: {reason}",
             )
         else:
@@ -776,8 +794,78 @@ class Payment:
             for change in self.new_changes
         )
 
+    # -- manual review ----------------------------------------------------------------------
+
+    def review_credit_needed(self, resolution: Resolution) -> bool:
+        """Whether resolving this payment as `resolution` must first credit the wallet: a
+        deposit reaches requires_manual_review only after its credit failed and then its
+        compensation refund failed, so a deposit resolved as completed was never credited."""
+        return (
+            self.kind is PaymentKind.DEPOSIT
+            and self.status is PaymentStatus.REQUIRES_MANUAL_REVIEW
+            and resolution is Resolution.COMPLETED
+        )
+
+    def resolve_review(self, case_id: str, decision: Decision, *, credited: bool = False) -> None:
+        """An operator's decision on this payment's review case.
+
+        - In requires_manual_review: the payment moves to the resolution through the state
+          machine (a `review.resolved` step, then the normal `payment.<status>` event). A
+          deposit resolved as completed was credited just before (`credited`, key
+          `<payment_id>:review-credit`); resolved as refunded, its whole amount counts as
+          refunded; as failed, the note becomes its failure reason.
+        - Final or settled (a provider contradicted it): only the decision is recorded, and
+          only one that agrees with the status (completed for completed or partially
+          refunded, failed for failed or cancelled, refunded for refunded); any other would
+          move a final state: REVIEW_RESOLUTION_CONTRADICTS_PAYMENT.
+        - Anything else (its saga still runs): REVIEW_PAYMENT_IN_FLIGHT.
+        """
+        if self.status is not PaymentStatus.REQUIRES_MANUAL_REVIEW:
+            self._check_agrees(decision.resolution)
+        data = {
+            "case_id": case_id,
+            "resolution": decision.resolution.value,
+            "resolved_by": decision.resolved_by,
+            "note": decision.note,
+        }
+        self._note("review.resolved", data, at=decision.resolved_at)
+        if self.status is not PaymentStatus.REQUIRES_MANUAL_REVIEW:
+            return
+        if credited:
+            self._note("credit.completed", {"operation_ref": self.step_ref("review-credit")})
+        why = f"resolved by {decision.resolved_by}: {decision.note}"
+        if decision.resolution is Resolution.FAILED:
+            self.fail(why)
+            return
+        if decision.resolution is Resolution.REFUNDED and self.kind is PaymentKind.DEPOSIT:
+            self.saga.refunded_minor = self.amount.amount_minor
+        self._move(PaymentStatus(decision.resolution.value), why)
+
+    def _check_agrees(self, resolution: Resolution) -> None:
+        agreeing = AGREEING_RESOLUTION.get(self.status)
+        if agreeing is None:
+            raise ReviewPaymentInFlight(
+                f"payment {self.payment_id} is {self.status}: its saga is still running;"
+                " resolve the case once it has settled"
+            )
+        if resolution is not agreeing:
+            raise ResolutionContradictsPayment(
+                f"payment {self.payment_id} is {self.status} and stays so: it can only be"
+                f" resolved as {agreeing}, not {resolution}"
+            )
+
+    def _escalate(self, code: ReviewReason, reason: str) -> None:
+        """The saga cannot decide: requires_manual_review, and a case for an operator."""
+        self._move(PaymentStatus.REQUIRES_MANUAL_REVIEW, reason)
+        self._open_review(code, reason, f"status.{PaymentStatus.REQUIRES_MANUAL_REVIEW}")
+
+    def _open_review(self, code: ReviewReason, reason: str, source: str) -> None:
+        opened = ReviewOpening(self.payment_id, code, reason, source, datetime.now(UTC))
+        self.new_reviews.append(opened)
+
     def _request_review(self, provider_event: str, reason: str) -> None:
         self._note("review.requested", {"provider_event": provider_event}, error=reason)
+        self._open_review(ReviewReason.PROVIDER_CONTRADICTION, reason, provider_event)
         self._events.append(
             events.ReviewRequested(
                 payment_id=self.payment_id,
@@ -856,7 +944,7 @@ class Payment:
 
     @property
     def has_changes(self) -> bool:
-        return bool(self.new_changes or self.new_steps)
+        return bool(self.new_changes or self.new_steps or self.new_reviews)
 
     def pull_events(self) -> list[PaymentEvent]:
         pulled, self._events = self._events, []

@@ -22,7 +22,9 @@ from payment_service.domain.model import (
     PaymentStep,
     StatusChange,
 )
+from payment_service.domain.review import Resolution, ReviewOpening, ReviewStatus
 from payment_service.service_layer.ports import ChangeFeed
+from payment_service.service_layer.reviews import CaseView, ReviewService
 from payment_service.service_layer.services import PaymentService
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
@@ -34,6 +36,14 @@ _KIND = {k: payment_pb2.PaymentKind.Value(f"PAYMENT_KIND_{k.name}") for k in Pay
 # Filters: the UNSPECIFIED value (0) maps to nothing, i.e. any.
 _STATUS_OF = {number: status for status, number in _STATUS.items()}
 _KIND_OF = {number: kind for kind, number in _KIND.items()}
+_CASE_STATUS = {
+    s: payment_pb2.ReviewCaseStatus.Value(f"REVIEW_CASE_STATUS_{s.name}") for s in ReviewStatus
+}
+_CASE_STATUS_OF = {number: status for status, number in _CASE_STATUS.items()}
+_RESOLUTION = {
+    r: payment_pb2.ReviewResolution.Value(f"REVIEW_RESOLUTION_{r.name}") for r in Resolution
+}
+_RESOLUTION_OF = {number: resolution for resolution, number in _RESOLUTION.items()}
 
 
 def payment_to_proto(payment: Payment) -> payment_pb2.Payment:
@@ -87,6 +97,38 @@ def step_to_proto(step: PaymentStep) -> payment_pb2.PaymentStep:
     )
 
 
+def evidence_to_proto(opening: ReviewOpening) -> payment_pb2.ReviewEvidence:
+    return payment_pb2.ReviewEvidence(
+        reason_code=opening.reason_code.value,
+        reason=opening.reason,
+        source=opening.source,
+        occurred_at=timestamp(opening.occurred_at),
+    )
+
+
+def case_to_proto(view: CaseView) -> payment_pb2.ReviewCase:
+    case, decision = view.case, view.case.decision
+    return payment_pb2.ReviewCase(
+        case_id=case.case_id,
+        payment_id=case.payment_id,
+        reason_code=case.reason_code.value,
+        reason=case.reason,
+        opened_at=timestamp(case.opened_at),
+        status=_CASE_STATUS[case.status],
+        resolution=(
+            _RESOLUTION[decision.resolution]
+            if decision
+            else payment_pb2.REVIEW_RESOLUTION_UNSPECIFIED
+        ),
+        note=decision.note if decision else "",
+        resolved_by=decision.resolved_by if decision else "",
+        resolved_at=timestamp(decision.resolved_at) if decision else None,
+        age_seconds=int(view.age.total_seconds()),
+        overdue=view.overdue,
+        evidence=[evidence_to_proto(e) for e in case.evidence],
+    )
+
+
 # Until access control lands, a caller names itself in this metadata entry; idempotency keys
 # are scoped to it (absent: "anonymous").
 CALLER_METADATA = "x-paysuite-caller"
@@ -100,9 +142,12 @@ def caller_of(context: Context) -> str:
 
 
 class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, service: PaymentService, *, feed: ChangeFeed) -> None:
+    def __init__(
+        self, service: PaymentService, *, feed: ChangeFeed, reviews: ReviewService
+    ) -> None:
         self._service = service
         self._feed = feed
+        self._reviews = reviews
 
     async def CreateDeposit(
         self, request: payment_pb2.CreateDepositRequest, context: Context
@@ -214,3 +259,37 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     ) -> AsyncIterator[payment_pb2.Payment]:
         async for payment in self._service.watch(request.payment_id, feed=self._feed):
             yield payment_to_proto(payment)
+
+    async def ListReviewCases(
+        self, request: payment_pb2.ListReviewCasesRequest, context: Context
+    ) -> payment_pb2.ListReviewCasesResponse:
+        page = await self._reviews.list_cases(
+            status=_CASE_STATUS_OF.get(request.status, ReviewStatus.OPEN),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return payment_pb2.ListReviewCasesResponse(
+            cases=[case_to_proto(view) for view in page.cases],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetReviewCase(
+        self, request: payment_pb2.GetReviewCaseRequest, context: Context
+    ) -> payment_pb2.GetReviewCaseResponse:
+        evidence = await self._reviews.get_case(request.case_id)
+        return payment_pb2.GetReviewCaseResponse(
+            review_case=case_to_proto(evidence.view),
+            payment=payment_to_proto(evidence.payment),
+            steps=[step_to_proto(s) for s in evidence.steps],
+        )
+
+    async def ResolveReviewCase(
+        self, request: payment_pb2.ResolveReviewCaseRequest, context: Context
+    ) -> payment_pb2.ReviewCase:
+        view = await self._reviews.resolve(
+            case_id=request.case_id,
+            resolution=_RESOLUTION_OF.get(request.resolution),
+            note=request.note,
+            resolved_by=request.resolved_by,
+        )
+        return case_to_proto(view)

@@ -1,5 +1,5 @@
 """The payment service's periodic chores: forgetting idempotency keys past their retention,
-and resuming sagas that stopped between two steps."""
+resuming sagas that stopped between two steps, and the review cases' SLA alarm."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import structlog
 
 from common.aio import wait_any
 from common.errors import DependencyUnavailable
+from payment_service.service_layer.reviews import ReviewService
 from payment_service.service_layer.services import PaymentService
 
 log = structlog.get_logger(__name__)
@@ -51,3 +52,21 @@ class SagaResumer:
             except DependencyUnavailable as exc:
                 log.warning("payment.resume_deferred", error=str(exc))
             await wait_any(stop, at_most_s=self._after.total_seconds() / 2)
+
+
+class ReviewSlaAlarm:
+    """Every minute, logs a WARNING for each review case open past its SLA; the stored alarm
+    time keeps it to once per case per hour, across restarts and replicas."""
+
+    EVERY_S = 60.0
+
+    def __init__(self, reviews: ReviewService) -> None:
+        self._reviews = reviews
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._reviews.alarm_overdue()
+            except DependencyUnavailable as exc:
+                log.warning("payment.review_alarm_deferred", error=str(exc))
+            await wait_any(stop, at_most_s=self.EVERY_S)

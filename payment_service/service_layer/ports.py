@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from common.money import Money
@@ -18,6 +19,7 @@ from payment_service.domain.model import (
     ProviderAnswer,
     StatusChange,
 )
+from payment_service.domain.review import ReviewCase, ReviewStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,32 @@ class PaymentStore(Protocol):
         self, *, account_id: str, limit: int, before_seq: int | None, where: PaymentFilter
     ) -> list[tuple[int, Payment]]: ...
     async def mark_processed(self, consumer: str, event_id: str) -> bool: ...
+
+    # -- review cases. A payment's `new_reviews` are written by `add`/`save` with it: each
+    # opens a case, or adds its evidence to the payment's open case (at most one is open).
+    async def get_case(self, case_id: str, *, for_update: bool = False) -> ReviewCase | None:
+        """A case; `for_update` locks it until the transaction ends. Callers lock the
+        payment first, then its case, as `save` does when it opens one."""
+        ...
+
+    async def open_case(self, payment_id: str) -> ReviewCase | None: ...
+    async def list_cases(
+        self, *, status: ReviewStatus, limit: int, after_seq: int | None
+    ) -> builtins.list[tuple[int, ReviewCase]]:
+        """Cases with this status, oldest first, after the cursor `after_seq`."""
+        ...
+
+    async def save_case(self, case: ReviewCase) -> None:
+        """Writes a resolved case; REVIEW_ALREADY_RESOLVED if it was resolved meanwhile."""
+        ...
+
+    async def alarm_overdue(
+        self, *, opened_before: datetime, alarmed_before: datetime, now: datetime, limit: int
+    ) -> builtins.list[ReviewCase]:
+        """Open cases opened before `opened_before` whose last alarm (if any) is older than
+        `alarmed_before`, marked as alarmed `now`; rows another replica holds are skipped, so
+        each case alarms at most once per period whatever the number of replicas."""
+        ...
 
 
 class UnitOfWork(BaseUnitOfWork, Protocol):

@@ -10,7 +10,9 @@ from types import TracebackType
 from typing import Self
 
 from common.errors import ConcurrentUpdate, DependencyUnavailable, InsufficientFunds, NotFound
+from common.ids import new_id
 from common.money import Money
+from payment_service.domain.errors import ReviewAlreadyResolved
 from payment_service.domain.model import (
     IdempotencyClaim,
     Payment,
@@ -20,6 +22,7 @@ from payment_service.domain.model import (
     ProviderAnswer,
     StatusChange,
 )
+from payment_service.domain.review import ReviewCase, ReviewOpening, ReviewStatus
 from payment_service.service_layer.ports import AccountInfo, ProviderResult
 
 
@@ -35,11 +38,38 @@ class FakeStore:
         self.step_rows: dict[str, list[PaymentStep]] = {}
         self.processed: set[tuple[str, str]] = set()
         self.claims: dict[tuple[str, str], IdempotencyClaim] = {}
+        self.cases: dict[str, ReviewCase] = {}
+        self.case_seqs: dict[str, int] = {}
+        self.alarmed: dict[str, datetime] = {}
+
+    def open_case_of(self, payment_id: str) -> ReviewCase | None:
+        for case in self.cases.values():
+            if case.payment_id == payment_id and case.status is ReviewStatus.OPEN:
+                return case
+        return None
+
+    def open_review(self, opening: ReviewOpening) -> None:
+        """As the SQL upsert: a new case, or more evidence on the payment's open one."""
+        case = self.open_case_of(opening.payment_id)
+        if case is not None:
+            case.evidence.append(opening)
+            return
+        case = ReviewCase(
+            new_id(),
+            opening.payment_id,
+            opening.reason_code,
+            opening.reason,
+            opening.occurred_at,
+            evidence=[opening],
+        )
+        self.cases[case.case_id] = case
+        self.case_seqs[case.case_id] = len(self.case_seqs) + 1
 
 
 def _stored(payment: Payment) -> Payment:
     stored = copy.deepcopy(payment)
     stored.new_changes, stored.new_steps, stored._events = [], [], []
+    stored.new_reviews = []
     return stored
 
 
@@ -120,6 +150,7 @@ class TrackingStore:
     def _stage(self, payment: Payment) -> None:
         changes, payment.new_changes = payment.new_changes, []
         steps, payment.new_steps = payment.new_steps, []
+        reviews, payment.new_reviews = payment.new_reviews, []
         stored = _stored(payment)
 
         def apply() -> None:
@@ -128,6 +159,8 @@ class TrackingStore:
             store.rows[stored.payment_id] = stored
             store.history_rows.setdefault(stored.payment_id, []).extend(changes)
             store.step_rows.setdefault(stored.payment_id, []).extend(steps)
+            for opening in reviews:
+                store.open_review(opening)
 
         self._staged.append(apply)
 
@@ -158,6 +191,57 @@ class TrackingStore:
         ]
         found = [(seq, p) for seq, p in found if before_seq is None or seq < before_seq]
         return sorted(found, key=lambda item: item[0], reverse=True)[:limit]
+
+    async def get_case(self, case_id: str, *, for_update: bool = False) -> ReviewCase | None:
+        case = self._store.cases.get(case_id)
+        return copy.deepcopy(case) if case is not None else None
+
+    async def open_case(self, payment_id: str) -> ReviewCase | None:
+        return copy.deepcopy(self._store.open_case_of(payment_id))
+
+    async def list_cases(
+        self, *, status: ReviewStatus, limit: int, after_seq: int | None
+    ) -> list[tuple[int, ReviewCase]]:
+        seqs = self._store.case_seqs
+        found = sorted(
+            (seqs[case.case_id], copy.deepcopy(case))
+            for case in self._store.cases.values()
+            if case.status is status and seqs[case.case_id] > (after_seq or 0)
+        )
+        return found[:limit]
+
+    async def save_case(self, case: ReviewCase) -> None:
+        stored = self._store.cases.get(case.case_id)
+        if stored is None or stored.status is not ReviewStatus.OPEN:
+            raise ReviewAlreadyResolved(f"review case {case.case_id} is already resolved")
+        saved = copy.deepcopy(case)
+
+        def apply() -> None:
+            current = self._store.cases[saved.case_id]
+            if current.status is not ReviewStatus.OPEN:
+                raise ReviewAlreadyResolved(f"review case {saved.case_id} is already resolved")
+            current.status, current.decision = saved.status, saved.decision
+
+        self._staged.append(apply)
+
+    async def alarm_overdue(
+        self, *, opened_before: datetime, alarmed_before: datetime, now: datetime, limit: int
+    ) -> list[ReviewCase]:
+        alarmed = self._store.alarmed
+        due = [
+            case
+            for case in self._store.cases.values()
+            if case.status is ReviewStatus.OPEN
+            and case.opened_at < opened_before
+            and (case.case_id not in alarmed or alarmed[case.case_id] < alarmed_before)
+        ]
+        due = sorted(due, key=lambda case: self._store.case_seqs[case.case_id])[:limit]
+
+        def apply() -> None:
+            alarmed.update((case.case_id, now) for case in due)
+
+        self._staged.append(apply)
+        return [copy.deepcopy(case) for case in due]
 
     async def mark_processed(self, consumer: str, event_id: str) -> bool:
         key = (consumer, event_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
@@ -14,6 +15,7 @@ import pytest_asyncio
 from common.config import Settings
 from common.errors import ConcurrentUpdate
 from common.money import Money
+from payment_service.domain.errors import ReviewAlreadyResolved
 from payment_service.domain.model import (
     DepositRequest,
     IdempotencyClaim,
@@ -24,6 +26,7 @@ from payment_service.domain.model import (
     ProviderAnswer,
     RefundRequest,
 )
+from payment_service.domain.review import Decision, Resolution, ReviewReason, ReviewStatus
 from payment_service.service_layer.ports import UnitOfWork
 from tests.payment_service.fakes import FakeStore, FakeUnitOfWork
 
@@ -39,6 +42,23 @@ def deposit(*, account: str = "") -> Payment:
             payment_method="pm_card_ok",
         )
     )
+
+
+def in_review() -> Payment:
+    """A deposit whose compensation refund failed three times: it asks for a review case."""
+    payment = deposit()
+    payment.mark_pending("op-1")
+    payment.apply_charge_succeeded(operation_id="op-1", credited=False, credit_refused="closed")
+    for attempt in range(3):
+        payment.compensation_call()
+        payment.record_compensation_answer(
+            ProviderAnswer.DECLINED, operation_id=f"r{attempt}", reason="refund_declined"
+        )
+    return payment
+
+
+def decided(resolution: Resolution = Resolution.REFUNDED) -> Decision:
+    return Decision(resolution, "note", "alice", datetime.now(UTC))
 
 
 async def added(uow_factory: UowFactory, payment: Payment) -> Payment:
@@ -252,6 +272,115 @@ class StoreContract:
         assert older.created_at is not None
         assert await ids(PaymentFilter(created_before=older.created_at)) == []
         assert older.payment_id in await ids(PaymentFilter(created_after=older.created_at))
+
+    # -- review cases ---------------------------------------------------------------------
+
+    async def test_a_payment_entering_review_opens_one_case_and_more_reasons_add_to_it(
+        self, uow: UowFactory
+    ) -> None:
+        payment = await added(uow, in_review())
+        async with uow() as u:
+            loaded = await u.payments.get(payment.payment_id, for_update=True)
+            assert loaded is not None
+            loaded.apply_compensation_outcome(succeeded=True, operation_id="r9", reason="")
+            await u.payments.save(loaded)
+            await u.commit()
+        async with uow() as u:
+            case = await u.payments.open_case(payment.payment_id)
+            assert case is not None
+            by_id = await u.payments.get_case(case.case_id)
+        assert by_id == case
+        assert (case.reason_code, case.status) == (
+            ReviewReason.COMPENSATION_FAILED,
+            ReviewStatus.OPEN,
+        )
+        assert [e.reason_code for e in case.evidence] == [
+            ReviewReason.COMPENSATION_FAILED,
+            ReviewReason.PROVIDER_CONTRADICTION,
+        ]
+        assert case.evidence[1].source == "refund.succeeded"
+
+    async def test_an_uncommitted_case_is_not_kept(self, uow: UowFactory) -> None:
+        payment = in_review()
+        async with uow() as u:
+            await u.payments.add(payment)
+        async with uow() as u:
+            assert await u.payments.open_case(payment.payment_id) is None
+
+    async def test_a_case_is_resolved_once_and_a_later_reason_opens_a_new_one(
+        self, uow: UowFactory
+    ) -> None:
+        payment = await added(uow, in_review())
+        async with uow() as u:
+            case = await u.payments.open_case(payment.payment_id)
+            assert case is not None
+            stale = await u.payments.get_case(case.case_id)
+            assert stale is not None
+            case.resolve(decided())
+            await u.payments.save_case(case)
+            await u.commit()
+        stale.resolve(decided(Resolution.FAILED))  # read while open, saved after
+        async with uow() as u:
+            with pytest.raises(ReviewAlreadyResolved):
+                await u.payments.save_case(stale)
+        async with uow() as u:
+            stored = await u.payments.get_case(case.case_id)
+            assert await u.payments.open_case(payment.payment_id) is None
+            loaded = await u.payments.get(payment.payment_id, for_update=True)
+            assert loaded is not None
+            loaded.apply_compensation_outcome(succeeded=True, operation_id="r9", reason="")
+            await u.payments.save(loaded)
+            await u.commit()
+        assert stored is not None
+        assert stored.status is ReviewStatus.RESOLVED
+        assert stored.decision is not None
+        assert (stored.decision.resolution, stored.decision.resolved_by) == (
+            Resolution.REFUNDED,
+            "alice",
+        )
+        async with uow() as u:
+            again = await u.payments.open_case(payment.payment_id)
+        assert again is not None
+        assert again.case_id != case.case_id
+        assert again.reason_code is ReviewReason.PROVIDER_CONTRADICTION
+
+    async def test_cases_are_listed_oldest_first_by_status_after_the_cursor(
+        self, uow: UowFactory
+    ) -> None:
+        payments = [await added(uow, in_review()) for _ in range(3)]
+        ids = {p.payment_id for p in payments}
+
+        async def listed(status: ReviewStatus, after: int | None) -> list[tuple[int, str]]:
+            async with uow() as u:
+                rows = await u.payments.list_cases(status=status, limit=1000, after_seq=after)
+            return [(seq, c.payment_id) for seq, c in rows if c.payment_id in ids]
+
+        rows = await listed(ReviewStatus.OPEN, None)
+        assert [pid for _, pid in rows] == [p.payment_id for p in payments]
+        assert [pid for _, pid in await listed(ReviewStatus.OPEN, rows[0][0])] == [
+            p.payment_id for p in payments[1:]
+        ]
+        assert await listed(ReviewStatus.RESOLVED, None) == []
+
+    async def test_overdue_cases_are_alarmed_once_per_period(self, uow: UowFactory) -> None:
+        payment = await added(uow, in_review())
+        later = datetime.now(UTC) + timedelta(hours=5)
+
+        async def alarm(now: datetime) -> list[str]:
+            async with uow() as u:
+                cases = await u.payments.alarm_overdue(
+                    opened_before=now - timedelta(hours=4),
+                    alarmed_before=now - timedelta(hours=1),
+                    now=now,
+                    limit=100_000,
+                )
+                await u.commit()
+            return [c.payment_id for c in cases]
+
+        assert payment.payment_id not in await alarm(datetime.now(UTC))
+        assert payment.payment_id in await alarm(later)
+        assert payment.payment_id not in await alarm(later + timedelta(minutes=30))
+        assert payment.payment_id in await alarm(later + timedelta(minutes=61))
 
 
 class TestInMemoryStore(StoreContract):

@@ -73,6 +73,43 @@ PAYMENT_STATUS_CANCELLED: PaymentStatus.ValueType  # 8
 PAYMENT_STATUS_PARTIALLY_REFUNDED: PaymentStatus.ValueType  # 9
 Global___PaymentStatus: _TypeAlias = PaymentStatus  # noqa: Y015
 
+class _ReviewCaseStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReviewCaseStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReviewCaseStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVIEW_CASE_STATUS_UNSPECIFIED: _ReviewCaseStatus.ValueType  # 0
+    REVIEW_CASE_STATUS_OPEN: _ReviewCaseStatus.ValueType  # 1
+    REVIEW_CASE_STATUS_RESOLVED: _ReviewCaseStatus.ValueType  # 2
+
+class ReviewCaseStatus(_ReviewCaseStatus, metaclass=_ReviewCaseStatusEnumTypeWrapper): ...
+
+REVIEW_CASE_STATUS_UNSPECIFIED: ReviewCaseStatus.ValueType  # 0
+REVIEW_CASE_STATUS_OPEN: ReviewCaseStatus.ValueType  # 1
+REVIEW_CASE_STATUS_RESOLVED: ReviewCaseStatus.ValueType  # 2
+Global___ReviewCaseStatus: _TypeAlias = ReviewCaseStatus  # noqa: Y015
+
+class _ReviewResolution:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReviewResolutionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReviewResolution.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVIEW_RESOLUTION_UNSPECIFIED: _ReviewResolution.ValueType  # 0
+    REVIEW_RESOLUTION_COMPLETED: _ReviewResolution.ValueType  # 1
+    REVIEW_RESOLUTION_FAILED: _ReviewResolution.ValueType  # 2
+    REVIEW_RESOLUTION_REFUNDED: _ReviewResolution.ValueType  # 3
+
+class ReviewResolution(_ReviewResolution, metaclass=_ReviewResolutionEnumTypeWrapper):
+    """What the operator decided the payment is."""
+
+REVIEW_RESOLUTION_UNSPECIFIED: ReviewResolution.ValueType  # 0
+REVIEW_RESOLUTION_COMPLETED: ReviewResolution.ValueType  # 1
+REVIEW_RESOLUTION_FAILED: ReviewResolution.ValueType  # 2
+REVIEW_RESOLUTION_REFUNDED: ReviewResolution.ValueType  # 3
+Global___ReviewResolution: _TypeAlias = ReviewResolution  # noqa: Y015
+
 @_typing.final
 class Payment(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -536,3 +573,234 @@ class WatchPaymentRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchPaymentRequest: _TypeAlias = WatchPaymentRequest  # noqa: Y015
+
+@_typing.final
+class ReviewEvidence(_message.Message):
+    """One reason to look at the payment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    reason_code: _builtins.str
+    """COMPENSATION_FAILED, CAPTURE_FAILED or PROVIDER_CONTRADICTION."""
+    reason: _builtins.str
+    source: _builtins.str
+    """What asked for the review: "status.requires_manual_review" or the provider event
+    (e.g. "charge.succeeded").
+    """
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        reason_code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        source: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "reason", b"reason", "reason_code", b"reason_code", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewEvidence: _TypeAlias = ReviewEvidence  # noqa: Y015
+
+@_typing.final
+class ReviewCase(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    OPENED_AT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    RESOLVED_AT_FIELD_NUMBER: _builtins.int
+    AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    payment_id: _builtins.str
+    reason_code: _builtins.str
+    """Why the case was opened (its first evidence): COMPENSATION_FAILED, CAPTURE_FAILED or
+    PROVIDER_CONTRADICTION. Stable.
+    """
+    reason: _builtins.str
+    status: Global___ReviewCaseStatus.ValueType
+    resolution: Global___ReviewResolution.ValueType
+    """Set once resolved."""
+    note: _builtins.str
+    resolved_by: _builtins.str
+    age_seconds: _builtins.int
+    """Seconds it has been open (until resolved)."""
+    overdue: _builtins.bool
+    """Open longer than PAYSUITE_REVIEW_SLA_S."""
+    @_builtins.property
+    def opened_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def resolved_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def evidence(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewEvidence]: ...
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        payment_id: _builtins.str = ...,
+        reason_code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        opened_at: _timestamp_pb2.Timestamp | None = ...,
+        status: Global___ReviewCaseStatus.ValueType = ...,
+        resolution: Global___ReviewResolution.ValueType = ...,
+        note: _builtins.str = ...,
+        resolved_by: _builtins.str = ...,
+        resolved_at: _timestamp_pb2.Timestamp | None = ...,
+        age_seconds: _builtins.int = ...,
+        overdue: _builtins.bool = ...,
+        evidence: _abc.Iterable[Global___ReviewEvidence] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at", "resolved_at", b"resolved_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_seconds", b"age_seconds", "case_id", b"case_id", "evidence", b"evidence", "note", b"note", "opened_at", b"opened_at", "overdue", b"overdue", "payment_id", b"payment_id", "reason", b"reason", "reason_code", b"reason_code", "resolution", b"resolution", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewCase: _TypeAlias = ReviewCase  # noqa: Y015
+
+@_typing.final
+class ListReviewCasesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    status: Global___ReviewCaseStatus.ValueType
+    """UNSPECIFIED: open cases."""
+    page_size: _builtins.int
+    """1-100; defaults to 50."""
+    page_token: _builtins.str
+    """Opaque cursor from a previous response."""
+    def __init__(
+        self,
+        *,
+        status: Global___ReviewCaseStatus.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReviewCasesRequest: _TypeAlias = ListReviewCasesRequest  # noqa: Y015
+
+@_typing.final
+class ListReviewCasesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewCase]: ...
+    def __init__(
+        self,
+        *,
+        cases: _abc.Iterable[Global___ReviewCase] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases", b"cases", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReviewCasesResponse: _TypeAlias = ListReviewCasesResponse  # noqa: Y015
+
+@_typing.final
+class GetReviewCaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReviewCaseRequest: _TypeAlias = GetReviewCaseRequest  # noqa: Y015
+
+@_typing.final
+class GetReviewCaseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVIEW_CASE_FIELD_NUMBER: _builtins.int
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def review_case(self) -> Global___ReviewCase: ...
+    @_builtins.property
+    def payment(self) -> Global___Payment:
+        """Its gateway_operation_id names the provider operation to look up."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PaymentStep]:
+        """The payment's audit trail."""
+
+    def __init__(
+        self,
+        *,
+        review_case: Global___ReviewCase | None = ...,
+        payment: Global___Payment | None = ...,
+        steps: _abc.Iterable[Global___PaymentStep] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment", "review_case", b"review_case"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment", "review_case", b"review_case", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReviewCaseResponse: _TypeAlias = GetReviewCaseResponse  # noqa: Y015
+
+@_typing.final
+class ResolveReviewCaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    resolution: Global___ReviewResolution.ValueType
+    note: _builtins.str
+    """Why (required, up to 2000 characters)."""
+    resolved_by: _builtins.str
+    """Who decided (required)."""
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        resolution: Global___ReviewResolution.ValueType = ...,
+        note: _builtins.str = ...,
+        resolved_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "note", b"note", "resolution", b"resolution", "resolved_by", b"resolved_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveReviewCaseRequest: _TypeAlias = ResolveReviewCaseRequest  # noqa: Y015

@@ -86,6 +86,21 @@ class PaymentServiceStub:
                 request_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.WatchPaymentRequest.SerializeToString,
                 response_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.Payment.FromString,
                 _registered_method=True)
+        self.ListReviewCases = channel.unary_unary(
+                '/paysuite.payment.v1.PaymentService/ListReviewCases',
+                request_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ListReviewCasesRequest.SerializeToString,
+                response_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ListReviewCasesResponse.FromString,
+                _registered_method=True)
+        self.GetReviewCase = channel.unary_unary(
+                '/paysuite.payment.v1.PaymentService/GetReviewCase',
+                request_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.GetReviewCaseRequest.SerializeToString,
+                response_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.GetReviewCaseResponse.FromString,
+                _registered_method=True)
+        self.ResolveReviewCase = channel.unary_unary(
+                '/paysuite.payment.v1.PaymentService/ResolveReviewCase',
+                request_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ResolveReviewCaseRequest.SerializeToString,
+                response_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ReviewCase.FromString,
+                _registered_method=True)
 
 
 class PaymentServiceServicer:
@@ -170,6 +185,36 @@ class PaymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReviewCases(self, request, context):
+        """The manual-review workbench. A case is opened when a payment enters
+        REQUIRES_MANUAL_REVIEW (COMPENSATION_FAILED, CAPTURE_FAILED) or a provider event
+        contradicts a final or settled payment (PROVIDER_CONTRADICTION); a payment has at most
+        one open case, and later reasons are added to its evidence.
+        Cases with a status (open by default), oldest first, with their age and SLA alarm.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReviewCase(self, request, context):
+        """A case with its evidence: the payment and its audit trail.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveReviewCase(self, request, context):
+        """Resolves a case once: FAILED_PRECONDITION REVIEW_ALREADY_RESOLVED afterwards (also for a
+        racing resolve). A payment in REQUIRES_MANUAL_REVIEW moves to the resolution (a deposit
+        resolved as COMPLETED is credited first); a final or settled payment is never moved:
+        only a resolution that agrees with its status is recorded, any other is
+        FAILED_PRECONDITION REVIEW_RESOLUTION_CONTRADICTS_PAYMENT; a payment whose saga still
+        runs is FAILED_PRECONDITION REVIEW_PAYMENT_IN_FLIGHT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +262,21 @@ def add_PaymentServiceServicer_to_server(servicer, server):
                     servicer.WatchPayment,
                     request_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.WatchPaymentRequest.FromString,
                     response_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.Payment.SerializeToString,
+            ),
+            'ListReviewCases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReviewCases,
+                    request_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ListReviewCasesRequest.FromString,
+                    response_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ListReviewCasesResponse.SerializeToString,
+            ),
+            'GetReviewCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReviewCase,
+                    request_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.GetReviewCaseRequest.FromString,
+                    response_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.GetReviewCaseResponse.SerializeToString,
+            ),
+            'ResolveReviewCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveReviewCase,
+                    request_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ResolveReviewCaseRequest.FromString,
+                    response_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ReviewCase.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -469,6 +529,87 @@ class PaymentService:
             '/paysuite.payment.v1.PaymentService/WatchPayment',
             paysuite_dot_payment_dot_v1_dot_payment__pb2.WatchPaymentRequest.SerializeToString,
             paysuite_dot_payment_dot_v1_dot_payment__pb2.Payment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReviewCases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.payment.v1.PaymentService/ListReviewCases',
+            paysuite_dot_payment_dot_v1_dot_payment__pb2.ListReviewCasesRequest.SerializeToString,
+            paysuite_dot_payment_dot_v1_dot_payment__pb2.ListReviewCasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReviewCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.payment.v1.PaymentService/GetReviewCase',
+            paysuite_dot_payment_dot_v1_dot_payment__pb2.GetReviewCaseRequest.SerializeToString,
+            paysuite_dot_payment_dot_v1_dot_payment__pb2.GetReviewCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveReviewCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.payment.v1.PaymentService/ResolveReviewCase',
+            paysuite_dot_payment_dot_v1_dot_payment__pb2.ResolveReviewCaseRequest.SerializeToString,
+            paysuite_dot_payment_dot_v1_dot_payment__pb2.ReviewCase.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,23 @@ class PaymentServiceStub:
     """The payment now, then every status it passes through, in order, until a final or
     settled one (COMPLETED, FAILED, CANCELLED, REFUNDED, PARTIALLY_REFUNDED).
     """
+    ListReviewCases: _grpc.UnaryUnaryMultiCallable[_payment_pb2.ListReviewCasesRequest, _payment_pb2.ListReviewCasesResponse]
+    """The manual-review workbench. A case is opened when a payment enters
+    REQUIRES_MANUAL_REVIEW (COMPENSATION_FAILED, CAPTURE_FAILED) or a provider event
+    contradicts a final or settled payment (PROVIDER_CONTRADICTION); a payment has at most
+    one open case, and later reasons are added to its evidence.
+    Cases with a status (open by default), oldest first, with their age and SLA alarm.
+    """
+    GetReviewCase: _grpc.UnaryUnaryMultiCallable[_payment_pb2.GetReviewCaseRequest, _payment_pb2.GetReviewCaseResponse]
+    """A case with its evidence: the payment and its audit trail."""
+    ResolveReviewCase: _grpc.UnaryUnaryMultiCallable[_payment_pb2.ResolveReviewCaseRequest, _payment_pb2.ReviewCase]
+    """Resolves a case once: FAILED_PRECONDITION REVIEW_ALREADY_RESOLVED afterwards (also for a
+    racing resolve). A payment in REQUIRES_MANUAL_REVIEW moves to the resolution (a deposit
+    resolved as COMPLETED is credited first); a final or settled payment is never moved:
+    only a resolution that agrees with its status is recorded, any other is
+    FAILED_PRECONDITION REVIEW_RESOLUTION_CONTRADICTS_PAYMENT; a payment whose saga still
+    runs is FAILED_PRECONDITION REVIEW_PAYMENT_IN_FLIGHT.
+    """
 
 @_typing.type_check_only
 class PaymentServiceAsyncStub(PaymentServiceStub):
@@ -118,6 +135,23 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     WatchPayment: _aio.UnaryStreamMultiCallable[_payment_pb2.WatchPaymentRequest, _payment_pb2.Payment]  # type: ignore[assignment]
     """The payment now, then every status it passes through, in order, until a final or
     settled one (COMPLETED, FAILED, CANCELLED, REFUNDED, PARTIALLY_REFUNDED).
+    """
+    ListReviewCases: _aio.UnaryUnaryMultiCallable[_payment_pb2.ListReviewCasesRequest, _payment_pb2.ListReviewCasesResponse]  # type: ignore[assignment]
+    """The manual-review workbench. A case is opened when a payment enters
+    REQUIRES_MANUAL_REVIEW (COMPENSATION_FAILED, CAPTURE_FAILED) or a provider event
+    contradicts a final or settled payment (PROVIDER_CONTRADICTION); a payment has at most
+    one open case, and later reasons are added to its evidence.
+    Cases with a status (open by default), oldest first, with their age and SLA alarm.
+    """
+    GetReviewCase: _aio.UnaryUnaryMultiCallable[_payment_pb2.GetReviewCaseRequest, _payment_pb2.GetReviewCaseResponse]  # type: ignore[assignment]
+    """A case with its evidence: the payment and its audit trail."""
+    ResolveReviewCase: _aio.UnaryUnaryMultiCallable[_payment_pb2.ResolveReviewCaseRequest, _payment_pb2.ReviewCase]  # type: ignore[assignment]
+    """Resolves a case once: FAILED_PRECONDITION REVIEW_ALREADY_RESOLVED afterwards (also for a
+    racing resolve). A payment in REQUIRES_MANUAL_REVIEW moves to the resolution (a deposit
+    resolved as COMPLETED is credited first); a final or settled payment is never moved:
+    only a resolution that agrees with its status is recorded, any other is
+    FAILED_PRECONDITION REVIEW_RESOLUTION_CONTRADICTS_PAYMENT; a payment whose saga still
+    runs is FAILED_PRECONDITION REVIEW_PAYMENT_IN_FLIGHT.
     """
 
 class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -215,6 +249,41 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_payment_pb2.Payment], _abc.AsyncIterator[_payment_pb2.Payment]]:
         """The payment now, then every status it passes through, in order, until a final or
         settled one (COMPLETED, FAILED, CANCELLED, REFUNDED, PARTIALLY_REFUNDED).
+        """
+
+    @_abc_1.abstractmethod
+    def ListReviewCases(
+        self,
+        request: _payment_pb2.ListReviewCasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payment_pb2.ListReviewCasesResponse, _abc.Awaitable[_payment_pb2.ListReviewCasesResponse]]:
+        """The manual-review workbench. A case is opened when a payment enters
+        REQUIRES_MANUAL_REVIEW (COMPENSATION_FAILED, CAPTURE_FAILED) or a provider event
+        contradicts a final or settled payment (PROVIDER_CONTRADICTION); a payment has at most
+        one open case, and later reasons are added to its evidence.
+        Cases with a status (open by default), oldest first, with their age and SLA alarm.
+        """
+
+    @_abc_1.abstractmethod
+    def GetReviewCase(
+        self,
+        request: _payment_pb2.GetReviewCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payment_pb2.GetReviewCaseResponse, _abc.Awaitable[_payment_pb2.GetReviewCaseResponse]]:
+        """A case with its evidence: the payment and its audit trail."""
+
+    @_abc_1.abstractmethod
+    def ResolveReviewCase(
+        self,
+        request: _payment_pb2.ResolveReviewCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payment_pb2.ReviewCase, _abc.Awaitable[_payment_pb2.ReviewCase]]:
+        """Resolves a case once: FAILED_PRECONDITION REVIEW_ALREADY_RESOLVED afterwards (also for a
+        racing resolve). A payment in REQUIRES_MANUAL_REVIEW moves to the resolution (a deposit
+        resolved as COMPLETED is credited first); a final or settled payment is never moved:
+        only a resolution that agrees with its status is recorded, any other is
+        FAILED_PRECONDITION REVIEW_RESOLUTION_CONTRADICTS_PAYMENT; a payment whose saga still
+        runs is FAILED_PRECONDITION REVIEW_PAYMENT_IN_FLIGHT.
         """
 
 def add_PaymentServiceServicer_to_server(servicer: PaymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

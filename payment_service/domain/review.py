@@ -1,0 +1,87 @@
+"""Manual-review cases: a payment an operator must decide. Plain Python: no SQL, no gRPC.
+
+A case is opened when a payment enters requires_manual_review (its compensation refund failed
+MAX_COMPENSATION_ATTEMPTS times, or a payout went through but its hold could not be captured)
+and when a provider event contradicts a final or settled payment. The Payment records that a
+case is needed (`ReviewOpening`); the repository writes it in the same transaction as the
+change that caused it. A payment has at most one open case: a second reason to look adds its
+evidence to the open case instead of opening another.
+
+    open ──resolve(completed | failed | refunded)──► resolved      (never twice)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from payment_service.domain.errors import ReviewAlreadyResolved
+
+
+class ReviewReason(StrEnum):
+    """Why a case was opened. Stable: operators and dashboards branch on it."""
+
+    COMPENSATION_FAILED = "COMPENSATION_FAILED"
+    CAPTURE_FAILED = "CAPTURE_FAILED"
+    PROVIDER_CONTRADICTION = "PROVIDER_CONTRADICTION"
+
+
+class ReviewStatus(StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class Resolution(StrEnum):
+    """What the operator decided the payment is; named after the payment status it means."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REFUNDED = "refunded"
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewOpening:
+    """One reason to look at a payment: opens its case, or is added to its open one."""
+
+    payment_id: str
+    reason_code: ReviewReason
+    reason: str
+    source: str  # what asked: "status.requires_manual_review", or the provider event
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    resolution: Resolution
+    note: str
+    resolved_by: str
+    resolved_at: datetime
+
+
+@dataclass
+class ReviewCase:
+    case_id: str
+    payment_id: str
+    reason_code: ReviewReason
+    reason: str
+    opened_at: datetime
+    status: ReviewStatus = ReviewStatus.OPEN
+    # Every reason to look, the first one included, in the order they came.
+    evidence: list[ReviewOpening] = field(default_factory=list)
+    decision: Decision | None = None
+
+    def resolve(self, decision: Decision) -> None:
+        """Records the decision; a case is resolved once only (REVIEW_ALREADY_RESOLVED)."""
+        if self.status is not ReviewStatus.OPEN:
+            raise ReviewAlreadyResolved(f"review case {self.case_id} is already resolved")
+        self.status = ReviewStatus.RESOLVED
+        self.decision = decision
+
+    def age(self, now: datetime) -> timedelta:
+        end = self.decision.resolved_at if self.decision else now
+        return end - self.opened_at
+
+    def overdue(self, now: datetime, sla: timedelta) -> bool:
+        """Open past its SLA: the alarm an operator should act on."""
+        return self.status is ReviewStatus.OPEN and self.age(now) > sla

@@ -1,0 +1,225 @@
+"""The manual-review workbench: list, show and resolve review cases, and their SLA alarm.
+
+Cases are opened by the payments themselves (`Payment.new_reviews`, written by the repository
+in the transaction of the change that needs a look); this module only reads and resolves
+them. A resolution goes through the payment's state machine (`Payment.resolve_review`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from common.errors import (
+    ConcurrentUpdate,
+    FieldViolation,
+    NotFound,
+    ValidationError,
+    require,
+    retry_on_conflict,
+)
+from common.ids import parse_id
+from payment_service.domain.errors import ReviewAlreadyResolved
+from payment_service.domain.model import Payment, PaymentStep
+from payment_service.domain.review import Decision, Resolution, ReviewCase, ReviewStatus
+from payment_service.service_layer.ports import UnitOfWork, WalletPort
+from payment_service.service_layer.services import save_settling_refunds
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_SLA = timedelta(hours=4)
+# An overdue case is logged again at most this often.
+ALARM_EVERY = timedelta(hours=1)
+MAX_NOTE = 2000
+
+Clock = Callable[[], datetime]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def review_credit_ref(payment_id: str) -> str:
+    """The wallet operation ref of the credit a review posts: one effect however often a
+    resolve is retried or raced."""
+    return f"{payment_id}:review-credit"
+
+
+@dataclass(frozen=True, slots=True)
+class CaseView:
+    """A case as of `now`: how long it has been open (or was, once resolved), and whether it
+    is past its SLA."""
+
+    case: ReviewCase
+    age: timedelta
+    overdue: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CasePage:
+    cases: list[CaseView]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class CaseEvidence:
+    """What an operator decides on: the case, the payment (with its gateway operation id) and
+    its audit trail. The provider's live status and the wallet's entries are not fetched here:
+    `paysuite` shows the gateway operation id to look them up."""
+
+    view: CaseView
+    payment: Payment
+    steps: list[PaymentStep]
+
+
+class ReviewService:
+    def __init__(
+        self,
+        *,
+        uow: Callable[[], UnitOfWork],
+        wallet: WalletPort,
+        sla: timedelta = DEFAULT_SLA,
+        clock: Clock = _now,
+    ) -> None:
+        self._uow = uow
+        self._wallet = wallet
+        self._sla = sla
+        self._clock = clock
+
+    def view(self, case: ReviewCase) -> CaseView:
+        now = self._clock()
+        return CaseView(case, case.age(now), case.overdue(now, self._sla))
+
+    async def list_cases(
+        self, *, status: ReviewStatus = ReviewStatus.OPEN, page_size: int, page_token: str
+    ) -> CasePage:
+        """Cases with `status` (open by default), oldest first, a page at a time."""
+        size = page_size or 50
+        if not 1 <= size <= 100:
+            raise ValidationError(FieldViolation("page_size", "must be between 1 and 100"))
+        try:
+            after = int(page_token) if page_token else None
+        except ValueError:
+            raise ValidationError(FieldViolation("page_token", "is not a valid token")) from None
+        async with self._uow() as uow:
+            rows = await uow.payments.list_cases(status=status, limit=size, after_seq=after)
+        token = str(rows[-1][0]) if len(rows) == size else ""
+        return CasePage([self.view(case) for _, case in rows], token)
+
+    async def get_case(self, case_id: str) -> CaseEvidence:
+        case_id = parse_id(case_id, "case_id")
+        async with self._uow() as uow:
+            case = await uow.payments.get_case(case_id)
+            if case is None:
+                raise NotFound("review case", case_id)
+            payment = await uow.payments.get(case.payment_id)
+            steps = await uow.payments.steps(case.payment_id)
+        if payment is None:  # the foreign key makes this impossible
+            raise NotFound("payment", case.payment_id)
+        return CaseEvidence(self.view(case), payment, steps)
+
+    async def resolve(
+        self, *, case_id: str, resolution: Resolution | None, note: str, resolved_by: str
+    ) -> CaseView:
+        """Resolves a case once (REVIEW_ALREADY_RESOLVED after, also for a racing resolve).
+
+        The payment decides what the resolution means (`Payment.resolve_review`): one in
+        requires_manual_review moves to the resolution through its state machine, with a
+        `review.resolved` step and the normal `payment.<status>` event; a final or settled
+        one only records a decision that agrees with its status.
+
+        Ledger entries: a deposit resolved as completed was never credited (its credit failed
+        before it was compensated), so the wallet is credited first, outside the transaction,
+        with the key `<payment_id>:review-credit` (idempotent: a retry or a racing resolve
+        credits once); the wallet's refusal is the caller's answer and nothing is resolved.
+        A deposit resolved as failed or refunded posts nothing: the money never reached the
+        wallet. A withdrawal or refund whose capture was refused posts nothing either: the
+        wallet has no debit outside a hold, so the operator's note records the adjustment.
+
+        The payment is locked before its case, the order in which a case is opened.
+        Known gap: two operators racing with *different* resolutions, one of them completed,
+        can leave the review credit posted while the other's resolution wins; the winner's
+        `review.resolved` step and the wallet entry under the review-credit key show it.
+        """
+        case_id = parse_id(case_id, "case_id")
+        if resolution is None:
+            raise ValidationError(
+                FieldViolation("resolution", "must be completed, failed or refunded")
+            )
+        note = require(note, "note", max_length=MAX_NOTE)
+        resolved_by = require(resolved_by, "resolved_by")
+
+        async def attempt() -> ReviewCase:
+            payment_id, credited = await self._credit_if_needed(case_id, resolution)
+            decision = Decision(resolution, note, resolved_by, self._clock())
+            async with self._uow() as uow:
+                payment = await uow.payments.get(payment_id, for_update=True)
+                case = await uow.payments.get_case(case_id, for_update=True)
+                if payment is None or case is None:
+                    raise NotFound("review case", case_id)
+                case.resolve(decision)
+                if payment.review_credit_needed(resolution) and not credited:
+                    # It entered requires_manual_review after our look: credit, then retry.
+                    raise ConcurrentUpdate(f"payment {payment_id} changed while resolving")
+                payment.resolve_review(case_id, decision, credited=credited)
+                await save_settling_refunds(uow, payment)
+                await uow.payments.save_case(case)
+                await uow.commit()
+            return case
+
+        case = await retry_on_conflict(attempt)
+        log.info(
+            "review.resolved",
+            case_id=case.case_id,
+            payment_id=case.payment_id,
+            resolution=resolution.value,
+            resolved_by=resolved_by,
+        )
+        return self.view(case)
+
+    async def _credit_if_needed(self, case_id: str, resolution: Resolution) -> tuple[str, bool]:
+        """Looks at the case and its payment (no locks: no wallet call inside a transaction)
+        and posts the review credit the resolution needs; returns the payment id and whether
+        it credited. A case resolved already is refused here, before any money moves."""
+        async with self._uow() as uow:
+            case = await uow.payments.get_case(case_id)
+            payment = await uow.payments.get(case.payment_id) if case else None
+        if case is None or payment is None:
+            raise NotFound("review case", case_id)
+        if case.status is not ReviewStatus.OPEN:
+            raise ReviewAlreadyResolved(f"review case {case_id} is already resolved")
+        if not payment.review_credit_needed(resolution):
+            return payment.payment_id, False
+        await self._wallet.credit(
+            operation_ref=review_credit_ref(payment.payment_id),
+            account_id=payment.destination_account_id,
+            amount=payment.amount,
+        )
+        return payment.payment_id, True
+
+    async def alarm_overdue(self, *, limit: int = 100) -> list[CaseView]:
+        """Logs a WARNING for each case open past the SLA, at most once per case per
+        ALARM_EVERY, whatever the number of replicas (the alarm time is stored)."""
+        now = self._clock()
+        async with self._uow() as uow:
+            cases = await uow.payments.alarm_overdue(
+                opened_before=now - self._sla,
+                alarmed_before=now - ALARM_EVERY,
+                now=now,
+                limit=limit,
+            )
+            await uow.commit()
+        views = [self.view(case) for case in cases]
+        for view in views:
+            log.warning(
+                "review.case_overdue",
+                case_id=view.case.case_id,
+                payment_id=view.case.payment_id,
+                reason_code=view.case.reason_code.value,
+                age_s=round(view.age.total_seconds()),
+                sla_s=round(self._sla.total_seconds()),
+            )
+        return views
