@@ -6,8 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import grpc
-import typer
 from google.protobuf import json_format
 from redis.asyncio import Redis
 from rich.console import Console
@@ -28,14 +26,10 @@ STREAMS = {"payment": PAYMENT_STREAM, "wallet": WALLET_STREAM, "gateway": GATEWA
 async def _payment_service(
     settings: Settings, console: Console
 ) -> AsyncIterator[payment_pb2_grpc.PaymentServiceAsyncStub]:
-    """The payment service for one command; an error status ends the command with it (one
-    line, exit code 1)."""
+    """The payment service for one command; an error status ends the command (paysuite_cli
+    .errors turns it into one line and its exit code)."""
     async with create_channel(settings.payment_target) as channel:
-        try:
-            yield payment_pb2_grpc.PaymentServiceStub(channel)
-        except grpc.aio.AioRpcError as exc:
-            console.print(f"[red]{exc.code().name}: {exc.details()}[/red]")
-            raise typer.Exit(1) from None
+        yield payment_pb2_grpc.PaymentServiceStub(channel)
 
 
 async def show_payment(settings: Settings, console: Console, payment_id: str) -> None:
