@@ -78,7 +78,14 @@ class EmbeddedServers:
     def restart_postgres(self) -> None:
         """Starts the server again (pg_ctl over the stale postmaster.pid); raises if it
         cannot yet, e.g. while the dead postmaster's backends still hold its shared memory."""
+        # As root, pgserver runs PostgreSQL as its own user and opens the folder's path to it
+        # when it initialises; something may have closed it since (pytest re-chmods its temp
+        # root to 0700 at every session start). Initialising again re-opens it; no initdb.
+        self._postgres.ensure_pgdata_inited()
         self._postgres.ensure_postgres_running()
+        if not self.postgres_running():
+            # pgserver took the killed postmaster, not yet reaped (a zombie), for a live one.
+            raise RuntimeError("the dead postmaster is not reaped yet")
 
 
 def start_embedded(
