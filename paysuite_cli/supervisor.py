@@ -279,14 +279,18 @@ def wait_ready(
 
 
 class StopSignal:
-    """Set by SIGINT or SIGTERM; the supervisor's loops poll it and then stop in order."""
+    """Set by SIGINT, SIGTERM or SIGHUP; the supervisor's loops poll it and then stop in order.
+
+    SIGHUP too: the children run in sessions of their own, so a closed terminal no longer
+    hangs them up directly; the supervisor must, or they would outlive it.
+    """
 
     def __init__(self) -> None:
         self.received: int | None = None
 
     def install(self) -> None:
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
 
     def __call__(self) -> bool:
         return self.received is not None

@@ -138,6 +138,8 @@ def test_up_heals_refuses_a_second_suite_and_stops_on_a_plain_sigint(suite: Suit
     assert "already running" in second.stdout
     assert suite.process.poll() is None
     assert (suite.data_dir / ENDPOINTS_FILE).exists()
+    assert (suite.data_dir / "redis" / "redis.sock").exists()
+    assert suite.all_serving()
 
     suite.child("gateway_service").send_signal(signal.SIGKILL)
     suite.wait_for("gateway exited with code -9; restarting it in 0.5 s")
