@@ -17,6 +17,7 @@ help:
 	@echo "make protos       regenerate protobuf code;  make protos-check  fail if it is stale"
 
 $(STAMP): requirements.lock pyproject.toml
+	@echo "installing the locked dependencies into $(VENV)/ (first run: a minute or two) ..."
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock

@@ -32,3 +32,21 @@ async def wait_any(*events: asyncio.Event, at_most_s: float | None = None) -> No
         for waiter in waiters:
             waiter.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def next_or_stop(queue: asyncio.Queue[T], stop: asyncio.Event) -> T | None:
+    """The queue's next item, or None once `stop` is set: a reader blocked on an idle queue
+    would otherwise hold its process's shutdown for the whole grace period."""
+    getter = asyncio.create_task(queue.get())
+    await wait_any(stop, _done(getter))
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    await asyncio.gather(getter, return_exceptions=True)
+    return None
+
+
+def _done(task: asyncio.Task[Any]) -> asyncio.Event:
+    event = asyncio.Event()
+    task.add_done_callback(lambda _task: event.set())
+    return event

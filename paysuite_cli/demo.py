@@ -18,6 +18,7 @@ from common.money import Money
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from paysuite_cli.endpoints import SuiteNotRunning
 
 POLL_S = 0.02
 TERMINAL = {
@@ -48,9 +49,12 @@ async def run(settings: Settings, console: Console, *, timeout_s: float) -> bool
                 timeout=10,
             )
         except grpc.aio.AioRpcError as exc:
-            console.print(f"[red]cannot reach the wallet service: {exc.details()}[/red]")
-            console.print("Is the suite running? Start it with `make run`.")
-            return False
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                raise SuiteNotRunning(
+                    f"cannot reach the wallet service at {settings.wallet_target}:"
+                    " is the suite running? Start it with `make run`"
+                ) from None
+            raise
         saver = await wallet.OpenAccount(
             wallet_pb2.OpenAccountRequest(
                 operation_ref=f"demo-{uuid.uuid4()}", owner_id="demo-user", currency="USD"

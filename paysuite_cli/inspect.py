@@ -6,17 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import grpc
-import typer
 from google.protobuf import json_format
 from redis.asyncio import Redis
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
-from common.grpc.client import create_channel, error_info
+from common.grpc.client import create_channel
 from common.money import Money
 from paysuite.events.v1 import events_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
@@ -29,16 +26,10 @@ STREAMS = {"payment": PAYMENT_STREAM, "wallet": WALLET_STREAM, "gateway": GATEWA
 async def payment_service(
     settings: Settings, console: Console
 ) -> AsyncIterator[payment_pb2_grpc.PaymentServiceAsyncStub]:
-    """The payment service for one command; an error status ends the command with it (one
-    line, exit code 1), with the refusal's reason when it carries one (INSUFFICIENT_FUNDS)."""
+    """The payment service for one command; an error status ends the command (paysuite_cli
+    .errors turns it into one line and its exit code)."""
     async with create_channel(settings.payment_target) as channel:
-        try:
-            yield payment_pb2_grpc.PaymentServiceStub(channel)
-        except grpc.aio.AioRpcError as exc:
-            reason, _metadata = error_info(exc)
-            code = f"{exc.code().name} {reason}" if reason else exc.code().name
-            console.print(f"[red]{escape(code)}: {escape(exc.details() or '')}[/red]")
-            raise typer.Exit(1) from None
+        yield payment_pb2_grpc.PaymentServiceStub(channel)
 
 
 async def show_payment(settings: Settings, console: Console, payment_id: str) -> None:

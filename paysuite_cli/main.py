@@ -13,20 +13,22 @@ from rich.console import Console
 from rich.table import Table
 
 from common.config import ConfigError, Settings, load_settings
-from common.embedded import start_embedded
+from common.embedded import EmbeddedServers, start_embedded
 from common.logging import configure_logging
 from paysuite.common.v1 import money_pb2
 from paysuite_cli import bench as bench_module
 from paysuite_cli import demo as demo_module
+from paysuite_cli import endpoints, errors, ops, supervisor
 from paysuite_cli import inspect as inspect_module
-from paysuite_cli import ops, supervisor
 from paysuite_cli import payments as payments_module
 from paysuite_cli import providers as providers_module
 from paysuite_cli import recover as recover_module
 from paysuite_cli import review as review_module
 from paysuite_cli import wallet as wallet_cli
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    cls=errors.Cli, help=__doc__, epilog=errors.EPILOG, no_args_is_help=True, add_completion=False
+)
 
 
 def _show_version(wanted: bool) -> None:
@@ -73,20 +75,25 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _progress(line: str) -> None:
+    console.print(f"[dim]{line}[/dim]")
+
+
 @contextmanager
-def _servers(settings: Settings) -> Iterator[tuple[str, str, bool]]:
+def _servers(settings: Settings) -> Iterator[tuple[str, str, EmbeddedServers | None]]:
     """The configured servers, or embedded ones when no URL is set."""
     if settings.database_url and settings.redis_url:
-        yield settings.database_url, settings.redis_url, False
+        yield settings.database_url, settings.redis_url, None
         return
-    embedded = start_embedded(settings.data_dir)
+    embedded = start_embedded(settings.data_dir, progress=_progress)
     try:
         yield (
             settings.database_url or embedded.database_url,
             settings.redis_url or embedded.redis_url,
-            True,
+            embedded,
         )
     finally:
+        _progress("stopping PostgreSQL and Redis ...")
         embedded.stop()
 
 
@@ -105,45 +112,89 @@ def migrate() -> None:
     """Create the service databases if needed and apply every migration."""
     settings = _settings()
     configure_logging(level="WARNING", fmt=settings.log_format)
-    with _servers(settings) as (database_url, _redis_url, _embedded):
-        _migrate_all(settings.model_copy(update={"database_url": database_url}))
+    if settings.database_url:
+        _migrate_all(settings)
+        return
+    try:
+        with supervisor.exclusive(settings.data_dir), _servers(settings) as (url, _redis, _):
+            _migrate_all(settings.model_copy(update={"database_url": url}))
+    except supervisor.AlreadyRunning:
+        # The folder's suite is running: migrate its server rather than start a second one.
+        _migrate_all(endpoints.locate(settings))
 
 
 @app.command()
 def up() -> None:
-    """Start the whole suite (embedded PostgreSQL and Redis unless PAYSUITE_*_URL are set)."""
+    """Start the whole suite (embedded PostgreSQL and Redis unless PAYSUITE_*_URL are set);
+    restart whatever dies; stop on Ctrl-C or SIGTERM."""
     settings = _settings()
     configure_logging(level="WARNING", fmt=settings.log_format)
+    stop = supervisor.StopSignal()
+    stop.install()
     try:
         with supervisor.exclusive(settings.data_dir):
-            supervisor.check_ports_free(supervisor.plan(settings))
-            _up(settings)
+            processes = supervisor.plan(settings)
+            supervisor.check_ports_free(processes)
+            _up(settings, processes, stop)
     except supervisor.AlreadyRunning as exc:
         console.print(f"[red]paysuite is not starting: {exc}[/red]")
         raise typer.Exit(1) from None
 
 
-def _up(settings: Settings) -> None:
+def _up(
+    settings: Settings, processes: list[supervisor.Process], stop: supervisor.StopSignal
+) -> None:
     with _servers(settings) as (database_url, redis_url, embedded):
         if embedded:
             console.print(f"PostgreSQL and Redis: embedded, data in {settings.data_dir.resolve()}")
         _migrate_all(settings.model_copy(update={"database_url": database_url}))
-        processes = supervisor.plan(settings)
         env = supervisor.child_env(settings, database_url, redis_url)
-        with supervisor.running(processes, env) as children:
-            try:
-                supervisor.wait_ready(processes, children)
-            except RuntimeError as exc:
-                console.print(f"[red]paysuite failed to start: {exc}[/red]")
-                raise typer.Exit(1) from None
-            supervisor.publish_metrics(settings.data_dir, processes)
-            _print_endpoints(processes)
-            exited = supervisor.wait_for_exit(children)
+        children: list[supervisor.Child] = []
+        try:
+            _start(processes, env, children, stop)
+            if stop():
+                return
+            with endpoints.published(settings.data_dir, settings):
+                supervisor.publish_metrics(settings.data_dir, processes)
+                _print_endpoints(processes)
+                _watch(children, embedded, stop)
+        finally:
             console.print("stopping paysuite ...")
-        if exited is not None:
-            name, code = exited
-            console.print(f"[red]{name} exited with code {code}; the suite stopped[/red]")
-            raise typer.Exit(1)
+            supervisor.stop_all([child.popen for child in children])
+
+
+def _start(
+    processes: list[supervisor.Process],
+    env: dict[str, str],
+    children: list[supervisor.Child],
+    stop: supervisor.StopSignal,
+) -> None:
+    """Starts the processes stage by stage, each once the stages before it are ready."""
+    for stage in sorted({proc.stage for proc in processes}):
+        batch = [proc for proc in processes if proc.stage == stage]
+        _progress(f"starting {', '.join(proc.name for proc in batch)} ...")
+        children.extend(supervisor.Child(proc, env, supervisor.spawn(proc, env)) for proc in batch)
+        try:
+            supervisor.wait_ready(batch, {c.name: c.popen for c in children}, stop)
+        except RuntimeError as exc:
+            console.print(f"[red]paysuite failed to start: {exc}[/red]")
+            raise typer.Exit(1) from None
+
+
+def _watch(
+    children: list[supervisor.Child],
+    embedded: EmbeddedServers | None,
+    stop: supervisor.StopSignal,
+) -> None:
+    units: list[supervisor.Unit] = [*children]
+    if embedded is not None:
+        units += [supervisor.EmbeddedPostgres(embedded), supervisor.EmbeddedRedis(embedded)]
+    watcher = supervisor.Supervisor(units, say=lambda line: console.print(f"[yellow]{line}[/]"))
+    try:
+        watcher.watch(stop)
+    except supervisor.CrashLoop as exc:
+        console.print(f"[red]{exc}: it is crash-looping, so the suite stops[/red]")
+        raise typer.Exit(1) from None
 
 
 def _print_endpoints(processes: list[supervisor.Process]) -> None:
@@ -164,7 +215,7 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each payment.")] = 30.0,
 ) -> None:
     """Open an account, make a successful and a declined deposit, show every status change."""
-    settings = _settings()
+    settings = endpoints.locate(_settings())
     ok = asyncio.run(demo_module.run(settings, console, timeout_s=timeout))
     if not ok:
         raise typer.Exit(1)
@@ -173,21 +224,21 @@ def demo(
 @payments.command("get")
 def payments_get(payment_id: str) -> None:
     """Show a payment and its status history."""
-    settings = _settings()
+    settings = endpoints.locate(_settings())
     asyncio.run(inspect_module.show_payment(settings, console, payment_id))
 
 
 @payments.command("events")
 def payments_events(payment_id: str) -> None:
     """Show a payment's audit trail: every saga step and transition, in order."""
-    settings = _settings()
+    settings = endpoints.locate(_settings())
     asyncio.run(inspect_module.show_audit_trail(settings, console, payment_id))
 
 
 @payments.command("watch")
 def payments_watch(payment_id: str) -> None:
     """Follow a payment: every state it reaches, until a terminal one."""
-    settings = _settings()
+    settings = endpoints.locate(_settings())
     asyncio.run(inspect_module.watch_payment(settings, console, payment_id))
 
 
@@ -340,7 +391,7 @@ def events_tail(
     count: Annotated[int, typer.Option(help="Stop after this many events (0: never).")] = 0,
 ) -> None:
     """Print events from a Redis stream as they arrive."""
-    settings = _settings()
+    settings = endpoints.locate(_settings())
     asyncio.run(
         inspect_module.tail_events(settings, console, stream, from_start=from_start, count=count)
     )

@@ -17,14 +17,14 @@ from typing import Annotated, Any, TypeVar
 import psycopg
 import typer
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from common import db
-from common.config import ConfigError, Settings, load_settings
+from common.config import ConfigError, Settings
 from common.events import dead_letter_stream
+from paysuite_cli.endpoints import locate
 from paysuite_cli.inspect import STREAMS
 
 T = TypeVar("T")
@@ -378,14 +378,10 @@ def _dlq_action(
 
 
 def _settings(*, need_database: bool = False) -> Settings:
-    try:
-        settings = load_settings()
-        if need_database:
-            return settings.model_copy(update={"database_url": settings.require_database_url()})
-        return settings.model_copy(update={"redis_url": settings.require_redis_url()})
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    settings = locate()
+    if need_database:
+        return settings.model_copy(update={"database_url": settings.require_database_url()})
+    return settings.model_copy(update={"redis_url": settings.require_redis_url()})
 
 
 def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
@@ -402,9 +398,6 @@ def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
-    except RedisError as exc:
-        console.print(f"[red]Redis: {escape(_first_line(exc))}[/red]")
-        raise typer.Exit(1) from None
     except OpsError as exc:
         console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None

@@ -11,25 +11,21 @@ from datetime import UTC
 from typing import Annotated, Any
 
 import aiohttp
-import grpc
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.config import ConfigError, Settings, load_settings
+from common.config import Settings
 from common.grpc.client import create_channel
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from paysuite_cli.endpoints import locate
 
 console = Console()
 sim = typer.Typer(help="Make the provider simulators misbehave (run time, per instance).")
 
 
 def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    return locate()
 
 
 def providers() -> None:
@@ -40,13 +36,9 @@ def providers() -> None:
 
 async def _show_providers(settings: Settings) -> None:
     async with create_channel(settings.gateway_target) as channel:
-        try:
-            response = await gateway_pb2_grpc.GatewayServiceStub(channel).GetProviderStatus(
-                gateway_pb2.GetProviderStatusRequest(), timeout=10
-            )
-        except grpc.aio.AioRpcError as exc:
-            console.print(f"[red]{exc.code().name}: {exc.details()}[/red]")
-            raise typer.Exit(1) from None
+        response = await gateway_pb2_grpc.GatewayServiceStub(channel).GetProviderStatus(
+            gateway_pb2.GetProviderStatusRequest(), timeout=10
+        )
     table = Table(title="providers, in failover order", title_justify="left")
     for column in ("#", "provider", "breaker", "since", "calls", "failures", "slow", "rejected"):
         table.add_column(column)
@@ -100,6 +92,9 @@ def sim_set(
             raise typer.Exit(2)
         changes[name] = _value(raw)
     status, body = asyncio.run(_patch(f"{urls[instance]}/_sim/config", changes))
+    if status == 0:  # nothing answered
+        console.print(f"[red]{body}: is the suite running?[/red]")
+        raise typer.Exit(2)
     if status != 200:
         console.print(f"[red]{instance} refused: {body}[/red]")
         raise typer.Exit(1)

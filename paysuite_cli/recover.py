@@ -18,18 +18,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from common.config import ConfigError, Settings, load_settings
+from common.config import ConfigError, Settings
 from common.logging import configure_logging
+from paysuite_cli.endpoints import SuiteNotRunning, locate
 from recovery_worker.bootstrap import Connections, build_worker
 from recovery_worker.domain.model import SweepReport, SweepStatus
 
 PROBE_TIMEOUT_S = 2.0
 
 console = Console()
-
-
-class SuiteNotRunning(Exception):
-    """What the command needs does not answer: printed as one line, exit code 2."""
 
 
 def recover(
@@ -44,7 +41,7 @@ def recover(
         )
         raise typer.Exit(2)
     try:
-        settings = load_settings()
+        settings = locate()
         # The table says what each sweep did; only warnings (a stalled consumer) go to the log.
         configure_logging(level="WARNING", fmt=settings.log_format)
         settings = settings.model_copy(update={"redis_url": settings.require_redis_url()})

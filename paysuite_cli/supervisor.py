@@ -1,7 +1,9 @@
 """`paysuite up`: every process of the suite as child processes of one supervisor.
 
-Fail-fast on purpose: if any process dies, the whole suite stops with its exit code, so a
-developer sees a broken start instead of a half-working suite.
+At start-up it is fail-fast: a process that dies before it is ready stops the suite, so a
+broken start is seen at once. Once up, it heals: a process (or the embedded PostgreSQL or
+Redis) that dies is restarted with exponential backoff, and the suite stops only on
+SIGINT/SIGTERM or when one process crash-loops.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 from urllib.error import URLError
 from urllib.parse import urlsplit
 from urllib.request import urlopen
@@ -26,6 +30,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.config import ENDPOINTS_FILE, Settings
+from common.embedded import EmbeddedServers
 
 START_TIMEOUT_S = 60.0
 
@@ -39,6 +44,9 @@ class Process:
     # Added to the shared child environment for this process only.
     env: tuple[tuple[str, str], ...] = ()
     metrics_port: int = 0
+    # Started once every process of an earlier stage is ready (the recovery worker calls
+    # the services: started with them, it only logs that they are unavailable).
+    stage: int = 0
 
     @property
     def metrics_url(self) -> str:
@@ -85,7 +93,9 @@ DEMO_RECOVERY_ENV = (
 
 def _recovery_worker(settings: Settings) -> Process:
     env = tuple((name, value) for name, value in DEMO_RECOVERY_ENV if name not in os.environ)
-    return Process("recovery worker", "recovery_worker", settings.recovery_listen, "grpc", env=env)
+    return Process(
+        "recovery worker", "recovery_worker", settings.recovery_listen, "grpc", env=env, stage=1
+    )
 
 
 def plan(settings: Settings) -> list[Process]:
@@ -209,6 +219,32 @@ def child_env(settings: Settings, database_url: str, redis_url: str) -> dict[str
     return env
 
 
+def spawn(proc: Process, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Its own session: the terminal's Ctrl-C reaches the supervisor alone, which stops every
+    # child itself, children before the servers they use, whether the signal came from the
+    # terminal or from `kill -INT <pid>`.
+    return subprocess.Popen(  # noqa: S603 - our own modules, no shell
+        [sys.executable, "-m", proc.module], env={**env, **dict(proc.env)}, start_new_session=True
+    )
+
+
+STOP_TIMEOUT_S = 15.0
+
+
+def stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to every child at once, then wait; one that outlives the timeout is killed."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
 @contextmanager
 def running(
     processes: list[Process], env: dict[str, str]
@@ -216,26 +252,20 @@ def running(
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for proc in processes:
-            children[proc.name] = subprocess.Popen(  # noqa: S603 - our own modules, no shell
-                [sys.executable, "-m", proc.module], env={**env, **dict(proc.env)}
-            )
+            children[proc.name] = spawn(proc, env)
         yield children
     finally:
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for child in children.values():
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_all(list(children.values()))
 
 
-def wait_ready(processes: list[Process], children: dict[str, subprocess.Popen[bytes]]) -> None:
+def wait_ready(
+    processes: list[Process],
+    children: dict[str, subprocess.Popen[bytes]],
+    stopping: Callable[[], bool] = lambda: False,
+) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     waiting = list(processes)
-    while waiting:
+    while waiting and not stopping():
         for proc in list(waiting):
             code = children[proc.name].poll()
             if code is not None:
@@ -248,22 +278,186 @@ def wait_ready(processes: list[Process], children: dict[str, subprocess.Popen[by
         time.sleep(0.2)
 
 
-def wait_for_exit(children: dict[str, subprocess.Popen[bytes]]) -> tuple[str, int] | None:
-    """Blocks until SIGINT/SIGTERM (returns None) or a child exits (returns it)."""
-    stop = False
+class StopSignal:
+    """Set by SIGINT, SIGTERM or SIGHUP; the supervisor's loops poll it and then stop in order.
 
-    def on_signal(_sig: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
+    SIGHUP too: the children run in sessions of their own, so a closed terminal no longer
+    hangs them up directly; the supervisor must, or they would outlive it.
+    """
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop:
-        for name, child in children.items():
-            if child.poll() is not None:
-                return name, child.returncode
-        time.sleep(0.2)
-    return None
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    def __call__(self) -> bool:
+        return self.received is not None
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.received = signum
+
+
+# --- healing ----------------------------------------------------------------------------
+
+
+class CrashLoop(Exception):
+    """One process crashed too often too quickly: restarting it again would not help."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    first_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    # A process that ran this long was healthy: its next crash starts the backoff afresh.
+    healthy_after_s: float = 30.0
+    max_crashes: int = 5
+    window_s: float = 60.0
+
+
+@dataclass
+class Restarts:
+    """One unit's crash history: how long to wait before the next restart.
+
+    Hand-written rather than tenacity: tenacity drives one call's retries in its own loop,
+    while here one polling loop watches every unit and each restart is a later tick of it;
+    the backoff is one line of arithmetic.
+    """
+
+    policy: RestartPolicy
+    crashes: deque[float] = field(default_factory=deque)
+    in_a_row: int = 0
+
+    def delay_after_crash(self, *, now: float, ran_s: float) -> float:
+        if ran_s >= self.policy.healthy_after_s:
+            self.in_a_row = 0
+        self.crashes.append(now)
+        while self.crashes and self.crashes[0] < now - self.policy.window_s:
+            self.crashes.popleft()
+        if len(self.crashes) > self.policy.max_crashes:
+            raise CrashLoop(f"{len(self.crashes)} crashes within {self.policy.window_s:.0f} s")
+        delay = min(self.policy.first_delay_s * 2.0**self.in_a_row, self.policy.max_delay_s)
+        self.in_a_row += 1
+        return delay
+
+
+class Unit(Protocol):
+    """Something the supervisor keeps running: a child process or an embedded server."""
+
+    @property
+    def name(self) -> str: ...
+
+    def exited(self) -> str | None:
+        """None while it runs; else how it ended ("exited with code -9")."""
+
+    def restart(self) -> None: ...
+
+
+@dataclass
+class Child:
+    proc: Process
+    env: dict[str, str]
+    popen: subprocess.Popen[bytes]
+
+    @property
+    def name(self) -> str:
+        return self.proc.name
+
+    def exited(self) -> str | None:
+        code = self.popen.poll()
+        return None if code is None else f"exited with code {code}"
+
+    def restart(self) -> None:
+        self.popen = spawn(self.proc, self.env)
+
+
+@dataclass
+class EmbeddedRedis:
+    servers: EmbeddedServers
+    name: str = "embedded Redis"
+
+    def exited(self) -> str | None:
+        code = self.servers.redis_exit_code()
+        return None if code is None else f"exited with code {code}"
+
+    def restart(self) -> None:
+        self.servers.restart_redis()
+
+
+@dataclass
+class EmbeddedPostgres:
+    servers: EmbeddedServers
+    name: str = "embedded PostgreSQL"
+
+    def exited(self) -> str | None:
+        return None if self.servers.postgres_running() else "is no longer running"
+
+    def restart(self) -> None:
+        self.servers.restart_postgres()
+
+
+@dataclass
+class _Watched:
+    unit: Unit
+    restarts: Restarts
+    started_at: float
+    restart_at: float | None = None
+
+
+POLL_S = 0.2
+
+
+class Supervisor:
+    """Restarts whatever dies, with backoff, and says so; raises CrashLoop when one unit
+    crashes more than the policy allows."""
+
+    def __init__(
+        self,
+        units: list[Unit],
+        *,
+        say: Callable[[str], None],
+        policy: RestartPolicy = RestartPolicy(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        now = clock()
+        self._watched = [_Watched(unit, Restarts(policy), now) for unit in units]
+        self._say = say
+        self._clock = clock
+
+    def watch(self, stopping: Callable[[], bool]) -> None:
+        while not stopping():
+            self.tick()
+            time.sleep(POLL_S)
+
+    def tick(self) -> None:
+        now = self._clock()
+        for watched in self._watched:
+            if watched.restart_at is not None:
+                if now >= watched.restart_at:
+                    self._restart(watched, now)
+            elif (how := watched.unit.exited()) is not None:
+                self._crashed(watched, how, now)
+
+    def _crashed(self, watched: _Watched, how: str, now: float) -> None:
+        name = watched.unit.name
+        try:
+            delay = watched.restarts.delay_after_crash(now=now, ran_s=now - watched.started_at)
+        except CrashLoop as exc:
+            raise CrashLoop(f"{name} {how}: {exc}") from None
+        watched.restart_at = now + delay
+        at = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
+        self._say(f"{name} {how}; restarting it in {delay:.1f} s (at {at})")
+
+    def _restart(self, watched: _Watched, now: float) -> None:
+        watched.restart_at = None
+        watched.started_at = now
+        try:
+            watched.unit.restart()
+        except Exception as exc:  # a server that cannot start yet is one more crash
+            self._crashed(watched, f"failed to restart ({exc!r:.200})", now)
+            return
+        self._say(f"{watched.unit.name} restarted")
 
 
 def _grpc_serving(target: str) -> bool:

@@ -13,9 +13,9 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common import db
-from common.config import ConfigError, Settings, load_settings
-from common.errors import DomainError
+from common.config import Settings
 from common.logging import configure_logging
+from paysuite_cli.endpoints import locate
 
 T = TypeVar("T")
 
@@ -32,15 +32,12 @@ def register(app: typer.Typer) -> None:
 
 
 def _run(work: Callable[[Settings, AsyncEngine], Awaitable[T]]) -> T:
-    """Runs `work` against the wallet database; configuration and outages exit 2."""
+    """Runs `work` against the running suite's wallet database (paysuite_cli.errors turns a
+    refusal or an outage into one line and its exit code)."""
     from wallet_service.bootstrap import DATABASE
 
-    try:
-        settings = load_settings()
-        url = DATABASE.url(settings)
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    settings = locate()
+    url = DATABASE.url(settings)
     configure_logging(level="WARNING", fmt=settings.log_format)
 
     async def main() -> T:
@@ -50,11 +47,7 @@ def _run(work: Callable[[Settings, AsyncEngine], Awaitable[T]]) -> T:
         finally:
             await engine.dispose()
 
-    try:
-        return asyncio.run(main())
-    except DomainError as exc:
-        console.print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(2) from None
+    return asyncio.run(main())
 
 
 @ledger.command("verify")

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import structlog
 
+from common.aio import next_or_stop
 from common.errors import (
     ConcurrentUpdate,
     DependencyUnavailable,
@@ -412,8 +413,7 @@ class GatewayService:
     async def publish_breaker_transitions(self, stop: asyncio.Event) -> None:
         """Runs for the life of the service: every breaker transition becomes an event."""
         sequence = 0
-        while not stop.is_set():
-            transition = await self._transitions.get()
+        while (transition := await next_or_stop(self._transitions, stop)) is not None:
             sequence += 1
             fact = _breaker_fact(transition, sequence)
             try:

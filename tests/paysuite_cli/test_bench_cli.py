@@ -26,9 +26,9 @@ def test_bench_against_no_running_suite_fails_in_one_line(
             "COLUMNS": "200",
         },
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "bench failed" in result.output
-    assert "no embedded server is running" in result.output
+    assert "no suite is running" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
@@ -36,5 +36,5 @@ def test_bench_refuses_a_bad_configuration(tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["bench", "--quick"], env={"PAYSUITE_REDIS_URL": "http://x", "COLUMNS": "200"}
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "PAYSUITE_REDIS_URL" in result.output

@@ -21,5 +21,5 @@ def test_a_suite_that_is_not_running_is_one_line_and_exit_2(
         run()
     assert exited.value.code == 2
     output = capsys.readouterr().out
-    assert "PAYSUITE_REDIS_URL is not set" in output
+    assert "no suite is running" in output
     assert "Traceback" not in output

@@ -215,8 +215,8 @@ def test_a_refusal_is_one_line_with_its_reason_and_exit_1(fake: FakePayments) ->
     assert output.strip() == "FAILED_PRECONDITION INSUFFICIENT_FUNDS: available 1.00 USD"
 
 
-def test_a_suite_that_is_not_running_is_one_line_and_exit_1() -> None:
+def test_a_suite_that_is_not_running_is_one_line_and_exit_2() -> None:
     code, output = invoke("cancel", "pay-1")  # nothing listens on port 1
-    assert code == 1
-    assert output.startswith("UNAVAILABLE")
+    assert code == 2
+    assert output.startswith("cannot reach the suite (UNAVAILABLE)")
     assert "Traceback" not in output

@@ -26,7 +26,7 @@ def test_a_suite_that_is_not_running_is_one_line_and_exit_2(
     result = CliRunner().invoke(app, ["recover", "--once"])
 
     assert result.exit_code == 2
-    assert "PAYSUITE_REDIS_URL is not set" in result.output
+    assert "no suite is running" in result.output
     assert "Traceback" not in result.output
 
 

@@ -98,3 +98,79 @@ def test_metrics_urls_join_the_embedded_servers_endpoints_file(tmp_path: Path) -
 def test_without_an_endpoints_file_nothing_is_written(tmp_path: Path) -> None:
     supervisor.publish_metrics(tmp_path, supervisor.plan(Settings()))
     assert not (tmp_path / ENDPOINTS_FILE).exists()
+
+
+# --- healing: the restart policy and the watch loop, on a fake clock ----------------------
+
+
+class FakeUnit:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dead = False
+        self.restarts = 0
+        self.fail_restart = False
+
+    def exited(self) -> str | None:
+        return "exited with code -9" if self.dead else None
+
+    def restart(self) -> None:
+        if self.fail_restart:
+            raise RuntimeError("shared memory still in use")
+        self.restarts += 1
+        self.dead = False
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_backoff_doubles_to_its_cap_and_starts_afresh_after_a_healthy_run() -> None:
+    restarts = supervisor.Restarts(supervisor.RestartPolicy(max_crashes=100))
+    delays = [restarts.delay_after_crash(now=i * 100.0, ran_s=1) for i in range(8)]
+    assert delays == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert restarts.delay_after_crash(now=900, ran_s=31) == 0.5
+
+
+def test_more_than_five_crashes_within_a_minute_is_a_crash_loop() -> None:
+    restarts = supervisor.Restarts(supervisor.RestartPolicy())
+    for second in range(5):
+        restarts.delay_after_crash(now=second, ran_s=1)
+    with pytest.raises(supervisor.CrashLoop, match="6 crashes within 60 s"):
+        restarts.delay_after_crash(now=59, ran_s=1)
+    spread = supervisor.Restarts(supervisor.RestartPolicy())
+    for minute in range(10):  # one a minute is no loop
+        spread.delay_after_crash(now=minute * 61.0, ran_s=1)
+
+
+def test_a_dead_unit_is_restarted_after_its_delay_and_each_step_is_said() -> None:
+    clock, said, unit = Clock(), [], FakeUnit("gateway")
+    watcher = supervisor.Supervisor([unit], say=said.append, clock=clock)
+
+    unit.dead = True
+    watcher.tick()
+    assert said[-1].startswith("gateway exited with code -9; restarting it in 0.5 s (at ")
+    clock.now += 0.4
+    watcher.tick()
+    assert unit.restarts == 0
+    clock.now += 0.2
+    watcher.tick()
+    assert (unit.restarts, said[-1]) == (1, "gateway restarted")
+
+
+def test_a_restart_that_fails_counts_as_a_crash_and_a_crash_loop_names_the_unit() -> None:
+    clock, said, unit = Clock(), [], FakeUnit("embedded PostgreSQL")
+    watcher = supervisor.Supervisor([unit], say=said.append, clock=clock)
+    unit.dead, unit.fail_restart = True, True
+
+    def tick_for_a_while() -> None:
+        for _ in range(20):
+            watcher.tick()
+            clock.now += 5
+
+    with pytest.raises(supervisor.CrashLoop, match=r"^embedded PostgreSQL failed to restart"):
+        tick_for_a_while()
+    assert "restarting it in 1.0 s" in said[1]

@@ -1,0 +1,179 @@
+"""A real `paysuite up` in a subprocess, on its own data folder and free ports: it heals a
+SIGKILLed service, the embedded Redis and the embedded PostgreSQL; a second `paysuite up` on
+the same folder is refused without touching the first; and a plain `kill -INT` stops it all,
+children before the servers, in a few seconds.
+
+One suite for every step: starting one costs most of this test's time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from common.config import ENDPOINTS_FILE
+from common.grpc.server import HEALTH_INTERVAL_S
+from paysuite_cli.main import app
+from paysuite_cli.supervisor import _grpc_serving
+
+pytestmark = [pytest.mark.integration]
+
+BAD_REQUESTS = [
+    (["payments", "get", str(uuid.uuid4())], 1, "NOT_FOUND"),
+    (["payments", "events", "not-an-id"], 1, "INVALID_ARGUMENT"),
+    (["payments", "watch", str(uuid.uuid4())], 1, "NOT_FOUND"),
+    (["events", "dlq", "replay", "payment", "1-1"], 1, "no entry 1-1"),
+    (["sim", "show", "sim-nowhere"], 2, "unknown simulator"),
+]
+
+PAYSUITE = [sys.executable, "-c", "from paysuite_cli.main import run; run()"]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _suite_env(data_dir: Path) -> dict[str, str]:
+    ports = _free_ports(7)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSUITE_")}
+    env.update(
+        PAYSUITE_DATA_DIR=str(data_dir),
+        PAYSUITE_LOG_LEVEL="WARNING",
+        COLUMNS="200",
+        PYTHONUNBUFFERED="1",
+    )
+    for index, name in enumerate(("payment", "wallet", "gateway")):
+        address = f"127.0.0.1:{ports[index]}"
+        env[f"PAYSUITE_{name.upper()}_LISTEN"] = env[f"PAYSUITE_{name.upper()}_TARGET"] = address
+    env["PAYSUITE_WEBHOOK_LISTEN"] = f"127.0.0.1:{ports[3]}"
+    env["PAYSUITE_RECOVERY_LISTEN"] = f"127.0.0.1:{ports[4]}"
+    env["PAYSUITE_PROVIDER_URL"] = f"http://127.0.0.1:{ports[5]}"
+    env["PAYSUITE_PROVIDER_SECONDARY_URL"] = f"http://127.0.0.1:{ports[6]}"
+    return env
+
+
+class Suite:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.env = _suite_env(data_dir)
+        self.log = data_dir.parent / "up.log"
+        with self.log.open("w") as out:
+            self.process = subprocess.Popen(
+                [*PAYSUITE, "up"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # as `kill -INT <pid>` would reach it: alone
+            )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, text: str, timeout_s: float = 60.0) -> None:
+        _until(lambda: text in self.output(), timeout_s, f"{text!r} in\n{self.output()}")
+
+    def child(self, marker: str) -> psutil.Process:
+        for proc in psutil.Process(self.process.pid).children():
+            if any(marker in part for part in proc.cmdline()):
+                return proc
+        raise AssertionError(f"no child {marker}")
+
+    def grpc_targets(self) -> list[str]:
+        return [self.env[f"PAYSUITE_{name}_TARGET"] for name in ("PAYMENT", "WALLET", "GATEWAY")]
+
+    def all_serving(self) -> bool:
+        return all(_grpc_serving(target) for target in self.grpc_targets())
+
+
+def _until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> Iterator[Suite]:
+    running = Suite(tmp_path / "data")
+    try:
+        running.wait_for("paysuite is up", timeout_s=90)
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.process.send_signal(signal.SIGINT)
+            try:
+                running.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(running.process.pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(180)
+def test_up_heals_refuses_a_second_suite_and_stops_on_a_plain_sigint(suite: Suite) -> None:
+    started = suite.output()
+    assert "starting recovery worker" in started.split("starting wallet")[1]  # a later stage
+    assert "UNAVAILABLE" not in started
+
+    second = subprocess.run(
+        [*PAYSUITE, "up"], env=suite.env, capture_output=True, text=True, timeout=30
+    )
+    assert second.returncode == 1
+    assert "already running" in second.stdout
+    assert suite.process.poll() is None
+    assert (suite.data_dir / ENDPOINTS_FILE).exists()
+    assert (suite.data_dir / "redis" / "redis.sock").exists()
+    assert suite.all_serving()
+
+    suite.child("gateway_service").send_signal(signal.SIGKILL)
+    suite.wait_for("gateway exited with code -9; restarting it in 0.5 s")
+    suite.wait_for("gateway restarted")
+    _until(suite.all_serving, 30, "every service SERVING after the gateway's restart")
+
+    suite.child("redis-server").send_signal(signal.SIGKILL)
+    suite.wait_for("embedded Redis exited with code -9")
+    suite.wait_for("embedded Redis restarted")
+    time.sleep(HEALTH_INTERVAL_S + 0.5)  # every readiness probe has seen it since
+    _until(suite.all_serving, 30, "every service SERVING again after Redis's restart")
+
+    postmaster = int((suite.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGKILL)
+    suite.wait_for("embedded PostgreSQL is no longer running")
+    suite.wait_for("embedded PostgreSQL restarted", timeout_s=60)
+    time.sleep(HEALTH_INTERVAL_S + 0.5)  # every readiness probe has seen it since
+    _until(suite.all_serving, 30, "every service SERVING again after PostgreSQL's restart")
+
+    # A real request through the payment service and its database, after both restarts.
+    for args, code, line in BAD_REQUESTS:
+        result = CliRunner().invoke(app, args, env=suite.env)
+        assert (result.exit_code, result.output.count("\n")) == (code, 1), result.output
+        assert line in result.output
+
+    children = psutil.Process(suite.process.pid).children()
+    before = time.monotonic()
+    suite.process.send_signal(signal.SIGINT)
+    assert suite.process.wait(timeout=15) == 0
+    took = time.monotonic() - before
+    _gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive
+    stopping = suite.output().split("stopping paysuite")[1]
+    assert "Connection closed by server" not in stopping
+    assert "redis unavailable" not in stopping
+    assert not (suite.data_dir / ENDPOINTS_FILE).exists()
+    assert took < 8, f"stopping took {took:.1f} s"
