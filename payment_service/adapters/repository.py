@@ -166,8 +166,10 @@ _LIST_CASES = (
 # Only an open case is resolved: a racer that skipped the row lock still cannot resolve twice.
 _RESOLVE_CASE = (
     "UPDATE review_cases SET status = %s, resolution = %s, note = %s, resolved_by = %s,"
-    " resolved_at = %s WHERE case_id = %s AND status = 'open'"
+    " resolved_at = %s WHERE case_id = %s AND status = 'open' AND resolution IN ('', %s)"
 )
+# An open case's `resolution` is the claim of the resolution being carried out ('' for none).
+_CLAIM_CASE = "UPDATE review_cases SET resolution = %s WHERE case_id = %s AND status = 'open'"
 _ALARM_CASES = (
     "UPDATE review_cases SET alarmed_at = %s WHERE case_id IN (SELECT case_id FROM review_cases"
     " WHERE status = 'open' AND opened_at < %s AND (alarmed_at IS NULL OR alarmed_at < %s)"
@@ -214,6 +216,7 @@ def _case(row: Any) -> ReviewCase:
         status=ReviewStatus(row.status),
         evidence=[_evidence(payment_id, item) for item in row.evidence or ()],
         decision=decision,
+        claimed=(Resolution(row.resolution) if row.status == "open" and row.resolution else None),
     )
 
 
@@ -430,6 +433,10 @@ class PaymentRepository:
     async def save_case(self, case: ReviewCase) -> None:
         decision = case.decision
         if decision is None:
+            claimed = case.claimed.value if case.claimed else ""
+            cursor = await self._raw.execute(_CLAIM_CASE, (claimed, case.case_id))
+            if cursor.rowcount != 1:
+                raise ReviewAlreadyResolved(f"review case {case.case_id} is already resolved")
             return
         cursor = await self._raw.execute(
             _RESOLVE_CASE,
@@ -440,6 +447,7 @@ class PaymentRepository:
                 decision.resolved_by,
                 decision.resolved_at,
                 case.case_id,
+                decision.resolution.value,
             ),
         )
         if cursor.rowcount != 1:

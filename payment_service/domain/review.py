@@ -7,7 +7,13 @@ case is needed (`ReviewOpening`); the repository writes it in the same transacti
 change that caused it. A payment has at most one open case: a second reason to look adds its
 evidence to the open case instead of opening another.
 
-    open ──resolve(completed | failed | refunded)──► resolved      (never twice)
+    open ──claim(X)──► open, being resolved as X ──resolve(X)──► resolved     (never twice)
+      └──────────────resolve(completed | failed | refunded)────────────► resolved
+
+A resolution that moves money first (a deposit resolved as completed is credited) claims the
+case before the wallet is called: a racing resolve with another resolution is refused from
+then on, so the credit can never be posted for a case that another operator resolves
+differently. A claim whose money movement was refused is released.
 """
 
 from __future__ import annotations
@@ -70,13 +76,33 @@ class ReviewCase:
     # Every reason to look, the first one included, in the order they came.
     evidence: list[ReviewOpening] = field(default_factory=list)
     decision: Decision | None = None
+    # The resolution an operator is carrying out (its money moving) on this open case.
+    claimed: Resolution | None = None
+
+    def claim(self, resolution: Resolution) -> None:
+        """Reserves the case for `resolution` before money moves for it; the same resolution
+        may claim again (a retry), another is refused (REVIEW_ALREADY_RESOLVED)."""
+        self._check_open(resolution)
+        self.claimed = resolution
+
+    def release(self, resolution: Resolution) -> None:
+        if self.status is ReviewStatus.OPEN and self.claimed is resolution:
+            self.claimed = None
 
     def resolve(self, decision: Decision) -> None:
         """Records the decision; a case is resolved once only (REVIEW_ALREADY_RESOLVED)."""
-        if self.status is not ReviewStatus.OPEN:
-            raise ReviewAlreadyResolved(f"review case {self.case_id} is already resolved")
+        self._check_open(decision.resolution)
         self.status = ReviewStatus.RESOLVED
         self.decision = decision
+        self.claimed = None
+
+    def _check_open(self, resolution: Resolution) -> None:
+        if self.status is not ReviewStatus.OPEN:
+            raise ReviewAlreadyResolved(f"review case {self.case_id} is already resolved")
+        if self.claimed is not None and self.claimed is not resolution:
+            raise ReviewAlreadyResolved(
+                f"review case {self.case_id} is being resolved as {self.claimed}"
+            )
 
     def age(self, now: datetime) -> timedelta:
         end = self.decision.resolved_at if self.decision else now

@@ -15,6 +15,7 @@ import structlog
 
 from common.errors import (
     ConcurrentUpdate,
+    FailedPrecondition,
     FieldViolation,
     NotFound,
     ValidationError,
@@ -139,10 +140,11 @@ class ReviewService:
         wallet. A withdrawal or refund whose capture was refused posts nothing either: the
         wallet has no debit outside a hold, so the operator's note records the adjustment.
 
-        The payment is locked before its case, the order in which a case is opened.
-        Known gap: two operators racing with *different* resolutions, one of them completed,
-        can leave the review credit posted while the other's resolution wins; the winner's
-        `review.resolved` step and the wallet entry under the review-credit key show it.
+        The payment is locked before its case, the order in which a case is opened. A
+        resolution that credits claims the case first (`ReviewCase.claim`, committed before
+        the wallet is called), so a racing resolve with another resolution is refused and the
+        credit can never stand beside a different decision; a refused credit releases the
+        claim.
         """
         case_id = parse_id(case_id, "case_id")
         if resolution is None:
@@ -193,12 +195,26 @@ class ReviewService:
             raise ReviewAlreadyResolved(f"review case {case_id} is already resolved")
         if not payment.review_credit_needed(resolution):
             return payment.payment_id, False
-        await self._wallet.credit(
-            operation_ref=review_credit_ref(payment.payment_id),
-            account_id=payment.destination_account_id,
-            amount=payment.amount,
-        )
+        await self._claim(case_id, lambda case: case.claim(resolution))
+        try:
+            await self._wallet.credit(
+                operation_ref=review_credit_ref(payment.payment_id),
+                account_id=payment.destination_account_id,
+                amount=payment.amount,
+            )
+        except (FailedPrecondition, NotFound):
+            await self._claim(case_id, lambda case: case.release(resolution))
+            raise
         return payment.payment_id, True
+
+    async def _claim(self, case_id: str, change: Callable[[ReviewCase], None]) -> None:
+        async with self._uow() as uow:
+            case = await uow.payments.get_case(case_id, for_update=True)
+            if case is None:
+                raise NotFound("review case", case_id)
+            change(case)
+            await uow.payments.save_case(case)
+            await uow.commit()
 
     async def alarm_overdue(self, *, limit: int = 100) -> list[CaseView]:
         """Logs a WARNING for each case open past the SLA, at most once per case per

@@ -220,7 +220,11 @@ class TrackingStore:
             current = self._store.cases[saved.case_id]
             if current.status is not ReviewStatus.OPEN:
                 raise ReviewAlreadyResolved(f"review case {saved.case_id} is already resolved")
+            decided = saved.decision.resolution if saved.decision else None
+            if decided is not None and current.claimed not in (None, decided):
+                raise ReviewAlreadyResolved(f"review case {saved.case_id} is being resolved")
             current.status, current.decision = saved.status, saved.decision
+            current.claimed = saved.claimed
 
         self._staged.append(apply)
 

@@ -149,6 +149,46 @@ async def test_two_racing_resolves_resolve_once_and_credit_once() -> None:
     assert world.wallet.available[ACCOUNT] == 1000
 
 
+@pytest.mark.parametrize("credit_first", [True, False])
+async def test_racing_different_resolutions_never_leave_a_credit_beside_another_decision(
+    credit_first: bool,
+) -> None:
+    world = World()
+    payment_id = await in_review(world)
+    case_id = await case_of(world, payment_id)
+    service = reviews(world)
+    credit = world.wallet.credit
+    other_done = asyncio.Event()
+
+    async def slow_credit(**kwargs: Any) -> None:
+        if not credit_first:
+            await other_done.wait()  # the failed resolution tries while the credit is out
+        await credit(**kwargs)
+
+    world.wallet.credit = slow_credit  # type: ignore[method-assign]
+
+    async def fail_it() -> object:
+        await asyncio.sleep(0)
+        try:
+            return await service.resolve(
+                case_id=case_id, resolution=Resolution.FAILED, note="n", resolved_by="bo"
+            )
+        finally:
+            other_done.set()
+
+    complete_it = service.resolve(
+        case_id=case_id, resolution=Resolution.COMPLETED, note="n", resolved_by="al"
+    )
+    results = await asyncio.gather(complete_it, fail_it(), return_exceptions=True)
+    assert sum(isinstance(r, ReviewAlreadyResolved) for r in results) == 1, results
+    status = (await world.service.get_payment(payment_id)).status
+    if status is S.COMPLETED:
+        assert list(world.wallet.credits) == [f"{payment_id}:review-credit"]
+    else:
+        assert status is S.FAILED
+        assert world.wallet.credits == {}
+
+
 async def test_a_deposit_resolved_as_refunded_posts_nothing() -> None:
     world = World()
     payment_id = await in_review(world)
