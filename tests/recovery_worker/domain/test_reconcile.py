@@ -127,7 +127,8 @@ def test_a_movement_is_judged_against_its_payment() -> None:
     deposit = facts()
     assert check_movement(movement(deposit, Step.CREDIT), deposit) is None
     wrong = check_movement(movement(deposit, Step.CAPTURE), deposit)
-    assert wrong is not None and "does not fit a deposit" in wrong.reason
+    assert wrong is not None
+    assert "does not fit a deposit" in wrong.reason
     failed = facts("failed")
     credit = movement(failed, Step.CREDIT)
     same = check_movement(credit, failed)
