@@ -294,9 +294,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         self, request: wallet_pb2.GetTransactionsRequest, context: Context
     ) -> wallet_pb2.GetTransactionsResponse:
         txns = await self._service.get_transactions(list(request.operation_refs))
-        return wallet_pb2.GetTransactionsResponse(
-            transactions=[recorded_to_proto(t) for t in txns]
-        )
+        return wallet_pb2.GetTransactionsResponse(transactions=[recorded_to_proto(t) for t in txns])
 
     async def ListTransactions(
         self, request: wallet_pb2.ListTransactionsRequest, context: Context
