@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     recovery_refunding_after_s: float = Field(default=1800.0, gt=0)
     recovery_stalled_after_s: float = Field(default=300.0, gt=0)
     recovery_lease_s: float = Field(default=60.0, ge=1)
+    # Reconciliation (payments vs ledger vs provider): how often it runs, whatever the round
+    # interval, and how far back it looks at most (it resumes from its high-water mark).
+    recovery_reconcile_every_s: float = Field(default=300.0, gt=0)
+    recovery_reconcile_window_s: float = Field(default=3600.0, gt=0)
     # /metrics of this process (Prometheus). Unset or 0: not served; containers use 9100 for
     # every process. `paysuite up` gives each of its processes a free port of its own.
     metrics_port: int = Field(default=0, ge=0, le=65535)

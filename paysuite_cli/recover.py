@@ -83,6 +83,7 @@ async def _check_running(settings: Settings, connections: Connections) -> None:
 _STYLE = {
     SweepStatus.DONE: "green",
     SweepStatus.BUSY: "yellow",
+    SweepStatus.NOT_DUE: "dim",
     SweepStatus.UNAVAILABLE: "red",
     SweepStatus.FAILED: "red",
 }

@@ -18,9 +18,15 @@ from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
 from common.grpc.client import create_channel
 from common.grpc.server import ServiceRuntime, create_server
 from recovery_worker.adapters import metrics
-from recovery_worker.adapters.redis_store import RedisLeases, RedisPipeline, RedisRungMemory
+from recovery_worker.adapters.redis_store import (
+    RedisLeases,
+    RedisMarks,
+    RedisPipeline,
+    RedisRungMemory,
+)
 from recovery_worker.adapters.services import GrpcGateway, GrpcPayments, GrpcWallet
 from recovery_worker.domain.ladder import Ladder
+from recovery_worker.service_layer.reconcile import ReconcileSweep
 from recovery_worker.service_layer.sweeps import (
     ExpiredHoldsSweep,
     InitiatedSweep,
@@ -65,11 +71,13 @@ class Connections:
 def build_sweeps(settings: Settings, connections: Connections) -> list[Sweep]:
     timeout_s = settings.rpc_timeout_ms / 1000
     payments = GrpcPayments(connections.payment, timeout_s=timeout_s)
+    gateway = GrpcGateway(connections.gateway, timeout_s=timeout_s)
+    wallet = GrpcWallet(connections.wallet, timeout_s=timeout_s)
     streams = [settings.stream_prefix + s for s in (PAYMENT_STREAM, WALLET_STREAM, GATEWAY_STREAM)]
     return [
         PendingSweep(
             payments=payments,
-            gateway=GrpcGateway(connections.gateway, timeout_s=timeout_s),
+            gateway=gateway,
             memory=RedisRungMemory(connections.redis, prefix=settings.stream_prefix),
             ladder=Ladder.starting_at(timedelta(seconds=settings.recovery_pending_after_s)),
         ),
@@ -79,11 +87,20 @@ def build_sweeps(settings: Settings, connections: Connections) -> list[Sweep]:
         RefundingSweep(
             payments=payments, after=timedelta(seconds=settings.recovery_refunding_after_s)
         ),
-        ExpiredHoldsSweep(wallet=GrpcWallet(connections.wallet, timeout_s=timeout_s)),
+        ExpiredHoldsSweep(wallet=wallet),
         PipelineSweep(
             pipeline=RedisPipeline(connections.redis),
             streams=streams,
             stalled_after=timedelta(seconds=settings.recovery_stalled_after_s),
+        ),
+        ReconcileSweep(
+            payments=payments,
+            journal=wallet,
+            operations=gateway,
+            reviews=payments,
+            marks=RedisMarks(connections.redis, prefix=settings.stream_prefix),
+            every=timedelta(seconds=settings.recovery_reconcile_every_s),
+            window=timedelta(seconds=settings.recovery_reconcile_window_s),
         ),
     ]
 

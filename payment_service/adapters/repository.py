@@ -163,6 +163,12 @@ _LIST_CASES = (
     " resolution, note, resolved_by, resolved_at FROM review_cases"
     " WHERE status = %s AND seq > %s ORDER BY seq LIMIT %s"
 )
+# A case, open or resolved, that already holds this mismatch's evidence (its key).
+_CASE_WITH_KEY = (
+    "SELECT seq, case_id, payment_id, reason_code, reason, opened_at, status, evidence,"
+    " resolution, note, resolved_by, resolved_at FROM review_cases"
+    " WHERE payment_id = %s AND evidence @> %s ORDER BY seq LIMIT 1"
+)
 # Only an open case is resolved: a racer that skipped the row lock still cannot resolve twice.
 _RESOLVE_CASE = (
     "UPDATE review_cases SET status = %s, resolution = %s, note = %s, resolved_by = %s,"
@@ -183,13 +189,18 @@ _INSERT_HISTORY = (
 )
 
 
-def _evidence_json(opening: ReviewOpening) -> dict[str, str]:
-    return {
+def _evidence_json(opening: ReviewOpening) -> dict[str, Any]:
+    data: dict[str, Any] = {
         "reason_code": opening.reason_code.value,
         "reason": opening.reason,
         "source": opening.source,
         "occurred_at": opening.occurred_at.isoformat(),
     }
+    if opening.key:
+        data["key"] = opening.key
+    if opening.details:
+        data["details"] = dict(opening.details)
+    return data
 
 
 def _evidence(payment_id: str, data: Any) -> ReviewOpening:
@@ -199,6 +210,8 @@ def _evidence(payment_id: str, data: Any) -> ReviewOpening:
         data["reason"],
         data["source"],
         datetime.fromisoformat(data["occurred_at"]),
+        details=dict(data.get("details") or {}),
+        key=data.get("key", ""),
     )
 
 
@@ -423,6 +436,10 @@ class PaymentRepository:
 
     async def open_case(self, payment_id: str) -> ReviewCase | None:
         cases = await self._cases(_OPEN_CASE_OF, (payment_id,))
+        return cases[0][1] if cases else None
+
+    async def case_with_key(self, payment_id: str, key: str) -> ReviewCase | None:
+        cases = await self._cases(_CASE_WITH_KEY, (payment_id, Jsonb([{"key": key}])))
         return cases[0][1] if cases else None
 
     async def list_cases(

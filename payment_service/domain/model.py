@@ -863,6 +863,35 @@ class Payment:
         opened = ReviewOpening(self.payment_id, code, reason, source, datetime.now(UTC))
         self.new_reviews.append(opened)
 
+    def request_reconciliation_review(
+        self, reason: str, details: Mapping[str, str], *, key: str
+    ) -> None:
+        """The ledger or the provider disagrees with this payment (the recovery worker's
+        reconciliation): a case for an operator, the payment's state left as it is."""
+        source = "reconciliation"
+        self._note("review.requested", {"source": source, "mismatch": key}, error=reason)
+        self.new_reviews.append(
+            ReviewOpening(
+                self.payment_id,
+                ReviewReason.RECONCILIATION_MISMATCH,
+                reason,
+                source,
+                datetime.now(UTC),
+                details=dict(details),
+                key=key,
+            )
+        )
+        self._events.append(
+            events.ReviewRequested(
+                payment_id=self.payment_id,
+                status=self.status.value,
+                provider_event=source,
+                reason=reason,
+                gateway_operation_id=self.gateway_operation_id,
+                version=self.version,
+            )
+        )
+
     def _request_review(self, provider_event: str, reason: str) -> None:
         self._note("review.requested", {"provider_event": provider_event}, error=reason)
         self._open_review(ReviewReason.PROVIDER_CONTRADICTION, reason, provider_event)

@@ -18,6 +18,9 @@ differently. A claim whose money movement was refused is released.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -31,6 +34,9 @@ class ReviewReason(StrEnum):
     COMPENSATION_FAILED = "COMPENSATION_FAILED"
     CAPTURE_FAILED = "CAPTURE_FAILED"
     PROVIDER_CONTRADICTION = "PROVIDER_CONTRADICTION"
+    # The recovery worker's reconciliation found the payment, the wallet's ledger and the
+    # provider disagreeing (OpenReviewCase); the evidence holds what each side said.
+    RECONCILIATION_MISMATCH = "RECONCILIATION_MISMATCH"
 
 
 class ReviewStatus(StrEnum):
@@ -55,6 +61,18 @@ class ReviewOpening:
     reason: str
     source: str  # what asked: "status.requires_manual_review", or the provider event
     occurred_at: datetime
+    # What each side said, for an opening from outside (reconciliation); empty otherwise.
+    details: Mapping[str, str] = field(default_factory=dict)
+    # Names one mismatch, so reporting it again adds nothing (`mismatch_key`); "" for the
+    # payment's own openings, which its state machine makes happen once.
+    key: str = ""
+
+
+def mismatch_key(reason_code: ReviewReason, reason: str, details: Mapping[str, str]) -> str:
+    """The same reason with the same evidence is the same mismatch, however often it is
+    reported: a reconciliation that runs every few minutes opens one case, not one a run."""
+    canonical = json.dumps([reason_code.value, reason, sorted(details.items())])
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,6 +103,7 @@ def evidence_to_proto(opening: ReviewOpening) -> payment_pb2.ReviewEvidence:
         reason=opening.reason,
         source=opening.source,
         occurred_at=timestamp(opening.occurred_at),
+        details=dict(opening.details),
     )
 
 
@@ -291,5 +292,16 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
             resolution=_RESOLUTION_OF.get(request.resolution),
             note=request.note,
             resolved_by=request.resolved_by,
+        )
+        return case_to_proto(view)
+
+    async def OpenReviewCase(
+        self, request: payment_pb2.OpenReviewCaseRequest, context: Context
+    ) -> payment_pb2.ReviewCase:
+        view = await self._reviews.open_case(
+            payment_id=request.payment_id,
+            reason_code=request.reason_code,
+            reason=request.reason,
+            evidence=dict(request.evidence),
         )
         return case_to_proto(view)

@@ -121,6 +121,10 @@ class PaymentStore(Protocol):
         ...
 
     async def open_case(self, payment_id: str) -> ReviewCase | None: ...
+    async def case_with_key(self, payment_id: str, key: str) -> ReviewCase | None:
+        """The payment's case, open or resolved, whose evidence holds a mismatch `key`."""
+        ...
+
     async def list_cases(
         self, *, status: ReviewStatus, limit: int, after_seq: int | None
     ) -> builtins.list[tuple[int, ReviewCase]]:

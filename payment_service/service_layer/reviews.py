@@ -7,7 +7,7 @@ them. A resolution goes through the payment's state machine (`Payment.resolve_re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +25,14 @@ from common.errors import (
 from common.ids import parse_id
 from payment_service.domain.errors import ReviewAlreadyResolved
 from payment_service.domain.model import Payment, PaymentStep
-from payment_service.domain.review import Decision, Resolution, ReviewCase, ReviewStatus
+from payment_service.domain.review import (
+    Decision,
+    Resolution,
+    ReviewCase,
+    ReviewReason,
+    ReviewStatus,
+    mismatch_key,
+)
 from payment_service.service_layer.ports import UnitOfWork, WalletPort
 from payment_service.service_layer.services import save_settling_refunds
 
@@ -35,6 +42,11 @@ DEFAULT_SLA = timedelta(hours=4)
 # An overdue case is logged again at most this often.
 ALARM_EVERY = timedelta(hours=1)
 MAX_NOTE = 2000
+# What another service may open a case for (OpenReviewCase); the other reasons are the
+# payment's own, decided by its state machine.
+OPENABLE = frozenset({ReviewReason.RECONCILIATION_MISMATCH})
+MAX_EVIDENCE_ITEMS = 50
+MAX_EVIDENCE_VALUE = 2000
 
 Clock = Callable[[], datetime]
 
@@ -74,6 +86,27 @@ class CaseEvidence:
     view: CaseView
     payment: Payment
     steps: list[PaymentStep]
+
+
+def _openable(reason_code: str) -> ReviewReason:
+    code = next((c for c in OPENABLE if c.value == reason_code), None)
+    if code is None:
+        allowed = ", ".join(sorted(OPENABLE))
+        raise ValidationError(FieldViolation("reason_code", f"must be one of: {allowed}"))
+    return code
+
+
+def _evidence(evidence: Mapping[str, str]) -> dict[str, str]:
+    if len(evidence) > MAX_EVIDENCE_ITEMS:
+        raise ValidationError(
+            FieldViolation("evidence", f"must have at most {MAX_EVIDENCE_ITEMS} items")
+        )
+    for name, value in evidence.items():
+        if not name or len(name) > 200 or len(value) > MAX_EVIDENCE_VALUE:
+            raise ValidationError(
+                FieldViolation(f"evidence[{name[:50]}]", "key or value is empty or too long")
+            )
+    return dict(evidence)
 
 
 class ReviewService:
@@ -181,6 +214,40 @@ class ReviewService:
             resolved_by=resolved_by,
         )
         return self.view(case)
+
+    async def open_case(
+        self, *, payment_id: str, reason_code: str, reason: str, evidence: Mapping[str, str]
+    ) -> CaseView:
+        """Opens a case on the payment, or adds this evidence to its open one, through the
+        payment's own path (`Payment.request_reconciliation_review`). Idempotent: a mismatch
+        already recorded (same reason and evidence, in any case of the payment, resolved
+        ones included) returns that case and records nothing."""
+        payment_id = parse_id(payment_id, "payment_id")
+        code = _openable(reason_code)
+        reason = require(reason, "reason", max_length=MAX_NOTE)
+        details = _evidence(evidence)
+        key = mismatch_key(code, reason, details)
+
+        async def attempt() -> ReviewCase:
+            async with self._uow() as uow:
+                # The payment's row lock orders racing reports of the same mismatch.
+                payment = await uow.payments.get(payment_id, for_update=True)
+                if payment is None:
+                    raise NotFound("payment", payment_id)
+                known = await uow.payments.case_with_key(payment_id, key)
+                if known is not None:
+                    return known
+                payment.request_reconciliation_review(reason, details, key=key)
+                await uow.payments.save(payment)
+                await uow.commit()
+            log.warning("review.opened", payment_id=payment_id, reason_code=code.value, key=key)
+            async with self._uow() as uow:
+                case = await uow.payments.case_with_key(payment_id, key)
+            if case is None:  # the commit above wrote it
+                raise NotFound("review case of payment", payment_id)
+            return case
+
+        return self.view(await retry_on_conflict(attempt))
 
     async def _credit_if_needed(self, case_id: str, resolution: Resolution) -> tuple[str, bool]:
         """Looks at the case and its payment (no locks: no wallet call inside a transaction)

@@ -26,7 +26,9 @@ _STUCK_BY_SWEEP = {"pending": "pending", "initiated": "initiated", "refunding": 
 def observe(report: SweepReport) -> None:
     RUNS.labels(report.sweep, report.status.value).inc()
     if report.status is not SweepStatus.DONE:
-        return  # busy (another replica swept) or unavailable: the last picture stands
+        # busy (another replica swept), not due (reconciliation) or unavailable: the last
+        # picture stands
+        return
     FOUND.labels(report.sweep).set(report.found)
     ACTED.labels(report.sweep).inc(report.acted)
     status = _STUCK_BY_SWEEP.get(report.sweep)

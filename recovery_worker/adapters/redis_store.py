@@ -128,6 +128,25 @@ class RedisRungMemory:
         await _redis(self._redis.set(self._key(payment_id), value, ex=RUNG_MEMORY_TTL))
 
 
+class RedisMarks:
+    """The reconciliation's high-water marks and last run, one key each. Losing them only
+    makes the next run look back over its whole window (its cases are idempotent)."""
+
+    def __init__(self, redis: Redis, *, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    def _key(self, name: str) -> str:
+        return f"{self._prefix}paysuite.recovery.mark.{name}"
+
+    async def get(self, name: str) -> datetime | None:
+        raw = await _redis(self._redis.get(self._key(name)))
+        return datetime.fromisoformat(_text(raw)) if raw is not None else None
+
+    async def set(self, name: str, at: datetime) -> None:
+        await _redis(self._redis.set(self._key(name), at.isoformat()))
+
+
 class RedisPipeline:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis

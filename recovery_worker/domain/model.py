@@ -61,6 +61,8 @@ class SweepStatus(StrEnum):
     DONE = "done"
     # Another worker holds this sweep's lease: it is doing this round.
     BUSY = "busy"
+    # The sweep runs less often than the round (reconciliation): not its turn yet.
+    NOT_DUE = "not_due"
     # A service or Redis did not answer: the sweep is tried again next round.
     UNAVAILABLE = "unavailable"
     # The sweep raised something unexpected (a bug): logged with its traceback.

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Protocol
 
 from recovery_worker.domain.model import PaymentStatus, PaymentView, StreamHealth, SyncAnswer
+from recovery_worker.domain.reconcile import LedgerTxn, Mismatch, PaymentFacts, ProviderOp
 
 
 class Payments(Protocol):
@@ -54,3 +55,45 @@ class Leases(Protocol):
         """Claims the lease `name` for the duration of the block: yields True when this
         worker holds it, False when another one does (the block must then do nothing)."""
         ...
+
+
+class PaymentFactsReader(Protocol):
+    """The payment service's side of the reconciliation."""
+
+    def created_since(self, created_after: datetime) -> AsyncIterator[Sequence[PaymentFacts]]:
+        """Payments created at or after the instant, a page at a time."""
+        ...
+
+    async def get(self, payment_id: str) -> PaymentFacts | None: ...
+
+
+class Journal(Protocol):
+    """The wallet's ledger, read as stored (an unbalanced transaction is shown, not refused)."""
+
+    async def by_refs(self, refs: Sequence[str]) -> Sequence[LedgerTxn]:
+        """The transactions under these operation refs, in one call."""
+        ...
+
+    def created_since(self, created_after: datetime) -> AsyncIterator[Sequence[LedgerTxn]]:
+        """Transactions created at or after the instant, a page at a time."""
+        ...
+
+
+class ProviderOperations(Protocol):
+    async def get(self, operation_id: str) -> ProviderOp | None:
+        """The gateway's record of a provider operation; None when it has none."""
+        ...
+
+
+class Reviews(Protocol):
+    async def open_case(self, mismatch: Mismatch) -> str:
+        """Opens (or adds to) the payment's review case; returns its id. Idempotent."""
+        ...
+
+
+class Marks(Protocol):
+    """Instants the worker remembers between runs (its high-water marks)."""
+
+    async def get(self, name: str) -> datetime | None: ...
+
+    async def set(self, name: str, at: datetime) -> None: ...

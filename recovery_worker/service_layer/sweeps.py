@@ -39,7 +39,7 @@ class Sweep(Protocol):
 
 
 @dataclass
-class _Tally:
+class Tally:
     """A report under construction."""
 
     found: int = 0
@@ -54,7 +54,7 @@ class _Tally:
         return SweepReport(sweep, status, self.found, self.acted, self.skipped, tuple(self.notes))
 
 
-def _unavailable(sweep: str, tally: _Tally, exc: DependencyUnavailable) -> SweepReport:
+def unavailable(sweep: str, tally: Tally, exc: DependencyUnavailable) -> SweepReport:
     log.warning("recovery.sweep_interrupted", sweep=sweep, error=exc.message)
     tally.note(exc.message)
     return tally.report(sweep, SweepStatus.UNAVAILABLE)
@@ -79,7 +79,7 @@ class PendingSweep:
         self._ladder = ladder
 
     async def run_once(self, now: datetime) -> SweepReport:
-        tally = _Tally()
+        tally = Tally()
         # updated_at >= created_at, so every payment unchanged for the first rung was also
         # created before it: the service filters on creation, this sweep on the last change.
         created_before = now - self._ladder.rungs[0]
@@ -91,10 +91,10 @@ class PendingSweep:
         except DependencyUnavailable as exc:
             # Not remembered as tried: an unreachable gateway or provider is asked again next
             # round rather than pushed up the ladder by an answer nobody gave.
-            return _unavailable(self.name, tally, exc)
+            return unavailable(self.name, tally, exc)
         return tally.report(self.name)
 
-    async def _one(self, payment: PaymentView, now: datetime, tally: _Tally) -> None:
+    async def _one(self, payment: PaymentView, now: datetime, tally: Tally) -> None:
         age = now - payment.updated_at
         if self._ladder.rung_at(age) is None:
             return  # it changed recently: not stuck
@@ -110,7 +110,7 @@ class PendingSweep:
             return
         await self._sync(payment, rung, tally)
 
-    async def _sync(self, payment: PaymentView, rung: int, tally: _Tally) -> None:
+    async def _sync(self, payment: PaymentView, rung: int, tally: Tally) -> None:
         try:
             answer = await self._gateway.sync_operation(payment.gateway_operation_id)
         except DependencyUnavailable:
@@ -145,7 +145,7 @@ class _ListingSweep:
         self._after = after
 
     async def run_once(self, now: datetime) -> SweepReport:
-        tally = _Tally()
+        tally = Tally()
         found: list[PaymentView] = []
         try:
             async for payment in self._payments.stuck(
@@ -154,7 +154,7 @@ class _ListingSweep:
                 if now - payment.updated_at >= self._after:
                     found.append(payment)
         except DependencyUnavailable as exc:
-            return _unavailable(self.name, tally, exc)
+            return unavailable(self.name, tally, exc)
         tally.found = tally.skipped = len(found)
         for payment in found[:NOTE_SAMPLE]:
             tally.note(f"{payment.payment_id} ({payment.kind}) since {payment.updated_at:%F %T}")
@@ -203,7 +203,7 @@ class ExpiredHoldsSweep:
         self._wallet = wallet
 
     async def run_once(self, now: datetime) -> SweepReport:
-        tally = _Tally()
+        tally = Tally()
         try:
             for _ in range(self.MAX_BATCHES):
                 released = await self._wallet.expire_holds(limit=self.BATCH)
@@ -212,7 +212,7 @@ class ExpiredHoldsSweep:
                 tally.found += len(released)
                 tally.acted += len(released)
         except DependencyUnavailable as exc:
-            return _unavailable(self.name, tally, exc)
+            return unavailable(self.name, tally, exc)
         if tally.acted:
             log.info("recovery.holds_released", count=tally.acted)
         return tally.report(self.name)
@@ -235,16 +235,16 @@ class PipelineSweep:
         self._stalled_ms = int(stalled_after.total_seconds() * 1000)
 
     async def run_once(self, now: datetime) -> SweepReport:
-        tally = _Tally()
+        tally = Tally()
         try:
             streams = await self._pipeline.health(self._streams, stalled_ms=self._stalled_ms)
         except DependencyUnavailable as exc:
-            return _unavailable(self.name, tally, exc)
+            return unavailable(self.name, tally, exc)
         for stream in streams:
             self._judge(stream, tally)
         return tally.report(self.name)
 
-    def _judge(self, stream: StreamHealth, tally: _Tally) -> None:
+    def _judge(self, stream: StreamHealth, tally: Tally) -> None:
         stalled = [g for g in stream.groups if g.is_stalled]
         for group in stalled:
             tally.note(

@@ -199,6 +199,15 @@ class TrackingStore:
     async def open_case(self, payment_id: str) -> ReviewCase | None:
         return copy.deepcopy(self._store.open_case_of(payment_id))
 
+    async def case_with_key(self, payment_id: str, key: str) -> ReviewCase | None:
+        seqs = self._store.case_seqs
+        found = sorted(
+            (seqs[case.case_id], case)
+            for case in self._store.cases.values()
+            if case.payment_id == payment_id and any(e.key == key for e in case.evidence)
+        )
+        return copy.deepcopy(found[0][1]) if found else None
+
     async def list_cases(
         self, *, status: ReviewStatus, limit: int, after_seq: int | None
     ) -> list[tuple[int, ReviewCase]]:

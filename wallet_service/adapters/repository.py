@@ -30,7 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 import psycopg
 import sqlalchemy.exc
 from psycopg.rows import namedtuple_row
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -50,6 +50,7 @@ from wallet_service.domain.model import (
     HoldView,
     LedgerTransaction,
     Operation,
+    RecordedTransaction,
     SystemAccount,
     TransactionKind,
 )
@@ -621,6 +622,58 @@ class WalletRepository:
                 for r in rows
             ],
         )
+
+    @boundary
+    async def transactions_by_refs(self, refs: Sequence[str]) -> list[RecordedTransaction]:
+        lt = t.ledger_transactions
+        headers = (
+            await self._conn.execute(
+                select(lt).where(lt.c.operation_ref.in_(list(refs))).order_by(lt.c.created_at)
+            )
+        ).all()
+        return await self._recorded(headers)
+
+    @boundary
+    async def list_transactions(
+        self, *, created_after: datetime, after: tuple[datetime, str] | None, limit: int
+    ) -> list[RecordedTransaction]:
+        lt = t.ledger_transactions
+        query = select(lt).where(lt.c.created_at >= created_after)
+        if after is not None:
+            query = query.where(tuple_(lt.c.created_at, lt.c.transaction_id) > after)
+        query = query.order_by(lt.c.created_at, lt.c.transaction_id).limit(limit)
+        return await self._recorded((await self._conn.execute(query)).all())
+
+    async def _recorded(self, headers: Sequence[Any]) -> list[RecordedTransaction]:
+        """The transactions with their entries as stored, in two statements for the page."""
+        le = t.ledger_entries
+        ids = [h.transaction_id for h in headers]
+        rows = (
+            await self._conn.execute(
+                select(le).where(le.c.transaction_id.in_(ids)).order_by(le.c.seq)
+            )
+        ).all()
+        entries: dict[str, list[Entry]] = {str(i): [] for i in ids}
+        for r in rows:
+            entries[str(r.transaction_id)].append(
+                Entry(
+                    str(r.entry_id),
+                    str(r.account_id),
+                    Money(r.amount_minor, r.currency),
+                    r.balance_after_minor,
+                )
+            )
+        return [
+            RecordedTransaction(
+                transaction_id=str(h.transaction_id),
+                operation_ref=h.operation_ref,
+                kind=h.kind,
+                entries=entries[str(h.transaction_id)],
+                created_at=h.created_at,
+                description=h.description,
+            )
+            for h in headers
+        ]
 
     @boundary
     async def list_entries(

@@ -129,6 +129,7 @@ ledger_transactions = Table(
     Column("description", Text, nullable=False, server_default=text("''::text")),
     _now(),
     Column("conversion", JSONB),
+    Index("ledger_transactions_created", "created_at", "transaction_id"),
 )
 
 ledger_entries = Table(

@@ -161,6 +161,24 @@ class LedgerTransaction:
         return next(e for e in self.entries if e.account_id == account_id)
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedTransaction:
+    """A ledger transaction as the journal holds it, read back for audit (GetTransactions,
+    ListTransactions). Unlike `LedgerTransaction` it is not re-validated: a journal altered
+    behind the service's back is shown as it is, so a reconciliation can see the damage."""
+
+    transaction_id: str
+    operation_ref: str
+    kind: str
+    entries: list[Entry]
+    created_at: datetime
+    description: str = ""
+
+    @property
+    def imbalance(self) -> dict[str, int]:
+        return imbalance(e.amount for e in self.entries)
+
+
 def imbalance(amounts: Iterable[Money]) -> dict[str, int]:
     """Per currency, what the amounts fail to cancel out; empty when they balance."""
     totals: dict[str, int] = {}

@@ -17,7 +17,14 @@ from common.money import Money
 from paysuite.common.v1 import money_pb2
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from wallet_service.domain.fx import Conversion
-from wallet_service.domain.model import Account, AccountStatus, Entry, HoldView, LedgerTransaction
+from wallet_service.domain.model import (
+    Account,
+    AccountStatus,
+    Entry,
+    HoldView,
+    LedgerTransaction,
+    RecordedTransaction,
+)
 from wallet_service.service_layer.services import WalletService
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -87,6 +94,17 @@ def transaction_to_proto(txn: LedgerTransaction) -> wallet_pb2.LedgerTransaction
     if txn.conversion is not None:
         message.conversion.CopyFrom(conversion_to_proto(txn.conversion))
     return message
+
+
+def recorded_to_proto(txn: RecordedTransaction) -> wallet_pb2.LedgerTransaction:
+    return wallet_pb2.LedgerTransaction(
+        transaction_id=txn.transaction_id,
+        operation_ref=txn.operation_ref,
+        kind=txn.kind,
+        entries=[entry_to_proto(e, txn.transaction_id, txn.created_at) for e in txn.entries],
+        created_at=timestamp(txn.created_at),
+        description=txn.description,
+    )
 
 
 def hold_to_proto(hold: HoldView) -> wallet_pb2.Hold:
@@ -269,5 +287,28 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         )
         return wallet_pb2.ListEntriesResponse(
             entries=[entry_to_proto(e, txn, at) for e, txn, at in page.entries],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetTransactions(
+        self, request: wallet_pb2.GetTransactionsRequest, context: Context
+    ) -> wallet_pb2.GetTransactionsResponse:
+        txns = await self._service.get_transactions(list(request.operation_refs))
+        return wallet_pb2.GetTransactionsResponse(transactions=[recorded_to_proto(t) for t in txns])
+
+    async def ListTransactions(
+        self, request: wallet_pb2.ListTransactionsRequest, context: Context
+    ) -> wallet_pb2.ListTransactionsResponse:
+        page = await self._service.list_transactions(
+            created_after=_optional_time(
+                request.created_after,
+                field="created_after",
+                present=request.HasField("created_after"),
+            ),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return wallet_pb2.ListTransactionsResponse(
+            transactions=[recorded_to_proto(t) for t in page.transactions],
             next_page_token=page.next_page_token,
         )

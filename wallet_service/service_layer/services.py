@@ -9,7 +9,7 @@ together share that unit of work; each is still decided, replayed or refused on 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -39,6 +39,7 @@ from wallet_service.domain.model import (
     LedgerTransaction,
     Limits,
     Operation,
+    RecordedTransaction,
     SystemAccount,
 )
 from wallet_service.service_layer.group_commit import GroupCommit, Job
@@ -66,6 +67,14 @@ class WalletStore(Protocol):
     async def accounts_with_expired_holds(self, now: datetime, *, limit: int) -> list[str]: ...
     async def add_transaction(self, txn: LedgerTransaction) -> None: ...
     async def get_transaction(self, transaction_id: str) -> LedgerTransaction | None: ...
+    async def transactions_by_refs(self, refs: Sequence[str]) -> list[RecordedTransaction]: ...
+    async def list_transactions(
+        self, *, created_after: datetime, after: tuple[datetime, str] | None, limit: int
+    ) -> list[RecordedTransaction]:
+        """Transactions created at or after `created_after`, in (created_at, transaction_id)
+        order, strictly after the cursor `after`."""
+        ...
+
     async def list_entries(
         self, account_id: str, *, limit: int, after_seq: int
     ) -> list[tuple[int, Entry, str, datetime]]: ...
@@ -77,6 +86,31 @@ class WalletStore(Protocol):
 class UnitOfWork(BaseUnitOfWork, Protocol):
     @property
     def accounts(self) -> WalletStore: ...
+
+
+# Refs per GetTransactions call, and transactions per ListTransactions page at most.
+MAX_REFS = 500
+MAX_TRANSACTION_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionPage:
+    transactions: list[RecordedTransaction]
+    next_page_token: str
+
+
+def _transaction_cursor(txn: RecordedTransaction) -> str:
+    return f"{txn.created_at.isoformat()}|{txn.transaction_id}"
+
+
+def _parse_transaction_cursor(token: str) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    stamp, _, transaction_id = token.partition("|")
+    try:
+        return datetime.fromisoformat(stamp), parse_id(transaction_id, "page_token")
+    except (ValueError, ValidationError):
+        raise ValidationError(FieldViolation("page_token", "is not a valid token")) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -629,6 +663,40 @@ class WalletService:
             rows = await uow.accounts.list_entries(account.account_id, limit=size, after_seq=after)
         token = str(rows[-1][0]) if len(rows) == size else ""
         return EntryPage([(entry, txn, at) for _, entry, txn, at in rows], token)
+
+    async def get_transactions(self, operation_refs: Sequence[str]) -> list[RecordedTransaction]:
+        """The journal's transactions under these refs, as stored (refs with none are left
+        out): one read for a whole page of a reconciliation."""
+        refs = sorted(set(operation_refs))
+        if len(refs) > MAX_REFS:
+            raise ValidationError(
+                FieldViolation("operation_refs", f"must name at most {MAX_REFS} refs")
+            )
+        for ref in refs:
+            require(ref, "operation_refs", max_length=256)
+        if not refs:
+            return []
+        async with self._uow() as uow:
+            return await uow.accounts.transactions_by_refs(refs)
+
+    async def list_transactions(
+        self, *, created_after: datetime | None, page_size: int, page_token: str
+    ) -> TransactionPage:
+        """The journal in (created_at, transaction_id) order from `created_after`, a page at
+        a time, each transaction with its entries as stored."""
+        size = page_size or 100
+        if not 1 <= size <= MAX_TRANSACTION_PAGE:
+            raise ValidationError(
+                FieldViolation("page_size", f"must be between 1 and {MAX_TRANSACTION_PAGE}")
+            )
+        after = _parse_transaction_cursor(page_token)
+        since = created_after or datetime.min.replace(tzinfo=UTC)
+        async with self._uow() as uow:
+            txns = await uow.accounts.list_transactions(
+                created_after=since, after=after, limit=size
+            )
+        token = _transaction_cursor(txns[-1]) if len(txns) == size else ""
+        return TransactionPage(txns, token)
 
     # -- FX rates ------------------------------------------------------------------------
 

@@ -300,6 +300,25 @@ class StoreContract:
         ]
         assert case.evidence[1].source == "refund.succeeded"
 
+    async def test_a_reconciliation_mismatch_keeps_its_details_and_is_found_by_its_key(
+        self, uow: UowFactory
+    ) -> None:
+        payment = await added(uow, in_review())
+        details = {"wallet.credit": "missing", "payment.amount": "USD 10.00"}
+        async with uow() as u:
+            loaded = await u.payments.get(payment.payment_id, for_update=True)
+            assert loaded is not None
+            loaded.request_reconciliation_review("no credit", details, key="k1")
+            await u.payments.save(loaded)
+            await u.commit()
+        async with uow() as u:
+            case = await u.payments.case_with_key(payment.payment_id, "k1")
+            assert await u.payments.case_with_key(payment.payment_id, "k2") is None
+        assert case is not None
+        mismatch = case.evidence[-1]
+        assert (mismatch.reason_code, mismatch.key) == (ReviewReason.RECONCILIATION_MISMATCH, "k1")
+        assert dict(mismatch.details) == details
+
     async def test_an_uncommitted_case_is_not_kept(self, uow: UowFactory) -> None:
         payment = in_review()
         async with uow() as u:

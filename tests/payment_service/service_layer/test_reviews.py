@@ -306,3 +306,94 @@ async def test_an_overdue_case_is_flagged_and_alarmed_at_most_once_an_hour() -> 
     assert [(e["event"], e["log_level"]) for e in logs] == [("review.case_overdue", "warning")]
     clock.now += timedelta(minutes=61)
     assert len(await service.alarm_overdue()) == 1
+
+
+# -- cases opened from outside (the recovery worker's reconciliation) ------------------------
+
+MISMATCH = {"payment.amount": "1000 USD", "wallet.credit": "(none)"}
+
+
+async def test_a_reconciliation_mismatch_opens_a_case_once_leaving_the_payment_as_it_is() -> None:
+    world = World()
+    payment_id = await world.deposit("k1")
+    service = reviews(world)
+    before = (await world.service.get_payment(payment_id)).status
+    first = await service.open_case(
+        payment_id=payment_id,
+        reason_code="RECONCILIATION_MISMATCH",
+        reason="no credit",
+        evidence=MISMATCH,
+    )
+    again = await service.open_case(
+        payment_id=payment_id,
+        reason_code="RECONCILIATION_MISMATCH",
+        reason="no credit",
+        evidence=dict(MISMATCH),
+    )
+    assert again.case.case_id == first.case.case_id
+    assert first.case.reason_code is ReviewReason.RECONCILIATION_MISMATCH
+    [evidence] = again.case.evidence
+    assert (evidence.source, dict(evidence.details)) == ("reconciliation", MISMATCH)
+    assert (await world.service.get_payment(payment_id)).status is before
+    other = await service.open_case(
+        payment_id=payment_id,
+        reason_code="RECONCILIATION_MISMATCH",
+        reason="provider disagrees",
+        evidence={"gateway.operation": "(none)"},
+    )
+    assert other.case.case_id == first.case.case_id
+    assert len(other.case.evidence) == 2
+
+
+async def test_a_mismatch_already_resolved_is_not_opened_again() -> None:
+    world = World()
+    payment_id = await world.deposit("k1")
+    service = reviews(world)
+    args: dict[str, Any] = {
+        "payment_id": payment_id,
+        "reason_code": "RECONCILIATION_MISMATCH",
+        "reason": "no credit",
+        "evidence": MISMATCH,
+    }
+    first = await service.open_case(**args)
+    async with world.uow() as uow:
+        case = await uow.payments.get_case(first.case.case_id, for_update=True)
+        assert case is not None
+        case.status = ReviewStatus.RESOLVED
+        world.store.cases[case.case_id] = case
+    assert (await service.open_case(**args)).case.status is ReviewStatus.RESOLVED
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"reason_code": "COMPENSATION_FAILED"}, "reason_code"),
+        ({"reason": ""}, "reason"),
+        ({"payment_id": "nope"}, "payment_id"),
+        ({"evidence": {"": "x"}}, "evidence[]"),
+    ],
+)
+async def test_an_outside_case_needs_an_openable_reason_and_bounded_evidence(
+    changes: dict[str, Any], field: str
+) -> None:
+    world = World()
+    payment_id = await world.deposit("k1")
+    args: dict[str, Any] = {
+        "payment_id": payment_id,
+        "reason_code": "RECONCILIATION_MISMATCH",
+        "reason": "no credit",
+        "evidence": MISMATCH,
+    } | changes
+    with pytest.raises(ValidationError) as raised:
+        await reviews(world).open_case(**args)
+    assert raised.value.violations[0].field == field
+
+
+async def test_an_outside_case_on_an_unknown_payment_is_not_found() -> None:
+    with pytest.raises(NotFound):
+        await reviews(World()).open_case(
+            payment_id="00000000-0000-4000-8000-000000000000",
+            reason_code="RECONCILIATION_MISMATCH",
+            reason="orphan",
+            evidence={},
+        )

@@ -101,6 +101,11 @@ class PaymentServiceStub:
                 request_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ResolveReviewCaseRequest.SerializeToString,
                 response_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ReviewCase.FromString,
                 _registered_method=True)
+        self.OpenReviewCase = channel.unary_unary(
+                '/paysuite.payment.v1.PaymentService/OpenReviewCase',
+                request_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.OpenReviewCaseRequest.SerializeToString,
+                response_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ReviewCase.FromString,
+                _registered_method=True)
 
 
 class PaymentServiceServicer:
@@ -215,6 +220,16 @@ class PaymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenReviewCase(self, request, context):
+        """Opens a case on a payment for a reason found outside it (the recovery worker's
+        reconciliation: RECONCILIATION_MISMATCH, the only code accepted), or adds the evidence to
+        its open case. The payment's state is left as it is. Idempotent: the same reason with the
+        same evidence, already in a case of the payment (open or resolved), returns that case.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -276,6 +291,11 @@ def add_PaymentServiceServicer_to_server(servicer, server):
             'ResolveReviewCase': grpc.unary_unary_rpc_method_handler(
                     servicer.ResolveReviewCase,
                     request_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ResolveReviewCaseRequest.FromString,
+                    response_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ReviewCase.SerializeToString,
+            ),
+            'OpenReviewCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenReviewCase,
+                    request_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.OpenReviewCaseRequest.FromString,
                     response_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ReviewCase.SerializeToString,
             ),
     }
@@ -609,6 +629,33 @@ class PaymentService:
             target,
             '/paysuite.payment.v1.PaymentService/ResolveReviewCase',
             paysuite_dot_payment_dot_v1_dot_payment__pb2.ResolveReviewCaseRequest.SerializeToString,
+            paysuite_dot_payment_dot_v1_dot_payment__pb2.ReviewCase.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenReviewCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.payment.v1.PaymentService/OpenReviewCase',
+            paysuite_dot_payment_dot_v1_dot_payment__pb2.OpenReviewCaseRequest.SerializeToString,
             paysuite_dot_payment_dot_v1_dot_payment__pb2.ReviewCase.FromString,
             options,
             channel_credentials,

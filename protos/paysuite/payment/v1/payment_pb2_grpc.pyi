@@ -90,6 +90,12 @@ class PaymentServiceStub:
     FAILED_PRECONDITION REVIEW_RESOLUTION_CONTRADICTS_PAYMENT; a payment whose saga still
     runs is FAILED_PRECONDITION REVIEW_PAYMENT_IN_FLIGHT.
     """
+    OpenReviewCase: _grpc.UnaryUnaryMultiCallable[_payment_pb2.OpenReviewCaseRequest, _payment_pb2.ReviewCase]
+    """Opens a case on a payment for a reason found outside it (the recovery worker's
+    reconciliation: RECONCILIATION_MISMATCH, the only code accepted), or adds the evidence to
+    its open case. The payment's state is left as it is. Idempotent: the same reason with the
+    same evidence, already in a case of the payment (open or resolved), returns that case.
+    """
 
 @_typing.type_check_only
 class PaymentServiceAsyncStub(PaymentServiceStub):
@@ -152,6 +158,12 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     only a resolution that agrees with its status is recorded, any other is
     FAILED_PRECONDITION REVIEW_RESOLUTION_CONTRADICTS_PAYMENT; a payment whose saga still
     runs is FAILED_PRECONDITION REVIEW_PAYMENT_IN_FLIGHT.
+    """
+    OpenReviewCase: _aio.UnaryUnaryMultiCallable[_payment_pb2.OpenReviewCaseRequest, _payment_pb2.ReviewCase]  # type: ignore[assignment]
+    """Opens a case on a payment for a reason found outside it (the recovery worker's
+    reconciliation: RECONCILIATION_MISMATCH, the only code accepted), or adds the evidence to
+    its open case. The payment's state is left as it is. Idempotent: the same reason with the
+    same evidence, already in a case of the payment (open or resolved), returns that case.
     """
 
 class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -284,6 +296,18 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         only a resolution that agrees with its status is recorded, any other is
         FAILED_PRECONDITION REVIEW_RESOLUTION_CONTRADICTS_PAYMENT; a payment whose saga still
         runs is FAILED_PRECONDITION REVIEW_PAYMENT_IN_FLIGHT.
+        """
+
+    @_abc_1.abstractmethod
+    def OpenReviewCase(
+        self,
+        request: _payment_pb2.OpenReviewCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payment_pb2.ReviewCase, _abc.Awaitable[_payment_pb2.ReviewCase]]:
+        """Opens a case on a payment for a reason found outside it (the recovery worker's
+        reconciliation: RECONCILIATION_MISMATCH, the only code accepted), or adds the evidence to
+        its open case. The payment's state is left as it is. Idempotent: the same reason with the
+        same evidence, already in a case of the payment (open or resolved), returns that case.
         """
 
 def add_PaymentServiceServicer_to_server(servicer: PaymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -102,6 +102,16 @@ class WalletServiceStub:
                 request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListEntriesRequest.SerializeToString,
                 response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListEntriesResponse.FromString,
                 _registered_method=True)
+        self.GetTransactions = channel.unary_unary(
+                '/paysuite.wallet.v1.WalletService/GetTransactions',
+                request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.GetTransactionsRequest.SerializeToString,
+                response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.GetTransactionsResponse.FromString,
+                _registered_method=True)
+        self.ListTransactions = channel.unary_unary(
+                '/paysuite.wallet.v1.WalletService/ListTransactions',
+                request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsRequest.SerializeToString,
+                response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsResponse.FromString,
+                _registered_method=True)
         self.FreezeAccount = channel.unary_unary(
                 '/paysuite.wallet.v1.WalletService/FreezeAccount',
                 request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.AccountStatusRequest.SerializeToString,
@@ -210,6 +220,23 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTransactions(self, request, context):
+        """The ledger transactions under these operation refs (at most 500; refs with none are left
+        out), with their entries exactly as the journal holds them: for audit and reconciliation,
+        so a transaction that does not balance is shown, not refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTransactions(self, request, context):
+        """Ledger transactions created at or after created_after, oldest first, a page at a time,
+        with their entries as stored (as GetTransactions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FreezeAccount(self, request, context):
         """A frozen account refuses debits, holds and outgoing transfers; it still accepts credits.
         """
@@ -292,6 +319,16 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.ListEntries,
                     request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListEntriesRequest.FromString,
                     response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListEntriesResponse.SerializeToString,
+            ),
+            'GetTransactions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTransactions,
+                    request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.GetTransactionsRequest.FromString,
+                    response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.GetTransactionsResponse.SerializeToString,
+            ),
+            'ListTransactions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransactions,
+                    request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsRequest.FromString,
+                    response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsResponse.SerializeToString,
             ),
             'FreezeAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.FreezeAccount,
@@ -641,6 +678,60 @@ class WalletService:
             '/paysuite.wallet.v1.WalletService/ListEntries',
             paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListEntriesRequest.SerializeToString,
             paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.wallet.v1.WalletService/GetTransactions',
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.GetTransactionsRequest.SerializeToString,
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.GetTransactionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.wallet.v1.WalletService/ListTransactions',
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsRequest.SerializeToString,
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.ListTransactionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,15 @@ class WalletServiceStub:
     """
     ListEntries: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ListEntriesRequest, _wallet_pb2.ListEntriesResponse]
     """Entries oldest first, each with the account's balance right after it."""
+    GetTransactions: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.GetTransactionsRequest, _wallet_pb2.GetTransactionsResponse]
+    """The ledger transactions under these operation refs (at most 500; refs with none are left
+    out), with their entries exactly as the journal holds them: for audit and reconciliation,
+    so a transaction that does not balance is shown, not refused.
+    """
+    ListTransactions: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ListTransactionsRequest, _wallet_pb2.ListTransactionsResponse]
+    """Ledger transactions created at or after created_after, oldest first, a page at a time,
+    with their entries as stored (as GetTransactions).
+    """
     FreezeAccount: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.AccountStatusRequest, _wallet_pb2.Account]
     """A frozen account refuses debits, holds and outgoing transfers; it still accepts credits."""
     UnfreezeAccount: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.AccountStatusRequest, _wallet_pb2.Account]
@@ -102,6 +111,15 @@ class WalletServiceAsyncStub(WalletServiceStub):
     """
     ListEntries: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ListEntriesRequest, _wallet_pb2.ListEntriesResponse]  # type: ignore[assignment]
     """Entries oldest first, each with the account's balance right after it."""
+    GetTransactions: _aio.UnaryUnaryMultiCallable[_wallet_pb2.GetTransactionsRequest, _wallet_pb2.GetTransactionsResponse]  # type: ignore[assignment]
+    """The ledger transactions under these operation refs (at most 500; refs with none are left
+    out), with their entries exactly as the journal holds them: for audit and reconciliation,
+    so a transaction that does not balance is shown, not refused.
+    """
+    ListTransactions: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ListTransactionsRequest, _wallet_pb2.ListTransactionsResponse]  # type: ignore[assignment]
+    """Ledger transactions created at or after created_after, oldest first, a page at a time,
+    with their entries as stored (as GetTransactions).
+    """
     FreezeAccount: _aio.UnaryUnaryMultiCallable[_wallet_pb2.AccountStatusRequest, _wallet_pb2.Account]  # type: ignore[assignment]
     """A frozen account refuses debits, holds and outgoing transfers; it still accepts credits."""
     UnfreezeAccount: _aio.UnaryUnaryMultiCallable[_wallet_pb2.AccountStatusRequest, _wallet_pb2.Account]  # type: ignore[assignment]
@@ -211,6 +229,27 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.ListEntriesResponse, _abc.Awaitable[_wallet_pb2.ListEntriesResponse]]:
         """Entries oldest first, each with the account's balance right after it."""
+
+    @_abc_1.abstractmethod
+    def GetTransactions(
+        self,
+        request: _wallet_pb2.GetTransactionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.GetTransactionsResponse, _abc.Awaitable[_wallet_pb2.GetTransactionsResponse]]:
+        """The ledger transactions under these operation refs (at most 500; refs with none are left
+        out), with their entries exactly as the journal holds them: for audit and reconciliation,
+        so a transaction that does not balance is shown, not refused.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTransactions(
+        self,
+        request: _wallet_pb2.ListTransactionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.ListTransactionsResponse, _abc.Awaitable[_wallet_pb2.ListTransactionsResponse]]:
+        """Ledger transactions created at or after created_after, oldest first, a page at a time,
+        with their entries as stored (as GetTransactions).
+        """
 
     @_abc_1.abstractmethod
     def FreezeAccount(
