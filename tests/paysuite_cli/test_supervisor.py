@@ -65,6 +65,7 @@ def test_the_suite_runs_the_recovery_worker_with_demo_timings_the_environment_ov
         "PAYSUITE_RECOVERY_PENDING_AFTER_S": "10",
         "PAYSUITE_RECOVERY_REFUNDING_AFTER_S": "60",
         "PAYSUITE_RECOVERY_STALLED_AFTER_S": "60",
+        "PAYSUITE_RECOVERY_RECONCILE_EVERY_S": "30",
     }
 
 
