@@ -40,7 +40,9 @@ def locate(settings: Settings | None = None) -> Settings:
     path = settings.data_dir / ENDPOINTS_FILE
     published = _read(path)
     explicit = settings.model_fields_set
-    if not published and not {"database_url", "redis_url"} & explicit:
+    # An address set explicitly (PAYSUITE_GATEWAY_TARGET, a database URL, ...) names a suite
+    # as surely as the file does: the command talks to what it was told to.
+    if not published and not set(PUBLISHED) & explicit:
         raise SuiteNotRunning(f"no suite is running ({path} not found): start it with `make run`")
     found = {k: v for k, v in published.items() if k in PUBLISHED and k not in explicit}
     return settings.model_copy(update=found)
