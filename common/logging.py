@@ -6,10 +6,14 @@ serving a request carries them without being passed around.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import sys
+from collections.abc import Iterator
 
 import structlog
+from opentelemetry import trace
 
 # Keys never logged, whatever a caller passes: secrets and payment instrument data.
 _REDACTED_KEYS = frozenset({"secret", "webhook_secret", "password", "payment_method", "card"})
@@ -21,6 +25,43 @@ def _redact(
     for key in _REDACTED_KEYS & event_dict.keys():
         event_dict[key] = "[redacted]"
     return event_dict
+
+
+def _add_trace_id(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """The trace id of the span the line is logged in (a span is always current while
+    serving a call, handling an event or recording a transaction)."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event_dict["trace_id"] = format(span_context.trace_id, "032x")
+    return event_dict
+
+
+# The business flow being served (for a payment: its id), sent on with every gRPC call.
+correlation_id_var: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "correlation_id", default=""
+)
+
+
+@contextlib.contextmanager
+def bound_flow(correlation_id: str, payment_id: str = "") -> Iterator[None]:
+    """Logs inside carry the flow's correlation id and, when known, its payment id."""
+    fields = {
+        key: value
+        for key, value in (("correlation_id", correlation_id), ("payment_id", payment_id))
+        if value
+    }
+    if not fields:
+        yield
+        return
+    token = correlation_id_var.set(correlation_id or correlation_id_var.get())
+    tokens = structlog.contextvars.bind_contextvars(**fields)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+        correlation_id_var.reset(token)
 
 
 class _CurrentStderr:
@@ -49,6 +90,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "console", service: str
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _add_trace_id,
             _redact,
             structlog.processors.format_exc_info,
             renderer,
