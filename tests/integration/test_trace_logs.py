@@ -1,6 +1,6 @@
 """One deposit through the suite as `paysuite up` runs it (a process each), with every
-process's JSON logs captured: one trace id runs through all of them, and no secret of the
-configuration appears in any."""
+process's JSON logs captured and its spans exported to a collector the test plays: one trace
+id runs through all of them, and no secret of the configuration appears in any log."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
@@ -46,6 +52,37 @@ class Suite:
     settings: Settings
     logs: dict[str, Path]  # process name -> its captured stderr
     secrets: list[str]
+    spans: list[tuple[str, str, str]]  # (service.name, trace id, span name), as exported
+
+
+async def collector(spans: list[tuple[str, str, str]]) -> tuple[web.AppRunner, int]:
+    """An OTLP/HTTP trace collector that keeps what every process exports."""
+
+    async def export(request: web.Request) -> web.Response:
+        batch = ExportTraceServiceRequest.FromString(await request.read())
+        for resource_spans in batch.resource_spans:
+            service = next(
+                (
+                    a.value.string_value
+                    for a in resource_spans.resource.attributes
+                    if a.key == "service.name"
+                ),
+                "",
+            )
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    spans.append((service, span.trace_id.hex(), span.name))
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(),
+            content_type="application/x-protobuf",
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", export)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
 
 
 @contextmanager
@@ -92,8 +129,15 @@ async def suite(migrated: Settings) -> AsyncIterator[Suite]:
     stripe_secret = "whsec_" + secrets.token_hex(16)
     db_password = "pw-" + secrets.token_hex(12)
     folder = Path(tempfile.mkdtemp(prefix="paysuite-logs-"))
+    spans: list[tuple[str, str, str]] = []
+    otlp, otlp_port = await collector(spans)
     with migrated_databases(isolated, drop=True) as settings:
-        settings = bench_suite.on_free_ports(settings, folder)
+        settings = bench_suite.on_free_ports(settings, folder).model_copy(
+            update={
+                "webhook_secret": SecretStr(webhook_secret),
+                "provider_secondary_webhook_secret": SecretStr(stripe_secret),
+            }
+        )
         plan = supervisor.plan(settings)
         database_url = _with_password(settings.require_database_url(), db_password)
         env = bench_suite.child_env(settings, database_url, settings.require_redis_url())
@@ -106,12 +150,15 @@ async def suite(migrated: Settings) -> AsyncIterator[Suite]:
             "PAYSUITE_LOG_LEVEL": "DEBUG",
             "PAYSUITE_WEBHOOK_SECRET": webhook_secret,
             "PAYSUITE_PROVIDER_SECONDARY_WEBHOOK_SECRET": stripe_secret,
+            "PAYSUITE_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
         try:
             with running_with_logs(plan, env, folder) as (children, logs):
                 await asyncio.to_thread(supervisor.wait_ready, plan, children)
-                yield Suite(settings, logs, [webhook_secret, stripe_secret, db_password])
+                yield Suite(settings, logs, [webhook_secret, stripe_secret, db_password], spans)
         finally:
+            await otlp.cleanup()
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -199,6 +246,30 @@ async def test_one_deposit_is_one_trace_in_every_log_and_no_secret_is_logged(
         line.get("correlation_id") == created.payment_id and line.get("trace_id") == trace_id
         for line in json_lines(suite.logs["wallet"])
     )
+
+    # The exported spans of the trace: every process it crossed, each hop's span.
+    await asyncio.sleep(0.5)
+    deposit = sorted({(service, name) for service, tid, name in suite.spans if tid == trace_id})
+    print("\n".join(f"{service}: {name}" for service, name in deposit))
+    services = {service for service, _ in deposit}
+    assert {
+        "payment-service",
+        "wallet-service",
+        "gateway-service",
+        "webhook-adapter",
+        "provider-simulator",
+    } <= services
+    names = {name for _, name in deposit}
+    assert {
+        "paysuite.payment.v1.PaymentService/CreateDeposit",
+        "paysuite.gateway.v1.GatewayService/Charge",
+        "POST /v1/charges",
+        "POST /webhooks/{provider}",
+        "paysuite.gateway.v1.GatewayService/HandleProviderEvents",
+        "charge.succeeded process",
+        "paysuite.wallet.v1.WalletService/Credit",
+        "payment.completed process",
+    } <= names
 
     for name, path in suite.logs.items():
         text = path.read_text(errors="replace")
