@@ -1,7 +1,13 @@
 """Structured logging (structlog) for every process: JSON in containers, readable on a terminal.
 
 Request ids travel in contextvars (set by the gRPC interceptor), so every line logged while
-serving a request carries them without being passed around.
+serving a request carries them without being passed around; the trace id comes from the
+current span, and the flow's correlation and payment ids are bound by `bound_flow` where the
+gRPC interceptor or the stream consumer learns them.
+
+Secrets never reach a line: keys that name one are redacted whatever their value, and the
+password of any URL in a value (a DSN in an exception message, a webhook URL) is masked, after
+tracebacks are formatted, so those are covered too.
 """
 
 from __future__ import annotations
@@ -9,14 +15,35 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import re
 import sys
 from collections.abc import Iterator
 
 import structlog
 from opentelemetry import trace
 
-# Keys never logged, whatever a caller passes: secrets and payment instrument data.
-_REDACTED_KEYS = frozenset({"secret", "webhook_secret", "password", "payment_method", "card"})
+# Keys never logged, whatever a caller passes: secrets, credentials, whole bodies and headers
+# (a webhook's body names the customer's instrument, its headers carry the signature), and
+# payment instrument data.
+_REDACTED_KEYS = frozenset(
+    {
+        "secret",
+        "webhook_secret",
+        "password",
+        "token",
+        "authorization",
+        "database_url",
+        "redis_url",
+        "dsn",
+        "body",
+        "raw_payload",
+        "headers",
+        "payment_method",
+        "card",
+    }
+)
+# scheme://user:PASSWORD@host -> scheme://user:***@host
+_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
 
 
 def _redact(
@@ -24,6 +51,15 @@ def _redact(
 ) -> structlog.types.EventDict:
     for key in _REDACTED_KEYS & event_dict.keys():
         event_dict[key] = "[redacted]"
+    return event_dict
+
+
+def _mask_url_passwords(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "@" in value:
+            event_dict[key] = _URL_PASSWORD.sub(r"\1***@", value)
     return event_dict
 
 
@@ -93,6 +129,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "console", service: str
             _add_trace_id,
             _redact,
             structlog.processors.format_exc_info,
+            _mask_url_passwords,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
