@@ -37,7 +37,8 @@ def test_a_line_has_timestamp_level_service_trace_and_flow_ids(
     assert inside["trace_id"] == trace_id
     assert inside["correlation_id"] == inside["payment_id"] == "p-1"
     assert {"timestamp", "level", "service", "event"} <= inside.keys()
-    assert "trace_id" not in outside and "payment_id" not in outside
+    assert "trace_id" not in outside
+    assert "payment_id" not in outside
     assert correlation_id_var.get() == ""
 
 

@@ -30,9 +30,9 @@ def exported() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
 
 
 @pytest.fixture(autouse=True)
-def exporter_off() -> Iterator[None]:
+def exporter_off() -> None:
     tracing.configure_tracing(service="test")
-    yield
+    return
 
 
 def envelope() -> events_pb2.EventEnvelope:
@@ -110,7 +110,8 @@ async def test_grpc_calls_are_client_and_server_spans_of_one_trace(
     assert len(by_kind[SpanKind.CLIENT]) == 2
     assert len({s.context.trace_id for s in spans}) == 1
     for client, served in zip(by_kind[SpanKind.CLIENT], by_kind[SpanKind.SERVER], strict=True):
-        assert served.parent is not None and served.parent.span_id == client.context.span_id
+        assert served.parent is not None
+        assert served.parent.span_id == client.context.span_id
     failed = by_kind[SpanKind.SERVER][1]
     assert failed.status.status_code is trace.StatusCode.ERROR
     assert failed.attributes is not None
