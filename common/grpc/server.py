@@ -22,7 +22,6 @@ from common.aio import wait_any
 from common.grpc.decoding import DecodeGuardInterceptor
 from common.grpc.errors import ErrorMappingInterceptor
 from common.grpc.metrics import ServerMetricsInterceptor
-from common.grpc.tracing import ServerTracingInterceptor
 
 log = structlog.get_logger(__name__)
 
@@ -108,12 +107,11 @@ def create_server(
     """A server with our interceptors, health and reflection, bound to `address` (port 0 ok)."""
     server = grpc.aio.server(
         # Metrics outermost, to count the status the others chose; then the decode guard,
-        # which answers undecodable requests before anything else runs; then the span, so
-        # what the error mapping logs carries the trace id.
+        # which answers undecodable requests before anything else runs. The error mapping
+        # also opens the request's span (common.grpc.tracing.served).
         interceptors=[
             ServerMetricsInterceptor(),
             DecodeGuardInterceptor(),
-            ServerTracingInterceptor(),
             ErrorMappingInterceptor(),
         ],
         options=[
