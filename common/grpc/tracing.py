@@ -69,12 +69,12 @@ def served(
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
         with bound_flow(correlation_id, payment_id):
-            yield
-    except BaseException as exc:
-        _finish(span, context, exc)
-        raise
-    else:
-        _finish(span, context, None)
+            try:
+                yield
+            except BaseException as exc:
+                _finish(span, context, exc)
+                raise
+            _finish(span, context, None)
     finally:
         otel_context.detach(token)
         span.end()
