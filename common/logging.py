@@ -74,30 +74,37 @@ def _add_trace_id(
     return event_dict
 
 
-# The business flow being served (for a payment: its id), sent on with every gRPC call.
+# The business flow being served (for a payment: its id), sent on with every gRPC call, and
+# the payment it concerns when known. Our own variables, not structlog's bound ones: they are
+# set for every call served and every event handled, and a plain ContextVar costs a tenth.
 correlation_id_var: contextvars.ContextVar[str] = contextvars.ContextVar(
     "correlation_id", default=""
 )
+payment_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("payment_id", default="")
 
 
 @contextlib.contextmanager
 def bound_flow(correlation_id: str, payment_id: str = "") -> Iterator[None]:
     """Logs inside carry the flow's correlation id and, when known, its payment id."""
-    fields = {
-        key: value
-        for key, value in (("correlation_id", correlation_id), ("payment_id", payment_id))
-        if value
-    }
-    if not fields:
-        yield
-        return
-    token = correlation_id_var.set(correlation_id or correlation_id_var.get())
-    tokens = structlog.contextvars.bind_contextvars(**fields)
+    correlation = correlation_id_var.set(correlation_id or correlation_id_var.get())
+    payment = payment_id_var.set(payment_id or payment_id_var.get())
     try:
         yield
     finally:
-        structlog.contextvars.reset_contextvars(**tokens)
-        correlation_id_var.reset(token)
+        payment_id_var.reset(payment)
+        correlation_id_var.reset(correlation)
+
+
+def _add_flow_ids(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    correlation_id = correlation_id_var.get()
+    if correlation_id:
+        event_dict.setdefault("correlation_id", correlation_id)
+    payment_id = payment_id_var.get()
+    if payment_id:
+        event_dict.setdefault("payment_id", payment_id)
+    return event_dict
 
 
 class _CurrentStderr:
@@ -127,6 +134,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "console", service: str
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _add_trace_id,
+            _add_flow_ids,
             _redact,
             structlog.processors.format_exc_info,
             _mask_url_passwords,

@@ -116,3 +116,21 @@ async def test_grpc_calls_are_client_and_server_spans_of_one_trace(
     assert failed.status.status_code is trace.StatusCode.ERROR
     assert failed.attributes is not None
     assert failed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_an_envelope_keeps_the_trace_state_and_a_malformed_context_starts_a_new_trace() -> None:
+    parent = tracing.extract(
+        {
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "tracestate": "vendor=value",
+        }
+    )
+    with tracing.tracer().start_as_current_span("request", context=parent):
+        stamped = envelope()
+    assert stamped.traceparent.startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert stamped.tracestate == "vendor=value"
+    span_context = trace.get_current_span(tracing.context_of(stamped)).get_span_context()
+    assert span_context.trace_state.get("vendor") == "value"
+    for bad in ("", "01-x", "00-0af7651916cd43dd8448eb211c80319c-zzzz6b7169203331-01"):
+        stamped.traceparent = bad
+        assert not trace.get_current_span(tracing.context_of(stamped)).get_span_context().is_valid
