@@ -20,6 +20,7 @@ from common.logging import configure_logging
 from common.metrics import metrics_for
 from common.outbox import OutboxRelay
 from common.streams import Handler, StreamConsumer
+from common.tracing import configure_tracing
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,7 @@ def serve_main(name: str, build: Builder, listen: Callable[[Settings], str]) -> 
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(level=settings.log_level, fmt=settings.log_format, service=name)
+    configure_tracing(service=name, otlp_endpoint=settings.otlp_endpoint)
 
     async def main() -> None:
         runtime = await build(settings, listen(settings))

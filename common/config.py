@@ -160,6 +160,9 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
+    # OTLP/HTTP collector base URL (http://collector:4318) spans are exported to; unset: trace
+    # ids are still made and propagated (they are in every log line), nothing is exported.
+    otlp_endpoint: str = ""
 
     _check_listen = field_validator(
         "payment_listen",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from google.protobuf import message as pb_message
 
+from common import tracing
 from common.ids import new_id
 from paysuite.events.v1 import events_pb2
 
@@ -47,4 +48,5 @@ def make_envelope(
     )
     envelope.occurred_at.GetCurrentTime()
     envelope.payload.Pack(payload)
+    tracing.stamp(envelope)
     return envelope

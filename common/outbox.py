@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from common import tracing
 from common.aio import wait_any
 from common.db import RawConnection, database_boundary, driver_connection
 from common.errors import DependencyUnavailable
@@ -194,8 +195,16 @@ class OutboxRelay:
                         "envelope": bytes(envelope),
                     },
                 )
-            async with redis_boundary("outbox publish"):
-                await pipe.execute()
+            with tracing.tracer().start_as_current_span(
+                "outbox publish",
+                kind=tracing.SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "redis",
+                    "messaging.batch.message_count": len(rows),
+                },
+            ):
+                async with redis_boundary("outbox publish"):
+                    await pipe.execute()
             await raw.execute(_MARK, ([row[0] for row in rows],))
         PUBLISHED.inc(len(rows))
         log.debug("outbox.published", count=len(rows))

@@ -29,7 +29,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,10 +40,12 @@ from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common import tracing
 from common.aio import wait_any
 from common.db import RawConnection, driver_connection
 from common.errors import ConcurrentUpdate, DependencyUnavailable
 from common.events import dead_letter_stream
+from common.logging import bound_flow
 from common.metrics import CALL_BUCKETS
 from paysuite.events.v1 import events_pb2
 
@@ -322,23 +324,30 @@ class StreamConsumer:
             self._park(entry_id, fields, "unparseable envelope")
             return True
         started = time.perf_counter()
-        try:
-            await self._handler(envelope)
-        except _RETRY_LATER as exc:
+        with _handling_scope(self.stream, envelope) as span:
+            try:
+                await self._handler(envelope)
+            except _RETRY_LATER as exc:
+                self._handling.observe(time.perf_counter() - started)
+                self._retried.inc()
+                log.warning(
+                    "stream.retry_later",
+                    stream=self.stream,
+                    event_id=envelope.event_id,
+                    error=str(exc),
+                )
+                self._retry_soon(grow=True)
+                return False
+            except Exception as exc:
+                self._handling.observe(time.perf_counter() - started)
+                tracing.record_failure(span, exc)
+                return await self._failed(entry_id, fields, envelope, exc)
             self._handling.observe(time.perf_counter() - started)
-            self._retried.inc()
-            log.warning(
-                "stream.retry_later", stream=self.stream, event_id=envelope.event_id, error=str(exc)
-            )
-            self._retry_soon(grow=True)
-            return False
-        except Exception as exc:
-            self._handling.observe(time.perf_counter() - started)
-            return await self._failed(entry_id, fields, envelope, exc)
-        self._handling.observe(time.perf_counter() - started)
-        self._ok.inc()
-        self._done(entry_id)
-        return True
+            self._ok.inc()
+            # An access line at DEBUG, in the flow's trace and with its ids bound.
+            log.debug("stream.handled", event_type=envelope.event_type, event_id=envelope.event_id)
+            self._done(entry_id)
+            return True
 
     async def _failed(
         self,
@@ -428,6 +437,28 @@ class StreamConsumer:
             }
         )
         return parked
+
+
+@contextlib.contextmanager
+def _handling_scope(stream: str, envelope: events_pb2.EventEnvelope) -> Iterator[tracing.Span]:
+    """The event is handled in a span that continues the trace of the flow that caused it,
+    with the flow's ids bound to every line logged meanwhile."""
+    payment_id = envelope.aggregate_id if envelope.aggregate_type == "payment" else ""
+    with (
+        tracing.tracer().start_as_current_span(
+            f"{envelope.event_type} process",
+            context=tracing.context_of(envelope),
+            kind=tracing.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "redis",
+                "messaging.destination.name": stream,
+                "messaging.message.id": envelope.event_id,
+            },
+            record_exception=False,
+        ) as span,
+        bound_flow(envelope.correlation_id, payment_id),
+    ):
+        yield span
 
 
 def _aggregate_key(entry_id: bytes, fields: dict[bytes, bytes]) -> str:

@@ -8,13 +8,17 @@ the state change (invariant 7). Service code never tracks by hand, so it cannot 
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from common import tracing
 from common.db import RawConnection, database_boundary, driver_connection, is_database_down
 from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
@@ -54,12 +58,27 @@ class SqlUnitOfWork:
         self._to_outgoing = to_outgoing
         self._tracked: list[EventSource] = []
         self._extra: list[OutgoingEvent] = []
+        database = engine.url.database or ""
+        self._span_name = f"transaction {database}"
+        self._span_attributes = {"db.system": "postgresql", "db.name": database}
+        self._span: trace.Span | None = None
+        self._span_token: contextvars.Token[otel_context.Context] | None = None
 
     async def __aenter__(self) -> Self:
-        async with database_boundary("connect"):
-            self.conn = await self._engine.connect()
-            await self.conn.begin()
-            self.raw = await driver_connection(self.conn)
+        # One span per transaction (not per statement): it is what a trace needs to show
+        # where a flow waited for the database, and it costs one span per use case.
+        self._span = tracing.tracer().start_span(
+            self._span_name, kind=trace.SpanKind.CLIENT, attributes=self._span_attributes
+        )
+        self._span_token = otel_context.attach(trace.set_span_in_context(self._span))
+        try:
+            async with database_boundary("connect"):
+                self.conn = await self._engine.connect()
+                await self.conn.begin()
+                self.raw = await driver_connection(self.conn)
+        except BaseException as exc:
+            self._end_span(exc)
+            raise
         self._tracked = []
         self._extra = []
         self._open()
@@ -75,6 +94,17 @@ class SqlUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         try:
+            await self._close()
+        finally:
+            self._end_span(exc)
+        # The adapter boundary: an unreachable database anywhere inside the unit of work (a
+        # repository's statement, the commit) leaves it as DependencyUnavailable, so nothing
+        # above ever sees SQLAlchemy or psycopg.
+        if exc is not None and is_database_down(exc):
+            raise DependencyUnavailable("database unavailable") from exc
+
+    async def _close(self) -> None:
+        try:
             async with database_boundary("rollback"):
                 try:
                     if self.conn.in_transaction():
@@ -83,11 +113,16 @@ class SqlUnitOfWork:
                     await self.conn.close()
         except DependencyUnavailable:
             pass  # the server is gone: so is the transaction, and the pool drops the connection
-        # The adapter boundary: an unreachable database anywhere inside the unit of work (a
-        # repository's statement, the commit) leaves it as DependencyUnavailable, so nothing
-        # above ever sees SQLAlchemy or psycopg.
-        if exc is not None and is_database_down(exc):
-            raise DependencyUnavailable("database unavailable") from exc
+
+    def _end_span(self, exc: BaseException | None) -> None:
+        span, self._span = self._span, None
+        if span is None:
+            return
+        if self._span_token is not None:
+            otel_context.detach(self._span_token)
+        if exc is not None:
+            tracing.record_failure(span, exc)
+        span.end()
 
     def track(self, aggregate: EventSource) -> None:
         if not any(aggregate is seen for seen in self._tracked):

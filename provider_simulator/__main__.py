@@ -8,6 +8,7 @@ import sys
 
 from common import aio
 from common.logging import configure_logging
+from common.tracing import configure_tracing
 from provider_simulator.app import serve
 from provider_simulator.settings import SettingsError, SimulatorSettings, load_settings
 
@@ -29,6 +30,7 @@ def main() -> int:
     configure_logging(
         level=settings.log_level, fmt=settings.log_format, service="provider-simulator"
     )
+    configure_tracing(service="provider-simulator", otlp_endpoint=settings.otlp_endpoint)
     try:
         aio.run(_run(settings))
     except OSError as exc:  # typically the port is taken, or the data folder is not writable

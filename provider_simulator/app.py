@@ -14,6 +14,8 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from common import tracing
+from common.httptrace import tracing_middleware
 from provider_simulator.chaos import Chaos
 from provider_simulator.delivery import WebhookSender
 from provider_simulator.engine import Simulator, SimulatorError
@@ -118,7 +120,7 @@ def _operation_handler(kind: Kind) -> Callable[[web.Request], Awaitable[web.Resp
         body = _validated(kind, await _json_object(request))
         key = _idempotency_key(request, body)
         simulator.check_available()
-        operation, created = simulator.create(kind, key, body)
+        operation, created = simulator.create(kind, key, body, trace=dict(tracing.inject({})))
         await simulator.maybe_never_answer()
         if created:
             return web.json_response(operation.to_json(), status=202)
@@ -226,7 +228,7 @@ async def _release_unanswered(app: web.Application) -> None:
 
 
 def create_app(settings: SimulatorSettings) -> web.Application:
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=[tracing_middleware, json_errors])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_simulator_context)
     app.on_shutdown.append(_release_unanswered)

@@ -7,8 +7,11 @@ from collections.abc import Callable
 
 import aiohttp
 import structlog
+from opentelemetry import trace
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from common import tracing
+from common.httptrace import client_span, record_status
 from provider_simulator.models import WebhookEvent
 from provider_simulator.signing import Signer
 
@@ -81,17 +84,26 @@ class WebhookSender:
             await self._post(event)
 
     async def _post(self, event: WebhookEvent) -> None:
+        # Each attempt a client span in the trace of the operation the event reports.
+        parent = tracing.extract(event.trace)
+        with client_span("POST", "webhook", parent=parent) as (span, trace_headers):
+            await self._post_traced(event, span, trace_headers)
+
+    async def _post_traced(
+        self, event: WebhookEvent, span: trace.Span, trace_headers: dict[str, str]
+    ) -> None:
         try:
             async with self._session.post(
                 self._url,
                 data=event.body.encode(),
-                headers=self._headers(event),
+                headers={**self._headers(event), **trace_headers},
                 # Standard Webhooks senders do not follow redirects: a redirect is a
                 # misconfigured endpoint, and following it would re-send to an unvetted URL.
                 allow_redirects=False,
                 timeout=ATTEMPT_TIMEOUT,
             ) as response:
                 status = response.status
+                record_status(span, status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             event.last_status = None
             log.info(

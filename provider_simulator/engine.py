@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from common import tracing
 from provider_simulator.chaos import Chaos, Dice
 from provider_simulator.delivery import WebhookSender
 from provider_simulator.models import (
@@ -110,7 +111,12 @@ class Simulator:
             raise SimulatorError(503, "temporarily_unavailable", "try again; nothing was processed")
 
     def create(
-        self, kind: Kind, idempotency_key: str, request: dict[str, Any]
+        self,
+        kind: Kind,
+        idempotency_key: str,
+        request: dict[str, Any],
+        *,
+        trace: dict[str, str] | None = None,
     ) -> tuple[Operation, bool]:
         """The operation for this request and whether it was newly created. No await in here,
         so concurrent requests with one key cannot both create."""
@@ -122,7 +128,11 @@ class Simulator:
         if kind == "refund":
             self._check_refundable(request)
         operation = Operation(
-            id=_new_id(ID_PREFIX[kind]), kind=kind, idempotency_key=idempotency_key, request=request
+            id=_new_id(ID_PREFIX[kind]),
+            kind=kind,
+            idempotency_key=idempotency_key,
+            request=request,
+            trace=trace or {},
         )
         self.operations[operation.id] = operation
         self._by_key[(kind, idempotency_key)] = operation
@@ -190,6 +200,14 @@ class Simulator:
             raise SimulatorError(422, "amount_too_large", "refunds would exceed the charge")
 
     async def _settle(self, operation: Operation) -> None:
+        # In the operation's trace even when resumed after a restart: its webhooks belong to
+        # the flow that created it.
+        with tracing.tracer().start_as_current_span(
+            f"settle {operation.kind}", context=tracing.extract(operation.trace)
+        ):
+            await self._settle_now(operation)
+
+    async def _settle_now(self, operation: Operation) -> None:
         await asyncio.sleep(self.chaos.settle_delay_ms / 1000)
         reason = self._decline_reason(operation)
         operation.status = "failed" if reason else "succeeded"
@@ -233,6 +251,7 @@ class Simulator:
             operation_id=operation.id,
             body=json.dumps(body, separators=(",", ":")),
             created=created,
+            trace=operation.trace,
         )
         self.events[event.id] = event
         self._store.save_event(event)

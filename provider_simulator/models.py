@@ -77,6 +77,8 @@ class Operation:
     created: int = field(default_factory=lambda: int(time.time()))
     status: OperationStatus = "processing"
     failure_reason: str | None = None
+    # W3C trace context of the request that created it: its webhooks continue that trace.
+    trace: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -110,6 +112,8 @@ class WebhookEvent:
     attempts: int = 0
     last_status: int | None = None
     state: DeliveryState = "pending"
+    # The trace context of its operation, sent as `traceparent` with every attempt.
+    trace: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {

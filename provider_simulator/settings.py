@@ -47,6 +47,8 @@ class SimulatorSettings(BaseSettings):
     log_format: Literal["console", "json"] = Field(
         default="console", validation_alias="PAYSUITE_LOG_FORMAT"
     )
+    # Spans go to this OTLP/HTTP collector when set, as the suite's (common.tracing).
+    otlp_endpoint: str = Field(default="", validation_alias="PAYSUITE_OTLP_ENDPOINT")
     webhook_secret: SecretStr = Field(
         default=SecretStr(DEVELOPMENT_WEBHOOK_SECRET), validation_alias=WEBHOOK_SECRET_ENV
     )

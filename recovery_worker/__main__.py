@@ -9,6 +9,7 @@ from common.config import ConfigError, load_settings
 from common.grpc.server import run_until_signalled
 from common.logging import configure_logging
 from common.metrics import metrics_for
+from common.tracing import configure_tracing
 from recovery_worker import bootstrap
 
 
@@ -20,6 +21,7 @@ def main() -> None:
         print(f"{bootstrap.NAME}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(level=settings.log_level, fmt=settings.log_format, service=bootstrap.NAME)
+    configure_tracing(service=bootstrap.NAME, otlp_endpoint=settings.otlp_endpoint)
 
     async def serve() -> None:
         runtime = await bootstrap.build(settings, settings.recovery_listen)

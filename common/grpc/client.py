@@ -20,7 +20,7 @@ from common.errors import (
     InsufficientFunds,
     NotFound,
 )
-from common.grpc.metrics import ClientMetricsInterceptor
+from common.grpc.tracing import client_interceptors
 
 _SERVICE_CONFIG = json.dumps(
     {
@@ -48,7 +48,7 @@ def create_channel(target: str) -> grpc.aio.Channel:
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.keepalive_time_ms", 30_000),
         ],
-        interceptors=[ClientMetricsInterceptor()],
+        interceptors=client_interceptors(),
     )
 
 

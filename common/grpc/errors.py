@@ -32,6 +32,7 @@ from common.errors import (
     ValidationError,
 )
 from common.grpc.deadlines import deadline_var, set_deadline
+from common.grpc.tracing import served
 
 log = structlog.get_logger(__name__)
 
@@ -131,11 +132,13 @@ class ErrorMappingInterceptor(AsyncServerInterceptor):
         method_name: str,
     ) -> Any:
         request_id = request_id_of(context)
-        with _request_scope(request_id, method_name, context.time_remaining()):
+        # Innermost, so `method` is the servicer's own: calling it only creates the coroutine
+        # (or the stream) and runs none of its code outside the scope.
+        response = method(request_or_iterator, context)
+        if hasattr(response, "__aiter__"):
+            return _mapped_stream(response, context, request_id, method_name, request_or_iterator)
+        with _request_scope(request_id, method_name, context, request_or_iterator):
             try:
-                response = method(request_or_iterator, context)
-                if hasattr(response, "__aiter__"):
-                    return _mapped_stream(response, context, request_id, method_name)
                 return await response
             except grpc.aio.AbortError:
                 raise
@@ -148,8 +151,9 @@ async def _mapped_stream(
     context: grpc.aio.ServicerContext[Any, Any],
     request_id: str,
     method_name: str,
+    request: Any,
 ) -> AsyncIterator[Any]:
-    with _request_scope(request_id, method_name, context.time_remaining()):
+    with _request_scope(request_id, method_name, context, request):
         try:
             async for item in stream:
                 yield item
@@ -161,13 +165,20 @@ async def _mapped_stream(
 
 @contextlib.contextmanager
 def _request_scope(
-    request_id: str, method_name: str, time_remaining: float | None
+    request_id: str,
+    method_name: str,
+    context: grpc.aio.ServicerContext[Any, Any],
+    request: Any,
 ) -> Iterator[None]:
+    """What is known of the request while it is served: its ids and deadline, and its span
+    (here rather than in an interceptor of its own: each interceptor layer costs ~20 us of
+    CPU per call, more than the span)."""
     token = request_id_var.set(request_id)
-    deadline = set_deadline(time_remaining)
+    deadline = set_deadline(context.time_remaining())
     structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method_name)
     try:
-        yield
+        with served(method_name, context, request):
+            yield
     finally:
         structlog.contextvars.unbind_contextvars("request_id", "rpc")
         deadline_var.reset(deadline)

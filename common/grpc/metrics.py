@@ -142,6 +142,9 @@ class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     ) -> Any:
         started = time.perf_counter()
         call = await continuation(client_call_details, request)
-        code = await call.code()
-        _client.record(client_call_details.method, code_name(code, "UNKNOWN"), started)
+        record_client_call(client_call_details.method, await call.code(), started)
         return call
+
+
+def record_client_call(method: str | bytes, code: grpc.StatusCode, started: float) -> None:
+    _client.record(method, code_name(code, "UNKNOWN"), started)

@@ -107,7 +107,8 @@ def create_server(
     """A server with our interceptors, health and reflection, bound to `address` (port 0 ok)."""
     server = grpc.aio.server(
         # Metrics outermost, to count the status the others chose; then the decode guard,
-        # which answers undecodable requests before anything else runs.
+        # which answers undecodable requests before anything else runs. The error mapping
+        # also opens the request's span (common.grpc.tracing.served).
         interceptors=[
             ServerMetricsInterceptor(),
             DecodeGuardInterceptor(),

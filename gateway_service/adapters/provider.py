@@ -13,7 +13,9 @@ import json
 from typing import Any
 
 import aiohttp
+from opentelemetry import trace
 
+from common.httptrace import client_span, record_status
 from common.money import Money
 from gateway_service.domain.provider import (
     Instruction,
@@ -70,12 +72,14 @@ class SimulatorProvider:
         provider_reference: str,
         timeout_s: float,
     ) -> StatusReport:
-        url = f"{self._base_url}/v1/{kind.value}s"
+        route = f"/v1/{kind.value}s"
+        url = f"{self._base_url}{route}"
         if provider_reference:
             url, params = f"{url}/{provider_reference}", {}
+            route = f"{route}/{{id}}"
         else:
             params = {"idempotency_key": idempotency_key}
-        status, payload, headers = await self._request("GET", url, timeout_s, params=params)
+        status, payload, headers = await self._request("GET", url, route, timeout_s, params=params)
         if status == 404:
             return StatusReport(status=ReportedStatus.NOT_FOUND)
         if status != 200:
@@ -89,9 +93,11 @@ class SimulatorProvider:
             INSTRUMENT_FIELD[instruction.kind]: instruction.instrument,
             "reference": instruction.reference,
         }
+        route = f"/v1/{instruction.kind.value}s"
         status, payload, headers = await self._request(
             "POST",
-            f"{self._base_url}/v1/{instruction.kind.value}s",
+            f"{self._base_url}{route}",
+            route,
             timeout_s,
             json=body,
             headers={"Idempotency-Key": instruction.idempotency_key},
@@ -104,7 +110,14 @@ class SimulatorProvider:
         return ProviderAcceptance(provider_reference=operation_id)
 
     async def _request(
-        self, method: str, url: str, timeout_s: float, **kwargs: Any
+        self, method: str, url: str, route: str, timeout_s: float, **kwargs: Any
+    ) -> tuple[int, bytes, dict[str, str]]:
+        with client_span(method, f"{self._name} {route}") as (span, trace_headers):
+            kwargs["headers"] = {**kwargs.get("headers", {}), **trace_headers}
+            return await self._send(method, url, timeout_s, span, **kwargs)
+
+    async def _send(
+        self, method: str, url: str, timeout_s: float, span: trace.Span, **kwargs: Any
     ) -> tuple[int, bytes, dict[str, str]]:
         try:
             async with self._session.request(
@@ -114,6 +127,7 @@ class SimulatorProvider:
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
                 **kwargs,
             ) as response:
+                record_status(span, response.status)
                 return response.status, await response.read(), dict(response.headers)
         except TimeoutError as exc:
             raise ProviderTimeout(f"{self._name} did not answer within {timeout_s:.2f}s") from exc

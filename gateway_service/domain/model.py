@@ -351,3 +351,6 @@ class ProviderEvent:
     # What the provider says about the operation, parsed by the webhook adapter.
     operation_id: str = ""
     amount: Money | None = None
+    # The delivery's W3C trace context headers, opaque here: the events the callback causes
+    # continue the trace of the flow it settles.
+    trace_context: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from common import tracing
 from common.errors import ValidationError
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
 from common.grpc.errors import status_for
@@ -102,7 +103,18 @@ def _provider_event(request: gateway_pb2.HandleProviderEventRequest) -> Provider
         raw_payload=request.raw_payload,
         operation_id=request.operation_id,
         amount=_amount(request) if request.HasField("amount") else None,
+        trace_context=_trace_context(request),
     )
+
+
+def _trace_context(request: gateway_pb2.HandleProviderEventRequest) -> tuple[tuple[str, str], ...]:
+    """The webhook's own trace context when the adapter sent one (a batch holds many flows);
+    else the call's, which the metadata carried."""
+    if request.traceparent:
+        carrier = {"traceparent": request.traceparent, "tracestate": request.tracestate}
+    else:
+        carrier = dict(tracing.inject({}))
+    return tuple((key, value) for key, value in carrier.items() if value)
 
 
 def _provider_event_or_error(

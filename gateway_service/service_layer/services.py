@@ -23,6 +23,7 @@ from typing import Protocol
 
 import structlog
 
+from common import tracing
 from common.aio import next_or_stop
 from common.errors import (
     ConcurrentUpdate,
@@ -606,7 +607,10 @@ class GatewayService:
                 uow.track(operation)
                 await uow.operations.save(operation)
             uow.track(events.Facts(*applied.facts(inserted)))
-            await uow.commit()
+            # One batch holds the webhooks of many flows: each operation's events continue
+            # the trace of the webhook that changed it, not the batch's.
+            with tracing.aggregate_traces(applied.traces()):
+                await uow.commit()
         for event, matched, status in applied.outcomes:
             _log_provider_event(event, matched, status)
         return [
@@ -664,6 +668,13 @@ class _Application:
 
     def keys(self) -> set[EventKey]:
         return {(event.provider, event.provider_event_id) for event, _, _ in self.records}
+
+    def traces(self) -> dict[str, tracing.Context]:
+        return {
+            operation.operation_id: tracing.extract(dict(event.trace_context))
+            for event, operation, _ in self.outcomes
+            if operation is not None and event.trace_context
+        }
 
     def changed_by(self, key: EventKey) -> bool:
         return key in self._changing

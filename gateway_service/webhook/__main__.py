@@ -12,6 +12,7 @@ from common import aio
 from common.config import ConfigError, Settings, load_settings
 from common.logging import configure_logging
 from common.metrics import metrics_for
+from common.tracing import configure_tracing
 from gateway_service.webhook.app import start
 
 NAME = "webhook-adapter"
@@ -40,6 +41,7 @@ def main() -> int:
         print(f"{NAME}: {exc}", file=sys.stderr)
         return 2
     configure_logging(level=settings.log_level, fmt=settings.log_format, service=NAME)
+    configure_tracing(service=NAME, otlp_endpoint=settings.otlp_endpoint)
     try:
         with metrics_for(NAME, settings.metrics_port, settings.metrics_host):
             aio.run(_serve(settings))

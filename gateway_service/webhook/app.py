@@ -30,8 +30,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter
 from prometheus_client.metrics import Counter as CounterType
 
+from common import tracing
 from common.config import ConfigError, Settings
-from common.grpc.metrics import ClientMetricsInterceptor
+from common.grpc.tracing import client_interceptors
+from common.httptrace import tracing_middleware
 from common.metrics import cached
 from gateway_service.webhook import facade
 from gateway_service.webhook.payload import (
@@ -201,7 +203,11 @@ def _settle(future: asyncio.Future[bool], outcome: bool | WebhookError) -> None:
 def _forward_request(
     provider: str, callback: ProviderCallback, raw: bytes
 ) -> gateway_pb2.HandleProviderEventRequest:
+    # The webhook's own trace context: a batch carries many flows, each event its own.
+    carrier = tracing.inject({})
     request = gateway_pb2.HandleProviderEventRequest(
+        traceparent=carrier.get("traceparent", ""),
+        tracestate=carrier.get("tracestate", ""),
         provider=provider,
         provider_event_id=callback.event_id,
         event_type=callback.event_type,
@@ -389,6 +395,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
         _receipt((provider, _result_of(exc))).inc()
         raise
     _receipt((provider, "duplicate" if duplicate else "accepted")).inc()
+    # Never the body (it names the customer's instrument) or the headers (the signature).
+    log.info("webhook.accepted", provider=provider, duplicate=duplicate)
     return web.json_response({"status": "accepted", "duplicate": duplicate})
 
 
@@ -469,7 +477,8 @@ def create_app(
     else:
         stub = gateway
     app = web.Application(
-        middlewares=[json_errors], client_max_size=settings.webhook_max_body_bytes
+        middlewares=[tracing_middleware, json_errors],
+        client_max_size=settings.webhook_max_body_bytes,
     )
     forwarder = GatewayForwarder(stub, timeout_s=settings.rpc_timeout_ms / 1000)
     syncer = Syncer(forwarder, SyncLimiter(rate_per_s=settings.webhook_sync_per_s))
@@ -501,12 +510,10 @@ async def start(settings: Settings, listen: str) -> tuple[web.AppRunner, int]:
     channel to the gateway. Returns the runner (`await runner.cleanup()` stops it, and
     closes the channel) and the bound port."""
     # Not common.grpc.client.create_channel: the adapter answers 503 and lets the provider
-    # retry rather than retrying inside gRPC, so only the metrics interceptor is shared.
-    channel = grpc.aio.insecure_channel(
-        settings.gateway_target, interceptors=[ClientMetricsInterceptor()]
-    )
+    # retry rather than retrying inside gRPC, so only the interceptors are shared.
+    channel = grpc.aio.insecure_channel(settings.gateway_target, interceptors=client_interceptors())
     payments = grpc.aio.insecure_channel(
-        settings.payment_target, interceptors=[ClientMetricsInterceptor()]
+        settings.payment_target, interceptors=client_interceptors()
     )
     try:
         app = create_app(settings, channel, payments)

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from paysuite.common.v1 import money_pb2 as paysuite_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpaysuite/events/v1/events.proto\x12\x12paysuite.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epaysuite/common/v1/money.proto\"\xab\x02\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x03 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x04 \x01(\t\x12\x19\n\x11\x61ggregate_version\x18\x05 \x01(\x03\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\x08 \x01(\t\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12\x10\n\x08producer\x18\n \x01(\t\x12%\n\x07payload\x18\x0b \x01(\x0b\x32\x14.google.protobuf.Any\"\x91\x02\n\x14PaymentStatusChanged\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x66rom_status\x18\x03 \x01(\t\x12\x11\n\tto_status\x18\x04 \x01(\t\x12)\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x19\n\x11source_account_id\x18\x06 \x01(\t\x12\x1e\n\x16\x64\x65stination_account_id\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x16\n\x0epayment_method\x18\t \x01(\t\x12\x19\n\x11parent_payment_id\x18\n \x01(\t\"E\n\x13PaymentStepRecorded\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\t\"G\n\rAccountOpened\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\xc9\x01\n\x19LedgerTransactionRecorded\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x15\n\roperation_ref\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12)\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x30\n\rbalance_after\x18\x06 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"\xe9\x01\n\x16OperationStatusChanged\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x11\n\treference\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x1a\n\x12provider_reference\x18\x08 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\t \x01(\t\"\x82\x01\n\x16PaymentReviewRequested\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x16\n\x0eprovider_event\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x1c\n\x14gateway_operation_id\x18\x05 \x01(\t\"\x87\x02\n\x14\x41\x63\x63ountEventRecorded\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\x12\x11\n\tprev_hash\x18\x05 \x01(\t\x12\x0c\n\x04hash\x18\x06 \x01(\t\x12(\n\x05total\x18\x07 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\'\n\x04held\x18\x08 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12,\n\tavailable\x18\t \x01(\x0b\x32\x19.paysuite.common.v1.Money\"\x89\x01\n\x1a\x43ircuitBreakerStateChanged\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x12\n\nfrom_state\x18\x02 \x01(\t\x12\x10\n\x08to_state\x18\x03 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x03\x12\x12\n\nslow_calls\x18\x06 \x01(\x03\"\x81\x01\n\x17ProviderWebhookReceived\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x19\n\x11provider_event_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0coperation_id\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpaysuite/events/v1/events.proto\x12\x12paysuite.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epaysuite/common/v1/money.proto\"\xbf\x02\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x03 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x04 \x01(\t\x12\x19\n\x11\x61ggregate_version\x18\x05 \x01(\x03\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\x08 \x01(\t\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12\x10\n\x08producer\x18\n \x01(\t\x12%\n\x07payload\x18\x0b \x01(\x0b\x32\x14.google.protobuf.Any\x12\x12\n\ntracestate\x18\x0c \x01(\t\"\x91\x02\n\x14PaymentStatusChanged\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x66rom_status\x18\x03 \x01(\t\x12\x11\n\tto_status\x18\x04 \x01(\t\x12)\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x19\n\x11source_account_id\x18\x06 \x01(\t\x12\x1e\n\x16\x64\x65stination_account_id\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x16\n\x0epayment_method\x18\t \x01(\t\x12\x19\n\x11parent_payment_id\x18\n \x01(\t\"E\n\x13PaymentStepRecorded\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\t\"G\n\rAccountOpened\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\xc9\x01\n\x19LedgerTransactionRecorded\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x15\n\roperation_ref\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12)\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x30\n\rbalance_after\x18\x06 \x01(\x0b\x32\x19.paysuite.common.v1.Money\"\xe9\x01\n\x16OperationStatusChanged\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x11\n\treference\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x1a\n\x12provider_reference\x18\x08 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\t \x01(\t\"\x82\x01\n\x16PaymentReviewRequested\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x16\n\x0eprovider_event\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x1c\n\x14gateway_operation_id\x18\x05 \x01(\t\"\x87\x02\n\x14\x41\x63\x63ountEventRecorded\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\x12\x11\n\tprev_hash\x18\x05 \x01(\t\x12\x0c\n\x04hash\x18\x06 \x01(\t\x12(\n\x05total\x18\x07 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\'\n\x04held\x18\x08 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12,\n\tavailable\x18\t \x01(\x0b\x32\x19.paysuite.common.v1.Money\"\x89\x01\n\x1a\x43ircuitBreakerStateChanged\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x12\n\nfrom_state\x18\x02 \x01(\t\x12\x10\n\x08to_state\x18\x03 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x03\x12\x12\n\nslow_calls\x18\x06 \x01(\x03\"\x81\x01\n\x17ProviderWebhookReceived\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x19\n\x11provider_event_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0coperation_id\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,23 +35,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paysuite.events.v1.events_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENTENVELOPE']._serialized_start=148
-  _globals['_EVENTENVELOPE']._serialized_end=447
-  _globals['_PAYMENTSTATUSCHANGED']._serialized_start=450
-  _globals['_PAYMENTSTATUSCHANGED']._serialized_end=723
-  _globals['_PAYMENTSTEPRECORDED']._serialized_start=725
-  _globals['_PAYMENTSTEPRECORDED']._serialized_end=794
-  _globals['_ACCOUNTOPENED']._serialized_start=796
-  _globals['_ACCOUNTOPENED']._serialized_end=867
-  _globals['_LEDGERTRANSACTIONRECORDED']._serialized_start=870
-  _globals['_LEDGERTRANSACTIONRECORDED']._serialized_end=1071
-  _globals['_OPERATIONSTATUSCHANGED']._serialized_start=1074
-  _globals['_OPERATIONSTATUSCHANGED']._serialized_end=1307
-  _globals['_PAYMENTREVIEWREQUESTED']._serialized_start=1310
-  _globals['_PAYMENTREVIEWREQUESTED']._serialized_end=1440
-  _globals['_ACCOUNTEVENTRECORDED']._serialized_start=1443
-  _globals['_ACCOUNTEVENTRECORDED']._serialized_end=1706
-  _globals['_CIRCUITBREAKERSTATECHANGED']._serialized_start=1709
-  _globals['_CIRCUITBREAKERSTATECHANGED']._serialized_end=1846
-  _globals['_PROVIDERWEBHOOKRECEIVED']._serialized_start=1849
-  _globals['_PROVIDERWEBHOOKRECEIVED']._serialized_end=1978
+  _globals['_EVENTENVELOPE']._serialized_end=467
+  _globals['_PAYMENTSTATUSCHANGED']._serialized_start=470
+  _globals['_PAYMENTSTATUSCHANGED']._serialized_end=743
+  _globals['_PAYMENTSTEPRECORDED']._serialized_start=745
+  _globals['_PAYMENTSTEPRECORDED']._serialized_end=814
+  _globals['_ACCOUNTOPENED']._serialized_start=816
+  _globals['_ACCOUNTOPENED']._serialized_end=887
+  _globals['_LEDGERTRANSACTIONRECORDED']._serialized_start=890
+  _globals['_LEDGERTRANSACTIONRECORDED']._serialized_end=1091
+  _globals['_OPERATIONSTATUSCHANGED']._serialized_start=1094
+  _globals['_OPERATIONSTATUSCHANGED']._serialized_end=1327
+  _globals['_PAYMENTREVIEWREQUESTED']._serialized_start=1330
+  _globals['_PAYMENTREVIEWREQUESTED']._serialized_end=1460
+  _globals['_ACCOUNTEVENTRECORDED']._serialized_start=1463
+  _globals['_ACCOUNTEVENTRECORDED']._serialized_end=1726
+  _globals['_CIRCUITBREAKERSTATECHANGED']._serialized_start=1729
+  _globals['_CIRCUITBREAKERSTATECHANGED']._serialized_end=1866
+  _globals['_PROVIDERWEBHOOKRECEIVED']._serialized_start=1869
+  _globals['_PROVIDERWEBHOOKRECEIVED']._serialized_end=1998
 # @@protoc_insertion_point(module_scope)

@@ -36,6 +36,7 @@ class EventEnvelope(_message.Message):
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     PRODUCER_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique per event; consumers deduplicate on it."""
     event_type: _builtins.str
@@ -53,6 +54,8 @@ class EventEnvelope(_message.Message):
     """W3C traceparent of the request that caused the event, when known."""
     producer: _builtins.str
     """"payment-service", "wallet-service", "gateway-service"."""
+    tracestate: _builtins.str
+    """W3C tracestate that goes with traceparent (vendor trace data), when there is any."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -73,10 +76,11 @@ class EventEnvelope(_message.Message):
         traceparent: _builtins.str = ...,
         producer: _builtins.str = ...,
         payload: _any_pb2.Any | None = ...,
+        tracestate: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "aggregate_version", b"aggregate_version", "causation_id", b"causation_id", "correlation_id", b"correlation_id", "event_id", b"event_id", "event_type", b"event_type", "occurred_at", b"occurred_at", "payload", b"payload", "producer", b"producer", "traceparent", b"traceparent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "aggregate_version", b"aggregate_version", "causation_id", b"causation_id", "correlation_id", b"correlation_id", "event_id", b"event_id", "event_type", b"event_type", "occurred_at", b"occurred_at", "payload", b"payload", "producer", b"producer", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

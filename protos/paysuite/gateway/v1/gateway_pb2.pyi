@@ -313,6 +313,8 @@ class HandleProviderEventRequest(_message.Message):
     RAW_PAYLOAD_FIELD_NUMBER: _builtins.int
     OPERATION_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     provider_event_id: _builtins.str
     """The provider's unique id for this callback; duplicates are acknowledged and ignored."""
@@ -324,6 +326,12 @@ class HandleProviderEventRequest(_message.Message):
     """The raw JSON body as received, kept for audit; never parsed by the gateway."""
     operation_id: _builtins.str
     """Our operation id as the provider echoes it (its "reference"), parsed by the adapter."""
+    traceparent: _builtins.str
+    """W3C trace context of the webhook delivery that carried the event. gRPC metadata carries
+    it for a single call; a HandleProviderEvents batch holds the webhooks of many flows, so
+    each event brings its own, and the event it causes continues that flow's trace.
+    """
+    tracestate: _builtins.str
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -342,10 +350,12 @@ class HandleProviderEventRequest(_message.Message):
         raw_payload: _builtins.bytes = ...,
         operation_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "event_type", b"event_type", "failure_reason", b"failure_reason", "occurred_at", b"occurred_at", "operation_id", b"operation_id", "provider", b"provider", "provider_event_id", b"provider_event_id", "provider_reference", b"provider_reference", "raw_payload", b"raw_payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "event_type", b"event_type", "failure_reason", b"failure_reason", "occurred_at", b"occurred_at", "operation_id", b"operation_id", "provider", b"provider", "provider_event_id", b"provider_event_id", "provider_reference", b"provider_reference", "raw_payload", b"raw_payload", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
