@@ -104,7 +104,7 @@ def fresh_suite(base: Settings) -> Iterator[RunningSuite]:
         )
         for database in (WALLET_DB, PAYMENT_DB, GATEWAY_DB):
             database.migrate(settings)
-        processes = supervisor.plan(settings)
+        processes = supervisor.plan(settings, demo=False)
         env = child_env(settings, servers.database_url, servers.redis_url)
         with supervisor.running(processes, env) as children:
             try:

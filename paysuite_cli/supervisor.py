@@ -92,19 +92,23 @@ DEMO_RECOVERY_ENV = (
 )
 
 
-def _recovery_worker(settings: Settings) -> Process:
-    env = tuple((name, value) for name, value in DEMO_RECOVERY_ENV if name not in os.environ)
+def _recovery_worker(settings: Settings, *, demo: bool) -> Process:
+    demo_env = DEMO_RECOVERY_ENV if demo else ()
+    env = tuple((name, value) for name, value in demo_env if name not in os.environ)
     return Process(
         "recovery worker", "recovery_worker", settings.recovery_listen, "grpc", env=env, stage=1
     )
 
 
-def plan(settings: Settings) -> list[Process]:
+def plan(settings: Settings, *, demo: bool = True) -> list[Process]:
+    """Every process of the suite. `demo`: the recovery worker sweeps every few seconds, so a
+    demo shows it; without it (the bench), at its deployed defaults, so its sweeps do not
+    weigh on figures that deployments would not see them weigh on."""
     return [
         _with_metrics(Process("wallet", "wallet_service", settings.wallet_listen, "grpc")),
         _with_metrics(Process("gateway", "gateway_service", settings.gateway_listen, "grpc")),
         _with_metrics(Process("payment", "payment_service", settings.payment_listen, "grpc")),
-        _with_metrics(_recovery_worker(settings)),
+        _with_metrics(_recovery_worker(settings, demo=demo)),
         _with_metrics(
             Process(
                 "webhook adapter",
