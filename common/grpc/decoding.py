@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from common.errors import FieldViolation, ValidationError
 from common.grpc.errors import abort_with, request_id_of
+from common.grpc.metrics import record_served
 
 log = structlog.get_logger(__name__)
 
@@ -52,13 +53,13 @@ class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
         tolerant = self._tolerant(handler.request_deserializer, handler_call_details.method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._guard_unary(handler.unary_unary),
+                self._guard_unary(handler.unary_unary, handler_call_details.method),
                 request_deserializer=tolerant,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._guard_stream(handler.unary_stream),
+                self._guard_stream(handler.unary_stream, handler_call_details.method),
                 request_deserializer=tolerant,
                 response_serializer=handler.response_serializer,
             )
@@ -82,19 +83,21 @@ class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
             self._last_logged, self._unlogged = now, 0
 
     @staticmethod
-    def _guard_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
         async def guarded(request: Any, context: Context) -> Any:
             if request is UNDECODABLE:
-                await _reject(context)
+                await _reject(context, method)
             return await behavior(request, context)
 
         return guarded
 
     @staticmethod
-    def _guard_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    def _guard_stream(
+        behavior: Callable[..., Any], method: str
+    ) -> Callable[..., AsyncIterator[Any]]:
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
             if request is UNDECODABLE:
-                await _reject(context)
+                await _reject(context, method)
             responses = behavior(request, context)
             if inspect.isawaitable(responses):
                 responses = await responses
@@ -104,6 +107,8 @@ class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
         return guarded
 
 
-async def _reject(context: Context) -> None:
+async def _reject(context: Context, method: str) -> None:
+    # Answered before the error mapping runs, so counted here.
+    record_served(method, "INVALID_ARGUMENT", time.perf_counter())
     error = ValidationError(FieldViolation("request", "is not a valid message of this method"))
     await abort_with(error, context, request_id_of(context))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn
@@ -32,6 +33,7 @@ from common.errors import (
     ValidationError,
 )
 from common.grpc.deadlines import deadline_var, set_deadline
+from common.grpc.metrics import code_name, failed_code, record_served
 from common.grpc.tracing import served
 
 log = structlog.get_logger(__name__)
@@ -124,6 +126,10 @@ def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 
 class ErrorMappingInterceptor(AsyncServerInterceptor):
+    """Maps domain errors to statuses, opens the request's scope (ids, deadline, span) and
+    records the call's RED metrics: one interceptor layer for the three, since each layer
+    costs ~20 us of CPU per call."""
+
     async def intercept(
         self,
         method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any],
@@ -131,19 +137,25 @@ class ErrorMappingInterceptor(AsyncServerInterceptor):
         context: grpc.aio.ServicerContext[Any, Any],
         method_name: str,
     ) -> Any:
+        started = time.perf_counter()
         request_id = request_id_of(context)
         # Innermost, so `method` is the servicer's own: calling it only creates the coroutine
         # (or the stream) and runs none of its code outside the scope.
         response = method(request_or_iterator, context)
         if hasattr(response, "__aiter__"):
-            return _mapped_stream(response, context, request_id, method_name, request_or_iterator)
+            return _mapped_stream(
+                response, context, request_id, method_name, request_or_iterator, started
+            )
         with _request_scope(request_id, method_name, context, request_or_iterator):
             try:
-                return await response
-            except grpc.aio.AbortError:
-                raise
+                result = await response
             except Exception as exc:
-                await abort_with(exc, context, request_id)
+                await _failed(exc, context, request_id, method_name, started)
+            except BaseException as exc:  # cancelled: the caller went away
+                record_served(method_name, failed_code(exc, context), started)
+                raise
+            record_served(method_name, code_name(context.code(), "OK"), started)
+            return result
 
 
 async def _mapped_stream(
@@ -152,15 +164,33 @@ async def _mapped_stream(
     request_id: str,
     method_name: str,
     request: Any,
+    started: float,
 ) -> AsyncIterator[Any]:
     with _request_scope(request_id, method_name, context, request):
         try:
             async for item in stream:
                 yield item
-        except grpc.aio.AbortError:
-            raise
         except Exception as exc:
-            await abort_with(exc, context, request_id)
+            await _failed(exc, context, request_id, method_name, started)
+        except BaseException as exc:
+            record_served(method_name, failed_code(exc, context), started)
+            raise
+        record_served(method_name, code_name(context.code(), "OK"), started)
+
+
+async def _failed(
+    exc: Exception,
+    context: grpc.aio.ServicerContext[Any, Any],
+    request_id: str,
+    method_name: str,
+    started: float,
+) -> NoReturn:
+    """Counts the call with the status it ends with, then ends it so."""
+    if isinstance(exc, grpc.aio.AbortError):  # aborted by the servicer: its code stands
+        record_served(method_name, failed_code(exc, context), started)
+        raise exc
+    record_served(method_name, status_for(exc).name, started)
+    await abort_with(exc, context, request_id)
 
 
 @contextlib.contextmanager

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
-from grpc_interceptor.server import AsyncServerInterceptor
 from prometheus_client import Counter, Histogram
 from prometheus_client.metrics import Counter as CounterType
 from prometheus_client.metrics import Histogram as HistogramType
@@ -84,48 +83,16 @@ _server = _Recorder(SERVER_HANDLED, SERVER_SECONDS)
 _client = _Recorder(CLIENT_HANDLED, CLIENT_SECONDS)
 
 
-class ServerMetricsInterceptor(AsyncServerInterceptor):
-    """Outermost on the server, so it sees the status the error mapping and the decode guard
-    chose (an abort leaves its code on the context)."""
-
-    async def intercept(
-        self,
-        method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any],
-        request_or_iterator: Any,
-        context: grpc.aio.ServicerContext[Any, Any],
-        method_name: str,
-    ) -> Any:
-        started = time.perf_counter()
-        try:
-            response = method(request_or_iterator, context)
-            if hasattr(response, "__aiter__"):
-                return _counted_stream(response, context, method_name, started)
-            result = await response
-        except BaseException as exc:
-            _server.record(method_name, _failed_code(exc, context), started)
-            raise
-        _server.record(method_name, code_name(context.code(), "OK"), started)
-        return result
+def record_served(method_name: str, code: str, started: float) -> None:
+    """One served call: its status and how long it took. Recorded by the error mapping (which
+    chooses the status) and the decode guard (which answers before it), not by an interceptor
+    layer of its own: each layer costs ~20 us of CPU per call."""
+    _server.record(method_name, code, started)
 
 
-async def _counted_stream(
-    stream: AsyncIterator[Any],
-    context: grpc.aio.ServicerContext[Any, Any],
-    method_name: str,
-    started: float,
-) -> AsyncIterator[Any]:
-    try:
-        async for item in stream:
-            yield item
-    except BaseException as exc:
-        _server.record(method_name, _failed_code(exc, context), started)
-        raise
-    _server.record(method_name, code_name(context.code(), "OK"), started)
-
-
-def _failed_code(exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    # What grpc answers for an exception that is not an abort: the caller went away
-    # (cancelled) or a bug (UNKNOWN).
+def failed_code(exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The status of a call that ended in `exc`: the abort's code, else what grpc answers for
+    an exception that is not an abort (the caller went away: cancelled; a bug: UNKNOWN)."""
     default = "CANCELLED" if isinstance(exc, GeneratorExit | asyncio.CancelledError) else "UNKNOWN"
     return code_name(context.code(), default)
 

@@ -21,7 +21,6 @@ from grpc_reflection.v1alpha import reflection
 from common.aio import wait_any
 from common.grpc.decoding import DecodeGuardInterceptor
 from common.grpc.errors import ErrorMappingInterceptor
-from common.grpc.metrics import ServerMetricsInterceptor
 
 log = structlog.get_logger(__name__)
 
@@ -106,14 +105,10 @@ def create_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with our interceptors, health and reflection, bound to `address` (port 0 ok)."""
     server = grpc.aio.server(
-        # Metrics outermost, to count the status the others chose; then the decode guard,
-        # which answers undecodable requests before anything else runs. The error mapping
-        # also opens the request's span (common.grpc.tracing.served).
-        interceptors=[
-            ServerMetricsInterceptor(),
-            DecodeGuardInterceptor(),
-            ErrorMappingInterceptor(),
-        ],
+        # The decode guard answers undecodable requests before anything else runs; the error
+        # mapping also opens the request's span and records its metrics (one layer for all
+        # three: each layer costs ~20 us of CPU per call).
+        interceptors=[DecodeGuardInterceptor(), ErrorMappingInterceptor()],
         options=[
             ("grpc.so_reuseport", 0),
             # Our largest request is a few hundred bytes; nobody needs to send us megabytes.
