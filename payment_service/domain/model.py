@@ -478,7 +478,14 @@ class Payment:
         )
 
     def record_hold(self, hold_id: str) -> None:
-        """The wallet holds the money: the provider may now be asked (`payment.funds_held`)."""
+        """The wallet holds the money: the provider may now be asked (`payment.funds_held`).
+        A payment that ended (cancelled, or failed by a concurrent attempt) while its hold was
+        being placed keeps the hold too, so that it is released (`needs_hold_release`)."""
+        ended = self.status in (PaymentStatus.FAILED, PaymentStatus.CANCELLED)
+        if ended and self.saga.hold is HoldState.NONE:
+            # Noted, so that the hold is stored (a save without a step writes nothing).
+            self.saga.hold_id, self.saga.hold = hold_id, HoldState.PLACED
+            self._note("hold.placed", {"hold_id": hold_id, "after": self.status.value})
         if not self.needs_hold():
             return
         self.saga.hold_id, self.saga.hold = hold_id, HoldState.PLACED

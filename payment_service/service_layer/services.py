@@ -31,7 +31,6 @@ from payment_service.domain.errors import Refused, RequestInFlight
 from payment_service.domain.model import (
     ANONYMOUS,
     DepositRequest,
-    HoldState,
     IdempotencyClaim,
     Payment,
     PaymentFilter,
@@ -363,20 +362,7 @@ class PaymentService:
             await self._reject(payment.payment_id, refusal)
             raise
         crash_point("payment.hold_placed")
-
-        async def record() -> Payment:
-            async with self._uow() as uow:
-                current = await self._get(uow, payment.payment_id)
-                current.record_hold(hold_id)
-                if current.saga.hold is HoldState.NONE and current.status.is_terminal:
-                    # Cancelled while the hold was being placed: it is released below.
-                    current.saga.hold_id, current.saga.hold = hold_id, HoldState.PLACED
-                await self._save(uow, current)
-                await uow.payments.answer_claim(current.payment_id, version=current.version)
-                await uow.commit()
-                return current
-
-        held = await retry_on_conflict(record)
+        held = await self._answer(payment.payment_id, lambda p: p.record_hold(hold_id))
         if held.needs_hold_release():
             await self.release_hold(held.payment_id)
         return held
@@ -394,34 +380,40 @@ class PaymentService:
             await self._reject(payment.payment_id, refusal)
             raise
         crash_point("payment.transfer_moved")
+        return await self._answer(payment.payment_id, lambda p: p.complete_transfer(transaction_id))
+
+    async def _reject(self, payment_id: str, refusal: DomainError) -> None:
+        await self._answer(
+            payment_id, lambda p: p.reject(refusal.reason, refusal.message), refusal=refusal
+        )
+        log.info("payment.refused", payment_id=payment_id, reason=refusal.reason)
+
+    async def _answer(
+        self,
+        payment_id: str,
+        decide: Callable[[Payment], None],
+        *,
+        refusal: DomainError | None = None,
+    ) -> Payment:
+        """Records what the request path's wallet call did (`decide`) and, in the same
+        transaction, stores the payment as it now stands (or the refusal) as its idempotency
+        key's response."""
 
         async def record() -> Payment:
             async with self._uow() as uow:
-                current = await self._get(uow, payment.payment_id)
-                current.complete_transfer(transaction_id)
-                await self._save(uow, current)
-                await uow.payments.answer_claim(current.payment_id, version=current.version)
-                await uow.commit()
-                return current
-
-        return await retry_on_conflict(record)
-
-    async def _reject(self, payment_id: str, refusal: DomainError) -> None:
-        async def reject() -> None:
-            async with self._uow() as uow:
                 current = await self._get(uow, payment_id)
-                current.reject(refusal.reason, refusal.message)
+                decide(current)
                 await self._save(uow, current)
                 await uow.payments.answer_claim(
                     payment_id,
                     version=current.version,
-                    error_reason=refusal.reason,
-                    error_message=refusal.message,
+                    error_reason=refusal.reason if refusal else "",
+                    error_message=refusal.message if refusal else "",
                 )
                 await uow.commit()
+                return current
 
-        await retry_on_conflict(reject)
-        log.info("payment.refused", payment_id=payment_id, reason=refusal.reason)
+        return await retry_on_conflict(record)
 
     async def ask_provider(self, payment_id: str) -> None:
         """Saga step, run from a durable event (`payment.initiated` of a deposit,

@@ -407,3 +407,17 @@ async def test_a_hold_that_cannot_be_captured_after_a_payout_goes_to_review() ->
     payment = await world.service.get_payment(payment_id)
     assert payment.status is S.REQUIRES_MANUAL_REVIEW
     assert "capture failed" in (await world.service.history(payment_id))[-1].reason
+
+
+async def test_a_hold_placed_after_the_payment_was_cancelled_is_released() -> None:
+    world = funded()
+    world.wallet.unavailable = True
+    with pytest.raises(DependencyUnavailable):
+        await withdraw(world)
+    (payment,) = world.store.rows.values()
+    await world.service.cancel_payment(payment.payment_id)
+    world.wallet.unavailable = False
+    await world.service._hold_funds(payment)  # the request path's hold, arriving late
+    stored = await world.service.get_payment(payment.payment_id)
+    assert (stored.status, stored.saga.hold) == (S.CANCELLED, HoldState.RELEASED)
+    assert world.wallet.available[ACCOUNT] == 10_000
