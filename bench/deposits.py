@@ -7,7 +7,6 @@ import dataclasses
 import math
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,8 +14,8 @@ from redis.asyncio import Redis
 
 from bench import databases
 from bench.context import BenchContext, Deposit
-from bench.load import Sample, closed_loop, open_loop
-from bench.stats import Latency, rate
+from bench.load import Sample, closed_loop, note_errors, open_loop, span
+from bench.stats import Latency, p50_p99, rate
 from bench.watch import CompletionWatcher
 from common.events import PAYMENT_STREAM
 from gateway_service.bootstrap import DATABASE as GATEWAY_DB
@@ -48,7 +47,7 @@ async def measure_baseline(ctx: BenchContext) -> dict[str, float]:
             call, clients=ctx.options.clients, duration_s=ctx.options.baseline_s
         )
     ok = [s for s in samples if s.error == ""]
-    return {"health_calls_per_s": rate(len(ok), _span(ok))}
+    return {"health_calls_per_s": rate(len(ok), span(ok))}
 
 
 async def measure(ctx: BenchContext) -> dict[str, float]:
@@ -147,12 +146,12 @@ async def _closed(
     ]
     ctx.timeline.latencies["create → completed (closed)"] = to_completed
     ctx.timeline.latencies["CreateDeposit (closed)"] = [s.latency for s in ok]
-    _note_errors(ctx, "closed loop", samples)
+    note_errors(ctx.notes, "closed loop", samples, "CreateDeposit")
     return {
-        "deposit_creates_per_s": rate(len(ok), _span(ok)),
+        "deposit_creates_per_s": rate(len(ok), span(ok)),
         **Latency.of_seconds([s.latency for s in ok]).figures("deposit_create"),
         "deposits_completed_per_s": rate(len(done), max(done, default=math.nan) - first_create),
-        **_p50_p99(Latency.of_seconds(to_completed).figures("create_to_completed")),
+        **p50_p99(Latency.of_seconds(to_completed).figures("create_to_completed")),
         "deposit_errors_closed": float(len(samples) - len(ok)),
     }
 
@@ -179,11 +178,11 @@ async def _open(
     lags = await _webhook_lags(ctx, sorted(ids))
     ctx.timeline.latencies["CreateDeposit (open)"] = [s.latency for s in ok]
     ctx.timeline.latencies["webhook → completed (open)"] = lags
-    _note_errors(ctx, "open loop", samples)
+    note_errors(ctx.notes, "open loop", samples, "CreateDeposit")
     return {
         "open_loop_arrivals_per_s": arrivals,
-        **_p50_p99(Latency.of_seconds([s.latency for s in ok]).figures("open_create")),
-        **_p50_p99(Latency.of_seconds(lags).figures("webhook_to_completed")),
+        **p50_p99(Latency.of_seconds([s.latency for s in ok]).figures("open_create")),
+        **p50_p99(Latency.of_seconds(lags).figures("webhook_to_completed")),
         "deposit_errors_open": float(len(samples) - len(ok)),
     }
 
@@ -210,19 +209,3 @@ def _record_timeline(
     ids = _accepted_ids(samples)
     ctx.timeline.creates.extend(s.finished for s in samples if s.result is not None)
     ctx.timeline.completions.extend(t for pid, t in watcher.completed.items() if pid in ids)
-
-
-def _note_errors(ctx: BenchContext, phase: str, samples: Sequence[Sample[Deposit]]) -> None:
-    errors = [s.error for s in samples if s.result is None]
-    if errors:
-        ctx.notes.append(f"{phase}: {len(errors)} CreateDeposit calls failed, e.g. {errors[0]}")
-
-
-def _p50_p99(figures: dict[str, float]) -> dict[str, float]:
-    return {key: value for key, value in figures.items() if not key.endswith("_p95_ms")}
-
-
-def _span(samples: Sequence[Sample[Any]]) -> float:
-    if not samples:
-        return math.nan
-    return max(s.finished for s in samples) - min(s.started for s in samples)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -23,6 +24,20 @@ class Sample(Generic[T]):
     @property
     def latency(self) -> float:
         return self.finished - self.started
+
+
+def span(samples: Sequence[Sample[Any]]) -> float:
+    """Seconds from the first call's start to the last one's end (NaN without calls)."""
+    if not samples:
+        return math.nan
+    return max(s.finished for s in samples) - min(s.started for s in samples)
+
+
+def note_errors(notes: list[str], phase: str, samples: Sequence[Sample[Any]], call: str) -> None:
+    """One note per phase whose calls failed: how many, and the first error."""
+    errors = [s.error for s in samples if s.result is None]
+    if errors:
+        notes.append(f"{phase}: {len(errors)} {call} calls failed, e.g. {errors[0]}")
 
 
 async def _timed(call: Callable[[int], Awaitable[T]], i: int, started: float) -> Sample[T]:

@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 
 from bench.context import BenchContext, Movement
 from bench.deposits import CALL_TIMEOUT_S, CURRENCY, amount_of
-from bench.load import Sample, closed_loop
-from bench.stats import Latency, rate
+from bench.load import closed_loop, note_errors, span
+from bench.stats import Latency, p50_p99, rate
 from bench.watch import CompletionWatcher
 from common.events import PAYMENT_STREAM
 from paysuite.common.v1 import money_pb2
@@ -149,10 +149,10 @@ async def _transfers(
     )
     ok = [s for s in samples if s.result is not None]
     ctx.timeline.latencies["CreateTransfer (closed)"] = [s.latency for s in ok]
-    _note_errors(ctx, "transfers", samples)
+    note_errors(ctx.notes, "transfers", samples, "CreateTransfer")
     return {
-        "transfers_completed_per_s": rate(len(ok), _span(ok)),
-        **_p50_p99(Latency.of_seconds([s.latency for s in ok]).figures("transfer_create")),
+        "transfers_completed_per_s": rate(len(ok), span(ok)),
+        **p50_p99(Latency.of_seconds([s.latency for s in ok]).figures("transfer_create")),
         "transfer_errors": float(len(samples) - len(ok)),
     }
 
@@ -183,28 +183,12 @@ async def _withdrawals(
     ]
     ctx.timeline.latencies["CreateWithdrawal (closed)"] = [s.latency for s in ok]
     ctx.timeline.latencies["withdrawal create → completed"] = to_completed
-    _note_errors(ctx, "withdrawals", samples)
+    note_errors(ctx.notes, "withdrawals", samples, "CreateWithdrawal")
     if len(done) < len(ids):
         ctx.notes.append(f"withdrawals: {len(ids) - len(done)} of {len(ids)} did not complete")
     return {
         "withdrawals_completed_per_s": rate(len(done), max(done, default=math.nan) - first_create),
-        **_p50_p99(Latency.of_seconds([s.latency for s in ok]).figures("withdrawal_create")),
-        **_p50_p99(Latency.of_seconds(to_completed).figures("withdrawal_to_completed")),
+        **p50_p99(Latency.of_seconds([s.latency for s in ok]).figures("withdrawal_create")),
+        **p50_p99(Latency.of_seconds(to_completed).figures("withdrawal_to_completed")),
         "withdrawal_errors": float(len(samples) - len(ok)),
     }
-
-
-def _note_errors(ctx: BenchContext, phase: str, samples: Sequence[Sample[Movement]]) -> None:
-    errors = [s.error for s in samples if s.result is None]
-    if errors:
-        ctx.notes.append(f"{phase}: {len(errors)} calls failed, e.g. {errors[0]}")
-
-
-def _p50_p99(figures: dict[str, float]) -> dict[str, float]:
-    return {key: value for key, value in figures.items() if not key.endswith("_p95_ms")}
-
-
-def _span(samples: Sequence[Sample[Movement]]) -> float:
-    if not samples:
-        return math.nan
-    return max(s.finished for s in samples) - min(s.started for s in samples)

@@ -49,6 +49,11 @@ class Latency:
         }
 
 
+def p50_p99(figures: dict[str, float]) -> dict[str, float]:
+    """A latency's figures without its p95 (the table shows the median and the tail)."""
+    return {key: value for key, value in figures.items() if not key.endswith("_p95_ms")}
+
+
 def rate(count: int, seconds: float) -> float:
     """Events per second; NaN when nothing was timed."""
     return count / seconds if seconds > 0 else math.nan
