@@ -34,7 +34,7 @@ from payment_service.domain.review import (
     mismatch_key,
 )
 from payment_service.service_layer.ports import UnitOfWork, WalletPort
-from payment_service.service_layer.services import save_settling_refunds
+from payment_service.service_layer.services import page_params, save_settling_refunds
 
 log = structlog.get_logger(__name__)
 
@@ -131,13 +131,7 @@ class ReviewService:
         self, *, status: ReviewStatus = ReviewStatus.OPEN, page_size: int, page_token: str
     ) -> CasePage:
         """Cases with `status` (open by default), oldest first, a page at a time."""
-        size = page_size or 50
-        if not 1 <= size <= 100:
-            raise ValidationError(FieldViolation("page_size", "must be between 1 and 100"))
-        try:
-            after = int(page_token) if page_token else None
-        except ValueError:
-            raise ValidationError(FieldViolation("page_token", "is not a valid token")) from None
+        size, after = page_params(page_size, page_token)
         async with self._uow() as uow:
             rows = await uow.payments.list_cases(status=status, limit=size, after_seq=after)
         token = str(rows[-1][0]) if len(rows) == size else ""

@@ -66,6 +66,17 @@ Refusal: TypeAlias = tuple[str, FailedPrecondition | NotFound]
 DEFAULT_PAYMENT_METHOD = "pm_card_ok"
 
 
+def page_params(page_size: int, page_token: str) -> tuple[int, int | None]:
+    """A listing's page size (1-100, 50 when unset) and cursor (a sequence number)."""
+    size = page_size or 50
+    if not 1 <= size <= 100:
+        raise ValidationError(FieldViolation("page_size", "must be between 1 and 100"))
+    try:
+        return size, int(page_token) if page_token else None
+    except ValueError:
+        raise ValidationError(FieldViolation("page_token", "is not a valid token")) from None
+
+
 async def _made(payment: Payment) -> Payment:
     return payment
 
@@ -660,13 +671,7 @@ class PaymentService:
             raise ValidationError(
                 FieldViolation("created_before", "must be later than created_after")
             )
-        size = page_size or 50
-        if not 1 <= size <= 100:
-            raise ValidationError(FieldViolation("page_size", "must be between 1 and 100"))
-        try:
-            before = int(page_token) if page_token else None
-        except ValueError:
-            raise ValidationError(FieldViolation("page_token", "is not a valid token")) from None
+        size, before = page_params(page_size, page_token)
         async with self._uow() as uow:
             rows = await uow.payments.list(
                 account_id=account_id, limit=size, before_seq=before, where=where or PaymentFilter()
