@@ -63,30 +63,38 @@ async def run(settings: Settings, console: Console, *, timeout_s: float) -> bool
         )
         console.print(f"opened accounts [bold]{account.account_id}[/] and {saver.account_id} (USD)")
         follow = _Follower(payments, console, timeout_s)
-        deposit = await follow(
-            f"deposit of {usd(1250)} with payment method pm_card_ok",
-            payments.CreateDeposit(
-                payment_pb2.CreateDepositRequest(
-                    idempotency_key=_key(),
-                    account_id=account.account_id,
-                    amount=_money(1250),
-                    payment_method="pm_card_ok",
+        account_id = account.account_id
+
+        async def deposit_of(amount: int, method: str) -> payment_pb2.Payment | None:
+            return await follow(
+                f"deposit of {usd(amount)} with payment method {method}",
+                payments.CreateDeposit(
+                    payment_pb2.CreateDepositRequest(
+                        idempotency_key=_key(),
+                        account_id=account_id,
+                        amount=_money(amount),
+                        payment_method=method,
+                    ),
+                    timeout=10,
                 ),
-                timeout=10,
-            ),
-        )
-        declined = await follow(
-            f"deposit of {usd(700)} with payment method pm_card_declined",
-            payments.CreateDeposit(
-                payment_pb2.CreateDepositRequest(
-                    idempotency_key=_key(),
-                    account_id=account.account_id,
-                    amount=_money(700),
-                    payment_method="pm_card_declined",
+            )
+
+        async def withdrawal_of(amount: int, destination: str) -> payment_pb2.Payment | None:
+            return await follow(
+                f"withdrawal of {usd(amount)} to destination {destination}",
+                payments.CreateWithdrawal(
+                    payment_pb2.CreateWithdrawalRequest(
+                        idempotency_key=_key(),
+                        account_id=account_id,
+                        amount=_money(amount),
+                        destination=destination,
+                    ),
+                    timeout=10,
                 ),
-                timeout=10,
-            ),
-        )
+            )
+
+        deposit = await deposit_of(1250, "pm_card_ok")
+        declined = await deposit_of(700, "pm_card_declined")
         transfer = await follow(
             f"transfer of {usd(250)} to the second account",
             payments.CreateTransfer(
@@ -99,30 +107,8 @@ async def run(settings: Settings, console: Console, *, timeout_s: float) -> bool
                 timeout=10,
             ),
         )
-        withdrawal = await follow(
-            f"withdrawal of {usd(300)} to destination acct_ok",
-            payments.CreateWithdrawal(
-                payment_pb2.CreateWithdrawalRequest(
-                    idempotency_key=_key(),
-                    account_id=account.account_id,
-                    amount=_money(300),
-                    destination="acct_ok",
-                ),
-                timeout=10,
-            ),
-        )
-        bounced = await follow(
-            f"withdrawal of {usd(100)} to destination acct_fail (the provider declines it)",
-            payments.CreateWithdrawal(
-                payment_pb2.CreateWithdrawalRequest(
-                    idempotency_key=_key(),
-                    account_id=account.account_id,
-                    amount=_money(100),
-                    destination="acct_fail",
-                ),
-                timeout=10,
-            ),
-        )
+        withdrawal = await withdrawal_of(300, "acct_ok")
+        bounced = await withdrawal_of(100, "acct_fail")  # the provider declines it
         ok = all(p is not None for p in (deposit, declined, transfer, withdrawal, bounced))
         if deposit is not None:
             refund = await follow(
