@@ -6,7 +6,7 @@ cases (the eventsourcing pattern of one abstract suite per recorder)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -413,16 +413,30 @@ class TestInMemoryStore(StoreContract):
         return factory
 
 
+@pytest.fixture(scope="module")
+def store_settings(base_settings: Settings) -> Iterator[Settings]:
+    """A payments database of the contract's own: on the suite's shared one, the running
+    payment service's saga consumer acts on the payments these cases write (it records a
+    charge's recovery point), racing the cases' own saves."""
+    from common import db
+    from payment_service.bootstrap import DATABASE
+
+    settings = base_settings.model_copy(update={"database_prefix": f"s{uuid.uuid4().hex[:8]}_"})
+    DATABASE.migrate(settings)
+    yield settings
+    db.drop_database(DATABASE.url(settings))
+
+
 @pytest.mark.integration
 @pytest.mark.asyncio(loop_scope="session")
 class TestSqlStore(StoreContract):
     @pytest_asyncio.fixture(loop_scope="session")
-    async def uow(self, migrated: Settings) -> AsyncIterator[UowFactory]:
+    async def uow(self, store_settings: Settings) -> AsyncIterator[UowFactory]:
         from common import db
         from payment_service.adapters.uow import PaymentUnitOfWork
         from payment_service.bootstrap import DATABASE
 
-        engine = db.create_engine(DATABASE.url(migrated), pool_size=2)
+        engine = db.create_engine(DATABASE.url(store_settings), pool_size=2)
 
         def factory() -> UnitOfWork:
             return PaymentUnitOfWork(engine)
