@@ -83,6 +83,7 @@ class BenchContext:
     timeline: Timeline = field(default_factory=Timeline)
     notes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    token: str = ""  # the bench's bearer token (bench.auth)
 
     @property
     def database_url(self) -> str:

@@ -8,11 +8,11 @@ import math
 import uuid
 from collections.abc import Sequence
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
 from bench import databases
+from bench.auth import bench_channel
 from bench.context import BenchContext, Deposit
 from bench.load import Sample, closed_loop, note_errors, open_loop, span
 from bench.stats import Latency, p50_p99, rate
@@ -35,7 +35,7 @@ def amount_of(i: int) -> int:
 
 
 async def measure_baseline(ctx: BenchContext) -> dict[str, float]:
-    async with grpc.aio.insecure_channel(ctx.settings.payment_target) as channel:
+    async with bench_channel(ctx.settings.payment_target, ctx.token) as channel:
         # The typeshed stub declares no methods on HealthStub.
         check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]
 
@@ -52,8 +52,8 @@ async def measure_baseline(ctx: BenchContext) -> dict[str, float]:
 
 async def measure(ctx: BenchContext) -> dict[str, float]:
     """Closed loop, then an open loop at half the closed loop's completion rate."""
-    wallet_channel = grpc.aio.insecure_channel(ctx.settings.wallet_target)
-    payment_channel = grpc.aio.insecure_channel(ctx.settings.payment_target)
+    wallet_channel = bench_channel(ctx.settings.wallet_target, ctx.token)
+    payment_channel = bench_channel(ctx.settings.payment_target, ctx.token)
     redis = Redis.from_url(ctx.redis_url)
     try:
         wallet = wallet_pb2_grpc.WalletServiceStub(wallet_channel)

@@ -27,6 +27,7 @@ from bench import (
     wallet_bench,
     webhook_bench,
 )
+from bench.auth import bench_channel, bench_token
 from bench.checks import money_problems, movement_problems, not_terminal
 from bench.context import BenchContext, BenchOptions
 from bench.suite import SuiteFailed, fresh_suite, running_suite
@@ -47,6 +48,7 @@ async def _wallet(ctx: BenchContext) -> dict[str, float]:
     """Postings straight to the wallet, on accounts of its own (outside the money check)."""
     return await wallet_bench.measure(
         ctx.settings.wallet_target,
+        ctx.token,
         duration_s=max(ctx.options.open_duration_s, 4.0),
         concurrency=ctx.options.clients,
     )
@@ -90,7 +92,12 @@ def run(
         console.print("starting a fresh suite on the embedded servers ...")
     suite_cm = running_suite(settings) if target_running else fresh_suite(settings)
     with suite_cm as suite:
-        ctx = BenchContext(settings=suite.settings, options=options, run_id=_run_id())
+        ctx = BenchContext(
+            settings=suite.settings,
+            options=options,
+            run_id=_run_id(),
+            token=bench_token(suite.settings),
+        )
         try:
             problems = asyncio.run(measure_all(ctx, console, sections))
         except grpc.RpcError as exc:
@@ -151,7 +158,7 @@ async def _check_movements(ctx: BenchContext) -> list[str]:
 
 
 async def _balances(ctx: BenchContext, accounts: Iterable[str]) -> dict[str, int]:
-    async with grpc.aio.insecure_channel(ctx.settings.wallet_target) as channel:
+    async with bench_channel(ctx.settings.wallet_target, ctx.token) as channel:
         wallet = wallet_pb2_grpc.WalletServiceStub(channel)
         balances = {}
         for account_id in accounts:

@@ -13,9 +13,9 @@ import math
 import uuid
 from collections.abc import Sequence
 
-import grpc
 from redis.asyncio import Redis
 
+from bench.auth import bench_channel
 from bench.context import BenchContext, Movement
 from bench.deposits import CALL_TIMEOUT_S, CURRENCY, amount_of
 from bench.load import closed_loop, note_errors, span
@@ -45,8 +45,8 @@ def transfer_pair(i: int, accounts: Sequence[str]) -> tuple[str, str]:
 
 
 async def measure(ctx: BenchContext) -> dict[str, float]:
-    wallet_channel = grpc.aio.insecure_channel(ctx.settings.wallet_target)
-    payment_channel = grpc.aio.insecure_channel(ctx.settings.payment_target)
+    wallet_channel = bench_channel(ctx.settings.wallet_target, ctx.token)
+    payment_channel = bench_channel(ctx.settings.payment_target, ctx.token)
     redis = Redis.from_url(ctx.redis_url)
     try:
         wallet = wallet_pb2_grpc.WalletServiceStub(wallet_channel)

@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.auth import bench_channel, bench_token
+from common.config import load_settings
 from paysuite.common.v1 import money_pb2
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -100,9 +102,9 @@ async def _closed_loop(step: Step, recorder: _Recorder, duration_s: float, clien
 
 
 async def measure(
-    wallet_target: str, *, duration_s: float = 10.0, concurrency: int = 32
+    wallet_target: str, token: str, *, duration_s: float = 10.0, concurrency: int = 32
 ) -> dict[str, float]:
-    channels = [grpc.aio.insecure_channel(wallet_target) for _ in range(CHANNELS)]
+    channels = [bench_channel(wallet_target, token) for _ in range(CHANNELS)]
     try:
         baseline = await _trivial_calls_per_s(channels, duration_s / 4, concurrency)
         stubs = [wallet_pb2_grpc.WalletServiceStub(ch) for ch in channels]
@@ -196,8 +198,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
+    token = bench_token(load_settings())
     figures = asyncio.run(
-        measure(args.target, duration_s=args.duration, concurrency=args.concurrency)
+        measure(args.target, token, duration_s=args.duration, concurrency=args.concurrency)
     )
     print(json.dumps({k: round(v, 2) for k, v in figures.items()}, indent=2))
 

@@ -19,7 +19,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEV_WEBHOOK_SECRET = "whsec_cGF5c3VpdGUtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="  # noqa: S105 - public dev value
 # Development-only secret of the second simulator, which signs in Stripe's format.
 DEV_STRIPE_WEBHOOK_SECRET = "whsec_paysuite_development_stripe_format_secret"  # noqa: S105 - public dev value
-DEV_SECRETS = frozenset({DEV_WEBHOOK_SECRET, DEV_STRIPE_WEBHOOK_SECRET})
+# Development-only token-signing secret of docker-compose.dev.yml (`paysuite up` makes a random
+# one per data folder instead).
+DEV_AUTH_SECRET = "paysuite-development-token-signing-secret-not-for-production"  # noqa: S105 - public dev value
+DEV_SECRETS = frozenset({DEV_WEBHOOK_SECRET, DEV_STRIPE_WEBHOOK_SECRET, DEV_AUTH_SECRET})
+SIGNING_KEY_FILE = "auth.secret"
 
 ENDPOINTS_FILE = "endpoints.json"
 
@@ -87,6 +91,18 @@ class Settings(BaseSettings):
     providers: tuple[ProviderConfig, ...] = ()
     # The public development secrets are refused unless this is set (`paysuite up` sets it).
     allow_dev_secrets: bool = False
+
+    # Access control (common.tokens): exactly one key source verifies callers' bearer tokens.
+    # Unset everywhere: `paysuite up` passes its data folder's secret to its processes.
+    auth_secret: SecretStr | None = None
+    auth_public_key_file: Path | None = None
+    auth_jwks_file: Path | None = None
+    auth_audience: str = Field(default="paysuite", min_length=1)
+    auth_issuer: str = ""
+    auth_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    # The token this process presents to the other services (role service). Unset with a
+    # shared secret: the process mints its own.
+    service_token: SecretStr | None = None
 
     provider_attempts: int = Field(default=3, ge=1, le=10)
     breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)

@@ -6,6 +6,8 @@ to gRPC status codes (common.grpc.errors) and HTTP statuses; domain code never k
     ├── NotFound                 the referenced thing does not exist
     ├── AlreadyExists            creating something that exists
     ├── IdempotencyConflict      a key / operation ref reused with different parameters
+    ├── Unauthenticated          no credentials, or credentials that do not verify
+    ├── PermissionDenied         the caller may not do this (not the owner, not an operator)
     ├── FailedPrecondition       the state does not allow it
     │   └── InsufficientFunds
     ├── ConcurrentUpdate         lost an optimistic race; retrying is safe
@@ -64,6 +66,14 @@ class AlreadyExists(DomainError):
 
 class IdempotencyConflict(DomainError):
     reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class Unauthenticated(DomainError):
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainError):
+    reason = "PERMISSION_DENIED"
 
 
 class FailedPrecondition(DomainError):

@@ -8,19 +8,19 @@ import aiohttp
 
 from common.bootstrap import Infra, ServiceDatabase
 from common.config import Settings
+from common.grpc.auth import authenticator
 from common.grpc.server import ServiceRuntime, create_server
 from gateway_service.adapters.provider import SimulatorProvider, provider_session
 from gateway_service.adapters.uow import GatewayUnitOfWork
-from gateway_service.entrypoints.grpc_servicer import GatewayServicer
+from gateway_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME, GatewayServicer
 from gateway_service.metrics import breaker_moved
 from gateway_service.service_layer.breaker import BreakerOptions, CircuitBreaker, Transition
 from gateway_service.service_layer.providers import GuardedProvider, ProviderRouter, RetryPolicy
 from gateway_service.service_layer.services import GatewayService
-from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from paysuite.gateway.v1 import gateway_pb2_grpc
 
 NAME = "gateway-service"
 DATABASE = ServiceDatabase("gateway", Path(__file__).parent / "adapters" / "migrations")
-SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
 
 def breaker_options(settings: Settings) -> BreakerOptions:
@@ -64,6 +64,7 @@ def build_router(
 
 
 async def build(settings: Settings, address: str) -> ServiceRuntime:
+    auth = authenticator(settings, POLICY)  # a missing key is a ConfigError before any connection
     infra = Infra.connect(settings, DATABASE)
     session = provider_session()
     relay = _TransitionRelay()
@@ -81,6 +82,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
                 lambda s: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, s)
             ],
             service_names=[SERVICE_NAME],
+            auth=auth,
         )
     except BaseException:
         # Nothing owns these yet: a taken port must not leak the connections.

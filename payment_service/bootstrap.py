@@ -9,30 +9,33 @@ from pathlib import Path
 from common.bootstrap import Infra, ServiceDatabase
 from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM
+from common.grpc.auth import authenticator
 from common.grpc.client import create_channel
 from common.grpc.server import ServiceRuntime, create_server
+from common.tokens import ServiceToken
 from payment_service.adapters.change_feed import PaymentChangeFeed
 from payment_service.adapters.clients import GatewayClient, WalletClient
 from payment_service.adapters.uow import PaymentUnitOfWork
 from payment_service.entrypoints.gateway_events import GROUP, GatewayEventsEntrypoint
-from payment_service.entrypoints.grpc_servicer import PaymentServicer
+from payment_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME, PaymentServicer
 from payment_service.entrypoints.housekeeping import Housekeeping, ReviewSlaAlarm, SagaResumer
 from payment_service.entrypoints.payment_events import GROUP as SAGA_GROUP
 from payment_service.entrypoints.payment_events import PaymentSagaEntrypoint
 from payment_service.service_layer.handlers import GatewayEventHandlers
 from payment_service.service_layer.reviews import ReviewService
 from payment_service.service_layer.services import PaymentService
-from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
+from paysuite.payment.v1 import payment_pb2_grpc
 
 NAME = "payment-service"
 DATABASE = ServiceDatabase("payments", Path(__file__).parent / "adapters" / "migrations")
-SERVICE_NAME = payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
 
 
 async def build(settings: Settings, address: str) -> ServiceRuntime:
+    auth = authenticator(settings, POLICY)  # a missing key is a ConfigError before any connection
+    token = ServiceToken(settings, NAME)
     infra = Infra.connect(settings, DATABASE)
-    wallet_channel = create_channel(settings.wallet_target)
-    gateway_channel = create_channel(settings.gateway_target)
+    wallet_channel = create_channel(settings.wallet_target, token=token)
+    gateway_channel = create_channel(settings.gateway_target, token=token)
     timeout_s = settings.rpc_timeout_ms / 1000
     wallet = WalletClient(wallet_channel, timeout_s=timeout_s)
 
@@ -65,6 +68,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         address,
         registrars=[lambda s: payment_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
+        auth=auth,
     )
 
     async def close_channels() -> None:

@@ -18,6 +18,7 @@ from common.money import Money
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from paysuite_cli import credentials
 from paysuite_cli.endpoints import SuiteNotRunning
 
 POLL_S = 0.02
@@ -35,16 +36,27 @@ def status_name(status: int) -> str:
     return payment_pb2.PaymentStatus.Name(status).removeprefix("PAYMENT_STATUS_").lower()  # type: ignore[arg-type]
 
 
+DEMO_USER = "demo-user"
+OTHER_USER = "demo-other-user"
+
+
 async def run(settings: Settings, console: Console, *, timeout_s: float) -> bool:
-    wallet_channel = create_channel(settings.wallet_target)
-    payment_channel = create_channel(settings.payment_target)
+    # Every call carries the demo user's bearer token: it owns the accounts it opens, and
+    # only it (or an operator) may read or move their money.
+    token = credentials.as_user(settings, DEMO_USER)
+    console.print(
+        f"acting as [bold]{DEMO_USER}[/] with a token from the suite's key"
+        f" (as `paysuite token issue --user {DEMO_USER}` makes)"
+    )
+    wallet_channel = create_channel(settings.wallet_target, token=token)
+    payment_channel = create_channel(settings.payment_target, token=token)
     async with wallet_channel, payment_channel:
         wallet = wallet_pb2_grpc.WalletServiceStub(wallet_channel)
         payments = payment_pb2_grpc.PaymentServiceStub(payment_channel)
         try:
             account = await wallet.OpenAccount(
                 wallet_pb2.OpenAccountRequest(
-                    operation_ref=f"demo-{uuid.uuid4()}", owner_id="demo-user", currency="USD"
+                    operation_ref=f"demo-{uuid.uuid4()}", owner_id=DEMO_USER, currency="USD"
                 ),
                 timeout=10,
             )
@@ -57,7 +69,7 @@ async def run(settings: Settings, console: Console, *, timeout_s: float) -> bool
             raise
         saver = await wallet.OpenAccount(
             wallet_pb2.OpenAccountRequest(
-                operation_ref=f"demo-{uuid.uuid4()}", owner_id="demo-user", currency="USD"
+                operation_ref=f"demo-{uuid.uuid4()}", owner_id=DEMO_USER, currency="USD"
             ),
             timeout=10,
         )
@@ -125,6 +137,7 @@ async def run(settings: Settings, console: Console, *, timeout_s: float) -> bool
                 payment_pb2.GetPaymentRequest(payment_id=deposit.payment_id), timeout=10
             )
             _print(console, time.monotonic(), parent, "the deposit, after its refund")
+            ok &= await _refused_to_another_user(settings, console, deposit.payment_id)
         console.print("")
         for label, account_id in (("first", account.account_id), ("second", saver.account_id)):
             balance = await wallet.GetBalance(
@@ -133,6 +146,21 @@ async def run(settings: Settings, console: Console, *, timeout_s: float) -> bool
             available = Money(balance.available.amount_minor, balance.available.currency)
             console.print(f"{label} account balance: [bold]{available}[/] available")
         return ok
+
+
+async def _refused_to_another_user(settings: Settings, console: Console, payment_id: str) -> bool:
+    console.print(f"\nanother user ({OTHER_USER}) asks for the deposit")
+    token = credentials.as_user(settings, OTHER_USER)
+    async with create_channel(settings.payment_target, token=token) as channel:
+        try:
+            await payment_pb2_grpc.PaymentServiceStub(channel).GetPayment(
+                payment_pb2.GetPaymentRequest(payment_id=payment_id), timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            console.print(f"  refused: {exc.code().name}: {exc.details()}")
+            return exc.code() is grpc.StatusCode.PERMISSION_DENIED
+    console.print("  [red]it was shown the payment[/red]")
+    return False
 
 
 def usd(amount_minor: int) -> Money:

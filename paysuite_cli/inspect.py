@@ -17,6 +17,8 @@ from common.grpc.client import create_channel
 from common.money import Money
 from paysuite.events.v1 import events_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
+from paysuite_cli import credentials
+from paysuite_cli.credentials import TokenSource
 from paysuite_cli.demo import status_name
 
 STREAMS = {"payment": PAYMENT_STREAM, "wallet": WALLET_STREAM, "gateway": GATEWAY_STREAM}
@@ -24,11 +26,12 @@ STREAMS = {"payment": PAYMENT_STREAM, "wallet": WALLET_STREAM, "gateway": GATEWA
 
 @asynccontextmanager
 async def payment_service(
-    settings: Settings, console: Console
+    settings: Settings, console: Console, token: TokenSource | None = None
 ) -> AsyncIterator[payment_pb2_grpc.PaymentServiceAsyncStub]:
-    """The payment service for one command; an error status ends the command (paysuite_cli
-    .errors turns it into one line and its exit code)."""
-    async with create_channel(settings.payment_target) as channel:
+    """The payment service for one command, as an operator unless given a token; an error
+    status ends the command (paysuite_cli.errors turns it into one line and its exit code)."""
+    token = token or credentials.operator(settings)
+    async with create_channel(settings.payment_target, token=token) as channel:
         yield payment_pb2_grpc.PaymentServiceStub(channel)
 
 

@@ -17,8 +17,8 @@ from common.embedded import EmbeddedServers, start_embedded
 from common.logging import configure_logging
 from paysuite.common.v1 import money_pb2
 from paysuite_cli import bench as bench_module
+from paysuite_cli import credentials, endpoints, errors, ops, supervisor
 from paysuite_cli import demo as demo_module
-from paysuite_cli import endpoints, errors, ops, supervisor
 from paysuite_cli import inspect as inspect_module
 from paysuite_cli import payments as payments_module
 from paysuite_cli import providers as providers_module
@@ -63,6 +63,9 @@ app.add_typer(providers_module.sim, name="sim")
 wallet_cli.register(app)
 console = Console()
 app.command()(bench_module.bench)
+token = typer.Typer(help="Bearer tokens for the suite's gRPC APIs.", no_args_is_help=True)
+token.command("issue")(credentials.issue)
+app.add_typer(token, name="token")
 app.command()(recover_module.recover)
 ops.register(app, events)
 
@@ -363,7 +366,11 @@ def review_resolve(
     ],
     note: Annotated[str, typer.Option(help="Why: kept with the case and the payment.")],
     by: Annotated[
-        str | None, typer.Option("--by", help="Who decides (default: $USER, or operator).")
+        str | None,
+        typer.Option(
+            "--by",
+            help="Who decides (default: your login name); with PAYSUITE_TOKEN, its subject.",
+        ),
     ] = None,
 ) -> None:
     """Resolve a review case (once).
@@ -379,7 +386,7 @@ def review_resolve(
             case_id,
             resolution=resolution,
             note=note,
-            resolved_by=by or review_module.default_operator(),
+            operator=by,
         )
     )
 

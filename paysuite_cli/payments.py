@@ -18,6 +18,7 @@ from common.config import Settings
 from common.money import CURRENCY_EXPONENTS, MAX_AMOUNT_MINOR, Money
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2
+from paysuite_cli import credentials
 from paysuite_cli.demo import status_name
 from paysuite_cli.inspect import payment_service
 
@@ -63,7 +64,8 @@ async def withdraw(
     destination: str,
     key: str,
 ) -> None:
-    async with payment_service(settings, console) as stub:
+    token = await credentials.as_owner(settings, account_id)
+    async with payment_service(settings, console, token) as stub:
         payment = await stub.CreateWithdrawal(
             payment_pb2.CreateWithdrawalRequest(
                 idempotency_key=key, account_id=account_id, amount=amount, destination=destination
@@ -82,7 +84,8 @@ async def transfer(
     amount: money_pb2.Money,
     key: str,
 ) -> None:
-    async with payment_service(settings, console) as stub:
+    token = await credentials.as_owner(settings, source_account_id)
+    async with payment_service(settings, console, token) as stub:
         payment = await stub.CreateTransfer(
             payment_pb2.CreateTransferRequest(
                 idempotency_key=key,

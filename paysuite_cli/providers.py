@@ -18,6 +18,7 @@ from rich.table import Table
 from common.config import Settings
 from common.grpc.client import create_channel
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from paysuite_cli import credentials
 from paysuite_cli.endpoints import locate
 
 console = Console()
@@ -35,7 +36,9 @@ def providers() -> None:
 
 
 async def _show_providers(settings: Settings) -> None:
-    async with create_channel(settings.gateway_target) as channel:
+    async with create_channel(
+        settings.gateway_target, token=credentials.operator(settings)
+    ) as channel:
         response = await gateway_pb2_grpc.GatewayServiceStub(channel).GetProviderStatus(
             gateway_pb2.GetProviderStatusRequest(), timeout=10
         )

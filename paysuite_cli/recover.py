@@ -20,6 +20,7 @@ from rich.table import Table
 
 from common.config import ConfigError, Settings
 from common.logging import configure_logging
+from common.tokens import with_local_key
 from paysuite_cli.endpoints import SuiteNotRunning, locate
 from recovery_worker.bootstrap import Connections, build_worker
 from recovery_worker.domain.model import SweepReport, SweepStatus
@@ -44,7 +45,9 @@ def recover(
         settings = locate()
         # The table says what each sweep did; only warnings (a stalled consumer) go to the log.
         configure_logging(level="WARNING", fmt=settings.log_format)
-        settings = settings.model_copy(update={"redis_url": settings.require_redis_url()})
+        settings = with_local_key(
+            settings.model_copy(update={"redis_url": settings.require_redis_url()})
+        )
         reports = asyncio.run(run_once(settings))
     except (ConfigError, SuiteNotRunning) as exc:
         console.print(f"[red]paysuite recover: {escape(str(exc))}[/red]")

@@ -3,7 +3,6 @@ service's gRPC API (the suite must be running, as for `paysuite payments ...`)."
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from enum import StrEnum
@@ -18,6 +17,7 @@ from common.config import Settings
 from common.grpc.client import create_channel, error_info
 from common.money import Money
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
+from paysuite_cli import credentials
 from paysuite_cli.demo import status_name
 
 RPC_TIMEOUT_S = 10
@@ -36,17 +36,15 @@ _RESOLUTION = {
 }
 
 
-def default_operator() -> str:
-    return os.environ.get("USER") or "operator"
-
-
 @asynccontextmanager
 async def _reviews(
-    settings: Settings, console: Console
+    settings: Settings, console: Console, operator: str | None = None
 ) -> AsyncIterator[payment_pb2_grpc.PaymentServiceAsyncStub]:
     """The payment service for one command; an error status ends it in one line with its
     code and reason (e.g. FAILED_PRECONDITION REVIEW_ALREADY_RESOLVED), exit code 1."""
-    async with create_channel(settings.payment_target) as channel:
+    async with create_channel(
+        settings.payment_target, token=credentials.operator(settings, operator)
+    ) as channel:
         try:
             yield payment_pb2_grpc.PaymentServiceStub(channel)
         except grpc.aio.AioRpcError as exc:
@@ -175,15 +173,16 @@ async def resolve_case(
     *,
     resolution: ResolveAs,
     note: str,
-    resolved_by: str,
+    operator: str | None,
 ) -> None:
-    async with _reviews(settings, console) as stub:
+    """Resolves as `operator` (a minted token's subject; PAYSUITE_TOKEN's own subject when
+    that is set): the service records the verified caller as who decided."""
+    async with _reviews(settings, console, operator) as stub:
         case = await stub.ResolveReviewCase(
             payment_pb2.ResolveReviewCaseRequest(
                 case_id=case_id,
                 resolution=_RESOLUTION[resolution],
                 note=note,
-                resolved_by=resolved_by,
             ),
             timeout=RPC_TIMEOUT_S,
         )

@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.config import ENDPOINTS_FILE, Settings
 from common.embedded import EmbeddedServers
+from common.tokens import ensure_signing_key
 
 START_TIMEOUT_S = 60.0
 
@@ -215,12 +216,24 @@ def _can_bind(address: str) -> bool:
     return True
 
 
+KEY_VARIABLES = frozenset(
+    {"PAYSUITE_AUTH_SECRET", "PAYSUITE_AUTH_PUBLIC_KEY_FILE", "PAYSUITE_AUTH_JWKS_FILE"}
+)
+
+
 def child_env(settings: Settings, database_url: str, redis_url: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"PAYSUITE_DATABASE_URL": database_url, "PAYSUITE_REDIS_URL": redis_url})
     # `paysuite up` is the development front door: the public development webhook secrets are
     # allowed here (the adapter logs that they are). Deployments never run through it.
     env.setdefault("PAYSUITE_ALLOW_DEV_SECRETS", "true")
+    # Access control with the configured key, or else with the data folder's own.
+    if settings.auth_public_key_file is None and settings.auth_jwks_file is None:
+        env["PAYSUITE_AUTH_SECRET"] = (
+            settings.auth_secret.get_secret_value()
+            if settings.auth_secret is not None
+            else ensure_signing_key(settings.data_dir)
+        )
     return env
 
 

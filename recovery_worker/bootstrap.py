@@ -15,8 +15,10 @@ from redis.asyncio import Redis
 
 from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
+from common.grpc.auth import authenticator
 from common.grpc.client import create_channel
 from common.grpc.server import ServiceRuntime, create_server
+from common.tokens import ServiceToken
 from recovery_worker.adapters import metrics
 from recovery_worker.adapters.redis_store import (
     RedisLeases,
@@ -55,11 +57,12 @@ class Connections:
 
     @classmethod
     def open(cls, settings: Settings) -> Connections:
+        token = ServiceToken(settings, NAME)
         return cls(
             redis=Redis.from_url(settings.require_redis_url()),
-            payment=create_channel(settings.payment_target),
-            gateway=create_channel(settings.gateway_target),
-            wallet=create_channel(settings.wallet_target),
+            payment=create_channel(settings.payment_target, token=token),
+            gateway=create_channel(settings.gateway_target, token=token),
+            wallet=create_channel(settings.wallet_target, token=token),
         )
 
     async def close(self) -> None:
@@ -124,9 +127,10 @@ def build_worker(
 
 
 async def build(settings: Settings, address: str) -> ServiceRuntime:
+    auth = authenticator(settings)  # a missing key is a ConfigError before any connection
     connections = Connections.open(settings)
     worker = build_worker(settings, connections)
-    server, port, health = create_server(address, registrars=[], service_names=[])
+    server, port, health = create_server(address, registrars=[], service_names=[], auth=auth)
 
     async def ping_redis() -> None:
         await connections.redis.ping()

@@ -30,6 +30,7 @@ from common import db
 from common.config import Settings
 from common.embedded import start_embedded
 from common.grpc.server import ServiceRuntime
+from tests.tokens import TEST_AUTH_SECRET
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ def base_settings(infra_urls: InfraUrls) -> Settings:
         provider_timeout_ms=3000,
         shutdown_grace_s=0.5,
         saga_resume_after_s=5.0,
+        auth_secret=SecretStr(TEST_AUTH_SECRET),
     )
 
 

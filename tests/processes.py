@@ -8,13 +8,15 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from tests.tokens import TEST_AUTH_SECRET
+
 
 async def spawn(module: str, **env: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         module,
-        env={**os.environ, **env},
+        env={**os.environ, "PAYSUITE_AUTH_SECRET": TEST_AUTH_SECRET, **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

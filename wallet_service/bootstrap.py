@@ -12,16 +12,16 @@ from common.aio import wait_any
 from common.bootstrap import Infra, ServiceDatabase
 from common.config import Settings
 from common.errors import DomainError
+from common.grpc.auth import authenticator
 from common.grpc.server import ServiceRuntime, create_server
-from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from paysuite.wallet.v1 import wallet_pb2_grpc
 from wallet_service.adapters.uow import WalletUnitOfWork
 from wallet_service.domain.model import Limits
-from wallet_service.entrypoints.grpc_servicer import WalletServicer
+from wallet_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME, WalletServicer
 from wallet_service.service_layer.services import WalletService
 
 NAME = "wallet-service"
 DATABASE = ServiceDatabase("wallets", Path(__file__).parent / "adapters" / "migrations")
-SERVICE_NAME = wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +57,7 @@ async def sweep_expired_holds(
 
 
 async def build(settings: Settings, address: str) -> ServiceRuntime:
+    auth = authenticator(settings, POLICY)  # a missing key is a ConfigError before any connection
     infra = Infra.connect(settings, DATABASE)
     service = build_service(settings, infra)
     servicer = WalletServicer(service)
@@ -64,6 +65,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         address,
         registrars=[lambda s: wallet_pb2_grpc.add_WalletServiceServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
+        auth=auth,
     )
     interval_s = settings.wallet_hold_sweep_interval_ms / 1000
 

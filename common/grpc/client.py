@@ -8,6 +8,7 @@ so a transparent retry can never apply a step twice.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -40,7 +41,9 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-def create_channel(target: str) -> grpc.aio.Channel:
+def create_channel(target: str, *, token: Callable[[], str] | None = None) -> grpc.aio.Channel:
+    """A channel to one of our services; `token` gives the bearer token each call presents
+    (a common.tokens.ServiceToken between services, a user's token in the CLI)."""
     return grpc.aio.insecure_channel(
         target,
         options=[
@@ -48,7 +51,7 @@ def create_channel(target: str) -> grpc.aio.Channel:
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.keepalive_time_ms", 30_000),
         ],
-        interceptors=client_interceptors(),
+        interceptors=client_interceptors(token),
     )
 
 

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.aio import wait_any
+from common.grpc.auth import Authenticator
 from common.grpc.decoding import DecodeGuardInterceptor
 from common.grpc.errors import ErrorMappingInterceptor
 
@@ -101,14 +102,19 @@ MAX_RESPONSE_BYTES = 4 << 20
 
 
 def create_server(
-    address: str, *, registrars: Sequence[Registrar], service_names: Sequence[str]
+    address: str,
+    *,
+    registrars: Sequence[Registrar],
+    service_names: Sequence[str],
+    auth: Authenticator,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A server with our interceptors, health and reflection, bound to `address` (port 0 ok)."""
+    """A server with our interceptors, health and reflection, bound to `address` (port 0 ok);
+    `auth` decides who may call what."""
     server = grpc.aio.server(
         # The decode guard answers undecodable requests before anything else runs; the error
         # mapping also opens the request's span and records its metrics (one layer for all
         # three: each layer costs ~20 us of CPU per call).
-        interceptors=[DecodeGuardInterceptor(), ErrorMappingInterceptor()],
+        interceptors=[DecodeGuardInterceptor(), ErrorMappingInterceptor(auth)],
         options=[
             ("grpc.so_reuseport", 0),
             # Our largest request is a few hundred bytes; nobody needs to send us megabytes.

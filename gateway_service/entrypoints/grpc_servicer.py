@@ -13,7 +13,9 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from common import tracing
+from common.auth import Access
 from common.errors import ValidationError
+from common.grpc.auth import Policy
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
 from common.grpc.errors import status_for
 from common.money import Money
@@ -32,6 +34,24 @@ from gateway_service.service_layer.services import (
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+# Who may call what (common.auth): the provider-facing RPCs are our services' (the payment
+# service, the webhook adapter, the recovery worker); operators may look.
+POLICY = Policy(
+    SERVICE_NAME,
+    {
+        "Charge": Access.SERVICE,
+        "Payout": Access.SERVICE,
+        "Refund": Access.SERVICE,
+        "SyncOperation": Access.SERVICE,
+        "HandleProviderEvent": Access.SERVICE,
+        "HandleProviderEvents": Access.SERVICE,
+        "GetOperation": Access.OPERATOR,
+        "GetProviderStatus": Access.OPERATOR,
+    },
+)
 
 KIND_TO_PROTO = {
     OperationKind.CHARGE: gateway_pb2.OPERATION_KIND_CHARGE,

@@ -35,6 +35,7 @@ from common.config import ConfigError, Settings
 from common.grpc.tracing import client_interceptors
 from common.httptrace import tracing_middleware
 from common.metrics import cached
+from common.tokens import ServiceToken
 from gateway_service.webhook import facade
 from gateway_service.webhook.payload import (
     MalformedWebhook,
@@ -511,7 +512,11 @@ async def start(settings: Settings, listen: str) -> tuple[web.AppRunner, int]:
     closes the channel) and the bound port."""
     # Not common.grpc.client.create_channel: the adapter answers 503 and lets the provider
     # retry rather than retrying inside gRPC, so only the interceptors are shared.
-    channel = grpc.aio.insecure_channel(settings.gateway_target, interceptors=client_interceptors())
+    # The webhook routes act as a service; the facade's calls carry their caller's token.
+    token = ServiceToken(settings, "webhook-adapter")
+    channel = grpc.aio.insecure_channel(
+        settings.gateway_target, interceptors=client_interceptors(token)
+    )
     payments = grpc.aio.insecure_channel(
         settings.payment_target, interceptors=client_interceptors()
     )

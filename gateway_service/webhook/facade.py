@@ -9,9 +9,13 @@ one HTTP edge; like the webhook routes it holds no state and talks gRPC only:
     GET  /transaction/{id}/status                    -> PaymentService.GetPayment
     GET  /openapi.json
 
+Every route but /openapi.json needs the caller's `Authorization: Bearer <token>`, which is
+passed on to the payment service as it came (401 without one, 403 for another's account).
+
 Errors are JSON (`{"error": {"code", "message", "field"?, "reason"?}}`, `reason` being the
 service's stable ErrorInfo reason such as INSUFFICIENT_FUNDS) with the status mirroring the gRPC
-code: 400 invalid, 404 not found, 409 conflict, 422 not allowed now (e.g. insufficient funds),
+code: 400 invalid, 401 no or bad token, 403 not the caller's, 404 not found, 409 conflict,
+422 not allowed now (e.g. insufficient funds),
 501 not implemented, 503 unavailable. Never 500.
 """
 
@@ -24,6 +28,7 @@ from aiohttp import web
 from google.rpc import error_details_pb2, status_pb2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.grpc.auth import AUTHORIZATION
 from common.grpc.client import error_info
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
@@ -36,6 +41,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 HTTP_BY_GRPC = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.OUT_OF_RANGE: 400,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ALREADY_EXISTS: 409,
@@ -109,6 +116,17 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
         raise FacadeError(400, "invalid_request", error["msg"], field) from None
 
 
+def _credentials(request: web.Request) -> tuple[tuple[str, str]]:
+    """The caller's own bearer token, passed on as is: the payment service verifies it and
+    decides, so the facade can never act as anyone but its caller."""
+    header = request.headers.get("Authorization", "")
+    if not header:
+        raise FacadeError(
+            401, "unauthenticated", "an Authorization: Bearer <token> header is required"
+        )
+    return ((AUTHORIZATION, header),)
+
+
 def _idempotency_key(request: web.Request) -> str:
     key = request.headers.get(IDEMPOTENCY_HEADER, "")
     if not key:
@@ -159,6 +177,7 @@ def _money(body: _Amount) -> money_pb2.Money:
 
 
 async def deposit(request: web.Request) -> web.Response:
+    credentials = _credentials(request)
     key = _idempotency_key(request)
     body: DepositBody = await _body(request, DepositBody)
     payment = await _call(
@@ -170,12 +189,14 @@ async def deposit(request: web.Request) -> web.Response:
                 payment_method=body.payment_method,
             ),
             timeout=10,
+            metadata=credentials,
         )
     )
     return web.json_response(_transaction(payment), status=202)
 
 
 async def withdraw(request: web.Request) -> web.Response:
+    credentials = _credentials(request)
     key = _idempotency_key(request)
     body: WithdrawBody = await _body(request, WithdrawBody)
     payment = await _call(
@@ -187,12 +208,14 @@ async def withdraw(request: web.Request) -> web.Response:
                 destination=body.destination,
             ),
             timeout=10,
+            metadata=credentials,
         )
     )
     return web.json_response(_transaction(payment), status=202)
 
 
 async def transfer(request: web.Request) -> web.Response:
+    credentials = _credentials(request)
     key = _idempotency_key(request)
     body: TransferBody = await _body(request, TransferBody)
     payment = await _call(
@@ -204,16 +227,19 @@ async def transfer(request: web.Request) -> web.Response:
                 amount=_money(body),
             ),
             timeout=10,
+            metadata=credentials,
         )
     )
     return web.json_response(_transaction(payment), status=202)
 
 
 async def transaction_status(request: web.Request) -> web.Response:
+    credentials = _credentials(request)
     payment = await _call(
         _stub(request).GetPayment(
             payment_pb2.GetPaymentRequest(payment_id=request.match_info["transaction_id"]),
             timeout=10,
+            metadata=credentials,
         )
     )
     return web.json_response(_transaction(payment))
@@ -318,6 +344,8 @@ OPENAPI: dict[str, Any] = {
                 required=False,
             ),
             400,
+            401,
+            403,
             404,
             409,
             422,
@@ -329,6 +357,8 @@ OPENAPI: dict[str, Any] = {
                 "destination", {"type": "string", "minLength": 1, "maxLength": 255}, required=True
             ),
             400,
+            401,
+            403,
             404,
             409,
             422,
@@ -340,6 +370,8 @@ OPENAPI: dict[str, Any] = {
                 "to_account_id", {"type": "string", "minLength": 1, "maxLength": 128}, required=True
             ),
             400,
+            401,
+            403,
             404,
             409,
             422,
@@ -360,12 +392,14 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    **_errors(400, 404, 503),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             }
         },
     },
+    "security": [{"bearer": []}],
     "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         "schemas": {
             "Error": _error_schema(),
             "Transaction": {
@@ -383,6 +417,6 @@ OPENAPI: dict[str, Any] = {
                     "failure_reason": {"type": ["string", "null"]},
                 },
             },
-        }
+        },
     },
 }

@@ -55,7 +55,9 @@ class WalletClient(_Client):
         account = await self._call(
             self._stub.GetAccount, wallet_pb2.GetAccountRequest(account_id=account_id)
         )
-        return AccountInfo(account_id=account.account_id, currency=account.currency)
+        return AccountInfo(
+            account_id=account.account_id, currency=account.currency, owner_id=account.owner_id
+        )
 
     async def credit(self, *, operation_ref: str, account_id: str, amount: Money) -> None:
         await self._call(

@@ -11,10 +11,11 @@ from typing import Any
 
 import grpc
 
+from common.auth import SYSTEM, Access, current_principal
+from common.grpc.auth import Policy
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
 from common.money import Money
 from payment_service.domain.model import (
-    ANONYMOUS,
     Payment,
     PaymentFilter,
     PaymentKind,
@@ -130,16 +131,28 @@ def case_to_proto(view: CaseView) -> payment_pb2.ReviewCase:
     )
 
 
-# Until access control lands, a caller names itself in this metadata entry; idempotency keys
-# are scoped to it (absent: "anonymous").
-CALLER_METADATA = "x-paysuite-caller"
+SERVICE_NAME = payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
 
-
-def caller_of(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == CALLER_METADATA and isinstance(value, str) and 0 < len(value) <= 128:
-            return value
-    return ANONYMOUS
+# Who may call what (common.auth); CALLER methods check ownership in the service layer, and
+# idempotency keys are scoped to the caller.
+POLICY = Policy(
+    SERVICE_NAME,
+    {
+        "CreateDeposit": Access.CALLER,
+        "CreateWithdrawal": Access.CALLER,
+        "CreateTransfer": Access.CALLER,
+        "RefundPayment": Access.CALLER,
+        "CancelPayment": Access.CALLER,
+        "GetPayment": Access.CALLER,
+        "ListPayments": Access.CALLER,
+        "ListPaymentEvents": Access.CALLER,
+        "WatchPayment": Access.CALLER,
+        "ListReviewCases": Access.OPERATOR,
+        "GetReviewCase": Access.OPERATOR,
+        "ResolveReviewCase": Access.OPERATOR,
+        "OpenReviewCase": Access.OPERATOR,
+    },
+)
 
 
 class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
@@ -160,14 +173,16 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
                 request.amount, field="amount", present=request.HasField("amount")
             ),
             payment_method=request.payment_method,
-            caller=caller_of(context),
+            caller=current_principal(),
         )
         return payment_to_proto(payment)
 
     async def GetPayment(
         self, request: payment_pb2.GetPaymentRequest, context: Context
     ) -> payment_pb2.Payment:
-        return payment_to_proto(await self._service.get_payment(request.payment_id))
+        return payment_to_proto(
+            await self._service.get_payment(request.payment_id, caller=current_principal())
+        )
 
     async def ListPayments(
         self, request: payment_pb2.ListPaymentsRequest, context: Context
@@ -176,6 +191,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
             account_id=request.account_id,
             page_size=request.page_size,
             page_token=request.page_token,
+            caller=current_principal(),
             where=PaymentFilter(
                 kind=_KIND_OF.get(request.kind),
                 status=_STATUS_OF.get(request.status),
@@ -199,8 +215,8 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def ListPaymentEvents(
         self, request: payment_pb2.ListPaymentEventsRequest, context: Context
     ) -> payment_pb2.ListPaymentEventsResponse:
-        changes = await self._service.history(request.payment_id)
-        steps = await self._service.audit_trail(request.payment_id)
+        changes = await self._service.history(request.payment_id, caller=current_principal())
+        steps = await self._service.audit_trail(request.payment_id, caller=SYSTEM)
         return payment_pb2.ListPaymentEventsResponse(
             changes=[change_to_proto(c) for c in changes],
             steps=[step_to_proto(s) for s in steps],
@@ -216,7 +232,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
                 request.amount, field="amount", present=request.HasField("amount")
             ),
             destination=request.destination,
-            caller=caller_of(context),
+            caller=current_principal(),
         )
         return payment_to_proto(payment)
 
@@ -230,7 +246,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
             amount=money_from_request(
                 request.amount, field="amount", present=request.HasField("amount")
             ),
-            caller=caller_of(context),
+            caller=current_principal(),
         )
         return payment_to_proto(payment)
 
@@ -246,19 +262,23 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
             idempotency_key=request.idempotency_key,
             payment_id=request.payment_id,
             amount=amount,
-            caller=caller_of(context),
+            caller=current_principal(),
         )
         return payment_to_proto(payment)
 
     async def CancelPayment(
         self, request: payment_pb2.CancelPaymentRequest, context: Context
     ) -> payment_pb2.Payment:
-        return payment_to_proto(await self._service.cancel_payment(request.payment_id))
+        return payment_to_proto(
+            await self._service.cancel_payment(request.payment_id, caller=current_principal())
+        )
 
     async def WatchPayment(
         self, request: payment_pb2.WatchPaymentRequest, context: Context
     ) -> AsyncIterator[payment_pb2.Payment]:
-        async for payment in self._service.watch(request.payment_id, feed=self._feed):
+        async for payment in self._service.watch(
+            request.payment_id, feed=self._feed, caller=current_principal()
+        ):
             yield payment_to_proto(payment)
 
     async def ListReviewCases(
@@ -291,7 +311,8 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
             case_id=request.case_id,
             resolution=_RESOLUTION_OF.get(request.resolution),
             note=request.note,
-            resolved_by=request.resolved_by,
+            # Who decided is who called, as verified: never what the request says.
+            resolved_by=current_principal().subject,
         )
         return case_to_proto(view)
 

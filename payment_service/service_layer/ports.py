@@ -26,6 +26,7 @@ from payment_service.domain.review import ReviewCase, ReviewStatus
 class AccountInfo:
     account_id: str
     currency: str
+    owner_id: str
 
 
 @dataclass(frozen=True, slots=True)

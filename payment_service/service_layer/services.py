@@ -14,6 +14,7 @@ from typing import TypeAlias
 
 import structlog
 
+from common.auth import SYSTEM, Principal, denied
 from common.errors import (
     DependencyUnavailable,
     DomainError,
@@ -29,7 +30,6 @@ from common.ids import new_id, parse_id
 from common.money import Money
 from payment_service.domain.errors import Refused, RequestInFlight
 from payment_service.domain.model import (
-    ANONYMOUS,
     DepositRequest,
     IdempotencyClaim,
     Payment,
@@ -45,6 +45,7 @@ from payment_service.domain.model import (
     WithdrawalRequest,
 )
 from payment_service.service_layer.ports import (
+    AccountInfo,
     ChangeFeed,
     GatewayPort,
     ProviderResult,
@@ -100,25 +101,28 @@ class PaymentPage:
 
 
 class AccountDirectory:
-    """Account currencies, cached: an account's currency never changes, so after the first
-    look-up CreateDeposit needs no call to the wallet on its request path. Only accounts that
-    exist are cached; the cache is bounded (least recently used entries go first)."""
+    """Account currencies and owners, cached: neither ever changes, so after the first look-up
+    CreateDeposit needs no call to the wallet on its request path. Only accounts that exist
+    are cached; the cache is bounded (least recently used entries go first)."""
 
     def __init__(self, wallet: WalletPort, *, max_entries: int = 100_000) -> None:
         self._wallet = wallet
         self._max_entries = max_entries
-        self._currencies: OrderedDict[str, str] = OrderedDict()
+        self._accounts: OrderedDict[str, AccountInfo] = OrderedDict()
+
+    async def info(self, account_id: str) -> AccountInfo:
+        info = self._accounts.get(account_id)
+        if info is None:
+            info = await self._wallet.get_account(account_id)
+            self._accounts[account_id] = info
+            if len(self._accounts) > self._max_entries:
+                self._accounts.popitem(last=False)
+        else:
+            self._accounts.move_to_end(account_id)
+        return info
 
     async def currency_of(self, account_id: str) -> str:
-        currency = self._currencies.get(account_id)
-        if currency is None:
-            currency = (await self._wallet.get_account(account_id)).currency
-            self._currencies[account_id] = currency
-            if len(self._currencies) > self._max_entries:
-                self._currencies.popitem(last=False)
-        else:
-            self._currencies.move_to_end(account_id)
-        return currency
+        return (await self.info(account_id)).currency
 
 
 class PaymentService:
@@ -145,7 +149,7 @@ class PaymentService:
         account_id: str,
         amount: Money,
         payment_method: str,
-        caller: str = ANONYMOUS,
+        caller: Principal = SYSTEM,
     ) -> Payment:
         """Records the deposit and answers: one transaction (payment, audit row, outbox row),
         no provider call. The charge runs asynchronously from the `payment.initiated` event
@@ -156,8 +160,9 @@ class PaymentService:
             account_id=parse_id(account_id, "account_id"),
             amount=amount,
             payment_method=require(payment_method or DEFAULT_PAYMENT_METHOD, "payment_method"),
-            caller=caller or ANONYMOUS,
+            caller=caller.subject,
         )
+        await self._authorize(caller, request.account_id, "deposit to this account")
         await self._check_currency(request.account_id, amount, "amount.currency")
         payment, _ = await self._create(
             request, lambda _, pid: _made(Payment.deposit(request, pid))
@@ -172,7 +177,7 @@ class PaymentService:
         account_id: str,
         amount: Money,
         destination: str,
-        caller: str = ANONYMOUS,
+        caller: Principal = SYSTEM,
     ) -> Payment:
         """Records the withdrawal, then holds its money on the request path: a caller without
         the funds hears INSUFFICIENT_FUNDS at once, and no provider is asked. The payout runs
@@ -182,8 +187,9 @@ class PaymentService:
             account_id=parse_id(account_id, "account_id"),
             amount=amount,
             destination=require(destination, "destination"),
-            caller=caller or ANONYMOUS,
+            caller=caller.subject,
         )
+        await self._authorize(caller, request.account_id, "withdraw from this account")
         await self._check_currency(request.account_id, amount, "amount.currency")
         payment, created = await self._create(
             request, lambda _, pid: _made(Payment.withdrawal(request, pid))
@@ -200,7 +206,7 @@ class PaymentService:
         source_account_id: str,
         destination_account_id: str,
         amount: Money,
-        caller: str = ANONYMOUS,
+        caller: Principal = SYSTEM,
     ) -> Payment:
         """Records the transfer, then moves the money in one atomic wallet operation (FX when
         the currencies differ) and answers `completed`, or the wallet's refusal."""
@@ -209,12 +215,13 @@ class PaymentService:
             source_account_id=parse_id(source_account_id, "source_account_id"),
             destination_account_id=parse_id(destination_account_id, "destination_account_id"),
             amount=amount,
-            caller=caller or ANONYMOUS,
+            caller=caller.subject,
         )
         if request.source_account_id == request.destination_account_id:
             raise ValidationError(
                 FieldViolation("destination_account_id", "must differ from source_account_id")
             )
+        await self._authorize(caller, request.source_account_id, "transfer from this account")
         await self._check_currency(request.source_account_id, amount, "amount.currency")
         await self._accounts.currency_of(request.destination_account_id)  # NOT_FOUND at once
         payment, created = await self._create(
@@ -231,7 +238,7 @@ class PaymentService:
         idempotency_key: str,
         payment_id: str,
         amount: Money | None,
-        caller: str = ANONYMOUS,
+        caller: Principal = SYSTEM,
     ) -> Payment:
         """Refunds (part of) a completed deposit as a payment of its own. Its amount is
         reserved on the deposit under the deposit's lock, so concurrent refunds never exceed
@@ -243,8 +250,9 @@ class PaymentService:
             idempotency_key=require(idempotency_key, "idempotency_key"),
             payment_id=parse_id(payment_id, "payment_id"),
             amount=amount,
-            caller=caller or ANONYMOUS,
+            caller=caller.subject,
         )
+        await self.get_payment(request.payment_id, caller=caller, may=Principal.may_support)
 
         async def make(uow: UnitOfWork, refund_id: str) -> Payment:
             deposit = await uow.payments.get(request.payment_id, for_update=True)
@@ -259,10 +267,12 @@ class PaymentService:
             return payment
         return await self._hold_funds(payment)
 
-    async def cancel_payment(self, payment_id: str) -> Payment:
+    async def cancel_payment(self, payment_id: str, *, caller: Principal = SYSTEM) -> Payment:
         """Cancels a payment the provider has not been asked about. Its hold, if any, is
         released from the durable `payment.cancelled` event (`release_hold`)."""
-        payment_id = parse_id(payment_id, "payment_id")
+        payment_id = (
+            await self.get_payment(payment_id, caller=caller, may=Principal.may_support)
+        ).payment_id
 
         async def cancel() -> Payment:
             async with self._uow() as uow:
@@ -275,6 +285,28 @@ class PaymentService:
                 return payment
 
         return await retry_on_conflict(cancel)
+
+    async def _authorize(self, caller: Principal, account_id: str, what: str) -> None:
+        """Only the account's owner (or our own services) moves its money. An account that
+        does not exist is refused alike, so account ids cannot be probed."""
+        if caller.is_service:
+            return
+        try:
+            owner = (await self._accounts.info(account_id)).owner_id
+        except NotFound:
+            raise denied(what) from None
+        if not caller.may_act_for(owner):
+            raise denied(what)
+
+    async def _may(
+        self, caller: Principal, payment: Payment, may: Callable[[Principal, str], bool]
+    ) -> bool:
+        """Whether `may` allows the caller for the owner of any account the payment moves
+        money of (a transfer's two owners both read it)."""
+        for account_id in (payment.source_account_id, payment.destination_account_id):
+            if account_id and may(caller, (await self._accounts.info(account_id)).owner_id):
+                return True
+        return False
 
     async def _check_currency(self, account_id: str, amount: Money, field: str) -> None:
         currency = await self._accounts.currency_of(account_id)
@@ -597,7 +629,12 @@ class PaymentService:
         await save_settling_refunds(uow, payment)
 
     async def watch(
-        self, payment_id: str, *, feed: ChangeFeed, recheck_s: float = WATCH_RECHECK_S
+        self,
+        payment_id: str,
+        *,
+        feed: ChangeFeed,
+        caller: Principal = SYSTEM,
+        recheck_s: float = WATCH_RECHECK_S,
     ) -> AsyncIterator[Payment]:
         """The payment now, then each later state it passes through, in order, until a
         terminal one.
@@ -608,7 +645,7 @@ class PaymentService:
         """
         payment_id = parse_id(payment_id, "payment_id")
         async with feed.subscribe(payment_id) as changed:
-            current = await self.get_payment(payment_id)
+            current = await self.get_payment(payment_id, caller=caller)
             yield current
             while not current.status.is_terminal:
                 with contextlib.suppress(TimeoutError):
@@ -638,21 +675,38 @@ class PaymentService:
             if count < 10_000:
                 return purged
 
-    async def get_payment(self, payment_id: str) -> Payment:
+    async def get_payment(
+        self,
+        payment_id: str,
+        *,
+        caller: Principal = SYSTEM,
+        may: Callable[[Principal, str], bool] = Principal.may_read,
+    ) -> Payment:
+        """The payment, if the caller may read it (or do `may` with it). To a caller who
+        may not, a payment that does not exist is refused alike (no probing of ids)."""
         payment_id = parse_id(payment_id, "payment_id")
         async with self._uow() as uow:
             payment = await uow.payments.get(payment_id)
-        if payment is None:
-            raise NotFound("payment", payment_id)
+        # `may` asked of no owner at all: what the caller's role allows, whoever the owner is.
+        if may(caller, ""):
+            if payment is None:
+                raise NotFound("payment", payment_id)
+            return payment
+        if payment is None or not await self._may(caller, payment, may):
+            raise denied(
+                "read this payment" if may is Principal.may_read else "act on this payment"
+            )
         return payment
 
-    async def history(self, payment_id: str) -> list[StatusChange]:
-        payment = await self.get_payment(payment_id)
+    async def history(self, payment_id: str, *, caller: Principal = SYSTEM) -> list[StatusChange]:
+        payment = await self.get_payment(payment_id, caller=caller)
         async with self._uow() as uow:
             return await uow.payments.history(payment.payment_id)
 
-    async def audit_trail(self, payment_id: str) -> list[PaymentStep]:
-        payment = await self.get_payment(payment_id)
+    async def audit_trail(
+        self, payment_id: str, *, caller: Principal = SYSTEM
+    ) -> list[PaymentStep]:
+        payment = await self.get_payment(payment_id, caller=caller)
         async with self._uow() as uow:
             return await uow.payments.steps(payment.payment_id)
 
@@ -663,9 +717,19 @@ class PaymentService:
         page_size: int,
         page_token: str,
         where: PaymentFilter | None = None,
+        caller: Principal = SYSTEM,
     ) -> PaymentPage:
         if account_id:
             account_id = parse_id(account_id, "account_id")
+        if not caller.is_operator:
+            if not account_id:
+                raise denied("list the payments of every account (name an account you own)")
+            try:
+                owner = (await self._accounts.info(account_id)).owner_id
+            except NotFound:
+                raise denied("list this account's payments") from None
+            if not caller.may_read(owner):
+                raise denied("list this account's payments")
         after, before_time = (where.created_after, where.created_before) if where else (None, None)
         if after and before_time and after >= before_time:
             raise ValidationError(

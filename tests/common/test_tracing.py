@@ -18,6 +18,7 @@ from common.events import make_envelope
 from common.grpc.client import create_channel
 from common.grpc.server import create_server
 from paysuite.events.v1 import events_pb2
+from tests.tokens import make_authenticator
 
 
 @pytest.fixture
@@ -89,7 +90,9 @@ async def test_grpc_calls_are_client_and_server_spans_of_one_trace(
     exported: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
     provider, exporter = exported
-    server, port, health = create_server("127.0.0.1:0", registrars=[], service_names=[])
+    server, port, health = create_server(
+        "127.0.0.1:0", registrars=[], service_names=[], auth=make_authenticator()
+    )
     await server.start()
     await health.set("known", health_pb2.HealthCheckResponse.SERVING)
     try:

@@ -240,9 +240,11 @@ def test_the_recovery_worker_gets_redis_and_the_services_but_no_database(
         port = GRPC_WORKLOADS[callee][1]
         assert env[setting] == f"{callee}:{port}", setting
         assert [p["port"] for p in services[callee]["spec"]["ports"]] == [port], callee
-    # It owns no data: no database URL, and no reference to paysuite-secrets at all.
+    # It owns no data: no database URL, and of paysuite-secrets only the token-signing key.
     assert "PAYSUITE_DATABASE_URL" not in env
-    assert not [e for e in container.get("env", []) if "valueFrom" in e]
+    assert [e["name"] for e in container.get("env", []) if "valueFrom" in e] == [
+        "PAYSUITE_AUTH_SECRET"
+    ]
 
 
 def test_only_the_workloads_with_a_database_read_its_url(

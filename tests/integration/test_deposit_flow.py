@@ -259,18 +259,3 @@ async def test_twenty_concurrent_identical_deposits_make_one_payment(suite: Suit
         await wait_for_status(c, answers[0].payment_id, {P.PAYMENT_STATUS_COMPLETED})
         balance = await c.wallet.GetBalance(wallet_pb2.GetBalanceRequest(account_id=account_id))
         assert balance.total == usd(900)
-
-
-async def test_idempotency_keys_are_scoped_to_the_caller(suite: Suite) -> None:
-    async with clients(suite) as c:
-        account_id = await open_account(c)
-        request = P.CreateDepositRequest(
-            idempotency_key="order-1", account_id=account_id, amount=usd(100)
-        )
-        alice = [("x-paysuite-caller", "alice")]
-        bob = [("x-paysuite-caller", "bob")]
-        first = await c.payments.CreateDeposit(request, metadata=alice)
-        again = await c.payments.CreateDeposit(request, metadata=alice)
-        other = await c.payments.CreateDeposit(request, metadata=bob)
-        assert again.payment_id == first.payment_id
-        assert other.payment_id != first.payment_id

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import grpc
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,6 +24,7 @@ from paysuite.wallet.v1 import wallet_pb2_grpc
 from paysuite_cli import supervisor
 from tests.conftest import migrated_databases
 from tests.integration.helpers import Clients, open_account, usd, wait_for_status
+from tests.tokens import authed_channel, make_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -99,8 +99,8 @@ GATEWAY_SERVICE = "paysuite.gateway.v1.GatewayService"
 async def test_a_deposit_shows_on_every_process_metrics(processes: Processes) -> None:
     settings = processes.settings
     async with (
-        grpc.aio.insecure_channel(settings.wallet_target) as wallet,
-        grpc.aio.insecure_channel(settings.payment_target) as payments,
+        authed_channel(settings.wallet_target, make_token()) as wallet,
+        authed_channel(settings.payment_target, make_token()) as payments,
     ):
         c = Clients(
             wallet=wallet_pb2_grpc.WalletServiceStub(wallet),

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -41,6 +40,7 @@ from paysuite.wallet.v1 import wallet_pb2_grpc
 from paysuite_cli import supervisor
 from tests.conftest import migrated_databases
 from tests.integration.helpers import Clients, open_account, usd, wait_for_status
+from tests.tokens import authed_channel, make_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -199,8 +199,8 @@ async def test_one_deposit_is_one_trace_in_every_log_and_no_secret_is_logged(
 ) -> None:
     settings = suite.settings
     async with (
-        grpc.aio.insecure_channel(settings.wallet_target) as wallet,
-        grpc.aio.insecure_channel(settings.payment_target) as payments,
+        authed_channel(settings.wallet_target, make_token()) as wallet,
+        authed_channel(settings.payment_target, make_token()) as payments,
     ):
         c = Clients(
             wallet=wallet_pb2_grpc.WalletServiceStub(wallet),

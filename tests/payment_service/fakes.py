@@ -302,6 +302,7 @@ class FakeWallet:
         self.refs: dict[str, str] = {}
         self.unavailable = False
         self.lookups = 0
+        self.owners: dict[str, str] = {}  # account id: owner id (unset: nobody's)
 
     def _up(self) -> None:
         if self.unavailable:
@@ -314,7 +315,7 @@ class FakeWallet:
     async def get_account(self, account_id: str) -> AccountInfo:
         self.lookups += 1
         self._account(account_id)
-        return AccountInfo(account_id, self.accounts[account_id])
+        return AccountInfo(account_id, self.accounts[account_id], self.owners.get(account_id, ""))
 
     async def credit(self, *, operation_ref: str, account_id: str, amount: Money) -> None:
         self._up()

@@ -17,7 +17,8 @@ from paysuite_cli.payments import AmountError, parse_money
 
 P = payment_pb2
 runner = CliRunner()
-ENV = {"PAYSUITE_PAYMENT_TARGET": "127.0.0.1:1", "COLUMNS": "200"}
+# A token of the caller's own (PAYSUITE_TOKEN): sent as is, no key needed to mint one.
+ENV = {"PAYSUITE_PAYMENT_TARGET": "127.0.0.1:1", "COLUMNS": "200", "PAYSUITE_TOKEN": "t0ken"}
 
 
 class FakePayments:

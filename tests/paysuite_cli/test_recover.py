@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from paysuite_cli.main import app
+from tests.tokens import TEST_AUTH_SECRET
 
 
 def test_without_once_it_points_at_the_worker_and_exits_2() -> None:
@@ -34,6 +35,7 @@ def test_a_redis_that_does_not_answer_is_one_line_and_exit_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PAYSUITE_REDIS_URL", f"unix://{tmp_path}/nothing.sock")
+    monkeypatch.setenv("PAYSUITE_AUTH_SECRET", TEST_AUTH_SECRET)
 
     result = CliRunner().invoke(app, ["recover", "--once"])
 

@@ -7,8 +7,9 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
+from paysuite_cli.credentials import operator_name
 from paysuite_cli.main import app, run
-from paysuite_cli.review import default_operator
+from tests.tokens import TEST_AUTH_SECRET
 
 
 def unused_target() -> str:
@@ -30,6 +31,7 @@ def test_a_payment_service_that_is_not_running_is_one_line_and_exit_1(
     args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("PAYSUITE_PAYMENT_TARGET", unused_target())
+    monkeypatch.setenv("PAYSUITE_AUTH_SECRET", TEST_AUTH_SECRET)
     monkeypatch.setenv("COLUMNS", "250")
     monkeypatch.setattr("sys.argv", ["paysuite", *args])
     with pytest.raises(SystemExit) as exited:
@@ -55,7 +57,6 @@ def test_a_resolution_needs_a_note() -> None:
 
 
 def test_the_operator_defaults_to_the_login_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("USER", "dana")
-    assert default_operator() == "dana"
-    monkeypatch.delenv("USER")
-    assert default_operator() == "operator"
+    monkeypatch.setenv("LOGNAME", "dana")
+    assert operator_name() == "operator:dana"
+    assert operator_name("sam") == "operator:sam"

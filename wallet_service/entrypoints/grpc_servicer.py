@@ -11,7 +11,9 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from common.auth import Access, current_principal
 from common.errors import FieldViolation, ValidationError
+from common.grpc.auth import Policy
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
 from common.money import Money
 from paysuite.common.v1 import money_pb2
@@ -28,6 +30,34 @@ from wallet_service.domain.model import (
 from wallet_service.service_layer.services import WalletService
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+SERVICE_NAME = wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name
+
+# Who may call what (common.auth). Users open, read and close their own accounts; every
+# posting is made by the payment service (a user moves money through payments, never here);
+# operators freeze accounts and read the journal for reconciliation.
+POLICY = Policy(
+    SERVICE_NAME,
+    {
+        "OpenAccount": Access.CALLER,
+        "GetAccount": Access.CALLER,
+        "GetBalance": Access.CALLER,
+        "GetHold": Access.CALLER,
+        "ListEntries": Access.CALLER,
+        "CloseAccount": Access.CALLER,
+        "FreezeAccount": Access.OPERATOR,
+        "UnfreezeAccount": Access.OPERATOR,
+        "GetTransactions": Access.OPERATOR,
+        "ListTransactions": Access.OPERATOR,
+        "Credit": Access.SERVICE,
+        "Debit": Access.SERVICE,
+        "Transfer": Access.SERVICE,
+        "PlaceHold": Access.SERVICE,
+        "CaptureHold": Access.SERVICE,
+        "ReleaseHold": Access.SERVICE,
+        "ExpireHolds": Access.SERVICE,
+    },
+)
 
 _STATUS = {
     AccountStatus.OPEN: wallet_pb2.ACCOUNT_STATUS_OPEN,
@@ -149,18 +179,23 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             owner_id=request.owner_id,
             currency=request.currency,
             operation_ref=request.operation_ref,
+            caller=current_principal(),
         )
         return account_to_proto(account)
 
     async def GetAccount(
         self, request: wallet_pb2.GetAccountRequest, context: Context
     ) -> wallet_pb2.Account:
-        return account_to_proto(await self._service.get_account(request.account_id))
+        return account_to_proto(
+            await self._service.get_account(request.account_id, caller=current_principal())
+        )
 
     async def GetBalance(
         self, request: wallet_pb2.GetBalanceRequest, context: Context
     ) -> wallet_pb2.Balance:
-        return balance_to_proto(await self._service.get_account(request.account_id))
+        return balance_to_proto(
+            await self._service.get_account(request.account_id, caller=current_principal())
+        )
 
     async def Credit(
         self, request: wallet_pb2.CreditRequest, context: Context
@@ -245,7 +280,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def GetHold(
         self, request: wallet_pb2.GetHoldRequest, context: Context
     ) -> wallet_pb2.Hold:
-        return hold_to_proto(await self._service.get_hold(request.hold_id))
+        return hold_to_proto(
+            await self._service.get_hold(request.hold_id, caller=current_principal())
+        )
 
     async def ExpireHolds(
         self, request: wallet_pb2.ExpireHoldsRequest, context: Context
@@ -275,7 +312,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         self, request: wallet_pb2.AccountStatusRequest, context: Context
     ) -> wallet_pb2.Account:
         account = await self._service.close(
-            operation_ref=request.operation_ref, account_id=request.account_id
+            operation_ref=request.operation_ref,
+            account_id=request.account_id,
+            caller=current_principal(),
         )
         return account_to_proto(account)
 
@@ -283,7 +322,10 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         self, request: wallet_pb2.ListEntriesRequest, context: Context
     ) -> wallet_pb2.ListEntriesResponse:
         page = await self._service.list_entries(
-            request.account_id, page_size=request.page_size, page_token=request.page_token
+            request.account_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            caller=current_principal(),
         )
         return wallet_pb2.ListEntriesResponse(
             entries=[entry_to_proto(e, txn, at) for e, txn, at in page.entries],

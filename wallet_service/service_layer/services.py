@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
+from common.auth import SYSTEM, Principal, denied
 from common.errors import (
     ConcurrentUpdate,
     DependencyUnavailable,
@@ -313,8 +314,12 @@ class WalletService:
 
     # -- accounts ------------------------------------------------------------------------
 
-    async def open_account(self, *, owner_id: str, currency: str, operation_ref: str) -> Account:
+    async def open_account(
+        self, *, owner_id: str, currency: str, operation_ref: str, caller: Principal = SYSTEM
+    ) -> Account:
         require(owner_id, "owner_id")
+        if not caller.may_act_for(owner_id):
+            raise denied("open an account for another owner")
         require(operation_ref, "operation_ref")
         validate_currency(currency)
 
@@ -334,12 +339,27 @@ class WalletService:
 
         return await retry_on_conflict(attempt, attempts=self._attempts)
 
-    async def get_account(self, account_id: str) -> Account:
+    async def get_account(
+        self,
+        account_id: str,
+        *,
+        caller: Principal = SYSTEM,
+        may: Callable[[Principal, str], bool] = Principal.may_read,
+    ) -> Account:
+        """The account, if the caller may read it (or do `may` with it). To a caller who may
+        not, an account that does not exist is refused alike (no probing of ids)."""
         account_id = parse_id(account_id, "account_id")
         async with self._uow() as uow:
             account = await uow.accounts.get(account_id)
         if account is None or account.kind is not AccountKind.CUSTOMER:
-            raise AccountNotFound(account_id)
+            # `may` asked of no owner at all: what the caller's role allows, whoever owns it.
+            if may(caller, ""):
+                raise AccountNotFound(account_id)
+            account = None
+        if account is None or not may(caller, account.owner_id):
+            raise denied(
+                "read this account" if may is Principal.may_read else "change this account"
+            )
         return account
 
     async def freeze(self, *, operation_ref: str, account_id: str) -> Account:
@@ -348,7 +368,10 @@ class WalletService:
     async def unfreeze(self, *, operation_ref: str, account_id: str) -> Account:
         return await self._lifecycle("unfreeze", operation_ref, account_id, Account.unfreeze)
 
-    async def close(self, *, operation_ref: str, account_id: str) -> Account:
+    async def close(
+        self, *, operation_ref: str, account_id: str, caller: Principal = SYSTEM
+    ) -> Account:
+        await self.get_account(account_id, caller=caller, may=Principal.may_support)
         return await self._lifecycle("close", operation_ref, account_id, Account.close)
 
     async def _lifecycle(
@@ -615,12 +638,17 @@ class WalletService:
             replay=self._replay_hold,
         )
 
-    async def get_hold(self, hold_id: str) -> HoldView:
+    async def get_hold(self, hold_id: str, *, caller: Principal = SYSTEM) -> HoldView:
         hold_id = parse_id(hold_id, "hold_id")
         async with self._uow() as uow:
             hold = await uow.accounts.find_hold(hold_id)
+        if caller.is_operator:
+            if hold is None:
+                raise HoldNotFound(hold_id)
+            return hold
         if hold is None:
-            raise HoldNotFound(hold_id)
+            raise denied("read this hold")
+        await self.get_account(hold.account_id, caller=caller)
         return hold
 
     async def expire_holds(self, *, limit: int = 100) -> list[str]:
@@ -650,8 +678,10 @@ class WalletService:
 
     # -- reading -------------------------------------------------------------------------
 
-    async def list_entries(self, account_id: str, *, page_size: int, page_token: str) -> EntryPage:
-        account = await self.get_account(account_id)
+    async def list_entries(
+        self, account_id: str, *, page_size: int, page_token: str, caller: Principal = SYSTEM
+    ) -> EntryPage:
+        account = await self.get_account(account_id, caller=caller)
         size = page_size or 100
         if not 1 <= size <= 500:
             raise ValidationError(FieldViolation("page_size", "must be between 1 and 500"))

@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY
 from common.grpc.client import create_channel
 from common.grpc.metrics import code_name, split_method
 from common.grpc.server import create_server
+from tests.tokens import make_authenticator
 
 HEALTH = "grpc.health.v1.Health"
 
@@ -36,7 +37,9 @@ def test_code_name_accepts_enum_int_and_none() -> None:
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_server_and_client_count_calls_by_code_and_time_them() -> None:
-    server, port, health = create_server("127.0.0.1:0", registrars=[], service_names=[])
+    server, port, health = create_server(
+        "127.0.0.1:0", registrars=[], service_names=[], auth=make_authenticator()
+    )
     await server.start()
     await health.set("known", health_pb2.HealthCheckResponse.SERVING)
     ok = {"grpc_service": HEALTH, "grpc_method": "Check", "grpc_code": "OK"}

@@ -10,12 +10,12 @@ import pytest
 
 from common.grpc.server import create_server
 from common.ids import new_id
-from gateway_service.bootstrap import SERVICE_NAME
-from gateway_service.entrypoints.grpc_servicer import GatewayServicer
+from gateway_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME, GatewayServicer
 from gateway_service.service_layer.services import GatewayService
 from paysuite.common.v1 import money_pb2
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.gateway_service.conftest import PAYMENT_METHOD, FakeProvider, provider_event_body
+from tests.tokens import authed_channel, make_authenticator, make_token
 
 if TYPE_CHECKING:
     from paysuite.gateway.v1.gateway_pb2_grpc import GatewayServiceAsyncStub as Stub
@@ -28,10 +28,11 @@ async def stub(service: GatewayService) -> AsyncIterator[Stub]:
         "127.0.0.1:0",
         registrars=[lambda s: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
+        auth=make_authenticator(POLICY),
     )
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield gateway_pb2_grpc.GatewayServiceStub(channel)
+    async with authed_channel(f"127.0.0.1:{port}", make_token()) as grpc_channel:
+        yield gateway_pb2_grpc.GatewayServiceStub(grpc_channel)
     await server.stop(None)
 
 

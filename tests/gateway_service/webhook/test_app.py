@@ -25,6 +25,7 @@ from common.config import ConfigError, Settings
 from gateway_service.webhook.app import create_app, start
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from provider_simulator.signing import stripe_signature
+from tests.tokens import TEST_AUTH_SECRET
 
 # Deliberately not the development secret, so the tests prove the configured one is used.
 TEST_SECRET = "whsec_" + base64.b64encode(b"gateway-webhook-test-secret").decode()
@@ -88,6 +89,7 @@ def settings_for(gateway_port: int, **overrides: Any) -> Settings:
         "webhook_secret": SecretStr(TEST_SECRET),
         "provider_secondary_webhook_secret": SecretStr(STRIPE_SECRET),
         "rpc_timeout_ms": 2000,
+        "auth_secret": SecretStr(TEST_AUTH_SECRET),
         **overrides,
     }
     return Settings(**values)
@@ -521,7 +523,9 @@ async def test_an_unusable_secret_is_a_configuration_error(secret: str) -> None:
 
 
 async def test_the_public_development_secrets_are_refused_unless_allowed() -> None:
-    settings = Settings(gateway_target=f"127.0.0.1:{free_port()}")
+    settings = Settings(
+        gateway_target=f"127.0.0.1:{free_port()}", auth_secret=SecretStr(TEST_AUTH_SECRET)
+    )
 
     with pytest.raises(ConfigError, match="PAYSUITE_ALLOW_DEV_SECRETS"):
         await start(settings, "127.0.0.1:0")

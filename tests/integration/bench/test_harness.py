@@ -8,6 +8,7 @@ import math
 import pytest
 from rich.console import Console
 
+from bench.auth import bench_token
 from bench.context import BenchContext, BenchOptions
 from bench.harness import SECTIONS, measure_all
 from tests.conftest import Suite
@@ -27,7 +28,9 @@ TOY = BenchOptions(
 
 
 async def test_every_phase_measures_and_the_money_adds_up(suite: Suite) -> None:
-    ctx = BenchContext(settings=suite.settings, options=TOY, run_id="itest")
+    ctx = BenchContext(
+        settings=suite.settings, options=TOY, run_id="itest", token=bench_token(suite.settings)
+    )
     console = Console(record=True, width=160)
 
     problems = await measure_all(ctx, console, SECTIONS)

@@ -15,6 +15,7 @@ from paysuite.wallet.v1 import wallet_pb2
 from paysuite_cli.main import app
 from tests.conftest import Suite
 from tests.integration.helpers import Clients, clients, open_account, usd, wait_for_status
+from tests.tokens import TEST_AUTH_SECRET
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -23,7 +24,12 @@ runner = CliRunner()
 
 async def cli(suite: Suite, *args: str) -> tuple[int, str]:
     """In a thread: the suite serves on this test's event loop, the CLI runs one of its own."""
-    env = {"PAYSUITE_PAYMENT_TARGET": suite.payment_target, "COLUMNS": "200"}
+    env = {
+        "PAYSUITE_PAYMENT_TARGET": suite.payment_target,
+        "PAYSUITE_WALLET_TARGET": suite.wallet_target,
+        "PAYSUITE_AUTH_SECRET": TEST_AUTH_SECRET,
+        "COLUMNS": "200",
+    }
     result = await asyncio.to_thread(runner.invoke, app, ["payments", *args], env=env)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result.exit_code, result.output

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.gateway_service.conftest import Rig
+from tests.tokens import TEST_AUTH_SECRET
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -20,6 +21,7 @@ async def paysuite(rig: Rig, *args: str) -> tuple[int, str]:
         "PAYSUITE_GATEWAY_TARGET": rig.settings.gateway_target,
         "PAYSUITE_PROVIDER_URL": rig.sims.urls["sim-primary"],
         "PAYSUITE_PROVIDER_SECONDARY_URL": rig.sims.urls["sim-secondary"],
+        "PAYSUITE_AUTH_SECRET": TEST_AUTH_SECRET,
         "COLUMNS": "200",
     }
     process = await asyncio.create_subprocess_exec(

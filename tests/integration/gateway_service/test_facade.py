@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from gateway_service.webhook.facade import OPENAPI
 from tests.conftest import Suite
-from tests.integration.helpers import clients, open_account
+from tests.integration.helpers import clients, open_account, token
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -25,7 +25,11 @@ async def http(suite: Suite) -> AsyncIterator[aiohttp.ClientSession]:
     from gateway_service.webhook.app import start
 
     runner, port = await start(suite.settings, "127.0.0.1:0")
-    async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as session:
+    # Calls as a service: what a token allows is test_access_control's subject.
+    headers = {"Authorization": f"Bearer {token(suite.settings)}"}
+    async with aiohttp.ClientSession(
+        base_url=f"http://127.0.0.1:{port}", headers=headers
+    ) as session:
         yield session
     await runner.cleanup()
 

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common import db
+from common.auth import Role
 from common.money import Money
 from payment_service.adapters.uow import PaymentUnitOfWork
 from payment_service.bootstrap import DATABASE
@@ -26,7 +27,8 @@ from payment_service.domain.model import DepositRequest, Payment, ProviderAnswer
 from paysuite.payment.v1 import payment_pb2 as P
 from paysuite.wallet.v1 import wallet_pb2
 from tests.conftest import Suite
-from tests.integration.helpers import Clients, clients, error_details, open_account
+from tests.integration.helpers import Clients, clients, error_details, open_account, token
+from tests.tokens import TEST_AUTH_SECRET
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -112,12 +114,14 @@ async def test_a_payment_in_review_has_an_open_case_with_its_evidence(
 async def test_resolving_credits_moves_the_payment_and_emits_its_event_once(
     suite: Suite, engine: AsyncEngine
 ) -> None:
-    async with clients(suite) as c:
+    alice = token(suite.settings, "alice", Role.OPERATOR)
+    async with clients(suite) as c, clients(suite, alice) as o:
         account_id = await open_account(c)
         payment_id = await in_review(engine, account_id)
         case = await open_case_of(c, payment_id)
-        resolved = await c.payments.ResolveReviewCase(
-            resolve(case.case_id, P.REVIEW_RESOLUTION_COMPLETED)
+        # Recorded under the operator's verified name, whatever the request says.
+        resolved = await o.payments.ResolveReviewCase(
+            resolve(case.case_id, P.REVIEW_RESOLUTION_COMPLETED, by="mallory")
         )
         assert (resolved.status, resolved.resolution, resolved.resolved_by) == (
             P.REVIEW_CASE_STATUS_RESOLVED,
@@ -173,7 +177,12 @@ async def test_a_resolution_needs_a_known_case_and_a_decision(suite: Suite) -> N
 
 
 async def paysuite(suite: Suite, *args: str) -> tuple[int, str]:
-    env = {**os.environ, "PAYSUITE_PAYMENT_TARGET": suite.payment_target, "COLUMNS": "250"}
+    env = {
+        **os.environ,
+        "PAYSUITE_PAYMENT_TARGET": suite.payment_target,
+        "PAYSUITE_AUTH_SECRET": TEST_AUTH_SECRET,
+        "COLUMNS": "250",
+    }
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "paysuite"),
         *args,

@@ -14,6 +14,7 @@ import pytest
 from common.config import Settings
 from tests.conftest import free_port
 from tests.integration.recovery_worker.conftest import Rig
+from tests.tokens import TEST_AUTH_SECRET
 
 pytestmark = [pytest.mark.integration]
 
@@ -29,6 +30,7 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
             "PAYSUITE_PAYMENT_TARGET": settings.payment_target,
             "PAYSUITE_GATEWAY_TARGET": settings.gateway_target,
             "PAYSUITE_WALLET_TARGET": settings.wallet_target,
+            "PAYSUITE_AUTH_SECRET": TEST_AUTH_SECRET,
             "COLUMNS": "200",
             **extra,
         }

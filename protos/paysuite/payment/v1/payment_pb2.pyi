@@ -19,6 +19,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _PaymentKind:
@@ -815,8 +820,20 @@ class ResolveReviewCaseRequest(_message.Message):
     resolution: Global___ReviewResolution.ValueType
     note: _builtins.str
     """Why (required, up to 2000 characters)."""
-    resolved_by: _builtins.str
-    """Who decided (required)."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def resolved_by(self) -> _builtins.str:
+        """Ignored: the decision is recorded under the verified caller's identity (its token's
+        subject), never under a name the request gives.
+        """
+
+    @resolved_by.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def resolved_by(self, value: _builtins.str) -> None:
+        """Ignored: the decision is recorded under the verified caller's identity (its token's
+        subject), never under a name the request gives.
+        """
+
     def __init__(
         self,
         *,
