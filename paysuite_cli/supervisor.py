@@ -8,6 +8,7 @@ SIGINT/SIGTERM or when one process crash-loops.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import os
@@ -242,8 +243,29 @@ def spawn(proc: Process, env: dict[str, str]) -> subprocess.Popen[bytes]:
     # child itself, children before the servers they use, whether the signal came from the
     # terminal or from `kill -INT <pid>`.
     return subprocess.Popen(  # noqa: S603 - our own modules, no shell
-        [sys.executable, "-m", proc.module], env={**env, **dict(proc.env)}, start_new_session=True
+        [sys.executable, "-m", proc.module],
+        env={**env, **dict(proc.env)},
+        start_new_session=True,
+        preexec_fn=_stopped_with(os.getpid()),
     )
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _stopped_with(supervisor: int) -> Callable[[], None] | None:
+    """Linux: the child gets SIGTERM (and stops gracefully) when the supervisor dies, even by
+    SIGKILL, so no orphan keeps the suite's ports and a new `paysuite up` can start."""
+    if sys.platform != "linux":
+        return None
+
+    def arrange() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != supervisor:  # it died before the request was made
+            os._exit(1)
+
+    return arrange
 
 
 STOP_TIMEOUT_S = 15.0

@@ -177,3 +177,36 @@ def test_up_heals_refuses_a_second_suite_and_stops_on_a_plain_sigint(suite: Suit
     assert "redis unavailable" not in stopping
     assert not (suite.data_dir / ENDPOINTS_FILE).exists()
     assert took < 8, f"stopping took {took:.1f} s"
+
+
+@pytest.mark.timeout(240)
+def test_a_sigkilled_supervisor_takes_its_services_along_and_a_new_one_starts(
+    suite: Suite,
+) -> None:
+    """No orphan keeps the suite's ports: the services stop with the supervisor (Linux parent-
+    death signal), and the next `paysuite up` on the folder starts (an embedded server the
+    dead one left running is reused)."""
+    services = [
+        proc
+        for proc in psutil.Process(suite.process.pid).children()
+        if any(part.endswith(("_service", "recovery_worker", "webhook")) for part in proc.cmdline())
+    ]
+    assert len(services) >= 4
+    os.killpg(suite.process.pid, signal.SIGKILL)  # the supervisor alone: children have sessions
+    suite.process.wait(timeout=10)
+    _gone, alive = psutil.wait_procs(services, timeout=15)
+    assert not alive, [p.cmdline() for p in alive]
+
+    again = Suite.__new__(Suite)
+    again.data_dir, again.env, again.log = suite.data_dir, suite.env, suite.log.with_name("again")
+    with again.log.open("w") as out:
+        again.process = subprocess.Popen(
+            [*PAYSUITE, "up"], env=again.env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        again.wait_for("paysuite is up", timeout_s=90)
+        assert again.all_serving()
+    finally:
+        again.process.send_signal(signal.SIGINT)
+        assert again.process.wait(timeout=30) == 0
