@@ -1042,6 +1042,13 @@ class Payment:
             )
         )
 
+    def note_provider_dispute(self, provider_event: str, reason: str) -> None:
+        """The gateway found the provider contradicting an operation of this payment that had
+        already ended (it failed one the provider never processed, and the provider now
+        reports it succeeded, say), or reporting it for another amount: money may have moved
+        otherwise than this payment says. The state stays; an operator looks."""
+        self._request_review(provider_event, reason)
+
     def _request_review(self, provider_event: str, reason: str) -> None:
         self._note("review.requested", {"provider_event": provider_event}, error=reason)
         self._open_review(ReviewReason.PROVIDER_CONTRADICTION, reason, provider_event)
