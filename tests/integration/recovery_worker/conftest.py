@@ -36,7 +36,9 @@ class Rig:
             assert response.status == 200, await response.text()
 
     async def calm(self) -> None:
-        await self.chaos(timeout_rate=0, drop_rate=0, webhook_delay_rate=0, settle_delay_ms=50)
+        await self.chaos(
+            timeout_rate=0, drop_rate=0, decline_rate=0, webhook_delay_rate=0, settle_delay_ms=50
+        )
 
     async def provider_statuses(self) -> set[str]:
         async with self.http.get(f"{self.suite.simulator_url}/_sim/operations") as response:

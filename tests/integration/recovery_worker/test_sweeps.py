@@ -265,7 +265,12 @@ async def test_a_payout_the_provider_never_processed_fails_and_releases_its_hold
 
 
 async def refunding_deposit(
-    rig: Rig, c: Clients, connections: Connections, *, refund_settle_ms: int = 20
+    rig: Rig,
+    c: Clients,
+    connections: Connections,
+    *,
+    refund_settle_ms: int = 20,
+    decline_refunds: bool = False,
 ) -> P.Payment:
     """A deposit the provider charged but the wallet cannot take in (its account closed),
     whose compensation refund the provider accepted and has not answered: refunding."""
@@ -274,7 +279,7 @@ async def refunding_deposit(
         wallet_pb2.AccountStatusRequest(operation_ref=str(uuid.uuid4()), account_id=account_id)
     )
     payment = await pending_with_lost_webhook(rig, c, account_id)
-    await rig.chaos(settle_delay_ms=refund_settle_ms)
+    await rig.chaos(settle_delay_ms=refund_settle_ms, decline_rate=1.0 if decline_refunds else 0)
     await sweep(rig, connections, "pending").run_once(later())
     refunding = await wait_for_status(c, payment.payment_id, {REFUNDING}, timeout_s=10)
 
@@ -309,6 +314,44 @@ async def test_a_refund_whose_answer_was_lost_is_asked_about_and_settles(
     assert (step.event_type, step.data["answer"]) == ("recovery.sync_requested", "succeeded")
     assert step.data["operation_id"] != charge_sync.data["operation_id"]
     assert step.data["attempt_id"].startswith("refunding:")
+
+
+async def test_a_refund_the_provider_declines_three_times_opens_a_case(
+    rig: Rig, connections: Connections
+) -> None:
+    refunding_sweep = sweep(rig, connections, "refunding")
+    async with clients(rig.suite) as c:
+        try:
+            # Every refund attempt is declined, its answer held back like the charge's.
+            payment = await refunding_deposit(rig, c, connections, decline_refunds=True)
+            since = payment.updated_at.ToDatetime(UTC)
+            accepted = 1
+            # Each attempt's answer is held back; the sweep asks about it at the next rung,
+            # the provider says declined, and the saga sends the next attempt (a new key).
+            for age in (timedelta(minutes=31), timedelta(minutes=61), timedelta(days=1)):
+                await settled_at_provider(rig)
+                await refunding_sweep.run_once(since + age + timedelta(minutes=1))
+                accepted += 1
+
+                async def sent_or_done(expected: int = accepted) -> bool:
+                    steps = [s.event_type for s in await trail(c, payment.payment_id)]
+                    return (
+                        steps.count("refund.accepted") == expected
+                        or "status.requires_manual_review" in steps
+                    )
+
+                await eventually(sent_or_done)
+            in_review = await wait_for_status(c, payment.payment_id, {IN_REVIEW}, timeout_s=10)
+            steps = [s.event_type for s in await trail(c, payment.payment_id)]
+            cases = await c.payments.ListReviewCases(P.ListReviewCasesRequest(page_size=100))
+        finally:
+            await rig.calm()
+
+    assert in_review.status == IN_REVIEW
+    assert steps.count("refund.failed") == 3
+    assert steps.count("recovery.sync_requested") == 1 + 3  # the charge's, then each refund's
+    [case] = [case for case in cases.cases if case.payment_id == payment.payment_id]
+    assert case.reason_code == "COMPENSATION_FAILED"
 
 
 async def test_a_refund_left_unsettled_through_three_attempts_goes_to_review(
