@@ -172,7 +172,7 @@ class GatewayClient(_Client):
 
     async def sync_operation(self, operation_id: str) -> OperationState:
         # trigger "" is the contract's value for a sync asked by an operator or the recovery
-        # (the only other one, "unverified_webhook", is the webhook adapter's).
+        # worker (here, through RecoverPayment); "unverified_webhook" is the webhook adapter's.
         operation = await self._call(
             self._stub.SyncOperation, gateway_pb2.SyncOperationRequest(operation_id=operation_id)
         )

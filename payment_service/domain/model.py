@@ -905,11 +905,12 @@ class Payment:
 
     def record_recovery(
         self, request: RecoveryRequest, action: RecoveryAction, result: RecoveryResult
-    ) -> RecoveryOutcome:
-        """Notes an attempt of the recovery worker in the audit trail (`recovery.<action>`)
-        and decides what it means: a refunding deposit left unsettled by the
-        MAX_RECOVERY_ATTEMPTS-th attempt goes to an operator (a refund whose outcome may be
-        unknown is never failed, nor tried forever in silence)."""
+    ) -> PaymentStep:
+        """Notes an attempt of the recovery worker in the audit trail (`recovery.<action>`,
+        returned; its `outcome` is what the attempt achieved) and decides what it means: a
+        refunding deposit left unsettled by the MAX_RECOVERY_ATTEMPTS-th attempt goes to an
+        operator (a refund whose outcome may be unknown is never failed, nor tried forever
+        in silence)."""
         outcome = result.outcome
         refunding = self.status is PaymentStatus.REFUNDING
         if refunding and outcome in (RecoveryOutcome.UNKNOWN, RecoveryOutcome.RESUMED):
@@ -929,12 +930,13 @@ class Payment:
         if request.next_attempt_at is not None and outcome is not RecoveryOutcome.ESCALATED:
             data["next_attempt_at"] = request.next_attempt_at.isoformat()
         self._note(f"recovery.{action}", data, error=result.error)
+        noted = self.new_steps[-1]
         if outcome is RecoveryOutcome.ESCALATED:
             self._escalate(
                 ReviewReason.REFUND_STALLED,
                 f"refund still unsettled after {self.saga.recovery_attempts} recovery attempts",
             )
-        return outcome
+        return noted
 
     def settles_refund(self) -> bool:
         """Whether this refund has just ended, so its deposit must learn of it."""

@@ -682,11 +682,10 @@ class PaymentService:
                 prior = _attempt_in(steps, request.attempt_id)
                 if prior is not None:
                     return RecoveryRecord(_recorded_outcome(prior), current, prior)
-                outcome = current.record_recovery(request, action, result)
-                step = next(s for s in current.new_steps if s.event_type.startswith("recovery."))
+                step = current.record_recovery(request, action, result)
                 await self._save(uow, current)
                 await uow.commit()
-                return RecoveryRecord(outcome, current, step)
+                return RecoveryRecord(_recorded_outcome(step), current, step)
 
         record_ = await retry_on_conflict(record)
         log.info(
