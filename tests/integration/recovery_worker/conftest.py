@@ -40,12 +40,13 @@ class Rig:
             timeout_rate=0, drop_rate=0, decline_rate=0, webhook_delay_rate=0, settle_delay_ms=50
         )
 
-    async def provider_statuses(self, reference: str) -> set[str]:
-        """The statuses of the provider's operations for one payment (its id is their
-        reference): other tests' operations, some held for minutes on purpose, do not count."""
+    async def provider_statuses(self, references: set[str]) -> list[str]:
+        """The statuses of the provider's operations with these references (the gateway's
+        operation ids): other tests' operations, some held for minutes on purpose, do not
+        count."""
         async with self.http.get(f"{self.suite.simulator_url}/_sim/operations") as response:
             body = await response.json()
-        return {op["status"] for op in body["operations"] if op["reference"] == reference}
+        return [op["status"] for op in body["operations"] if op["reference"] in references]
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")

@@ -52,12 +52,20 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10
         await asyncio.sleep(0.05)
 
 
-async def settled_at_provider(rig: Rig, payment_id: str) -> None:
-    """The provider has decided every operation of the payment (its webhooks may still be
-    held back)."""
+async def operations_of(c: Clients, payment_id: str) -> set[str]:
+    """The gateway operations the payment knows of: its own, and each refund attempt's."""
+    payment = await c.payments.GetPayment(P.GetPaymentRequest(payment_id=payment_id))
+    noted = {s.data["operation_id"] for s in await trail(c, payment_id) if "operation_id" in s.data}
+    return (noted | {payment.gateway_operation_id}) - {""}
+
+
+async def settled_at_provider(rig: Rig, c: Clients, payment_id: str) -> None:
+    """The provider has decided every operation of the payment it has (their webhooks may
+    still be held back)."""
 
     async def settled() -> bool:
-        return "processing" not in await rig.provider_statuses(payment_id)
+        statuses = await rig.provider_statuses(await operations_of(c, payment_id))
+        return bool(statuses) and "processing" not in statuses
 
     await eventually(settled)
 
@@ -89,7 +97,7 @@ async def pending_with_lost_webhook(rig: Rig, c: Clients, account_id: str = "") 
     await rig.chaos(webhook_delay_rate=1.0, webhook_delay_ms=120_000, settle_delay_ms=20)
     created = await deposit(c, account_id or await open_account(c))
     payment = await wait_for_status(c, created.payment_id, {PENDING})
-    await settled_at_provider(rig, payment.payment_id)
+    await settled_at_provider(rig, c, payment.payment_id)
     return payment
 
 
@@ -180,7 +188,7 @@ async def test_a_provider_confirming_success_after_a_timeout_completes_the_depos
             )
             created = await deposit(c, await open_account(c))
             waiting = await outcome_unknown(c, created.payment_id)
-            await settled_at_provider(rig, created.payment_id)
+            await settled_at_provider(rig, c, created.payment_id)
 
             report = await initiated.run_once(later())
             completed = await wait_for_status(c, created.payment_id, {COMPLETED}, timeout_s=10)
@@ -298,7 +306,7 @@ async def test_a_refund_whose_answer_was_lost_is_asked_about_and_settles(
     async with clients(rig.suite) as c:
         try:
             payment = await refunding_deposit(rig, c, connections)
-            await settled_at_provider(rig, payment.payment_id)
+            await settled_at_provider(rig, c, payment.payment_id)
             since = payment.updated_at.ToDatetime(UTC)
 
             too_early = await refunding_sweep.run_once(since + timedelta(minutes=29))
@@ -330,7 +338,7 @@ async def test_a_refund_the_provider_declines_three_times_opens_a_case(
             # Each attempt's answer is held back; the sweep asks about it at the next rung,
             # the provider says declined, and the saga sends the next attempt (a new key).
             for age in (timedelta(minutes=31), timedelta(minutes=61), timedelta(days=1)):
-                await settled_at_provider(rig, payment.payment_id)
+                await settled_at_provider(rig, c, payment.payment_id)
                 await refunding_sweep.run_once(since + age + timedelta(minutes=1))
                 accepted += 1
 
