@@ -120,6 +120,7 @@ def _operation_handler(kind: Kind) -> Callable[[web.Request], Awaitable[web.Resp
         body = _validated(kind, await _json_object(request))
         key = _idempotency_key(request, body)
         simulator.check_available()
+        await simulator.maybe_drop()
         operation, created = simulator.create(kind, key, body, trace=dict(tracing.inject({})))
         await simulator.maybe_never_answer()
         if created:
@@ -178,6 +179,7 @@ async def get_config(request: web.Request) -> web.Response:
             "signature_format": settings.signature_format,
             "seed": settings.seed,
             "unanswered_requests": simulator.unanswered,
+            "dropped_requests": simulator.dropped,
             **simulator.chaos.model_dump(),
         }
     )

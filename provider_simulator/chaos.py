@@ -23,6 +23,9 @@ class Chaos(BaseModel):
     error_rate: float = Field(default=0.0, ge=0, le=1)
     # Share of requests that are processed but never answered.
     timeout_rate: float = Field(default=0.0, ge=0, le=1)
+    # Share of requests lost on their way in: never processed and never answered, as a request
+    # that timed out before it reached the provider. A later lookup says "no such operation".
+    drop_rate: float = Field(default=0.0, ge=0, le=1)
     # Share of webhooks sent twice.
     webhook_duplicate_rate: float = Field(default=0.0, ge=0, le=1)
     # Share of webhooks held back for webhook_delay_ms before their first attempt.

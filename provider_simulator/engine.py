@@ -2,8 +2,8 @@
 
 Like a real PSP it answers `processing` at once and settles later, deduplicates on the
 idempotency key, and reports outcomes by signed webhooks delivered at least once. The `Chaos`
-knobs make it fail like one too: declines, 503s, requests taken but never answered, outages,
-and webhooks duplicated, delayed or reordered.
+knobs make it fail like one too: declines, 503s, requests taken but never answered, requests
+lost before it saw them, outages, and webhooks duplicated, delayed or reordered.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class Simulator:
         self._closing = asyncio.Event()
         self._release = asyncio.Event()
         self.unanswered = 0
+        self.dropped = 0
 
     @property
     def charges(self) -> dict[str, Operation]:
@@ -154,8 +155,17 @@ class Simulator:
 
     async def maybe_never_answer(self) -> None:
         """The chaos of a provider that took the request and never answers it."""
-        if not self._dice.roll(self.chaos.timeout_rate):
-            return
+        if self._dice.roll(self.chaos.timeout_rate):
+            await self._hold_unanswered()
+
+    async def maybe_drop(self) -> None:
+        """The chaos of a request lost before the provider saw it: nothing is recorded, the
+        caller times out, and a lookup of its idempotency key finds no such operation."""
+        if self._dice.roll(self.chaos.drop_rate):
+            self.dropped += 1
+            await self._hold_unanswered()
+
+    async def _hold_unanswered(self) -> None:
         self.unanswered += 1
         try:
             async with asyncio.timeout(UNANSWERED_HOLD_S):

@@ -4,12 +4,11 @@ moves them on through the services' gRPC APIs (it owns no business data; design.
 Sweeps (`service_layer.sweeps`), each claimed through a Redis lease per run so several
 replicas never do the same sweep at once (`adapters.redis_store` says why Redis):
 
-- pending: payments the provider has not answered are asked about again (SyncOperation) on
-  an escalating ladder (`domain.ladder`); an unknown answer never fails a payment.
-- initiated: payments whose saga's first step never ran, reported (resuming them is the
-  payment service's job).
-- refunding: refunds stuck past their threshold, reported until the payment service
-  exposes an RPC that retries its refund step.
+- pending, initiated, refunding: payments stuck past their threshold are moved on at the
+  rungs of an escalating ladder (`domain.ladder`) through the payment service's
+  RecoverPayment, which asks the provider again (SyncOperation) or resumes the saga, and
+  notes each attempt in the payment's audit trail. An unknown answer never fails a
+  payment; a refund still unsettled after three attempts goes to manual review.
 - expired_holds: wallet holds past their expiry, released (WalletService.ExpireHolds).
 - pipeline: consumer groups with stalled entries, their lag, and dead letters, reported.
 

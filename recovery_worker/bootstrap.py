@@ -77,19 +77,13 @@ def build_sweeps(settings: Settings, connections: Connections) -> list[Sweep]:
     gateway = GrpcGateway(connections.gateway, timeout_s=timeout_s)
     wallet = GrpcWallet(connections.wallet, timeout_s=timeout_s)
     streams = [settings.stream_prefix + s for s in (PAYMENT_STREAM, WALLET_STREAM, GATEWAY_STREAM)]
+    memory = RedisRungMemory(connections.redis, prefix=settings.stream_prefix)
+    stuck_after = Ladder.starting_at(timedelta(seconds=settings.recovery_pending_after_s))
+    refunding = Ladder.starting_at(timedelta(seconds=settings.recovery_refunding_after_s))
     return [
-        PendingSweep(
-            payments=payments,
-            gateway=gateway,
-            memory=RedisRungMemory(connections.redis, prefix=settings.stream_prefix),
-            ladder=Ladder.starting_at(timedelta(seconds=settings.recovery_pending_after_s)),
-        ),
-        InitiatedSweep(
-            payments=payments, after=timedelta(seconds=settings.recovery_pending_after_s)
-        ),
-        RefundingSweep(
-            payments=payments, after=timedelta(seconds=settings.recovery_refunding_after_s)
-        ),
+        PendingSweep(payments=payments, memory=memory, ladder=stuck_after),
+        InitiatedSweep(payments=payments, memory=memory, ladder=stuck_after),
+        RefundingSweep(payments=payments, memory=memory, ladder=refunding),
         ExpiredHoldsSweep(wallet=wallet),
         PipelineSweep(
             pipeline=RedisPipeline(connections.redis),

@@ -16,7 +16,7 @@ from common.grpc.convert import money_to_proto
 from common.grpc.deadlines import remaining
 from common.money import Money
 from payment_service.domain.model import ProviderAnswer
-from payment_service.service_layer.ports import AccountInfo, ProviderResult
+from payment_service.service_layer.ports import AccountInfo, OperationState, ProviderResult
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -170,6 +170,19 @@ class GatewayClient(_Client):
                     reference=reference,
                 ),
             )
+        )
+
+    async def sync_operation(self, operation_id: str) -> OperationState:
+        # trigger "" is the contract's value for a sync asked by an operator or the recovery
+        # worker (here, through RecoverPayment); "unverified_webhook" is the webhook adapter's.
+        operation = await self._call(
+            self._stub.SyncOperation, gateway_pb2.SyncOperationRequest(operation_id=operation_id)
+        )
+        status = gateway_pb2.OperationStatus.Name(operation.status)
+        return OperationState(
+            operation_id=operation.operation_id,
+            status=status.removeprefix("OPERATION_STATUS_").lower(),
+            failure_reason=operation.failure_reason,
         )
 
 

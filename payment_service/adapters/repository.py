@@ -111,10 +111,13 @@ _ANSWER_CLAIM = (
     " WHERE payment_id = %s AND response_version IS NULL"
 )
 # Payments whose saga may have stopped between two steps, oldest first; a row another replica
-# is resuming right now is skipped rather than waited for.
+# is resuming right now is skipped rather than waited for. One resumed lately (its time is in
+# the saga state, so that updated_at keeps saying when the payment last changed) waits.
 _STALLED = (
     "SELECT payment_id FROM payments WHERE status IN ('initiated', 'refunding')"
-    " AND updated_at < now() - %s ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED"
+    " AND updated_at < now() - %s"
+    " AND COALESCE((saga->>'resumed_at')::timestamptz, updated_at) < now() - %s"
+    " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED"
 )
 _PURGE_CLAIMS = (
     "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys"
@@ -275,7 +278,7 @@ class PaymentRepository:
         await self._raw.execute(_ANSWER_CLAIM, (version, error_reason, error_message, payment_id))
 
     async def stalled(self, *, older_than: timedelta, limit: int) -> builtins.list[str]:
-        cursor = await self._raw.execute(_STALLED, (older_than, limit))
+        cursor = await self._raw.execute(_STALLED, (older_than, older_than, limit))
         return [str(row[0]) for row in await cursor.fetchall()]
 
     async def purge_claims(self, *, older_than: timedelta, limit: int) -> int:

@@ -4,7 +4,7 @@ and is part of the API: callers branch on it, so it never changes meaning."""
 
 from __future__ import annotations
 
-from common.errors import FailedPrecondition, RetryLater
+from common.errors import DependencyUnavailable, FailedPrecondition, RetryLater
 
 
 class PaymentNotRefundable(FailedPrecondition):
@@ -62,3 +62,9 @@ class ReviewPaymentInFlight(FailedPrecondition):
     once the payment has settled or reached requires_manual_review."""
 
     reason = "REVIEW_PAYMENT_IN_FLIGHT"
+
+
+class ProviderOutcomeUnknown(DependencyUnavailable):
+    """The provider did not answer a call that may have moved money: "wait and retry" for a
+    stream consumer (the step is retried with the same key), and an unknown outcome for the
+    recovery worker (asked about again at its next rung), never a failure."""

@@ -20,9 +20,10 @@ The states, and who moves a payment into each:
   saga refunds it (a compensation), retrying a few times.
 - refunded / partially_refunded: a deposit's money went back (all of it / part of it) through
   refund payments, or its compensation refund succeeded.
-- requires_manual_review: the saga cannot decide (a compensation kept failing, or a capture
-  was refused after a payout); a review case is opened, and an operator resolves it into
-  completed, failed or refunded (`resolve_review`).
+- requires_manual_review: the saga cannot decide (a compensation kept failing or stayed
+  unsettled through the recovery worker's attempts, or a capture was refused after a
+  payout); a review case is opened, and an operator resolves it into completed, failed or
+  refunded (`resolve_review`).
 
 Final states (failed, cancelled, refunded) never change again. Settled states (completed,
 partially_refunded) never change by what a provider says: a late or contradicting provider
@@ -112,6 +113,9 @@ AGREEING_RESOLUTION: dict[PaymentStatus, Resolution] = {
 # A deposit's compensation refund is tried this many times (each with its own provider key)
 # before an operator must look.
 MAX_COMPENSATION_ATTEMPTS = 3
+# The recovery worker's attempts (on its ladder: 30 minutes, 1 hour, 1 day by default) at a
+# refunding deposit whose refund stays unsettled, before an operator must look.
+MAX_RECOVERY_ATTEMPTS = 3
 
 
 class ProviderAnswer(StrEnum):
@@ -120,6 +124,48 @@ class ProviderAnswer(StrEnum):
     ACCEPTED = "accepted"  # the provider has it; its outcome comes as an event
     DECLINED = "declined"  # refused outright: no money moved
     UNKNOWN = "unknown"  # no answer (timeout): money may have moved; ask again, never fail
+
+
+class RecoveryAction(StrEnum):
+    """What moving a stuck payment on means for it now (`Payment.recovery_action`)."""
+
+    # Ask the provider again about an operation whose outcome it has not given.
+    SYNC = "sync_requested"
+    # Run the saga's next step again from its recovery point, with the same keys.
+    RESUME = "resume_requested"
+
+
+class RecoveryOutcome(StrEnum):
+    """What an attempt to move a stuck payment on achieved."""
+
+    SETTLED = "settled"  # the provider gave its final answer; its event moves the payment
+    UNKNOWN = "unknown"  # no final answer yet: ask again later
+    RESUMED = "resumed"  # the saga's next step ran again
+    ESCALATED = "escalated"  # still unsettled after the last attempt: requires_manual_review
+    NOT_STUCK = "not_stuck"  # nothing to do: it is no longer initiated, pending or refunding
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryRequest:
+    """The recovery worker asking to move a stuck payment on; `attempt_id` names the attempt
+    (the same id again is the same attempt, recorded once)."""
+
+    payment_id: str
+    attempt_id: str
+    requested_by: str
+    rung: int = 0
+    next_attempt_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryResult:
+    """What an attempt did: its outcome, the operation asked about and the provider's answer
+    (as the gateway reports it), and why it could not act, if it could not."""
+
+    outcome: RecoveryOutcome
+    operation_id: str = ""
+    answer: str = ""
+    error: str = ""
 
 
 class HoldState(StrEnum):
@@ -205,6 +251,12 @@ class PaymentStep:
     Withdrawal, payout failed: ... provider.payout_failed, hold.released, status.failed
     Refund (its own payment): as a withdrawal with refund.* steps; its deposit records
                        refund.reserved, then refund.settled or refund.released
+    A provider call not answered (timeout): <call>.outcome_unknown (noted once; the payment
+                       keeps the gateway operation and stays initiated, never failed)
+    The recovery worker moving it on: recovery.sync_requested (the provider asked again) or
+                       recovery.resume_requested (the next step run again), with the attempt,
+                       rung, outcome, provider answer and next attempt; saga.resumed for the
+                       payment service's own resume sweep
     A provider contradicting a final state: review.requested (a review case is opened)
     An operator's decision on a review case: review.resolved (then, for a payment in
                        requires_manual_review, status.<resolution>)
@@ -331,6 +383,15 @@ class SagaState:
     last_failed_operation: str = ""  # the last of them, counted once however often reported
     refunded_minor: int = 0  # a deposit's refunds that succeeded
     refund_reserved_minor: int = 0  # a deposit's refunds in flight
+    # A refunding deposit's current refund attempt at the gateway, once the gateway named it,
+    # and what it said of it ("accepted", or "unknown" when the provider did not answer).
+    refund_operation_id: str = ""
+    refund_outcome: str = ""
+    # Attempts the recovery worker made at a refunding deposit that left it unsettled.
+    recovery_attempts: int = 0
+    # When the payment service's own resume sweep last picked the saga up (ISO 8601): kept
+    # apart from updated_at, which says when the payment last changed.
+    resumed_at: str = ""
 
 
 @dataclass
@@ -568,9 +629,12 @@ class Payment:
         """The gateway's answer to the step that asked the provider. Only an INITIATED
         payment learns from it: later, the provider's own events (which may have overtaken
         the answer) decide. A declined withdrawal or refund must have released its hold."""
-        if self.status is not PaymentStatus.INITIATED or answer is ProviderAnswer.UNKNOWN:
+        if self.status is not PaymentStatus.INITIATED:
             return
         operation = self.saga.provider_call or self.provider_call().operation
+        if answer is ProviderAnswer.UNKNOWN:
+            self._outcome_unknown(operation, operation_id)
+            return
         if not self.saga.provider_call:  # a deposit charged before recovery points existed
             self.saga.provider_call = operation
             self._note(
@@ -585,6 +649,15 @@ class Payment:
         else:
             self._note(f"{operation}.accepted", {"operation_id": operation_id})
             self.mark_pending(operation_id)
+
+    def _outcome_unknown(self, operation: str, operation_id: str) -> None:
+        """The provider did not answer: it may have acted. The payment stays initiated (the
+        step is retried with the same key) and keeps the gateway's operation, so the recovery
+        worker can ask the provider about it; noted once, however often retried."""
+        if not operation_id or operation_id == self.gateway_operation_id:
+            return
+        self.gateway_operation_id = operation_id
+        self._note(f"{operation}.outcome_unknown", {"operation_id": operation_id})
 
     # -- what the provider says; the aggregate decides what it means ------------------------
 
@@ -726,10 +799,20 @@ class Payment:
     def record_compensation_answer(
         self, answer: ProviderAnswer, *, operation_id: str, reason: str
     ) -> None:
-        if self.status is not PaymentStatus.REFUNDING or answer is ProviderAnswer.UNKNOWN:
+        """The gateway's answer to a refund attempt. Accepted or unknown, the attempt's
+        operation is kept (the recovery worker asks the provider about it) and noted once,
+        however often the attempt is resumed; declined, it counts as a failed attempt."""
+        if self.status is not PaymentStatus.REFUNDING:
             return
-        if answer is ProviderAnswer.ACCEPTED:
-            self._note("refund.accepted", {"operation_id": operation_id})
+        if answer is not ProviderAnswer.DECLINED:
+            seen = (self.saga.refund_operation_id, self.saga.refund_outcome)
+            if not operation_id or seen == (operation_id, answer.value):
+                return
+            self.saga.refund_operation_id, self.saga.refund_outcome = operation_id, answer.value
+            event = (
+                "refund.accepted" if answer is ProviderAnswer.ACCEPTED else "refund.outcome_unknown"
+            )
+            self._note(event, {"operation_id": operation_id})
         else:
             self.apply_compensation_outcome(
                 succeeded=False, operation_id=operation_id, reason=reason
@@ -753,6 +836,7 @@ class Payment:
         if operation_id and operation_id == self.saga.last_failed_operation:
             return  # the gateway's answer and its event both report the same failed attempt
         self.saga.last_failed_operation = operation_id
+        self.saga.refund_operation_id = self.saga.refund_outcome = ""
         self.saga.compensation_attempts += 1
         self._note(
             "refund.failed",
@@ -787,11 +871,72 @@ class Payment:
 
     # -- the saga resumed after a stop ----------------------------------------------------------
 
-    def note_resumed(self) -> None:
+    def note_resumed(self, at: datetime | None = None) -> None:
         """The resume sweep picked this payment up; it looks again only after its threshold
-        has passed once more."""
-        self.updated_at = datetime.now(UTC)
-        self._note("saga.resumed", {"status": self.status.value})
+        has passed once more. `updated_at` stays: the payment did not change, and the
+        recovery worker measures how long it has been stuck from it."""
+        at = at or datetime.now(UTC)
+        self.saga.resumed_at = at.isoformat()
+        self._note("saga.resumed", {"status": self.status.value}, at=at)
+
+    # -- the recovery worker moving a stuck payment on --------------------------------------
+
+    def recovery_action(self) -> tuple[RecoveryAction, str] | None:
+        """What moving this payment on means now, and the gateway operation to ask about:
+        a pending payment, or one whose provider call (or refund attempt) was sent and not
+        settled, is asked about (never failed on a guess: only the provider's final answer
+        moves it, through its events); a saga stopped before its next call runs that step
+        again. None when it is no longer stuck."""
+        if self.status is PaymentStatus.PENDING:
+            return (
+                (RecoveryAction.SYNC, self.gateway_operation_id)
+                if self.gateway_operation_id
+                else None
+            )
+        if self.status is PaymentStatus.INITIATED:
+            if self.saga.provider_call and self.gateway_operation_id:
+                return RecoveryAction.SYNC, self.gateway_operation_id
+            return RecoveryAction.RESUME, ""
+        if self.status is PaymentStatus.REFUNDING:
+            if self.saga.refund_operation_id:
+                return RecoveryAction.SYNC, self.saga.refund_operation_id
+            return RecoveryAction.RESUME, ""
+        return None
+
+    def record_recovery(
+        self, request: RecoveryRequest, action: RecoveryAction, result: RecoveryResult
+    ) -> PaymentStep:
+        """Notes an attempt of the recovery worker in the audit trail (`recovery.<action>`,
+        returned; its `outcome` is what the attempt achieved) and decides what it means: a
+        refunding deposit left unsettled by the MAX_RECOVERY_ATTEMPTS-th attempt goes to an
+        operator (a refund whose outcome may be unknown is never failed, nor tried forever
+        in silence)."""
+        outcome = result.outcome
+        refunding = self.status is PaymentStatus.REFUNDING
+        if refunding and outcome in (RecoveryOutcome.UNKNOWN, RecoveryOutcome.RESUMED):
+            self.saga.recovery_attempts += 1
+            if self.saga.recovery_attempts >= MAX_RECOVERY_ATTEMPTS:
+                outcome = RecoveryOutcome.ESCALATED
+        data = {
+            "attempt_id": request.attempt_id,
+            "requested_by": request.requested_by,
+            "rung": str(request.rung),
+            "outcome": outcome.value,
+        }
+        if result.operation_id:
+            data["operation_id"] = result.operation_id
+        if result.answer:
+            data["answer"] = result.answer
+        if request.next_attempt_at is not None and outcome is not RecoveryOutcome.ESCALATED:
+            data["next_attempt_at"] = request.next_attempt_at.isoformat()
+        self._note(f"recovery.{action}", data, error=result.error)
+        noted = self.new_steps[-1]
+        if outcome is RecoveryOutcome.ESCALATED:
+            self._escalate(
+                ReviewReason.REFUND_STALLED,
+                f"refund still unsettled after {self.saga.recovery_attempts} recovery attempts",
+            )
+        return noted
 
     def settles_refund(self) -> bool:
         """Whether this refund has just ended, so its deposit must learn of it."""
@@ -898,6 +1043,13 @@ class Payment:
                 version=self.version,
             )
         )
+
+    def note_provider_dispute(self, provider_event: str, reason: str) -> None:
+        """The gateway found the provider contradicting an operation of this payment that had
+        already ended (it failed one the provider never processed, and the provider now
+        reports it succeeded, say), or reporting it for another amount: money may have moved
+        otherwise than this payment says. The state stays; an operator looks."""
+        self._request_review(provider_event, reason)
 
     def _request_review(self, provider_event: str, reason: str) -> None:
         self._note("review.requested", {"provider_event": provider_event}, error=reason)

@@ -1,7 +1,8 @@
 """Manual-review cases: a payment an operator must decide. Plain Python: no SQL, no gRPC.
 
 A case is opened when a payment enters requires_manual_review (its compensation refund failed
-MAX_COMPENSATION_ATTEMPTS times, or a payout went through but its hold could not be captured)
+MAX_COMPENSATION_ATTEMPTS times or stayed unsettled through MAX_RECOVERY_ATTEMPTS attempts of the
+recovery worker, or a payout went through but its hold could not be captured)
 and when a provider event contradicts a final or settled payment. The Payment records that a
 case is needed (`ReviewOpening`); the repository writes it in the same transaction as the
 change that caused it. A payment has at most one open case: a second reason to look adds its
@@ -37,6 +38,9 @@ class ReviewReason(StrEnum):
     # The recovery worker's reconciliation found the payment, the wallet's ledger and the
     # provider disagreeing (OpenReviewCase); the evidence holds what each side said.
     RECONCILIATION_MISMATCH = "RECONCILIATION_MISMATCH"
+    # A refunding deposit whose refund the recovery worker found unsettled attempt after
+    # attempt (its outcome unknown, or its answer lost): money may have gone back or not.
+    REFUND_STALLED = "REFUND_STALLED"
 
 
 class ReviewStatus(StrEnum):

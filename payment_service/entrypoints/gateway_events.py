@@ -10,6 +10,10 @@ from paysuite.events.v1 import events_pb2
 log = structlog.get_logger(__name__)
 
 GROUP = "payment-service"
+# The gateway's facts for review: a provider contradicting an operation that had ended, or
+# reporting it for another amount or reference. Either means money may have moved otherwise
+# than the payment says, so the payment gets a case (it is never moved by them).
+DISPUTES = ("operation.conflict", "operation.mismatch")
 
 
 class GatewayEventsEntrypoint:
@@ -18,6 +22,9 @@ class GatewayEventsEntrypoint:
 
     async def __call__(self, envelope: events_pb2.EventEnvelope) -> None:
         operation, _, outcome = envelope.event_type.partition(".")
+        if envelope.event_type in DISPUTES:
+            await self._disputed(envelope)
+            return
         if operation not in ("charge", "payout", "refund") or outcome not in (
             "succeeded",
             "failed",
@@ -49,3 +56,21 @@ class GatewayEventsEntrypoint:
                 await self._handlers.provider_failed(
                     **common, operation=operation, reason=change.failure_reason
                 )
+
+    async def _disputed(self, envelope: events_pb2.EventEnvelope) -> None:
+        change = events_pb2.OperationStatusChanged()
+        if not envelope.payload.Unpack(change):
+            raise ValueError(f"{envelope.event_type} without an OperationStatusChanged payload")
+        if not change.reference:
+            log.warning("gateway_event.without_reference", event_id=envelope.event_id)
+            return
+        # A conflict carries the outcome the provider now reports (e.g. charge.succeeded).
+        said = f"{change.kind}.{change.status}"
+        await self._handlers.provider_disputed(
+            event_id=envelope.event_id,
+            payment_id=change.reference,
+            provider_event=said
+            if envelope.event_type.endswith("conflict")
+            else envelope.event_type,
+            reason=change.failure_reason,
+        )

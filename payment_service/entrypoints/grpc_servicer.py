@@ -21,6 +21,8 @@ from payment_service.domain.model import (
     PaymentKind,
     PaymentStatus,
     PaymentStep,
+    RecoveryOutcome,
+    RecoveryRequest,
     StatusChange,
 )
 from payment_service.domain.review import Resolution, ReviewOpening, ReviewStatus
@@ -45,6 +47,9 @@ _RESOLUTION = {
     r: payment_pb2.ReviewResolution.Value(f"REVIEW_RESOLUTION_{r.name}") for r in Resolution
 }
 _RESOLUTION_OF = {number: resolution for resolution, number in _RESOLUTION.items()}
+_RECOVERY_OUTCOME = {
+    o: payment_pb2.RecoveryOutcome.Value(f"RECOVERY_OUTCOME_{o.name}") for o in RecoveryOutcome
+}
 
 
 def payment_to_proto(payment: Payment) -> payment_pb2.Payment:
@@ -151,6 +156,8 @@ POLICY = Policy(
         "GetReviewCase": Access.OPERATOR,
         "ResolveReviewCase": Access.OPERATOR,
         "OpenReviewCase": Access.OPERATOR,
+        # The recovery worker's escalation: it acts for the system, never for a caller.
+        "RecoverPayment": Access.SERVICE,
     },
 )
 
@@ -326,3 +333,25 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
             evidence=dict(request.evidence),
         )
         return case_to_proto(view)
+
+    async def RecoverPayment(
+        self, request: payment_pb2.RecoverPaymentRequest, context: Context
+    ) -> payment_pb2.RecoverPaymentResponse:
+        record = await self._service.recover(
+            RecoveryRequest(
+                payment_id=request.payment_id,
+                attempt_id=request.attempt_id,
+                requested_by=request.requested_by,
+                rung=request.rung,
+                next_attempt_at=(
+                    request.next_attempt_at.ToDatetime(UTC)
+                    if request.HasField("next_attempt_at")
+                    else None
+                ),
+            )
+        )
+        return payment_pb2.RecoverPaymentResponse(
+            outcome=_RECOVERY_OUTCOME[record.outcome],
+            payment=payment_to_proto(record.payment),
+            step=step_to_proto(record.step) if record.step else None,
+        )

@@ -132,6 +132,15 @@ class GatewayEventHandlers:
 
         await self._apply(event_id, payment_id, apply)
 
+    async def provider_disputed(
+        self, *, event_id: str, payment_id: str, provider_event: str, reason: str
+    ) -> None:
+        """The gateway recorded a provider report contradicting one of the payment's ended
+        operations (`operation.conflict`) or disagreeing with it (`operation.mismatch`)."""
+        await self._apply(
+            event_id, payment_id, lambda p: p.note_provider_dispute(provider_event, reason)
+        )
+
     async def _apply(
         self, event_id: str, payment_id: str, decide: Callable[[Payment], None]
     ) -> None:

@@ -38,6 +38,27 @@ class ProviderResult:
     failure_reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class OperationState:
+    """A gateway operation as the gateway knows it after asking the provider again."""
+
+    operation_id: str
+    # The gateway's status: created (the provider's answer unknown), pending, succeeded or
+    # failed; the last two are the provider's final word.
+    status: str
+    failure_reason: str = ""
+
+    @property
+    def settled(self) -> bool:
+        return self.status in ("succeeded", "failed")
+
+    @property
+    def answer(self) -> str:
+        """What the provider said, for the audit trail."""
+        said = "unknown" if self.status == "created" else self.status
+        return f"{said}: {self.failure_reason}" if self.failure_reason else said
+
+
 class ChangeFeed(Protocol):
     def subscribe(self, payment_id: str) -> AbstractAsyncContextManager[asyncio.Event]:
         """An event set whenever the payment may have changed; the watcher clears it."""
@@ -82,6 +103,10 @@ class GatewayPort(Protocol):
     async def refund(
         self, *, idempotency_key: str, charge_operation_id: str, amount: Money, reference: str
     ) -> ProviderResult: ...
+    async def sync_operation(self, operation_id: str) -> OperationState:
+        """Asks the provider now what became of the operation; the gateway applies the answer
+        (and emits its event) itself. NotFound for an operation the gateway does not know."""
+        ...
 
 
 class PaymentStore(Protocol):
@@ -100,7 +125,8 @@ class PaymentStore(Protocol):
 
     async def stalled(self, *, older_than: timedelta, limit: int) -> list[str]:
         """Ids of payments whose saga may have stopped between steps (initiated or
-        refunding, unchanged for `older_than`), locked; others' locked rows are skipped."""
+        refunding, unchanged and not resumed for `older_than`), locked; others' locked rows
+        are skipped."""
         ...
 
     async def purge_claims(self, *, older_than: timedelta, limit: int) -> int: ...

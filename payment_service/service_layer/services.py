@@ -28,7 +28,7 @@ from common.errors import (
 from common.faults import crash_point
 from common.ids import new_id, parse_id
 from common.money import Money
-from payment_service.domain.errors import Refused, RequestInFlight
+from payment_service.domain.errors import ProviderOutcomeUnknown, Refused, RequestInFlight
 from payment_service.domain.model import (
     DepositRequest,
     IdempotencyClaim,
@@ -39,6 +39,10 @@ from payment_service.domain.model import (
     PaymentStep,
     ProviderAnswer,
     ProviderCall,
+    RecoveryAction,
+    RecoveryOutcome,
+    RecoveryRequest,
+    RecoveryResult,
     RefundRequest,
     StatusChange,
     TransferRequest,
@@ -92,6 +96,32 @@ async def save_settling_refunds(uow: UnitOfWork, payment: Payment) -> None:
             deposit.settle_refund(payment)
             await uow.payments.save(deposit)
     await uow.payments.save(payment)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryRecord:
+    """What an attempt of the recovery worker achieved, the payment after it, and the attempt's
+    entry in the audit trail (None when there was nothing to do)."""
+
+    outcome: RecoveryOutcome
+    payment: Payment
+    step: PaymentStep | None
+
+
+def _recorded_outcome(step: PaymentStep) -> RecoveryOutcome:
+    return RecoveryOutcome(step.data.get("outcome", RecoveryOutcome.UNKNOWN.value))
+
+
+def _attempt_in(steps: list[PaymentStep], attempt_id: str) -> PaymentStep | None:
+    """The recovery attempt `attempt_id` in a payment's audit trail, if it was noted."""
+    return next(
+        (
+            s
+            for s in steps
+            if s.event_type.startswith("recovery.") and s.data.get("attempt_id") == attempt_id
+        ),
+        None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,7 +519,9 @@ class PaymentService:
         result = await self._call_provider(payment, call)
         crash_point("payment.provider_answered")
         if result.answer is ProviderAnswer.UNKNOWN:
-            raise DependencyUnavailable(
+            if result.operation_id and result.operation_id != payment.gateway_operation_id:
+                await self._record_answer(payment_id, result, requested_at)
+            raise ProviderOutcomeUnknown(
                 f"provider outcome of {call.operation} {result.operation_id} unknown; asking again"
             )
         if result.answer is ProviderAnswer.DECLINED and payment.wants_release():
@@ -497,6 +529,11 @@ class PaymentService:
                 operation_ref=payment.step_ref("release"), hold_id=payment.saga.hold_id
             )
 
+        await self._record_answer(payment_id, result, requested_at)
+
+    async def _record_answer(
+        self, payment_id: str, result: ProviderResult, requested_at: datetime
+    ) -> None:
         async def record() -> None:
             async with self._uow() as uow:
                 current = await uow.payments.get(payment_id, for_update=True)
@@ -554,8 +591,6 @@ class PaymentService:
             return
         payment, call = begun
         result = await self._call_provider(payment, call)
-        if result.answer is ProviderAnswer.UNKNOWN:
-            raise DependencyUnavailable(f"refund {result.operation_id} outcome unknown")
 
         async def record() -> None:
             async with self._uow() as uow:
@@ -567,6 +602,8 @@ class PaymentService:
                 await uow.commit()
 
         await retry_on_conflict(record)
+        if result.answer is ProviderAnswer.UNKNOWN:
+            raise ProviderOutcomeUnknown(f"refund {result.operation_id} outcome unknown")
 
     async def release_hold(self, payment_id: str) -> None:
         """Gives a cancelled payment's held money back (from `payment.cancelled`)."""
@@ -604,6 +641,93 @@ class PaymentService:
             except DomainError as exc:
                 log.warning("payment.resume_deferred", payment_id=payment_id, error=exc.message)
         return len(stalled)
+
+    async def recover(self, request: RecoveryRequest) -> RecoveryRecord:
+        """The recovery worker's attempt to move a stuck payment on (`Payment.recovery_action`):
+        asks the provider again about an operation it has not settled (the gateway applies
+        the answer and emits its event, so the payment moves through its normal handlers), or
+        runs the saga's next step again with the same keys. The attempt is noted in the audit
+        trail once per `attempt_id`, with what it achieved; a repeat acts no more.
+
+        Raises DependencyUnavailable when the gateway, the wallet or the provider cannot be
+        reached: nothing was learned, so nothing is noted and the worker asks again."""
+        request = replace(
+            request,
+            payment_id=parse_id(request.payment_id, "payment_id"),
+            attempt_id=require(request.attempt_id, "attempt_id"),
+            requested_by=require(request.requested_by, "requested_by"),
+        )
+        if request.rung < 0:
+            raise ValidationError(FieldViolation("rung", "must not be negative"))
+        payment = await self.get_payment(request.payment_id)
+        prior = await self._recovery_step(request)
+        planned = payment.recovery_action()
+        if prior is not None or planned is None:
+            outcome = _recorded_outcome(prior) if prior else RecoveryOutcome.NOT_STUCK
+            return RecoveryRecord(outcome, payment, prior)
+        action, operation_id = planned
+        if action is RecoveryAction.SYNC:
+            result = await self._sync(operation_id)
+        else:
+            result = await self._resume_step(payment.payment_id)
+        return await self._record_recovery(request, action, result)
+
+    async def _recovery_step(self, request: RecoveryRequest) -> PaymentStep | None:
+        async with self._uow() as uow:
+            return _attempt_in(await uow.payments.steps(request.payment_id), request.attempt_id)
+
+    async def _sync(self, operation_id: str) -> RecoveryResult:
+        try:
+            state = await self._gateway.sync_operation(operation_id)
+        except DependencyUnavailable:
+            raise
+        except DomainError as exc:
+            # The gateway refuses (an operation it does not know): a person has to look; the
+            # attempt is noted with why, and asked again at the next rung.
+            return RecoveryResult(RecoveryOutcome.UNKNOWN, operation_id, error=exc.message)
+        outcome = RecoveryOutcome.SETTLED if state.settled else RecoveryOutcome.UNKNOWN
+        return RecoveryResult(outcome, operation_id, state.answer)
+
+    async def _resume_step(self, payment_id: str) -> RecoveryResult:
+        try:
+            await self.resume(payment_id)
+        except ProviderOutcomeUnknown:
+            return RecoveryResult(RecoveryOutcome.UNKNOWN, answer="unknown")
+        except DependencyUnavailable:
+            raise
+        except DomainError as exc:
+            # The step ran and was refused (no funds for a hold, say): the payment took that
+            # answer through its state machine; the attempt notes why.
+            return RecoveryResult(RecoveryOutcome.RESUMED, error=exc.message)
+        return RecoveryResult(RecoveryOutcome.RESUMED)
+
+    async def _record_recovery(
+        self, request: RecoveryRequest, action: RecoveryAction, result: RecoveryResult
+    ) -> RecoveryRecord:
+        """Notes the attempt under the payment's row lock: a twin of the same attempt that
+        got here first has noted it, and this one notes nothing."""
+
+        async def record() -> RecoveryRecord:
+            async with self._uow() as uow:
+                current = await self._get(uow, request.payment_id)
+                steps = await uow.payments.steps(request.payment_id)
+                prior = _attempt_in(steps, request.attempt_id)
+                if prior is not None:
+                    return RecoveryRecord(_recorded_outcome(prior), current, prior)
+                step = current.record_recovery(request, action, result)
+                await self._save(uow, current)
+                await uow.commit()
+                return RecoveryRecord(_recorded_outcome(step), current, step)
+
+        record_ = await retry_on_conflict(record)
+        log.info(
+            "payment.recovery_attempted",
+            payment_id=request.payment_id,
+            action=action.value,
+            rung=request.rung,
+            outcome=record_.outcome.value,
+        )
+        return record_
 
     async def resume(self, payment_id: str) -> None:
         """Runs the payment's next saga step from its recorded recovery point."""

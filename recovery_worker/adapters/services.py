@@ -16,7 +16,13 @@ from common.grpc.client import translate_rpc_error
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from recovery_worker.domain.model import PaymentStatus, PaymentView, SyncAnswer
+from recovery_worker.domain.model import (
+    PaymentStatus,
+    PaymentView,
+    RecoveryAttempt,
+    RecoveryOutcome,
+    RecoveryResult,
+)
 from recovery_worker.domain.reconcile import (
     REASON_CODE,
     LedgerTxn,
@@ -34,7 +40,16 @@ _STATUS = {
     PaymentStatus.PENDING: payment_pb2.PAYMENT_STATUS_PENDING,
     PaymentStatus.REFUNDING: payment_pb2.PAYMENT_STATUS_REFUNDING,
 }
-_SETTLED = frozenset({gateway_pb2.OPERATION_STATUS_SUCCEEDED, gateway_pb2.OPERATION_STATUS_FAILED})
+# An outcome a newer payment service adds reads as UNKNOWN: asked again at the next rung.
+_OUTCOME = {
+    payment_pb2.RECOVERY_OUTCOME_SETTLED: RecoveryOutcome.SETTLED,
+    payment_pb2.RECOVERY_OUTCOME_UNKNOWN: RecoveryOutcome.UNKNOWN,
+    payment_pb2.RECOVERY_OUTCOME_RESUMED: RecoveryOutcome.RESUMED,
+    payment_pb2.RECOVERY_OUTCOME_ESCALATED: RecoveryOutcome.ESCALATED,
+    payment_pb2.RECOVERY_OUTCOME_NOT_STUCK: RecoveryOutcome.NOT_STUCK,
+}
+# Who the payment's audit trail says asked.
+REQUESTED_BY = "recovery-worker"
 
 
 def _raise(exc: grpc.aio.AioRpcError, service: str) -> NoReturn:
@@ -106,6 +121,22 @@ class GrpcPayments:
             if not token:
                 return
 
+    async def recover(self, attempt: RecoveryAttempt) -> RecoveryResult:
+        request = payment_pb2.RecoverPaymentRequest(
+            payment_id=attempt.payment_id,
+            attempt_id=attempt.attempt_id,
+            rung=attempt.rung,
+            requested_by=REQUESTED_BY,
+        )
+        request.next_attempt_at.FromDatetime(attempt.next_attempt_at)
+        try:
+            response = await self._stub.RecoverPayment(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            _raise(exc, "payment service")
+        return RecoveryResult(
+            _OUTCOME.get(response.outcome, RecoveryOutcome.UNKNOWN), error=response.step.error
+        )
+
     async def created_since(self, created_after: datetime) -> AsyncIterator[Sequence[PaymentFacts]]:
         token = ""
         while True:
@@ -147,16 +178,6 @@ class GrpcGateway:
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
         self._stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         self._timeout_s = timeout_s
-
-    async def sync_operation(self, operation_id: str) -> SyncAnswer:
-        # trigger "" is the contract's value for an operator or the recovery worker; the
-        # gateway refuses any other name than "unverified_webhook".
-        request = gateway_pb2.SyncOperationRequest(operation_id=operation_id, trigger="")
-        try:
-            operation = await self._stub.SyncOperation(request, timeout=self._timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            _raise(exc, "gateway service")
-        return SyncAnswer.SETTLED if operation.status in _SETTLED else SyncAnswer.UNKNOWN
 
     async def get(self, operation_id: str) -> ProviderOp | None:
         request = gateway_pb2.GetOperationRequest(operation_id=operation_id)

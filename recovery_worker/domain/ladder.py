@@ -41,6 +41,13 @@ class Ladder:
             return sum(1 for rung in self.rungs if rung <= age) - 1
         return last + int((age - self.rungs[last]) / self.then_every)
 
+    def reached_at(self, rung: int) -> timedelta:
+        """The age at which `rung` is reached (so `rung_at(reached_at(r)) == r`)."""
+        last = len(self.rungs) - 1
+        if rung <= last:
+            return self.rungs[rung]
+        return self.rungs[last] + (rung - last) * self.then_every
+
     def due(self, age: timedelta, last_tried: int | None) -> int | None:
         """The rung to try now, or None when the next one is not due yet."""
         rung = self.rung_at(age)

@@ -27,13 +27,37 @@ class PaymentView:
     gateway_operation_id: str = ""
 
 
-class SyncAnswer(StrEnum):
-    """What asking the provider again achieved."""
+class RecoveryOutcome(StrEnum):
+    """What an attempt to move a stuck payment on achieved (the payment service's answer)."""
 
-    # The provider confirmed an outcome; the gateway applied it and emitted its event.
+    # The provider gave its final answer; its event moves the payment on.
     SETTLED = "settled"
-    # Still in flight, or the provider did not answer: ask again at the next rung.
+    # No final answer yet: ask again at the next rung.
     UNKNOWN = "unknown"
+    # The saga's next step ran again from its recovery point.
+    RESUMED = "resumed"
+    # Still unsettled after the payment's last attempt: it went to manual review.
+    ESCALATED = "escalated"
+    # It had moved on meanwhile: nothing was done.
+    NOT_STUCK = "not_stuck"
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryAttempt:
+    """One attempt at a stuck payment: at which rung of the ladder, named so that asking
+    twice (a retry, or a twin) is the same attempt, and when the next one is due."""
+
+    payment_id: str
+    attempt_id: str
+    rung: int
+    next_attempt_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryResult:
+    outcome: RecoveryOutcome
+    # Why the attempt could not act, when it could not (e.g. an operation the gateway lost).
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +101,9 @@ class SweepReport:
     status: SweepStatus = SweepStatus.DONE
     # Things that matched the sweep (stuck payments, expired holds, stalled groups ...).
     found: int = 0
-    # Calls made to move them on (SyncOperation, ExpireHolds releases).
+    # Calls made to move them on (RecoverPayment, ExpireHolds releases).
     acted: int = 0
-    # Found but left alone this round (ladder rung not due, nothing to call, unknown answer).
+    # Found but left alone this round (ladder rung not due, moved on meanwhile, refused).
     skipped: int = 0
     notes: tuple[str, ...] = field(default=())
 

@@ -12,7 +12,13 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
-from recovery_worker.domain.model import PaymentStatus, PaymentView, StreamHealth, SyncAnswer
+from recovery_worker.domain.model import (
+    PaymentStatus,
+    PaymentView,
+    RecoveryAttempt,
+    RecoveryResult,
+    StreamHealth,
+)
 from recovery_worker.domain.reconcile import LedgerTxn, Mismatch, PaymentFacts, ProviderOp
 
 
@@ -23,10 +29,10 @@ class Payments(Protocol):
         """Every payment in `status` created before the instant, page by page."""
         ...
 
-
-class Gateway(Protocol):
-    async def sync_operation(self, operation_id: str) -> SyncAnswer:
-        """Asks the provider about the operation now; the gateway applies what it says."""
+    async def recover(self, attempt: RecoveryAttempt) -> RecoveryResult:
+        """Asks the payment service to move the payment on (RecoverPayment): it asks the
+        provider again or resumes the saga, and notes the attempt in the payment's audit trail,
+        once per attempt id. A refusal (an unknown payment) raises a DomainError."""
         ...
 
 

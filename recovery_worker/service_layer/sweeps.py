@@ -2,8 +2,8 @@
 the caller's clock, so a test moves time instead of sleeping through thresholds.
 
 A sweep that loses a dependency half-way returns what it did so far with status
-UNAVAILABLE: every action it takes is idempotent (SyncOperation of a settled operation is a
-no-op, ExpireHolds re-checks each hold), so the next round simply picks up again.
+UNAVAILABLE: every action it takes is idempotent (RecoverPayment on its attempt id,
+ExpireHolds re-checks each hold), so the next round simply picks up again.
 """
 
 from __future__ import annotations
@@ -20,15 +20,18 @@ from recovery_worker.domain.ladder import Ladder
 from recovery_worker.domain.model import (
     PaymentStatus,
     PaymentView,
+    RecoveryAttempt,
+    RecoveryOutcome,
+    RecoveryResult,
     StreamHealth,
     SweepReport,
     SweepStatus,
 )
-from recovery_worker.service_layer.ports import Gateway, Payments, Pipeline, RungMemory, Wallet
+from recovery_worker.service_layer.ports import Payments, Pipeline, RungMemory, Wallet
 
 log = structlog.get_logger(__name__)
 
-# Payment ids named in a report's notes; the count says how many there were in all.
+# Payments named in a ladder sweep's notes at most (the log has every one).
 NOTE_SAMPLE = 5
 
 
@@ -54,27 +57,34 @@ class Tally:
         return SweepReport(sweep, status, self.found, self.acted, self.skipped, tuple(self.notes))
 
 
+def _sample(tally: Tally, text: str) -> None:
+    if len(tally.notes) < NOTE_SAMPLE:
+        tally.note(text)
+
+
 def unavailable(sweep: str, tally: Tally, exc: DependencyUnavailable) -> SweepReport:
     log.warning("recovery.sweep_interrupted", sweep=sweep, error=exc.message)
     tally.note(exc.message)
     return tally.report(sweep, SweepStatus.UNAVAILABLE)
 
 
-class PendingSweep:
-    """Pending payments the provider has not answered: ask it again, on the ladder.
+class LadderSweep:
+    """Payments stuck in one status: each is moved on at the rungs of its ladder, measured
+    from its last change (`updated_at`), through the payment service's RecoverPayment.
 
-    The gateway applies whatever the provider says through its own state machine and emits
-    `charge.succeeded` / `charge.failed`, which the payment service already consumes; this
-    sweep never changes a payment itself, so an unknown answer can never fail one.
+    The payment decides what moving on means (ask the provider again, or run its saga's
+    next step again with the same keys), applies only what the provider confirms, and notes
+    the attempt in its audit trail. This sweep never changes a payment itself, so an unknown
+    answer can never fail one. Each attempt is named `<sweep>:<updated_at>:<rung>`: asking
+    twice (a retry after a lost answer, or the rung memory lost) is the same attempt, noted
+    once, and does not act again.
     """
 
-    name = "pending"
+    name = ""
+    status = PaymentStatus.PENDING
 
-    def __init__(
-        self, *, payments: Payments, gateway: Gateway, memory: RungMemory, ladder: Ladder
-    ) -> None:
+    def __init__(self, *, payments: Payments, memory: RungMemory, ladder: Ladder) -> None:
         self._payments = payments
-        self._gateway = gateway
         self._memory = memory
         self._ladder = ladder
 
@@ -84,12 +94,10 @@ class PendingSweep:
         # created before it: the service filters on creation, this sweep on the last change.
         created_before = now - self._ladder.rungs[0]
         try:
-            async for payment in self._payments.stuck(
-                PaymentStatus.PENDING, created_before=created_before
-            ):
+            async for payment in self._payments.stuck(self.status, created_before=created_before):
                 await self._one(payment, now, tally)
         except DependencyUnavailable as exc:
-            # Not remembered as tried: an unreachable gateway or provider is asked again next
+            # Not remembered as tried: an unreachable service or provider is asked again next
             # round rather than pushed up the ladder by an answer nobody gave.
             return unavailable(self.name, tally, exc)
         return tally.report(self.name)
@@ -104,86 +112,81 @@ class PendingSweep:
         if rung is None:
             tally.skipped += 1
             return
-        if not payment.gateway_operation_id:
-            tally.skipped += 1
-            tally.note(f"{payment.payment_id}: pending without a gateway operation")
-            return
-        await self._sync(payment, rung, tally)
+        attempt = RecoveryAttempt(
+            payment_id=payment.payment_id,
+            attempt_id=f"{self.name}:{payment.updated_at.isoformat()}:{rung}",
+            rung=rung,
+            next_attempt_at=payment.updated_at + self._ladder.reached_at(rung + 1),
+        )
+        await self._recover(payment, attempt, tally)
 
-    async def _sync(self, payment: PaymentView, rung: int, tally: Tally) -> None:
+    async def _recover(self, payment: PaymentView, attempt: RecoveryAttempt, tally: Tally) -> None:
         try:
-            answer = await self._gateway.sync_operation(payment.gateway_operation_id)
+            result = await self._payments.recover(attempt)
         except DependencyUnavailable:
             raise  # the whole round waits (run_once), not just this payment
         except DomainError as exc:
-            # The gateway refused (an operation it does not know): a person has to look. It
-            # climbs the ladder too, so the refusal is reported once per rung, not per round.
-            log.warning("recovery.sync_refused", payment_id=payment.payment_id, error=exc.message)
-            await self._memory.remember(payment.payment_id, since=payment.updated_at, rung=rung)
+            # The payment service refused (a payment it does not know): a person has to look.
+            # It climbs the ladder too, so the refusal is reported once per rung, not per round.
+            log.warning("recovery.refused", payment_id=payment.payment_id, error=exc.message)
+            await self._remember(attempt, payment)
             tally.skipped += 1
-            tally.note(f"{payment.payment_id}: {exc.message}")
+            _sample(tally, f"{payment.payment_id}: {exc.message}")
             return
-        await self._memory.remember(payment.payment_id, since=payment.updated_at, rung=rung)
+        await self._remember(attempt, payment)
+        self._count(payment, attempt, result, tally)
+
+    async def _remember(self, attempt: RecoveryAttempt, payment: PaymentView) -> None:
+        await self._memory.remember(payment.payment_id, since=payment.updated_at, rung=attempt.rung)
+
+    def _count(
+        self, payment: PaymentView, attempt: RecoveryAttempt, result: RecoveryResult, tally: Tally
+    ) -> None:
+        outcome = result.outcome
+        if outcome is RecoveryOutcome.NOT_STUCK:
+            tally.skipped += 1
+            return
         tally.acted += 1
-        log.info(
-            "recovery.pending_synced",
+        if outcome is RecoveryOutcome.ESCALATED:
+            _sample(tally, f"{payment.payment_id} ({payment.kind}): escalated to manual review")
+        elif result.error:
+            _sample(tally, f"{payment.payment_id} ({payment.kind}): {result.error}")
+        emit = log.warning if outcome is RecoveryOutcome.ESCALATED else log.info
+        emit(
+            f"recovery.{self.name}_recovered",
             payment_id=payment.payment_id,
-            operation_id=payment.gateway_operation_id,
-            rung=rung,
-            answer=answer.value,
+            rung=attempt.rung,
+            outcome=outcome.value,
+            next_attempt_at=attempt.next_attempt_at.isoformat(),
         )
 
 
-class _ListingSweep:
-    """Payments in a status for longer than a threshold, reported (not acted on)."""
+class PendingSweep(LadderSweep):
+    """Pending payments the provider has not answered (its webhook lost, say): the provider
+    is asked again (SyncOperation, through the payment) at each rung; only its final answer
+    moves the payment, so one it confirms it never processed fails, one it took completes."""
 
-    name = ""
+    name = "pending"
     status = PaymentStatus.PENDING
 
-    def __init__(self, *, payments: Payments, after: timedelta) -> None:
-        self._payments = payments
-        self._after = after
 
-    async def run_once(self, now: datetime) -> SweepReport:
-        tally = Tally()
-        found: list[PaymentView] = []
-        try:
-            async for payment in self._payments.stuck(
-                self.status, created_before=now - self._after
-            ):
-                if now - payment.updated_at >= self._after:
-                    found.append(payment)
-        except DependencyUnavailable as exc:
-            return unavailable(self.name, tally, exc)
-        tally.found = tally.skipped = len(found)
-        for payment in found[:NOTE_SAMPLE]:
-            tally.note(f"{payment.payment_id} ({payment.kind}) since {payment.updated_at:%F %T}")
-        if found:
-            log.warning(
-                f"recovery.{self.name}_stuck",
-                count=len(found),
-                payment_ids=[p.payment_id for p in found[:NOTE_SAMPLE]],
-            )
-        return tally.report(self.name)
-
-
-class InitiatedSweep(_ListingSweep):
-    """Payments still `initiated` past the threshold: their saga's first step did not run
-    (its event is stuck, dead-lettered, or the step keeps failing). Resuming a saga is the
-    payment service's job, from its own recorded recovery point; this sweep makes them
-    visible (log and count) so a stuck saga is never silent."""
+class InitiatedSweep(LadderSweep):
+    """Payments still `initiated` past the threshold: a provider call whose outcome is
+    unknown (timed out) is asked about; a saga whose next step never ran (its event stuck or
+    lost, a process died) runs it again from its recovery point, with the same keys. The
+    payment service's own resume sweep does the latter within seconds; this is the
+    escalating backstop that also asks the provider, and leaves each attempt in the trail."""
 
     name = "initiated"
     status = PaymentStatus.INITIATED
 
 
-class RefundingSweep(_ListingSweep):
-    """Payments `refunding` past the threshold (seed 004: 30 minutes). Reported only: the
-    refund retry with backoff, and the move to `requires_manual_review` after N attempts,
-    need a payment-service RPC that retries its refund saga step, which the payment
-    lifecycle work is adding. Until it exists the worker lists them (log and count) so an
-    operator sees every stuck refund; it never calls the gateway's Refund itself, which would
-    bypass the payment's state machine."""
+class RefundingSweep(LadderSweep):
+    """Deposits `refunding` past the threshold (seed 004: 30 minutes): the refund attempt
+    the provider has not settled is asked about (same provider key, never a new refund), or
+    a refund not yet sent is sent again; with backoff, on the ladder. The payment sends one
+    still unsettled after its third attempt to manual review (REFUND_STALLED); a refund the
+    provider declines is retried, and sent to review, by the payment's own saga."""
 
     name = "refunding"
     status = PaymentStatus.REFUNDING

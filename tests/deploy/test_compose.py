@@ -22,6 +22,7 @@ jsonschema = pytest.importorskip("jsonschema")
 yaml = pytest.importorskip("yaml")
 
 from tests.deploy import compose_files  # noqa: E402 - needs yaml, so after importorskip
+from tests.deploy.worker_env import worker_starts  # noqa: E402 - beside compose_files
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "docker-compose.yml"
@@ -173,6 +174,18 @@ def test_the_recovery_worker_runs_as_a_long_lived_process(dev_model: dict[str, A
     worker = dev_model["services"]["recovery-worker"]
     assert worker["command"] == ["recovery_worker"]  # `python -m recovery_worker`
     assert worker["restart"] == "unless-stopped"
+
+
+@pytest.mark.parametrize("model", ["dev_model", "deployment_model"])
+async def test_the_recovery_worker_starts_with_the_settings_compose_gives_it(
+    model: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    worker = request.getfixturevalue(model)["services"]["recovery-worker"]
+    settings = await worker_starts(worker["environment"], monkeypatch, tmp_path)
+    assert settings.payment_target == "payment:50051"
 
 
 def test_every_grpc_process_listens_on_all_interfaces_and_is_health_checked_there(

@@ -25,6 +25,7 @@ import pytest
 from common.config import Settings
 from common.grpc.server import LIVENESS
 from tests.deploy.netpol import Endpoint, allowed
+from tests.deploy.worker_env import worker_starts
 
 yaml = pytest.importorskip("yaml")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -245,6 +246,16 @@ def test_the_recovery_worker_gets_redis_and_the_services_but_no_database(
     assert [e["name"] for e in container.get("env", []) if "valueFrom" in e] == [
         "PAYSUITE_AUTH_SECRET"
     ]
+
+
+async def test_the_recovery_worker_starts_with_the_settings_it_is_given(
+    rendered: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _, objects = rendered
+    (container,) = _paysuite_containers(_of_kind(objects, "Deployment")["recovery-worker"])
+    env = _environment(container, _config(objects))
+    settings = await worker_starts(env, monkeypatch, tmp_path)
+    assert settings.payment_target == "payment:50051"
 
 
 def test_only_the_workloads_with_a_database_read_its_url(

@@ -93,6 +93,10 @@ PAYMENT: dict[str, tuple[Request, Access]] = {
         ),
         Access.OPERATOR,
     ),
+    "RecoverPayment": (
+        lambda w: P.RecoverPaymentRequest(payment_id=key()),  # invalid: no attempt id
+        Access.SERVICE,
+    ),
     "OpenReviewCase": (
         lambda w: P.OpenReviewCaseRequest(payment_id=key(), reason_code="RECONCILIATION_MISMATCH"),
         Access.OPERATOR,

@@ -23,7 +23,7 @@ from payment_service.domain.model import (
     StatusChange,
 )
 from payment_service.domain.review import ReviewCase, ReviewOpening, ReviewStatus
-from payment_service.service_layer.ports import AccountInfo, ProviderResult
+from payment_service.service_layer.ports import AccountInfo, OperationState, ProviderResult
 
 
 class FakeStore:
@@ -113,12 +113,17 @@ class TrackingStore:
 
     async def stalled(self, *, older_than: timedelta, limit: int) -> list[str]:
         cutoff = datetime.now(UTC) - older_than
+
+        def last_looked_at(p: Payment) -> datetime | None:
+            return datetime.fromisoformat(p.saga.resumed_at) if p.saga.resumed_at else p.updated_at
+
         found = [
             p
             for p in self._store.rows.values()
             if p.status in (PaymentStatus.INITIATED, PaymentStatus.REFUNDING)
             and p.updated_at is not None
             and p.updated_at < cutoff
+            and (last_looked_at(p) or cutoff) < cutoff
         ]
         found.sort(key=lambda p: p.updated_at or cutoff)
         return [p.payment_id for p in found[:limit]]
@@ -381,6 +386,10 @@ class FakeGateway:
         self.calls: list[str] = []
         self.unavailable = False
         self.answer = ProviderAnswer.ACCEPTED
+        # What SyncOperation finds out: the gateway's status after asking the provider.
+        self.sync_status = "pending"
+        self.sync_reason = ""
+        self.synced: list[str] = []
 
     def _answer(self, idempotency_key: str, reference: str, declined: str) -> ProviderResult:
         if self.unavailable:
@@ -404,3 +413,11 @@ class FakeGateway:
         self, *, idempotency_key: str, charge_operation_id: str, amount: Money, reference: str
     ) -> ProviderResult:
         return self._answer(idempotency_key, reference, "refund_declined")
+
+    async def sync_operation(self, operation_id: str) -> OperationState:
+        if self.unavailable:
+            raise DependencyUnavailable("gateway down")
+        if not operation_id.startswith("op-"):
+            raise NotFound("operation", operation_id)
+        self.synced.append(operation_id)
+        return OperationState(operation_id, self.sync_status, self.sync_reason)

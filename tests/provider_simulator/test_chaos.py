@@ -101,6 +101,26 @@ async def test_a_request_it_never_answers_was_still_processed(start_sim: StartSi
     assert config["unanswered_requests"] == 1
 
 
+async def test_a_dropped_request_was_never_processed_and_a_lookup_says_so(
+    start_sim: StartSim,
+) -> None:
+    sim = await start_sim(drop_rate=1.0)
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await charge(sim, key="k-dropped")
+    await configure(sim, drop_rate=0)
+
+    status, found = await sim.call("GET", "/v1/charges?idempotency_key=k-dropped")
+    assert (status, found["error"]["code"]) == (404, "charge_not_found")
+    _, ops = await sim.call("GET", "/_sim/operations")
+    assert ops["operations"] == []
+    _, config = await sim.call("GET", "/_sim/config")
+    assert (config["dropped_requests"], config["drop_rate"]) == (1, 0.0)
+    # The same key sent again once the provider receives it: processed then, once.
+    assert (await charge(sim, key="k-dropped"))[0] == 202
+
+
 async def test_the_decline_rate_fails_settlements(sim: Sim, receiver: Receiver) -> None:
     await configure(sim, decline_rate=1.0)
 

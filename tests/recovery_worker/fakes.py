@@ -7,7 +7,14 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from common.errors import DependencyUnavailable, DomainError
-from recovery_worker.domain.model import PaymentStatus, PaymentView, StreamHealth, SyncAnswer
+from recovery_worker.domain.model import (
+    PaymentStatus,
+    PaymentView,
+    RecoveryAttempt,
+    RecoveryOutcome,
+    RecoveryResult,
+    StreamHealth,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -27,9 +34,16 @@ def payment(
 
 
 class FakePayments:
-    def __init__(self, *payments: PaymentView) -> None:
+    """Lists payments, and answers RecoverPayment as the payment service does: one answer
+    per attempt id, however often asked (`recovered` counts the attempts that acted)."""
+
+    def __init__(self, *payments: PaymentView, outcome: RecoveryOutcome = RecoveryOutcome.UNKNOWN):
         self.payments = list(payments)
         self.down = False
+        self.outcome = outcome
+        self.error: DomainError | None = None
+        self.attempts: dict[str, RecoveryAttempt] = {}
+        self.recovered: list[str] = []
 
     async def stuck(
         self, status: PaymentStatus, *, created_before: datetime
@@ -40,18 +54,13 @@ class FakePayments:
             if p.status == status.value and p.created_at < created_before:
                 yield p
 
-
-class FakeGateway:
-    def __init__(self, answer: SyncAnswer = SyncAnswer.UNKNOWN) -> None:
-        self.answer = answer
-        self.synced: list[str] = []
-        self.error: DomainError | None = None
-
-    async def sync_operation(self, operation_id: str) -> SyncAnswer:
+    async def recover(self, attempt: RecoveryAttempt) -> RecoveryResult:
         if self.error is not None:
             raise self.error
-        self.synced.append(operation_id)
-        return self.answer
+        if attempt.attempt_id not in self.attempts:
+            self.attempts[attempt.attempt_id] = attempt
+            self.recovered.append(attempt.payment_id)
+        return RecoveryResult(self.outcome)
 
 
 class FakeWallet:

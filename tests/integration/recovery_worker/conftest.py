@@ -18,6 +18,8 @@ from recovery_worker.bootstrap import Connections, build_sweeps
 from recovery_worker.service_layer.sweeps import Sweep
 from tests.conftest import InfraUrls, Suite, migrated_databases, running_suite
 
+NOT_FOUND_GRACE_MS = 300
+
 
 @dataclass
 class Rig:
@@ -34,12 +36,17 @@ class Rig:
             assert response.status == 200, await response.text()
 
     async def calm(self) -> None:
-        await self.chaos(timeout_rate=0, webhook_delay_rate=0, settle_delay_ms=50)
+        await self.chaos(
+            timeout_rate=0, drop_rate=0, decline_rate=0, webhook_delay_rate=0, settle_delay_ms=50
+        )
 
-    async def provider_statuses(self) -> set[str]:
+    async def provider_statuses(self, references: set[str]) -> list[str]:
+        """The statuses of the provider's operations with these references (the gateway's
+        operation ids): other tests' operations, some held for minutes on purpose, do not
+        count."""
         async with self.http.get(f"{self.suite.simulator_url}/_sim/operations") as response:
             body = await response.json()
-        return {op["status"] for op in body["operations"]}
+        return [op["status"] for op in body["operations"] if op["reference"] in references]
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="session")
@@ -52,6 +59,12 @@ async def rig(migrated: Settings, infra_urls: InfraUrls) -> AsyncIterator[Rig]:
             "provider_timeout_ms": 500,
             "wallet_hold_sweep_interval_ms": 3_600_000,
             "recovery_pending_after_s": 60.0,
+            # How long the gateway waits before it believes a provider that has no record of
+            # an operation whose outcome was unknown; its own clock, so kept short here.
+            "sync_not_found_grace_ms": NOT_FOUND_GRACE_MS,
+            # These tests time requests out on purpose, many in a row on a slow machine; the
+            # circuit breaker they could open is not what they test (test_routing does).
+            "breaker_minimum_calls": 10_000,
         }
     )
     with migrated_databases(own, drop=infra_urls.external):

@@ -235,6 +235,24 @@ class StoreContract:
         assert waiting.payment_id in stalled
         assert done.payment_id not in stalled
 
+    async def test_a_saga_resumed_lately_waits_and_keeps_its_updated_at(
+        self, uow: UowFactory
+    ) -> None:
+        waiting = await added(uow, deposit())
+        async with uow() as u:
+            loaded = await u.payments.get(waiting.payment_id, for_update=True)
+            assert loaded is not None
+            loaded.note_resumed(datetime.now(UTC) + timedelta(hours=1))
+            await u.payments.save(loaded)
+            await u.commit()
+        async with uow() as u:
+            stalled = await u.payments.stalled(older_than=timedelta(0), limit=100_000)
+            stored = await u.payments.get(waiting.payment_id)
+        assert waiting.payment_id not in stalled
+        assert stored is not None
+        assert stored.updated_at == waiting.updated_at
+        assert stored.saga.resumed_at
+
     async def test_listing_by_account_is_newest_first_and_pages(self, uow: UowFactory) -> None:
         account = str(uuid.uuid4())
         payments = [await added(uow, deposit(account=account)) for _ in range(3)]

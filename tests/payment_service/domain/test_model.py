@@ -1,3 +1,5 @@
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from common.errors import IdempotencyConflict
@@ -13,6 +15,7 @@ from payment_service.domain.model import (
     Payment,
     PaymentStatus,
     ProviderAnswer,
+    RecoveryAction,
 )
 
 S = PaymentStatus
@@ -186,3 +189,60 @@ def test_every_pair_of_states_moves_exactly_as_the_table_says(
         with pytest.raises(InvalidTransition):
             payment._move(target, "")
         assert (payment.status, payment.version) == (source, version)
+
+
+def test_an_unknown_answer_keeps_the_operation_to_ask_about_and_notes_it_once() -> None:
+    payment = deposit()
+    payment.begin_provider_call()
+    for _ in range(3):  # the step retried with the same key, unanswered each time
+        payment.record_provider_answer(ProviderAnswer.UNKNOWN, operation_id="op-1", reason="")
+    assert (payment.status, payment.gateway_operation_id) == (S.INITIATED, "op-1")
+    events = [s.event_type for s in payment.new_steps]
+    assert events.count("charge.outcome_unknown") == 1
+
+
+def refunding() -> Payment:
+    payment = deposit()
+    payment.mark_pending("op-1")
+    payment.apply_charge_succeeded(operation_id="op-1", credited=False, credit_refused="closed")
+    return payment
+
+
+def test_what_moving_a_stuck_payment_on_means_depends_on_where_it_stands() -> None:
+    fresh, asked, unknown, pending = deposit(), deposit(), deposit(), deposit()
+    asked.begin_provider_call()
+    unknown.begin_provider_call()
+    unknown.record_provider_answer(ProviderAnswer.UNKNOWN, operation_id="op-u", reason="")
+    pending.mark_pending("op-p")
+    refund_to_start, refund_sent = refunding(), refunding()
+    refund_sent.compensation_call()
+    refund_sent.record_compensation_answer(ProviderAnswer.ACCEPTED, operation_id="op-r", reason="")
+    done = deposit()
+    done.mark_pending("op-d")
+    done.complete()
+
+    assert fresh.recovery_action() == (RecoveryAction.RESUME, "")
+    assert asked.recovery_action() == (RecoveryAction.RESUME, "")  # the gateway never answered
+    assert unknown.recovery_action() == (RecoveryAction.SYNC, "op-u")
+    assert pending.recovery_action() == (RecoveryAction.SYNC, "op-p")
+    assert refund_to_start.recovery_action() == (RecoveryAction.RESUME, "")
+    assert refund_sent.recovery_action() == (RecoveryAction.SYNC, "op-r")
+    assert done.recovery_action() is None
+
+
+def test_a_failed_refund_attempt_is_not_asked_about_again_its_successor_is_started() -> None:
+    payment = refunding()
+    payment.compensation_call()
+    payment.record_compensation_answer(ProviderAnswer.ACCEPTED, operation_id="op-r", reason="")
+    payment.apply_compensation_outcome(succeeded=False, operation_id="op-r", reason="declined")
+    assert payment.recovery_action() == (RecoveryAction.RESUME, "")
+
+
+def test_the_resume_sweep_notes_its_visit_without_changing_updated_at() -> None:
+    payment = deposit()
+    changed = payment.updated_at
+    at = datetime.now(UTC) + timedelta(minutes=1)
+    payment.note_resumed(at)
+    assert payment.updated_at == changed
+    assert payment.saga.resumed_at == at.isoformat()
+    assert payment.new_steps[-1].event_type == "saga.resumed"

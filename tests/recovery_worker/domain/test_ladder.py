@@ -44,3 +44,10 @@ def test_a_first_rung_beyond_five_minutes_drops_the_rungs_it_passed() -> None:
     assert ladder.rungs == (timedelta(minutes=10), timedelta(hours=1), timedelta(days=1))
     assert ladder.rung_at(timedelta(minutes=10)) == 0
     assert ladder.rung_at(timedelta(days=2)) == 3
+
+
+@pytest.mark.parametrize("rung", range(8))
+def test_each_rung_is_reached_when_it_says(rung: int) -> None:
+    at = LADDER.reached_at(rung)
+    assert LADDER.rung_at(at) == rung
+    assert LADDER.rung_at(at - timedelta(seconds=1)) == (rung - 1 if rung else None)

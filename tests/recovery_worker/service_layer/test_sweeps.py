@@ -1,3 +1,7 @@
+"""The sweeps on fakes, with a moved clock: each finds the payments stuck in its status past
+its threshold and only those, moves them on through RecoverPayment at the rungs of its ladder
+(once per rung, however often it runs), and reports what it did."""
+
 from datetime import timedelta
 
 from common.errors import DependencyUnavailable, NotFound
@@ -5,20 +9,20 @@ from recovery_worker.domain.ladder import Ladder
 from recovery_worker.domain.model import (
     GroupHealth,
     PaymentStatus,
+    RecoveryOutcome,
     StreamHealth,
     SweepStatus,
-    SyncAnswer,
 )
 from recovery_worker.service_layer.sweeps import (
     ExpiredHoldsSweep,
     InitiatedSweep,
+    LadderSweep,
     PendingSweep,
     PipelineSweep,
     RefundingSweep,
 )
 from tests.recovery_worker.fakes import (
     T0,
-    FakeGateway,
     FakePayments,
     FakePipeline,
     FakeRungMemory,
@@ -29,28 +33,27 @@ from tests.recovery_worker.fakes import (
 MINUTE = timedelta(minutes=1)
 
 
-def pending_sweep(
-    payments: FakePayments, gateway: FakeGateway, memory: FakeRungMemory | None = None
-) -> PendingSweep:
+def pending_sweep(payments: FakePayments, memory: FakeRungMemory | None = None) -> PendingSweep:
     return PendingSweep(
-        payments=payments,
-        gateway=gateway,
-        memory=memory or FakeRungMemory(),
-        ladder=Ladder.starting_at(MINUTE),
+        payments=payments, memory=memory or FakeRungMemory(), ladder=Ladder.starting_at(MINUTE)
     )
 
 
-async def test_pending_past_the_threshold_is_synced_and_a_recent_one_left_alone() -> None:
+async def test_pending_past_the_threshold_is_recovered_and_a_recent_one_left_alone() -> None:
     payments = FakePayments(
-        payment("old", age=2 * MINUTE, operation="op-old"),
-        payment("new", age=timedelta(seconds=30), operation="op-new"),
-        payment("done", PaymentStatus.REFUNDING, age=2 * MINUTE, operation="op-done"),
+        payment("old", age=2 * MINUTE),
+        payment("new", age=timedelta(seconds=30)),
+        payment("done", PaymentStatus.REFUNDING, age=2 * MINUTE),
+        outcome=RecoveryOutcome.SETTLED,
     )
-    gateway = FakeGateway(SyncAnswer.SETTLED)
 
-    report = await pending_sweep(payments, gateway).run_once(T0)
+    report = await pending_sweep(payments).run_once(T0)
 
-    assert gateway.synced == ["op-old"]
+    assert payments.recovered == ["old"]
+    (attempt,) = payments.attempts.values()
+    changed = T0 - 2 * MINUTE
+    assert attempt.attempt_id == f"pending:{changed.isoformat()}:0"
+    assert (attempt.rung, attempt.next_attempt_at) == (0, changed + 5 * MINUTE)
     assert (report.status, report.found, report.acted, report.skipped) == (
         SweepStatus.DONE,
         1,
@@ -59,94 +62,125 @@ async def test_pending_past_the_threshold_is_synced_and_a_recent_one_left_alone(
     )
 
 
-async def test_an_unknown_answer_waits_for_the_next_rung() -> None:
-    payments = FakePayments(payment("p", age=2 * MINUTE, operation="op"))
-    gateway, memory = FakeGateway(SyncAnswer.UNKNOWN), FakeRungMemory()
-    sweep = pending_sweep(payments, gateway, memory)
+async def test_an_unknown_outcome_waits_for_the_next_rung() -> None:
+    payments, memory = FakePayments(payment("p", age=2 * MINUTE)), FakeRungMemory()
+    sweep = pending_sweep(payments, memory)
 
     first = await sweep.run_once(T0)
     too_soon = await sweep.run_once(T0 + 2 * MINUTE)  # 4 min old: still the first rung
     next_rung = await sweep.run_once(T0 + 3 * MINUTE)  # 5 min old
 
-    assert gateway.synced == ["op", "op"]
+    assert [a.rung for a in payments.attempts.values()] == [0, 1]
     assert (first.acted, too_soon.acted, too_soon.skipped, next_rung.acted) == (1, 0, 1, 1)
+
+
+async def test_a_lost_rung_memory_asks_the_same_attempt_again_which_acts_once() -> None:
+    payments = FakePayments(payment("p", age=2 * MINUTE))
+
+    await pending_sweep(payments, FakeRungMemory()).run_once(T0)
+    await pending_sweep(payments, FakeRungMemory()).run_once(T0)  # Redis lost the rung
+
+    assert payments.recovered == ["p"]
 
 
 async def test_a_payment_that_moved_starts_the_ladder_again() -> None:
     memory = FakeRungMemory()
-    gateway = FakeGateway()
-    await pending_sweep(FakePayments(payment("p", age=2 * MINUTE)), gateway, memory).run_once(T0)
+    payments = FakePayments(payment("p", age=2 * MINUTE))
+    await pending_sweep(payments, memory).run_once(T0)
 
     # It changed since (a new updated_at) and is stuck again.
-    moved = FakePayments(payment("p", age=MINUTE))
-    await pending_sweep(moved, gateway, memory).run_once(T0)
+    payments.payments = [payment("p", age=MINUTE)]
+    await pending_sweep(payments, memory).run_once(T0)
 
-    assert len(gateway.synced) == 2
+    assert payments.recovered == ["p", "p"]
+    assert [a.rung for a in payments.attempts.values()] == [0, 0]
 
 
-async def test_an_unreachable_gateway_interrupts_the_round_without_climbing_the_ladder() -> None:
-    payments = FakePayments(payment("p", age=2 * MINUTE))
-    gateway, memory = FakeGateway(), FakeRungMemory()
-    gateway.error = DependencyUnavailable("gateway service unavailable: UNAVAILABLE")
+async def test_an_unreachable_service_interrupts_the_round_without_climbing_the_ladder() -> None:
+    payments, memory = FakePayments(payment("p", age=2 * MINUTE)), FakeRungMemory()
+    payments.error = DependencyUnavailable("gateway service unavailable: UNAVAILABLE")
 
-    report = await pending_sweep(payments, gateway, memory).run_once(T0)
+    report = await pending_sweep(payments, memory).run_once(T0)
 
     assert report.status is SweepStatus.UNAVAILABLE
     assert memory.rungs == {}
-    gateway.error = None
-    assert (await pending_sweep(payments, gateway, memory).run_once(T0)).acted == 1
+    payments.error = None
+    assert (await pending_sweep(payments, memory).run_once(T0)).acted == 1
 
 
-async def test_an_operation_the_gateway_refuses_is_noted_and_the_rest_go_on() -> None:
+async def test_a_payment_the_service_refuses_is_noted_and_the_rest_go_on() -> None:
     payments = FakePayments(payment("a", age=2 * MINUTE), payment("b", age=3 * MINUTE))
-    gateway = FakeGateway()
-    gateway.error = NotFound("operation", "op")
+    payments.error = NotFound("payment", "a")
 
     memory = FakeRungMemory()
-    report = await pending_sweep(payments, gateway, memory).run_once(T0)
-    again = await pending_sweep(payments, gateway, memory).run_once(T0)
+    report = await pending_sweep(payments, memory).run_once(T0)
+    again = await pending_sweep(payments, memory).run_once(T0)
 
     assert (report.status, report.found, report.skipped) == (SweepStatus.DONE, 2, 2)
     assert len(report.notes) == 2
     assert again.notes == ()  # asked again at the next rung, not every round
 
 
-async def test_pending_without_an_operation_is_reported_not_synced() -> None:
-    gateway = FakeGateway()
-    sweep = pending_sweep(FakePayments(payment("p", age=2 * MINUTE, operation="")), gateway)
+async def test_a_payment_that_moved_on_meanwhile_is_skipped() -> None:
+    payments = FakePayments(payment("p", age=2 * MINUTE), outcome=RecoveryOutcome.NOT_STUCK)
 
-    report = await sweep.run_once(T0)
+    report = await pending_sweep(payments).run_once(T0)
 
-    assert gateway.synced == []
-    assert report.skipped == 1
-    assert "without a gateway operation" in report.notes[0]
+    assert (report.found, report.acted, report.skipped) == (1, 0, 1)
 
 
 async def test_a_payment_service_outage_is_reported_unavailable() -> None:
     payments = FakePayments(payment("p", age=2 * MINUTE))
     payments.down = True
 
-    report = await pending_sweep(payments, FakeGateway()).run_once(T0)
+    report = await pending_sweep(payments).run_once(T0)
 
     assert report.status is SweepStatus.UNAVAILABLE
     assert "payment service" in report.notes[0]
 
 
-async def test_initiated_and_refunding_past_their_thresholds_are_reported_only() -> None:
+async def test_initiated_and_refunding_past_their_thresholds_are_recovered_and_only_those() -> None:
     payments = FakePayments(
         payment("i-old", PaymentStatus.INITIATED, age=2 * MINUTE),
         payment("i-new", PaymentStatus.INITIATED, age=timedelta(seconds=10)),
         payment("r-old", PaymentStatus.REFUNDING, age=timedelta(minutes=31)),
         payment("r-new", PaymentStatus.REFUNDING, age=timedelta(minutes=29)),
+        payment("p-old", PaymentStatus.PENDING, age=timedelta(hours=2)),
+    )
+    sweeps: list[LadderSweep] = [
+        InitiatedSweep(
+            payments=payments, memory=FakeRungMemory(), ladder=Ladder.starting_at(MINUTE)
+        ),
+        RefundingSweep(
+            payments=payments, memory=FakeRungMemory(), ladder=Ladder.starting_at(30 * MINUTE)
+        ),
+    ]
+
+    initiated, refunding = [await sweep.run_once(T0) for sweep in sweeps]
+
+    assert payments.recovered == ["i-old", "r-old"]
+    assert (initiated.found, initiated.acted) == (1, 1)
+    assert (refunding.found, refunding.acted) == (1, 1)
+    assert [a.attempt_id.split(":")[0] for a in payments.attempts.values()] == [
+        "initiated",
+        "refunding",
+    ]
+
+
+async def test_a_refund_escalated_to_review_is_named_in_the_report() -> None:
+    payments = FakePayments(
+        payment("r", PaymentStatus.REFUNDING, age=timedelta(days=2)),
+        outcome=RecoveryOutcome.ESCALATED,
+    )
+    sweep = RefundingSweep(
+        payments=payments, memory=FakeRungMemory(), ladder=Ladder.starting_at(30 * MINUTE)
     )
 
-    initiated = await InitiatedSweep(payments=payments, after=MINUTE).run_once(T0)
-    refunding = await RefundingSweep(payments=payments, after=30 * MINUTE).run_once(T0)
+    report = await sweep.run_once(T0)
 
-    assert (initiated.found, initiated.acted) == (1, 0)
-    assert initiated.notes[0].startswith("i-old (deposit)")
-    assert (refunding.found, refunding.acted) == (1, 0)
-    assert refunding.notes[0].startswith("r-old")
+    assert [a.rung for a in payments.attempts.values()] == [3]  # found late: its rung now
+    assert report.acted == 1
+    assert report.notes == ("r (deposit): escalated to manual review",)
 
 
 async def test_expired_holds_are_released_in_batches_until_none_are_left() -> None:

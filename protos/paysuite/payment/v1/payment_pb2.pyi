@@ -115,6 +115,40 @@ REVIEW_RESOLUTION_FAILED: ReviewResolution.ValueType  # 2
 REVIEW_RESOLUTION_REFUNDED: ReviewResolution.ValueType  # 3
 Global___ReviewResolution: _TypeAlias = ReviewResolution  # noqa: Y015
 
+class _RecoveryOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecoveryOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecoveryOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECOVERY_OUTCOME_UNSPECIFIED: _RecoveryOutcome.ValueType  # 0
+    RECOVERY_OUTCOME_SETTLED: _RecoveryOutcome.ValueType  # 1
+    """The provider gave its final answer; its event moves the payment on."""
+    RECOVERY_OUTCOME_UNKNOWN: _RecoveryOutcome.ValueType  # 2
+    """No final answer yet (or the gateway refused to ask): ask again at the next rung."""
+    RECOVERY_OUTCOME_RESUMED: _RecoveryOutcome.ValueType  # 3
+    """The saga's next step ran again from its recovery point."""
+    RECOVERY_OUTCOME_ESCALATED: _RecoveryOutcome.ValueType  # 4
+    """Still unsettled after the last attempt: moved to REQUIRES_MANUAL_REVIEW, with a case."""
+    RECOVERY_OUTCOME_NOT_STUCK: _RecoveryOutcome.ValueType  # 5
+    """Nothing to do: the payment is no longer initiated, pending or refunding."""
+
+class RecoveryOutcome(_RecoveryOutcome, metaclass=_RecoveryOutcomeEnumTypeWrapper):
+    """What an attempt to move a stuck payment on achieved."""
+
+RECOVERY_OUTCOME_UNSPECIFIED: RecoveryOutcome.ValueType  # 0
+RECOVERY_OUTCOME_SETTLED: RecoveryOutcome.ValueType  # 1
+"""The provider gave its final answer; its event moves the payment on."""
+RECOVERY_OUTCOME_UNKNOWN: RecoveryOutcome.ValueType  # 2
+"""No final answer yet (or the gateway refused to ask): ask again at the next rung."""
+RECOVERY_OUTCOME_RESUMED: RecoveryOutcome.ValueType  # 3
+"""The saga's next step ran again from its recovery point."""
+RECOVERY_OUTCOME_ESCALATED: RecoveryOutcome.ValueType  # 4
+"""Still unsettled after the last attempt: moved to REQUIRES_MANUAL_REVIEW, with a case."""
+RECOVERY_OUTCOME_NOT_STUCK: RecoveryOutcome.ValueType  # 5
+"""Nothing to do: the payment is no longer initiated, pending or refunding."""
+Global___RecoveryOutcome: _TypeAlias = RecoveryOutcome  # noqa: Y015
+
 @_typing.final
 class Payment(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -611,7 +645,9 @@ class ReviewEvidence(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     reason_code: _builtins.str
-    """COMPENSATION_FAILED, CAPTURE_FAILED, PROVIDER_CONTRADICTION or RECONCILIATION_MISMATCH."""
+    """COMPENSATION_FAILED, CAPTURE_FAILED, PROVIDER_CONTRADICTION, RECONCILIATION_MISMATCH or
+    REFUND_STALLED.
+    """
     reason: _builtins.str
     source: _builtins.str
     """What asked for the review: "status.requires_manual_review" or the provider event
@@ -662,8 +698,8 @@ class ReviewCase(_message.Message):
     case_id: _builtins.str
     payment_id: _builtins.str
     reason_code: _builtins.str
-    """Why the case was opened (its first evidence): COMPENSATION_FAILED, CAPTURE_FAILED or
-    PROVIDER_CONTRADICTION. Stable.
+    """Why the case was opened (its first evidence): COMPENSATION_FAILED, CAPTURE_FAILED,
+    PROVIDER_CONTRADICTION, RECONCILIATION_MISMATCH or REFUND_STALLED. Stable.
     """
     reason: _builtins.str
     status: Global___ReviewCaseStatus.ValueType
@@ -902,3 +938,73 @@ class OpenReviewCaseRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OpenReviewCaseRequest: _TypeAlias = OpenReviewCaseRequest  # noqa: Y015
+
+@_typing.final
+class RecoverPaymentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    RUNG_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    attempt_id: _builtins.str
+    """Names the attempt (required, up to 128 characters), e.g. "pending:<updated_at>:<rung>":
+    the same id again is the same attempt.
+    """
+    rung: _builtins.int
+    """The rung of the caller's escalation ladder this attempt is on (0 for the first)."""
+    requested_by: _builtins.str
+    """Who asks (required), e.g. "recovery-worker"."""
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """When the caller will ask again if the payment is still stuck (for the audit trail)."""
+
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        attempt_id: _builtins.str = ...,
+        rung: _builtins.int = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        requested_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "next_attempt_at", b"next_attempt_at", "payment_id", b"payment_id", "requested_by", b"requested_by", "rung", b"rung"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoverPaymentRequest: _TypeAlias = RecoverPaymentRequest  # noqa: Y015
+
+@_typing.final
+class RecoverPaymentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    outcome: Global___RecoveryOutcome.ValueType
+    @_builtins.property
+    def payment(self) -> Global___Payment:
+        """The payment after the attempt (its own events may move it on a moment later)."""
+
+    @_builtins.property
+    def step(self) -> Global___PaymentStep:
+        """The attempt's entry in the audit trail; absent for NOT_STUCK (nothing was recorded)."""
+
+    def __init__(
+        self,
+        *,
+        outcome: Global___RecoveryOutcome.ValueType = ...,
+        payment: Global___Payment | None = ...,
+        step: Global___PaymentStep | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment", "step", b"step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "payment", b"payment", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoverPaymentResponse: _TypeAlias = RecoverPaymentResponse  # noqa: Y015

@@ -106,6 +106,11 @@ class PaymentServiceStub:
                 request_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.OpenReviewCaseRequest.SerializeToString,
                 response_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ReviewCase.FromString,
                 _registered_method=True)
+        self.RecoverPayment = channel.unary_unary(
+                '/paysuite.payment.v1.PaymentService/RecoverPayment',
+                request_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.RecoverPaymentRequest.SerializeToString,
+                response_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.RecoverPaymentResponse.FromString,
+                _registered_method=True)
 
 
 class PaymentServiceServicer:
@@ -192,9 +197,9 @@ class PaymentServiceServicer:
 
     def ListReviewCases(self, request, context):
         """The manual-review workbench. A case is opened when a payment enters
-        REQUIRES_MANUAL_REVIEW (COMPENSATION_FAILED, CAPTURE_FAILED) or a provider event
-        contradicts a final or settled payment (PROVIDER_CONTRADICTION); a payment has at most
-        one open case, and later reasons are added to its evidence.
+        REQUIRES_MANUAL_REVIEW (COMPENSATION_FAILED, CAPTURE_FAILED, REFUND_STALLED) or a
+        provider event contradicts a final or settled payment (PROVIDER_CONTRADICTION); a payment
+        has at most one open case, and later reasons are added to its evidence.
         Cases with a status (open by default), oldest first, with their age and SLA alarm.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -225,6 +230,24 @@ class PaymentServiceServicer:
         reconciliation: RECONCILIATION_MISMATCH, the only code accepted), or adds the evidence to
         its open case. The payment's state is left as it is. Idempotent: the same reason with the
         same evidence, already in a case of the payment (open or resolved), returns that case.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecoverPayment(self, request, context):
+        """The recovery worker's one way to move a stuck payment on (design.md §5, §8). What it
+        does depends on where the payment stands: the provider is asked again (the gateway's
+        SyncOperation) about a pending payment's operation, a provider call whose outcome is
+        unknown, or a refund attempt not settled; the provider's answer then moves the payment
+        through its normal events, and only a provider confirming it never processed the
+        operation fails it. A saga stopped before its next call runs that step again with the
+        same keys. A refunding deposit still unsettled after its third attempt moves to
+        REQUIRES_MANUAL_REVIEW with a case (REFUND_STALLED). Each attempt is one entry of the
+        audit trail (recovery.sync_requested or recovery.resume_requested: the rung, the
+        provider's answer, the next attempt), idempotent on (payment_id, attempt_id): a repeat
+        acts no more and returns the first entry. UNAVAILABLE when the gateway, the wallet or the
+        provider cannot be reached (nothing is recorded then; ask again later).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -297,6 +320,11 @@ def add_PaymentServiceServicer_to_server(servicer, server):
                     servicer.OpenReviewCase,
                     request_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.OpenReviewCaseRequest.FromString,
                     response_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.ReviewCase.SerializeToString,
+            ),
+            'RecoverPayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecoverPayment,
+                    request_deserializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.RecoverPaymentRequest.FromString,
+                    response_serializer=paysuite_dot_payment_dot_v1_dot_payment__pb2.RecoverPaymentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -657,6 +685,33 @@ class PaymentService:
             '/paysuite.payment.v1.PaymentService/OpenReviewCase',
             paysuite_dot_payment_dot_v1_dot_payment__pb2.OpenReviewCaseRequest.SerializeToString,
             paysuite_dot_payment_dot_v1_dot_payment__pb2.ReviewCase.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecoverPayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.payment.v1.PaymentService/RecoverPayment',
+            paysuite_dot_payment_dot_v1_dot_payment__pb2.RecoverPaymentRequest.SerializeToString,
+            paysuite_dot_payment_dot_v1_dot_payment__pb2.RecoverPaymentResponse.FromString,
             options,
             channel_credentials,
             insecure,

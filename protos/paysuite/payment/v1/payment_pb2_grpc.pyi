@@ -75,9 +75,9 @@ class PaymentServiceStub:
     """
     ListReviewCases: _grpc.UnaryUnaryMultiCallable[_payment_pb2.ListReviewCasesRequest, _payment_pb2.ListReviewCasesResponse]
     """The manual-review workbench. A case is opened when a payment enters
-    REQUIRES_MANUAL_REVIEW (COMPENSATION_FAILED, CAPTURE_FAILED) or a provider event
-    contradicts a final or settled payment (PROVIDER_CONTRADICTION); a payment has at most
-    one open case, and later reasons are added to its evidence.
+    REQUIRES_MANUAL_REVIEW (COMPENSATION_FAILED, CAPTURE_FAILED, REFUND_STALLED) or a
+    provider event contradicts a final or settled payment (PROVIDER_CONTRADICTION); a payment
+    has at most one open case, and later reasons are added to its evidence.
     Cases with a status (open by default), oldest first, with their age and SLA alarm.
     """
     GetReviewCase: _grpc.UnaryUnaryMultiCallable[_payment_pb2.GetReviewCaseRequest, _payment_pb2.GetReviewCaseResponse]
@@ -95,6 +95,20 @@ class PaymentServiceStub:
     reconciliation: RECONCILIATION_MISMATCH, the only code accepted), or adds the evidence to
     its open case. The payment's state is left as it is. Idempotent: the same reason with the
     same evidence, already in a case of the payment (open or resolved), returns that case.
+    """
+    RecoverPayment: _grpc.UnaryUnaryMultiCallable[_payment_pb2.RecoverPaymentRequest, _payment_pb2.RecoverPaymentResponse]
+    """The recovery worker's one way to move a stuck payment on (design.md §5, §8). What it
+    does depends on where the payment stands: the provider is asked again (the gateway's
+    SyncOperation) about a pending payment's operation, a provider call whose outcome is
+    unknown, or a refund attempt not settled; the provider's answer then moves the payment
+    through its normal events, and only a provider confirming it never processed the
+    operation fails it. A saga stopped before its next call runs that step again with the
+    same keys. A refunding deposit still unsettled after its third attempt moves to
+    REQUIRES_MANUAL_REVIEW with a case (REFUND_STALLED). Each attempt is one entry of the
+    audit trail (recovery.sync_requested or recovery.resume_requested: the rung, the
+    provider's answer, the next attempt), idempotent on (payment_id, attempt_id): a repeat
+    acts no more and returns the first entry. UNAVAILABLE when the gateway, the wallet or the
+    provider cannot be reached (nothing is recorded then; ask again later).
     """
 
 @_typing.type_check_only
@@ -144,9 +158,9 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     """
     ListReviewCases: _aio.UnaryUnaryMultiCallable[_payment_pb2.ListReviewCasesRequest, _payment_pb2.ListReviewCasesResponse]  # type: ignore[assignment]
     """The manual-review workbench. A case is opened when a payment enters
-    REQUIRES_MANUAL_REVIEW (COMPENSATION_FAILED, CAPTURE_FAILED) or a provider event
-    contradicts a final or settled payment (PROVIDER_CONTRADICTION); a payment has at most
-    one open case, and later reasons are added to its evidence.
+    REQUIRES_MANUAL_REVIEW (COMPENSATION_FAILED, CAPTURE_FAILED, REFUND_STALLED) or a
+    provider event contradicts a final or settled payment (PROVIDER_CONTRADICTION); a payment
+    has at most one open case, and later reasons are added to its evidence.
     Cases with a status (open by default), oldest first, with their age and SLA alarm.
     """
     GetReviewCase: _aio.UnaryUnaryMultiCallable[_payment_pb2.GetReviewCaseRequest, _payment_pb2.GetReviewCaseResponse]  # type: ignore[assignment]
@@ -164,6 +178,20 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     reconciliation: RECONCILIATION_MISMATCH, the only code accepted), or adds the evidence to
     its open case. The payment's state is left as it is. Idempotent: the same reason with the
     same evidence, already in a case of the payment (open or resolved), returns that case.
+    """
+    RecoverPayment: _aio.UnaryUnaryMultiCallable[_payment_pb2.RecoverPaymentRequest, _payment_pb2.RecoverPaymentResponse]  # type: ignore[assignment]
+    """The recovery worker's one way to move a stuck payment on (design.md §5, §8). What it
+    does depends on where the payment stands: the provider is asked again (the gateway's
+    SyncOperation) about a pending payment's operation, a provider call whose outcome is
+    unknown, or a refund attempt not settled; the provider's answer then moves the payment
+    through its normal events, and only a provider confirming it never processed the
+    operation fails it. A saga stopped before its next call runs that step again with the
+    same keys. A refunding deposit still unsettled after its third attempt moves to
+    REQUIRES_MANUAL_REVIEW with a case (REFUND_STALLED). Each attempt is one entry of the
+    audit trail (recovery.sync_requested or recovery.resume_requested: the rung, the
+    provider's answer, the next attempt), idempotent on (payment_id, attempt_id): a repeat
+    acts no more and returns the first entry. UNAVAILABLE when the gateway, the wallet or the
+    provider cannot be reached (nothing is recorded then; ask again later).
     """
 
 class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -270,9 +298,9 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_payment_pb2.ListReviewCasesResponse, _abc.Awaitable[_payment_pb2.ListReviewCasesResponse]]:
         """The manual-review workbench. A case is opened when a payment enters
-        REQUIRES_MANUAL_REVIEW (COMPENSATION_FAILED, CAPTURE_FAILED) or a provider event
-        contradicts a final or settled payment (PROVIDER_CONTRADICTION); a payment has at most
-        one open case, and later reasons are added to its evidence.
+        REQUIRES_MANUAL_REVIEW (COMPENSATION_FAILED, CAPTURE_FAILED, REFUND_STALLED) or a
+        provider event contradicts a final or settled payment (PROVIDER_CONTRADICTION); a payment
+        has at most one open case, and later reasons are added to its evidence.
         Cases with a status (open by default), oldest first, with their age and SLA alarm.
         """
 
@@ -308,6 +336,26 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         reconciliation: RECONCILIATION_MISMATCH, the only code accepted), or adds the evidence to
         its open case. The payment's state is left as it is. Idempotent: the same reason with the
         same evidence, already in a case of the payment (open or resolved), returns that case.
+        """
+
+    @_abc_1.abstractmethod
+    def RecoverPayment(
+        self,
+        request: _payment_pb2.RecoverPaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payment_pb2.RecoverPaymentResponse, _abc.Awaitable[_payment_pb2.RecoverPaymentResponse]]:
+        """The recovery worker's one way to move a stuck payment on (design.md §5, §8). What it
+        does depends on where the payment stands: the provider is asked again (the gateway's
+        SyncOperation) about a pending payment's operation, a provider call whose outcome is
+        unknown, or a refund attempt not settled; the provider's answer then moves the payment
+        through its normal events, and only a provider confirming it never processed the
+        operation fails it. A saga stopped before its next call runs that step again with the
+        same keys. A refunding deposit still unsettled after its third attempt moves to
+        REQUIRES_MANUAL_REVIEW with a case (REFUND_STALLED). Each attempt is one entry of the
+        audit trail (recovery.sync_requested or recovery.resume_requested: the rung, the
+        provider's answer, the next attempt), idempotent on (payment_id, attempt_id): a repeat
+        acts no more and returns the first entry. UNAVAILABLE when the gateway, the wallet or the
+        provider cannot be reached (nothing is recorded then; ask again later).
         """
 
 def add_PaymentServiceServicer_to_server(servicer: PaymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
