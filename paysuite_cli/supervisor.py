@@ -12,6 +12,7 @@ import ctypes
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -106,19 +107,20 @@ def plan(settings: Settings, *, demo: bool = True) -> list[Process]:
     """Every process of the suite. `demo`: the recovery worker sweeps every few seconds, so a
     demo shows it; without it (the bench), at its deployed defaults, so its sweeps do not
     weigh on figures that deployments would not see them weigh on."""
-    return [
-        _with_metrics(Process("wallet", "wallet_service", settings.wallet_listen, "grpc")),
-        _with_metrics(Process("gateway", "gateway_service", settings.gateway_listen, "grpc")),
-        _with_metrics(Process("payment", "payment_service", settings.payment_listen, "grpc")),
-        _with_metrics(_recovery_worker(settings, demo=demo)),
-        _with_metrics(
-            Process(
-                "webhook adapter",
-                "gateway_service.webhook",
-                f"http://{settings.webhook_listen}/healthz",
-                "http",
-            )
+    ours = [
+        Process("wallet", "wallet_service", settings.wallet_listen, "grpc"),
+        Process("gateway", "gateway_service", settings.gateway_listen, "grpc"),
+        Process("payment", "payment_service", settings.payment_listen, "grpc"),
+        _recovery_worker(settings, demo=demo),
+        Process(
+            "webhook adapter",
+            "gateway_service.webhook",
+            f"http://{settings.webhook_listen}/healthz",
+            "http",
         ),
+    ]
+    return [
+        *(_with_metrics(proc, port) for proc, port in zip(ours, _free_ports(), strict=False)),
         *(_simulator(settings, i) for i in range(len(settings.provider_configs()))),
     ]
 
@@ -129,16 +131,26 @@ def plan(settings: Settings, *, demo: bool = True) -> list[Process]:
 METRICS_HOST = "127.0.0.1"
 
 
-def _with_metrics(proc: Process) -> Process:
-    port = _free_port()
+def _with_metrics(proc: Process, port: int) -> Process:
     env = (("PAYSUITE_METRICS_PORT", str(port)), ("PAYSUITE_METRICS_HOST", METRICS_HOST))
     return replace(proc, env=proc.env + env, metrics_port=port)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((METRICS_HOST, 0))
-        return int(sock.getsockname()[1])
+# Below Linux's ephemeral range (32768 and up): a port the kernel hands out for binding to 0
+# can be taken by another process's outgoing connection before the child binds it (seen in CI:
+# "Address already in use" for a recovery worker's metrics). These never are. Where to start
+# looking is random, so suites started at once rarely probe the same ports.
+METRICS_PORTS = range(20000, 32000)
+
+
+def _free_ports() -> Iterator[int]:
+    """Distinct free ports, in order from a random start."""
+    start = secrets.randbelow(len(METRICS_PORTS))
+    for offset in range(len(METRICS_PORTS)):
+        port = METRICS_PORTS[(start + offset) % len(METRICS_PORTS)]
+        if _can_bind(f"{METRICS_HOST}:{port}"):
+            yield port
+    raise RuntimeError(f"no free port for /metrics in {METRICS_PORTS}")
 
 
 def publish_metrics(data_dir: Path, processes: list[Process]) -> None:
