@@ -282,7 +282,7 @@ class PaymentService:
             amount=amount,
             caller=caller.subject,
         )
-        await self.get_payment(request.payment_id, caller=caller, may=Principal.may_support)
+        await self._authorize_payment(caller, request.payment_id, Principal.may_support)
 
         async def make(uow: UnitOfWork, refund_id: str) -> Payment:
             deposit = await uow.payments.get(request.payment_id, for_update=True)
@@ -300,9 +300,8 @@ class PaymentService:
     async def cancel_payment(self, payment_id: str, *, caller: Principal = SYSTEM) -> Payment:
         """Cancels a payment the provider has not been asked about. Its hold, if any, is
         released from the durable `payment.cancelled` event (`release_hold`)."""
-        payment_id = (
-            await self.get_payment(payment_id, caller=caller, may=Principal.may_support)
-        ).payment_id
+        payment_id = parse_id(payment_id, "payment_id")
+        await self._authorize_payment(caller, payment_id, Principal.may_support)
 
         async def cancel() -> Payment:
             async with self._uow() as uow:
@@ -316,17 +315,33 @@ class PaymentService:
 
         return await retry_on_conflict(cancel)
 
-    async def _authorize(self, caller: Principal, account_id: str, what: str) -> None:
-        """Only the account's owner (or our own services) moves its money. An account that
-        does not exist is refused alike, so account ids cannot be probed."""
-        if caller.is_service:
+    async def _authorize(
+        self,
+        caller: Principal,
+        account_id: str,
+        what: str,
+        may: Callable[[Principal, str], bool] = Principal.may_act_for,
+    ) -> None:
+        """Refuses unless `may` allows the caller for the account's owner (by default: only
+        the owner, or our own services, move its money). An account that does not exist is
+        refused alike, so account ids cannot be probed."""
+        # `may` asked of no owner at all: what the caller's role allows, whoever the owner is.
+        if may(caller, ""):
             return
         try:
             owner = (await self._accounts.info(account_id)).owner_id
         except NotFound:
             raise denied(what) from None
-        if not caller.may_act_for(owner):
+        if not may(caller, owner):
             raise denied(what)
+
+    async def _authorize_payment(
+        self, caller: Principal, payment_id: str, may: Callable[[Principal, str], bool]
+    ) -> None:
+        """As `get_payment` refuses, without reading the payment for a caller whose role
+        already allows it (the caller then reads it under its lock anyway)."""
+        if not may(caller, ""):
+            await self.get_payment(payment_id, caller=caller, may=may)
 
     async def _may(
         self, caller: Principal, payment: Payment, may: Callable[[Principal, str], bool]
@@ -659,8 +674,11 @@ class PaymentService:
         )
         if request.rung < 0:
             raise ValidationError(FieldViolation("rung", "must not be negative"))
-        payment = await self.get_payment(request.payment_id)
-        prior = await self._recovery_step(request)
+        async with self._uow() as uow:
+            payment = await uow.payments.get(request.payment_id)
+            if payment is None:
+                raise NotFound("payment", request.payment_id)
+            prior = _attempt_in(await uow.payments.steps(request.payment_id), request.attempt_id)
         planned = payment.recovery_action()
         if prior is not None or planned is None:
             outcome = _recorded_outcome(prior) if prior else RecoveryOutcome.NOT_STUCK
@@ -671,10 +689,6 @@ class PaymentService:
         else:
             result = await self._resume_step(payment.payment_id)
         return await self._record_recovery(request, action, result)
-
-    async def _recovery_step(self, request: RecoveryRequest) -> PaymentStep | None:
-        async with self._uow() as uow:
-            return _attempt_in(await uow.payments.steps(request.payment_id), request.attempt_id)
 
     async def _sync(self, operation_id: str) -> RecoveryResult:
         try:
@@ -845,15 +859,12 @@ class PaymentService:
     ) -> PaymentPage:
         if account_id:
             account_id = parse_id(account_id, "account_id")
-        if not caller.is_operator:
-            if not account_id:
-                raise denied("list the payments of every account (name an account you own)")
-            try:
-                owner = (await self._accounts.info(account_id)).owner_id
-            except NotFound:
-                raise denied("list this account's payments") from None
-            if not caller.may_read(owner):
-                raise denied("list this account's payments")
+        if not account_id and not caller.is_operator:
+            raise denied("list the payments of every account (name an account you own)")
+        if account_id:
+            await self._authorize(
+                caller, account_id, "list this account's payments", may=Principal.may_read
+            )
         after, before_time = (where.created_after, where.created_before) if where else (None, None)
         if after and before_time and after >= before_time:
             raise ValidationError(
