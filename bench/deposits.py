@@ -12,12 +12,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
 from bench import databases
-from bench.auth import bench_channel
 from bench.context import BenchContext, Deposit
 from bench.load import Sample, closed_loop, note_errors, open_loop, span
 from bench.stats import Latency, p50_p99, rate
 from bench.watch import CompletionWatcher
 from common.events import PAYMENT_STREAM
+from common.grpc.auth import bearer_channel
 from gateway_service.bootstrap import DATABASE as GATEWAY_DB
 from payment_service.bootstrap import DATABASE as PAYMENT_DB
 from paysuite.common.v1 import money_pb2
@@ -35,7 +35,7 @@ def amount_of(i: int) -> int:
 
 
 async def measure_baseline(ctx: BenchContext) -> dict[str, float]:
-    async with bench_channel(ctx.settings.payment_target, ctx.token) as channel:
+    async with bearer_channel(ctx.settings.payment_target, ctx.token) as channel:
         # The typeshed stub declares no methods on HealthStub.
         check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]
 
@@ -52,8 +52,8 @@ async def measure_baseline(ctx: BenchContext) -> dict[str, float]:
 
 async def measure(ctx: BenchContext) -> dict[str, float]:
     """Closed loop, then an open loop at half the closed loop's completion rate."""
-    wallet_channel = bench_channel(ctx.settings.wallet_target, ctx.token)
-    payment_channel = bench_channel(ctx.settings.payment_target, ctx.token)
+    wallet_channel = bearer_channel(ctx.settings.wallet_target, ctx.token)
+    payment_channel = bearer_channel(ctx.settings.payment_target, ctx.token)
     redis = Redis.from_url(ctx.redis_url)
     try:
         wallet = wallet_pb2_grpc.WalletServiceStub(wallet_channel)

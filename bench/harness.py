@@ -27,11 +27,12 @@ from bench import (
     wallet_bench,
     webhook_bench,
 )
-from bench.auth import bench_channel, bench_token
+from bench.auth import bench_token
 from bench.checks import money_problems, movement_problems, not_terminal
 from bench.context import BenchContext, BenchOptions
 from bench.suite import SuiteFailed, fresh_suite, running_suite
 from common.config import Settings
+from common.grpc.auth import bearer_channel
 from payment_service.bootstrap import DATABASE as PAYMENT_DB
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -158,7 +159,7 @@ async def _check_movements(ctx: BenchContext) -> list[str]:
 
 
 async def _balances(ctx: BenchContext, accounts: Iterable[str]) -> dict[str, int]:
-    async with bench_channel(ctx.settings.wallet_target, ctx.token) as channel:
+    async with bearer_channel(ctx.settings.wallet_target, ctx.token) as channel:
         wallet = wallet_pb2_grpc.WalletServiceStub(channel)
         balances = {}
         for account_id in accounts:

@@ -29,8 +29,9 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.auth import bench_channel, bench_token
+from bench.auth import bench_token
 from common.config import load_settings
+from common.grpc.auth import bearer_channel
 from paysuite.common.v1 import money_pb2
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -104,7 +105,7 @@ async def _closed_loop(step: Step, recorder: _Recorder, duration_s: float, clien
 async def measure(
     wallet_target: str, token: str, *, duration_s: float = 10.0, concurrency: int = 32
 ) -> dict[str, float]:
-    channels = [bench_channel(wallet_target, token) for _ in range(CHANNELS)]
+    channels = [bearer_channel(wallet_target, token) for _ in range(CHANNELS)]
     try:
         baseline = await _trivial_calls_per_s(channels, duration_s / 4, concurrency)
         stubs = [wallet_pb2_grpc.WalletServiceStub(ch) for ch in channels]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-import grpc
 from pydantic import SecretStr
 
 from common.auth import Role
 from common.config import Settings
-from common.grpc.auth import Authenticator, Policy, authenticator, bearer_interceptors
+from common.grpc.auth import Authenticator, Policy, authenticator
 from common.tokens import mint_for
 
 TEST_AUTH_SECRET = "test-signing-key-" + uuid.uuid4().hex + uuid.uuid4().hex
@@ -23,8 +22,3 @@ def make_token(subject: str = "service:tests", *roles: Role) -> str:
 
 def make_authenticator(*policies: Policy) -> Authenticator:
     return authenticator(AUTH_SETTINGS, *policies)
-
-
-def authed_channel(target: str, bearer: str) -> grpc.aio.Channel:
-    """A plain channel (no retries, no spans of its own) whose calls present `bearer`."""
-    return grpc.aio.insecure_channel(target, interceptors=bearer_interceptors(lambda: bearer))

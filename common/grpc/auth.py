@@ -76,11 +76,16 @@ def authenticator(settings: Settings, *policies: Policy) -> Authenticator:
     return Authenticator(TokenVerifier.from_settings(settings), policies)
 
 
+def presents_token(metadata: Iterable[tuple[str, Any]] | None) -> bool:
+    """Whether a call already brings its own `authorization` (kept as it is)."""
+    return any(key == AUTHORIZATION for key, _ in metadata or ())
+
+
 def _with_bearer(
     details: grpc.aio.ClientCallDetails, token: Callable[[], str]
 ) -> grpc.aio.ClientCallDetails:
     metadata = tuple(details.metadata or ())
-    if not any(key == AUTHORIZATION for key, _ in metadata):
+    if not presents_token(metadata):
         metadata += (bearer(token()),)
     return grpc.aio.ClientCallDetails(
         method=details.method,
@@ -125,3 +130,9 @@ class StreamBearerInterceptor(grpc.aio.UnaryStreamClientInterceptor):
 
 def bearer_interceptors(token: Callable[[], str]) -> list[grpc.aio.ClientInterceptor]:
     return [BearerInterceptor(token), StreamBearerInterceptor(token)]
+
+
+def bearer_channel(target: str, token: str) -> grpc.aio.Channel:
+    """A plain channel (no retries, no spans or metrics of its own) whose calls present
+    `token`: the bench's and the tests', which measure or check our services, not themselves."""
+    return grpc.aio.insecure_channel(target, interceptors=bearer_interceptors(lambda: token))

@@ -26,7 +26,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from common import tracing
-from common.grpc.auth import AUTHORIZATION, StreamBearerInterceptor
+from common.grpc.auth import AUTHORIZATION, StreamBearerInterceptor, presents_token
 from common.grpc.metrics import record_client_call, split_method
 from common.logging import bound_flow, correlation_id_var
 
@@ -150,7 +150,7 @@ def _with_context(
     correlation_id = correlation_id_var.get()
     if correlation_id:
         carrier[CORRELATION_HEADER] = correlation_id
-    if token is not None and not any(key == AUTHORIZATION for key, _ in details.metadata or ()):
+    if token is not None and not presents_token(details.metadata):
         carrier[AUTHORIZATION] = f"Bearer {token()}"
     return grpc.aio.ClientCallDetails(
         method=details.method,

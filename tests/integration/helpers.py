@@ -14,15 +14,13 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from redis.asyncio import Redis
 
-from common.auth import Role
-from common.config import Settings
-from common.tokens import mint_for
+from common.grpc.auth import bearer_channel
 from paysuite.common.v1 import money_pb2
 from paysuite.events.v1 import events_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tests.conftest import Suite
-from tests.tokens import authed_channel
+from tests.tokens import make_token
 
 
 @dataclass
@@ -31,17 +29,12 @@ class Clients:
     payments: payment_pb2_grpc.PaymentServiceAsyncStub
 
 
-def token(settings: Settings, subject: str = "service:tests", *roles: Role) -> str:
-    """A bearer token the suite accepts: a service's by default."""
-    return mint_for(settings, subject=subject, roles=roles or (Role.SERVICE,))
-
-
 @asynccontextmanager
 async def clients(suite: Suite, bearer: str = "") -> AsyncIterator[Clients]:
     """Stubs of the wallet and payment services, calling as a service unless given a token."""
-    bearer = bearer or token(suite.settings)
-    wallet_channel = authed_channel(suite.wallet_target, bearer)
-    payment_channel = authed_channel(suite.payment_target, bearer)
+    bearer = bearer or make_token()
+    wallet_channel = bearer_channel(suite.wallet_target, bearer)
+    payment_channel = bearer_channel(suite.payment_target, bearer)
     async with wallet_channel, payment_channel:
         yield Clients(
             wallet=wallet_pb2_grpc.WalletServiceStub(wallet_channel),

@@ -16,13 +16,13 @@ import pytest
 from google.protobuf.message import Message
 
 from common.auth import Access, Role
+from common.grpc.auth import bearer_channel
 from common.tokens import mint, mint_for
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tests.conftest import Suite
 from tests.integration.helpers import clients, usd, wait_for_status
-from tests.tokens import authed_channel
 
 pytestmark = [pytest.mark.integration]
 ASYNC = pytest.mark.asyncio(loop_scope="session")
@@ -237,7 +237,7 @@ async def call(suite: Suite, service: str, method: str, token: str, w: World) ->
     request = table[method][0](w)
     target_address = getattr(suite, target)
     channel = (
-        authed_channel(target_address, token)
+        bearer_channel(target_address, token)
         if token
         else grpc.aio.insecure_channel(target_address)
     )

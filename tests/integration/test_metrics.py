@@ -19,12 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import suite as bench_suite
 from common.config import Settings
+from common.grpc.auth import bearer_channel
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2_grpc
 from paysuite_cli import supervisor
 from tests.conftest import migrated_databases
 from tests.integration.helpers import Clients, open_account, usd, wait_for_status
-from tests.tokens import authed_channel, make_token
+from tests.tokens import make_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -99,8 +100,8 @@ GATEWAY_SERVICE = "paysuite.gateway.v1.GatewayService"
 async def test_a_deposit_shows_on_every_process_metrics(processes: Processes) -> None:
     settings = processes.settings
     async with (
-        authed_channel(settings.wallet_target, make_token()) as wallet,
-        authed_channel(settings.payment_target, make_token()) as payments,
+        bearer_channel(settings.wallet_target, make_token()) as wallet,
+        bearer_channel(settings.payment_target, make_token()) as payments,
     ):
         c = Clients(
             wallet=wallet_pb2_grpc.WalletServiceStub(wallet),

@@ -11,8 +11,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.config import Settings
+from common.grpc.auth import bearer_channel
 from tests.processes import spawn, start
-from tests.tokens import authed_channel, make_token
+from tests.tokens import make_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -43,7 +44,7 @@ def _port(log: bytes) -> int:
 
 
 async def _serving(port: int) -> bool:
-    async with authed_channel(f"127.0.0.1:{port}", make_token()) as channel:
+    async with bearer_channel(f"127.0.0.1:{port}", make_token()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for _ in range(100):
             response = await stub.Check(health_pb2.HealthCheckRequest())  # type: ignore[attr-defined]

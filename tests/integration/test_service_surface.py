@@ -11,9 +11,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from common.grpc.auth import bearer_channel
 from tests.conftest import Suite
 from tests.integration.helpers import error_details
-from tests.tokens import authed_channel, make_token
+from tests.tokens import make_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -39,7 +40,7 @@ async def test_reflection_lists_the_service(suite: Suite, target: str, service: 
 async def test_health_is_serving_once_dependencies_answer(
     suite: Suite, target: str, service: str
 ) -> None:
-    async with authed_channel(getattr(suite, target), make_token()) as channel:
+    async with bearer_channel(getattr(suite, target), make_token()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for name in ("", service, "liveness"):
             for _ in range(50):
@@ -61,7 +62,7 @@ METHODS = {
 async def test_request_bytes_that_do_not_decode_are_invalid_argument(
     suite: Suite, target: str, method: str
 ) -> None:
-    async with authed_channel(getattr(suite, target), make_token()) as channel:
+    async with bearer_channel(getattr(suite, target), make_token()) as channel:
         call = channel.unary_unary(method)  # raw bytes in, raw bytes out
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(b"\xff\xff\xff\xff\x0f\x01 not protobuf")

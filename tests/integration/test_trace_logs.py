@@ -34,13 +34,14 @@ from sqlalchemy.engine import make_url
 from bench import suite as bench_suite
 from common.config import Settings
 from common.events import PAYMENT_STREAM
+from common.grpc.auth import bearer_channel
 from paysuite.events.v1 import events_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2_grpc
 from paysuite_cli import supervisor
 from tests.conftest import migrated_databases
 from tests.integration.helpers import Clients, open_account, usd, wait_for_status
-from tests.tokens import authed_channel, make_token
+from tests.tokens import make_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -199,8 +200,8 @@ async def test_one_deposit_is_one_trace_in_every_log_and_no_secret_is_logged(
 ) -> None:
     settings = suite.settings
     async with (
-        authed_channel(settings.wallet_target, make_token()) as wallet,
-        authed_channel(settings.payment_target, make_token()) as payments,
+        bearer_channel(settings.wallet_target, make_token()) as wallet,
+        bearer_channel(settings.payment_target, make_token()) as payments,
     ):
         c = Clients(
             wallet=wallet_pb2_grpc.WalletServiceStub(wallet),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 
+from common.grpc.auth import bearer_channel
 from common.grpc.server import create_server
 from common.ids import new_id
 from gateway_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME, GatewayServicer
@@ -15,7 +16,7 @@ from gateway_service.service_layer.services import GatewayService
 from paysuite.common.v1 import money_pb2
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.gateway_service.conftest import PAYMENT_METHOD, FakeProvider, provider_event_body
-from tests.tokens import authed_channel, make_authenticator, make_token
+from tests.tokens import make_authenticator, make_token
 
 if TYPE_CHECKING:
     from paysuite.gateway.v1.gateway_pb2_grpc import GatewayServiceAsyncStub as Stub
@@ -31,7 +32,7 @@ async def stub(service: GatewayService) -> AsyncIterator[Stub]:
         auth=make_authenticator(POLICY),
     )
     await server.start()
-    async with authed_channel(f"127.0.0.1:{port}", make_token()) as grpc_channel:
+    async with bearer_channel(f"127.0.0.1:{port}", make_token()) as grpc_channel:
         yield gateway_pb2_grpc.GatewayServiceStub(grpc_channel)
     await server.stop(None)
 

@@ -15,10 +15,11 @@ import pytest_asyncio
 from aiohttp import web
 
 from common.config import Settings
+from common.grpc.auth import bearer_channel
 from common.grpc.server import ServiceRuntime
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import free_port, start_simulators, with_providers
-from tests.tokens import authed_channel, make_token
+from tests.tokens import make_token
 
 
 @dataclass
@@ -116,7 +117,7 @@ async def rig(migrated: Settings) -> AsyncIterator[Rig]:
     settings = settings.model_copy(update={"gateway_target": target})
     runners: list[web.AppRunner] = []
     http = aiohttp.ClientSession()
-    channel = authed_channel(target, make_token())
+    channel = bearer_channel(target, make_token())
     try:
         webhook_runner, webhook_port = await start_webhook(settings, "127.0.0.1:0")
         runners.append(webhook_runner)

@@ -15,7 +15,8 @@ import pytest_asyncio
 
 from gateway_service.webhook.facade import OPENAPI
 from tests.conftest import Suite
-from tests.integration.helpers import clients, open_account, token
+from tests.integration.helpers import clients, open_account
+from tests.tokens import make_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -26,7 +27,7 @@ async def http(suite: Suite) -> AsyncIterator[aiohttp.ClientSession]:
 
     runner, port = await start(suite.settings, "127.0.0.1:0")
     # Calls as a service: what a token allows is test_access_control's subject.
-    headers = {"Authorization": f"Bearer {token(suite.settings)}"}
+    headers = {"Authorization": f"Bearer {make_token()}"}
     async with aiohttp.ClientSession(
         base_url=f"http://127.0.0.1:{port}", headers=headers
     ) as session:

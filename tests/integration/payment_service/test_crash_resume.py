@@ -19,13 +19,14 @@ import pytest
 import pytest_asyncio
 
 from common.config import Settings
+from common.grpc.auth import bearer_channel
 from paysuite.payment.v1 import payment_pb2 as P
 from paysuite.payment.v1 import payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tests.conftest import InfraUrls, Suite, migrated_databases, running_suite
 from tests.integration.helpers import usd
 from tests.processes import Started, start
-from tests.tokens import authed_channel, make_token
+from tests.tokens import make_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -70,7 +71,7 @@ async def test_a_deposit_whose_process_died_right_after_its_commit_completes_aft
     lonely_suite: Suite,
 ) -> None:
     suite = lonely_suite
-    async with authed_channel(suite.wallet_target, make_token()) as channel:
+    async with bearer_channel(suite.wallet_target, make_token()) as channel:
         wallet = wallet_pb2_grpc.WalletServiceStub(channel)
         account = await wallet.OpenAccount(
             wallet_pb2.OpenAccountRequest(
@@ -83,7 +84,7 @@ async def test_a_deposit_whose_process_died_right_after_its_commit_completes_aft
         b"service.started",
         **payment_env(suite, PAYSUITE_FAULTS="payment.deposit_committed"),
     )
-    async with authed_channel(f"127.0.0.1:{port_of(doomed)}", make_token()) as channel:
+    async with bearer_channel(f"127.0.0.1:{port_of(doomed)}", make_token()) as channel:
         payments = payment_pb2_grpc.PaymentServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as died:
             await payments.CreateDeposit(
@@ -99,14 +100,14 @@ async def test_a_deposit_whose_process_died_right_after_its_commit_completes_aft
 
     restarted = await start("payment_service", b"service.started", **payment_env(suite))
     try:
-        async with authed_channel(f"127.0.0.1:{port_of(restarted)}", make_token()) as channel:
+        async with bearer_channel(f"127.0.0.1:{port_of(restarted)}", make_token()) as channel:
             payments = payment_pb2_grpc.PaymentServiceStub(channel)
             listed = await payments.ListPayments(
                 P.ListPaymentsRequest(account_id=account.account_id)
             )
             (payment,) = listed.payments  # committed before the crash, never answered
             done = await wait_completed(payments, payment.payment_id)
-        async with authed_channel(suite.wallet_target, make_token()) as channel:
+        async with bearer_channel(suite.wallet_target, make_token()) as channel:
             balance = await wallet_pb2_grpc.WalletServiceStub(channel).GetBalance(
                 wallet_pb2.GetBalanceRequest(account_id=account.account_id)
             )
@@ -129,7 +130,7 @@ async def wait_completed(
 
 
 async def _funded(suite: Suite, amount: int) -> str:
-    async with authed_channel(suite.wallet_target, make_token()) as channel:
+    async with bearer_channel(suite.wallet_target, make_token()) as channel:
         wallet = wallet_pb2_grpc.WalletServiceStub(channel)
         account = await wallet.OpenAccount(
             wallet_pb2.OpenAccountRequest(
@@ -148,7 +149,7 @@ async def _funded(suite: Suite, amount: int) -> str:
 
 
 async def _balance(suite: Suite, account_id: str) -> tuple[int, int]:
-    async with authed_channel(suite.wallet_target, make_token()) as channel:
+    async with bearer_channel(suite.wallet_target, make_token()) as channel:
         b = await wallet_pb2_grpc.WalletServiceStub(channel).GetBalance(
             wallet_pb2.GetBalanceRequest(account_id=account_id)
         )
@@ -179,7 +180,7 @@ async def test_a_saga_killed_between_an_effect_and_its_record_finishes_once_afte
     doomed = await start(
         "payment_service", b"service.started", **payment_env(suite, PAYSUITE_FAULTS=fault)
     )
-    async with authed_channel(f"127.0.0.1:{port_of(doomed)}", make_token()) as channel:
+    async with bearer_channel(f"127.0.0.1:{port_of(doomed)}", make_token()) as channel:
         payments = payment_pb2_grpc.PaymentServiceStub(channel)
         key = f"crash-{uuid.uuid4()}"
         if create == "withdrawal":
@@ -217,7 +218,7 @@ async def test_a_saga_killed_between_an_effect_and_its_record_finishes_once_afte
         ),
     )
     try:
-        async with authed_channel(f"127.0.0.1:{port_of(restarted)}", make_token()) as channel:
+        async with bearer_channel(f"127.0.0.1:{port_of(restarted)}", make_token()) as channel:
             payments = payment_pb2_grpc.PaymentServiceStub(channel)
             owner = target if create == "deposit" else source
             listed = await payments.ListPayments(P.ListPaymentsRequest(account_id=owner))

@@ -27,8 +27,8 @@ from payment_service.domain.model import DepositRequest, Payment, ProviderAnswer
 from paysuite.payment.v1 import payment_pb2 as P
 from paysuite.wallet.v1 import wallet_pb2
 from tests.conftest import Suite
-from tests.integration.helpers import Clients, clients, error_details, open_account, token
-from tests.tokens import TEST_AUTH_SECRET
+from tests.integration.helpers import Clients, clients, error_details, open_account
+from tests.tokens import TEST_AUTH_SECRET, make_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -114,7 +114,7 @@ async def test_a_payment_in_review_has_an_open_case_with_its_evidence(
 async def test_resolving_credits_moves_the_payment_and_emits_its_event_once(
     suite: Suite, engine: AsyncEngine
 ) -> None:
-    alice = token(suite.settings, "alice", Role.OPERATOR)
+    alice = make_token("alice", Role.OPERATOR)
     async with clients(suite) as c, clients(suite, alice) as o:
         account_id = await open_account(c)
         payment_id = await in_review(engine, account_id)

@@ -13,13 +13,14 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from common.grpc.auth import bearer_channel
 from common.grpc.server import ServiceRuntime
 from payment_service import bootstrap as payment
 from paysuite.payment.v1 import payment_pb2 as P
 from paysuite.payment.v1 import payment_pb2_grpc
 from tests.conftest import Suite
 from tests.integration.helpers import clients, open_account, usd
-from tests.tokens import authed_channel, make_token
+from tests.tokens import make_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -37,7 +38,7 @@ async def second_replica(suite: Suite) -> AsyncIterator[str]:
 async def test_a_watcher_on_another_replica_sees_every_state_until_completed(
     suite: Suite, second_replica: str
 ) -> None:
-    async with clients(suite) as c, authed_channel(second_replica, make_token()) as channel:
+    async with clients(suite) as c, bearer_channel(second_replica, make_token()) as channel:
         account_id = await open_account(c)
         created = await c.payments.CreateDeposit(
             P.CreateDepositRequest(
