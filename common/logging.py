@@ -8,6 +8,12 @@ gRPC interceptor or the stream consumer learns them.
 Secrets never reach a line: keys that name one are redacted whatever their value, and the
 password of any URL in a value (a DSN in an exception message, a webhook URL) is masked, after
 tracebacks are formatted, so those are covered too.
+
+Values are safe to read: control characters (NUL, CR, LF, ESC, ...), bidi overrides and other
+invisible format characters are escaped as Python writes them (`\\x00`, `\\r`, `\\u202e`),
+in one processor every renderer sees (console, JSON, and the stdlib lines of libraries), and a
+very long value is cut with a marker. A caller-chosen id can then neither forge a line, reorder
+what a terminal shows, nor turn the file binary for grep.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import structlog
 from opentelemetry import trace
@@ -61,6 +68,61 @@ def _mask_url_passwords(
         if isinstance(value, str) and "@" in value:
             event_dict[key] = _URL_PASSWORD.sub(r"\1***@", value)
     return event_dict
+
+
+# Longer values are cut (a whole body or response in a value is a bug, not a record); a
+# traceback gets more room.
+MAX_VALUE_CHARS = 2_000
+MAX_TRACEBACK_CHARS = 20_000
+
+
+def escape(text: str, *, keep_newlines: bool = False, limit: int = MAX_VALUE_CHARS) -> str:
+    """`text` with every non-printable character escaped and cut after `limit` characters.
+    Non-printable as `str.isprintable` says: the controls (Cc), format characters such as
+    the bidi overrides and isolates (Cf), separators other than the space, and surrogates."""
+    if len(text) > limit:
+        text = f"{text[:limit]}...[{len(text) - limit} more chars]"
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or (keep_newlines and char == "\n") else _escaped(char)
+        for char in text
+    )
+
+
+def _escaped(char: str) -> str:
+    return char.encode("unicode_escape").decode("ascii")
+
+
+def _escape_values(
+    _logger: object, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    return {
+        escape(key) if isinstance(key, str) else key: _safe(key, value)
+        for key, value in event_dict.items()
+    }
+
+
+def _safe(key: object, value: object) -> object:
+    if isinstance(value, str):
+        if key == "exception":  # the traceback's own line breaks stay
+            return escape(value, keep_newlines=True, limit=MAX_TRACEBACK_CHARS)
+        return escape(value)
+    if isinstance(value, list | tuple):
+        return [_safe(None, item) for item in value]
+    if isinstance(value, dict):
+        return {_safe(None, k): _safe(None, v) for k, v in value.items()}
+    return value
+
+
+class _SafeFormatter(logging.Formatter):
+    """The lines libraries log through the standard library, escaped the same way."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return escape(super().formatException(ei), keep_newlines=True, limit=MAX_TRACEBACK_CHARS)
 
 
 def _add_trace_id(
@@ -138,6 +200,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "console", service: str
             _redact,
             structlog.processors.format_exc_info,
             _mask_url_passwords,
+            _escape_values,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
@@ -146,4 +209,6 @@ def configure_logging(*, level: str = "INFO", fmt: str = "console", service: str
     )
     if service:
         structlog.contextvars.bind_contextvars(service=service)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_SafeFormatter("%(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -39,6 +41,7 @@ from paysuite.events.v1 import events_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2_grpc
 from paysuite_cli import supervisor
+from tests import processes
 from tests.conftest import migrated_databases
 from tests.integration.helpers import Clients, open_account, usd, wait_for_status
 from tests.tokens import make_token
@@ -276,3 +279,43 @@ async def test_one_deposit_is_one_trace_in_every_log_and_no_secret_is_logged(
         text = path.read_text(errors="replace")
         for secret in suite.secrets:
             assert secret not in text, f"a configured secret is in the log of {name}"
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+async def test_a_hostile_payment_id_reaches_the_log_escaped(migrated: Settings, fmt: str) -> None:
+    """A caller's id carrying a right-to-left override, a NUL and CR/LF, through a real
+    payment service process: its access line names the id escaped, never the raw bytes."""
+    started = await processes.start(
+        "payment_service",
+        b"service.started",
+        PAYSUITE_DATABASE_URL=migrated.require_database_url(),
+        PAYSUITE_REDIS_URL=migrated.require_redis_url(),
+        PAYSUITE_DATABASE_PREFIX=migrated.database_prefix,
+        PAYSUITE_STREAM_PREFIX=migrated.stream_prefix,
+        PAYSUITE_PAYMENT_LISTEN="127.0.0.1:0",
+        PAYSUITE_LOG_LEVEL="DEBUG",
+        PAYSUITE_LOG_FORMAT=fmt,
+    )
+    hostile = "\u202eevil\x00\r\nforged"
+    try:
+        line = next(line for line in started.log.splitlines() if b"service.started" in line)
+        port = re.search(rb"\bport\W+(\d+)", line)
+        assert port is not None, line
+        async with bearer_channel(f"127.0.0.1:{int(port[1])}", make_token()) as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await payment_pb2_grpc.PaymentServiceStub(channel).GetPayment(
+                    P.GetPaymentRequest(payment_id=hostile)
+                )
+    finally:
+        code, rest = await started.stop()
+    log = started.log + rest
+    assert code == 0, log.decode(errors="replace")
+    served = [line for line in log.splitlines() if b"rpc.served" in line]
+    assert served, log.decode(errors="replace")
+    for raw in ("\u202e".encode(), b"\x00", b"\r"):
+        assert raw not in log
+    escaped = rb"\u202eevil\x00\r\nforged"
+    if fmt == "json":
+        assert json.loads(served[-1])["payment_id"] == escaped.decode()
+    else:
+        assert b"payment_id=" + escaped in served[-1]
