@@ -224,6 +224,15 @@ class Settings(BaseSettings):
             ),
         )
 
+    def webhook_secret_variable(self, provider: str) -> str:
+        """The variable an operator sets to give `provider` (one of `provider_configs`) its
+        webhook secret: launchers pass it on to a simulator, which names it in its warnings."""
+        if self.providers:
+            return "PAYSUITE_PROVIDERS"
+        if provider == "sim-primary":
+            return "PAYSUITE_WEBHOOK_SECRET"
+        return "PAYSUITE_PROVIDER_SECONDARY_WEBHOOK_SECRET"
+
     def check_no_dev_secrets(self) -> None:
         """Refuses the public development secrets unless PAYSUITE_ALLOW_DEV_SECRETS is set."""
         if self.allow_dev_secrets:

@@ -75,6 +75,10 @@ def _simulator(settings: Settings, index: int) -> Process:
             ("PAYSUITE_SIMULATOR_SIGNATURE_FORMAT", config.signature_format),
             ("PAYSUITE_WEBHOOK_SECRET", config.webhook_secrets[0].get_secret_value()),
             (
+                "PAYSUITE_SIMULATOR_WEBHOOK_SECRET_VARIABLE",
+                settings.webhook_secret_variable(config.name),
+            ),
+            (
                 "PAYSUITE_SIMULATOR_WEBHOOK_URL",
                 f"http://{settings.webhook_listen}/webhooks/{config.name}",
             ),

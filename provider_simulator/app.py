@@ -279,7 +279,9 @@ async def start(settings: SimulatorSettings) -> tuple[web.AppRunner, int]:
         settle_delay_ms=settings.settle_delay_ms,
     )
     if settings.uses_development_secret:
-        log.warning("simulator.development_webhook_secret", env_var="PAYSUITE_WEBHOOK_SECRET")
+        log.warning(
+            "simulator.development_webhook_secret", env_var=settings.webhook_secret_variable
+        )
     return runner, port
 
 

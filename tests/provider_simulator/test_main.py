@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 
 import pytest
 
+from common.config import Settings
+from paysuite_cli import supervisor
 from tests.processes import spawn, start
 
 
@@ -33,3 +36,28 @@ async def test_bad_configuration_exits_with_a_clear_message() -> None:
     assert process.returncode == 2
     assert b"PAYSUITE_SIMULATOR_SETTLE_DELAY_MS" in stderr
     assert b"Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("index", "variable"),
+    [(0, "PAYSUITE_WEBHOOK_SECRET"), (1, "PAYSUITE_PROVIDER_SECONDARY_WEBHOOK_SECRET")],
+    ids=["sim-primary", "sim-secondary"],
+)
+async def test_the_development_secret_warning_names_the_variable_that_sets_it(
+    index: int, variable: str, tmp_path: Path
+) -> None:
+    """Each simulator as `paysuite up` runs it (development secrets): the warning names the
+    suite's variable its secret comes from, not the one its launcher passes it in."""
+    settings = Settings()
+    simulators = [p for p in supervisor.plan(settings) if p.module == "provider_simulator"]
+    env = {
+        **dict(simulators[index].env),
+        "PAYSUITE_SIMULATOR_LISTEN_PORT": "0",
+        "PAYSUITE_SIMULATOR_DATA_DIR": str(tmp_path),
+    }
+    started = await start("provider_simulator", b"simulator.started", **env)
+    code, rest = await started.stop()
+    log = (started.log + rest).decode()
+    assert code == 0, log
+    warning = next(line for line in log.splitlines() if "development_webhook_secret" in line)
+    assert f"env_var={variable}" in warning
