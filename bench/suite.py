@@ -8,7 +8,6 @@ services log only warnings: the bench measures our code, not a sleep or a termin
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from common.config import Settings
 from common.embedded import start_embedded
+from common.ports import free_ports
 from gateway_service.bootstrap import DATABASE as GATEWAY_DB
 from payment_service.bootstrap import DATABASE as PAYMENT_DB
 from paysuite_cli import supervisor
@@ -41,15 +41,11 @@ class RunningSuite:
             raise SuiteFailed(f"{', '.join(dead)} exited during the bench")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def on_free_ports(settings: Settings, data_dir: Path) -> Settings:
+    """Every listen address on a free port below the ephemeral range (common.ports): the
+    processes bind them later, and each must know the others' before it starts."""
     payment, wallet, gateway, webhook, provider, secondary = (
-        f"127.0.0.1:{free_port()}" for _ in range(6)
+        f"127.0.0.1:{port}" for port in free_ports(6)
     )
     return settings.model_copy(
         update={

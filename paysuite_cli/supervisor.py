@@ -12,9 +12,7 @@ import ctypes
 import fcntl
 import json
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ from urllib.request import urlopen
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common import ports
 from common.config import ENDPOINTS_FILE, Settings
 from common.embedded import EmbeddedServers
 from common.tokens import ensure_signing_key
@@ -124,13 +123,18 @@ def plan(settings: Settings, *, demo: bool = True) -> list[Process]:
         ),
     ]
     return [
-        *(_with_metrics(proc, port) for proc, port in zip(ours, _free_ports(), strict=False)),
+        *(
+            _with_metrics(proc, port)
+            for proc, port in zip(ours, ports.free_ports(len(ours), METRICS_HOST), strict=True)
+        ),
         *(_simulator(settings, i) for i in range(len(settings.provider_configs()))),
     ]
 
 
-# Every process of a suite shares one host here, so each gets a free port of its own (in a
-# container they all use PAYSUITE_METRICS_PORT=9100). The simulators stand in for the outside
+# Every process of a suite shares one host here, so each gets a free port of its own, below
+# the ephemeral range (common.ports: a kernel-assigned port was taken by an outgoing connection
+# before the recovery worker bound it; CI: "Address already in use"). In a container they all
+# use PAYSUITE_METRICS_PORT=9100. The simulators stand in for the outside
 # world and serve no metrics of ours.
 METRICS_HOST = "127.0.0.1"
 
@@ -138,23 +142,6 @@ METRICS_HOST = "127.0.0.1"
 def _with_metrics(proc: Process, port: int) -> Process:
     env = (("PAYSUITE_METRICS_PORT", str(port)), ("PAYSUITE_METRICS_HOST", METRICS_HOST))
     return replace(proc, env=proc.env + env, metrics_port=port)
-
-
-# Below Linux's ephemeral range (32768 and up): a port the kernel hands out for binding to 0
-# can be taken by another process's outgoing connection before the child binds it (seen in CI:
-# "Address already in use" for a recovery worker's metrics). These never are. Where to start
-# looking is random, so suites started at once rarely probe the same ports.
-METRICS_PORTS = range(20000, 32000)
-
-
-def _free_ports() -> Iterator[int]:
-    """Distinct free ports, in order from a random start."""
-    start = secrets.randbelow(len(METRICS_PORTS))
-    for offset in range(len(METRICS_PORTS)):
-        port = METRICS_PORTS[(start + offset) % len(METRICS_PORTS)]
-        if _can_bind(f"{METRICS_HOST}:{port}"):
-            yield port
-    raise RuntimeError(f"no free port for /metrics in {METRICS_PORTS}")
 
 
 def publish_metrics(data_dir: Path, processes: list[Process]) -> None:
@@ -223,14 +210,7 @@ def _listen_address(proc: Process) -> str:
 
 def _can_bind(address: str) -> bool:
     host, _, port = address.rpartition(":")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # As a server binds: a port whose last connection lingers in TIME_WAIT is free.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, int(port)))
-        except OSError:
-            return False
-    return True
+    return ports.can_bind(host, int(port))
 
 
 KEY_VARIABLES = frozenset(

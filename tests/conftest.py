@@ -13,7 +13,6 @@ import base64
 import contextlib
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -30,6 +29,7 @@ from common import db
 from common.config import Settings
 from common.embedded import start_embedded
 from common.grpc.server import ServiceRuntime
+from common.ports import free_port
 from tests.tokens import TEST_AUTH_SECRET
 
 
@@ -109,12 +109,6 @@ async def redis(migrated: Settings) -> AsyncIterator[Redis]:
     if keys:
         await client.delete(*keys)
     await client.aclose()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

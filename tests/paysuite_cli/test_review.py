@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from typer.testing import CliRunner
 
+from common.ports import free_port
 from paysuite_cli.credentials import operator_name
 from paysuite_cli.main import app, run
 from tests.tokens import TEST_AUTH_SECRET
 
 
 def unused_target() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 @pytest.mark.parametrize(

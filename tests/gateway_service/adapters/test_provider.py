@@ -4,7 +4,6 @@ answer), and against the real provider simulator, so a drift in its API shows up
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ from aiohttp import web
 
 from common.ids import new_id
 from common.money import Money
+from common.ports import free_port
 from gateway_service.adapters.provider import SimulatorProvider, provider_session
 from gateway_service.domain.provider import (
     Instruction,
@@ -139,9 +139,7 @@ async def test_no_answer_in_time_is_a_timeout(
 
 
 async def test_a_refused_connection_is_not_processed(session: aiohttp.ClientSession) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
 
     with pytest.raises(ProviderNotProcessed):
         await provider(session, f"http://127.0.0.1:{port}").charge(

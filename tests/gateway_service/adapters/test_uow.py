@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from sqlalchemy.engine import make_url
 
 from common import db
 from common.errors import DependencyUnavailable
+from common.ports import free_port
 from gateway_service.adapters.uow import GatewayUnitOfWork
 
 
 async def test_an_unreachable_database_is_dependency_unavailable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     engine = db.create_engine(
         make_url(f"postgresql+psycopg://nobody:x@127.0.0.1:{port}/gateway"), pool_size=1
     )

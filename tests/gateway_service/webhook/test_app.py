@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
 from common.config import ConfigError, Settings
+from common.ports import free_port
 from gateway_service.webhook.app import create_app, start
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from provider_simulator.signing import stripe_signature
@@ -74,13 +74,6 @@ async def gateway() -> AsyncIterator[tuple[FakeGateway, int]]:
     await server.start()
     yield fake, port
     await server.stop(None)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def settings_for(gateway_port: int, **overrides: Any) -> Settings:

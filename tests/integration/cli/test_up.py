@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typer.testing import CliRunner
 
 from common.config import ENDPOINTS_FILE
 from common.grpc.server import HEALTH_INTERVAL_S
+from common.ports import free_ports
 from paysuite_cli.main import app
 from paysuite_cli.supervisor import _grpc_serving
 
@@ -39,19 +39,8 @@ BAD_REQUESTS = [
 PAYSUITE = [sys.executable, "-c", "from paysuite_cli.main import run; run()"]
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _suite_env(data_dir: Path) -> dict[str, str]:
-    ports = _free_ports(7)
+    ports = free_ports(7)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSUITE_")}
     env.update(
         PAYSUITE_DATA_DIR=str(data_dir),

@@ -17,8 +17,9 @@ from aiohttp import web
 from common.config import Settings
 from common.grpc.auth import bearer_channel
 from common.grpc.server import ServiceRuntime
+from common.ports import free_port
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.conftest import free_port, start_simulators, with_providers
+from tests.conftest import start_simulators, with_providers
 from tests.tokens import make_token
 
 

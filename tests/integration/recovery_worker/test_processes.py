@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from common.config import Settings
-from tests.conftest import free_port
+from common.ports import free_port
 from tests.integration.recovery_worker.conftest import Rig
 from tests.tokens import TEST_AUTH_SECRET
 
