@@ -30,7 +30,41 @@ from common.config import Settings
 from common.embedded import start_embedded
 from common.grpc.server import ServiceRuntime
 from common.ports import free_port
+from tests import survivors
 from tests.tokens import TEST_AUTH_SECRET
+
+# -- nothing the tests start outlives them ----------------------------------------------------
+
+_processes_before: set[tuple[int, float]] = set()
+_run_folders: list[Path] = []  # this run's own: its temporary folder, then pytest's
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _processes_before.update(survivors.snapshot())
+    _run_folders.append(survivors.session_folder())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pytest_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """pytest's own temporary folder (tmp_path) is this run's too."""
+    _run_folders.append(tmp_path_factory.getbasetemp())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fails the run when a process it started is still running once every fixture is torn
+    down, and stops it, so runs do not pile servers up on a machine. The run's temporary
+    folder goes too, unless a test failed (its files may tell why)."""
+    left = survivors.survivors(_processes_before, _run_folders)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", "processes the tests started are still running", red=True)
+            for process in left:
+                reporter.write_line(survivors.describe(process))
+        survivors.kill(left)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if session.exitstatus == pytest.ExitCode.OK and _run_folders:
+        shutil.rmtree(_run_folders[0], ignore_errors=True)
 
 
 @dataclass(frozen=True)

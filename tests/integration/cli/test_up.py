@@ -161,6 +161,7 @@ def test_up_heals_refuses_a_second_suite_and_stops_on_a_plain_sigint(suite: Suit
     took = time.monotonic() - before
     _gone, alive = psutil.wait_procs(children, timeout=5)
     assert not alive
+    assert not _running(_in_folder(suite.data_dir)), "an embedded server outlived the suite"
     stopping = suite.output().split("stopping paysuite")[1]
     assert "Connection closed by server" not in stopping
     assert "redis unavailable" not in stopping
@@ -172,19 +173,25 @@ def test_up_heals_refuses_a_second_suite_and_stops_on_a_plain_sigint(suite: Suit
 def test_a_sigkilled_supervisor_takes_its_services_along_and_a_new_one_starts(
     suite: Suite,
 ) -> None:
-    """No orphan keeps the suite's ports: the services stop with the supervisor (Linux parent-
-    death signal), and the next `paysuite up` on the folder starts (an embedded server the
-    dead one left running is reused)."""
+    """No orphan keeps the suite's ports or its data folder: the services stop with the
+    supervisor (Linux parent-death signal), its embedded PostgreSQL and Redis within seconds
+    (their watchdog), the next `paysuite up` on the folder starts, and its Ctrl-C leaves
+    nothing running."""
     services = [
         proc
         for proc in psutil.Process(suite.process.pid).children()
         if any(part.endswith(("_service", "recovery_worker", "webhook")) for part in proc.cmdline())
     ]
     assert len(services) >= 4
+    servers = _in_folder(suite.data_dir)
+    assert {"postgres", "redis-server"} <= {p.name() for p in servers}
     os.killpg(suite.process.pid, signal.SIGKILL)  # the supervisor alone: children have sessions
+    killed = time.monotonic()
     suite.process.wait(timeout=10)
     _gone, alive = psutil.wait_procs(services, timeout=15)
     assert not alive, [p.cmdline() for p in alive]
+    _until(lambda: not _running(servers), 10, "the embedded servers to stop")
+    print(f"embedded servers down {time.monotonic() - killed:.1f} s after the SIGKILL")
 
     again = Suite.__new__(Suite)
     again.data_dir, again.env, again.log = suite.data_dir, suite.env, suite.log.with_name("again")
@@ -196,6 +203,32 @@ def test_a_sigkilled_supervisor_takes_its_services_along_and_a_new_one_starts(
     try:
         again.wait_for("paysuite is up", timeout_s=90)
         assert again.all_serving()
+        servers = _in_folder(suite.data_dir)
+        assert {"postgres", "redis-server"} <= {p.name() for p in servers}
     finally:
         again.process.send_signal(signal.SIGINT)
         assert again.process.wait(timeout=30) == 0
+    assert not _running(servers)
+    assert not _running(_in_folder(suite.data_dir))
+
+
+def _in_folder(folder: Path) -> list[psutil.Process]:
+    """The processes whose arguments name the data folder: its embedded servers."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if any(str(folder) in part for part in proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _running(processes: list[psutil.Process]) -> bool:
+    def running(proc: psutil.Process) -> bool:
+        try:
+            return proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    return any(running(proc) for proc in processes)
