@@ -1,5 +1,10 @@
 """Server bootstrap: a grpc.aio server with error mapping, health and reflection, and the
-background tasks (outbox relay, stream consumers, readiness probe) that live beside it.
+background tasks (outbox relay, stream consumers, sweeps) that live beside it, each under the
+process's one `TaskSupervisor`.
+
+Health: readiness ("" and the service names) is SERVING only while every dependency answers
+and no background task has a problem; liveness is SERVING unless a background task keeps
+failing or stalls, which only a restart of the process can mend.
 
 `ServiceRuntime` is what each service's bootstrap builds; `serve()` is what `python -m <svc>`
 runs. Tests build a runtime on port 0 and start/stop it in-process.
@@ -9,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 import structlog
@@ -22,10 +26,10 @@ from common.aio import wait_any
 from common.grpc.auth import Authenticator
 from common.grpc.decoding import DecodeGuardInterceptor
 from common.grpc.errors import ErrorMappingInterceptor
+from common.supervision import Task, TaskSupervisor
 
 log = structlog.get_logger(__name__)
 
-Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 Check = Callable[[], Awaitable[None]]
 Closer = Callable[[], Awaitable[None]]
 Registrar = Callable[[grpc.aio.Server], None]
@@ -47,18 +51,25 @@ class ServiceRuntime:
     health: health.aio.HealthServicer
     service_names: Sequence[str]
     readiness_checks: Sequence[Check] = ()
-    background: list[Background] = field(default_factory=list)
+    background: list[Task] = field(default_factory=list)
     closers: list[Closer] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _supervisor: TaskSupervisor | None = None
+    _problems: list[str] = field(default_factory=list)
 
     async def start(self) -> None:
         await self._set_health(serving=False)
-        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_liveness(alive=True)
         await self.server.start()
-        self._tasks = [asyncio.create_task(job(self._stop)) for job in self.background]
-        self._tasks.append(asyncio.create_task(self._probe_readiness()))
+        self._supervisor = TaskSupervisor(self.name)
+        self._tasks = self._supervisor.start(self.background, self._stop)
+        self._tasks.append(asyncio.create_task(self._probe_readiness(), name="readiness"))
         log.info("service.started", service=self.name, port=self.port)
+
+    def problems(self) -> list[str]:
+        """What the last health round found wrong with the background work (empty: none)."""
+        return list(self._problems)
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
@@ -76,16 +87,36 @@ class ServiceRuntime:
         log.info("service.stopped", service=self.name)
 
     async def _probe_readiness(self) -> None:
-        """SERVING only while every dependency answers: Kubernetes then routes around us."""
+        """SERVING only while every dependency answers and the background work is sound:
+        Kubernetes then routes around us, and restarts us when the work is not."""
         while not self._stop.is_set():
+            problems = self._supervisor.problems() if self._supervisor else []
+            if problems != self._problems:
+                self._report(problems)
+            await self._set_liveness(alive=not problems)
             try:
                 for check in self.readiness_checks:
                     await asyncio.wait_for(check(), timeout=HEALTH_INTERVAL_S)
-                await self._set_health(serving=True)
+                await self._set_health(serving=not problems)
             except Exception as exc:
                 log.warning("service.not_ready", service=self.name, error=repr(exc))
                 await self._set_health(serving=False)
             await wait_any(self._stop, at_most_s=HEALTH_INTERVAL_S)
+
+    def _report(self, problems: list[str]) -> None:
+        self._problems = problems
+        if problems:
+            log.error("service.not_serving", service=self.name, problems=problems)
+        else:
+            log.info("service.background_recovered", service=self.name)
+
+    async def _set_liveness(self, *, alive: bool) -> None:
+        await self.health.set(
+            LIVENESS,
+            health_pb2.HealthCheckResponse.SERVING
+            if alive
+            else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
 
     async def _set_health(self, *, serving: bool) -> None:
         status = (
