@@ -18,7 +18,7 @@ from common.config import ConfigError, Settings, load_settings
 from common.grpc.server import ServiceRuntime, run_until_signalled
 from common.logging import configure_logging
 from common.metrics import metrics_for
-from common.outbox import OutboxRelay
+from common.outbox import OutboxProgress, OutboxRelay
 from common.streams import Handler, StreamConsumer
 from common.supervision import Task
 from common.tracing import configure_tracing
@@ -93,6 +93,9 @@ class Infra:
             max_deliveries=self.settings.consumer_max_deliveries,
             concurrency=self.settings.consumer_concurrency,
         )
+
+    def outbox_progress(self) -> OutboxProgress:
+        return OutboxProgress(self.engine, stalled_after_s=self.settings.outbox_stalled_after_s)
 
     async def ping_database(self) -> None:
         await db.ping(self.engine)

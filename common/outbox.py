@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import structlog
@@ -83,6 +83,10 @@ _BACKLOG = (
     " WHERE published_at IS NULL ORDER BY id LIMIT 1)"
 )
 BACKLOG_COUNT_LIMIT = 1_000_000
+_OLDEST_UNPUBLISHED = (
+    "SELECT id, extract(epoch FROM now() - created_at)::float8 FROM outbox"
+    " WHERE published_at IS NULL ORDER BY id LIMIT 1"
+)
 _PURGE = text(
     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
     " WHERE published_at < now() - :retention LIMIT :limit)"
@@ -332,6 +336,48 @@ class OutboxRelay:
 
 EntryId = tuple[int, int]
 _NOTHING_DELIVERED: EntryId = (0, 0)
+
+
+class OutboxProgress:
+    """Whether this database's outbox is moving, read from PostgreSQL itself (not from the
+    relay's own gauges, which froze with it): the same row oldest-unpublished, and older than
+    `stalled_after_s`, across checks spanning that long, means no relay publishes it. Called
+    by the readiness probe only while PostgreSQL and Redis answer, so an outage is reported
+    as the outage it is, not as a stall."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        stalled_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine = engine
+        self._stalled_after_s = stalled_after_s
+        self._clock = clock
+        self._oldest: int | None = None
+        self._since = 0.0
+
+    def reset(self) -> None:
+        """Forget what was seen: the relay gets the whole threshold again after an outage."""
+        self._oldest = None
+
+    async def problem(self) -> str | None:
+        async with database_boundary("outbox progress"), self._engine.connect() as conn:
+            raw = await driver_connection(conn)
+            row = await (await raw.execute(_OLDEST_UNPUBLISHED)).fetchone()
+            await conn.commit()  # a read-only unit ends in COMMIT: prepared statements stay
+        if row is None:
+            self._oldest = None
+            return None
+        row_id, age = int(row[0]), float(row[1] or 0.0)
+        if row_id != self._oldest:
+            self._oldest, self._since = row_id, self._clock()
+            return None
+        waited = self._clock() - self._since
+        if waited < self._stalled_after_s or age < self._stalled_after_s:
+            return None
+        return f"outbox stalled: row {row_id} unpublished for {age:.0f} s"
 
 
 def _entry_id(value: bytes | str | None) -> EntryId | None:

@@ -112,11 +112,17 @@ def consumer_name() -> str:
 
 @contextlib.asynccontextmanager
 async def redis_boundary(what: str) -> AsyncIterator[None]:
-    """Redis being unreachable is an outage, not a bug: translated once, here."""
+    """Redis being unreachable is an outage, not a bug: translated once, here. So is a Redis
+    at its `maxmemory` refusing writes (noeviction): it accepts them again once the relays'
+    trimming, or an operator, has made room, and until then every writer waits."""
     try:
         yield
     except _REDIS_DOWN as exc:
         raise DependencyUnavailable(f"redis unavailable during {what}: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        if not str(exc).startswith("OOM"):
+            raise
+        raise DependencyUnavailable(f"redis is full (maxmemory) during {what}: {exc}") from exc
 
 
 @dataclass

@@ -84,6 +84,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         health=health,
         service_names=[SERVICE_NAME],
         readiness_checks=[infra.ping_database, infra.ping_redis],
+        progress_checks=[infra.outbox_progress()],
         background=[
             infra.relay_task(),
             infra.consumer_task(consumer),

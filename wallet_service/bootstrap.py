@@ -81,6 +81,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         health=health,
         service_names=[SERVICE_NAME],
         readiness_checks=[infra.ping_database, infra.ping_redis],
+        progress_checks=[infra.outbox_progress()],
         background=[
             infra.relay_task(),
             Task("hold expiry sweep", sweeper, heartbeat_s=interval_s + LOOP_HEARTBEAT_S),

@@ -16,6 +16,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 import structlog
@@ -26,18 +27,29 @@ from common.aio import wait_any
 from common.grpc.auth import Authenticator
 from common.grpc.decoding import DecodeGuardInterceptor
 from common.grpc.errors import ErrorMappingInterceptor
-from common.supervision import Task, TaskSupervisor
+from common.supervision import Policy, Task, TaskSupervisor
 
 log = structlog.get_logger(__name__)
 
 Check = Callable[[], Awaitable[None]]
+
+
+class ProgressCheck(Protocol):
+    """Whether work that should be moving is (e.g. the outbox): a problem, or None."""
+
+    async def problem(self) -> str | None: ...
+
+    def reset(self) -> None: ...
+
+
 Closer = Callable[[], Awaitable[None]]
 Registrar = Callable[[grpc.aio.Server], None]
 
 HEALTH_INTERVAL_S = 2.0
-# Health service name that answers SERVING for as long as the process runs. Kubernetes
-# liveness probes ask for it, so an outage of PostgreSQL or Redis takes replicas out of
-# rotation (readiness: "" and the service names) without restarting them all.
+# Health service name that answers SERVING while the process can do its work: a background
+# task that keeps failing or stalls turns it NOT_SERVING. Kubernetes' liveness probes ask for
+# it, so an outage of PostgreSQL or Redis takes replicas out of rotation (readiness: "" and
+# the service names) without restarting them all, while a dead relay restarts its process.
 LIVENESS = "liveness"
 
 
@@ -51,8 +63,10 @@ class ServiceRuntime:
     health: health.aio.HealthServicer
     service_names: Sequence[str]
     readiness_checks: Sequence[Check] = ()
+    progress_checks: Sequence[ProgressCheck] = ()
     background: list[Task] = field(default_factory=list)
     closers: list[Closer] = field(default_factory=list)
+    supervision: Policy = field(default_factory=Policy)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _supervisor: TaskSupervisor | None = None
@@ -62,7 +76,7 @@ class ServiceRuntime:
         await self._set_health(serving=False)
         await self._set_liveness(alive=True)
         await self.server.start()
-        self._supervisor = TaskSupervisor(self.name)
+        self._supervisor = TaskSupervisor(self.name, policy=self.supervision)
         self._tasks = self._supervisor.start(self.background, self._stop)
         self._tasks.append(asyncio.create_task(self._probe_readiness(), name="readiness"))
         log.info("service.started", service=self.name, port=self.port)
@@ -97,11 +111,24 @@ class ServiceRuntime:
             try:
                 for check in self.readiness_checks:
                     await asyncio.wait_for(check(), timeout=HEALTH_INTERVAL_S)
-                await self._set_health(serving=not problems)
+                stalls = await self._stalls()
+                await self._set_health(serving=not problems and not stalls)
             except Exception as exc:
                 log.warning("service.not_ready", service=self.name, error=repr(exc))
+                for progress in self.progress_checks:
+                    progress.reset()
                 await self._set_health(serving=False)
             await wait_any(self._stop, at_most_s=HEALTH_INTERVAL_S)
+
+    async def _stalls(self) -> list[str]:
+        stalls = []
+        for progress in self.progress_checks:
+            found = await asyncio.wait_for(progress.problem(), timeout=HEALTH_INTERVAL_S)
+            if found:
+                stalls.append(found)
+        if stalls:
+            log.error("service.stalled", service=self.name, problems=stalls)
+        return stalls
 
     def _report(self, problems: list[str]) -> None:
         self._problems = problems
