@@ -42,6 +42,8 @@ STOP_TIMEOUT_S = 10.0
 # How long a new owner waits for the servers of a killed predecessor to stop.
 PREDECESSOR_TIMEOUT_S = 30.0
 LOCK_FILE = "embedded.lock"
+# The embedded Redis's memory budget; the compose and Kubernetes Redis use the same.
+REDIS_MAXMEMORY = "512mb"
 
 
 @dataclass
@@ -182,6 +184,12 @@ def _spawn_redis(socket: Path, keep_data: bool) -> subprocess.Popen[bytes]:
             "yes" if keep_data else "no",
             "--save",
             "",
+            # A full Redis refuses writes (an outage the suite waits out) rather than evicting
+            # stream entries that consumers still need: see the README's memory budget.
+            "--maxmemory",
+            REDIS_MAXMEMORY,
+            "--maxmemory-policy",
+            "noeviction",
             "--logfile",
             str(redis_dir / "redis.log"),
         ],
