@@ -9,6 +9,7 @@ by a per-run database-name prefix and stream-name prefix.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import os
@@ -42,6 +43,17 @@ _run_folders: list[Path] = []  # this run's own: its temporary folder, then pyte
 def pytest_sessionstart(session: pytest.Session) -> None:
     _processes_before.update(survivors.snapshot())
     _run_folders.append(survivors.session_folder())
+    # Registered first, so it runs last at exit: after pgserver's own exit handler, which
+    # takes a lock file in the temporary folder (now the run's).
+    atexit.register(_remove_run_folder)
+
+
+_run_passed: list[bool] = []
+
+
+def _remove_run_folder() -> None:
+    if _run_passed and _run_folders:
+        shutil.rmtree(_run_folders[0], ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -63,8 +75,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 reporter.write_line(survivors.describe(process))
         survivors.kill(left)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    if session.exitstatus == pytest.ExitCode.OK and _run_folders:
-        shutil.rmtree(_run_folders[0], ignore_errors=True)
+    if session.exitstatus == pytest.ExitCode.OK:
+        _run_passed.append(True)
 
 
 @dataclass(frozen=True)
