@@ -314,8 +314,7 @@ def stop_redis(path: Path) -> None:
         with contextlib.suppress(OSError):  # it went meanwhile
             connection.settimeout(STOP_TIMEOUT_S)
             connection.sendall(b"SHUTDOWN\r\n")
-            while connection.recv(4096):  # an error reply, or end-of-file once it is down
-                pass
+            connection.recv(4096)  # end-of-file once it is down (or an error reply)
     _until(lambda: not _redis_answers(path), STOP_TIMEOUT_S)
 
 

@@ -94,8 +94,10 @@ def test_a_sigkilled_owners_servers_stop_within_seconds(folder: Path) -> None:
 def test_servers_whose_owner_and_watchdog_died_are_taken_over_and_stopped(folder: Path) -> None:
     owner = _owner(folder)
     (watchdog,) = _named(folder, "embedded_watchdog")
+    watchdog.kill()  # first: once the owner is gone, it would stop them at once
+    while _alive(watchdog):
+        time.sleep(0.01)
     owner.kill()
-    watchdog.kill()
     owner.communicate()
     left = _servers(folder)
     assert {p.name() for p in left} >= {"postgres", "redis-server"}
