@@ -235,6 +235,23 @@ def _one_effect_per_operation(observed: Observed) -> list[str]:
     ]
 
 
+def _refunds_within_captured(inputs: Inputs) -> tuple[list[str], str]:
+    """The completed refunds of a deposit never add up to more than it captured (the racing
+    refunds of the workload aim at exactly this)."""
+    payments = inputs.observed.payments
+    refunded: dict[str, int] = defaultdict(int)
+    for payment in payments.values():
+        if payment.kind == "refund" and payment.status == CREDITED:
+            refunded[payment.parent_payment_id] += payment.amount_minor
+    violations = []
+    for deposit_id, total in sorted(refunded.items()):
+        deposit = payments.get(deposit_id)
+        captured = deposit.amount_minor if deposit is not None else 0
+        if total > captured:
+            violations.append(f"deposit {deposit_id}: {total} refunded of {captured} captured")
+    return violations, f"{len(refunded)} deposits refunded"
+
+
 def _reused_key_refused(inputs: Inputs) -> tuple[list[str], str]:
     reuses = [c for c in inputs.history.calls if c.reuses_key]
     violations = [
@@ -368,6 +385,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("every acknowledged request accounted for", _acknowledged_accounted),
     ("one effect per key and operation", _one_effect_per_key),
     ("a reused key with another request refused", _reused_key_refused),
+    ("refunds never beyond what was captured", _refunds_within_captured),
     ("every payment terminal or in review with a reason", _all_terminal),
     ("no state went backwards", _never_backwards),
     ("no INTERNAL or UNKNOWN answer", _no_forbidden_answers),

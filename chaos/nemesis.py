@@ -62,6 +62,8 @@ PROVIDER_DEFAULTS: dict[str, Any] = {
 # How long each family of faults lasts (seconds, drawn uniformly).
 DURATIONS = {"pause": (1.0, 6.0), "db-refuse": (2.0, 8.0), "provider": (4.0, 15.0)}
 CONNECT_TIMEOUT_S = 3
+# At most this long, on average, between two faults: with durations up to 15 s they overlap.
+MEAN_GAP_S = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,15 +102,15 @@ def select(kinds: Sequence[tuple[str, str]], wanted: str) -> list[tuple[str, str
 def schedule(
     kinds: Sequence[tuple[str, str]], *, seed: int, start: float, end: float
 ) -> list[Planned]:
-    """Every kind at least once where time allows, in a seeded order, the gaps drawn so that
-    faults overlap; then more of them, drawn at random, until `end`."""
+    """Every kind at least once where time allows, in a seeded order, a fault every few
+    seconds so that they overlap; then more of them, drawn at random, until `end`."""
     # Not for security: the same seed must give the same schedule.
     rng = random.Random(seed)  # noqa: S311
     if not kinds or end <= start:
         return []
     order = list(kinds)
     rng.shuffle(order)
-    gap = max(1.0, (end - start) / max(len(order), 1))
+    gap = min(MEAN_GAP_S, max(1.0, (end - start) / len(order)))
     plan: list[Planned] = []
     at = start
     while at < end:

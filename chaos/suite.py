@@ -119,6 +119,7 @@ def _chaos_env(seed: int) -> dict[str, str]:
             # Under faults every process warns of what it retries: only errors reach the run's
             # output, where a crash or a bug stands out.
             "PAYSUITE_LOG_LEVEL": "ERROR",
+            "GRPC_VERBOSITY": "ERROR",
         }
     )
     return env

@@ -3,6 +3,7 @@ every invariant checked. Exit 1 on any violation, with the seed and the fault sc
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -55,6 +56,9 @@ def chaos(
     from bench.suite import SuiteFailed
     from chaos.run import ChaosOptions, run
 
+    # gRPC's core logs a line at every fork (the supervisor restarts processes while calls are
+    # in flight); read when the first channel is made, which is after this.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     chosen = seed if seed is not None else secrets.randbelow(1_000_000)
     options = ChaosOptions(
         duration_s=duration,

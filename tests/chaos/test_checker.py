@@ -222,6 +222,21 @@ def test_an_unbalanced_ledger_transaction_is_caught() -> None:
     ]
 
 
+def test_refunds_beyond_the_captured_amount_are_caught() -> None:
+    history, observed = consistent()
+    for n in (1, 2):
+        refund = f"pay-ref-{n}"
+        observed.payments[refund] = PaymentView(
+            refund, "refund", "completed", 60, "USD", f"k-ref-{n}", parent_payment_id=DEPOSIT
+        )
+
+    problems = failed(history, observed)
+
+    assert problems["refunds never beyond what was captured"] == [
+        f"deposit {DEPOSIT}: 120 refunded of 100 captured"
+    ]
+
+
 def test_a_key_reused_with_another_request_must_be_refused() -> None:
     history, observed = consistent()
     history.calls.append(_call("deposit", "k-dep", "pay-other", reuses_key=True))
