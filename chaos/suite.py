@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -43,7 +45,7 @@ POLICY = supervisor.RestartPolicy(max_crashes=30, max_delay_s=5.0)
 @dataclass
 class ChaosSuite:
     settings: Settings  # database_url, redis_url and every endpoint filled in
-    children: dict[str, supervisor.Child]  # by short target name
+    children: dict[str, Child]  # by short target name
     servers: EmbeddedServers | None
     simulators: dict[str, str]  # simulator name -> its base URL
     restarts: list[str]
@@ -67,6 +69,35 @@ class ChaosSuite:
         if target == "postgres":
             return self.servers.postgres_pids()
         return []
+
+
+# PR_SET_PDEATHSIG (1) set by the child itself before it becomes the process, as
+# `supervisor.spawn`'s preexec_fn does from inside the fork.
+TRAMPOLINE = (
+    "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM);"
+    " os.execv(sys.executable, [sys.executable, '-m', sys.argv[1]])"
+)
+
+
+def spawn(proc: supervisor.Process, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`supervisor.spawn` without a preexec_fn. This process makes gRPC calls on other threads
+    while the supervisor restarts what the nemesis killed, and Python code run between fork
+    and exec in such a process can crash the child (seen: restarted processes dying of SIGSEGV
+    at once, gRPC logging that it skipped its fork handlers). Without a preexec_fn the child
+    runs no Python before exec; the trampoline asks for the parent-death signal instead."""
+    return subprocess.Popen(  # noqa: S603 - our own modules, no shell
+        [sys.executable, "-c", TRAMPOLINE, proc.module],
+        env={**env, **dict(proc.env)},
+        start_new_session=True,
+    )
+
+
+@dataclass
+class Child(supervisor.Child):
+    """`paysuite up`'s child, restarted without a preexec_fn (see `spawn`)."""
+
+    def restart(self) -> None:
+        self.popen = spawn(self.proc, self.env)
 
 
 def _simulators(settings: Settings) -> dict[str, str]:
@@ -130,12 +161,12 @@ async def _running(
     settings: Settings, env: dict[str, str], servers: EmbeddedServers
 ) -> AsyncIterator[ChaosSuite]:
     processes = supervisor.plan(settings, demo=True)
-    children: dict[str, supervisor.Child] = {}
+    children: dict[str, Child] = {}
     try:
         for stage in sorted({proc.stage for proc in processes}):
             batch = [proc for proc in processes if proc.stage == stage]
             for proc in batch:
-                children[_short(proc)] = supervisor.Child(proc, env, supervisor.spawn(proc, env))
+                children[_short(proc)] = Child(proc, env, spawn(proc, env))
             popens = {child.name: child.popen for child in children.values()}
             try:
                 await asyncio.to_thread(supervisor.wait_ready, batch, popens)
