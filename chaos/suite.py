@@ -45,7 +45,7 @@ POLICY = supervisor.RestartPolicy(max_crashes=30, max_delay_s=5.0)
 @dataclass
 class ChaosSuite:
     settings: Settings  # database_url, redis_url and every endpoint filled in
-    children: dict[str, Child]  # by short target name
+    children: dict[str, supervisor.Child]  # by short target name
     servers: EmbeddedServers | None
     simulators: dict[str, str]  # simulator name -> its base URL
     restarts: list[str]
@@ -90,14 +90,6 @@ def spawn(proc: supervisor.Process, env: dict[str, str]) -> subprocess.Popen[byt
         env={**env, **dict(proc.env)},
         start_new_session=True,
     )
-
-
-@dataclass
-class Child(supervisor.Child):
-    """`paysuite up`'s child, restarted without a preexec_fn (see `spawn`)."""
-
-    def restart(self) -> None:
-        self.popen = spawn(self.proc, self.env)
 
 
 def _simulators(settings: Settings) -> dict[str, str]:
@@ -161,12 +153,13 @@ async def _running(
     settings: Settings, env: dict[str, str], servers: EmbeddedServers
 ) -> AsyncIterator[ChaosSuite]:
     processes = supervisor.plan(settings, demo=True)
-    children: dict[str, Child] = {}
+    children: dict[str, supervisor.Child] = {}
     try:
         for stage in sorted({proc.stage for proc in processes}):
             batch = [proc for proc in processes if proc.stage == stage]
             for proc in batch:
-                children[_short(proc)] = Child(proc, env, spawn(proc, env))
+                popen = spawn(proc, env)
+                children[_short(proc)] = supervisor.Child(proc, env, popen, spawner=spawn)
             popens = {child.name: child.popen for child in children.values()}
             try:
                 await asyncio.to_thread(supervisor.wait_ready, batch, popens)
