@@ -239,7 +239,9 @@ class Session:
             await workload
             await nemesis
         finally:
+            # On an error too: no fault left running, nothing left paused or refused.
             self.stop.set()
+            await _cancelled([task for task in (workload, nemesis) if not task.done()])
             await self.nemesis.heal()
             self.history.faults = list(self.nemesis.faults)
 
