@@ -37,35 +37,29 @@ from tests.tokens import TEST_AUTH_SECRET
 # -- nothing the tests start outlives them ----------------------------------------------------
 
 _processes_before: set[tuple[int, float]] = set()
-_run_folders: list[Path] = []  # this run's own: its temporary folder, then pytest's
+_run_folders: list[Path] = []  # this run's own: pytest's temporary folder, then ours
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     _processes_before.update(survivors.snapshot())
-    _run_folders.append(survivors.session_folder())
-    # Registered first, so it runs last at exit: after pgserver's own exit handler, which
-    # takes a lock file in the temporary folder (now the run's).
-    atexit.register(_remove_run_folder)
-
-
-_run_passed: list[bool] = []
-
-
-def _remove_run_folder() -> None:
-    if _run_passed and _run_folders:
-        shutil.rmtree(_run_folders[0], ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _pytest_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """pytest's own temporary folder (tmp_path) is this run's too."""
+def _run_temporary_folders(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """pytest's temporary folder (tmp_path, where pytest keeps it for a look after a failure),
+    then one of the run's own made the default for every other temporary folder, removed at
+    exit: a process left running in either is recognisably this run's."""
     _run_folders.append(tmp_path_factory.getbasetemp())
+    folder = survivors.session_folder()
+    _run_folders.append(folder)
+    # At exit, after pgserver's exit handler (registered later, so run earlier), which takes
+    # a lock file in the temporary folder.
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Fails the run when a process it started is still running once every fixture is torn
-    down, and stops it, so runs do not pile servers up on a machine. The run's temporary
-    folder goes too, unless a test failed (its files may tell why)."""
+    down, and stops it, so runs do not pile servers up on a machine."""
     left = survivors.survivors(_processes_before, _run_folders)
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -75,8 +69,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 reporter.write_line(survivors.describe(process))
         survivors.kill(left)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    if session.exitstatus == pytest.ExitCode.OK:
-        _run_passed.append(True)
 
 
 @dataclass(frozen=True)
