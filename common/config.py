@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     # Prefix for Redis stream names, for several suites (or test runs) sharing one Redis.
     stream_prefix: str = Field(default="", pattern=r"^[a-z0-9_.-]*$")
 
+    # This replica's identity, stable across its restarts (`paysuite up` names each process;
+    # Kubernetes passes the pod name): its stream consumers are named after it, so a restarted
+    # replica takes over the entries its predecessor left pending at once. Unset:
+    # <hostname>-<pid>, which a restart does not keep. Two live replicas must never share one.
+    replica_name: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,199})?$")
+
     payment_listen: str = "127.0.0.1:50051"
     wallet_listen: str = "127.0.0.1:50052"
     gateway_listen: str = "127.0.0.1:50053"
@@ -130,7 +136,10 @@ class Settings(BaseSettings):
     # Stream entries every consumer group has acknowledged are trimmed after this long.
     stream_retention_s: int = Field(default=86_400, ge=0)
     consumer_block_ms: int = Field(default=1000, gt=0)
-    consumer_claim_idle_ms: int = Field(default=30_000, gt=0)
+    # A consumer renews a heartbeat key of this lifetime every third of it; another consumer
+    # claims an entry only once it has been idle this long AND its owner's heartbeat is gone,
+    # so a live consumer, however slow, is never robbed (common/streams.py).
+    consumer_claim_idle_ms: int = Field(default=5_000, gt=0)
     consumer_max_deliveries: int = Field(default=10, gt=0)
     # Entries one consumer handles at once (different aggregates; one aggregate is serial).
     # Each holds a database connection only while its transaction is open.

@@ -9,8 +9,17 @@ Throughput and order:
   before it, and is left pending if that one did not succeed, so order survives a retry);
 - reading stops while `concurrency` entries are in flight (back-pressure), and acknowledgements
   are sent in batches, together with the cleanup of their failure counters;
-- idle entries of dead consumers are reclaimed with XAUTOCLAIM on a timer, not before every
-  read; this consumer's own failed entries are re-read from its pending list after a backoff.
+- this consumer's own failed entries are re-read from its pending list after a backoff.
+
+Restarts and dead consumers (the timing model is in the README, "Recovery after a crash"):
+- a consumer is named after its replica (`PAYSUITE_REPLICA_NAME`), so a restarted replica has
+  its predecessor's name and pending list: it reads that list from the start before anything
+  new, and takes over at once what was in flight when the process died;
+- a live consumer renews a heartbeat key (`<stream>.<group>.alive.<name>`, lifetime
+  `claim_idle_ms`) every third of that; on a timer, another consumer claims entries idle
+  `claim_idle_ms` or longer whose owner has no heartbeat (a replica gone for good, e.g. a
+  replaced pod). A live consumer is never robbed, however long its handler takes, so the
+  claim idle time can be a few seconds; idle times in XPENDING keep meaning "since delivery".
 
 Failures:
 - an entry that cannot be parsed is parked on `<stream>.dlq` at once;
@@ -106,7 +115,13 @@ async def mark_processed(
 
 
 def consumer_name() -> str:
+    """The name of a consumer whose replica has no name of its own: not kept by a restart."""
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def heartbeat_key(stream: str, group: str, consumer: str) -> str:
+    """Exists while the consumer is alive (see `StreamConsumer.beat`)."""
+    return f"{stream}.{group}.alive.{consumer}"
 
 
 @contextlib.asynccontextmanager
@@ -135,7 +150,7 @@ class StreamConsumer:
         group: str,
         handler: Handler,
         block_ms: int = 1000,
-        claim_idle_ms: int = 30_000,
+        claim_idle_ms: int = 5_000,
         max_deliveries: int = 10,
         batch_size: int = 100,
         concurrency: int = 32,
@@ -162,9 +177,14 @@ class StreamConsumer:
         # Reclaiming from dead consumers runs on a timer; re-reading our own failed entries
         # after a backoff that grows while failures continue.
         self._claim_every_s = max(claim_idle_ms / 2000, 0.001)
+        self._heartbeat_every_s = max(claim_idle_ms / 3000, 0.001)
+        self.heartbeat_key = heartbeat_key(stream, group, self.name)
         self._next_claim = 0.0
-        self._claim_cursor = "0-0"
+        self._claim_cursor = "-"
         self._retry_own_at: float | None = None
+        # Where reading our own pending list goes on; "0" from its start. It starts there: a
+        # restarted replica first takes over what its predecessor left in flight.
+        self._own_cursor: str | None = "0"
         self._backoff_s = MIN_BACKOFF_S
         self._ok = HANDLED.labels(stream, group, "ok")
         self._retried = HANDLED.labels(stream, group, "retry")
@@ -188,10 +208,12 @@ class StreamConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         flusher = asyncio.create_task(self._flush_loop(stop))
+        heart = asyncio.create_task(self._heartbeat_loop(stop))
         try:
             while not stop.is_set():
                 try:
                     await self.ensure_group()
+                    await self.beat()  # before the first read: alive before owning anything
                     await self._read_loop(stop)
                 except DependencyUnavailable as exc:
                     log.warning("stream.redis_unavailable", stream=self.stream, error=str(exc))
@@ -201,6 +223,9 @@ class StreamConsumer:
                     log.warning("stream.consume_failed", stream=self.stream, error=repr(exc))
                     await wait_any(stop, at_most_s=1.0)
         finally:
+            heart.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heart
             await self._drain()
             if stop.is_set():
                 # Woken, the flusher sends what is left and then sees the stop; cancelling it
@@ -212,6 +237,27 @@ class StreamConsumer:
                 await flusher
             with contextlib.suppress(DependencyUnavailable):
                 await self._flush()
+            if stop.is_set():
+                # Stopped for good or for a restart: a replica of another name may claim what
+                # is left once it is idle, without waiting for the heartbeat to lapse.
+                with contextlib.suppress(DependencyUnavailable):
+                    async with redis_boundary("DEL"):
+                        await self._redis.delete(self.heartbeat_key)
+
+    # -- liveness -------------------------------------------------------------------------
+
+    async def beat(self) -> None:
+        """Says this consumer is alive for the next `claim_idle_ms`."""
+        async with redis_boundary("SET"):
+            await self._redis.set(self.heartbeat_key, int(time.time()), px=self._claim_idle_ms)
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.beat()
+            except DependencyUnavailable as exc:
+                log.warning("stream.heartbeat_failed", stream=self.stream, error=str(exc))
+            await wait_any(stop, at_most_s=self._heartbeat_every_s)
 
     async def _read_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -221,7 +267,9 @@ class StreamConsumer:
                 self._dispatch(entry)
 
     async def poll_once(self) -> int:
-        """Reads one batch, handles it to the end and acknowledges; returns its size."""
+        """Reads one batch (our own pending entries first, with no backoff; then a dead
+        consumer's; then new ones), handles it to the end and acknowledges; returns its size."""
+        self._own_cursor = self._own_cursor or "0"
         entries = await self._fetch(self._batch_size)
         tasks = [task for entry in entries if (task := self._dispatch(entry)) is not None]
         await asyncio.gather(*tasks)
@@ -239,14 +287,24 @@ class StreamConsumer:
         now = time.monotonic()
         if self._retry_own_at is not None and now >= self._retry_own_at:
             self._retry_own_at = None
-            entries = await self._read("0", count, block=None)
+            self._own_cursor = "0"
+        if self._own_cursor is not None:
+            entries = await self._read_own(count)
             if entries:
                 return entries
-        if now >= self._next_claim:
-            entries = await self._reclaim(count)
+        if now >= self._next_claim and await self._claim_from_dead():
+            entries = await self._read_own(count)
             if entries:
                 return entries
         return await self._read(">", count, block=self._block_ms)
+
+    async def _read_own(self, count: int) -> list[Entry]:
+        """The next page of our own pending list (entries still being handled come back too,
+        and are skipped by `_dispatch`); the cursor ends once a page comes back short."""
+        assert self._own_cursor is not None
+        entries = await self._read(self._own_cursor, count, block=None)
+        self._own_cursor = _text(entries[-1][0]) if len(entries) >= count > 0 else None
+        return entries
 
     async def _read(self, start: str, count: int, *, block: int | None) -> list[Entry]:
         async with redis_boundary("XREADGROUP"):
@@ -258,17 +316,48 @@ class StreamConsumer:
             entries.extend(stream_entries)
         return entries
 
-    async def _reclaim(self, count: int) -> list[Entry]:
-        async with redis_boundary("XAUTOCLAIM"):
-            claimed = await self._redis.xautoclaim(
-                self.stream, self.group, self.name, self._claim_idle_ms, self._claim_cursor, count
+    async def _claim_from_dead(self) -> int:
+        """Moves entries idle `claim_idle_ms` or longer whose owner has no heartbeat into our
+        own pending list, one page of the group's pending list per call; returns how many.
+        Our own pending list is then read from its start, which delivers them."""
+        page = self._batch_size
+        async with redis_boundary("XPENDING"):
+            pending = await self._redis.xpending_range(
+                self.stream, self.group, self._claim_cursor, "+", page, idle=self._claim_idle_ms
             )
-        cursor = claimed[0].decode() if isinstance(claimed[0], bytes) else str(claimed[0])
-        self._claim_cursor = cursor
-        if cursor == "0-0":
+        pending = [p for p in pending or () if p.get("message_id") and p.get("consumer")]
+        if len(pending) < page:
+            self._claim_cursor = "-"
             self._next_claim = time.monotonic() + self._claim_every_s
             await self.sample_depths()
-        return list(claimed[1])
+        else:
+            self._claim_cursor = _after(_text(pending[-1]["message_id"]))
+        dead = await self._dead_owners({_text(p["consumer"]) for p in pending} - {self.name})
+        ids = [p["message_id"] for p in pending if _text(p["consumer"]) in dead]
+        if not ids:
+            return 0
+        # The min idle time makes the claim atomic against another claimer (or the owner's
+        # own claim): an entry claimed since we listed it is idle no more and stays there.
+        async with redis_boundary("XCLAIM"):
+            claimed = await self._redis.xclaim(
+                self.stream, self.group, self.name, self._claim_idle_ms, ids, justid=True
+            )
+        if claimed:
+            log.info("stream.claimed", stream=self.stream, count=len(claimed), owners=sorted(dead))
+            self._own_cursor = "0"
+        return len(claimed or ())
+
+    async def _dead_owners(self, owners: set[str]) -> set[str]:
+        """The owners whose heartbeat key is gone."""
+        if not owners:
+            return set()
+        ordered = sorted(owners)
+        pipe = self._redis.pipeline(transaction=False)
+        for owner in ordered:
+            pipe.exists(heartbeat_key(self.stream, self.group, owner))
+        async with redis_boundary("EXISTS"):
+            alive = await pipe.execute()
+        return {owner for owner, live in zip(ordered, alive, strict=True) if not live}
 
     async def sample_depths(self) -> None:
         """Sets the lag, pending and dead-letter gauges: one round trip per reclaim round."""
@@ -470,3 +559,9 @@ def _aggregate_key(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _after(entry_id: str) -> str:
+    """The smallest stream id greater than `entry_id` (XPENDING's start is inclusive)."""
+    millis, _, sequence = entry_id.partition("-")
+    return f"{millis}-{int(sequence or 0) + 1}"

@@ -120,9 +120,20 @@ def plan(settings: Settings, *, demo: bool = True) -> list[Process]:
         ),
     ]
     return [
-        *(_with_metrics(proc, port) for proc, port in zip(ours, _free_ports(), strict=False)),
+        *(
+            _with_metrics(_named(proc), port)
+            for proc, port in zip(ours, _free_ports(), strict=False)
+        ),
         *(_simulator(settings, i) for i in range(len(settings.provider_configs()))),
     ]
+
+
+def _named(proc: Process) -> Process:
+    """The process's replica name, the same after each restart: its stream consumers keep
+    their names, so a restarted process takes over at once what its predecessor had in flight
+    rather than waiting for another consumer to claim it (common/streams.py)."""
+    name = f"{socket.gethostname()}-{proc.name.replace(' ', '-')}"
+    return replace(proc, env=(*proc.env, ("PAYSUITE_REPLICA_NAME", name)))
 
 
 # Every process of a suite shares one host here, so each gets a free port of its own (in a
