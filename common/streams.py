@@ -47,6 +47,7 @@ import structlog
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
+from redis.typing import StreamIdT
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common import tracing
@@ -325,15 +326,15 @@ class StreamConsumer:
             pending = await self._redis.xpending_range(
                 self.stream, self.group, self._claim_cursor, "+", page, idle=self._claim_idle_ms
             )
-        pending = [p for p in pending or () if p.get("message_id") and p.get("consumer")]
-        if len(pending) < page:
+        owned = _owned(pending)
+        if len(owned) < page:
             self._claim_cursor = "-"
             self._next_claim = time.monotonic() + self._claim_every_s
             await self.sample_depths()
         else:
-            self._claim_cursor = _after(_text(pending[-1]["message_id"]))
-        dead = await self._dead_owners({_text(p["consumer"]) for p in pending} - {self.name})
-        ids = [p["message_id"] for p in pending if _text(p["consumer"]) in dead]
+            self._claim_cursor = _after(owned[-1][0])
+        dead = await self._dead_owners({owner for _, owner in owned} - {self.name})
+        ids: list[StreamIdT] = [entry_id for entry_id, owner in owned if owner in dead]
         if not ids:
             return 0
         # The min idle time makes the claim atomic against another claimer (or the owner's
@@ -559,6 +560,16 @@ def _aggregate_key(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _owned(reply: Any) -> list[tuple[str, str]]:
+    """(entry id, owner) of each entry of an XPENDING range reply, which may be empty."""
+    owned = []
+    for item in reply or ():
+        entry_id, owner = item.get("message_id"), item.get("consumer")
+        if isinstance(entry_id, bytes | str) and isinstance(owner, bytes | str):
+            owned.append((_text(entry_id), _text(owner)))
+    return owned
 
 
 def _after(entry_id: str) -> str:

@@ -16,6 +16,8 @@ from payment_service.service_layer.services import PaymentService
 log = structlog.get_logger(__name__)
 
 EVERY_S = 3600.0
+PAGE = 100  # payments one resume takes at once
+MAX_PAGES = 10  # pages one sweep takes at most
 
 
 class Housekeeping:
@@ -35,23 +37,47 @@ class Housekeeping:
 
 
 class SagaResumer:
-    """Every so often, resumes payments whose saga stopped between steps (see
-    `PaymentService.resume_stalled`); checks twice per threshold, so a stalled payment waits
-    at most one and a half thresholds."""
+    """Resumes payments whose saga stopped between steps (see `PaymentService.resume_stalled`).
+
+    At start-up, at once and with a threshold of `AT_START`: this replica may be the restart
+    of one killed between two steps (a withdrawal whose hold was placed and not recorded, a
+    deposit whose charge was sent and not answered), and those payments have waited since the
+    kill already; waiting out the full threshold again is what kept them for 30 s. A payment
+    another replica is moving on right now may be resumed too: every step is idempotent on its
+    key, so that costs a repeated call, never a repeated effect. Then every half threshold, so
+    a payment stalled later waits at most one and a half thresholds."""
+
+    # Shorter than any restart (`paysuite up` waits 0.5 s before one, and a process takes
+    # longer than that to start), longer than a request path's steps take.
+    AT_START = timedelta(seconds=1)
+    RETRY_S = 1.0
 
     def __init__(self, service: PaymentService, *, after: timedelta) -> None:
         self._service = service
         self._after = after
 
     async def run(self, stop: asyncio.Event) -> None:
+        threshold = min(self.AT_START, self._after)
         while not stop.is_set():
             try:
-                resumed = await self._service.resume_stalled(older_than=self._after)
-                if resumed:
-                    log.info("payment.sagas_resumed", count=resumed)
+                await self._sweep(threshold)
             except DependencyUnavailable as exc:
                 log.warning("payment.resume_deferred", error=str(exc))
+                if threshold < self._after:  # the start-up sweep is still owed: soon
+                    await wait_any(stop, at_most_s=self.RETRY_S)
+                    continue
+            threshold = self._after
             await wait_any(stop, at_most_s=self._after.total_seconds() / 2)
+
+    async def _sweep(self, threshold: timedelta) -> None:
+        """Resumes the payments stalled past `threshold`, a page at a time (a bounded number
+        of pages: while a dependency is down, the same payments would come back forever)."""
+        for _ in range(MAX_PAGES):
+            resumed = await self._service.resume_stalled(older_than=threshold, limit=PAGE)
+            if resumed:
+                log.info("payment.sagas_resumed", count=resumed)
+            if resumed < PAGE:
+                return
 
 
 class ReviewSlaAlarm:

@@ -84,11 +84,11 @@ class FakeRedis:
         ][:count]
 
     async def xclaim(
-        self, stream: str, group: str, consumer: str, idle: int, ids: list[bytes], justid: bool
+        self, stream: str, group: str, consumer: str, idle: int, ids: list[str], justid: bool
     ) -> list[bytes]:
         claimed = [
             entry_id
-            for entry_id in ids
+            for entry_id in (entry_id.encode() for entry_id in ids)
             if entry_id in self.pel and (self.now - self.pel[entry_id].delivered_at) * 1000 >= idle
         ]
         for entry_id in claimed:
