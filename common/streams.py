@@ -71,7 +71,9 @@ _MARK_PROCESSED = (
 _RETRY_LATER = (DependencyUnavailable, ConcurrentUpdate)
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 MIN_BACKOFF_S = 0.1
-MAX_BACKOFF_S = 5.0
+# A dependency back from an outage is tried again within this (README, "Recovery after a
+# crash"); a round of retries that fails fast costs little, so it can be short.
+MAX_BACKOFF_S = 2.0
 
 HANDLED = Counter(
     "stream_events_handled_total",
@@ -464,8 +466,12 @@ class StreamConsumer:
         return False
 
     def _retry_soon(self, *, grow: bool) -> None:
-        if self._retry_own_at is None:
-            self._retry_own_at = time.monotonic() + self._backoff_s
+        """Re-reads our pending list after the backoff. It grows once per round of retries,
+        not once per failed entry: sixteen entries failing together on one outage are one
+        failure, not sixteen (which took the backoff from its floor to its cap at once)."""
+        if self._retry_own_at is not None:
+            return
+        self._retry_own_at = time.monotonic() + self._backoff_s
         if grow:
             self._backoff_s = min(self._backoff_s * 2, MAX_BACKOFF_S)
 

@@ -45,7 +45,11 @@ class SagaResumer:
     kill already; waiting out the full threshold again is what kept them for 30 s. A payment
     another replica is moving on right now may be resumed too: every step is idempotent on its
     key, so that costs a repeated call, never a repeated effect. Then every half threshold, so
-    a payment stalled later waits at most one and a half thresholds."""
+    a payment stalled later waits at most one and a half thresholds.
+
+    Every `RETRY_S` besides, the request-path steps an outage interrupted in this process
+    (`PaymentService.resume_deferred`): a withdrawal whose hold the wallet could not place
+    moves on within a second of the wallet being back."""
 
     # Shorter than any restart (`paysuite up` waits 0.5 s before one, and a process takes
     # longer than that to start), longer than a request path's steps take.
@@ -57,17 +61,23 @@ class SagaResumer:
         self._after = after
 
     async def run(self, stop: asyncio.Event) -> None:
-        threshold = min(self.AT_START, self._after)
+        loop = asyncio.get_running_loop()
+        threshold, next_sweep = min(self.AT_START, self._after), 0.0
         while not stop.is_set():
-            try:
-                await self._sweep(threshold)
-            except DependencyUnavailable as exc:
-                log.warning("payment.resume_deferred", error=str(exc))
-                if threshold < self._after:  # the start-up sweep is still owed: soon
-                    await wait_any(stop, at_most_s=self.RETRY_S)
-                    continue
-            threshold = self._after
-            await wait_any(stop, at_most_s=self._after.total_seconds() / 2)
+            if loop.time() >= next_sweep:
+                try:
+                    await self._sweep(threshold)
+                except DependencyUnavailable as exc:
+                    log.warning("payment.resume_deferred", error=str(exc))
+                    # The start-up sweep is still owed: soon, with its threshold.
+                    owed = threshold < self._after
+                    wait_s = self.RETRY_S if owed else self._after.total_seconds() / 2
+                    next_sweep = loop.time() + wait_s
+                else:
+                    threshold = self._after
+                    next_sweep = loop.time() + self._after.total_seconds() / 2
+            await self._service.resume_deferred()
+            await wait_any(stop, at_most_s=self.RETRY_S)
 
     async def _sweep(self, threshold: timedelta) -> None:
         """Resumes the payments stalled past `threshold`, a page at a time (a bounded number
