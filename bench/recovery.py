@@ -105,10 +105,11 @@ def _server_name(part: str) -> str:
 
 @contextmanager
 def healing_suite(
-    base: Settings, *, env: dict[str, str] | None = None, external: bool = False
+    base: Settings, *, external: bool = False, demo: bool = True
 ) -> Iterator[HealingSuite]:
     """Every process of the suite, supervised. With `external`, on `base`'s servers (already
-    migrated); else on embedded servers of its own in a throw-away folder."""
+    migrated); else on embedded servers of its own in a throw-away folder. `demo`: the
+    recovery worker at `paysuite up`'s timings (else at its deployed defaults)."""
     folder = Path(tempfile.mkdtemp(prefix="paysuite-recovery-"))
     folder.chmod(0o755)  # pgserver runs PostgreSQL as an unprivileged user when run as root
     servers = None if external else start_embedded(folder, keep_data=True)
@@ -128,8 +129,7 @@ def healing_suite(
         # As `paysuite up` runs: the simulator's own settle delay.
         child_env.pop("PAYSUITE_SIMULATOR_SETTLE_DELAY_MS", None)
         child_env["PAYSUITE_RECOVERY_LISTEN"] = settings.recovery_listen
-        child_env.update(env or {})
-        with _supervised(settings, child_env, servers) as suite:
+        with _supervised(settings, child_env, servers, demo=demo) as suite:
             yield suite
     finally:
         if servers is not None:
@@ -139,9 +139,9 @@ def healing_suite(
 
 @contextmanager
 def _supervised(
-    settings: Settings, env: dict[str, str], servers: EmbeddedServers | None
+    settings: Settings, env: dict[str, str], servers: EmbeddedServers | None, *, demo: bool
 ) -> Iterator[HealingSuite]:
-    processes = supervisor.plan(settings, demo=True)
+    processes = supervisor.plan(settings, demo=demo)
     children: dict[str, supervisor.Child] = {}
     stopping = threading.Event()
     watcher: threading.Thread | None = None
@@ -183,12 +183,12 @@ class Outcome:
 
 
 @dataclass
-class _Accounts:
+class Accounts:
     deposit: list[str]
     withdrawal: list[str]
 
 
-async def _open_accounts(settings: Settings, token: str, count: int) -> _Accounts:
+async def open_accounts(settings: Settings, token: str, count: int) -> Accounts:
     run = uuid.uuid4().hex[:8]
     async with bearer_channel(settings.wallet_target, token) as channel:
         wallet = wallet_pb2_grpc.WalletServiceStub(channel)
@@ -210,13 +210,14 @@ async def _open_accounts(settings: Settings, token: str, count: int) -> _Account
                 ),
                 timeout=CALL_TIMEOUT_S,
             )
-    return _Accounts(opened[:count], opened[count:])
+    return Accounts(opened[:count], opened[count:])
 
 
 async def send_payments(
-    settings: Settings, token: str, accounts: _Accounts, *, rate: float, seconds: float
+    settings: Settings, token: str, accounts: Accounts, *, rate: float, stop: asyncio.Event
 ) -> tuple[int, int]:
-    """An open loop of deposits and withdrawals, alternately; returns (sent, failed)."""
+    """An open loop of deposits and withdrawals, alternately, until `stop`; returns (sent,
+    failed). A failed call may still have made a payment (its answer was lost)."""
     async with bearer_channel(settings.payment_target, token) as channel:
         payments = payment_pb2_grpc.PaymentServiceStub(channel)
 
@@ -245,10 +246,10 @@ async def send_payments(
                 )
 
         start = time.monotonic()
-        tasks = []
-        for i in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-            tasks.append(asyncio.create_task(create(i)))
+        tasks: list[asyncio.Task[None]] = []
+        while not stop.is_set():
+            await asyncio.sleep(max(0.0, start + len(tasks) / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(create(len(tasks))))
         results = await asyncio.gather(*tasks, return_exceptions=True)
     return len(results), sum(1 for r in results if isinstance(r, BaseException))
 
@@ -305,11 +306,13 @@ async def kill_under_load(
     payment created before it is terminal, and until every payment is (after the load)."""
     settings = suite.settings
     token = bench_token(settings)
-    accounts = await _open_accounts(settings, token, 8)
+    accounts = await open_accounts(settings, token, 8)
     every = [*accounts.deposit, *accounts.withdrawal]
     dsn = db.libpq_dsn(PAYMENT_DB.url(settings))
     outcome = Outcome(part)
-    load = asyncio.create_task(send_payments(settings, token, accounts, rate=rate, seconds=seconds))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(seconds, stop.set)
+    load = asyncio.create_task(send_payments(settings, token, accounts, rate=rate, stop=stop))
     await asyncio.sleep(kill_at)
     killed_at, killed_wall = time.monotonic(), datetime.now(UTC)
     suite.kill(part)

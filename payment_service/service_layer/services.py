@@ -61,6 +61,7 @@ log = structlog.get_logger(__name__)
 
 # Request-path steps an outage interrupted that one process retries itself (`resume_deferred`).
 MAX_DEFERRED = 10_000
+DEFERRED_AT_ONCE = 16
 
 WATCH_RECHECK_S = 5.0
 # A repeated idempotency key whose first request is still in flight waits this long for its
@@ -683,19 +684,31 @@ class PaymentService:
             self._deferred.add(payment_id)
 
     async def resume_deferred(self) -> int:
-        """Runs again the request-path steps an outage interrupted, one payment after another
-        until one meets the outage still on (it stays, with the rest, for the next call).
-        Returns how many are left."""
-        while self._deferred:
-            payment_id = self._deferred.pop()
-            try:
-                await self.resume(payment_id)
-            except DependencyUnavailable:
-                self._defer(payment_id)
-                break
-            except DomainError as exc:
-                log.warning("payment.resume_deferred", payment_id=payment_id, error=exc.message)
+        """Runs again the request-path steps an outage interrupted: one first, as a probe;
+        if the outage is over, the rest, `DEFERRED_AT_ONCE` at a time (one that meets an
+        outage again is deferred again). Returns how many are left."""
+        if not self._deferred or not await self._resume_one(self._deferred.pop()):
+            return len(self._deferred)
+        waiting, self._deferred = list(self._deferred), set()
+        room = asyncio.Semaphore(DEFERRED_AT_ONCE)
+
+        async def resume(payment_id: str) -> None:
+            async with room:
+                await self._resume_one(payment_id)
+
+        await asyncio.gather(*(resume(payment_id) for payment_id in waiting))
         return len(self._deferred)
+
+    async def _resume_one(self, payment_id: str) -> bool:
+        """False when an outage is still on (the payment is deferred again)."""
+        try:
+            await self.resume(payment_id)
+        except DependencyUnavailable:
+            self._defer(payment_id)
+            return False
+        except DomainError as exc:
+            log.warning("payment.resume_deferred", payment_id=payment_id, error=exc.message)
+        return True
 
     async def recover(self, request: RecoveryRequest) -> RecoveryRecord:
         """The recovery worker's attempt to move a stuck payment on (`Payment.recovery_action`):
