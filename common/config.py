@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     webhook_tolerance_s: int = Field(default=300, gt=0)
     webhook_max_body_bytes: int = Field(default=64 * 1024, gt=0)
     webhook_sync_per_s: float = Field(default=5.0, ge=0)
+    # How long a webhook is held, sent again as soon as the gateway is back, while the gateway
+    # is unavailable (a restart), before it is answered 503 for the provider to retry.
+    webhook_hold_ms: int = Field(default=8000, ge=0)
 
     # Deadline for calls between our own services.
     rpc_timeout_ms: int = Field(default=5000, gt=0)
