@@ -22,10 +22,13 @@ import math
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +37,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from pgserver.utils import PostmasterInfo
 
 from bench import suite as bench_suite
 from bench.auth import bench_token
@@ -68,12 +70,27 @@ CALL_TIMEOUT_S = 10.0
 FUNDING_MINOR = 10**12
 
 
+def _spawn(proc: supervisor.Process, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """As `supervisor.spawn`, without its pre-exec hook: this process runs gRPC threads (and
+    the restarts come from a thread), and running Python code between fork and exec in such
+    a process can crash the child. Every child is stopped when the suite's context ends."""
+    return subprocess.Popen(  # noqa: S603 - our own modules, no shell
+        [sys.executable, "-m", proc.module], env={**env, **dict(proc.env)}, start_new_session=True
+    )
+
+
+@dataclass
+class Child(supervisor.Child):
+    def restart(self) -> None:
+        self.popen = _spawn(self.proc, self.env)
+
+
 @dataclass
 class HealingSuite:
     """A suite whose dead parts a `Supervisor` restarts, as under `paysuite up`."""
 
     settings: Settings
-    children: dict[str, supervisor.Child]
+    children: dict[str, Child]
     servers: EmbeddedServers | None
     said: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, line)
 
@@ -86,6 +103,10 @@ class HealingSuite:
         assert self.servers is not None, f"{part}: the suite does not run its own servers"
         if part == REDIS:
             return self.servers._redis.pid
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset, /tmp it is
+            from pgserver.utils import PostmasterInfo
+
         info = PostmasterInfo.read_from_pgdata(self.servers._postgres.pgdata)
         assert info is not None, "PostgreSQL is not running"
         return int(info.pid)
@@ -105,11 +126,12 @@ def _server_name(part: str) -> str:
 
 @contextmanager
 def healing_suite(
-    base: Settings, *, external: bool = False, demo: bool = True
+    base: Settings, *, external: bool = False, demo: bool = True, env: dict[str, str] | None = None
 ) -> Iterator[HealingSuite]:
     """Every process of the suite, supervised. With `external`, on `base`'s servers (already
     migrated); else on embedded servers of its own in a throw-away folder. `demo`: the
-    recovery worker at `paysuite up`'s timings (else at its deployed defaults)."""
+    recovery worker at `paysuite up`'s timings (else at its deployed defaults). `env`: more
+    variables for every process."""
     folder = Path(tempfile.mkdtemp(prefix="paysuite-recovery-"))
     folder.chmod(0o755)  # pgserver runs PostgreSQL as an unprivileged user when run as root
     servers = None if external else start_embedded(folder, keep_data=True)
@@ -129,6 +151,9 @@ def healing_suite(
         # As `paysuite up` runs: the simulator's own settle delay.
         child_env.pop("PAYSUITE_SIMULATOR_SETTLE_DELAY_MS", None)
         child_env["PAYSUITE_RECOVERY_LISTEN"] = settings.recovery_listen
+        child_env["PAYSUITE_DATABASE_PREFIX"] = settings.database_prefix
+        child_env["PAYSUITE_STREAM_PREFIX"] = settings.stream_prefix
+        child_env.update(env or {})
         with _supervised(settings, child_env, servers, demo=demo) as suite:
             yield suite
     finally:
@@ -142,14 +167,14 @@ def _supervised(
     settings: Settings, env: dict[str, str], servers: EmbeddedServers | None, *, demo: bool
 ) -> Iterator[HealingSuite]:
     processes = supervisor.plan(settings, demo=demo)
-    children: dict[str, supervisor.Child] = {}
+    children: dict[str, Child] = {}
     stopping = threading.Event()
     watcher: threading.Thread | None = None
     try:
         for stage in sorted({proc.stage for proc in processes}):
             batch = [proc for proc in processes if proc.stage == stage]
             for proc in batch:
-                children[proc.name] = supervisor.Child(proc, env, supervisor.spawn(proc, env))
+                children[proc.name] = Child(proc, env, _spawn(proc, env))
             supervisor.wait_ready(batch, {name: c.popen for name, c in children.items()})
         suite = HealingSuite(settings, children, servers)
         units: list[supervisor.Unit] = list(children.values())
