@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
 from bench import databases
-from bench.context import BenchContext, Deposit
+from bench.context import BenchContext, Deposit, clients
 from bench.load import Sample, closed_loop, note_errors, open_loop, span
 from bench.stats import Latency, p50_p99, rate
 from bench.watch import CompletionWatcher
@@ -52,25 +52,16 @@ async def measure_baseline(ctx: BenchContext) -> dict[str, float]:
 
 async def measure(ctx: BenchContext) -> dict[str, float]:
     """Closed loop, then an open loop at half the closed loop's completion rate."""
-    wallet_channel = bearer_channel(ctx.settings.wallet_target, ctx.token)
-    payment_channel = bearer_channel(ctx.settings.payment_target, ctx.token)
-    redis = Redis.from_url(ctx.redis_url)
-    try:
-        wallet = wallet_pb2_grpc.WalletServiceStub(wallet_channel)
-        payments = payment_pb2_grpc.PaymentServiceStub(payment_channel)
-        ctx.accounts = await _open_accounts(wallet, ctx)
+    async with clients(ctx) as to:
+        ctx.accounts = await open_accounts(to.wallet, ctx)
         stream = ctx.settings.stream_prefix + PAYMENT_STREAM
-        figures = await _closed(ctx, payments, redis, stream)
+        figures = await _closed(ctx, to.payments, to.redis, stream)
         ctx.figures.update(figures)
-        figures.update(await _open(ctx, payments, redis, stream))
+        figures.update(await _open(ctx, to.payments, to.redis, stream))
         return figures
-    finally:
-        await redis.aclose()
-        await wallet_channel.close()
-        await payment_channel.close()
 
 
-async def _open_accounts(
+async def open_accounts(
     wallet: wallet_pb2_grpc.WalletServiceAsyncStub, ctx: BenchContext
 ) -> list[str]:
     accounts = []
@@ -87,7 +78,7 @@ async def _open_accounts(
     return accounts
 
 
-class _Depositor:
+class Depositor:
     """Sends CreateDeposit with a fresh idempotency key each time, spread over the accounts."""
 
     def __init__(
@@ -128,7 +119,7 @@ async def _closed(
 ) -> dict[str, float]:
     async with CompletionWatcher(redis, stream) as watcher:
         samples = await closed_loop(
-            _Depositor(payments, ctx, "closed"),
+            Depositor(payments, ctx, "closed"),
             clients=ctx.options.clients,
             duration_s=ctx.options.duration_s,
         )
@@ -166,7 +157,7 @@ async def _open(
     arrivals = completed_rate / 2 if completed_rate > 0 else 1.0
     async with CompletionWatcher(redis, stream) as watcher:
         samples = await open_loop(
-            _Depositor(payments, ctx, "open"),
+            Depositor(payments, ctx, "open"),
             rate_per_s=arrivals,
             duration_s=ctx.options.open_duration_s,
         )

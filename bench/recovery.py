@@ -136,9 +136,7 @@ def healing_suite(
     folder.chmod(0o755)  # pgserver runs PostgreSQL as an unprivileged user when run as root
     servers = None if external else start_embedded(folder, keep_data=True)
     try:
-        settings = bench_suite.on_free_ports(base, folder).model_copy(
-            update={"recovery_listen": f"127.0.0.1:{bench_suite.free_port()}"}
-        )
+        settings = bench_suite.on_free_ports(base, folder)
         if servers is not None:
             settings = settings.model_copy(
                 update={"database_url": servers.database_url, "redis_url": servers.redis_url}
@@ -150,7 +148,6 @@ def healing_suite(
         )
         # As `paysuite up` runs: the simulator's own settle delay.
         child_env.pop("PAYSUITE_SIMULATOR_SETTLE_DELAY_MS", None)
-        child_env["PAYSUITE_RECOVERY_LISTEN"] = settings.recovery_listen
         child_env["PAYSUITE_DATABASE_PREFIX"] = settings.database_prefix
         child_env["PAYSUITE_STREAM_PREFIX"] = settings.stream_prefix
         child_env.update(env or {})

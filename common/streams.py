@@ -57,6 +57,7 @@ from common.errors import ConcurrentUpdate, DependencyUnavailable
 from common.events import dead_letter_stream
 from common.logging import bound_flow
 from common.metrics import CALL_BUCKETS
+from common.supervision import beat
 from paysuite.events.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
@@ -129,11 +130,17 @@ def heartbeat_key(stream: str, group: str, consumer: str) -> str:
 
 @contextlib.asynccontextmanager
 async def redis_boundary(what: str) -> AsyncIterator[None]:
-    """Redis being unreachable is an outage, not a bug: translated once, here."""
+    """Redis being unreachable is an outage, not a bug: translated once, here. So is a Redis
+    at its `maxmemory` refusing writes (noeviction): it accepts them again once the relays'
+    trimming, or an operator, has made room, and until then every writer waits."""
     try:
         yield
     except _REDIS_DOWN as exc:
         raise DependencyUnavailable(f"redis unavailable during {what}: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        if not str(exc).startswith("OOM"):
+            raise
+        raise DependencyUnavailable(f"redis is full (maxmemory) during {what}: {exc}") from exc
 
 
 @dataclass
@@ -210,14 +217,17 @@ class StreamConsumer:
     # -- running ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        flusher = asyncio.create_task(self._flush_loop(stop))
-        heart = asyncio.create_task(self._heartbeat_loop(stop))
+        """Consumes until `stop`; anything unexpected propagates to the task supervisor, which
+        logs, counts and restarts it (the flusher's failures too: see `_read_loop`)."""
+        flusher = asyncio.create_task(self._flush_loop(stop), name=f"{self.group} acks")
+        heart = asyncio.create_task(self._heartbeat_loop(stop), name=f"{self.group} heartbeat")
         try:
             while not stop.is_set():
+                beat()
                 try:
                     await self.ensure_group()
-                    await self.beat()  # before the first read: alive before owning anything
-                    await self._read_loop(stop)
+                    await self.keep_alive()  # before the first read: alive before owning anything
+                    await self._read_loop(stop, flusher)
                 except DependencyUnavailable as exc:
                     log.warning("stream.redis_unavailable", stream=self.stream, error=str(exc))
                     await wait_any(stop, at_most_s=1.0)
@@ -249,7 +259,7 @@ class StreamConsumer:
 
     # -- liveness -------------------------------------------------------------------------
 
-    async def beat(self) -> None:
+    async def keep_alive(self) -> None:
         """Says this consumer is alive for the next `claim_idle_ms`."""
         async with redis_boundary("SET"):
             await self._redis.set(self.heartbeat_key, int(time.time()), px=self._claim_idle_ms)
@@ -257,13 +267,23 @@ class StreamConsumer:
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await self.beat()
+                await self.keep_alive()
             except DependencyUnavailable as exc:
                 log.warning("stream.heartbeat_failed", stream=self.stream, error=str(exc))
+            except Exception:
+                # Ending here would leave the consumer running unannounced, to be robbed of
+                # its entries: said loudly, and tried again.
+                log.exception("stream.heartbeat_failed", stream=self.stream)
             await wait_any(stop, at_most_s=self._heartbeat_every_s)
 
-    async def _read_loop(self, stop: asyncio.Event) -> None:
+    async def _read_loop(self, stop: asyncio.Event, flusher: asyncio.Task[None]) -> None:
         while not stop.is_set():
+            beat()
+            if flusher.done() and not stop.is_set():
+                # Acknowledgements stopped: raise what ended them, or entries would be
+                # handled again and again without a word.
+                flusher.result()
+                raise RuntimeError("the acknowledgement loop ended")
             await self._room.wait()
             room = self._concurrency - len(self._in_flight)
             for entry in await self._fetch(min(room, self._batch_size)):
@@ -316,7 +336,7 @@ class StreamConsumer:
             )
         entries: list[Entry] = []
         for _stream, stream_entries in response or ():
-            entries.extend(stream_entries)
+            entries.extend(_usable(stream_entries))
         return entries
 
     async def _claim_from_dead(self) -> int:
@@ -369,10 +389,10 @@ class StreamConsumer:
         pipe.xlen(dead_letter_stream(self.stream))
         async with redis_boundary("XINFO GROUPS"):
             groups, parked = await pipe.execute()
-        self._dead_letters.set(int(parked))
-        for info in groups:
-            if _text(info["name"]) == self.group:
-                self._pending.set(int(info["pending"]))
+        self._dead_letters.set(int(parked or 0))
+        for info in groups or ():
+            if _text(info.get("name") or b"") == self.group:
+                self._pending.set(int(info.get("pending") or 0))
                 if info.get("lag") is not None:
                     self._lag.set(int(info["lag"]))
 
@@ -582,3 +602,15 @@ def _after(entry_id: str) -> str:
     """The smallest stream id greater than `entry_id` (XPENDING's start is inclusive)."""
     millis, _, sequence = entry_id.partition("-")
     return f"{millis}-{int(sequence or 0) + 1}"
+
+
+def _usable(entries: Any) -> list[Entry]:
+    """Entries as the handling expects them, whatever Redis answered: a nil entry (an id
+    without fields, trimmed from the stream while pending) keeps its id with no fields, so it
+    is acknowledged and dropped; an entry without an id is skipped."""
+    usable: list[Entry] = []
+    for entry in entries or ():
+        if not entry or entry[0] is None:
+            continue
+        usable.append((entry[0], entry[1] or {}))
+    return usable

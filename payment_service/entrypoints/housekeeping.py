@@ -10,6 +10,7 @@ import structlog
 
 from common.aio import wait_any
 from common.errors import DependencyUnavailable
+from common.supervision import beat
 from payment_service.service_layer.reviews import ReviewService
 from payment_service.service_layer.services import PaymentService
 
@@ -18,15 +19,19 @@ log = structlog.get_logger(__name__)
 EVERY_S = 3600.0
 PAGE = 100  # payments one resume takes at once
 MAX_PAGES = 10  # pages one sweep takes at most
+# A round of any chore may take this long beyond its interval before it counts as stalled.
+ROUND_SLACK_S = 120.0
 
 
 class Housekeeping:
     def __init__(self, service: PaymentService, *, key_retention: timedelta) -> None:
         self._service = service
         self._key_retention = key_retention
+        self.heartbeat_s = EVERY_S + ROUND_SLACK_S
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            beat()
             try:
                 purged = await self._service.purge_idempotency_keys(older_than=self._key_retention)
                 if purged:
@@ -59,11 +64,13 @@ class SagaResumer:
     def __init__(self, service: PaymentService, *, after: timedelta) -> None:
         self._service = service
         self._after = after
+        self.heartbeat_s = after.total_seconds() / 2 + ROUND_SLACK_S
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         threshold, next_sweep = min(self.AT_START, self._after), 0.0
         while not stop.is_set():
+            beat()
             if loop.time() >= next_sweep:
                 try:
                     await self._sweep(threshold)
@@ -98,9 +105,11 @@ class ReviewSlaAlarm:
 
     def __init__(self, reviews: ReviewService) -> None:
         self._reviews = reviews
+        self.heartbeat_s = self.EVERY_S + ROUND_SLACK_S
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            beat()
             try:
                 await self._reviews.alarm_overdue()
             except DependencyUnavailable as exc:
