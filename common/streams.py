@@ -124,7 +124,7 @@ def consumer_name() -> str:
 
 
 def heartbeat_key(stream: str, group: str, consumer: str) -> str:
-    """Exists while the consumer is alive (see `StreamConsumer.beat`)."""
+    """Exists while the consumer is alive (see `StreamConsumer.keep_alive`)."""
     return f"{stream}.{group}.alive.{consumer}"
 
 
@@ -592,6 +592,8 @@ def _owned(reply: Any) -> list[tuple[str, str]]:
     """(entry id, owner) of each entry of an XPENDING range reply, which may be empty."""
     owned = []
     for item in reply or ():
+        if not isinstance(item, dict):
+            continue
         entry_id, owner = item.get("message_id"), item.get("consumer")
         if isinstance(entry_id, bytes | str) and isinstance(owner, bytes | str):
             owned.append((_text(entry_id), _text(owner)))
