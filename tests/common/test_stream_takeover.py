@@ -10,7 +10,8 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from common.streams import StreamConsumer, heartbeat_key
+from common.errors import DependencyUnavailable
+from common.streams import MIN_BACKOFF_S, StreamConsumer, heartbeat_key
 from paysuite.events.v1 import events_pb2
 
 STREAM = "s"
@@ -247,3 +248,20 @@ async def test_a_running_consumer_keeps_its_heartbeat_and_drops_it_when_stopped(
     stop.set()
     await task
     assert key not in redis.keys
+
+
+async def test_the_retry_backoff_grows_once_per_round_however_many_entries_failed() -> None:
+    redis = FakeRedis()
+    for i in range(16):
+        redis.add(f"agg-{i}")
+
+    async def wallet_down(envelope: events_pb2.EventEnvelope) -> None:
+        raise DependencyUnavailable("wallet unavailable")
+
+    down = StreamConsumer(
+        cast(Redis, redis), stream=STREAM, group=GROUP, handler=wallet_down, name="payment"
+    )
+    await down.poll_once()
+
+    assert len(redis.pel) == 16  # all left pending, to be retried
+    assert down._backoff_s == 2 * MIN_BACKOFF_S  # one round: doubled once, not sixteen times
