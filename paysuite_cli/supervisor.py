@@ -433,6 +433,8 @@ class Child:
     env: dict[str, str]
     popen: subprocess.Popen[bytes]
     clock: Callable[[], float] = time.monotonic
+    # How a restart starts it again (`make chaos` restarts without a preexec_fn).
+    spawner: Callable[[Process, dict[str, str]], subprocess.Popen[bytes]] = spawn
     _next_probe: float = 0.0
     _not_serving: int = 0
 
@@ -450,7 +452,7 @@ class Child:
         return None
 
     def restart(self) -> None:
-        self.popen = spawn(self.proc, self.env)
+        self.popen = self.spawner(self.proc, self.env)
         self._not_serving = 0
 
     def _stop_unhealthy(self) -> None:
