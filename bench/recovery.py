@@ -81,17 +81,11 @@ def _spawn(proc: supervisor.Process, env: dict[str, str]) -> subprocess.Popen[by
 
 
 @dataclass
-class Child(supervisor.Child):
-    def restart(self) -> None:
-        self.popen = _spawn(self.proc, self.env)
-
-
-@dataclass
 class HealingSuite:
     """A suite whose dead parts a `Supervisor` restarts, as under `paysuite up`."""
 
     settings: Settings
-    children: dict[str, Child]
+    children: dict[str, supervisor.Child]
     servers: EmbeddedServers | None
     said: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, line)
 
@@ -165,14 +159,14 @@ def _supervised(
     settings: Settings, env: dict[str, str], servers: EmbeddedServers | None, *, demo: bool
 ) -> Iterator[HealingSuite]:
     processes = supervisor.plan(settings, demo=demo)
-    children: dict[str, Child] = {}
+    children: dict[str, supervisor.Child] = {}
     stopping = threading.Event()
     watcher: threading.Thread | None = None
     try:
         for stage in sorted({proc.stage for proc in processes}):
             batch = [proc for proc in processes if proc.stage == stage]
             for proc in batch:
-                children[proc.name] = Child(proc, env, _spawn(proc, env))
+                children[proc.name] = supervisor.Child(proc, env, _spawn(proc, env), spawner=_spawn)
             supervisor.wait_ready(batch, {name: c.popen for name, c in children.items()})
         suite = HealingSuite(settings, children, servers)
         units: list[supervisor.Unit] = list(children.values())
