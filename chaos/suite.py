@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -69,27 +67,6 @@ class ChaosSuite:
         if target == "postgres":
             return self.servers.postgres_pids()
         return []
-
-
-# PR_SET_PDEATHSIG (1) set by the child itself before it becomes the process, as
-# `supervisor.spawn`'s preexec_fn does from inside the fork.
-TRAMPOLINE = (
-    "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM);"
-    " os.execv(sys.executable, [sys.executable, '-m', sys.argv[1]])"
-)
-
-
-def spawn(proc: supervisor.Process, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """`supervisor.spawn` without a preexec_fn. This process makes gRPC calls on other threads
-    while the supervisor restarts what the nemesis killed, and Python code run between fork
-    and exec in such a process can crash the child (seen: restarted processes dying of SIGSEGV
-    at once, gRPC logging that it skipped its fork handlers). Without a preexec_fn the child
-    runs no Python before exec; the trampoline asks for the parent-death signal instead."""
-    return subprocess.Popen(  # noqa: S603 - our own modules, no shell
-        [sys.executable, "-c", TRAMPOLINE, proc.module],
-        env={**env, **dict(proc.env)},
-        start_new_session=True,
-    )
 
 
 def _simulators(settings: Settings) -> dict[str, str]:
@@ -158,8 +135,8 @@ async def _running(
         for stage in sorted({proc.stage for proc in processes}):
             batch = [proc for proc in processes if proc.stage == stage]
             for proc in batch:
-                popen = spawn(proc, env)
-                children[_short(proc)] = supervisor.Child(proc, env, popen, spawner=spawn)
+                popen = supervisor.spawn(proc, env)
+                children[_short(proc)] = supervisor.Child(proc, env, popen)
             popens = {child.name: child.popen for child in children.values()}
             try:
                 await asyncio.to_thread(supervisor.wait_ready, batch, popens)
