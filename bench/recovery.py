@@ -23,8 +23,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -69,15 +67,6 @@ PARTS = (*CHILD_PARTS, REDIS, POSTGRES)
 CURRENCY = "USD"
 CALL_TIMEOUT_S = 10.0
 FUNDING_MINOR = 10**12
-
-
-def _spawn(proc: supervisor.Process, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """As `supervisor.spawn`, without its pre-exec hook: this process runs gRPC threads (and
-    the restarts come from a thread), and running Python code between fork and exec in such
-    a process can crash the child. Every child is stopped when the suite's context ends."""
-    return subprocess.Popen(  # noqa: S603 - our own modules, no shell
-        [sys.executable, "-m", proc.module], env={**env, **dict(proc.env)}, start_new_session=True
-    )
 
 
 @dataclass
@@ -166,7 +155,7 @@ def _supervised(
         for stage in sorted({proc.stage for proc in processes}):
             batch = [proc for proc in processes if proc.stage == stage]
             for proc in batch:
-                children[proc.name] = supervisor.Child(proc, env, _spawn(proc, env), spawner=_spawn)
+                children[proc.name] = supervisor.Child(proc, env, supervisor.spawn(proc, env))
             supervisor.wait_ready(batch, {name: c.popen for name, c in children.items()})
         suite = HealingSuite(settings, children, servers)
         units: list[supervisor.Unit] = list(children.values())
