@@ -432,7 +432,7 @@ class Child:
     env: dict[str, str]
     popen: subprocess.Popen[bytes]
     clock: Callable[[], float] = time.monotonic
-    # How a restart starts it again (`make chaos` restarts without a preexec_fn).
+    # How a restart starts it again (a test may start something else).
     spawner: Callable[[Process, dict[str, str]], subprocess.Popen[bytes]] = spawn
     _next_probe: float = 0.0
     _not_serving: int = 0
