@@ -318,24 +318,25 @@ def _total(windows: Windows) -> float:
 async def _measure(
     kind: str, windows: Windows, meter: Meter, stop: asyncio.Event, clients: int
 ) -> tuple[int, float, Cost | None]:
-    """Each window lasts its time and until `clients` payments completed in it: the warm-up
-    ends once the clients have been round their loop about once (steady state), and a slow
-    kind's windows stretch until they hold enough payments to divide by."""
+    """Each window lasts its time and until enough payments completed in it: the warm-up
+    until as many as there are clients (each has been round its loop about once: steady
+    state), the others twice as many, so a slow kind is not divided by a handful."""
+    enough = 2 * clients
     try:
         await _window(meter, time.perf_counter(), windows.warmup_s, clients, f"{kind} warm-up")
         probe = meter.probe
         if probe is None:
             start = time.perf_counter()
-            await _window(meter, start, windows.cost_s, clients, f"{kind} cost window")
+            await _window(meter, start, windows.cost_s, enough, f"{kind} cost window")
             end = time.perf_counter()
             return meter.completed_between(start, end), end - start, None
         a = await _snapshot(probe, meter)
-        await _window(meter, a.clock, windows.cost_s, clients, f"{kind} cost window")
+        await _window(meter, a.clock, windows.cost_s, enough, f"{kind} cost window")
         b = await _snapshot(probe, meter)
         completed = meter.completed_between(a.clock, b.clock)
         cost = Cost(kind, completed, between(a, b, ticks_per_s=proc.ticks_per_second()))
         if probe.postgres_log is not None and windows.statements_s > 0:
-            cost = await _statement_window(cost, probe, windows, meter, clients)
+            cost = await _statement_window(cost, probe, windows, meter, enough)
         return completed, b.clock - a.clock, cost
     finally:
         stop.set()
@@ -356,7 +357,7 @@ async def _snapshot(probe: Probe, meter: Meter) -> Snapshot:
 
 
 async def _statement_window(
-    cost: Cost, probe: Probe, windows: Windows, meter: Meter, clients: int
+    cost: Cost, probe: Probe, windows: Windows, meter: Meter, enough: int
 ) -> Cost:
     log = probe.postgres_log
     assert log is not None
@@ -370,7 +371,7 @@ async def _statement_window(
                 await asyncio.sleep(RELOAD_SETTLE_S)
                 c = await _snapshot(probe, meter)
                 name = f"{cost.kind} statement window"
-                await _window(meter, c.clock, windows.statements_s, clients, name)
+                await _window(meter, c.clock, windows.statements_s, enough, name)
                 d = await _snapshot(probe, meter)
             finally:
                 await pglog.set_logging(conn, on=False)
