@@ -181,10 +181,14 @@ def per_payment(cost: Cost) -> dict[str, float]:
     all_redis = sum(usage.redis_calls.values())
     figures["redis_commands.suite"] = each(all_redis - usage.client_redis_commands)
     figures[f"redis_commands.{LOAD_CLIENT}"] = each(usage.client_redis_commands)
-    if cost.logged is not None:
-        logged_pg = cost.logged.cpu_ms.get(POSTGRES)
-        if logged_pg is not None and cost.statement_completed:
-            figures["cpu_ms.PostgreSQL, statements logged"] = logged_pg / cost.statement_completed
+    if cost.logged is not None and cost.statement_completed:
+        # The statement window's own figures, to judge it by: its transactions beside the
+        # cost window's, and PostgreSQL's CPU with every statement logged beside without.
+        logged, m = cost.logged, cost.statement_completed
+        xacts = sum(logged.commits.values()) + sum(logged.rollbacks.values())
+        figures["transactions.total, statement window"] = xacts / m
+        if POSTGRES in logged.cpu_ms:
+            figures["cpu_ms.PostgreSQL, statements logged"] = logged.cpu_ms[POSTGRES] / m
     for prefix, values in (
         ("grpc_calls_by_method", grpc),
         ("events_published_by_process", published),

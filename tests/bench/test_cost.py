@@ -92,7 +92,7 @@ def _cost(completed: int = 10) -> Cost:
     usage = between(_snapshot(0.0, 1), _snapshot(1.0, 2), ticks_per_s=100)
     payments = Statements(simple=40, parses=5, binds=30, executes=30, errors=2)
     payments.kinds.update({"BEGIN": 20, "COMMIT": 15, "ROLLBACK": 5, "SELECT": 30, "(failed)": 2})
-    logged = Usage(1.0, {"PostgreSQL": 120.0}, {}, {}, {}, {}, 0)
+    logged = Usage(1.0, {"PostgreSQL": 120.0}, {"payments": 24}, {"payments": 4}, {}, {}, 0)
     return Cost(
         "deposit",
         completed,
@@ -122,6 +122,7 @@ def test_per_payment_divides_by_the_payments_completed_in_each_window() -> None:
     assert figures["statements.DEALLOCATE"] == 0.0
     assert figures["statements.parses"] == 1.25
     assert figures["cpu_ms.PostgreSQL, statements logged"] == 30.0
+    assert figures["transactions.total, statement window"] == 7.0
     assert figures["grpc_calls.total"] == 2.0
     assert figures["grpc_calls_by_method.w/Credit"] == 1.0
     assert figures["http_requests.total"] == 2.0
