@@ -191,10 +191,10 @@ def probe_of(suite: RunningSuite) -> cost.Probe:
     processes = {name: child.pid for name, child in suite.children.items()}
     log = None
     if suite.servers is not None:
-        postmaster = suite.servers.postgres_pid()
-        if postmaster is not None:
-            processes[cost.POSTGRES] = postmaster
-        processes[cost.REDIS] = suite.servers.redis_pid
+        postgres = suite.servers.postgres_pids()  # the postmaster first
+        if postgres:
+            processes[cost.POSTGRES] = postgres[0]
+        processes[cost.REDIS] = suite.servers.redis_pid()
         log = suite.servers.postgres_log
     return cost.Probe(
         processes=processes,

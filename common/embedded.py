@@ -54,24 +54,13 @@ class EmbeddedServers:
             self._redis.kill()
         self._postgres.cleanup()
 
-    # Where the bench's cost accounting finds the servers' CPU and PostgreSQL's statement log.
-
-    def postgres_pid(self) -> int | None:
-        """The postmaster's pid (its backends are its children), from postmaster.pid."""
-        try:
-            first = (Path(self._postgres.pgdata) / "postmaster.pid").read_text().split("\n", 1)[0]
-            return int(first)
-        except (OSError, ValueError):
-            return None
+    # Where the bench's cost accounting finds PostgreSQL's statement log (its CPU: the
+    # postmaster of postgres_pids(), with its children; Redis's: redis_pid()).
 
     @property
     def postgres_log(self) -> Path:
         """The file the server's stderr (its log) goes to: pgserver starts it with `-l`."""
         return Path(self._postgres.log)
-
-    @property
-    def redis_pid(self) -> int:
-        return self._redis.pid
 
     # A supervisor watches both servers and restarts a dead one on the same socket and data,
     # so clients reconnect to the same URL (`paysuite up`).
