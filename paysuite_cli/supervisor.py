@@ -119,9 +119,20 @@ def plan(settings: Settings, *, demo: bool = True) -> list[Process]:
         ),
     ]
     return [
-        *(_with_metrics(proc, port) for proc, port in zip(ours, _free_ports(), strict=False)),
+        *(
+            _with_metrics(_named(proc), port)
+            for proc, port in zip(ours, _free_ports(), strict=False)
+        ),
         *(_simulator(settings, i) for i in range(len(settings.provider_configs()))),
     ]
+
+
+def _named(proc: Process) -> Process:
+    """The process's replica name, the same after each restart: its stream consumers keep
+    their names, so a restarted process takes over at once what its predecessor had in flight
+    rather than waiting for another consumer to claim it (common/streams.py)."""
+    name = f"{socket.gethostname()}-{proc.name.replace(' ', '-')}"
+    return replace(proc, env=(*proc.env, ("PAYSUITE_REPLICA_NAME", name)))
 
 
 # Every process of a suite shares one host here, so each gets a free port of its own (in a
@@ -421,7 +432,7 @@ class Child:
     env: dict[str, str]
     popen: subprocess.Popen[bytes]
     clock: Callable[[], float] = time.monotonic
-    # How a restart starts it again (`make chaos` restarts without a preexec_fn).
+    # How a restart starts it again (a test may start something else).
     spawner: Callable[[Process, dict[str, str]], subprocess.Popen[bytes]] = spawn
     _next_probe: float = 0.0
     _not_serving: int = 0
