@@ -80,6 +80,14 @@ class EmbeddedServers:
             shutil.rmtree(self._postgres.pgdata, ignore_errors=True)
         self._watchdog.release()
 
+    # Where the bench's cost accounting finds PostgreSQL's statement log (its CPU: the
+    # postmaster of postgres_pids(), with its children; Redis's: redis_pid()).
+
+    @property
+    def postgres_log(self) -> Path:
+        """The file the server's stderr (its log) goes to: pgserver starts it with `-l`."""
+        return Path(self._postgres.log)
+
     # A supervisor watches both servers and restarts a dead one on the same socket and data,
     # so clients reconnect to the same URL (`paysuite up`).
 
