@@ -30,8 +30,8 @@ METRICS = (
     "gateway_circuit_breaker_state",
     "outbox_backlog",
     "outbox_oldest_unpublished_age_seconds",
-    "stream_consumer_pending",
-    "stream_dlq_length",
+    "stream_pending",
+    "stream_dead_letter_length",
     "recovery_stuck_payments",
 )
 
