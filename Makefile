@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos/paysuite -name '*.proto' | sort)
 PY_PACKAGES := common payment_service wallet_service gateway_service recovery_worker provider_simulator paysuite_cli bench
 
-.PHONY: help install run bench test test-unit test-integration lint format typecheck protos protos-check clean
+.PHONY: help install run bench soak test test-unit test-integration lint format typecheck protos protos-check clean
 
 help:
 	@echo "make run          start the whole suite (embedded PostgreSQL + Redis unless PAYSUITE_*_URL set)"
 	@echo "make bench        throughput and latency on a fresh embedded suite (BENCH_ARGS=--quick)"
+	@echo "make soak         3 min of closed-loop deposits, streams trimmed every second (SOAK_ARGS)"
 	@echo "make test         unit + integration tests against real PostgreSQL, Redis and gRPC servers"
 	@echo "make lint         ruff check + format check"
 	@echo "make typecheck    mypy --strict on our packages"
@@ -33,6 +34,11 @@ run: $(STAMP)
 # Never part of `make test`: it loads the machine for a few minutes.
 bench: $(STAMP)
 	$(BIN)/paysuite bench $(BENCH_ARGS)
+
+# Closed-loop deposits on a fresh suite with streams trimmed every second (3 min by default;
+# SOAK_ARGS="--duration 600" for the 10-minute soak). CI runs the default.
+soak: $(STAMP)
+	$(BIN)/paysuite soak $(SOAK_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

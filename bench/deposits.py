@@ -58,7 +58,7 @@ async def measure(ctx: BenchContext) -> dict[str, float]:
     try:
         wallet = wallet_pb2_grpc.WalletServiceStub(wallet_channel)
         payments = payment_pb2_grpc.PaymentServiceStub(payment_channel)
-        ctx.accounts = await _open_accounts(wallet, ctx)
+        ctx.accounts = await open_accounts(wallet, ctx)
         stream = ctx.settings.stream_prefix + PAYMENT_STREAM
         figures = await _closed(ctx, payments, redis, stream)
         ctx.figures.update(figures)
@@ -70,7 +70,7 @@ async def measure(ctx: BenchContext) -> dict[str, float]:
         await payment_channel.close()
 
 
-async def _open_accounts(
+async def open_accounts(
     wallet: wallet_pb2_grpc.WalletServiceAsyncStub, ctx: BenchContext
 ) -> list[str]:
     accounts = []
@@ -87,7 +87,7 @@ async def _open_accounts(
     return accounts
 
 
-class _Depositor:
+class Depositor:
     """Sends CreateDeposit with a fresh idempotency key each time, spread over the accounts."""
 
     def __init__(
@@ -128,7 +128,7 @@ async def _closed(
 ) -> dict[str, float]:
     async with CompletionWatcher(redis, stream) as watcher:
         samples = await closed_loop(
-            _Depositor(payments, ctx, "closed"),
+            Depositor(payments, ctx, "closed"),
             clients=ctx.options.clients,
             duration_s=ctx.options.duration_s,
         )
@@ -166,7 +166,7 @@ async def _open(
     arrivals = completed_rate / 2 if completed_rate > 0 else 1.0
     async with CompletionWatcher(redis, stream) as watcher:
         samples = await open_loop(
-            _Depositor(payments, ctx, "open"),
+            Depositor(payments, ctx, "open"),
             rate_per_s=arrivals,
             duration_s=ctx.options.open_duration_s,
         )

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import Settings
@@ -34,6 +34,8 @@ class SuiteFailed(Exception):
 class RunningSuite:
     settings: Settings
     children: dict[str, subprocess.Popen[bytes]]
+    # What was started, with each process's metrics port (empty for a suite found running).
+    processes: list[supervisor.Process] = field(default_factory=list)
 
     def check_alive(self) -> None:
         dead = [name for name, child in self.children.items() if child.poll() is not None]
@@ -48,8 +50,8 @@ def free_port() -> int:
 
 
 def on_free_ports(settings: Settings, data_dir: Path) -> Settings:
-    payment, wallet, gateway, webhook, provider, secondary = (
-        f"127.0.0.1:{free_port()}" for _ in range(6)
+    payment, wallet, gateway, webhook, provider, secondary, recovery = (
+        f"127.0.0.1:{free_port()}" for _ in range(7)
     )
     return settings.model_copy(
         update={
@@ -61,6 +63,8 @@ def on_free_ports(settings: Settings, data_dir: Path) -> Settings:
             "gateway_listen": gateway,
             "gateway_target": gateway,
             "webhook_listen": webhook,
+            # The recovery worker's health port too: a `make run` on the machine holds 50054.
+            "recovery_listen": recovery,
             "provider_url": f"http://{provider}",
             "provider_secondary_url": f"http://{secondary}",
             "log_level": "WARNING",
@@ -81,6 +85,7 @@ def child_env(settings: Settings, database_url: str, redis_url: str) -> dict[str
             "PAYSUITE_GATEWAY_LISTEN": settings.gateway_listen,
             "PAYSUITE_GATEWAY_TARGET": settings.gateway_target,
             "PAYSUITE_WEBHOOK_LISTEN": settings.webhook_listen,
+            "PAYSUITE_RECOVERY_LISTEN": settings.recovery_listen,
             "PAYSUITE_PROVIDER_URL": settings.provider_url,
             "PAYSUITE_PROVIDER_SECONDARY_URL": settings.provider_secondary_url,
             "PAYSUITE_SIMULATOR_WEBHOOK_URL": (
@@ -92,7 +97,8 @@ def child_env(settings: Settings, database_url: str, redis_url: str) -> dict[str
 
 
 @contextmanager
-def fresh_suite(base: Settings) -> Iterator[RunningSuite]:
+def fresh_suite(base: Settings, *, env: dict[str, str] | None = None) -> Iterator[RunningSuite]:
+    """`env`: set for every process of the suite, over the bench's own settings."""
     # Not under /tmp's private folders: pgserver runs PostgreSQL as an unprivileged user
     # when started as root, and that user must reach the data folder.
     folder = Path(tempfile.mkdtemp(prefix="paysuite-bench-"))
@@ -105,13 +111,14 @@ def fresh_suite(base: Settings) -> Iterator[RunningSuite]:
         for database in (WALLET_DB, PAYMENT_DB, GATEWAY_DB):
             database.migrate(settings)
         processes = supervisor.plan(settings, demo=False)
-        env = child_env(settings, servers.database_url, servers.redis_url)
-        with supervisor.running(processes, env) as children:
+        children_env = child_env(settings, servers.database_url, servers.redis_url)
+        children_env.update(env or {})
+        with supervisor.running(processes, children_env) as children:
             try:
                 supervisor.wait_ready(processes, children)
             except RuntimeError as exc:
                 raise SuiteFailed(str(exc)) from None
-            yield RunningSuite(settings, children)
+            yield RunningSuite(settings, children, processes)
     finally:
         servers.stop()
         shutil.rmtree(folder, ignore_errors=True)

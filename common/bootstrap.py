@@ -18,8 +18,9 @@ from common.config import ConfigError, Settings, load_settings
 from common.grpc.server import ServiceRuntime, run_until_signalled
 from common.logging import configure_logging
 from common.metrics import metrics_for
-from common.outbox import OutboxRelay
+from common.outbox import OutboxProgress, OutboxRelay
 from common.streams import Handler, StreamConsumer
+from common.supervision import Task
 from common.tracing import configure_tracing
 
 
@@ -39,6 +40,12 @@ class ServiceDatabase:
         db.migrate(self.url(settings), self.migrations)
 
 
+# How long a loop whose every wait is bounded (a blocking read of a second, a poll, an RPC
+# deadline) may go without finishing an iteration before it counts as stalled. Generous: a
+# stall restarts the process, which a database pausing for a few seconds must not cause.
+LOOP_HEARTBEAT_S = 60.0
+
+
 @dataclass
 class Infra:
     settings: Settings
@@ -55,6 +62,14 @@ class Infra:
             engine=db.create_engine(url, pool_size=settings.db_pool_size),
             redis=Redis.from_url(settings.require_redis_url()),
         )
+
+    def relay_task(self) -> Task:
+        """The outbox relay as a supervised task: each round is bounded by a statement or a
+        Redis round trip, so a minute without one is a stall."""
+        return Task("outbox relay", self.relay().run, heartbeat_s=LOOP_HEARTBEAT_S)
+
+    def consumer_task(self, consumer: StreamConsumer) -> Task:
+        return Task(f"consumer {consumer.group}", consumer.run, heartbeat_s=LOOP_HEARTBEAT_S)
 
     def relay(self) -> OutboxRelay:
         return OutboxRelay(
@@ -78,6 +93,9 @@ class Infra:
             max_deliveries=self.settings.consumer_max_deliveries,
             concurrency=self.settings.consumer_concurrency,
         )
+
+    def outbox_progress(self) -> OutboxProgress:
+        return OutboxProgress(self.engine, stalled_after_s=self.settings.outbox_stalled_after_s)
 
     async def ping_database(self) -> None:
         await db.ping(self.engine)

@@ -23,6 +23,8 @@ from redis import Redis
 from common.config import ENDPOINTS_FILE
 
 REDIS_START_TIMEOUT_S = 15.0
+# The embedded Redis's memory budget; the compose and Kubernetes Redis use the same.
+REDIS_MAXMEMORY = "512mb"
 
 
 @dataclass
@@ -145,6 +147,12 @@ def _spawn_redis(socket: Path, keep_data: bool) -> subprocess.Popen[bytes]:
             "yes" if keep_data else "no",
             "--save",
             "",
+            # A full Redis refuses writes (an outage the suite waits out) rather than evicting
+            # stream entries that consumers still need: see the README's memory budget.
+            "--maxmemory",
+            REDIS_MAXMEMORY,
+            "--maxmemory-policy",
+            "noeviction",
             "--logfile",
             str(redis_dir / "redis.log"),
         ],

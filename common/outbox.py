@@ -16,10 +16,13 @@ Relay contract (safe with any number of replicas, against every service database
   takes a cluster-wide lock from pre-commit to the end of the commit, which serialised every
   business transaction (measured on the embedded server with 16 writers: 5,310 commits/s
   plain, 1,179 with a NOTIFY each);
-- housekeeping: published rows are purged after `retention`, and each stream is trimmed
-  (XTRIM MINID) only below what every consumer group has acknowledged and older than the
-  stream retention, so an unread entry is never dropped. A stream that grows past
-  `stream_alarm_length` is logged as an alarm (and shown by `paysuite outbox status`).
+- housekeeping: published rows are purged after `retention` (the outbox table is the
+  events' history), and each stream is trimmed (XTRIM MINID) only below what every consumer
+  group has acknowledged and older than the stream retention, so an unread entry is never
+  dropped. Trimming runs every fifth of the stream retention (1 s to 60 s), so Redis holds
+  about one retention's worth of events: its memory is bounded by the event rate, not by how
+  long the suite has run. A stream that grows past `stream_alarm_length` is logged as an
+  alarm (and shown by `paysuite outbox status`).
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import structlog
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -42,6 +46,7 @@ from common.db import RawConnection, database_boundary, driver_connection
 from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
 from common.streams import redis_boundary
+from common.supervision import beat
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +83,10 @@ _BACKLOG = (
     " WHERE published_at IS NULL ORDER BY id LIMIT 1)"
 )
 BACKLOG_COUNT_LIMIT = 1_000_000
+_OLDEST_UNPUBLISHED = (
+    "SELECT id, extract(epoch FROM now() - created_at)::float8 FROM outbox"
+    " WHERE published_at IS NULL ORDER BY id LIMIT 1"
+)
 _PURGE = text(
     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
     " WHERE published_at < now() - :retention LIMIT :limit)"
@@ -92,8 +101,18 @@ OLDEST_AGE = Gauge(
     "outbox_oldest_unpublished_age_seconds",
     "Age of the oldest unpublished outbox row (0 when none), sampled by the relay.",
 )
+STREAM_LENGTH = Gauge(
+    "stream_length",
+    "Entries in a stream this relay publishes to, sampled by the relay.",
+    ["stream"],
+)
+REDIS_MEMORY = Gauge("redis_used_memory_bytes", "Redis used_memory, sampled by the relay.")
+REDIS_MAXMEMORY = Gauge(
+    "redis_maxmemory_bytes", "Redis maxmemory (0: unlimited), sampled by the relay."
+)
 # Sampled on this period, not per batch: the relay's own hot path stays two statements.
 SAMPLE_EVERY_S = 5.0
+MIN_TRIM_EVERY_S = 1.0
 
 # The relays running in this process, by the id of the engine they publish from.
 _RELAY_WAKERS: dict[int, set[asyncio.Event]] = {}
@@ -155,7 +174,11 @@ class OutboxRelay:
         self._stream_retention = stream_retention
         self._stream_alarm_length = stream_alarm_length
         self._housekeeping_interval_s = housekeeping_interval_s
+        self._trim_every_s = min(
+            max(stream_retention.total_seconds() / 5, MIN_TRIM_EVERY_S), housekeeping_interval_s
+        )
         self._next_housekeeping = 0.0
+        self._next_trim = 0.0
         self._next_sample = 0.0
         self._streams: set[str] = set()
         self._wake = asyncio.Event()
@@ -215,11 +238,13 @@ class OutboxRelay:
         wakers.add(self._wake)
         try:
             while not stop.is_set():
+                beat()
                 self._wake.clear()
                 try:
                     while await self.publish_batch() == self._batch_size:
-                        pass
+                        beat()  # a long backlog is progress, batch after batch
                     await self._housekeeping_when_due()
+                    await self._trim_when_due()
                     await self._sample_when_due()
                 except DependencyUnavailable as exc:
                     # The rows stay unpublished and are retried when the server is back.
@@ -234,6 +259,21 @@ class OutboxRelay:
             return
         self._next_sample = time.monotonic() + SAMPLE_EVERY_S
         await self.sample_backlog()
+        await self.sample_streams()
+
+    async def sample_streams(self) -> None:
+        """Sets the stream-length and Redis memory gauges: one round trip."""
+        streams = sorted(self._streams)
+        pipe = self._redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xlen(stream)
+        pipe.info("memory")
+        async with redis_boundary("stream sample"):
+            *lengths, memory = await pipe.execute()
+        for stream, length in zip(streams, lengths, strict=True):
+            STREAM_LENGTH.labels(stream).set(int(length or 0))
+        REDIS_MEMORY.set(int((memory or {}).get("used_memory") or 0))
+        REDIS_MAXMEMORY.set(int((memory or {}).get("maxmemory") or 0))
 
     async def sample_backlog(self) -> tuple[int, float]:
         """Sets the backlog gauges; returns (unpublished rows, oldest age in seconds)."""
@@ -260,10 +300,15 @@ class OutboxRelay:
             purged += batch
             if batch < PURGE_BATCH:
                 break
-        for stream in sorted(self._streams):
-            await self.trim_stream(stream)
         if purged:
             log.info("outbox.purged", count=purged)
+
+    async def _trim_when_due(self) -> None:
+        if time.monotonic() < self._next_trim:
+            return
+        self._next_trim = time.monotonic() + self._trim_every_s
+        for stream in sorted(self._streams):
+            await self.trim_stream(stream)
 
     async def purge_published(self, *, limit: int = 10_000) -> int:
         """Deletes published rows older than the retention; returns how many."""
@@ -289,26 +334,87 @@ class OutboxRelay:
             return int(trimmed)
 
 
-def _entry_id(value: bytes | str) -> tuple[int, int]:
-    raw = value.decode() if isinstance(value, bytes) else value
+EntryId = tuple[int, int]
+_NOTHING_DELIVERED: EntryId = (0, 0)
+
+
+class OutboxProgress:
+    """Whether this database's outbox is moving, read from PostgreSQL itself (not from the
+    relay's own gauges, which froze with it): the same row oldest-unpublished, and older than
+    `stalled_after_s`, across checks spanning that long, means no relay publishes it. Called
+    by the readiness probe only while PostgreSQL and Redis answer, so an outage is reported
+    as the outage it is, not as a stall."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        stalled_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine = engine
+        self._stalled_after_s = stalled_after_s
+        self._clock = clock
+        self._oldest: int | None = None
+        self._since = 0.0
+
+    def reset(self) -> None:
+        """Forget what was seen: the relay gets the whole threshold again after an outage."""
+        self._oldest = None
+
+    async def problem(self) -> str | None:
+        async with database_boundary("outbox progress"), self._engine.connect() as conn:
+            raw = await driver_connection(conn)
+            row = await (await raw.execute(_OLDEST_UNPUBLISHED)).fetchone()
+            await conn.commit()  # a read-only unit ends in COMMIT: prepared statements stay
+        if row is None:
+            self._oldest = None
+            return None
+        row_id, age = int(row[0]), float(row[1] or 0.0)
+        if row_id != self._oldest:
+            self._oldest, self._since = row_id, self._clock()
+            return None
+        waited = self._clock() - self._since
+        if waited < self._stalled_after_s or age < self._stalled_after_s:
+            return None
+        return f"outbox stalled: row {row_id} unpublished for {age:.0f} s"
+
+
+def _entry_id(value: bytes | str | None) -> EntryId | None:
+    """An entry id as a comparable pair; None for an absent or unreadable one."""
+    if value is None:
+        return None
+    raw = value.decode() if isinstance(value, bytes) else str(value)
     ms, _, seq = raw.partition("-")
-    return int(ms), int(seq or 0)
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return None
 
 
-async def acknowledged_floor(redis: Redis, stream: str) -> tuple[int, int] | None:
-    """The lowest entry id some consumer group may still need, or None without groups.
+async def acknowledged_floor(redis: Redis, stream: str) -> EntryId | None:
+    """The lowest entry id some consumer group may still need, or None when no group reads
+    the stream (or it does not exist).
 
     For each group that is its oldest pending entry or, with nothing pending, the last entry
-    it was given (kept, harmlessly, so the floor never passes an unread entry).
+    it was given (kept, harmlessly, so the floor never passes an unread entry). The two reads
+    are not atomic: consumers acknowledge in between, so XPENDING may answer `min=None` for a
+    group XINFO called busy; the last delivered id is then the floor. Anything unreadable
+    in a reply counts as "nothing delivered", which trims nothing rather than too much.
     """
-    groups = await redis.xinfo_groups(stream)
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:  # no such key: the stream is gone, so there is nothing to trim
+        return None
     if not groups:
         return None
     floors = []
     for group in groups:
-        floor = _entry_id(group["last-delivered-id"])
-        if int(group["pending"]):
+        floor = _entry_id(group.get("last-delivered-id")) or _NOTHING_DELIVERED
+        if int(group.get("pending") or 0):
             summary = await redis.xpending(stream, group["name"])
-            floor = min(floor, _entry_id(summary["min"]))
+            oldest = _entry_id((summary or {}).get("min"))
+            if oldest is not None:
+                floor = min(floor, oldest)
         floors.append(floor)
     return min(floors)

@@ -47,6 +47,7 @@ from common.errors import ConcurrentUpdate, DependencyUnavailable
 from common.events import dead_letter_stream
 from common.logging import bound_flow
 from common.metrics import CALL_BUCKETS
+from common.supervision import beat
 from paysuite.events.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
@@ -111,11 +112,17 @@ def consumer_name() -> str:
 
 @contextlib.asynccontextmanager
 async def redis_boundary(what: str) -> AsyncIterator[None]:
-    """Redis being unreachable is an outage, not a bug: translated once, here."""
+    """Redis being unreachable is an outage, not a bug: translated once, here. So is a Redis
+    at its `maxmemory` refusing writes (noeviction): it accepts them again once the relays'
+    trimming, or an operator, has made room, and until then every writer waits."""
     try:
         yield
     except _REDIS_DOWN as exc:
         raise DependencyUnavailable(f"redis unavailable during {what}: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        if not str(exc).startswith("OOM"):
+            raise
+        raise DependencyUnavailable(f"redis is full (maxmemory) during {what}: {exc}") from exc
 
 
 @dataclass
@@ -187,12 +194,15 @@ class StreamConsumer:
     # -- running ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        flusher = asyncio.create_task(self._flush_loop(stop))
+        """Consumes until `stop`; anything unexpected propagates to the task supervisor, which
+        logs, counts and restarts it (the flusher's failures too: see `_read_loop`)."""
+        flusher = asyncio.create_task(self._flush_loop(stop), name=f"{self.group} acks")
         try:
             while not stop.is_set():
+                beat()
                 try:
                     await self.ensure_group()
-                    await self._read_loop(stop)
+                    await self._read_loop(stop, flusher)
                 except DependencyUnavailable as exc:
                     log.warning("stream.redis_unavailable", stream=self.stream, error=str(exc))
                     await wait_any(stop, at_most_s=1.0)
@@ -213,8 +223,14 @@ class StreamConsumer:
             with contextlib.suppress(DependencyUnavailable):
                 await self._flush()
 
-    async def _read_loop(self, stop: asyncio.Event) -> None:
+    async def _read_loop(self, stop: asyncio.Event, flusher: asyncio.Task[None]) -> None:
         while not stop.is_set():
+            beat()
+            if flusher.done() and not stop.is_set():
+                # Acknowledgements stopped: raise what ended them, or entries would be
+                # handled again and again without a word.
+                flusher.result()
+                raise RuntimeError("the acknowledgement loop ended")
             await self._room.wait()
             room = self._concurrency - len(self._in_flight)
             for entry in await self._fetch(min(room, self._batch_size)):
@@ -255,7 +271,7 @@ class StreamConsumer:
             )
         entries: list[Entry] = []
         for _stream, stream_entries in response or ():
-            entries.extend(stream_entries)
+            entries.extend(_usable(stream_entries))
         return entries
 
     async def _reclaim(self, count: int) -> list[Entry]:
@@ -263,12 +279,20 @@ class StreamConsumer:
             claimed = await self._redis.xautoclaim(
                 self.stream, self.group, self.name, self._claim_idle_ms, self._claim_cursor, count
             )
-        cursor = claimed[0].decode() if isinstance(claimed[0], bytes) else str(claimed[0])
+        cursor = _text(claimed[0]) if claimed and claimed[0] else "0-0"
         self._claim_cursor = cursor
+        if len(claimed) > 2 and claimed[2]:
+            # Redis 7 drops trimmed entries from the pending list itself and names them here:
+            # only their failure counters are left to forget.
+            await self._forget_failures(claimed[2])
         if cursor == "0-0":
             self._next_claim = time.monotonic() + self._claim_every_s
             await self.sample_depths()
-        return list(claimed[1])
+        return _usable(claimed[1] if len(claimed) > 1 else ())
+
+    async def _forget_failures(self, entry_ids: list[bytes]) -> None:
+        async with redis_boundary("HDEL"):
+            await self._redis.hdel(self._failures_key, *(_text(i) for i in entry_ids))
 
     async def sample_depths(self) -> None:
         """Sets the lag, pending and dead-letter gauges: one round trip per reclaim round."""
@@ -277,10 +301,10 @@ class StreamConsumer:
         pipe.xlen(dead_letter_stream(self.stream))
         async with redis_boundary("XINFO GROUPS"):
             groups, parked = await pipe.execute()
-        self._dead_letters.set(int(parked))
-        for info in groups:
-            if _text(info["name"]) == self.group:
-                self._pending.set(int(info["pending"]))
+        self._dead_letters.set(int(parked or 0))
+        for info in groups or ():
+            if _text(info.get("name") or b"") == self.group:
+                self._pending.set(int(info.get("pending") or 0))
                 if info.get("lag") is not None:
                     self._lag.set(int(info["lag"]))
 
@@ -470,3 +494,15 @@ def _aggregate_key(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _usable(entries: Any) -> list[Entry]:
+    """Entries as the handling expects them, whatever Redis answered: a nil entry (an id
+    without fields, trimmed from the stream while pending) keeps its id with no fields, so it
+    is acknowledged and dropped; an entry without an id is skipped."""
+    usable: list[Entry] = []
+    for entry in entries or ():
+        if not entry or entry[0] is None:
+            continue
+        usable.append((entry[0], entry[1] or {}))
+    return usable

@@ -10,6 +10,7 @@ from common.bootstrap import Infra, ServiceDatabase
 from common.config import Settings
 from common.grpc.auth import authenticator
 from common.grpc.server import ServiceRuntime, create_server
+from common.supervision import Task
 from gateway_service.adapters.provider import SimulatorProvider, provider_session
 from gateway_service.adapters.uow import GatewayUnitOfWork
 from gateway_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME, GatewayServicer
@@ -96,7 +97,12 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         health=health,
         service_names=[SERVICE_NAME],
         readiness_checks=[infra.ping_database, infra.ping_redis],
-        background=[infra.relay().run, service.publish_breaker_transitions],
+        progress_checks=[infra.outbox_progress()],
+        background=[
+            infra.relay_task(),
+            # Waits on a queue for as long as no breaker moves: no heartbeat to keep.
+            Task("breaker transitions", service.publish_breaker_transitions),
+        ],
         # Run after the server has drained, so no in-flight charge loses its session.
         closers=[infra.close, session.close],
     )

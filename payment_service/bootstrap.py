@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from common.bootstrap import Infra, ServiceDatabase
+from common.bootstrap import LOOP_HEARTBEAT_S, Infra, ServiceDatabase
 from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM
 from common.grpc.auth import authenticator
 from common.grpc.client import create_channel
 from common.grpc.server import ServiceRuntime, create_server
+from common.supervision import Task
 from common.tokens import ServiceToken
 from payment_service.adapters.change_feed import PaymentChangeFeed
 from payment_service.adapters.clients import GatewayClient, WalletClient
@@ -63,6 +64,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         block_ms=settings.consumer_block_ms,
     )
     reviews = ReviewService(uow=uow, wallet=wallet, sla=timedelta(seconds=settings.review_sla_s))
+    alarm = ReviewSlaAlarm(reviews)
     servicer = PaymentServicer(service, feed=feed, reviews=reviews)
     server, port, health = create_server(
         address,
@@ -82,14 +84,15 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         health=health,
         service_names=[SERVICE_NAME],
         readiness_checks=[infra.ping_database, infra.ping_redis],
+        progress_checks=[infra.outbox_progress()],
         background=[
-            infra.relay().run,
-            consumer.run,
-            saga.run,
-            housekeeping.run,
-            resumer.run,
-            ReviewSlaAlarm(reviews).run,
-            feed.run,
+            infra.relay_task(),
+            infra.consumer_task(consumer),
+            infra.consumer_task(saga),
+            Task("idempotency key purge", housekeeping.run, heartbeat_s=housekeeping.heartbeat_s),
+            Task("saga resume sweep", resumer.run, heartbeat_s=resumer.heartbeat_s),
+            Task("review SLA alarm", alarm.run, heartbeat_s=alarm.heartbeat_s),
+            Task("watch feed", feed.run, heartbeat_s=LOOP_HEARTBEAT_S),
         ],
         closers=[infra.close, close_channels],
     )

@@ -17,6 +17,31 @@ from paysuite_cli.endpoints import SuiteNotRunning, locate
 console = Console() if sys.stdout.isatty() else Console(width=130)
 
 
+def soak(
+    duration: Annotated[
+        float, typer.Option(help="Seconds of closed-loop deposits.", min=1.0)
+    ] = 180.0,
+    clients: Annotated[int, typer.Option(help="Concurrent clients.", min=1)] = 32,
+) -> None:
+    """Closed-loop deposits for minutes on a fresh suite whose streams are trimmed every
+    second; exit 1 unless every deposit completed and no background task failed."""
+    from bench.soak import run_soak
+    from bench.suite import SuiteFailed
+
+    try:
+        settings = load_settings()
+        configure_logging(level="WARNING", fmt=settings.log_format)
+        report = run_soak(settings, console, duration_s=duration, clients=clients)
+    except ConfigError as exc:
+        console.print(f"[red]soak failed: {exc}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except SuiteFailed as exc:
+        console.print(f"[red]soak failed: {exc}[/red]")
+        raise typer.Exit(1) from None
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def bench(
     quick: Annotated[bool, typer.Option(help="Every phase, a few seconds each.")] = False,
     duration: Annotated[

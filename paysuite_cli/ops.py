@@ -1,8 +1,12 @@
 """Operator commands for the event pipeline.
 
-`paysuite outbox status`: unpublished rows and the oldest one's age, per service database.
-`paysuite events pending`: per stream and consumer group, the lag, the pending entries and the
-longest idle one, and the dead-letter stream's length.
+`paysuite outbox status`: unpublished rows and the oldest one's age, per service database,
+`stalled` (exit 1) when the oldest is older than the threshold.
+`paysuite events pending`: per stream and consumer group, the lag and how long its oldest
+undelivered entry has waited, the pending entries and the longest idle one, the dead-letter
+stream's length, and Redis memory; `stalled` (exit 1) past the threshold.
+Both read PostgreSQL and Redis themselves, never the processes' gauges: a process whose relay
+died also stopped updating what it reports.
 `paysuite events dlq list|replay|drop`: look at dead-lettered events, put them back on their
 stream (same event_id, so consumers that already applied them skip them), or discard them.
 """
@@ -48,6 +52,17 @@ console = Console()
 
 class OpsError(Exception):
     """An expected failure: printed as one line, exit code 1."""
+
+
+StalledOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--stalled-after",
+        help="Seconds after which waiting work counts as stalled"
+        " (default PAYSUITE_OUTBOX_STALLED_AFTER_S, 60).",
+        min=0.0,
+    ),
+]
 
 
 def register(app: typer.Typer, events: typer.Typer) -> None:
@@ -104,10 +119,12 @@ async def stream_lengths(redis: Redis, streams: Sequence[str]) -> dict[str, int]
 
 
 @outbox_app.command("status")
-def outbox_status_command() -> None:
-    """Unpublished outbox rows and the oldest one's age, per service database; then each
-    stream's length, with an alarm when it nears the point where it would be trimmed."""
+def outbox_status_command(stalled_after: StalledOpt = None) -> None:
+    """Unpublished outbox rows and the oldest one's age, per service database (`stalled`,
+    exit 1, past the threshold); then each stream's length, with an alarm when it nears the
+    point where it would be trimmed."""
     settings = _settings(need_database=True)
+    threshold = _threshold(settings, stalled_after)
     statuses = asyncio.run(outbox_status(settings))
     table = Table(title="outbox", title_justify="left")
     for column in ("database", "unpublished", "oldest unpublished", "state"):
@@ -117,12 +134,28 @@ def outbox_status_command() -> None:
             status.database,
             "" if status.unpublished is None else f"{status.unpublished:,}",
             _age(status.oldest_age_s),
-            f"[red]unreachable: {escape(status.error)}[/red]" if status.error else "ok",
+            _outbox_state(status, threshold),
         )
     console.print(table)
     _print_stream_lengths(settings)
-    if any(status.error for status in statuses):
+    if any(status.error or _outbox_stalled(status, threshold) for status in statuses):
         raise typer.Exit(1)
+
+
+def _outbox_stalled(status: OutboxStatus, threshold: float) -> bool:
+    return status.oldest_age_s is not None and status.oldest_age_s > threshold
+
+
+def _outbox_state(status: OutboxStatus, threshold: float) -> str:
+    if status.error:
+        return f"[red]unreachable: {escape(status.error)}[/red]"
+    if _outbox_stalled(status, threshold):
+        return f"[red]stalled: unpublished for over {_age(threshold)}[/red]"
+    return "ok"
+
+
+def _threshold(settings: Settings, given: float | None) -> float:
+    return float(settings.outbox_stalled_after_s if given is None else given)
 
 
 def _print_stream_lengths(settings: Settings) -> None:
@@ -153,6 +186,28 @@ class GroupStatus:
     lag_capped: bool  # lag is at least this (counted on a Redis without XINFO lag)
     pending: int
     oldest_idle_ms: int | None
+    # How long the oldest entry not yet delivered to the group has been on the stream.
+    oldest_waiting_ms: int | None = None
+
+    def stalled(self, threshold_ms: int) -> bool:
+        return any(
+            waited is not None and waited > threshold_ms
+            for waited in (self.oldest_idle_ms, self.oldest_waiting_ms)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RedisMemory:
+    used: int
+    limit: int  # 0: unlimited
+
+    def describe(self) -> str:
+        used = f"{self.used / 2**20:,.1f} MiB"
+        if not self.limit:
+            return f"Redis memory: {used} (no maxmemory: it can grow until the host runs out)"
+        share = self.used / self.limit
+        text = f"Redis memory: {used} of {self.limit / 2**20:,.0f} MiB ({share:.0%})"
+        return f"[red]{text}: writes stop at 100 %[/red]" if share > 0.8 else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,29 +219,51 @@ class StreamStatus:
 
 
 async def pending_status(redis: Redis, streams: Sequence[str]) -> list[StreamStatus]:
-    return [await _stream_status(redis, stream) for stream in streams]
+    seconds, micros = await redis.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000  # Redis' clock: entry ids use it
+    return [await _stream_status(redis, stream, now_ms) for stream in streams]
 
 
-async def _stream_status(redis: Redis, stream: str) -> StreamStatus:
-    dead_letters = int(await redis.xlen(dead_letter_stream(stream)))
+async def redis_memory(redis: Redis) -> RedisMemory:
+    info: dict[str, Any] = await redis.info("memory")
+    return RedisMemory(int(info.get("used_memory") or 0), int(info.get("maxmemory") or 0))
+
+
+async def _stream_status(redis: Redis, stream: str, now_ms: int) -> StreamStatus:
+    dead_letters = int(await redis.xlen(dead_letter_stream(stream)) or 0)
     if not await redis.exists(stream):
         return StreamStatus(stream, 0, dead_letters, [])
-    infos: list[dict[str, Any]] = await redis.xinfo_groups(stream)
-    groups = [await _group_status(redis, stream, info) for info in infos]
-    return StreamStatus(stream, int(await redis.xlen(stream)), dead_letters, groups)
+    infos: list[dict[str, Any]] = await redis.xinfo_groups(stream) or []
+    groups = [await _group_status(redis, stream, info, now_ms) for info in infos]
+    return StreamStatus(stream, int(await redis.xlen(stream) or 0), dead_letters, groups)
 
 
-async def _group_status(redis: Redis, stream: str, info: dict[str, Any]) -> GroupStatus:
+async def _group_status(
+    redis: Redis, stream: str, info: dict[str, Any], now_ms: int
+) -> GroupStatus:
     group = _text(info["name"])
     lag, capped = await _lag(redis, stream, info)
-    pending = int(info["pending"])
+    pending = int(info.get("pending") or 0)
     idle = None
     if pending:
         entries: list[dict[str, Any]] = await redis.xpending_range(
             stream, group, min="-", max="+", count=PENDING_SCAN
         )
-        idle = max((int(e["time_since_delivered"]) for e in entries), default=None)
-    return GroupStatus(group, int(info["consumers"]), lag, capped, pending, idle)
+        idle = max((int(e["time_since_delivered"]) for e in entries or ()), default=None)
+    waiting = await _oldest_waiting_ms(redis, stream, info, now_ms) if lag else None
+    return GroupStatus(group, int(info.get("consumers") or 0), lag, capped, pending, idle, waiting)
+
+
+async def _oldest_waiting_ms(
+    redis: Redis, stream: str, info: dict[str, Any], now_ms: int
+) -> int | None:
+    """Age of the first entry after the group's last delivered one, from its id's time."""
+    after = _text(info.get("last-delivered-id") or b"0-0")
+    first = await _range(redis, stream, low=f"({after}", count=1)
+    if not first:
+        return None
+    added_ms = int(first[0].entry_id.partition("-")[0])
+    return max(now_ms - added_ms, 0)
 
 
 async def _lag(redis: Redis, stream: str, info: dict[str, Any]) -> tuple[int, bool]:
@@ -198,20 +275,30 @@ async def _lag(redis: Redis, stream: str, info: dict[str, Any]) -> tuple[int, bo
     return len(entries), len(entries) >= LAG_COUNT_CAP
 
 
-def events_pending() -> None:
-    """Per stream and consumer group: lag, pending entries, longest idle, dead letters."""
+def events_pending(stalled_after: StalledOpt = None) -> None:
+    """Per stream and consumer group: lag and its oldest entry's wait, pending entries and the
+    longest idle, dead letters; then Redis memory. `stalled` (exit 1) past the threshold."""
     settings = _settings()
+    threshold_ms = int(_threshold(settings, stalled_after) * 1000)
     streams = [settings.stream_prefix + name for name in STREAMS.values()]
-    statuses = _with_redis(settings, lambda redis: pending_status(redis, streams))
+
+    async def read(redis: Redis) -> tuple[list[StreamStatus], RedisMemory]:
+        return await pending_status(redis, streams), await redis_memory(redis)
+
+    statuses, memory = _with_redis(settings, read)
     table = Table(title="consumer groups", title_justify="left")
-    columns = ("stream", "length", "group", "consumers", "lag", "pending", "oldest idle", "DLQ")
+    columns = (
+        "stream", "length", "group", "consumers", "lag", "oldest waiting", "pending",
+        "oldest idle", "DLQ", "state",
+    )  # fmt: skip
     for column in columns:
-        table.add_column(column, justify="left" if column in ("stream", "group") else "right")
+        left = column in ("stream", "group", "state")
+        table.add_column(column, justify="left" if left else "right")
     for status in statuses:
         dlq = f"[red]{status.dead_letters:,}[/red]" if status.dead_letters else "0"
         length = f"{status.length:,}"
         if not status.groups:
-            table.add_row(status.stream, length, "(no group)", "", "", "", "", dlq)
+            table.add_row(status.stream, length, "(no group)", *[""] * 6, dlq, "")
         for group in status.groups:
             table.add_row(
                 status.stream,
@@ -219,11 +306,16 @@ def events_pending() -> None:
                 group.group,
                 str(group.consumers),
                 f"≥ {group.lag:,}" if group.lag_capped else f"{group.lag:,}",
+                _age_ms(group.oldest_waiting_ms),
                 f"{group.pending:,}",
-                _age(group.oldest_idle_ms / 1000 if group.oldest_idle_ms is not None else None),
+                _age_ms(group.oldest_idle_ms),
                 dlq,
+                "[red]stalled[/red]" if group.stalled(threshold_ms) else "ok",
             )
     console.print(table)
+    console.print(memory.describe())
+    if any(group.stalled(threshold_ms) for status in statuses for group in status.groups):
+        raise typer.Exit(1)
 
 
 # --- events dlq --------------------------------------------------------------------------
@@ -409,6 +501,10 @@ def _text(value: bytes | str) -> str:
 
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _age_ms(ms: int | None) -> str:
+    return _age(ms / 1000 if ms is not None else None)
 
 
 def _age(seconds: float | None) -> str:

@@ -409,11 +409,24 @@ class Unit(Protocol):
     def restart(self) -> None: ...
 
 
+# A gRPC child whose liveness answers NOT_SERVING this many times in a row, probed every
+# LIVENESS_EVERY_S, has background work that keeps failing or stalls: it is stopped and
+# restarted, as Kubernetes' liveness probe (failureThreshold 3) would. A child that does not
+# answer at all (starting, paused, busy) is not counted: only an explicit NOT_SERVING is.
+LIVENESS_EVERY_S = 2.0
+LIVENESS_FAILURES = 3
+LIVENESS_SERVICE = "liveness"
+UNHEALTHY_STOP_S = 5.0
+
+
 @dataclass
 class Child:
     proc: Process
     env: dict[str, str]
     popen: subprocess.Popen[bytes]
+    clock: Callable[[], float] = time.monotonic
+    _next_probe: float = 0.0
+    _not_serving: int = 0
 
     @property
     def name(self) -> str:
@@ -421,10 +434,36 @@ class Child:
 
     def exited(self) -> str | None:
         code = self.popen.poll()
-        return None if code is None else f"exited with code {code}"
+        if code is not None:
+            return f"exited with code {code}"
+        if self.proc.kind == "grpc" and self._not_alive():
+            self._stop_unhealthy()
+            return f"reported NOT_SERVING on {LIVENESS_SERVICE} {LIVENESS_FAILURES} times in a row"
+        return None
 
     def restart(self) -> None:
         self.popen = spawn(self.proc, self.env)
+        self._not_serving = 0
+
+    def _stop_unhealthy(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=UNHEALTHY_STOP_S)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+    def _not_alive(self) -> bool:
+        now = self.clock()
+        if now < self._next_probe:
+            return False
+        self._next_probe = now + LIVENESS_EVERY_S
+        status = grpc_status(self.proc.endpoint, LIVENESS_SERVICE)
+        if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            self._not_serving += 1
+        elif status == health_pb2.HealthCheckResponse.SERVING:
+            self._not_serving = 0
+        return self._not_serving >= LIVENESS_FAILURES
 
 
 @dataclass
@@ -516,15 +555,20 @@ class Supervisor:
 
 
 def _grpc_serving(target: str) -> bool:
+    return grpc_status(target, "") == health_pb2.HealthCheckResponse.SERVING
+
+
+def grpc_status(target: str, service: str, *, timeout_s: float = 1.0) -> int | None:
+    """The health status `target` reports for `service`, or None when it does not answer."""
     with grpc.insecure_channel(target) as channel:
         try:
             # The typeshed stub declares no methods on HealthStub.
             response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
-                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
             )
         except grpc.RpcError:
-            return False
-    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+            return None
+    return int(response.status)
 
 
 def _http_ok(url: str) -> bool:

@@ -18,6 +18,7 @@ from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
 from common.grpc.auth import authenticator
 from common.grpc.client import create_channel
 from common.grpc.server import ServiceRuntime, create_server
+from common.supervision import Task
 from common.tokens import ServiceToken
 from recovery_worker.adapters import metrics
 from recovery_worker.adapters.redis_store import (
@@ -120,6 +121,11 @@ def build_worker(
     )
 
 
+# A round runs every sweep once; each item is bounded by an RPC deadline, so a round that
+# takes this much longer than the interval is stuck.
+RECOVERY_ROUND_SLACK_S = 300.0
+
+
 async def build(settings: Settings, address: str) -> ServiceRuntime:
     auth = authenticator(settings)  # a missing key is a ConfigError before any connection
     connections = Connections.open(settings)
@@ -136,6 +142,12 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         health=health,
         service_names=[],
         readiness_checks=[ping_redis],
-        background=[worker.run],
+        background=[
+            Task(
+                "recovery sweeps",
+                worker.run,
+                heartbeat_s=settings.recovery_interval_s + RECOVERY_ROUND_SLACK_S,
+            )
+        ],
         closers=[connections.close],
     )

@@ -9,11 +9,12 @@ from pathlib import Path
 import structlog
 
 from common.aio import wait_any
-from common.bootstrap import Infra, ServiceDatabase
+from common.bootstrap import LOOP_HEARTBEAT_S, Infra, ServiceDatabase
 from common.config import Settings
 from common.errors import DomainError
 from common.grpc.auth import authenticator
 from common.grpc.server import ServiceRuntime, create_server
+from common.supervision import Task, beat
 from paysuite.wallet.v1 import wallet_pb2_grpc
 from wallet_service.adapters.uow import WalletUnitOfWork
 from wallet_service.domain.model import Limits
@@ -47,6 +48,7 @@ async def sweep_expired_holds(
 ) -> None:
     """Releases expired holds until stopped; a failed round is logged and tried again later."""
     while not stop.is_set():
+        beat()
         try:
             expired = await service.expire_holds()
             if expired:
@@ -79,6 +81,10 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         health=health,
         service_names=[SERVICE_NAME],
         readiness_checks=[infra.ping_database, infra.ping_redis],
-        background=[infra.relay().run, sweeper],
+        progress_checks=[infra.outbox_progress()],
+        background=[
+            infra.relay_task(),
+            Task("hold expiry sweep", sweeper, heartbeat_s=interval_s + LOOP_HEARTBEAT_S),
+        ],
         closers=[infra.close],
     )

@@ -1,5 +1,10 @@
 """Server bootstrap: a grpc.aio server with error mapping, health and reflection, and the
-background tasks (outbox relay, stream consumers, readiness probe) that live beside it.
+background tasks (outbox relay, stream consumers, sweeps) that live beside it, each under the
+process's one `TaskSupervisor`.
+
+Health: readiness ("" and the service names) is SERVING only while every dependency answers
+and no background task has a problem; liveness is SERVING unless a background task keeps
+failing or stalls, which only a restart of the process can mend.
 
 `ServiceRuntime` is what each service's bootstrap builds; `serve()` is what `python -m <svc>`
 runs. Tests build a runtime on port 0 and start/stop it in-process.
@@ -9,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 import grpc
 import structlog
@@ -22,18 +27,29 @@ from common.aio import wait_any
 from common.grpc.auth import Authenticator
 from common.grpc.decoding import DecodeGuardInterceptor
 from common.grpc.errors import ErrorMappingInterceptor
+from common.supervision import Policy, Task, TaskSupervisor
 
 log = structlog.get_logger(__name__)
 
-Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 Check = Callable[[], Awaitable[None]]
+
+
+class ProgressCheck(Protocol):
+    """Whether work that should be moving is (e.g. the outbox): a problem, or None."""
+
+    async def problem(self) -> str | None: ...
+
+    def reset(self) -> None: ...
+
+
 Closer = Callable[[], Awaitable[None]]
 Registrar = Callable[[grpc.aio.Server], None]
 
 HEALTH_INTERVAL_S = 2.0
-# Health service name that answers SERVING for as long as the process runs. Kubernetes
-# liveness probes ask for it, so an outage of PostgreSQL or Redis takes replicas out of
-# rotation (readiness: "" and the service names) without restarting them all.
+# Health service name that answers SERVING while the process can do its work: a background
+# task that keeps failing or stalls turns it NOT_SERVING. Kubernetes' liveness probes ask for
+# it, so an outage of PostgreSQL or Redis takes replicas out of rotation (readiness: "" and
+# the service names) without restarting them all, while a dead relay restarts its process.
 LIVENESS = "liveness"
 
 
@@ -47,18 +63,27 @@ class ServiceRuntime:
     health: health.aio.HealthServicer
     service_names: Sequence[str]
     readiness_checks: Sequence[Check] = ()
-    background: list[Background] = field(default_factory=list)
+    progress_checks: Sequence[ProgressCheck] = ()
+    background: list[Task] = field(default_factory=list)
     closers: list[Closer] = field(default_factory=list)
+    supervision: Policy = field(default_factory=Policy)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _supervisor: TaskSupervisor | None = None
+    _problems: list[str] = field(default_factory=list)
 
     async def start(self) -> None:
         await self._set_health(serving=False)
-        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_liveness(alive=True)
         await self.server.start()
-        self._tasks = [asyncio.create_task(job(self._stop)) for job in self.background]
-        self._tasks.append(asyncio.create_task(self._probe_readiness()))
+        self._supervisor = TaskSupervisor(self.name, policy=self.supervision)
+        self._tasks = self._supervisor.start(self.background, self._stop)
+        self._tasks.append(asyncio.create_task(self._probe_readiness(), name="readiness"))
         log.info("service.started", service=self.name, port=self.port)
+
+    def problems(self) -> list[str]:
+        """What the last health round found wrong with the background work (empty: none)."""
+        return list(self._problems)
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
@@ -76,16 +101,49 @@ class ServiceRuntime:
         log.info("service.stopped", service=self.name)
 
     async def _probe_readiness(self) -> None:
-        """SERVING only while every dependency answers: Kubernetes then routes around us."""
+        """SERVING only while every dependency answers and the background work is sound:
+        Kubernetes then routes around us, and restarts us when the work is not."""
         while not self._stop.is_set():
+            problems = self._supervisor.problems() if self._supervisor else []
+            if problems != self._problems:
+                self._report(problems)
+            await self._set_liveness(alive=not problems)
             try:
                 for check in self.readiness_checks:
                     await asyncio.wait_for(check(), timeout=HEALTH_INTERVAL_S)
-                await self._set_health(serving=True)
+                stalls = await self._stalls()
+                await self._set_health(serving=not problems and not stalls)
             except Exception as exc:
                 log.warning("service.not_ready", service=self.name, error=repr(exc))
+                for progress in self.progress_checks:
+                    progress.reset()
                 await self._set_health(serving=False)
             await wait_any(self._stop, at_most_s=HEALTH_INTERVAL_S)
+
+    async def _stalls(self) -> list[str]:
+        stalls = []
+        for progress in self.progress_checks:
+            found = await asyncio.wait_for(progress.problem(), timeout=HEALTH_INTERVAL_S)
+            if found:
+                stalls.append(found)
+        if stalls:
+            log.error("service.stalled", service=self.name, problems=stalls)
+        return stalls
+
+    def _report(self, problems: list[str]) -> None:
+        self._problems = problems
+        if problems:
+            log.error("service.not_serving", service=self.name, problems=problems)
+        else:
+            log.info("service.background_recovered", service=self.name)
+
+    async def _set_liveness(self, *, alive: bool) -> None:
+        await self.health.set(
+            LIVENESS,
+            health_pb2.HealthCheckResponse.SERVING
+            if alive
+            else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
 
     async def _set_health(self, *, serving: bool) -> None:
         status = (

@@ -24,8 +24,11 @@ from redis.asyncio import Redis
 from common.aio import wait_any
 from common.errors import DependencyUnavailable
 from common.streams import redis_boundary
+from common.supervision import beat
 
 log = structlog.get_logger(__name__)
+
+IDLE_BEAT_S = 5.0
 
 
 class PaymentChangeFeed:
@@ -55,10 +58,12 @@ class PaymentChangeFeed:
     async def run(self, stop: asyncio.Event) -> None:
         last: str | None = None  # None: resting, or about to resume from the stream's end
         while not stop.is_set():
+            beat()
             try:
                 if not self._watched.is_set():
                     last = None
-                    await wait_any(stop, self._watched)
+                    # Bounded, so a resting feed still beats for its supervisor.
+                    await wait_any(stop, self._watched, at_most_s=IDLE_BEAT_S)
                     continue
                 if last is None:
                     # Where the stream ends now, before the watchers look again: any change

@@ -10,21 +10,26 @@ import structlog
 
 from common.aio import wait_any
 from common.errors import DependencyUnavailable
+from common.supervision import beat
 from payment_service.service_layer.reviews import ReviewService
 from payment_service.service_layer.services import PaymentService
 
 log = structlog.get_logger(__name__)
 
 EVERY_S = 3600.0
+# A round of any chore may take this long beyond its interval before it counts as stalled.
+ROUND_SLACK_S = 120.0
 
 
 class Housekeeping:
     def __init__(self, service: PaymentService, *, key_retention: timedelta) -> None:
         self._service = service
         self._key_retention = key_retention
+        self.heartbeat_s = EVERY_S + ROUND_SLACK_S
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            beat()
             try:
                 purged = await self._service.purge_idempotency_keys(older_than=self._key_retention)
                 if purged:
@@ -42,9 +47,11 @@ class SagaResumer:
     def __init__(self, service: PaymentService, *, after: timedelta) -> None:
         self._service = service
         self._after = after
+        self.heartbeat_s = after.total_seconds() / 2 + ROUND_SLACK_S
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            beat()
             try:
                 resumed = await self._service.resume_stalled(older_than=self._after)
                 if resumed:
@@ -62,9 +69,11 @@ class ReviewSlaAlarm:
 
     def __init__(self, reviews: ReviewService) -> None:
         self._reviews = reviews
+        self.heartbeat_s = self.EVERY_S + ROUND_SLACK_S
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            beat()
             try:
                 await self._reviews.alarm_overdue()
             except DependencyUnavailable as exc:

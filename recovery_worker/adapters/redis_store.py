@@ -164,14 +164,28 @@ class RedisPipeline:
 
     async def _group(self, stream: str, info: dict[str, Any], stalled_ms: int) -> GroupHealth:
         group = _text(info["name"])
-        pending = int(info["pending"])
+        pending = int(info.get("pending") or 0)
         stalled = 0
         if pending:
             entries = await self._redis.xpending_range(
                 stream, group, min="-", max="+", count=STALLED_SCAN, idle=stalled_ms
             )
-            stalled = len(entries)
-        return GroupHealth(stream, group, await self._lag(stream, info), pending, stalled)
+            stalled = len(entries or ())
+        lag = await self._lag(stream, info)
+        unread = lag > 0 and await self._waited_past(stream, info, stalled_ms)
+        return GroupHealth(stream, group, lag, pending, stalled, undelivered_stalled=unread)
+
+    async def _waited_past(self, stream: str, info: dict[str, Any], stalled_ms: int) -> bool:
+        """Whether the first entry after the group's last delivered one is older than the
+        threshold, by its id's time against Redis' own clock."""
+        after = _text(info.get("last-delivered-id") or b"0-0")
+        first = await self._redis.xrange(stream, min=f"({after}", count=1)
+        if not first:
+            return False
+        seconds, micros = await self._redis.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        added_ms = int(_text(first[0][0]).partition("-")[0])
+        return now_ms - added_ms > stalled_ms
 
     async def _lag(self, stream: str, info: dict[str, Any]) -> int:
         """Redis 7 reports the lag; Redis 6 does not, so count what is left (capped)."""

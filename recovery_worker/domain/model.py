@@ -68,10 +68,13 @@ class GroupHealth:
     pending: int
     # Pending entries delivered longer ago than the stall threshold (counted up to a cap).
     stalled: int
+    # Whether the oldest entry not yet delivered to the group has waited past the threshold:
+    # no consumer reads (a dead relay shows in the services' readiness, not here).
+    undelivered_stalled: bool = False
 
     @property
     def is_stalled(self) -> bool:
-        return self.stalled > 0
+        return self.stalled > 0 or self.undelivered_stalled
 
 
 @dataclass(frozen=True, slots=True)

@@ -250,9 +250,10 @@ class PipelineSweep:
     def _judge(self, stream: StreamHealth, tally: Tally) -> None:
         stalled = [g for g in stream.groups if g.is_stalled]
         for group in stalled:
+            unread = ", unread past the threshold" if group.undelivered_stalled else ""
             tally.note(
                 f"{group.stream} / {group.group}: {group.stalled} stalled of {group.pending}"
-                f" pending, lag {group.lag}"
+                f" pending, lag {group.lag}{unread}"
             )
         if stream.dead_letters:
             tally.note(f"{stream.stream}.dlq: {stream.dead_letters} dead letters")
@@ -265,7 +266,13 @@ class PipelineSweep:
                 stream=stream.stream,
                 dead_letters=stream.dead_letters,
                 groups=[
-                    {"group": g.group, "lag": g.lag, "pending": g.pending, "stalled": g.stalled}
+                    {
+                        "group": g.group,
+                        "lag": g.lag,
+                        "pending": g.pending,
+                        "stalled": g.stalled,
+                        "unread_stalled": g.undelivered_stalled,
+                    }
                     for g in stream.groups
                 ],
                 stalled_after_ms=self._stalled_ms,

@@ -16,6 +16,7 @@ import structlog
 
 from common.aio import wait_any
 from common.errors import DependencyUnavailable
+from common.supervision import beat
 from recovery_worker.domain.model import SweepReport, SweepStatus
 from recovery_worker.service_layer.ports import Leases
 from recovery_worker.service_layer.sweeps import Sweep
@@ -51,6 +52,7 @@ class RecoveryWorker:
         """Runs a round at once, then one every interval, until `stop` is set."""
         log.info("recovery.started", interval_s=self._interval_s)
         while not stop.is_set():
+            beat()
             await self.run_round()
             await wait_any(stop, at_most_s=self._interval_s)
 

@@ -7,9 +7,12 @@ import json
 import socket
 import subprocess
 import sys
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from common.config import ENDPOINTS_FILE, Settings
 from paysuite_cli import supervisor
@@ -175,3 +178,32 @@ def test_a_restart_that_fails_counts_as_a_crash_and_a_crash_loop_names_the_unit(
     with pytest.raises(supervisor.CrashLoop, match=r"^embedded PostgreSQL failed to restart"):
         tick_for_a_while()
     assert "restarting it in 1.0 s" in said[1]
+
+
+def test_a_child_whose_liveness_stays_not_serving_is_stopped_to_be_restarted() -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    now = [0.0]
+    child_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = Process("payment", "payment_service", f"127.0.0.1:{port}", "grpc")
+    child = supervisor.Child(proc, {}, child_process, clock=lambda: now[0])
+    try:
+        servicer.set("liveness", health_pb2.HealthCheckResponse.SERVING)
+        assert child.exited() is None
+        servicer.set("liveness", health_pb2.HealthCheckResponse.NOT_SERVING)
+        for _ in range(supervisor.LIVENESS_FAILURES - 1):
+            now[0] += supervisor.LIVENESS_EVERY_S
+            assert child.exited() is None  # not yet: one bad answer is not a verdict
+        assert child.exited() is None  # probed at most every LIVENESS_EVERY_S
+        now[0] += supervisor.LIVENESS_EVERY_S
+        how = child.exited()
+        assert how is not None
+        assert "NOT_SERVING on liveness" in how
+        assert child_process.poll() is not None  # stopped, for the supervisor to restart
+    finally:
+        child_process.kill()
+        child_process.wait()
+        server.stop(0)

@@ -106,14 +106,23 @@ def test_outbox_status_counts_unpublished_rows_and_their_age(scratch_databases: 
                 " CASE WHEN %s THEN now() END)",
                 (uuid.uuid4(), age_s, published),
             )
-    code, output = cli(scratch_databases, "outbox", "status")
+    code, output = cli(scratch_databases, "outbox", "status", "--stalled-after", "120")
     assert code == 0, output
     prefix = scratch_databases.database_prefix
     payments = next(line for line in output.splitlines() if f"{prefix}payments" in line)
     assert "│           3 │" in payments
     assert "90." in payments  # the oldest unpublished row, not the published one
+    assert "ok" in payments
     wallets = next(line for line in output.splitlines() if f"{prefix}wallets" in line)
     assert "│           0 │" in wallets
+
+    # Past the threshold (60 s by default) the same outbox is stalled, and the check fails.
+    code, output = cli(scratch_databases, "outbox", "status")
+    assert code == 1, output
+    payments = next(line for line in output.splitlines() if f"{prefix}payments" in line)
+    assert "stalled" in payments
+    wallets = next(line for line in output.splitlines() if f"{prefix}wallets" in line)
+    assert "stalled" not in wallets
 
 
 def test_outbox_status_raises_an_alarm_for_a_stream_near_its_cap(
@@ -186,6 +195,26 @@ def test_events_pending_lists_every_stream(streams: Settings) -> None:
     assert code == 0, output
     assert "ledger-readers" in output
     assert f"{streams.stream_prefix}{PAYMENT_STREAM}" in output  # no group yet: still listed
+
+
+def test_events_pending_says_stalled_when_entries_wait_past_the_threshold(
+    streams: Settings,
+) -> None:
+    client = SyncRedis.from_url(streams.require_redis_url())
+    stream = streams.stream_prefix + GATEWAY_STREAM
+    client.xadd(stream, fields(), id="1000-0")  # type: ignore[arg-type]  # added long ago
+    client.xgroup_create(stream, "asleep", id="0")
+    client.xadd(streams.stream_prefix + WALLET_STREAM, fields())  # type: ignore[arg-type]
+    client.xgroup_create(streams.stream_prefix + WALLET_STREAM, "awake", id="$")
+    client.close()
+
+    code, output = cli(streams, "events", "pending")
+
+    assert code == 1, output
+    lines = output.splitlines()
+    assert "stalled" in next(line for line in lines if "asleep" in line)
+    assert "stalled" not in next(line for line in lines if "awake" in line)
+    assert "Redis memory:" in output
 
 
 def test_events_pending_fails_briefly_when_redis_is_down(migrated: Settings) -> None:

@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -21,7 +22,7 @@ from common import db
 from common.config import Settings
 from common.events import OutgoingEvent, make_envelope
 from common.migrations import DROP_NOTIFY_DDL, OUTBOX_DDL
-from common.outbox import OutboxRelay, outbox_committed, write_outbox
+from common.outbox import OutboxProgress, OutboxRelay, outbox_committed, write_outbox
 from paysuite.events.v1 import events_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -349,3 +350,99 @@ async def test_the_relay_counts_what_it_publishes_and_samples_its_backlog(
     assert REGISTRY.get_sample_value("outbox_published_total") == before + 2
     assert await the_relay.sample_backlog() == (0, 0.0)
     assert REGISTRY.get_sample_value("outbox_oldest_unpublished_age_seconds") == 0
+
+
+class AckingBetweenReads(Redis):
+    """A real Redis client that lets a consumer acknowledge everything between the floor's
+    XINFO GROUPS and its XPENDING: the race that stopped the relay, driven deterministically."""
+
+    def __init__(self, real: Redis, stream: str, group: str) -> None:
+        super().__init__(connection_pool=real.connection_pool)
+        self._stream = stream
+        self._group = group
+
+    async def xpending(self, name: str, groupname: str) -> Any:  # type: ignore[override]  # narrower than redis-py's KeyT/GroupT, which this test does not need
+        pending = await super().xpending_range(self._stream, self._group, "-", "+", 1000)
+        if pending:
+            await super().xack(self._stream, self._group, *[p["message_id"] for p in pending])
+        return await super().xpending(name, groupname)
+
+
+async def test_the_trim_survives_consumers_acknowledging_everything_between_its_reads(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    stream_name = f"test.{uuid.uuid4()}"
+    stream = migrated.stream_prefix + stream_name
+    ids = [await redis.xadd(stream, {"n": str(i)}) for i in range(5)]
+    await redis.xgroup_create(stream, "g", id="0")
+    await redis.xreadgroup("g", "c", {stream: ">"}, count=5)  # all five pending
+    racing = AckingBetweenReads(redis, stream, "g")
+    the_relay = relay(outbox_engine, racing, migrated, stream_retention=timedelta(0))
+
+    # XINFO saw 5 pending; XPENDING then answered {'pending': 0, 'min': None}.
+    await the_relay.trim_stream(stream)
+    assert [entry_id for entry_id, _ in await redis.xrange(stream)] == ids[4:]
+
+    # And the relay goes on publishing with trimming in every round.
+    while await the_relay.publish_batch():  # what earlier tests left
+        pass
+    stop = asyncio.Event()
+    running = asyncio.create_task(the_relay.run(stop))
+    async with outbox_engine.begin() as conn:
+        await write_outbox(conn, [event(stream_name, "late")])
+    outbox_committed(outbox_engine)
+    for _ in range(100):
+        if len(await redis.xrange(stream)) > 1:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await running
+    assert len(await redis.xrange(stream)) == 2  # the kept last entry and the new one
+    await racing.aclose(close_connection_pool=False)
+
+
+async def test_a_trim_of_a_stream_that_is_gone_trims_nothing(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    the_relay = relay(outbox_engine, redis, migrated, stream_retention=timedelta(0))
+    assert await the_relay.trim_stream(f"{migrated.stream_prefix}gone.{uuid.uuid4()}") == 0
+
+
+async def test_the_relay_samples_stream_lengths_and_redis_memory(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    stream_name = f"test.{uuid.uuid4()}"
+    the_relay = relay(outbox_engine, redis, migrated)
+    while await the_relay.publish_batch():
+        pass
+    async with outbox_engine.begin() as conn:
+        await write_outbox(conn, [event(stream_name, "a"), event(stream_name, "b")])
+    await the_relay.publish_batch()
+    await the_relay.sample_streams()
+    stream = migrated.stream_prefix + stream_name
+    assert REGISTRY.get_sample_value("stream_length", {"stream": stream}) == 2
+    assert (REGISTRY.get_sample_value("redis_used_memory_bytes") or 0) > 0
+
+
+async def test_progress_says_stalled_only_when_the_same_row_waits_past_the_threshold(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    the_relay = relay(outbox_engine, redis, migrated)
+    while await the_relay.publish_batch():
+        pass
+    now = [0.0]
+    progress = OutboxProgress(outbox_engine, stalled_after_s=0.5, clock=lambda: now[0])
+    assert await progress.problem() is None  # nothing waits
+    async with outbox_engine.begin() as conn:
+        await write_outbox(conn, [event(f"test.{uuid.uuid4()}", "stuck")])
+    assert await progress.problem() is None  # first seen now
+    now[0] += 1.0
+    await asyncio.sleep(0.6)  # and the row itself is older than the threshold
+    found = await progress.problem()
+    assert found is not None
+    assert found.startswith("outbox stalled")
+    progress.reset()  # an outage in between: the relay gets the whole threshold again
+    assert await progress.problem() is None
+    await the_relay.publish_batch()
+    now[0] += 1.0
+    assert await progress.problem() is None  # published: moving again

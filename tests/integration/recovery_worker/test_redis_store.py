@@ -107,3 +107,21 @@ async def test_a_lease_is_renewed_while_its_sweep_runs_past_the_ttl(
         await asyncio.sleep(0.8)  # well past the ttl: only renewal keeps it
         async with other.hold("long-sweep") as stolen:
             assert (held, stolen) == (True, False)
+
+
+async def test_a_group_whose_oldest_unread_entry_waits_past_the_threshold_is_stalled(
+    rig: Rig, connections: Connections
+) -> None:
+    redis = connections.redis
+    stream = f"{rig.settings.stream_prefix}test.unread.{uuid.uuid4().hex[:6]}"
+    await redis.xadd(stream, {"envelope": b"x"}, id="1000-0")  # added long ago, never read
+    await redis.xgroup_create(stream, "asleep", id="0")
+    try:
+        [old] = await RedisPipeline(redis).health([stream], stalled_ms=60_000)
+        await redis.xadd(stream, {"envelope": b"y"})
+        await redis.xgroup_setid(stream, "asleep", id="1000-0")  # the old one was read
+        [fresh] = await RedisPipeline(redis).health([stream], stalled_ms=60_000)
+    finally:
+        await redis.delete(stream)
+    assert old.groups[0].is_stalled
+    assert (fresh.groups[0].lag, fresh.groups[0].is_stalled) == (1, False)
