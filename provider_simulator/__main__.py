@@ -30,9 +30,7 @@ def main() -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    configure_logging(
-        level=settings.log_level, fmt=settings.log_format, service=NAME
-    )
+    configure_logging(level=settings.log_level, fmt=settings.log_format, service=NAME)
     configure_tracing(service=NAME, otlp_endpoint=settings.otlp_endpoint)
     try:
         with metrics_for(NAME, settings.metrics_port, settings.metrics_host):
