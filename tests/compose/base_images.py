@@ -163,12 +163,15 @@ def build(image: BaseImage) -> bool:
     digest = image.recipe_digest()
     if _label(image.local) == digest:
         return False
+    previous = _docker("image", "inspect", "--format", "{{.Id}}", image.local).stdout.strip()
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"paysuite-{image.name}-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         _debootstrap(image, rootfs)
         _finish_rootfs(image, rootfs)
         _import(image, rootfs, digest)
+    if previous:  # the image of an older recipe, now untagged
+        _docker("image", "rm", previous)
     return True
 
 

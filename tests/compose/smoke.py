@@ -260,8 +260,15 @@ async def a_killed_service_finishes_its_payment(
                 payment_method="pm_card_ok",
             ),
         )
+
+        # Killed once the provider has the charge: its webhook is then bound to land while
+        # the payment service is down.
+        async def at_the_provider() -> bool:
+            return await payments.status(deposit) == payment_pb2.PAYMENT_STATUS_PENDING
+
+        await _until(f"deposit {deposit} pending at the provider", at_the_provider, 3)
         stack.kill("payment")
-        say(f"killed the payment service with deposit {deposit} in flight")
+        say(f"killed the payment service with deposit {deposit} pending at the provider")
         await asyncio.sleep(6)  # the provider settles and posts its webhook meanwhile
         stack.restart("payment")
         await payments.completes("deposit across the kill", deposit)
