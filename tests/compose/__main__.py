@@ -76,9 +76,7 @@ class Compose:
     """`docker compose` on the dev stack, under a project name of its own."""
 
     def __init__(self, variables: dict[str, str]) -> None:
-        # COMPOSE_BAKE=false: build with compose's own BuildKit client, as it does anyway when
-        # buildx is not installed (Debian's docker.io has none), without warning about it.
-        self.environment = {**os.environ, "COMPOSE_BAKE": "false", **variables}
+        self.environment = {**os.environ, **variables}
         files = [argument for name in FILES for argument in ("-f", str(ROOT / name))]
         # --progress quiet: compose's per-container progress lines drown what the checks say;
         # on failure `ps` and the logs are printed instead.
