@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -111,6 +112,16 @@ def step(name: str) -> Iterator[None]:
     print(f"   {name}: {time.monotonic() - started:.0f} s", flush=True)
 
 
+def _inspect(container: str, template: str) -> str:
+    result = subprocess.run(
+        ["docker", "inspect", "--format", template, container],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout.strip()
+
+
 def _stack(compose: Compose, ports: dict[str, int]) -> smoke.Stack:
     def kill(service: str) -> None:
         subprocess.run(
@@ -122,6 +133,18 @@ def _stack(compose: Compose, ports: dict[str, int]) -> smoke.Stack:
         # policy (it counts as stopped by hand); bringing it back is compose's job.
         compose("up", "--wait", "--no-build", "--no-deps", "--quiet-pull", service, quiet=True)
 
+    def crash(service: str) -> int:
+        # A crash, not an operator's kill: the container's init dies by SIGKILL from outside
+        # Docker's API (as an OOM kill would), so its restart policy applies. Returns the
+        # container's restart count before the crash.
+        state = _inspect(compose.container(service), "{{.State.Pid}} {{.RestartCount}}")
+        pid, restarts = (int(field) for field in state.split())
+        os.kill(pid, signal.SIGKILL)
+        return restarts
+
+    def restarts(service: str) -> int:
+        return int(_inspect(compose.container(service), "{{.RestartCount}}"))
+
     return smoke.Stack(
         payment=ports["PAYMENT_HOST_PORT"],
         wallet=ports["WALLET_HOST_PORT"],
@@ -131,6 +154,8 @@ def _stack(compose: Compose, ports: dict[str, int]) -> smoke.Stack:
         auth_secret=_dev_value("PAYSUITE_AUTH_SECRET"),
         kill=kill,
         restart=restart,
+        crash=crash,
+        restarts=restarts,
     )
 
 

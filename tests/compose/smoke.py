@@ -43,6 +43,8 @@ class Stack:
     auth_secret: str
     kill: Callable[[str], None]
     restart: Callable[[str], None]
+    crash: Callable[[str], int]
+    restarts: Callable[[str], int]
 
 
 def say(message: str) -> None:
@@ -277,6 +279,36 @@ async def a_killed_service_finishes_its_payment(
         await _slow_settlements(stack, 300)
 
 
+async def a_crashed_service_is_restarted_by_its_policy(
+    stack: Stack, payments: Payments, account: str, other: str
+) -> None:
+    """The wallet service's process dies (not through Docker's API): `restart:
+    unless-stopped` brings it back by itself, and money moves through it again."""
+    before = stack.crash("wallet")
+    say("crashed the wallet service (SIGKILL to its process)")
+
+    async def restarted() -> bool:
+        return stack.restarts("wallet") > before
+
+    await _until("the wallet container restarted by its restart policy", restarted, 30)
+    request = payment_pb2.CreateTransferRequest(
+        idempotency_key=str(uuid.uuid4()),
+        source_account_id=account,
+        destination_account_id=other,
+        amount=_usd(100),
+    )
+    created: list[str] = []
+
+    async def accepted() -> bool:
+        # The same idempotency key on every try: a retry can never move the money twice.
+        created.append(await payments.create("CreateTransfer", request))
+        return True
+
+    await _until("a transfer accepted after the wallet's restart", accepted, 60)
+    await payments.completes("transfer after the wallet's restart", created[-1])
+    say("Docker restarted it by its policy, and a transfer through it completed")
+
+
 async def run(stack: Stack) -> None:
     token = _token(stack)
     payments = Payments(stack, token)
@@ -285,3 +317,4 @@ async def run(stack: Stack) -> None:
     await money_moves_over_http(stack, token, account, other)
     await prometheus_sees_everything(stack)
     await a_killed_service_finishes_its_payment(stack, payments, account)
+    await a_crashed_service_is_restarted_by_its_policy(stack, payments, account, other)
