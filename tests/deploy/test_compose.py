@@ -324,3 +324,47 @@ def test_docker_compose_itself_agrees_when_it_is_installed() -> None:
     missing = re.search(rb"required variable (\w+) is missing a value", refused.stderr)
     assert missing is not None, refused.stderr
     assert missing.group(1).decode() in SECRETS
+
+
+def test_no_healthcheck_uses_start_interval(dev_model: dict[str, Any]) -> None:
+    # Compose refuses it on Docker Engines before 25 (Debian bookworm ships 20.10).
+    for name, service in dev_model["services"].items():
+        assert "start_interval" not in service.get("healthcheck", {}), name
+
+
+def test_the_dockerfile_builds_without_a_registry_for_its_frontend() -> None:
+    # A `# syntax=` directive makes BuildKit pull a frontend image before building.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax\s*=", dockerfile, re.M | re.I)
+
+
+def test_every_volume_on_our_image_is_a_directory_the_image_gives_its_user(
+    dev_model: dict[str, Any],
+) -> None:
+    # A named volume starts as a copy of the image's directory, owner included; a directory
+    # the image lacks becomes root's, and uid 10001 cannot write to it.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for name, service in dev_model["services"].items():
+        if service.get("image") != PAYSUITE_IMAGE:
+            continue
+        for volume in service.get("volumes", []):
+            target = volume.split(":")[1]
+            assert re.search(
+                rf"install -d -o 10001 -g 10001 .*{re.escape(target)}\b", dockerfile
+            ), (
+                name,
+                target,
+            )
+
+
+def test_redis_refuses_writes_when_full_rather_than_evicting(dev_model: dict[str, Any]) -> None:
+    command = dev_model["services"]["redis"]["command"]
+    assert command[command.index("--maxmemory") + 1] == "512mb"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_grafana_is_under_a_profile_and_nothing_needs_it(dev_model: dict[str, Any]) -> None:
+    # Its image comes only from a registry: the stack must come up without it.
+    assert dev_model["services"]["grafana"]["profiles"] == ["grafana"]
+    for name, service in dev_model["services"].items():
+        assert "grafana" not in service.get("depends_on", {}), name

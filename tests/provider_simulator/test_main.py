@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
+import socket
+import urllib.request
 
 import pytest
 
@@ -33,3 +36,37 @@ async def test_bad_configuration_exits_with_a_clear_message() -> None:
     assert process.returncode == 2
     assert b"PAYSUITE_SIMULATOR_SETTLE_DELAY_MS" in stderr
     assert b"Traceback" not in stderr
+
+
+def _free_port() -> int:
+    # Below the ephemeral range, like `paysuite up`: a kernel-assigned port can be taken by
+    # another process's outgoing connection before the child binds it.
+    start = secrets.randbelow(12_000)
+    for offset in range(12_000):
+        port = 20_000 + (start + offset) % 12_000
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+async def test_serves_prometheus_metrics_on_the_suites_metrics_port() -> None:
+    # compose and k8s scrape every process on PAYSUITE_METRICS_PORT; the simulators too.
+    port = _free_port()
+    started = await start(
+        "provider_simulator",
+        b"simulator.started",
+        PAYSUITE_SIMULATOR_LISTEN_PORT="0",
+        PAYSUITE_METRICS_PORT=str(port),
+        PAYSUITE_METRICS_HOST="127.0.0.1",
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        assert b"process_cpu_seconds_total" in body
+    finally:
+        code, rest = await started.stop()
+    assert code == 0, (started.log + rest).decode()
