@@ -11,12 +11,14 @@ Skips (exit 0, saying so in capitals) only where no container engine can run at 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +45,7 @@ HOST_PORTS = (
     "GRAFANA_HOST_PORT",
 )
 UP_TIMEOUT_S = 300
+LOCK = Path(tempfile.gettempdir()) / "paysuite-compose-test.lock"
 
 
 # Below Linux's ephemeral range, as `paysuite up` picks them: a port the kernel hands out for
@@ -180,7 +183,25 @@ def _on_the_stack(images: dict[str, str]) -> None:
             compose("down", "-v", "--remove-orphans", quiet=True)
 
 
+@contextmanager
+def one_run_at_a_time() -> Iterator[None]:
+    """Runs on one machine take turns: they share the daemon (one run could stop it under
+    another's stack), the project name and the base images."""
+    with LOCK.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"  another compose-test runs on this machine; waiting for it ({LOCK})")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def main() -> int:
+    with one_run_at_a_time():
+        return _main()
+
+
+def _main() -> int:
     started = time.monotonic()
     try:
         engine.check_can_run()
