@@ -1,6 +1,6 @@
 """Kubernetes cannot run on this machine kind (no kubelet or API server in any package source
 we can reach), while the compose stack runs for real in `make compose-test`. So the k8s dev
-overlay is held to what compose runs, offline:
+overlays are held to what compose runs, offline (the wiring values: the dev overlay's):
 
 - every workload runs the same image repository with the same command and arguments;
 - its wiring (listen addresses, targets, URLs, the metrics port) has the same values, and
@@ -59,8 +59,15 @@ TARGET_SETTINGS = {
 SERVICE_PORTS = {"payment": 50051, "wallet": 50052, "gateway": 50053}
 
 
+@pytest.fixture(scope="module", params=["dev", "prod"])
+def k8s(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    return _render(request.param)
+
+
 @pytest.fixture(scope="module")
-def k8s() -> list[dict[str, Any]]:
+def k8s_dev() -> list[dict[str, Any]]:
+    # The overlay that runs what compose runs (the simulators in place of a real provider),
+    # so its wiring can be compared value for value; prod points at real providers.
     return _render("dev")
 
 
@@ -105,11 +112,11 @@ def test_every_k8s_workload_is_a_compose_service_with_the_same_image_and_command
 
 
 def test_the_wiring_has_the_values_compose_gives_it(
-    k8s: list[dict[str, Any]], compose: dict[str, Any]
+    k8s_dev: list[dict[str, Any]], compose: dict[str, Any]
 ) -> None:
-    for name, container in _containers(k8s).items():
+    for name, container in _containers(k8s_dev).items():
         ours = {k: str(v) for k, v in compose[name].get("environment", {}).items()}
-        theirs = _environment(k8s, container)
+        theirs = _environment(k8s_dev, container)
         for variable, value in theirs.items():
             if WIRING.match(variable) and variable in ours and variable not in DIFFERENT_ON_PURPOSE:
                 assert value == ours[variable], (name, variable)
@@ -118,11 +125,11 @@ def test_the_wiring_has_the_values_compose_gives_it(
 
 
 def test_every_variable_a_container_sets_itself_is_one_compose_sets(
-    k8s: list[dict[str, Any]], compose: dict[str, Any]
+    k8s_dev: list[dict[str, Any]], compose: dict[str, Any]
 ) -> None:
     # The shared ConfigMap may carry more (it is one for every pod); a container's own env
     # is what it was given on purpose, so compose must give the same service the same.
-    for name, container in _containers(k8s).items():
+    for name, container in _containers(k8s_dev).items():
         own = {variable["name"] for variable in container.get("env", [])}
         assert own - set(compose[name].get("environment", {})) == set(), name
 
