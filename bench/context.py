@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from common.config import Settings
+from common.grpc.auth import bearer_channel
+from paysuite.payment.v1 import payment_pb2_grpc
+from paysuite.wallet.v1 import wallet_pb2_grpc
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +99,29 @@ class BenchContext:
     @property
     def redis_url(self) -> str:
         return self.settings.require_redis_url()
+
+
+@dataclass(frozen=True, slots=True)
+class Clients:
+    """What a load section talks to: the wallet and payment services, and Redis."""
+
+    wallet: wallet_pb2_grpc.WalletServiceAsyncStub
+    payments: payment_pb2_grpc.PaymentServiceAsyncStub
+    redis: Redis
+
+
+@asynccontextmanager
+async def clients(ctx: BenchContext) -> AsyncIterator[Clients]:
+    wallet_channel = bearer_channel(ctx.settings.wallet_target, ctx.token)
+    payment_channel = bearer_channel(ctx.settings.payment_target, ctx.token)
+    redis = Redis.from_url(ctx.redis_url)
+    try:
+        yield Clients(
+            wallet_pb2_grpc.WalletServiceStub(wallet_channel),
+            payment_pb2_grpc.PaymentServiceStub(payment_channel),
+            redis,
+        )
+    finally:
+        await redis.aclose()
+        await wallet_channel.close()
+        await payment_channel.close()

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
 from bench import databases
-from bench.context import BenchContext, Deposit
+from bench.context import BenchContext, Deposit, clients
 from bench.load import Sample, closed_loop, note_errors, open_loop, span
 from bench.stats import Latency, p50_p99, rate
 from bench.watch import CompletionWatcher
@@ -52,22 +52,13 @@ async def measure_baseline(ctx: BenchContext) -> dict[str, float]:
 
 async def measure(ctx: BenchContext) -> dict[str, float]:
     """Closed loop, then an open loop at half the closed loop's completion rate."""
-    wallet_channel = bearer_channel(ctx.settings.wallet_target, ctx.token)
-    payment_channel = bearer_channel(ctx.settings.payment_target, ctx.token)
-    redis = Redis.from_url(ctx.redis_url)
-    try:
-        wallet = wallet_pb2_grpc.WalletServiceStub(wallet_channel)
-        payments = payment_pb2_grpc.PaymentServiceStub(payment_channel)
-        ctx.accounts = await open_accounts(wallet, ctx)
+    async with clients(ctx) as to:
+        ctx.accounts = await open_accounts(to.wallet, ctx)
         stream = ctx.settings.stream_prefix + PAYMENT_STREAM
-        figures = await _closed(ctx, payments, redis, stream)
+        figures = await _closed(ctx, to.payments, to.redis, stream)
         ctx.figures.update(figures)
-        figures.update(await _open(ctx, payments, redis, stream))
+        figures.update(await _open(ctx, to.payments, to.redis, stream))
         return figures
-    finally:
-        await redis.aclose()
-        await wallet_channel.close()
-        await payment_channel.close()
 
 
 async def open_accounts(

@@ -15,13 +15,12 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from bench.context import BenchContext, Movement
+from bench.context import BenchContext, Movement, clients
 from bench.deposits import CALL_TIMEOUT_S, CURRENCY, amount_of
 from bench.load import closed_loop, note_errors, span
 from bench.stats import Latency, p50_p99, rate
 from bench.watch import CompletionWatcher
 from common.events import PAYMENT_STREAM
-from common.grpc.auth import bearer_channel
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -45,21 +44,12 @@ def transfer_pair(i: int, accounts: Sequence[str]) -> tuple[str, str]:
 
 
 async def measure(ctx: BenchContext) -> dict[str, float]:
-    wallet_channel = bearer_channel(ctx.settings.wallet_target, ctx.token)
-    payment_channel = bearer_channel(ctx.settings.payment_target, ctx.token)
-    redis = Redis.from_url(ctx.redis_url)
-    try:
-        wallet = wallet_pb2_grpc.WalletServiceStub(wallet_channel)
-        payments = payment_pb2_grpc.PaymentServiceStub(payment_channel)
-        accounts = await _open_funded(wallet, ctx)
-        figures = await _transfers(ctx, payments, accounts)
+    async with clients(ctx) as to:
+        accounts = await _open_funded(to.wallet, ctx)
+        figures = await _transfers(ctx, to.payments, accounts)
         stream = ctx.settings.stream_prefix + PAYMENT_STREAM
-        figures.update(await _withdrawals(ctx, payments, accounts, redis, stream))
+        figures.update(await _withdrawals(ctx, to.payments, accounts, to.redis, stream))
         return figures
-    finally:
-        await redis.aclose()
-        await wallet_channel.close()
-        await payment_channel.close()
 
 
 async def _open_funded(

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from urllib.request import urlopen
 
 from prometheus_client.parser import text_string_to_metric_families
-from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
@@ -33,14 +32,13 @@ from bench import deposits
 from bench.auth import bench_token
 from bench.checks import TERMINAL
 from bench.context import BenchContext, BenchOptions
+from bench.context import clients as bench_clients
 from bench.harness import check_money
 from bench.suite import RunningSuite, fresh_suite
 from bench.watch import CompletionWatcher
 from common.config import Settings
 from common.events import PAYMENT_STREAM
-from common.grpc.auth import bearer_channel
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
-from paysuite.wallet.v1 import wallet_pb2_grpc
 from paysuite_cli import ops, supervisor
 
 # How long the stream keeps acknowledged entries in the soak: trimming runs every second.
@@ -121,23 +119,15 @@ class _Client:
 
 async def _load(ctx: BenchContext, duration_s: float, clients: int) -> SoakReport:
     report = SoakReport(duration_s=duration_s)
-    wallet_channel = bearer_channel(ctx.settings.wallet_target, ctx.token)
-    payment_channel = bearer_channel(ctx.settings.payment_target, ctx.token)
-    redis = Redis.from_url(ctx.redis_url)
-    try:
-        wallet = wallet_pb2_grpc.WalletServiceStub(wallet_channel)
-        payments = payment_pb2_grpc.PaymentServiceStub(payment_channel)
-        ctx.accounts = await deposits.open_accounts(wallet, ctx)
+    async with bench_clients(ctx) as to:
+        ctx.accounts = await deposits.open_accounts(to.wallet, ctx)
         stream = ctx.settings.stream_prefix + PAYMENT_STREAM
-        async with CompletionWatcher(redis, stream) as watcher:
+        async with CompletionWatcher(to.redis, stream) as watcher:
             deadline = time.perf_counter() + duration_s
-            workers = [_Client(ctx, payments, watcher, report) for _ in range(clients)]
+            workers = [_Client(ctx, to.payments, watcher, report) for _ in range(clients)]
             await asyncio.gather(*(w.run(n, clients, deadline) for n, w in enumerate(workers)))
-        report.longest_stream = max((await ops.stream_lengths(redis, [stream])).values(), default=0)
-    finally:
-        await redis.aclose()
-        await wallet_channel.close()
-        await payment_channel.close()
+        lengths = await ops.stream_lengths(to.redis, [stream])
+        report.longest_stream = max(lengths.values(), default=0)
     return report
 
 

@@ -104,21 +104,27 @@ class ServiceRuntime:
         """SERVING only while every dependency answers and the background work is sound:
         Kubernetes then routes around us, and restarts us when the work is not."""
         while not self._stop.is_set():
-            problems = self._supervisor.problems() if self._supervisor else []
-            if problems != self._problems:
-                self._report(problems)
-            await self._set_liveness(alive=not problems)
             try:
-                for check in self.readiness_checks:
-                    await asyncio.wait_for(check(), timeout=HEALTH_INTERVAL_S)
-                stalls = await self._stalls()
-                await self._set_health(serving=not problems and not stalls)
-            except Exception as exc:
-                log.warning("service.not_ready", service=self.name, error=repr(exc))
-                for progress in self.progress_checks:
-                    progress.reset()
-                await self._set_health(serving=False)
+                await self._probe_once()
+            except Exception:  # the probe itself must outlive any bug in a round
+                log.exception("service.health_probe_failed", service=self.name)
             await wait_any(self._stop, at_most_s=HEALTH_INTERVAL_S)
+
+    async def _probe_once(self) -> None:
+        problems = self._supervisor.problems() if self._supervisor else []
+        if problems != self._problems:
+            self._report(problems)
+        await self._set_liveness(alive=not problems)
+        try:
+            for check in self.readiness_checks:
+                await asyncio.wait_for(check(), timeout=HEALTH_INTERVAL_S)
+            stalls = await self._stalls()
+            await self._set_health(serving=not problems and not stalls)
+        except Exception as exc:
+            log.warning("service.not_ready", service=self.name, error=repr(exc))
+            for progress in self.progress_checks:
+                progress.reset()
+            await self._set_health(serving=False)
 
     async def _stalls(self) -> list[str]:
         stalls = []
