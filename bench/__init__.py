@@ -11,6 +11,11 @@ suite's endpoints, the options and the figures measured so far. Describe new fig
 `bench/figures.py` (label, unit, baseline, budget); the wallet and webhook figures are already
 there, and an undescribed figure is still printed and saved.
 
+Cost per completed payment (CPU per process, transactions, statements, calls, events, Redis
+commands) is metered over loops in which each client holds one payment at a time: see
+`bench/cost.py` (windows and arithmetic), `bench/proc.py`, `bench/pglog.py`,
+`bench/counters.py`, and `bench/cost_report.py` for the table printed first.
+
 Run it: `make bench` (BENCH_ARGS="--quick" for a smoke run, "--target-running" for the suite
 `make run` started), or `paysuite bench --help`.
 """

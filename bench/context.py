@@ -10,6 +10,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from bench.cost import Cost, Probe
 from common.config import Settings
 from common.grpc.auth import bearer_channel
 from paysuite.payment.v1 import payment_pb2_grpc
@@ -19,6 +20,8 @@ from paysuite.wallet.v1 import wallet_pb2_grpc
 @dataclass(frozen=True, slots=True)
 class BenchOptions:
     duration_s: float = 20.0  # closed-loop deposits
+    # Deposits whose clients each wait for completion: warm-up, cost window, statement window.
+    complete_duration_s: float = 20.0
     open_duration_s: float = 10.0  # open-loop deposits
     movement_duration_s: float = 10.0  # closed-loop transfers, then withdrawals, each
     baseline_s: float = 5.0  # trivial-call baseline
@@ -33,6 +36,7 @@ class BenchOptions:
         """A smoke run: every phase, short enough to try while developing."""
         values: dict[str, object] = {
             "duration_s": 4.0,
+            "complete_duration_s": 5.0,
             "open_duration_s": 3.0,
             "movement_duration_s": 3.0,
             "baseline_s": 1.5,
@@ -91,6 +95,8 @@ class BenchContext:
     notes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     token: str = ""  # the bench's bearer token (bench.auth)
+    probe: Probe | None = None  # where the cost is read; None: not measured
+    costs: dict[str, Cost] = field(default_factory=dict)  # by kind of payment
 
     @property
     def database_url(self) -> str:

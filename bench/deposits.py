@@ -1,17 +1,19 @@
-"""The request path under load: a trivial-call baseline, then deposits in a closed and an open
-loop, from CreateDeposit to `payment.completed`."""
+"""The request path under load: a trivial-call baseline, then deposits in a complete loop (each
+client waits for its deposit to complete: the capacity figure, and where their cost is
+metered), a closed loop of creates and an open loop, from CreateDeposit to `payment.completed`."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import uuid
 from collections.abc import Sequence
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
-from bench import databases
+from bench import cost, databases
 from bench.context import BenchContext, Deposit, clients
 from bench.load import Sample, closed_loop, note_errors, open_loop, span
 from bench.stats import Latency, p50_p99, rate
@@ -51,11 +53,13 @@ async def measure_baseline(ctx: BenchContext) -> dict[str, float]:
 
 
 async def measure(ctx: BenchContext) -> dict[str, float]:
-    """Closed loop, then an open loop at half the closed loop's completion rate."""
+    """Complete loop, closed loop, then an open loop at half the closed loop's completion
+    rate."""
     async with clients(ctx) as to:
         ctx.accounts = await open_accounts(to.wallet, ctx)
         stream = ctx.settings.stream_prefix + PAYMENT_STREAM
-        figures = await _closed(ctx, to.payments, to.redis, stream)
+        figures = await _complete(ctx, to.payments, to.redis, stream)
+        figures.update(await _closed(ctx, to.payments, to.redis, stream))
         ctx.figures.update(figures)
         figures.update(await _open(ctx, to.payments, to.redis, stream))
         return figures
@@ -109,6 +113,57 @@ class Depositor:
         accepted = dataclasses.replace(deposit, payment_id=payment.payment_id)
         ctx.deposits[deposit.idempotency_key] = accepted
         return accepted
+
+
+class NotCompleted(Exception):
+    """A deposit of the complete loop ended otherwise than `completed`."""
+
+
+async def _complete(
+    ctx: BenchContext,
+    payments: payment_pb2_grpc.PaymentServiceAsyncStub,
+    redis: Redis,
+    stream: str,
+) -> dict[str, float]:
+    """Each client creates a deposit and waits until it completed before the next one; the
+    deposits' cost is metered over this loop (bench/cost.py)."""
+    depositor = Depositor(payments, ctx, "complete")
+    async with CompletionWatcher(redis, stream) as watcher:
+
+        async def deposit_and_wait(i: int) -> float:
+            started = time.perf_counter()
+            deposit = await depositor(i)
+            status = await watcher.wait_for(
+                deposit.payment_id, timeout_s=ctx.options.settle_timeout_s
+            )
+            if status != "completed":
+                raise NotCompleted(f"deposit {deposit.payment_id} ended {status}")
+            return watcher.completed[deposit.payment_id] - started
+
+        meter = cost.Meter(
+            ctx.probe,
+            redis,
+            cost.completed_between(watcher.completed),
+            lambda: watcher.reads,
+            ctx.notes,
+        )
+        metered = await cost.metered_loop(
+            deposit_and_wait,
+            kind="deposit",
+            clients=ctx.options.clients,
+            windows=cost.Windows.within(ctx.options.complete_duration_s),
+            meter=meter,
+        )
+    if metered.cost is not None:
+        ctx.costs["deposit"] = metered.cost
+    to_completed = [s.result for s in metered.samples if s.result is not None]
+    ctx.timeline.latencies["create → completed (complete loop)"] = to_completed
+    note_errors(ctx.notes, "complete loop", metered.samples, "CreateDeposit-and-wait")
+    return {
+        "complete_deposits_per_s": metered.completed_per_s,
+        **p50_p99(Latency.of_seconds(to_completed).figures("complete_create_to_completed")),
+        "deposit_errors_complete": float(len(metered.samples) - len(to_completed)),
+    }
 
 
 async def _closed(

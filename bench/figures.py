@@ -52,6 +52,16 @@ _MS = "ms"
 FIGURES: tuple[Figure, ...] = (
     Figure("health_calls_per_s", "baseline: health Check, closed loop", _RATE),
     Figure(
+        "complete_deposits_per_s",
+        "deposits completed, complete loop (each client waits)",
+        _RATE,
+        "health_calls_per_s",
+        Budget(at_least=250, min_ratio=1 / 16),
+    ),
+    Figure("complete_create_to_completed_p50_ms", "create → completed p50, complete loop", _MS),
+    Figure("complete_create_to_completed_p99_ms", "create → completed p99, complete loop", _MS),
+    Figure("deposit_errors_complete", "deposits failed, complete loop", "calls"),
+    Figure(
         "deposit_creates_per_s", "CreateDeposit accepted, closed loop", _RATE, "health_calls_per_s"
     ),
     Figure("deposit_create_p50_ms", "CreateDeposit p50, closed loop", _MS),
@@ -100,6 +110,13 @@ FIGURES: tuple[Figure, ...] = (
     Figure("withdrawal_to_completed_p50_ms", "withdrawal create → completed p50", _MS),
     Figure("withdrawal_to_completed_p99_ms", "withdrawal create → completed p99", _MS),
     Figure("withdrawal_errors", "CreateWithdrawal errors, closed loop", "calls"),
+    Figure(
+        "complete_withdrawals_per_s",
+        "withdrawals completed, complete loop (each client waits)",
+        _RATE,
+        "health_calls_per_s",
+    ),
+    Figure("withdrawal_errors_complete", "withdrawals failed, complete loop", "calls"),
     Figure("raw_xadd_per_s", "baseline: raw pipelined XADD", _RATE),
     Figure(
         "relay_events_per_s",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import subprocess
 import time
@@ -16,9 +17,12 @@ from typing import Any
 
 import grpc
 from rich.console import Console
+from sqlalchemy.engine import make_url
 
 from bench import (
     charts,
+    cost,
+    cost_report,
     databases,
     deposits,
     movements,
@@ -30,11 +34,15 @@ from bench import (
 from bench.auth import bench_token
 from bench.checks import money_problems, movement_problems, not_terminal
 from bench.context import BenchContext, BenchOptions
-from bench.suite import SuiteFailed, fresh_suite, running_suite
+from bench.counters import read_metrics
+from bench.suite import RunningSuite, SuiteFailed, fresh_suite, running_suite
+from common import db
 from common.config import Settings
 from common.grpc.auth import bearer_channel
+from gateway_service.bootstrap import DATABASE as GATEWAY_DB
 from payment_service.bootstrap import DATABASE as PAYMENT_DB
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from wallet_service.bootstrap import DATABASE as WALLET_DB
 
 Measure = Callable[[BenchContext], Awaitable[dict[str, float]]]
 
@@ -59,8 +67,8 @@ async def _wallet(ctx: BenchContext) -> dict[str, float]:
 # on scratch state, once the deposits have settled.
 SECTIONS: tuple[Section, ...] = (
     Section("baseline: trivial gRPC call", deposits.measure_baseline),
-    Section("deposits, closed then open loop", deposits.measure),
-    Section("transfers, then withdrawals, closed loop", movements.measure),
+    Section("deposits: complete, closed, then open loop", deposits.measure),
+    Section("transfers, closed loop; withdrawals, closed then complete loop", movements.measure),
     Section("wallet postings", _wallet),
     Section("outbox relay and stream consumer", pipeline.measure),
     Section("webhooks through the adapter into the gateway", webhook_bench.measure_in_bench),
@@ -98,7 +106,13 @@ def run(
             options=options,
             run_id=_run_id(),
             token=bench_token(suite.settings),
+            probe=probe_of(suite),
         )
+        if target_running:
+            ctx.notes.append(
+                "a running suite: cost counts transactions and Redis commands only (CPU,"
+                " statements and calls need the processes the bench starts)"
+            )
         try:
             problems = asyncio.run(measure_all(ctx, console, sections))
         except grpc.RpcError as exc:
@@ -170,6 +184,36 @@ async def _balances(ctx: BenchContext, accounts: Iterable[str]) -> dict[str, int
         return balances
 
 
+def probe_of(suite: RunningSuite) -> cost.Probe:
+    """Where the suite's cost is read: every process the bench started, the embedded
+    PostgreSQL (postmaster and backends) and Redis, their /metrics and the server's log."""
+    settings = suite.settings
+    processes = {name: child.pid for name, child in suite.children.items()}
+    log = None
+    if suite.servers is not None:
+        postgres = suite.servers.postgres_pids()  # the postmaster first
+        if postgres:
+            processes[cost.POSTGRES] = postgres[0]
+        processes[cost.REDIS] = suite.servers.redis_pid()
+        log = suite.servers.postgres_log
+    return cost.Probe(
+        processes=processes,
+        metrics={
+            proc.name: functools.partial(read_metrics, proc.metrics_url)
+            for proc in suite.processes
+            if proc.metrics_url
+        },
+        # The server's own database: reading the statistics there adds no transaction to a
+        # service's database.
+        database_dsn=db.libpq_dsn(make_url(settings.require_database_url())),
+        databases={
+            database.name: str(database.url(settings).database)
+            for database in (PAYMENT_DB, GATEWAY_DB, WALLET_DB)
+        },
+        postgres_log=log,
+    )
+
+
 def _run_id() -> str:
     return uuid.uuid4().hex[:8]
 
@@ -180,6 +224,8 @@ def publish(
     """The table on the console, the figures as JSON and the chart as PNG, side by side."""
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
     title = f"paysuite bench {stamp} ({os.cpu_count()} CPUs, {mode})"
+    if ctx.costs:
+        console.print(cost_report.render(ctx.costs, title=f"{title}: cost per completed payment"))
     rows = report.rows(ctx.figures)
     console.print(report.render(rows, title=title))
     for note in ctx.notes:
@@ -225,6 +271,7 @@ def _document(
         "options": options,
         "figures": ctx.figures,
         "table": [dataclasses.asdict(row) for row in rows],
+        "cost": {kind: cost.document(c) for kind, c in ctx.costs.items()},
         "deposits": len(ctx.deposits),
         "transfers_and_withdrawals": len(ctx.movements),
         "notes": ctx.notes,

@@ -49,14 +49,19 @@ async def _timed(call: Callable[[int], Awaitable[T]], i: int, started: float) ->
 
 
 async def closed_loop(
-    call: Callable[[int], Awaitable[T]], *, clients: int, duration_s: float
+    call: Callable[[int], Awaitable[T]],
+    *,
+    clients: int,
+    duration_s: float,
+    stop: asyncio.Event | None = None,
 ) -> list[Sample[T]]:
+    """Each client sends until the deadline or until `stop` is set, whichever comes first."""
     counter = itertools.count()
     deadline = time.perf_counter() + duration_s
     samples: list[Sample[T]] = []
 
     async def client() -> None:
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline and not (stop is not None and stop.is_set()):
             samples.append(await _timed(call, next(counter), time.perf_counter()))
 
     await asyncio.gather(*(client() for _ in range(clients)))

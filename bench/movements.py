@@ -4,17 +4,23 @@ one of CreateWithdrawal, on accounts of their own that the bench funds with wall
 A transfer answers once its one wallet operation committed, so completed/s is successful
 CreateTransfer/s. A withdrawal answers PENDING with its money held; it completes when the
 provider confirms the payout, seen as `payment.completed` on the payment stream.
+
+The cost of a transfer is metered over its closed loop (each call is a whole transfer); that
+of a withdrawal over a complete loop after the closed one, each client waiting for its
+withdrawal to complete (bench/cost.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import uuid
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
+from bench import cost
 from bench.context import BenchContext, Movement, clients
 from bench.deposits import CALL_TIMEOUT_S, CURRENCY, amount_of
 from bench.load import closed_loop, note_errors, span
@@ -46,9 +52,10 @@ def transfer_pair(i: int, accounts: Sequence[str]) -> tuple[str, str]:
 async def measure(ctx: BenchContext) -> dict[str, float]:
     async with clients(ctx) as to:
         accounts = await _open_funded(to.wallet, ctx)
-        figures = await _transfers(ctx, to.payments, accounts)
+        figures = await _transfers(ctx, to.payments, accounts, to.redis)
         stream = ctx.settings.stream_prefix + PAYMENT_STREAM
         figures.update(await _withdrawals(ctx, to.payments, accounts, to.redis, stream))
+        figures.update(await _complete_withdrawals(ctx, to.payments, accounts, to.redis, stream))
         return figures
 
 
@@ -130,13 +137,29 @@ class _Mover:
 
 
 async def _transfers(
-    ctx: BenchContext, payments: payment_pb2_grpc.PaymentServiceAsyncStub, accounts: list[str]
+    ctx: BenchContext,
+    payments: payment_pb2_grpc.PaymentServiceAsyncStub,
+    accounts: list[str],
+    redis: Redis,
 ) -> dict[str, float]:
-    samples = await closed_loop(
-        _Mover(payments, ctx, accounts, TRANSFER),
+    mover = _Mover(payments, ctx, accounts, TRANSFER)
+    finishes = cost.Finishes()
+
+    async def transfer(i: int) -> Movement:
+        movement = await mover(i)
+        finishes.times.append(time.perf_counter())
+        return movement
+
+    metered = await cost.metered_loop(
+        transfer,
+        kind=TRANSFER,
         clients=ctx.options.clients,
-        duration_s=ctx.options.movement_duration_s,
+        windows=cost.Windows.within(ctx.options.movement_duration_s),
+        meter=cost.Meter(ctx.probe, redis, finishes, notes=ctx.notes),
     )
+    if metered.cost is not None:
+        ctx.costs[TRANSFER] = metered.cost
+    samples = metered.samples
     ok = [s for s in samples if s.result is not None]
     ctx.timeline.latencies["CreateTransfer (closed)"] = [s.latency for s in ok]
     note_errors(ctx.notes, "transfers", samples, "CreateTransfer")
@@ -181,4 +204,51 @@ async def _withdrawals(
         **p50_p99(Latency.of_seconds([s.latency for s in ok]).figures("withdrawal_create")),
         **p50_p99(Latency.of_seconds(to_completed).figures("withdrawal_to_completed")),
         "withdrawal_errors": float(len(samples) - len(ok)),
+    }
+
+
+class NotCompleted(Exception):
+    """A withdrawal of the complete loop ended otherwise than `completed`."""
+
+
+async def _complete_withdrawals(
+    ctx: BenchContext,
+    payments: payment_pb2_grpc.PaymentServiceAsyncStub,
+    accounts: list[str],
+    redis: Redis,
+    stream: str,
+) -> dict[str, float]:
+    mover = _Mover(payments, ctx, accounts, WITHDRAWAL)
+    async with CompletionWatcher(redis, stream) as watcher:
+
+        async def withdraw_and_wait(i: int) -> float:
+            started = time.perf_counter()
+            movement = await mover(i)
+            status = await watcher.wait_for(
+                movement.payment_id, timeout_s=ctx.options.settle_timeout_s
+            )
+            if status != "completed":
+                raise NotCompleted(f"withdrawal {movement.payment_id} ended {status}")
+            return watcher.completed[movement.payment_id] - started
+
+        metered = await cost.metered_loop(
+            withdraw_and_wait,
+            kind=WITHDRAWAL,
+            clients=ctx.options.clients,
+            windows=cost.Windows.within(ctx.options.movement_duration_s),
+            meter=cost.Meter(
+                ctx.probe,
+                redis,
+                cost.completed_between(watcher.completed),
+                lambda: watcher.reads,
+                ctx.notes,
+            ),
+        )
+    if metered.cost is not None:
+        ctx.costs[WITHDRAWAL] = metered.cost
+    ok = [s.result for s in metered.samples if s.result is not None]
+    note_errors(ctx.notes, "withdrawals, complete loop", metered.samples, "withdraw-and-wait")
+    return {
+        "complete_withdrawals_per_s": metered.completed_per_s,
+        "withdrawal_errors_complete": float(len(metered.samples) - len(ok)),
     }

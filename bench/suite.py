@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import Settings
-from common.embedded import start_embedded
+from common.embedded import EmbeddedServers, start_embedded
 from gateway_service.bootstrap import DATABASE as GATEWAY_DB
 from payment_service.bootstrap import DATABASE as PAYMENT_DB
 from paysuite_cli import supervisor
@@ -36,6 +36,7 @@ class RunningSuite:
     children: dict[str, subprocess.Popen[bytes]]
     # What was started, with each process's metrics port (empty for a suite found running).
     processes: list[supervisor.Process] = field(default_factory=list)
+    servers: EmbeddedServers | None = None  # the embedded servers this suite started, if any
 
     def check_alive(self) -> None:
         dead = [name for name, child in self.children.items() if child.poll() is not None]
@@ -118,7 +119,7 @@ def fresh_suite(base: Settings, *, env: dict[str, str] | None = None) -> Iterato
                 supervisor.wait_ready(processes, children)
             except RuntimeError as exc:
                 raise SuiteFailed(str(exc)) from None
-            yield RunningSuite(settings, children, processes)
+            yield RunningSuite(settings, children, processes, servers)
     finally:
         servers.stop()
         shutil.rmtree(folder, ignore_errors=True)

@@ -29,6 +29,8 @@ class CompletionWatcher:
         self._stop = asyncio.Event()
         self.completed: dict[str, float] = {}  # payment_id -> perf_counter() when seen
         self.finished: dict[str, str] = {}  # payment_id -> terminal status
+        self.reads = 0  # XREADs sent: the bench's own Redis commands, left out of the cost
+        self._waiters: dict[str, asyncio.Future[str]] = {}
 
     async def __aenter__(self) -> CompletionWatcher:
         newest: list[Any] = await self._redis.xrevrange(self._stream, count=1)  # type: ignore[assignment]
@@ -54,8 +56,21 @@ class CompletionWatcher:
             await asyncio.sleep(0.1)
         return True
 
+    async def wait_for(self, payment_id: str, *, timeout_s: float) -> str:
+        """The payment's terminal status, once it is seen; TimeoutError after timeout_s."""
+        if payment_id in self.finished:
+            return self.finished[payment_id]
+        waiter = self._waiters.get(payment_id)
+        if waiter is None:
+            waiter = self._waiters[payment_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        finally:
+            self._waiters.pop(payment_id, None)
+
     async def _follow(self) -> None:
         while not self._stop.is_set():
+            self.reads += 1
             response: list[Any] = await self._redis.xread(  # type: ignore[assignment]
                 {self._stream: self._last_id}, count=_READ_COUNT, block=200
             )
@@ -70,6 +85,9 @@ class CompletionWatcher:
         status = envelope.event_type.removeprefix("payment.")
         if status not in TERMINAL:
             return
-        self.finished.setdefault(envelope.aggregate_id, status)
         if status == "completed":
             self.completed.setdefault(envelope.aggregate_id, seen)
+        self.finished.setdefault(envelope.aggregate_id, status)
+        waiter = self._waiters.get(envelope.aggregate_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(self.finished[envelope.aggregate_id])

@@ -92,6 +92,7 @@ class Infra:
             claim_idle_ms=self.settings.consumer_claim_idle_ms,
             max_deliveries=self.settings.consumer_max_deliveries,
             concurrency=self.settings.consumer_concurrency,
+            name=self.settings.replica_name or None,
         )
 
     def outbox_progress(self) -> OutboxProgress:

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     # Prefix for Redis stream names, for several suites (or test runs) sharing one Redis.
     stream_prefix: str = Field(default="", pattern=r"^[a-z0-9_.-]*$")
 
+    # This replica's identity, stable across its restarts (`paysuite up` names each process;
+    # Kubernetes passes the pod name): its stream consumers are named after it, so a restarted
+    # replica takes over the entries its predecessor left pending at once. Unset:
+    # <hostname>-<pid>, which a restart does not keep. Two live replicas must never share one.
+    replica_name: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,199})?$")
+
     payment_listen: str = "127.0.0.1:50051"
     wallet_listen: str = "127.0.0.1:50052"
     gateway_listen: str = "127.0.0.1:50053"
@@ -120,6 +126,9 @@ class Settings(BaseSettings):
     webhook_tolerance_s: int = Field(default=300, gt=0)
     webhook_max_body_bytes: int = Field(default=64 * 1024, gt=0)
     webhook_sync_per_s: float = Field(default=5.0, ge=0)
+    # How long a webhook is held, sent again as soon as the gateway is back, while the gateway
+    # is unavailable (a restart), before it is answered 503 for the provider to retry.
+    webhook_hold_ms: int = Field(default=8000, ge=0)
 
     # Deadline for calls between our own services.
     rpc_timeout_ms: int = Field(default=5000, gt=0)
@@ -135,7 +144,10 @@ class Settings(BaseSettings):
     # answer: the outbox is stalled (readiness NOT_SERVING; `paysuite outbox status` says so).
     outbox_stalled_after_s: int = Field(default=60, gt=0)
     consumer_block_ms: int = Field(default=1000, gt=0)
-    consumer_claim_idle_ms: int = Field(default=30_000, gt=0)
+    # A consumer renews a heartbeat key of this lifetime every third of it; another consumer
+    # claims an entry only once it has been idle this long AND its owner's heartbeat is gone,
+    # so a live consumer, however slow, is never robbed (common/streams.py).
+    consumer_claim_idle_ms: int = Field(default=5_000, gt=0)
     consumer_max_deliveries: int = Field(default=10, gt=0)
     # Entries one consumer handles at once (different aggregates; one aggregate is serial).
     # Each holds a database connection only while its transaction is open.

@@ -54,11 +54,36 @@ class EmbeddedServers:
             self._redis.kill()
         self._postgres.cleanup()
 
+    # Where the bench's cost accounting finds PostgreSQL's statement log (its CPU: the
+    # postmaster of postgres_pids(), with its children; Redis's: redis_pid()).
+
+    @property
+    def postgres_log(self) -> Path:
+        """The file the server's stderr (its log) goes to: pgserver starts it with `-l`."""
+        return Path(self._postgres.log)
+
     # A supervisor watches both servers and restarts a dead one on the same socket and data,
     # so clients reconnect to the same URL (`paysuite up`).
 
     def redis_exit_code(self) -> int | None:
         return self._redis.poll()
+
+    def redis_pid(self) -> int:
+        return self._redis.pid
+
+    def postgres_pids(self) -> list[int]:
+        """The postmaster first, then its children (backends and workers); empty when down.
+        For fault injection (`make chaos`): a kill or a pause of the whole server."""
+        from pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self._postgres.pgdata)
+        if info is None or not info.is_running():
+            return []
+        process: Any = info.process  # a psutil.Process (psutil ships no type stubs)
+        try:
+            return [int(process.pid), *(int(child.pid) for child in process.children())]
+        except Exception:  # psutil.NoSuchProcess and kin: it is gone
+            return []
 
     def restart_redis(self) -> None:
         self._redis = _spawn_redis(Path(self.redis_url.removeprefix("unix://")), self._keep_data)

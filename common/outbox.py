@@ -16,6 +16,10 @@ Relay contract (safe with any number of replicas, against every service database
   takes a cluster-wide lock from pre-commit to the end of the commit, which serialised every
   business transaction (measured on the embedded server with 16 writers: 5,310 commits/s
   plain, 1,179 with a NOTIFY each);
+- a Redis that restarted (a new `run_id`) may have lost the last second of entries it had
+  acknowledged (appendfsync everysec, or no persistence at all): the relay publishes again
+  every row it published within `REPUBLISH_WINDOW_S` before it noticed, with the same event
+  ids, which consumers deduplicate; nothing then waits for a sweep to find a lost event;
 - housekeeping: published rows are purged after `retention` (the outbox table is the
   events' history), and each stream is trimmed (XTRIM MINID) only below what every consumer
   group has acknowledged and older than the stream retention, so an unread entry is never
@@ -74,6 +78,15 @@ _CLAIM = (
     " ORDER BY id LIMIT %(limit)s FOR UPDATE"
 )
 _MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY(%s)"
+# Rows are published in about id order, so the recent ones are among the newest ids: a
+# bounded backward walk of the primary key instead of a scan of a day of published rows.
+_UNPUBLISH_RECENT = (
+    "UPDATE outbox SET published_at = NULL WHERE id IN (SELECT id FROM"
+    " (SELECT id, published_at FROM outbox ORDER BY id DESC LIMIT %(scan)s) AS newest"
+    " WHERE published_at > now() - make_interval(secs => %(window)s))"
+)
+REPUBLISH_WINDOW_S = 20.0
+REPUBLISH_SCAN = 200_000
 # Both read the partial index of unpublished rows; the count stops at BACKLOG_COUNT_LIMIT so
 # a huge backlog cannot make the sample itself slow.
 _BACKLOG = (
@@ -180,6 +193,7 @@ class OutboxRelay:
         self._next_housekeeping = 0.0
         self._next_trim = 0.0
         self._next_sample = 0.0
+        self._redis_run_id: str | None = None
         self._streams: set[str] = set()
         self._wake = asyncio.Event()
         # Another relay held some partitions at the last look: look again soon, since rows
@@ -247,8 +261,10 @@ class OutboxRelay:
                     await self._trim_when_due()
                     await self._sample_when_due()
                 except DependencyUnavailable as exc:
-                    # The rows stay unpublished and are retried when the server is back.
+                    # The rows stay unpublished and are retried when the server is back; the
+                    # first round that reaches it looks at once whether Redis restarted.
                     log.warning("outbox.publish_failed", error=str(exc))
+                    self._next_sample = 0.0
                 wait = CONTENDED_RETRY_S if self._contended else self._poll_interval_s
                 await wait_any(stop, self._wake, at_most_s=wait)
         finally:
@@ -268,12 +284,30 @@ class OutboxRelay:
         for stream in streams:
             pipe.xlen(stream)
         pipe.info("memory")
+        pipe.info("server")
         async with redis_boundary("stream sample"):
-            *lengths, memory = await pipe.execute()
+            *lengths, memory, server = await pipe.execute()
         for stream, length in zip(streams, lengths, strict=True):
             STREAM_LENGTH.labels(stream).set(int(length or 0))
         REDIS_MEMORY.set(int((memory or {}).get("used_memory") or 0))
         REDIS_MAXMEMORY.set(int((memory or {}).get("maxmemory") or 0))
+        await self._notice_restart(str((server or {}).get("run_id") or ""))
+
+    async def _notice_restart(self, run_id: str) -> None:
+        previous, self._redis_run_id = self._redis_run_id, run_id or self._redis_run_id
+        if previous and run_id and run_id != previous:
+            republished = await self.republish_recent()
+            log.warning("outbox.redis_restarted", republishing=republished)
+
+    async def republish_recent(self, window_s: float = REPUBLISH_WINDOW_S) -> int:
+        """Marks the rows published within `window_s` unpublished again; returns how many."""
+        async with database_boundary("outbox republish"), self._engine.begin() as conn:
+            raw = await driver_connection(conn)
+            cursor = await raw.execute(
+                _UNPUBLISH_RECENT, {"scan": REPUBLISH_SCAN, "window": window_s}
+            )
+        self._wake.set()
+        return int(cursor.rowcount)
 
     async def sample_backlog(self) -> tuple[int, float]:
         """Sets the backlog gauges; returns (unpublished rows, oldest age in seconds)."""

@@ -9,8 +9,17 @@ Throughput and order:
   before it, and is left pending if that one did not succeed, so order survives a retry);
 - reading stops while `concurrency` entries are in flight (back-pressure), and acknowledgements
   are sent in batches, together with the cleanup of their failure counters;
-- idle entries of dead consumers are reclaimed with XAUTOCLAIM on a timer, not before every
-  read; this consumer's own failed entries are re-read from its pending list after a backoff.
+- this consumer's own failed entries are re-read from its pending list after a backoff.
+
+Restarts and dead consumers (the timing model is in the README, "Recovery after a crash"):
+- a consumer is named after its replica (`PAYSUITE_REPLICA_NAME`), so a restarted replica has
+  its predecessor's name and pending list: it reads that list from the start before anything
+  new, and takes over at once what was in flight when the process died;
+- a live consumer renews a heartbeat key (`<stream>.<group>.alive.<name>`, lifetime
+  `claim_idle_ms`) every third of that; on a timer, another consumer claims entries idle
+  `claim_idle_ms` or longer whose owner has no heartbeat (a replica gone for good, e.g. a
+  replaced pod). A live consumer is never robbed, however long its handler takes, so the
+  claim idle time can be a few seconds; idle times in XPENDING keep meaning "since delivery".
 
 Failures:
 - an entry that cannot be parsed is parked on `<stream>.dlq` at once;
@@ -38,6 +47,7 @@ import structlog
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import Redis
+from redis.typing import StreamIdT
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common import tracing
@@ -62,7 +72,9 @@ _MARK_PROCESSED = (
 _RETRY_LATER = (DependencyUnavailable, ConcurrentUpdate)
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 MIN_BACKOFF_S = 0.1
-MAX_BACKOFF_S = 5.0
+# A dependency back from an outage is tried again within this (README, "Recovery after a
+# crash"); a round of retries that fails fast costs little, so it can be short.
+MAX_BACKOFF_S = 2.0
 
 HANDLED = Counter(
     "stream_events_handled_total",
@@ -107,7 +119,13 @@ async def mark_processed(
 
 
 def consumer_name() -> str:
+    """The name of a consumer whose replica has no name of its own: not kept by a restart."""
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def heartbeat_key(stream: str, group: str, consumer: str) -> str:
+    """Exists while the consumer is alive (see `StreamConsumer.keep_alive`)."""
+    return f"{stream}.{group}.alive.{consumer}"
 
 
 @contextlib.asynccontextmanager
@@ -142,7 +160,7 @@ class StreamConsumer:
         group: str,
         handler: Handler,
         block_ms: int = 1000,
-        claim_idle_ms: int = 30_000,
+        claim_idle_ms: int = 5_000,
         max_deliveries: int = 10,
         batch_size: int = 100,
         concurrency: int = 32,
@@ -169,9 +187,14 @@ class StreamConsumer:
         # Reclaiming from dead consumers runs on a timer; re-reading our own failed entries
         # after a backoff that grows while failures continue.
         self._claim_every_s = max(claim_idle_ms / 2000, 0.001)
+        self._heartbeat_every_s = max(claim_idle_ms / 3000, 0.001)
+        self.heartbeat_key = heartbeat_key(stream, group, self.name)
         self._next_claim = 0.0
-        self._claim_cursor = "0-0"
+        self._claim_cursor = "-"
         self._retry_own_at: float | None = None
+        # Where reading our own pending list goes on; "0" from its start. It starts there: a
+        # restarted replica first takes over what its predecessor left in flight.
+        self._own_cursor: str | None = "0"
         self._backoff_s = MIN_BACKOFF_S
         self._ok = HANDLED.labels(stream, group, "ok")
         self._retried = HANDLED.labels(stream, group, "retry")
@@ -197,11 +220,13 @@ class StreamConsumer:
         """Consumes until `stop`; anything unexpected propagates to the task supervisor, which
         logs, counts and restarts it (the flusher's failures too: see `_read_loop`)."""
         flusher = asyncio.create_task(self._flush_loop(stop), name=f"{self.group} acks")
+        heart = asyncio.create_task(self._heartbeat_loop(stop), name=f"{self.group} heartbeat")
         try:
             while not stop.is_set():
                 beat()
                 try:
                     await self.ensure_group()
+                    await self.keep_alive()  # before the first read: alive before owning anything
                     await self._read_loop(stop, flusher)
                 except DependencyUnavailable as exc:
                     log.warning("stream.redis_unavailable", stream=self.stream, error=str(exc))
@@ -211,6 +236,9 @@ class StreamConsumer:
                     log.warning("stream.consume_failed", stream=self.stream, error=repr(exc))
                     await wait_any(stop, at_most_s=1.0)
         finally:
+            heart.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heart
             await self._drain()
             if stop.is_set():
                 # Woken, the flusher sends what is left and then sees the stop; cancelling it
@@ -222,6 +250,31 @@ class StreamConsumer:
                 await flusher
             with contextlib.suppress(DependencyUnavailable):
                 await self._flush()
+            if stop.is_set():
+                # Stopped for good or for a restart: a replica of another name may claim what
+                # is left once it is idle, without waiting for the heartbeat to lapse.
+                with contextlib.suppress(DependencyUnavailable):
+                    async with redis_boundary("DEL"):
+                        await self._redis.delete(self.heartbeat_key)
+
+    # -- liveness -------------------------------------------------------------------------
+
+    async def keep_alive(self) -> None:
+        """Says this consumer is alive for the next `claim_idle_ms`."""
+        async with redis_boundary("SET"):
+            await self._redis.set(self.heartbeat_key, int(time.time()), px=self._claim_idle_ms)
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.keep_alive()
+            except DependencyUnavailable as exc:
+                log.warning("stream.heartbeat_failed", stream=self.stream, error=str(exc))
+            except Exception:
+                # Ending here would leave the consumer running unannounced, to be robbed of
+                # its entries: said loudly, and tried again.
+                log.exception("stream.heartbeat_failed", stream=self.stream)
+            await wait_any(stop, at_most_s=self._heartbeat_every_s)
 
     async def _read_loop(self, stop: asyncio.Event, flusher: asyncio.Task[None]) -> None:
         while not stop.is_set():
@@ -237,7 +290,9 @@ class StreamConsumer:
                 self._dispatch(entry)
 
     async def poll_once(self) -> int:
-        """Reads one batch, handles it to the end and acknowledges; returns its size."""
+        """Reads one batch (our own pending entries first, with no backoff; then a dead
+        consumer's; then new ones), handles it to the end and acknowledges; returns its size."""
+        self._own_cursor = self._own_cursor or "0"
         entries = await self._fetch(self._batch_size)
         tasks = [task for entry in entries if (task := self._dispatch(entry)) is not None]
         await asyncio.gather(*tasks)
@@ -255,14 +310,24 @@ class StreamConsumer:
         now = time.monotonic()
         if self._retry_own_at is not None and now >= self._retry_own_at:
             self._retry_own_at = None
-            entries = await self._read("0", count, block=None)
+            self._own_cursor = "0"
+        if self._own_cursor is not None:
+            entries = await self._read_own(count)
             if entries:
                 return entries
-        if now >= self._next_claim:
-            entries = await self._reclaim(count)
+        if now >= self._next_claim and await self._claim_from_dead():
+            entries = await self._read_own(count)
             if entries:
                 return entries
         return await self._read(">", count, block=self._block_ms)
+
+    async def _read_own(self, count: int) -> list[Entry]:
+        """The next page of our own pending list (entries still being handled come back too,
+        and are skipped by `_dispatch`); the cursor ends once a page comes back short."""
+        assert self._own_cursor is not None
+        entries = await self._read(self._own_cursor, count, block=None)
+        self._own_cursor = _text(entries[-1][0]) if len(entries) >= count > 0 else None
+        return entries
 
     async def _read(self, start: str, count: int, *, block: int | None) -> list[Entry]:
         async with redis_boundary("XREADGROUP"):
@@ -274,25 +339,48 @@ class StreamConsumer:
             entries.extend(_usable(stream_entries))
         return entries
 
-    async def _reclaim(self, count: int) -> list[Entry]:
-        async with redis_boundary("XAUTOCLAIM"):
-            claimed = await self._redis.xautoclaim(
-                self.stream, self.group, self.name, self._claim_idle_ms, self._claim_cursor, count
+    async def _claim_from_dead(self) -> int:
+        """Moves entries idle `claim_idle_ms` or longer whose owner has no heartbeat into our
+        own pending list, one page of the group's pending list per call; returns how many.
+        Our own pending list is then read from its start, which delivers them."""
+        page = self._batch_size
+        async with redis_boundary("XPENDING"):
+            pending = await self._redis.xpending_range(
+                self.stream, self.group, self._claim_cursor, "+", page, idle=self._claim_idle_ms
             )
-        cursor = _text(claimed[0]) if claimed and claimed[0] else "0-0"
-        self._claim_cursor = cursor
-        if len(claimed) > 2 and claimed[2]:
-            # Redis 7 drops trimmed entries from the pending list itself and names them here:
-            # only their failure counters are left to forget.
-            await self._forget_failures(claimed[2])
-        if cursor == "0-0":
+        owned = _owned(pending)
+        if len(owned) < page:
+            self._claim_cursor = "-"
             self._next_claim = time.monotonic() + self._claim_every_s
             await self.sample_depths()
-        return _usable(claimed[1] if len(claimed) > 1 else ())
+        else:
+            self._claim_cursor = _after(owned[-1][0])
+        dead = await self._dead_owners({owner for _, owner in owned} - {self.name})
+        ids: list[StreamIdT] = [entry_id for entry_id, owner in owned if owner in dead]
+        if not ids:
+            return 0
+        # The min idle time makes the claim atomic against another claimer (or the owner's
+        # own claim): an entry claimed since we listed it is idle no more and stays there.
+        async with redis_boundary("XCLAIM"):
+            claimed = await self._redis.xclaim(
+                self.stream, self.group, self.name, self._claim_idle_ms, ids, justid=True
+            )
+        if claimed:
+            log.info("stream.claimed", stream=self.stream, count=len(claimed), owners=sorted(dead))
+            self._own_cursor = "0"
+        return len(claimed or ())
 
-    async def _forget_failures(self, entry_ids: list[bytes]) -> None:
-        async with redis_boundary("HDEL"):
-            await self._redis.hdel(self._failures_key, *(_text(i) for i in entry_ids))
+    async def _dead_owners(self, owners: set[str]) -> set[str]:
+        """The owners whose heartbeat key is gone."""
+        if not owners:
+            return set()
+        ordered = sorted(owners)
+        pipe = self._redis.pipeline(transaction=False)
+        for owner in ordered:
+            pipe.exists(heartbeat_key(self.stream, self.group, owner))
+        async with redis_boundary("EXISTS"):
+            alive = await pipe.execute()
+        return {owner for owner, live in zip(ordered, alive, strict=True) if not live}
 
     async def sample_depths(self) -> None:
         """Sets the lag, pending and dead-letter gauges: one round trip per reclaim round."""
@@ -398,8 +486,12 @@ class StreamConsumer:
         return False
 
     def _retry_soon(self, *, grow: bool) -> None:
-        if self._retry_own_at is None:
-            self._retry_own_at = time.monotonic() + self._backoff_s
+        """Re-reads our pending list after the backoff. It grows once per round of retries,
+        not once per failed entry: sixteen entries failing together on one outage are one
+        failure, not sixteen (which took the backoff from its floor to its cap at once)."""
+        if self._retry_own_at is not None:
+            return
+        self._retry_own_at = time.monotonic() + self._backoff_s
         if grow:
             self._backoff_s = min(self._backoff_s * 2, MAX_BACKOFF_S)
 
@@ -494,6 +586,24 @@ def _aggregate_key(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _owned(reply: Any) -> list[tuple[str, str]]:
+    """(entry id, owner) of each entry of an XPENDING range reply, which may be empty."""
+    owned = []
+    for item in reply or ():
+        if not isinstance(item, dict):
+            continue
+        entry_id, owner = item.get("message_id"), item.get("consumer")
+        if isinstance(entry_id, bytes | str) and isinstance(owner, bytes | str):
+            owned.append((_text(entry_id), _text(owner)))
+    return owned
+
+
+def _after(entry_id: str) -> str:
+    """The smallest stream id greater than `entry_id` (XPENDING's start is inclusive)."""
+    millis, _, sequence = entry_id.partition("-")
+    return f"{millis}-{int(sequence or 0) + 1}"
 
 
 def _usable(entries: Any) -> list[Entry]:

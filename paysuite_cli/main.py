@@ -17,6 +17,7 @@ from common.embedded import EmbeddedServers, start_embedded
 from common.logging import configure_logging
 from paysuite.common.v1 import money_pb2
 from paysuite_cli import bench as bench_module
+from paysuite_cli import chaos as chaos_module
 from paysuite_cli import credentials, endpoints, errors, ops, supervisor
 from paysuite_cli import demo as demo_module
 from paysuite_cli import inspect as inspect_module
@@ -64,6 +65,7 @@ wallet_cli.register(app)
 console = Console()
 app.command()(bench_module.bench)
 app.command()(bench_module.soak)
+app.command()(chaos_module.chaos)
 token = typer.Typer(help="Bearer tokens for the suite's gRPC APIs.", no_args_is_help=True)
 token.command("issue")(credentials.issue)
 app.add_typer(token, name="token")

@@ -76,7 +76,8 @@ def sim_set(
         list[str],
         typer.Argument(
             help="KNOB=VALUE: settle_delay_ms, decline_rate, error_rate, timeout_rate,"
-            " drop_rate, webhook_duplicate_rate, webhook_delay_rate, webhook_delay_ms,"
+            " drop_rate, webhook_drop_rate, webhook_duplicate_rate, webhook_delay_rate,"
+            " webhook_delay_ms,"
             " webhook_reorder_rate, outage"
         ),
     ],

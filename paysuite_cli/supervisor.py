@@ -8,7 +8,6 @@ SIGINT/SIGTERM or when one process crash-loops.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import os
@@ -123,9 +122,20 @@ def plan(settings: Settings, *, demo: bool = True) -> list[Process]:
         ),
     ]
     return [
-        *(_with_metrics(proc, port) for proc, port in zip(ours, _free_ports(), strict=False)),
+        *(
+            _with_metrics(_named(proc), port)
+            for proc, port in zip(ours, _free_ports(), strict=False)
+        ),
         *(_simulator(settings, i) for i in range(len(settings.provider_configs()))),
     ]
+
+
+def _named(proc: Process) -> Process:
+    """The process's replica name, the same after each restart: its stream consumers keep
+    their names, so a restarted process takes over at once what its predecessor had in flight
+    rather than waiting for another consumer to claim it (common/streams.py)."""
+    name = f"{socket.gethostname()}-{proc.name.replace(' ', '-')}"
+    return replace(proc, env=(*proc.env, ("PAYSUITE_REPLICA_NAME", name)))
 
 
 # Every process of a suite shares one host here, so each gets a free port of its own (in a
@@ -253,34 +263,34 @@ def child_env(settings: Settings, database_url: str, redis_url: str) -> dict[str
     return env
 
 
+# Run by the child before it becomes the service: on Linux it asks for SIGTERM when its
+# parent dies (PR_SET_PDEATHSIG, 1), even by SIGKILL, so no orphan keeps the suite's ports and
+# a new `paysuite up` can start; a parent already gone by then ends it at once.
+TRAMPOLINE = (
+    "import os, signal, sys\n"
+    "if sys.platform == 'linux':\n"
+    "    import ctypes\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
+    "    if os.getppid() != int(sys.argv[2]):\n"
+    "        os._exit(1)\n"
+    "os.execv(sys.executable, [sys.executable, '-m', sys.argv[1]])\n"
+)
+
+
 def spawn(proc: Process, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # Its own session: the terminal's Ctrl-C reaches the supervisor alone, which stops every
-    # child itself, children before the servers they use, whether the signal came from the
-    # terminal or from `kill -INT <pid>`.
+    """Its own session: the terminal's Ctrl-C reaches the supervisor alone, which stops every
+    child itself, children before the servers they use, whether the signal came from the
+    terminal or from `kill -INT <pid>`.
+
+    No preexec_fn: this process makes gRPC calls (readiness and liveness probes), and Python
+    run between fork and exec in a process with gRPC's threads can crash the child (seen:
+    restarted children dying of SIGSEGV at once). The trampoline does the same in the child,
+    after exec."""
     return subprocess.Popen(  # noqa: S603 - our own modules, no shell
-        [sys.executable, "-m", proc.module],
+        [sys.executable, "-c", TRAMPOLINE, proc.module, str(os.getpid())],
         env={**env, **dict(proc.env)},
         start_new_session=True,
-        preexec_fn=_stopped_with(os.getpid()),
     )
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def _stopped_with(supervisor: int) -> Callable[[], None] | None:
-    """Linux: the child gets SIGTERM (and stops gracefully) when the supervisor dies, even by
-    SIGKILL, so no orphan keeps the suite's ports and a new `paysuite up` can start."""
-    if sys.platform != "linux":
-        return None
-
-    def arrange() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != supervisor:  # it died before the request was made
-            os._exit(1)
-
-    return arrange
 
 
 STOP_TIMEOUT_S = 15.0
@@ -425,6 +435,8 @@ class Child:
     env: dict[str, str]
     popen: subprocess.Popen[bytes]
     clock: Callable[[], float] = time.monotonic
+    # How a restart starts it again (a test may start something else).
+    spawner: Callable[[Process, dict[str, str]], subprocess.Popen[bytes]] = spawn
     _next_probe: float = 0.0
     _not_serving: int = 0
 
@@ -442,7 +454,7 @@ class Child:
         return None
 
     def restart(self) -> None:
-        self.popen = spawn(self.proc, self.env)
+        self.popen = self.spawner(self.proc, self.env)
         self._not_serving = 0
 
     def _stop_unhealthy(self) -> None:

@@ -26,6 +26,9 @@ class Chaos(BaseModel):
     # Share of requests lost on their way in: never processed and never answered, as a request
     # that timed out before it reached the provider. A later lookup says "no such operation".
     drop_rate: float = Field(default=0.0, ge=0, le=1)
+    # Share of webhooks never sent, as by a provider whose sender lost them: the operation's
+    # outcome is only learnt by asking (a lookup), as the recovery worker does.
+    webhook_drop_rate: float = Field(default=0.0, ge=0, le=1)
     # Share of webhooks sent twice.
     webhook_duplicate_rate: float = Field(default=0.0, ge=0, le=1)
     # Share of webhooks held back for webhook_delay_ms before their first attempt.

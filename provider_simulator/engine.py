@@ -3,7 +3,7 @@
 Like a real PSP it answers `processing` at once and settles later, deduplicates on the
 idempotency key, and reports outcomes by signed webhooks delivered at least once. The `Chaos`
 knobs make it fail like one too: declines, 503s, requests taken but never answered, requests
-lost before it saw them, outages, and webhooks duplicated, delayed or reordered.
+lost before it saw them, outages, and webhooks dropped, duplicated, delayed or reordered.
 """
 
 from __future__ import annotations
@@ -242,6 +242,12 @@ class Simulator:
         return reason
 
     async def _send(self, event: WebhookEvent) -> None:
+        if self._dice.roll(self.chaos.webhook_drop_rate):
+            # Never sent, and never resent after a restart: a lost webhook, not a late one.
+            event.state = "failed"
+            self._store.save_event(event)
+            log.info("webhook.dropped", event_id=event.id)
+            return
         if self._dice.roll(self.chaos.webhook_delay_rate):
             await asyncio.sleep(self.chaos.webhook_delay_ms / 1000)
         if self._dice.roll(self.chaos.webhook_duplicate_rate):

@@ -73,6 +73,7 @@ class SimulatorSettings(BaseSettings):
     error_rate: float = Field(default=0.0, ge=0, le=1)
     timeout_rate: float = Field(default=0.0, ge=0, le=1)
     drop_rate: float = Field(default=0.0, ge=0, le=1)
+    webhook_drop_rate: float = Field(default=0.0, ge=0, le=1)
     webhook_duplicate_rate: float = Field(default=0.0, ge=0, le=1)
     webhook_delay_rate: float = Field(default=0.0, ge=0, le=1)
     webhook_delay_ms: int = Field(default=2000, ge=0)

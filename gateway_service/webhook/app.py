@@ -32,6 +32,7 @@ from prometheus_client.metrics import Counter as CounterType
 
 from common import tracing
 from common.config import ConfigError, Settings
+from common.grpc.client import RECONNECT_OPTIONS
 from common.grpc.tracing import client_interceptors
 from common.httptrace import tracing_middleware
 from common.metrics import cached
@@ -88,7 +89,13 @@ class WebhookError(Exception):
         self.field = field
 
 
-Pending = tuple[gateway_pb2.HandleProviderEventRequest, "asyncio.Future[bool]"]
+# The event, its caller's answer, and when it arrived (loop time).
+Pending = tuple[gateway_pb2.HandleProviderEventRequest, "asyncio.Future[bool]", float]
+# While the gateway is unavailable (restarting: a few seconds), a webhook is held and sent as
+# soon as it is back, for up to this long after it arrived, rather than answered 503 at once:
+# a provider retries on its own schedule (the simulator 3 s, then 5 s later; a real PSP after
+# minutes), which would keep the payment waiting long after the gateway is back. The default
+# (PAYSUITE_WEBHOOK_HOLD_MS) stays under the 10 s a provider commonly waits for an answer.
 
 
 class GatewayForwarder:
@@ -97,10 +104,16 @@ class GatewayForwarder:
     from its own result; a gateway that does not know that call gets one call per event."""
 
     def __init__(
-        self, stub: GatewayServiceAsyncStub, *, timeout_s: float, max_batch: int = 128
+        self,
+        stub: GatewayServiceAsyncStub,
+        *,
+        timeout_s: float,
+        hold_s: float = 0.0,
+        max_batch: int = 128,
     ) -> None:
         self._stub = stub
         self._timeout_s = timeout_s
+        self._hold_s = hold_s
         self._max_batch = max_batch
         self._batching = True
         self._queue: list[Pending] = []
@@ -115,7 +128,7 @@ class GatewayForwarder:
         if not self._batching:
             return await self._forward_one(request, request_id)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((request, future))
+        self._queue.append((request, future, asyncio.get_running_loop().time()))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain(), name="webhook forwarding")
         return await future
@@ -134,31 +147,57 @@ class GatewayForwarder:
             except Exception as exc:
                 # Never leave a caller waiting: each answers from this (as a 503, so the
                 # provider retries) through the error middleware.
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
 
     async def _send(self, batch: list[Pending]) -> None:
         try:
-            response = await self._stub.HandleProviderEvents(
-                gateway_pb2.HandleProviderEventsRequest(events=[r for r, _ in batch]),
-                timeout=self._timeout_s,
+            response = await self._held(
+                gateway_pb2.HandleProviderEventsRequest(events=[r for r, _, _ in batch]),
+                held_until=min(arrived for _, _, arrived in batch) + self._hold_s,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
                 # An older gateway during a rolling deploy: one call per event from now on.
                 self._batching = False
-                await asyncio.gather(*(self._settle_one(r, f) for r, f in batch))
+                await asyncio.gather(*(self._settle_one(r, f) for r, f, _ in batch))
                 return
             failure = _rpc_failure(exc)
-            for _, future in batch:
+            for _, future, _ in batch:
                 _settle(future, failure)
             return
-        for (_, future), result in zip(batch, response.results, strict=True):
+        for (_, future, _), result in zip(batch, response.results, strict=True):
             if result.code == grpc.StatusCode.OK.value[0]:
                 _settle(future, not result.response.first_delivery)
             else:
                 _settle(future, _failure(_code(result.code), result.message))
+
+    async def _held(
+        self, request: gateway_pb2.HandleProviderEventsRequest, *, held_until: float
+    ) -> gateway_pb2.HandleProviderEventsResponse:
+        """The call, tried again while the gateway is unavailable until `held_until`: each
+        retry waits for the channel to connect (`wait_for_ready`), so it goes out within
+        the channel's reconnect backoff (at most 1 s) of the gateway being back. The gateway
+        records each event once, however often it is sent."""
+        loop = asyncio.get_running_loop()
+        send = self._stub.HandleProviderEvents
+        try:
+            return await send(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.UNAVAILABLE:
+                raise
+            failure = exc
+        while (left := held_until - loop.time()) > 0:
+            log.info("webhook.gateway_unavailable_holding", held_for_s=round(left, 1))
+            await asyncio.sleep(0.05)  # a connection reset mid-call is not waited for
+            try:
+                return await send(request, timeout=min(self._timeout_s, left), wait_for_ready=True)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                failure = exc
+        raise failure
 
     async def _settle_one(
         self, request: gateway_pb2.HandleProviderEventRequest, future: asyncio.Future[bool]
@@ -481,7 +520,11 @@ def create_app(
         middlewares=[tracing_middleware, json_errors],
         client_max_size=settings.webhook_max_body_bytes,
     )
-    forwarder = GatewayForwarder(stub, timeout_s=settings.rpc_timeout_ms / 1000)
+    forwarder = GatewayForwarder(
+        stub,
+        timeout_s=settings.rpc_timeout_ms / 1000,
+        hold_s=settings.webhook_hold_ms / 1000,
+    )
     syncer = Syncer(forwarder, SyncLimiter(rate_per_s=settings.webhook_sync_per_s))
     app[VERIFIERS] = _verifiers(settings)
     app[FORWARDER] = forwarder
@@ -515,7 +558,7 @@ async def start(settings: Settings, listen: str) -> tuple[web.AppRunner, int]:
     # The webhook routes act as a service; the facade's calls carry their caller's token.
     token = ServiceToken(settings, "webhook-adapter")
     channel = grpc.aio.insecure_channel(
-        settings.gateway_target, interceptors=client_interceptors(token)
+        settings.gateway_target, options=RECONNECT_OPTIONS, interceptors=client_interceptors(token)
     )
     payments = grpc.aio.insecure_channel(
         settings.payment_target, interceptors=client_interceptors()

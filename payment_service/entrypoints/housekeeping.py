@@ -17,6 +17,8 @@ from payment_service.service_layer.services import PaymentService
 log = structlog.get_logger(__name__)
 
 EVERY_S = 3600.0
+PAGE = 100  # payments one resume takes at once
+MAX_PAGES = 10  # pages one sweep takes at most
 # A round of any chore may take this long beyond its interval before it counts as stalled.
 ROUND_SLACK_S = 120.0
 
@@ -40,9 +42,24 @@ class Housekeeping:
 
 
 class SagaResumer:
-    """Every so often, resumes payments whose saga stopped between steps (see
-    `PaymentService.resume_stalled`); checks twice per threshold, so a stalled payment waits
-    at most one and a half thresholds."""
+    """Resumes payments whose saga stopped between steps (see `PaymentService.resume_stalled`).
+
+    At start-up, at once and with a threshold of `AT_START`: this replica may be the restart
+    of one killed between two steps (a withdrawal whose hold was placed and not recorded, a
+    deposit whose charge was sent and not answered), and those payments have waited since the
+    kill already; waiting out the full threshold again is what kept them for 30 s. A payment
+    another replica is moving on right now may be resumed too: every step is idempotent on its
+    key, so that costs a repeated call, never a repeated effect. Then every half threshold, so
+    a payment stalled later waits at most one and a half thresholds.
+
+    Every `RETRY_S` besides, the request-path steps an outage interrupted in this process
+    (`PaymentService.resume_deferred`): a withdrawal whose hold the wallet could not place
+    moves on within a second of the wallet being back."""
+
+    # Shorter than any restart (`paysuite up` waits 0.5 s before one, and a process takes
+    # longer than that to start), longer than a request path's steps take.
+    AT_START = timedelta(seconds=1)
+    RETRY_S = 1.0
 
     def __init__(self, service: PaymentService, *, after: timedelta) -> None:
         self._service = service
@@ -50,15 +67,34 @@ class SagaResumer:
         self.heartbeat_s = after.total_seconds() / 2 + ROUND_SLACK_S
 
     async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        threshold, next_sweep = min(self.AT_START, self._after), 0.0
         while not stop.is_set():
             beat()
-            try:
-                resumed = await self._service.resume_stalled(older_than=self._after)
-                if resumed:
-                    log.info("payment.sagas_resumed", count=resumed)
-            except DependencyUnavailable as exc:
-                log.warning("payment.resume_deferred", error=str(exc))
-            await wait_any(stop, at_most_s=self._after.total_seconds() / 2)
+            if loop.time() >= next_sweep:
+                try:
+                    await self._sweep(threshold)
+                except DependencyUnavailable as exc:
+                    log.warning("payment.resume_deferred", error=str(exc))
+                    # The start-up sweep is still owed: soon, with its threshold.
+                    owed = threshold < self._after
+                    wait_s = self.RETRY_S if owed else self._after.total_seconds() / 2
+                    next_sweep = loop.time() + wait_s
+                else:
+                    threshold = self._after
+                    next_sweep = loop.time() + self._after.total_seconds() / 2
+            await self._service.resume_deferred()
+            await wait_any(stop, at_most_s=self.RETRY_S)
+
+    async def _sweep(self, threshold: timedelta) -> None:
+        """Resumes the payments stalled past `threshold`, a page at a time (a bounded number
+        of pages: while a dependency is down, the same payments would come back forever)."""
+        for _ in range(MAX_PAGES):
+            resumed = await self._service.resume_stalled(older_than=threshold, limit=PAGE)
+            if resumed:
+                log.info("payment.sagas_resumed", count=resumed)
+            if resumed < PAGE:
+                return
 
 
 class ReviewSlaAlarm:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
@@ -58,6 +58,10 @@ from payment_service.service_layer.ports import (
 )
 
 log = structlog.get_logger(__name__)
+
+# Request-path steps an outage interrupted that one process retries itself (`resume_deferred`).
+MAX_DEFERRED = 10_000
+DEFERRED_AT_ONCE = 16
 
 WATCH_RECHECK_S = 5.0
 # A repeated idempotency key whose first request is still in flight waits this long for its
@@ -168,6 +172,10 @@ class PaymentService:
         self._accounts = AccountDirectory(wallet)
         self._wallet = wallet
         self._gateway = gateway
+        # Payments whose request-path step (hold, transfer) an outage interrupted: committed
+        # and initiated, so they move on once it is over (`resume_deferred`), not at the
+        # resume sweep's threshold. In memory: a restart's start-up sweep covers them.
+        self._deferred: set[str] = set()
         self._in_flight_wait_s = in_flight_wait_s
 
     # -- creating payments: one commit, then (withdrawals, refunds, transfers) the wallet ----
@@ -439,36 +447,50 @@ class PaymentService:
     async def _hold_funds(self, payment: Payment) -> Payment:
         """Holds a withdrawal's or refund's money (on the request path, and again when the
         saga resumes). A refusal fails the payment and is the key's stored response."""
-        try:
-            hold_id = await self._wallet.place_hold(
-                operation_ref=payment.step_ref("hold"),
-                account_id=payment.source_account_id,
-                amount=payment.amount,
-                reference=payment.payment_id,
-            )
-        except (FailedPrecondition, NotFound) as refusal:
-            await self._reject(payment.payment_id, refusal)
-            raise
-        crash_point("payment.hold_placed")
-        held = await self._answer(payment.payment_id, lambda p: p.record_hold(hold_id))
-        if held.needs_hold_release():
-            await self.release_hold(held.payment_id)
-        return held
+        with self._deferred_on_outage(payment.payment_id):
+            try:
+                hold_id = await self._wallet.place_hold(
+                    operation_ref=payment.step_ref("hold"),
+                    account_id=payment.source_account_id,
+                    amount=payment.amount,
+                    reference=payment.payment_id,
+                )
+            except (FailedPrecondition, NotFound) as refusal:
+                await self._reject(payment.payment_id, refusal)
+                raise
+            crash_point("payment.hold_placed")
+            held = await self._answer(payment.payment_id, lambda p: p.record_hold(hold_id))
+            if held.needs_hold_release():
+                await self.release_hold(held.payment_id)
+            return held
 
     async def _transfer(self, payment: Payment) -> Payment:
-        try:
-            transaction_id = await self._wallet.transfer(
-                operation_ref=payment.step_ref("transfer"),
-                source_account_id=payment.source_account_id,
-                destination_account_id=payment.destination_account_id,
-                amount=payment.amount,
-                reference=payment.payment_id,
+        with self._deferred_on_outage(payment.payment_id):
+            try:
+                transaction_id = await self._wallet.transfer(
+                    operation_ref=payment.step_ref("transfer"),
+                    source_account_id=payment.source_account_id,
+                    destination_account_id=payment.destination_account_id,
+                    amount=payment.amount,
+                    reference=payment.payment_id,
+                )
+            except (FailedPrecondition, NotFound) as refusal:
+                await self._reject(payment.payment_id, refusal)
+                raise
+            crash_point("payment.transfer_moved")
+            return await self._answer(
+                payment.payment_id, lambda p: p.complete_transfer(transaction_id)
             )
-        except (FailedPrecondition, NotFound) as refusal:
-            await self._reject(payment.payment_id, refusal)
+
+    @contextlib.contextmanager
+    def _deferred_on_outage(self, payment_id: str) -> Iterator[None]:
+        """A request-path step the wallet's or the database's outage interrupted (before or
+        after the wallet acted) is run again by `resume_deferred` once the outage is over."""
+        try:
+            yield
+        except DependencyUnavailable:
+            self._defer(payment_id)
             raise
-        crash_point("payment.transfer_moved")
-        return await self._answer(payment.payment_id, lambda p: p.complete_transfer(transaction_id))
 
     async def _reject(self, payment_id: str, refusal: DomainError) -> None:
         await self._answer(
@@ -656,6 +678,37 @@ class PaymentService:
             except DomainError as exc:
                 log.warning("payment.resume_deferred", payment_id=payment_id, error=exc.message)
         return len(stalled)
+
+    def _defer(self, payment_id: str) -> None:
+        if len(self._deferred) < MAX_DEFERRED:  # beyond it, the resume sweep's
+            self._deferred.add(payment_id)
+
+    async def resume_deferred(self) -> int:
+        """Runs again the request-path steps an outage interrupted: one first, as a probe;
+        if the outage is over, the rest, `DEFERRED_AT_ONCE` at a time (one that meets an
+        outage again is deferred again). Returns how many are left."""
+        if not self._deferred or not await self._resume_one(self._deferred.pop()):
+            return len(self._deferred)
+        waiting, self._deferred = list(self._deferred), set()
+        room = asyncio.Semaphore(DEFERRED_AT_ONCE)
+
+        async def resume(payment_id: str) -> None:
+            async with room:
+                await self._resume_one(payment_id)
+
+        await asyncio.gather(*(resume(payment_id) for payment_id in waiting))
+        return len(self._deferred)
+
+    async def _resume_one(self, payment_id: str) -> bool:
+        """False when an outage is still on (the payment is deferred again)."""
+        try:
+            await self.resume(payment_id)
+        except DependencyUnavailable:
+            self._defer(payment_id)
+            return False
+        except DomainError as exc:
+            log.warning("payment.resume_deferred", payment_id=payment_id, error=exc.message)
+        return True
 
     async def recover(self, request: RecoveryRequest) -> RecoveryRecord:
         """The recovery worker's attempt to move a stuck payment on (`Payment.recovery_action`):

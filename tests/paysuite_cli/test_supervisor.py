@@ -207,3 +207,23 @@ def test_a_child_whose_liveness_stays_not_serving_is_stopped_to_be_restarted() -
         child_process.kill()
         child_process.wait()
         server.stop(0)
+
+
+def test_a_child_is_restarted_by_its_spawner() -> None:
+    """`make chaos` restarts children with a spawner of its own (no preexec_fn)."""
+    first = subprocess.Popen([sys.executable, "-c", "pass"])
+    first.wait()
+    second = subprocess.Popen([sys.executable, "-c", "pass"])
+    spawned: list[str] = []
+
+    def spawner(proc: Process, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        spawned.append(proc.name)
+        return second
+
+    proc = Process("wallet", "wallet_service", "127.0.0.1:1", "grpc")
+    child = supervisor.Child(proc, {}, first, spawner=spawner)
+    try:
+        child.restart()
+        assert (spawned, child.popen) == (["wallet"], second)
+    finally:
+        second.wait()

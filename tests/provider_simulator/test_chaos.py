@@ -145,6 +145,28 @@ async def test_duplicated_and_reordered_webhooks(sim: Sim, receiver: Receiver) -
     assert types == ["charge.processing", "charge.succeeded", "charge.succeeded"]
 
 
+async def test_a_dropped_webhook_is_never_sent_but_the_outcome_is_readable(
+    sim: Sim, receiver: Receiver
+) -> None:
+    await configure(sim, webhook_drop_rate=1.0)
+    _, created, _ = await charge(sim)
+
+    for _ in range(50):
+        _, looked_up = await sim.call("GET", f"/v1/charges/{created['id']}")
+        if looked_up["status"] != "processing":
+            break
+        await asyncio.sleep(0.05)
+    await configure(sim, webhook_drop_rate=0.0)
+    await charge(sim, key="k-after")
+    webhook = json.loads((await receiver.next()).body)
+
+    assert looked_up["status"] == "succeeded"
+    # The first webhook the receiver sees is the second charge's: the first was never sent.
+    assert webhook["data"]["idempotency_key"] == "k-after"
+    _, events = await sim.call("GET", "/_sim/events")
+    assert sorted(e["state"] for e in events["events"]) == ["delivered", "failed"]
+
+
 async def test_a_delayed_webhook_arrives_late(sim: Sim, receiver: Receiver) -> None:
     await configure(sim, webhook_delay_rate=1.0, webhook_delay_ms=300)
     loop = asyncio.get_running_loop()

@@ -425,13 +425,36 @@ async def test_a_flood_of_unverifiable_webhooks_is_rate_limited(
 
 
 async def test_a_gateway_that_is_down_is_503(start_webhook: StartWebhook) -> None:
-    post = await start_webhook(settings_for(free_port()))
+    post = await start_webhook(settings_for(free_port(), webhook_hold_ms=300))
     body = event_body()
 
-    status, answer = await post(PRIMARY, body, signed(body))
+    status, answer = await post(PRIMARY, body, signed(body))  # after holding it 0.3 s
 
     assert status == 503
     assert answer["error"]["code"] == "gateway_unavailable"
+
+
+async def test_a_webhook_is_held_while_the_gateway_restarts_and_sent_when_it_is_back(
+    start_webhook: StartWebhook,
+) -> None:
+    gateway_port = free_port()
+    post = await start_webhook(settings_for(gateway_port, webhook_hold_ms=20_000))
+    body = event_body()
+    answer = asyncio.create_task(post(PRIMARY, body, signed(body)))
+    await asyncio.sleep(0.5)  # the webhook arrived while nothing listened there
+    assert not answer.done()
+
+    fake = FakeGateway()  # type: ignore[abstract]
+    server = grpc.aio.server()
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(fake, server)
+    server.add_insecure_port(f"127.0.0.1:{gateway_port}")
+    await server.start()
+    try:
+        status, _ = await answer
+    finally:
+        await server.stop(None)
+    assert status == 200
+    assert [r.provider_event_id for r in fake.received] == ["evt_1"]
 
 
 @pytest.mark.parametrize(

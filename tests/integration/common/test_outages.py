@@ -5,6 +5,7 @@ exactly once when the server is back. Real servers of the test's own, really sto
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,8 +17,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common import db
-from common.events import dead_letter_stream
+from common.events import OutgoingEvent, dead_letter_stream
 from common.migrations import DROP_NOTIFY_DDL, OUTBOX_DDL
+from common.outbox import OutboxRelay, outbox_committed, write_outbox
 from common.streams import StreamConsumer
 from tests.integration.common.test_stream_pipeline import effect_handler, envelope, publish
 from tests.integration.servers import StoppableServers, stoppable_servers
@@ -133,3 +135,51 @@ async def test_a_redis_outage_loses_nothing_and_dead_letters_nothing(
         stop.set()
         await asyncio.wait_for(task, 15)
         await redis.aclose()
+
+
+async def test_a_redis_that_comes_back_without_its_last_entries_gets_them_again(
+    servers: StoppableServers, engine: AsyncEngine
+) -> None:
+    """A Redis restarted without what it had acknowledged last (its append-only file lost
+    here, the last second of it under `appendfsync everysec`): the relay notices the new
+    run id and publishes the recent rows again, with the same event ids."""
+    redis = Redis.from_url(servers.redis_url)
+    stream = f"test.{uuid.uuid4()}"
+    relay = OutboxRelay(engine, redis, poll_interval_s=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        async with engine.begin() as conn:
+            await write_outbox(conn, [OutgoingEvent(stream, envelope(str(uuid.uuid4()), 1))])
+        outbox_committed(engine)
+        before = await wait_for_entries(redis, stream, 1)
+        await relay.sample_streams()  # the relay has seen this Redis's run id
+
+        servers.stop_redis()
+        for kept in (servers.folder / "redis").glob("appendonly*"):  # 6: a file, 7: a folder
+            if kept.is_dir():
+                shutil.rmtree(kept)
+            else:
+                kept.unlink()
+        servers.start_redis()
+
+        after = await wait_for_entries(redis, stream, 1)
+        assert after == before
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await redis.aclose()
+
+
+async def wait_for_entries(redis: Redis, stream: str, count: int) -> list[bytes]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            entries = await redis.xrange(stream)
+        except Exception:
+            entries = []
+        if len(entries) >= count:
+            return [fields[b"event_id"] for _entry_id, fields in entries]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"fewer than {count} entries on {stream} after 30 s")

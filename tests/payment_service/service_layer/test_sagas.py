@@ -421,3 +421,23 @@ async def test_a_hold_placed_after_the_payment_was_cancelled_is_released() -> No
     stored = await world.service.get_payment(payment.payment_id)
     assert (stored.status, stored.saga.hold) == (S.CANCELLED, HoldState.RELEASED)
     assert world.wallet.available[ACCOUNT] == 10_000
+
+
+async def test_a_hold_an_outage_interrupted_is_placed_once_the_wallet_is_back() -> None:
+    world = funded()
+    service = world.service  # one process: what it deferred is its own
+    world.wallet.unavailable = True
+    for key in ("w1", "w2"):
+        with pytest.raises(DependencyUnavailable):
+            await service.create_withdrawal(
+                idempotency_key=key, account_id=ACCOUNT, amount=Money(1000, "USD"), destination="d"
+            )
+    assert await service.resume_deferred() == 2  # still down: both wait
+
+    world.wallet.unavailable = False
+    assert await service.resume_deferred() == 0
+    for payment in world.store.rows.values():
+        resumed = await service.get_payment(payment.payment_id)
+        assert resumed.saga.hold is HoldState.PLACED
+    assert await service.resume_deferred() == 0  # nothing twice
+    assert len(world.wallet.holds) == 2
