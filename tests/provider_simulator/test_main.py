@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from common.config import Settings
+from common.ports import free_port
 from paysuite_cli import supervisor
 from tests.processes import spawn, start
 
@@ -61,3 +63,22 @@ async def test_the_development_secret_warning_names_the_variable_that_sets_it(
     assert code == 0, log
     warning = next(line for line in log.splitlines() if "development_webhook_secret" in line)
     assert f"env_var={variable}" in warning
+
+
+async def test_serves_prometheus_metrics_on_the_suites_metrics_port() -> None:
+    # compose and k8s scrape every process on PAYSUITE_METRICS_PORT; the simulators too.
+    port = free_port()
+    started = await start(
+        "provider_simulator",
+        b"simulator.started",
+        PAYSUITE_SIMULATOR_LISTEN_PORT="0",
+        PAYSUITE_METRICS_PORT=str(port),
+        PAYSUITE_METRICS_HOST="127.0.0.1",
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        assert b"process_cpu_seconds_total" in body
+    finally:
+        code, rest = await started.stop()
+    assert code == 0, (started.log + rest).decode()

@@ -27,7 +27,7 @@ async def status(port: int, service: str) -> int:
 
 
 async def eventually(port: int, service: str, wanted: int) -> None:
-    for _ in range(100):
+    for _ in range(400):  # 20 s: the probe runs every 2 s, slower on a loaded machine
         if await status(port, service) == wanted:
             return
         await asyncio.sleep(0.05)
