@@ -74,7 +74,7 @@ def _simulator(settings: Settings, index: int) -> Process:
             ("PAYSUITE_SIMULATOR_SIGNATURE_FORMAT", config.signature_format),
             ("PAYSUITE_WEBHOOK_SECRET", config.webhook_secrets[0].get_secret_value()),
             (
-                "PAYSUITE_SIMULATOR_WEBHOOK_SECRET_VARIABLE",
+                "PAYSUITE_SIMULATOR_SIGNING_KEY_VARIABLE",
                 settings.webhook_secret_variable(config.name),
             ),
             (

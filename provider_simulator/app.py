@@ -279,9 +279,7 @@ async def start(settings: SimulatorSettings) -> tuple[web.AppRunner, int]:
         settle_delay_ms=settings.settle_delay_ms,
     )
     if settings.uses_development_secret:
-        log.warning(
-            "simulator.development_webhook_secret", env_var=settings.webhook_secret_variable
-        )
+        log.warning("simulator.development_webhook_secret", env_var=settings.signing_key_variable)
     return runner, port
 
 

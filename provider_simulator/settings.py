@@ -59,7 +59,7 @@ class SimulatorSettings(BaseSettings):
     # The variable its launcher set the secret from (`paysuite up` and compose give the
     # secondary simulator PAYSUITE_PROVIDER_SECONDARY_WEBHOOK_SECRET as PAYSUITE_WEBHOOK_SECRET),
     # so a warning about the secret names the variable to change.
-    webhook_secret_variable: str = Field(default=WEBHOOK_SECRET_ENV, pattern=r"^[A-Z][A-Z0-9_]*$")
+    signing_key_variable: str = Field(default=WEBHOOK_SECRET_ENV, pattern=r"^[A-Z][A-Z0-9_]*$")
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_initial_backoff_ms: int = Field(default=200, ge=0)
     # Deliveries run concurrently, like a real PSP's sender fleet, but no more than this many
