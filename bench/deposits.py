@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 import uuid
 from collections.abc import Sequence
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
-from bench import cost, databases
+from bench import databases
 from bench.context import BenchContext, Deposit, clients
 from bench.load import Sample, closed_loop, note_errors, open_loop, span
 from bench.stats import Latency, p50_p99, rate
-from bench.watch import CompletionWatcher
+from bench.watch import CompletionWatcher, complete_loop
 from common.events import PAYMENT_STREAM
 from common.grpc.auth import bearer_channel
 from gateway_service.bootstrap import DATABASE as GATEWAY_DB
@@ -115,10 +114,6 @@ class Depositor:
         return accepted
 
 
-class NotCompleted(Exception):
-    """A deposit of the complete loop ended otherwise than `completed`."""
-
-
 async def _complete(
     ctx: BenchContext,
     payments: payment_pb2_grpc.PaymentServiceAsyncStub,
@@ -128,34 +123,18 @@ async def _complete(
     """Each client creates a deposit and waits until it completed before the next one; the
     deposits' cost is metered over this loop (bench/cost.py)."""
     depositor = Depositor(payments, ctx, "complete")
-    async with CompletionWatcher(redis, stream) as watcher:
 
-        async def deposit_and_wait(i: int) -> float:
-            started = time.perf_counter()
-            deposit = await depositor(i)
-            status = await watcher.wait_for(
-                deposit.payment_id, timeout_s=ctx.options.settle_timeout_s
-            )
-            if status != "completed":
-                raise NotCompleted(f"deposit {deposit.payment_id} ended {status}")
-            return watcher.completed[deposit.payment_id] - started
+    async def create(i: int) -> str:
+        return (await depositor(i)).payment_id
 
-        meter = cost.Meter(
-            ctx.probe,
-            redis,
-            cost.completed_between(watcher.completed),
-            lambda: watcher.reads,
-            ctx.notes,
-        )
-        metered = await cost.metered_loop(
-            deposit_and_wait,
-            kind="deposit",
-            clients=ctx.options.clients,
-            windows=cost.Windows.within(ctx.options.complete_duration_s),
-            meter=meter,
-        )
-    if metered.cost is not None:
-        ctx.costs["deposit"] = metered.cost
+    metered = await complete_loop(
+        ctx,
+        create,
+        kind="deposit",
+        duration_s=ctx.options.complete_duration_s,
+        redis=redis,
+        stream=stream,
+    )
     to_completed = [s.result for s in metered.samples if s.result is not None]
     ctx.timeline.latencies["create → completed (complete loop)"] = to_completed
     note_errors(ctx.notes, "complete loop", metered.samples, "CreateDeposit-and-wait")

@@ -25,7 +25,7 @@ from bench.context import BenchContext, Movement, clients
 from bench.deposits import CALL_TIMEOUT_S, CURRENCY, amount_of
 from bench.load import closed_loop, note_errors, span
 from bench.stats import Latency, p50_p99, rate
-from bench.watch import CompletionWatcher
+from bench.watch import CompletionWatcher, complete_loop
 from common.events import PAYMENT_STREAM
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
@@ -207,10 +207,6 @@ async def _withdrawals(
     }
 
 
-class NotCompleted(Exception):
-    """A withdrawal of the complete loop ended otherwise than `completed`."""
-
-
 async def _complete_withdrawals(
     ctx: BenchContext,
     payments: payment_pb2_grpc.PaymentServiceAsyncStub,
@@ -219,33 +215,18 @@ async def _complete_withdrawals(
     stream: str,
 ) -> dict[str, float]:
     mover = _Mover(payments, ctx, accounts, WITHDRAWAL)
-    async with CompletionWatcher(redis, stream) as watcher:
 
-        async def withdraw_and_wait(i: int) -> float:
-            started = time.perf_counter()
-            movement = await mover(i)
-            status = await watcher.wait_for(
-                movement.payment_id, timeout_s=ctx.options.settle_timeout_s
-            )
-            if status != "completed":
-                raise NotCompleted(f"withdrawal {movement.payment_id} ended {status}")
-            return watcher.completed[movement.payment_id] - started
+    async def create(i: int) -> str:
+        return (await mover(i)).payment_id
 
-        metered = await cost.metered_loop(
-            withdraw_and_wait,
-            kind=WITHDRAWAL,
-            clients=ctx.options.clients,
-            windows=cost.Windows.within(ctx.options.movement_duration_s),
-            meter=cost.Meter(
-                ctx.probe,
-                redis,
-                cost.completed_between(watcher.completed),
-                lambda: watcher.reads,
-                ctx.notes,
-            ),
-        )
-    if metered.cost is not None:
-        ctx.costs[WITHDRAWAL] = metered.cost
+    metered = await complete_loop(
+        ctx,
+        create,
+        kind=WITHDRAWAL,
+        duration_s=ctx.options.movement_duration_s,
+        redis=redis,
+        stream=stream,
+    )
     ok = [s.result for s in metered.samples if s.result is not None]
     note_errors(ctx.notes, "withdrawals, complete loop", metered.samples, "withdraw-and-wait")
     return {

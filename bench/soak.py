@@ -18,6 +18,7 @@ Afterwards, with the load stopped and a settle window passed:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from collections.abc import Sequence
@@ -100,11 +101,8 @@ class _Client:
             i += step
 
     async def _finished(self, payment_id: str) -> str:
-        waited_until = time.perf_counter() + WATCH_PATIENCE_S
-        while time.perf_counter() < waited_until:
-            if payment_id in self._watcher.finished:
-                return self._watcher.finished[payment_id]
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            return await self._watcher.wait_for(payment_id, timeout_s=WATCH_PATIENCE_S)
         # Not seen on the stream (trimmed before the watcher read it, say): ask the service.
         while True:
             payment = await self._payments.GetPayment(

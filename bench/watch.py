@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
 
+from bench import cost
 from bench.checks import TERMINAL
+from bench.context import BenchContext
 from paysuite.events.v1 import events_pb2
 
 _READ_COUNT = 500
@@ -91,3 +94,47 @@ class CompletionWatcher:
         waiter = self._waiters.get(envelope.aggregate_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(self.finished[envelope.aggregate_id])
+
+
+class NotCompleted(Exception):
+    """A payment of a complete loop ended otherwise than `completed`."""
+
+
+async def complete_loop(
+    ctx: BenchContext,
+    create: Callable[[int], Awaitable[str]],
+    *,
+    kind: str,
+    duration_s: float,
+    redis: Redis,
+    stream: str,
+) -> cost.Metered[float]:
+    """Each client creates a payment (`create` returns its id) and waits until it completed
+    before the next one; the payments' cost is metered over this loop (bench/cost.py) and kept
+    in `ctx.costs[kind]`. Each sample's result is its create → completed time."""
+    async with CompletionWatcher(redis, stream) as watcher:
+
+        async def create_and_wait(i: int) -> float:
+            started = time.perf_counter()
+            payment_id = await create(i)
+            status = await watcher.wait_for(payment_id, timeout_s=ctx.options.settle_timeout_s)
+            if status != "completed":
+                raise NotCompleted(f"{kind} {payment_id} ended {status}")
+            return watcher.completed[payment_id] - started
+
+        metered = await cost.metered_loop(
+            create_and_wait,
+            kind=kind,
+            clients=ctx.options.clients,
+            windows=cost.Windows.within(duration_s),
+            meter=cost.Meter(
+                ctx.probe,
+                redis,
+                cost.completed_between(watcher.completed),
+                lambda: watcher.reads,
+                ctx.notes,
+            ),
+        )
+    if metered.cost is not None:
+        ctx.costs[kind] = metered.cost
+    return metered
