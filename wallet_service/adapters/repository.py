@@ -39,15 +39,13 @@ from common.errors import ConcurrentUpdate, DependencyUnavailable
 from common.money import Money
 from wallet_service.adapters import tables as t
 from wallet_service.domain import events as ev
+from wallet_service.domain.account import Account, AccountStatus
 from wallet_service.domain.errors import VersionConflict
 from wallet_service.domain.fx import Conversion, FxRate
-from wallet_service.domain.model import (
-    Account,
+from wallet_service.domain.holds import HoldStatus, HoldView
+from wallet_service.domain.ledger import (
     AccountKind,
-    AccountStatus,
     Entry,
-    HoldStatus,
-    HoldView,
     LedgerTransaction,
     Operation,
     RecordedTransaction,

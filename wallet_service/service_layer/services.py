@@ -29,16 +29,14 @@ from common.money import Money, validate_currency
 from common.uow import UnitOfWork as BaseUnitOfWork
 from wallet_service import metrics
 from wallet_service.domain import postings
+from wallet_service.domain.account import Account, Limits
 from wallet_service.domain.errors import AccountNotFound, HoldNotFound, OperationRefReused
 from wallet_service.domain.fx import FxRate, parse_rate
-from wallet_service.domain.model import (
-    Account,
+from wallet_service.domain.holds import HoldStatus, HoldView
+from wallet_service.domain.ledger import (
     AccountKind,
     Entry,
-    HoldStatus,
-    HoldView,
     LedgerTransaction,
-    Limits,
     Operation,
     RecordedTransaction,
     SystemAccount,
