@@ -17,7 +17,7 @@ from wallet_service.adapters.uow import WalletUnitOfWork
 from wallet_service.domain import postings
 from wallet_service.domain.account import Limits
 from wallet_service.domain.errors import VersionConflict
-from wallet_service.service_layer.services import ATTEMPTS
+from wallet_service.service_layer.mutations import ATTEMPTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
