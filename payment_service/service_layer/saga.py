@@ -66,10 +66,6 @@ def _begun(call: ProviderCall | None, payment: Payment) -> Begun | Unchanged[Beg
     return (payment, call) if call is not None else Unchanged(None)
 
 
-def _nothing() -> Begun:
-    return None
-
-
 class Saga:
     def __init__(
         self,
@@ -186,7 +182,7 @@ class Saga:
             self._uow,
             payment_id,
             lambda p: _begun(p.begin_provider_call(), p),
-            missing=_nothing,
+            missing=lambda: None,
         )
         if begun is None:
             return
@@ -251,7 +247,7 @@ class Saga:
             self._uow,
             payment_id,
             lambda p: _begun(p.compensation_call(), p),
-            missing=_nothing,
+            missing=lambda: None,
         )
         if begun is None:
             return
