@@ -33,6 +33,8 @@ class Call:
     # A deliberate reuse of an earlier key with a different request: must be refused.
     reuses_key: bool = False
     detail: str = ""  # the error message, for the report
+    # RESOURCE_EXHAUSTED (admission control): how long the suite asked the caller to wait.
+    retry_after_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
