@@ -44,7 +44,7 @@ UNAVAILABLE = Counter(
 
 # A limiter that waits longer than this for Redis admits the call: a slow Redis must not
 # become a slow payment service.
-CHECK_TIMEOUT_S = 0.25
+CHECK_TIMEOUT_S = 0.5
 
 # KEYS[1]: the caller's bucket; ARGV: tokens per second, burst. Returns the microseconds until
 # a token is free: 0 when one was taken (admitted).

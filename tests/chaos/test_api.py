@@ -48,3 +48,9 @@ def test_one_key_one_request_whatever_the_key() -> None:
     other = Request(op="deposit", key="a", account_id="x", amount_minor=6, currency="USD")
 
     assert first.text() == same.text() != other.text()
+
+
+def test_a_429_is_resource_exhausted_which_the_workload_repeats() -> None:
+    body = {"error": {"code": "resource_exhausted", "message": "busy", "reason": "OVERLOADED"}}
+    outcome, reason, *_ = _http_answer(429, json.dumps(body))
+    assert (outcome, reason) == ("RESOURCE_EXHAUSTED", "OVERLOADED")
