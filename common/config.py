@@ -169,8 +169,9 @@ class Settings(BaseSettings):
 
     # Payments, admission control (common/admission.py): create calls answer RESOURCE_EXHAUSTED
     # with a RetryInfo of about admission_retry_after_ms while more than this many stream
-    # entries wait (lag + pending) on the groups that drive payments; 0: never. A complete
-    # loop of 32 clients keeps well under it; creates outrunning completions pass it in seconds.
+    # entries wait (lag + pending) on the groups that drive payments; 0: never. Meant to sit
+    # above what a complete loop of 32 clients leaves waiting (at most a few entries per
+    # payment in flight) and below what creates outrunning completions pile up in seconds.
     admission_max_backlog: int = Field(default=200, ge=0)
     admission_retry_after_ms: int = Field(default=500, gt=0)
     # Payments: per-caller token buckets by role, "ROLE=PER_S:BURST,..." (roles: user, operator,
