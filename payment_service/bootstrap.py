@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from common import admission as admission_control
+from common.backlog import Group
 from common.bootstrap import LOOP_HEARTBEAT_S, Infra, ServiceDatabase
 from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM
@@ -69,7 +70,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     admission, admission_tasks = admission_control.from_settings(
         settings,
         infra.redis,
-        groups=[admission_control.Group(c.stream, c.group) for c in (consumer, saga)],
+        groups=[Group(c.stream, c.group) for c in (consumer, saga)],
     )
     servicer = PaymentServicer(service, feed=feed, reviews=reviews, admission=admission)
     server, port, health = create_server(

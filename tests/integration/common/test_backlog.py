@@ -8,7 +8,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from common.admission import BACKLOG, BacklogSampler, Group
+from common.backlog import BACKLOG, BacklogSampler, Group
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
