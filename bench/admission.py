@@ -16,12 +16,10 @@ from typing import TypeVar
 
 import grpc
 
-from common.grpc.retry_info import is_overloaded, retry_delay_s
+from common.grpc.retry_info import overload_delay_s
 
 T = TypeVar("T")
 
-# A refusal without a RetryInfo (it always has one) waits this long.
-DEFAULT_DELAY_S = 0.5
 # Refused for longer than this, the call fails as any other error would (counted, noted).
 GIVE_UP_AFTER_S = 60.0
 
@@ -55,8 +53,8 @@ async def admitted(
         try:
             return await call()
         except grpc.aio.AioRpcError as exc:
-            if not is_overloaded(exc) or time.monotonic() > deadline:
+            delay = overload_delay_s(exc)
+            if delay is None or time.monotonic() > deadline:
                 raise
             refusals.rejected += 1
-            delay = retry_delay_s(exc)
-            await asyncio.sleep(DEFAULT_DELAY_S if delay is None else delay)
+            await asyncio.sleep(delay)

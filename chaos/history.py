@@ -33,7 +33,8 @@ class Call:
     # A deliberate reuse of an earlier key with a different request: must be refused.
     reuses_key: bool = False
     detail: str = ""  # the error message, for the report
-    # RESOURCE_EXHAUSTED (admission control): how long the suite asked the caller to wait.
+    # The RetryInfo delay (HTTP: Retry-After) the answer carried: how long to wait before
+    # repeating it (RESOURCE_EXHAUSTED from admission control; ABORTED while in flight).
     retry_after_s: float | None = None
 
 

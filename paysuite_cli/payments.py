@@ -21,7 +21,7 @@ from rich.markup import escape
 from common.config import Settings
 from common.errors import Overloaded
 from common.grpc.client import error_info
-from common.grpc.retry_info import is_overloaded, retry_delay_s
+from common.grpc.retry_info import overload_delay_s
 from common.money import CURRENCY_EXPONENTS, MAX_AMOUNT_MINOR, Money
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2
@@ -69,9 +69,9 @@ async def _busy_says_repeat(key: str) -> AsyncIterator[None]:
     try:
         yield
     except grpc.aio.AioRpcError as exc:
-        if not is_overloaded(exc):
+        delay = overload_delay_s(exc)
+        if delay is None:
             raise
-        delay = retry_delay_s(exc) or 1.0
         reason = error_info(exc)[0] or exc.code().name
         raise Overloaded(
             f"the suite is busy ({reason}) and did nothing: run the same command again with"

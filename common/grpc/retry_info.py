@@ -25,8 +25,12 @@ def retry_delay_s(exc: grpc.aio.AioRpcError) -> float | None:
     return None
 
 
-def is_overloaded(exc: BaseException) -> bool:
-    """A RESOURCE_EXHAUSTED refusal: nothing was done, repeat after the delay."""
-    return (
-        isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    )
+def overload_delay_s(exc: BaseException) -> float | None:
+    """A refusal by admission control (RESOURCE_EXHAUSTED with a RetryInfo: nothing was done)
+    says to repeat after this many seconds; None for anything else, such as a gRPC message
+    over its size limit, which is RESOURCE_EXHAUSTED too but no reason to wait and repeat."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return None
+    if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    return retry_delay_s(exc)

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.grpc.auth import AUTHORIZATION
 from common.grpc.client import error_info
-from common.grpc.retry_info import retry_delay_s
+from common.grpc.retry_info import overload_delay_s
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
@@ -53,7 +53,6 @@ HTTP_BY_GRPC = {
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.ABORTED: 409,
     grpc.StatusCode.FAILED_PRECONDITION: 422,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNIMPLEMENTED: 501,
 }
 
@@ -173,9 +172,9 @@ def _idempotency_key(request: web.Request) -> str:
 
 def _rpc_error(exc: grpc.aio.AioRpcError) -> FacadeError:
     code = exc.code()
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        delay = retry_delay_s(exc)
-        retry_after = max(1, math.ceil(delay)) if delay is not None else 1
+    delay = overload_delay_s(exc)
+    if delay is not None:
+        retry_after = max(1, math.ceil(delay))
         return TooManyRequests(exc.details() or "overloaded", error_info(exc)[0], retry_after)
     status = HTTP_BY_GRPC.get(code, 503)
     message = exc.details() or code.name.lower()

@@ -8,7 +8,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from common.errors import Overloaded, RateLimited
 from common.grpc.errors import rich_status
-from common.grpc.retry_info import is_overloaded, retry_delay_s
+from common.grpc.retry_info import overload_delay_s, retry_delay_s
 
 
 @pytest.mark.parametrize(
@@ -39,10 +39,14 @@ def test_a_client_reads_the_delay_back() -> None:
         grpc.aio.Metadata(("grpc-status-details-bin", details)),
         details=message,
     )
-    assert is_overloaded(exc)
+    assert overload_delay_s(exc) == 1.5
     assert retry_delay_s(exc) == 1.5
     plain = grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata()
     )
-    assert not is_overloaded(plain)
+    assert overload_delay_s(plain) is None
     assert retry_delay_s(plain) is None
+    too_big = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata()
+    )
+    assert overload_delay_s(too_big) is None  # no RetryInfo: not admission control
