@@ -44,6 +44,8 @@ REJECTED = Counter(
     " (backlog, rate).",
     ["reason"],
 )
+for _reason in ("backlog", "rate"):  # present at 0 from the start, for rates and alerts
+    REJECTED.labels(_reason)
 
 
 class Backlog(Protocol):

@@ -9,11 +9,12 @@ admit more than the rate. Time is Redis' own (TIME), so replicas' clocks do not 
 `take` below is the same arithmetic in Python: the unit tests check the math on it, and an
 integration test runs both on one sequence of calls, so the script and the twin cannot drift.
 
-Hand-written rather than the `limits` library: since 4.2 its async Redis storage can run on
-redis-py (no second client library is needed, contrary to what we first thought), but its
-documented strategies are windows (fixed, moving, sliding counter) whose `hit` answers a bare
-bool; the delay a RetryInfo needs would take a second round trip (`get_window_stats`), and a
-burst above the sustained rate is not expressible. Twenty lines of Lua are less to carry.
+Hand-written rather than the `limits` library. Not for want of a client: since 4.2 its async
+Redis storage runs on redis-py (`implementation="redispy"`), coredis being only its default.
+But the strategies its README documents are windows (fixed, moving, sliding counter) whose
+`hit` answers a bare bool: the delay a RetryInfo needs takes a second round trip
+(`get_window_stats`), and a burst above the sustained rate is not expressible. Twenty lines of
+Lua are less to carry.
 
 Redis unavailable: the limiter fails OPEN (admits), logs once per outage and counts each
 admitted call in `rate_limiter_unavailable_total`: outages are waits, never refusals of good
