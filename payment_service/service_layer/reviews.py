@@ -24,7 +24,7 @@ from common.errors import (
 )
 from common.ids import parse_id
 from payment_service.domain.errors import ReviewAlreadyResolved
-from payment_service.domain.model import Payment, PaymentStep
+from payment_service.domain.model import Payment
 from payment_service.domain.review import (
     Decision,
     Resolution,
@@ -33,6 +33,7 @@ from payment_service.domain.review import (
     ReviewStatus,
     mismatch_key,
 )
+from payment_service.domain.trail import PaymentStep
 from payment_service.service_layer.ports import UnitOfWork, WalletPort
 from payment_service.service_layer.services import page_params, save_settling_refunds
 

@@ -29,25 +29,24 @@ from common.faults import crash_point
 from common.ids import new_id, parse_id
 from common.money import Money
 from payment_service.domain.errors import ProviderOutcomeUnknown, Refused, RequestInFlight
-from payment_service.domain.model import (
-    DepositRequest,
-    IdempotencyClaim,
-    Payment,
-    PaymentFilter,
-    PaymentKind,
-    PaymentStatus,
-    PaymentStep,
-    ProviderAnswer,
-    ProviderCall,
+from payment_service.domain.model import Payment
+from payment_service.domain.recovery import (
     RecoveryAction,
     RecoveryOutcome,
     RecoveryRequest,
     RecoveryResult,
+)
+from payment_service.domain.requests import (
+    DepositRequest,
+    IdempotencyClaim,
+    PaymentFilter,
     RefundRequest,
-    StatusChange,
     TransferRequest,
     WithdrawalRequest,
 )
+from payment_service.domain.saga import ProviderAnswer, ProviderCall
+from payment_service.domain.status import PaymentKind, PaymentStatus
+from payment_service.domain.trail import PaymentStep, StatusChange
 from payment_service.service_layer.ports import (
     AccountInfo,
     ChangeFeed,

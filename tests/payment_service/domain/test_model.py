@@ -5,17 +5,17 @@ import pytest
 from common.errors import IdempotencyConflict
 from common.money import Money
 from payment_service.domain.events import ReviewRequested
-from payment_service.domain.model import (
+from payment_service.domain.model import Payment
+from payment_service.domain.recovery import RecoveryAction
+from payment_service.domain.requests import DepositRequest
+from payment_service.domain.saga import ProviderAnswer
+from payment_service.domain.status import (
     ALLOWED,
     FINAL,
     SETTLED,
     TERMINAL,
-    DepositRequest,
     InvalidTransition,
-    Payment,
     PaymentStatus,
-    ProviderAnswer,
-    RecoveryAction,
 )
 
 S = PaymentStatus

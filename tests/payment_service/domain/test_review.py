@@ -10,7 +10,7 @@ from payment_service.domain.errors import (
     ReviewPaymentInFlight,
 )
 from payment_service.domain.events import PaymentStatusChanged
-from payment_service.domain.model import Payment, PaymentStatus, ProviderAnswer
+from payment_service.domain.model import Payment
 from payment_service.domain.review import (
     Decision,
     Resolution,
@@ -18,6 +18,8 @@ from payment_service.domain.review import (
     ReviewReason,
     ReviewStatus,
 )
+from payment_service.domain.saga import ProviderAnswer
+from payment_service.domain.status import PaymentStatus
 from tests.payment_service.domain.test_model import deposit
 
 S = PaymentStatus
@@ -64,7 +66,7 @@ def test_a_compensation_failing_three_times_opens_a_case() -> None:
 
 def test_a_capture_refused_after_a_payout_opens_a_capture_case() -> None:
     from common.money import Money
-    from payment_service.domain.model import WithdrawalRequest
+    from payment_service.domain.requests import WithdrawalRequest
 
     payment = Payment.withdrawal(
         WithdrawalRequest("k", "0b7d4d1e-55f4-4c43-8c3e-2a51f3c1d6a1", Money(5, "USD"), "acct")

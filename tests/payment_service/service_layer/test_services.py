@@ -8,7 +8,8 @@ import pytest
 from common.errors import DependencyUnavailable, IdempotencyConflict, NotFound, ValidationError
 from common.money import Money
 from payment_service.domain.events import ReviewRequested
-from payment_service.domain.model import PaymentStatus, ProviderAnswer
+from payment_service.domain.saga import ProviderAnswer
+from payment_service.domain.status import PaymentStatus
 from payment_service.service_layer.handlers import GatewayEventHandlers
 from payment_service.service_layer.services import PaymentService
 from tests.payment_service.fakes import FakeGateway, FakeStore, FakeUnitOfWork, FakeWallet
