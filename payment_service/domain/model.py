@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from payment_service.domain.charge import ChargeSteps
 from payment_service.domain.compensation import CompensationSteps
+from payment_service.domain.holds import HoldSteps
 from payment_service.domain.manual_review import ReviewSteps
 from payment_service.domain.payout import PayoutSteps
 from payment_service.domain.provider_call import ProviderCallSteps
@@ -41,7 +42,11 @@ class Payment(
     CompensationSteps,
     RecoverySteps,
     ReviewSteps,
+    HoldSteps,
 ):
+    """A deposit, withdrawal, transfer or refund and its saga: one aggregate, loaded, decided
+    on and saved as one, whichever of its flows a method comes from."""
+
     @classmethod
     def deposit(cls, request: DepositRequest, payment_id: str = "") -> Payment:
         return cls._new(
