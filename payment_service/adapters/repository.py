@@ -29,17 +29,8 @@ from common.money import Money
 from common.streams import mark_processed
 from payment_service.adapters import tables as t
 from payment_service.domain.errors import ReviewAlreadyResolved
-from payment_service.domain.model import (
-    HoldState,
-    IdempotencyClaim,
-    Payment,
-    PaymentFilter,
-    PaymentKind,
-    PaymentStatus,
-    PaymentStep,
-    SagaState,
-    StatusChange,
-)
+from payment_service.domain.model import Payment
+from payment_service.domain.requests import IdempotencyClaim, PaymentFilter
 from payment_service.domain.review import (
     Decision,
     Resolution,
@@ -48,6 +39,9 @@ from payment_service.domain.review import (
     ReviewReason,
     ReviewStatus,
 )
+from payment_service.domain.saga import HoldState, SagaState
+from payment_service.domain.status import PaymentKind, PaymentStatus
+from payment_service.domain.trail import PaymentStep, StatusChange
 
 
 def _payment(row: Any) -> Payment:

@@ -16,17 +16,12 @@ from common.auth import SYSTEM, Access, current_principal
 from common.grpc.auth import Policy
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
 from common.money import Money
-from payment_service.domain.model import (
-    Payment,
-    PaymentFilter,
-    PaymentKind,
-    PaymentStatus,
-    PaymentStep,
-    RecoveryOutcome,
-    RecoveryRequest,
-    StatusChange,
-)
+from payment_service.domain.model import Payment
+from payment_service.domain.recovery import RecoveryOutcome, RecoveryRequest
+from payment_service.domain.requests import PaymentFilter
 from payment_service.domain.review import Resolution, ReviewOpening, ReviewStatus
+from payment_service.domain.status import PaymentKind, PaymentStatus
+from payment_service.domain.trail import PaymentStep, StatusChange
 from payment_service.service_layer.create import PaymentRequests
 from payment_service.service_layer.ports import ChangeFeed
 from payment_service.service_layer.queries import PaymentQueries

@@ -31,10 +31,10 @@ from common.faults import crash_point
 from common.ids import new_id, parse_id
 from common.money import Money
 from payment_service.domain.errors import Refused, RequestInFlight
-from payment_service.domain.model import (
+from payment_service.domain.model import Payment
+from payment_service.domain.requests import (
     DepositRequest,
     IdempotencyClaim,
-    Payment,
     RefundRequest,
     TransferRequest,
     WithdrawalRequest,

@@ -14,7 +14,8 @@ import structlog
 
 from common.errors import DependencyUnavailable, DomainError
 from common.faults import crash_point
-from payment_service.domain.model import Payment, PaymentKind
+from payment_service.domain.model import Payment
+from payment_service.domain.status import PaymentKind
 from payment_service.service_layer.ports import PaymentStore, UnitOfWork, WalletPort
 from payment_service.service_layer.steps import Unchanged, step_with
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from common.auth import SYSTEM, Principal, denied
 from common.errors import FieldViolation, NotFound, ValidationError
 from common.ids import parse_id
-from payment_service.domain.model import Payment, PaymentFilter, PaymentStep, StatusChange
+from payment_service.domain.model import Payment
+from payment_service.domain.requests import PaymentFilter
+from payment_service.domain.trail import PaymentStep, StatusChange
 from payment_service.service_layer.accounts import AccountDirectory, May
 from payment_service.service_layer.ports import ChangeFeed, UnitOfWork
 

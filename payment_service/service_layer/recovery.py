@@ -22,14 +22,14 @@ from common.errors import (
 )
 from common.ids import parse_id
 from payment_service.domain.errors import ProviderOutcomeUnknown
-from payment_service.domain.model import (
-    Payment,
-    PaymentStep,
+from payment_service.domain.model import Payment
+from payment_service.domain.recovery import (
     RecoveryAction,
     RecoveryOutcome,
     RecoveryRequest,
     RecoveryResult,
 )
+from payment_service.domain.trail import PaymentStep
 from payment_service.service_layer.ports import GatewayPort, PaymentStore, UnitOfWork
 from payment_service.service_layer.saga import Saga
 from payment_service.service_layer.steps import Unchanged, step_with

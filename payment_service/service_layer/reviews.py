@@ -24,7 +24,7 @@ from common.errors import (
 )
 from common.ids import parse_id
 from payment_service.domain.errors import ReviewAlreadyResolved
-from payment_service.domain.model import Payment, PaymentStep
+from payment_service.domain.model import Payment
 from payment_service.domain.review import (
     Decision,
     Resolution,
@@ -33,6 +33,7 @@ from payment_service.domain.review import (
     ReviewStatus,
     mismatch_key,
 )
+from payment_service.domain.trail import PaymentStep
 from payment_service.service_layer.ports import PaymentStore, UnitOfWork, WalletPort
 from payment_service.service_layer.queries import page_params
 from payment_service.service_layer.steps import Unchanged, step_with

@@ -19,13 +19,9 @@ import structlog
 from common.errors import DependencyUnavailable, DomainError, FailedPrecondition, NotFound
 from common.faults import crash_point
 from payment_service.domain.errors import ProviderOutcomeUnknown
-from payment_service.domain.model import (
-    Payment,
-    PaymentKind,
-    PaymentStatus,
-    ProviderAnswer,
-    ProviderCall,
-)
+from payment_service.domain.model import Payment
+from payment_service.domain.saga import ProviderAnswer, ProviderCall
+from payment_service.domain.status import PaymentKind, PaymentStatus
 from payment_service.service_layer.ports import GatewayPort, ProviderResult, UnitOfWork, WalletPort
 from payment_service.service_layer.queries import PaymentQueries
 from payment_service.service_layer.steps import Unchanged, step

@@ -5,8 +5,8 @@ and never moves it."""
 from __future__ import annotations
 
 from common.events import make_envelope
-from payment_service.domain.model import PaymentStatus
 from payment_service.domain.review import ReviewReason
+from payment_service.domain.status import PaymentStatus
 from payment_service.entrypoints.gateway_events import GatewayEventsEntrypoint
 from paysuite.events.v1 import events_pb2
 from tests.payment_service.world import World

@@ -7,7 +7,7 @@ import pytest
 
 from common.errors import IdempotencyConflict, NotFound, ValidationError
 from common.money import Money
-from payment_service.domain.model import PaymentStatus
+from payment_service.domain.status import PaymentStatus
 from tests.payment_service.world import ACCOUNT, World
 
 S = PaymentStatus

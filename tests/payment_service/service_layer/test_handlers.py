@@ -8,7 +8,8 @@ import pytest
 from common.errors import DependencyUnavailable
 from common.money import Money
 from payment_service.domain.events import ReviewRequested
-from payment_service.domain.model import PaymentStatus, ProviderAnswer
+from payment_service.domain.saga import ProviderAnswer
+from payment_service.domain.status import PaymentStatus
 from tests.payment_service.world import ACCOUNT, World
 
 S = PaymentStatus

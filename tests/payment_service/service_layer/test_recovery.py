@@ -9,14 +9,10 @@ from datetime import UTC, datetime
 import pytest
 
 from common.errors import DependencyUnavailable, ValidationError
-from payment_service.domain.model import (
-    MAX_RECOVERY_ATTEMPTS,
-    PaymentStatus,
-    ProviderAnswer,
-    RecoveryOutcome,
-    RecoveryRequest,
-)
+from payment_service.domain.recovery import MAX_RECOVERY_ATTEMPTS, RecoveryOutcome, RecoveryRequest
 from payment_service.domain.review import ReviewReason
+from payment_service.domain.saga import ProviderAnswer
+from payment_service.domain.status import PaymentStatus
 from payment_service.service_layer.recovery import RecoveryRecord
 from tests.payment_service.service_layer.test_sagas import funded, steps, withdraw
 from tests.payment_service.world import ACCOUNT, World

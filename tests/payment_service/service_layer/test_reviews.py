@@ -16,8 +16,9 @@ from payment_service.domain.errors import (
     ReviewAlreadyResolved,
 )
 from payment_service.domain.events import PaymentStatusChanged
-from payment_service.domain.model import PaymentStatus, ProviderAnswer
 from payment_service.domain.review import Resolution, ReviewReason, ReviewStatus
+from payment_service.domain.saga import ProviderAnswer
+from payment_service.domain.status import PaymentStatus
 from payment_service.service_layer.reviews import ReviewService
 from tests.payment_service.world import ACCOUNT, World
 

@@ -23,7 +23,9 @@ from payment_service.domain.errors import (
     Refused,
     RequestInFlight,
 )
-from payment_service.domain.model import HoldState, IdempotencyClaim, PaymentStatus, ProviderAnswer
+from payment_service.domain.requests import IdempotencyClaim
+from payment_service.domain.saga import HoldState, ProviderAnswer
+from payment_service.domain.status import PaymentStatus
 from tests.payment_service.world import ACCOUNT, World
 
 S = PaymentStatus

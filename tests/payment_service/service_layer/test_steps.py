@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from common.errors import ConcurrentUpdate, NotFound
-from payment_service.domain.model import Payment, PaymentStatus
+from payment_service.domain.model import Payment
+from payment_service.domain.status import PaymentStatus
 from payment_service.service_layer.steps import Unchanged, step
 from tests.payment_service.fakes import FakeUnitOfWork
 from tests.payment_service.world import World
