@@ -174,6 +174,9 @@ class GatewayEventHandlers:
     async def _peek(self, payment_id: str) -> Payment | None:
         async with self._uow() as uow:
             payment = await uow.payments.get(payment_id)
+            # A read ends with COMMIT: on ROLLBACK psycopg drops the connection's prepared
+            # statements, and every later statement on it is parsed again.
+            await uow.commit()
         if payment is None:
             _unknown(payment_id)
         return payment
