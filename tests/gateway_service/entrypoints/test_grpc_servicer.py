@@ -46,7 +46,7 @@ def charge_request(**changes: object) -> gateway_pb2.ChargeRequest:
     )
     for name, value in changes.items():
         if value is None:
-            request.ClearField(name)  # type: ignore[arg-type]
+            request.ClearField(name)  # type: ignore[arg-type]  # the stubs want a literal field name
         elif isinstance(value, money_pb2.Money):
             request.amount.CopyFrom(value)
         else:
