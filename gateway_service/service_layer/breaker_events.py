@@ -14,7 +14,7 @@ import structlog
 from common.aio import next_or_stop
 from gateway_service.domain import events
 from gateway_service.domain.breaker import BreakerSnapshot, Transition
-from gateway_service.service_layer.operations import UnitOfWorkFactory
+from gateway_service.service_layer.ports import UnitOfWorkFactory
 from gateway_service.service_layer.providers import ProviderRouter
 
 log = structlog.get_logger(__name__)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from gateway_service.service_layer.breaker_events import BreakerEvents
 from gateway_service.service_layer.inbox import ProviderEventInbox
-from gateway_service.service_layer.operations import Operations, UnitOfWorkFactory
+from gateway_service.service_layer.operations import Operations
+from gateway_service.service_layer.ports import UnitOfWorkFactory
 from gateway_service.service_layer.providers import ProviderRouter
 from gateway_service.service_layer.sync import StatusSync
 

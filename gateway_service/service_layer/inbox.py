@@ -26,8 +26,7 @@ from gateway_service.domain.model import (
     ProviderEventStatus,
 )
 from gateway_service.domain.provider import MAX_PROVIDER_FIELD
-from gateway_service.service_layer.operations import UnitOfWorkFactory
-from gateway_service.service_layer.ports import EventKey, EventRecord
+from gateway_service.service_layer.ports import EventKey, EventRecord, UnitOfWorkFactory
 from gateway_service.service_layer.providers import ProviderRouter
 
 log = structlog.get_logger(__name__)

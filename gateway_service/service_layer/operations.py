@@ -47,12 +47,10 @@ from gateway_service.domain.provider import (
     ProviderRejected,
     ProviderUnavailable,
 )
-from gateway_service.service_layer.ports import UnitOfWork
+from gateway_service.service_layer.ports import UnitOfWork, UnitOfWorkFactory
 from gateway_service.service_layer.providers import GuardedProvider, ProviderRouter
 
 log = structlog.get_logger(__name__)
-
-UnitOfWorkFactory = Callable[[], UnitOfWork]
 
 
 @dataclass(frozen=True, slots=True)

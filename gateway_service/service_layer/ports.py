@@ -3,7 +3,7 @@ unit of work and stores, the providers it calls, and somewhere to count those ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from common.uow import UnitOfWork as BaseUnitOfWork
@@ -76,6 +76,9 @@ class UnitOfWork(BaseUnitOfWork, Protocol):
         """Facts that belong to no operation (a webhook recorded, a breaker moved), written
         to the outbox at commit with the rest of the change."""
         ...
+
+
+UnitOfWorkFactory = Callable[[], UnitOfWork]
 
 
 class Provider(Protocol):

@@ -21,11 +21,8 @@ from gateway_service.domain.provider import (
     ReportedStatus,
     StatusReport,
 )
-from gateway_service.service_layer.operations import (
-    Operations,
-    UnitOfWorkFactory,
-    update_operation,
-)
+from gateway_service.service_layer.operations import Operations, update_operation
+from gateway_service.service_layer.ports import UnitOfWorkFactory
 from gateway_service.service_layer.providers import ProviderRouter
 
 log = structlog.get_logger(__name__)
