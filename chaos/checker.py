@@ -18,7 +18,7 @@ from chaos.history import (
     Observed,
     PaymentView,
 )
-from payment_service.domain.model import ALLOWED, TERMINAL, PaymentStatus
+from payment_service.domain.status import ALLOWED, TERMINAL, PaymentStatus
 
 REVIEW = PaymentStatus.REQUIRES_MANUAL_REVIEW.value
 TERMINAL_NAMES = frozenset(status.value for status in TERMINAL)

@@ -33,7 +33,7 @@ from chaos.history import (
 from common import db
 from common.config import Settings
 from payment_service.bootstrap import DATABASE as PAYMENT_DB
-from payment_service.domain.model import TERMINAL, PaymentStatus
+from payment_service.domain.status import TERMINAL, PaymentStatus
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite_cli import ops
 from paysuite_cli.inspect import STREAMS

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from common import admission as admission_control
+from common.backlog import Group
 from common.bootstrap import LOOP_HEARTBEAT_S, Infra, ServiceDatabase
 from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM
@@ -22,9 +24,13 @@ from payment_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME, Paym
 from payment_service.entrypoints.housekeeping import Housekeeping, ReviewSlaAlarm, SagaResumer
 from payment_service.entrypoints.payment_events import GROUP as SAGA_GROUP
 from payment_service.entrypoints.payment_events import PaymentSagaEntrypoint
+from payment_service.service_layer.accounts import AccountDirectory
+from payment_service.service_layer.create import PaymentRequests
 from payment_service.service_layer.handlers import GatewayEventHandlers
+from payment_service.service_layer.queries import PaymentQueries
+from payment_service.service_layer.recovery import Recovery
 from payment_service.service_layer.reviews import ReviewService
-from payment_service.service_layer.services import PaymentService
+from payment_service.service_layer.saga import Saga
 from paysuite.payment.v1 import payment_pb2_grpc
 
 NAME = "payment-service"
@@ -43,21 +49,25 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     def uow() -> PaymentUnitOfWork:
         return PaymentUnitOfWork(infra.engine)
 
-    service = PaymentService(
-        uow=uow, wallet=wallet, gateway=GatewayClient(gateway_channel, timeout_s=timeout_s)
-    )
+    gateway = GatewayClient(gateway_channel, timeout_s=timeout_s)
+    # One directory for every use case: an account's owner and currency are looked up once.
+    accounts = AccountDirectory(wallet)
+    queries = PaymentQueries(uow=uow, accounts=accounts)
+    saga = Saga(uow=uow, wallet=wallet, gateway=gateway, queries=queries)
+    requests = PaymentRequests(uow=uow, accounts=accounts, queries=queries, saga=saga)
+    recovery = Recovery(uow=uow, gateway=gateway, saga=saga)
     consumer = infra.consumer(
         stream=GATEWAY_STREAM,
         group=GROUP,
         handler=GatewayEventsEntrypoint(GatewayEventHandlers(uow=uow, wallet=wallet)),
     )
-    saga = infra.consumer(
-        stream=PAYMENT_STREAM, group=SAGA_GROUP, handler=PaymentSagaEntrypoint(service)
+    saga_consumer = infra.consumer(
+        stream=PAYMENT_STREAM, group=SAGA_GROUP, handler=PaymentSagaEntrypoint(saga)
     )
     housekeeping = Housekeeping(
-        service, key_retention=timedelta(hours=settings.idempotency_retention_h)
+        requests, key_retention=timedelta(hours=settings.idempotency_retention_h)
     )
-    resumer = SagaResumer(service, after=timedelta(seconds=settings.saga_resume_after_s))
+    resumer = SagaResumer(recovery, after=timedelta(seconds=settings.saga_resume_after_s))
     feed = PaymentChangeFeed(
         infra.redis,
         stream=settings.stream_prefix + PAYMENT_STREAM,
@@ -65,7 +75,19 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     )
     reviews = ReviewService(uow=uow, wallet=wallet, sla=timedelta(seconds=settings.review_sla_s))
     alarm = ReviewSlaAlarm(reviews)
-    servicer = PaymentServicer(service, feed=feed, reviews=reviews)
+    admission, admission_tasks = admission_control.from_settings(
+        settings,
+        infra.redis,
+        groups=[Group(c.stream, c.group) for c in (consumer, saga_consumer)],
+    )
+    servicer = PaymentServicer(
+        requests=requests,
+        queries=queries,
+        recovery=recovery,
+        reviews=reviews,
+        feed=feed,
+        admission=admission,
+    )
     server, port, health = create_server(
         address,
         registrars=[lambda s: payment_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, s)],
@@ -88,11 +110,12 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         background=[
             infra.relay_task(),
             infra.consumer_task(consumer),
-            infra.consumer_task(saga),
+            infra.consumer_task(saga_consumer),
             Task("idempotency key purge", housekeeping.run, heartbeat_s=housekeeping.heartbeat_s),
             Task("saga resume sweep", resumer.run, heartbeat_s=resumer.heartbeat_s),
             Task("review SLA alarm", alarm.run, heartbeat_s=alarm.heartbeat_s),
             Task("watch feed", feed.run, heartbeat_s=LOOP_HEARTBEAT_S),
+            *admission_tasks,
         ],
         closers=[infra.close, close_channels],
     )

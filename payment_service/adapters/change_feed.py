@@ -90,10 +90,11 @@ class PaymentChangeFeed:
 
     async def _read(self, last: str) -> str:
         async with redis_boundary("XREAD"):
-            response: list[Any] = await self._redis.xread(  # type: ignore[assignment]
+            # The stubs type the reply of every protocol version; this client speaks RESP2.
+            reply: list[Any] = await self._redis.xread(  # type: ignore[assignment]  # RESP2: a list
                 {self._stream: last}, count=500, block=self._block_ms
             )
-        for _stream, entries in response or ():
+        for _stream, entries in reply or ():
             for entry_id, fields in entries:
                 last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
                 aggregate = fields.get(b"aggregate_id", b"").decode()

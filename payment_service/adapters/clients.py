@@ -15,7 +15,7 @@ from common.grpc.client import translate_rpc_error
 from common.grpc.convert import money_to_proto
 from common.grpc.deadlines import remaining
 from common.money import Money
-from payment_service.domain.model import ProviderAnswer
+from payment_service.domain.saga import ProviderAnswer
 from payment_service.service_layer.ports import AccountInfo, OperationState, ProviderResult
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc

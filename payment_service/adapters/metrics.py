@@ -20,7 +20,8 @@ from prometheus_client import Counter, Histogram
 
 from common.metrics import BoundedLabel
 from payment_service.domain.events import PaymentStatusChanged
-from payment_service.domain.model import TERMINAL, Payment
+from payment_service.domain.model import Payment
+from payment_service.domain.status import TERMINAL
 
 ATTEMPTS = Counter(
     "payment_attempts_total", "Payments created, by kind and payment method.", ["kind", "method"]

@@ -29,17 +29,8 @@ from common.money import Money
 from common.streams import mark_processed
 from payment_service.adapters import tables as t
 from payment_service.domain.errors import ReviewAlreadyResolved
-from payment_service.domain.model import (
-    HoldState,
-    IdempotencyClaim,
-    Payment,
-    PaymentFilter,
-    PaymentKind,
-    PaymentStatus,
-    PaymentStep,
-    SagaState,
-    StatusChange,
-)
+from payment_service.domain.model import Payment
+from payment_service.domain.requests import IdempotencyClaim, PaymentFilter
 from payment_service.domain.review import (
     Decision,
     Resolution,
@@ -48,6 +39,9 @@ from payment_service.domain.review import (
     ReviewReason,
     ReviewStatus,
 )
+from payment_service.domain.saga import HoldState, SagaState
+from payment_service.domain.status import PaymentKind, PaymentStatus
+from payment_service.domain.trail import PaymentStep, StatusChange
 
 
 def _payment(row: Any) -> Payment:
@@ -123,20 +117,39 @@ _PURGE_CLAIMS = (
     "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys"
     " WHERE created_at < now() - %s LIMIT %s)"
 )
+# A payment's row, the transitions and the audit-trail steps recorded since it was loaded are
+# written by ONE statement: the history and steps ride as arrays (unnest) in data-modifying
+# CTEs. One row per transition or step used to be its own statement (executemany), about 11 per
+# deposit; the statement text no longer depends on how many rows there are, so it stays
+# prepared. The CTEs insert only when the payment's own write happened (`EXISTS (... FROM
+# written)`), so a lost optimistic-concurrency race writes nothing and the count says so.
+_HISTORY_CTES = (
+    " history AS (INSERT INTO payment_status_history (payment_id, sequence, from_status,"
+    " to_status, reason, occurred_at)"
+    " SELECT %(payment_id)s, * FROM unnest(%(h_sequence)s::bigint[], %(h_from)s::text[],"
+    " %(h_to)s::text[], %(h_reason)s::text[], %(h_at)s::timestamptz[])"
+    " WHERE EXISTS (SELECT 1 FROM written)),"
+    " audit AS (INSERT INTO payment_steps (payment_id, step, event_type, occurred_at, data, error)"
+    " SELECT %(payment_id)s, * FROM unnest(%(s_step)s::bigint[], %(s_type)s::text[],"
+    " %(s_at)s::timestamptz[], %(s_data)s::jsonb[], %(s_error)s::text[])"
+    " WHERE EXISTS (SELECT 1 FROM written))"
+    " SELECT count(*) FROM written"
+)
 _INSERT = (
-    "INSERT INTO payments (payment_id, kind, idempotency_key, amount_minor, currency,"
-    " source_account_id, destination_account_id, payment_method, created_at, parent_payment_id,"
-    " status, failure_reason, gateway_operation_id, version, updated_at, steps, saga)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "WITH written AS (INSERT INTO payments (payment_id, kind, idempotency_key, amount_minor,"  # noqa: S608 - constant SQL pieces, no input
+    " currency, source_account_id, destination_account_id, payment_method, created_at,"
+    " parent_payment_id, status, failure_reason, gateway_operation_id, version, updated_at,"
+    " steps, saga) VALUES (%(payment_id)s, %(kind)s, %(idempotency_key)s, %(amount_minor)s,"
+    " %(currency)s, %(source)s, %(destination)s, %(method)s, %(created_at)s, %(parent)s,"
+    " %(status)s, %(failure_reason)s, %(operation_id)s, %(version)s, %(updated_at)s,"
+    " %(steps)s, %(saga)s) RETURNING 1)," + _HISTORY_CTES
 )
 _UPDATE = (
-    "UPDATE payments SET status = %s, failure_reason = %s, gateway_operation_id = %s,"
-    " version = %s, updated_at = %s, steps = %s, saga = %s"
-    " WHERE payment_id = %s AND version = %s AND steps = %s"
-)
-_INSERT_STEP = (
-    "INSERT INTO payment_steps (payment_id, step, event_type, occurred_at, data, error)"
-    " VALUES (%s, %s, %s, %s, %s, %s)"
+    "WITH written AS (UPDATE payments SET status = %(status)s, failure_reason ="  # noqa: S608 - constant SQL pieces, no input
+    " %(failure_reason)s, gateway_operation_id = %(operation_id)s, version = %(version)s,"
+    " updated_at = %(updated_at)s, steps = %(steps)s, saga = %(saga)s"
+    " WHERE payment_id = %(payment_id)s AND version = %(expected_version)s"
+    " AND steps = %(expected_steps)s RETURNING 1)," + _HISTORY_CTES
 )
 _STEPS = (
     "SELECT step, event_type, occurred_at, data, error FROM payment_steps"
@@ -185,10 +198,6 @@ _ALARM_CASES = (
     " ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED)"
     " RETURNING seq, case_id, payment_id, reason_code, reason, opened_at, status, evidence,"
     " resolution, note, resolved_by, resolved_at"
-)
-_INSERT_HISTORY = (
-    "INSERT INTO payment_status_history (payment_id, sequence, from_status, to_status, reason,"
-    " occurred_at) VALUES (%s, %s, %s, %s, %s, %s)"
 )
 
 
@@ -299,39 +308,37 @@ class PaymentRepository:
 
     async def add(self, payment: Payment) -> None:
         self._track(payment)
+        params = {
+            "kind": payment.kind.value,
+            "idempotency_key": payment.idempotency_key,
+            "amount_minor": payment.amount.amount_minor,
+            "currency": payment.amount.currency,
+            "source": payment.source_account_id or None,
+            "destination": payment.destination_account_id or None,
+            "method": payment.payment_method,
+            "created_at": payment.created_at,
+            "parent": payment.parent_payment_id or None,
+            **self._written(payment),
+        }
         async with unique_violation_is_conflict():
-            await self._raw.execute(
-                _INSERT,
-                (
-                    payment.payment_id,
-                    payment.kind.value,
-                    payment.idempotency_key,
-                    payment.amount.amount_minor,
-                    payment.amount.currency,
-                    payment.source_account_id or None,
-                    payment.destination_account_id or None,
-                    payment.payment_method,
-                    payment.created_at,
-                    payment.parent_payment_id or None,
-                    *self._mutable(payment),
-                ),
-            )
-        await self._write_history(payment)
+            await self._raw.execute(_INSERT, params)
+        await self._open_cases(payment)
 
     async def save(self, payment: Payment) -> None:
         """Writes the payment's new changes; nothing when it has none (its events, if any,
         still reach the outbox through the unit of work)."""
         if not payment.has_changes:
             return
-        expected = payment.version - len(payment.new_changes)
-        expected_steps = payment.steps - len(payment.new_steps)
-        cursor = await self._raw.execute(
-            _UPDATE,
-            (*self._mutable(payment), payment.payment_id, expected, expected_steps),
-        )
-        if cursor.rowcount != 1:
+        params = {
+            "expected_version": payment.version - len(payment.new_changes),
+            "expected_steps": payment.steps - len(payment.new_steps),
+            **self._written(payment),
+        }
+        cursor = await self._raw.execute(_UPDATE, params)
+        row = await cursor.fetchone()
+        if row is None or row[0] != 1:
             raise ConcurrentUpdate(f"payment {payment.payment_id} changed concurrently")
-        await self._write_history(payment)
+        await self._open_cases(payment)
 
     async def history(self, payment_id: str) -> list[StatusChange]:
         h = t.payment_status_history
@@ -381,11 +388,36 @@ class PaymentRepository:
             for step, event_type, occurred_at, data, error in await cursor.fetchall()
         ]
 
-    async def _write_history(self, payment: Payment) -> None:
-        """The transitions, the audit-trail steps and the review cases recorded since the
-        payment was loaded."""
+    @staticmethod
+    def _written(payment: Payment) -> dict[str, Any]:
+        """The payment's mutable columns and, as arrays, the transitions and audit-trail steps
+        recorded since it was loaded (taken from it: they are written once)."""
         changes, payment.new_changes = payment.new_changes, []
         steps, payment.new_steps = payment.new_steps, []
+        return {
+            "payment_id": payment.payment_id,
+            "status": payment.status.value,
+            "failure_reason": payment.failure_reason,
+            "operation_id": payment.gateway_operation_id,
+            "version": payment.version,
+            "updated_at": payment.updated_at,
+            "steps": payment.steps,
+            "saga": _saga_json(payment.saga),
+            "h_sequence": [c.sequence for c in changes],
+            "h_from": [c.from_status.value if c.from_status else None for c in changes],
+            "h_to": [c.to_status.value for c in changes],
+            "h_reason": [c.reason for c in changes],
+            "h_at": [c.occurred_at for c in changes],
+            "s_step": [step.step for step in steps],
+            "s_type": [step.event_type for step in steps],
+            "s_at": [step.occurred_at for step in steps],
+            "s_data": [Jsonb(dict(step.data)) for step in steps],
+            "s_error": [step.error for step in steps],
+        }
+
+    async def _open_cases(self, payment: Payment) -> None:
+        """The review cases recorded since the payment was loaded; after its row's write, which
+        locks it."""
         reviews, payment.new_reviews = payment.new_reviews, []
         for opening in reviews:
             await self._raw.execute(
@@ -399,37 +431,6 @@ class PaymentRepository:
                     Jsonb([_evidence_json(opening)]),
                 ),
             )
-        async with self._raw.cursor() as cursor:
-            if changes:
-                await cursor.executemany(
-                    _INSERT_HISTORY,
-                    [
-                        (
-                            payment.payment_id,
-                            c.sequence,
-                            c.from_status.value if c.from_status else None,
-                            c.to_status.value,
-                            c.reason,
-                            c.occurred_at,
-                        )
-                        for c in changes
-                    ],
-                )
-            if steps:
-                await cursor.executemany(
-                    _INSERT_STEP,
-                    [
-                        (
-                            payment.payment_id,
-                            step.step,
-                            step.event_type,
-                            step.occurred_at,
-                            Jsonb(dict(step.data)),
-                            step.error,
-                        )
-                        for step in steps
-                    ],
-                )
 
     # -- review cases ---------------------------------------------------------------------
 
@@ -486,15 +487,3 @@ class PaymentRepository:
             await cursor.execute(query, params)
             rows: builtins.list[Any] = await cursor.fetchall()
             return [(row.seq, _case(row)) for row in rows]
-
-    @staticmethod
-    def _mutable(payment: Payment) -> tuple[str, str, str, int, datetime | None, int, Jsonb]:
-        return (
-            payment.status.value,
-            payment.failure_reason,
-            payment.gateway_operation_id,
-            payment.version,
-            payment.updated_at,
-            payment.steps,
-            _saga_json(payment.saga),
-        )

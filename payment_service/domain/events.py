@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from common.money import Money
 
@@ -46,3 +47,6 @@ class PaymentStepRecorded:
     kind: str
     step: str
     version: int
+
+
+PaymentEvent: TypeAlias = PaymentStatusChanged | ReviewRequested | PaymentStepRecorded

@@ -1,4 +1,4 @@
-"""PaymentService over gRPC: converts messages, calls the service layer, converts back.
+"""PaymentService over gRPC: converts messages, calls the use case, converts back.
 
 No try/except here: domain errors become statuses in common.grpc.errors.
 """
@@ -11,24 +11,22 @@ from typing import Any
 
 import grpc
 
+from common.admission import Admission
 from common.auth import SYSTEM, Access, current_principal
 from common.grpc.auth import Policy
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
 from common.money import Money
-from payment_service.domain.model import (
-    Payment,
-    PaymentFilter,
-    PaymentKind,
-    PaymentStatus,
-    PaymentStep,
-    RecoveryOutcome,
-    RecoveryRequest,
-    StatusChange,
-)
+from payment_service.domain.model import Payment
+from payment_service.domain.recovery import RecoveryOutcome, RecoveryRequest
+from payment_service.domain.requests import PaymentFilter
 from payment_service.domain.review import Resolution, ReviewOpening, ReviewStatus
+from payment_service.domain.status import PaymentKind, PaymentStatus
+from payment_service.domain.trail import PaymentStep, StatusChange
+from payment_service.service_layer.create import PaymentRequests
 from payment_service.service_layer.ports import ChangeFeed
+from payment_service.service_layer.queries import PaymentQueries
+from payment_service.service_layer.recovery import Recovery
 from payment_service.service_layer.reviews import CaseView, ReviewService
-from payment_service.service_layer.services import PaymentService
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
@@ -164,16 +162,33 @@ POLICY = Policy(
 
 class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     def __init__(
-        self, service: PaymentService, *, feed: ChangeFeed, reviews: ReviewService
+        self,
+        *,
+        requests: PaymentRequests,
+        queries: PaymentQueries,
+        recovery: Recovery,
+        reviews: ReviewService,
+        feed: ChangeFeed,
+        admission: Admission | None = None,
     ) -> None:
-        self._service = service
-        self._feed = feed
+        self._requests = requests
+        self._queries = queries
+        self._recovery = recovery
         self._reviews = reviews
+        self._feed = feed
+        self._admission = admission
+
+    async def _admit(self) -> None:
+        """Calls that start a saga pass admission control first (common/admission.py): under
+        overload they are refused before anything is written."""
+        if self._admission is not None:
+            await self._admission.admit(current_principal())
 
     async def CreateDeposit(
         self, request: payment_pb2.CreateDepositRequest, context: Context
     ) -> payment_pb2.Payment:
-        payment = await self._service.create_deposit(
+        await self._admit()
+        payment = await self._requests.create_deposit(
             idempotency_key=request.idempotency_key,
             account_id=request.account_id,
             amount=money_from_request(
@@ -188,13 +203,13 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         self, request: payment_pb2.GetPaymentRequest, context: Context
     ) -> payment_pb2.Payment:
         return payment_to_proto(
-            await self._service.get_payment(request.payment_id, caller=current_principal())
+            await self._queries.get_payment(request.payment_id, caller=current_principal())
         )
 
     async def ListPayments(
         self, request: payment_pb2.ListPaymentsRequest, context: Context
     ) -> payment_pb2.ListPaymentsResponse:
-        page = await self._service.list_payments(
+        page = await self._queries.list_payments(
             account_id=request.account_id,
             page_size=request.page_size,
             page_token=request.page_token,
@@ -222,8 +237,8 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def ListPaymentEvents(
         self, request: payment_pb2.ListPaymentEventsRequest, context: Context
     ) -> payment_pb2.ListPaymentEventsResponse:
-        changes = await self._service.history(request.payment_id, caller=current_principal())
-        steps = await self._service.audit_trail(request.payment_id, caller=SYSTEM)
+        changes = await self._queries.history(request.payment_id, caller=current_principal())
+        steps = await self._queries.audit_trail(request.payment_id, caller=SYSTEM)
         return payment_pb2.ListPaymentEventsResponse(
             changes=[change_to_proto(c) for c in changes],
             steps=[step_to_proto(s) for s in steps],
@@ -232,7 +247,8 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def CreateWithdrawal(
         self, request: payment_pb2.CreateWithdrawalRequest, context: Context
     ) -> payment_pb2.Payment:
-        payment = await self._service.create_withdrawal(
+        await self._admit()
+        payment = await self._requests.create_withdrawal(
             idempotency_key=request.idempotency_key,
             account_id=request.account_id,
             amount=money_from_request(
@@ -246,7 +262,8 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def CreateTransfer(
         self, request: payment_pb2.CreateTransferRequest, context: Context
     ) -> payment_pb2.Payment:
-        payment = await self._service.create_transfer(
+        await self._admit()
+        payment = await self._requests.create_transfer(
             idempotency_key=request.idempotency_key,
             source_account_id=request.source_account_id,
             destination_account_id=request.destination_account_id,
@@ -260,12 +277,13 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def RefundPayment(
         self, request: payment_pb2.RefundPaymentRequest, context: Context
     ) -> payment_pb2.Payment:
+        await self._admit()
         amount = (
             money_from_request(request.amount, field="amount", present=True)
             if request.HasField("amount")
             else None
         )
-        payment = await self._service.refund_payment(
+        payment = await self._requests.refund_payment(
             idempotency_key=request.idempotency_key,
             payment_id=request.payment_id,
             amount=amount,
@@ -277,13 +295,13 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
         self, request: payment_pb2.CancelPaymentRequest, context: Context
     ) -> payment_pb2.Payment:
         return payment_to_proto(
-            await self._service.cancel_payment(request.payment_id, caller=current_principal())
+            await self._requests.cancel_payment(request.payment_id, caller=current_principal())
         )
 
     async def WatchPayment(
         self, request: payment_pb2.WatchPaymentRequest, context: Context
     ) -> AsyncIterator[payment_pb2.Payment]:
-        async for payment in self._service.watch(
+        async for payment in self._queries.watch(
             request.payment_id, feed=self._feed, caller=current_principal()
         ):
             yield payment_to_proto(payment)
@@ -337,7 +355,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def RecoverPayment(
         self, request: payment_pb2.RecoverPaymentRequest, context: Context
     ) -> payment_pb2.RecoverPaymentResponse:
-        record = await self._service.recover(
+        record = await self._recovery.recover(
             RecoveryRequest(
                 payment_id=request.payment_id,
                 attempt_id=request.attempt_id,

@@ -11,8 +11,9 @@ import structlog
 from common.aio import wait_any
 from common.errors import DependencyUnavailable
 from common.supervision import beat
+from payment_service.service_layer.create import PaymentRequests
+from payment_service.service_layer.recovery import Recovery
 from payment_service.service_layer.reviews import ReviewService
-from payment_service.service_layer.services import PaymentService
 
 log = structlog.get_logger(__name__)
 
@@ -24,8 +25,8 @@ ROUND_SLACK_S = 120.0
 
 
 class Housekeeping:
-    def __init__(self, service: PaymentService, *, key_retention: timedelta) -> None:
-        self._service = service
+    def __init__(self, requests: PaymentRequests, *, key_retention: timedelta) -> None:
+        self._requests = requests
         self._key_retention = key_retention
         self.heartbeat_s = EVERY_S + ROUND_SLACK_S
 
@@ -33,7 +34,7 @@ class Housekeeping:
         while not stop.is_set():
             beat()
             try:
-                purged = await self._service.purge_idempotency_keys(older_than=self._key_retention)
+                purged = await self._requests.purge_idempotency_keys(older_than=self._key_retention)
                 if purged:
                     log.info("payment.idempotency_keys_purged", count=purged)
             except DependencyUnavailable as exc:
@@ -42,7 +43,7 @@ class Housekeeping:
 
 
 class SagaResumer:
-    """Resumes payments whose saga stopped between steps (see `PaymentService.resume_stalled`).
+    """Resumes payments whose saga stopped between steps (see `Recovery.resume_stalled`).
 
     At start-up, at once and with a threshold of `AT_START`: this replica may be the restart
     of one killed between two steps (a withdrawal whose hold was placed and not recorded, a
@@ -53,7 +54,7 @@ class SagaResumer:
     a payment stalled later waits at most one and a half thresholds.
 
     Every `RETRY_S` besides, the request-path steps an outage interrupted in this process
-    (`PaymentService.resume_deferred`): a withdrawal whose hold the wallet could not place
+    (`Recovery.resume_deferred`): a withdrawal whose hold the wallet could not place
     moves on within a second of the wallet being back."""
 
     # Shorter than any restart (`paysuite up` waits 0.5 s before one, and a process takes
@@ -61,8 +62,8 @@ class SagaResumer:
     AT_START = timedelta(seconds=1)
     RETRY_S = 1.0
 
-    def __init__(self, service: PaymentService, *, after: timedelta) -> None:
-        self._service = service
+    def __init__(self, recovery: Recovery, *, after: timedelta) -> None:
+        self._recovery = recovery
         self._after = after
         self.heartbeat_s = after.total_seconds() / 2 + ROUND_SLACK_S
 
@@ -83,14 +84,14 @@ class SagaResumer:
                 else:
                     threshold = self._after
                     next_sweep = loop.time() + self._after.total_seconds() / 2
-            await self._service.resume_deferred()
+            await self._recovery.resume_deferred()
             await wait_any(stop, at_most_s=self.RETRY_S)
 
     async def _sweep(self, threshold: timedelta) -> None:
         """Resumes the payments stalled past `threshold`, a page at a time (a bounded number
         of pages: while a dependency is down, the same payments would come back forever)."""
         for _ in range(MAX_PAGES):
-            resumed = await self._service.resume_stalled(older_than=threshold, limit=PAGE)
+            resumed = await self._recovery.resume_stalled(older_than=threshold, limit=PAGE)
             if resumed:
                 log.info("payment.sagas_resumed", count=resumed)
             if resumed < PAGE:

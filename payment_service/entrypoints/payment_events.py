@@ -10,15 +10,15 @@ idempotency key.
 
 from __future__ import annotations
 
-from payment_service.service_layer.services import PaymentService
+from payment_service.service_layer.saga import Saga
 from paysuite.events.v1 import events_pb2
 
 GROUP = "payment-saga"
 
 
 class PaymentSagaEntrypoint:
-    def __init__(self, service: PaymentService) -> None:
-        self._service = service
+    def __init__(self, saga: Saga) -> None:
+        self._saga = saga
 
     async def __call__(self, envelope: events_pb2.EventEnvelope) -> None:
         payment_id = envelope.aggregate_id
@@ -30,10 +30,10 @@ class PaymentSagaEntrypoint:
                 if not envelope.payload.Unpack(change):
                     raise ValueError(f"{envelope.event_type} without a PaymentStatusChanged")
                 if change.kind == "deposit":
-                    await self._service.ask_provider(payment_id)
+                    await self._saga.ask_provider(payment_id)
             case "payment.funds_held":
-                await self._service.ask_provider(payment_id)
+                await self._saga.ask_provider(payment_id)
             case "payment.refunding" | "payment.compensation_retry":
-                await self._service.compensate(payment_id)
+                await self._saga.compensate(payment_id)
             case "payment.cancelled":
-                await self._service.release_hold(payment_id)
+                await self._saga.release_hold(payment_id)

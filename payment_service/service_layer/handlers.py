@@ -12,11 +12,12 @@ from collections.abc import Callable
 
 import structlog
 
-from common.errors import DependencyUnavailable, DomainError, retry_on_conflict
+from common.errors import DependencyUnavailable, DomainError
 from common.faults import crash_point
-from payment_service.domain.model import Payment, PaymentKind
-from payment_service.service_layer.ports import UnitOfWork, WalletPort
-from payment_service.service_layer.services import save_settling_refunds
+from payment_service.domain.model import Payment
+from payment_service.domain.status import PaymentKind
+from payment_service.service_layer.ports import PaymentStore, UnitOfWork, WalletPort
+from payment_service.service_layer.steps import Unchanged, step_with
 
 log = structlog.get_logger(__name__)
 
@@ -31,16 +32,11 @@ class GatewayEventHandlers:
     async def charge_failed(
         self, *, event_id: str, payment_id: str, operation_id: str, reason: str
     ) -> None:
-        async def apply() -> None:
-            async with self._uow() as uow:
-                payment = await self._locked(uow, payment_id)
-                if payment is None or not await uow.payments.mark_processed(CONSUMER, event_id):
-                    return
-                payment.apply_charge_failed(operation_id=operation_id, reason=reason)
-                await uow.payments.save(payment)
-                await uow.commit()
-
-        await retry_on_conflict(apply)
+        await self._apply(
+            event_id,
+            payment_id,
+            lambda p: p.apply_charge_failed(operation_id=operation_id, reason=reason),
+        )
 
     async def charge_succeeded(self, *, event_id: str, payment_id: str, operation_id: str) -> None:
         # The credit is a call to another service, so it runs between two transactions, never
@@ -54,18 +50,13 @@ class GatewayEventHandlers:
             credited = not refused
             crash_point("payment.credited")
 
-        async def apply() -> None:
-            async with self._uow() as uow:
-                current = await self._locked(uow, payment_id)
-                if current is None or not await uow.payments.mark_processed(CONSUMER, event_id):
-                    return
-                current.apply_charge_succeeded(
-                    operation_id=operation_id, credited=credited, credit_refused=refused
-                )
-                await uow.payments.save(current)
-                await uow.commit()
-
-        await retry_on_conflict(apply)
+        await self._apply(
+            event_id,
+            payment_id,
+            lambda p: p.apply_charge_succeeded(
+                operation_id=operation_id, credited=credited, credit_refused=refused
+            ),
+        )
 
     async def provider_succeeded(
         self, *, event_id: str, payment_id: str, operation: str, operation_id: str, provider: str
@@ -144,16 +135,21 @@ class GatewayEventHandlers:
     async def _apply(
         self, event_id: str, payment_id: str, decide: Callable[[Payment], None]
     ) -> None:
-        async def apply() -> None:
-            async with self._uow() as uow:
-                current = await self._locked(uow, payment_id)
-                if current is None or not await uow.payments.mark_processed(CONSUMER, event_id):
-                    return
-                decide(current)
-                await save_settling_refunds(uow, current)
-                await uow.commit()
+        """A saga step reacting to the event: recorded as processed under the payment's lock,
+        so a redelivery changes nothing."""
 
-        await retry_on_conflict(apply)
+        async def first_delivery(store: PaymentStore, _: Payment) -> bool:
+            return await store.mark_processed(CONSUMER, event_id)
+
+        def react(current: Payment, first: bool) -> Unchanged[None] | None:
+            if not first:
+                return Unchanged(None)
+            decide(current)
+            return None
+
+        await step_with(
+            self._uow, payment_id, first_delivery, react, missing=lambda: _unknown(payment_id)
+        )
 
     async def _credit(self, payment: Payment) -> str:
         """Credits the wallet; returns why it can never be credited, or "" on success.
@@ -179,14 +175,12 @@ class GatewayEventHandlers:
         async with self._uow() as uow:
             payment = await uow.payments.get(payment_id)
         if payment is None:
-            log.warning("payment.event_for_unknown_payment", payment_id=payment_id)
+            _unknown(payment_id)
         return payment
 
-    async def _locked(self, uow: UnitOfWork, payment_id: str) -> Payment | None:
-        payment = await uow.payments.get(payment_id, for_update=True)
-        if payment is None:
-            log.warning("payment.event_for_unknown_payment", payment_id=payment_id)
-        return payment
+
+def _unknown(payment_id: str) -> None:
+    log.warning("payment.event_for_unknown_payment", payment_id=payment_id)
 
 
 __all__ = ["CONSUMER", "GatewayEventHandlers"]

@@ -11,15 +11,11 @@ from typing import Protocol
 
 from common.money import Money
 from common.uow import UnitOfWork as BaseUnitOfWork
-from payment_service.domain.model import (
-    IdempotencyClaim,
-    Payment,
-    PaymentFilter,
-    PaymentStep,
-    ProviderAnswer,
-    StatusChange,
-)
+from payment_service.domain.model import Payment
+from payment_service.domain.requests import IdempotencyClaim, PaymentFilter
 from payment_service.domain.review import ReviewCase, ReviewStatus
+from payment_service.domain.saga import ProviderAnswer
+from payment_service.domain.trail import PaymentStep, StatusChange
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from common.errors import (
 )
 from common.ids import parse_id
 from payment_service.domain.errors import ReviewAlreadyResolved
-from payment_service.domain.model import Payment, PaymentStep
+from payment_service.domain.model import Payment
 from payment_service.domain.review import (
     Decision,
     Resolution,
@@ -33,8 +33,10 @@ from payment_service.domain.review import (
     ReviewStatus,
     mismatch_key,
 )
-from payment_service.service_layer.ports import UnitOfWork, WalletPort
-from payment_service.service_layer.services import page_params, save_settling_refunds
+from payment_service.domain.trail import PaymentStep
+from payment_service.service_layer.ports import PaymentStore, UnitOfWork, WalletPort
+from payment_service.service_layer.queries import page_params
+from payment_service.service_layer.steps import Unchanged, step_with
 
 log = structlog.get_logger(__name__)
 
@@ -181,23 +183,35 @@ class ReviewService:
         note = require(note, "note", max_length=MAX_NOTE)
         resolved_by = require(resolved_by, "resolved_by")
 
+        def no_case() -> ReviewCase:
+            raise NotFound("review case", case_id)
+
+        async def lock_case(store: PaymentStore, _: Payment) -> ReviewCase:
+            case = await store.get_case(case_id, for_update=True)
+            return case if case is not None else no_case()
+
         async def attempt() -> ReviewCase:
             payment_id, credited = await self._credit_if_needed(case_id, resolution)
             decision = Decision(resolution, note, resolved_by, self._clock())
-            async with self._uow() as uow:
-                payment = await uow.payments.get(payment_id, for_update=True)
-                case = await uow.payments.get_case(case_id, for_update=True)
-                if payment is None or case is None:
-                    raise NotFound("review case", case_id)
+
+            def decide(payment: Payment, case: ReviewCase) -> ReviewCase:
                 case.resolve(decision)
                 if payment.review_credit_needed(resolution) and not credited:
                     # It entered requires_manual_review after our look: credit, then retry.
                     raise ConcurrentUpdate(f"payment {payment_id} changed while resolving")
                 payment.resolve_review(case_id, decision, credited=credited)
-                await save_settling_refunds(uow, payment)
-                await uow.payments.save_case(case)
-                await uow.commit()
-            return case
+                return case
+
+            # Not retried on its own: a lost race runs `attempt` again, credit check included.
+            return await step_with(
+                self._uow,
+                payment_id,
+                lock_case,
+                decide,
+                missing=no_case,
+                then=lambda store, case: store.save_case(case),
+                retry=False,
+            )
 
         case = await retry_on_conflict(attempt)
         log.info(
@@ -222,26 +236,27 @@ class ReviewService:
         details = _evidence(evidence)
         key = mismatch_key(code, reason, details)
 
-        async def attempt() -> ReviewCase:
-            async with self._uow() as uow:
-                # The payment's row lock orders racing reports of the same mismatch.
-                payment = await uow.payments.get(payment_id, for_update=True)
-                if payment is None:
-                    raise NotFound("payment", payment_id)
-                known = await uow.payments.case_with_key(payment_id, key)
-                if known is not None:
-                    return known
-                payment.request_reconciliation_review(reason, details, key=key)
-                await uow.payments.save(payment)
-                await uow.commit()
-            log.warning("review.opened", payment_id=payment_id, reason_code=code.value, key=key)
-            async with self._uow() as uow:
-                case = await uow.payments.case_with_key(payment_id, key)
-            if case is None:  # the commit above wrote it
-                raise NotFound("review case of payment", payment_id)
-            return case
+        async def known_case(store: PaymentStore, _: Payment) -> ReviewCase | None:
+            return await store.case_with_key(payment_id, key)
 
-        return self.view(await retry_on_conflict(attempt))
+        def request(
+            payment: Payment, known: ReviewCase | None
+        ) -> ReviewCase | Unchanged[ReviewCase | None] | None:
+            if known is not None:
+                return Unchanged(known)
+            payment.request_reconciliation_review(reason, details, key=key)
+            return None
+
+        # The payment's row lock orders racing reports of the same mismatch.
+        known = await step_with(self._uow, payment_id, known_case, request)
+        if known is not None:
+            return self.view(known)
+        log.warning("review.opened", payment_id=payment_id, reason_code=code.value, key=key)
+        async with self._uow() as uow:
+            case = await uow.payments.case_with_key(payment_id, key)
+        if case is None:  # the commit above wrote it
+            raise NotFound("review case of payment", payment_id)
+        return self.view(case)
 
     async def _credit_if_needed(self, case_id: str, resolution: Resolution) -> tuple[str, bool]:
         """Looks at the case and its payment (no locks: no wallet call inside a transaction)

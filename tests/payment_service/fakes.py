@@ -13,16 +13,12 @@ from common.errors import ConcurrentUpdate, DependencyUnavailable, InsufficientF
 from common.ids import new_id
 from common.money import Money
 from payment_service.domain.errors import ReviewAlreadyResolved
-from payment_service.domain.model import (
-    IdempotencyClaim,
-    Payment,
-    PaymentFilter,
-    PaymentStatus,
-    PaymentStep,
-    ProviderAnswer,
-    StatusChange,
-)
+from payment_service.domain.model import Payment
+from payment_service.domain.requests import IdempotencyClaim, PaymentFilter
 from payment_service.domain.review import ReviewCase, ReviewOpening, ReviewStatus
+from payment_service.domain.saga import ProviderAnswer
+from payment_service.domain.status import PaymentStatus
+from payment_service.domain.trail import PaymentStep, StatusChange
 from payment_service.service_layer.ports import AccountInfo, OperationState, ProviderResult
 
 

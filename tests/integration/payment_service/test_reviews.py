@@ -23,7 +23,9 @@ from common.auth import Role
 from common.money import Money
 from payment_service.adapters.uow import PaymentUnitOfWork
 from payment_service.bootstrap import DATABASE
-from payment_service.domain.model import DepositRequest, Payment, ProviderAnswer
+from payment_service.domain.model import Payment
+from payment_service.domain.requests import DepositRequest
+from payment_service.domain.saga import ProviderAnswer
 from paysuite.payment.v1 import payment_pb2 as P
 from paysuite.wallet.v1 import wallet_pb2
 from tests.conftest import Suite

@@ -10,7 +10,8 @@ from prometheus_client import REGISTRY
 from common.money import Money
 from payment_service.adapters.metrics import record_committed
 from payment_service.domain.events import PaymentStatusChanged
-from payment_service.domain.model import Payment, PaymentKind, PaymentStatus
+from payment_service.domain.model import Payment
+from payment_service.domain.status import PaymentKind, PaymentStatus
 
 METHOD = "pm_metrics_test"
 

@@ -16,17 +16,16 @@ from common.config import Settings
 from common.errors import ConcurrentUpdate
 from common.money import Money
 from payment_service.domain.errors import ReviewAlreadyResolved
-from payment_service.domain.model import (
+from payment_service.domain.model import Payment
+from payment_service.domain.requests import (
     DepositRequest,
     IdempotencyClaim,
-    Payment,
     PaymentFilter,
-    PaymentKind,
-    PaymentStatus,
-    ProviderAnswer,
     RefundRequest,
 )
 from payment_service.domain.review import Decision, Resolution, ReviewReason, ReviewStatus
+from payment_service.domain.saga import ProviderAnswer
+from payment_service.domain.status import PaymentKind, PaymentStatus
 from payment_service.service_layer.ports import UnitOfWork
 from tests.payment_service.fakes import FakeStore, FakeUnitOfWork
 

@@ -5,11 +5,11 @@ and never moves it."""
 from __future__ import annotations
 
 from common.events import make_envelope
-from payment_service.domain.model import PaymentStatus
 from payment_service.domain.review import ReviewReason
+from payment_service.domain.status import PaymentStatus
 from payment_service.entrypoints.gateway_events import GatewayEventsEntrypoint
 from paysuite.events.v1 import events_pb2
-from tests.payment_service.service_layer.test_services import World
+from tests.payment_service.world import World
 
 NOT_PROCESSED = "not_processed_by_provider"
 
@@ -49,12 +49,12 @@ async def test_a_provider_contradicting_an_ended_operation_opens_a_case_once() -
     await consume(conflict)
     await consume(conflict)  # redelivered
 
-    payment = await world.service.get_payment(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert (payment.status, payment.failure_reason) == (PaymentStatus.FAILED, NOT_PROCESSED)
     [case] = world.store.cases.values()
     assert case.reason_code is ReviewReason.PROVIDER_CONTRADICTION
     assert [e.source for e in case.evidence] == ["charge.succeeded"]
-    steps = [s.event_type for s in await world.service.audit_trail(payment_id)]
+    steps = [s.event_type for s in await world.queries.audit_trail(payment_id)]
     assert steps.count("review.requested") == 1
 
 
@@ -66,6 +66,6 @@ async def test_a_report_for_another_amount_opens_a_case_and_leaves_the_payment()
         gateway_event("operation.mismatch", payment_id, "pending", "the provider reports 1 USD")
     )
 
-    assert (await world.service.get_payment(payment_id)).status is PaymentStatus.PENDING
+    assert (await world.queries.get_payment(payment_id)).status is PaymentStatus.PENDING
     [case] = world.store.cases.values()
     assert [e.source for e in case.evidence] == ["operation.mismatch"]

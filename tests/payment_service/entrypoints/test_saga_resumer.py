@@ -9,7 +9,7 @@ from typing import cast
 
 from common.errors import DependencyUnavailable
 from payment_service.entrypoints.housekeeping import PAGE, SagaResumer
-from payment_service.service_layer.services import PaymentService
+from payment_service.service_layer.recovery import Recovery
 
 AFTER = timedelta(seconds=2)  # the threshold; it waits half of it between sweeps
 
@@ -40,7 +40,7 @@ class FakeService:
 async def run(script: list[int | Exception]) -> list[timedelta]:
     stop = asyncio.Event()
     service = FakeService(script, stop)
-    resumer = SagaResumer(cast(PaymentService, service), after=AFTER)
+    resumer = SagaResumer(cast(Recovery, service), after=AFTER)
     async with asyncio.timeout(10):
         await resumer.run(stop)
     return service.calls

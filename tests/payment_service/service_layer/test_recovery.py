@@ -9,17 +9,13 @@ from datetime import UTC, datetime
 import pytest
 
 from common.errors import DependencyUnavailable, ValidationError
-from payment_service.domain.model import (
-    MAX_RECOVERY_ATTEMPTS,
-    PaymentStatus,
-    ProviderAnswer,
-    RecoveryOutcome,
-    RecoveryRequest,
-)
+from payment_service.domain.recovery import MAX_RECOVERY_ATTEMPTS, RecoveryOutcome, RecoveryRequest
 from payment_service.domain.review import ReviewReason
-from payment_service.service_layer.services import RecoveryRecord
+from payment_service.domain.saga import ProviderAnswer
+from payment_service.domain.status import PaymentStatus
+from payment_service.service_layer.recovery import RecoveryRecord
 from tests.payment_service.service_layer.test_sagas import funded, steps, withdraw
-from tests.payment_service.service_layer.test_services import ACCOUNT, World
+from tests.payment_service.world import ACCOUNT, World
 
 S = PaymentStatus
 NEXT = datetime(2026, 1, 1, 12, 5, tzinfo=UTC)
@@ -29,7 +25,7 @@ NOT_PROCESSED = "not_processed_by_provider"
 async def recover(
     world: World, payment_id: str, attempt: str = "a0", rung: int = 0
 ) -> RecoveryRecord:
-    return await world.service.recover(
+    return await world.recovery.recover(
         RecoveryRequest(
             payment_id=payment_id,
             attempt_id=attempt,
@@ -53,7 +49,7 @@ async def refunding_deposit(world: World) -> str:
     payment_id = await world.deposit()
     del world.wallet.accounts[ACCOUNT]  # the credit can never apply
     await world.handlers.charge_succeeded(event_id="c1", payment_id=payment_id, operation_id="op")
-    assert (await world.service.get_payment(payment_id)).status is S.REFUNDING
+    assert (await world.queries.get_payment(payment_id)).status is S.REFUNDING
     return payment_id
 
 
@@ -91,7 +87,7 @@ async def test_an_unknown_answer_is_noted_and_never_fails_the_payment() -> None:
 
     assert {r.outcome for r in records} == {RecoveryOutcome.UNKNOWN}
     assert [r.step.data["answer"] for r in records if r.step] == ["unknown"] * 5
-    assert (await world.service.get_payment(payment_id)).status is S.PENDING
+    assert (await world.queries.get_payment(payment_id)).status is S.PENDING
 
 
 async def test_a_timed_out_charge_keeps_its_operation_and_is_asked_about_not_sent_again() -> None:
@@ -102,7 +98,7 @@ async def test_a_timed_out_charge_keeps_its_operation_and_is_asked_about_not_sen
 
     record = await recover(world, payment_id)
 
-    payment = await world.service.get_payment(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert (payment.status, payment.gateway_operation_id) == (S.INITIATED, f"op-{payment_id}")
     assert (await steps(world, payment_id)).count("charge.outcome_unknown") == 1
     assert world.gateway.synced == [f"op-{payment_id}"]
@@ -121,7 +117,7 @@ async def test_a_provider_confirming_the_charge_never_happened_fails_the_deposit
         event_id="f1", payment_id=payment_id, operation_id=f"op-{payment_id}", reason=NOT_PROCESSED
     )
 
-    payment = await world.service.get_payment(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert record.outcome is RecoveryOutcome.SETTLED
     assert record.step is not None
     assert record.step.data["answer"] == f"failed: {NOT_PROCESSED}"
@@ -140,7 +136,7 @@ async def test_a_provider_confirming_success_after_a_timeout_completes_the_depos
     )
 
     assert record.outcome is RecoveryOutcome.SETTLED
-    assert (await world.service.get_payment(payment_id)).status is S.COMPLETED
+    assert (await world.queries.get_payment(payment_id)).status is S.COMPLETED
     assert world.wallet.available[ACCOUNT] == 1000
 
 
@@ -149,7 +145,7 @@ async def test_a_payout_the_provider_never_processed_releases_the_hold_and_fails
     payment_id = await withdraw(world)
     world.gateway.answer = ProviderAnswer.UNKNOWN
     with pytest.raises(DependencyUnavailable):
-        await world.service.ask_provider(payment_id)
+        await world.saga.ask_provider(payment_id)
     assert world.wallet.available[ACCOUNT] == 9000  # held while the outcome is unknown
     world.gateway.sync_status, world.gateway.sync_reason = "failed", NOT_PROCESSED
 
@@ -162,7 +158,7 @@ async def test_a_payout_the_provider_never_processed_releases_the_hold_and_fails
         reason=NOT_PROCESSED,
     )
 
-    assert (await world.service.get_payment(payment_id)).status is S.FAILED
+    assert (await world.queries.get_payment(payment_id)).status is S.FAILED
     assert world.wallet.available[ACCOUNT] == 10_000
 
 
@@ -176,7 +172,7 @@ async def test_a_saga_that_never_asked_the_provider_runs_its_step_again() -> Non
     assert record.step is not None
     assert record.step.event_type == "recovery.resume_requested"
     assert world.gateway.calls == [f"{payment_id}:charge"]
-    assert (await world.service.get_payment(payment_id)).status is S.PENDING
+    assert (await world.queries.get_payment(payment_id)).status is S.PENDING
 
 
 async def test_a_refund_left_unsettled_by_the_last_attempt_goes_to_an_operator() -> None:
@@ -184,7 +180,7 @@ async def test_a_refund_left_unsettled_by_the_last_attempt_goes_to_an_operator()
     payment_id = await refunding_deposit(world)
     world.gateway.answer = ProviderAnswer.UNKNOWN
     with pytest.raises(DependencyUnavailable):
-        await world.service.compensate(payment_id)
+        await world.saga.compensate(payment_id)
     world.gateway.sync_status = "created"
 
     outcomes = [(await recover(world, payment_id, f"a{i}", i)).outcome for i in range(3)]
@@ -198,7 +194,7 @@ async def test_a_refund_left_unsettled_by_the_last_attempt_goes_to_an_operator()
     ]
     assert repeat.outcome is RecoveryOutcome.ESCALATED
     assert world.gateway.synced == [f"op-{payment_id}:refund"] * 3
-    assert (await world.service.get_payment(payment_id)).status is S.REQUIRES_MANUAL_REVIEW
+    assert (await world.queries.get_payment(payment_id)).status is S.REQUIRES_MANUAL_REVIEW
     [case] = world.store.cases.values()
     assert (case.payment_id, case.reason_code) == (payment_id, ReviewReason.REFUND_STALLED)
     trail = await steps(world, payment_id)
@@ -210,13 +206,13 @@ async def test_a_refund_the_provider_settled_is_not_counted_against_it() -> None
     world = World()
     payment_id = await refunding_deposit(world)
     for _ in range(2):  # resumed twice: the accepted refund is noted once
-        await world.service.compensate(payment_id)
+        await world.saga.compensate(payment_id)
     world.gateway.sync_status = "succeeded"
 
     records = [await recover(world, payment_id, f"a{i}", i) for i in range(4)]
 
     assert {r.outcome for r in records} == {RecoveryOutcome.SETTLED}
-    payment = await world.service.get_payment(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert (payment.status, payment.saga.recovery_attempts) == (S.REFUNDING, 0)
     assert (await steps(world, payment_id)).count("refund.accepted") == 1
 
@@ -238,8 +234,8 @@ async def test_an_unreachable_gateway_notes_nothing_and_is_asked_again() -> None
 async def test_an_operation_the_gateway_does_not_know_is_noted_with_why() -> None:
     world = World()
     payment_id = await refunding_deposit(world)
-    await world.service.compensate(payment_id)
-    payment = await world.service.get_payment(payment_id)
+    await world.saga.compensate(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     payment.saga.refund_operation_id = "lost"
     world.store.rows[payment_id] = payment
 
@@ -271,4 +267,4 @@ async def test_an_attempt_needs_an_id_and_a_caller() -> None:
         RecoveryRequest(payment_id, "a", "recovery-worker", rung=-1),
     ):
         with pytest.raises(ValidationError):
-            await world.service.recover(request)
+            await world.recovery.recover(request)

@@ -16,10 +16,11 @@ from payment_service.domain.errors import (
     ReviewAlreadyResolved,
 )
 from payment_service.domain.events import PaymentStatusChanged
-from payment_service.domain.model import PaymentStatus, ProviderAnswer
 from payment_service.domain.review import Resolution, ReviewReason, ReviewStatus
+from payment_service.domain.saga import ProviderAnswer
+from payment_service.domain.status import PaymentStatus
 from payment_service.service_layer.reviews import ReviewService
-from tests.payment_service.service_layer.test_services import ACCOUNT, World
+from tests.payment_service.world import ACCOUNT, World
 
 S = PaymentStatus
 
@@ -48,10 +49,10 @@ async def in_review(world: World, key: str = "k1") -> str:
     )
     world.gateway.answer = ProviderAnswer.DECLINED
     for _ in range(3):
-        await world.service.compensate(payment_id)
+        await world.saga.compensate(payment_id)
     world.gateway.answer = ProviderAnswer.ACCEPTED
     world.wallet.accounts.update(accounts)
-    assert (await world.service.get_payment(payment_id)).status is S.REQUIRES_MANUAL_REVIEW
+    assert (await world.queries.get_payment(payment_id)).status is S.REQUIRES_MANUAL_REVIEW
     return payment_id
 
 
@@ -102,12 +103,12 @@ async def test_resolving_as_completed_credits_once_and_completes_the_deposit_onc
     assert view.case.status is ReviewStatus.RESOLVED
     assert view.case.decision is not None
     assert view.case.decision.resolved_by == "al"
-    payment = await world.service.get_payment(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert payment.status is S.COMPLETED
     assert world.wallet.credits[f"{payment_id}:review-credit"][0] == ACCOUNT
     assert world.wallet.available[ACCOUNT] == payment.amount.amount_minor
     assert status_events(world, payment_id, "completed") == 1
-    trail = [s.event_type for s in await world.service.audit_trail(payment_id)]
+    trail = [s.event_type for s in await world.queries.audit_trail(payment_id)]
     assert trail[-3:] == ["review.resolved", "credit.completed", "status.completed"]
 
     with pytest.raises(ReviewAlreadyResolved):
@@ -131,7 +132,7 @@ async def test_two_racing_resolves_resolve_once_and_credit_once() -> None:
         await looked.wait()  # both resolves have seen the case open before either commits
         await credit(**kwargs)
 
-    world.wallet.credit = slow_credit  # type: ignore[method-assign]
+    world.wallet.credit = slow_credit  # type: ignore[method-assign]  # a slow wallet, for this test
     results = await asyncio.gather(
         *(
             service.resolve(
@@ -144,7 +145,7 @@ async def test_two_racing_resolves_resolve_once_and_credit_once() -> None:
     refused = [r for r in results if isinstance(r, ReviewAlreadyResolved)]
     assert len(refused) == 1, results
     assert status_events(world, payment_id, "completed") == 1
-    assert (await world.service.get_payment(payment_id)).status is S.COMPLETED
+    assert (await world.queries.get_payment(payment_id)).status is S.COMPLETED
     assert list(world.wallet.credits) == [f"{payment_id}:review-credit"]
     assert world.wallet.available[ACCOUNT] == 1000
 
@@ -165,7 +166,7 @@ async def test_racing_different_resolutions_never_leave_a_credit_beside_another_
             await other_done.wait()  # the failed resolution tries while the credit is out
         await credit(**kwargs)
 
-    world.wallet.credit = slow_credit  # type: ignore[method-assign]
+    world.wallet.credit = slow_credit  # type: ignore[method-assign]  # a slow wallet, for this test
 
     async def fail_it() -> object:
         await asyncio.sleep(0)
@@ -181,7 +182,7 @@ async def test_racing_different_resolutions_never_leave_a_credit_beside_another_
     )
     results = await asyncio.gather(complete_it, fail_it(), return_exceptions=True)
     assert sum(isinstance(r, ReviewAlreadyResolved) for r in results) == 1, results
-    status = (await world.service.get_payment(payment_id)).status
+    status = (await world.queries.get_payment(payment_id)).status
     if status is S.COMPLETED:
         assert list(world.wallet.credits) == [f"{payment_id}:review-credit"]
     else:
@@ -198,7 +199,7 @@ async def test_a_deposit_resolved_as_refunded_posts_nothing() -> None:
         note="refunded at the provider by hand",
         resolved_by="al",
     )
-    payment = await world.service.get_payment(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert (payment.status, payment.refundable_minor) == (S.REFUNDED, 0)
     assert status_events(world, payment_id, "refunded") == 1
     assert world.wallet.credits == {}
@@ -213,7 +214,7 @@ async def test_a_wallet_refusing_the_review_credit_resolves_nothing() -> None:
         await reviews(world).resolve(
             case_id=case_id, resolution=Resolution.COMPLETED, note="n", resolved_by="al"
         )
-    assert (await world.service.get_payment(payment_id)).status is S.REQUIRES_MANUAL_REVIEW
+    assert (await world.queries.get_payment(payment_id)).status is S.REQUIRES_MANUAL_REVIEW
     assert len((await reviews(world).list_cases(page_size=10, page_token="")).cases) == 1
 
 
@@ -222,7 +223,7 @@ async def contradicted(world: World) -> tuple[str, str]:
     world.gateway.answer = ProviderAnswer.DECLINED
     payment_id = await world.deposit()
     world.gateway.answer = ProviderAnswer.ACCEPTED
-    assert (await world.service.get_payment(payment_id)).status is S.FAILED
+    assert (await world.queries.get_payment(payment_id)).status is S.FAILED
     await world.handlers.charge_succeeded(event_id="late", payment_id=payment_id, operation_id="o")
     return payment_id, await case_of(world, payment_id)
 
@@ -242,7 +243,7 @@ async def test_a_contradiction_case_records_a_decision_but_never_moves_a_final_s
         case_id=case_id, resolution=Resolution.FAILED, note="provider voided it", resolved_by="al"
     )
     assert view.case.status is ReviewStatus.RESOLVED
-    payment = await world.service.get_payment(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert payment.status is S.FAILED
     assert len(world.published) == published  # no status event: nothing moved
     assert world.wallet.credits == {}
@@ -317,7 +318,7 @@ async def test_a_reconciliation_mismatch_opens_a_case_once_leaving_the_payment_a
     world = World()
     payment_id = await world.deposit("k1")
     service = reviews(world)
-    before = (await world.service.get_payment(payment_id)).status
+    before = (await world.queries.get_payment(payment_id)).status
     first = await service.open_case(
         payment_id=payment_id,
         reason_code="RECONCILIATION_MISMATCH",
@@ -334,7 +335,7 @@ async def test_a_reconciliation_mismatch_opens_a_case_once_leaving_the_payment_a
     assert first.case.reason_code is ReviewReason.RECONCILIATION_MISMATCH
     [evidence] = again.case.evidence
     assert (evidence.source, dict(evidence.details)) == ("reconciliation", MISMATCH)
-    assert (await world.service.get_payment(payment_id)).status is before
+    assert (await world.queries.get_payment(payment_id)).status is before
     other = await service.open_case(
         payment_id=payment_id,
         reason_code="RECONCILIATION_MISMATCH",

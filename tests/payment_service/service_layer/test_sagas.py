@@ -23,9 +23,10 @@ from payment_service.domain.errors import (
     Refused,
     RequestInFlight,
 )
-from payment_service.domain.model import HoldState, IdempotencyClaim, PaymentStatus, ProviderAnswer
-from payment_service.service_layer.services import PaymentService
-from tests.payment_service.service_layer.test_services import ACCOUNT, World
+from payment_service.domain.requests import IdempotencyClaim
+from payment_service.domain.saga import HoldState, ProviderAnswer
+from payment_service.domain.status import PaymentStatus
+from tests.payment_service.world import ACCOUNT, World
 
 S = PaymentStatus
 OTHER = "7f0c5b1a-2d3e-4f50-8a6b-9c0d1e2f3a4b"
@@ -39,32 +40,32 @@ def funded(amount: int = 10_000) -> World:
 
 
 async def withdraw(world: World, key: str = "w1", amount: int = 1000, dest: str = "acct_ok") -> str:
-    payment = await world.service.create_withdrawal(
+    payment = await world.requests.create_withdrawal(
         idempotency_key=key, account_id=ACCOUNT, amount=Money(amount, "USD"), destination=dest
     )
     return payment.payment_id
 
 
 async def steps(world: World, payment_id: str) -> list[str]:
-    return [s.event_type for s in await world.service.audit_trail(payment_id)]
+    return [s.event_type for s in await world.queries.audit_trail(payment_id)]
 
 
 async def test_a_withdrawal_holds_on_the_request_path_then_pays_out_and_captures() -> None:
     world = funded()
     payment_id = await withdraw(world)
-    payment = await world.service.get_payment(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert (payment.status, payment.saga.hold) == (S.INITIATED, HoldState.PLACED)
     assert world.wallet.available[ACCOUNT] == 9000
     assert world.gateway.calls == []  # the payout runs from payment.funds_held
     assert [getattr(e, "step", None) for e in world.published][-1] == "funds_held"
 
-    await world.service.ask_provider(payment_id)
+    await world.saga.ask_provider(payment_id)
     assert world.gateway.calls == [f"{payment_id}:payout"]
-    assert (await world.service.get_payment(payment_id)).status is S.PENDING
+    assert (await world.queries.get_payment(payment_id)).status is S.PENDING
     await world.handlers.provider_succeeded(
         event_id="e1", payment_id=payment_id, operation="payout", operation_id="op", provider="p"
     )
-    payment = await world.service.get_payment(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert (payment.status, payment.saga.hold) == (S.COMPLETED, HoldState.CAPTURED)
     assert world.wallet.holds[payment.saga.hold_id][2] == "captured"
     assert world.wallet.available[ACCOUNT] == 9000
@@ -97,11 +98,11 @@ async def test_insufficient_funds_is_refused_at_once_without_a_provider_call() -
 async def test_a_failed_payout_releases_the_hold_before_failing() -> None:
     world = funded()
     payment_id = await withdraw(world)
-    await world.service.ask_provider(payment_id)
+    await world.saga.ask_provider(payment_id)
     await world.handlers.provider_failed(
         event_id="e1", payment_id=payment_id, operation="payout", operation_id="op", reason="closed"
     )
-    payment = await world.service.get_payment(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert (payment.status, payment.saga.hold) == (S.FAILED, HoldState.RELEASED)
     assert world.wallet.available[ACCOUNT] == 10_000
     assert (await steps(world, payment_id))[-3:] == [
@@ -115,8 +116,8 @@ async def test_a_payout_declined_outright_releases_the_hold() -> None:
     world = funded()
     world.gateway.answer = ProviderAnswer.DECLINED
     payment_id = await withdraw(world)
-    await world.service.ask_provider(payment_id)
-    assert (await world.service.get_payment(payment_id)).status is S.FAILED
+    await world.saga.ask_provider(payment_id)
+    assert (await world.queries.get_payment(payment_id)).status is S.FAILED
     assert world.wallet.available[ACCOUNT] == 10_000
 
 
@@ -125,39 +126,39 @@ async def test_an_unknown_payout_outcome_is_asked_again_never_failed() -> None:
     world.gateway.answer = ProviderAnswer.UNKNOWN
     payment_id = await withdraw(world)
     with pytest.raises(DependencyUnavailable):
-        await world.service.ask_provider(payment_id)
-    assert (await world.service.get_payment(payment_id)).status is S.INITIATED
+        await world.saga.ask_provider(payment_id)
+    assert (await world.queries.get_payment(payment_id)).status is S.INITIATED
     assert world.wallet.available[ACCOUNT] == 9000  # still held
 
 
 async def test_a_success_after_the_withdrawal_failed_asks_for_review() -> None:
     world = funded()
     payment_id = await withdraw(world)
-    await world.service.ask_provider(payment_id)
+    await world.saga.ask_provider(payment_id)
     await world.handlers.provider_failed(
         event_id="e1", payment_id=payment_id, operation="payout", operation_id="op", reason="x"
     )
     await world.handlers.provider_succeeded(
         event_id="e2", payment_id=payment_id, operation="payout", operation_id="op", provider="p"
     )
-    assert (await world.service.get_payment(payment_id)).status is S.FAILED
+    assert (await world.queries.get_payment(payment_id)).status is S.FAILED
     assert (await steps(world, payment_id))[-1] == "review.requested"
 
 
 async def test_cancel_before_the_provider_releases_the_hold_and_after_is_refused() -> None:
     world = funded()
     payment_id = await withdraw(world)
-    cancelled = await world.service.cancel_payment(payment_id)
+    cancelled = await world.requests.cancel_payment(payment_id)
     assert cancelled.status is S.CANCELLED
-    await world.service.release_hold(payment_id)  # from payment.cancelled
+    await world.saga.release_hold(payment_id)  # from payment.cancelled
     assert world.wallet.available[ACCOUNT] == 10_000
-    await world.service.ask_provider(payment_id)  # a late funds_held asks nothing
+    await world.saga.ask_provider(payment_id)  # a late funds_held asks nothing
     assert world.gateway.calls == []
 
     other = await withdraw(world, key="w2")
-    await world.service.ask_provider(other)
+    await world.saga.ask_provider(other)
     with pytest.raises(PaymentNotCancellable):
-        await world.service.cancel_payment(other)
+        await world.requests.cancel_payment(other)
 
 
 async def test_a_deposit_cannot_be_cancelled_once_its_charge_was_requested() -> None:
@@ -165,16 +166,16 @@ async def test_a_deposit_cannot_be_cancelled_once_its_charge_was_requested() -> 
     payment_id = await world.create()
     world.gateway.unavailable = True
     with contextlib.suppress(DependencyUnavailable):
-        await world.service.ask_provider(payment_id)  # the recovery point is recorded first
+        await world.saga.ask_provider(payment_id)  # the recovery point is recorded first
     with pytest.raises(PaymentNotCancellable):
-        await world.service.cancel_payment(payment_id)
+        await world.requests.cancel_payment(payment_id)
     fresh = await world.create(key="k2")
-    assert (await world.service.cancel_payment(fresh)).status is S.CANCELLED
+    assert (await world.requests.cancel_payment(fresh)).status is S.CANCELLED
 
 
 async def test_a_transfer_completes_in_one_wallet_operation() -> None:
     world = funded()
-    payment = await world.service.create_transfer(
+    payment = await world.requests.create_transfer(
         idempotency_key="t1",
         source_account_id=ACCOUNT,
         destination_account_id=OTHER,
@@ -182,7 +183,7 @@ async def test_a_transfer_completes_in_one_wallet_operation() -> None:
     )
     assert payment.status is S.COMPLETED
     assert (world.wallet.available[ACCOUNT], world.wallet.available[OTHER]) == (7500, 2500)
-    again = await world.service.create_transfer(
+    again = await world.requests.create_transfer(
         idempotency_key="t1",
         source_account_id=ACCOUNT,
         destination_account_id=OTHER,
@@ -191,7 +192,7 @@ async def test_a_transfer_completes_in_one_wallet_operation() -> None:
     assert (again.payment_id, again.status) == (payment.payment_id, S.COMPLETED)
     assert world.wallet.available[ACCOUNT] == 7500
     with pytest.raises(IdempotencyConflict):
-        await world.service.create_transfer(
+        await world.requests.create_transfer(
             idempotency_key="t1",
             source_account_id=ACCOUNT,
             destination_account_id=OTHER,
@@ -203,7 +204,7 @@ async def test_a_refused_transfer_fails_and_replays_the_refusal() -> None:
     world = funded(100)
     for _ in range(2):
         with pytest.raises((InsufficientFunds, Refused)):
-            await world.service.create_transfer(
+            await world.requests.create_transfer(
                 idempotency_key="t1",
                 source_account_id=ACCOUNT,
                 destination_account_id=OTHER,
@@ -220,7 +221,7 @@ async def completed_deposit(world: World, amount: int = 1000) -> str:
 
 
 async def refund(world: World, deposit_id: str, key: str, amount: int | None) -> str:
-    payment = await world.service.refund_payment(
+    payment = await world.requests.refund_payment(
         idempotency_key=key,
         payment_id=deposit_id,
         amount=Money(amount, "USD") if amount else None,
@@ -232,22 +233,22 @@ async def test_partial_refunds_then_the_rest_refund_the_deposit() -> None:
     world = World()
     deposit_id = await completed_deposit(world)
     first = await refund(world, deposit_id, "r1", 300)
-    await world.service.ask_provider(first)
+    await world.saga.ask_provider(first)
     await world.handlers.provider_succeeded(
         event_id="r1s", payment_id=first, operation="refund", operation_id="op", provider="p"
     )
-    deposit = await world.service.get_payment(deposit_id)
+    deposit = await world.queries.get_payment(deposit_id)
     assert (deposit.status, deposit.saga.refunded_minor) == (S.PARTIALLY_REFUNDED, 300)
     assert world.wallet.available[ACCOUNT] == 700
     with pytest.raises(RefundExceedsCaptured):
         await refund(world, deposit_id, "r2", 701)
     rest = await refund(world, deposit_id, "r3", None)
-    assert (await world.service.get_payment(rest)).amount == Money(700, "USD")
-    await world.service.ask_provider(rest)
+    assert (await world.queries.get_payment(rest)).amount == Money(700, "USD")
+    await world.saga.ask_provider(rest)
     await world.handlers.provider_succeeded(
         event_id="r3s", payment_id=rest, operation="refund", operation_id="op2", provider="p"
     )
-    deposit = await world.service.get_payment(deposit_id)
+    deposit = await world.queries.get_payment(deposit_id)
     assert (deposit.status, deposit.refundable_minor) == (S.REFUNDED, 0)
     assert world.wallet.available[ACCOUNT] == 0
 
@@ -258,12 +259,12 @@ async def test_a_failed_refund_frees_its_reservation() -> None:
     first = await refund(world, deposit_id, "r1", None)
     with pytest.raises(RefundExceedsCaptured):
         await refund(world, deposit_id, "r2", 1)
-    await world.service.ask_provider(first)
+    await world.saga.ask_provider(first)
     await world.handlers.provider_failed(
         event_id="f", payment_id=first, operation="refund", operation_id="op", reason="no"
     )
-    assert (await world.service.get_payment(first)).status is S.FAILED
-    deposit = await world.service.get_payment(deposit_id)
+    assert (await world.queries.get_payment(first)).status is S.FAILED
+    deposit = await world.queries.get_payment(deposit_id)
     assert (deposit.status, deposit.refundable_minor) == (S.COMPLETED, 1000)
     assert world.wallet.available[ACCOUNT] == 1000
 
@@ -294,11 +295,11 @@ async def test_compensation_refund_retries_then_asks_for_review() -> None:
     payment_id = await world.deposit()
     del world.wallet.accounts[ACCOUNT]  # the credit can never apply
     await world.handlers.charge_succeeded(event_id="c1", payment_id=payment_id, operation_id="op")
-    assert (await world.service.get_payment(payment_id)).status is S.REFUNDING
+    assert (await world.queries.get_payment(payment_id)).status is S.REFUNDING
     world.gateway.answer = ProviderAnswer.DECLINED
     for _ in range(3):
-        await world.service.compensate(payment_id)
-    payment = await world.service.get_payment(payment_id)
+        await world.saga.compensate(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert payment.status is S.REQUIRES_MANUAL_REVIEW
     assert world.gateway.calls[-3:] == [
         f"{payment_id}:refund",
@@ -321,11 +322,11 @@ async def test_compensation_refund_succeeding_refunds_the_deposit() -> None:
     payment_id = await world.deposit()
     del world.wallet.accounts[ACCOUNT]
     await world.handlers.charge_succeeded(event_id="c1", payment_id=payment_id, operation_id="op")
-    await world.service.compensate(payment_id)
+    await world.saga.compensate(payment_id)
     await world.handlers.provider_succeeded(
         event_id="r", payment_id=payment_id, operation="refund", operation_id="r", provider="p"
     )
-    assert (await world.service.get_payment(payment_id)).status is S.REFUNDED
+    assert (await world.queries.get_payment(payment_id)).status is S.REFUNDED
 
 
 async def test_a_stalled_withdrawal_is_resumed_from_its_recovery_point() -> None:
@@ -335,19 +336,17 @@ async def test_a_stalled_withdrawal_is_resumed_from_its_recovery_point() -> None
         await withdraw(world)
     (payment,) = world.store.rows.values()
     world.wallet.unavailable = False
-    assert await world.service.resume_stalled(older_than=timedelta(0)) == 1
-    resumed = await world.service.get_payment(payment.payment_id)
+    assert await world.recovery.resume_stalled(older_than=timedelta(0)) == 1
+    resumed = await world.queries.get_payment(payment.payment_id)
     assert resumed.saga.hold is HoldState.PLACED
-    await world.service.resume_stalled(older_than=timedelta(0))
+    await world.recovery.resume_stalled(older_than=timedelta(0))
     assert world.gateway.calls == [f"{payment.payment_id}:payout"]
     assert "saga.resumed" in await steps(world, payment.payment_id)
 
 
 async def test_a_repeat_while_the_first_is_in_flight_is_aborted_with_a_retry_hint() -> None:
     world = funded()
-    service = PaymentService(
-        uow=world.uow, wallet=world.wallet, gateway=world.gateway, in_flight_wait_s=0.1
-    )
+    service = world.process(in_flight_wait_s=0.1).requests
     claim = IdempotencyClaim("anonymous", "w1", "fp", "p-1")
     world.store.claims[("anonymous", "w1")] = claim
     with pytest.raises(IdempotencyConflict):
@@ -362,51 +361,51 @@ async def test_a_gateway_down_at_the_payout_leaves_it_to_be_retried_with_the_sam
     payment_id = await withdraw(world)
     world.gateway.unavailable = True
     with pytest.raises(DependencyUnavailable):
-        await world.service.ask_provider(payment_id)
-    payment = await world.service.get_payment(payment_id)
+        await world.saga.ask_provider(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert (payment.status, payment.saga.provider_call) == (S.INITIATED, "payout")
     world.gateway.unavailable = False
-    await world.service.ask_provider(payment_id)  # the redelivered funds_held
+    await world.saga.ask_provider(payment_id)  # the redelivered funds_held
     assert world.gateway.calls == [f"{payment_id}:payout"]
-    assert (await world.service.get_payment(payment_id)).status is S.PENDING
+    assert (await world.queries.get_payment(payment_id)).status is S.PENDING
 
 
 async def test_a_wallet_down_at_the_capture_waits_and_changes_nothing() -> None:
     world = funded()
     payment_id = await withdraw(world)
-    await world.service.ask_provider(payment_id)
+    await world.saga.ask_provider(payment_id)
     world.wallet.unavailable = True
     with pytest.raises(DependencyUnavailable):
         await world.handlers.provider_succeeded(
             event_id="e1", payment_id=payment_id, operation="payout", operation_id="o", provider="p"
         )
-    assert (await world.service.get_payment(payment_id)).status is S.PENDING
+    assert (await world.queries.get_payment(payment_id)).status is S.PENDING
     world.wallet.unavailable = False
     await world.handlers.provider_succeeded(
         event_id="e1", payment_id=payment_id, operation="payout", operation_id="o", provider="p"
     )
-    assert (await world.service.get_payment(payment_id)).status is S.COMPLETED
+    assert (await world.queries.get_payment(payment_id)).status is S.COMPLETED
     assert world.wallet.available[ACCOUNT] == 9000
 
 
 async def test_a_hold_that_cannot_be_captured_after_a_payout_goes_to_review() -> None:
     world = funded()
     payment_id = await withdraw(world)
-    await world.service.ask_provider(payment_id)
-    payment = await world.service.get_payment(payment_id)
+    await world.saga.ask_provider(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     account, amount, _ = world.wallet.holds[payment.saga.hold_id]
     world.wallet.holds[payment.saga.hold_id] = (account, amount, "expired")
 
     async def refuse(**_: object) -> None:
         raise FailedPrecondition("hold is not open")
 
-    world.wallet.capture_hold = refuse  # type: ignore[method-assign]
+    world.wallet.capture_hold = refuse  # type: ignore[method-assign]  # a refusing wallet, for this test
     await world.handlers.provider_succeeded(
         event_id="e1", payment_id=payment_id, operation="payout", operation_id="o", provider="p"
     )
-    payment = await world.service.get_payment(payment_id)
+    payment = await world.queries.get_payment(payment_id)
     assert payment.status is S.REQUIRES_MANUAL_REVIEW
-    assert "capture failed" in (await world.service.history(payment_id))[-1].reason
+    assert "capture failed" in (await world.queries.history(payment_id))[-1].reason
 
 
 async def test_a_hold_placed_after_the_payment_was_cancelled_is_released() -> None:
@@ -415,29 +414,73 @@ async def test_a_hold_placed_after_the_payment_was_cancelled_is_released() -> No
     with pytest.raises(DependencyUnavailable):
         await withdraw(world)
     (payment,) = world.store.rows.values()
-    await world.service.cancel_payment(payment.payment_id)
+    await world.requests.cancel_payment(payment.payment_id)
     world.wallet.unavailable = False
-    await world.service._hold_funds(payment)  # the request path's hold, arriving late
-    stored = await world.service.get_payment(payment.payment_id)
+    await world.saga.hold_funds(payment)  # the request path's hold, arriving late
+    stored = await world.queries.get_payment(payment.payment_id)
     assert (stored.status, stored.saga.hold) == (S.CANCELLED, HoldState.RELEASED)
     assert world.wallet.available[ACCOUNT] == 10_000
 
 
 async def test_a_hold_an_outage_interrupted_is_placed_once_the_wallet_is_back() -> None:
     world = funded()
-    service = world.service  # one process: what it deferred is its own
+    service = world.process()  # one process: what it deferred is its own
     world.wallet.unavailable = True
     for key in ("w1", "w2"):
         with pytest.raises(DependencyUnavailable):
-            await service.create_withdrawal(
+            await service.requests.create_withdrawal(
                 idempotency_key=key, account_id=ACCOUNT, amount=Money(1000, "USD"), destination="d"
             )
-    assert await service.resume_deferred() == 2  # still down: both wait
+    assert await service.recovery.resume_deferred() == 2  # still down: both wait
 
     world.wallet.unavailable = False
-    assert await service.resume_deferred() == 0
+    assert await service.recovery.resume_deferred() == 0
     for payment in world.store.rows.values():
-        resumed = await service.get_payment(payment.payment_id)
+        resumed = await service.queries.get_payment(payment.payment_id)
         assert resumed.saga.hold is HoldState.PLACED
-    assert await service.resume_deferred() == 0  # nothing twice
+    assert await service.recovery.resume_deferred() == 0  # nothing twice
     assert len(world.wallet.holds) == 2
+
+
+async def test_the_saga_step_charges_once_and_records_pending() -> None:
+    world = World()
+    payment_id = await world.deposit()
+    payment = await world.queries.get_payment(payment_id)
+    assert payment.status is S.PENDING
+    assert world.gateway.calls == [f"{payment_id}:charge"]
+    # A redelivered payment.initiated finds the payment past its charge step: no second call.
+    await world.charge(payment_id)
+    assert world.gateway.calls == [f"{payment_id}:charge"]
+    assert [c.to_status for c in await world.queries.history(payment_id)] == [
+        S.INITIATED,
+        S.PENDING,
+    ]
+
+
+async def test_an_unknown_provider_outcome_is_retried_not_failed() -> None:
+    world = World()
+    world.gateway.answer = ProviderAnswer.UNKNOWN
+    payment_id = await world.create()
+    with pytest.raises(DependencyUnavailable):
+        await world.charge(payment_id)
+    assert (await world.queries.get_payment(payment_id)).status is S.INITIATED
+
+
+async def test_unreachable_gateway_leaves_it_initiated_and_a_retry_resumes() -> None:
+    world = World()
+    world.gateway.unavailable = True
+    payment_id = await world.create()
+    with pytest.raises(DependencyUnavailable):
+        await world.charge(payment_id)
+    assert (await world.queries.get_payment(payment_id)).status is S.INITIATED
+    world.gateway.unavailable = False
+    await world.charge(payment_id)  # the event, redelivered
+    assert (await world.queries.get_payment(payment_id)).status is S.PENDING
+
+
+async def test_gateway_refusal_fails_the_payment() -> None:
+    world = World()
+    world.gateway.answer = ProviderAnswer.DECLINED
+    payment = await world.queries.get_payment(await world.deposit())
+    assert payment.status is S.FAILED
+    assert payment.failure_reason == "card_declined"
