@@ -11,13 +11,14 @@ from common.config import Settings
 from common.grpc.auth import authenticator
 from common.grpc.server import ServiceRuntime, create_server
 from common.supervision import Task
+from gateway_service.adapters.metrics import ProviderMetrics, breaker_moved
 from gateway_service.adapters.provider import SimulatorProvider, provider_session
 from gateway_service.adapters.uow import GatewayUnitOfWork
+from gateway_service.domain.breaker import BreakerOptions, CircuitBreaker, Transition
 from gateway_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME, GatewayServicer
-from gateway_service.metrics import breaker_moved
-from gateway_service.service_layer.breaker import BreakerOptions, CircuitBreaker, Transition
+from gateway_service.service_layer.breaker_events import BreakerEvents
+from gateway_service.service_layer.gateway import GatewayService
 from gateway_service.service_layer.providers import GuardedProvider, ProviderRouter, RetryPolicy
-from gateway_service.service_layer.services import GatewayService
 from paysuite.gateway.v1 import gateway_pb2_grpc
 
 NAME = "gateway-service"
@@ -39,12 +40,12 @@ def breaker_options(settings: Settings) -> BreakerOptions:
 class _TransitionRelay:
     """Breakers are built before the service that publishes their transitions."""
 
-    service: GatewayService | None = None
+    breakers: BreakerEvents | None = None
 
     def __call__(self, transition: Transition) -> None:
         breaker_moved(transition)
-        if self.service is not None:
-            self.service.on_breaker_transition(transition)
+        if self.breakers is not None:
+            self.breakers.on_breaker_transition(transition)
 
 
 def build_router(
@@ -57,6 +58,7 @@ def build_router(
                 SimulatorProvider(session, name=config.name, base_url=config.url),
                 CircuitBreaker(config.name, options, on_transition=relay),
                 timeout_s=settings.provider_timeout_ms / 1000,
+                metrics=ProviderMetrics(config.name),
                 retry=RetryPolicy(attempts=settings.provider_attempts),
             )
             for config in settings.provider_configs()
@@ -74,7 +76,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         providers=build_router(settings, session, relay),
         sync_not_found_grace_s=settings.sync_not_found_grace_ms / 1000,
     )
-    relay.service = service
+    relay.breakers = service.breakers
     servicer = GatewayServicer(service)
     try:
         server, port, health = create_server(
@@ -101,7 +103,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         background=[
             infra.relay_task(),
             # Waits on a queue for as long as no breaker moves: no heartbeat to keep.
-            Task("breaker transitions", service.publish_breaker_transitions),
+            Task("breaker transitions", service.breakers.publish_breaker_transitions),
         ],
         # Run after the server has drained, so no in-flight charge loses its session.
         closers=[infra.close, session.close],

@@ -8,7 +8,7 @@ concurrent delivery of the same event waits on that key and then finds it taken.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from psycopg.rows import namedtuple_row
@@ -130,11 +130,21 @@ _SAVE = (
 class OperationRepository:
     """Hot statements (get, insert, save) are plain SQL on the transaction's own driver
     connection, as in the payment service: SQLAlchemy's statement handling was most of a
-    charge's CPU. The rest stays SQLAlchemy Core."""
+    charge's CPU. The rest stays SQLAlchemy Core.
 
-    def __init__(self, conn: AsyncConnection, raw: RawConnection | None = None) -> None:
+    Every operation it hands out or adds is registered with the unit of work (`track`), which
+    harvests their events into the outbox at commit: no call site can forget one."""
+
+    def __init__(
+        self,
+        conn: AsyncConnection,
+        raw: RawConnection | None = None,
+        *,
+        track: Callable[[Operation], None],
+    ) -> None:
         self._conn = conn
         self._raw = raw
+        self._track = track
 
     async def get(self, operation_id: str, *, for_update: bool = False) -> Operation | None:
         if self._raw is None:
@@ -153,7 +163,7 @@ class OperationRepository:
         async with self._raw.cursor(row_factory=namedtuple_row) as cursor:
             await cursor.execute(query, (value,))
             row = await cursor.fetchone()
-        return _operation(row) if row is not None else None
+        return self._seen(row) if row is not None else None
 
     async def find_by_provider_reference(
         self, provider: str, provider_reference: str, *, for_update: bool = False
@@ -181,7 +191,7 @@ class OperationRepository:
             "references": [reference for _, reference in references],
             "ids": list(operation_ids),
         }
-        return [_operation(row) for row in await self._conn.execute(_LOCK_FOR_EVENTS, params)]
+        return [self._seen(row) for row in await self._conn.execute(_LOCK_FOR_EVENTS, params)]
 
     async def refunded_minor(self, charge_operation_id: str) -> int:
         query = select(func.coalesce(func.sum(t.operations.c.amount_minor), 0)).where(
@@ -206,6 +216,7 @@ class OperationRepository:
     async def add_new(self, operation: Operation) -> bool:
         """Inserts the operation and its first history entry in one statement; False, writing
         nothing, when its idempotency key is taken (a concurrent insert waits for the other)."""
+        self._track(operation)
         row = self._row(operation)
         params = [row[name] for name in _INSERT_COLUMNS]
         async with unique_violation_is_conflict():
@@ -244,7 +255,12 @@ class OperationRepository:
         if for_update:
             query = query.with_for_update()
         row = (await self._conn.execute(query)).first()
-        return _operation(row) if row else None
+        return self._seen(row) if row is not None else None
+
+    def _seen(self, row: Any) -> Operation:
+        operation = _operation(row)
+        self._track(operation)
+        return operation
 
     @staticmethod
     def _row(operation: Operation) -> dict[str, Any]:

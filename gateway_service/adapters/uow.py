@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.uow import SqlUnitOfWork
 from gateway_service.adapters.event_mapping import to_outgoing
 from gateway_service.adapters.repository import OperationRepository, ProviderEventRepository
+from gateway_service.domain.events import Facts
 
 
 class GatewayUnitOfWork(SqlUnitOfWork):
@@ -18,5 +19,8 @@ class GatewayUnitOfWork(SqlUnitOfWork):
         super().__init__(engine, to_outgoing)
 
     def _open(self) -> None:
-        self.operations = OperationRepository(self.conn, self.raw)
+        self.operations = OperationRepository(self.conn, self.raw, track=self.track)
         self.provider_events = ProviderEventRepository(self.conn)
+
+    def publish(self, *facts: object) -> None:
+        self.track(Facts(*facts))

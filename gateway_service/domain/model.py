@@ -56,6 +56,15 @@ class ProviderEventStatus(StrEnum):
     # An earlier stage than the operation has reached (a reordered "pending"): changes nothing.
     STALE = "stale"
 
+    @property
+    def changes_operation(self) -> bool:
+        """Whether the operation has something to save: a new state, or a fact for review."""
+        return self in (
+            ProviderEventStatus.APPLIED,
+            ProviderEventStatus.CONFLICT,
+            ProviderEventStatus.MISMATCH,
+        )
+
 
 _NEXT: dict[OperationStatus, frozenset[OperationStatus]] = {
     OperationStatus.CREATED: frozenset(

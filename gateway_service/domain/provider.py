@@ -19,6 +19,9 @@ from enum import StrEnum
 
 from common.money import Money
 
+# Providers commonly accept up to 255 characters for tokens and event ids.
+MAX_PROVIDER_FIELD = 255
+
 
 class ProviderError(Exception):
     """A provider call did not end in an accepted request."""

@@ -6,6 +6,7 @@ a provider passes the caller's deadline down, so no provider request outlives it
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,11 +27,8 @@ from gateway_service.domain.model import (
     OperationStatus,
     ProviderEvent,
 )
-from gateway_service.service_layer.services import (
-    GatewayService,
-    ProviderEventReceipt,
-    monotonic_deadline,
-)
+from gateway_service.service_layer.gateway import GatewayService
+from gateway_service.service_layer.inbox import ProviderEventReceipt
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -52,6 +50,9 @@ POLICY = Policy(
         "GetProviderStatus": Access.OPERATOR,
     },
 )
+
+# Kept from the caller's deadline for recording the provider's answer.
+_MARGIN_S = 0.1
 
 KIND_TO_PROTO = {
     OperationKind.CHARGE: gateway_pb2.OPERATION_KIND_CHARGE,
@@ -97,7 +98,12 @@ def operation_to_proto(operation: Operation) -> gateway_pb2.Operation:
 
 
 def _deadline(context: Context) -> float | None:
-    return monotonic_deadline(context.time_remaining())
+    """An absolute time.monotonic() deadline from the caller's remaining time, less a margin
+    for recording the answer."""
+    seconds_left = context.time_remaining()
+    if seconds_left is None:
+        return None
+    return time.monotonic() + max(0.0, seconds_left - _MARGIN_S)
 
 
 def _amount(message: Any, field: str = "amount") -> Money:
@@ -173,7 +179,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Charge(
         self, request: gateway_pb2.ChargeRequest, context: Context
     ) -> gateway_pb2.Operation:
-        operation = await self._service.charge(
+        operation = await self._service.operations.charge(
             idempotency_key=request.idempotency_key,
             amount=_amount(request),
             payment_method=request.payment_method,
@@ -185,7 +191,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Payout(
         self, request: gateway_pb2.PayoutRequest, context: Context
     ) -> gateway_pb2.Operation:
-        operation = await self._service.payout(
+        operation = await self._service.operations.payout(
             idempotency_key=request.idempotency_key,
             amount=_amount(request),
             destination=request.destination,
@@ -197,7 +203,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Refund(
         self, request: gateway_pb2.RefundRequest, context: Context
     ) -> gateway_pb2.Operation:
-        operation = await self._service.refund(
+        operation = await self._service.operations.refund(
             idempotency_key=request.idempotency_key,
             charge_operation_id=request.charge_operation_id,
             amount=_amount(request),
@@ -209,12 +215,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def GetOperation(
         self, request: gateway_pb2.GetOperationRequest, context: Context
     ) -> gateway_pb2.Operation:
-        return operation_to_proto(await self._service.get_operation(request.operation_id))
+        return operation_to_proto(
+            await self._service.operations.get_operation(request.operation_id)
+        )
 
     async def SyncOperation(
         self, request: gateway_pb2.SyncOperationRequest, context: Context
     ) -> gateway_pb2.Operation:
-        operation = await self._service.sync_operation(
+        operation = await self._service.sync.sync_operation(
             request.operation_id, trigger=request.trigger, deadline=_deadline(context)
         )
         return operation_to_proto(operation)
@@ -223,7 +231,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.HandleProviderEventRequest, context: Context
     ) -> gateway_pb2.HandleProviderEventResponse:
         event = _provider_event(request)
-        receipt = await self._service.handle_provider_event(
+        receipt = await self._service.inbox.handle_provider_event(
             provider=event.provider,
             provider_event_id=event.provider_event_id,
             event_type=event.event_type,
@@ -239,7 +247,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def HandleProviderEvents(
         self, request: gateway_pb2.HandleProviderEventsRequest, context: Context
     ) -> gateway_pb2.HandleProviderEventsResponse:
-        outcomes = await self._service.handle_provider_events(
+        outcomes = await self._service.inbox.handle_provider_events(
             [_provider_event_or_error(item) for item in request.events]
         )
         return gateway_pb2.HandleProviderEventsResponse(
@@ -261,6 +269,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     state_since=_wall_time(snapshot.state_since),
                     priority=priority,
                 )
-                for priority, snapshot in self._service.provider_status()
+                for priority, snapshot in self._service.breakers.provider_status()
             ]
         )

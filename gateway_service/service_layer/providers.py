@@ -1,9 +1,10 @@
-"""The provider port, and what the gateway wraps around every provider it calls.
+"""What the gateway wraps around every provider it calls.
 
-`Provider` is what an adapter implements (one per provider instance). `GuardedProvider` adds,
-per provider: a circuit breaker, a timeout on every call bounded by the caller's deadline, and
-retries with exponential backoff and full jitter for errors classified retryable, always with
-the same idempotency key. `ProviderRouter` holds them in failover order.
+`Provider` (service_layer/ports.py) is what an adapter implements, one per provider instance.
+`GuardedProvider` adds, per provider: a circuit breaker, a timeout on every call bounded by the
+caller's deadline, and retries with exponential backoff and full jitter for errors classified
+retryable, always with the same idempotency key; each attempt is counted through `CallMetrics`.
+`ProviderRouter` holds them in failover order.
 
 A timeout is never retried: the provider may have acted, and asking again only to time out
 again wastes the caller's deadline. If any attempt may have reached the provider, a later
@@ -15,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import structlog
 from tenacity import (
@@ -29,6 +30,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from common.errors import FieldViolation, ValidationError
+from gateway_service.domain.breaker import BreakerSnapshot, CircuitBreaker
 from gateway_service.domain.provider import (
     CircuitOpen,
     Instruction,
@@ -41,8 +43,7 @@ from gateway_service.domain.provider import (
     ProviderUnavailable,
     StatusReport,
 )
-from gateway_service.metrics import ProviderMetrics
-from gateway_service.service_layer.breaker import BreakerSnapshot, CircuitBreaker
+from gateway_service.service_layer.ports import CallMetrics, Provider
 
 log = structlog.get_logger(__name__)
 
@@ -50,29 +51,6 @@ T = TypeVar("T")
 
 # Below this much time left there is no point in sending a request at all.
 MIN_ATTEMPT_S = 0.05
-
-
-class Provider(Protocol):
-    """A payment provider. Calls raise the gateway_service.domain.provider error family.
-
-    Verifying and parsing the provider's webhooks is the other half of this port; it lives in
-    the webhook adapter (gateway_service.webhook), the one process that holds the secrets.
-    """
-
-    @property
-    def name(self) -> str: ...
-
-    async def charge(self, instruction: Instruction, *, timeout_s: float) -> ProviderAcceptance: ...
-    async def payout(self, instruction: Instruction, *, timeout_s: float) -> ProviderAcceptance: ...
-    async def refund(self, instruction: Instruction, *, timeout_s: float) -> ProviderAcceptance: ...
-    async def get_status(
-        self,
-        kind: InstructionKind,
-        *,
-        idempotency_key: str,
-        provider_reference: str,
-        timeout_s: float,
-    ) -> StatusReport: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +75,7 @@ class GuardedProvider:
         breaker: CircuitBreaker,
         *,
         timeout_s: float,
+        metrics: CallMetrics,
         retry: RetryPolicy = RetryPolicy(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -105,7 +84,7 @@ class GuardedProvider:
         self._timeout_s = timeout_s
         self._retry = retry
         self._clock = clock
-        self._metrics = ProviderMetrics(provider.name)
+        self._metrics = metrics
 
     @property
     def name(self) -> str:
@@ -154,7 +133,7 @@ class GuardedProvider:
             nonlocal maybe_acted, attempts
             attempts += 1
             if attempts > 1:
-                self._metrics.retries[operation].inc()
+                self._metrics.retried(operation)
             try:
                 return await self._attempt(call, deadline, operation)
             except ProviderNotProcessed:
@@ -188,7 +167,7 @@ class GuardedProvider:
         timeout_s = self._attempt_timeout(deadline)
         permit = self.breaker.acquire()
         if permit is None:
-            self._metrics.calls[operation, "circuit_open"].inc()
+            self._metrics.refused(operation)
             raise CircuitOpen(self.name)
         started = time.perf_counter()
         try:
@@ -208,8 +187,7 @@ class GuardedProvider:
         return result
 
     def _observe(self, operation: str, outcome: str, started: float) -> None:
-        self._metrics.seconds[operation].observe(time.perf_counter() - started)
-        self._metrics.calls[operation, outcome].inc()
+        self._metrics.attempted(operation, outcome, time.perf_counter() - started)
 
     def _attempt_timeout(self, deadline: float | None) -> float:
         if deadline is None:

@@ -19,7 +19,9 @@ import pytest
 
 from common.errors import ConcurrentUpdate
 from common.money import Money
+from gateway_service.adapters.metrics import ProviderMetrics
 from gateway_service.domain import events
+from gateway_service.domain.breaker import BreakerOptions, CircuitBreaker
 from gateway_service.domain.model import (
     HistoryEntry,
     Operation,
@@ -35,9 +37,8 @@ from gateway_service.domain.provider import (
     ReportedStatus,
     StatusReport,
 )
-from gateway_service.service_layer.breaker import BreakerOptions, CircuitBreaker
+from gateway_service.service_layer.gateway import GatewayService
 from gateway_service.service_layer.providers import GuardedProvider, ProviderRouter, RetryPolicy
-from gateway_service.service_layer.services import GatewayService
 
 EUR_12_50 = Money(1250, "EUR")
 PAYMENT_METHOD = "pm_card_visa"
@@ -77,19 +78,29 @@ class FakeDatabase:
 
 
 class FakeOperations:
-    def __init__(self, db: FakeDatabase, staged: dict[str, Operation]) -> None:
+    """Registers what it hands out or adds with the unit of work, as the SQL repository."""
+
+    def __init__(
+        self, db: FakeDatabase, staged: dict[str, Operation], track: Callable[[Any], None]
+    ) -> None:
         self._db = db
         self._staged = staged
+        self._track = track
+
+    def _seen(self, found: Operation) -> Operation:
+        operation = _detached(found)
+        self._track(operation)
+        return operation
 
     async def get(self, operation_id: str, *, for_update: bool = False) -> Operation | None:
         found = self._staged.get(operation_id)
-        return _detached(found) if found else None
+        return self._seen(found) if found else None
 
     async def find_by_idempotency_key(self, idempotency_key: str) -> Operation | None:
         found = next(
             (op for op in self._staged.values() if op.idempotency_key == idempotency_key), None
         )
-        return _detached(found) if found else None
+        return self._seen(found) if found else None
 
     async def find_by_provider_reference(
         self, provider: str, provider_reference: str, *, for_update: bool = False
@@ -102,7 +113,7 @@ class FakeOperations:
             ),
             None,
         )
-        return _detached(found) if found else None
+        return self._seen(found) if found else None
 
     async def lock_for_events(
         self, references: Sequence[tuple[str, str]], operation_ids: Sequence[str]
@@ -113,7 +124,7 @@ class FakeOperations:
             if (op.provider, op.provider_reference) in set(references)
             or op.operation_id in set(operation_ids)
         ]
-        return [_detached(op) for op in sorted(found, key=lambda op: op.operation_id)]
+        return [self._seen(op) for op in sorted(found, key=lambda op: op.operation_id)]
 
     async def refunded_minor(self, charge_operation_id: str) -> int:
         return sum(
@@ -147,6 +158,7 @@ class FakeOperations:
         return True
 
     async def add(self, operation: Operation) -> None:
+        self._track(operation)
         if self._db.racing_insert is not None:
             winner, self._db.racing_insert = self._db.racing_insert, None
             self._db.operations[winner.operation_id] = _detached(winner)
@@ -195,7 +207,7 @@ class FakeUnitOfWork:
     async def __aenter__(self) -> Self:
         self._ops = dict(self._db.operations)
         self._events = {k: dataclasses.replace(v) for k, v in self._db.provider_events.items()}
-        self.operations = FakeOperations(self._db, self._ops)
+        self.operations = FakeOperations(self._db, self._ops, self.track)
         self.provider_events = FakeProviderEvents(self._events)
         self._tracked = []
         return self
@@ -209,7 +221,11 @@ class FakeUnitOfWork:
         self._tracked = []
 
     def track(self, aggregate: Any) -> None:
-        self._tracked.append(aggregate)
+        if not any(aggregate is seen for seen in self._tracked):
+            self._tracked.append(aggregate)
+
+    def publish(self, *facts: object) -> None:
+        self.track(events.Facts(*facts))
 
     async def commit(self) -> None:
         for aggregate in self._tracked:
@@ -290,6 +306,7 @@ def guarded(provider: FakeProvider, **options: Any) -> GuardedProvider:
         provider,
         CircuitBreaker(provider.name, BreakerOptions(**options)),
         timeout_s=1.0,
+        metrics=ProviderMetrics(provider.name),
         retry=RetryPolicy(attempts=2, initial_backoff_s=0.001, max_backoff_s=0.002),
     )
 
@@ -329,7 +346,15 @@ async def charge(service: GatewayService, **overrides: Any) -> Operation:
         "reference": "pay-1",
         **overrides,
     }
-    return await service.charge(**request)
+    return await service.operations.charge(**request)
+
+
+def operation_facts(fake_db: FakeDatabase) -> list[events.OperationFact]:
+    return [e for e in fake_db.published if isinstance(e, events.OperationFact)]
+
+
+def statuses(fake_db: FakeDatabase) -> list[str]:
+    return [e.status for e in operation_facts(fake_db)]
 
 
 def provider_event_body(charge_id: str, reference: str, event_type: str) -> bytes:

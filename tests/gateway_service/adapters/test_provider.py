@@ -126,7 +126,7 @@ async def test_answers_are_classified_by_whether_money_can_have_moved(
 
     assert type(caught.value) is error
     if error is ProviderRejected:
-        assert caught.value.code == "card_declined"  # type: ignore[attr-defined]
+        assert caught.value.code == "card_declined"  # type: ignore[attr-defined]  # `error` is a parameter: mypy sees Exception
 
 
 async def test_no_answer_in_time_is_a_timeout(

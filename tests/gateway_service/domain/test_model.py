@@ -216,4 +216,4 @@ def test_same_request_compares_every_parameter(same: bool, changes: dict[str, ob
         "reference": "pay-1",
         **changes,
     }
-    assert new_charge().same_request(**request) is same  # type: ignore[arg-type]
+    assert new_charge().same_request(**request) is same  # type: ignore[arg-type]  # the cases vary the types, so they are objects

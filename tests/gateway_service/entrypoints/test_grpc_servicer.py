@@ -12,7 +12,7 @@ from common.grpc.auth import bearer_channel
 from common.grpc.server import create_server
 from common.ids import new_id
 from gateway_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME, GatewayServicer
-from gateway_service.service_layer.services import GatewayService
+from gateway_service.service_layer.gateway import GatewayService
 from paysuite.common.v1 import money_pb2
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.gateway_service.conftest import PAYMENT_METHOD, FakeProvider, provider_event_body
@@ -46,7 +46,7 @@ def charge_request(**changes: object) -> gateway_pb2.ChargeRequest:
     )
     for name, value in changes.items():
         if value is None:
-            request.ClearField(name)  # type: ignore[arg-type]
+            request.ClearField(name)  # type: ignore[arg-type]  # the stubs want a literal field name
         elif isinstance(value, money_pb2.Money):
             request.amount.CopyFrom(value)
         else:

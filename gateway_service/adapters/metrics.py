@@ -11,7 +11,7 @@ from prometheus_client.metrics import Counter as CounterType
 from prometheus_client.metrics import Histogram as HistogramType
 
 from common.metrics import CALL_BUCKETS
-from gateway_service.service_layer.breaker import BreakerState, Transition
+from gateway_service.domain.breaker import BreakerState, Transition
 
 PROVIDER_CALL_SECONDS = Histogram(
     "gateway_provider_call_seconds",
@@ -42,7 +42,8 @@ OPERATIONS = ("charge", "payout", "refund", "status")
 
 
 class ProviderMetrics:
-    """One provider's label children, bound up front: the call path only looks them up."""
+    """One provider's label children, bound up front: the call path only looks them up.
+    The service layer's `CallMetrics` port: GuardedProvider reports, this counts."""
 
     def __init__(self, provider: str) -> None:
         self.seconds: dict[str, HistogramType] = {
@@ -57,6 +58,16 @@ class ProviderMetrics:
             op: PROVIDER_RETRIES.labels(provider, op) for op in OPERATIONS
         }
         BREAKER_STATE.labels(provider).set(BREAKER_VALUES[BreakerState.CLOSED])
+
+    def attempted(self, operation: str, outcome: str, seconds: float) -> None:
+        self.seconds[operation].observe(seconds)
+        self.calls[operation, outcome].inc()
+
+    def refused(self, operation: str) -> None:
+        self.calls[operation, "circuit_open"].inc()
+
+    def retried(self, operation: str) -> None:
+        self.retries[operation].inc()
 
 
 def breaker_moved(transition: Transition) -> None:

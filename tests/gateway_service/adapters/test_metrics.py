@@ -8,6 +8,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from common.money import Money
+from gateway_service.adapters.metrics import ProviderMetrics, breaker_moved
+from gateway_service.domain.breaker import BreakerOptions, CircuitBreaker
 from gateway_service.domain.provider import (
     CircuitOpen,
     Instruction,
@@ -15,8 +17,6 @@ from gateway_service.domain.provider import (
     ProviderRejected,
     ProviderUnavailable,
 )
-from gateway_service.metrics import breaker_moved
-from gateway_service.service_layer.breaker import BreakerOptions, CircuitBreaker
 from gateway_service.service_layer.providers import GuardedProvider, RetryPolicy
 from tests.gateway_service.conftest import FakeProvider
 
@@ -42,6 +42,7 @@ def provider_under_test(**options: float) -> tuple[FakeProvider, GuardedProvider
         fake,
         CircuitBreaker(fake.name, BreakerOptions(**options), on_transition=breaker_moved),
         timeout_s=1.0,
+        metrics=ProviderMetrics(fake.name),
         retry=RetryPolicy(attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002),
     )
     return fake, guarded

@@ -1,3 +1,6 @@
+"""Provider events over the in-memory fakes: recorded once, applied to the operation they
+name, kept when they match nothing."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from common.errors import IdempotencyConflict, NotFound, ValidationError
+from common.errors import (
+    ValidationError,
+)
 from common.ids import new_id
-from common.money import Money
 from gateway_service.domain import events
 from gateway_service.domain.model import (
     Operation,
@@ -17,20 +21,17 @@ from gateway_service.domain.model import (
 )
 from gateway_service.domain.provider import (
     Instruction,
-    InstructionKind,
-    ProviderRejected,
-    ProviderTimeout,
-    ProviderUnavailable,
 )
-from gateway_service.service_layer.services import GatewayService, ProviderEventReceipt
+from gateway_service.service_layer.gateway import GatewayService
+from gateway_service.service_layer.inbox import ProviderEventReceipt
 from tests.gateway_service.conftest import (
-    EUR_12_50,
-    PAYMENT_METHOD,
     PRIMARY,
     FakeDatabase,
     FakeProvider,
     charge,
+    operation_facts,
     provider_event_body,
+    statuses,
 )
 
 
@@ -49,7 +50,7 @@ async def deliver(
         assert operation is not None
         charge_id = operation.provider_reference or ""
     op_id = reference if reference is not None else (operation.operation_id if operation else "")
-    return await service.handle_provider_event(
+    return await service.inbox.handle_provider_event(
         provider=PRIMARY,
         provider_event_id=event_id,
         event_type=event_type,
@@ -59,204 +60,6 @@ async def deliver(
         raw_payload=provider_event_body(charge_id, op_id, event_type),
         operation_id=op_id,
     )
-
-
-def operation_facts(fake_db: FakeDatabase) -> list[events.OperationFact]:
-    return [e for e in fake_db.published if isinstance(e, events.OperationFact)]
-
-
-def statuses(fake_db: FakeDatabase) -> list[str]:
-    return [e.status for e in operation_facts(fake_db)]
-
-
-# -- charge ------------------------------------------------------------------------------
-
-
-async def test_an_accepted_charge_is_pending(
-    service: GatewayService, fake_db: FakeDatabase, fake_provider: FakeProvider
-) -> None:
-    operation = await charge(service)
-
-    assert operation.status is OperationStatus.PENDING
-    assert operation.provider_reference == fake_provider.references["pay-1:charge"]
-    assert fake_db.operations[operation.operation_id].status is OperationStatus.PENDING
-    [event] = operation_facts(fake_db)
-    assert isinstance(event, events.OperationStatusChanged)
-    assert (event.status, event.operation_id, event.reference) == (
-        "pending",
-        operation.operation_id,
-        "pay-1",
-    )
-
-
-async def test_the_provider_is_asked_with_our_key_and_operation_id(
-    service: GatewayService, fake_provider: FakeProvider
-) -> None:
-    operation = await charge(service)
-
-    assert fake_provider.calls == [
-        Instruction(
-            kind=InstructionKind.CHARGE,
-            idempotency_key="pay-1:charge",
-            amount=EUR_12_50,
-            instrument=PAYMENT_METHOD,
-            reference=operation.operation_id,
-        )
-    ]
-
-
-async def test_a_rejected_charge_fails_with_the_providers_code(
-    service: GatewayService, fake_db: FakeDatabase, fake_provider: FakeProvider
-) -> None:
-    fake_provider.answers = [ProviderRejected("idempotency_key_reused", "different parameters")]
-
-    operation = await charge(service)
-
-    assert (operation.status, operation.failure_reason) == (
-        OperationStatus.FAILED,
-        "idempotency_key_reused",
-    )
-    assert statuses(fake_db) == ["failed"]
-
-
-@pytest.mark.parametrize(
-    "errors",
-    [[ProviderTimeout("slow")], [ProviderUnavailable("down"), ProviderUnavailable("down")]],
-    ids=["timeout", "down"],
-)
-async def test_an_unanswered_charge_stays_created_with_an_unknown_outcome(
-    service: GatewayService,
-    fake_db: FakeDatabase,
-    fake_provider: FakeProvider,
-    secondary: FakeProvider,
-    errors: list[Exception],
-) -> None:
-    fake_provider.answers = list(errors)
-
-    operation = await charge(service)
-
-    assert (operation.status, operation.outcome_unknown) == (OperationStatus.CREATED, True)
-    assert fake_db.operations[operation.operation_id].outcome_unknown
-    [unknown] = operation_facts(fake_db)
-    assert isinstance(unknown, events.OperationOutcomeUnknown)
-    # The primary may have charged: the secondary is never asked.
-    assert secondary.calls == []
-    # A timeout is never retried; an unknown 5xx is, with the same key.
-    assert len(fake_provider.calls) == len(errors)
-
-
-async def test_retrying_an_unanswered_charge_asks_the_provider_again_with_the_same_key(
-    service: GatewayService, fake_db: FakeDatabase, fake_provider: FakeProvider
-) -> None:
-    fake_provider.answers = [ProviderTimeout("slow")]
-    first = await charge(service)
-
-    second = await charge(service)
-
-    assert second.operation_id == first.operation_id
-    assert second.status is OperationStatus.PENDING
-    assert [c.idempotency_key for c in fake_provider.calls] == ["pay-1:charge", "pay-1:charge"]
-    assert {c.reference for c in fake_provider.calls} == {first.operation_id}
-    # Announced unknown once, then pending once the provider answered.
-    assert statuses(fake_db) == ["created", "pending"]
-
-
-async def test_replaying_an_answered_charge_returns_it_without_asking_again(
-    service: GatewayService, fake_db: FakeDatabase, fake_provider: FakeProvider
-) -> None:
-    first = await charge(service)
-
-    again = await charge(service)
-
-    assert (again.operation_id, again.status, again.version) == (
-        first.operation_id,
-        OperationStatus.PENDING,
-        first.version,
-    )
-    assert len(fake_provider.calls) == 1
-    assert statuses(fake_db) == ["pending"]
-
-
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"amount": Money(999, "EUR")},
-        {"amount": Money(1250, "USD")},
-        {"payment_method": "pm_card_declined"},
-        {"reference": "pay-2"},
-    ],
-    ids=["amount", "currency", "payment_method", "reference"],
-)
-async def test_reusing_a_key_for_another_charge_conflicts(
-    service: GatewayService, fake_provider: FakeProvider, changes: dict[str, Any]
-) -> None:
-    await charge(service)
-
-    with pytest.raises(IdempotencyConflict) as caught:
-        await charge(service, **changes)
-
-    assert PAYMENT_METHOD not in caught.value.message
-    assert len(fake_provider.calls) == 1
-
-
-async def test_losing_the_insert_race_answers_as_a_replay(
-    service: GatewayService, fake_db: FakeDatabase, fake_provider: FakeProvider
-) -> None:
-    winner = Operation.charge(
-        idempotency_key="pay-1:charge",
-        amount=EUR_12_50,
-        payment_method=PAYMENT_METHOD,
-        reference="pay-1",
-        provider=PRIMARY,
-    )
-    fake_db.racing_insert = winner
-
-    operation = await charge(service)
-
-    assert operation.operation_id == winner.operation_id
-    assert len(fake_db.operations) == 1
-
-
-@pytest.mark.parametrize(
-    ("changes", "field"),
-    [
-        ({"idempotency_key": ""}, "idempotency_key"),
-        ({"idempotency_key": "k" * 129}, "idempotency_key"),
-        ({"reference": ""}, "reference"),
-        ({"payment_method": ""}, "payment_method"),
-    ],
-)
-async def test_charge_requests_are_validated(
-    service: GatewayService, fake_provider: FakeProvider, changes: dict[str, Any], field: str
-) -> None:
-    with pytest.raises(ValidationError) as caught:
-        await charge(service, **changes)
-
-    assert [v.field for v in caught.value.violations] == [field]
-    assert fake_provider.calls == []
-
-
-async def test_get_operation_returns_the_stored_operation(service: GatewayService) -> None:
-    operation = await charge(service)
-
-    found = await service.get_operation(operation.operation_id)
-
-    assert (found.operation_id, found.status) == (operation.operation_id, OperationStatus.PENDING)
-
-
-async def test_get_operation_of_an_unknown_id_is_not_found(service: GatewayService) -> None:
-    with pytest.raises(NotFound):
-        await service.get_operation(new_id())
-
-
-async def test_get_operation_needs_a_uuid(service: GatewayService) -> None:
-    with pytest.raises(ValidationError) as caught:
-        await service.get_operation("op-1")
-
-    assert caught.value.violations[0].field == "operation_id"
-
-
-# -- provider events ---------------------------------------------------------------------
 
 
 async def test_a_provider_outcome_settles_the_operation(
@@ -433,7 +236,7 @@ async def test_provider_events_are_validated(
         **changes,
     }
     with pytest.raises(ValidationError) as caught:
-        await service.handle_provider_event(**request)
+        await service.inbox.handle_provider_event(**request)
 
     assert caught.value.violations[0].field == field
     assert fake_db.provider_events == {}

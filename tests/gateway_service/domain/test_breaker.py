@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway_service.service_layer.breaker import (
+from gateway_service.domain.breaker import (
     BreakerOptions,
     BreakerState,
     CircuitBreaker,

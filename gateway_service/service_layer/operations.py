@@ -1,0 +1,339 @@
+"""Asking a provider to move money: charge, payout and refund, and reading an operation back.
+
+Each database step runs in one unit of work (state change + outbox rows in one transaction).
+A provider call never runs inside a transaction: the operation is committed as CREATED first,
+so a crash or timeout mid-call leaves a record that the same request (or the recovery worker)
+can pick up, and the provider's idempotency on our key makes asking again safe.
+
+Failover: a CREATED operation is moved to the next provider only while no provider can have
+acted on it (its breaker was open, the connection was refused, or it answered "not
+processed"). Once a provider may have acted (a timeout, a 5xx), the operation is bound to it
+and only that provider's answer settles it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from common.errors import (
+    ConcurrentUpdate,
+    DependencyUnavailable,
+    FailedPrecondition,
+    FieldViolation,
+    IdempotencyConflict,
+    NotFound,
+    ValidationError,
+    require,
+    retry_on_conflict,
+)
+from common.ids import parse_id
+from common.money import Money
+from gateway_service.domain.model import (
+    UNSPECIFIED_FAILURE,
+    Operation,
+    OperationKind,
+    OperationStatus,
+)
+from gateway_service.domain.provider import (
+    MAX_PROVIDER_FIELD,
+    Instruction,
+    InstructionKind,
+    ProviderNotProcessed,
+    ProviderRejected,
+    ProviderUnavailable,
+)
+from gateway_service.service_layer.ports import UnitOfWork, UnitOfWorkFactory
+from gateway_service.service_layer.providers import GuardedProvider, ProviderRouter
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRequest:
+    kind: OperationKind
+    idempotency_key: str
+    amount: Money
+    instrument: str
+    reference: str
+    parent_operation_id: str | None = None
+    # Only the charge's provider can refund it.
+    provider: str | None = None
+
+
+class _Locks:
+    """Per-operation submission locks: two concurrent requests for one operation in this
+    process never ask two providers at once. (Across replicas the callers' own claim of the
+    saga step, and the providers' idempotency, keep this rare; see gateway_service/README.md.)
+    A lock is forgotten when its last user leaves, so the table does not grow."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, operation_id: str) -> AsyncIterator[bool]:
+        """Holds the operation's lock; yields whether another request held it first."""
+        lock, users = self._held.get(operation_id, (asyncio.Lock(), 0))
+        self._held[operation_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield users > 0
+        finally:
+            lock, users = self._held[operation_id]
+            if users == 1:
+                del self._held[operation_id]
+            else:
+                self._held[operation_id] = (lock, users - 1)
+
+
+class Operations:
+    def __init__(self, *, uow: UnitOfWorkFactory, providers: ProviderRouter) -> None:
+        self._uow = uow
+        self._providers = providers
+        self._locks = _Locks()
+
+    async def charge(
+        self,
+        *,
+        idempotency_key: str,
+        amount: Money,
+        payment_method: str,
+        reference: str,
+        deadline: float | None = None,
+    ) -> Operation:
+        """Asks a provider to charge `payment_method`; idempotent on `idempotency_key`.
+
+        Normally returns the operation PENDING. CREATED with `outcome_unknown` means the
+        provider did not answer in time: it may have charged, so nobody may assume otherwise.
+        Raises DependencyUnavailable when no provider could take it (nothing was charged).
+        """
+        require(payment_method, "payment_method", max_length=MAX_PROVIDER_FIELD)
+        request = OpenRequest(
+            OperationKind.CHARGE, idempotency_key, amount, payment_method, reference
+        )
+        return await self._open(request, deadline)
+
+    async def payout(
+        self,
+        *,
+        idempotency_key: str,
+        amount: Money,
+        destination: str,
+        reference: str,
+        deadline: float | None = None,
+    ) -> Operation:
+        require(destination, "destination", max_length=MAX_PROVIDER_FIELD)
+        request = OpenRequest(OperationKind.PAYOUT, idempotency_key, amount, destination, reference)
+        return await self._open(request, deadline)
+
+    async def refund(
+        self,
+        *,
+        idempotency_key: str,
+        charge_operation_id: str,
+        amount: Money,
+        reference: str,
+        deadline: float | None = None,
+    ) -> Operation:
+        """Refunds (part of) a succeeded charge at the provider that took it."""
+        charge_id = parse_id(charge_operation_id, "charge_operation_id")
+        charge = await self.get_operation(charge_id)
+        _check_refundable(charge, amount)
+        request = OpenRequest(
+            OperationKind.REFUND,
+            idempotency_key,
+            amount,
+            charge.provider_reference or "",
+            reference,
+            parent_operation_id=charge.operation_id,
+            provider=charge.provider,
+        )
+        return await self._open(request, deadline)
+
+    async def get_operation(self, operation_id: str) -> Operation:
+        """The operation with its history."""
+        operation_id = parse_id(operation_id, "operation_id")
+        async with self._uow() as uow:
+            operation = await uow.operations.get(operation_id)
+            if operation is not None:
+                operation.history = await uow.operations.history(operation_id)
+        if operation is None:
+            raise NotFound("operation", operation_id)
+        return operation
+
+    async def _open(self, request: OpenRequest, deadline: float | None) -> Operation:
+        require(request.idempotency_key, "idempotency_key")
+        require(request.reference, "reference")
+        operation = await retry_on_conflict(lambda: self._record(request))
+        if operation.status is not OperationStatus.CREATED:
+            return operation
+        async with self._locks.hold(operation.operation_id) as waited:
+            if waited:  # another request went first: start from what it left
+                operation = await self._load(operation.operation_id)
+            return await self._submit(operation, deadline)
+
+    async def _record(self, request: OpenRequest) -> Operation:
+        async with self._uow() as uow:
+            if request.parent_operation_id is not None:
+                # A refund is checked against the charge's other refunds, which must not count
+                # a replay of itself: look for it first.
+                existing = await uow.operations.find_by_idempotency_key(request.idempotency_key)
+                if existing is not None:
+                    return _replayed(existing, request)
+                await self._check_refund_total(uow, request)
+            operation = Operation.open(
+                kind=request.kind,
+                idempotency_key=request.idempotency_key,
+                amount=request.amount,
+                instrument=request.instrument,
+                reference=request.reference,
+                provider=request.provider or self._providers.in_order()[0].name,
+                parent_operation_id=request.parent_operation_id,
+            )
+            # Insert first: a new request (the common case) costs one statement. A taken key
+            # is a replay (or a concurrent twin, which the insert waited for): answer with it.
+            if not await uow.operations.add_new(operation):
+                existing = await uow.operations.find_by_idempotency_key(request.idempotency_key)
+                if existing is None:
+                    raise ConcurrentUpdate("the operation with this key vanished")
+                return _replayed(existing, request)
+            await uow.commit()
+            return operation
+
+    @staticmethod
+    async def _check_refund_total(uow: UnitOfWork, request: OpenRequest) -> None:
+        assert request.parent_operation_id is not None
+        # The charge's row lock orders concurrent refunds of one charge.
+        charge = await uow.operations.get(request.parent_operation_id, for_update=True)
+        if charge is None:
+            raise NotFound("operation", request.parent_operation_id)
+        refunded = await uow.operations.refunded_minor(charge.operation_id)
+        if refunded + request.amount.amount_minor > charge.amount.amount_minor:
+            raise FailedPrecondition(
+                f"refunds of {charge.operation_id} would exceed the {charge.amount} charged"
+            )
+
+    async def _submit(self, operation: Operation, deadline: float | None) -> Operation:
+        """Asks the providers in turn. A webhook or a sync may settle the operation while
+        this runs: every change below is made under its row lock and refuses to go back."""
+        if operation.status is not OperationStatus.CREATED:
+            return operation  # settled meanwhile, e.g. by a webhook or a sync
+        operation_id = operation.operation_id
+        last: ProviderNotProcessed | None = None
+        for provider in self._candidates(operation):
+            if provider.name != operation.provider:
+                operation = await self._update(operation_id, _route(provider.name))
+                if operation.provider != provider.name:
+                    return operation  # a provider may have acted meanwhile: stay with it
+            try:
+                acceptance = await provider.submit(_instruction(operation), deadline=deadline)
+            except ProviderRejected as exc:
+                log.info("operation.rejected", operation_id=operation_id, code=exc.code)
+                return await self._update(operation_id, _rejection(exc.code))
+            except ProviderNotProcessed as exc:
+                log.warning("operation.not_processed", provider=provider.name, error=str(exc))
+                last = exc
+                continue
+            except ProviderUnavailable as exc:
+                # The provider may have acted: failing the operation could lose real money,
+                # and asking another provider could move it twice. It waits for the answer.
+                log.warning("operation.outcome_unknown", operation_id=operation_id, error=str(exc))
+                return await self._update(operation_id, Operation.mark_unknown)
+            return await self._update(operation_id, _acceptance(acceptance.provider_reference))
+        raise DependencyUnavailable(
+            f"no provider could take the {operation.kind.value} now (nothing was moved): {last}"
+        )
+
+    def _candidates(self, operation: Operation) -> list[GuardedProvider]:
+        if operation.kind is OperationKind.REFUND or not operation.may_fail_over:
+            return [self._providers.get(operation.provider)]
+        return self._providers.in_order()
+
+    async def _load(self, operation_id: str) -> Operation:
+        async with self._uow() as uow:
+            operation = await uow.operations.get(operation_id)
+        if operation is None:
+            raise NotFound("operation", operation_id)
+        return operation
+
+    async def _update(self, operation_id: str, change: Callable[[Operation], object]) -> Operation:
+        return await update_operation(self._uow, operation_id, change)
+
+
+async def update_operation(
+    uow: UnitOfWorkFactory, operation_id: str, change: Callable[[Operation], object]
+) -> Operation:
+    """Applies `change` under the operation's row lock; saved when it returns truthy. Every
+    change to an existing operation outside the provider-event inbox goes through here."""
+
+    async def attempt() -> Operation:
+        async with uow() as unit:
+            operation = await unit.operations.get(operation_id, for_update=True)
+            if operation is None:
+                raise NotFound("operation", operation_id)
+            if change(operation):
+                await unit.operations.save(operation)
+                await unit.commit()
+            return operation
+
+    return await retry_on_conflict(attempt)
+
+
+def _check_refundable(charge: Operation, amount: Money) -> None:
+    if charge.kind is not OperationKind.CHARGE:
+        raise ValidationError(FieldViolation("charge_operation_id", "is not a charge"))
+    if charge.status is not OperationStatus.SUCCEEDED or not charge.provider_reference:
+        raise FailedPrecondition(f"charge {charge.operation_id} has not succeeded")
+    if amount.currency != charge.amount.currency:
+        raise ValidationError(FieldViolation("amount.currency", "must be the charge's currency"))
+
+
+def _instruction(operation: Operation) -> Instruction:
+    return Instruction(
+        kind=InstructionKind(operation.kind.value),
+        idempotency_key=operation.idempotency_key,
+        amount=operation.amount,
+        instrument=operation.instrument,
+        reference=operation.operation_id,
+    )
+
+
+def _replayed(existing: Operation, request: OpenRequest) -> Operation:
+    if not existing.same_request(
+        kind=request.kind,
+        amount=request.amount,
+        instrument=request.instrument,
+        reference=request.reference,
+    ):
+        raise IdempotencyConflict(
+            f"idempotency_key {existing.idempotency_key!r} was already used for a different"
+            " operation"
+        )
+    return existing
+
+
+def _route(provider: str) -> Callable[[Operation], bool]:
+    return lambda operation: operation.route_to(provider)
+
+
+def _rejection(code: str) -> Callable[[Operation], bool]:
+    return lambda operation: operation.mark_rejected(code or UNSPECIFIED_FAILURE)
+
+
+def _acceptance(provider_reference: str) -> Callable[[Operation], bool]:
+    def accept(operation: Operation) -> bool:
+        changed = operation.mark_accepted(provider_reference)
+        if not changed and operation.provider_reference not in (None, provider_reference):
+            log.warning(
+                "operation.provider_reference_mismatch",
+                operation_id=operation.operation_id,
+                stored=operation.provider_reference,
+                answered=provider_reference,
+            )
+        return changed
+
+    return accept

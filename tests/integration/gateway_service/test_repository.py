@@ -1,0 +1,83 @@
+"""The gateway's repositories register every operation they hand out or add with the unit of
+work, so a change's events reach the outbox in its transaction without any hand-written
+`track` (a forgotten one would be a lost event)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common import db
+from common.config import Settings
+from gateway_service.adapters.uow import GatewayUnitOfWork
+from gateway_service.bootstrap import DATABASE
+from gateway_service.domain.model import Operation, OperationKind, OperationStatus
+from tests.gateway_service.conftest import EUR_12_50, PAYMENT_METHOD, PRIMARY
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(migrated: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = db.create_engine(DATABASE.url(migrated), pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+async def outbox_types(engine: AsyncEngine, operation_id: str) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT event_type FROM outbox WHERE aggregate_id = :a ORDER BY id"),
+            {"a": operation_id},
+        )
+        return [row.event_type for row in rows]
+
+
+def new_operation() -> Operation:
+    key = f"pay-{uuid.uuid4()}:charge"
+    return Operation.open(
+        kind=OperationKind.CHARGE,
+        idempotency_key=key,
+        amount=EUR_12_50,
+        instrument=PAYMENT_METHOD,
+        reference=key,
+        provider=PRIMARY,
+    )
+
+
+async def test_what_is_added_or_loaded_reaches_the_outbox_at_commit(engine: AsyncEngine) -> None:
+    operation = new_operation()
+    async with GatewayUnitOfWork(engine) as uow:
+        assert await uow.operations.add_new(operation)
+        operation.mark_unknown()
+        await uow.commit()
+
+    async with GatewayUnitOfWork(engine) as uow:
+        loaded = await uow.operations.get(operation.operation_id, for_update=True)
+        assert loaded is not None
+        loaded.mark_accepted("ch_registered")
+        await uow.operations.save(loaded)
+        await uow.commit()
+
+    async with GatewayUnitOfWork(engine) as uow:
+        [locked] = await uow.operations.lock_for_events([(PRIMARY, "ch_registered")], [])
+        locked.apply_provider_outcome(
+            kind=OperationKind.CHARGE,
+            outcome=OperationStatus.SUCCEEDED,
+            failure_reason="",
+            provider_event_id="evt_registered",
+            provider_reference="ch_registered",
+        )
+        await uow.operations.save(locked)
+        await uow.commit()
+
+    assert await outbox_types(engine, operation.operation_id) == [
+        "operation.unknown",
+        "charge.pending",
+        "charge.succeeded",
+    ]
