@@ -182,12 +182,82 @@ def _money(body: _Amount) -> money_pb2.Money:
     return money_pb2.Money(amount_minor=body.amount_minor, currency=body.currency)
 
 
+def _error_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string"},
+                    # The service's stable ErrorInfo reason, e.g. INSUFFICIENT_FUNDS.
+                    "reason": {"type": "string"},
+                },
+            }
+        },
+    }
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {str(status): {"description": "error", **ref} for status in statuses}
+
+
+def _amount_schema(name: str, schema: dict[str, Any], *, required: bool) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["amount_minor", "currency", *([name] if required else [])],
+        "properties": {
+            "amount_minor": {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT_MINOR},
+            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            name: schema,
+        },
+    }
+
+
+CREATE_ERRORS = (400, 401, 403, 404, 409, 422, 503)
+
+
+def _create(summary: str, body: dict[str, Any], *errors: int) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": IDEMPOTENCY_HEADER,
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                },
+            ],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "202": {
+                    "description": "accepted; the outcome follows asynchronously",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Transaction"}}
+                    },
+                },
+                **_errors(*errors),
+            },
+        }
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class Create(Generic[B]):
     """One create route: its body, the PaymentService method, and the request it sends."""
 
     action: str  # the path's last segment: /account/{account_id}/<action>
+    summary: str
     body: type[B]
+    schema: dict[str, Any]  # the body's, in OPENAPI
     method: Callable[[PaymentServiceAsyncStub], Callable[..., Any]]
     # (idempotency key, the path's account id, the validated body) -> the gRPC request
     request: Callable[[str, str, B], Message]
@@ -196,7 +266,11 @@ class Create(Generic[B]):
 # Each typed on its own, so that mypy checks its request against its body.
 DEPOSIT: Create[DepositBody] = Create(
     "deposit",
+    "Deposit from a payment method into the account",
     DepositBody,
+    _amount_schema(
+        "payment_method", {"type": "string", "minLength": 1, "maxLength": 255}, required=False
+    ),
     lambda stub: stub.CreateDeposit,
     lambda key, account_id, body: payment_pb2.CreateDepositRequest(
         idempotency_key=key,
@@ -207,7 +281,11 @@ DEPOSIT: Create[DepositBody] = Create(
 )
 WITHDRAW: Create[WithdrawBody] = Create(
     "withdraw",
+    "Withdraw from the account to a destination",
     WithdrawBody,
+    _amount_schema(
+        "destination", {"type": "string", "minLength": 1, "maxLength": 255}, required=True
+    ),
     lambda stub: stub.CreateWithdrawal,
     lambda key, account_id, body: payment_pb2.CreateWithdrawalRequest(
         idempotency_key=key,
@@ -218,7 +296,11 @@ WITHDRAW: Create[WithdrawBody] = Create(
 )
 TRANSFER: Create[TransferBody] = Create(
     "transfer",
+    "Transfer from the account to another account",
     TransferBody,
+    _amount_schema(
+        "to_account_id", {"type": "string", "minLength": 1, "maxLength": 128}, required=True
+    ),
     lambda stub: stub.CreateTransfer,
     lambda key, account_id, body: payment_pb2.CreateTransferRequest(
         idempotency_key=key,
@@ -275,71 +357,6 @@ def add_routes(app: web.Application, payments: grpc.aio.Channel | PaymentService
     app.router.add_get("/openapi.json", openapi)
 
 
-def _error_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {
-                    "code": {"type": "string"},
-                    "message": {"type": "string"},
-                    "field": {"type": "string"},
-                    # The service's stable ErrorInfo reason, e.g. INSUFFICIENT_FUNDS.
-                    "reason": {"type": "string"},
-                },
-            }
-        },
-    }
-
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    return {str(status): {"description": "error", **ref} for status in statuses}
-
-
-def _amount_schema(name: str, schema: dict[str, Any], *, required: bool) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["amount_minor", "currency", *([name] if required else [])],
-        "properties": {
-            "amount_minor": {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT_MINOR},
-            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
-            name: schema,
-        },
-    }
-
-
-def _create(summary: str, body: dict[str, Any], *errors: int) -> dict[str, Any]:
-    return {
-        "post": {
-            "summary": summary,
-            "parameters": [
-                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
-                {
-                    "name": IDEMPOTENCY_HEADER,
-                    "in": "header",
-                    "required": True,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
-                },
-            ],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-            "responses": {
-                "202": {
-                    "description": "accepted; the outcome follows asynchronously",
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Transaction"}}
-                    },
-                },
-                **_errors(*errors),
-            },
-        }
-    }
-
-
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -349,47 +366,12 @@ OPENAPI: dict[str, Any] = {
         " adapter process. Amounts are integer minor units.",
     },
     "paths": {
-        "/account/{id}/deposit": _create(
-            "Deposit from a payment method into the account",
-            _amount_schema(
-                "payment_method",
-                {"type": "string", "minLength": 1, "maxLength": 255},
-                required=False,
-            ),
-            400,
-            401,
-            403,
-            404,
-            409,
-            422,
-            503,
-        ),
-        "/account/{id}/withdraw": _create(
-            "Withdraw from the account to a destination",
-            _amount_schema(
-                "destination", {"type": "string", "minLength": 1, "maxLength": 255}, required=True
-            ),
-            400,
-            401,
-            403,
-            404,
-            409,
-            422,
-            503,
-        ),
-        "/account/{id}/transfer": _create(
-            "Transfer from the account to another account",
-            _amount_schema(
-                "to_account_id", {"type": "string", "minLength": 1, "maxLength": 128}, required=True
-            ),
-            400,
-            401,
-            403,
-            404,
-            409,
-            422,
-            503,
-        ),
+        **{
+            f"/account/{{id}}/{create.action}": _create(
+                create.summary, create.schema, *CREATE_ERRORS
+            )
+            for create in CREATES
+        },
         "/transaction/{id}/status": {
             "get": {
                 "summary": "A transaction's current status",
