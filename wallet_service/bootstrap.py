@@ -16,8 +16,9 @@ from common.grpc.auth import authenticator
 from common.grpc.server import ServiceRuntime, create_server
 from common.supervision import Task, beat
 from paysuite.wallet.v1 import wallet_pb2_grpc
+from wallet_service.adapters import metrics
 from wallet_service.adapters.uow import WalletUnitOfWork
-from wallet_service.domain.model import Limits
+from wallet_service.domain.account import Limits
 from wallet_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME, WalletServicer
 from wallet_service.service_layer.services import WalletService
 
@@ -40,6 +41,7 @@ def build_service(settings: Settings, infra: Infra) -> WalletService:
             max_balance_minor=settings.wallet_max_balance_minor,
         ),
         group_commit=True,
+        observe=metrics.observe,
     )
 
 

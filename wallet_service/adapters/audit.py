@@ -18,9 +18,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from wallet_service.adapters.repository import translated
+from wallet_service.adapters.boundary import translated
 from wallet_service.domain import events as ev
-from wallet_service.domain.model import Account, HoldView, hold_views
+from wallet_service.domain.account import Account
+from wallet_service.domain.holds import HoldView, hold_views
 
 
 @dataclass(frozen=True, slots=True)

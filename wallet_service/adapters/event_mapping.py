@@ -11,7 +11,7 @@ from common.grpc.convert import money_to_proto
 from common.money import Money
 from paysuite.events.v1 import events_pb2
 from wallet_service.domain import events
-from wallet_service.domain.model import Published
+from wallet_service.domain.account import Published
 
 PRODUCER = "wallet-service"
 

@@ -6,8 +6,9 @@ from typing import Self
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.uow import SqlUnitOfWork
+from wallet_service.adapters.boundary import translated
 from wallet_service.adapters.event_mapping import to_outgoing
-from wallet_service.adapters.repository import WalletRepository, translated
+from wallet_service.adapters.repository import WalletRepository
 
 # Loading an account replays the events after its latest snapshot: every 10 keeps that to a
 # few events (a batch of 32 postings on distinct accounts loads 32 histories), at one small

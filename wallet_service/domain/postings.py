@@ -8,13 +8,12 @@ from datetime import datetime
 from common.errors import FieldViolation, ValidationError
 from common.ids import new_id
 from common.money import Money
+from wallet_service.domain.account import Account, Limits
 from wallet_service.domain.errors import FxRateUnavailable
 from wallet_service.domain.fx import Conversion, FxRate
-from wallet_service.domain.model import (
-    Account,
+from wallet_service.domain.ledger import (
     Entry,
     LedgerTransaction,
-    Limits,
     TransactionKind,
     clearing_account_id,
     fees_account_id,

@@ -18,15 +18,10 @@ from common.grpc.convert import money_from_request, money_to_proto, timestamp
 from common.money import Money
 from paysuite.common.v1 import money_pb2
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from wallet_service.domain.account import Account, AccountStatus
 from wallet_service.domain.fx import Conversion
-from wallet_service.domain.model import (
-    Account,
-    AccountStatus,
-    Entry,
-    HoldView,
-    LedgerTransaction,
-    RecordedTransaction,
-)
+from wallet_service.domain.holds import HoldView
+from wallet_service.domain.ledger import Entry, LedgerTransaction, RecordedTransaction
 from wallet_service.service_layer.services import WalletService
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -15,9 +15,9 @@ from tests.integration.wallet_service.conftest import PrivateWallet
 from wallet_service.adapters.repository import WalletRepository
 from wallet_service.adapters.uow import WalletUnitOfWork
 from wallet_service.domain import postings
+from wallet_service.domain.account import Limits
 from wallet_service.domain.errors import VersionConflict
-from wallet_service.domain.model import Limits
-from wallet_service.service_layer.services import ATTEMPTS
+from wallet_service.service_layer.mutations import ATTEMPTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -44,9 +45,9 @@ async def balance(c: Clients, account_id: str) -> W.Balance:
     return await c.wallet.GetBalance(W.GetBalanceRequest(account_id=account_id))
 
 
-async def refused(call: object) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+async def refused(call: Awaitable[object]) -> tuple[grpc.StatusCode, str, dict[str, str]]:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
+        await call
     _, reason = error_details(caught.value)
     return caught.value.code(), reason, _metadata(caught.value)
 

@@ -6,9 +6,10 @@ import pytest
 from common.errors import ValidationError
 from common.money import Money
 from wallet_service.domain import postings
+from wallet_service.domain.account import Account, Limits
 from wallet_service.domain.errors import ConversionTooSmall, FxRateUnavailable
 from wallet_service.domain.fx import FxRate, div_half_even, parse_rate, rate_text
-from wallet_service.domain.model import Account, Limits, fx_account_id
+from wallet_service.domain.ledger import fx_account_id
 
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from common.errors import FailedPrecondition
 from common.money import Money
 from wallet_service.domain import postings
+from wallet_service.domain.account import Account, Limits
 from wallet_service.domain.fx import FxRate
-from wallet_service.domain.model import Account, LedgerTransaction, Limits, imbalance
+from wallet_service.domain.ledger import LedgerTransaction, imbalance
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 # A low balance limit, so refusals for LIMIT_EXCEEDED are part of the sequences too.

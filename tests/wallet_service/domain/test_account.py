@@ -7,6 +7,7 @@ from common.errors import ValidationError
 from common.money import MAX_AMOUNT_MINOR, Money
 from wallet_service.domain import events as ev
 from wallet_service.domain import postings
+from wallet_service.domain.account import Account, AccountStatus, Limits
 from wallet_service.domain.errors import (
     AccountClosed,
     AccountFrozen,
@@ -16,12 +17,9 @@ from wallet_service.domain.errors import (
     LimitExceeded,
     NotEnoughAvailable,
 )
-from wallet_service.domain.model import (
-    Account,
-    AccountStatus,
+from wallet_service.domain.ledger import (
     Entry,
     LedgerTransaction,
-    Limits,
     TransactionKind,
     clearing_account_id,
 )

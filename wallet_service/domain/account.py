@@ -1,24 +1,13 @@
-"""Accounts (event-sourced aggregates) and balanced ledger transactions. Plain Python: no SQL,
-no gRPC.
+"""Accounts: event-sourced aggregates. Plain Python: no SQL, no gRPC.
 
 An account's state is the fold of its events (`Account.replay`); a command method checks the
 state, then records one event, which both changes the state and joins the account's history
-under the next version with the previous event's hash. Every movement of money is also one
-ledger transaction whose entries sum to zero per currency (invariant 1), across customer and
-system accounts:
-
-- clearing, per provider and currency: mirrors what the outside world holds of ours;
-- FX liquidity, per currency: the wallet's own stock each side of a conversion;
-- fees, per currency: what the wallet earned.
-
-System accounts may go below zero and keep no projected balance (their balance is the sum of
-their entries): every deposit in a currency touches its clearing account, and a balance row
-there would serialise them all.
+under the next version with the previous event's hash. Each movement of money is also one
+ledger transaction (wallet_service.domain.ledger), written by wallet_service.domain.postings.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,72 +27,14 @@ from wallet_service.domain.errors import (
     LimitExceeded,
     NotEnoughAvailable,
 )
-from wallet_service.domain.fx import Conversion
-
-# System account ids are derived from their names, so every replica agrees on them.
-_SYSTEM_NAMESPACE = uuid.UUID("6f1c0c2e-9a43-4d0f-9f5e-3b7a1c2d4e5f")
-
-
-class AccountKind(StrEnum):
-    CUSTOMER = "customer"
-    CLEARING = "clearing"
-    FX = "fx"
-    FEES = "fees"
+from wallet_service.domain.holds import OpenHold
+from wallet_service.domain.ledger import AccountKind
 
 
 class AccountStatus(StrEnum):
     OPEN = "open"
     FROZEN = "frozen"
     CLOSED = "closed"
-
-
-class TransactionKind(StrEnum):
-    CREDIT = "credit"
-    DEBIT = "debit"
-    CAPTURE = "capture"
-    TRANSFER = "transfer"
-
-
-class HoldStatus(StrEnum):
-    OPEN = "open"
-    CAPTURED = "captured"
-    RELEASED = "released"
-    EXPIRED = "expired"
-
-
-def clearing_account_id(currency: str, provider: str = "") -> str:
-    # No provider keeps the id the walking skeleton gave each currency's clearing account.
-    name = f"clearing:{provider}:{currency}" if provider else f"clearing:{currency}"
-    return str(uuid.uuid5(_SYSTEM_NAMESPACE, name))
-
-
-def fx_account_id(currency: str) -> str:
-    return str(uuid.uuid5(_SYSTEM_NAMESPACE, f"fx:{currency}"))
-
-
-def fees_account_id(currency: str) -> str:
-    return str(uuid.uuid5(_SYSTEM_NAMESPACE, f"fees:{currency}"))
-
-
-@dataclass(frozen=True, slots=True)
-class SystemAccount:
-    account_id: str
-    kind: AccountKind
-    currency: str
-    name: str
-
-    @classmethod
-    def clearing(cls, currency: str, provider: str = "") -> SystemAccount:
-        name = f"clearing:{provider}:{currency}" if provider else f"clearing:{currency}"
-        return cls(clearing_account_id(currency, provider), AccountKind.CLEARING, currency, name)
-
-    @classmethod
-    def fx(cls, currency: str) -> SystemAccount:
-        return cls(fx_account_id(currency), AccountKind.FX, currency, f"fx:{currency}")
-
-    @classmethod
-    def fees(cls, currency: str) -> SystemAccount:
-        return cls(fees_account_id(currency), AccountKind.FEES, currency, f"fees:{currency}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,91 +63,6 @@ class Limits:
                 f"account {account_id} would exceed the balance limit of "
                 f"{Money(self.max_balance_minor, currency)}"
             )
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    entry_id: str
-    account_id: str
-    amount: Money  # signed: what the entry adds to the account
-    balance_after: int | None = None  # the customer account's total after it; None on system ones
-
-
-@dataclass
-class LedgerTransaction:
-    transaction_id: str
-    operation_ref: str
-    kind: TransactionKind
-    entries: list[Entry]
-    description: str = ""
-    conversion: Conversion | None = None
-    created_at: datetime | None = None
-
-    def __post_init__(self) -> None:
-        unbalanced = imbalance(e.amount for e in self.entries)
-        if unbalanced:
-            raise ValueError(f"unbalanced ledger transaction {self.transaction_id}: {unbalanced}")
-
-    def entry_for(self, account_id: str) -> Entry:
-        return next(e for e in self.entries if e.account_id == account_id)
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedTransaction:
-    """A ledger transaction as the journal holds it, read back for audit (GetTransactions,
-    ListTransactions). Unlike `LedgerTransaction` it is not re-validated: a journal altered
-    behind the service's back is shown as it is, so a reconciliation can see the damage."""
-
-    transaction_id: str
-    operation_ref: str
-    kind: str
-    entries: list[Entry]
-    created_at: datetime
-    description: str = ""
-
-    @property
-    def imbalance(self) -> dict[str, int]:
-        return imbalance(e.amount for e in self.entries)
-
-
-def imbalance(amounts: Iterable[Money]) -> dict[str, int]:
-    """Per currency, what the amounts fail to cancel out; empty when they balance."""
-    totals: dict[str, int] = {}
-    for amount in amounts:
-        totals[amount.currency] = totals.get(amount.currency, 0) + amount.amount_minor
-    return {cur: total for cur, total in totals.items() if total}
-
-
-@dataclass(frozen=True, slots=True)
-class OpenHold:
-    hold_id: str
-    amount_minor: int
-    expires_at: datetime
-    reference: str
-
-
-@dataclass(frozen=True, slots=True)
-class HoldView:
-    """A hold as the read model shows it, also after it closed."""
-
-    hold_id: str
-    account_id: str
-    amount: Money
-    captured: Money
-    status: HoldStatus
-    expires_at: datetime
-    reference: str
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """What an operation_ref did: its kind, a fingerprint of its parameters, and its result,
-    so that a repeat replays the result and a reuse with other parameters is refused."""
-
-    operation_ref: str
-    kind: str
-    fingerprint: str
-    result: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,53 +342,3 @@ class Account:
                 " holds; only an empty account closes"
             )
         self._record(ev.AccountClosed(operation_ref))
-
-
-def hold_views(
-    account_id: str, currency: str, history: Iterable[ev.RecordedEvent]
-) -> dict[str, HoldView]:
-    """Every hold's final state, folded from an account's history (rebuilds the read model)."""
-    views: dict[str, HoldView] = {}
-    for recorded in history:
-        apply_to_hold_views(views, account_id, currency, recorded.event)
-    return views
-
-
-def apply_to_hold_views(
-    views: dict[str, HoldView], account_id: str, currency: str, event: ev.AccountEvent
-) -> HoldView | None:
-    """Updates `views` with one event; returns the hold it changed, if any."""
-    match event:
-        case ev.HoldPlaced():
-            view = HoldView(
-                event.hold_id,
-                account_id,
-                Money(event.amount_minor, currency),
-                Money(0, currency),
-                HoldStatus.OPEN,
-                datetime.fromisoformat(event.expires_at),
-                event.reference,
-            )
-        case ev.HoldCaptured():
-            old = views[event.hold_id]
-            view = _closed(old, HoldStatus.CAPTURED, event.captured_minor)
-        case ev.HoldReleased():
-            view = _closed(views[event.hold_id], HoldStatus.RELEASED, 0)
-        case ev.HoldExpired():
-            view = _closed(views[event.hold_id], HoldStatus.EXPIRED, 0)
-        case _:
-            return None
-    views[view.hold_id] = view
-    return view
-
-
-def _closed(view: HoldView, status: HoldStatus, captured_minor: int) -> HoldView:
-    return HoldView(
-        view.hold_id,
-        view.account_id,
-        view.amount,
-        Money(captured_minor, view.amount.currency),
-        status,
-        view.expires_at,
-        view.reference,
-    )

@@ -7,7 +7,7 @@ import time
 from prometheus_client import REGISTRY
 
 from common.errors import InsufficientFunds
-from wallet_service import metrics
+from wallet_service.adapters import metrics
 from wallet_service.domain.errors import AccountFrozen
 
 
