@@ -17,7 +17,9 @@ from common import db
 from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM, dead_letter_stream
 
+# The short names the CLI takes for the suite's streams.
 STREAMS = {"payment": PAYMENT_STREAM, "wallet": WALLET_STREAM, "gateway": GATEWAY_STREAM}
+
 CONNECT_TIMEOUT_S = 5
 # Redis 6 reports no lag: count the undelivered entries, up to this many.
 LAG_COUNT_CAP = 10_000
@@ -61,7 +63,7 @@ async def _one_outbox(settings: Settings, database: Any) -> OutboxStatus:
         ) as conn:
             row = await (await conn.execute(_OUTBOX_STATUS)).fetchone()
     except psycopg.Error as exc:
-        return OutboxStatus(name, error=first_line(exc))
+        return OutboxStatus(name, error=_first_line(exc))
     count, age = row if row else (0, None)
     return OutboxStatus(name, int(count), float(age) if age is not None else None)
 
@@ -206,5 +208,5 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def first_line(exc: Exception) -> str:
+def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
