@@ -10,6 +10,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from bench.admission import Refusals
 from bench.cost import Cost, Probe
 from common.config import Settings
 from common.grpc.auth import bearer_channel
@@ -97,6 +98,11 @@ class BenchContext:
     token: str = ""  # the bench's bearer token (bench.auth)
     probe: Probe | None = None  # where the cost is read; None: not measured
     costs: dict[str, Cost] = field(default_factory=dict)  # by kind of payment
+    # Create calls admission control refused (and the bench repeated), by phase.
+    refusals: dict[str, Refusals] = field(default_factory=dict)
+
+    def refusals_of(self, phase: str) -> Refusals:
+        return self.refusals.setdefault(phase, Refusals())
 
     @property
     def database_url(self) -> str:

@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
 from bench import databases
+from bench.admission import admitted
 from bench.context import BenchContext, Deposit, clients
 from bench.load import Sample, closed_loop, note_errors, open_loop, span
 from bench.stats import Latency, p50_p99, rate
@@ -90,6 +91,7 @@ class Depositor:
         self._payments = payments
         self._ctx = ctx
         self._phase = phase
+        self.refusals = ctx.refusals_of(f"deposit_{phase}")
 
     async def __call__(self, i: int) -> Deposit:
         ctx = self._ctx
@@ -100,14 +102,14 @@ class Depositor:
         )
         # Recorded before the call: a call that fails client-side may still have committed.
         ctx.deposits[deposit.idempotency_key] = deposit
-        payment = await self._payments.CreateDeposit(
-            payment_pb2.CreateDepositRequest(
-                idempotency_key=deposit.idempotency_key,
-                account_id=deposit.account_id,
-                amount=money_pb2.Money(amount_minor=deposit.amount_minor, currency=CURRENCY),
-                payment_method=PAYMENT_METHOD,
-            ),
-            timeout=CALL_TIMEOUT_S,
+        request = payment_pb2.CreateDepositRequest(
+            idempotency_key=deposit.idempotency_key,
+            account_id=deposit.account_id,
+            amount=money_pb2.Money(amount_minor=deposit.amount_minor, currency=CURRENCY),
+            payment_method=PAYMENT_METHOD,
+        )
+        payment = await admitted(
+            lambda: self._payments.CreateDeposit(request, timeout=CALL_TIMEOUT_S), self.refusals
         )
         accepted = dataclasses.replace(deposit, payment_id=payment.payment_id)
         ctx.deposits[deposit.idempotency_key] = accepted
@@ -142,6 +144,7 @@ async def _complete(
         "complete_deposits_per_s": metered.completed_per_s,
         **p50_p99(Latency.of_seconds(to_completed).figures("complete_create_to_completed")),
         "deposit_errors_complete": float(len(metered.samples) - len(to_completed)),
+        **depositor.refusals.figures("deposit", "complete"),
     }
 
 
@@ -151,9 +154,10 @@ async def _closed(
     redis: Redis,
     stream: str,
 ) -> dict[str, float]:
+    depositor = Depositor(payments, ctx, "closed")
     async with CompletionWatcher(redis, stream) as watcher:
         samples = await closed_loop(
-            Depositor(payments, ctx, "closed"),
+            depositor,
             clients=ctx.options.clients,
             duration_s=ctx.options.duration_s,
         )
@@ -178,6 +182,7 @@ async def _closed(
         "deposits_completed_per_s": rate(len(done), max(done, default=math.nan) - first_create),
         **p50_p99(Latency.of_seconds(to_completed).figures("create_to_completed")),
         "deposit_errors_closed": float(len(samples) - len(ok)),
+        **depositor.refusals.figures("deposit", "closed"),
     }
 
 
@@ -189,9 +194,10 @@ async def _open(
 ) -> dict[str, float]:
     completed_rate = ctx.figures.get("deposits_completed_per_s", math.nan)
     arrivals = completed_rate / 2 if completed_rate > 0 else 1.0
+    depositor = Depositor(payments, ctx, "open")
     async with CompletionWatcher(redis, stream) as watcher:
         samples = await open_loop(
-            Depositor(payments, ctx, "open"),
+            depositor,
             rate_per_s=arrivals,
             duration_s=ctx.options.open_duration_s,
         )
@@ -209,6 +215,7 @@ async def _open(
         **p50_p99(Latency.of_seconds([s.latency for s in ok]).figures("open_create")),
         **p50_p99(Latency.of_seconds(lags).figures("webhook_to_completed")),
         "deposit_errors_open": float(len(samples) - len(ok)),
+        **depositor.refusals.figures("deposit", "open"),
     }
 
 

@@ -49,6 +49,15 @@ class Figure:
 _RATE = "/s"
 _MS = "ms"
 
+
+def _rejected(kind: str, tail: str, rpc: str, loop: str) -> tuple[Figure, Figure]:
+    """Admission control's refusals of a loop's creates (bench/admission.py), each repeated."""
+    return (
+        Figure(f"{kind}_rejected{tail}", f"{rpc} refused RESOURCE_EXHAUSTED, {loop}", "calls"),
+        Figure(f"{kind}_rejected_share{tail}", f"{rpc} attempts refused, share, {loop}", "%"),
+    )
+
+
 FIGURES: tuple[Figure, ...] = (
     Figure("health_calls_per_s", "baseline: health Check, closed loop", _RATE),
     Figure(
@@ -61,6 +70,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("complete_create_to_completed_p50_ms", "create → completed p50, complete loop", _MS),
     Figure("complete_create_to_completed_p99_ms", "create → completed p99, complete loop", _MS),
     Figure("deposit_errors_complete", "deposits failed, complete loop", "calls"),
+    *_rejected("deposit", "_complete", "CreateDeposit", "complete loop"),
     Figure(
         "deposit_creates_per_s", "CreateDeposit accepted, closed loop", _RATE, "health_calls_per_s"
     ),
@@ -77,6 +87,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("create_to_completed_p50_ms", "create → completed p50, closed loop", _MS),
     Figure("create_to_completed_p99_ms", "create → completed p99, closed loop", _MS),
     Figure("deposit_errors_closed", "CreateDeposit errors, closed loop", "calls"),
+    *_rejected("deposit", "_closed", "CreateDeposit", "closed loop"),
     Figure("open_loop_arrivals_per_s", "open loop arrival rate (½ completed/s)", _RATE),
     Figure("open_create_p50_ms", "CreateDeposit p50, open loop", _MS),
     Figure("open_create_p99_ms", "CreateDeposit p99, open loop", _MS, budget=Budget(at_most=50)),
@@ -88,6 +99,7 @@ FIGURES: tuple[Figure, ...] = (
         budget=Budget(at_most=150),
     ),
     Figure("deposit_errors_open", "CreateDeposit errors, open loop", "calls"),
+    *_rejected("deposit", "_open", "CreateDeposit", "open loop"),
     Figure(
         "transfers_completed_per_s",
         "transfers completed (CreateTransfer answered), closed loop",
@@ -98,6 +110,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("transfer_create_p50_ms", "CreateTransfer p50, closed loop", _MS),
     Figure("transfer_create_p99_ms", "CreateTransfer p99, closed loop", _MS),
     Figure("transfer_errors", "CreateTransfer errors, closed loop", "calls"),
+    *_rejected("transfer", "", "CreateTransfer", "closed loop"),
     Figure(
         "withdrawals_completed_per_s",
         "withdrawals completed, closed loop",
@@ -110,6 +123,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("withdrawal_to_completed_p50_ms", "withdrawal create → completed p50", _MS),
     Figure("withdrawal_to_completed_p99_ms", "withdrawal create → completed p99", _MS),
     Figure("withdrawal_errors", "CreateWithdrawal errors, closed loop", "calls"),
+    *_rejected("withdrawal", "", "CreateWithdrawal", "closed loop"),
     Figure(
         "complete_withdrawals_per_s",
         "withdrawals completed, complete loop (each client waits)",
@@ -117,6 +131,7 @@ FIGURES: tuple[Figure, ...] = (
         "health_calls_per_s",
     ),
     Figure("withdrawal_errors_complete", "withdrawals failed, complete loop", "calls"),
+    *_rejected("withdrawal", "_complete", "CreateWithdrawal", "complete loop"),
     Figure("raw_xadd_per_s", "baseline: raw pipelined XADD", _RATE),
     Figure(
         "relay_events_per_s",

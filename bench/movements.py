@@ -16,11 +16,12 @@ import dataclasses
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from redis.asyncio import Redis
 
 from bench import cost
+from bench.admission import admitted
 from bench.context import BenchContext, Movement, clients
 from bench.deposits import CALL_TIMEOUT_S, CURRENCY, amount_of
 from bench.load import closed_loop, note_errors, span
@@ -94,11 +95,13 @@ class _Mover:
         ctx: BenchContext,
         accounts: Sequence[str],
         kind: str,
+        phase: str = "closed",
     ) -> None:
         self._payments = payments
         self._ctx = ctx
         self._accounts = accounts
         self._kind = kind
+        self.refusals = ctx.refusals_of(f"{kind}_{phase}")
 
     async def __call__(self, i: int) -> Movement:
         ctx = self._ctx
@@ -111,8 +114,18 @@ class _Mover:
         movement = Movement(key, self._kind, source, destination, amount.amount_minor)
         # Recorded before the call: a call that fails client-side may still have committed.
         ctx.movements[key] = movement
+        payment = await admitted(
+            lambda: self._create(key, source, destination, amount), self.refusals
+        )
+        accepted = dataclasses.replace(movement, payment_id=payment.payment_id)
+        ctx.movements[key] = accepted
+        return accepted
+
+    def _create(
+        self, key: str, source: str, destination: str, amount: money_pb2.Money
+    ) -> Awaitable[payment_pb2.Payment]:
         if self._kind == TRANSFER:
-            payment = await self._payments.CreateTransfer(
+            return self._payments.CreateTransfer(
                 payment_pb2.CreateTransferRequest(
                     idempotency_key=key,
                     source_account_id=source,
@@ -121,19 +134,15 @@ class _Mover:
                 ),
                 timeout=CALL_TIMEOUT_S,
             )
-        else:
-            payment = await self._payments.CreateWithdrawal(
-                payment_pb2.CreateWithdrawalRequest(
-                    idempotency_key=key,
-                    account_id=source,
-                    amount=amount,
-                    destination=PAYOUT_DESTINATION,
-                ),
-                timeout=CALL_TIMEOUT_S,
-            )
-        accepted = dataclasses.replace(movement, payment_id=payment.payment_id)
-        ctx.movements[key] = accepted
-        return accepted
+        return self._payments.CreateWithdrawal(
+            payment_pb2.CreateWithdrawalRequest(
+                idempotency_key=key,
+                account_id=source,
+                amount=amount,
+                destination=PAYOUT_DESTINATION,
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
 
 
 async def _transfers(
@@ -167,6 +176,7 @@ async def _transfers(
         "transfers_completed_per_s": rate(len(ok), span(ok)),
         **p50_p99(Latency.of_seconds([s.latency for s in ok]).figures("transfer_create")),
         "transfer_errors": float(len(samples) - len(ok)),
+        **mover.refusals.figures(TRANSFER),
     }
 
 
@@ -177,9 +187,10 @@ async def _withdrawals(
     redis: Redis,
     stream: str,
 ) -> dict[str, float]:
+    mover = _Mover(payments, ctx, accounts, WITHDRAWAL)
     async with CompletionWatcher(redis, stream) as watcher:
         samples = await closed_loop(
-            _Mover(payments, ctx, accounts, WITHDRAWAL),
+            mover,
             clients=ctx.options.clients,
             duration_s=ctx.options.movement_duration_s,
         )
@@ -204,6 +215,7 @@ async def _withdrawals(
         **p50_p99(Latency.of_seconds([s.latency for s in ok]).figures("withdrawal_create")),
         **p50_p99(Latency.of_seconds(to_completed).figures("withdrawal_to_completed")),
         "withdrawal_errors": float(len(samples) - len(ok)),
+        **mover.refusals.figures(WITHDRAWAL),
     }
 
 
@@ -214,7 +226,7 @@ async def _complete_withdrawals(
     redis: Redis,
     stream: str,
 ) -> dict[str, float]:
-    mover = _Mover(payments, ctx, accounts, WITHDRAWAL)
+    mover = _Mover(payments, ctx, accounts, WITHDRAWAL, "complete")
 
     async def create(i: int) -> str:
         return (await mover(i)).payment_id
@@ -232,4 +244,5 @@ async def _complete_withdrawals(
     return {
         "complete_withdrawals_per_s": metered.completed_per_s,
         "withdrawal_errors_complete": float(len(metered.samples) - len(ok)),
+        **mover.refusals.figures(WITHDRAWAL, "complete"),
     }

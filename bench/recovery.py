@@ -29,7 +29,7 @@ import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +38,7 @@ from pathlib import Path
 import psycopg
 
 from bench import suite as bench_suite
+from bench.admission import Refusals, admitted
 from bench.auth import bench_token
 from bench.checks import TERMINAL
 from common import db
@@ -227,11 +228,14 @@ async def send_payments(
     async with bearer_channel(settings.payment_target, token) as channel:
         payments = payment_pb2_grpc.PaymentServiceStub(channel)
 
-        async def create(i: int) -> None:
+        # Refusals by admission control (a backlog while a process is down) are waited out
+        # and repeated with the same key, as any well-behaved client does.
+        refusals = Refusals()
+
+        def request(i: int, key: str) -> Awaitable[payment_pb2.Payment]:
             amount = money_pb2.Money(amount_minor=100 + i % 900, currency=CURRENCY)
-            key = f"recovery-{uuid.uuid4()}"
             if i % 2 == 0:
-                await payments.CreateDeposit(
+                return payments.CreateDeposit(
                     payment_pb2.CreateDepositRequest(
                         idempotency_key=key,
                         account_id=accounts.deposit[i % len(accounts.deposit)],
@@ -240,16 +244,19 @@ async def send_payments(
                     ),
                     timeout=CALL_TIMEOUT_S,
                 )
-            else:
-                await payments.CreateWithdrawal(
-                    payment_pb2.CreateWithdrawalRequest(
-                        idempotency_key=key,
-                        account_id=accounts.withdrawal[i % len(accounts.withdrawal)],
-                        amount=amount,
-                        destination="acct_ok",
-                    ),
-                    timeout=CALL_TIMEOUT_S,
-                )
+            return payments.CreateWithdrawal(
+                payment_pb2.CreateWithdrawalRequest(
+                    idempotency_key=key,
+                    account_id=accounts.withdrawal[i % len(accounts.withdrawal)],
+                    amount=amount,
+                    destination="acct_ok",
+                ),
+                timeout=CALL_TIMEOUT_S,
+            )
+
+        async def create(i: int) -> None:
+            key = f"recovery-{uuid.uuid4()}"  # one key for every attempt
+            await admitted(lambda: request(i, key), refusals)
 
         start = time.monotonic()
         tasks: list[asyncio.Task[None]] = []

@@ -18,6 +18,7 @@ import grpc
 
 from chaos.history import OK, Call
 from common.grpc.client import error_info
+from common.grpc.retry_info import retry_delay_s
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
@@ -31,6 +32,7 @@ CODE_BY_HTTP = {
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     422: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
     501: "UNIMPLEMENTED",
     503: "UNAVAILABLE",
@@ -65,6 +67,8 @@ class Request:
 
 
 Clock = Callable[[], float]
+# outcome, ErrorInfo reason, payment id, payment status, detail
+Answer = tuple[str, str, str, str, str]
 
 
 class Api:
@@ -86,10 +90,10 @@ class Api:
     async def send(self, client: int, request: Request, *, via: str, reuses_key: bool) -> Call:
         started = self._clock()
         if via == "http" and request.op in ("deposit", "withdrawal", "transfer"):
-            answer = await self._http_call(request)
+            answer, retry_after_s = await self._http_call(request)
         else:
             via = "grpc"
-            answer = await self._grpc_call(request)
+            answer, retry_after_s = await self._grpc_call(request)
         outcome, reason, payment_id, status, detail = answer
         return Call(
             client=client,
@@ -105,16 +109,19 @@ class Api:
             status=status,
             reuses_key=reuses_key,
             detail=detail,
+            retry_after_s=retry_after_s,
         )
 
     # --- gRPC ------------------------------------------------------------------------------
 
-    async def _grpc_call(self, request: Request) -> tuple[str, str, str, str, str]:
+    async def _grpc_call(self, request: Request) -> tuple[Answer, float | None]:
+        """The answer, and the RetryInfo delay a refusal carried (admission control)."""
         try:
             payment = await self._grpc_method(request)(timeout=CALL_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
-            return exc.code().name, error_info(exc)[0], "", "", exc.details() or ""
-        return OK, "", payment.payment_id, status_name(payment.status), ""
+            answer = (exc.code().name, error_info(exc)[0], "", "", exc.details() or "")
+            return answer, retry_delay_s(exc)
+        return (OK, "", payment.payment_id, status_name(payment.status), ""), None
 
     def _grpc_method(self, r: Request) -> Callable[..., Awaitable[payment_pb2.Payment]]:
         stub = self._payments
@@ -155,7 +162,8 @@ class Api:
 
     # --- HTTP ------------------------------------------------------------------------------
 
-    async def _http_call(self, r: Request) -> tuple[str, str, str, str, str]:
+    async def _http_call(self, r: Request) -> tuple[Answer, float | None]:
+        """The answer, and the Retry-After of a 429 (admission control)."""
         path, body = _http_route(r)
         headers = {"Authorization": f"Bearer {self._token}", "Idempotency-Key": r.key}
         try:
@@ -164,9 +172,10 @@ class Api:
             ) as response:
                 status = response.status
                 text = await response.text()
+                retry_after = response.headers.get("Retry-After", "")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return "UNAVAILABLE", "", "", "", type(exc).__name__
-        return _http_answer(status, text)
+            return ("UNAVAILABLE", "", "", "", type(exc).__name__), None
+        return _http_answer(status, text), float(retry_after) if retry_after.isdigit() else None
 
 
 def _http_route(r: Request) -> tuple[str, dict[str, Any]]:
@@ -178,7 +187,7 @@ def _http_route(r: Request) -> tuple[str, dict[str, Any]]:
     return f"/account/{r.account_id}/transfer", {**amount, "to_account_id": r.to_account_id}
 
 
-def _http_answer(status: int, text: str) -> tuple[str, str, str, str, str]:
+def _http_answer(status: int, text: str) -> Answer:
     try:
         body = json.loads(text)
     except ValueError:

@@ -33,6 +33,9 @@ class Call:
     # A deliberate reuse of an earlier key with a different request: must be refused.
     reuses_key: bool = False
     detail: str = ""  # the error message, for the report
+    # The RetryInfo delay (HTTP: Retry-After) the answer carried: how long to wait before
+    # repeating it (RESOURCE_EXHAUSTED from admission control; ABORTED while in flight).
+    retry_after_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,10 @@ GOOD_CARD, DECLINED_CARD = "pm_card_ok", "pm_card_declined"
 GOOD_DESTINATION, FAILING_DESTINATION = "acct_ok", "acct_fail"
 BEYOND_ANY_BALANCE = 10**13
 RETRIES = 4  # an ambiguous answer is retried with the same key and request, this many times
+# A refusal by admission control (RESOURCE_EXHAUSTED with a delay: nothing was done) is sent
+# again after that delay, as a well-behaved client does, up to this many times, on top of the
+# ambiguous answers' retries.
+REFUSALS = 20
 # A WatchPayment stream ends on these (payment.proto).
 STREAM_ENDS = frozenset({"completed", "failed", "cancelled", "refunded", "partially_refunded"})
 # What a client does next, and how often.
@@ -357,10 +361,18 @@ class Client:
         chosen = via or self._via()
         call = await self._api.send(self.index, request, via=chosen, reuses_key=False)
         self._recorder.call(call)
-        for _ in range(RETRIES):
-            if call.outcome not in AMBIGUOUS or request.op == "cancel":
-                break
-            await asyncio.sleep(self._rng.uniform(0.2, 1.0))
+        retries, refusals = RETRIES, REFUSALS
+        while call.outcome in AMBIGUOUS and request.op != "cancel":
+            if call.outcome == "RESOURCE_EXHAUSTED" and call.retry_after_s is not None:
+                if refusals == 0:
+                    break
+                refusals -= 1
+                await asyncio.sleep(call.retry_after_s)
+            else:
+                if retries == 0:
+                    break
+                retries -= 1
+                await asyncio.sleep(self._rng.uniform(0.2, 1.0))
             call = await self._api.send(self.index, request, via=chosen, reuses_key=False)
             self._recorder.call(call)
         if request.op != "cancel":

@@ -8,6 +8,7 @@ which turns pydantic's error into a short message naming the variable.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -166,6 +167,18 @@ class Settings(BaseSettings):
     # logged as a warning at most once an hour).
     review_sla_s: float = Field(default=4 * 3600.0, gt=0)
 
+    # Payments, admission control (common/admission.py): create calls answer RESOURCE_EXHAUSTED
+    # with a RetryInfo of about admission_retry_after_ms while more than this many stream
+    # entries wait (lag + pending) on the groups that drive payments; 0: never. Meant to sit
+    # above what a complete loop of 32 clients leaves waiting (at most a few entries per
+    # payment in flight) and below what creates outrunning completions pile up in seconds.
+    admission_max_backlog: int = Field(default=200, ge=0)
+    admission_retry_after_ms: int = Field(default=500, gt=0)
+    # Payments: per-caller token buckets by role, "ROLE=PER_S:BURST,..." (roles: user, operator,
+    # service), e.g. "user=200:400,operator=50:100". A role not listed is unlimited, and so is a
+    # caller with any unlisted role. Over it: RESOURCE_EXHAUSTED with the wait for a token.
+    rate_limits: str = ""
+
     # Wallet: limits checked before anything is written (minor units of any currency), how
     # many events an account gets between snapshots, how often expired holds are swept.
     wallet_max_operation_minor: int = Field(default=2**63 - 1, gt=0, le=2**63 - 1)
@@ -207,6 +220,16 @@ class Settings(BaseSettings):
         "wallet_target",
         "gateway_target",
     )(_address)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limits(cls, value: str) -> str:
+        parse_rate_limits(value)
+        return value
+
+    def rate_limit_table(self) -> dict[str, tuple[float, float]]:
+        """PAYSUITE_RATE_LIMITS as {role: (tokens per second, burst)}."""
+        return parse_rate_limits(self.rate_limits)
 
     @field_validator("database_url")
     @classmethod
@@ -279,6 +302,29 @@ class Settings(BaseSettings):
                 f"({path} not found): start the suite with `make run`, or set the variable"
             ) from None
         return str(value)
+
+
+_ROLES = ("user", "operator", "service")  # common.auth.Role, which imports nothing of ours
+
+
+def parse_rate_limits(text: str) -> dict[str, tuple[float, float]]:
+    """ "user=200:400,operator=50" -> {role: (per second, burst)}; the burst defaults to the
+    rate (one second's worth), and is at least 1."""
+    table: dict[str, tuple[float, float]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        role, sep, spec = item.partition("=")
+        rate, _, burst = spec.partition(":")
+        try:
+            per_s, size = float(rate), float(burst or rate)
+        except ValueError:
+            per_s = size = 0.0
+        if not sep or role.strip() not in _ROLES or not 0 < per_s < math.inf or not size >= 1:
+            raise ValueError(
+                f"expected ROLE=PER_S[:BURST] with a role of {', '.join(_ROLES)}, a positive"
+                f" rate and a burst of at least 1; got {item!r}"
+            )
+        table[role.strip()] = (per_s, size)
+    return table
 
 
 def load_settings() -> Settings:

@@ -12,6 +12,8 @@ to gRPC status codes (common.grpc.errors) and HTTP statuses; domain code never k
     │   └── InsufficientFunds
     ├── ConcurrentUpdate         lost an optimistic race; retrying is safe
     ├── RetryLater               the same request is still in flight; retry after a pause
+    ├── Overloaded               shed before doing anything (backlog over its bound); retry later
+    │   └── RateLimited          the caller is over its rate limit
     └── DependencyUnavailable    a database, Redis, another service or the provider is down
 """
 
@@ -93,6 +95,21 @@ class RetryLater(DomainError):
 
     reason = "RETRY_LATER"
     retry_after_s = 1.0
+
+
+class Overloaded(DomainError):
+    """Refused before anything was done, because the suite is overloaded (common/admission.py):
+    the caller repeats the request, with the same idempotency key, after `retry_after_s`."""
+
+    reason = "OVERLOADED"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(Overloaded):
+    reason = "RATE_LIMITED"
 
 
 class DependencyUnavailable(DomainError):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from common import admission as admission_control
+from common.backlog import Group
 from common.bootstrap import LOOP_HEARTBEAT_S, Infra, ServiceDatabase
 from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM
@@ -65,7 +67,12 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     )
     reviews = ReviewService(uow=uow, wallet=wallet, sla=timedelta(seconds=settings.review_sla_s))
     alarm = ReviewSlaAlarm(reviews)
-    servicer = PaymentServicer(service, feed=feed, reviews=reviews)
+    admission, admission_tasks = admission_control.from_settings(
+        settings,
+        infra.redis,
+        groups=[Group(c.stream, c.group) for c in (consumer, saga)],
+    )
+    servicer = PaymentServicer(service, feed=feed, reviews=reviews, admission=admission)
     server, port, health = create_server(
         address,
         registrars=[lambda s: payment_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, s)],
@@ -93,6 +100,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
             Task("saga resume sweep", resumer.run, heartbeat_s=resumer.heartbeat_s),
             Task("review SLA alarm", alarm.run, heartbeat_s=alarm.heartbeat_s),
             Task("watch feed", feed.run, heartbeat_s=LOOP_HEARTBEAT_S),
+            *admission_tasks,
         ],
         closers=[infra.close, close_channels],
     )

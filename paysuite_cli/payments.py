@@ -8,13 +8,20 @@ floats, and more decimals than the currency has is refused rather than rounded.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 import uuid
+from collections.abc import AsyncIterator
 
+import grpc
 from rich.console import Console
 from rich.markup import escape
 
 from common.config import Settings
+from common.errors import Overloaded
+from common.grpc.client import error_info
+from common.grpc.retry_info import overload_delay_s
 from common.money import CURRENCY_EXPONENTS, MAX_AMOUNT_MINOR, Money
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2
@@ -55,6 +62,24 @@ def new_key() -> str:
     return f"cli-{uuid.uuid4()}"
 
 
+@contextlib.asynccontextmanager
+async def _busy_says_repeat(key: str) -> AsyncIterator[None]:
+    """A refusal by admission control (RESOURCE_EXHAUSTED) says what to do about it: nothing
+    was done, so the same command with the same key, once the delay has passed."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        delay = overload_delay_s(exc)
+        if delay is None:
+            raise
+        reason = error_info(exc)[0] or exc.code().name
+        raise Overloaded(
+            f"the suite is busy ({reason}) and did nothing: run the same command again with"
+            f" --key {key} in {math.ceil(delay)} s or later",
+            retry_after_s=delay,
+        ) from None
+
+
 async def withdraw(
     settings: Settings,
     console: Console,
@@ -65,7 +90,7 @@ async def withdraw(
     key: str,
 ) -> None:
     token = await credentials.as_owner(settings, account_id)
-    async with payment_service(settings, console, token) as stub:
+    async with payment_service(settings, console, token) as stub, _busy_says_repeat(key):
         payment = await stub.CreateWithdrawal(
             payment_pb2.CreateWithdrawalRequest(
                 idempotency_key=key, account_id=account_id, amount=amount, destination=destination
@@ -85,7 +110,7 @@ async def transfer(
     key: str,
 ) -> None:
     token = await credentials.as_owner(settings, source_account_id)
-    async with payment_service(settings, console, token) as stub:
+    async with payment_service(settings, console, token) as stub, _busy_says_repeat(key):
         payment = await stub.CreateTransfer(
             payment_pb2.CreateTransferRequest(
                 idempotency_key=key,
@@ -110,7 +135,7 @@ async def refund(
     request = payment_pb2.RefundPaymentRequest(idempotency_key=key, payment_id=payment_id)
     if amount is not None:
         request.amount.CopyFrom(amount)
-    async with payment_service(settings, console) as stub:
+    async with payment_service(settings, console) as stub, _busy_says_repeat(key):
         payment = await stub.RefundPayment(request, timeout=CALL_TIMEOUT_S)
     print_payment(console, payment)
 

@@ -15,12 +15,15 @@ passed on to the payment service as it came (401 without one, 403 for another's 
 Errors are JSON (`{"error": {"code", "message", "field"?, "reason"?}}`, `reason` being the
 service's stable ErrorInfo reason such as INSUFFICIENT_FUNDS) with the status mirroring the gRPC
 code: 400 invalid, 401 no or bad token, 403 not the caller's, 404 not found, 409 conflict,
-422 not allowed now (e.g. insufficient funds),
+422 not allowed now (e.g. insufficient funds), 429 overloaded or over the caller's rate limit
+(with `Retry-After`: repeat the request, same Idempotency-Key, after that many seconds),
 501 not implemented, 503 unavailable. Never 500.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -33,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.grpc.auth import AUTHORIZATION
 from common.grpc.client import error_info
+from common.grpc.retry_info import overload_delay_s
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
@@ -66,6 +70,37 @@ class FacadeError(Exception):
         self.field = field
         # The service's ErrorInfo reason (INSUFFICIENT_FUNDS, ...), for callers to branch on.
         self.reason = reason
+
+
+class TooManyRequests(FacadeError):
+    """RESOURCE_EXHAUSTED (admission control): answered 429 with Retry-After, in whole
+    seconds rounded up, from the status's RetryInfo."""
+
+    def __init__(self, message: str, reason: str, retry_after_s: int) -> None:
+        super().__init__(429, "resource_exhausted", message, reason=reason)
+        self.retry_after_s = retry_after_s
+
+
+Route = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _sheds_load(route: Route) -> Route:
+    """Answers TooManyRequests itself: the JSON error every refusal has, and the Retry-After
+    header only this one needs."""
+
+    @functools.wraps(route)
+    async def answer(request: web.Request) -> web.Response:
+        try:
+            return await route(request)
+        except TooManyRequests as exc:
+            error = {"code": exc.code, "message": exc.message, "reason": exc.reason}
+            return web.json_response(
+                {"error": error, "retry_after_s": exc.retry_after_s},
+                status=429,
+                headers={"Retry-After": str(exc.retry_after_s)},
+            )
+
+    return answer
 
 
 class _Amount(BaseModel):
@@ -142,6 +177,10 @@ def _idempotency_key(request: web.Request) -> str:
 
 def _rpc_error(exc: grpc.aio.AioRpcError) -> FacadeError:
     code = exc.code()
+    delay = overload_delay_s(exc)
+    if delay is not None:
+        retry_after = max(1, math.ceil(delay))
+        return TooManyRequests(exc.details() or "overloaded", error_info(exc)[0], retry_after)
     status = HTTP_BY_GRPC.get(code, 503)
     message = exc.details() or code.name.lower()
     if status == 501:
@@ -220,7 +259,7 @@ def _amount_schema(name: str, schema: dict[str, Any], *, required: bool) -> dict
     }
 
 
-CREATE_ERRORS = (400, 401, 403, 404, 409, 422, 503)
+CREATE_ERRORS = (400, 401, 403, 404, 409, 422, 429, 503)
 
 
 def _create(summary: str, body: dict[str, Any], *errors: int) -> dict[str, Any]:
@@ -312,7 +351,8 @@ TRANSFER: Create[TransferBody] = Create(
 CREATES: tuple[Create[Any], ...] = (DEPOSIT, WITHDRAW, TRANSFER)
 
 
-def create_handler(create: Create[Any]) -> Callable[[web.Request], Awaitable[web.Response]]:
+def create_handler(create: Create[Any]) -> Route:
+    @_sheds_load
     async def handle(request: web.Request) -> web.Response:
         credentials = _credentials(request)
         key = _idempotency_key(request)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,6 +31,7 @@ from common.errors import (
     FailedPrecondition,
     IdempotencyConflict,
     NotFound,
+    Overloaded,
     PermissionDenied,
     RetryLater,
     Unauthenticated,
@@ -55,6 +57,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (ConcurrentUpdate, grpc.StatusCode.ABORTED),
     (RetryLater, grpc.StatusCode.ABORTED),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DependencyUnavailable, grpc.StatusCode.UNAVAILABLE),
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
     # Infrastructure errors never get here: adapters translate them into
@@ -99,9 +102,9 @@ def rich_status(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str, 
                 resource_type=exc.kind, resource_name=exc.identifier, description=message
             )
         )
-    if isinstance(exc, RetryLater):
+    if isinstance(exc, RetryLater | Overloaded):
         retry = error_details_pb2.RetryInfo()
-        retry.retry_delay.FromMilliseconds(int(exc.retry_after_s * 1000))
+        retry.retry_delay.FromMilliseconds(math.ceil(exc.retry_after_s * 1000))
         details.append(retry)
     if isinstance(exc, ValidationError):
         details.append(
@@ -240,8 +243,9 @@ async def abort_with(
     code, message, details = rich_status(exc, request_id)
     if code is grpc.StatusCode.INTERNAL:
         log.exception("rpc.internal_error")
-    elif code is grpc.StatusCode.UNAUTHENTICATED:
-        # Anyone can send these without limit: not at INFO, or they would flood the logs.
+    elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        # Anyone can send these without limit, and refusals come in floods under overload: not
+        # at INFO (common.admission logs refusals once a second).
         log.debug("rpc.error", code=code.name, message=message)
     else:
         log.info("rpc.error", code=code.name, message=message)

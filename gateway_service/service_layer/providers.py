@@ -56,7 +56,7 @@ class Provider(Protocol):
     """A payment provider. Calls raise the gateway_service.domain.provider error family.
 
     Verifying and parsing the provider's webhooks is the other half of this port; it lives in
-    the webhook adapter (gateway_service.webhook), the one process that holds the secrets.
+    the webhook adapter (webhook_adapter), the one process that holds the secrets.
     """
 
     @property

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from common.admission import Admission
 from common.auth import SYSTEM, Access, current_principal
 from common.grpc.auth import Policy
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
@@ -164,15 +165,28 @@ POLICY = Policy(
 
 class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     def __init__(
-        self, service: PaymentService, *, feed: ChangeFeed, reviews: ReviewService
+        self,
+        service: PaymentService,
+        *,
+        feed: ChangeFeed,
+        reviews: ReviewService,
+        admission: Admission | None = None,
     ) -> None:
         self._service = service
         self._feed = feed
         self._reviews = reviews
+        self._admission = admission
+
+    async def _admit(self) -> None:
+        """Calls that start a saga pass admission control first (common/admission.py): under
+        overload they are refused before anything is written."""
+        if self._admission is not None:
+            await self._admission.admit(current_principal())
 
     async def CreateDeposit(
         self, request: payment_pb2.CreateDepositRequest, context: Context
     ) -> payment_pb2.Payment:
+        await self._admit()
         payment = await self._service.create_deposit(
             idempotency_key=request.idempotency_key,
             account_id=request.account_id,
@@ -232,6 +246,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def CreateWithdrawal(
         self, request: payment_pb2.CreateWithdrawalRequest, context: Context
     ) -> payment_pb2.Payment:
+        await self._admit()
         payment = await self._service.create_withdrawal(
             idempotency_key=request.idempotency_key,
             account_id=request.account_id,
@@ -246,6 +261,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def CreateTransfer(
         self, request: payment_pb2.CreateTransferRequest, context: Context
     ) -> payment_pb2.Payment:
+        await self._admit()
         payment = await self._service.create_transfer(
             idempotency_key=request.idempotency_key,
             source_account_id=request.source_account_id,
@@ -260,6 +276,7 @@ class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
     async def RefundPayment(
         self, request: payment_pb2.RefundPaymentRequest, context: Context
     ) -> payment_pb2.Payment:
+        await self._admit()
         amount = (
             money_from_request(request.amount, field="amount", present=True)
             if request.HasField("amount")
