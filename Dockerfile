@@ -6,7 +6,7 @@
 # container's arguments:
 #
 #   docker run ghcr.io/paysuite/paysuite:dev payment_service
-#   docker run ghcr.io/paysuite/paysuite:dev gateway_service.webhook
+#   docker run ghcr.io/paysuite/paysuite:dev webhook_adapter
 #   docker run --entrypoint /usr/bin/tini ghcr.io/paysuite/paysuite:dev -- paysuite migrate
 #
 # Build:  docker build -t ghcr.io/paysuite/paysuite:dev .

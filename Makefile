@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos/paysuite -name '*.proto' | sort)
-PY_PACKAGES := common payment_service wallet_service gateway_service recovery_worker provider_simulator paysuite_cli bench chaos
+PY_PACKAGES := common payment_service wallet_service gateway_service recovery_worker provider_simulator webhook_adapter paysuite_cli devstack bench chaos tools
 
 .PHONY: help install run bench soak chaos test test-unit test-integration lint format typecheck protos protos-check clean
 
@@ -68,10 +68,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 protos: $(STAMP)
-	$(BIN)/python -m common.protogen protos
+	$(BIN)/python -m tools.protogen protos
 
 protos-check: $(STAMP)
-	$(BIN)/python -m common.protogen protos --check
+	$(BIN)/python -m tools.protogen protos --check
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

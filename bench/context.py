@@ -46,7 +46,7 @@ class BenchOptions:
             "settle_timeout_s": 90.0,
         }
         values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]  # values mixes the options' types
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,7 +109,7 @@ async def _raw_xadd(
     for start in range(0, len(entries), batch):
         pipe = redis.pipeline(transaction=False)
         for fields in entries[start : start + batch]:
-            pipe.xadd(stream, fields)  # type: ignore[arg-type]
+            pipe.xadd(stream, fields)  # type: ignore[arg-type]  # redis-py's stub wants str-keyed fields; bytes keys are what Redis returns and takes
         await pipe.execute()
     return {"raw_xadd_per_s": rate(len(entries), time.perf_counter() - started)}
 
@@ -153,7 +153,7 @@ async def _raw_xread(redis: Redis, stream: str, count: int) -> float:
     read = 0
     started = time.perf_counter()
     while read < count:
-        response: list[Any] = await redis.xread({stream: last}, count=RAW_READ_COUNT)  # type: ignore[assignment]
+        response: list[Any] = await redis.xread({stream: last}, count=RAW_READ_COUNT)  # type: ignore[assignment]  # redis-py annotates the reply as a loose union
         entries = response[0][1] if response else []
         if not entries:
             break

@@ -43,14 +43,14 @@ from bench.auth import bench_token
 from bench.checks import TERMINAL
 from common import db
 from common.config import Settings
-from common.embedded import EmbeddedServers, start_embedded
 from common.grpc.auth import bearer_channel
+from devstack import supervisor
+from devstack.embedded import EmbeddedServers, start_embedded
 from gateway_service.bootstrap import DATABASE as GATEWAY_DB
 from payment_service.bootstrap import DATABASE as PAYMENT_DB
 from paysuite.common.v1 import money_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from paysuite_cli import supervisor
 from wallet_service.bootstrap import DATABASE as WALLET_DB
 
 REDIS = "redis"

@@ -39,8 +39,8 @@ from bench.suite import RunningSuite, fresh_suite
 from bench.watch import CompletionWatcher
 from common.config import Settings
 from common.events import PAYMENT_STREAM
+from devstack import pipeline, supervisor
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
-from paysuite_cli import ops, supervisor
 
 # How long the stream keeps acknowledged entries in the soak: trimming runs every second.
 SOAK_STREAM_RETENTION_S = 1
@@ -124,7 +124,7 @@ async def _load(ctx: BenchContext, duration_s: float, clients: int) -> SoakRepor
             deadline = time.perf_counter() + duration_s
             workers = [_Client(ctx, to.payments, watcher, report) for _ in range(clients)]
             await asyncio.gather(*(w.run(n, clients, deadline) for n, w in enumerate(workers)))
-        lengths = await ops.stream_lengths(to.redis, [stream])
+        lengths = await pipeline.stream_lengths(to.redis, [stream])
         report.longest_stream = max(lengths.values(), default=0)
     return report
 
@@ -166,7 +166,7 @@ def _health_problems(suite: RunningSuite) -> list[str]:
 
 async def _outbox_problems(settings: Settings) -> list[str]:
     problems = []
-    for status in await ops.outbox_status(settings):
+    for status in await pipeline.outbox_status(settings):
         if status.error:
             problems.append(f"outbox {status.database} unreachable: {status.error}")
         elif status.unpublished:

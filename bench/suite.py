@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import Settings
-from common.embedded import EmbeddedServers, start_embedded
 from common.ports import free_ports
+from devstack import supervisor
+from devstack.embedded import EmbeddedServers, start_embedded
 from gateway_service.bootstrap import DATABASE as GATEWAY_DB
 from payment_service.bootstrap import DATABASE as PAYMENT_DB
-from paysuite_cli import supervisor
 from wallet_service.bootstrap import DATABASE as WALLET_DB
 
 SUITE_ENV = {"PAYSUITE_LOG_LEVEL": "WARNING", "PAYSUITE_SIMULATOR_SETTLE_DELAY_MS": "0"}

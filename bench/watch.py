@@ -36,7 +36,7 @@ class CompletionWatcher:
         self._waiters: dict[str, asyncio.Future[str]] = {}
 
     async def __aenter__(self) -> CompletionWatcher:
-        newest: list[Any] = await self._redis.xrevrange(self._stream, count=1)  # type: ignore[assignment]
+        newest: list[Any] = await self._redis.xrevrange(self._stream, count=1)  # type: ignore[assignment]  # redis-py annotates the reply as a loose union
         if newest:
             self._last_id = newest[0][0].decode()
         self._task = asyncio.create_task(self._follow())
@@ -74,7 +74,7 @@ class CompletionWatcher:
     async def _follow(self) -> None:
         while not self._stop.is_set():
             self.reads += 1
-            response: list[Any] = await self._redis.xread(  # type: ignore[assignment]
+            response: list[Any] = await self._redis.xread(  # type: ignore[assignment]  # redis-py annotates the reply as a loose union
                 {self._stream: self._last_id}, count=_READ_COUNT, block=200
             )
             seen = time.perf_counter()

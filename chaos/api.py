@@ -24,7 +24,7 @@ from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
 CALL_TIMEOUT_S = 5.0
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
-# The facade's statuses (gateway_service.webhook.facade), back to the gRPC code they mirror;
+# The facade's statuses (webhook_adapter.facade), back to the gRPC code they mirror;
 # 409 carries its code in the body (ALREADY_EXISTS or ABORTED).
 CODE_BY_HTTP = {
     400: "INVALID_ARGUMENT",

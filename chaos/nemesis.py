@@ -105,7 +105,7 @@ def schedule(
     """Every kind at least once where time allows, in a seeded order, a fault every few
     seconds so that they overlap; then more of them, drawn at random, until `end`."""
     # Not for security: the same seed must give the same schedule.
-    rng = random.Random(seed)  # noqa: S311
+    rng = random.Random(seed)  # noqa: S311 - seeded for a reproducible run, not for secrets
     if not kinds or end <= start:
         return []
     order = list(kinds)

@@ -32,11 +32,11 @@ from chaos.history import (
 )
 from common import db
 from common.config import Settings
+from devstack import pipeline
+from devstack.pipeline import STREAMS
 from payment_service.bootstrap import DATABASE as PAYMENT_DB
 from payment_service.domain.status import TERMINAL, PaymentStatus
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
-from paysuite_cli import ops
-from paysuite_cli.inspect import STREAMS
 from wallet_service.adapters.audit import verify_ledger
 from wallet_service.bootstrap import DATABASE as WALLET_DB
 
@@ -105,7 +105,7 @@ async def backlog(settings: Settings, at: float) -> Backlog:
 
 
 async def _outbox_total(settings: Settings) -> int:
-    statuses = await ops.outbox_status(settings)
+    statuses = await pipeline.outbox_status(settings)
     if any(s.error for s in statuses):
         raise ConnectionError("an outbox is unreachable")
     return sum(s.unpublished or 0 for s in statuses)
@@ -122,7 +122,7 @@ def _streams(settings: Settings) -> list[str]:
 async def _pending(settings: Settings) -> dict[str, int]:
     redis = Redis.from_url(settings.require_redis_url(), socket_timeout=CONNECT_TIMEOUT_S)
     try:
-        statuses = await ops.pending_status(redis, _streams(settings))
+        statuses = await pipeline.pending_status(redis, _streams(settings))
     finally:
         await redis.aclose()
     return {f"{s.stream}/{g.group}": g.pending for s in statuses for g in s.groups}
@@ -133,7 +133,7 @@ async def _dead_letters(settings: Settings) -> list[DeadLetter]:
     try:
         letters = []
         for stream in _streams(settings):
-            for letter in await ops.dead_letters(redis, stream, limit=1000):
+            for letter in await pipeline.dead_letters(redis, stream, limit=1000):
                 letters.append(
                     DeadLetter(stream, letter.field("event_type"), letter.field("error"))
                 )
@@ -233,7 +233,7 @@ async def observe(
     observed.ledger_findings = await _ledger_findings(settings)
     observed.dead_letters = await _dead_letters(settings)
     observed.outbox_backlog = {
-        s.database: (s.unpublished or 0) for s in await ops.outbox_status(settings)
+        s.database: (s.unpublished or 0) for s in await pipeline.outbox_status(settings)
     }
     observed.pending_entries = await _pending(settings)
     return observed

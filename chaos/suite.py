@@ -2,7 +2,7 @@
 heals it, with every process's pid at hand for the nemesis.
 
 It reuses the bench's throw-away folder and free ports (bench.suite) and `paysuite up`'s
-supervisor (paysuite_cli.supervisor): whatever the nemesis kills, the supervisor restarts. The
+supervisor (devstack.supervisor): whatever the nemesis kills, the supervisor restarts. The
 recovery worker sweeps at the demo pace (every few seconds), as under `paysuite up`.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 from bench.suite import SuiteFailed, child_env, on_free_ports
 from common.config import Settings
-from common.embedded import EmbeddedServers, start_embedded
+from devstack import supervisor
+from devstack.embedded import EmbeddedServers, start_embedded
 from gateway_service.bootstrap import DATABASE as GATEWAY_DB
 from payment_service.bootstrap import DATABASE as PAYMENT_DB
-from paysuite_cli import supervisor
 from wallet_service.bootstrap import DATABASE as WALLET_DB
 
 # Short names the nemesis and the report use, for the processes `supervisor.plan` starts.

@@ -178,7 +178,7 @@ class Client:
     ) -> None:
         self.index = index
         # Not for security: a replayable workload is the point.
-        self._rng = random.Random(seed * 1009 + index)  # noqa: S311
+        self._rng = random.Random(seed * 1009 + index)  # noqa: S311 - seeded for a reproducible run, not for secrets
         self._api = api
         self._accounts = accounts
         self._recorder = recorder

@@ -112,11 +112,19 @@ class Infra:
 Builder = Callable[[Settings, str], Awaitable[ServiceRuntime]]
 
 
-def serve_main(name: str, build: Builder, listen: Callable[[Settings], str]) -> None:
-    """The body of `python -m <service>`: validated settings, then serve until signalled."""
+def serve_main(
+    name: str,
+    build: Builder,
+    listen: Callable[[Settings], str],
+    *,
+    needs_database: bool = True,
+) -> None:
+    """The body of `python -m <service>`: validated settings, then serve until signalled.
+    `needs_database=False` for a process with no database of its own (the recovery worker)."""
     try:
         settings = load_settings()
-        settings.require_database_url()
+        if needs_database:
+            settings.require_database_url()
         settings.require_redis_url()
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)

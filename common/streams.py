@@ -331,7 +331,7 @@ class StreamConsumer:
 
     async def _read(self, start: str, count: int, *, block: int | None) -> list[Entry]:
         async with redis_boundary("XREADGROUP"):
-            response: list[Any] = await self._redis.xreadgroup(  # type: ignore[assignment]
+            response: list[Any] = await self._redis.xreadgroup(  # type: ignore[assignment]  # redis-py annotates the reply as a loose union
                 self.group, self.name, {self.stream: start}, count=count, block=block
             )
         entries: list[Entry] = []
@@ -526,7 +526,7 @@ class StreamConsumer:
         pipe = self._redis.pipeline(transaction=False)
         dlq = dead_letter_stream(self.stream)
         for entry_id, fields, error in outcome.park:
-            pipe.xadd(dlq, self._parked(entry_id, fields, error))  # type: ignore[arg-type]
+            pipe.xadd(dlq, self._parked(entry_id, fields, error))  # type: ignore[arg-type]  # redis-py's stub wants str-keyed fields; bytes keys are what Redis returns and takes
         pipe.xack(self.stream, self.group, *outcome.ack)
         pipe.hdel(self._failures_key, *(entry_id.decode() for entry_id in outcome.ack))
         try:

@@ -83,7 +83,7 @@ def bench(
     ):
         if value is not None:
             overrides[key] = value
-    options = BenchOptions.quick(**overrides) if quick else BenchOptions(**overrides)  # type: ignore[arg-type]
+    options = BenchOptions.quick(**overrides) if quick else BenchOptions(**overrides)  # type: ignore[arg-type]  # overrides holds only given options, each of its field's type
     try:
         settings = load_settings()
         if target_running:  # found the way every command finds the running suite

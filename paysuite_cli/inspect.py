@@ -12,16 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from common.config import Settings
-from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
 from common.grpc.client import create_channel
 from common.money import Money
+from devstack.pipeline import STREAMS
 from paysuite.events.v1 import events_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite_cli import credentials
 from paysuite_cli.credentials import TokenSource
 from paysuite_cli.demo import status_name
-
-STREAMS = {"payment": PAYMENT_STREAM, "wallet": WALLET_STREAM, "gateway": GATEWAY_STREAM}
 
 
 @asynccontextmanager
@@ -106,7 +104,7 @@ async def tail_events(
     console.print(f"tailing [bold]{name}[/] (Ctrl-C to stop)")
     try:
         while count == 0 or seen < count:
-            response: list[Any] = await redis.xread(  # type: ignore[assignment]
+            response: list[Any] = await redis.xread(  # type: ignore[assignment]  # redis-py annotates the reply as a loose union
                 {name: last_id}, block=1000, count=100
             )
             for _stream, entries in response or []:

@@ -13,12 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from common.config import ConfigError, Settings, load_settings
-from common.embedded import EmbeddedServers, start_embedded
 from common.logging import configure_logging
+from devstack import supervisor
+from devstack.embedded import EmbeddedServers, start_embedded
 from paysuite.common.v1 import money_pb2
 from paysuite_cli import bench as bench_module
 from paysuite_cli import chaos as chaos_module
-from paysuite_cli import credentials, endpoints, errors, ops, supervisor
+from paysuite_cli import credentials, endpoints, errors, ops
 from paysuite_cli import demo as demo_module
 from paysuite_cli import inspect as inspect_module
 from paysuite_cli import payments as payments_module

@@ -14,31 +14,35 @@ stream (same event_id, so consumers that already applied them skip them), or dis
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
-import psycopg
 import typer
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from common import db
 from common.config import ConfigError, Settings
 from common.events import dead_letter_stream
+from devstack.pipeline import (
+    CONNECT_TIMEOUT_S,
+    STREAMS,
+    DeadLetter,
+    OutboxStatus,
+    RedisMemory,
+    StreamStatus,
+    dead_letters,
+    outbox_status,
+    pending_status,
+    redis_memory,
+    stream_lengths,
+    stream_range,
+)
 from paysuite_cli.endpoints import locate
-from paysuite_cli.inspect import STREAMS
 
 T = TypeVar("T")
 
-CONNECT_TIMEOUT_S = 5
-# Redis 6 reports no lag: count the undelivered entries, up to this many.
-LAG_COUNT_CAP = 10_000
-# How many pending entries (oldest first) to look at for the longest idle time.
-PENDING_SCAN = 1_000
-DLQ_FIELDS = frozenset({b"source_stream", b"source_id", b"group", b"error"})
 PAGE = 100
 # The relay logs an alarm past this stream length (its default `stream_alarm_length`): the
 # stream is trimmed only below what every group acknowledged, so a long one means a group is
@@ -72,50 +76,6 @@ def register(app: typer.Typer, events: typer.Typer) -> None:
 
 
 # --- outbox status -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStatus:
-    database: str
-    unpublished: int | None = None
-    oldest_age_s: float | None = None
-    error: str = ""
-
-
-_OUTBOX_STATUS = (
-    "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8"
-    " FROM outbox WHERE published_at IS NULL"
-)
-
-
-def service_databases() -> list[tuple[str, Any]]:
-    from gateway_service.bootstrap import DATABASE as GATEWAY_DB
-    from payment_service.bootstrap import DATABASE as PAYMENT_DB
-    from wallet_service.bootstrap import DATABASE as WALLET_DB
-
-    return [(database.name, database) for database in (PAYMENT_DB, WALLET_DB, GATEWAY_DB)]
-
-
-async def outbox_status(settings: Settings) -> list[OutboxStatus]:
-    return [await _one_outbox(settings, db_) for _name, db_ in service_databases()]
-
-
-async def _one_outbox(settings: Settings, database: Any) -> OutboxStatus:
-    url = database.url(settings)
-    name = str(url.database)
-    try:
-        async with await psycopg.AsyncConnection.connect(
-            db.libpq_dsn(url), connect_timeout=CONNECT_TIMEOUT_S
-        ) as conn:
-            row = await (await conn.execute(_OUTBOX_STATUS)).fetchone()
-    except psycopg.Error as exc:
-        return OutboxStatus(name, error=_first_line(exc))
-    count, age = row if row else (0, None)
-    return OutboxStatus(name, int(count), float(age) if age is not None else None)
-
-
-async def stream_lengths(redis: Redis, streams: Sequence[str]) -> dict[str, int]:
-    return {stream: int(await redis.xlen(stream)) for stream in streams}
 
 
 @outbox_app.command("status")
@@ -178,103 +138,6 @@ def _print_stream_lengths(settings: Settings) -> None:
 # --- events pending ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class GroupStatus:
-    group: str
-    consumers: int
-    lag: int
-    lag_capped: bool  # lag is at least this (counted on a Redis without XINFO lag)
-    pending: int
-    oldest_idle_ms: int | None
-    # How long the oldest entry not yet delivered to the group has been on the stream.
-    oldest_waiting_ms: int | None = None
-
-    def stalled(self, threshold_ms: int) -> bool:
-        return any(
-            waited is not None and waited > threshold_ms
-            for waited in (self.oldest_idle_ms, self.oldest_waiting_ms)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RedisMemory:
-    used: int
-    limit: int  # 0: unlimited
-
-    def describe(self) -> str:
-        used = f"{self.used / 2**20:,.1f} MiB"
-        if not self.limit:
-            return f"Redis memory: {used} (no maxmemory: it can grow until the host runs out)"
-        share = self.used / self.limit
-        text = f"Redis memory: {used} of {self.limit / 2**20:,.0f} MiB ({share:.0%})"
-        return f"[red]{text}: writes stop at 100 %[/red]" if share > 0.8 else text
-
-
-@dataclass(frozen=True, slots=True)
-class StreamStatus:
-    stream: str
-    length: int
-    dead_letters: int
-    groups: list[GroupStatus]
-
-
-async def pending_status(redis: Redis, streams: Sequence[str]) -> list[StreamStatus]:
-    seconds, micros = await redis.time()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000  # Redis' clock: entry ids use it
-    return [await _stream_status(redis, stream, now_ms) for stream in streams]
-
-
-async def redis_memory(redis: Redis) -> RedisMemory:
-    info: dict[str, Any] = await redis.info("memory")
-    return RedisMemory(int(info.get("used_memory") or 0), int(info.get("maxmemory") or 0))
-
-
-async def _stream_status(redis: Redis, stream: str, now_ms: int) -> StreamStatus:
-    dead_letters = int(await redis.xlen(dead_letter_stream(stream)) or 0)
-    if not await redis.exists(stream):
-        return StreamStatus(stream, 0, dead_letters, [])
-    infos: list[dict[str, Any]] = await redis.xinfo_groups(stream) or []
-    groups = [await _group_status(redis, stream, info, now_ms) for info in infos]
-    return StreamStatus(stream, int(await redis.xlen(stream) or 0), dead_letters, groups)
-
-
-async def _group_status(
-    redis: Redis, stream: str, info: dict[str, Any], now_ms: int
-) -> GroupStatus:
-    group = _text(info["name"])
-    lag, capped = await _lag(redis, stream, info)
-    pending = int(info.get("pending") or 0)
-    idle = None
-    if pending:
-        entries: list[dict[str, Any]] = await redis.xpending_range(
-            stream, group, min="-", max="+", count=PENDING_SCAN
-        )
-        idle = max((int(e["time_since_delivered"]) for e in entries or ()), default=None)
-    waiting = await _oldest_waiting_ms(redis, stream, info, now_ms) if lag else None
-    return GroupStatus(group, int(info.get("consumers") or 0), lag, capped, pending, idle, waiting)
-
-
-async def _oldest_waiting_ms(
-    redis: Redis, stream: str, info: dict[str, Any], now_ms: int
-) -> int | None:
-    """Age of the first entry after the group's last delivered one, from its id's time."""
-    after = _text(info.get("last-delivered-id") or b"0-0")
-    first = await _range(redis, stream, low=f"({after}", count=1)
-    if not first:
-        return None
-    added_ms = int(first[0].entry_id.partition("-")[0])
-    return max(now_ms - added_ms, 0)
-
-
-async def _lag(redis: Redis, stream: str, info: dict[str, Any]) -> tuple[int, bool]:
-    """Redis 7 knows the lag (unless entries were deleted); otherwise count what is left."""
-    if info.get("lag") is not None:
-        return int(info["lag"]), False
-    after = _text(info["last-delivered-id"])
-    entries = await _range(redis, stream, low=f"({after}", count=LAG_COUNT_CAP)
-    return len(entries), len(entries) >= LAG_COUNT_CAP
-
-
 def events_pending(stalled_after: StalledOpt = None) -> None:
     """Per stream and consumer group: lag and its oldest entry's wait, pending entries and the
     longest idle, dead letters; then Redis memory. `stalled` (exit 1) past the threshold."""
@@ -321,30 +184,12 @@ def events_pending(stalled_after: StalledOpt = None) -> None:
 # --- events dlq --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    entry_id: str
-    fields: dict[bytes, bytes]
-
-    @property
-    def original(self) -> dict[bytes, bytes]:
-        """The entry as it was on its stream, without what dead-lettering added."""
-        return {k: v for k, v in self.fields.items() if k not in DLQ_FIELDS}
-
-    def field(self, name: str) -> str:
-        return self.fields.get(name.encode(), b"").decode(errors="replace")
-
-
 def resolve_stream(settings: Settings, stream: str) -> str:
     """`payment`, `paysuite.payment.events` or its `.dlq`, with or without the configured
     stream prefix: the source stream's full name."""
     name = STREAMS.get(stream, stream).removesuffix(dead_letter_stream(""))
     prefix = settings.stream_prefix
     return name if prefix and name.startswith(prefix) else prefix + name
-
-
-async def dead_letters(redis: Redis, stream: str, *, limit: int) -> list[DeadLetter]:
-    return await _range(redis, dead_letter_stream(stream), count=limit)
 
 
 async def replay(redis: Redis, stream: str, entry_id: str | None) -> int:
@@ -362,7 +207,7 @@ async def drop(redis: Redis, stream: str, entry_id: str | None) -> int:
 async def _replay_one(redis: Redis, stream: str, letter: DeadLetter) -> None:
     target = letter.field("source_stream") or stream
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.xadd(target, letter.original)  # type: ignore[arg-type]
+        pipe.xadd(target, letter.original)  # type: ignore[arg-type]  # redis-py's stub wants str-keyed fields; bytes keys are what Redis returns and takes
         pipe.xdel(dead_letter_stream(stream), letter.entry_id)
         await pipe.execute()
 
@@ -372,37 +217,20 @@ async def _each(
 ) -> int:
     dlq = dead_letter_stream(stream)
     if entry_id is not None:
-        found = await _range(redis, dlq, low=entry_id, high=entry_id, count=1)
+        found = await stream_range(redis, dlq, low=entry_id, high=entry_id, count=1)
         if not found:
             raise OpsError(f"no entry {entry_id} in {dlq}")
         await action(found[0])
         return 1
-    newest = await _range(redis, dlq, reverse=True, count=1)
+    newest = await stream_range(redis, dlq, reverse=True, count=1)
     if not newest:
         return 0
     done = 0
-    while page := await _range(redis, dlq, high=newest[0].entry_id, count=PAGE):
+    while page := await stream_range(redis, dlq, high=newest[0].entry_id, count=PAGE):
         for letter in page:
             await action(letter)
             done += 1
     return done
-
-
-async def _range(
-    redis: Redis,
-    stream: str,
-    *,
-    low: str = "-",
-    high: str = "+",
-    count: int,
-    reverse: bool = False,
-) -> list[DeadLetter]:
-    """XRANGE (or XREVRANGE) as typed entries; redis-py's own annotation is a loose union."""
-    if reverse:
-        response: Any = await redis.xrevrange(stream, max=high, min=low, count=count)
-    else:
-        response = await redis.xrange(stream, min=low, max=high, count=count)
-    return [DeadLetter(_text(entry_id), dict(fields)) for entry_id, fields in response or ()]
 
 
 StreamArg = Annotated[str, typer.Argument(help="payment, wallet, gateway or a full stream name")]
@@ -493,14 +321,6 @@ def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
     except OpsError as exc:
         console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _age_ms(ms: int | None) -> str:

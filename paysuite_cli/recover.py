@@ -73,7 +73,7 @@ async def _check_running(settings: Settings, connections: Connections) -> None:
     # The typeshed stub declares no methods on HealthStub.
     stub = health_pb2_grpc.HealthStub(connections.payment)
     try:
-        await stub.Check(  # type: ignore[attr-defined]
+        await stub.Check(  # type: ignore[attr-defined]  # the typeshed HealthStub declares no methods
             health_pb2.HealthCheckRequest(service=""), timeout=PROBE_TIMEOUT_S
         )
     except grpc.aio.AioRpcError:

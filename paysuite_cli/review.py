@@ -76,7 +76,7 @@ def _age(seconds: int) -> str:
 
 
 def _at(case: payment_pb2.ReviewCase, field: str) -> str:
-    if not case.HasField(field):  # type: ignore[arg-type]
+    if not case.HasField(field):  # type: ignore[arg-type]  # HasField's stub wants a Literal field name
         return ""
     stamp = getattr(case, field)
     return str(stamp.ToDatetime().isoformat(timespec="seconds"))

@@ -47,7 +47,7 @@ class Chaos(BaseModel):
 class Dice:
     def __init__(self, seed: int | None) -> None:
         # Not for security: reproducible misbehaviour is the point.
-        self._random = random.Random(seed)  # noqa: S311
+        self._random = random.Random(seed)  # noqa: S311 - seeded for reproducible misbehaviour, not for secrets
 
     def roll(self, rate: float) -> bool:
         return rate > 0 and self._random.random() < rate

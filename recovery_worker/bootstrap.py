@@ -1,7 +1,5 @@
-"""Wires the worker: gRPC channels to the services, Redis, the sweeps, and a gRPC server that
-serves only health and reflection (so `paysuite up`, Kubernetes probes and grpcurl see it
-like every other process). Redis is the readiness check: without it no lease can be taken.
-"""
+"""Wires the worker: gRPC channels to the services, Redis, the sweeps and the loop that runs
+them, served by the health-only gRPC server of `entrypoints.health`."""
 
 from __future__ import annotations
 
@@ -17,8 +15,7 @@ from common.config import Settings
 from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
 from common.grpc.auth import authenticator
 from common.grpc.client import create_channel
-from common.grpc.server import ServiceRuntime, create_server
-from common.supervision import Task
+from common.grpc.server import ServiceRuntime
 from common.tokens import ServiceToken
 from recovery_worker.adapters import metrics
 from recovery_worker.adapters.redis_store import (
@@ -29,6 +26,8 @@ from recovery_worker.adapters.redis_store import (
 )
 from recovery_worker.adapters.services import GrpcGateway, GrpcPayments, GrpcWallet
 from recovery_worker.domain.ladder import Ladder
+from recovery_worker.entrypoints import health
+from recovery_worker.entrypoints.worker import Clock, RecoveryWorker
 from recovery_worker.service_layer.reconcile import ReconcileSweep
 from recovery_worker.service_layer.sweeps import (
     ExpiredHoldsSweep,
@@ -38,7 +37,6 @@ from recovery_worker.service_layer.sweeps import (
     RefundingSweep,
     Sweep,
 )
-from recovery_worker.service_layer.worker import Clock, RecoveryWorker
 
 NAME = "recovery-worker"
 
@@ -121,33 +119,15 @@ def build_worker(
     )
 
 
-# A round runs every sweep once; each item is bounded by an RPC deadline, so a round that
-# takes this much longer than the interval is stuck.
-RECOVERY_ROUND_SLACK_S = 300.0
-
-
 async def build(settings: Settings, address: str) -> ServiceRuntime:
     auth = authenticator(settings)  # a missing key is a ConfigError before any connection
     connections = Connections.open(settings)
-    worker = build_worker(settings, connections)
-    server, port, health = create_server(address, registrars=[], service_names=[], auth=auth)
-
-    async def ping_redis() -> None:
-        await connections.redis.ping()
-
-    return ServiceRuntime(
-        name=NAME,
-        server=server,
-        port=port,
-        health=health,
-        service_names=[],
-        readiness_checks=[ping_redis],
-        background=[
-            Task(
-                "recovery sweeps",
-                worker.run,
-                heartbeat_s=settings.recovery_interval_s + RECOVERY_ROUND_SLACK_S,
-            )
-        ],
+    return health.serve(
+        NAME,
+        address,
+        auth=auth,
+        worker=build_worker(settings, connections),
+        interval_s=settings.recovery_interval_s,
+        redis=connections.redis,
         closers=[connections.close],
     )

@@ -28,9 +28,9 @@ from redis.asyncio import Redis
 
 from common import db
 from common.config import Settings
-from common.embedded import start_embedded
 from common.grpc.server import ServiceRuntime
 from common.ports import free_port
+from devstack.embedded import start_embedded
 from tests import survivors
 from tests.tokens import TEST_AUTH_SECRET
 
@@ -223,9 +223,9 @@ async def running_suite(migrated: Settings, *, with_payment: bool = True) -> Asy
     """The suite's processes in this process (the payment service only if `with_payment`: a
     test may run its own, as a real process it kills)."""
     from gateway_service import bootstrap as gateway
-    from gateway_service.webhook.app import start as start_webhook
     from payment_service import bootstrap as payment
     from wallet_service import bootstrap as wallet
+    from webhook_adapter.app import start as start_webhook
 
     runtimes: list[ServiceRuntime] = []
     runners: list[web.AppRunner] = []

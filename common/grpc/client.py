@@ -104,7 +104,7 @@ def translate_rpc_error(exc: grpc.aio.AioRpcError, *, service: str) -> DomainErr
     # its API; passing it on lets our callers branch on it as on our own.
     if reason and reason not in ("FAILED_PRECONDITION", "INVALID_ARGUMENT"):
         refusal.reason = reason
-    refusal.metadata = {k: v for k, v in metadata.items() if k != "request_id"}  # type: ignore[attr-defined]
+    refusal.metadata = {k: v for k, v in metadata.items() if k != "request_id"}  # type: ignore[attr-defined]  # only refusals passed on carry it; errors.py reads it with getattr
     return refusal
 
 

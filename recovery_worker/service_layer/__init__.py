@@ -1,1 +1,1 @@
-"""The sweeps and the loop that runs them, written against the ports in `ports`."""
+"""The sweeps, written against the ports in `ports`."""

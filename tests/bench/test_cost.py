@@ -161,7 +161,7 @@ async def test_a_metered_loop_without_a_probe_still_times_its_cost_window() -> N
         done[str(i)] = time.perf_counter()
         return i
 
-    meter = Meter(None, None, completed_between(done))  # type: ignore[arg-type]
+    meter = Meter(None, None, completed_between(done))  # type: ignore[arg-type]  # this test reads no process or database, so no readers
     metered = await metered_loop(
         pay, kind="deposit", clients=2, windows=Windows(0.05, 0.2, 0.0), meter=meter
     )
@@ -179,7 +179,7 @@ async def test_windows_stretch_until_each_holds_twice_as_many_payments_as_client
         done[str(i)] = time.perf_counter()
         return i
 
-    meter = Meter(None, None, completed_between(done))  # type: ignore[arg-type]
+    meter = Meter(None, None, completed_between(done))  # type: ignore[arg-type]  # this test reads no process or database, so no readers
     metered = await metered_loop(
         slow, kind="withdrawal", clients=3, windows=Windows(0.0, 0.01, 0.0), meter=meter
     )

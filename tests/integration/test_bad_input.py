@@ -123,7 +123,7 @@ async def test_empty_payment_requests_are_invalid_argument(suite: Suite) -> None
             (c.payments.CancelPayment, P.CancelPaymentRequest()),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await call(request)  # type: ignore[operator]
+                await call(request)  # type: ignore[operator]  # the stub methods in the table share no callable type
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, call
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for _ in c.payments.WatchPayment(P.WatchPaymentRequest()):

@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench import suite as bench_suite
 from common.config import Settings
 from common.grpc.auth import bearer_channel
+from devstack import supervisor
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2_grpc
-from paysuite_cli import supervisor
 from tests.conftest import migrated_databases
 from tests.integration.helpers import Clients, open_account, usd, wait_for_status
 from tests.tokens import make_token

@@ -37,10 +37,10 @@ from bench import suite as bench_suite
 from common.config import Settings
 from common.events import PAYMENT_STREAM
 from common.grpc.auth import bearer_channel
+from devstack import supervisor
 from paysuite.events.v1 import events_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite.wallet.v1 import wallet_pb2_grpc
-from paysuite_cli import supervisor
 from tests import processes
 from tests.conftest import migrated_databases
 from tests.integration.helpers import Clients, open_account, usd, wait_for_status

@@ -11,7 +11,7 @@ import pytest
 
 from common.config import Settings
 from common.ports import free_port
-from paysuite_cli import supervisor
+from devstack import supervisor
 from tests.processes import spawn, start
 
 

@@ -23,10 +23,11 @@ from common.events import (
     make_envelope,
 )
 from common.streams import StreamConsumer
+from devstack.pipeline import pending_status
 from paysuite.events.v1 import events_pb2
 from paysuite_cli import ops
 from paysuite_cli.main import app
-from paysuite_cli.ops import pending_status, replay
+from paysuite_cli.ops import replay
 
 pytestmark = [pytest.mark.integration]
 
@@ -135,7 +136,7 @@ def test_outbox_status_raises_an_alarm_for_a_stream_near_its_cap(
     client = SyncRedis.from_url(settings.require_redis_url())
     long_stream = settings.stream_prefix + GATEWAY_STREAM
     for _ in range(3):
-        client.xadd(long_stream, fields())  # type: ignore[arg-type]
+        client.xadd(long_stream, fields())  # type: ignore[arg-type]  # redis-py's stub wants str-keyed fields; bytes keys are what Redis returns and takes
     try:
         code, output = cli(settings, "outbox", "status")
     finally:
@@ -165,11 +166,11 @@ async def test_pending_reports_lag_pending_idle_and_dead_letters(
 ) -> None:
     stream = streams.stream_prefix + PAYMENT_STREAM
     for _ in range(5):
-        await redis.xadd(stream, fields())  # type: ignore[arg-type]
+        await redis.xadd(stream, fields())  # type: ignore[arg-type]  # redis-py's stub wants str-keyed fields; bytes keys are what Redis returns and takes
     await redis.xgroup_create(stream, "slow", id="0")
     await redis.xreadgroup("slow", "c1", {stream: ">"}, count=3)
     await redis.xgroup_create(stream, "caught-up", id="$")
-    await redis.xadd(dead_letter_stream(stream), fields())  # type: ignore[arg-type]
+    await redis.xadd(dead_letter_stream(stream), fields())  # type: ignore[arg-type]  # redis-py's stub wants str-keyed fields; bytes keys are what Redis returns and takes
     await asyncio.sleep(0.05)
 
     status = (await pending_status(redis, [stream]))[0]
@@ -186,7 +187,7 @@ async def test_pending_reports_lag_pending_idle_and_dead_letters(
 def test_events_pending_lists_every_stream(streams: Settings) -> None:
     client = SyncRedis.from_url(streams.require_redis_url())
     stream = streams.stream_prefix + WALLET_STREAM
-    client.xadd(stream, fields())  # type: ignore[arg-type]
+    client.xadd(stream, fields())  # type: ignore[arg-type]  # redis-py's stub wants str-keyed fields; bytes keys are what Redis returns and takes
     client.xgroup_create(stream, "ledger-readers", id="0")
     client.close()
 
@@ -204,7 +205,7 @@ def test_events_pending_says_stalled_when_entries_wait_past_the_threshold(
     stream = streams.stream_prefix + GATEWAY_STREAM
     client.xadd(stream, fields(), id="1000-0")  # type: ignore[arg-type]  # added long ago
     client.xgroup_create(stream, "asleep", id="0")
-    client.xadd(streams.stream_prefix + WALLET_STREAM, fields())  # type: ignore[arg-type]
+    client.xadd(streams.stream_prefix + WALLET_STREAM, fields())  # type: ignore[arg-type]  # redis-py's stub wants str-keyed fields; bytes keys are what Redis returns and takes
     client.xgroup_create(streams.stream_prefix + WALLET_STREAM, "awake", id="$")
     client.close()
 
@@ -239,7 +240,7 @@ def park(client: SyncRedis, stream: str, count: int) -> list[str]:
             "group": "payments",
             "error": "ValueError('bad')",
         }
-        ids.append(client.xadd(dead_letter_stream(stream), parked).decode())  # type: ignore[arg-type, union-attr]
+        ids.append(client.xadd(dead_letter_stream(stream), parked).decode())  # type: ignore[arg-type, union-attr]  # redis-py's stub wants str-keyed fields; bytes keys are what Redis returns and takes
     return ids
 
 
@@ -261,17 +262,17 @@ def test_dlq_replay_puts_the_original_entry_back_and_removes_it(streams: Setting
     client = SyncRedis.from_url(streams.require_redis_url())
     stream = streams.stream_prefix + PAYMENT_STREAM
     first, second = park(client, stream, 2)
-    parked = client.xrange(dead_letter_stream(stream), min=first, max=first)[0][1]  # type: ignore[index]
+    parked = client.xrange(dead_letter_stream(stream), min=first, max=first)[0][1]  # type: ignore[index]  # the sync client's reply is typed as a union
 
     code, output = cli(streams, "events", "dlq", "replay", "payment", first)
 
     assert code == 0, output
-    replayed = client.xrange(stream)  # type: ignore[union-attr]
+    replayed = client.xrange(stream)  # type: ignore[union-attr]  # the sync client's reply is typed as a union
     assert len(replayed) == 1
-    assert replayed[0][1] == {  # type: ignore[index]
+    assert replayed[0][1] == {  # type: ignore[index]  # the sync client's reply is typed as a union
         k: v for k, v in parked.items() if k in (b"event_id", b"event_type", b"envelope")
     }
-    remaining = [entry_id.decode() for entry_id, _ in client.xrange(dead_letter_stream(stream))]  # type: ignore[union-attr]
+    remaining = [entry_id.decode() for entry_id, _ in client.xrange(dead_letter_stream(stream))]  # type: ignore[union-attr]  # the sync client's reply is typed as a union
     assert remaining == [second]
     client.close()
 
@@ -310,7 +311,7 @@ async def test_a_poison_event_replayed_from_the_dlq_is_handled_with_its_event_id
 ) -> None:
     stream = streams.stream_prefix + PAYMENT_STREAM
     original = fields("payment.completed")
-    await redis.xadd(stream, original)  # type: ignore[arg-type]
+    await redis.xadd(stream, original)  # type: ignore[arg-type]  # redis-py's stub wants str-keyed fields; bytes keys are what Redis returns and takes
     handled: list[str] = []
     broken = True
 
@@ -342,6 +343,6 @@ async def _count(items: list[str]) -> int:
 
 async def _until(read: object, expected: int, timeout_s: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while await read() != expected:  # type: ignore[operator]
+    while await read() != expected:  # type: ignore[operator]  # read is any of the tests' async readers
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.02)

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 from common.config import ENDPOINTS_FILE
 from common.grpc.server import HEALTH_INTERVAL_S
 from common.ports import free_ports
+from devstack.supervisor import _grpc_serving
 from paysuite_cli.main import app
-from paysuite_cli.supervisor import _grpc_serving
 
 pytestmark = [pytest.mark.integration]
 

@@ -63,7 +63,7 @@ def relay(engine: AsyncEngine, redis: Redis, settings: Settings, **kwargs: objec
         engine,
         redis,
         stream_prefix=settings.stream_prefix,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,  # type: ignore[arg-type]  # each test's relay options, typed object
     )
 
 

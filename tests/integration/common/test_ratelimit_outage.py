@@ -18,10 +18,10 @@ from structlog.testing import capture_logs
 
 from common.admission import Admission
 from common.auth import Role, current_principal
-from common.embedded import wait_for_redis
 from common.grpc.auth import bearer_channel
 from common.grpc.server import create_server
 from common.ratelimit import UNAVAILABLE, Rate, RedisRateLimiter
+from devstack.embedded import wait_for_redis
 from payment_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from tests.tokens import make_authenticator, make_token

@@ -149,7 +149,7 @@ async def test_a_consumer_dying_after_its_effect_and_before_xack_applies_it_once
     async def never_acknowledges() -> None:
         """The process died here: its effect is committed, its XACK never sent."""
 
-    dying._flush = never_acknowledges  # type: ignore[method-assign]
+    dying._flush = never_acknowledges  # type: ignore[method-assign]  # the test's crash between commit and XACK
     await dying.poll_once()
     assert await effects(effects_engine, e.event_id) == ["a"]
     assert await pending(redis, stream, "g") == 1

@@ -91,7 +91,7 @@ class Rig:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def rig(migrated: Settings) -> AsyncIterator[Rig]:
     from gateway_service import bootstrap as gateway
-    from gateway_service.webhook.app import start as start_webhook
+    from webhook_adapter.app import start as start_webhook
 
     run = uuid.uuid4().hex[:6]
     ports = (free_port(), free_port())

@@ -159,7 +159,7 @@ async def test_a_backlog_over_the_bound_sheds_creates_and_under_it_they_are_acce
 
 
 async def test_the_facade_answers_429_with_retry_after(suite: Suite) -> None:
-    from gateway_service.webhook.app import start
+    from webhook_adapter.app import start
 
     user = f"user-{uuid.uuid4().hex[:8]}"
     account = await owned_account(suite, user)

@@ -13,17 +13,17 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from gateway_service.webhook.facade import OPENAPI
 from tests.conftest import Suite
 from tests.integration.helpers import clients, open_account
 from tests.tokens import make_token
+from webhook_adapter.facade import OPENAPI
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def http(suite: Suite) -> AsyncIterator[aiohttp.ClientSession]:
-    from gateway_service.webhook.app import start
+    from webhook_adapter.app import start
 
     runner, port = await start(suite.settings, "127.0.0.1:0")
     # Calls as a service: what a token allows is test_access_control's subject.

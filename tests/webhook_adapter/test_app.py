@@ -22,10 +22,10 @@ from standardwebhooks.webhooks import Webhook
 
 from common.config import ConfigError, Settings
 from common.ports import free_port
-from gateway_service.webhook.app import create_app, start
 from paysuite.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from provider_simulator.signing import stripe_signature
 from tests.tokens import TEST_AUTH_SECRET
+from webhook_adapter.app import create_app, start
 
 # Deliberately not the development secret, so the tests prove the configured one is used.
 TEST_SECRET = "whsec_" + base64.b64encode(b"gateway-webhook-test-secret").decode()
@@ -67,7 +67,7 @@ class FakeGateway(gateway_pb2_grpc.GatewayServiceServicer):
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[FakeGateway, int]]:
     # Only HandleProviderEvent is served; the base class answers the rest UNIMPLEMENTED.
-    fake = FakeGateway()  # type: ignore[abstract]
+    fake = FakeGateway()  # type: ignore[abstract]  # serves one RPC; the base answers the rest UNIMPLEMENTED
     server = grpc.aio.server()
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -437,7 +437,7 @@ async def test_a_webhook_is_held_while_the_gateway_restarts_and_sent_when_it_is_
     await asyncio.sleep(0.5)  # the webhook arrived while nothing listened there
     assert not answer.done()
 
-    fake = FakeGateway()  # type: ignore[abstract]
+    fake = FakeGateway()  # type: ignore[abstract]  # serves one RPC; the base answers the rest UNIMPLEMENTED
     server = grpc.aio.server()
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(fake, server)
     server.add_insecure_port(f"127.0.0.1:{gateway_port}")
@@ -509,7 +509,7 @@ class ExplodingStub:
 
 
 async def test_an_unexpected_error_is_a_bare_503_so_the_provider_retries() -> None:
-    app = create_app(settings_for(free_port()), ExplodingStub())  # type: ignore[arg-type]
+    app = create_app(settings_for(free_port()), ExplodingStub())  # type: ignore[arg-type]  # a stand-in that raises, not a real stub
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -594,7 +594,7 @@ class BatchingFakeGateway(FakeGateway):
 
 @pytest.fixture
 async def batching() -> AsyncIterator[tuple[BatchingFakeGateway, int]]:
-    fake = BatchingFakeGateway()  # type: ignore[abstract]
+    fake = BatchingFakeGateway()  # type: ignore[abstract]  # serves one RPC; the base answers the rest UNIMPLEMENTED
     server = grpc.aio.server()
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")

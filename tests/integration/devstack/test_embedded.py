@@ -15,14 +15,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from common.embedded import start_embedded
+from devstack.embedded import start_embedded
 
 pytestmark = [pytest.mark.integration]
 
 OWNER = """
 import sys, time
 from pathlib import Path
-from common.embedded import start_embedded
+from devstack.embedded import start_embedded
 start_embedded(Path(sys.argv[1]))
 print("up", flush=True)
 time.sleep(600)

@@ -4,8 +4,8 @@ The generated modules sit next to their ``.proto`` files and the proto path mirr
 package (``paysuite/payment/v1/payment.proto`` -> ``paysuite.payment.v1.payment_pb2``), so the
 generated imports work without rewriting.
 
-    python -m common.protogen protos           # regenerate
-    python -m common.protogen protos --check   # exit 1 if regenerating would change anything
+    python -m tools.protogen protos           # regenerate
+    python -m tools.protogen protos --check   # exit 1 if regenerating would change anything
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common import ports
 from common.config import ENDPOINTS_FILE, Settings
-from common.embedded import EmbeddedServers
 from common.tokens import ensure_signing_key
+from devstack.embedded import EmbeddedServers
 
 START_TIMEOUT_S = 60.0
 
@@ -120,7 +120,7 @@ def plan(settings: Settings, *, demo: bool = True) -> list[Process]:
         _recovery_worker(settings, demo=demo),
         Process(
             "webhook adapter",
-            "gateway_service.webhook",
+            "webhook_adapter",
             f"http://{settings.webhook_listen}/healthz",
             "http",
         ),

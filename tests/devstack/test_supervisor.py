@@ -15,13 +15,13 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from common.config import ENDPOINTS_FILE, Settings
-from paysuite_cli import supervisor
-from paysuite_cli.supervisor import AlreadyRunning, Process, check_ports_free, exclusive
+from devstack import supervisor
+from devstack.supervisor import AlreadyRunning, Process, check_ports_free, exclusive
 
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from paysuite_cli.supervisor import exclusive
+from devstack.supervisor import exclusive
 with exclusive(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(30)
@@ -58,7 +58,7 @@ def test_the_suite_runs_the_recovery_worker_with_demo_timings_the_environment_ov
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from common.config import Settings
-    from paysuite_cli.supervisor import plan
+    from devstack.supervisor import plan
 
     monkeypatch.setenv("PAYSUITE_RECOVERY_INTERVAL_S", "42")
     worker = next(p for p in plan(Settings()) if p.module == "recovery_worker")

@@ -1,5 +1,5 @@
-"""`python -m common.embedded_watchdog PGDATA REDIS_DIR`: stops the embedded servers once their
-owner is gone (see common.embedded).
+"""`python -m devstack.embedded_watchdog PGDATA REDIS_DIR`: stops the embedded servers once their
+owner is gone (see devstack.embedded).
 
 It waits for end-of-file on its stdin, a pipe only the owner holds open: the owner closes it
 when it is done, and the kernel closes it when the owner dies, by SIGKILL too. Then it stops
@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from common.embedded import stop_postgres, stop_redis
+from devstack.embedded import stop_postgres, stop_redis
 
 
 def main(argv: list[str]) -> int:

@@ -6,7 +6,7 @@ both listen on Unix sockets only, so they never collide with servers already on 
 
 Nothing outlives its owner, however the owner ends. Stopped in order, the owner stops both
 servers itself. Killed (SIGKILL, OOM), it cannot: a small watchdog process
-(`common.embedded_watchdog`), started before the servers, waits on a pipe only the owner holds
+(`devstack.embedded_watchdog`), started before the servers, waits on a pipe only the owner holds
 open; when the owner is gone, however it went, the pipe closes and the watchdog stops both
 servers within seconds. The watchdog holds the folder's `embedded.lock` until they are down, so
 a new owner on the folder waits for its predecessor's servers to stop instead of adopting a
@@ -169,7 +169,7 @@ def _start_servers(
         # Stopped by us (EmbeddedServers.stop), not by pgserver: pgserver stops a server only
         # when the last process that opened it lets go, and counts a killed one as holding on,
         # so a server taken over from a killed owner was never stopped.
-        postgres = pgserver.get_server(  # type: ignore[attr-defined]
+        postgres = pgserver.get_server(  # type: ignore[attr-defined]  # pgserver ships no stub for get_server
             data_dir / "postgres", cleanup_mode=None
         )
     progress("starting Redis ...")
@@ -256,7 +256,7 @@ class Watchdog:
         lock_fd = _acquire(lock) if lock is not None else None
         try:
             process = subprocess.Popen(  # noqa: S603 - our own module, no shell
-                [sys.executable, "-m", "common.embedded_watchdog", str(pgdata), str(redis_dir)],
+                [sys.executable, "-m", "devstack.embedded_watchdog", str(pgdata), str(redis_dir)],
                 stdin=subprocess.PIPE,  # its only writer is this process: EOF when it is gone
                 stdout=subprocess.DEVNULL,
                 pass_fds=() if lock_fd is None else (lock_fd,),

@@ -4,7 +4,7 @@ from datetime import datetime
 import pytest
 
 from recovery_worker.domain.model import SweepReport, SweepStatus
-from recovery_worker.service_layer.worker import RecoveryWorker
+from recovery_worker.entrypoints.worker import RecoveryWorker
 from tests.recovery_worker.fakes import T0, FakeLeases
 
 
@@ -30,7 +30,7 @@ class BrokenSweep:
 
 def worker(leases: FakeLeases, *sweeps: object) -> RecoveryWorker:
     return RecoveryWorker(
-        sweeps=sweeps,  # type: ignore[arg-type]
+        sweeps=sweeps,  # type: ignore[arg-type]  # the tests' sweeps are duck-typed fakes
         leases=leases,
         clock=lambda: T0,
         interval_s=0.01,

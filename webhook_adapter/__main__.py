@@ -1,4 +1,4 @@
-"""`python -m gateway_service.webhook`: serve until SIGTERM or SIGINT, then stop gracefully."""
+"""`python -m webhook_adapter`: serve until SIGTERM or SIGINT, then stop gracefully."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from common.config import ConfigError, Settings, load_settings
 from common.logging import configure_logging
 from common.metrics import metrics_for
 from common.tracing import configure_tracing
-from gateway_service.webhook.app import start
+from webhook_adapter.app import start
 
 NAME = "webhook-adapter"
 

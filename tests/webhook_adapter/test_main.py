@@ -1,4 +1,4 @@
-"""`python -m gateway_service.webhook` as an operator runs it: a real child process."""
+"""`python -m webhook_adapter` as an operator runs it: a real child process."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ from tests.processes import spawn, start
 
 
 async def _spawn(**env: str) -> asyncio.subprocess.Process:
-    return await spawn(
-        "gateway_service.webhook", **{"PAYSUITE_WEBHOOK_LISTEN": "127.0.0.1:0", **env}
-    )
+    return await spawn("webhook_adapter", **{"PAYSUITE_WEBHOOK_LISTEN": "127.0.0.1:0", **env})
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_runs_until_signalled_then_stops_gracefully(signum: signal.Signals) -> None:
     started = await start(
-        "gateway_service.webhook",
+        "webhook_adapter",
         b"webhook.started",
         PAYSUITE_WEBHOOK_LISTEN="127.0.0.1:0",
         PAYSUITE_ALLOW_DEV_SECRETS="true",

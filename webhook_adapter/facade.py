@@ -1,6 +1,6 @@
 """The HTTP facade of seeds 000 and 001, translated to PaymentService calls.
 
-Served by the webhook adapter process (`python -m gateway_service.webhook`, :8080), the suite's
+Served by the webhook adapter process (`python -m webhook_adapter`, :8080), the suite's
 one HTTP edge; like the webhook routes it holds no state and talks gRPC only:
 
     POST /account/{id}/deposit     Idempotency-Key   -> PaymentService.CreateDeposit
@@ -25,10 +25,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 from aiohttp import web
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -120,6 +122,9 @@ class TransferBody(_Amount):
     to_account_id: str = Field(min_length=1, max_length=128)
 
 
+B = TypeVar("B", bound=_Amount)
+
+
 STATUS_NAMES = {
     value: name.removeprefix("PAYMENT_STATUS_").lower()
     for name, value in payment_pb2.PaymentStatus.items()
@@ -208,101 +213,12 @@ async def _call(call: Any) -> payment_pb2.Payment:
 
 
 def _stub(request: web.Request) -> PaymentServiceAsyncStub:
-    stub: PaymentServiceAsyncStub = request.app[PAYMENTS]  # type: ignore[assignment]
+    stub: PaymentServiceAsyncStub = request.app[PAYMENTS]  # type: ignore[assignment]  # the app key holds a stub or a test's stand-in, typed object
     return stub
 
 
 def _money(body: _Amount) -> money_pb2.Money:
     return money_pb2.Money(amount_minor=body.amount_minor, currency=body.currency)
-
-
-@_sheds_load
-async def deposit(request: web.Request) -> web.Response:
-    credentials = _credentials(request)
-    key = _idempotency_key(request)
-    body: DepositBody = await _body(request, DepositBody)
-    payment = await _call(
-        _stub(request).CreateDeposit(
-            payment_pb2.CreateDepositRequest(
-                idempotency_key=key,
-                account_id=request.match_info["account_id"],
-                amount=_money(body),
-                payment_method=body.payment_method,
-            ),
-            timeout=10,
-            metadata=credentials,
-        )
-    )
-    return web.json_response(_transaction(payment), status=202)
-
-
-@_sheds_load
-async def withdraw(request: web.Request) -> web.Response:
-    credentials = _credentials(request)
-    key = _idempotency_key(request)
-    body: WithdrawBody = await _body(request, WithdrawBody)
-    payment = await _call(
-        _stub(request).CreateWithdrawal(
-            payment_pb2.CreateWithdrawalRequest(
-                idempotency_key=key,
-                account_id=request.match_info["account_id"],
-                amount=_money(body),
-                destination=body.destination,
-            ),
-            timeout=10,
-            metadata=credentials,
-        )
-    )
-    return web.json_response(_transaction(payment), status=202)
-
-
-@_sheds_load
-async def transfer(request: web.Request) -> web.Response:
-    credentials = _credentials(request)
-    key = _idempotency_key(request)
-    body: TransferBody = await _body(request, TransferBody)
-    payment = await _call(
-        _stub(request).CreateTransfer(
-            payment_pb2.CreateTransferRequest(
-                idempotency_key=key,
-                source_account_id=request.match_info["account_id"],
-                destination_account_id=body.to_account_id,
-                amount=_money(body),
-            ),
-            timeout=10,
-            metadata=credentials,
-        )
-    )
-    return web.json_response(_transaction(payment), status=202)
-
-
-async def transaction_status(request: web.Request) -> web.Response:
-    credentials = _credentials(request)
-    payment = await _call(
-        _stub(request).GetPayment(
-            payment_pb2.GetPaymentRequest(payment_id=request.match_info["transaction_id"]),
-            timeout=10,
-            metadata=credentials,
-        )
-    )
-    return web.json_response(_transaction(payment))
-
-
-async def openapi(_: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
-
-
-def add_routes(app: web.Application, payments: grpc.aio.Channel | PaymentServiceAsyncStub) -> None:
-    app[PAYMENTS] = (
-        payment_pb2_grpc.PaymentServiceStub(payments)
-        if isinstance(payments, grpc.aio.Channel)
-        else payments
-    )
-    app.router.add_post("/account/{account_id}/deposit", deposit)
-    app.router.add_post("/account/{account_id}/withdraw", withdraw)
-    app.router.add_post("/account/{account_id}/transfer", transfer)
-    app.router.add_get("/transaction/{transaction_id}/status", transaction_status)
-    app.router.add_get("/openapi.json", openapi)
 
 
 def _error_schema() -> dict[str, Any]:
@@ -343,6 +259,9 @@ def _amount_schema(name: str, schema: dict[str, Any], *, required: bool) -> dict
     }
 
 
+CREATE_ERRORS = (400, 401, 403, 404, 409, 422, 429, 503)
+
+
 def _create(summary: str, body: dict[str, Any], *errors: int) -> dict[str, Any]:
     return {
         "post": {
@@ -370,6 +289,114 @@ def _create(summary: str, body: dict[str, Any], *errors: int) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Create(Generic[B]):
+    """One create route: its body, the PaymentService method, and the request it sends."""
+
+    action: str  # the path's last segment: /account/{account_id}/<action>
+    summary: str
+    body: type[B]
+    schema: dict[str, Any]  # the body's, in OPENAPI
+    method: Callable[[PaymentServiceAsyncStub], Callable[..., Any]]
+    # (idempotency key, the path's account id, the validated body) -> the gRPC request
+    request: Callable[[str, str, B], Message]
+
+
+# Each typed on its own, so that mypy checks its request against its body.
+DEPOSIT: Create[DepositBody] = Create(
+    "deposit",
+    "Deposit from a payment method into the account",
+    DepositBody,
+    _amount_schema(
+        "payment_method", {"type": "string", "minLength": 1, "maxLength": 255}, required=False
+    ),
+    lambda stub: stub.CreateDeposit,
+    lambda key, account_id, body: payment_pb2.CreateDepositRequest(
+        idempotency_key=key,
+        account_id=account_id,
+        amount=_money(body),
+        payment_method=body.payment_method,
+    ),
+)
+WITHDRAW: Create[WithdrawBody] = Create(
+    "withdraw",
+    "Withdraw from the account to a destination",
+    WithdrawBody,
+    _amount_schema(
+        "destination", {"type": "string", "minLength": 1, "maxLength": 255}, required=True
+    ),
+    lambda stub: stub.CreateWithdrawal,
+    lambda key, account_id, body: payment_pb2.CreateWithdrawalRequest(
+        idempotency_key=key,
+        account_id=account_id,
+        amount=_money(body),
+        destination=body.destination,
+    ),
+)
+TRANSFER: Create[TransferBody] = Create(
+    "transfer",
+    "Transfer from the account to another account",
+    TransferBody,
+    _amount_schema(
+        "to_account_id", {"type": "string", "minLength": 1, "maxLength": 128}, required=True
+    ),
+    lambda stub: stub.CreateTransfer,
+    lambda key, account_id, body: payment_pb2.CreateTransferRequest(
+        idempotency_key=key,
+        source_account_id=account_id,
+        destination_account_id=body.to_account_id,
+        amount=_money(body),
+    ),
+)
+CREATES: tuple[Create[Any], ...] = (DEPOSIT, WITHDRAW, TRANSFER)
+
+
+def create_handler(create: Create[Any]) -> Route:
+    @_sheds_load
+    async def handle(request: web.Request) -> web.Response:
+        credentials = _credentials(request)
+        key = _idempotency_key(request)
+        body = await _body(request, create.body)
+        payment = await _call(
+            create.method(_stub(request))(
+                create.request(key, request.match_info["account_id"], body),
+                timeout=10,
+                metadata=credentials,
+            )
+        )
+        return web.json_response(_transaction(payment), status=202)
+
+    return handle
+
+
+async def transaction_status(request: web.Request) -> web.Response:
+    credentials = _credentials(request)
+    payment = await _call(
+        _stub(request).GetPayment(
+            payment_pb2.GetPaymentRequest(payment_id=request.match_info["transaction_id"]),
+            timeout=10,
+            metadata=credentials,
+        )
+    )
+    return web.json_response(_transaction(payment))
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+def add_routes(app: web.Application, payments: grpc.aio.Channel | PaymentServiceAsyncStub) -> None:
+    app[PAYMENTS] = (
+        payment_pb2_grpc.PaymentServiceStub(payments)
+        if isinstance(payments, grpc.aio.Channel)
+        else payments
+    )
+    for create in CREATES:
+        app.router.add_post(f"/account/{{account_id}}/{create.action}", create_handler(create))
+    app.router.add_get("/transaction/{transaction_id}/status", transaction_status)
+    app.router.add_get("/openapi.json", openapi)
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -379,50 +406,12 @@ OPENAPI: dict[str, Any] = {
         " adapter process. Amounts are integer minor units.",
     },
     "paths": {
-        "/account/{id}/deposit": _create(
-            "Deposit from a payment method into the account",
-            _amount_schema(
-                "payment_method",
-                {"type": "string", "minLength": 1, "maxLength": 255},
-                required=False,
-            ),
-            400,
-            401,
-            403,
-            404,
-            409,
-            422,
-            429,
-            503,
-        ),
-        "/account/{id}/withdraw": _create(
-            "Withdraw from the account to a destination",
-            _amount_schema(
-                "destination", {"type": "string", "minLength": 1, "maxLength": 255}, required=True
-            ),
-            400,
-            401,
-            403,
-            404,
-            409,
-            422,
-            429,
-            503,
-        ),
-        "/account/{id}/transfer": _create(
-            "Transfer from the account to another account",
-            _amount_schema(
-                "to_account_id", {"type": "string", "minLength": 1, "maxLength": 128}, required=True
-            ),
-            400,
-            401,
-            403,
-            404,
-            409,
-            422,
-            429,
-            503,
-        ),
+        **{
+            f"/account/{{id}}/{create.action}": _create(
+                create.summary, create.schema, *CREATE_ERRORS
+            )
+            for create in CREATES
+        },
         "/transaction/{id}/status": {
             "get": {
                 "summary": "A transaction's current status",
