@@ -15,7 +15,7 @@ help:
 	@echo "make chaos        every kind of payment under kills, pauses and provider chaos, then every"
 	@echo "                  invariant checked (CHAOS_ARGS='--duration 600 --seed 7')"
 	@echo "make test         unit + integration tests against real PostgreSQL, Redis and gRPC servers"
-	@echo "make lint         ruff check + format check"
+	@echo "make lint         ruff check + format check + the architecture contracts (lint-imports)"
 	@echo "make typecheck    mypy --strict on our packages"
 	@echo "make protos       regenerate protobuf code;  make protos-check  fail if it is stale"
 	@echo "make compose-test the docker compose stack built, run and checked for real (needs root)"
@@ -59,6 +59,7 @@ test-integration: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
