@@ -329,10 +329,13 @@ class PaymentRepository:
         still reach the outbox through the unit of work)."""
         if not payment.has_changes:
             return
+        # What the row says now, counted before `_written` takes the new changes and steps.
+        expected_version = payment.version - len(payment.new_changes)
+        expected_steps = payment.steps - len(payment.new_steps)
         params = {
-            "expected_version": payment.version - len(payment.new_changes),
-            "expected_steps": payment.steps - len(payment.new_steps),
             **self._written(payment),
+            "expected_version": expected_version,
+            "expected_steps": expected_steps,
         }
         cursor = await self._raw.execute(_UPDATE, params)
         row = await cursor.fetchone()
