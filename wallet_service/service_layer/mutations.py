@@ -3,7 +3,7 @@ accounts, replay the operation if its ref was seen, else let the domain decide, 
 events, projections, journal and the operation record together. Every mutation is idempotent
 on its operation_ref.
 
-With group commit on (the service's default, see group_commit.py), mutations that arrive
+With group commit on (the service's default, see common/group_commit.py), mutations that arrive
 together share that unit of work; each is still decided, replayed or refused on its own.
 """
 
@@ -20,7 +20,7 @@ from common.money import Money
 from wallet_service.domain.account import Account, Limits
 from wallet_service.domain.errors import AccountNotFound, OperationRefReused
 from wallet_service.domain.ledger import LedgerTransaction, Operation
-from wallet_service.service_layer.group_commit import GroupCommit, Job
+from common.group_commit import GroupCommit, Job
 from wallet_service.service_layer.ports import Observe, UnitOfWork
 
 T = TypeVar("T")

@@ -1,17 +1,18 @@
-"""Group commit: mutations that arrive together share one database transaction.
+"""Group commit: requests that arrive together share one database transaction.
 
-A commit and each round trip to PostgreSQL cost far more than deciding a posting, so under
-load the wallet takes the requests waiting at that moment (up to `max_batch`), locks all their
-accounts in one statement, decides each in turn, and writes and commits them together. Each
-request still gets its own answer: a refused one (not enough money, a frozen account) only
-drops out of the batch. If the batch as a whole cannot commit (a lost race, a bug), every
+A commit and each round trip to PostgreSQL cost far more than the decision a request needs,
+so under load a service takes the requests waiting at that moment (up to `max_batch`), loads
+and locks what they touch in one statement, decides each in turn, and writes and commits them
+together (the wallet's postings, the payment saga's steps, the gateway's operation records).
+Each request still gets its own answer: a refused one only drops out of the batch. If the
+batch as a whole cannot commit (a lost race, a bug, one request's unexpected error), every
 request in it is run again on its own, so no request's fate depends on its neighbours'.
 Alone, a request is a batch of one: no waiting is ever added to wait for company.
 
 Two workers: while one batch waits on PostgreSQL the next one gathers, and batches stay large
-enough that their round trips are shared (measured on the 2-core box: one worker left the
-database idle between batches, four split the queue into small batches that cost more CPU
-per posting).
+enough that their round trips are shared (measured on the 2-core box with the wallet: one
+worker left the database idle between batches, four split the queue into small batches that
+cost more CPU per posting).
 """
 
 from __future__ import annotations

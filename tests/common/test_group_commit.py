@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from wallet_service.service_layer.group_commit import GroupCommit, Job
+from common.group_commit import GroupCommit, Job
 
 
 class Recorder:
