@@ -65,6 +65,16 @@ _INSERT = (
     "INSERT INTO outbox (event_id, stream, event_type, aggregate_type, aggregate_id,"
     " aggregate_version, envelope) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
+# Many rows (a group commit's events) in one statement of constant text, so it stays
+# prepared; in the given order, which is each aggregate's order.
+_INSERT_MANY = (
+    "INSERT INTO outbox (event_id, stream, event_type, aggregate_type, aggregate_id,"
+    " aggregate_version, envelope) SELECT event_id, stream, event_type, aggregate_type,"
+    " aggregate_id, aggregate_version, envelope FROM unnest(%s::uuid[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::bigint[], %s::bytea[]) WITH ORDINALITY AS e(event_id, stream,"
+    " event_type, aggregate_type, aggregate_id, aggregate_version, envelope, position)"
+    " ORDER BY position"
+)
 _LOCK_PARTITIONS = (
     "SELECT coalesce(array_agg(part), '{}') FROM ("
     " SELECT CAST((s + %(offset)s) %% %(n)s AS integer) AS part"
@@ -160,8 +170,7 @@ async def write_outbox(
     if len(rows) == 1:
         await raw.execute(_INSERT, rows[0])
     else:
-        async with raw.cursor() as cursor:
-            await cursor.executemany(_INSERT, rows)
+        await raw.execute(_INSERT_MANY, [list(column) for column in zip(*rows, strict=True)])
 
 
 class OutboxRelay:

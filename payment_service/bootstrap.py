@@ -31,6 +31,7 @@ from payment_service.service_layer.queries import PaymentQueries
 from payment_service.service_layer.recovery import Recovery
 from payment_service.service_layer.reviews import ReviewService
 from payment_service.service_layer.saga import Saga
+from payment_service.service_layer.steps import Steps
 from paysuite.payment.v1 import payment_pb2_grpc
 
 NAME = "payment-service"
@@ -53,13 +54,16 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     # One directory for every use case: an account's owner and currency are looked up once.
     accounts = AccountDirectory(wallet)
     queries = PaymentQueries(uow=uow, accounts=accounts)
-    saga = Saga(uow=uow, wallet=wallet, gateway=gateway, queries=queries)
+    # One group commit for both consumers' saga steps: a charge's steps and a credit's
+    # completion that arrive together share a transaction.
+    steps = Steps(uow)
+    saga = Saga(uow=uow, wallet=wallet, gateway=gateway, queries=queries, steps=steps)
     requests = PaymentRequests(uow=uow, accounts=accounts, queries=queries, saga=saga)
     recovery = Recovery(uow=uow, gateway=gateway, saga=saga)
     consumer = infra.consumer(
         stream=GATEWAY_STREAM,
         group=GROUP,
-        handler=GatewayEventsEntrypoint(GatewayEventHandlers(uow=uow, wallet=wallet)),
+        handler=GatewayEventsEntrypoint(GatewayEventHandlers(uow=uow, wallet=wallet, steps=steps)),
     )
     saga_consumer = infra.consumer(
         stream=PAYMENT_STREAM, group=SAGA_GROUP, handler=PaymentSagaEntrypoint(saga)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -92,6 +92,10 @@ _SELECT = (
 )
 _GET = _SELECT + " WHERE payment_id = %s"
 _GET_FOR_UPDATE = _GET + " FOR UPDATE"
+# Many payments at once (a group commit's steps): locked in one order everywhere, so two
+# batches never wait on each other in a circle.
+_GET_MANY = _SELECT + " WHERE payment_id = ANY(%s::uuid[])"
+_LOCK_MANY = _GET_MANY + " ORDER BY payment_id FOR UPDATE"
 _CLAIM_KEY = (
     "INSERT INTO idempotency_keys (caller, key, fingerprint, payment_id, response_version)"
     " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
@@ -258,6 +262,15 @@ class PaymentRepository:
 
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
         return await self._one(_GET_FOR_UPDATE if for_update else _GET, payment_id)
+
+    async def get_many(
+        self, payment_ids: Sequence[str], *, for_update: bool = False
+    ) -> dict[str, Payment]:
+        async with self._raw.cursor(row_factory=namedtuple_row) as cursor:
+            await cursor.execute(_LOCK_MANY if for_update else _GET_MANY, (list(payment_ids),))
+            rows = await cursor.fetchall()
+        found = (self._seen(row) for row in rows)
+        return {payment.payment_id: payment for payment in found if payment is not None}
 
     async def claim_key(self, claim: IdempotencyClaim) -> IdempotencyClaim | None:
         cursor = await self._raw.execute(

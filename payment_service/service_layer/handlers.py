@@ -17,7 +17,7 @@ from common.faults import crash_point
 from payment_service.domain.model import Payment
 from payment_service.domain.status import PaymentKind
 from payment_service.service_layer.ports import PaymentStore, UnitOfWork, WalletPort
-from payment_service.service_layer.steps import Unchanged, step_with
+from payment_service.service_layer.steps import Steps, Unchanged
 
 log = structlog.get_logger(__name__)
 
@@ -25,8 +25,10 @@ CONSUMER = "payment-service"
 
 
 class GatewayEventHandlers:
-    def __init__(self, *, uow: Callable[[], UnitOfWork], wallet: WalletPort) -> None:
-        self._uow = uow
+    def __init__(
+        self, *, uow: Callable[[], UnitOfWork], wallet: WalletPort, steps: Steps | None = None
+    ) -> None:
+        self._steps = steps or Steps(uow)
         self._wallet = wallet
 
     async def charge_failed(
@@ -147,8 +149,8 @@ class GatewayEventHandlers:
             decide(current)
             return None
 
-        await step_with(
-            self._uow, payment_id, first_delivery, react, missing=lambda: _unknown(payment_id)
+        await self._steps.step_with(
+            payment_id, first_delivery, react, missing=lambda: _unknown(payment_id)
         )
 
     async def _credit(self, payment: Payment) -> str:
@@ -172,11 +174,7 @@ class GatewayEventHandlers:
         return ""
 
     async def _peek(self, payment_id: str) -> Payment | None:
-        async with self._uow() as uow:
-            payment = await uow.payments.get(payment_id)
-            # A read ends with COMMIT: on ROLLBACK psycopg drops the connection's prepared
-            # statements, and every later statement on it is parsed again.
-            await uow.commit()
+        payment = await self._steps.peek(payment_id)
         if payment is None:
             _unknown(payment_id)
         return payment

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -107,6 +108,12 @@ class GatewayPort(Protocol):
 
 class PaymentStore(Protocol):
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None: ...
+    async def get_many(
+        self, payment_ids: Sequence[str], *, for_update: bool = False
+    ) -> dict[str, Payment]:
+        """The payments that exist among `payment_ids`; locked in payment id order."""
+        ...
+
     async def claim_key(self, claim: IdempotencyClaim) -> IdempotencyClaim | None:
         """Records the claim, or returns the earlier claim of the same caller and key. A
         concurrent claim of the same key waits for the first one's transaction to end."""

@@ -24,7 +24,7 @@ from payment_service.domain.saga import ProviderAnswer, ProviderCall
 from payment_service.domain.status import PaymentKind, PaymentStatus
 from payment_service.service_layer.ports import GatewayPort, ProviderResult, UnitOfWork, WalletPort
 from payment_service.service_layer.queries import PaymentQueries
-from payment_service.service_layer.steps import Unchanged, step
+from payment_service.service_layer.steps import Steps, Unchanged
 
 log = structlog.get_logger(__name__)
 
@@ -70,8 +70,10 @@ class Saga:
         wallet: WalletPort,
         gateway: GatewayPort,
         queries: PaymentQueries,
+        steps: Steps | None = None,
     ) -> None:
-        self._uow = uow
+        # Shared with the gateway events' handlers (bootstrap), so their steps commit together.
+        self._steps = steps or Steps(uow)
         self._wallet = wallet
         self._gateway = gateway
         self._queries = queries
@@ -148,8 +150,7 @@ class Saga:
             decide(payment)
             return payment
 
-        return await step(
-            self._uow,
+        return await self._steps.step(
             payment_id,
             answered,
             then=lambda store, current: store.answer_claim(
@@ -174,8 +175,7 @@ class Saga:
         answer is unknown: the event stays pending and the step is retried with the same
         key, which the gateway and the provider deduplicate on.
         """
-        begun = await step(
-            self._uow,
+        begun = await self._steps.step(
             payment_id,
             lambda p: _begun(p.begin_provider_call(), p),
             missing=lambda: None,
@@ -202,8 +202,7 @@ class Saga:
     async def _record_answer(
         self, payment_id: str, result: ProviderResult, requested_at: datetime
     ) -> None:
-        await step(
-            self._uow,
+        await self._steps.step(
             payment_id,
             lambda p: p.record_provider_answer(
                 result.answer,
@@ -239,8 +238,7 @@ class Saga:
     async def compensate(self, payment_id: str) -> None:
         """A refunding deposit's refund attempt (from `payment.refunding`, then from each
         `payment.compensation_retry`), each attempt with its own provider key."""
-        begun = await step(
-            self._uow,
+        begun = await self._steps.step(
             payment_id,
             lambda p: _begun(p.compensation_call(), p),
             missing=lambda: None,
@@ -249,8 +247,7 @@ class Saga:
             return
         payment, call = begun
         result = await self._call_provider(payment, call)
-        await step(
-            self._uow,
+        await self._steps.step(
             payment_id,
             lambda p: p.record_compensation_answer(
                 result.answer, operation_id=result.operation_id, reason=result.failure_reason
@@ -267,7 +264,7 @@ class Saga:
         await self._wallet.release_hold(
             operation_ref=payment.step_ref("release"), hold_id=payment.saga.hold_id
         )
-        await step(self._uow, payment_id, lambda p: p.record_hold_released())
+        await self._steps.step(payment_id, lambda p: p.record_hold_released())
 
     # -- from the recorded recovery point ---------------------------------------------------
 

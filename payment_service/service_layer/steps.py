@@ -3,15 +3,23 @@ and run it all again when it lost a race (`retry_on_conflict`).
 
 Every call to another service happens between two steps, never inside one; what the call
 answered is a step's input. A decision that changes nothing says so (`Unchanged`): the
-transaction then ends without a write."""
+transaction then ends without a write.
+
+`Steps` runs them with group commit (common/group_commit.py): the saga's consumers handle up
+to 32 payments at once, and the steps that arrive together lock their payments in one
+statement, save each, write their events in one outbox insert and commit once. Each step is
+decided on its own payment exactly as alone; a batch that fails for any reason (one step's
+error, a lost race) is rerun step by step, so no step's answer depends on its neighbours'.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar, cast
 
 from common.errors import NotFound, retry_on_conflict
+from common.group_commit import GroupCommit, Job
 from payment_service.domain.model import Payment
 from payment_service.service_layer.ports import PaymentStore, UnitOfWork
 
@@ -52,6 +60,15 @@ async def _read_nothing(store: PaymentStore, payment: Payment) -> None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Step(Generic[R, T]):
+    payment_id: str
+    read: Callable[[PaymentStore, Payment], Awaitable[R]]
+    decide: Callable[[Payment, R], T | Unchanged[T]]
+    missing: Callable[[], T]
+    then: Callable[[PaymentStore, T], Awaitable[None]] | None
+
+
 async def step(
     uow: Callable[[], UnitOfWork],
     payment_id: str,
@@ -89,22 +106,138 @@ async def step_with(
     """`step`, for a decision that needs more than the payment: `read` runs under the
     payment's lock (an event already processed, an earlier attempt, a review case) and its
     answer goes to `decide` with the payment."""
-    absent = missing or _not_found(payment_id)
+    spec = _Step(payment_id, read, decide, missing or _not_found(payment_id), then)
+    if not retry:
+        return await _attempt(uow, spec)
+    return await retry_on_conflict(lambda: _attempt(uow, spec))
 
-    async def attempt() -> T:
-        async with uow() as unit:
+
+async def _attempt(uow: Callable[[], UnitOfWork], spec: _Step[Any, T]) -> T:
+    async with uow() as unit:
+        store = unit.payments
+        value = await _apply(store, spec, await store.get(spec.payment_id, for_update=True))
+        await unit.commit()
+        return value
+
+
+async def _apply(store: PaymentStore, spec: _Step[Any, T], payment: Payment | None) -> T:
+    """One step inside an open transaction, its payment locked: decided, saved, followed."""
+    if payment is None:
+        return spec.missing()
+    decided = spec.decide(payment, await spec.read(store, payment))
+    if isinstance(decided, Unchanged):
+        return decided.value
+    await save_settling_refunds(store, payment)
+    if spec.then is not None:
+        await spec.then(store, decided)
+    return decided
+
+
+class Steps:
+    """`step` and `step_with` with group commit (see the module's docstring), and a grouped
+    read of a payment as it stands (`peek`). With `group_commit` off each runs alone."""
+
+    def __init__(
+        self, uow: Callable[[], UnitOfWork], *, group_commit: bool = True, max_batch: int = 32
+    ) -> None:
+        self._uow = uow
+        self._grouped = group_commit
+        self._steps = GroupCommit(self._run_batch, self._run_alone, max_batch=max_batch)
+        self._reads = GroupCommit(self._read_batch, self._read_alone, max_batch=max_batch)
+
+    async def step(
+        self,
+        payment_id: str,
+        decide: Callable[[Payment], T | Unchanged[T]],
+        *,
+        missing: Callable[[], T] | None = None,
+        then: Callable[[PaymentStore, T], Awaitable[None]] | None = None,
+    ) -> T:
+        return await self.step_with(
+            payment_id,
+            _read_nothing,
+            lambda payment, _: decide(payment),
+            missing=missing,
+            then=then,
+        )
+
+    async def step_with(
+        self,
+        payment_id: str,
+        read: Callable[[PaymentStore, Payment], Awaitable[R]],
+        decide: Callable[[Payment, R], T | Unchanged[T]],
+        *,
+        missing: Callable[[], T] | None = None,
+        then: Callable[[PaymentStore, T], Awaitable[None]] | None = None,
+    ) -> T:
+        spec = _Step(payment_id, read, decide, missing or _not_found(payment_id), then)
+        if not self._grouped:
+            return await retry_on_conflict(lambda: _attempt(self._uow, spec))
+        return cast(T, await self._steps.submit(spec))
+
+    async def peek(self, payment_id: str) -> Payment | None:
+        """The payment as committed now, without its lock: the read before a call to another
+        service, whose answer a later step decides on under the lock."""
+        if not self._grouped:
+            return await self._get(payment_id)
+        return cast(Payment | None, await self._reads.submit(payment_id))
+
+    # -- group commit ---------------------------------------------------------------------
+
+    async def _run_batch(self, jobs: list[Job]) -> None:
+        # One step per payment in a transaction: another for the same payment (two consumers'
+        # events about it at once) runs alone after the batch, and sees what it did.
+        batch: dict[str, Job] = {}
+        later: list[Job] = []
+        for job in jobs:
+            if job.spec.payment_id in batch:
+                later.append(job)
+            else:
+                batch[job.spec.payment_id] = job
+        if len(batch) == 1:
+            await self._run_alone(jobs)
+            return
+        async with self._uow() as unit:
             store = unit.payments
-            payment = await store.get(payment_id, for_update=True)
-            if payment is None:
-                return absent()
-            decided = decide(payment, await read(store, payment))
-            if isinstance(decided, Unchanged):
-                await unit.commit()
-                return decided.value
-            await save_settling_refunds(store, payment)
-            if then is not None:
-                await then(store, decided)
+            locked = await store.get_many(list(batch), for_update=True)
+            answers = [
+                (job, await _apply(store, job.spec, locked.get(payment_id)))
+                for payment_id, job in batch.items()
+            ]
             await unit.commit()
-            return decided
+        for job, answer in answers:
+            job.settle(answer)
+        await self._run_alone(later)
 
-    return await retry_on_conflict(attempt) if retry else await attempt()
+    async def _run_alone(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            spec: _Step[Any, Any] = job.spec
+            try:
+                job.settle(await retry_on_conflict(lambda: _attempt(self._uow, spec)))  # noqa: B023 - awaited before the loop moves on
+            except Exception as exc:  # the step's own answer, raised to its caller
+                job.fail(exc)
+
+    async def _read_batch(self, jobs: list[Job]) -> None:
+        if len(jobs) == 1:
+            await self._read_alone(jobs)
+            return
+        async with self._uow() as unit:
+            found = await unit.payments.get_many([job.spec for job in jobs])
+            await unit.commit()  # not ROLLBACK, which drops the prepared statements
+        for job in jobs:
+            job.settle(found.get(job.spec))
+
+    async def _read_alone(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            try:
+                job.settle(await self._get(job.spec))
+            except Exception as exc:  # the reader's own answer
+                job.fail(exc)
+
+    async def _get(self, payment_id: str) -> Payment | None:
+        async with self._uow() as unit:
+            payment = await unit.payments.get(payment_id)
+            # A read ends with COMMIT: on ROLLBACK psycopg drops the connection's prepared
+            # statements, and every later statement on it is parsed again.
+            await unit.commit()
+        return payment

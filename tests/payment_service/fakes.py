@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -83,6 +83,12 @@ class TrackingStore:
 
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
         return self._seen(self._added.get(payment_id) or self._store.rows.get(payment_id))
+
+    async def get_many(
+        self, payment_ids: Sequence[str], *, for_update: bool = False
+    ) -> dict[str, Payment]:
+        found = [await self.get(payment_id) for payment_id in sorted(set(payment_ids))]
+        return {payment.payment_id: payment for payment in found if payment is not None}
 
     async def claim_key(self, claim: IdempotencyClaim) -> IdempotencyClaim | None:
         slot = (claim.caller, claim.key)

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from common.errors import ConcurrentUpdate, DependencyUnavailable, DomainError, retry_on_conflict
+from common.group_commit import GroupCommit, Job
 from common.money import Money
 from wallet_service.domain.account import Account, Limits
 from wallet_service.domain.errors import AccountNotFound, OperationRefReused
 from wallet_service.domain.ledger import LedgerTransaction, Operation
-from common.group_commit import GroupCommit, Job
 from wallet_service.service_layer.ports import Observe, UnitOfWork
 
 T = TypeVar("T")

@@ -5,6 +5,7 @@ cases (the eventsourcing pattern of one abstract suite per recorder)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from payment_service.domain.review import Decision, Resolution, ReviewReason, Re
 from payment_service.domain.saga import ProviderAnswer
 from payment_service.domain.status import PaymentKind, PaymentStatus
 from payment_service.service_layer.ports import UnitOfWork
+from payment_service.service_layer.steps import Steps
 from tests.payment_service.fakes import FakeStore, FakeUnitOfWork
 
 UowFactory = Callable[[], UnitOfWork]
@@ -83,6 +85,50 @@ class StoreContract:
             Money(1500, "USD"),
         )
         assert [c.to_status for c in history] == [PaymentStatus.INITIATED]
+
+    async def test_many_are_read_at_once_and_the_unknown_left_out(self, uow: UowFactory) -> None:
+        payments = [await added(uow, deposit()) for _ in range(3)]
+        wanted = [p.payment_id for p in payments] + [str(uuid.uuid4())]
+        async with uow() as u:
+            locked = await u.payments.get_many(wanted, for_update=True)
+            await u.commit()
+        assert sorted(locked) == sorted(p.payment_id for p in payments)
+        assert all(locked[p.payment_id].version == 1 for p in payments)
+
+    async def test_steps_arriving_together_commit_together_each_on_its_own(
+        self, uow: UowFactory
+    ) -> None:
+        payments = [await added(uow, deposit()) for _ in range(6)]
+        refused = payments[3].payment_id
+
+        def begin(payment: Payment) -> str:
+            if payment.payment_id == refused:
+                payment.begin_provider_call()
+                raise ConcurrentUpdate("this one lost a race every time")
+            call = payment.begin_provider_call()
+            assert call is not None
+            return call.idempotency_key
+
+        steps = Steps(uow)
+        answers = await asyncio.gather(
+            *(steps.step(p.payment_id, begin) for p in payments), return_exceptions=True
+        )
+        assert isinstance(answers[3], ConcurrentUpdate)
+        assert [a for i, a in enumerate(answers) if i != 3] == [
+            f"{p.payment_id}:charge" for i, p in enumerate(payments) if i != 3
+        ]
+        async with uow() as u:
+            stored = await u.payments.get_many([p.payment_id for p in payments])
+            trails = {p.payment_id: await u.payments.steps(p.payment_id) for p in payments}
+        for payment in payments:
+            trail = trails[payment.payment_id]
+            requested = [s for s in trail if s.event_type == "charge.requested"]
+            if payment.payment_id == refused:
+                assert (stored[refused].version, stored[refused].saga.provider_call) == (1, "")
+                assert requested == []
+            else:
+                assert stored[payment.payment_id].saga.provider_call == "charge"
+                assert len(requested) == 1
 
     async def test_work_not_committed_is_not_kept(self, uow: UowFactory) -> None:
         payment = deposit()

@@ -4,12 +4,14 @@ race unless its caller retries a larger whole."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from common.errors import ConcurrentUpdate, NotFound
 from payment_service.domain.model import Payment
 from payment_service.domain.status import PaymentStatus
-from payment_service.service_layer.steps import Unchanged, step
+from payment_service.service_layer.steps import Steps, Unchanged, step
 from tests.payment_service.fakes import FakeUnitOfWork
 from tests.payment_service.world import World
 
@@ -60,8 +62,10 @@ async def test_a_missing_payment_is_not_found_unless_told_otherwise() -> None:
     world = Counted()
     with pytest.raises(NotFound):
         await step(world.uow, UNKNOWN, cancel)
-    assert await step(world.uow, UNKNOWN, cancel, missing=lambda: None) is None
     assert world.commits == 0
+    # Told otherwise, it ends with COMMIT of nothing, as an unchanged decision does.
+    assert await step(world.uow, UNKNOWN, cancel, missing=lambda: None) is None
+    assert world.commits == 1
 
 
 async def test_a_lost_race_runs_the_step_again_unless_the_caller_retries_itself() -> None:
@@ -81,3 +85,67 @@ async def test_a_lost_race_runs_the_step_again_unless_the_caller_retries_itself(
     with pytest.raises(ConcurrentUpdate):
         await step(world.uow, payment_id, lose_once, retry=False)
     assert len(calls) == 1
+
+
+# -- group commit -----------------------------------------------------------------------
+
+
+async def test_steps_arriving_together_share_one_commit_and_each_gets_its_answer() -> None:
+    world = Counted()
+    ids = [await world.create(key=f"k{i}") for i in range(5)]
+    steps, before = Steps(world.uow), world.commits
+    answers = await asyncio.gather(*(steps.step(payment_id, cancel) for payment_id in ids))
+    assert answers == [PaymentStatus.CANCELLED] * 5
+    assert world.commits == before + 1
+    assert {world.store.rows[p].status for p in ids} == {PaymentStatus.CANCELLED}
+
+
+async def test_one_steps_error_is_its_own_and_its_neighbours_still_commit() -> None:
+    world = Counted()
+    ids = [await world.create(key=f"k{i}") for i in range(4)]
+    refused = ids[2]
+
+    def cancel_but_one(payment: Payment) -> PaymentStatus:
+        if payment.payment_id == refused:
+            payment.cancel()  # changed in memory, then refused: this change must not be saved
+            raise NotFound("payment", payment.payment_id)
+        return cancel(payment)
+
+    steps = Steps(world.uow)
+    answers = await asyncio.gather(
+        *(steps.step(payment_id, cancel_but_one) for payment_id in ids), return_exceptions=True
+    )
+    assert isinstance(answers[2], NotFound)
+    assert [a for i, a in enumerate(answers) if i != 2] == [PaymentStatus.CANCELLED] * 3
+    assert world.store.rows[refused].status is PaymentStatus.INITIATED
+    # A missing payment answers as told, inside the batch too.
+    assert await steps.step(UNKNOWN, cancel, missing=lambda: None) is None
+
+
+async def test_two_steps_of_one_payment_in_a_batch_run_one_after_the_other() -> None:
+    world = Counted()
+    ids = [await world.create(key=f"k{i}") for i in range(3)]
+    steps = Steps(world.uow)
+    seen: list[tuple[str, PaymentStatus]] = []
+
+    def note(payment: Payment) -> Unchanged[PaymentStatus]:
+        seen.append((payment.payment_id, payment.status))
+        return Unchanged(payment.status)
+
+    answers = await asyncio.gather(
+        steps.step(ids[0], note),
+        steps.step(ids[1], cancel),
+        steps.step(ids[2], note),
+        steps.step(ids[1], note),  # the same payment as the second: after it, and sees it
+    )
+    assert answers[1] is PaymentStatus.CANCELLED
+    assert (ids[1], PaymentStatus.CANCELLED) in seen
+
+
+async def test_peeks_arriving_together_share_one_read() -> None:
+    world = Counted()
+    ids = [await world.create(key=f"k{i}") for i in range(3)]
+    steps, before = Steps(world.uow), world.commits
+    found = await asyncio.gather(*(steps.peek(p) for p in [*ids, UNKNOWN]))
+    assert [p.payment_id if p else None for p in found] == [*ids, None]
+    assert world.commits == before + 1
