@@ -100,6 +100,12 @@ _CLAIM_KEY = (
     "INSERT INTO idempotency_keys (caller, key, fingerprint, payment_id, response_version)"
     " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
 )
+# Many claims (a group commit's creates) in one statement; the keys it returns were free.
+_CLAIM_KEYS = (
+    "INSERT INTO idempotency_keys (caller, key, fingerprint, payment_id, response_version)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::uuid[], %s::bigint[])"
+    " ON CONFLICT DO NOTHING RETURNING caller, key"
+)
 _CLAIMED = (
     "SELECT fingerprint, payment_id, response_version, error_reason, error_message"
     " FROM idempotency_keys WHERE caller = %s AND key = %s"
@@ -283,6 +289,26 @@ class PaymentRepository:
         if prior is None:  # claimed and purged in between: a new claim next time
             raise ConcurrentUpdate(f"idempotency key {claim.key!r} changed concurrently")
         return prior
+
+    async def claim_keys(
+        self, claims: Sequence[IdempotencyClaim]
+    ) -> builtins.list[IdempotencyClaim | None]:
+        columns = zip(
+            *((c.caller, c.key, c.fingerprint, c.payment_id, c.response_version) for c in claims),
+            strict=True,
+        )
+        cursor = await self._raw.execute(_CLAIM_KEYS, [list(column) for column in columns])
+        free = {(caller, key) for caller, key in await cursor.fetchall()}
+        priors: builtins.list[IdempotencyClaim | None] = []
+        for claim in claims:
+            if (claim.caller, claim.key) in free:
+                priors.append(None)
+                continue
+            prior = await self.claimed(claim.caller, claim.key)
+            if prior is None:  # claimed and purged in between: a new claim next time
+                raise ConcurrentUpdate(f"idempotency key {claim.key!r} changed concurrently")
+            priors.append(prior)
+        return priors
 
     async def claimed(self, caller: str, key: str) -> IdempotencyClaim | None:
         cursor = await self._raw.execute(_CLAIMED, (caller, key))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TypeAlias
 
@@ -28,6 +28,7 @@ from common.errors import (
     retry_on_conflict,
 )
 from common.faults import crash_point
+from common.group_commit import GroupCommit, Job
 from common.ids import new_id, parse_id
 from common.money import Money
 from payment_service.domain.errors import Refused, RequestInFlight
@@ -55,7 +56,17 @@ IN_FLIGHT_POLL_S = 0.05
 CreateRequest: TypeAlias = DepositRequest | WithdrawalRequest | TransferRequest | RefundRequest
 Refusal: TypeAlias = tuple[str, FailedPrecondition | NotFound]
 
+NewRequest: TypeAlias = DepositRequest | WithdrawalRequest | TransferRequest
+# A create's outcome: the new payment, or the earlier claim of its key.
+Created: TypeAlias = tuple[Payment | None, IdempotencyClaim | None]
+
 DEFAULT_PAYMENT_METHOD = "pm_card_ok"
+
+
+@dataclass(frozen=True, slots=True)
+class _New:
+    request: NewRequest
+    make: Callable[[str], Payment]
 
 
 async def _made(payment: Payment) -> Payment:
@@ -76,12 +87,17 @@ class PaymentRequests:
         queries: PaymentQueries,
         saga: Saga,
         in_flight_wait_s: float = IN_FLIGHT_WAIT_S,
+        group_commit: bool = True,
     ) -> None:
         self._uow = uow
         self._accounts = accounts
         self._queries = queries
         self._saga = saga
         self._in_flight_wait_s = in_flight_wait_s
+        # Creates that arrive together share one transaction (a refund locks its deposit
+        # first, so it keeps its own).
+        self._grouped = group_commit
+        self._creates = GroupCommit(self._record_batch, self._record_alone)
 
     # -- creating payments: one commit, then (withdrawals, refunds, transfers) the wallet ----
 
@@ -107,9 +123,7 @@ class PaymentRequests:
         )
         await self._accounts.authorize(caller, request.account_id, "deposit to this account")
         await self._accounts.check_currency(request.account_id, amount, "amount.currency")
-        payment, _ = await self._create(
-            request, lambda _, pid: _made(Payment.deposit(request, pid))
-        )
+        payment, _ = await self._create_new(request, lambda pid: Payment.deposit(request, pid))
         crash_point("payment.deposit_committed")
         return payment
 
@@ -134,8 +148,8 @@ class PaymentRequests:
         )
         await self._accounts.authorize(caller, request.account_id, "withdraw from this account")
         await self._accounts.check_currency(request.account_id, amount, "amount.currency")
-        payment, created = await self._create(
-            request, lambda _, pid: _made(Payment.withdrawal(request, pid))
+        payment, created = await self._create_new(
+            request, lambda pid: Payment.withdrawal(request, pid)
         )
         if not created:
             return payment
@@ -169,8 +183,8 @@ class PaymentRequests:
         )
         await self._accounts.check_currency(request.source_account_id, amount, "amount.currency")
         await self._accounts.currency_of(request.destination_account_id)  # NOT_FOUND at once
-        payment, created = await self._create(
-            request, lambda _, pid: _made(Payment.transfer(request, pid))
+        payment, created = await self._create_new(
+            request, lambda pid: Payment.transfer(request, pid)
         )
         if not created:
             return payment
@@ -221,6 +235,75 @@ class PaymentRequests:
 
     # -- the idempotency key ----------------------------------------------------------------
 
+    async def _create_new(
+        self, request: NewRequest, make: Callable[[str], Payment]
+    ) -> tuple[Payment, bool]:
+        """`_create` for a payment made from its request alone, with group commit."""
+        if not self._grouped:
+            return await self._create(request, lambda _, pid: _made(make(pid)))
+        created: Created = await self._creates.submit(_New(request, make))
+        payment, prior = created
+        if prior is not None:
+            return await self._replay(prior, request.fingerprint), False
+        assert payment is not None
+        return payment, True
+
+    async def _record_batch(self, jobs: list[Job]) -> None:
+        """One transaction for the creates waiting together: their keys claimed in one
+        statement, each new payment inserted, their events in one outbox insert. A key twice
+        in the batch (a client's retry racing its first try) is claimed after it, alone."""
+        batch: dict[tuple[str, str], Job] = {}
+        later: list[Job] = []
+        for job in jobs:
+            slot = (job.spec.request.caller, job.spec.request.idempotency_key)
+            if slot in batch:
+                later.append(job)
+            else:
+                batch[slot] = job
+        if len(batch) == 1:
+            await self._record_alone(jobs)
+            return
+        async with self._uow() as uow:
+            # Made afresh for each attempt: a payment hands its changes and events over once.
+            made = [(job, job.spec.make(new_id())) for job in batch.values()]
+            claims = [job.spec.request.claim(payment.payment_id) for job, payment in made]
+            answers: list[tuple[Job, Created]] = []
+            for (job, payment), prior in zip(
+                made, await uow.payments.claim_keys(claims), strict=True
+            ):
+                if prior is None:
+                    await uow.payments.add(payment)
+                    answers.append((job, (payment, None)))
+                else:
+                    answers.append((job, (None, prior)))
+            await uow.commit()
+        for job, (payment, prior) in answers:
+            if payment is not None:
+                log.info(
+                    "payment.initiated", payment_id=payment.payment_id, kind=payment.kind.value
+                )
+            job.settle((payment, prior))
+        await self._record_alone(later)
+
+    async def _record_alone(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            new: _New = job.spec
+            try:
+                job.settle(await retry_on_conflict(lambda: self._record_one(new)))  # noqa: B023 - awaited before the loop moves on
+            except Exception as exc:  # the create's own answer, raised to its caller
+                job.fail(exc)
+
+    async def _record_one(self, new: _New) -> Created:
+        async with self._uow() as uow:
+            payment = new.make(new_id())
+            prior = await uow.payments.claim_key(new.request.claim(payment.payment_id))
+            if prior is not None:
+                return None, prior
+            await uow.payments.add(payment)
+            await uow.commit()
+        _initiated(payment)
+        return payment, None
+
     async def _create(
         self, request: CreateRequest, make: Callable[[UnitOfWork, str], Awaitable[Payment]]
     ) -> tuple[Payment, bool]:
@@ -243,7 +326,7 @@ class PaymentRequests:
                     return None, None, (payment_id, refusal)  # leaving rolls the claim back
                 await uow.payments.add(payment)
                 await uow.commit()
-            log.info("payment.initiated", payment_id=payment.payment_id, kind=payment.kind.value)
+            _initiated(payment)
             return payment, None, None
 
         payment, prior, refused = await retry_on_conflict(attempt)
@@ -304,3 +387,7 @@ class PaymentRequests:
             purged += count
             if count < 10_000:
                 return purged
+
+
+def _initiated(payment: Payment) -> None:
+    log.info("payment.initiated", payment_id=payment.payment_id, kind=payment.kind.value)

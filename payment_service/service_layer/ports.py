@@ -119,6 +119,12 @@ class PaymentStore(Protocol):
         concurrent claim of the same key waits for the first one's transaction to end."""
         ...
 
+    async def claim_keys(
+        self, claims: Sequence[IdempotencyClaim]
+    ) -> builtins.list[IdempotencyClaim | None]:
+        """`claim_key` for many distinct keys at once, answers in the same order."""
+        ...
+
     async def claimed(self, caller: str, key: str) -> IdempotencyClaim | None: ...
     async def answer_claim(
         self, payment_id: str, *, version: int, error_reason: str = "", error_message: str = ""

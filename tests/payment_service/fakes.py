@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -97,6 +98,11 @@ class TrackingStore:
             return prior
         self._claimed[slot] = claim
         return None
+
+    async def claim_keys(
+        self, claims: Sequence[IdempotencyClaim]
+    ) -> builtins.list[IdempotencyClaim | None]:
+        return [await self.claim_key(claim) for claim in claims]
 
     async def claimed(self, caller: str, key: str) -> IdempotencyClaim | None:
         return self._claimed.get((caller, key)) or self._store.claims.get((caller, key))

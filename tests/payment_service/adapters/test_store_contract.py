@@ -86,6 +86,29 @@ class StoreContract:
         )
         assert [c.to_status for c in history] == [PaymentStatus.INITIATED]
 
+    async def test_many_keys_are_claimed_at_once_and_taken_ones_answer_their_claim(
+        self, uow: UowFactory
+    ) -> None:
+        taken = IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f0", str(uuid.uuid4()), 1)
+        async with uow() as u:
+            assert await u.payments.claim_key(taken) is None
+            await u.commit()
+        fresh = [
+            IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f1", str(uuid.uuid4()), 1)
+            for _ in range(2)
+        ]
+        again = IdempotencyClaim("alice", taken.key, "f9", str(uuid.uuid4()), 1)
+        async with uow() as u:
+            priors = await u.payments.claim_keys([fresh[0], again, fresh[1]])
+            await u.commit()
+        assert priors[0] is None
+        assert priors[2] is None
+        assert priors[1] is not None
+        assert (priors[1].payment_id, priors[1].fingerprint) == (taken.payment_id, "f0")
+        async with uow() as u:
+            stored = [await u.payments.claimed("alice", claim.key) for claim in fresh]
+        assert [c.payment_id if c else None for c in stored] == [c.payment_id for c in fresh]
+
     async def test_many_are_read_at_once_and_the_unknown_left_out(self, uow: UowFactory) -> None:
         payments = [await added(uow, deposit()) for _ in range(3)]
         wanted = [p.payment_id for p in payments] + [str(uuid.uuid4())]

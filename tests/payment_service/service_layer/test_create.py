@@ -3,6 +3,8 @@ replay, and the checks on the account before anything is written."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from common.errors import IdempotencyConflict, NotFound, ValidationError
@@ -66,3 +68,27 @@ async def test_currency_other_than_the_accounts_is_invalid() -> None:
         await world.deposit(currency="EUR")
     assert caught.value.violations[0].field == "amount.currency"
     assert world.store.rows == {}
+
+
+async def test_creates_arriving_together_share_a_commit_and_a_repeated_key_one_payment() -> None:
+    world = World()
+    keys = ["a", "b", "c", "a", "d"]  # "a" twice: a client's retry racing its first try
+    created = await asyncio.gather(*(world.create(key=key) for key in keys))
+    assert created[0] == created[3]
+    assert len(set(created)) == 4
+    assert len(world.store.rows) == 4
+    assert [e.to_status for e in world.published] == ["initiated"] * 4  # type: ignore[attr-defined]  # events untyped
+
+
+async def test_a_refused_create_in_a_batch_answers_only_its_caller() -> None:
+    world = World()
+    await world.deposit(key="taken", amount=1000)
+    answers = await asyncio.gather(
+        world.deposit(key="taken", amount=2000),  # the key's first request was another amount
+        world.deposit(key="fresh-1"),
+        world.deposit(key="fresh-2"),
+        return_exceptions=True,
+    )
+    assert isinstance(answers[0], IdempotencyConflict)
+    assert not any(isinstance(answer, BaseException) for answer in answers[1:])
+    assert len(world.store.rows) == 3
