@@ -78,6 +78,5 @@ async def test_what_is_added_or_loaded_reaches_the_outbox_at_commit(engine: Asyn
 
     assert await outbox_types(engine, operation.operation_id) == [
         "operation.unknown",
-        "charge.pending",
         "charge.succeeded",
     ]
