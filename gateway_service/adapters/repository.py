@@ -117,15 +117,22 @@ _INSERT_NEW = (
     " SELECT operation_id, version, status, provider, provider_reference, failure_reason,"
     " outcome_unknown FROM changed RETURNING recorded_at"
 )
-# Many operations and their first history entries in one statement; RETURNING names the
-# rows inserted (a taken key, or a key twice in the batch, inserts once and returns once).
+# Many operations and their first history entries in one statement, in the order given
+# (add_many's key order); RETURNING names the rows inserted (a taken key inserts nothing, a
+# key twice in the batch only its first row).
 _INSERT_MANY = (
     "WITH changed AS (INSERT INTO operations (operation_id, kind, status, amount_minor,"
     " currency, idempotency_key, payment_method, reference, provider, provider_reference,"
     " failure_reason, version, outcome_unknown, parent_operation_id)"
-    " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::text[],"
+    " SELECT operation_id, kind, status, amount_minor, currency, idempotency_key,"
+    " payment_method, reference, provider, provider_reference, failure_reason, version,"
+    " outcome_unknown, parent_operation_id"
+    " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::text[],"
     " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
-    " %s::boolean[], %s::uuid[])"
+    " %s::boolean[], %s::uuid[]) WITH ORDINALITY AS o(operation_id, kind, status,"
+    " amount_minor, currency, idempotency_key, payment_method, reference, provider,"
+    " provider_reference, failure_reason, version, outcome_unknown, parent_operation_id,"
+    " position) ORDER BY position"
     " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *),"
     " history AS (INSERT INTO operation_history (operation_id, version, status, provider,"
     " provider_reference, failure_reason, outcome_unknown)"
