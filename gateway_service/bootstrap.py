@@ -75,6 +75,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         uow=lambda: GatewayUnitOfWork(infra.engine),
         providers=build_router(settings, session, relay),
         sync_not_found_grace_s=settings.sync_not_found_grace_ms / 1000,
+        group_commit=True,
     )
     relay.breakers = service.breakers
     servicer = GatewayServicer(service)

@@ -1,6 +1,7 @@
 """Gateway domain events -> protobuf envelopes on paysuite.gateway.events.
 
-<kind>.<status>            OperationStatusChanged   (charge.succeeded, payout.failed, ...)
+<kind>.<status>            OperationStatusChanged   (charge.succeeded, payout.failed, ...): an
+                           outcome only; <kind>.pending is retired (nobody acted on it)
 operation.unknown          OperationStatusChanged   (status "unknown")
 operation.conflict         OperationStatusChanged   (a contradicting outcome, for review)
 operation.mismatch         OperationStatusChanged   (a report that disagrees, for review)

@@ -75,19 +75,20 @@ def _history(row: Any) -> HistoryEntry:
 
 
 # Plain SQL constants (no interpolation anywhere): every value is a bound parameter.
-_GET = (
+_SELECT = (
     "SELECT operation_id, kind, status, amount_minor, currency, idempotency_key,"
     " payment_method, reference, provider, provider_reference, failure_reason, version,"
-    " created_at, updated_at, outcome_unknown, parent_operation_id"
-    " FROM operations WHERE operation_id = %s"
+    " created_at, updated_at, outcome_unknown, parent_operation_id FROM operations"
 )
+_GET = _SELECT + " WHERE operation_id = %s"
 _GET_FOR_UPDATE = _GET + " FOR UPDATE"
-_BY_KEY = (
-    "SELECT operation_id, kind, status, amount_minor, currency, idempotency_key,"
-    " payment_method, reference, provider, provider_reference, failure_reason, version,"
-    " created_at, updated_at, outcome_unknown, parent_operation_id"
-    " FROM operations WHERE idempotency_key = %s"
-)
+_BY_KEY = _SELECT + " WHERE idempotency_key = %s"
+# Batches pass arrays, never variable-length lists: one statement text for any batch size,
+# so PostgreSQL's prepared statement is reused. Locks are taken in operation_id order, as
+# lock_for_events takes them, so two batches (or a batch and the inbox) cannot deadlock.
+_GET_MANY = _SELECT + " WHERE operation_id = ANY(%s::uuid[]) ORDER BY operation_id"
+_GET_MANY_FOR_UPDATE = _GET_MANY + " FOR UPDATE"
+_BY_KEYS = _SELECT + " WHERE idempotency_key = ANY(%s::text[])"
 _INSERT_COLUMNS = (
     "operation_id",
     "kind",
@@ -115,6 +116,29 @@ _INSERT_NEW = (
     " provider_reference, failure_reason, outcome_unknown)"
     " SELECT operation_id, version, status, provider, provider_reference, failure_reason,"
     " outcome_unknown FROM changed RETURNING recorded_at"
+)
+# Many operations and their first history entries in one statement, in the order given
+# (add_many's key order); RETURNING names the rows inserted (a taken key inserts nothing, a
+# key twice in the batch only its first row).
+_INSERT_MANY = (
+    "WITH changed AS (INSERT INTO operations (operation_id, kind, status, amount_minor,"
+    " currency, idempotency_key, payment_method, reference, provider, provider_reference,"
+    " failure_reason, version, outcome_unknown, parent_operation_id)"
+    " SELECT operation_id, kind, status, amount_minor, currency, idempotency_key,"
+    " payment_method, reference, provider, provider_reference, failure_reason, version,"
+    " outcome_unknown, parent_operation_id"
+    " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::text[],"
+    " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
+    " %s::boolean[], %s::uuid[]) WITH ORDINALITY AS o(operation_id, kind, status,"
+    " amount_minor, currency, idempotency_key, payment_method, reference, provider,"
+    " provider_reference, failure_reason, version, outcome_unknown, parent_operation_id,"
+    " position) ORDER BY position"
+    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *),"
+    " history AS (INSERT INTO operation_history (operation_id, version, status, provider,"
+    " provider_reference, failure_reason, outcome_unknown)"
+    " SELECT operation_id, version, status, provider, provider_reference, failure_reason,"
+    " outcome_unknown FROM changed)"
+    " SELECT operation_id, created_at FROM changed"
 )
 _SAVE = (
     "WITH changed AS (UPDATE operations SET status = %s, provider = %s,"
@@ -158,12 +182,31 @@ class OperationRepository:
             return await self._one(query, for_update=False)
         return await self._raw_one(_BY_KEY, idempotency_key)
 
+    async def get_many(
+        self, operation_ids: Sequence[str], *, for_update: bool = False
+    ) -> dict[str, Operation]:
+        """The operations found among these ids; `for_update` locks them in id order."""
+        query = _GET_MANY_FOR_UPDATE if for_update else _GET_MANY
+        found = await self._raw_rows(query, list(operation_ids))
+        return {operation.operation_id: operation for operation in found}
+
+    async def find_by_idempotency_keys(self, keys: Sequence[str]) -> dict[str, Operation]:
+        found = await self._raw_rows(_BY_KEYS, list(keys))
+        return {operation.idempotency_key: operation for operation in found}
+
     async def _raw_one(self, query: str, value: str) -> Operation | None:
         assert self._raw is not None
         async with self._raw.cursor(row_factory=namedtuple_row) as cursor:
             await cursor.execute(query, (value,))
             row = await cursor.fetchone()
         return self._seen(row) if row is not None else None
+
+    async def _raw_rows(self, query: str, values: list[str]) -> list[Operation]:
+        raw = await self._driver()
+        async with raw.cursor(row_factory=namedtuple_row) as cursor:
+            await cursor.execute(query, (values,))
+            rows = await cursor.fetchall()
+        return [self._seen(row) for row in rows]
 
     async def find_by_provider_reference(
         self, provider: str, provider_reference: str, *, for_update: bool = False
@@ -227,6 +270,26 @@ class OperationRepository:
         operation.created_at = operation.updated_at = recorded_at
         return True
 
+    async def add_many(self, operations: Sequence[Operation]) -> set[str]:
+        """Inserts the operations whose idempotency key is free, with their first history
+        entries, in one statement; returns the ids it inserted. As add_new, a key a concurrent
+        transaction holds waits for that one; a key twice in the batch goes to the first."""
+        # Inserted in key order: two batches sharing keys wait on each other in the same
+        # order instead of deadlocking.
+        ordered = sorted(operations, key=lambda operation: operation.idempotency_key)
+        for operation in ordered:
+            self._track(operation)
+        rows = [self._row(operation) for operation in ordered]
+        params = [[row[name] for row in rows] for name in _INSERT_COLUMNS]
+        raw = await self._driver()
+        async with unique_violation_is_conflict():
+            cursor = await raw.execute(_INSERT_MANY, params)
+            inserted = {str(operation_id): at for operation_id, at in await cursor.fetchall()}
+        for operation in ordered:
+            if operation.operation_id in inserted:
+                operation.created_at = operation.updated_at = inserted[operation.operation_id]
+        return set(inserted)
+
     async def save(self, operation: Operation) -> None:
         """Updates the operation and appends its history entry in one statement. The provider
         reference is unique: a clash means another operation claimed it (ConcurrentUpdate)."""
@@ -246,10 +309,13 @@ class OperationRepository:
         operation.updated_at = updated_at
 
     async def _scalar(self, query: str, params: list[Any]) -> Any:
-        raw = self._raw if self._raw is not None else await driver_connection(self._conn)
+        raw = await self._driver()
         cursor = await raw.execute(query, params)
         row = await cursor.fetchone()
         return row[0] if row is not None else None
+
+    async def _driver(self) -> RawConnection:
+        return self._raw if self._raw is not None else await driver_connection(self._conn)
 
     async def _one(self, query: Select[Any], *, for_update: bool) -> Operation | None:
         if for_update:

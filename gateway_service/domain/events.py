@@ -27,7 +27,8 @@ class OperationFact:
 
 @dataclass(frozen=True, slots=True)
 class OperationStatusChanged(OperationFact):
-    """The operation moved to `status` (published as `<kind>.<status>`)."""
+    """The operation reached the outcome `status` (published as `<kind>.<status>`). A move
+    to pending is not announced: nobody acts on it (see Operation._move)."""
 
 
 @dataclass(frozen=True, slots=True)

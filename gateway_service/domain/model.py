@@ -190,8 +190,9 @@ class Operation:
         return True
 
     def mark_accepted(self, provider_reference: str) -> bool:
-        """The provider took the request. False, changing nothing, when the operation has
-        already moved on (a provider event overtook this answer): never go backwards."""
+        """The provider took the request: PENDING, announced to nobody (see `_move`). False,
+        changing nothing, when the operation has already moved on (a provider event overtook
+        this answer): never go backwards."""
         if self.status is not OperationStatus.CREATED:
             return False
         self.provider_reference = provider_reference
@@ -300,7 +301,13 @@ class Operation:
         if failure_reason:
             self.failure_reason = failure_reason
         self.version += 1
-        self._events.append(events.OperationStatusChanged(**self._fact(status, causation_id)))
+        # Only an outcome is published. Nobody acts on `<kind>.pending` (the caller that asked
+        # the provider records `pending` from our answer), and an event nobody acts on is not
+        # published (design.md §5): it cost an outbox row, a relay XADD and a consumer read per
+        # payment. The status history still records the move; consumers order and deduplicate
+        # by version and event_id, so the version it skips on the stream is harmless.
+        if status.is_terminal:
+            self._events.append(events.OperationStatusChanged(**self._fact(status, causation_id)))
 
     def _contradicted(
         self, outcome: OperationStatus, failure_reason: str, provider_event_id: str

@@ -24,8 +24,9 @@ class GatewayService:
         uow: UnitOfWorkFactory,
         providers: ProviderRouter,
         sync_not_found_grace_s: float = 60.0,
+        group_commit: bool = False,
     ) -> None:
-        self.operations = Operations(uow=uow, providers=providers)
+        self.operations = Operations(uow=uow, providers=providers, group_commit=group_commit)
         self.inbox = ProviderEventInbox(uow=uow, providers=providers)
         self.sync = StatusSync(
             uow=uow,

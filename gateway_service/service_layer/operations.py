@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import structlog
 
@@ -25,7 +24,6 @@ from common.errors import (
     DependencyUnavailable,
     FailedPrecondition,
     FieldViolation,
-    IdempotencyConflict,
     NotFound,
     ValidationError,
     require,
@@ -49,20 +47,15 @@ from gateway_service.domain.provider import (
 )
 from gateway_service.service_layer.ports import UnitOfWork, UnitOfWorkFactory
 from gateway_service.service_layer.providers import GuardedProvider, ProviderRouter
+from gateway_service.service_layer.writes import (
+    Change,
+    GroupedWrites,
+    OpenRequest,
+    replayed,
+    update_operation,
+)
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class OpenRequest:
-    kind: OperationKind
-    idempotency_key: str
-    amount: Money
-    instrument: str
-    reference: str
-    parent_operation_id: str | None = None
-    # Only the charge's provider can refund it.
-    provider: str | None = None
 
 
 class _Locks:
@@ -91,10 +84,15 @@ class _Locks:
 
 
 class Operations:
-    def __init__(self, *, uow: UnitOfWorkFactory, providers: ProviderRouter) -> None:
+    def __init__(
+        self, *, uow: UnitOfWorkFactory, providers: ProviderRouter, group_commit: bool = False
+    ) -> None:
+        """With `group_commit` (the service's default), records and updates that arrive
+        together share a transaction (service_layer/writes.py)."""
         self._uow = uow
         self._providers = providers
         self._locks = _Locks()
+        self._writes = GroupedWrites(uow, record_alone=self._record) if group_commit else None
 
     async def charge(
         self,
@@ -113,7 +111,12 @@ class Operations:
         """
         require(payment_method, "payment_method", max_length=MAX_PROVIDER_FIELD)
         request = OpenRequest(
-            OperationKind.CHARGE, idempotency_key, amount, payment_method, reference
+            kind=OperationKind.CHARGE,
+            idempotency_key=idempotency_key,
+            amount=amount,
+            instrument=payment_method,
+            reference=reference,
+            provider=self._first_provider(),
         )
         return await self._open(request, deadline)
 
@@ -127,7 +130,14 @@ class Operations:
         deadline: float | None = None,
     ) -> Operation:
         require(destination, "destination", max_length=MAX_PROVIDER_FIELD)
-        request = OpenRequest(OperationKind.PAYOUT, idempotency_key, amount, destination, reference)
+        request = OpenRequest(
+            kind=OperationKind.PAYOUT,
+            idempotency_key=idempotency_key,
+            amount=amount,
+            instrument=destination,
+            reference=reference,
+            provider=self._first_provider(),
+        )
         return await self._open(request, deadline)
 
     async def refund(
@@ -144,13 +154,13 @@ class Operations:
         charge = await self.get_operation(charge_id)
         _check_refundable(charge, amount)
         request = OpenRequest(
-            OperationKind.REFUND,
-            idempotency_key,
-            amount,
-            charge.provider_reference or "",
-            reference,
-            parent_operation_id=charge.operation_id,
+            kind=OperationKind.REFUND,
+            idempotency_key=idempotency_key,
+            amount=amount,
+            instrument=charge.provider_reference or "",
+            reference=reference,
             provider=charge.provider,
+            parent_operation_id=charge.operation_id,
         )
         return await self._open(request, deadline)
 
@@ -168,7 +178,7 @@ class Operations:
     async def _open(self, request: OpenRequest, deadline: float | None) -> Operation:
         require(request.idempotency_key, "idempotency_key")
         require(request.reference, "reference")
-        operation = await retry_on_conflict(lambda: self._record(request))
+        operation = await self._recorded(request)
         if operation.status is not OperationStatus.CREATED:
             return operation
         async with self._locks.hold(operation.operation_id) as waited:
@@ -176,31 +186,32 @@ class Operations:
                 operation = await self._load(operation.operation_id)
             return await self._submit(operation, deadline)
 
+    async def _recorded(self, request: OpenRequest) -> Operation:
+        # A refund's check of its charge's total is made under the charge's lock, one refund
+        # at a time: it stays on the single path.
+        if self._writes is None or request.parent_operation_id is not None:
+            return await retry_on_conflict(lambda: self._record(request))
+        return await self._writes.record(request)
+
     async def _record(self, request: OpenRequest) -> Operation:
+        """One request in a unit of work of its own (a refund, or a charge or payout whose
+        batch could not commit)."""
         async with self._uow() as uow:
             if request.parent_operation_id is not None:
                 # A refund is checked against the charge's other refunds, which must not count
                 # a replay of itself: look for it first.
                 existing = await uow.operations.find_by_idempotency_key(request.idempotency_key)
                 if existing is not None:
-                    return _replayed(existing, request)
+                    return replayed(existing, request)
                 await self._check_refund_total(uow, request)
-            operation = Operation.open(
-                kind=request.kind,
-                idempotency_key=request.idempotency_key,
-                amount=request.amount,
-                instrument=request.instrument,
-                reference=request.reference,
-                provider=request.provider or self._providers.in_order()[0].name,
-                parent_operation_id=request.parent_operation_id,
-            )
+            operation = request.open()
             # Insert first: a new request (the common case) costs one statement. A taken key
             # is a replay (or a concurrent twin, which the insert waited for): answer with it.
             if not await uow.operations.add_new(operation):
                 existing = await uow.operations.find_by_idempotency_key(request.idempotency_key)
                 if existing is None:
                     raise ConcurrentUpdate("the operation with this key vanished")
-                return _replayed(existing, request)
+                return replayed(existing, request)
             await uow.commit()
             return operation
 
@@ -226,14 +237,14 @@ class Operations:
         last: ProviderNotProcessed | None = None
         for provider in self._candidates(operation):
             if provider.name != operation.provider:
-                operation = await self._update(operation_id, _route(provider.name))
+                operation = await self.update(operation_id, _route(provider.name))
                 if operation.provider != provider.name:
                     return operation  # a provider may have acted meanwhile: stay with it
             try:
                 acceptance = await provider.submit(_instruction(operation), deadline=deadline)
             except ProviderRejected as exc:
                 log.info("operation.rejected", operation_id=operation_id, code=exc.code)
-                return await self._update(operation_id, _rejection(exc.code))
+                return await self.update(operation_id, _rejection(exc.code))
             except ProviderNotProcessed as exc:
                 log.warning("operation.not_processed", provider=provider.name, error=str(exc))
                 last = exc
@@ -242,11 +253,14 @@ class Operations:
                 # The provider may have acted: failing the operation could lose real money,
                 # and asking another provider could move it twice. It waits for the answer.
                 log.warning("operation.outcome_unknown", operation_id=operation_id, error=str(exc))
-                return await self._update(operation_id, Operation.mark_unknown)
-            return await self._update(operation_id, _acceptance(acceptance.provider_reference))
+                return await self.update(operation_id, Operation.mark_unknown)
+            return await self.update(operation_id, _acceptance(acceptance.provider_reference))
         raise DependencyUnavailable(
             f"no provider could take the {operation.kind.value} now (nothing was moved): {last}"
         )
+
+    def _first_provider(self) -> str:
+        return self._providers.in_order()[0].name
 
     def _candidates(self, operation: Operation) -> list[GuardedProvider]:
         if operation.kind is OperationKind.REFUND or not operation.may_fail_over:
@@ -260,27 +274,12 @@ class Operations:
             raise NotFound("operation", operation_id)
         return operation
 
-    async def _update(self, operation_id: str, change: Callable[[Operation], object]) -> Operation:
-        return await update_operation(self._uow, operation_id, change)
-
-
-async def update_operation(
-    uow: UnitOfWorkFactory, operation_id: str, change: Callable[[Operation], object]
-) -> Operation:
-    """Applies `change` under the operation's row lock; saved when it returns truthy. Every
-    change to an existing operation outside the provider-event inbox goes through here."""
-
-    async def attempt() -> Operation:
-        async with uow() as unit:
-            operation = await unit.operations.get(operation_id, for_update=True)
-            if operation is None:
-                raise NotFound("operation", operation_id)
-            if change(operation):
-                await unit.operations.save(operation)
-                await unit.commit()
-            return operation
-
-    return await retry_on_conflict(attempt)
+    async def update(self, operation_id: str, change: Change) -> Operation:
+        """Applies `change` under the operation's row lock, saved when it returns truthy
+        (service_layer/writes.py:update_operation), in the next group commit if on."""
+        if self._writes is None:
+            return await update_operation(self._uow, operation_id, change)
+        return await self._writes.update(operation_id, change)
 
 
 def _check_refundable(charge: Operation, amount: Money) -> None:
@@ -300,20 +299,6 @@ def _instruction(operation: Operation) -> Instruction:
         instrument=operation.instrument,
         reference=operation.operation_id,
     )
-
-
-def _replayed(existing: Operation, request: OpenRequest) -> Operation:
-    if not existing.same_request(
-        kind=request.kind,
-        amount=request.amount,
-        instrument=request.instrument,
-        reference=request.reference,
-    ):
-        raise IdempotencyConflict(
-            f"idempotency_key {existing.idempotency_key!r} was already used for a different"
-            " operation"
-        )
-    return existing
 
 
 def _route(provider: str) -> Callable[[Operation], bool]:

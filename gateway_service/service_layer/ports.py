@@ -28,7 +28,18 @@ class OperationStore(Protocol):
     harvests its events."""
 
     async def get(self, operation_id: str, *, for_update: bool = False) -> Operation | None: ...
+    async def get_many(
+        self, operation_ids: Sequence[str], *, for_update: bool = False
+    ) -> dict[str, Operation]:
+        """The operations found among these ids, by id; `for_update` locks them in id order
+        (as `lock_for_events`), so overlapping batches cannot deadlock."""
+        ...
+
     async def find_by_idempotency_key(self, idempotency_key: str) -> Operation | None: ...
+    async def find_by_idempotency_keys(self, keys: Sequence[str]) -> dict[str, Operation]:
+        """The operations found among these keys, by key, in one read."""
+        ...
+
     async def find_by_provider_reference(
         self, provider: str, provider_reference: str, *, for_update: bool = False
     ) -> Operation | None: ...
@@ -46,6 +57,11 @@ class OperationStore(Protocol):
     async def add(self, operation: Operation) -> None: ...
     async def add_new(self, operation: Operation) -> bool:
         """Adds the operation unless its idempotency key is taken (then False, no change)."""
+        ...
+
+    async def add_many(self, operations: Sequence[Operation]) -> set[str]:
+        """Adds, in one write, those whose idempotency key is free (a key twice in the batch:
+        the first); returns the ids added. A key another transaction holds waits for it."""
         ...
 
     async def save(self, operation: Operation) -> None: ...

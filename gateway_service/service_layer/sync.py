@@ -21,7 +21,7 @@ from gateway_service.domain.provider import (
     ReportedStatus,
     StatusReport,
 )
-from gateway_service.service_layer.operations import Operations, update_operation
+from gateway_service.service_layer.operations import Operations
 from gateway_service.service_layer.ports import UnitOfWorkFactory
 from gateway_service.service_layer.providers import ProviderRouter
 
@@ -73,7 +73,7 @@ class StatusSync:
             provider=operation.provider,
             reported=report.status.value,
         )
-        return await update_operation(self._uow, operation.operation_id, self._apply_report(report))
+        return await self._operations.update(operation.operation_id, self._apply_report(report))
 
     def _apply_report(self, report: StatusReport) -> Callable[[Operation], bool]:
         def apply(operation: Operation) -> bool:

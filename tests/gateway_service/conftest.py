@@ -69,6 +69,7 @@ class FakeDatabase:
     published: list[events.GatewayEvent] = dataclasses.field(default_factory=list)
     # Committed by "another request" just before our next insert, to stage an insert race.
     racing_insert: Operation | None = None
+    commits: int = 0
 
     def by_key(self, idempotency_key: str) -> Operation | None:
         return next(
@@ -95,6 +96,23 @@ class FakeOperations:
     async def get(self, operation_id: str, *, for_update: bool = False) -> Operation | None:
         found = self._staged.get(operation_id)
         return self._seen(found) if found else None
+
+    async def get_many(
+        self, operation_ids: Sequence[str], *, for_update: bool = False
+    ) -> dict[str, Operation]:
+        return {
+            operation_id: self._seen(self._staged[operation_id])
+            for operation_id in sorted(set(operation_ids))
+            if operation_id in self._staged
+        }
+
+    async def find_by_idempotency_keys(self, keys: Sequence[str]) -> dict[str, Operation]:
+        wanted = set(keys)
+        return {
+            op.idempotency_key: self._seen(op)
+            for op in self._staged.values()
+            if op.idempotency_key in wanted
+        }
 
     async def find_by_idempotency_key(self, idempotency_key: str) -> Operation | None:
         found = next(
@@ -156,6 +174,11 @@ class FakeOperations:
         except ConcurrentUpdate:
             return False
         return True
+
+    async def add_many(self, operations: Sequence[Operation]) -> set[str]:
+        """As the SQL one: a taken key (or one twice in the batch) is skipped, not an error."""
+        ordered = sorted(operations, key=lambda op: op.idempotency_key)
+        return {op.operation_id for op in ordered if await self.add_new(op)}
 
     async def add(self, operation: Operation) -> None:
         self._track(operation)
@@ -228,6 +251,7 @@ class FakeUnitOfWork:
         self.track(events.Facts(*facts))
 
     async def commit(self) -> None:
+        self._db.commits += 1
         for aggregate in self._tracked:
             self._db.published.extend(aggregate.pull_events())
         self._db.operations = dict(self._ops)
@@ -331,10 +355,17 @@ def router(fake_provider: FakeProvider, secondary: FakeProvider) -> ProviderRout
     return ProviderRouter([guarded(fake_provider), guarded(secondary)])
 
 
-@pytest.fixture
-def service(fake_db: FakeDatabase, router: ProviderRouter) -> GatewayService:
+# Every service test runs on both paths: each request in its own unit of work, and grouped
+# with whatever arrives with it (bootstrap's choice), where a request alone is a batch of one.
+@pytest.fixture(params=[False, True], ids=["alone", "grouped"])
+def service(
+    fake_db: FakeDatabase, router: ProviderRouter, request: pytest.FixtureRequest
+) -> GatewayService:
     return GatewayService(
-        uow=lambda: FakeUnitOfWork(fake_db), providers=router, sync_not_found_grace_s=0
+        uow=lambda: FakeUnitOfWork(fake_db),
+        providers=router,
+        sync_not_found_grace_s=0,
+        group_commit=request.param,
     )
 
 

@@ -64,7 +64,7 @@ def test_the_payment_method_stays_out_of_repr() -> None:
     assert PAYMENT_METHOD not in repr(new_charge())
 
 
-def test_accepted_moves_to_pending_and_emits_it() -> None:
+def test_accepted_moves_to_pending_and_announces_only_the_outcome() -> None:
     operation = new_charge()
 
     assert operation.mark_accepted("ch_1") is True
@@ -74,10 +74,23 @@ def test_accepted_moves_to_pending_and_emits_it() -> None:
         "ch_1",
         2,
     )
+    # Nobody acts on `pending` (the caller records it from the gateway's answer).
+    assert operation.pull_events() == []
+    operation.apply_provider_outcome(
+        kind=OperationKind.CHARGE,
+        outcome=OperationStatus.SUCCEEDED,
+        failure_reason="",
+        provider_event_id="evt_1",
+        provider_reference="ch_1",
+    )
     [event] = operation.pull_events()
     assert isinstance(event, events.OperationStatusChanged)
-    assert (event.status, event.kind, event.version) == ("pending", "charge", 2)
-    assert (event.provider_reference, event.reference, event.causation_id) == ("ch_1", "pay-1", "")
+    assert (event.status, event.kind, event.version) == ("succeeded", "charge", 3)
+    assert (event.provider_reference, event.reference, event.causation_id) == (
+        "ch_1",
+        "pay-1",
+        "evt_1",
+    )
     assert not hasattr(event, "payment_method")
 
 

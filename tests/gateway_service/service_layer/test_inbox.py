@@ -75,7 +75,7 @@ async def test_a_provider_outcome_settles_the_operation(
         status=ProviderEventStatus.APPLIED,
     )
     assert fake_db.operations[operation.operation_id].status is OperationStatus.SUCCEEDED
-    assert statuses(fake_db) == ["pending", "succeeded"]
+    assert statuses(fake_db) == ["succeeded"]
     assert operation_facts(fake_db)[-1].causation_id == "evt_1"
     stored = fake_db.provider_events[(PRIMARY, "evt_1")]
     assert (stored.operation_id, stored.status) == (
@@ -108,7 +108,7 @@ async def test_a_repeated_delivery_changes_nothing(
         first_delivery=False, operation_id=operation.operation_id, status=None
     )
     assert fake_db.operations[operation.operation_id].status is OperationStatus.SUCCEEDED
-    assert statuses(fake_db) == ["pending", "succeeded"]
+    assert statuses(fake_db) == ["succeeded"]
 
 
 async def test_another_event_with_the_same_outcome_is_a_duplicate(
@@ -120,7 +120,7 @@ async def test_another_event_with_the_same_outcome_is_a_duplicate(
     receipt = await deliver(service, operation, event_id="evt_2")
 
     assert receipt.status is ProviderEventStatus.DUPLICATE_OUTCOME
-    assert statuses(fake_db) == ["pending", "succeeded"]
+    assert statuses(fake_db) == ["succeeded"]
 
 
 async def test_a_contradicting_event_is_a_conflict_not_an_overwrite(
@@ -258,6 +258,6 @@ async def test_concurrent_deliveries_are_recorded_in_one_batch_and_applied_once(
         ProviderEventStatus.DUPLICATE_OUTCOME,
         ProviderEventStatus.UNMATCHED,
     ]
-    assert statuses(fake_db) == ["pending", "succeeded"]
+    assert statuses(fake_db) == ["succeeded"]
     received = [e for e in fake_db.published if isinstance(e, events.WebhookRecorded)]
     assert len(received) == 3

@@ -78,6 +78,52 @@ async def test_what_is_added_or_loaded_reaches_the_outbox_at_commit(engine: Asyn
 
     assert await outbox_types(engine, operation.operation_id) == [
         "operation.unknown",
-        "charge.pending",
         "charge.succeeded",
     ]
+
+
+async def test_add_many_inserts_the_free_keys_once_and_batch_reads_find_them(
+    engine: AsyncEngine,
+) -> None:
+    taken, new = new_operation(), new_operation()
+    async with GatewayUnitOfWork(engine) as uow:
+        assert await uow.operations.add_new(taken)
+        await uow.commit()
+    twin = Operation.open(
+        kind=OperationKind.CHARGE,
+        idempotency_key=new.idempotency_key,
+        amount=EUR_12_50,
+        instrument=PAYMENT_METHOD,
+        reference=new.reference,
+        provider=PRIMARY,
+    )
+    retry = Operation.open(
+        kind=OperationKind.CHARGE,
+        idempotency_key=taken.idempotency_key,
+        amount=EUR_12_50,
+        instrument=PAYMENT_METHOD,
+        reference=taken.reference,
+        provider=PRIMARY,
+    )
+
+    async with GatewayUnitOfWork(engine) as uow:
+        inserted = await uow.operations.add_many([new, retry, twin])
+        by_key = await uow.operations.find_by_idempotency_keys(
+            [taken.idempotency_key, new.idempotency_key]
+        )
+        await uow.commit()
+
+    assert inserted == {new.operation_id}
+    assert new.created_at is not None
+    assert {key: op.operation_id for key, op in by_key.items()} == {
+        taken.idempotency_key: taken.operation_id,
+        new.idempotency_key: new.operation_id,
+    }
+    async with GatewayUnitOfWork(engine) as uow:
+        locked = await uow.operations.get_many(
+            [new.operation_id, taken.operation_id, twin.operation_id], for_update=True
+        )
+        assert set(locked) == {new.operation_id, taken.operation_id}
+        assert [h.status for h in await uow.operations.history(new.operation_id)] == [
+            OperationStatus.CREATED
+        ]

@@ -231,6 +231,13 @@ Global___LedgerTransactionRecorded: _TypeAlias = LedgerTransactionRecorded  # no
 
 @_typing.final
 class OperationStatusChanged(_message.Message):
+    """A gateway operation's outcome: event_type "<kind>.succeeded" or "<kind>.failed" (kind:
+    charge, payout, refund), also carried by "operation.unknown", "operation.conflict" and
+    "operation.mismatch". "<kind>.pending" is retired: nobody acted on it (the caller learns
+    "pending" from the gateway's answer), so it is no longer published; the operation's status
+    history still records the move.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OPERATION_ID_FIELD_NUMBER: _builtins.int
