@@ -5,8 +5,10 @@ rather than by queueing: in a closed loop without it, creates outran completions
 create → completed reached 19 s at p99. Two reasons to refuse, both RESOURCE_EXHAUSTED with a
 RetryInfo delay (`Overloaded`, common/grpc/errors.py), nothing done, so the caller repeats
 the request with the same idempotency key after the delay:
-- backlog: the stream entries waiting on the consumer groups that drive payments (lag: not
-  yet delivered to the group; pending: delivered, not yet acknowledged) are over the bound;
+- backlog: the oldest stream entry not yet delivered to a consumer group that drives
+  payments has waited longer than the bound (the queueing delay a new payment would meet:
+  bounding it bounds create → completed at any speed), or more entries than the count
+  bound wait there (lag: not yet delivered; pending: delivered, not yet acknowledged);
 - rate: the caller is over its role's token bucket (common/ratelimit.py).
 
 The backlog is sampled in the background and read from memory (common/backlog.py): a create
@@ -50,6 +52,7 @@ for _reason in ("backlog", "rate"):  # present at 0 from the start, for rates an
 
 class Backlog(Protocol):
     def current(self) -> int: ...
+    def queued_ms(self) -> int: ...
 
 
 class Limiter(Protocol):
@@ -82,12 +85,14 @@ class Admission:
         backlog: Backlog | None,
         max_backlog: int,
         retry_after_s: float,
+        max_queued_ms: int = 0,
         limiter: Limiter | None,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self._backlog = backlog if max_backlog > 0 else None
+        self._backlog = backlog if max_backlog > 0 or max_queued_ms > 0 else None
         self._max_backlog = max_backlog
+        self._max_queued_ms = max_queued_ms
         self._retry_after_s = retry_after_s
         self._limiter = limiter
         self._jitter = jitter
@@ -96,16 +101,7 @@ class Admission:
     async def admit(self, principal: Principal) -> None:
         # The backlog first: it costs nothing, and a call it refuses takes no token.
         if self._backlog is not None:
-            waiting = self._backlog.current()
-            if waiting > self._max_backlog:
-                delay = self._retry_after_s * (1 + JITTER * self._jitter())
-                self._refuse("backlog", principal, delay, backlog=waiting)
-                raise Overloaded(
-                    f"the suite is overloaded ({waiting} events waiting, bound"
-                    f" {self._max_backlog}): retry after {delay:.1f} s with the same"
-                    " idempotency key",
-                    retry_after_s=delay,
-                )
+            self._check_backlog(self._backlog, principal)
         if self._limiter is not None:
             wait = await self._limiter.wait_s(principal)
             if wait > 0:
@@ -115,6 +111,22 @@ class Admission:
                     " same idempotency key",
                     retry_after_s=wait,
                 )
+
+    def _check_backlog(self, backlog: Backlog, principal: Principal) -> None:
+        waiting, queued_ms = backlog.current(), backlog.queued_ms()
+        if 0 < self._max_queued_ms < queued_ms:
+            why = f"work queued for {queued_ms} ms, bound {self._max_queued_ms} ms"
+        elif 0 < self._max_backlog < waiting:
+            why = f"{waiting} events waiting, bound {self._max_backlog}"
+        else:
+            return
+        delay = self._retry_after_s * (1 + JITTER * self._jitter())
+        self._refuse("backlog", principal, delay, backlog=waiting, queued_ms=queued_ms)
+        raise Overloaded(
+            f"the suite is overloaded ({why}): retry after {delay:.1f} s with the same"
+            " idempotency key",
+            retry_after_s=delay,
+        )
 
     def _refuse(self, reason: str, principal: Principal, delay: float, **fields: Any) -> None:
         REJECTED.labels(reason).inc()
@@ -131,12 +143,15 @@ def from_settings(
     rates = {role: Rate(*spec) for role, spec in settings.rate_limit_table().items()}
     limiter = RedisRateLimiter(redis, rates, key_prefix=settings.stream_prefix) if rates else None
     sampler = None
-    if settings.admission_max_backlog > 0:
-        # Counted just past the bound: beyond it, how far beyond changes no decision.
-        sampler = BacklogSampler(redis, groups, count_cap=settings.admission_max_backlog + 1)
+    if settings.admission_max_backlog > 0 or settings.admission_max_queued_ms > 0:
+        # Counted just past the bound: beyond it, how far beyond changes no decision (without
+        # a count bound, one entry is all the queueing delay needs).
+        cap = settings.admission_max_backlog + 1 if settings.admission_max_backlog else 1
+        sampler = BacklogSampler(redis, groups, count_cap=cap)
     admission = Admission(
         backlog=sampler,
         max_backlog=settings.admission_max_backlog,
+        max_queued_ms=settings.admission_max_queued_ms,
         retry_after_s=settings.admission_retry_after_ms / 1000,
         limiter=limiter,
     )

@@ -1,11 +1,18 @@
 """How much payment work waits in the streams: the backlog admission control sheds load on.
 
-The waiting entries of the consumer groups that drive payments: lag (not yet delivered to the
-group) plus pending (delivered, not yet acknowledged), of the named groups only. Sampled by a
-supervised background task every `SAMPLE_EVERY_S` in one Redis round trip (two when there is
-lag to count on a Redis without XINFO lag), and read from memory: a create call never waits on
-Redis for it. A sample older than `STALE_AFTER_S` (Redis down, the sampler restarting) counts
-as no backlog: unknown is not overloaded, and an outage must never refuse good payments.
+Two measures over the consumer groups that drive payments (the named groups only):
+- waiting: lag (not yet delivered to the group) plus pending (delivered, not yet
+  acknowledged);
+- queued for: how long the oldest entry not yet delivered has waited (now, by Redis' clock,
+  minus the time in its id). This is the queueing delay a new payment's next step will see,
+  so a bound on it bounds create → completed whatever the suite's speed, where a count fits
+  one speed only. Pending entries do not count in it: one retried through an outage (a
+  provider that does not answer) must not refuse every new payment.
+
+Sampled by a supervised background task every `SAMPLE_EVERY_S` in one Redis round trip (one
+more per stream with lag), and read from memory: a create call never waits on Redis for it. A
+sample older than `STALE_AFTER_S` (Redis down, the sampler restarting) counts as no backlog:
+unknown is not overloaded, and an outage must never refuse good payments.
 """
 
 from __future__ import annotations
@@ -27,9 +34,15 @@ from common.supervision import beat
 
 log = structlog.get_logger(__name__)
 
-SAMPLE_EVERY_S = 0.5
+# Often enough that a burst overshoots the bounds by little (a sample is one round trip).
+SAMPLE_EVERY_S = 0.25
 STALE_AFTER_S = 5.0
 
+QUEUED = Gauge(
+    "admission_queued_seconds",
+    "How long the oldest stream entry not yet delivered to a consumer group that drives"
+    " payments has waited, as admission control last sampled it.",
+)
 BACKLOG = Gauge(
     "admission_backlog",
     "Stream entries waiting (lag + pending) on the consumer groups that drive payments, as"
@@ -64,6 +77,7 @@ class BacklogSampler:
         self._every_s = every_s
         self._clock = clock
         self._value = 0
+        self._queued_ms = 0
         self._sampled_at = float("-inf")
         self._outage = False
 
@@ -72,6 +86,12 @@ class BacklogSampler:
         if self._clock() - self._sampled_at > STALE_AFTER_S:
             return 0
         return self._value
+
+    def queued_ms(self) -> int:
+        """How long the oldest undelivered entry had waited at the last sample; 0 once stale."""
+        if self._clock() - self._sampled_at > STALE_AFTER_S:
+            return 0
+        return self._queued_ms
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -85,14 +105,18 @@ class BacklogSampler:
     async def sample(self) -> int:
         streams = sorted({g.stream for g in self._groups})
         try:
-            infos, newest = await self._group_infos(streams)
-            total = sum(
-                [await self._waiting(g, infos.get(g.stream, {}), newest) for g in self._groups]
-            )
+            infos, newest, now_ms = await self._group_infos(streams)
+            measured = [
+                await self._waiting(g, infos.get(g.stream, {}), newest) for g in self._groups
+            ]
         except (redis.exceptions.RedisError, OSError) as exc:
             raise DependencyUnavailable(f"backlog sample failed: {exc!r}") from exc
-        self._value, self._sampled_at = total, self._clock()
+        total = sum(waiting for waiting, _ in measured)
+        oldest = min((since for _, since in measured if since is not None), default=now_ms)
+        self._value, self._queued_ms = total, max(now_ms - oldest, 0)
+        self._sampled_at = self._clock()
         BACKLOG.set(total)
+        QUEUED.set(self._queued_ms / 1000)
         if self._outage:
             self._outage = False
             log.info("admission.backlog_sampling_back", backlog=total)
@@ -100,12 +124,15 @@ class BacklogSampler:
 
     async def _group_infos(
         self, streams: Sequence[str]
-    ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, str]]:
+    ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, str], int]:
         pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
         for stream in streams:
             pipe.xinfo_groups(stream)
             pipe.xrevrange(stream, count=1)
-        replies = await pipe.execute(raise_on_error=False)
+        now, *replies = await pipe.execute(raise_on_error=False)
+        if isinstance(now, BaseException):
+            raise now
         infos: dict[str, dict[str, dict[str, Any]]] = {}
         newest: dict[str, str] = {}
         for i, stream in enumerate(streams):
@@ -114,24 +141,31 @@ class BacklogSampler:
                 infos[stream] = {_text(info["name"]): info for info in groups}
             if isinstance(last, list) and last:
                 newest[stream] = _text(last[0][0])
-        return infos, newest
+        seconds, micros = now
+        return infos, newest, int(seconds) * 1000 + int(micros) // 1000
 
     async def _waiting(
         self, group: Group, infos: dict[str, dict[str, Any]], newest: dict[str, str]
-    ) -> int:
+    ) -> tuple[int, int | None]:
+        """The group's waiting entries, and the time (ms, Redis' clock) of the oldest one not
+        yet delivered (None: nothing undelivered)."""
         info = infos.get(group.group)
         if info is None:
-            return 0
+            return 0, None
         pending = int(info.get("pending") or 0)
-        if info.get("lag") is not None:
-            return pending + int(info["lag"])
-        # Redis < 7 reports no lag (the embedded server is 6.2): count what follows the
-        # group's last delivered entry, only when there is something, and only to the cap.
         delivered = _text(info.get("last-delivered-id") or b"0-0")
         if newest.get(group.stream, delivered) == delivered:
-            return pending
+            return pending, None
+        if info.get("lag") is not None:
+            lag = int(info["lag"])
+            if lag == 0:
+                return pending, None
+            first = await self._redis.xrange(group.stream, min=f"({delivered}", count=1)
+            return pending + lag, _entry_ms(first)
+        # Redis < 7 reports no lag (the embedded server is 6.2): count what follows the
+        # group's last delivered entry, only when there is something, and only to the cap.
         after = await self._redis.xrange(group.stream, min=f"({delivered}", count=self._cap)
-        return pending + len(after or ())
+        return pending + len(after or ()), _entry_ms(after)
 
     def _note_outage(self, exc: DependencyUnavailable) -> None:
         if not self._outage:
@@ -141,3 +175,10 @@ class BacklogSampler:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _entry_ms(entries: Any) -> int | None:
+    """The time in the first entry's id (`<ms>-<seq>`), or None without entries."""
+    if not entries:
+        return None
+    return int(_text(entries[0][0]).partition("-")[0])

@@ -173,6 +173,10 @@ class Settings(BaseSettings):
     # above what a complete loop of 32 clients leaves waiting (at most a few entries per
     # payment in flight) and below what creates outrunning completions pile up in seconds.
     admission_max_backlog: int = Field(default=200, ge=0)
+    # ... and while the oldest entry not yet delivered to one of those groups has waited longer
+    # than this (the queueing delay a new payment would meet); 0: never. Bounds create →
+    # completed under overload at about this plus a second, however fast the suite is.
+    admission_max_queued_ms: int = Field(default=750, ge=0)
     admission_retry_after_ms: int = Field(default=500, gt=0)
     # Payments: per-caller token buckets by role, "ROLE=PER_S:BURST,..." (roles: user, operator,
     # service), e.g. "user=200:400,operator=50:100". A role not listed is unlimited, and so is a

@@ -9,10 +9,13 @@ batch as a whole cannot commit (a lost race, a bug, one request's unexpected err
 request in it is run again on its own, so no request's fate depends on its neighbours'.
 Alone, a request is a batch of one: no waiting is ever added to wait for company.
 
-Two workers: while one batch waits on PostgreSQL the next one gathers, and batches stay large
-enough that their round trips are shared (measured on the 2-core box with the wallet: one
-worker left the database idle between batches, four split the queue into small batches that
-cost more CPU per posting).
+Workers: how many batches may be in flight at once. The wallet runs two: while one batch
+waits on PostgreSQL the next one gathers (measured on the 2-core box: one worker left the
+database idle between batches, four split the queue into small batches that cost more CPU
+per posting). The payment service's creates and saga steps and the gateway's writes run one:
+their batches come from consumers and concurrent calls that already overlap, and a second
+worker halved their batches (measured with `make bench`: one worker took a deposit from
+15.2 to 12.7 ms of CPU and from 6.4 to 5.1 transactions, and completed more deposits).
 """
 
 from __future__ import annotations

@@ -13,11 +13,15 @@ CALLER = Principal("user-1", frozenset({Role.USER}))
 
 
 class FakeBacklog:
-    def __init__(self, value: int) -> None:
+    def __init__(self, value: int, queued_ms: int = 0) -> None:
         self.value = value
+        self.queued = queued_ms
 
     def current(self) -> int:
         return self.value
+
+    def queued_ms(self) -> int:
+        return self.queued
 
 
 class FakeLimiter:
@@ -117,3 +121,31 @@ async def test_refusals_are_logged_at_most_once_a_second_per_reason() -> None:
     assert [line["rejected"] for line in lines] == [1, 3]
     assert lines[0]["reason"] == "backlog"
     assert lines[0]["caller"] == "user-1"
+
+
+async def test_work_queued_longer_than_the_bound_is_refused_whatever_its_count() -> None:
+    gate = Admission(
+        backlog=FakeBacklog(3, queued_ms=900),
+        max_backlog=100,
+        max_queued_ms=750,
+        retry_after_s=0.5,
+        limiter=None,
+        clock=Clock(),
+        jitter=lambda: 0.0,
+    )
+    before = rejected("backlog")
+    with pytest.raises(Overloaded, match="queued for 900 ms"):
+        await gate.admit(CALLER)
+    assert rejected("backlog") == before + 1
+
+
+async def test_a_short_queue_under_both_bounds_is_admitted() -> None:
+    gate = Admission(
+        backlog=FakeBacklog(3, queued_ms=200),
+        max_backlog=0,  # the count bound off: the queueing delay alone decides
+        max_queued_ms=750,
+        retry_after_s=0.5,
+        limiter=None,
+        jitter=lambda: 0.0,
+    )
+    await gate.admit(CALLER)

@@ -61,3 +61,28 @@ async def test_a_stale_sample_counts_as_no_backlog(redis: Redis) -> None:
         assert sampler.current() == 0
     finally:
         await redis.delete(stream)
+
+
+async def test_queued_for_is_the_age_of_the_oldest_entry_not_yet_delivered(redis: Redis) -> None:
+    stream = f"admission-test.{uuid.uuid4().hex[:8]}"
+    try:
+        seconds, micros = await redis.time()
+        now_ms = seconds * 1000 + micros // 1000
+        # Entries written 3 s and 1 s ago (explicit ids carry their time), then one now.
+        await redis.xadd(stream, {b"k": b"old"}, id=f"{now_ms - 3000}-0")
+        await redis.xadd(stream, {b"k": b"mid"}, id=f"{now_ms - 1000}-0")
+        await redis.xadd(stream, {b"k": b"new"})
+        await redis.xgroup_create(stream, "g", id="0")
+        sampler = BacklogSampler(redis, [Group(stream, "g")], count_cap=10)
+        await sampler.sample()
+        assert 3000 <= sampler.queued_ms() < 4000
+        # Delivered but not acknowledged (say retried through an outage): no longer queued.
+        await redis.xreadgroup("g", "c1", {stream: ">"}, count=1)
+        await sampler.sample()
+        assert 1000 <= sampler.queued_ms() < 2000
+        await redis.xreadgroup("g", "c1", {stream: ">"})
+        await sampler.sample()
+        assert sampler.queued_ms() == 0
+        assert sampler.current() == 3  # all three pending
+    finally:
+        await redis.delete(stream)
