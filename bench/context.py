@@ -57,6 +57,8 @@ class Deposit:
     account_id: str
     amount_minor: int
     payment_id: str = ""
+    # perf_counter() when the attempt that was admitted started (after any refusals).
+    admitted_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

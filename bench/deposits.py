@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
@@ -108,10 +109,16 @@ class Depositor:
             amount=money_pb2.Money(amount_minor=deposit.amount_minor, currency=CURRENCY),
             payment_method=PAYMENT_METHOD,
         )
-        payment = await admitted(
-            lambda: self._payments.CreateDeposit(request, timeout=CALL_TIMEOUT_S), self.refusals
+        started = [0.0]
+
+        def attempt() -> Awaitable[payment_pb2.Payment]:
+            started[0] = time.perf_counter()
+            return self._payments.CreateDeposit(request, timeout=CALL_TIMEOUT_S)
+
+        payment = await admitted(attempt, self.refusals)
+        accepted = dataclasses.replace(
+            deposit, payment_id=payment.payment_id, admitted_at=started[0]
         )
-        accepted = dataclasses.replace(deposit, payment_id=payment.payment_id)
         ctx.deposits[deposit.idempotency_key] = accepted
         return accepted
 
@@ -173,6 +180,13 @@ async def _closed(
         for s in ok
         if s.result is not None and s.result.payment_id in watcher.completed
     ]
+    # From the admitted attempt: the payment exists from then on; what the caller waited before
+    # it (refusals and their retry delays) is in CreateDeposit's latency and the refused share.
+    admitted_to_completed = [
+        watcher.completed[s.result.payment_id] - s.result.admitted_at
+        for s in ok
+        if s.result is not None and s.result.payment_id in watcher.completed
+    ]
     ctx.timeline.latencies["create → completed (closed)"] = to_completed
     ctx.timeline.latencies["CreateDeposit (closed)"] = [s.latency for s in ok]
     note_errors(ctx.notes, "closed loop", samples, "CreateDeposit")
@@ -181,6 +195,7 @@ async def _closed(
         **Latency.of_seconds([s.latency for s in ok]).figures("deposit_create"),
         "deposits_completed_per_s": rate(len(done), max(done, default=math.nan) - first_create),
         **p50_p99(Latency.of_seconds(to_completed).figures("create_to_completed")),
+        **p50_p99(Latency.of_seconds(admitted_to_completed).figures("admitted_to_completed")),
         "deposit_errors_closed": float(len(samples) - len(ok)),
         **depositor.refusals.figures("deposit", "closed"),
     }
