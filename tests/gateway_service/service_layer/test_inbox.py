@@ -259,5 +259,7 @@ async def test_concurrent_deliveries_are_recorded_in_one_batch_and_applied_once(
         ProviderEventStatus.UNMATCHED,
     ]
     assert statuses(fake_db) == ["succeeded"]
+    # webhook.received only for the first deliveries that moved nothing: the applied one is
+    # told by charge.succeeded.
     received = [e for e in fake_db.published if isinstance(e, events.WebhookRecorded)]
-    assert len(received) == 3
+    assert sorted(e.outcome for e in received) == ["duplicate_outcome", "unmatched"]

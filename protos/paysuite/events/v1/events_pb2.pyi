@@ -409,7 +409,8 @@ Global___CircuitBreakerStateChanged: _TypeAlias = CircuitBreakerStateChanged  # 
 
 @_typing.final
 class ProviderWebhookReceived(_message.Message):
-    """webhook.received (a provider callback recorded for the first time) and webhook.rejected
+    """webhook.received (a provider callback recorded for the first time that moved no operation: one
+    that did is told by the operation's own event) and webhook.rejected
     (one that did not verify, or named an operation it does not match), from the gateway.
     """
 
