@@ -38,7 +38,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +104,22 @@ DEAD_LETTERS = Gauge(
     "Entries parked on the stream's dead-letter stream, sampled on the reclaim timer.",
     ["stream"],
 )
+
+
+_MARK_MANY_PROCESSED = (
+    "INSERT INTO processed_events (consumer, event_id) SELECT %s, unnest(%s::uuid[])"
+    " ON CONFLICT DO NOTHING RETURNING event_id"
+)
+
+
+async def mark_many_processed(
+    conn: AsyncConnection | RawConnection, consumer: str, event_ids: Sequence[str]
+) -> set[str]:
+    """`mark_processed` for many events in one statement; returns those processed now for the
+    first time (the caller applies the effects of these only)."""
+    raw = await driver_connection(conn)
+    cursor = await raw.execute(_MARK_MANY_PROCESSED, (consumer, list(event_ids)))
+    return {str(row[0]) for row in await cursor.fetchall()}
 
 
 async def mark_processed(

@@ -26,7 +26,7 @@ from common.db import RawConnection, unique_violation_is_conflict
 from common.errors import ConcurrentUpdate
 from common.ids import new_id
 from common.money import Money
-from common.streams import mark_processed
+from common.streams import mark_many_processed, mark_processed
 from payment_service.adapters import tables as t
 from payment_service.domain.errors import ReviewAlreadyResolved
 from payment_service.domain.model import Payment
@@ -422,6 +422,9 @@ class PaymentRepository:
 
     async def mark_processed(self, consumer: str, event_id: str) -> bool:
         return await mark_processed(self._raw, consumer, event_id)
+
+    async def mark_many_processed(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        return await mark_many_processed(self._raw, consumer, event_ids)
 
     async def steps(self, payment_id: str) -> builtins.list[PaymentStep]:
         cursor = await self._raw.execute(_STEPS, (payment_id,))

@@ -16,8 +16,8 @@ from common.errors import DependencyUnavailable, DomainError
 from common.faults import crash_point
 from payment_service.domain.model import Payment
 from payment_service.domain.status import PaymentKind
-from payment_service.service_layer.ports import PaymentStore, UnitOfWork, WalletPort
-from payment_service.service_layer.steps import Steps, Unchanged
+from payment_service.service_layer.ports import UnitOfWork, WalletPort
+from payment_service.service_layer.steps import Steps
 
 log = structlog.get_logger(__name__)
 
@@ -139,18 +139,8 @@ class GatewayEventHandlers:
     ) -> None:
         """A saga step reacting to the event: recorded as processed under the payment's lock,
         so a redelivery changes nothing."""
-
-        async def first_delivery(store: PaymentStore, _: Payment) -> bool:
-            return await store.mark_processed(CONSUMER, event_id)
-
-        def react(current: Payment, first: bool) -> Unchanged[None] | None:
-            if not first:
-                return Unchanged(None)
-            decide(current)
-            return None
-
-        await self._steps.step_with(
-            payment_id, first_delivery, react, missing=lambda: _unknown(payment_id)
+        await self._steps.react(
+            payment_id, (CONSUMER, event_id), decide, missing=lambda: _unknown(payment_id)
         )
 
     async def _credit(self, payment: Payment) -> str:

@@ -148,6 +148,9 @@ class PaymentStore(Protocol):
         self, *, account_id: str, limit: int, before_seq: int | None, where: PaymentFilter
     ) -> list[tuple[int, Payment]]: ...
     async def mark_processed(self, consumer: str, event_id: str) -> bool: ...
+    async def mark_many_processed(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        """`mark_processed` for many: the ids processed now for the first time."""
+        ...
 
     # -- review cases. A payment's `new_reviews` are written by `add`/`save` with it: each
     # opens a case, or adds its evidence to the payment's open case (at most one is open).

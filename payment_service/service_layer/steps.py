@@ -67,6 +67,9 @@ class _Step(Generic[R, T]):
     decide: Callable[[Payment, R], T | Unchanged[T]]
     missing: Callable[[], T]
     then: Callable[[PaymentStore, T], Awaitable[None]] | None
+    # A reaction to an event: (consumer, event_id), recorded processed by `read` alone and
+    # by one statement for the whole batch in a group commit (`read` then answers from it).
+    event: tuple[str, str] | None = None
 
 
 async def step(
@@ -120,17 +123,41 @@ async def _attempt(uow: Callable[[], UnitOfWork], spec: _Step[Any, T]) -> T:
         return value
 
 
-async def _apply(store: PaymentStore, spec: _Step[Any, T], payment: Payment | None) -> T:
-    """One step inside an open transaction, its payment locked: decided, saved, followed."""
+async def _apply(
+    store: PaymentStore,
+    spec: _Step[Any, T],
+    payment: Payment | None,
+    first_seen: dict[str, set[str]] | None = None,
+) -> T:
+    """One step inside an open transaction, its payment locked: decided, saved, followed.
+    `first_seen`: the events a batch recorded processed for the first time, by consumer."""
     if payment is None:
         return spec.missing()
-    decided = spec.decide(payment, await spec.read(store, payment))
+    if spec.event is not None and first_seen is not None:
+        consumer, event_id = spec.event
+        read: Any = event_id in first_seen.get(consumer, set())
+    else:
+        read = await spec.read(store, payment)
+    decided = spec.decide(payment, read)
     if isinstance(decided, Unchanged):
         return decided.value
     await save_settling_refunds(store, payment)
     if spec.then is not None:
         await spec.then(store, decided)
     return decided
+
+
+async def _mark_events(store: PaymentStore, specs: list[_Step[Any, Any]]) -> dict[str, set[str]]:
+    """Records the events the batch's reactions react to, one statement per consumer; returns
+    those processed now for the first time."""
+    by_consumer: dict[str, list[str]] = {}
+    for spec in specs:
+        if spec.event is not None:
+            by_consumer.setdefault(spec.event[0], []).append(spec.event[1])
+    return {
+        consumer: await store.mark_many_processed(consumer, event_ids)
+        for consumer, event_ids in by_consumer.items()
+    }
 
 
 class Steps:
@@ -178,6 +205,34 @@ class Steps:
             return await retry_on_conflict(lambda: _attempt(self._uow, spec))
         return cast(T, await self._steps.submit(spec))
 
+    async def react(
+        self,
+        payment_id: str,
+        event: tuple[str, str],
+        decide: Callable[[Payment], None],
+        *,
+        missing: Callable[[], None],
+    ) -> None:
+        """A step reacting to `event` (consumer, event_id): the event is recorded processed
+        under the payment's lock, in the step's transaction, and a redelivery changes
+        nothing (exactly-once effect over at-least-once delivery)."""
+        consumer, event_id = event
+
+        async def first_delivery(store: PaymentStore, _: Payment) -> bool:
+            return await store.mark_processed(consumer, event_id)
+
+        def react(payment: Payment, first: bool) -> Unchanged[None] | None:
+            if not first:
+                return Unchanged(None)
+            decide(payment)
+            return None
+
+        spec = _Step(payment_id, first_delivery, react, missing, None, event)
+        if not self._grouped:
+            await retry_on_conflict(lambda: _attempt(self._uow, spec))
+            return
+        await self._steps.submit(spec)
+
     async def peek(self, payment_id: str) -> Payment | None:
         """The payment as committed now, without its lock: the read before a call to another
         service, whose answer a later step decides on under the lock."""
@@ -203,8 +258,9 @@ class Steps:
         async with self._uow() as unit:
             store = unit.payments
             locked = await store.get_many(list(batch), for_update=True)
+            first_seen = await _mark_events(store, [batch[p].spec for p in batch if p in locked])
             answers = [
-                (job, await _apply(store, job.spec, locked.get(payment_id)))
+                (job, await _apply(store, job.spec, locked.get(payment_id), first_seen))
                 for payment_id, job in batch.items()
             ]
             await unit.commit()

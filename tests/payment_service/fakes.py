@@ -276,6 +276,9 @@ class TrackingStore:
         self._marked.add(key)
         return True
 
+    async def mark_many_processed(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        return {e for e in event_ids if await self.mark_processed(consumer, e)}
+
 
 class FakeUnitOfWork:
     def __init__(self, store: FakeStore, published: list[object]) -> None:

@@ -109,6 +109,20 @@ class StoreContract:
             stored = [await u.payments.claimed("alice", claim.key) for claim in fresh]
         assert [c.payment_id if c else None for c in stored] == [c.payment_id for c in fresh]
 
+    async def test_many_events_are_marked_at_once_and_the_seen_ones_left_out(
+        self, uow: UowFactory
+    ) -> None:
+        seen, new = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(2)]
+        async with uow() as u:
+            assert await u.payments.mark_processed("c", seen)
+            await u.commit()
+        async with uow() as u:
+            assert await u.payments.mark_many_processed("c", [new[0], seen, new[1]]) == set(new)
+            await u.commit()
+        async with uow() as u:
+            assert await u.payments.mark_many_processed("c", new) == set()
+            assert await u.payments.mark_many_processed("other", new) == set(new)
+
     async def test_many_are_read_at_once_and_the_unknown_left_out(self, uow: UowFactory) -> None:
         payments = [await added(uow, deposit()) for _ in range(3)]
         wanted = [p.payment_id for p in payments] + [str(uuid.uuid4())]

@@ -149,3 +149,30 @@ async def test_peeks_arriving_together_share_one_read() -> None:
     found = await asyncio.gather(*(steps.peek(p) for p in [*ids, UNKNOWN]))
     assert [p.payment_id if p else None for p in found] == [*ids, None]
     assert world.commits == before + 1
+
+
+async def test_reactions_in_a_batch_record_their_events_once_and_a_redelivery_changes_nothing() -> (
+    None
+):
+    world = Counted()
+    ids = [await world.create(key=f"k{i}") for i in range(3)]
+    steps = Steps(world.uow)
+    events = [f"8c0a0f7e-0000-4000-8000-00000000000{i}" for i in range(3)]
+    cancelled: list[str] = []
+
+    def cancel_noting(payment: Payment) -> None:
+        cancelled.append(payment.payment_id)
+        payment.cancel()
+
+    await steps.react(ids[0], ("c", events[0]), cancel_noting, missing=lambda: None)
+    before = world.commits
+    # The first event again (a redelivery) beside two new ones: one transaction, two effects.
+    await asyncio.gather(
+        *(
+            steps.react(p, ("c", e), cancel_noting, missing=lambda: None)
+            for p, e in zip(ids, events, strict=True)
+        )
+    )
+    assert world.commits == before + 1
+    assert cancelled == ids
+    assert {world.store.rows[p].status for p in ids} == {PaymentStatus.CANCELLED}
