@@ -96,8 +96,8 @@ class GroupedWrites:
     ) -> None:
         self._uow = uow
         self._record_alone = record_alone
-        self._records = GroupCommit(self._record_batch, self._run_record_alone, workers=1)
-        self._updates = GroupCommit(self._update_batch, self._run_update_alone, workers=1)
+        self._records = GroupCommit(self._record_batch, self._run_record_alone)
+        self._updates = GroupCommit(self._update_batch, self._run_update_alone)
 
     async def record(self, request: OpenRequest) -> Operation:
         """The new operation committed CREATED, or the one its key already names."""

@@ -97,7 +97,7 @@ class PaymentRequests:
         # Creates that arrive together share one transaction (a refund locks its deposit
         # first, so it keeps its own).
         self._grouped = group_commit
-        self._creates = GroupCommit(self._record_batch, self._record_alone, workers=1)
+        self._creates = GroupCommit(self._record_batch, self._record_alone)
 
     # -- creating payments: one commit, then (withdrawals, refunds, transfers) the wallet ----
 

@@ -169,11 +169,8 @@ class Steps:
     ) -> None:
         self._uow = uow
         self._grouped = group_commit
-        # One worker: see common/group_commit.py.
-        self._steps = GroupCommit(self._run_batch, self._run_alone, max_batch=max_batch, workers=1)
-        self._reads = GroupCommit(
-            self._read_batch, self._read_alone, max_batch=max_batch, workers=1
-        )
+        self._steps = GroupCommit(self._run_batch, self._run_alone, max_batch=max_batch)
+        self._reads = GroupCommit(self._read_batch, self._read_alone, max_batch=max_batch)
 
     async def step(
         self,
