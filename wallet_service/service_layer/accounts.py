@@ -61,6 +61,7 @@ class Accounts(Mutations):
         account_id = parse_id(account_id, "account_id")
         async with self._uow() as uow:
             account = await uow.accounts.get(account_id)
+            await uow.commit()  # not ROLLBACK, which drops the prepared statements
         if account is None or account.kind is not AccountKind.CUSTOMER:
             # `may` asked of no owner at all: what the caller's role allows, whoever owns it.
             if may(caller, ""):

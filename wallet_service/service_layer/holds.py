@@ -185,6 +185,10 @@ class Holds(Accounts):
         hold_id = parse_id(hold_id, "hold_id")
         async with self._uow() as uow:
             hold = await uow.accounts.find_hold(hold_id)
+            # A read ends with COMMIT: on ROLLBACK psycopg drops the connection's prepared
+            # statements (this read ran before every capture and release: one ROLLBACK and
+            # its re-parses per withdrawal).
+            await uow.commit()
         if caller.is_operator:
             if hold is None:
                 raise HoldNotFound(hold_id)
