@@ -29,6 +29,8 @@ def _proto_files(root: Path) -> list[Path]:
 
 def _generate(root: Path, out: Path) -> None:
     well_known = resources.files("grpc_tools") / "_proto"
+    # google/rpc/*.proto (imported, never generated: googleapis-common-protos ships the code).
+    vendored = root / "third_party" / "googleapis"
     protos = [str(p.relative_to(root)) for p in _proto_files(root)]
     # The mypy-protobuf plugins live beside this interpreter; name them so PATH does not matter.
     bin_dir = Path(sys.executable).parent
@@ -38,6 +40,7 @@ def _generate(root: Path, out: Path) -> None:
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"-I{root}",
         f"-I{well_known}",
+        f"-I{vendored}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",

@@ -23,50 +23,57 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from paysuite.common.v1 import money_pb2 as paysuite_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!paysuite/gateway/v1/gateway.proto\x12\x13paysuite.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1epaysuite/common/v1/money.proto\"\xf9\x03\n\tOperation\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x30\n\x04kind\x18\x02 \x01(\x0e\x32\".paysuite.gateway.v1.OperationKind\x12\x34\n\x06status\x18\x03 \x01(\x0e\x32$.paysuite.gateway.v1.OperationStatus\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x1a\n\x12provider_reference\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x11\n\treference\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0foutcome_unknown\x18\x0c \x01(\x08\x12\x1b\n\x13parent_operation_id\x18\r \x01(\t\x12;\n\x07history\x18\x0e \x03(\x0b\x32*.paysuite.gateway.v1.OperationHistoryEntry\"\xdd\x01\n\x15OperationHistoryEntry\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.paysuite.gateway.v1.OperationStatus\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x1a\n\x12provider_reference\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12\x17\n\x0foutcome_unknown\x18\x05 \x01(\x08\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\rChargeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12)\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x16\n\x0epayment_method\x18\x03 \x01(\t\x12\x11\n\treference\x18\x04 \x01(\t\"{\n\rPayoutRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12)\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12\x11\n\treference\x18\x04 \x01(\t\"\x83\x01\n\rRefundRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x1b\n\x13\x63harge_operation_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x11\n\treference\x18\x04 \x01(\t\"+\n\x13GetOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\"=\n\x14SyncOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x0f\n\x07trigger\x18\x02 \x01(\t\"\xc1\x02\n\x1aHandleProviderEventRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x19\n\x11provider_event_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x1a\n\x12provider_reference\x18\x04 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x05 \x01(\t\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0braw_payload\x18\x07 \x01(\x0c\x12\x14\n\x0coperation_id\x18\x08 \x01(\t\x12)\n\x06\x61mount\x18\t \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x13\n\x0btraceparent\x18\n \x01(\t\x12\x12\n\ntracestate\x18\x0b \x01(\t\"\\\n\x1bHandleProviderEventResponse\x12\x16\n\x0e\x66irst_delivery\x18\x01 \x01(\x08\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\x0f\n\x07outcome\x18\x03 \x01(\t\"^\n\x1bHandleProviderEventsRequest\x12?\n\x06\x65vents\x18\x01 \x03(\x0b\x32/.paysuite.gateway.v1.HandleProviderEventRequest\"~\n\x19HandleProviderEventResult\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x42\n\x08response\x18\x03 \x01(\x0b\x32\x30.paysuite.gateway.v1.HandleProviderEventResponse\"_\n\x1cHandleProviderEventsResponse\x12?\n\x07results\x18\x01 \x03(\x0b\x32..paysuite.gateway.v1.HandleProviderEventResult\"\x1a\n\x18GetProviderStatusRequest\"\xc9\x01\n\x0eProviderStatus\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x15\n\rbreaker_state\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x04 \x01(\x03\x12\x12\n\nslow_calls\x18\x05 \x01(\x03\x12\x16\n\x0erejected_calls\x18\x06 \x01(\x03\x12/\n\x0bstate_since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08priority\x18\x08 \x01(\x05\"S\n\x19GetProviderStatusResponse\x12\x36\n\tproviders\x18\x01 \x03(\x0b\x32#.paysuite.gateway.v1.ProviderStatus*\x80\x01\n\rOperationKind\x12\x1e\n\x1aOPERATION_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15OPERATION_KIND_CHARGE\x10\x01\x12\x19\n\x15OPERATION_KIND_PAYOUT\x10\x02\x12\x19\n\x15OPERATION_KIND_REFUND\x10\x03*\xac\x01\n\x0fOperationStatus\x12 \n\x1cOPERATION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18OPERATION_STATUS_CREATED\x10\x01\x12\x1c\n\x18OPERATION_STATUS_PENDING\x10\x02\x12\x1e\n\x1aOPERATION_STATUS_SUCCEEDED\x10\x03\x12\x1b\n\x17OPERATION_STATUS_FAILED\x10\x04\x32\x9b\x06\n\x0eGatewayService\x12L\n\x06\x43harge\x12\".paysuite.gateway.v1.ChargeRequest\x1a\x1e.paysuite.gateway.v1.Operation\x12L\n\x06Payout\x12\".paysuite.gateway.v1.PayoutRequest\x1a\x1e.paysuite.gateway.v1.Operation\x12L\n\x06Refund\x12\".paysuite.gateway.v1.RefundRequest\x1a\x1e.paysuite.gateway.v1.Operation\x12X\n\x0cGetOperation\x12(.paysuite.gateway.v1.GetOperationRequest\x1a\x1e.paysuite.gateway.v1.Operation\x12Z\n\rSyncOperation\x12).paysuite.gateway.v1.SyncOperationRequest\x1a\x1e.paysuite.gateway.v1.Operation\x12x\n\x13HandleProviderEvent\x12/.paysuite.gateway.v1.HandleProviderEventRequest\x1a\x30.paysuite.gateway.v1.HandleProviderEventResponse\x12{\n\x14HandleProviderEvents\x12\x30.paysuite.gateway.v1.HandleProviderEventsRequest\x1a\x31.paysuite.gateway.v1.HandleProviderEventsResponse\x12r\n\x11GetProviderStatus\x12-.paysuite.gateway.v1.GetProviderStatusRequest\x1a..paysuite.gateway.v1.GetProviderStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!paysuite/gateway/v1/gateway.proto\x12\x13paysuite.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1epaysuite/common/v1/money.proto\"\xf9\x03\n\tOperation\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x30\n\x04kind\x18\x02 \x01(\x0e\x32\".paysuite.gateway.v1.OperationKind\x12\x34\n\x06status\x18\x03 \x01(\x0e\x32$.paysuite.gateway.v1.OperationStatus\x12)\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x1a\n\x12provider_reference\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x11\n\treference\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0foutcome_unknown\x18\x0c \x01(\x08\x12\x1b\n\x13parent_operation_id\x18\r \x01(\t\x12;\n\x07history\x18\x0e \x03(\x0b\x32*.paysuite.gateway.v1.OperationHistoryEntry\"\xdd\x01\n\x15OperationHistoryEntry\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.paysuite.gateway.v1.OperationStatus\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x1a\n\x12provider_reference\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12\x17\n\x0foutcome_unknown\x18\x05 \x01(\x08\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x01\n\rChargeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12)\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x16\n\x0epayment_method\x18\x03 \x01(\t\x12\x11\n\treference\x18\x04 \x01(\t\x12\x13\n\x0btraceparent\x18\x05 \x01(\t\x12\x12\n\ntracestate\x18\x06 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x07 \x01(\t\"E\n\x0e\x43hargesRequest\x12\x33\n\x07\x63harges\x18\x01 \x03(\x0b\x32\".paysuite.gateway.v1.ChargeRequest\"e\n\x0c\x43hargeResult\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12\x31\n\toperation\x18\x02 \x01(\x0b\x32\x1e.paysuite.gateway.v1.Operation\"E\n\x0f\x43hargesResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.paysuite.gateway.v1.ChargeResult\"{\n\rPayoutRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12)\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12\x11\n\treference\x18\x04 \x01(\t\"\x83\x01\n\rRefundRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x1b\n\x13\x63harge_operation_id\x18\x02 \x01(\t\x12)\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x11\n\treference\x18\x04 \x01(\t\"+\n\x13GetOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\"=\n\x14SyncOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x0f\n\x07trigger\x18\x02 \x01(\t\"\xc1\x02\n\x1aHandleProviderEventRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x19\n\x11provider_event_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x1a\n\x12provider_reference\x18\x04 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x05 \x01(\t\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0braw_payload\x18\x07 \x01(\x0c\x12\x14\n\x0coperation_id\x18\x08 \x01(\t\x12)\n\x06\x61mount\x18\t \x01(\x0b\x32\x19.paysuite.common.v1.Money\x12\x13\n\x0btraceparent\x18\n \x01(\t\x12\x12\n\ntracestate\x18\x0b \x01(\t\"\\\n\x1bHandleProviderEventResponse\x12\x16\n\x0e\x66irst_delivery\x18\x01 \x01(\x08\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\x0f\n\x07outcome\x18\x03 \x01(\t\"^\n\x1bHandleProviderEventsRequest\x12?\n\x06\x65vents\x18\x01 \x03(\x0b\x32/.paysuite.gateway.v1.HandleProviderEventRequest\"~\n\x19HandleProviderEventResult\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x42\n\x08response\x18\x03 \x01(\x0b\x32\x30.paysuite.gateway.v1.HandleProviderEventResponse\"_\n\x1cHandleProviderEventsResponse\x12?\n\x07results\x18\x01 \x03(\x0b\x32..paysuite.gateway.v1.HandleProviderEventResult\"\x1a\n\x18GetProviderStatusRequest\"\xc9\x01\n\x0eProviderStatus\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x15\n\rbreaker_state\x18\x02 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x04 \x01(\x03\x12\x12\n\nslow_calls\x18\x05 \x01(\x03\x12\x16\n\x0erejected_calls\x18\x06 \x01(\x03\x12/\n\x0bstate_since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08priority\x18\x08 \x01(\x05\"S\n\x19GetProviderStatusResponse\x12\x36\n\tproviders\x18\x01 \x03(\x0b\x32#.paysuite.gateway.v1.ProviderStatus*\x80\x01\n\rOperationKind\x12\x1e\n\x1aOPERATION_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15OPERATION_KIND_CHARGE\x10\x01\x12\x19\n\x15OPERATION_KIND_PAYOUT\x10\x02\x12\x19\n\x15OPERATION_KIND_REFUND\x10\x03*\xac\x01\n\x0fOperationStatus\x12 \n\x1cOPERATION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18OPERATION_STATUS_CREATED\x10\x01\x12\x1c\n\x18OPERATION_STATUS_PENDING\x10\x02\x12\x1e\n\x1aOPERATION_STATUS_SUCCEEDED\x10\x03\x12\x1b\n\x17OPERATION_STATUS_FAILED\x10\x04\x32\xf1\x06\n\x0eGatewayService\x12L\n\x06\x43harge\x12\".paysuite.gateway.v1.ChargeRequest\x1a\x1e.paysuite.gateway.v1.Operation\x12T\n\x07\x43harges\x12#.paysuite.gateway.v1.ChargesRequest\x1a$.paysuite.gateway.v1.ChargesResponse\x12L\n\x06Payout\x12\".paysuite.gateway.v1.PayoutRequest\x1a\x1e.paysuite.gateway.v1.Operation\x12L\n\x06Refund\x12\".paysuite.gateway.v1.RefundRequest\x1a\x1e.paysuite.gateway.v1.Operation\x12X\n\x0cGetOperation\x12(.paysuite.gateway.v1.GetOperationRequest\x1a\x1e.paysuite.gateway.v1.Operation\x12Z\n\rSyncOperation\x12).paysuite.gateway.v1.SyncOperationRequest\x1a\x1e.paysuite.gateway.v1.Operation\x12x\n\x13HandleProviderEvent\x12/.paysuite.gateway.v1.HandleProviderEventRequest\x1a\x30.paysuite.gateway.v1.HandleProviderEventResponse\x12{\n\x14HandleProviderEvents\x12\x30.paysuite.gateway.v1.HandleProviderEventsRequest\x1a\x31.paysuite.gateway.v1.HandleProviderEventsResponse\x12r\n\x11GetProviderStatus\x12-.paysuite.gateway.v1.GetProviderStatusRequest\x1a..paysuite.gateway.v1.GetProviderStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paysuite.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPERATIONKIND']._serialized_start=2407
-  _globals['_OPERATIONKIND']._serialized_end=2535
-  _globals['_OPERATIONSTATUS']._serialized_start=2538
-  _globals['_OPERATIONSTATUS']._serialized_end=2710
-  _globals['_OPERATION']._serialized_start=124
-  _globals['_OPERATION']._serialized_end=629
-  _globals['_OPERATIONHISTORYENTRY']._serialized_start=632
-  _globals['_OPERATIONHISTORYENTRY']._serialized_end=853
-  _globals['_CHARGEREQUEST']._serialized_start=855
-  _globals['_CHARGEREQUEST']._serialized_end=981
-  _globals['_PAYOUTREQUEST']._serialized_start=983
-  _globals['_PAYOUTREQUEST']._serialized_end=1106
-  _globals['_REFUNDREQUEST']._serialized_start=1109
-  _globals['_REFUNDREQUEST']._serialized_end=1240
-  _globals['_GETOPERATIONREQUEST']._serialized_start=1242
-  _globals['_GETOPERATIONREQUEST']._serialized_end=1285
-  _globals['_SYNCOPERATIONREQUEST']._serialized_start=1287
-  _globals['_SYNCOPERATIONREQUEST']._serialized_end=1348
-  _globals['_HANDLEPROVIDEREVENTREQUEST']._serialized_start=1351
-  _globals['_HANDLEPROVIDEREVENTREQUEST']._serialized_end=1672
-  _globals['_HANDLEPROVIDEREVENTRESPONSE']._serialized_start=1674
-  _globals['_HANDLEPROVIDEREVENTRESPONSE']._serialized_end=1766
-  _globals['_HANDLEPROVIDEREVENTSREQUEST']._serialized_start=1768
-  _globals['_HANDLEPROVIDEREVENTSREQUEST']._serialized_end=1862
-  _globals['_HANDLEPROVIDEREVENTRESULT']._serialized_start=1864
-  _globals['_HANDLEPROVIDEREVENTRESULT']._serialized_end=1990
-  _globals['_HANDLEPROVIDEREVENTSRESPONSE']._serialized_start=1992
-  _globals['_HANDLEPROVIDEREVENTSRESPONSE']._serialized_end=2087
-  _globals['_GETPROVIDERSTATUSREQUEST']._serialized_start=2089
-  _globals['_GETPROVIDERSTATUSREQUEST']._serialized_end=2115
-  _globals['_PROVIDERSTATUS']._serialized_start=2118
-  _globals['_PROVIDERSTATUS']._serialized_end=2319
-  _globals['_GETPROVIDERSTATUSRESPONSE']._serialized_start=2321
-  _globals['_GETPROVIDERSTATUSRESPONSE']._serialized_end=2404
-  _globals['_GATEWAYSERVICE']._serialized_start=2713
-  _globals['_GATEWAYSERVICE']._serialized_end=3508
+  _globals['_OPERATIONKIND']._serialized_start=2743
+  _globals['_OPERATIONKIND']._serialized_end=2871
+  _globals['_OPERATIONSTATUS']._serialized_start=2874
+  _globals['_OPERATIONSTATUS']._serialized_end=3046
+  _globals['_OPERATION']._serialized_start=149
+  _globals['_OPERATION']._serialized_end=654
+  _globals['_OPERATIONHISTORYENTRY']._serialized_start=657
+  _globals['_OPERATIONHISTORYENTRY']._serialized_end=878
+  _globals['_CHARGEREQUEST']._serialized_start=881
+  _globals['_CHARGEREQUEST']._serialized_end=1072
+  _globals['_CHARGESREQUEST']._serialized_start=1074
+  _globals['_CHARGESREQUEST']._serialized_end=1143
+  _globals['_CHARGERESULT']._serialized_start=1145
+  _globals['_CHARGERESULT']._serialized_end=1246
+  _globals['_CHARGESRESPONSE']._serialized_start=1248
+  _globals['_CHARGESRESPONSE']._serialized_end=1317
+  _globals['_PAYOUTREQUEST']._serialized_start=1319
+  _globals['_PAYOUTREQUEST']._serialized_end=1442
+  _globals['_REFUNDREQUEST']._serialized_start=1445
+  _globals['_REFUNDREQUEST']._serialized_end=1576
+  _globals['_GETOPERATIONREQUEST']._serialized_start=1578
+  _globals['_GETOPERATIONREQUEST']._serialized_end=1621
+  _globals['_SYNCOPERATIONREQUEST']._serialized_start=1623
+  _globals['_SYNCOPERATIONREQUEST']._serialized_end=1684
+  _globals['_HANDLEPROVIDEREVENTREQUEST']._serialized_start=1687
+  _globals['_HANDLEPROVIDEREVENTREQUEST']._serialized_end=2008
+  _globals['_HANDLEPROVIDEREVENTRESPONSE']._serialized_start=2010
+  _globals['_HANDLEPROVIDEREVENTRESPONSE']._serialized_end=2102
+  _globals['_HANDLEPROVIDEREVENTSREQUEST']._serialized_start=2104
+  _globals['_HANDLEPROVIDEREVENTSREQUEST']._serialized_end=2198
+  _globals['_HANDLEPROVIDEREVENTRESULT']._serialized_start=2200
+  _globals['_HANDLEPROVIDEREVENTRESULT']._serialized_end=2326
+  _globals['_HANDLEPROVIDEREVENTSRESPONSE']._serialized_start=2328
+  _globals['_HANDLEPROVIDEREVENTSRESPONSE']._serialized_end=2423
+  _globals['_GETPROVIDERSTATUSREQUEST']._serialized_start=2425
+  _globals['_GETPROVIDERSTATUSREQUEST']._serialized_end=2451
+  _globals['_PROVIDERSTATUS']._serialized_start=2454
+  _globals['_PROVIDERSTATUS']._serialized_end=2655
+  _globals['_GETPROVIDERSTATUSRESPONSE']._serialized_start=2657
+  _globals['_GETPROVIDERSTATUSRESPONSE']._serialized_end=2740
+  _globals['_GATEWAYSERVICE']._serialized_start=3049
+  _globals['_GATEWAYSERVICE']._serialized_end=3930
 # @@protoc_insertion_point(module_scope)

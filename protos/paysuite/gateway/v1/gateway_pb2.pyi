@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from paysuite.common.v1 import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
@@ -176,9 +177,19 @@ class ChargeRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     payment_method: _builtins.str
     reference: _builtins.str
+    traceparent: _builtins.str
+    """W3C trace context and correlation id of the flow asking for the charge. gRPC metadata
+    carries them for a single call; a Charges batch holds the charges of many flows, so each
+    charge brings its own and is handled in its flow's trace. Empty: the call's own.
+    """
+    tracestate: _builtins.str
+    correlation_id: _builtins.str
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -188,14 +199,88 @@ class ChargeRequest(_message.Message):
         amount: _money_pb2.Money | None = ...,
         payment_method: _builtins.str = ...,
         reference: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "payment_method", b"payment_method", "reference", b"reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "correlation_id", b"correlation_id", "idempotency_key", b"idempotency_key", "payment_method", b"payment_method", "reference", b"reference", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChargeRequest: _TypeAlias = ChargeRequest  # noqa: Y015
+
+@_typing.final
+class ChargesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def charges(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChargeRequest]: ...
+    def __init__(
+        self,
+        *,
+        charges: _abc.Iterable[Global___ChargeRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charges", b"charges"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChargesRequest: _TypeAlias = ChargesRequest  # noqa: Y015
+
+@_typing.final
+class ChargeResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """OK when the charge was handled (operation set), else the status Charge would have failed
+        this charge with: code, message and the same details (google.rpc.ErrorInfo always,
+        google.rpc.BadRequest for field violations, ...).
+        """
+
+    @_builtins.property
+    def operation(self) -> Global___Operation: ...
+    def __init__(
+        self,
+        *,
+        status: _status_pb2.Status | None = ...,
+        operation: Global___Operation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChargeResult: _TypeAlias = ChargeResult  # noqa: Y015
+
+@_typing.final
+class ChargesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChargeResult]:
+        """One per request charge, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ChargeResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChargesResponse: _TypeAlias = ChargesResponse  # noqa: Y015
 
 @_typing.final
 class PayoutRequest(_message.Message):

@@ -42,6 +42,11 @@ class GatewayServiceStub:
                 request_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.ChargeRequest.SerializeToString,
                 response_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.Operation.FromString,
                 _registered_method=True)
+        self.Charges = channel.unary_unary(
+                '/paysuite.gateway.v1.GatewayService/Charges',
+                request_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.ChargesRequest.SerializeToString,
+                response_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.ChargesResponse.FromString,
+                _registered_method=True)
         self.Payout = channel.unary_unary(
                 '/paysuite.gateway.v1.GatewayService/Payout',
                 request_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.PayoutRequest.SerializeToString,
@@ -90,6 +95,16 @@ class GatewayServiceServicer:
         PENDING: the outcome arrives as charge.succeeded / charge.failed. CREATED with
         outcome_unknown means the provider did not answer in time: never assume it failed.
         UNAVAILABLE when no provider could take it (nothing was charged; retry later).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Charges(self, request, context):
+        """Several charges at once (the payment service coalesces concurrent ones), each handled as
+        by Charge and answered with its own result: the operation, or the status Charge would have
+        failed that charge with (its code, message and rich details). The whole call fails only
+        when no charge could be answered (e.g. UNAVAILABLE, or UNAUTHENTICATED for the caller).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,6 +169,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Charge,
                     request_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.ChargeRequest.FromString,
                     response_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.Operation.SerializeToString,
+            ),
+            'Charges': grpc.unary_unary_rpc_method_handler(
+                    servicer.Charges,
+                    request_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.ChargesRequest.FromString,
+                    response_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.ChargesResponse.SerializeToString,
             ),
             'Payout': grpc.unary_unary_rpc_method_handler(
                     servicer.Payout,
@@ -221,6 +241,33 @@ class GatewayService:
             '/paysuite.gateway.v1.GatewayService/Charge',
             paysuite_dot_gateway_dot_v1_dot_gateway__pb2.ChargeRequest.SerializeToString,
             paysuite_dot_gateway_dot_v1_dot_gateway__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Charges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.gateway.v1.GatewayService/Charges',
+            paysuite_dot_gateway_dot_v1_dot_gateway__pb2.ChargesRequest.SerializeToString,
+            paysuite_dot_gateway_dot_v1_dot_gateway__pb2.ChargesResponse.FromString,
             options,
             channel_credentials,
             insecure,

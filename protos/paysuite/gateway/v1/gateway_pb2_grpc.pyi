@@ -42,6 +42,12 @@ class GatewayServiceStub:
     outcome_unknown means the provider did not answer in time: never assume it failed.
     UNAVAILABLE when no provider could take it (nothing was charged; retry later).
     """
+    Charges: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ChargesRequest, _gateway_pb2.ChargesResponse]
+    """Several charges at once (the payment service coalesces concurrent ones), each handled as
+    by Charge and answered with its own result: the operation, or the status Charge would have
+    failed that charge with (its code, message and rich details). The whole call fails only
+    when no charge could be answered (e.g. UNAVAILABLE, or UNAUTHENTICATED for the caller).
+    """
     Payout: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PayoutRequest, _gateway_pb2.Operation]
     """Asks a provider to send money to a destination; outcome as payout.succeeded / failed."""
     Refund: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RefundRequest, _gateway_pb2.Operation]
@@ -76,6 +82,12 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     PENDING: the outcome arrives as charge.succeeded / charge.failed. CREATED with
     outcome_unknown means the provider did not answer in time: never assume it failed.
     UNAVAILABLE when no provider could take it (nothing was charged; retry later).
+    """
+    Charges: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ChargesRequest, _gateway_pb2.ChargesResponse]  # type: ignore[assignment]
+    """Several charges at once (the payment service coalesces concurrent ones), each handled as
+    by Charge and answered with its own result: the operation, or the status Charge would have
+    failed that charge with (its code, message and rich details). The whole call fails only
+    when no charge could be answered (e.g. UNAVAILABLE, or UNAUTHENTICATED for the caller).
     """
     Payout: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PayoutRequest, _gateway_pb2.Operation]  # type: ignore[assignment]
     """Asks a provider to send money to a destination; outcome as payout.succeeded / failed."""
@@ -114,6 +126,18 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         PENDING: the outcome arrives as charge.succeeded / charge.failed. CREATED with
         outcome_unknown means the provider did not answer in time: never assume it failed.
         UNAVAILABLE when no provider could take it (nothing was charged; retry later).
+        """
+
+    @_abc_1.abstractmethod
+    def Charges(
+        self,
+        request: _gateway_pb2.ChargesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ChargesResponse, _abc.Awaitable[_gateway_pb2.ChargesResponse]]:
+        """Several charges at once (the payment service coalesces concurrent ones), each handled as
+        by Charge and answered with its own result: the operation, or the status Charge would have
+        failed that charge with (its code, message and rich details). The whole call fails only
+        when no charge could be answered (e.g. UNAVAILABLE, or UNAUTHENTICATED for the caller).
         """
 
     @_abc_1.abstractmethod
