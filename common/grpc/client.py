@@ -8,9 +8,11 @@ so a transparent retry can never apply a step twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import grpc
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from common.errors import (
@@ -85,20 +87,32 @@ def translate_rpc_error(exc: grpc.aio.AioRpcError, *, service: str) -> DomainErr
     Anything transient (including the other side's INTERNAL) is DependencyUnavailable: the
     caller's step is idempotent, so it is retried rather than failing a payment.
     """
-    code, details = exc.code(), exc.details() or ""
+    return translate_status(
+        exc.code(), exc.details() or "", _details_of(exc.trailing_metadata()), service=service
+    )
+
+
+def translate_item_status(status: status_pb2.Status, *, service: str) -> DomainError:
+    """One item's status in a batch answer (e.g. a ChargeResult's) as our domain error: what
+    translate_rpc_error makes of the same status ending a unary call."""
+    return translate_status(code_of(status.code), status.message, status.details, service=service)
+
+
+def translate_status(
+    code: grpc.StatusCode, message: str, details: Sequence[any_pb2.Any], *, service: str
+) -> DomainError:
+    """A status (code, message, rich details) as our domain error; see translate_rpc_error."""
     if code in _UNAVAILABLE:
         return DependencyUnavailable(f"{service} unavailable: {code.name}")
     if code is grpc.StatusCode.NOT_FOUND:
         # The other service's message already names what was not found (safe to pass on).
-        return NotFound("resource", "", message=details or f"{service}: not found")
+        return NotFound("resource", "", message=message or f"{service}: not found")
     if code is grpc.StatusCode.ALREADY_EXISTS:
-        return IdempotencyConflict(f"{service}: {details}")
-    reason, metadata = error_info(exc)
-    message = f"{service} refused: {details}"
+        return IdempotencyConflict(f"{service}: {message}")
+    reason, metadata = _error_info(details)
+    text = f"{service} refused: {message}"
     refusal: FailedPrecondition = (
-        InsufficientFunds(message)
-        if reason == InsufficientFunds.reason
-        else FailedPrecondition(message)
+        InsufficientFunds(text) if reason == InsufficientFunds.reason else FailedPrecondition(text)
     )
     # The other service's specific reason (ACCOUNT_FROZEN, FX_RATE_UNAVAILABLE, ...) is part of
     # its API; passing it on lets our callers branch on it as on our own.
@@ -108,14 +122,31 @@ def translate_rpc_error(exc: grpc.aio.AioRpcError, *, service: str) -> DomainErr
     return refusal
 
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def code_of(value: int) -> grpc.StatusCode:
+    """The grpc.StatusCode of a google.rpc.Code number (UNKNOWN for one we do not know)."""
+    return _CODES.get(value, grpc.StatusCode.UNKNOWN)
+
+
 def error_info(exc: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
     """The ErrorInfo reason and metadata a status carries in its rich details, if any."""
-    for key, value in exc.trailing_metadata() or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                return info.reason, dict(info.metadata)
+    return _error_info(_details_of(exc.trailing_metadata()))
+
+
+def _details_of(trailing_metadata: Iterable[tuple[str, Any]] | None) -> Sequence[any_pb2.Any]:
+    """The rich details of a call's status (its `grpc-status-details-bin` trailer)."""
+    for key, value in trailing_metadata or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status: status_pb2.Status = status_pb2.Status.FromString(value)
+            return list(status.details)
+    return ()
+
+
+def _error_info(details: Iterable[any_pb2.Any]) -> tuple[str, dict[str, str]]:
+    for detail in details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason, dict(info.metadata)
     return "", {}

@@ -85,6 +85,14 @@ def _message(exc: Exception, code: grpc.StatusCode, request_id: str) -> str:
 
 
 def rich_status(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str, bytes]:
+    code, message, status = status_message(exc, request_id)
+    return code, message, status.SerializeToString()
+
+
+def status_message(
+    exc: Exception, request_id: str
+) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
+    """The google.rpc.Status a call failing with `exc` ends with (this table, these details)."""
     code = status_for(exc)
     message = _message(exc, code, request_id)
     reason = exc.reason if isinstance(exc, DomainError) else code.name
@@ -123,7 +131,7 @@ def rich_status(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str, 
         holder.Pack(detail)
         packed.append(holder)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
-    return code, message, status.SerializeToString()
+    return code, message, status
 
 
 def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -237,10 +245,24 @@ def _request_scope(
         request_id_var.reset(token)
 
 
+def item_status(exc: Exception) -> status_pb2.Status:
+    """The status one item of a batch call (e.g. the gateway's Charges) answers with when
+    handling it raised `exc`: what the unary call would have failed with (the same table, the
+    same rich details, logged the same way), so the other items of the batch go on."""
+    code, message, status = status_message(exc, request_id_var.get() or str(uuid.uuid4()))
+    _log_failure(code, message)
+    return status
+
+
 async def abort_with(
     exc: Exception, context: grpc.aio.ServicerContext[Any, Any], request_id: str
 ) -> NoReturn:
     code, message, details = rich_status(exc, request_id)
+    _log_failure(code, message)
+    await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", details),))
+
+
+def _log_failure(code: grpc.StatusCode, message: str) -> None:
     if code is grpc.StatusCode.INTERNAL:
         log.exception("rpc.internal_error")
     elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED):
@@ -249,4 +271,3 @@ async def abort_with(
         log.debug("rpc.error", code=code.name, message=message)
     else:
         log.info("rpc.error", code=code.name, message=message)
-    await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", details),))

@@ -81,6 +81,46 @@ def served(
         span.end()
 
 
+@contextlib.contextmanager
+def served_item(
+    method_name: str, *, traceparent: str, tracestate: str, correlation_id: str, payment_id: str
+) -> Iterator[Callable[[int], None]]:
+    """One item of a batch call handled as the unary call `method_name` would be: a SERVER
+    span of that name, a child of the item's own trace context (a batch holds many flows; the
+    call's context when the item brings none), the item's flow ids bound to the logs. Yields
+    the function that records the item's status code (google.rpc.Code) on the span."""
+    carrier = {"traceparent": traceparent, "tracestate": tracestate} if traceparent else {}
+    service, name = split_method(method_name)
+    span = tracing.tracer().start_span(
+        f"{service}/{name}",
+        context=tracing.extract(carrier) if carrier else None,
+        kind=trace.SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+    )
+
+    def finish(code: int) -> None:
+        if span.is_recording():
+            span.set_attribute("rpc.grpc.status_code", code)
+            if code != grpc.StatusCode.OK.value[0]:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, _code_name(code)))
+
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        with bound_flow(correlation_id[:MAX_ID_LENGTH] or payment_id, payment_id):
+            try:
+                yield finish
+            except BaseException as exc:
+                tracing.record_failure(span, exc)
+                raise
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
+def _code_name(value: int) -> str:
+    return next((code.name for code in grpc.StatusCode if code.value[0] == value), "UNKNOWN")
+
+
 def _finish(
     span: trace.Span, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None
 ) -> None:

@@ -6,19 +6,22 @@ a provider passes the caller's deadline down, so no provider request outlives it
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import status_pb2
 
 from common import tracing
 from common.auth import Access
 from common.errors import ValidationError
 from common.grpc.auth import Policy
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
-from common.grpc.errors import status_for
+from common.grpc.errors import item_status, status_for
+from common.grpc.tracing import served_item
 from common.money import Money
 from gateway_service.domain.model import (
     HistoryEntry,
@@ -41,6 +44,7 @@ POLICY = Policy(
     SERVICE_NAME,
     {
         "Charge": Access.SERVICE,
+        "Charges": Access.SERVICE,
         "Payout": Access.SERVICE,
         "Refund": Access.SERVICE,
         "SyncOperation": Access.SERVICE,
@@ -50,6 +54,9 @@ POLICY = Policy(
         "GetProviderStatus": Access.OPERATOR,
     },
 )
+
+# Each item of a Charges batch is served as a Charge of its own would be (span, logs).
+CHARGE_METHOD = f"/{SERVICE_NAME}/Charge"
 
 # Kept from the caller's deadline for recording the provider's answer.
 _MARGIN_S = 0.1
@@ -179,14 +186,54 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Charge(
         self, request: gateway_pb2.ChargeRequest, context: Context
     ) -> gateway_pb2.Operation:
-        operation = await self._service.operations.charge(
+        return operation_to_proto(await self._charge(request, _deadline(context)))
+
+    async def _charge(
+        self, request: gateway_pb2.ChargeRequest, deadline: float | None
+    ) -> Operation:
+        """A charge, alone (Charge) or one of a batch (Charges): the same checks and call."""
+        return await self._service.operations.charge(
             idempotency_key=request.idempotency_key,
             amount=_amount(request),
             payment_method=request.payment_method,
             reference=request.reference,
-            deadline=_deadline(context),
+            deadline=deadline,
         )
-        return operation_to_proto(operation)
+
+    async def Charges(
+        self, request: gateway_pb2.ChargesRequest, context: Context
+    ) -> gateway_pb2.ChargesResponse:
+        # Together, so the charges are recorded in one group commit (GroupedWrites).
+        deadline = _deadline(context)
+        results = await asyncio.gather(
+            *(self._charge_item(item, deadline) for item in request.charges)
+        )
+        return gateway_pb2.ChargesResponse(results=results)
+
+    async def _charge_item(
+        self, request: gateway_pb2.ChargeRequest, deadline: float | None
+    ) -> gateway_pb2.ChargeResult:
+        """One charge of a batch, as Charge would handle it, in its own flow's trace; what
+        Charge would have failed with becomes this charge's status, not the batch's."""
+        with served_item(
+            CHARGE_METHOD,
+            traceparent=request.traceparent,
+            tracestate=request.tracestate,
+            correlation_id=request.correlation_id,
+            payment_id="",
+        ) as finish:
+            # The one try of the Charges path: one charge's error must not fail the others.
+            try:
+                operation = await self._charge(request, deadline)
+            except Exception as exc:
+                status = item_status(exc)
+                finish(status.code)
+                return gateway_pb2.ChargeResult(status=status)
+            finish(grpc.StatusCode.OK.value[0])
+            return gateway_pb2.ChargeResult(
+                status=status_pb2.Status(code=grpc.StatusCode.OK.value[0]),
+                operation=operation_to_proto(operation),
+            )
 
     async def Payout(
         self, request: gateway_pb2.PayoutRequest, context: Context

@@ -137,6 +137,7 @@ WALLET: dict[str, tuple[Request, Access]] = {
 }
 GATEWAY: dict[str, tuple[Request, Access]] = {
     "Charge": (lambda w: G.ChargeRequest(), Access.SERVICE),
+    "Charges": (lambda w: G.ChargesRequest(charges=[G.ChargeRequest()]), Access.SERVICE),
     "Payout": (lambda w: G.PayoutRequest(), Access.SERVICE),
     "Refund": (lambda w: G.RefundRequest(), Access.SERVICE),
     "SyncOperation": (lambda w: G.SyncOperationRequest(), Access.SERVICE),

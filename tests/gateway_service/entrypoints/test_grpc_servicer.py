@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from common.grpc.auth import bearer_channel
 from common.grpc.server import create_server
@@ -218,3 +219,81 @@ async def test_handle_provider_events_answers_each_event_on_its_own(stub: Stub) 
     assert codes == [0, invalid, invalid, 0]
     assert [r.response.first_delivery for r in response.results] == [True, False, False, False]
     assert response.results[0].response.outcome == "applied"
+
+
+def _unary_status(exc: grpc.aio.AioRpcError) -> status_pb2.Status:
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            return status_pb2.Status.FromString(value)
+    raise AssertionError("no rich status")
+
+
+def _without_request_id(status: status_pb2.Status) -> status_pb2.Status:
+    """The status with its ErrorInfo's request id dropped (each call has its own)."""
+    copy = status_pb2.Status()
+    copy.CopyFrom(status)
+    for detail in copy.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            del info.metadata["request_id"]
+            detail.Pack(info)
+    return copy
+
+
+async def test_charges_answers_each_charge_on_its_own(
+    stub: Stub, fake_provider: FakeProvider
+) -> None:
+    response = await stub.Charges(
+        gateway_pb2.ChargesRequest(
+            charges=[
+                charge_request(),
+                charge_request(idempotency_key="pay-2:charge", reference="pay-2", amount=None),
+                charge_request(idempotency_key="pay-3:charge", reference="pay-3"),
+                charge_request(),  # the same key and request: the same operation
+            ]
+        )
+    )
+
+    codes = [r.status.code for r in response.results]
+    assert codes == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0], 0, 0]
+    first, invalid, third, repeat = response.results
+    assert first.operation.status == gateway_pb2.OPERATION_STATUS_PENDING
+    assert first.operation.provider_reference == fake_provider.references["pay-1:charge"]
+    assert repeat.operation.operation_id == first.operation.operation_id
+    assert third.operation.reference == "pay-3"
+    assert third.operation.operation_id != first.operation.operation_id
+    assert not invalid.HasField("operation")
+    violations = error_details_pb2.BadRequest()
+    assert any(d.Unpack(violations) for d in invalid.status.details)
+    assert [v.field for v in violations.field_violations] == ["amount"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"amount": None},
+        {"amount": money_pb2.Money(amount_minor=5, currency="XXX")},
+        {"idempotency_key": ""},
+        {"reference": "pay-other"},  # the key of pay-1's charge, reused: ALREADY_EXISTS
+    ],
+)
+async def test_a_charge_in_a_batch_fails_as_charge_would(
+    stub: Stub, changes: dict[str, object]
+) -> None:
+    """One table: a batch item's status is the unary call's, code, message and details."""
+    await stub.Charge(charge_request())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Charge(charge_request(**changes))
+
+    response = await stub.Charges(gateway_pb2.ChargesRequest(charges=[charge_request(**changes)]))
+
+    (result,) = response.results
+    assert result.status.code == caught.value.code().value[0]
+    assert result.status.message == caught.value.details()
+    assert _without_request_id(result.status) == _without_request_id(_unary_status(caught.value))
+
+
+async def test_an_empty_batch_is_an_empty_answer(stub: Stub) -> None:
+    response = await stub.Charges(gateway_pb2.ChargesRequest())
+
+    assert list(response.results) == []
