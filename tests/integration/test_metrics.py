@@ -139,7 +139,8 @@ async def test_a_deposit_shows_on_every_process_metrics(processes: Processes) ->
     assert get(gateway, "gateway_provider_calls_total", **charge, outcome="ok") == 1
     assert get(gateway, "gateway_provider_call_seconds_count", **charge) == 1
     assert get(gateway, "gateway_circuit_breaker_state", provider="sim-primary") == 0
-    charged = {"grpc_service": GATEWAY_SERVICE, "grpc_method": "Charge", "grpc_code": "OK"}
+    # The saga's charges reach the gateway in Charges batches (a deposit alone: a batch of one).
+    charged = {"grpc_service": GATEWAY_SERVICE, "grpc_method": "Charges", "grpc_code": "OK"}
     assert get(gateway, "grpc_server_handled_total", **charged) == 1
 
     webhook = await scrape(urls["webhook adapter"])
