@@ -161,6 +161,34 @@ _UPDATE = (
     " WHERE payment_id = %(payment_id)s AND version = %(expected_version)s"
     " AND steps = %(expected_steps)s RETURNING 1)," + _HISTORY_CTES
 )
+# Many payments' writes (a group commit's steps) in ONE statement: the rows, transitions and
+# audit-trail steps of every payment ride as arrays, the latter two keyed by payment. As in
+# _UPDATE, a row whose version or step count moved is not written, nor are its transitions or
+# steps, and the count says so (the caller then fails the whole batch, which is rerun alone).
+_UPDATE_MANY = (
+    "WITH input AS (SELECT * FROM unnest(%(payment_id)s::uuid[], %(status)s::text[],"
+    " %(failure_reason)s::text[], %(operation_id)s::text[], %(version)s::bigint[],"
+    " %(updated_at)s::timestamptz[], %(steps)s::bigint[], %(saga)s::jsonb[],"
+    " %(expected_version)s::bigint[], %(expected_steps)s::bigint[]) AS i(payment_id, status,"
+    " failure_reason, operation_id, version, updated_at, steps, saga, expected_version,"
+    " expected_steps)),"
+    " written AS (UPDATE payments p SET status = i.status, failure_reason = i.failure_reason,"
+    " gateway_operation_id = i.operation_id, version = i.version, updated_at = i.updated_at,"
+    " steps = i.steps, saga = i.saga FROM input i WHERE p.payment_id = i.payment_id"
+    " AND p.version = i.expected_version AND p.steps = i.expected_steps RETURNING p.payment_id),"
+    " history AS (INSERT INTO payment_status_history (payment_id, sequence, from_status,"
+    " to_status, reason, occurred_at)"
+    " SELECT * FROM unnest(%(h_payment)s::uuid[], %(h_sequence)s::bigint[], %(h_from)s::text[],"
+    " %(h_to)s::text[], %(h_reason)s::text[], %(h_at)s::timestamptz[]) AS h(payment_id,"
+    " sequence, from_status, to_status, reason, occurred_at)"
+    " WHERE h.payment_id IN (SELECT payment_id FROM written)),"
+    " audit AS (INSERT INTO payment_steps (payment_id, step, event_type, occurred_at, data, error)"
+    " SELECT * FROM unnest(%(s_payment)s::uuid[], %(s_step)s::bigint[], %(s_type)s::text[],"
+    " %(s_at)s::timestamptz[], %(s_data)s::jsonb[], %(s_error)s::text[]) AS s(payment_id, step,"
+    " event_type, occurred_at, data, error)"
+    " WHERE s.payment_id IN (SELECT payment_id FROM written))"
+    " SELECT count(*) FROM written"
+)
 _STEPS = (
     "SELECT step, event_type, occurred_at, data, error FROM payment_steps"
     " WHERE payment_id = %s ORDER BY step"
@@ -381,6 +409,35 @@ class PaymentRepository:
         if row is None or row[0] != 1:
             raise ConcurrentUpdate(f"payment {payment.payment_id} changed concurrently")
         await self._open_cases(payment)
+
+    async def save_many(self, payments: Sequence[Payment]) -> None:
+        """`save` for many payments (distinct ones) in one statement."""
+        changed = [payment for payment in payments if payment.has_changes]
+        if len(changed) < 2:
+            for payment in changed:
+                await self.save(payment)
+            return
+        columns: dict[str, builtins.list[Any]] = {}
+        for payment in changed:
+            expected = {
+                "expected_version": payment.version - len(payment.new_changes),
+                "expected_steps": payment.steps - len(payment.new_steps),
+            }
+            written = self._written(payment)
+            history, audit = len(written["h_sequence"]), len(written["s_step"])
+            written["h_payment"] = [payment.payment_id] * history
+            written["s_payment"] = [payment.payment_id] * audit
+            for name, value in {**written, **expected}.items():
+                if name.startswith(("h_", "s_")):
+                    columns.setdefault(name, []).extend(value)
+                else:
+                    columns.setdefault(name, []).append(value)
+        cursor = await self._raw.execute(_UPDATE_MANY, columns)
+        row = await cursor.fetchone()
+        if row is None or row[0] != len(changed):
+            raise ConcurrentUpdate("a payment of the batch changed concurrently")
+        for payment in changed:
+            await self._open_cases(payment)
 
     async def history(self, payment_id: str) -> list[StatusChange]:
         h = t.payment_status_history

@@ -128,9 +128,12 @@ async def _apply(
     spec: _Step[Any, T],
     payment: Payment | None,
     first_seen: dict[str, set[str]] | None = None,
+    to_save: list[Payment] | None = None,
 ) -> T:
     """One step inside an open transaction, its payment locked: decided, saved, followed.
-    `first_seen`: the events a batch recorded processed for the first time, by consumer."""
+    In a batch: `first_seen` holds the events the batch recorded processed for the first time
+    (by consumer), and a plain save (no refund to settle, nothing to follow) is left in
+    `to_save`, for one statement for the whole batch."""
     if payment is None:
         return spec.missing()
     if spec.event is not None and first_seen is not None:
@@ -141,6 +144,9 @@ async def _apply(
     decided = spec.decide(payment, read)
     if isinstance(decided, Unchanged):
         return decided.value
+    if to_save is not None and spec.then is None and not payment.settles_refund():
+        to_save.append(payment)
+        return decided
     await save_settling_refunds(store, payment)
     if spec.then is not None:
         await spec.then(store, decided)
@@ -256,10 +262,12 @@ class Steps:
             store = unit.payments
             locked = await store.get_many(list(batch), for_update=True)
             first_seen = await _mark_events(store, [batch[p].spec for p in batch if p in locked])
+            to_save: list[Payment] = []
             answers = [
-                (job, await _apply(store, job.spec, locked.get(payment_id), first_seen))
+                (job, await _apply(store, job.spec, locked.get(payment_id), first_seen, to_save))
                 for payment_id, job in batch.items()
             ]
+            await store.save_many(to_save)
             await unit.commit()
         for job, answer in answers:
             job.settle(answer)

@@ -150,6 +150,10 @@ class TrackingStore:
         self._added[payment.payment_id] = _stored(payment)
         self._stage(payment)
 
+    async def save_many(self, payments: Sequence[Payment]) -> None:
+        for payment in payments:
+            await self.save(payment)
+
     async def save(self, payment: Payment) -> None:
         if not payment.has_changes:
             return

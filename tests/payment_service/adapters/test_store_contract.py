@@ -123,6 +123,55 @@ class StoreContract:
             assert await u.payments.mark_many_processed("c", new) == set()
             assert await u.payments.mark_many_processed("other", new) == set(new)
 
+    async def test_many_are_saved_at_once_with_their_transitions_and_steps(
+        self, uow: UowFactory
+    ) -> None:
+        payments = [await added(uow, deposit()) for _ in range(3)]
+        async with uow() as u:
+            locked = await u.payments.get_many([p.payment_id for p in payments], for_update=True)
+            for payment in locked.values():
+                payment.begin_provider_call()
+                payment.record_provider_answer(
+                    ProviderAnswer.ACCEPTED, operation_id=f"op-{payment.payment_id}", reason=""
+                )
+            await u.payments.save_many(list(locked.values()))
+            await u.commit()
+        async with uow() as u:
+            for payment in payments:
+                stored = await u.payments.get(payment.payment_id)
+                assert stored is not None
+                assert (stored.status, stored.version) == (PaymentStatus.PENDING, 2)
+                assert stored.gateway_operation_id == f"op-{payment.payment_id}"
+                history = await u.payments.history(payment.payment_id)
+                assert [c.to_status for c in history] == [
+                    PaymentStatus.INITIATED,
+                    PaymentStatus.PENDING,
+                ]
+                trail = [s.event_type for s in await u.payments.steps(payment.payment_id)]
+                assert trail[-3:] == ["charge.requested", "charge.accepted", "status.pending"]
+
+    async def test_a_batch_save_with_one_payment_moved_meanwhile_writes_nothing(
+        self, uow: UowFactory
+    ) -> None:
+        payments = [await added(uow, deposit()) for _ in range(2)]
+        async with uow() as u:
+            stale = await u.payments.get_many([p.payment_id for p in payments])
+        async with uow() as u:  # another writer moves the second one first
+            moved = await u.payments.get(payments[1].payment_id, for_update=True)
+            assert moved is not None
+            moved.cancel()
+            await u.payments.save(moved)
+            await u.commit()
+        async with uow() as u:
+            for payment in stale.values():
+                payment.cancel()
+            with pytest.raises(ConcurrentUpdate):
+                await u.payments.save_many(list(stale.values()))
+        async with uow() as u:
+            first = await u.payments.get(payments[0].payment_id)
+            assert first is not None
+            assert first.status is PaymentStatus.INITIATED
+
     async def test_many_are_read_at_once_and_the_unknown_left_out(self, uow: UowFactory) -> None:
         payments = [await added(uow, deposit()) for _ in range(3)]
         wanted = [p.payment_id for p in payments] + [str(uuid.uuid4())]
