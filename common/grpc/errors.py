@@ -13,8 +13,8 @@ import contextvars
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -40,9 +40,11 @@ from common.errors import (
 from common.grpc.auth import Authenticator
 from common.grpc.deadlines import deadline_var, set_deadline
 from common.grpc.metrics import code_name, failed_code, record_served
-from common.grpc.tracing import served
+from common.grpc.tracing import served, served_item
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 ERROR_DOMAIN = "paysuite.dev"
 
@@ -252,6 +254,42 @@ def item_status(exc: Exception) -> status_pb2.Status:
     code, message, status = status_message(exc, request_id_var.get() or str(uuid.uuid4()))
     _log_failure(code, message)
     return status
+
+
+class BatchItem(Protocol):
+    """An item of a batch call (a ChargeRequest, a CreditRequest): its flow's trace context."""
+
+    @property
+    def traceparent(self) -> str: ...
+    @property
+    def tracestate(self) -> str: ...
+    @property
+    def correlation_id(self) -> str: ...
+
+
+async def serve_item(
+    method_name: str, item: BatchItem, handle: Callable[[], Awaitable[T]]
+) -> tuple[status_pb2.Status, T | None]:
+    """One item of a batch call (Charges, Credits) handled by `handle` as the unary call
+    `method_name` would handle it, in the item's own flow's span (served_item): its answer with
+    an OK status, or, when it raised, no answer and the status the unary call would have failed
+    with (item_status). Never raises for the item: the other items of the batch go on."""
+    with served_item(
+        method_name,
+        traceparent=item.traceparent,
+        tracestate=item.tracestate,
+        correlation_id=item.correlation_id,
+        payment_id="",
+    ) as finish:
+        # The one try of a batch item: one item's error must not fail the others.
+        try:
+            answer = await handle()
+        except Exception as exc:
+            status = item_status(exc)
+            finish(status.code)
+            return status, None
+        finish(grpc.StatusCode.OK.value[0])
+        return status_pb2.Status(code=grpc.StatusCode.OK.value[0]), answer
 
 
 async def abort_with(

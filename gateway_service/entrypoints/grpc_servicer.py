@@ -13,15 +13,13 @@ from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import status_pb2
 
 from common import tracing
 from common.auth import Access
 from common.errors import ValidationError
 from common.grpc.auth import Policy
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
-from common.grpc.errors import item_status, status_for
-from common.grpc.tracing import served_item
+from common.grpc.errors import serve_item, status_for
 from common.money import Money
 from gateway_service.domain.model import (
     HistoryEntry,
@@ -215,25 +213,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ChargeResult:
         """One charge of a batch, as Charge would handle it, in its own flow's trace; what
         Charge would have failed with becomes this charge's status, not the batch's."""
-        with served_item(
-            CHARGE_METHOD,
-            traceparent=request.traceparent,
-            tracestate=request.tracestate,
-            correlation_id=request.correlation_id,
-            payment_id="",
-        ) as finish:
-            # The one try of the Charges path: one charge's error must not fail the others.
-            try:
-                operation = await self._charge(request, deadline)
-            except Exception as exc:
-                status = item_status(exc)
-                finish(status.code)
-                return gateway_pb2.ChargeResult(status=status)
-            finish(grpc.StatusCode.OK.value[0])
-            return gateway_pb2.ChargeResult(
-                status=status_pb2.Status(code=grpc.StatusCode.OK.value[0]),
-                operation=operation_to_proto(operation),
-            )
+        status, operation = await serve_item(
+            CHARGE_METHOD, request, lambda: self._charge(request, deadline)
+        )
+        return gateway_pb2.ChargeResult(
+            status=status,
+            operation=operation_to_proto(operation) if operation is not None else None,
+        )
 
     async def Payout(
         self, request: gateway_pb2.PayoutRequest, context: Context

@@ -3,21 +3,23 @@
 Every call's deadline is the configured timeout, or less when the request being served has
 less time left (`common.grpc.deadlines`), so a caller's deadline reaches every hop.
 
-Charges go in batches (design.md section 5, "Batches, not items"): the saga runs many payments
-at once, and a unary call costs ~1.7 ms of CPU on each side, so the charges asked for while one
-Charges call is in flight go together in the next (common.group_commit: alone, a charge is a
-batch of one and waits for nobody). Each caller gets its own answer, or its own error
-translated as the unary call's would be.
+Charges and credits go in batches (design.md section 5, "Batches, not items"): the saga runs
+many payments at once, and a unary call costs ~1.7 ms of CPU on each side, so the charges (the
+credits) asked for while one Charges (Credits) call is in flight go together in the next
+(`_Coalesced`, over common.group_commit: alone, a request is a batch of one and waits for
+nobody). Each caller gets its own answer, or its own error translated as the unary call's
+would be.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 import grpc
 import structlog
+from google.rpc import status_pb2
 
 from common import tracing
 from common.group_commit import GroupCommit, Job
@@ -35,8 +37,8 @@ T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
-# A batch's answer to one of its charges meaning "send it alone, as a unary Charge" (the
-# gateway does not know Charges yet: a rolling deploy).
+# A batch's answer to one of its requests meaning "send it alone, as the unary call" (the
+# server does not know the batch call yet: a rolling deploy).
 _UNARY = object()
 
 # Any status not listed (CREATED, or one a newer gateway adds) means the outcome is unknown:
@@ -61,12 +63,122 @@ class _Client:
             raise translate_rpc_error(exc, service=self.service) from exc
 
 
+class _Traced(Protocol):
+    """An item of a batch call: it carries its own flow's trace context and correlation id."""
+
+    traceparent: str
+    tracestate: str
+    correlation_id: str
+
+
+Req = TypeVar("Req", bound=_Traced)
+Out = TypeVar("Out")
+
+
+class _Coalesced(Generic[Req, Out]):
+    """One unary call (Charge, Credit) sent in batches by its batch call (Charges, Credits):
+    the requests made while one batch call is in flight go together in the next (group commit;
+    alone, a request is a batch of one and waits for nobody). Each caller gets its own answer,
+    or its own error translated as the unary call's would be; a whole-call failure fails each
+    request as the unary call would have; UNIMPLEMENTED (an older server during a rolling
+    deploy) switches to the unary call for good; an answer whose length does not match the
+    batch sends each request alone rather than risk one taking another's result."""
+
+    def __init__(
+        self,
+        client: _Client,
+        *,
+        unary: Callable[[], Callable[..., Awaitable[Out]]],
+        batch: Callable[[list[Req], float], Awaitable[list[tuple[status_pb2.Status, Out]]]],
+        name: str,
+        max_batch: int,
+    ) -> None:
+        self._client = client
+        self._unary = unary
+        self._batch = batch
+        self._name = name
+        # False for good once the server answered the batch call with UNIMPLEMENTED.
+        self.batching = True
+        self._group = GroupCommit(self._send, _send_alone, max_batch=max_batch)
+
+    async def call(self, request: Req) -> Out:
+        if self.batching:
+            # The batch holds many flows: each request carries its own trace and correlation id.
+            carrier = tracing.inject({})
+            request.traceparent = carrier.get("traceparent", "")
+            request.tracestate = carrier.get("tracestate", "")
+            request.correlation_id = correlation_id_var.get()
+            deadline = asyncio.get_running_loop().time() + remaining(self._client._timeout)
+            answer = await self._group.submit((request, deadline))
+            if answer is not _UNARY:
+                return cast(Out, answer)
+        # Sent alone by its caller, so in the caller's own trace, deadline and request id.
+        return await self._client._call(self._unary(), request)
+
+    async def _send(self, jobs: list[Job]) -> None:
+        """One batch call for the requests waiting (the group commit's batch runner): each
+        job settles with its answer or fails with its own translated error."""
+        if not self.batching:
+            await _send_alone(jobs)
+            return
+        service = self._client.service
+        requests = [request for request, _ in (job.spec for job in jobs)]
+        timeout = max(deadline for _, deadline in (job.spec for job in jobs))
+        try:
+            results = await self._batch(
+                requests, max(0.0, timeout - asyncio.get_running_loop().time())
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                # An older server during a rolling deploy: one unary call per request from now on.
+                if self.batching:
+                    log.info(
+                        f"{service}.{self._name.lower()}_unimplemented",
+                        fallback=self._name.removesuffix("s"),  # Charges -> Charge
+                    )
+                self.batching = False
+                await _send_alone(jobs)
+                return
+            # The whole call failed (the server unavailable, the deadline passed, ...): every
+            # request of it fails as its unary call would have.
+            for job in jobs:
+                error = translate_rpc_error(exc, service=service)
+                error.__cause__ = exc
+                job.fail(error)
+            return
+        if len(results) != len(jobs):
+            # Not the contract's answer (one per request, in order): no request may take
+            # another's result, so each is sent again on its own (the group commit's `run_alone`).
+            raise RuntimeError(f"{len(results)} results for {len(jobs)} {self._name} requests")
+        for job, (status, answer) in zip(jobs, results, strict=True):
+            if status.code == grpc.StatusCode.OK.value[0]:
+                job.settle(answer)
+            else:
+                job.fail(translate_item_status(status, service=service))
+
+
+async def _send_alone(jobs: list[Job]) -> None:
+    """Each caller sends its request as a unary call itself (a server without the batch call,
+    or a batch that failed in a way no request's answer explains)."""
+    for job in jobs:
+        job.settle(_UNARY)
+
+
 class WalletClient(_Client):
     service = "wallet"
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float, max_batch: int = 32) -> None:
         super().__init__(timeout_s=timeout_s)
         self._stub = wallet_pb2_grpc.WalletServiceStub(channel)
+        self._credits: _Coalesced[wallet_pb2.CreditRequest, wallet_pb2.LedgerTransaction] = (
+            _Coalesced(
+                self,
+                unary=lambda: self._stub.Credit,
+                batch=self._send_credits,
+                name="Credits",
+                max_batch=max_batch,
+            )
+        )
 
     async def get_account(self, account_id: str) -> AccountInfo:
         account = await self._call(
@@ -77,15 +189,23 @@ class WalletClient(_Client):
         )
 
     async def credit(self, *, operation_ref: str, account_id: str, amount: Money) -> None:
-        await self._call(
-            self._stub.Credit,
+        await self._credits.call(
             wallet_pb2.CreditRequest(
                 operation_ref=operation_ref,
                 account_id=account_id,
                 amount=money_to_proto(amount),
                 description="deposit",
-            ),
+            )
         )
+
+    async def _send_credits(
+        self, requests: list[wallet_pb2.CreditRequest], timeout_s: float
+    ) -> list[tuple[status_pb2.Status, wallet_pb2.LedgerTransaction]]:
+        """One Credits call for the credits waiting: each one's status and transaction."""
+        response = await self._stub.Credits(
+            wallet_pb2.CreditsRequest(credits=requests), timeout=timeout_s
+        )
+        return [(result.status, result.transaction) for result in response.results]
 
     async def place_hold(
         self, *, operation_ref: str, account_id: str, amount: Money, reference: str
@@ -143,9 +263,13 @@ class GatewayClient(_Client):
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float, max_batch: int = 32) -> None:
         super().__init__(timeout_s=timeout_s)
         self._stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-        # False for good once the gateway answered Charges with UNIMPLEMENTED.
-        self._batching = True
-        self._charges = GroupCommit(self._send_charges, _send_alone, max_batch=max_batch)
+        self._charges: _Coalesced[gateway_pb2.ChargeRequest, gateway_pb2.Operation] = _Coalesced(
+            self,
+            unary=lambda: self._stub.Charge,
+            batch=self._send_charges,
+            name="Charges",
+            max_batch=max_batch,
+        )
 
     async def charge(
         self, *, idempotency_key: str, amount: Money, payment_method: str, reference: str
@@ -156,56 +280,16 @@ class GatewayClient(_Client):
             payment_method=payment_method,
             reference=reference,
         )
-        if self._batching:
-            # The batch holds many flows: each charge carries its own trace and correlation id.
-            carrier = tracing.inject({})
-            request.traceparent = carrier.get("traceparent", "")
-            request.tracestate = carrier.get("tracestate", "")
-            request.correlation_id = correlation_id_var.get()
-            deadline = asyncio.get_running_loop().time() + remaining(self._timeout)
-            answer = await self._charges.submit((request, deadline))
-            if isinstance(answer, gateway_pb2.Operation):
-                return _result(answer)
-        # Sent alone by its caller, so in the caller's own trace, deadline and request id.
-        return _result(await self._call(self._stub.Charge, request))
+        return _result(await self._charges.call(request))
 
-    async def _send_charges(self, jobs: list[Job]) -> None:
-        """One Charges call for the charges waiting (the group commit's batch runner): each
-        job settles with its operation or fails with its own translated error."""
-        if not self._batching:
-            await _send_alone(jobs)
-            return
-        requests = [request for request, _ in (job.spec for job in jobs)]
-        timeout = max(deadline for _, deadline in (job.spec for job in jobs))
-        try:
-            response = await self._stub.Charges(
-                gateway_pb2.ChargesRequest(charges=requests),
-                timeout=max(0.0, timeout - asyncio.get_running_loop().time()),
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
-                # An older gateway during a rolling deploy: one Charge per charge from now on.
-                if self._batching:
-                    log.info("gateway.charges_unimplemented", fallback="Charge")
-                self._batching = False
-                await _send_alone(jobs)
-                return
-            # The whole call failed (the gateway unavailable, the deadline passed, ...): every
-            # charge of it fails as its unary call would have.
-            for job in jobs:
-                error = translate_rpc_error(exc, service=self.service)
-                error.__cause__ = exc
-                job.fail(error)
-            return
-        if len(response.results) != len(jobs):
-            # Not the contract's answer (one per charge, in order): no charge may take another's
-            # result, so each is sent again on its own (the group commit's `run_alone`).
-            raise RuntimeError(f"{len(response.results)} results for {len(jobs)} charges")
-        for job, result in zip(jobs, response.results, strict=True):
-            if result.status.code == grpc.StatusCode.OK.value[0]:
-                job.settle(result.operation)
-            else:
-                job.fail(translate_item_status(result.status, service=self.service))
+    async def _send_charges(
+        self, requests: list[gateway_pb2.ChargeRequest], timeout_s: float
+    ) -> list[tuple[status_pb2.Status, gateway_pb2.Operation]]:
+        """One Charges call for the charges waiting: each one's status and operation."""
+        response = await self._stub.Charges(
+            gateway_pb2.ChargesRequest(charges=requests), timeout=timeout_s
+        )
+        return [(result.status, result.operation) for result in response.results]
 
     async def payout(
         self, *, idempotency_key: str, amount: Money, destination: str, reference: str
@@ -249,13 +333,6 @@ class GatewayClient(_Client):
             status=status.removeprefix("OPERATION_STATUS_").lower(),
             failure_reason=operation.failure_reason,
         )
-
-
-async def _send_alone(jobs: list[Job]) -> None:
-    """Each caller sends its charge as a unary Charge itself (a gateway without Charges, or a
-    batch that failed in a way no charge's answer explains)."""
-    for job in jobs:
-        job.settle(_UNARY)
 
 
 def _result(operation: gateway_pb2.Operation) -> ProviderResult:

@@ -128,6 +128,10 @@ WALLET: dict[str, tuple[Request, Access]] = {
     "ListTransactions": (lambda w: W.ListTransactionsRequest(), Access.OPERATOR),
     # Posting RPCs: the service's call is an invalid one (no amount), so nothing moves.
     "Credit": (lambda w: W.CreditRequest(account_id=w.account), Access.SERVICE),
+    "Credits": (
+        lambda w: W.CreditsRequest(credits=[W.CreditRequest(account_id=w.account)]),
+        Access.SERVICE,
+    ),
     "Debit": (lambda w: W.DebitRequest(account_id=w.account), Access.SERVICE),
     "Transfer": (lambda w: W.TransferRequest(), Access.SERVICE),
     "PlaceHold": (lambda w: W.PlaceHoldRequest(account_id=w.account), Access.SERVICE),

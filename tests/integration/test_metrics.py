@@ -126,7 +126,8 @@ async def test_a_deposit_shows_on_every_process_metrics(processes: Processes) ->
     assert get(payment, "payment_success_total", **by_method) == 1
     assert get(payment, "payment_amount_total", kind="deposit", currency="USD") == 12.5
     assert get(payment, "payment_latency_seconds_count", kind="deposit", status="completed") == 1
-    called = {"grpc_service": WALLET_SERVICE, "grpc_method": "Credit", "grpc_code": "OK"}
+    # The deposit's credit reaches the wallet in a Credits batch (a deposit alone: a batch of one).
+    called = {"grpc_service": WALLET_SERVICE, "grpc_method": "Credits", "grpc_code": "OK"}
     assert get(payment, "grpc_client_handled_total", **called) == 1
 
     wallet_samples = await scrape(urls["wallet"])

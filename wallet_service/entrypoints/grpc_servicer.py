@@ -5,6 +5,7 @@ No try/except here: domain errors become statuses in common.grpc.errors.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from common.auth import Access, current_principal
 from common.errors import FieldViolation, ValidationError
 from common.grpc.auth import Policy
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
+from common.grpc.errors import serve_item
 from common.money import Money
 from paysuite.common.v1 import money_pb2
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -45,6 +47,7 @@ POLICY = Policy(
         "GetTransactions": Access.OPERATOR,
         "ListTransactions": Access.OPERATOR,
         "Credit": Access.SERVICE,
+        "Credits": Access.SERVICE,
         "Debit": Access.SERVICE,
         "Transfer": Access.SERVICE,
         "PlaceHold": Access.SERVICE,
@@ -53,6 +56,9 @@ POLICY = Policy(
         "ExpireHolds": Access.SERVICE,
     },
 )
+
+# Each item of a Credits batch is served as a Credit of its own would be (span, logs).
+CREDIT_METHOD = f"/{SERVICE_NAME}/Credit"
 
 _STATUS = {
     AccountStatus.OPEN: wallet_pb2.ACCOUNT_STATUS_OPEN,
@@ -195,7 +201,11 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def Credit(
         self, request: wallet_pb2.CreditRequest, context: Context
     ) -> wallet_pb2.LedgerTransaction:
-        txn = await self._service.credit(
+        return transaction_to_proto(await self._credit(request))
+
+    async def _credit(self, request: wallet_pb2.CreditRequest) -> LedgerTransaction:
+        """A credit, alone (Credit) or one of a batch (Credits): the same checks and call."""
+        return await self._service.credit(
             operation_ref=request.operation_ref,
             account_id=request.account_id,
             amount=money_from_request(
@@ -204,7 +214,21 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             description=_text(request.description, "description"),
             provider=request.provider,
         )
-        return transaction_to_proto(txn)
+
+    async def Credits(
+        self, request: wallet_pb2.CreditsRequest, context: Context
+    ) -> wallet_pb2.CreditsResponse:
+        # Together, so the credits are posted in one group commit (Mutations).
+        results = await asyncio.gather(*(self._credit_item(item) for item in request.credits))
+        return wallet_pb2.CreditsResponse(results=results)
+
+    async def _credit_item(self, request: wallet_pb2.CreditRequest) -> wallet_pb2.CreditResult:
+        """One credit of a batch, as Credit would handle it, in its own flow's trace; what
+        Credit would have failed with becomes this credit's status, not the batch's."""
+        status, txn = await serve_item(CREDIT_METHOD, request, lambda: self._credit(request))
+        return wallet_pb2.CreditResult(
+            status=status, transaction=transaction_to_proto(txn) if txn is not None else None
+        )
 
     async def Debit(
         self, request: wallet_pb2.DebitRequest, context: Context

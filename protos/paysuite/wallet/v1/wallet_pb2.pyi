@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from paysuite.common.v1 import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
@@ -186,6 +187,9 @@ class CreditRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
     operation_ref: _builtins.str
     account_id: _builtins.str
     description: _builtins.str
@@ -193,6 +197,13 @@ class CreditRequest(_message.Message):
     """The provider the money came through; its clearing account is the other side. Empty: the
     currency's default clearing account.
     """
+    traceparent: _builtins.str
+    """W3C trace context and correlation id of the flow asking for the credit. gRPC metadata
+    carries them for a single call; a Credits batch holds the credits of many flows, so each
+    credit brings its own and is handled in its flow's trace. Empty: the call's own.
+    """
+    tracestate: _builtins.str
+    correlation_id: _builtins.str
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -203,14 +214,88 @@ class CreditRequest(_message.Message):
         amount: _money_pb2.Money | None = ...,
         description: _builtins.str = ...,
         provider: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "description", b"description", "operation_ref", b"operation_ref", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "correlation_id", b"correlation_id", "description", b"description", "operation_ref", b"operation_ref", "provider", b"provider", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreditRequest: _TypeAlias = CreditRequest  # noqa: Y015
+
+@_typing.final
+class CreditsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def credits(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditRequest]: ...
+    def __init__(
+        self,
+        *,
+        credits: _abc.Iterable[Global___CreditRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditsRequest: _TypeAlias = CreditsRequest  # noqa: Y015
+
+@_typing.final
+class CreditResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """OK when the credit was handled (transaction set), else the status Credit would have failed
+        this credit with: code, message and the same details (google.rpc.ErrorInfo always,
+        google.rpc.BadRequest for field violations, ...).
+        """
+
+    @_builtins.property
+    def transaction(self) -> Global___LedgerTransaction: ...
+    def __init__(
+        self,
+        *,
+        status: _status_pb2.Status | None = ...,
+        transaction: Global___LedgerTransaction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditResult: _TypeAlias = CreditResult  # noqa: Y015
+
+@_typing.final
+class CreditsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditResult]:
+        """One per request credit, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CreditResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditsResponse: _TypeAlias = CreditsResponse  # noqa: Y015
 
 @_typing.final
 class DebitRequest(_message.Message):

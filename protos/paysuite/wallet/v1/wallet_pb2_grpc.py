@@ -62,6 +62,11 @@ class WalletServiceStub:
                 request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CreditRequest.SerializeToString,
                 response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.LedgerTransaction.FromString,
                 _registered_method=True)
+        self.Credits = channel.unary_unary(
+                '/paysuite.wallet.v1.WalletService/Credits',
+                request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CreditsRequest.SerializeToString,
+                response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CreditsResponse.FromString,
+                _registered_method=True)
         self.Debit = channel.unary_unary(
                 '/paysuite.wallet.v1.WalletService/Debit',
                 request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.DebitRequest.SerializeToString,
@@ -160,6 +165,16 @@ class WalletServiceServicer:
 
     def Credit(self, request, context):
         """Money arriving from outside (e.g. a settled deposit): external clearing -> account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Credits(self, request, context):
+        """Several credits at once (the payment service coalesces concurrent ones), each handled as
+        by Credit and answered with its own result: the transaction, or the status Credit would have
+        failed that credit with (its code, message and rich details). The whole call fails only
+        when no credit could be answered (e.g. UNAVAILABLE, or UNAUTHENTICATED for the caller).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -279,6 +294,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.Credit,
                     request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CreditRequest.FromString,
                     response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.LedgerTransaction.SerializeToString,
+            ),
+            'Credits': grpc.unary_unary_rpc_method_handler(
+                    servicer.Credits,
+                    request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CreditsRequest.FromString,
+                    response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CreditsResponse.SerializeToString,
             ),
             'Debit': grpc.unary_unary_rpc_method_handler(
                     servicer.Debit,
@@ -462,6 +482,33 @@ class WalletService:
             '/paysuite.wallet.v1.WalletService/Credit',
             paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CreditRequest.SerializeToString,
             paysuite_dot_wallet_dot_v1_dot_wallet__pb2.LedgerTransaction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Credits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.wallet.v1.WalletService/Credits',
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CreditsRequest.SerializeToString,
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CreditsResponse.FromString,
             options,
             channel_credentials,
             insecure,

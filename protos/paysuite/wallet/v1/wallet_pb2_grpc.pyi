@@ -46,6 +46,12 @@ class WalletServiceStub:
     GetBalance: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.GetBalanceRequest, _wallet_pb2.Balance]
     Credit: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CreditRequest, _wallet_pb2.LedgerTransaction]
     """Money arriving from outside (e.g. a settled deposit): external clearing -> account."""
+    Credits: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CreditsRequest, _wallet_pb2.CreditsResponse]
+    """Several credits at once (the payment service coalesces concurrent ones), each handled as
+    by Credit and answered with its own result: the transaction, or the status Credit would have
+    failed that credit with (its code, message and rich details). The whole call fails only
+    when no credit could be answered (e.g. UNAVAILABLE, or UNAUTHENTICATED for the caller).
+    """
     Debit: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.DebitRequest, _wallet_pb2.LedgerTransaction]
     """Money leaving to the outside: account -> external clearing. FAILED_PRECONDITION on insufficient funds."""
     PlaceHold: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.PlaceHoldRequest, _wallet_pb2.Hold]
@@ -95,6 +101,12 @@ class WalletServiceAsyncStub(WalletServiceStub):
     GetBalance: _aio.UnaryUnaryMultiCallable[_wallet_pb2.GetBalanceRequest, _wallet_pb2.Balance]  # type: ignore[assignment]
     Credit: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CreditRequest, _wallet_pb2.LedgerTransaction]  # type: ignore[assignment]
     """Money arriving from outside (e.g. a settled deposit): external clearing -> account."""
+    Credits: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CreditsRequest, _wallet_pb2.CreditsResponse]  # type: ignore[assignment]
+    """Several credits at once (the payment service coalesces concurrent ones), each handled as
+    by Credit and answered with its own result: the transaction, or the status Credit would have
+    failed that credit with (its code, message and rich details). The whole call fails only
+    when no credit could be answered (e.g. UNAVAILABLE, or UNAUTHENTICATED for the caller).
+    """
     Debit: _aio.UnaryUnaryMultiCallable[_wallet_pb2.DebitRequest, _wallet_pb2.LedgerTransaction]  # type: ignore[assignment]
     """Money leaving to the outside: account -> external clearing. FAILED_PRECONDITION on insufficient funds."""
     PlaceHold: _aio.UnaryUnaryMultiCallable[_wallet_pb2.PlaceHoldRequest, _wallet_pb2.Hold]  # type: ignore[assignment]
@@ -165,6 +177,18 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.LedgerTransaction, _abc.Awaitable[_wallet_pb2.LedgerTransaction]]:
         """Money arriving from outside (e.g. a settled deposit): external clearing -> account."""
+
+    @_abc_1.abstractmethod
+    def Credits(
+        self,
+        request: _wallet_pb2.CreditsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.CreditsResponse, _abc.Awaitable[_wallet_pb2.CreditsResponse]]:
+        """Several credits at once (the payment service coalesces concurrent ones), each handled as
+        by Credit and answered with its own result: the transaction, or the status Credit would have
+        failed that credit with (its code, message and rich details). The whole call fails only
+        when no credit could be answered (e.g. UNAVAILABLE, or UNAUTHENTICATED for the caller).
+        """
 
     @_abc_1.abstractmethod
     def Debit(
