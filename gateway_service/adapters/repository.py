@@ -150,6 +150,26 @@ _SAVE = (
     " outcome_unknown FROM changed RETURNING recorded_at"
 )
 
+# Many operations' saves (a batch's provider answers or webhooks) in ONE statement of one text
+# for any batch size: the rows ride as arrays, and each updated row appends its history entry
+# as _SAVE does, in the order given (WITH ORDINALITY). As in _SAVE a row is matched by id only
+# (the caller holds its lock); an id with no row writes nothing, and the short count says so.
+_SAVE_MANY = (
+    "WITH input AS (SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::bigint[], %s::boolean[]) WITH ORDINALITY AS i(operation_id, status,"
+    " provider, provider_reference, failure_reason, version, outcome_unknown, position)),"
+    " changed AS (UPDATE operations o SET status = i.status, provider = i.provider,"
+    " provider_reference = i.provider_reference, failure_reason = i.failure_reason,"
+    " version = i.version, outcome_unknown = i.outcome_unknown, updated_at = now()"
+    " FROM input i WHERE o.operation_id = i.operation_id RETURNING o.*),"
+    " history AS (INSERT INTO operation_history (operation_id, version, status, provider,"
+    " provider_reference, failure_reason, outcome_unknown)"
+    " SELECT c.operation_id, c.version, c.status, c.provider, c.provider_reference,"
+    " c.failure_reason, c.outcome_unknown FROM changed c JOIN input i USING (operation_id)"
+    " ORDER BY i.position RETURNING operation_id, recorded_at)"
+    " SELECT operation_id, recorded_at FROM history"
+)
+
 
 class OperationRepository:
     """Hot statements (get, insert, save) are plain SQL on the transaction's own driver
@@ -307,6 +327,33 @@ class OperationRepository:
         if updated_at is None:
             raise ConcurrentUpdate(f"operation {operation.operation_id} vanished")
         operation.updated_at = updated_at
+
+    async def save_many(self, operations: Sequence[Operation]) -> None:
+        """`save` for many distinct operations in one statement. An operation whose row is
+        missing makes the count short: nothing of the batch is kept (ConcurrentUpdate), and
+        the caller reruns its requests alone."""
+        if len(operations) < 2:
+            for operation in operations:
+                await self.save(operation)
+            return
+        params = [
+            [operation.operation_id for operation in operations],
+            [operation.status.value for operation in operations],
+            [operation.provider for operation in operations],
+            [operation.provider_reference for operation in operations],
+            [operation.failure_reason for operation in operations],
+            [operation.version for operation in operations],
+            [operation.outcome_unknown for operation in operations],
+        ]
+        raw = await self._driver()
+        async with unique_violation_is_conflict():
+            cursor = await raw.execute(_SAVE_MANY, params)
+            saved = {str(operation_id): at for operation_id, at in await cursor.fetchall()}
+        if len(saved) != len(operations):
+            # The statement's writes stay in the transaction, which the caller must roll back.
+            raise ConcurrentUpdate("an operation of the batch vanished")
+        for operation in operations:
+            operation.updated_at = saved[operation.operation_id]
 
     async def _scalar(self, query: str, params: list[Any]) -> Any:
         raw = await self._driver()

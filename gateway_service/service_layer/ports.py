@@ -65,6 +65,9 @@ class OperationStore(Protocol):
         ...
 
     async def save(self, operation: Operation) -> None: ...
+    async def save_many(self, operations: Sequence[Operation]) -> None:
+        """`save` for many distinct operations in one write; ConcurrentUpdate if one is gone."""
+        ...
 
 
 EventKey = tuple[str, str]  # (provider, provider_event_id)

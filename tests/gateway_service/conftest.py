@@ -194,6 +194,10 @@ class FakeOperations:
         self._staged[operation.operation_id] = _detached(operation)
         self._append_history(operation)
 
+    async def save_many(self, operations: Sequence[Operation]) -> None:
+        for operation in operations:
+            await self.save(operation)
+
     async def save(self, operation: Operation) -> None:
         operation.updated_at = datetime.now(UTC)
         self._staged[operation.operation_id] = _detached(operation)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common import db
 from common.config import Settings
+from common.errors import ConcurrentUpdate
 from gateway_service.adapters.uow import GatewayUnitOfWork
 from gateway_service.bootstrap import DATABASE
 from gateway_service.domain.model import Operation, OperationKind, OperationStatus
@@ -127,3 +128,69 @@ async def test_add_many_inserts_the_free_keys_once_and_batch_reads_find_them(
         assert [h.status for h in await uow.operations.history(new.operation_id)] == [
             OperationStatus.CREATED
         ]
+
+
+async def test_save_many_writes_every_row_and_its_history_in_one_statement(
+    engine: AsyncEngine,
+) -> None:
+    accepted, rejected, unknown = new_operation(), new_operation(), new_operation()
+    async with GatewayUnitOfWork(engine) as uow:
+        assert await uow.operations.add_many([accepted, rejected, unknown]) == {
+            accepted.operation_id,
+            rejected.operation_id,
+            unknown.operation_id,
+        }
+        await uow.commit()
+    reference = f"psp-{uuid.uuid4()}"
+
+    async with GatewayUnitOfWork(engine) as uow:
+        locked = await uow.operations.get_many(
+            [accepted.operation_id, rejected.operation_id, unknown.operation_id], for_update=True
+        )
+        assert locked[accepted.operation_id].mark_accepted(reference)
+        assert locked[rejected.operation_id].mark_rejected("card_declined")
+        assert locked[unknown.operation_id].mark_unknown()
+        await uow.operations.save_many(list(locked.values()))
+        await uow.commit()
+    assert all(operation.updated_at is not None for operation in locked.values())
+
+    async with GatewayUnitOfWork(engine) as uow:
+        stored = await uow.operations.get_many(list(locked))
+        histories = {op_id: await uow.operations.history(op_id) for op_id in locked}
+    for op_id, operation in locked.items():
+        assert stored[op_id].status == operation.status
+        assert stored[op_id].version == operation.version
+        assert stored[op_id].outcome_unknown == operation.outcome_unknown
+        assert [h.status for h in histories[op_id]] == [OperationStatus.CREATED, operation.status]
+    assert stored[accepted.operation_id].provider_reference == reference
+    assert stored[rejected.operation_id].failure_reason == "card_declined"
+    assert histories[accepted.operation_id][-1].provider_reference == reference
+    assert histories[unknown.operation_id][-1].outcome_unknown
+
+
+async def test_save_many_with_an_operation_gone_keeps_nothing_and_raises(
+    engine: AsyncEngine,
+) -> None:
+    first, second = new_operation(), new_operation()
+    gone = new_operation()  # never stored: its row is missing, as a vanished one's would be
+    async with GatewayUnitOfWork(engine) as uow:
+        await uow.operations.add_many([first, second])
+        await uow.commit()
+
+    async with GatewayUnitOfWork(engine) as uow:  # left without commit: rolled back
+        locked = await uow.operations.get_many(
+            [first.operation_id, second.operation_id], for_update=True
+        )
+        for operation in (*locked.values(), gone):
+            assert operation.mark_rejected("card_declined")
+        with pytest.raises(ConcurrentUpdate):
+            await uow.operations.save_many([*locked.values(), gone])
+
+    async with GatewayUnitOfWork(engine) as uow:
+        stored = await uow.operations.get_many([first.operation_id, second.operation_id])
+        for op_id, operation in stored.items():
+            assert operation.status == OperationStatus.CREATED
+            assert operation.version == 1
+            assert [h.status for h in await uow.operations.history(op_id)] == [
+                OperationStatus.CREATED
+            ]
