@@ -179,8 +179,7 @@ class ProviderEventInbox:
             if any(applied.changed_by(key) for key in lost):
                 # Recorded by another transaction meanwhile; ours must not apply it twice.
                 raise ConcurrentUpdate("a provider event was recorded concurrently")
-            for operation in applied.changed.values():
-                await uow.operations.save(operation)
+            await uow.operations.save_many(list(applied.changed.values()))
             uow.publish(*applied.facts(inserted))
             # One batch holds the webhooks of many flows: each operation's events continue
             # the trace of the webhook that changed it, not the batch's.

@@ -4,7 +4,8 @@ Every Charge and Payout costs both: the operation is recorded CREATED before the
 asked, and the provider's answer is recorded after. Under load 16-32 of them run at once, and
 each paid its own BEGIN, COMMIT and round trips. With group commit (common/group_commit.py)
 requests that arrive together share them: one multi-row insert for the new operations, one
-locking read for the changes, one commit per batch. Each request still gets its own answer,
+locking read and one multi-row save for the changes, one commit per batch. Each request still
+gets its own answer,
 and a batch that fails as a whole runs each of its requests again alone, on the
 single-request path with its retries (`retry_on_conflict`).
 
@@ -21,7 +22,7 @@ from common.errors import ConcurrentUpdate, IdempotencyConflict, NotFound, retry
 from common.group_commit import GroupCommit, Job
 from common.money import Money
 from gateway_service.domain.model import Operation, OperationKind
-from gateway_service.service_layer.ports import UnitOfWork, UnitOfWorkFactory
+from gateway_service.service_layer.ports import UnitOfWorkFactory
 
 Change = Callable[[Operation], object]
 
@@ -139,8 +140,9 @@ class GroupedWrites:
             locked = await uow.operations.get_many(
                 [job.spec.operation_id for job in batch], for_update=True
             )
-            for job in batch:
-                await _apply(uow, locked, job.spec)
+            # The changed operations are saved together, in one statement, after every change.
+            changed = [operation for job in batch if (operation := _apply(locked, job.spec))]
+            await uow.operations.save_many(changed)
             await uow.commit()
         for job in batch:
             job.settle(locked[job.spec.operation_id])
@@ -177,14 +179,14 @@ def _answer(
         return exc
 
 
-async def _apply(uow: UnitOfWork, locked: dict[str, Operation], update: Update) -> None:
+def _apply(locked: dict[str, Operation], update: Update) -> Operation | None:
+    """The update applied to its locked operation; that operation if it is to be saved."""
     operation = locked.get(update.operation_id)
     if operation is None:
         # Raised, not answered: the batch rolls back and each request runs again alone, so
         # each gets its own answer (NotFound for this one only) from its own transaction.
         raise NotFound("operation", update.operation_id)
-    if update.change(operation):
-        await uow.operations.save(operation)
+    return operation if update.change(operation) else None
 
 
 def _first_per_operation(jobs: list[Job]) -> tuple[list[Job], list[Job]]:
