@@ -23,9 +23,10 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 Runner = Callable[[list["Job"]], Awaitable[None]]
+K = TypeVar("K")
 
 
 @dataclass(eq=False)
@@ -42,6 +43,21 @@ class Job:
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(exc)
+
+
+def first_per_key(jobs: list[Job], key: Callable[[Any], K]) -> tuple[dict[K, Job], list[Job]]:
+    """A batch's jobs split into the first for each key (what one transaction may take: two
+    jobs for one row there would both decide from the same read) and the repeats, which the
+    runner handles after the batch, alone, each seeing what the one before it did."""
+    first: dict[K, Job] = {}
+    later: list[Job] = []
+    for job in jobs:
+        slot = key(job.spec)
+        if slot in first:
+            later.append(job)
+        else:
+            first[slot] = job
+    return first, later
 
 
 class GroupCommit:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from common.errors import ConcurrentUpdate, IdempotencyConflict, NotFound, retry_on_conflict
-from common.group_commit import GroupCommit, Job
+from common.group_commit import GroupCommit, Job, first_per_key
 from common.money import Money
 from gateway_service.domain.model import Operation, OperationKind
 from gateway_service.service_layer.ports import UnitOfWorkFactory
@@ -135,7 +135,8 @@ class GroupedWrites:
     async def _update_batch(self, jobs: list[Job]) -> None:
         # Two changes to one operation in one batch would each lock and save it from the same
         # read: the later one runs after the batch, alone, and sees what the first did.
-        batch, later = _first_per_operation(jobs)
+        first, later = first_per_key(jobs, lambda update: update.operation_id)
+        batch = list(first.values())
         async with self._uow() as uow:
             locked = await uow.operations.get_many(
                 [job.spec.operation_id for job in batch], for_update=True
@@ -187,13 +188,3 @@ def _apply(locked: dict[str, Operation], update: Update) -> Operation | None:
         # each gets its own answer (NotFound for this one only) from its own transaction.
         raise NotFound("operation", update.operation_id)
     return operation if update.change(operation) else None
-
-
-def _first_per_operation(jobs: list[Job]) -> tuple[list[Job], list[Job]]:
-    batch: list[Job] = []
-    later: list[Job] = []
-    seen: set[str] = set()
-    for job in jobs:
-        (later if job.spec.operation_id in seen else batch).append(job)
-        seen.add(job.spec.operation_id)
-    return batch, later

@@ -131,11 +131,10 @@ class _Coalesced(Generic[Req, Out]):
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
                 # An older server during a rolling deploy: one unary call per request from now on.
-                if self.batching:
-                    log.info(
-                        f"{service}.{self._name.lower()}_unimplemented",
-                        fallback=self._name.removesuffix("s"),  # Charges -> Charge
-                    )
+                log.info(
+                    f"{service}.{self._name.lower()}_unimplemented",
+                    fallback=self._name.removesuffix("s"),  # Charges -> Charge
+                )
                 self.batching = False
                 await _send_alone(jobs)
                 return

@@ -28,7 +28,7 @@ from common.errors import (
     retry_on_conflict,
 )
 from common.faults import crash_point
-from common.group_commit import GroupCommit, Job
+from common.group_commit import GroupCommit, Job, first_per_key
 from common.ids import new_id, parse_id
 from common.money import Money
 from payment_service.domain.errors import Refused, RequestInFlight
@@ -252,14 +252,9 @@ class PaymentRequests:
         """One transaction for the creates waiting together: their keys claimed in one
         statement, each new payment inserted, their events in one outbox insert. A key twice
         in the batch (a client's retry racing its first try) is claimed after it, alone."""
-        batch: dict[tuple[str, str], Job] = {}
-        later: list[Job] = []
-        for job in jobs:
-            slot = (job.spec.request.caller, job.spec.request.idempotency_key)
-            if slot in batch:
-                later.append(job)
-            else:
-                batch[slot] = job
+        batch, later = first_per_key(
+            jobs, lambda new: (new.request.caller, new.request.idempotency_key)
+        )
         if len(batch) == 1:
             await self._record_alone(jobs)
             return
@@ -279,9 +274,7 @@ class PaymentRequests:
             await uow.commit()
         for job, (payment, prior) in answers:
             if payment is not None:
-                log.info(
-                    "payment.initiated", payment_id=payment.payment_id, kind=payment.kind.value
-                )
+                _initiated(payment)
             job.settle((payment, prior))
         await self._record_alone(later)
 

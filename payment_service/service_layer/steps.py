@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar, cast
 
 from common.errors import NotFound, retry_on_conflict
-from common.group_commit import GroupCommit, Job
+from common.group_commit import GroupCommit, Job, first_per_key
 from payment_service.domain.model import Payment
 from payment_service.service_layer.ports import PaymentStore, UnitOfWork
 
@@ -248,13 +248,7 @@ class Steps:
     async def _run_batch(self, jobs: list[Job]) -> None:
         # One step per payment in a transaction: another for the same payment (two consumers'
         # events about it at once) runs alone after the batch, and sees what it did.
-        batch: dict[str, Job] = {}
-        later: list[Job] = []
-        for job in jobs:
-            if job.spec.payment_id in batch:
-                later.append(job)
-            else:
-                batch[job.spec.payment_id] = job
+        batch, later = first_per_key(jobs, lambda spec: spec.payment_id)
         if len(batch) == 1:
             await self._run_alone(jobs)
             return
