@@ -279,7 +279,6 @@ async def serve_item(
         traceparent=item.traceparent,
         tracestate=item.tracestate,
         correlation_id=item.correlation_id,
-        payment_id="",
     ) as finish:
         # The one try of a batch item: one item's error must not fail the others.
         try:

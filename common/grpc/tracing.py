@@ -27,7 +27,7 @@ from opentelemetry import trace
 
 from common import tracing
 from common.grpc.auth import AUTHORIZATION, StreamBearerInterceptor, presents_token
-from common.grpc.metrics import record_client_call, split_method
+from common.grpc.metrics import code_name, record_client_call, split_method
 from common.logging import bound_flow, correlation_id_var
 
 log = structlog.get_logger(__name__)
@@ -83,7 +83,7 @@ def served(
 
 @contextlib.contextmanager
 def served_item(
-    method_name: str, *, traceparent: str, tracestate: str, correlation_id: str, payment_id: str
+    method_name: str, *, traceparent: str, tracestate: str, correlation_id: str
 ) -> Iterator[Callable[[int], None]]:
     """One item of a batch call handled as the unary call `method_name` would be: a SERVER
     span of that name, a child of the item's own trace context (a batch holds many flows; the
@@ -102,11 +102,11 @@ def served_item(
         if span.is_recording():
             span.set_attribute("rpc.grpc.status_code", code)
             if code != grpc.StatusCode.OK.value[0]:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, _code_name(code)))
+                span.set_status(trace.Status(trace.StatusCode.ERROR, code_name(code, "UNKNOWN")))
 
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
-        with bound_flow(correlation_id[:MAX_ID_LENGTH] or payment_id, payment_id):
+        with bound_flow(correlation_id[:MAX_ID_LENGTH]):
             try:
                 yield finish
             except BaseException as exc:
@@ -115,10 +115,6 @@ def served_item(
     finally:
         otel_context.detach(token)
         span.end()
-
-
-def _code_name(value: int) -> str:
-    return next((code.name for code in grpc.StatusCode if code.value[0] == value), "UNKNOWN")
 
 
 def _finish(
