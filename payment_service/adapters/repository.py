@@ -396,15 +396,7 @@ class PaymentRepository:
         still reach the outbox through the unit of work)."""
         if not payment.has_changes:
             return
-        # What the row says now, counted before `_written` takes the new changes and steps.
-        expected_version = payment.version - len(payment.new_changes)
-        expected_steps = payment.steps - len(payment.new_steps)
-        params = {
-            **self._written(payment),
-            "expected_version": expected_version,
-            "expected_steps": expected_steps,
-        }
-        cursor = await self._raw.execute(_UPDATE, params)
+        cursor = await self._raw.execute(_UPDATE, self._update(payment))
         row = await cursor.fetchone()
         if row is None or row[0] != 1:
             raise ConcurrentUpdate(f"payment {payment.payment_id} changed concurrently")
@@ -419,15 +411,10 @@ class PaymentRepository:
             return
         columns: dict[str, builtins.list[Any]] = {}
         for payment in changed:
-            expected = {
-                "expected_version": payment.version - len(payment.new_changes),
-                "expected_steps": payment.steps - len(payment.new_steps),
-            }
-            written = self._written(payment)
-            history, audit = len(written["h_sequence"]), len(written["s_step"])
-            written["h_payment"] = [payment.payment_id] * history
-            written["s_payment"] = [payment.payment_id] * audit
-            for name, value in {**written, **expected}.items():
+            params = self._update(payment)
+            params["h_payment"] = [payment.payment_id] * len(params["h_sequence"])
+            params["s_payment"] = [payment.payment_id] * len(params["s_step"])
+            for name, value in params.items():
                 if name.startswith(("h_", "s_")):
                     columns.setdefault(name, []).extend(value)
                 else:
@@ -489,6 +476,18 @@ class PaymentRepository:
             PaymentStep(step, event_type, occurred_at, dict(data or {}), error)
             for step, event_type, occurred_at, data, error in await cursor.fetchall()
         ]
+
+    @classmethod
+    def _update(cls, payment: Payment) -> dict[str, Any]:
+        """`_written`, and what the row must still say for the update to apply: the version
+        and step count counted before `_written` takes the new changes and steps."""
+        expected_version = payment.version - len(payment.new_changes)
+        expected_steps = payment.steps - len(payment.new_steps)
+        return {
+            **cls._written(payment),
+            "expected_version": expected_version,
+            "expected_steps": expected_steps,
+        }
 
     @staticmethod
     def _written(payment: Payment) -> dict[str, Any]:
