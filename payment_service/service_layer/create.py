@@ -63,10 +63,6 @@ Created: TypeAlias = tuple[Payment | None, IdempotencyClaim | None]
 DEFAULT_PAYMENT_METHOD = "pm_card_ok"
 
 
-# A create's answer from its group commit meaning "record it in a transaction of your own".
-_ALONE = object()
-
-
 @dataclass(frozen=True, slots=True)
 class _New:
     request: NewRequest
@@ -243,17 +239,14 @@ class PaymentRequests:
         self, request: NewRequest, make: Callable[[str], Payment]
     ) -> tuple[Payment, bool]:
         """`_create` for a payment made from its request alone, with group commit."""
-        if self._grouped:
-            created: Created | object = await self._creates.submit(_New(request, make))
-            if isinstance(created, tuple):
-                payment, prior = created
-                if prior is not None:
-                    return await self._replay(prior, request.fingerprint), False
-                assert payment is not None
-                return payment, True
-        # Alone (a batch of one, a key repeated in its batch, a batch that failed): the
-        # caller's own transaction, with its retries.
-        return await self._create(request, lambda _, pid: _made(make(pid)))
+        if not self._grouped:
+            return await self._create(request, lambda _, pid: _made(make(pid)))
+        created: Created = await self._creates.submit(_New(request, make))
+        payment, prior = created
+        if prior is not None:
+            return await self._replay(prior, request.fingerprint), False
+        assert payment is not None
+        return payment, True
 
     async def _record_batch(self, jobs: list[Job]) -> None:
         """One transaction for the creates waiting together: their keys claimed in one
@@ -285,10 +278,24 @@ class PaymentRequests:
             job.settle((payment, prior))
         await self._record_alone(later)
 
-    @staticmethod
-    async def _record_alone(jobs: list[Job]) -> None:
+    async def _record_alone(self, jobs: list[Job]) -> None:
         for job in jobs:
-            job.settle(_ALONE)
+            new: _New = job.spec
+            try:
+                job.settle(await retry_on_conflict(lambda: self._record_one(new)))  # noqa: B023 - awaited before the loop moves on
+            except Exception as exc:  # the create's own answer, raised to its caller
+                job.fail(exc)
+
+    async def _record_one(self, new: _New) -> Created:
+        async with self._uow() as uow:
+            payment = new.make(new_id())
+            prior = await uow.payments.claim_key(new.request.claim(payment.payment_id))
+            if prior is not None:
+                return None, prior
+            await uow.payments.add(payment)
+            await uow.commit()
+        _initiated(payment)
+        return payment, None
 
     async def _create(
         self, request: CreateRequest, make: Callable[[UnitOfWork, str], Awaitable[Payment]]
