@@ -178,6 +178,8 @@ def per_payment(cost: Cost) -> dict[str, float]:
     figures["events_published.total"] = each(sum(published.values()))
     consumed = counters.group(usage.counters, "consumed")
     figures["events_consumed.total"] = each(sum(consumed.values()))
+    skipped = counters.group(usage.counters, "skipped")
+    figures["events_skipped.total"] = each(sum(skipped.values()))
     all_redis = sum(usage.redis_calls.values())
     figures["redis_commands.suite"] = each(all_redis - usage.client_redis_commands)
     figures[f"redis_commands.{LOAD_CLIENT}"] = each(usage.client_redis_commands)
@@ -193,6 +195,7 @@ def per_payment(cost: Cost) -> dict[str, float]:
         ("grpc_calls_by_method", grpc),
         ("events_published_by_process", published),
         ("events_consumed_by_group", consumed),
+        ("events_skipped_by_group", skipped),
         ("redis_commands_by_command", {k: float(v) for k, v in usage.redis_calls.items()}),
     ):
         for detail, value in sorted(values.items()):

@@ -29,6 +29,7 @@ _GROUPS = {
     "http_requests": "HTTP requests",
     "events_published": "events published",
     "events_consumed": "events consumed",
+    "events_skipped": "events delivered to a group that acknowledged them unread",
     "redis_commands": "Redis commands",
 }
 _DETAILS = {
@@ -52,6 +53,7 @@ _SHOWN = (
     "grpc_calls.total",
     "events_published.total",
     "events_consumed.total",
+    "events_skipped.total",
     "redis_commands.suite",
     f"redis_commands.{LOAD_CLIENT}",
 )

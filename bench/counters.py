@@ -6,7 +6,8 @@ Flattened to `{"group:detail": value}` so two readings subtract key by key:
   (`gateway_provider_calls_total`, less those the circuit breaker refused, never sent), and
   `http:webhooks` webhooks the adapter received (`webhook_receipts_total`, any result);
 - `published:<process>` outbox rows the process published (`outbox_published_total`);
-- `consumed:<stream> <group>` stream entries a consumer finished with, whatever the result
+- `consumed:<stream> <group>` stream entries a consumer handled, whatever the result, and
+  `skipped:<stream> <group>` those it acknowledged unread, of a type it does not act on
   (`stream_events_handled_total`).
 """
 
@@ -45,7 +46,8 @@ def from_metrics(process: str, text: str) -> dict[str, float]:
                 case "outbox_published":
                     add(f"published:{process}", sample.value)
                 case "stream_events_handled":
-                    add(f"consumed:{labels['stream']} {labels['group']}", sample.value)
+                    kind = "skipped" if labels.get("result") == "skipped" else "consumed"
+                    add(f"{kind}:{labels['stream']} {labels['group']}", sample.value)
     return found
 
 

@@ -82,7 +82,14 @@ class Infra:
             stream_retention=timedelta(seconds=self.settings.stream_retention_s),
         )
 
-    def consumer(self, *, stream: str, group: str, handler: Handler) -> StreamConsumer:
+    def consumer(
+        self,
+        *,
+        stream: str,
+        group: str,
+        handler: Handler,
+        handles: Callable[[str], bool] | None = None,
+    ) -> StreamConsumer:
         return StreamConsumer(
             self.redis,
             stream=self.settings.stream_prefix + stream,
@@ -93,6 +100,7 @@ class Infra:
             max_deliveries=self.settings.consumer_max_deliveries,
             concurrency=self.settings.consumer_concurrency,
             name=self.settings.replica_name or None,
+            handles=handles,
         )
 
     def outbox_progress(self) -> OutboxProgress:

@@ -79,7 +79,7 @@ MAX_BACKOFF_S = 2.0
 HANDLED = Counter(
     "stream_events_handled_total",
     "Stream entries this consumer finished with, by result: ok, retry (left pending to be"
-    " tried again) or dead_lettered.",
+    " tried again), dead_lettered, or skipped (a type its handler does not act on).",
     ["stream", "group", "result"],
 )
 HANDLING_SECONDS = Histogram(
@@ -181,8 +181,12 @@ class StreamConsumer:
         batch_size: int = 100,
         concurrency: int = 32,
         name: str | None = None,
+        handles: Callable[[str], bool] | None = None,
     ) -> None:
         self._redis = redis
+        # Entries of a type the handler would only ignore are acknowledged unread: no decode,
+        # span or task each (a group sees its whole stream; most of it may not concern it).
+        self._handles = handles
         self.stream = stream
         self.group = group
         self._handler = handler
@@ -215,6 +219,7 @@ class StreamConsumer:
         self._ok = HANDLED.labels(stream, group, "ok")
         self._retried = HANDLED.labels(stream, group, "retry")
         self._dead_lettered = HANDLED.labels(stream, group, "dead_lettered")
+        self._skipped = HANDLED.labels(stream, group, "skipped")
         self._handling = HANDLING_SECONDS.labels(stream, group)
         self._pending = PENDING.labels(stream, group)
         self._lag = LAG.labels(stream, group)
@@ -418,6 +423,11 @@ class StreamConsumer:
         entry_id, fields = entry
         if entry_id in self._in_flight:
             return None  # reclaimed from ourselves while still being handled
+        if self._skips(fields):
+            self._skipped.inc()
+            self._outcome.ack.append(entry_id)  # not _done: a skip is no sign the outage is over
+            self._flush_wanted.set()
+            return None
         self._in_flight.add(entry_id)
         if len(self._in_flight) >= self._concurrency:
             self._room.clear()
@@ -426,6 +436,16 @@ class StreamConsumer:
         self._tails[key] = task
         task.add_done_callback(lambda done: self._finished(key, entry_id, done))
         return task
+
+    def _skips(self, fields: dict[bytes, bytes]) -> bool:
+        """Whether the entry is of a type the handler does not act on (the relay writes the
+        type beside the envelope; an entry without it is handled, to be safe)."""
+        event_type = fields.get(b"event_type")
+        return (
+            self._handles is not None
+            and event_type is not None
+            and not self._handles(event_type.decode(errors="replace"))
+        )
 
     def _finished(self, key: str, entry_id: bytes, task: asyncio.Task[bool]) -> None:
         self._in_flight.discard(entry_id)

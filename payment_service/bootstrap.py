@@ -64,9 +64,13 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         stream=GATEWAY_STREAM,
         group=GROUP,
         handler=GatewayEventsEntrypoint(GatewayEventHandlers(uow=uow, wallet=wallet, steps=steps)),
+        handles=GatewayEventsEntrypoint.handles,
     )
     saga_consumer = infra.consumer(
-        stream=PAYMENT_STREAM, group=SAGA_GROUP, handler=PaymentSagaEntrypoint(saga)
+        stream=PAYMENT_STREAM,
+        group=SAGA_GROUP,
+        handler=PaymentSagaEntrypoint(saga),
+        handles=PaymentSagaEntrypoint.handles,
     )
     housekeeping = Housekeeping(
         requests, key_retention=timedelta(hours=settings.idempotency_retention_h)

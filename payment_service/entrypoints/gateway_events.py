@@ -20,15 +20,20 @@ class GatewayEventsEntrypoint:
     def __init__(self, handlers: GatewayEventHandlers) -> None:
         self._handlers = handlers
 
+    @staticmethod
+    def handles(event_type: str) -> bool:
+        """The outcomes and disputes it acts on; the group acknowledges the rest unread."""
+        operation, _, outcome = event_type.partition(".")
+        return event_type in DISPUTES or (
+            operation in ("charge", "payout", "refund") and outcome in ("succeeded", "failed")
+        )
+
     async def __call__(self, envelope: events_pb2.EventEnvelope) -> None:
-        operation, _, outcome = envelope.event_type.partition(".")
+        operation = envelope.event_type.partition(".")[0]
         if envelope.event_type in DISPUTES:
             await self._disputed(envelope)
             return
-        if operation not in ("charge", "payout", "refund") or outcome not in (
-            "succeeded",
-            "failed",
-        ):
+        if not self.handles(envelope.event_type):
             return
         change = events_pb2.OperationStatusChanged()
         if not envelope.payload.Unpack(change):

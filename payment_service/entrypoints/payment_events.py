@@ -14,11 +14,25 @@ from payment_service.service_layer.saga import Saga
 from paysuite.events.v1 import events_pb2
 
 GROUP = "payment-saga"
+# The saga's triggers; the group acknowledges every other payment event unread (`handles`).
+TRIGGERS = frozenset(
+    {
+        "payment.initiated",
+        "payment.funds_held",
+        "payment.refunding",
+        "payment.compensation_retry",
+        "payment.cancelled",
+    }
+)
 
 
 class PaymentSagaEntrypoint:
     def __init__(self, saga: Saga) -> None:
         self._saga = saga
+
+    @staticmethod
+    def handles(event_type: str) -> bool:
+        return event_type in TRIGGERS
 
     async def __call__(self, envelope: events_pb2.EventEnvelope) -> None:
         payment_id = envelope.aggregate_id

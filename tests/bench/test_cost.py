@@ -39,6 +39,7 @@ outbox_published_total 21.0
 # TYPE stream_events_handled_total counter
 stream_events_handled_total{group="payment",result="ok",stream="gw.events"} 9.0
 stream_events_handled_total{group="payment",result="retry",stream="gw.events"} 1.0
+stream_events_handled_total{group="payment",result="skipped",stream="gw.events"} 3.0
 # HELP outbox_backlog Not a counter.
 # TYPE outbox_backlog gauge
 outbox_backlog 5.0
@@ -51,6 +52,7 @@ def test_counters_from_metrics() -> None:
         "http:provider": 10.0,  # the breaker's refusals were never sent
         "published:payment": 21.0,
         "consumed:gw.events payment": 10.0,
+        "skipped:gw.events payment": 3.0,  # acknowledged unread: not consumed
     }
 
 

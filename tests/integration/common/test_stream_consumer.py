@@ -19,7 +19,9 @@ from paysuite.events.v1 import events_pb2
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 
-async def publish(redis: Redis, stream: str, name: str = "thing.happened") -> str:
+async def publish(
+    redis: Redis, stream: str, name: str = "thing.happened", *, typed: bool = False
+) -> str:
     envelope = make_envelope(
         event_type=name,
         aggregate_type="test",
@@ -28,9 +30,10 @@ async def publish(redis: Redis, stream: str, name: str = "thing.happened") -> st
         payload=events_pb2.AccountOpened(account_id="a"),
         producer="test",
     )
-    await redis.xadd(
-        stream, {"event_id": envelope.event_id, "envelope": envelope.SerializeToString()}
-    )
+    fields = {"event_id": envelope.event_id, "envelope": envelope.SerializeToString()}
+    if typed:  # as the relay writes it
+        fields["event_type"] = name
+    await redis.xadd(stream, fields)  # type: ignore[arg-type]  # redis-py's stub wants one value type
     return envelope.event_id
 
 
@@ -56,6 +59,36 @@ async def test_a_handled_event_is_acknowledged(redis: Redis, migrated: Settings)
     await consumer.poll_once()
     assert seen == [event_id]
     assert await pending(redis, stream, "g") == 0
+
+
+async def test_entries_of_a_type_the_handler_does_not_act_on_are_acknowledged_unread(
+    redis: Redis, migrated: Settings
+) -> None:
+    stream = stream_name(migrated)
+    seen: list[str] = []
+
+    async def handler(envelope: events_pb2.EventEnvelope) -> None:
+        seen.append(envelope.event_type)
+
+    consumer = StreamConsumer(
+        redis,
+        stream=stream,
+        group="g",
+        handler=handler,
+        block_ms=10,
+        handles=lambda event_type: event_type == "thing.wanted",
+    )
+    await consumer.ensure_group()
+    await publish(redis, stream, "thing.ignored", typed=True)
+    await publish(redis, stream, "thing.wanted", typed=True)
+    await publish(redis, stream, "thing.untyped")  # no type beside it: handled, to be safe
+    await consumer.poll_once()
+    assert seen == ["thing.wanted", "thing.untyped"]
+    assert await pending(redis, stream, "g") == 0
+    skipped = REGISTRY.get_sample_value(
+        "stream_events_handled_total", {"stream": stream, "group": "g", "result": "skipped"}
+    )
+    assert skipped == 1
 
 
 async def test_entries_of_a_dead_consumer_are_reclaimed(redis: Redis, migrated: Settings) -> None:

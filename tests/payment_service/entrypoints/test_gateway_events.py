@@ -69,3 +69,11 @@ async def test_a_report_for_another_amount_opens_a_case_and_leaves_the_payment()
     assert (await world.queries.get_payment(payment_id)).status is PaymentStatus.PENDING
     [case] = world.store.cases.values()
     assert [e.source for e in case.evidence] == ["operation.mismatch"]
+
+
+def test_the_group_reads_only_the_outcomes_and_disputes_it_acts_on() -> None:
+    handles = GatewayEventsEntrypoint.handles
+    for acted_on in ("charge.succeeded", "payout.failed", "refund.succeeded", "operation.conflict"):
+        assert handles(acted_on), acted_on
+    for ignored in ("charge.pending", "webhook.received", "operation.created", "payout.unknown"):
+        assert not handles(ignored), ignored
