@@ -36,19 +36,33 @@ def libpq_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def create_engine(url: URL, *, pool_size: int = 10, pool_timeout_s: float = 30.0) -> AsyncEngine:
+def create_engine(
+    url: URL, *, pool_size: int = 10, pool_timeout_s: float = 30.0, read_only: bool = False
+) -> AsyncEngine:
     # No pool_pre_ping: it costs a round trip per checkout on the hot path, and a connection
     # that died meanwhile fails its first statement, which database_boundary turns into
     # DependencyUnavailable (retried by the caller) while the pool discards the connection.
     # A burst may take half as many again; waiting for a connection (up to pool_timeout_s,
     # within the caller's deadline) is better than failing the request. Three services at
     # the default size stay well inside PostgreSQL's default 100 connections.
+    # A read-only engine's statements run in autocommit (a lone read needs no BEGIN and
+    # COMMIT: two statements and round trips) on sessions the server keeps read-only, so a
+    # write through it fails instead of committing on its own.
+    extra: dict[str, Any] = (
+        {
+            "isolation_level": "AUTOCOMMIT",
+            "connect_args": {"options": "-c default_transaction_read_only=on"},
+        }
+        if read_only
+        else {}
+    )
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size // 2,
         pool_timeout=pool_timeout_s,
         pool_recycle=1800,
+        **extra,
     )
 
 

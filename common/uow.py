@@ -74,7 +74,7 @@ class SqlUnitOfWork:
         try:
             async with database_boundary("connect"):
                 self.conn = await self._engine.connect()
-                await self.conn.begin()
+                await self.conn.begin()  # sends nothing on an autocommit (read-only) engine
                 self.raw = await driver_connection(self.conn)
         except BaseException as exc:
             self._end_span(exc)

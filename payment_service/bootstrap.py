@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from common import admission as admission_control
+from common import db
 from common.backlog import Group
 from common.bootstrap import LOOP_HEARTBEAT_S, Infra, ServiceDatabase
 from common.config import Settings
@@ -56,7 +57,9 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     queries = PaymentQueries(uow=uow, accounts=accounts)
     # One group commit for both consumers' saga steps: a charge's steps and a credit's
     # completion that arrive together share a transaction.
-    steps = Steps(uow)
+    # The reads before a wallet call (`Steps.peek`) go through a small read-only engine.
+    reader = db.create_engine(infra.database_url, pool_size=2, read_only=True)
+    steps = Steps(uow, reader=lambda: PaymentUnitOfWork(reader))
     saga = Saga(uow=uow, wallet=wallet, gateway=gateway, queries=queries, steps=steps)
     requests = PaymentRequests(uow=uow, accounts=accounts, queries=queries, saga=saga)
     recovery = Recovery(uow=uow, gateway=gateway, saga=saga)
@@ -125,5 +128,5 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
             Task("watch feed", feed.run, heartbeat_s=LOOP_HEARTBEAT_S),
             *admission_tasks,
         ],
-        closers=[infra.close, close_channels],
+        closers=[infra.close, close_channels, reader.dispose],
     )

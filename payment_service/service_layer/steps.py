@@ -171,9 +171,16 @@ class Steps:
     read of a payment as it stands (`peek`). With `group_commit` off each runs alone."""
 
     def __init__(
-        self, uow: Callable[[], UnitOfWork], *, group_commit: bool = True, max_batch: int = 32
+        self,
+        uow: Callable[[], UnitOfWork],
+        *,
+        reader: Callable[[], UnitOfWork] | None = None,
+        group_commit: bool = True,
+        max_batch: int = 32,
     ) -> None:
         self._uow = uow
+        # For `peek`: a unit of work that only reads (autocommit where the adapter has it).
+        self._reader = reader or uow
         self._grouped = group_commit
         self._steps = GroupCommit(self._run_batch, self._run_alone, max_batch=max_batch)
         self._reads = GroupCommit(self._read_batch, self._read_alone, max_batch=max_batch)
@@ -279,7 +286,7 @@ class Steps:
         if len(jobs) == 1:
             await self._read_alone(jobs)
             return
-        async with self._uow() as unit:
+        async with self._reader() as unit:
             found = await unit.payments.get_many([job.spec for job in jobs])
             await unit.commit()  # not ROLLBACK, which drops the prepared statements
         for job in jobs:
@@ -293,7 +300,7 @@ class Steps:
                 job.fail(exc)
 
     async def _get(self, payment_id: str) -> Payment | None:
-        async with self._uow() as unit:
+        async with self._reader() as unit:
             payment = await unit.payments.get(payment_id)
             # A read ends with COMMIT: on ROLLBACK psycopg drops the connection's prepared
             # statements, and every later statement on it is parsed again.

@@ -628,3 +628,43 @@ async def test_claims_past_the_retention_are_purged_and_the_key_is_free_again(
             assert await u.payments.claim_key(fresh) == fresh  # still remembered
     finally:
         await engine.dispose()
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_read_only_engine_reads_outside_a_transaction_and_refuses_a_write(
+    migrated: Settings,
+) -> None:
+    """`peek`'s engine: a read is a statement on its own (no BEGIN and COMMIT around it), and
+    a write through it fails on the server instead of committing on its own."""
+    from psycopg.pq import TransactionStatus
+
+    from common import db
+    from common.errors import DependencyUnavailable
+    from payment_service.adapters.uow import PaymentUnitOfWork
+    from payment_service.bootstrap import DATABASE
+
+    engine = db.create_engine(DATABASE.url(migrated), pool_size=1)
+    reader = db.create_engine(DATABASE.url(migrated), pool_size=1, read_only=True)
+    try:
+        payment = await added(lambda: PaymentUnitOfWork(engine), deposit())
+        async with PaymentUnitOfWork(reader) as u:
+            found = await u.payments.get_many([payment.payment_id])
+            assert u.raw.info.transaction_status is TransactionStatus.IDLE
+            await u.commit()
+        assert found[payment.payment_id].version == 1
+        async with PaymentUnitOfWork(reader) as u:
+            seen = await u.payments.get(payment.payment_id)
+            assert seen is not None
+            seen.mark_pending("op-1")
+            with pytest.raises(Exception, match="read-only transaction") as refused:
+                await u.payments.save(seen)
+        assert not isinstance(refused.value, DependencyUnavailable)
+        async with PaymentUnitOfWork(engine) as u:
+            again = await u.payments.get(payment.payment_id)
+            await u.commit()
+        assert again is not None
+        assert again.status is PaymentStatus.INITIATED
+    finally:
+        await reader.dispose()
+        await engine.dispose()
