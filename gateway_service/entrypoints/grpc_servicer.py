@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import status_pb2
 
 from common import tracing
 from common.auth import Access
@@ -44,6 +46,7 @@ POLICY = Policy(
         "Charge": Access.SERVICE,
         "Charges": Access.SERVICE,
         "Payout": Access.SERVICE,
+        "Payouts": Access.SERVICE,
         "Refund": Access.SERVICE,
         "SyncOperation": Access.SERVICE,
         "HandleProviderEvent": Access.SERVICE,
@@ -53,8 +56,10 @@ POLICY = Policy(
     },
 )
 
-# Each item of a Charges batch is served as a Charge of its own would be (span, logs).
+# Each item of a Charges (Payouts) batch is served as a Charge (Payout) of its own would be
+# (span, logs).
 CHARGE_METHOD = f"/{SERVICE_NAME}/Charge"
+PAYOUT_METHOD = f"/{SERVICE_NAME}/Payout"
 
 # Kept from the caller's deadline for recording the provider's answer.
 _MARGIN_S = 0.1
@@ -119,6 +124,29 @@ def _wall_time(seconds: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(datetime.fromtimestamp(seconds, UTC))
     return stamp
+
+
+# An item of a batch call that opens an operation (Charges, Payouts).
+Item = TypeVar("Item", gateway_pb2.ChargeRequest, gateway_pb2.PayoutRequest)
+
+
+async def _served_items(
+    method_name: str,
+    items: Sequence[Item],
+    handle: Callable[[Item, float | None], Awaitable[Operation]],
+    context: Context,
+) -> list[tuple[status_pb2.Status, gateway_pb2.Operation | None]]:
+    """The items of a batch call (Charges, Payouts), each handled by `handle` as the unary call
+    `method_name` would handle it, in its own flow's trace (serve_item), and all together, so
+    that GroupedWrites records them in one group commit. Each item's answer: OK and its
+    operation, or no operation and the status the unary call would have failed it with."""
+    deadline = _deadline(context)
+
+    async def serve(item: Item) -> tuple[status_pb2.Status, gateway_pb2.Operation | None]:
+        status, operation = await serve_item(method_name, item, lambda: handle(item, deadline))
+        return status, operation_to_proto(operation) if operation is not None else None
+
+    return await asyncio.gather(*(serve(item) for item in items))
 
 
 def _provider_event(request: gateway_pb2.HandleProviderEventRequest) -> ProviderEvent:
@@ -201,37 +229,35 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Charges(
         self, request: gateway_pb2.ChargesRequest, context: Context
     ) -> gateway_pb2.ChargesResponse:
-        # Together, so the charges are recorded in one group commit (GroupedWrites).
-        deadline = _deadline(context)
-        results = await asyncio.gather(
-            *(self._charge_item(item, deadline) for item in request.charges)
-        )
-        return gateway_pb2.ChargesResponse(results=results)
-
-    async def _charge_item(
-        self, request: gateway_pb2.ChargeRequest, deadline: float | None
-    ) -> gateway_pb2.ChargeResult:
-        """One charge of a batch, as Charge would handle it, in its own flow's trace; what
-        Charge would have failed with becomes this charge's status, not the batch's."""
-        status, operation = await serve_item(
-            CHARGE_METHOD, request, lambda: self._charge(request, deadline)
-        )
-        return gateway_pb2.ChargeResult(
-            status=status,
-            operation=operation_to_proto(operation) if operation is not None else None,
+        results = await _served_items(CHARGE_METHOD, request.charges, self._charge, context)
+        return gateway_pb2.ChargesResponse(
+            results=[gateway_pb2.ChargeResult(status=s, operation=o) for s, o in results]
         )
 
     async def Payout(
         self, request: gateway_pb2.PayoutRequest, context: Context
     ) -> gateway_pb2.Operation:
-        operation = await self._service.operations.payout(
+        return operation_to_proto(await self._payout(request, _deadline(context)))
+
+    async def _payout(
+        self, request: gateway_pb2.PayoutRequest, deadline: float | None
+    ) -> Operation:
+        """A payout, alone (Payout) or one of a batch (Payouts): the same checks and call."""
+        return await self._service.operations.payout(
             idempotency_key=request.idempotency_key,
             amount=_amount(request),
             destination=request.destination,
             reference=request.reference,
-            deadline=_deadline(context),
+            deadline=deadline,
         )
-        return operation_to_proto(operation)
+
+    async def Payouts(
+        self, request: gateway_pb2.PayoutsRequest, context: Context
+    ) -> gateway_pb2.PayoutsResponse:
+        results = await _served_items(PAYOUT_METHOD, request.payouts, self._payout, context)
+        return gateway_pb2.PayoutsResponse(
+            results=[gateway_pb2.PayoutResult(status=s, operation=o) for s, o in results]
+        )
 
     async def Refund(
         self, request: gateway_pb2.RefundRequest, context: Context

@@ -257,6 +257,9 @@ class WalletClient(_Client):
 
 
 class GatewayClient(_Client):
+    """The gateway's calls; charges and payouts each go in batches of their own (Charges,
+    Payouts) through _Coalesced, as the module's docstring says of charges."""
+
     service = "gateway"
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float, max_batch: int = 32) -> None:
@@ -267,6 +270,13 @@ class GatewayClient(_Client):
             unary=lambda: self._stub.Charge,
             batch=self._send_charges,
             name="Charges",
+            max_batch=max_batch,
+        )
+        self._payouts: _Coalesced[gateway_pb2.PayoutRequest, gateway_pb2.Operation] = _Coalesced(
+            self,
+            unary=lambda: self._stub.Payout,
+            batch=self._send_payouts,
+            name="Payouts",
             max_batch=max_batch,
         )
 
@@ -293,17 +303,22 @@ class GatewayClient(_Client):
     async def payout(
         self, *, idempotency_key: str, amount: Money, destination: str, reference: str
     ) -> ProviderResult:
-        return _result(
-            await self._call(
-                self._stub.Payout,
-                gateway_pb2.PayoutRequest(
-                    idempotency_key=idempotency_key,
-                    amount=money_to_proto(amount),
-                    destination=destination,
-                    reference=reference,
-                ),
-            )
+        request = gateway_pb2.PayoutRequest(
+            idempotency_key=idempotency_key,
+            amount=money_to_proto(amount),
+            destination=destination,
+            reference=reference,
         )
+        return _result(await self._payouts.call(request))
+
+    async def _send_payouts(
+        self, requests: list[gateway_pb2.PayoutRequest], timeout_s: float
+    ) -> list[tuple[status_pb2.Status, gateway_pb2.Operation]]:
+        """One Payouts call for the payouts waiting: each one's status and operation."""
+        response = await self._stub.Payouts(
+            gateway_pb2.PayoutsRequest(payouts=requests), timeout=timeout_s
+        )
+        return [(result.status, result.operation) for result in response.results]
 
     async def refund(
         self, *, idempotency_key: str, charge_operation_id: str, amount: Money, reference: str

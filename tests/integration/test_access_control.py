@@ -143,6 +143,7 @@ GATEWAY: dict[str, tuple[Request, Access]] = {
     "Charge": (lambda w: G.ChargeRequest(), Access.SERVICE),
     "Charges": (lambda w: G.ChargesRequest(charges=[G.ChargeRequest()]), Access.SERVICE),
     "Payout": (lambda w: G.PayoutRequest(), Access.SERVICE),
+    "Payouts": (lambda w: G.PayoutsRequest(payouts=[G.PayoutRequest()]), Access.SERVICE),
     "Refund": (lambda w: G.RefundRequest(), Access.SERVICE),
     "SyncOperation": (lambda w: G.SyncOperationRequest(), Access.SERVICE),
     "HandleProviderEvent": (lambda w: G.HandleProviderEventRequest(), Access.SERVICE),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 import pytest
@@ -45,6 +45,20 @@ def charge_request(**changes: object) -> gateway_pb2.ChargeRequest:
         payment_method=PAYMENT_METHOD,
         reference="pay-1",
     )
+    return _changed(request, changes)
+
+
+def payout_request(**changes: object) -> gateway_pb2.PayoutRequest:
+    request = gateway_pb2.PayoutRequest(
+        idempotency_key="pay-1:payout",
+        amount=money_pb2.Money(amount_minor=1250, currency="EUR"),
+        destination="acct_1",
+        reference="pay-1",
+    )
+    return _changed(request, changes)
+
+
+def _changed(request: Any, changes: dict[str, object]) -> Any:
     for name, value in changes.items():
         if value is None:
             request.ClearField(name)  # type: ignore[arg-type]  # the stubs want a literal field name
@@ -240,25 +254,53 @@ def _without_request_id(status: status_pb2.Status) -> status_pb2.Status:
     return copy
 
 
-async def test_charges_answers_each_charge_on_its_own(
-    stub: Stub, fake_provider: FakeProvider
+class Batch(NamedTuple):
+    """A batch call that opens operations (Charges, Payouts) beside its unary call."""
+
+    unary: str  # "Charge"
+    item: Callable[..., Any]  # charge_request
+    field: str  # the request's repeated field: "charges"
+    kind: gateway_pb2.OperationKind.ValueType
+
+    def request(self, n: int = 1, **changes: object) -> Any:
+        """The item of payment pay-<n>, changed as given."""
+        key = f"pay-{n}:{self.unary.lower()}"
+        return self.item(**{"idempotency_key": key, "reference": f"pay-{n}", **changes})
+
+    async def call(self, stub: Stub, items: list[Any]) -> Any:
+        batch = f"{self.unary}s"
+        request = getattr(gateway_pb2, f"{batch}Request")(**{self.field: items})
+        return await getattr(stub, batch)(request)
+
+
+BATCHES = [
+    Batch("Charge", charge_request, "charges", gateway_pb2.OPERATION_KIND_CHARGE),
+    Batch("Payout", payout_request, "payouts", gateway_pb2.OPERATION_KIND_PAYOUT),
+]
+batches = pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"{b.unary}s")
+
+
+@batches
+async def test_a_batch_answers_each_item_on_its_own(
+    stub: Stub, fake_provider: FakeProvider, batch: Batch
 ) -> None:
-    response = await stub.Charges(
-        gateway_pb2.ChargesRequest(
-            charges=[
-                charge_request(),
-                charge_request(idempotency_key="pay-2:charge", reference="pay-2", amount=None),
-                charge_request(idempotency_key="pay-3:charge", reference="pay-3"),
-                charge_request(),  # the same key and request: the same operation
-            ]
-        )
+    response = await batch.call(
+        stub,
+        [
+            batch.request(1),
+            batch.request(2, amount=None),
+            batch.request(3),
+            batch.request(1),  # the same key and request: the same operation
+        ],
     )
 
     codes = [r.status.code for r in response.results]
     assert codes == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0], 0, 0]
     first, invalid, third, repeat = response.results
     assert first.operation.status == gateway_pb2.OPERATION_STATUS_PENDING
-    assert first.operation.provider_reference == fake_provider.references["pay-1:charge"]
+    assert first.operation.kind == batch.kind
+    key = f"pay-1:{batch.unary.lower()}"
+    assert first.operation.provider_reference == fake_provider.references[key]
     assert repeat.operation.operation_id == first.operation.operation_id
     assert third.operation.reference == "pay-3"
     assert third.operation.operation_id != first.operation.operation_id
@@ -268,24 +310,26 @@ async def test_charges_answers_each_charge_on_its_own(
     assert [v.field for v in violations.field_violations] == ["amount"]
 
 
+@batches
 @pytest.mark.parametrize(
     "changes",
     [
         {"amount": None},
         {"amount": money_pb2.Money(amount_minor=5, currency="XXX")},
         {"idempotency_key": ""},
-        {"reference": "pay-other"},  # the key of pay-1's charge, reused: ALREADY_EXISTS
+        {"reference": "pay-other"},  # the key of pay-1's item, reused: ALREADY_EXISTS
     ],
 )
-async def test_a_charge_in_a_batch_fails_as_charge_would(
-    stub: Stub, changes: dict[str, object]
+async def test_an_item_in_a_batch_fails_as_its_unary_call_would(
+    stub: Stub, batch: Batch, changes: dict[str, object]
 ) -> None:
     """One table: a batch item's status is the unary call's, code, message and details."""
-    await stub.Charge(charge_request())
+    unary = getattr(stub, batch.unary)
+    await unary(batch.request())
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Charge(charge_request(**changes))
+        await unary(batch.request(**changes))
 
-    response = await stub.Charges(gateway_pb2.ChargesRequest(charges=[charge_request(**changes)]))
+    response = await batch.call(stub, [batch.request(**changes)])
 
     (result,) = response.results
     assert result.status.code == caught.value.code().value[0]
@@ -293,7 +337,8 @@ async def test_a_charge_in_a_batch_fails_as_charge_would(
     assert _without_request_id(result.status) == _without_request_id(_unary_status(caught.value))
 
 
-async def test_an_empty_batch_is_an_empty_answer(stub: Stub) -> None:
-    response = await stub.Charges(gateway_pb2.ChargesRequest())
+@batches
+async def test_an_empty_batch_is_an_empty_answer(stub: Stub, batch: Batch) -> None:
+    response = await batch.call(stub, [])
 
     assert list(response.results) == []

@@ -1,10 +1,11 @@
-"""GatewayClient.charge over a scripted stub: concurrent charges go in Charges batches, each
-caller answered with its own operation or its own error, translated as the unary call's."""
+"""GatewayClient.charge and .payout over a scripted stub: concurrent charges (payouts) go in
+Charges (Payouts) batches, each caller answered with its own operation or its own error,
+translated as the unary call's."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -41,7 +42,11 @@ def rpc_error(
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing or grpc.aio.Metadata(), details)
 
 
-def operation(request: G.ChargeRequest) -> G.Operation:
+Item = G.ChargeRequest | G.PayoutRequest
+Answer = tuple[status_pb2.Status, G.Operation | None]
+
+
+def operation(request: Item) -> G.Operation:
     return G.Operation(
         operation_id=f"op-{request.idempotency_key}",
         status=G.OPERATION_STATUS_PENDING,
@@ -50,30 +55,44 @@ def operation(request: G.ChargeRequest) -> G.Operation:
 
 
 class Stub:
-    """Charges and Charge as scripted: `answer` maps a charge to its result (default OK)."""
+    """Charges/Charge and Payouts/Payout as scripted: `answer` maps an item to its status and
+    operation (default OK)."""
 
     def __init__(self) -> None:
-        self.batches: list[list[G.ChargeRequest]] = []
-        self.unary: list[G.ChargeRequest] = []
+        self.batches: list[list[Item]] = []
+        self.unary: list[Item] = []
         self.timeouts: list[float] = []
-        self.answer: Callable[[G.ChargeRequest], G.ChargeResult] = lambda r: G.ChargeResult(
-            status=status_pb2.Status(code=OK), operation=operation(r)
-        )
+        self.answer: Callable[[Item], Answer] = lambda r: (status_pb2.Status(code=OK), operation(r))
         self.fail_with: grpc.aio.AioRpcError | None = None
         self.gate: asyncio.Event | None = None
         self.results_dropped = 0
 
-    async def Charges(self, request: G.ChargesRequest, **options: Any) -> G.ChargesResponse:
-        self.batches.append(list(request.charges))
-        self.timeouts.append(options["timeout"])
+    async def _batch(self, items: list[Item], timeout_s: float) -> list[Answer]:
+        self.batches.append(items)
+        self.timeouts.append(timeout_s)
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
-        results = [self.answer(charge) for charge in request.charges]
-        return G.ChargesResponse(results=results[self.results_dropped :])
+        return [self.answer(item) for item in items][self.results_dropped :]
+
+    async def Charges(self, request: G.ChargesRequest, **options: Any) -> G.ChargesResponse:
+        results = await self._batch(list(request.charges), options["timeout"])
+        return G.ChargesResponse(
+            results=[G.ChargeResult(status=s, operation=o) for s, o in results]
+        )
+
+    async def Payouts(self, request: G.PayoutsRequest, **options: Any) -> G.PayoutsResponse:
+        results = await self._batch(list(request.payouts), options["timeout"])
+        return G.PayoutsResponse(
+            results=[G.PayoutResult(status=s, operation=o) for s, o in results]
+        )
 
     async def Charge(self, request: G.ChargeRequest, **options: Any) -> G.Operation:
+        self.unary.append(request)
+        return operation(request)
+
+    async def Payout(self, request: G.PayoutRequest, **options: Any) -> G.Operation:
         self.unary.append(request)
         return operation(request)
 
@@ -91,34 +110,72 @@ async def client(stub: Stub) -> GatewayClient:
     return gateway
 
 
-async def charge(client: GatewayClient, n: int) -> Any:
-    return await client.charge(
-        idempotency_key=f"pay-{n}:charge",
-        amount=Money(1250, "EUR"),
-        payment_method="pm_card_visa",
-        reference=f"pay-{n}",
-    )
+@pytest.fixture(params=["charge", "payout"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which of the client's coalesced calls a test sends: each test runs for both."""
+    value: str = request.param
+    return value
 
 
-async def test_a_lone_charge_is_a_batch_of_one_sent_at_once(
-    client: GatewayClient, stub: Stub
+Send = Callable[[int], Awaitable[Any]]
+
+
+@pytest.fixture
+def send(client: GatewayClient, kind: str) -> Send:
+    """Sends the charge (payout) of payment pay-<n>; its key is pay-<n>:<kind>."""
+
+    async def one(n: int) -> Any:
+        key, reference, amount = f"pay-{n}:{kind}", f"pay-{n}", Money(1250, "EUR")
+        if kind == "charge":
+            return await client.charge(
+                idempotency_key=key, amount=amount, payment_method="pm_visa", reference=reference
+            )
+        return await client.payout(
+            idempotency_key=key, amount=amount, destination="acct_1", reference=reference
+        )
+
+    return one
+
+
+async def test_a_lone_item_is_a_batch_of_one_sent_at_once(
+    send: Send, stub: Stub, kind: str
 ) -> None:
-    result = await asyncio.wait_for(charge(client, 1), 1.0)
+    result = await asyncio.wait_for(send(1), 1.0)
 
-    assert [[c.idempotency_key for c in batch] for batch in stub.batches] == [["pay-1:charge"]]
-    assert result.operation_id == "op-pay-1:charge"
+    assert [[c.idempotency_key for c in batch] for batch in stub.batches] == [[f"pay-1:{kind}"]]
+    assert result.operation_id == f"op-pay-1:{kind}"
     assert result.answer is ProviderAnswer.ACCEPTED
     assert stub.unary == []
     assert 4.0 < stub.timeouts[0] <= 5.0
 
 
-async def test_charges_asked_while_one_call_is_in_flight_go_together_in_the_next(
+async def test_charges_and_payouts_go_in_batches_of_their_own(
     client: GatewayClient, stub: Stub
 ) -> None:
+    amount = Money(1250, "EUR")
+    await asyncio.gather(
+        client.charge(
+            idempotency_key="pay-1:charge", amount=amount, payment_method="pm", reference="pay-1"
+        ),
+        client.payout(
+            idempotency_key="pay-2:payout", amount=amount, destination="acct", reference="pay-2"
+        ),
+    )
+
+    assert sorted(type(item).__name__ for batch in stub.batches for item in batch) == [
+        "ChargeRequest",
+        "PayoutRequest",
+    ]
+    assert len(stub.batches) == 2
+
+
+async def test_items_asked_while_one_call_is_in_flight_go_together_in_the_next(
+    send: Send, stub: Stub, kind: str
+) -> None:
     stub.gate = asyncio.Event()
-    first = asyncio.create_task(charge(client, 0))
+    first = asyncio.create_task(send(0))
     await asyncio.sleep(0.01)  # the first call is in flight
-    rest = [asyncio.create_task(charge(client, n)) for n in range(1, 6)]
+    rest = [asyncio.create_task(send(n)) for n in range(1, 6)]
     await asyncio.sleep(0.01)
     stub.gate.set()
 
@@ -126,75 +183,75 @@ async def test_charges_asked_while_one_call_is_in_flight_go_together_in_the_next
 
     sizes = [len(batch) for batch in stub.batches]
     assert sizes == [1, 3, 2]  # at most max_batch=3 a call
-    assert [r.operation_id for r in results] == [f"op-pay-{n}:charge" for n in range(6)]
+    assert [r.operation_id for r in results] == [f"op-pay-{n}:{kind}" for n in range(6)]
 
 
-async def test_each_caller_gets_its_own_error(client: GatewayClient, stub: Stub) -> None:
-    def answer(request: G.ChargeRequest) -> G.ChargeResult:
+async def test_each_caller_gets_its_own_error(send: Send, stub: Stub, kind: str) -> None:
+    def answer(request: Item) -> Answer:
         if request.reference == "pay-1":
             _, _, status = status_message(
                 ValidationError(FieldViolation("amount", "is required")), "req-1"
             )
-            return G.ChargeResult(status=status)
+            return status, None
         if request.reference == "pay-2":
             _, _, status = status_message(DependencyUnavailable("no provider"), "req-1")
-            return G.ChargeResult(status=status)
-        return G.ChargeResult(status=status_pb2.Status(code=OK), operation=operation(request))
+            return status, None
+        return status_pb2.Status(code=OK), operation(request)
 
     stub.answer = answer
 
-    outcomes = await asyncio.gather(*(charge(client, n) for n in range(3)), return_exceptions=True)
+    outcomes = await asyncio.gather(*(send(n) for n in range(3)), return_exceptions=True)
 
     assert len(stub.batches) == 1
-    assert outcomes[0].operation_id == "op-pay-0:charge"
+    assert outcomes[0].operation_id == f"op-pay-0:{kind}"
     assert type(outcomes[1]) is FailedPrecondition  # INVALID_ARGUMENT, as the unary call's
     assert "amount" in str(outcomes[1])
     assert isinstance(outcomes[2], DependencyUnavailable)
 
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
-async def test_a_failed_call_fails_every_charge_in_it_as_unavailable(
-    client: GatewayClient, stub: Stub, code: grpc.StatusCode
+async def test_a_failed_call_fails_every_item_in_it_as_unavailable(
+    send: Send, stub: Stub, code: grpc.StatusCode
 ) -> None:
     stub.fail_with = rpc_error(code, "gone")
 
-    outcomes = await asyncio.gather(*(charge(client, n) for n in range(3)), return_exceptions=True)
+    outcomes = await asyncio.gather(*(send(n) for n in range(3)), return_exceptions=True)
 
     assert all(isinstance(o, DependencyUnavailable) for o in outcomes), outcomes
     assert len({id(o) for o in outcomes}) == 3  # each caller its own exception
     assert stub.unary == []
 
 
-async def test_a_gateway_without_charges_gets_unary_calls_for_good(
-    client: GatewayClient, stub: Stub
+async def test_a_gateway_without_the_batch_call_gets_unary_calls_for_good(
+    send: Send, stub: Stub, kind: str
 ) -> None:
     stub.fail_with = rpc_error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
-    first = await asyncio.gather(*(charge(client, n) for n in range(2)))
-    later = await charge(client, 2)
+    first = await asyncio.gather(*(send(n) for n in range(2)))
+    later = await send(2)
 
-    assert [r.operation_id for r in [*first, later]] == [f"op-pay-{n}:charge" for n in range(3)]
+    assert [r.operation_id for r in [*first, later]] == [f"op-pay-{n}:{kind}" for n in range(3)]
     assert len(stub.batches) == 1  # never asked again
     assert sorted(c.reference for c in stub.unary) == ["pay-0", "pay-1", "pay-2"]
 
 
-async def test_an_answer_that_does_not_match_the_batch_sends_each_charge_alone(
-    client: GatewayClient, stub: Stub
+async def test_an_answer_that_does_not_match_the_batch_sends_each_item_alone(
+    send: Send, stub: Stub, kind: str
 ) -> None:
     stub.results_dropped = 1
 
-    results = await asyncio.gather(*(charge(client, n) for n in range(2)))
+    results = await asyncio.gather(*(send(n) for n in range(2)))
 
-    assert [r.operation_id for r in results] == ["op-pay-0:charge", "op-pay-1:charge"]
+    assert [r.operation_id for r in results] == [f"op-pay-0:{kind}", f"op-pay-1:{kind}"]
     assert sorted(c.reference for c in stub.unary) == ["pay-0", "pay-1"]
 
 
-async def test_each_charge_carries_its_callers_trace_and_correlation_id(
-    client: GatewayClient, stub: Stub
+async def test_each_item_carries_its_callers_trace_and_correlation_id(
+    send: Send, stub: Stub
 ) -> None:
     async def traced(n: int) -> str:
         with tracing.tracer().start_as_current_span(f"flow {n}"), bound_flow(f"pay-{n}"):
-            await charge(client, n)
+            await send(n)
             return tracing.current_trace_id()
 
     trace_ids = await asyncio.gather(*(traced(n) for n in range(3)))

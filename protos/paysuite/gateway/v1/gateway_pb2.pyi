@@ -290,9 +290,18 @@ class PayoutRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     DESTINATION_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     destination: _builtins.str
     reference: _builtins.str
+    traceparent: _builtins.str
+    """The flow's trace context and correlation id, as a ChargeRequest's: a Payouts batch holds
+    the payouts of many flows. Empty: the call's own.
+    """
+    tracestate: _builtins.str
+    correlation_id: _builtins.str
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -302,14 +311,87 @@ class PayoutRequest(_message.Message):
         amount: _money_pb2.Money | None = ...,
         destination: _builtins.str = ...,
         reference: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination", b"destination", "idempotency_key", b"idempotency_key", "reference", b"reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "correlation_id", b"correlation_id", "destination", b"destination", "idempotency_key", b"idempotency_key", "reference", b"reference", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PayoutRequest: _TypeAlias = PayoutRequest  # noqa: Y015
+
+@_typing.final
+class PayoutsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payouts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PayoutRequest]: ...
+    def __init__(
+        self,
+        *,
+        payouts: _abc.Iterable[Global___PayoutRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payouts", b"payouts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayoutsRequest: _TypeAlias = PayoutsRequest  # noqa: Y015
+
+@_typing.final
+class PayoutResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """OK when the payout was handled (operation set), else the status Payout would have failed
+        this payout with (code, message and details), as a ChargeResult's.
+        """
+
+    @_builtins.property
+    def operation(self) -> Global___Operation: ...
+    def __init__(
+        self,
+        *,
+        status: _status_pb2.Status | None = ...,
+        operation: Global___Operation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayoutResult: _TypeAlias = PayoutResult  # noqa: Y015
+
+@_typing.final
+class PayoutsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PayoutResult]:
+        """One per request payout, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___PayoutResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayoutsResponse: _TypeAlias = PayoutsResponse  # noqa: Y015
 
 @_typing.final
 class RefundRequest(_message.Message):

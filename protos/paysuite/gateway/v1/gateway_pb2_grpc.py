@@ -52,6 +52,11 @@ class GatewayServiceStub:
                 request_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.PayoutRequest.SerializeToString,
                 response_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.Operation.FromString,
                 _registered_method=True)
+        self.Payouts = channel.unary_unary(
+                '/paysuite.gateway.v1.GatewayService/Payouts',
+                request_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.PayoutsRequest.SerializeToString,
+                response_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.PayoutsResponse.FromString,
+                _registered_method=True)
         self.Refund = channel.unary_unary(
                 '/paysuite.gateway.v1.GatewayService/Refund',
                 request_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.RefundRequest.SerializeToString,
@@ -112,6 +117,14 @@ class GatewayServiceServicer:
 
     def Payout(self, request, context):
         """Asks a provider to send money to a destination; outcome as payout.succeeded / failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Payouts(self, request, context):
+        """Several payouts at once (the payment service coalesces concurrent ones), each handled as
+        by Payout and answered with its own result, as Charges does for charges.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,6 +192,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Payout,
                     request_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.PayoutRequest.FromString,
                     response_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.Operation.SerializeToString,
+            ),
+            'Payouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.Payouts,
+                    request_deserializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.PayoutsRequest.FromString,
+                    response_serializer=paysuite_dot_gateway_dot_v1_dot_gateway__pb2.PayoutsResponse.SerializeToString,
             ),
             'Refund': grpc.unary_unary_rpc_method_handler(
                     servicer.Refund,
@@ -295,6 +313,33 @@ class GatewayService:
             '/paysuite.gateway.v1.GatewayService/Payout',
             paysuite_dot_gateway_dot_v1_dot_gateway__pb2.PayoutRequest.SerializeToString,
             paysuite_dot_gateway_dot_v1_dot_gateway__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Payouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.gateway.v1.GatewayService/Payouts',
+            paysuite_dot_gateway_dot_v1_dot_gateway__pb2.PayoutsRequest.SerializeToString,
+            paysuite_dot_gateway_dot_v1_dot_gateway__pb2.PayoutsResponse.FromString,
             options,
             channel_credentials,
             insecure,

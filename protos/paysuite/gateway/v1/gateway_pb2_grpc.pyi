@@ -50,6 +50,10 @@ class GatewayServiceStub:
     """
     Payout: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PayoutRequest, _gateway_pb2.Operation]
     """Asks a provider to send money to a destination; outcome as payout.succeeded / failed."""
+    Payouts: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PayoutsRequest, _gateway_pb2.PayoutsResponse]
+    """Several payouts at once (the payment service coalesces concurrent ones), each handled as
+    by Payout and answered with its own result, as Charges does for charges.
+    """
     Refund: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RefundRequest, _gateway_pb2.Operation]
     """Refunds (part of) a succeeded charge, at the charge's provider; refund.succeeded / failed."""
     GetOperation: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetOperationRequest, _gateway_pb2.Operation]
@@ -91,6 +95,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """
     Payout: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PayoutRequest, _gateway_pb2.Operation]  # type: ignore[assignment]
     """Asks a provider to send money to a destination; outcome as payout.succeeded / failed."""
+    Payouts: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PayoutsRequest, _gateway_pb2.PayoutsResponse]  # type: ignore[assignment]
+    """Several payouts at once (the payment service coalesces concurrent ones), each handled as
+    by Payout and answered with its own result, as Charges does for charges.
+    """
     Refund: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RefundRequest, _gateway_pb2.Operation]  # type: ignore[assignment]
     """Refunds (part of) a succeeded charge, at the charge's provider; refund.succeeded / failed."""
     GetOperation: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetOperationRequest, _gateway_pb2.Operation]  # type: ignore[assignment]
@@ -147,6 +155,16 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.Operation, _abc.Awaitable[_gateway_pb2.Operation]]:
         """Asks a provider to send money to a destination; outcome as payout.succeeded / failed."""
+
+    @_abc_1.abstractmethod
+    def Payouts(
+        self,
+        request: _gateway_pb2.PayoutsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.PayoutsResponse, _abc.Awaitable[_gateway_pb2.PayoutsResponse]]:
+        """Several payouts at once (the payment service coalesces concurrent ones), each handled as
+        by Payout and answered with its own result, as Charges does for charges.
+        """
 
     @_abc_1.abstractmethod
     def Refund(
