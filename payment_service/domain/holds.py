@@ -69,6 +69,12 @@ class HoldSteps(PaymentLifecycle):
             or self.saga.provider_call
             or (self.kind is PaymentKind.TRANSFER)
         ):
+            if self.kind is PaymentKind.DEPOSIT:
+                raise PaymentNotCancellable(
+                    f"payment {self.payment_id} is a deposit, whose charge is requested when"
+                    " it is created; only a payment not yet sent to the provider can be"
+                    " cancelled"
+                )
             raise PaymentNotCancellable(
                 f"payment {self.payment_id} is {self.status}"
                 + (" and the provider was already asked" if self.saga.provider_call else "")

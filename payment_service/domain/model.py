@@ -49,7 +49,10 @@ class Payment(
 
     @classmethod
     def deposit(cls, request: DepositRequest, payment_id: str = "") -> Payment:
-        return cls._new(
+        """A deposit is created with its charge's recovery point: the create's commit is
+        what the saga charges from, with the key derived from the payment, so no step is
+        written between the create and the charge (and a deposit is never cancellable)."""
+        payment = cls._new(
             PaymentKind.DEPOSIT,
             request.amount,
             request.idempotency_key,
@@ -57,6 +60,8 @@ class Payment(
             destination_account_id=request.account_id,
             payment_method=request.payment_method,
         )
+        payment.begin_provider_call()
+        return payment
 
     @classmethod
     def withdrawal(cls, request: WithdrawalRequest, payment_id: str = "") -> Payment:

@@ -25,6 +25,14 @@ class ProviderCallSteps(HoldSteps):
             self._note(f"{call.operation}.requested", {"idempotency_key": call.idempotency_key})
         return call
 
+    def requested_provider_call(self) -> ProviderCall | None:
+        """The provider call whose recovery point is recorded and whose answer is not: the
+        one to make (again) now, with its key; None when there is none. A deposit has it
+        from its creation."""
+        if self.status is not PaymentStatus.INITIATED or not self.saga.provider_call:
+            return None
+        return self.provider_call()
+
     def provider_call(self) -> ProviderCall:
         if self.kind is PaymentKind.DEPOSIT:
             return ProviderCall("charge", self.step_ref("charge"), self.amount, self.payment_method)

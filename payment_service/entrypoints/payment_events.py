@@ -44,7 +44,7 @@ class PaymentSagaEntrypoint:
                 if not envelope.payload.Unpack(change):
                     raise ValueError(f"{envelope.event_type} without a PaymentStatusChanged")
                 if change.kind == "deposit":
-                    await self._saga.ask_provider(payment_id)
+                    await self._saga.ask_provider(payment_id, recorded=True)
             case "payment.funds_held":
                 await self._saga.ask_provider(payment_id)
             case "payment.refunding" | "payment.compensation_retry":

@@ -163,7 +163,7 @@ class Saga:
 
     # -- from the payment's own events ------------------------------------------------------
 
-    async def ask_provider(self, payment_id: str) -> None:
+    async def ask_provider(self, payment_id: str, *, recorded: bool = False) -> None:
         """Saga step, run from a durable event (`payment.initiated` of a deposit,
         `payment.funds_held` of a withdrawal or refund): records the recovery point (from
         then on the payment cannot be cancelled), asks the gateway to charge, pay out or
@@ -171,15 +171,26 @@ class Saga:
         payment moved on meanwhile (a redelivery, or the provider's own event was faster).
         A declined withdrawal or refund releases its hold before it fails.
 
+        `recorded`: the recovery point was recorded with the payment (a deposit's charge),
+        so the step only reads it (one statement, no lock) before the call.
+
         Raises DependencyUnavailable while the gateway is unreachable or the provider's
         answer is unknown: the event stays pending and the step is retried with the same
         key, which the gateway and the provider deduplicate on.
         """
-        begun = await self._steps.step(
-            payment_id,
-            lambda p: _begun(p.begin_provider_call(), p),
-            missing=lambda: None,
-        )
+        begun: Begun = None
+        if recorded:
+            peeked = await self._steps.peek(payment_id)
+            if peeked is None or peeked.status is not PaymentStatus.INITIATED:
+                return  # gone, or moved on: a redelivery
+            call = peeked.requested_provider_call()
+            begun = (peeked, call) if call is not None else None
+        if begun is None:  # the recovery point is written now (or was, by an older version)
+            begun = await self._steps.step(
+                payment_id,
+                lambda p: _begun(p.begin_provider_call(), p),
+                missing=lambda: None,
+            )
         if begun is None:
             return
         payment, call = begun

@@ -89,8 +89,8 @@ class World:
         return payment_id
 
     async def charge(self, payment_id: str) -> None:
-        """The saga step, as the `payment.initiated` event triggers it."""
-        await self.saga.ask_provider(payment_id)
+        """The saga step, as a deposit's `payment.initiated` event triggers it."""
+        await self.saga.ask_provider(payment_id, recorded=True)
 
     async def create(self, key: str = "k1", amount: int = 1000, currency: str = "USD") -> str:
         payment = await self.requests.create_deposit(

@@ -23,6 +23,7 @@ from payment_service.domain.requests import (
     IdempotencyClaim,
     PaymentFilter,
     RefundRequest,
+    WithdrawalRequest,
 )
 from payment_service.domain.review import Decision, Resolution, ReviewReason, ReviewStatus
 from payment_service.domain.saga import ProviderAnswer
@@ -43,6 +44,21 @@ def deposit(*, account: str = "") -> Payment:
             payment_method="pm_card_ok",
         )
     )
+
+
+def held_withdrawal() -> Payment:
+    """A withdrawal with its funds held: the provider not asked yet, so it can still be
+    cancelled or have its recovery point recorded (a deposit has it from its creation)."""
+    payment = Payment.withdrawal(
+        WithdrawalRequest(
+            idempotency_key=f"k-{uuid.uuid4()}",
+            account_id=str(uuid.uuid4()),
+            amount=Money(1500, "USD"),
+            destination="acct_ok",
+        )
+    )
+    payment.record_hold("hold-1")
+    return payment
 
 
 def in_review() -> Payment:
@@ -153,7 +169,7 @@ class StoreContract:
     async def test_a_batch_save_with_one_payment_moved_meanwhile_writes_nothing(
         self, uow: UowFactory
     ) -> None:
-        payments = [await added(uow, deposit()) for _ in range(2)]
+        payments = [await added(uow, held_withdrawal()) for _ in range(2)]
         async with uow() as u:
             stale = await u.payments.get_many([p.payment_id for p in payments])
         async with uow() as u:  # another writer moves the second one first
@@ -184,7 +200,7 @@ class StoreContract:
     async def test_steps_arriving_together_commit_together_each_on_its_own(
         self, uow: UowFactory
     ) -> None:
-        payments = [await added(uow, deposit()) for _ in range(6)]
+        payments = [await added(uow, held_withdrawal()) for _ in range(6)]
         refused = payments[3].payment_id
 
         def begin(payment: Payment) -> str:
@@ -201,19 +217,19 @@ class StoreContract:
         )
         assert isinstance(answers[3], ConcurrentUpdate)
         assert [a for i, a in enumerate(answers) if i != 3] == [
-            f"{p.payment_id}:charge" for i, p in enumerate(payments) if i != 3
+            f"{p.payment_id}:payout" for i, p in enumerate(payments) if i != 3
         ]
         async with uow() as u:
             stored = await u.payments.get_many([p.payment_id for p in payments])
             trails = {p.payment_id: await u.payments.steps(p.payment_id) for p in payments}
         for payment in payments:
             trail = trails[payment.payment_id]
-            requested = [s for s in trail if s.event_type == "charge.requested"]
+            requested = [s for s in trail if s.event_type == "payout.requested"]
             if payment.payment_id == refused:
                 assert (stored[refused].version, stored[refused].saga.provider_call) == (1, "")
                 assert requested == []
             else:
-                assert stored[payment.payment_id].saga.provider_call == "charge"
+                assert stored[payment.payment_id].saga.provider_call == "payout"
                 assert len(requested) == 1
 
     async def test_work_not_committed_is_not_kept(self, uow: UowFactory) -> None:

@@ -4,7 +4,6 @@ the audit trail it leaves and the balances it leaves."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 
 import pytest
@@ -161,16 +160,25 @@ async def test_cancel_before_the_provider_releases_the_hold_and_after_is_refused
         await world.requests.cancel_payment(other)
 
 
-async def test_a_deposit_cannot_be_cancelled_once_its_charge_was_requested() -> None:
+async def test_a_deposit_is_created_with_its_charge_requested_and_is_never_cancellable() -> None:
     world = World()
     payment_id = await world.create()
-    world.gateway.unavailable = True
-    with contextlib.suppress(DependencyUnavailable):
-        await world.saga.ask_provider(payment_id)  # the recovery point is recorded first
-    with pytest.raises(PaymentNotCancellable):
+    created = await world.queries.get_payment(payment_id)
+    assert created.saga.provider_call == "charge"  # the create's commit is the recovery point
+    with pytest.raises(PaymentNotCancellable, match="deposit"):
         await world.requests.cancel_payment(payment_id)
-    fresh = await world.create(key="k2")
-    assert (await world.requests.cancel_payment(fresh)).status is S.CANCELLED
+
+
+async def test_a_deposits_charge_is_asked_from_its_creation_without_a_step_before_it() -> None:
+    world = World()
+    payment_id = await world.create()
+    created = world.store.rows[payment_id].version
+    await world.charge(payment_id)
+    # The answer is the only change: no recovery point between the create and the call.
+    assert world.store.rows[payment_id].version == created + 1
+    assert world.gateway.calls == [f"{payment_id}:charge"]
+    trail = [s.event_type for s in await world.queries.audit_trail(payment_id)]
+    assert trail == ["status.initiated", "charge.requested", "charge.accepted", "status.pending"]
 
 
 async def test_a_transfer_completes_in_one_wallet_operation() -> None:

@@ -32,8 +32,8 @@ class Counted(World):
         return Counting(self.store, self.published)
 
 
-def cancel(payment: Payment) -> PaymentStatus:
-    payment.cancel()
+def decline(payment: Payment) -> PaymentStatus:
+    payment.fail("declined")
     return payment.status
 
 
@@ -41,9 +41,9 @@ async def test_a_decision_is_saved_and_committed_once() -> None:
     world = Counted()
     payment_id = await world.create()
     before = world.commits
-    assert await step(world.uow, payment_id, cancel) is PaymentStatus.CANCELLED
+    assert await step(world.uow, payment_id, decline) is PaymentStatus.FAILED
     assert world.commits == before + 1
-    assert world.store.rows[payment_id].status is PaymentStatus.CANCELLED
+    assert world.store.rows[payment_id].status is PaymentStatus.FAILED
 
 
 async def test_an_unchanged_decision_saves_nothing_and_ends_with_commit() -> None:
@@ -61,10 +61,10 @@ async def test_an_unchanged_decision_saves_nothing_and_ends_with_commit() -> Non
 async def test_a_missing_payment_is_not_found_unless_told_otherwise() -> None:
     world = Counted()
     with pytest.raises(NotFound):
-        await step(world.uow, UNKNOWN, cancel)
+        await step(world.uow, UNKNOWN, decline)
     assert world.commits == 0
     # Told otherwise, it ends with COMMIT of nothing, as an unchanged decision does.
-    assert await step(world.uow, UNKNOWN, cancel, missing=lambda: None) is None
+    assert await step(world.uow, UNKNOWN, decline, missing=lambda: None) is None
     assert world.commits == 1
 
 
@@ -77,9 +77,9 @@ async def test_a_lost_race_runs_the_step_again_unless_the_caller_retries_itself(
         calls.append(payment.payment_id)
         if len(calls) == 1:
             raise ConcurrentUpdate("lost a race")
-        return cancel(payment)
+        return decline(payment)
 
-    assert await step(world.uow, payment_id, lose_once) is PaymentStatus.CANCELLED
+    assert await step(world.uow, payment_id, lose_once) is PaymentStatus.FAILED
     assert len(calls) == 2
     calls.clear()
     with pytest.raises(ConcurrentUpdate):
@@ -94,10 +94,10 @@ async def test_steps_arriving_together_share_one_commit_and_each_gets_its_answer
     world = Counted()
     ids = [await world.create(key=f"k{i}") for i in range(5)]
     steps, before = Steps(world.uow), world.commits
-    answers = await asyncio.gather(*(steps.step(payment_id, cancel) for payment_id in ids))
-    assert answers == [PaymentStatus.CANCELLED] * 5
+    answers = await asyncio.gather(*(steps.step(payment_id, decline) for payment_id in ids))
+    assert answers == [PaymentStatus.FAILED] * 5
     assert world.commits == before + 1
-    assert {world.store.rows[p].status for p in ids} == {PaymentStatus.CANCELLED}
+    assert {world.store.rows[p].status for p in ids} == {PaymentStatus.FAILED}
 
 
 async def test_one_steps_error_is_its_own_and_its_neighbours_still_commit() -> None:
@@ -105,21 +105,21 @@ async def test_one_steps_error_is_its_own_and_its_neighbours_still_commit() -> N
     ids = [await world.create(key=f"k{i}") for i in range(4)]
     refused = ids[2]
 
-    def cancel_but_one(payment: Payment) -> PaymentStatus:
+    def decline_but_one(payment: Payment) -> PaymentStatus:
         if payment.payment_id == refused:
-            payment.cancel()  # changed in memory, then refused: this change must not be saved
+            payment.fail("declined")  # changed in memory, then refused: must not be saved
             raise NotFound("payment", payment.payment_id)
-        return cancel(payment)
+        return decline(payment)
 
     steps = Steps(world.uow)
     answers = await asyncio.gather(
-        *(steps.step(payment_id, cancel_but_one) for payment_id in ids), return_exceptions=True
+        *(steps.step(payment_id, decline_but_one) for payment_id in ids), return_exceptions=True
     )
     assert isinstance(answers[2], NotFound)
-    assert [a for i, a in enumerate(answers) if i != 2] == [PaymentStatus.CANCELLED] * 3
+    assert [a for i, a in enumerate(answers) if i != 2] == [PaymentStatus.FAILED] * 3
     assert world.store.rows[refused].status is PaymentStatus.INITIATED
     # A missing payment answers as told, inside the batch too.
-    assert await steps.step(UNKNOWN, cancel, missing=lambda: None) is None
+    assert await steps.step(UNKNOWN, decline, missing=lambda: None) is None
 
 
 async def test_two_steps_of_one_payment_in_a_batch_run_one_after_the_other() -> None:
@@ -134,12 +134,12 @@ async def test_two_steps_of_one_payment_in_a_batch_run_one_after_the_other() -> 
 
     answers = await asyncio.gather(
         steps.step(ids[0], note),
-        steps.step(ids[1], cancel),
+        steps.step(ids[1], decline),
         steps.step(ids[2], note),
         steps.step(ids[1], note),  # the same payment as the second: after it, and sees it
     )
-    assert answers[1] is PaymentStatus.CANCELLED
-    assert (ids[1], PaymentStatus.CANCELLED) in seen
+    assert answers[1] is PaymentStatus.FAILED
+    assert (ids[1], PaymentStatus.FAILED) in seen
 
 
 async def test_peeks_arriving_together_share_one_read() -> None:
@@ -158,21 +158,21 @@ async def test_reactions_in_a_batch_record_their_events_once_and_a_redelivery_ch
     ids = [await world.create(key=f"k{i}") for i in range(3)]
     steps = Steps(world.uow)
     events = [f"8c0a0f7e-0000-4000-8000-00000000000{i}" for i in range(3)]
-    cancelled: list[str] = []
+    declined: list[str] = []
 
-    def cancel_noting(payment: Payment) -> None:
-        cancelled.append(payment.payment_id)
-        payment.cancel()
+    def decline_noting(payment: Payment) -> None:
+        declined.append(payment.payment_id)
+        payment.fail("declined")
 
-    await steps.react(ids[0], ("c", events[0]), cancel_noting, missing=lambda: None)
+    await steps.react(ids[0], ("c", events[0]), decline_noting, missing=lambda: None)
     before = world.commits
     # The first event again (a redelivery) beside two new ones: one transaction, two effects.
     await asyncio.gather(
         *(
-            steps.react(p, ("c", e), cancel_noting, missing=lambda: None)
+            steps.react(p, ("c", e), decline_noting, missing=lambda: None)
             for p, e in zip(ids, events, strict=True)
         )
     )
     assert world.commits == before + 1
-    assert cancelled == ids
-    assert {world.store.rows[p].status for p in ids} == {PaymentStatus.CANCELLED}
+    assert declined == ids
+    assert {world.store.rows[p].status for p in ids} == {PaymentStatus.FAILED}
