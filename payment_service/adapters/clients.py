@@ -164,6 +164,10 @@ async def _send_alone(jobs: list[Job]) -> None:
 
 
 class WalletClient(_Client):
+    """The wallet's postings for the saga. Credits, holds, captures and transfers go in
+    batches (Credits, PlaceHolds, CaptureHolds, Transfers), each coalesced on its own by
+    `_Coalesced` as the gateway's charges are; the rest are unary calls."""
+
     service = "wallet"
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float, max_batch: int = 32) -> None:
@@ -175,6 +179,31 @@ class WalletClient(_Client):
                 unary=lambda: self._stub.Credit,
                 batch=self._send_credits,
                 name="Credits",
+                max_batch=max_batch,
+            )
+        )
+        self._holds: _Coalesced[wallet_pb2.PlaceHoldRequest, wallet_pb2.Hold] = _Coalesced(
+            self,
+            unary=lambda: self._stub.PlaceHold,
+            batch=self._send_holds,
+            name="PlaceHolds",
+            max_batch=max_batch,
+        )
+        self._captures: _Coalesced[wallet_pb2.CaptureHoldRequest, wallet_pb2.LedgerTransaction] = (
+            _Coalesced(
+                self,
+                unary=lambda: self._stub.CaptureHold,
+                batch=self._send_captures,
+                name="CaptureHolds",
+                max_batch=max_batch,
+            )
+        )
+        self._transfers: _Coalesced[wallet_pb2.TransferRequest, wallet_pb2.LedgerTransaction] = (
+            _Coalesced(
+                self,
+                unary=lambda: self._stub.Transfer,
+                batch=self._send_transfers,
+                name="Transfers",
                 max_batch=max_batch,
             )
         )
@@ -209,24 +238,40 @@ class WalletClient(_Client):
     async def place_hold(
         self, *, operation_ref: str, account_id: str, amount: Money, reference: str
     ) -> str:
-        hold = await self._call(
-            self._stub.PlaceHold,
+        hold = await self._holds.call(
             wallet_pb2.PlaceHoldRequest(
                 operation_ref=operation_ref,
                 account_id=account_id,
                 amount=money_to_proto(amount),
                 reference=reference,
-            ),
+            )
         )
         return hold.hold_id
 
+    async def _send_holds(
+        self, requests: list[wallet_pb2.PlaceHoldRequest], timeout_s: float
+    ) -> list[tuple[status_pb2.Status, wallet_pb2.Hold]]:
+        """One PlaceHolds call for the holds waiting: each one's status and hold."""
+        response = await self._stub.PlaceHolds(
+            wallet_pb2.PlaceHoldsRequest(holds=requests), timeout=timeout_s
+        )
+        return [(result.status, result.hold) for result in response.results]
+
     async def capture_hold(self, *, operation_ref: str, hold_id: str, provider: str) -> None:
-        await self._call(
-            self._stub.CaptureHold,
+        await self._captures.call(
             wallet_pb2.CaptureHoldRequest(
                 operation_ref=operation_ref, hold_id=hold_id, provider=provider
-            ),
+            )
         )
+
+    async def _send_captures(
+        self, requests: list[wallet_pb2.CaptureHoldRequest], timeout_s: float
+    ) -> list[tuple[status_pb2.Status, wallet_pb2.LedgerTransaction]]:
+        """One CaptureHolds call for the captures waiting: each one's status and transaction."""
+        response = await self._stub.CaptureHolds(
+            wallet_pb2.CaptureHoldsRequest(captures=requests), timeout=timeout_s
+        )
+        return [(result.status, result.transaction) for result in response.results]
 
     async def release_hold(self, *, operation_ref: str, hold_id: str) -> None:
         await self._call(
@@ -243,17 +288,25 @@ class WalletClient(_Client):
         amount: Money,
         reference: str,
     ) -> str:
-        transaction = await self._call(
-            self._stub.Transfer,
+        transaction = await self._transfers.call(
             wallet_pb2.TransferRequest(
                 operation_ref=operation_ref,
                 source_account_id=source_account_id,
                 destination_account_id=destination_account_id,
                 amount=money_to_proto(amount),
                 reference=reference,
-            ),
+            )
         )
         return transaction.transaction_id
+
+    async def _send_transfers(
+        self, requests: list[wallet_pb2.TransferRequest], timeout_s: float
+    ) -> list[tuple[status_pb2.Status, wallet_pb2.LedgerTransaction]]:
+        """One Transfers call for the transfers waiting: each one's status and transaction."""
+        response = await self._stub.Transfers(
+            wallet_pb2.TransfersRequest(transfers=requests), timeout=timeout_s
+        )
+        return [(result.status, result.transaction) for result in response.results]
 
 
 class GatewayClient(_Client):

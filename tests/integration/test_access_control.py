@@ -135,7 +135,19 @@ WALLET: dict[str, tuple[Request, Access]] = {
     "Debit": (lambda w: W.DebitRequest(account_id=w.account), Access.SERVICE),
     "Transfer": (lambda w: W.TransferRequest(), Access.SERVICE),
     "PlaceHold": (lambda w: W.PlaceHoldRequest(account_id=w.account), Access.SERVICE),
+    "Transfers": (
+        lambda w: W.TransfersRequest(transfers=[W.TransferRequest()]),
+        Access.SERVICE,
+    ),
+    "PlaceHolds": (
+        lambda w: W.PlaceHoldsRequest(holds=[W.PlaceHoldRequest(account_id=w.account)]),
+        Access.SERVICE,
+    ),
     "CaptureHold": (lambda w: W.CaptureHoldRequest(), Access.SERVICE),
+    "CaptureHolds": (
+        lambda w: W.CaptureHoldsRequest(captures=[W.CaptureHoldRequest()]),
+        Access.SERVICE,
+    ),
     "ReleaseHold": (lambda w: W.ReleaseHoldRequest(), Access.SERVICE),
     "ExpireHolds": (lambda w: W.ExpireHoldsRequest(limit=1), Access.SERVICE),
 }

@@ -50,15 +50,22 @@ POLICY = Policy(
         "Credits": Access.SERVICE,
         "Debit": Access.SERVICE,
         "Transfer": Access.SERVICE,
+        "Transfers": Access.SERVICE,
         "PlaceHold": Access.SERVICE,
+        "PlaceHolds": Access.SERVICE,
         "CaptureHold": Access.SERVICE,
+        "CaptureHolds": Access.SERVICE,
         "ReleaseHold": Access.SERVICE,
         "ExpireHolds": Access.SERVICE,
     },
 )
 
-# Each item of a Credits batch is served as a Credit of its own would be (span, logs).
+# Each item of a batch (Credits, PlaceHolds, CaptureHolds, Transfers) is served as a unary
+# call of its own would be (span, logs).
 CREDIT_METHOD = f"/{SERVICE_NAME}/Credit"
+PLACE_HOLD_METHOD = f"/{SERVICE_NAME}/PlaceHold"
+CAPTURE_HOLD_METHOD = f"/{SERVICE_NAME}/CaptureHold"
+TRANSFER_METHOD = f"/{SERVICE_NAME}/Transfer"
 
 _STATUS = {
     AccountStatus.OPEN: wallet_pb2.ACCOUNT_STATUS_OPEN,
@@ -247,7 +254,11 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def Transfer(
         self, request: wallet_pb2.TransferRequest, context: Context
     ) -> wallet_pb2.LedgerTransaction:
-        txn = await self._service.transfer(
+        return transaction_to_proto(await self._transfer(request))
+
+    async def _transfer(self, request: wallet_pb2.TransferRequest) -> LedgerTransaction:
+        """A transfer, alone (Transfer) or one of a batch (Transfers): the same checks and call."""
+        return await self._service.transfer(
             operation_ref=request.operation_ref,
             source_account_id=request.source_account_id,
             destination_account_id=request.destination_account_id,
@@ -257,12 +268,32 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             reference=_text(request.reference, "reference"),
             fee=_optional_money(request.fee, field="fee", present=request.HasField("fee")),
         )
-        return transaction_to_proto(txn)
+
+    async def Transfers(
+        self, request: wallet_pb2.TransfersRequest, context: Context
+    ) -> wallet_pb2.TransfersResponse:
+        # Together, so the transfers are posted in one group commit (Mutations).
+        results = await asyncio.gather(*(self._transfer_item(item) for item in request.transfers))
+        return wallet_pb2.TransfersResponse(results=results)
+
+    async def _transfer_item(
+        self, request: wallet_pb2.TransferRequest
+    ) -> wallet_pb2.TransferResult:
+        """One transfer of a batch, as Transfer would handle it, in its own flow's trace; what
+        Transfer would have failed with becomes this transfer's status, not the batch's."""
+        status, txn = await serve_item(TRANSFER_METHOD, request, lambda: self._transfer(request))
+        return wallet_pb2.TransferResult(
+            status=status, transaction=transaction_to_proto(txn) if txn is not None else None
+        )
 
     async def PlaceHold(
         self, request: wallet_pb2.PlaceHoldRequest, context: Context
     ) -> wallet_pb2.Hold:
-        hold = await self._service.place_hold(
+        return hold_to_proto(await self._place_hold(request))
+
+    async def _place_hold(self, request: wallet_pb2.PlaceHoldRequest) -> HoldView:
+        """A hold, alone (PlaceHold) or one of a batch (PlaceHolds): the same checks and call."""
+        return await self._service.place_hold(
             operation_ref=request.operation_ref,
             account_id=request.account_id,
             amount=money_from_request(
@@ -273,12 +304,36 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             ),
             reference=_text(request.reference, "reference"),
         )
-        return hold_to_proto(hold)
+
+    async def PlaceHolds(
+        self, request: wallet_pb2.PlaceHoldsRequest, context: Context
+    ) -> wallet_pb2.PlaceHoldsResponse:
+        # Together, so the holds are placed in one group commit (Mutations).
+        results = await asyncio.gather(*(self._place_hold_item(item) for item in request.holds))
+        return wallet_pb2.PlaceHoldsResponse(results=results)
+
+    async def _place_hold_item(
+        self, request: wallet_pb2.PlaceHoldRequest
+    ) -> wallet_pb2.PlaceHoldResult:
+        """One hold of a batch, as PlaceHold would place it, in its own flow's trace; what
+        PlaceHold would have failed with (insufficient funds, ...) becomes this hold's status,
+        not the batch's."""
+        status, hold = await serve_item(
+            PLACE_HOLD_METHOD, request, lambda: self._place_hold(request)
+        )
+        return wallet_pb2.PlaceHoldResult(
+            status=status, hold=hold_to_proto(hold) if hold is not None else None
+        )
 
     async def CaptureHold(
         self, request: wallet_pb2.CaptureHoldRequest, context: Context
     ) -> wallet_pb2.LedgerTransaction:
-        txn = await self._service.capture_hold(
+        return transaction_to_proto(await self._capture_hold(request))
+
+    async def _capture_hold(self, request: wallet_pb2.CaptureHoldRequest) -> LedgerTransaction:
+        """A capture, alone (CaptureHold) or one of a batch (CaptureHolds): the same checks and
+        call."""
+        return await self._service.capture_hold(
             operation_ref=request.operation_ref,
             hold_id=request.hold_id,
             amount=_optional_money(
@@ -286,7 +341,27 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
             ),
             provider=request.provider,
         )
-        return transaction_to_proto(txn)
+
+    async def CaptureHolds(
+        self, request: wallet_pb2.CaptureHoldsRequest, context: Context
+    ) -> wallet_pb2.CaptureHoldsResponse:
+        # Together, so the captures are posted in one group commit (Mutations).
+        results = await asyncio.gather(
+            *(self._capture_hold_item(item) for item in request.captures)
+        )
+        return wallet_pb2.CaptureHoldsResponse(results=results)
+
+    async def _capture_hold_item(
+        self, request: wallet_pb2.CaptureHoldRequest
+    ) -> wallet_pb2.CaptureHoldResult:
+        """One capture of a batch, as CaptureHold would handle it, in its own flow's trace; what
+        CaptureHold would have failed with becomes this capture's status, not the batch's."""
+        status, txn = await serve_item(
+            CAPTURE_HOLD_METHOD, request, lambda: self._capture_hold(request)
+        )
+        return wallet_pb2.CaptureHoldResult(
+            status=status, transaction=transaction_to_proto(txn) if txn is not None else None
+        )
 
     async def ReleaseHold(
         self, request: wallet_pb2.ReleaseHoldRequest, context: Context

@@ -338,10 +338,20 @@ class PlaceHoldRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
     operation_ref: _builtins.str
     account_id: _builtins.str
     reference: _builtins.str
     """The caller's own reference (e.g. a payment id), kept on the hold."""
+    traceparent: _builtins.str
+    """W3C trace context and correlation id of the flow asking for the hold. gRPC metadata
+    carries them for a single call; a PlaceHolds batch holds the holds of many flows, so each
+    hold brings its own and is handled in its flow's trace. Empty: the call's own.
+    """
+    tracestate: _builtins.str
+    correlation_id: _builtins.str
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     @_builtins.property
@@ -356,14 +366,88 @@ class PlaceHoldRequest(_message.Message):
         amount: _money_pb2.Money | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         reference: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "expires_at", b"expires_at", "operation_ref", b"operation_ref", "reference", b"reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "correlation_id", b"correlation_id", "expires_at", b"expires_at", "operation_ref", b"operation_ref", "reference", b"reference", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlaceHoldRequest: _TypeAlias = PlaceHoldRequest  # noqa: Y015
+
+@_typing.final
+class PlaceHoldsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlaceHoldRequest]: ...
+    def __init__(
+        self,
+        *,
+        holds: _abc.Iterable[Global___PlaceHoldRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceHoldsRequest: _TypeAlias = PlaceHoldsRequest  # noqa: Y015
+
+@_typing.final
+class PlaceHoldResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    HOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """OK when the hold was placed (hold set), else the status PlaceHold would have failed this
+        hold with: code, message and the same details (google.rpc.ErrorInfo always,
+        google.rpc.BadRequest for field violations, ...).
+        """
+
+    @_builtins.property
+    def hold(self) -> Global___Hold: ...
+    def __init__(
+        self,
+        *,
+        status: _status_pb2.Status | None = ...,
+        hold: Global___Hold | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceHoldResult: _TypeAlias = PlaceHoldResult  # noqa: Y015
+
+@_typing.final
+class PlaceHoldsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlaceHoldResult]:
+        """One per request hold, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___PlaceHoldResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceHoldsResponse: _TypeAlias = PlaceHoldsResponse  # noqa: Y015
 
 @_typing.final
 class CaptureHoldRequest(_message.Message):
@@ -373,9 +457,19 @@ class CaptureHoldRequest(_message.Message):
     HOLD_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
     operation_ref: _builtins.str
     hold_id: _builtins.str
     provider: _builtins.str
+    traceparent: _builtins.str
+    """W3C trace context and correlation id of the flow asking for the capture. gRPC metadata
+    carries them for a single call; a CaptureHolds batch holds the captures of many flows, so each
+    capture brings its own and is handled in its flow's trace. Empty: the call's own.
+    """
+    tracestate: _builtins.str
+    correlation_id: _builtins.str
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """Omit to capture the whole hold."""
@@ -387,14 +481,87 @@ class CaptureHoldRequest(_message.Message):
         hold_id: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         provider: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "hold_id", b"hold_id", "operation_ref", b"operation_ref", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "correlation_id", b"correlation_id", "hold_id", b"hold_id", "operation_ref", b"operation_ref", "provider", b"provider", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CaptureHoldRequest: _TypeAlias = CaptureHoldRequest  # noqa: Y015
+
+@_typing.final
+class CaptureHoldsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPTURES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def captures(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaptureHoldRequest]: ...
+    def __init__(
+        self,
+        *,
+        captures: _abc.Iterable[Global___CaptureHoldRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["captures", b"captures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaptureHoldsRequest: _TypeAlias = CaptureHoldsRequest  # noqa: Y015
+
+@_typing.final
+class CaptureHoldResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """OK when the capture was handled (transaction set), else the status CaptureHold would have
+        failed this capture with: code, message and the same details.
+        """
+
+    @_builtins.property
+    def transaction(self) -> Global___LedgerTransaction: ...
+    def __init__(
+        self,
+        *,
+        status: _status_pb2.Status | None = ...,
+        transaction: Global___LedgerTransaction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaptureHoldResult: _TypeAlias = CaptureHoldResult  # noqa: Y015
+
+@_typing.final
+class CaptureHoldsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaptureHoldResult]:
+        """One per request capture, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CaptureHoldResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaptureHoldsResponse: _TypeAlias = CaptureHoldsResponse  # noqa: Y015
 
 @_typing.final
 class GetHoldRequest(_message.Message):
@@ -509,10 +676,20 @@ class TransferRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
     FEE_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
     operation_ref: _builtins.str
     source_account_id: _builtins.str
     destination_account_id: _builtins.str
     reference: _builtins.str
+    traceparent: _builtins.str
+    """W3C trace context and correlation id of the flow asking for the transfer. gRPC metadata
+    carries them for a single call; a Transfers batch holds the transfers of many flows, so each
+    transfer brings its own and is handled in its flow's trace. Empty: the call's own.
+    """
+    tracestate: _builtins.str
+    correlation_id: _builtins.str
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """In the source account's currency."""
@@ -530,14 +707,87 @@ class TransferRequest(_message.Message):
         amount: _money_pb2.Money | None = ...,
         reference: _builtins.str = ...,
         fee: _money_pb2.Money | None = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "fee", b"fee"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination_account_id", b"destination_account_id", "fee", b"fee", "operation_ref", b"operation_ref", "reference", b"reference", "source_account_id", b"source_account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "correlation_id", b"correlation_id", "destination_account_id", b"destination_account_id", "fee", b"fee", "operation_ref", b"operation_ref", "reference", b"reference", "source_account_id", b"source_account_id", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransferRequest: _TypeAlias = TransferRequest  # noqa: Y015
+
+@_typing.final
+class TransfersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferRequest]: ...
+    def __init__(
+        self,
+        *,
+        transfers: _abc.Iterable[Global___TransferRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfers", b"transfers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransfersRequest: _TypeAlias = TransfersRequest  # noqa: Y015
+
+@_typing.final
+class TransferResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """OK when the transfer was handled (transaction set), else the status Transfer would have
+        failed this transfer with: code, message and the same details.
+        """
+
+    @_builtins.property
+    def transaction(self) -> Global___LedgerTransaction: ...
+    def __init__(
+        self,
+        *,
+        status: _status_pb2.Status | None = ...,
+        transaction: Global___LedgerTransaction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferResult: _TypeAlias = TransferResult  # noqa: Y015
+
+@_typing.final
+class TransfersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferResult]:
+        """One per request transfer, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___TransferResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransfersResponse: _TypeAlias = TransfersResponse  # noqa: Y015
 
 @_typing.final
 class Hold(_message.Message):

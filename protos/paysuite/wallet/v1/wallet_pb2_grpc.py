@@ -77,10 +77,20 @@ class WalletServiceStub:
                 request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.PlaceHoldRequest.SerializeToString,
                 response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Hold.FromString,
                 _registered_method=True)
+        self.PlaceHolds = channel.unary_unary(
+                '/paysuite.wallet.v1.WalletService/PlaceHolds',
+                request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.PlaceHoldsRequest.SerializeToString,
+                response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.PlaceHoldsResponse.FromString,
+                _registered_method=True)
         self.CaptureHold = channel.unary_unary(
                 '/paysuite.wallet.v1.WalletService/CaptureHold',
                 request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CaptureHoldRequest.SerializeToString,
                 response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.LedgerTransaction.FromString,
+                _registered_method=True)
+        self.CaptureHolds = channel.unary_unary(
+                '/paysuite.wallet.v1.WalletService/CaptureHolds',
+                request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CaptureHoldsRequest.SerializeToString,
+                response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CaptureHoldsResponse.FromString,
                 _registered_method=True)
         self.ReleaseHold = channel.unary_unary(
                 '/paysuite.wallet.v1.WalletService/ReleaseHold',
@@ -101,6 +111,11 @@ class WalletServiceStub:
                 '/paysuite.wallet.v1.WalletService/Transfer',
                 request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.TransferRequest.SerializeToString,
                 response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.LedgerTransaction.FromString,
+                _registered_method=True)
+        self.Transfers = channel.unary_unary(
+                '/paysuite.wallet.v1.WalletService/Transfers',
+                request_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.TransfersRequest.SerializeToString,
+                response_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.TransfersResponse.FromString,
                 _registered_method=True)
         self.ListEntries = channel.unary_unary(
                 '/paysuite.wallet.v1.WalletService/ListEntries',
@@ -194,8 +209,27 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlaceHolds(self, request, context):
+        """Several holds at once (the payment service coalesces concurrent ones), each placed as by
+        PlaceHold and answered with its own result: the hold, or the status PlaceHold would have
+        failed that hold with (e.g. FAILED_PRECONDITION, INSUFFICIENT_FUNDS, for that hold only).
+        The whole call fails only when no hold could be answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CaptureHold(self, request, context):
         """Takes all or part of a hold out of the account (to clearing); the rest is released.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CaptureHolds(self, request, context):
+        """Several captures at once, each handled as by CaptureHold and answered with its own
+        result: the transaction, or the status CaptureHold would have failed that capture with.
+        The whole call fails only when no capture could be answered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,6 +257,15 @@ class WalletServiceServicer:
     def Transfer(self, request, context):
         """Atomic; across currencies it converts through the FX liquidity accounts at the latest
         configured rate (FAILED_PRECONDITION, FX_RATE_UNAVAILABLE, when there is none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Transfers(self, request, context):
+        """Several transfers at once, each handled as by Transfer and answered with its own result:
+        the transaction, or the status Transfer would have failed that transfer with. The whole
+        call fails only when no transfer could be answered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -310,10 +353,20 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.PlaceHoldRequest.FromString,
                     response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.Hold.SerializeToString,
             ),
+            'PlaceHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceHolds,
+                    request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.PlaceHoldsRequest.FromString,
+                    response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.PlaceHoldsResponse.SerializeToString,
+            ),
             'CaptureHold': grpc.unary_unary_rpc_method_handler(
                     servicer.CaptureHold,
                     request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CaptureHoldRequest.FromString,
                     response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.LedgerTransaction.SerializeToString,
+            ),
+            'CaptureHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.CaptureHolds,
+                    request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CaptureHoldsRequest.FromString,
+                    response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CaptureHoldsResponse.SerializeToString,
             ),
             'ReleaseHold': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseHold,
@@ -334,6 +387,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.Transfer,
                     request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.TransferRequest.FromString,
                     response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.LedgerTransaction.SerializeToString,
+            ),
+            'Transfers': grpc.unary_unary_rpc_method_handler(
+                    servicer.Transfers,
+                    request_deserializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.TransfersRequest.FromString,
+                    response_serializer=paysuite_dot_wallet_dot_v1_dot_wallet__pb2.TransfersResponse.SerializeToString,
             ),
             'ListEntries': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEntries,
@@ -574,6 +632,33 @@ class WalletService:
             _registered_method=True)
 
     @staticmethod
+    def PlaceHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.wallet.v1.WalletService/PlaceHolds',
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.PlaceHoldsRequest.SerializeToString,
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.PlaceHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CaptureHold(request,
             target,
             options=(),
@@ -590,6 +675,33 @@ class WalletService:
             '/paysuite.wallet.v1.WalletService/CaptureHold',
             paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CaptureHoldRequest.SerializeToString,
             paysuite_dot_wallet_dot_v1_dot_wallet__pb2.LedgerTransaction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaptureHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.wallet.v1.WalletService/CaptureHolds',
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CaptureHoldsRequest.SerializeToString,
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.CaptureHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -698,6 +810,33 @@ class WalletService:
             '/paysuite.wallet.v1.WalletService/Transfer',
             paysuite_dot_wallet_dot_v1_dot_wallet__pb2.TransferRequest.SerializeToString,
             paysuite_dot_wallet_dot_v1_dot_wallet__pb2.LedgerTransaction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transfers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paysuite.wallet.v1.WalletService/Transfers',
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.TransfersRequest.SerializeToString,
+            paysuite_dot_wallet_dot_v1_dot_wallet__pb2.TransfersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,8 +56,19 @@ class WalletServiceStub:
     """Money leaving to the outside: account -> external clearing. FAILED_PRECONDITION on insufficient funds."""
     PlaceHold: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.PlaceHoldRequest, _wallet_pb2.Hold]
     """Reserves money: available drops, total stays, until the hold is captured, released or expires."""
+    PlaceHolds: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.PlaceHoldsRequest, _wallet_pb2.PlaceHoldsResponse]
+    """Several holds at once (the payment service coalesces concurrent ones), each placed as by
+    PlaceHold and answered with its own result: the hold, or the status PlaceHold would have
+    failed that hold with (e.g. FAILED_PRECONDITION, INSUFFICIENT_FUNDS, for that hold only).
+    The whole call fails only when no hold could be answered.
+    """
     CaptureHold: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CaptureHoldRequest, _wallet_pb2.LedgerTransaction]
     """Takes all or part of a hold out of the account (to clearing); the rest is released."""
+    CaptureHolds: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CaptureHoldsRequest, _wallet_pb2.CaptureHoldsResponse]
+    """Several captures at once, each handled as by CaptureHold and answered with its own
+    result: the transaction, or the status CaptureHold would have failed that capture with.
+    The whole call fails only when no capture could be answered.
+    """
     ReleaseHold: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ReleaseHoldRequest, _wallet_pb2.Hold]
     GetHold: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.GetHoldRequest, _wallet_pb2.Hold]
     ExpireHolds: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ExpireHoldsRequest, _wallet_pb2.ExpireHoldsResponse]
@@ -65,6 +76,11 @@ class WalletServiceStub:
     Transfer: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.TransferRequest, _wallet_pb2.LedgerTransaction]
     """Atomic; across currencies it converts through the FX liquidity accounts at the latest
     configured rate (FAILED_PRECONDITION, FX_RATE_UNAVAILABLE, when there is none).
+    """
+    Transfers: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.TransfersRequest, _wallet_pb2.TransfersResponse]
+    """Several transfers at once, each handled as by Transfer and answered with its own result:
+    the transaction, or the status Transfer would have failed that transfer with. The whole
+    call fails only when no transfer could be answered.
     """
     ListEntries: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ListEntriesRequest, _wallet_pb2.ListEntriesResponse]
     """Entries oldest first, each with the account's balance right after it."""
@@ -111,8 +127,19 @@ class WalletServiceAsyncStub(WalletServiceStub):
     """Money leaving to the outside: account -> external clearing. FAILED_PRECONDITION on insufficient funds."""
     PlaceHold: _aio.UnaryUnaryMultiCallable[_wallet_pb2.PlaceHoldRequest, _wallet_pb2.Hold]  # type: ignore[assignment]
     """Reserves money: available drops, total stays, until the hold is captured, released or expires."""
+    PlaceHolds: _aio.UnaryUnaryMultiCallable[_wallet_pb2.PlaceHoldsRequest, _wallet_pb2.PlaceHoldsResponse]  # type: ignore[assignment]
+    """Several holds at once (the payment service coalesces concurrent ones), each placed as by
+    PlaceHold and answered with its own result: the hold, or the status PlaceHold would have
+    failed that hold with (e.g. FAILED_PRECONDITION, INSUFFICIENT_FUNDS, for that hold only).
+    The whole call fails only when no hold could be answered.
+    """
     CaptureHold: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CaptureHoldRequest, _wallet_pb2.LedgerTransaction]  # type: ignore[assignment]
     """Takes all or part of a hold out of the account (to clearing); the rest is released."""
+    CaptureHolds: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CaptureHoldsRequest, _wallet_pb2.CaptureHoldsResponse]  # type: ignore[assignment]
+    """Several captures at once, each handled as by CaptureHold and answered with its own
+    result: the transaction, or the status CaptureHold would have failed that capture with.
+    The whole call fails only when no capture could be answered.
+    """
     ReleaseHold: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ReleaseHoldRequest, _wallet_pb2.Hold]  # type: ignore[assignment]
     GetHold: _aio.UnaryUnaryMultiCallable[_wallet_pb2.GetHoldRequest, _wallet_pb2.Hold]  # type: ignore[assignment]
     ExpireHolds: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ExpireHoldsRequest, _wallet_pb2.ExpireHoldsResponse]  # type: ignore[assignment]
@@ -120,6 +147,11 @@ class WalletServiceAsyncStub(WalletServiceStub):
     Transfer: _aio.UnaryUnaryMultiCallable[_wallet_pb2.TransferRequest, _wallet_pb2.LedgerTransaction]  # type: ignore[assignment]
     """Atomic; across currencies it converts through the FX liquidity accounts at the latest
     configured rate (FAILED_PRECONDITION, FX_RATE_UNAVAILABLE, when there is none).
+    """
+    Transfers: _aio.UnaryUnaryMultiCallable[_wallet_pb2.TransfersRequest, _wallet_pb2.TransfersResponse]  # type: ignore[assignment]
+    """Several transfers at once, each handled as by Transfer and answered with its own result:
+    the transaction, or the status Transfer would have failed that transfer with. The whole
+    call fails only when no transfer could be answered.
     """
     ListEntries: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ListEntriesRequest, _wallet_pb2.ListEntriesResponse]  # type: ignore[assignment]
     """Entries oldest first, each with the account's balance right after it."""
@@ -207,12 +239,35 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         """Reserves money: available drops, total stays, until the hold is captured, released or expires."""
 
     @_abc_1.abstractmethod
+    def PlaceHolds(
+        self,
+        request: _wallet_pb2.PlaceHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.PlaceHoldsResponse, _abc.Awaitable[_wallet_pb2.PlaceHoldsResponse]]:
+        """Several holds at once (the payment service coalesces concurrent ones), each placed as by
+        PlaceHold and answered with its own result: the hold, or the status PlaceHold would have
+        failed that hold with (e.g. FAILED_PRECONDITION, INSUFFICIENT_FUNDS, for that hold only).
+        The whole call fails only when no hold could be answered.
+        """
+
+    @_abc_1.abstractmethod
     def CaptureHold(
         self,
         request: _wallet_pb2.CaptureHoldRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.LedgerTransaction, _abc.Awaitable[_wallet_pb2.LedgerTransaction]]:
         """Takes all or part of a hold out of the account (to clearing); the rest is released."""
+
+    @_abc_1.abstractmethod
+    def CaptureHolds(
+        self,
+        request: _wallet_pb2.CaptureHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.CaptureHoldsResponse, _abc.Awaitable[_wallet_pb2.CaptureHoldsResponse]]:
+        """Several captures at once, each handled as by CaptureHold and answered with its own
+        result: the transaction, or the status CaptureHold would have failed that capture with.
+        The whole call fails only when no capture could be answered.
+        """
 
     @_abc_1.abstractmethod
     def ReleaseHold(
@@ -244,6 +299,17 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_wallet_pb2.LedgerTransaction, _abc.Awaitable[_wallet_pb2.LedgerTransaction]]:
         """Atomic; across currencies it converts through the FX liquidity accounts at the latest
         configured rate (FAILED_PRECONDITION, FX_RATE_UNAVAILABLE, when there is none).
+        """
+
+    @_abc_1.abstractmethod
+    def Transfers(
+        self,
+        request: _wallet_pb2.TransfersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.TransfersResponse, _abc.Awaitable[_wallet_pb2.TransfersResponse]]:
+        """Several transfers at once, each handled as by Transfer and answered with its own result:
+        the transaction, or the status Transfer would have failed that transfer with. The whole
+        call fails only when no transfer could be answered.
         """
 
     @_abc_1.abstractmethod
