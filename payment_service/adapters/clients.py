@@ -3,12 +3,13 @@
 Every call's deadline is the configured timeout, or less when the request being served has
 less time left (`common.grpc.deadlines`), so a caller's deadline reaches every hop.
 
-Charges and credits go in batches (design.md section 5, "Batches, not items"): the saga runs
-many payments at once, and a unary call costs ~1.7 ms of CPU on each side, so the charges (the
-credits) asked for while one Charges (Credits) call is in flight go together in the next
+Charges, payouts, credits, holds, captures and transfers go in batches (design.md section 5,
+"Batches, not items"): the saga runs many payments at once, and a unary call costs ~1.7 ms of
+CPU on each side, so the calls of one kind asked for while its batch call (Charges, Payouts,
+Credits, PlaceHolds, CaptureHolds, Transfers) is in flight go together in the next
 (`_Coalesced`, over common.group_commit: alone, a request is a batch of one and waits for
 nobody). Each caller gets its own answer, or its own error translated as the unary call's
-would be.
+would be. Refunds and releases, rare, stay unary.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ Out = TypeVar("Out")
 
 
 class _Coalesced(Generic[Req, Out]):
-    """One unary call (Charge, Credit) sent in batches by its batch call (Charges, Credits):
+    """One unary call (Charge, Credit, ...) sent in batches by its batch call (Charges, ...):
     the requests made while one batch call is in flight go together in the next (group commit;
     alone, a request is a batch of one and waits for nobody). Each caller gets its own answer,
     or its own error translated as the unary call's would be; a whole-call failure fails each
