@@ -16,6 +16,7 @@ The states, and who moves a payment into each:
 - failed: nothing moved (declined, refused, or compensated: a withdrawal's hold is released
   before it fails).
 - cancelled: stopped by the caller before the provider was asked; its hold is then released.
+  Never a deposit: its charge is requested by its creation.
 - refunding: a deposit whose money the provider took but the wallet could never take in; the
   saga refunds it (a compensation), retrying a few times.
 - refunded / partially_refunded: a deposit's money went back (all of it / part of it) through

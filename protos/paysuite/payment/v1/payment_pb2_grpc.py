@@ -162,7 +162,8 @@ class PaymentServiceServicer:
 
     def CancelPayment(self, request, context):
         """Cancels a payment the provider has not been asked about yet (and releases its hold);
-        afterwards FAILED_PRECONDITION PAYMENT_NOT_CANCELLABLE.
+        afterwards FAILED_PRECONDITION PAYMENT_NOT_CANCELLABLE. A deposit's charge is requested
+        by its creation, so a deposit is never cancellable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

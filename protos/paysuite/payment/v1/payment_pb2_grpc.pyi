@@ -63,7 +63,8 @@ class PaymentServiceStub:
     """
     CancelPayment: _grpc.UnaryUnaryMultiCallable[_payment_pb2.CancelPaymentRequest, _payment_pb2.Payment]
     """Cancels a payment the provider has not been asked about yet (and releases its hold);
-    afterwards FAILED_PRECONDITION PAYMENT_NOT_CANCELLABLE.
+    afterwards FAILED_PRECONDITION PAYMENT_NOT_CANCELLABLE. A deposit's charge is requested
+    by its creation, so a deposit is never cancellable.
     """
     GetPayment: _grpc.UnaryUnaryMultiCallable[_payment_pb2.GetPaymentRequest, _payment_pb2.Payment]
     ListPayments: _grpc.UnaryUnaryMultiCallable[_payment_pb2.ListPaymentsRequest, _payment_pb2.ListPaymentsResponse]
@@ -146,7 +147,8 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     """
     CancelPayment: _aio.UnaryUnaryMultiCallable[_payment_pb2.CancelPaymentRequest, _payment_pb2.Payment]  # type: ignore[assignment]
     """Cancels a payment the provider has not been asked about yet (and releases its hold);
-    afterwards FAILED_PRECONDITION PAYMENT_NOT_CANCELLABLE.
+    afterwards FAILED_PRECONDITION PAYMENT_NOT_CANCELLABLE. A deposit's charge is requested
+    by its creation, so a deposit is never cancellable.
     """
     GetPayment: _aio.UnaryUnaryMultiCallable[_payment_pb2.GetPaymentRequest, _payment_pb2.Payment]  # type: ignore[assignment]
     ListPayments: _aio.UnaryUnaryMultiCallable[_payment_pb2.ListPaymentsRequest, _payment_pb2.ListPaymentsResponse]  # type: ignore[assignment]
@@ -256,7 +258,8 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_payment_pb2.Payment, _abc.Awaitable[_payment_pb2.Payment]]:
         """Cancels a payment the provider has not been asked about yet (and releases its hold);
-        afterwards FAILED_PRECONDITION PAYMENT_NOT_CANCELLABLE.
+        afterwards FAILED_PRECONDITION PAYMENT_NOT_CANCELLABLE. A deposit's charge is requested
+        by its creation, so a deposit is never cancellable.
         """
 
     @_abc_1.abstractmethod
