@@ -30,7 +30,7 @@ from common.streams import mark_many_processed, mark_processed
 from payment_service.adapters import tables as t
 from payment_service.domain.errors import ReviewAlreadyResolved
 from payment_service.domain.model import Payment
-from payment_service.domain.requests import IdempotencyClaim, PaymentFilter
+from payment_service.domain.requests import ClaimAnswer, IdempotencyClaim, PaymentFilter
 from payment_service.domain.review import (
     Decision,
     Resolution,
@@ -113,6 +113,13 @@ _CLAIMED = (
 _ANSWER_CLAIM = (
     "UPDATE idempotency_keys SET response_version = %s, error_reason = %s, error_message = %s"
     " WHERE payment_id = %s AND response_version IS NULL"
+)
+_ANSWER_CLAIMS = (
+    "UPDATE idempotency_keys AS k SET response_version = i.version,"
+    " error_reason = i.error_reason, error_message = i.error_message"
+    " FROM unnest(%s::uuid[], %s::integer[], %s::text[], %s::text[])"
+    " AS i(payment_id, version, error_reason, error_message)"
+    " WHERE k.payment_id = i.payment_id AND k.response_version IS NULL"
 )
 # Payments whose saga may have stopped between two steps, oldest first; a row another replica
 # is resuming right now is skipped rather than waited for. One resumed lately (its time is in
@@ -352,6 +359,26 @@ class PaymentRepository:
         self, payment_id: str, *, version: int, error_reason: str = "", error_message: str = ""
     ) -> None:
         await self._raw.execute(_ANSWER_CLAIM, (version, error_reason, error_message, payment_id))
+
+    async def answer_claims(self, answers: Sequence[ClaimAnswer]) -> None:
+        if len(answers) < 2:
+            for a in answers:
+                await self.answer_claim(
+                    a.payment_id,
+                    version=a.version,
+                    error_reason=a.error_reason,
+                    error_message=a.error_message,
+                )
+            return
+        await self._raw.execute(
+            _ANSWER_CLAIMS,
+            (
+                [a.payment_id for a in answers],
+                [a.version for a in answers],
+                [a.error_reason for a in answers],
+                [a.error_message for a in answers],
+            ),
+        )
 
     async def stalled(self, *, older_than: timedelta, limit: int) -> builtins.list[str]:
         cursor = await self._raw.execute(_STALLED, (older_than, older_than, limit))

@@ -165,3 +165,14 @@ class PaymentFilter:
                 or (created is not None and created < self.created_before)
             )
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimAnswer:
+    """The response of the key that made a payment: the payment as it stands at `version`,
+    or the refusal (`error_reason`, `error_message`) it was answered with."""
+
+    payment_id: str
+    version: int
+    error_reason: str = ""
+    error_message: str = ""

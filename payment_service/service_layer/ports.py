@@ -13,7 +13,7 @@ from typing import Protocol
 from common.money import Money
 from common.uow import UnitOfWork as BaseUnitOfWork
 from payment_service.domain.model import Payment
-from payment_service.domain.requests import IdempotencyClaim, PaymentFilter
+from payment_service.domain.requests import ClaimAnswer, IdempotencyClaim, PaymentFilter
 from payment_service.domain.review import ReviewCase, ReviewStatus
 from payment_service.domain.saga import ProviderAnswer
 from payment_service.domain.trail import PaymentStep, StatusChange
@@ -130,6 +130,10 @@ class PaymentStore(Protocol):
         self, payment_id: str, *, version: int, error_reason: str = "", error_message: str = ""
     ) -> None:
         """Stores the response of the key that made the payment, if it has none yet."""
+        ...
+
+    async def answer_claims(self, answers: Sequence[ClaimAnswer]) -> None:
+        """`answer_claim` for many payments at once (one statement)."""
         ...
 
     async def stalled(self, *, older_than: timedelta, limit: int) -> list[str]:

@@ -153,12 +153,7 @@ class Saga:
         return await self._steps.step(
             payment_id,
             answered,
-            then=lambda store, current: store.answer_claim(
-                payment_id,
-                version=current.version,
-                error_reason=refusal.reason if refusal else "",
-                error_message=refusal.message if refusal else "",
-            ),
+            answer=(refusal.reason, refusal.message) if refusal else ("", ""),
         )
 
     # -- from the payment's own events ------------------------------------------------------

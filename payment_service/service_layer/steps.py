@@ -21,6 +21,7 @@ from typing import Any, Generic, NoReturn, TypeVar, cast
 from common.errors import NotFound, retry_on_conflict
 from common.group_commit import GroupCommit, Job, first_per_key
 from payment_service.domain.model import Payment
+from payment_service.domain.requests import ClaimAnswer
 from payment_service.service_layer.ports import PaymentStore, UnitOfWork
 
 T = TypeVar("T")
@@ -70,6 +71,9 @@ class _Step(Generic[R, T]):
     # A reaction to an event: (consumer, event_id), recorded processed by `read` alone and
     # by one statement for the whole batch in a group commit (`read` then answers from it).
     event: tuple[str, str] | None = None
+    # The payment, as the step leaves it, is the response of the key that made it, with
+    # this refusal (reason, message) or none: one statement for the whole batch.
+    answer: tuple[str, str] | None = None
 
 
 async def step(
@@ -129,11 +133,12 @@ async def _apply(
     payment: Payment | None,
     first_seen: dict[str, set[str]] | None = None,
     to_save: list[Payment] | None = None,
+    to_answer: list[ClaimAnswer] | None = None,
 ) -> T:
     """One step inside an open transaction, its payment locked: decided, saved, followed.
     In a batch: `first_seen` holds the events the batch recorded processed for the first time
     (by consumer), and a plain save (no refund to settle, nothing to follow) is left in
-    `to_save`, for one statement for the whole batch."""
+    `to_save`, its key's answer in `to_answer`, for one statement each for the whole batch."""
     if payment is None:
         return spec.missing()
     if spec.event is not None and first_seen is not None:
@@ -144,13 +149,28 @@ async def _apply(
     decided = spec.decide(payment, read)
     if isinstance(decided, Unchanged):
         return decided.value
+    answer = _answer_of(spec, payment)
     if to_save is not None and spec.then is None and not payment.settles_refund():
         to_save.append(payment)
+        if answer is not None and to_answer is not None:
+            to_answer.append(answer)
+            return decided
+        if answer is not None:
+            await store.answer_claims([answer])
         return decided
     await save_settling_refunds(store, payment)
+    if answer is not None:
+        await store.answer_claims([answer])
     if spec.then is not None:
         await spec.then(store, decided)
     return decided
+
+
+def _answer_of(spec: _Step[Any, Any], payment: Payment) -> ClaimAnswer | None:
+    if spec.answer is None:
+        return None
+    reason, message = spec.answer
+    return ClaimAnswer(payment.payment_id, payment.version, reason, message)
 
 
 async def _mark_events(store: PaymentStore, specs: list[_Step[Any, Any]]) -> dict[str, set[str]]:
@@ -192,13 +212,17 @@ class Steps:
         *,
         missing: Callable[[], T] | None = None,
         then: Callable[[PaymentStore, T], Awaitable[None]] | None = None,
+        answer: tuple[str, str] | None = None,
     ) -> T:
+        """`answer`: the payment as the step leaves it becomes the response of the key that
+        made it, with this refusal (reason, message), or ("", "") for none."""
         return await self.step_with(
             payment_id,
             _read_nothing,
             lambda payment, _: decide(payment),
             missing=missing,
             then=then,
+            answer=answer,
         )
 
     async def step_with(
@@ -209,8 +233,11 @@ class Steps:
         *,
         missing: Callable[[], T] | None = None,
         then: Callable[[PaymentStore, T], Awaitable[None]] | None = None,
+        answer: tuple[str, str] | None = None,
     ) -> T:
-        spec = _Step(payment_id, read, decide, missing or _not_found(payment_id), then)
+        spec = _Step(
+            payment_id, read, decide, missing or _not_found(payment_id), then, answer=answer
+        )
         if not self._grouped:
             return await retry_on_conflict(lambda: _attempt(self._uow, spec))
         return cast(T, await self._steps.submit(spec))
@@ -264,11 +291,19 @@ class Steps:
             locked = await store.get_many(list(batch), for_update=True)
             first_seen = await _mark_events(store, [batch[p].spec for p in batch if p in locked])
             to_save: list[Payment] = []
+            to_answer: list[ClaimAnswer] = []
             answers = [
-                (job, await _apply(store, job.spec, locked.get(payment_id), first_seen, to_save))
+                (
+                    job,
+                    await _apply(
+                        store, job.spec, locked.get(payment_id), first_seen, to_save, to_answer
+                    ),
+                )
                 for payment_id, job in batch.items()
             ]
             await store.save_many(to_save)
+            if to_answer:
+                await store.answer_claims(to_answer)
             await unit.commit()
         for job, answer in answers:
             job.settle(answer)

@@ -15,7 +15,7 @@ from common.ids import new_id
 from common.money import Money
 from payment_service.domain.errors import ReviewAlreadyResolved
 from payment_service.domain.model import Payment
-from payment_service.domain.requests import IdempotencyClaim, PaymentFilter
+from payment_service.domain.requests import ClaimAnswer, IdempotencyClaim, PaymentFilter
 from payment_service.domain.review import ReviewCase, ReviewOpening, ReviewStatus
 from payment_service.domain.saga import ProviderAnswer
 from payment_service.domain.status import PaymentStatus
@@ -106,6 +106,15 @@ class TrackingStore:
 
     async def claimed(self, caller: str, key: str) -> IdempotencyClaim | None:
         return self._claimed.get((caller, key)) or self._store.claims.get((caller, key))
+
+    async def answer_claims(self, answers: Sequence[ClaimAnswer]) -> None:
+        for a in answers:
+            await self.answer_claim(
+                a.payment_id,
+                version=a.version,
+                error_reason=a.error_reason,
+                error_message=a.error_message,
+            )
 
     async def answer_claim(
         self, payment_id: str, *, version: int, error_reason: str = "", error_message: str = ""

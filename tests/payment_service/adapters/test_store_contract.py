@@ -19,6 +19,7 @@ from common.money import Money
 from payment_service.domain.errors import ReviewAlreadyResolved
 from payment_service.domain.model import Payment
 from payment_service.domain.requests import (
+    ClaimAnswer,
     DepositRequest,
     IdempotencyClaim,
     PaymentFilter,
@@ -232,6 +233,36 @@ class StoreContract:
                 assert stored[payment.payment_id].saga.provider_call == "payout"
                 assert len(requested) == 1
 
+    async def test_steps_answering_their_keys_together_answer_each_key(
+        self, uow: UowFactory
+    ) -> None:
+        payments = [await added(uow, held_withdrawal()) for _ in range(3)]
+        claims = [
+            IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f1", p.payment_id) for p in payments
+        ]
+        async with uow() as u:
+            await u.payments.claim_keys(claims)
+            await u.commit()
+
+        def cancelled(payment: Payment) -> Payment:
+            payment.cancel()
+            return payment
+
+        steps = Steps(uow)
+        answers = await asyncio.gather(
+            *(
+                steps.step(p.payment_id, cancelled, answer=("", "") if i else ("NO", "refused"))
+                for i, p in enumerate(payments)
+            )
+        )
+        async with uow() as u:
+            stored = [await u.payments.claimed("alice", c.key) for c in claims]
+        assert [(s.response_version, s.error_reason) for s in stored if s] == [
+            (answers[0].version, "NO"),
+            (answers[1].version, ""),
+            (answers[2].version, ""),
+        ]
+
     async def test_work_not_committed_is_not_kept(self, uow: UowFactory) -> None:
         payment = deposit()
         async with uow() as u:
@@ -363,6 +394,32 @@ class StoreContract:
             stored = await u.payments.claimed("alice", claim.key)
         assert stored is not None
         assert (stored.response_version, stored.error_reason) == (2, "")
+
+    async def test_many_claims_are_answered_at_once_each_once(self, uow: UowFactory) -> None:
+        claims = [
+            IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f1", str(uuid.uuid4()))
+            for _ in range(3)
+        ]
+        async with uow() as u:
+            await u.payments.claim_keys(claims)
+            await u.payments.answer_claim(claims[2].payment_id, version=1)  # answered before
+            await u.commit()
+        async with uow() as u:
+            await u.payments.answer_claims(
+                [
+                    ClaimAnswer(claims[0].payment_id, 2),
+                    ClaimAnswer(claims[1].payment_id, 3, "INSUFFICIENT_FUNDS", "no money"),
+                    ClaimAnswer(claims[2].payment_id, 4, "LATE", "too late"),
+                ]
+            )
+            await u.commit()
+        async with uow() as u:
+            stored = [await u.payments.claimed("alice", c.key) for c in claims]
+        assert [(s.response_version, s.error_reason, s.error_message) for s in stored if s] == [
+            (2, "", ""),
+            (3, "INSUFFICIENT_FUNDS", "no money"),
+            (1, "", ""),  # an answered key keeps its answer
+        ]
 
     async def test_only_sagas_unchanged_past_the_threshold_are_stalled(
         self, uow: UowFactory
