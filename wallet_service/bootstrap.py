@@ -4,10 +4,13 @@ the sweep that releases expired holds."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common import db
 from common.aio import wait_any
 from common.bootstrap import LOOP_HEARTBEAT_S, Infra, ServiceDatabase
 from common.config import Settings
@@ -28,14 +31,20 @@ DATABASE = ServiceDatabase("wallets", Path(__file__).parent / "adapters" / "migr
 log = structlog.get_logger(__name__)
 
 
-def build_service(settings: Settings, infra: Infra) -> WalletService:
+def build_service(
+    settings: Settings, infra: Infra, *, reader: AsyncEngine | None = None
+) -> WalletService:
+    """`reader`: a read-only engine for the lone reads (common.db.create_engine)."""
     known_system: set[str] = set()
+
+    def on(engine: AsyncEngine) -> Callable[[], WalletUnitOfWork]:
+        return lambda: WalletUnitOfWork(
+            engine, known_system=known_system, snapshot_every=settings.wallet_snapshot_every
+        )
+
     return WalletService(
-        lambda: WalletUnitOfWork(
-            infra.engine,
-            known_system=known_system,
-            snapshot_every=settings.wallet_snapshot_every,
-        ),
+        on(infra.engine),
+        reader=on(reader) if reader is not None else None,
         limits=Limits(
             max_operation_minor=settings.wallet_max_operation_minor,
             max_balance_minor=settings.wallet_max_balance_minor,
@@ -63,7 +72,9 @@ async def sweep_expired_holds(
 async def build(settings: Settings, address: str) -> ServiceRuntime:
     auth = authenticator(settings, POLICY)  # a missing key is a ConfigError before any connection
     infra = Infra.connect(settings, DATABASE)
-    service = build_service(settings, infra)
+    # A capture batch reads its holds concurrently, each on a connection of its own.
+    reader = db.create_engine(infra.database_url, pool_size=4, read_only=True)
+    service = build_service(settings, infra, reader=reader)
     servicer = WalletServicer(service)
     server, port, health = create_server(
         address,
@@ -88,5 +99,5 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
             infra.relay_task(),
             Task("hold expiry sweep", sweeper, heartbeat_s=interval_s + LOOP_HEARTBEAT_S),
         ],
-        closers=[infra.close],
+        closers=[infra.close, reader.dispose],
     )

@@ -59,7 +59,7 @@ class Accounts(Mutations):
         """The account, if the caller may read it (or do `may` with it). To a caller who may
         not, an account that does not exist is refused alike (no probing of ids)."""
         account_id = parse_id(account_id, "account_id")
-        async with self._uow() as uow:
+        async with self._reader() as uow:
             account = await uow.accounts.get(account_id)
             await uow.commit()  # not ROLLBACK, which drops the prepared statements
         if account is None or account.kind is not AccountKind.CUSTOMER:

@@ -183,7 +183,7 @@ class Holds(Accounts):
 
     async def get_hold(self, hold_id: str, *, caller: Principal = SYSTEM) -> HoldView:
         hold_id = parse_id(hold_id, "hold_id")
-        async with self._uow() as uow:
+        async with self._reader() as uow:
             hold = await uow.accounts.find_hold(hold_id)
             # A read ends with COMMIT: on ROLLBACK psycopg drops the connection's prepared
             # statements (this read ran before every capture and release: one ROLLBACK and

@@ -83,8 +83,13 @@ class Mutations:
         attempts: int = ATTEMPTS,
         group_commit: bool = False,
         observe: Observe = _unobserved,
+        reader: Callable[[], UnitOfWork] | None = None,
     ) -> None:
         self._uow = uow
+        # For lone reads (a hold before its capture or release, an account): a unit of work
+        # that only reads, in autocommit where the adapter has it (one statement, no BEGIN
+        # and COMMIT around it).
+        self._reader = reader or uow
         self._limits = limits or Limits()
         self._clock = clock
         self._attempts = attempts
