@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +102,10 @@ class BenchContext:
     costs: dict[str, Cost] = field(default_factory=dict)  # by kind of payment
     # Create calls admission control refused (and the bench repeated), by phase.
     refusals: dict[str, Refusals] = field(default_factory=dict)
+    # Wallet processes the suite runs (PAYSUITE_WALLET_REPLICAS), and, for a suite the bench
+    # started, how to run `n` more for one phase (yields the target naming them all).
+    wallet_replicas: int = 1
+    more_wallets: Callable[[int], AbstractContextManager[str]] | None = None
 
     def refusals_of(self, phase: str) -> Refusals:
         return self.refusals.setdefault(phase, Refusals())

@@ -21,7 +21,7 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -53,8 +53,12 @@ _XACTS = "SELECT datname, xact_commit, xact_rollback FROM pg_stat_database WHERE
 class Probe:
     """Where the cost of the suite under test can be read."""
 
-    processes: Mapping[str, int]  # name -> pid, each counted with its descendants
-    metrics: Mapping[str, Callable[[], str]]  # process name -> its /metrics text
+    # name -> pids, each counted with its descendants and summed: a service's replicas
+    # ("wallet", "wallet 2") are counted as one.
+    processes: Mapping[str, Sequence[int]]
+    # (process name, reader of one replica's /metrics text): replicas share their service's
+    # name, so their counters add up under it.
+    metrics: Sequence[tuple[str, Callable[[], str]]]
     database_dsn: str  # any database on the server (pg_stat_database covers them all)
     databases: Mapping[str, str]  # label ("payments") -> the database's name on the server
     postgres_log: Path | None  # the server's log file: None, statements are not counted
@@ -79,7 +83,7 @@ async def snapshot(probe: Probe, redis: Redis, client_redis_commands: int) -> Sn
         proc.cpu_ticks, probe.processes, [(LOAD_CLIENT, probe.load_client_pid)], probe.proc_dir
     )
     found: dict[str, float] = {}
-    for name, read in probe.metrics.items():
+    for name, read in probe.metrics:
         for key, value in counters.from_metrics(name, await asyncio.to_thread(read)).items():
             found[key] = found.get(key, 0.0) + value
     async with await psycopg.AsyncConnection.connect(probe.database_dsn) as conn:

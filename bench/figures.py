@@ -185,6 +185,25 @@ FIGURES += (
         for q in ("p50", "p99")
     ),
     Figure("wallet_errors", "wallet calls failed", "calls"),
+    Figure("wallet_replicas", "wallet replicas in the suite", "processes"),
+    Figure(
+        "wallet_trivial_calls_per_s_2_replicas",
+        "baseline: wallet health Check, 2 replicas",
+        _RATE,
+    ),
+    Figure(
+        "wallet_postings_distinct_per_s_2_replicas",
+        "wallet postings, distinct accounts, 2 replicas",
+        _RATE,
+        "wallet_trivial_calls_per_s_2_replicas",
+    ),
+    Figure(
+        "wallet_postings_hot_per_s_2_replicas",
+        "wallet postings, one hot account, 2 replicas",
+        _RATE,
+        "wallet_trivial_calls_per_s_2_replicas",
+    ),
+    Figure("wallet_errors_2_replicas", "wallet calls failed, 2 replicas", "calls"),
     Figure("http_trivial_per_s", "baseline: trivial HTTP request to the adapter", _RATE),
     Figure(
         "webhooks_per_s",

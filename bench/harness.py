@@ -54,9 +54,28 @@ class Section:
 
 
 async def _wallet(ctx: BenchContext) -> dict[str, float]:
-    """Postings straight to the wallet, on accounts of its own (outside the money check)."""
+    """Postings straight to the wallet, on accounts of its own (outside the money check);
+    with one wallet in a suite the bench started, again with a second replica started for
+    the phase alone (the `_2_replicas` figures), so every run shows what a replica adds."""
+    figures = {
+        "wallet_replicas": float(ctx.wallet_replicas),
+        **await _postings(ctx, ctx.settings.wallet_target),
+    }
+    if ctx.more_wallets is not None and ctx.wallet_replicas == 1:
+        with ctx.more_wallets(1) as target:
+            both = await _postings(ctx, target)
+        figures.update(
+            {f"{key}{TWO_REPLICAS}": both[key] for key in wallet_bench.COMPARED if key in both}
+        )
+    return figures
+
+
+TWO_REPLICAS = "_2_replicas"
+
+
+async def _postings(ctx: BenchContext, target: str) -> dict[str, float]:
     return await wallet_bench.measure(
-        ctx.settings.wallet_target,
+        target,
         ctx.token,
         duration_s=max(ctx.options.open_duration_s, 4.0),
         concurrency=ctx.options.clients,
@@ -107,6 +126,8 @@ def run(
             run_id=_run_id(),
             token=bench_token(suite.settings),
             probe=probe_of(suite),
+            wallet_replicas=suite.wallet_replicas or 1,
+            more_wallets=suite.more_wallets if suite.can_add_wallets() else None,
         )
         if target_running:
             ctx.notes.append(
@@ -188,21 +209,25 @@ def probe_of(suite: RunningSuite) -> cost.Probe:
     """Where the suite's cost is read: every process the bench started, the embedded
     PostgreSQL (postmaster and backends) and Redis, their /metrics and the server's log."""
     settings = suite.settings
-    processes = {name: child.pid for name, child in suite.children.items()}
+    processes: dict[str, list[int]] = {}
+    # A service's replicas ("wallet", "wallet 2") under the service's name, summed.
+    service_of = {proc.name: proc.service_name for proc in suite.processes}
+    for name, child in suite.children.items():
+        processes.setdefault(service_of.get(name, name), []).append(child.pid)
     log = None
     if suite.servers is not None:
         postgres = suite.servers.postgres_pids()  # the postmaster first
         if postgres:
-            processes[cost.POSTGRES] = postgres[0]
-        processes[cost.REDIS] = suite.servers.redis_pid()
+            processes[cost.POSTGRES] = [postgres[0]]
+        processes[cost.REDIS] = [suite.servers.redis_pid()]
         log = suite.servers.postgres_log
     return cost.Probe(
         processes=processes,
-        metrics={
-            proc.name: functools.partial(read_metrics, proc.metrics_url)
+        metrics=[
+            (proc.service_name, functools.partial(read_metrics, proc.metrics_url))
             for proc in suite.processes
             if proc.metrics_url
-        },
+        ],
         # The server's own database: reading the statistics there adds no transaction to a
         # service's database.
         database_dsn=db.libpq_dsn(make_url(settings.require_database_url())),

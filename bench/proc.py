@@ -88,12 +88,13 @@ def tree_ticks(root: int, stats: Mapping[int, ProcStat]) -> int:
 
 
 def cpu_ticks(
-    trees: Mapping[str, int], own: Iterable[tuple[str, int]] = (), proc: Path = PROC
+    trees: Mapping[str, Iterable[int]], own: Iterable[tuple[str, int]] = (), proc: Path = PROC
 ) -> dict[str, int]:
-    """Ticks by name: `trees` counted with their descendants, `own` alone (the bench's own
-    process is the parent of the suite's processes, and must not be charged for them)."""
+    """Ticks by name: each of `trees`' roots counted with its descendants, the roots of one
+    name summed (a service's replicas); `own` alone (the bench's own process is the parent of
+    the suite's processes, and must not be charged for them)."""
     stats = read_all(proc)
-    found = {name: tree_ticks(pid, stats) for name, pid in trees.items()}
+    found = {name: sum(tree_ticks(pid, stats) for pid in pids) for name, pids in trees.items()}
     for name, pid in own:
         found[name] = stats[pid].own if pid in stats else 0
     return found

@@ -158,7 +158,7 @@ def _supervised(
             for proc in batch:
                 children[proc.name] = supervisor.Child(proc, env, supervisor.spawn(proc, env))
             supervisor.wait_ready(batch, {name: c.popen for name, c in children.items()})
-        suite = HealingSuite(settings, children, servers)
+        suite = HealingSuite(supervisor.with_wallet_target(settings, processes), children, servers)
         units: list[supervisor.Unit] = list(children.values())
         if servers is not None:
             units += [supervisor.EmbeddedPostgres(servers), supervisor.EmbeddedRedis(servers)]

@@ -37,6 +37,28 @@ class RunningSuite:
     # What was started, with each process's metrics port (empty for a suite found running).
     processes: list[supervisor.Process] = field(default_factory=list)
     servers: EmbeddedServers | None = None  # the embedded servers this suite started, if any
+    env: dict[str, str] = field(default_factory=dict)  # its children's environment
+
+    @property
+    def wallet_replicas(self) -> int:
+        return sum(1 for p in self.processes if p.service_name == supervisor.WALLET)
+
+    def can_add_wallets(self) -> bool:
+        """Only a suite the bench started: one found running is not ours to change."""
+        return bool(self.processes and self.env)
+
+    @contextmanager
+    def more_wallets(self, count: int) -> Iterator[str]:
+        """`count` more wallet replicas beside the suite's, for one phase; yields the target
+        naming every replica. Only the caller's channels use them: the payment service keeps
+        the target it was started with."""
+        extra = supervisor.extra_wallets(self.settings, self.processes, count)
+        with supervisor.running(extra, self.env) as children:
+            try:
+                supervisor.wait_ready(extra, children)
+            except RuntimeError as exc:
+                raise SuiteFailed(str(exc)) from None
+            yield supervisor.wallet_target([*self.processes, *extra])
 
     def check_alive(self) -> None:
         dead = [name for name, child in self.children.items() if child.poll() is not None]
@@ -108,6 +130,7 @@ def fresh_suite(base: Settings, *, env: dict[str, str] | None = None) -> Iterato
         for database in (WALLET_DB, PAYMENT_DB, GATEWAY_DB):
             database.migrate(settings)
         processes = supervisor.plan(settings, demo=False)
+        settings = supervisor.with_wallet_target(settings, processes)
         children_env = child_env(settings, servers.database_url, servers.redis_url)
         children_env.update(env or {})
         with supervisor.running(processes, children_env) as children:
@@ -115,7 +138,7 @@ def fresh_suite(base: Settings, *, env: dict[str, str] | None = None) -> Iterato
                 supervisor.wait_ready(processes, children)
             except RuntimeError as exc:
                 raise SuiteFailed(str(exc)) from None
-            yield RunningSuite(settings, children, processes, servers)
+            yield RunningSuite(settings, children, processes, servers, children_env)
     finally:
         servers.stop()
         shutil.rmtree(folder, ignore_errors=True)

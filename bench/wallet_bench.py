@@ -37,6 +37,13 @@ from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 W = wallet_pb2
 CHANNELS = 4
+# The figures worth comparing between runs with one and with several wallet replicas.
+COMPARED = (
+    "wallet_trivial_calls_per_s",
+    "wallet_postings_distinct_per_s",
+    "wallet_postings_hot_per_s",
+    "wallet_errors",
+)
 FUNDING_MINOR = 10**12
 
 

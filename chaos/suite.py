@@ -142,7 +142,13 @@ async def _running(
                 await asyncio.to_thread(supervisor.wait_ready, batch, popens)
             except RuntimeError as exc:
                 raise SuiteFailed(str(exc)) from None
-        suite = ChaosSuite(settings, children, servers, _simulators(settings), [])
+        suite = ChaosSuite(
+            supervisor.with_wallet_target(settings, processes),
+            children,
+            servers,
+            _simulators(settings),
+            [],
+        )
         async with _healing(suite):
             yield suite
     finally:

@@ -40,6 +40,25 @@ def _address(value: str) -> str:
     return value
 
 
+_TARGET_SCHEMES = ("ipv4:", "ipv6:", "dns:", "unix:")
+
+
+def _target(value: str) -> str:
+    """A gRPC target: HOST:PORT, or a name-resolver target gRPC understands, such as
+    `ipv4:10.0.0.1:50052,10.0.0.2:50052` (every replica, the channel balancing over them) or
+    `dns:///wallet:50052` (a Kubernetes headless Service: every pod behind the name)."""
+    if value.startswith(_TARGET_SCHEMES):
+        scheme, _, rest = value.partition(":")
+        addresses = rest.removeprefix("///") if scheme == "dns" else rest
+        if scheme in ("ipv4", "ipv6"):
+            for address in addresses.split(","):
+                _address(address)
+        elif not addresses:
+            raise ValueError(f"expected {scheme}:ADDRESS, got {value!r}")
+        return value
+    return _address(value)
+
+
 SignatureFormat = Literal["standard", "stripe"]
 
 
@@ -85,6 +104,11 @@ class Settings(BaseSettings):
     payment_target: str = "127.0.0.1:50051"
     wallet_target: str = "127.0.0.1:50052"
     gateway_target: str = "127.0.0.1:50053"
+    # Wallet processes `paysuite up` (and the bench, soak and chaos suites) starts, each on its
+    # own port (the first on wallet_listen), metrics port and replica name; the payment service
+    # and the recovery worker then balance their wallet calls over all of them (round robin).
+    # Deployments scale the wallet with their own replica count instead.
+    wallet_replicas: int = Field(default=1, ge=1, le=16)
 
     provider_url: str = "http://127.0.0.1:8090"
     provider_timeout_ms: int = Field(default=2000, gt=0)
@@ -220,10 +244,8 @@ class Settings(BaseSettings):
         "gateway_listen",
         "webhook_listen",
         "recovery_listen",
-        "payment_target",
-        "wallet_target",
-        "gateway_target",
     )(_address)
+    _check_target = field_validator("payment_target", "wallet_target", "gateway_target")(_target)
 
     @field_validator("rate_limits")
     @classmethod

@@ -9,6 +9,7 @@ SIGINT/SIGTERM or when one process crash-loops.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import os
 import signal
@@ -49,6 +50,12 @@ class Process:
     # Started once every process of an earlier stage is ready (the recovery worker calls
     # the services: started with them, it only logs that they are unavailable).
     stage: int = 0
+    # The service a replica belongs to ("wallet" for "wallet 2"); empty: `name` itself.
+    service: str = ""
+
+    @property
+    def service_name(self) -> str:
+        return self.service or self.name
 
     @property
     def metrics_url(self) -> str:
@@ -109,15 +116,91 @@ def _recovery_worker(settings: Settings, *, demo: bool) -> Process:
     )
 
 
+WALLET = "wallet"
+
+
+def _wallets(settings: Settings) -> list[Process]:
+    """PAYSUITE_WALLET_REPLICAS wallet processes: the first on wallet_listen and named
+    "wallet" (as with one), the others "wallet 2", ... on free ports of the same host. Distinct
+    ports rather than one shared with SO_REUSEPORT (off, common/grpc/server.py): a port
+    shared with whatever else binds it is not ours alone."""
+    first = _wallet(0, settings.wallet_listen)
+    return [first, *_more_wallets(settings, settings.wallet_replicas - 1, after=1)]
+
+
+def _wallet(index: int, listen: str) -> Process:
+    name = WALLET if index == 0 else f"{WALLET} {index + 1}"
+    env = (("PAYSUITE_WALLET_LISTEN", listen),)
+    return Process(name, "wallet_service", listen, "grpc", env=env, service=WALLET)
+
+
+def _more_wallets(settings: Settings, count: int, *, after: int) -> list[Process]:
+    host, _, _ = settings.wallet_listen.rpartition(":")
+    found = ports.free_ports(count, _probe_host(host))
+    return [_wallet(after + i, f"{host}:{port}") for i, port in enumerate(found)]
+
+
+def extra_wallets(settings: Settings, processes: list[Process], count: int) -> list[Process]:
+    """`count` wallet replicas more than `processes` has, numbered after them, each with its
+    own port, metrics port and replica name: what the bench starts for one phase."""
+    after = sum(1 for p in processes if p.service_name == WALLET)
+    more = _more_wallets(settings, count, after=after)
+    metrics = ports.free_ports(count, METRICS_HOST)
+    return [_with_metrics(_named(p), port) for p, port in zip(more, metrics, strict=True)]
+
+
+def _probe_host(host: str) -> str:
+    """Where a listen host is reached from this machine (0.0.0.0 listens on every one)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0") else host
+
+
+def replica_target(addresses: list[str]) -> str:
+    """A gRPC target naming every replica: the address itself for one, else
+    `ipv4:h:p,h:p` (or ipv6:), which a round-robin channel (common/grpc/client.py) spreads
+    calls over. The hosts must be IP literals; a host name is resolved here."""
+    if len(addresses) == 1:
+        return addresses[0]
+    resolved = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        host = _probe_host(host.strip("[]"))
+        try:
+            family = ipaddress.ip_address(host).version
+        except ValueError:
+            host, family = socket.gethostbyname(host), 4
+        resolved.append((family, f"[{host}]:{port}" if family == 6 else f"{host}:{port}"))
+    families = {family for family, _ in resolved}
+    if len(families) > 1:
+        raise ValueError(f"replicas on both IPv4 and IPv6 addresses: {addresses}")
+    return f"ipv{families.pop()}:" + ",".join(address for _, address in resolved)
+
+
+def wallet_target(processes: list[Process]) -> str:
+    """The target that reaches every wallet replica of `processes`."""
+    return replica_target([p.endpoint for p in processes if p.service_name == WALLET])
+
+
+def with_wallet_target(settings: Settings, processes: list[Process]) -> Settings:
+    """`settings` whose wallet_target reaches every wallet replica `processes` starts."""
+    return settings.model_copy(update={"wallet_target": wallet_target(processes)})
+
+
 def plan(settings: Settings, *, demo: bool = True) -> list[Process]:
     """Every process of the suite. `demo`: the recovery worker sweeps every few seconds, so a
     demo shows it; without it (the bench), at its deployed defaults, so its sweeps do not
-    weigh on figures that deployments would not see them weigh on."""
+    weigh on figures that deployments would not see them weigh on.
+
+    With several wallet replicas (PAYSUITE_WALLET_REPLICAS), the processes that call the
+    wallet (payment service, recovery worker) get a PAYSUITE_WALLET_TARGET naming them all."""
+    wallets = _wallets(settings)
+    callers: tuple[tuple[str, str], ...] = ()
+    if len(wallets) > 1:
+        callers = (("PAYSUITE_WALLET_TARGET", wallet_target(wallets)),)
     ours = [
-        Process("wallet", "wallet_service", settings.wallet_listen, "grpc"),
+        *wallets,
         Process("gateway", "gateway_service", settings.gateway_listen, "grpc"),
-        Process("payment", "payment_service", settings.payment_listen, "grpc"),
-        _recovery_worker(settings, demo=demo),
+        Process("payment", "payment_service", settings.payment_listen, "grpc", env=callers),
+        _with_env(_recovery_worker(settings, demo=demo), callers),
         Process(
             "webhook adapter",
             "webhook_adapter",
@@ -132,6 +215,10 @@ def plan(settings: Settings, *, demo: bool = True) -> list[Process]:
         ),
         *(_simulator(settings, i) for i in range(len(settings.provider_configs()))),
     ]
+
+
+def _with_env(proc: Process, env: tuple[tuple[str, str], ...]) -> Process:
+    return replace(proc, env=(*proc.env, *env))
 
 
 def _named(proc: Process) -> Process:

@@ -49,12 +49,14 @@ def locate(settings: Settings | None = None) -> Settings:
 
 
 @contextmanager
-def published(data_dir: Path, settings: Settings) -> Iterator[None]:
-    """Adds the suite's gRPC and simulator addresses to the endpoints file while it runs."""
+def published(data_dir: Path, settings: Settings, *, wallet_target: str = "") -> Iterator[None]:
+    """Adds the suite's gRPC and simulator addresses to the endpoints file while it runs.
+    `wallet_target`: one naming every wallet replica (devstack.supervisor.wallet_target);
+    unset, the one wallet's listen address."""
     path = data_dir / ENDPOINTS_FILE
     entries = {
         "payment_target": settings.payment_listen,
-        "wallet_target": settings.wallet_listen,
+        "wallet_target": wallet_target or settings.wallet_listen,
         "gateway_target": settings.gateway_listen,
         "provider_url": settings.provider_url,
         "provider_secondary_url": settings.provider_secondary_url,

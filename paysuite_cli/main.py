@@ -161,7 +161,8 @@ def _up(
             _start(processes, env, children, stop)
             if stop():
                 return
-            with endpoints.published(settings.data_dir, settings):
+            wallet_target = supervisor.wallet_target(processes)
+            with endpoints.published(settings.data_dir, settings, wallet_target=wallet_target):
                 supervisor.publish_metrics(settings.data_dir, processes)
                 _print_endpoints(processes)
                 _watch(children, embedded, stop)

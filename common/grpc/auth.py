@@ -134,5 +134,10 @@ def bearer_interceptors(token: Callable[[], str]) -> list[grpc.aio.ClientInterce
 
 def bearer_channel(target: str, token: str) -> grpc.aio.Channel:
     """A plain channel (no retries, no spans or metrics of its own) whose calls present
-    `token`: the bench's and the tests', which measure or check our services, not themselves."""
-    return grpc.aio.insecure_channel(target, interceptors=bearer_interceptors(lambda: token))
+    `token`: the bench's and the tests', which measure or check our services, not themselves.
+    Round robin, as create_channel: a target naming several replicas spreads calls over them."""
+    return grpc.aio.insecure_channel(
+        target,
+        options=[("grpc.lb_policy_name", "round_robin")],
+        interceptors=bearer_interceptors(lambda: token),
+    )

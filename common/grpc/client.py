@@ -25,8 +25,15 @@ from common.errors import (
 )
 from common.grpc.tracing import client_interceptors
 
+# round_robin: a target naming several addresses (`ipv4:host:port,host:port` for `paysuite up`'s
+# wallet replicas, `dns:///wallet:50052` for a Kubernetes headless Service) has every call go
+# to the next ready one, so each replica takes its share; gRPC's default (pick_first) would
+# send them all to the first. With one address it is the same as pick_first.
+LB_POLICY = "round_robin"
+
 _SERVICE_CONFIG = json.dumps(
     {
+        "loadBalancingConfig": [{LB_POLICY: {}}],
         "methodConfig": [
             {
                 "name": [{}],
@@ -38,7 +45,7 @@ _SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
     }
 )
 
@@ -53,18 +60,23 @@ RECONNECT_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
+def channel_options() -> list[tuple[str, str | int]]:
+    """create_channel's options: retries of UNAVAILABLE and round robin (service config),
+    keepalive, and the short reconnect backoff."""
+    return [
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.keepalive_time_ms", 30_000),
+        *RECONNECT_OPTIONS,
+    ]
+
+
 def create_channel(target: str, *, token: Callable[[], str] | None = None) -> grpc.aio.Channel:
     """A channel to one of our services; `token` gives the bearer token each call presents
-    (a common.tokens.ServiceToken between services, a user's token in the CLI)."""
+    (a common.tokens.ServiceToken between services, a user's token in the CLI). `target` may
+    name several replicas (see LB_POLICY): calls are spread over them."""
     return grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.enable_retries", 1),
-            ("grpc.service_config", _SERVICE_CONFIG),
-            ("grpc.keepalive_time_ms", 30_000),
-            *RECONNECT_OPTIONS,
-        ],
-        interceptors=client_interceptors(token),
+        target, options=channel_options(), interceptors=client_interceptors(token)
     )
 
 

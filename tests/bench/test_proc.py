@@ -44,15 +44,19 @@ def test_a_fake_proc_folder_is_read_and_own_processes_exclude_their_children(
         100: _stat(100, 1, 50, 10),  # the bench itself, parent of the services
         101: _stat(101, 100, 20, 5),  # payment service
         102: _stat(102, 100, 7, 3),  # Redis
+        104: _stat(104, 100, 30, 2),  # a second wallet replica
+        105: _stat(105, 100, 1, 1),  # the first
     }.items():
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "stat").write_text(text)
     (tmp_path / "self").mkdir()  # not a pid: skipped
     (tmp_path / "103").mkdir()  # exited while the folder was listed: skipped
 
-    assert sorted(read_all(tmp_path)) == [100, 101, 102]
-    ticks = cpu_ticks({"payment": 101, "Redis": 102}, [("load client", 100)], tmp_path)
-    assert ticks == {"payment": 25, "Redis": 10, "load client": 60}
+    assert sorted(read_all(tmp_path)) == [100, 101, 102, 104, 105]
+    trees = {"payment": [101], "Redis": [102], "wallet": [105, 104]}
+    ticks = cpu_ticks(trees, [("load client", 100)], tmp_path)
+    # The wallet's two replicas add up under its name.
+    assert ticks == {"payment": 25, "Redis": 10, "wallet": 34, "load client": 60}
 
 
 def test_this_process_has_spent_some_cpu() -> None:

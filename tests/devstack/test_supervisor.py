@@ -227,3 +227,81 @@ def test_a_child_is_restarted_by_its_spawner() -> None:
         assert (spawned, child.popen) == (["wallet"], second)
     finally:
         second.wait()
+
+
+def test_wallet_replicas_each_get_a_port_metrics_port_and_name_of_their_own() -> None:
+    plan = supervisor.plan(Settings(wallet_replicas=3))
+
+    wallets = [p for p in plan if p.module == "wallet_service"]
+    assert [p.name for p in wallets] == ["wallet", "wallet 2", "wallet 3"]
+    assert {p.service_name for p in wallets} == {"wallet"}
+    assert wallets[0].endpoint == "127.0.0.1:50052"  # the first where one alone would be
+    assert len({p.endpoint for p in wallets}) == 3
+    assert len({p.metrics_port for p in plan if p.metrics_port}) == 7  # 5 processes + 2
+    for proc in wallets:
+        env = dict(proc.env)
+        assert env["PAYSUITE_WALLET_LISTEN"] == proc.endpoint
+        assert env["PAYSUITE_METRICS_PORT"] == str(proc.metrics_port)
+    names = [dict(p.env)["PAYSUITE_REPLICA_NAME"] for p in wallets]
+    assert len(set(names)) == 3
+    assert names[0].endswith("-wallet")
+    assert names[2].endswith("-wallet-3")
+    # Each is supervised and waited for on its own: a Process the others know by name.
+    assert all(p.kind == "grpc" for p in wallets)
+
+
+def test_the_wallets_callers_get_a_round_robin_target_naming_every_replica() -> None:
+    plan = supervisor.plan(Settings(wallet_replicas=2))
+
+    wallets = [p for p in plan if p.module == "wallet_service"]
+    target = supervisor.wallet_target(plan)
+    assert target == "ipv4:" + ",".join(p.endpoint for p in wallets)
+    callers = {p.name: dict(p.env).get("PAYSUITE_WALLET_TARGET") for p in plan}
+    assert callers["payment"] == target
+    assert callers["recovery worker"] == target
+    assert callers["gateway"] is None  # it never calls the wallet
+    # Valid as a setting, as the children will read it.
+    assert Settings(wallet_target=target).wallet_target == target
+    assert supervisor.with_wallet_target(Settings(), plan).wallet_target == target
+
+
+def test_one_wallet_is_planned_as_before() -> None:
+    plan = supervisor.plan(Settings())
+
+    assert [p.name for p in plan if p.module == "wallet_service"] == ["wallet"]
+    assert supervisor.wallet_target(plan) == "127.0.0.1:50052"
+    payment = next(p for p in plan if p.name == "payment")
+    assert "PAYSUITE_WALLET_TARGET" not in dict(payment.env)
+
+
+@pytest.mark.parametrize(
+    ("addresses", "target"),
+    [
+        (["127.0.0.1:1"], "127.0.0.1:1"),
+        (["127.0.0.1:1", "127.0.0.1:2"], "ipv4:127.0.0.1:1,127.0.0.1:2"),
+        (["0.0.0.0:1", "10.0.0.2:2"], "ipv4:127.0.0.1:1,10.0.0.2:2"),
+        (["localhost:1", "localhost:2"], "ipv4:127.0.0.1:1,127.0.0.1:2"),
+        (["[::1]:1", "[::1]:2"], "ipv6:[::1]:1,[::1]:2"),
+    ],
+)
+def test_replica_targets_use_grpcs_address_list_syntax(addresses: list[str], target: str) -> None:
+    assert supervisor.replica_target(addresses) == target
+
+
+def test_the_endpoints_file_names_every_replicas_metrics(tmp_path: Path) -> None:
+    (tmp_path / ENDPOINTS_FILE).write_text(json.dumps({"database_url": "postgresql://x"}))
+    plan = supervisor.plan(Settings(wallet_replicas=2))
+
+    supervisor.publish_metrics(tmp_path, plan)
+
+    metrics = json.loads((tmp_path / ENDPOINTS_FILE).read_text())["metrics"]
+    assert {"wallet", "wallet 2"} <= set(metrics)
+    assert metrics["wallet"] != metrics["wallet 2"]
+
+
+def test_the_wallet_replica_count_is_validated() -> None:
+    from pydantic import ValidationError
+
+    assert Settings().wallet_replicas == 1
+    with pytest.raises(ValidationError, match="wallet_replicas"):
+        Settings(wallet_replicas=0)

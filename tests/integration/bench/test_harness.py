@@ -98,7 +98,7 @@ async def test_the_complete_loop_meters_what_a_deposit_costs(
     server = db.libpq_dsn(make_url(settings.require_database_url()))
     probe = Probe(
         processes={},
-        metrics={"in-process suite": _metrics},
+        metrics=[("in-process suite", _metrics)],
         database_dsn=server,
         databases={
             d.name: str(d.url(settings).database) for d in (PAYMENT_DB, GATEWAY_DB, WALLET_DB)

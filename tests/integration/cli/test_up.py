@@ -7,6 +7,7 @@ One suite for every step: starting one costs most of this test's time."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -238,3 +239,72 @@ def _running(processes: list[psutil.Process]) -> bool:
             return False
 
     return any(running(proc) for proc in processes)
+
+
+@pytest.mark.timeout(180)
+def test_up_runs_wallet_replicas_each_supervised_and_published_for_the_cli() -> None:
+    """PAYSUITE_WALLET_REPLICAS=2: two wallet processes, each listed with its own /metrics,
+    both in the target the CLI finds, a killed one restarted alone, and a deposit (payment
+    service → both wallets, round robin) completing through them."""
+    folder = Path(tempfile.mkdtemp(prefix="up-"))
+    suite = Suite.__new__(Suite)
+    suite.data_dir, suite.log = folder / "data", folder / "up.log"
+    suite.env = _suite_env(suite.data_dir) | {"PAYSUITE_WALLET_REPLICAS": "2"}
+    with suite.log.open("w") as out:
+        suite.process = subprocess.Popen(
+            [*PAYSUITE, "up"], env=suite.env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        suite.wait_for("paysuite is up", timeout_s=90)
+        endpoints = json.loads((suite.data_dir / ENDPOINTS_FILE).read_text())
+        assert {"wallet", "wallet 2"} <= set(endpoints["metrics"])
+        target = endpoints["wallet_target"]
+        assert target.startswith(f"ipv4:{suite.env['PAYSUITE_WALLET_LISTEN']},127.0.0.1:")
+        second = target.split(",")[1]
+        assert _grpc_serving(suite.env["PAYSUITE_WALLET_LISTEN"])
+        assert _grpc_serving(second)
+
+        wallets = [p for p in psutil.Process(suite.process.pid).children() if _is_wallet(p)]
+        assert len(wallets) == 2
+        by_port = {p.environ()["PAYSUITE_WALLET_LISTEN"]: p for p in wallets}
+        by_port[second].send_signal(signal.SIGKILL)
+        suite.wait_for("wallet 2 exited with code -9; restarting it in 0.5 s")
+        suite.wait_for("wallet 2 restarted")
+        _until(lambda: _grpc_serving(second), 30, "the second wallet SERVING again")
+        assert "wallet exited" not in suite.output()  # the first ran on untouched
+
+        env = {k: v for k, v in suite.env.items() if not k.endswith("_TARGET")}
+        result = CliRunner().invoke(app, ["demo", "--timeout", "30"], env=env)
+        assert result.exit_code == 0, result.output
+        calls = [_wallet_calls(endpoints["metrics"][name]) for name in ("wallet", "wallet 2")]
+        assert all(n > 0 for n in calls), calls
+    finally:
+        suite.process.send_signal(signal.SIGINT)
+        try:
+            suite.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(suite.process.pid, signal.SIGKILL)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _is_wallet(proc: psutil.Process) -> bool:
+    try:
+        return "wallet_service" in proc.cmdline()
+    except psutil.Error:
+        return False
+
+
+def _wallet_calls(metrics_url: str) -> float:
+    """WalletService calls the replica has handled (any status)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bench.counters import read_metrics
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(read_metrics(metrics_url))
+        if family.name == "grpc_server_handled"
+        for sample in family.samples
+        if sample.name.endswith("_total") and "WalletService" in sample.labels["grpc_service"]
+    )
