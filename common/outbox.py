@@ -75,19 +75,26 @@ _INSERT_MANY = (
     " event_type, aggregate_type, aggregate_id, aggregate_version, envelope, position)"
     " ORDER BY position"
 )
-_LOCK_PARTITIONS = (
-    "SELECT coalesce(array_agg(part), '{}') FROM ("
+# One statement per batch: lock the partitions no other relay holds (advisory locks, held to
+# the end of the transaction), take the oldest unpublished rows of those partitions in id
+# order and mark them published. The marks commit only after the rows reached Redis: a failed
+# publish rolls them back. The first column is how many partitions this relay holds (the
+# one row of NULLs beside it when nothing was claimed).
+_CLAIM = (
+    "WITH parts AS MATERIALIZED (SELECT part FROM ("
     " SELECT CAST((s + %(offset)s) %% %(n)s AS integer) AS part"
     " FROM generate_series(0, CAST(%(n)s AS integer) - 1) AS s) AS candidates"
-    " WHERE pg_try_advisory_xact_lock(CAST(%(ns)s AS integer), part)"
+    " WHERE pg_try_advisory_xact_lock(CAST(%(ns)s AS integer), part)),"
+    " claimed AS MATERIALIZED (SELECT id FROM outbox WHERE published_at IS NULL"
+    " AND (hashtext(aggregate_id) & 2147483647) %% CAST(%(n)s AS integer)"
+    " = ANY(ARRAY(SELECT part FROM parts))"
+    " ORDER BY id LIMIT %(limit)s FOR UPDATE),"
+    " marked AS (UPDATE outbox AS o SET published_at = now() FROM claimed"
+    " WHERE o.id = claimed.id RETURNING o.id, o.stream, o.event_id, o.event_type,"
+    " o.aggregate_id, o.aggregate_version, o.envelope)"
+    " SELECT CAST((SELECT count(*) FROM parts) AS integer), marked.*"
+    " FROM (SELECT 1) AS one LEFT JOIN marked ON true ORDER BY marked.id"
 )
-_CLAIM = (
-    "SELECT id, stream, event_id, event_type, aggregate_id, aggregate_version, envelope"
-    " FROM outbox WHERE published_at IS NULL"
-    " AND (hashtext(aggregate_id) & 2147483647) %% CAST(%(n)s AS integer) = ANY(%(parts)s)"
-    " ORDER BY id LIMIT %(limit)s FOR UPDATE"
-)
-_MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY(%s)"
 # Rows are published in about id order, so the recent ones are among the newest ids: a
 # bounded backward walk of the primary key instead of a scan of a day of published rows.
 _UNPUBLISH_RECENT = (
@@ -215,16 +222,17 @@ class OutboxRelay:
             raw = await driver_connection(conn)
             offset = random.randrange(PARTITIONS)  # noqa: S311 - spreads replicas, not a secret
             cursor = await raw.execute(
-                _LOCK_PARTITIONS, {"n": PARTITIONS, "ns": LOCK_NAMESPACE, "offset": offset}
+                _CLAIM,
+                {
+                    "n": PARTITIONS,
+                    "ns": LOCK_NAMESPACE,
+                    "offset": offset,
+                    "limit": self._batch_size,
+                },
             )
-            parts = (await cursor.fetchone() or [[]])[0]
-            self._contended = len(parts) < PARTITIONS
-            if not parts:
-                return 0
-            cursor = await raw.execute(
-                _CLAIM, {"n": PARTITIONS, "parts": parts, "limit": self._batch_size}
-            )
-            rows = await cursor.fetchall()
+            claimed = await cursor.fetchall()
+            self._contended = not claimed or claimed[0][0] < PARTITIONS
+            rows = [row[1:] for row in claimed if row[1] is not None]
             if not rows:
                 return 0
             pipe = self._redis.pipeline(transaction=False)
@@ -251,7 +259,6 @@ class OutboxRelay:
             ):
                 async with redis_boundary("outbox publish"):
                     await pipe.execute()
-            await raw.execute(_MARK, ([row[0] for row in rows],))
         PUBLISHED.inc(len(rows))
         log.debug("outbox.published", count=len(rows))
         return len(rows)
