@@ -36,6 +36,7 @@ def to_outgoing(event: Any) -> OutgoingEvent:
             failure_reason=event.failure_reason,
             payment_method=event.payment_method,
             parent_payment_id=event.parent_payment_id,
+            provider_call=event.provider_call,
         ),
     )
     return OutgoingEvent(PAYMENT_STREAM, envelope)

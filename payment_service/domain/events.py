@@ -23,6 +23,9 @@ class PaymentStatusChanged:
     version: int
     payment_method: str = ""
     parent_payment_id: str = ""
+    # The provider call whose recovery point the payment had recorded at this change (a
+    # deposit's "charge" from its creation), so the saga can make it without a read.
+    provider_call: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,6 +130,7 @@ class PaymentLifecycle:
                 version=self.version,
                 payment_method=self.payment_method,
                 parent_payment_id=self.parent_payment_id,
+                provider_call=self.saga.provider_call,
             )
         )
 

@@ -59,8 +59,10 @@ class Payment(
             payment_id,
             destination_account_id=request.account_id,
             payment_method=request.payment_method,
+            # In the state `payment.initiated` carries, so the saga charges from the event.
+            saga=SagaState(provider_call="charge"),
         )
-        payment.begin_provider_call()
+        payment._note_requested(payment.provider_call())
         return payment
 
     @classmethod

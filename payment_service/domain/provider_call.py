@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from common.money import Money
 from payment_service.domain.holds import HoldSteps
 from payment_service.domain.saga import HoldState, ProviderAnswer, ProviderCall
 from payment_service.domain.status import PaymentKind, PaymentStatus
+
+
+def deposit_charge(payment_id: str, amount: Money, payment_method: str) -> ProviderCall:
+    """A deposit's charge: its key derived from the payment (`step_ref`), so asking again,
+    from a redelivered event or a resumed saga, can never charge twice."""
+    return ProviderCall("charge", f"{payment_id}:charge", amount, payment_method)
 
 
 class ProviderCallSteps(HoldSteps):
@@ -22,20 +29,15 @@ class ProviderCallSteps(HoldSteps):
         call = self.provider_call()
         if not self.saga.provider_call:
             self.saga.provider_call = call.operation
-            self._note(f"{call.operation}.requested", {"idempotency_key": call.idempotency_key})
+            self._note_requested(call)
         return call
 
-    def requested_provider_call(self) -> ProviderCall | None:
-        """The provider call whose recovery point is recorded and whose answer is not: the
-        one to make (again) now, with its key; None when there is none. A deposit has it
-        from its creation."""
-        if self.status is not PaymentStatus.INITIATED or not self.saga.provider_call:
-            return None
-        return self.provider_call()
+    def _note_requested(self, call: ProviderCall, at: datetime | None = None) -> None:
+        self._note(f"{call.operation}.requested", {"idempotency_key": call.idempotency_key}, at=at)
 
     def provider_call(self) -> ProviderCall:
         if self.kind is PaymentKind.DEPOSIT:
-            return ProviderCall("charge", self.step_ref("charge"), self.amount, self.payment_method)
+            return deposit_charge(self.payment_id, self.amount, self.payment_method)
         if self.kind is PaymentKind.WITHDRAWAL:
             return ProviderCall(
                 "payout", self.step_ref("payout"), self.amount, destination=self.saga.destination
@@ -66,11 +68,7 @@ class ProviderCallSteps(HoldSteps):
             return
         if not self.saga.provider_call:  # a deposit charged before recovery points existed
             self.saga.provider_call = operation
-            self._note(
-                f"{operation}.requested",
-                {"idempotency_key": self.provider_call().idempotency_key},
-                at=requested_at,
-            )
+            self._note_requested(self.provider_call(), at=requested_at)
         if answer is ProviderAnswer.DECLINED:
             self._note(f"{operation}.declined", {"operation_id": operation_id}, error=reason)
             self.record_hold_released()

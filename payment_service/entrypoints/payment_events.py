@@ -10,6 +10,7 @@ idempotency key.
 
 from __future__ import annotations
 
+from common.grpc.convert import money_from_proto
 from payment_service.service_layer.saga import Saga
 from paysuite.events.v1 import events_pb2
 
@@ -43,8 +44,12 @@ class PaymentSagaEntrypoint:
                 change = events_pb2.PaymentStatusChanged()
                 if not envelope.payload.Unpack(change):
                     raise ValueError(f"{envelope.event_type} without a PaymentStatusChanged")
-                if change.kind == "deposit":
-                    await self._saga.ask_provider(payment_id, recorded=True)
+                if change.kind == "deposit" and change.provider_call == "charge":
+                    await self._saga.charge_deposit(
+                        payment_id, money_from_proto(change.amount), change.payment_method
+                    )
+                elif change.kind == "deposit":  # created before the create recorded it
+                    await self._saga.ask_provider(payment_id)
             case "payment.funds_held":
                 await self._saga.ask_provider(payment_id)
             case "payment.refunding" | "payment.compensation_retry":

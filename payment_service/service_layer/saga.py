@@ -18,8 +18,10 @@ import structlog
 
 from common.errors import DependencyUnavailable, DomainError, FailedPrecondition, NotFound
 from common.faults import crash_point
+from common.money import Money
 from payment_service.domain.errors import ProviderOutcomeUnknown
 from payment_service.domain.model import Payment
+from payment_service.domain.provider_call import deposit_charge
 from payment_service.domain.saga import ProviderAnswer, ProviderCall
 from payment_service.domain.status import PaymentKind, PaymentStatus
 from payment_service.service_layer.ports import GatewayPort, ProviderResult, UnitOfWork, WalletPort
@@ -158,50 +160,63 @@ class Saga:
 
     # -- from the payment's own events ------------------------------------------------------
 
-    async def ask_provider(self, payment_id: str, *, recorded: bool = False) -> None:
-        """Saga step, run from a durable event (`payment.initiated` of a deposit,
-        `payment.funds_held` of a withdrawal or refund): records the recovery point (from
-        then on the payment cannot be cancelled), asks the gateway to charge, pay out or
-        refund with a key derived from the payment, then records what it said, unless the
-        payment moved on meanwhile (a redelivery, or the provider's own event was faster).
-        A declined withdrawal or refund releases its hold before it fails.
-
-        `recorded`: the recovery point was recorded with the payment (a deposit's charge),
-        so the step only reads it (one statement, no lock) before the call.
+    async def ask_provider(self, payment_id: str) -> None:
+        """Saga step, run from a durable event (`payment.funds_held` of a withdrawal or
+        refund, a deposit's `payment.initiated` from an older version) or the resume sweep:
+        records the recovery point (from then on the payment cannot be cancelled), asks the
+        gateway to charge, pay out or refund with a key derived from the payment, then records
+        what it said, unless the payment moved on meanwhile (a redelivery, or the provider's
+        own event was faster). A declined withdrawal or refund releases its hold before it
+        fails.
 
         Raises DependencyUnavailable while the gateway is unreachable or the provider's
         answer is unknown: the event stays pending and the step is retried with the same
         key, which the gateway and the provider deduplicate on.
         """
-        begun: Begun = None
-        if recorded:
-            peeked = await self._steps.peek(payment_id)
-            if peeked is None or peeked.status is not PaymentStatus.INITIATED:
-                return  # gone, or moved on: a redelivery
-            call = peeked.requested_provider_call()
-            begun = (peeked, call) if call is not None else None
-        if begun is None:  # the recovery point is written now (or was, by an older version)
-            begun = await self._steps.step(
-                payment_id,
-                lambda p: _begun(p.begin_provider_call(), p),
-                missing=lambda: None,
-            )
+        begun = await self._steps.step(
+            payment_id,
+            lambda p: _begun(p.begin_provider_call(), p),
+            missing=lambda: None,
+        )
         if begun is None:
             return
         payment, call = begun
+        release = (
+            (payment.step_ref("release"), payment.saga.hold_id) if payment.wants_release() else None
+        )
+        await self._ask(
+            payment_id, call, known_operation=payment.gateway_operation_id, release=release
+        )
+
+    async def charge_deposit(self, payment_id: str, amount: Money, payment_method: str) -> None:
+        """A deposit's charge, from its `payment.initiated`: the create recorded its recovery
+        point, and the event carries what the call needs, so nothing is read or written before
+        it. A redelivery asks again with the same key (the gateway answers what it has) and
+        its answer changes nothing once the payment moved on."""
+        await self._ask(payment_id, deposit_charge(payment_id, amount, payment_method))
+
+    async def _ask(
+        self,
+        payment_id: str,
+        call: ProviderCall,
+        *,
+        known_operation: str = "",
+        release: tuple[str, str] | None = None,
+    ) -> None:
+        """Asks the provider and records its answer; a declined call first releases the hold
+        `release` names (operation ref, hold id: a withdrawal's or refund's)."""
         requested_at = datetime.now(UTC)
-        result = await self._call_provider(payment, call)
+        result = await self._call_provider(payment_id, call)
         crash_point("payment.provider_answered")
         if result.answer is ProviderAnswer.UNKNOWN:
-            if result.operation_id and result.operation_id != payment.gateway_operation_id:
+            if result.operation_id and result.operation_id != known_operation:
                 await self._record_answer(payment_id, result, requested_at)
             raise ProviderOutcomeUnknown(
                 f"provider outcome of {call.operation} {result.operation_id} unknown; asking again"
             )
-        if result.answer is ProviderAnswer.DECLINED and payment.wants_release():
-            await self._wallet.release_hold(
-                operation_ref=payment.step_ref("release"), hold_id=payment.saga.hold_id
-            )
+        if result.answer is ProviderAnswer.DECLINED and release is not None:
+            operation_ref, hold_id = release
+            await self._wallet.release_hold(operation_ref=operation_ref, hold_id=hold_id)
 
         await self._record_answer(payment_id, result, requested_at)
 
@@ -219,26 +234,26 @@ class Saga:
             missing=lambda: None,
         )
 
-    async def _call_provider(self, payment: Payment, call: ProviderCall) -> ProviderResult:
+    async def _call_provider(self, payment_id: str, call: ProviderCall) -> ProviderResult:
         if call.operation == "charge":
             return await self._gateway.charge(
                 idempotency_key=call.idempotency_key,
                 amount=call.amount,
                 payment_method=call.payment_method,
-                reference=payment.payment_id,
+                reference=payment_id,
             )
         if call.operation == "payout":
             return await self._gateway.payout(
                 idempotency_key=call.idempotency_key,
                 amount=call.amount,
                 destination=call.destination,
-                reference=payment.payment_id,
+                reference=payment_id,
             )
         return await self._gateway.refund(
             idempotency_key=call.idempotency_key,
             charge_operation_id=call.charge_operation_id,
             amount=call.amount,
-            reference=payment.payment_id,
+            reference=payment_id,
         )
 
     async def compensate(self, payment_id: str) -> None:
@@ -251,8 +266,8 @@ class Saga:
         )
         if begun is None:
             return
-        payment, call = begun
-        result = await self._call_provider(payment, call)
+        _, call = begun
+        result = await self._call_provider(payment_id, call)
         await self._steps.step(
             payment_id,
             lambda p: p.record_compensation_answer(

@@ -89,8 +89,10 @@ class World:
         return payment_id
 
     async def charge(self, payment_id: str) -> None:
-        """The saga step, as a deposit's `payment.initiated` event triggers it."""
-        await self.saga.ask_provider(payment_id, recorded=True)
+        """The saga step, as a deposit's `payment.initiated` event triggers it: with the
+        amount and payment method the event carries."""
+        payment = await self.queries.get_payment(payment_id)
+        await self.saga.charge_deposit(payment_id, payment.amount, payment.payment_method)
 
     async def create(self, key: str = "k1", amount: int = 1000, currency: str = "USD") -> str:
         payment = await self.requests.create_deposit(

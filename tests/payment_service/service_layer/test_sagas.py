@@ -456,9 +456,12 @@ async def test_the_saga_step_charges_once_and_records_pending() -> None:
     payment = await world.queries.get_payment(payment_id)
     assert payment.status is S.PENDING
     assert world.gateway.calls == [f"{payment_id}:charge"]
-    # A redelivered payment.initiated finds the payment past its charge step: no second call.
+    # A redelivered payment.initiated asks again with the same key (the gateway answers
+    # what it has), and the answer changes nothing: the payment moved on.
+    version = world.store.rows[payment_id].version
     await world.charge(payment_id)
-    assert world.gateway.calls == [f"{payment_id}:charge"]
+    assert world.gateway.calls == [f"{payment_id}:charge"] * 2
+    assert world.store.rows[payment_id].version == version
     assert [c.to_status for c in await world.queries.history(payment_id)] == [
         S.INITIATED,
         S.PENDING,

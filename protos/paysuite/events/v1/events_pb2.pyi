@@ -100,6 +100,7 @@ class PaymentStatusChanged(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
     PARENT_PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_CALL_FIELD_NUMBER: _builtins.int
     payment_id: _builtins.str
     kind: _builtins.str
     from_status: _builtins.str
@@ -113,6 +114,11 @@ class PaymentStatusChanged(_message.Message):
     """
     parent_payment_id: _builtins.str
     """A refund's deposit; empty for other kinds."""
+    provider_call: _builtins.str
+    """The provider call ("charge", "payout", "refund") whose recovery point the payment had
+    recorded at this change; a deposit's "charge" from its creation, so the saga charges
+    from its payment.initiated without a read. Empty before one is recorded.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money: ...
     def __init__(
@@ -128,10 +134,11 @@ class PaymentStatusChanged(_message.Message):
         failure_reason: _builtins.str = ...,
         payment_method: _builtins.str = ...,
         parent_payment_id: _builtins.str = ...,
+        provider_call: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination_account_id", b"destination_account_id", "failure_reason", b"failure_reason", "from_status", b"from_status", "kind", b"kind", "parent_payment_id", b"parent_payment_id", "payment_id", b"payment_id", "payment_method", b"payment_method", "source_account_id", b"source_account_id", "to_status", b"to_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "destination_account_id", b"destination_account_id", "failure_reason", b"failure_reason", "from_status", b"from_status", "kind", b"kind", "parent_payment_id", b"parent_payment_id", "payment_id", b"payment_id", "payment_method", b"payment_method", "provider_call", b"provider_call", "source_account_id", b"source_account_id", "to_status", b"to_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
