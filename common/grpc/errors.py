@@ -8,12 +8,13 @@ traceback goes to the log, never to the caller.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
@@ -289,6 +290,26 @@ async def serve_item(
             return status, None
         finish(grpc.StatusCode.OK.value[0])
         return status_pb2.Status(code=grpc.StatusCode.OK.value[0]), answer
+
+
+Item = TypeVar("Item", bound=BatchItem)
+P = TypeVar("P")
+
+
+async def serve_items(
+    method_name: str,
+    items: Sequence[Item],
+    handle: Callable[[Item], Awaitable[T]],
+    to_proto: Callable[[T], P],
+) -> list[tuple[status_pb2.Status, P | None]]:
+    """Every item of a batch call served as `serve_item` serves one, all at once (so the
+    service's group commit takes them together), each answer turned into its message."""
+
+    async def serve(item: Item) -> tuple[status_pb2.Status, P | None]:
+        status, answer = await serve_item(method_name, item, lambda: handle(item))
+        return status, to_proto(answer) if answer is not None else None
+
+    return await asyncio.gather(*(serve(item) for item in items))
 
 
 async def abort_with(

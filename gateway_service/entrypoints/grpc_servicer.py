@@ -6,22 +6,19 @@ a provider passes the caller's deadline down, so no provider request outlives it
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import status_pb2
 
 from common import tracing
 from common.auth import Access
 from common.errors import ValidationError
 from common.grpc.auth import Policy
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
-from common.grpc.errors import serve_item, status_for
+from common.grpc.errors import serve_items, status_for
 from common.money import Money
 from gateway_service.domain.model import (
     HistoryEntry,
@@ -57,7 +54,8 @@ POLICY = Policy(
 )
 
 # Each item of a Charges (Payouts) batch is served as a Charge (Payout) of its own would be
-# (span, logs).
+# (span, logs), all of a batch together so that GroupedWrites records them in one group
+# commit (common.grpc.errors.serve_items).
 CHARGE_METHOD = f"/{SERVICE_NAME}/Charge"
 PAYOUT_METHOD = f"/{SERVICE_NAME}/Payout"
 
@@ -124,29 +122,6 @@ def _wall_time(seconds: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(datetime.fromtimestamp(seconds, UTC))
     return stamp
-
-
-# An item of a batch call that opens an operation (Charges, Payouts).
-Item = TypeVar("Item", gateway_pb2.ChargeRequest, gateway_pb2.PayoutRequest)
-
-
-async def _served_items(
-    method_name: str,
-    items: Sequence[Item],
-    handle: Callable[[Item, float | None], Awaitable[Operation]],
-    context: Context,
-) -> list[tuple[status_pb2.Status, gateway_pb2.Operation | None]]:
-    """The items of a batch call (Charges, Payouts), each handled by `handle` as the unary call
-    `method_name` would handle it, in its own flow's trace (serve_item), and all together, so
-    that GroupedWrites records them in one group commit. Each item's answer: OK and its
-    operation, or no operation and the status the unary call would have failed it with."""
-    deadline = _deadline(context)
-
-    async def serve(item: Item) -> tuple[status_pb2.Status, gateway_pb2.Operation | None]:
-        status, operation = await serve_item(method_name, item, lambda: handle(item, deadline))
-        return status, operation_to_proto(operation) if operation is not None else None
-
-    return await asyncio.gather(*(serve(item) for item in items))
 
 
 def _provider_event(request: gateway_pb2.HandleProviderEventRequest) -> ProviderEvent:
@@ -229,7 +204,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Charges(
         self, request: gateway_pb2.ChargesRequest, context: Context
     ) -> gateway_pb2.ChargesResponse:
-        results = await _served_items(CHARGE_METHOD, request.charges, self._charge, context)
+        deadline = _deadline(context)
+        results = await serve_items(
+            CHARGE_METHOD,
+            request.charges,
+            lambda item: self._charge(item, deadline),
+            operation_to_proto,
+        )
         return gateway_pb2.ChargesResponse(
             results=[gateway_pb2.ChargeResult(status=s, operation=o) for s, o in results]
         )
@@ -254,7 +235,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Payouts(
         self, request: gateway_pb2.PayoutsRequest, context: Context
     ) -> gateway_pb2.PayoutsResponse:
-        results = await _served_items(PAYOUT_METHOD, request.payouts, self._payout, context)
+        deadline = _deadline(context)
+        results = await serve_items(
+            PAYOUT_METHOD,
+            request.payouts,
+            lambda item: self._payout(item, deadline),
+            operation_to_proto,
+        )
         return gateway_pb2.PayoutsResponse(
             results=[gateway_pb2.PayoutResult(status=s, operation=o) for s, o in results]
         )

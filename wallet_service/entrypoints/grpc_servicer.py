@@ -5,7 +5,6 @@ No try/except here: domain errors become statuses in common.grpc.errors.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +15,7 @@ from common.auth import Access, current_principal
 from common.errors import FieldViolation, ValidationError
 from common.grpc.auth import Policy
 from common.grpc.convert import money_from_request, money_to_proto, timestamp
-from common.grpc.errors import serve_item
+from common.grpc.errors import serve_items
 from common.money import Money
 from paysuite.common.v1 import money_pb2
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -61,7 +60,9 @@ POLICY = Policy(
 )
 
 # Each item of a batch (Credits, PlaceHolds, CaptureHolds, Transfers) is served as a unary
-# call of its own would be (span, logs).
+# call of its own would be (span, logs), all of a batch together so that they are posted in
+# one group commit (Mutations); what the unary call would have failed with becomes the item's
+# status, not the batch's (common.grpc.errors.serve_items).
 CREDIT_METHOD = f"/{SERVICE_NAME}/Credit"
 PLACE_HOLD_METHOD = f"/{SERVICE_NAME}/PlaceHold"
 CAPTURE_HOLD_METHOD = f"/{SERVICE_NAME}/CaptureHold"
@@ -225,16 +226,11 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def Credits(
         self, request: wallet_pb2.CreditsRequest, context: Context
     ) -> wallet_pb2.CreditsResponse:
-        # Together, so the credits are posted in one group commit (Mutations).
-        results = await asyncio.gather(*(self._credit_item(item) for item in request.credits))
-        return wallet_pb2.CreditsResponse(results=results)
-
-    async def _credit_item(self, request: wallet_pb2.CreditRequest) -> wallet_pb2.CreditResult:
-        """One credit of a batch, as Credit would handle it, in its own flow's trace; what
-        Credit would have failed with becomes this credit's status, not the batch's."""
-        status, txn = await serve_item(CREDIT_METHOD, request, lambda: self._credit(request))
-        return wallet_pb2.CreditResult(
-            status=status, transaction=transaction_to_proto(txn) if txn is not None else None
+        results = await serve_items(
+            CREDIT_METHOD, request.credits, self._credit, transaction_to_proto
+        )
+        return wallet_pb2.CreditsResponse(
+            results=[wallet_pb2.CreditResult(status=s, transaction=t) for s, t in results]
         )
 
     async def Debit(
@@ -272,18 +268,11 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def Transfers(
         self, request: wallet_pb2.TransfersRequest, context: Context
     ) -> wallet_pb2.TransfersResponse:
-        # Together, so the transfers are posted in one group commit (Mutations).
-        results = await asyncio.gather(*(self._transfer_item(item) for item in request.transfers))
-        return wallet_pb2.TransfersResponse(results=results)
-
-    async def _transfer_item(
-        self, request: wallet_pb2.TransferRequest
-    ) -> wallet_pb2.TransferResult:
-        """One transfer of a batch, as Transfer would handle it, in its own flow's trace; what
-        Transfer would have failed with becomes this transfer's status, not the batch's."""
-        status, txn = await serve_item(TRANSFER_METHOD, request, lambda: self._transfer(request))
-        return wallet_pb2.TransferResult(
-            status=status, transaction=transaction_to_proto(txn) if txn is not None else None
+        results = await serve_items(
+            TRANSFER_METHOD, request.transfers, self._transfer, transaction_to_proto
+        )
+        return wallet_pb2.TransfersResponse(
+            results=[wallet_pb2.TransferResult(status=s, transaction=t) for s, t in results]
         )
 
     async def PlaceHold(
@@ -308,21 +297,11 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def PlaceHolds(
         self, request: wallet_pb2.PlaceHoldsRequest, context: Context
     ) -> wallet_pb2.PlaceHoldsResponse:
-        # Together, so the holds are placed in one group commit (Mutations).
-        results = await asyncio.gather(*(self._place_hold_item(item) for item in request.holds))
-        return wallet_pb2.PlaceHoldsResponse(results=results)
-
-    async def _place_hold_item(
-        self, request: wallet_pb2.PlaceHoldRequest
-    ) -> wallet_pb2.PlaceHoldResult:
-        """One hold of a batch, as PlaceHold would place it, in its own flow's trace; what
-        PlaceHold would have failed with (insufficient funds, ...) becomes this hold's status,
-        not the batch's."""
-        status, hold = await serve_item(
-            PLACE_HOLD_METHOD, request, lambda: self._place_hold(request)
+        results = await serve_items(
+            PLACE_HOLD_METHOD, request.holds, self._place_hold, hold_to_proto
         )
-        return wallet_pb2.PlaceHoldResult(
-            status=status, hold=hold_to_proto(hold) if hold is not None else None
+        return wallet_pb2.PlaceHoldsResponse(
+            results=[wallet_pb2.PlaceHoldResult(status=s, hold=h) for s, h in results]
         )
 
     async def CaptureHold(
@@ -345,22 +324,11 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     async def CaptureHolds(
         self, request: wallet_pb2.CaptureHoldsRequest, context: Context
     ) -> wallet_pb2.CaptureHoldsResponse:
-        # Together, so the captures are posted in one group commit (Mutations).
-        results = await asyncio.gather(
-            *(self._capture_hold_item(item) for item in request.captures)
+        results = await serve_items(
+            CAPTURE_HOLD_METHOD, request.captures, self._capture_hold, transaction_to_proto
         )
-        return wallet_pb2.CaptureHoldsResponse(results=results)
-
-    async def _capture_hold_item(
-        self, request: wallet_pb2.CaptureHoldRequest
-    ) -> wallet_pb2.CaptureHoldResult:
-        """One capture of a batch, as CaptureHold would handle it, in its own flow's trace; what
-        CaptureHold would have failed with becomes this capture's status, not the batch's."""
-        status, txn = await serve_item(
-            CAPTURE_HOLD_METHOD, request, lambda: self._capture_hold(request)
-        )
-        return wallet_pb2.CaptureHoldResult(
-            status=status, transaction=transaction_to_proto(txn) if txn is not None else None
+        return wallet_pb2.CaptureHoldsResponse(
+            results=[wallet_pb2.CaptureHoldResult(status=s, transaction=t) for s, t in results]
         )
 
     async def ReleaseHold(
