@@ -15,7 +15,7 @@ error, a lost race) is rerun step by step, so no step's answer depends on its ne
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, NoReturn, TypeVar, cast
 
 from common.errors import NotFound, retry_on_conflict
@@ -132,13 +132,12 @@ async def _apply(
     spec: _Step[Any, T],
     payment: Payment | None,
     first_seen: dict[str, set[str]] | None = None,
-    to_save: list[Payment] | None = None,
-    to_answer: list[ClaimAnswer] | None = None,
+    deferred: _Deferred | None = None,
 ) -> T:
     """One step inside an open transaction, its payment locked: decided, saved, followed.
     In a batch: `first_seen` holds the events the batch recorded processed for the first time
-    (by consumer), and a plain save (no refund to settle, nothing to follow) is left in
-    `to_save`, its key's answer in `to_answer`, for one statement each for the whole batch."""
+    (by consumer), and a plain save (no refund to settle, nothing to follow) and its key's
+    answer are left in `deferred`, for one statement each for the whole batch."""
     if payment is None:
         return spec.missing()
     if spec.event is not None and first_seen is not None:
@@ -150,13 +149,9 @@ async def _apply(
     if isinstance(decided, Unchanged):
         return decided.value
     answer = _answer_of(spec, payment)
-    if to_save is not None and spec.then is None and not payment.settles_refund():
-        to_save.append(payment)
-        if answer is not None and to_answer is not None:
-            to_answer.append(answer)
-            return decided
-        if answer is not None:
-            await store.answer_claims([answer])
+    if deferred is not None and spec.then is None and not payment.settles_refund():
+        deferred.saves.append(payment)
+        deferred.answers += [answer] if answer is not None else []
         return decided
     await save_settling_refunds(store, payment)
     if answer is not None:
@@ -164,6 +159,19 @@ async def _apply(
     if spec.then is not None:
         await spec.then(store, decided)
     return decided
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """A batch's plain saves and key answers, written once for the whole batch."""
+
+    saves: list[Payment] = field(default_factory=list)
+    answers: list[ClaimAnswer] = field(default_factory=list)
+
+    async def write(self, store: PaymentStore) -> None:
+        await store.save_many(self.saves)
+        if self.answers:
+            await store.answer_claims(self.answers)
 
 
 def _answer_of(spec: _Step[Any, Any], payment: Payment) -> ClaimAnswer | None:
@@ -290,20 +298,12 @@ class Steps:
             store = unit.payments
             locked = await store.get_many(list(batch), for_update=True)
             first_seen = await _mark_events(store, [batch[p].spec for p in batch if p in locked])
-            to_save: list[Payment] = []
-            to_answer: list[ClaimAnswer] = []
+            deferred = _Deferred()
             answers = [
-                (
-                    job,
-                    await _apply(
-                        store, job.spec, locked.get(payment_id), first_seen, to_save, to_answer
-                    ),
-                )
+                (job, await _apply(store, job.spec, locked.get(payment_id), first_seen, deferred))
                 for payment_id, job in batch.items()
             ]
-            await store.save_many(to_save)
-            if to_answer:
-                await store.answer_claims(to_answer)
+            await deferred.write(store)
             await unit.commit()
         for job, answer in answers:
             job.settle(answer)
