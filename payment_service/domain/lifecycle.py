@@ -22,6 +22,12 @@ from payment_service.domain.status import ALLOWED, InvalidTransition, PaymentKin
 from payment_service.domain.trail import PaymentStep, StatusChange
 
 
+def step_ref(payment_id: str, step: str) -> str:
+    """The key of one of a payment's downstream calls: derived from the payment and the step,
+    so a retried or resumed step can never apply twice."""
+    return f"{payment_id}:{step}"
+
+
 @dataclass
 class PaymentLifecycle:
     payment_id: str
@@ -85,9 +91,7 @@ class PaymentLifecycle:
         return target in ALLOWED[self.status]
 
     def step_ref(self, step: str) -> str:
-        """The key of one of this payment's downstream calls: derived from the payment and
-        the step, so a retried or resumed step can never apply twice."""
-        return f"{self.payment_id}:{step}"
+        return step_ref(self.payment_id, step)
 
     def mark_pending(self, gateway_operation_id: str) -> None:
         self.gateway_operation_id = gateway_operation_id

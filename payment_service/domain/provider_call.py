@@ -7,6 +7,7 @@ from datetime import datetime
 
 from common.money import Money
 from payment_service.domain.holds import HoldSteps
+from payment_service.domain.lifecycle import step_ref
 from payment_service.domain.saga import HoldState, ProviderAnswer, ProviderCall
 from payment_service.domain.status import PaymentKind, PaymentStatus
 
@@ -14,7 +15,7 @@ from payment_service.domain.status import PaymentKind, PaymentStatus
 def deposit_charge(payment_id: str, amount: Money, payment_method: str) -> ProviderCall:
     """A deposit's charge: its key derived from the payment (`step_ref`), so asking again,
     from a redelivered event or a resumed saga, can never charge twice."""
-    return ProviderCall("charge", f"{payment_id}:charge", amount, payment_method)
+    return ProviderCall("charge", step_ref(payment_id, "charge"), amount, payment_method)
 
 
 class ProviderCallSteps(HoldSteps):
