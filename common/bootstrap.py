@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -52,6 +52,7 @@ class Infra:
     database_url: URL
     engine: AsyncEngine
     redis: Redis
+    readers: list[AsyncEngine] = field(default_factory=list)
 
     @classmethod
     def connect(cls, settings: Settings, database: ServiceDatabase) -> Infra:
@@ -112,9 +113,18 @@ class Infra:
     async def ping_redis(self) -> None:
         await self.redis.ping()
 
+    def reader(self, *, pool_size: int) -> AsyncEngine:
+        """A small read-only engine on the service's database for its lone reads (autocommit:
+        one statement each; see common.db.create_engine), disposed of with the rest."""
+        engine = db.create_engine(self.database_url, pool_size=pool_size, read_only=True)
+        self.readers.append(engine)
+        return engine
+
     async def close(self) -> None:
         await self.redis.aclose()
         await self.engine.dispose()
+        for reader in self.readers:
+            await reader.dispose()
 
 
 Builder = Callable[[Settings, str], Awaitable[ServiceRuntime]]

@@ -7,7 +7,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from common import admission as admission_control
-from common import db
 from common.backlog import Group
 from common.bootstrap import LOOP_HEARTBEAT_S, Infra, ServiceDatabase
 from common.config import Settings
@@ -58,7 +57,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     # One group commit for both consumers' saga steps: a charge's steps and a credit's
     # completion that arrive together share a transaction.
     # The reads before a wallet call (`Steps.peek`) go through a small read-only engine.
-    reader = db.create_engine(infra.database_url, pool_size=2, read_only=True)
+    reader = infra.reader(pool_size=2)
     steps = Steps(uow, reader=lambda: PaymentUnitOfWork(reader))
     saga = Saga(uow=uow, wallet=wallet, gateway=gateway, queries=queries, steps=steps)
     requests = PaymentRequests(uow=uow, accounts=accounts, queries=queries, saga=saga)
@@ -128,5 +127,5 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
             Task("watch feed", feed.run, heartbeat_s=LOOP_HEARTBEAT_S),
             *admission_tasks,
         ],
-        closers=[infra.close, close_channels, reader.dispose],
+        closers=[infra.close, close_channels],
     )

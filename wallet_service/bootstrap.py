@@ -10,7 +10,6 @@ from pathlib import Path
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common import db
 from common.aio import wait_any
 from common.bootstrap import LOOP_HEARTBEAT_S, Infra, ServiceDatabase
 from common.config import Settings
@@ -73,8 +72,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     auth = authenticator(settings, POLICY)  # a missing key is a ConfigError before any connection
     infra = Infra.connect(settings, DATABASE)
     # A capture batch reads its holds concurrently, each on a connection of its own.
-    reader = db.create_engine(infra.database_url, pool_size=4, read_only=True)
-    service = build_service(settings, infra, reader=reader)
+    service = build_service(settings, infra, reader=infra.reader(pool_size=4))
     servicer = WalletServicer(service)
     server, port, health = create_server(
         address,
@@ -99,5 +97,5 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
             infra.relay_task(),
             Task("hold expiry sweep", sweeper, heartbeat_s=interval_s + LOOP_HEARTBEAT_S),
         ],
-        closers=[infra.close, reader.dispose],
+        closers=[infra.close],
     )
