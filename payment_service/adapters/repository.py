@@ -110,10 +110,6 @@ _CLAIMED = (
     "SELECT fingerprint, payment_id, response_version, error_reason, error_message"
     " FROM idempotency_keys WHERE caller = %s AND key = %s"
 )
-_ANSWER_CLAIM = (
-    "UPDATE idempotency_keys SET response_version = %s, error_reason = %s, error_message = %s"
-    " WHERE payment_id = %s AND response_version IS NULL"
-)
 _ANSWER_CLAIMS = (
     "UPDATE idempotency_keys AS k SET response_version = i.version,"
     " error_reason = i.error_reason, error_message = i.error_message"
@@ -358,17 +354,10 @@ class PaymentRepository:
     async def answer_claim(
         self, payment_id: str, *, version: int, error_reason: str = "", error_message: str = ""
     ) -> None:
-        await self._raw.execute(_ANSWER_CLAIM, (version, error_reason, error_message, payment_id))
+        await self.answer_claims([ClaimAnswer(payment_id, version, error_reason, error_message)])
 
     async def answer_claims(self, answers: Sequence[ClaimAnswer]) -> None:
-        if len(answers) < 2:
-            for a in answers:
-                await self.answer_claim(
-                    a.payment_id,
-                    version=a.version,
-                    error_reason=a.error_reason,
-                    error_message=a.error_message,
-                )
+        if not answers:
             return
         await self._raw.execute(
             _ANSWER_CLAIMS,
