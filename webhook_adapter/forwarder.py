@@ -12,6 +12,7 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from common import tracing
+from common.grpc.client import code_of
 from paysuite.common.v1 import money_pb2
 from paysuite.gateway.v1 import gateway_pb2
 from webhook_adapter.payload import ProviderCallback
@@ -136,7 +137,7 @@ class GatewayForwarder:
             if result.code == grpc.StatusCode.OK.value[0]:
                 _settle(future, not result.response.first_delivery)
             else:
-                _settle(future, _failure(_code(result.code), result.message))
+                _settle(future, _failure(code_of(result.code), result.message))
 
     async def _held(
         self, request: gateway_pb2.HandleProviderEventsRequest, *, held_until: float
@@ -227,13 +228,6 @@ def _forward_request(
             money_pb2.Money(amount_minor=callback.amount_minor, currency=callback.currency)
         )
     return request
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def _code(value: int) -> grpc.StatusCode:
-    return _CODES.get(value, grpc.StatusCode.UNKNOWN)
 
 
 def _rpc_failure(exc: grpc.aio.AioRpcError) -> WebhookError:

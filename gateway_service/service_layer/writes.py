@@ -5,9 +5,8 @@ asked, and the provider's answer is recorded after. Under load 16-32 of them run
 each paid its own BEGIN, COMMIT and round trips. With group commit (common/group_commit.py)
 requests that arrive together share them: one multi-row insert for the new operations, one
 locking read and one multi-row save for the changes, one commit per batch. Each request still
-gets its own answer,
-and a batch that fails as a whole runs each of its requests again alone, on the
-single-request path with its retries (`retry_on_conflict`).
+gets its own answer, and a batch that fails as a whole runs each of its requests again alone,
+on the single-request path with its retries (`retry_on_conflict`).
 
 Refunds are never grouped: each locks its charge and checks the charge's refund total, which
 a neighbour in the same batch could change (see Operations._record).
