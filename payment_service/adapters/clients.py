@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import grpc
 import structlog
-from google.rpc import status_pb2
 
 from common import tracing
 from common.group_commit import GroupCommit, Job
@@ -90,13 +89,17 @@ class _Coalesced(Generic[Req, Out]):
         client: _Client,
         *,
         unary: Callable[[], Callable[..., Awaitable[Out]]],
-        batch: Callable[[list[Req], float], Awaitable[list[tuple[status_pb2.Status, Out]]]],
+        batch: Callable[[list[Req], float], Awaitable[Any]],
+        answer: Callable[[Any], Out],
         name: str,
         max_batch: int,
     ) -> None:
+        """`batch(requests, timeout_s)` makes the batch call; `answer` takes a request's
+        answer out of its result (each result also carries its `status`)."""
         self._client = client
         self._unary = unary
         self._batch = batch
+        self._answer = answer
         self._name = name
         # False for good once the server answered the batch call with UNIMPLEMENTED.
         self.batching = True
@@ -126,7 +129,7 @@ class _Coalesced(Generic[Req, Out]):
         requests = [request for request, _ in (job.spec for job in jobs)]
         timeout = max(deadline for _, deadline in (job.spec for job in jobs))
         try:
-            results = await self._batch(
+            response = await self._batch(
                 requests, max(0.0, timeout - asyncio.get_running_loop().time())
             )
         except grpc.aio.AioRpcError as exc:
@@ -146,6 +149,7 @@ class _Coalesced(Generic[Req, Out]):
                 error.__cause__ = exc
                 job.fail(error)
             return
+        results = [(result.status, self._answer(result)) for result in response.results]
         if len(results) != len(jobs):
             # Not the contract's answer (one per request, in order): no request may take
             # another's result, so each is sent again on its own (the group commit's `run_alone`).
@@ -178,7 +182,10 @@ class WalletClient(_Client):
             _Coalesced(
                 self,
                 unary=lambda: self._stub.Credit,
-                batch=self._send_credits,
+                batch=lambda requests, timeout_s: self._stub.Credits(
+                    wallet_pb2.CreditsRequest(credits=requests), timeout=timeout_s
+                ),
+                answer=lambda result: result.transaction,
                 name="Credits",
                 max_batch=max_batch,
             )
@@ -186,7 +193,10 @@ class WalletClient(_Client):
         self._holds: _Coalesced[wallet_pb2.PlaceHoldRequest, wallet_pb2.Hold] = _Coalesced(
             self,
             unary=lambda: self._stub.PlaceHold,
-            batch=self._send_holds,
+            batch=lambda requests, timeout_s: self._stub.PlaceHolds(
+                wallet_pb2.PlaceHoldsRequest(holds=requests), timeout=timeout_s
+            ),
+            answer=lambda result: result.hold,
             name="PlaceHolds",
             max_batch=max_batch,
         )
@@ -194,7 +204,10 @@ class WalletClient(_Client):
             _Coalesced(
                 self,
                 unary=lambda: self._stub.CaptureHold,
-                batch=self._send_captures,
+                batch=lambda requests, timeout_s: self._stub.CaptureHolds(
+                    wallet_pb2.CaptureHoldsRequest(captures=requests), timeout=timeout_s
+                ),
+                answer=lambda result: result.transaction,
                 name="CaptureHolds",
                 max_batch=max_batch,
             )
@@ -203,7 +216,10 @@ class WalletClient(_Client):
             _Coalesced(
                 self,
                 unary=lambda: self._stub.Transfer,
-                batch=self._send_transfers,
+                batch=lambda requests, timeout_s: self._stub.Transfers(
+                    wallet_pb2.TransfersRequest(transfers=requests), timeout=timeout_s
+                ),
+                answer=lambda result: result.transaction,
                 name="Transfers",
                 max_batch=max_batch,
             )
@@ -227,15 +243,6 @@ class WalletClient(_Client):
             )
         )
 
-    async def _send_credits(
-        self, requests: list[wallet_pb2.CreditRequest], timeout_s: float
-    ) -> list[tuple[status_pb2.Status, wallet_pb2.LedgerTransaction]]:
-        """One Credits call for the credits waiting: each one's status and transaction."""
-        response = await self._stub.Credits(
-            wallet_pb2.CreditsRequest(credits=requests), timeout=timeout_s
-        )
-        return [(result.status, result.transaction) for result in response.results]
-
     async def place_hold(
         self, *, operation_ref: str, account_id: str, amount: Money, reference: str
     ) -> str:
@@ -249,30 +256,12 @@ class WalletClient(_Client):
         )
         return hold.hold_id
 
-    async def _send_holds(
-        self, requests: list[wallet_pb2.PlaceHoldRequest], timeout_s: float
-    ) -> list[tuple[status_pb2.Status, wallet_pb2.Hold]]:
-        """One PlaceHolds call for the holds waiting: each one's status and hold."""
-        response = await self._stub.PlaceHolds(
-            wallet_pb2.PlaceHoldsRequest(holds=requests), timeout=timeout_s
-        )
-        return [(result.status, result.hold) for result in response.results]
-
     async def capture_hold(self, *, operation_ref: str, hold_id: str, provider: str) -> None:
         await self._captures.call(
             wallet_pb2.CaptureHoldRequest(
                 operation_ref=operation_ref, hold_id=hold_id, provider=provider
             )
         )
-
-    async def _send_captures(
-        self, requests: list[wallet_pb2.CaptureHoldRequest], timeout_s: float
-    ) -> list[tuple[status_pb2.Status, wallet_pb2.LedgerTransaction]]:
-        """One CaptureHolds call for the captures waiting: each one's status and transaction."""
-        response = await self._stub.CaptureHolds(
-            wallet_pb2.CaptureHoldsRequest(captures=requests), timeout=timeout_s
-        )
-        return [(result.status, result.transaction) for result in response.results]
 
     async def release_hold(self, *, operation_ref: str, hold_id: str) -> None:
         await self._call(
@@ -300,15 +289,6 @@ class WalletClient(_Client):
         )
         return transaction.transaction_id
 
-    async def _send_transfers(
-        self, requests: list[wallet_pb2.TransferRequest], timeout_s: float
-    ) -> list[tuple[status_pb2.Status, wallet_pb2.LedgerTransaction]]:
-        """One Transfers call for the transfers waiting: each one's status and transaction."""
-        response = await self._stub.Transfers(
-            wallet_pb2.TransfersRequest(transfers=requests), timeout=timeout_s
-        )
-        return [(result.status, result.transaction) for result in response.results]
-
 
 class GatewayClient(_Client):
     """The gateway's calls; charges and payouts each go in batches of their own (Charges,
@@ -322,14 +302,20 @@ class GatewayClient(_Client):
         self._charges: _Coalesced[gateway_pb2.ChargeRequest, gateway_pb2.Operation] = _Coalesced(
             self,
             unary=lambda: self._stub.Charge,
-            batch=self._send_charges,
+            batch=lambda requests, timeout_s: self._stub.Charges(
+                gateway_pb2.ChargesRequest(charges=requests), timeout=timeout_s
+            ),
+            answer=lambda result: result.operation,
             name="Charges",
             max_batch=max_batch,
         )
         self._payouts: _Coalesced[gateway_pb2.PayoutRequest, gateway_pb2.Operation] = _Coalesced(
             self,
             unary=lambda: self._stub.Payout,
-            batch=self._send_payouts,
+            batch=lambda requests, timeout_s: self._stub.Payouts(
+                gateway_pb2.PayoutsRequest(payouts=requests), timeout=timeout_s
+            ),
+            answer=lambda result: result.operation,
             name="Payouts",
             max_batch=max_batch,
         )
@@ -345,15 +331,6 @@ class GatewayClient(_Client):
         )
         return _result(await self._charges.call(request))
 
-    async def _send_charges(
-        self, requests: list[gateway_pb2.ChargeRequest], timeout_s: float
-    ) -> list[tuple[status_pb2.Status, gateway_pb2.Operation]]:
-        """One Charges call for the charges waiting: each one's status and operation."""
-        response = await self._stub.Charges(
-            gateway_pb2.ChargesRequest(charges=requests), timeout=timeout_s
-        )
-        return [(result.status, result.operation) for result in response.results]
-
     async def payout(
         self, *, idempotency_key: str, amount: Money, destination: str, reference: str
     ) -> ProviderResult:
@@ -364,15 +341,6 @@ class GatewayClient(_Client):
             reference=reference,
         )
         return _result(await self._payouts.call(request))
-
-    async def _send_payouts(
-        self, requests: list[gateway_pb2.PayoutRequest], timeout_s: float
-    ) -> list[tuple[status_pb2.Status, gateway_pb2.Operation]]:
-        """One Payouts call for the payouts waiting: each one's status and operation."""
-        response = await self._stub.Payouts(
-            gateway_pb2.PayoutsRequest(payouts=requests), timeout=timeout_s
-        )
-        return [(result.status, result.operation) for result in response.results]
 
     async def refund(
         self, *, idempotency_key: str, charge_operation_id: str, amount: Money, reference: str
