@@ -155,4 +155,8 @@ def serve_main(
         await run_until_signalled(runtime, grace=settings.shutdown_grace_s)
 
     with metrics_for(name, settings.metrics_port, settings.metrics_host):
-        aio.run(main())
+        try:
+            aio.run(main())
+        except ConfigError as exc:  # a setting only a service's build can check
+            print(f"{name}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.events import event_type_patterns
+
 # Development-only Standard Webhooks secret shared by the simulator and the webhook adapter.
 # Deployments must set PAYSUITE_WEBHOOK_SECRET.
 DEV_WEBHOOK_SECRET = "whsec_cGF5c3VpdGUtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="  # noqa: S105 - public dev value
@@ -213,6 +215,10 @@ class Settings(BaseSettings):
     wallet_max_balance_minor: int = Field(default=2**63 - 1, gt=0, le=2**63 - 1)
     wallet_snapshot_every: int = Field(default=10, gt=0)
     wallet_hold_sweep_interval_ms: int = Field(default=1000, gt=0)
+    # Wallet: the account event types it publishes on paysuite.wallet.events, as
+    # comma-separated patterns ("account.*", "account.credited,account.debited"). Default none:
+    # no process of the suite subscribes (wallet_service/adapters/event_mapping.py says why).
+    wallet_published_events: str = ""
 
     # Recovery worker: how often it sweeps, when a payment counts as stuck (seed 004: every
     # 5 minutes, refunds stuck for 30), when a consumer's pending entry counts as stalled, and
@@ -246,6 +252,15 @@ class Settings(BaseSettings):
         "recovery_listen",
     )(_address)
     _check_target = field_validator("payment_target", "wallet_target", "gateway_target")(_target)
+
+    @field_validator("wallet_published_events")
+    @classmethod
+    def _published_events(cls, value: str) -> str:
+        event_type_patterns(value)
+        return value
+
+    def wallet_published_event_patterns(self) -> tuple[str, ...]:
+        return event_type_patterns(self.wallet_published_events)
 
     @field_validator("rate_limits")
     @classmethod

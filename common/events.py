@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from google.protobuf import message as pb_message
 
@@ -17,6 +20,21 @@ GATEWAY_STREAM = "paysuite.gateway.events"
 
 def dead_letter_stream(stream: str) -> str:
     return f"{stream}.dlq"
+
+
+def event_type_patterns(value: str) -> tuple[str, ...]:
+    """A setting's comma-separated event-type patterns ("account.*, account.frozen"): shell
+    patterns (`*`, `?`) over the dotted lowercase names the envelopes carry."""
+    patterns = tuple(p.strip() for p in value.split(",") if p.strip())
+    for pattern in patterns:
+        if not re.fullmatch(r"[a-z0-9_.*?]+", pattern):
+            raise ValueError(f"{pattern!r} is not an event-type pattern (like account.* )")
+    return patterns
+
+
+def matching(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether an event type matches any of the patterns (none: nothing does)."""
+    return lambda event_type: any(fnmatchcase(event_type, p) for p in patterns)
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,10 @@ class UnitOfWork(Protocol):
     async def commit(self) -> None: ...
 
 
-EventMapper = Callable[[Any], OutgoingEvent]
+# None: the event is not published. Every state change is durable in its own table; only
+# the events someone subscribes to are queued in the outbox (design: "an event is published
+# only if someone acts on it"), as the gateway already leaves `<kind>.pending` unannounced.
+EventMapper = Callable[[Any], OutgoingEvent | None]
 
 
 class SqlUnitOfWork:
@@ -134,7 +137,8 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         harvested = [e for agg in self._tracked for e in agg.pull_events()]
-        outgoing = [*(self._to_outgoing(e) for e in harvested), *self._extra]
+        mapped = (self._to_outgoing(e) for e in harvested)
+        outgoing = [*(o for o in mapped if o is not None), *self._extra]
         await write_outbox(self.raw, outgoing)
         await self.conn.commit()
         tracked, self._tracked, self._extra = self._tracked, [], []

@@ -1,12 +1,22 @@
-"""Wallet account events -> protobuf envelopes on paysuite.wallet.events (one per event)."""
+"""Wallet account events -> protobuf envelopes on paysuite.wallet.events (one per event), for
+the event types the wallet publishes.
+
+No process of the suite reads the wallet's stream: an account's history is its hash-chained
+event store (ListEntries, the recovery worker's reconciliation read it over gRPC). So the wallet
+publishes only the types an operator subscribes to (PAYSUITE_WALLET_PUBLISHED_EVENTS, as a
+Stripe webhook endpoint lists its enabled events), and by default none. Measured: the credit's
+outbox row, relay claim and XADD were one of the five events of every deposit.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
-from common.events import WALLET_STREAM, OutgoingEvent, make_envelope
+from common.config import ConfigError
+from common.events import WALLET_STREAM, OutgoingEvent, make_envelope, matching
 from common.grpc.convert import money_to_proto
 from common.money import Money
 from paysuite.events.v1 import events_pb2
@@ -19,6 +29,26 @@ PRODUCER = "wallet-service"
 def event_type_name(event_type: str) -> str:
     """ "HoldPlaced" -> "account.hold_placed"."""
     return "account." + re.sub(r"(?<!^)(?=[A-Z])", "_", event_type).lower().removeprefix("account_")
+
+
+def publisher(patterns: tuple[str, ...]) -> Callable[[Any], OutgoingEvent | None]:
+    """The unit of work's mapper: the envelope of an event of a published type, else None.
+    A pattern that names no wallet event type is a typo, refused at start-up."""
+    names = {event_type_name(t): t for t in events.EVENT_TYPES}
+    for pattern in patterns:
+        if not any(matching((pattern,))(name) for name in names):
+            known = ", ".join(sorted(names))
+            raise ConfigError(
+                f"PAYSUITE_WALLET_PUBLISHED_EVENTS: {pattern!r} matches no wallet event ({known})"
+            )
+    published = frozenset(t for name, t in names.items() if matching(patterns)(name))
+
+    def mapped(item: Any) -> OutgoingEvent | None:
+        if isinstance(item, Published) and item.recorded.event_type not in published:
+            return None
+        return to_outgoing(item)
+
+    return mapped
 
 
 def to_outgoing(item: Any) -> OutgoingEvent:

@@ -5,7 +5,7 @@ from typing import Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.uow import SqlUnitOfWork
+from common.uow import EventMapper, SqlUnitOfWork
 from wallet_service.adapters.boundary import translated
 from wallet_service.adapters.event_mapping import to_outgoing
 from wallet_service.adapters.repository import WalletRepository
@@ -28,8 +28,9 @@ class WalletUnitOfWork(SqlUnitOfWork):
         *,
         known_system: set[str] | None = None,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        publish: EventMapper = to_outgoing,
     ) -> None:
-        super().__init__(engine, to_outgoing)
+        super().__init__(engine, publish)
         self._known_system = known_system if known_system is not None else set()
         self._snapshot_every = snapshot_every
 
