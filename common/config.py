@@ -159,6 +159,12 @@ class Settings(BaseSettings):
 
     # Deadline for calls between our own services.
     rpc_timeout_ms: int = Field(default=5000, gt=0)
+    # A gRPC server closes (GOAWAY) each client connection this long after it opened, and the
+    # client dials again after resolving the name anew: behind a Kubernetes headless Service
+    # (`dns:///wallet:50052`) that is how callers find the replicas added since they
+    # connected. Calls in flight finish, streams too; 0: connections live as long as clients
+    # keep them (one process per target, as `paysuite up` runs them).
+    grpc_max_connection_age_s: int = Field(default=0, ge=0)
     relay_batch_size: int = Field(default=500, gt=0, le=10_000)
     relay_poll_interval_ms: int = Field(default=1000, gt=0)
     # Published outbox rows are kept this long (for forensics), then purged.

@@ -87,6 +87,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
             ],
             service_names=[SERVICE_NAME],
             auth=auth,
+            max_connection_age_s=settings.grpc_max_connection_age_s,
         )
     except BaseException:
         # Nothing owns these yet: a taken port must not leak the connections.

@@ -103,6 +103,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         registrars=[lambda s: payment_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
         auth=auth,
+        max_connection_age_s=settings.grpc_max_connection_age_s,
     )
 
     async def close_channels() -> None:

@@ -84,6 +84,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         registrars=[lambda s: wallet_pb2_grpc.add_WalletServiceServicer_to_server(servicer, s)],
         service_names=[SERVICE_NAME],
         auth=auth,
+        max_connection_age_s=settings.grpc_max_connection_age_s,
     )
     interval_s = settings.wallet_hold_sweep_interval_ms / 1000
 

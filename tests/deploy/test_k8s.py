@@ -239,13 +239,35 @@ def test_the_recovery_worker_gets_redis_and_the_services_but_no_database(
         ("PAYSUITE_GATEWAY_TARGET", "gateway"),
     ):
         port = GRPC_WORKLOADS[callee][1]
-        assert env[setting] == f"{callee}:{port}", setting
+        assert env[setting] == f"dns:///{callee}:{port}", setting
         assert [p["port"] for p in services[callee]["spec"]["ports"]] == [port], callee
     # It owns no data: no database URL, and of paysuite-secrets only the token-signing key.
     assert "PAYSUITE_DATABASE_URL" not in env
     assert [e["name"] for e in container.get("env", []) if "valueFrom" in e] == [
         "PAYSUITE_AUTH_SECRET"
     ]
+
+
+def test_grpc_callers_balance_calls_over_every_pod_of_a_service(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """A ClusterIP balances connections and a gRPC caller keeps one: with it, each caller's
+    calls would all go to one replica. Headless Services give callers every pod; their
+    channels balance calls round robin (common/grpc/client.py) and the servers' connection
+    age makes them resolve again, so pods an HPA adds get calls within minutes."""
+    _, objects = rendered
+    config = _config(objects)
+    services = _of_kind(objects, "Service")
+    for callee in ("payment", "wallet", "gateway"):
+        assert services[callee]["spec"]["clusterIP"] == "None", callee
+    for name, deployment in _of_kind(objects, "Deployment").items():
+        for container in _paysuite_containers(deployment):
+            env = _environment(container, config)
+            for setting in ("PAYSUITE_PAYMENT_TARGET", "PAYSUITE_WALLET_TARGET"):
+                if setting in env:
+                    assert env[setting].startswith("dns:///"), (name, setting)
+            if name in ("payment", "wallet", "gateway"):
+                assert 0 < int(env["PAYSUITE_GRPC_MAX_CONNECTION_AGE_S"]) <= 600, name
 
 
 async def test_the_recovery_worker_starts_with_the_settings_it_is_given(
@@ -255,7 +277,7 @@ async def test_the_recovery_worker_starts_with_the_settings_it_is_given(
     (container,) = _paysuite_containers(_of_kind(objects, "Deployment")["recovery-worker"])
     env = _environment(container, _config(objects))
     settings = await worker_starts(env, monkeypatch, tmp_path)
-    assert settings.payment_target == "payment:50051"
+    assert settings.payment_target == "dns:///payment:50051"
 
 
 def test_only_the_workloads_with_a_database_read_its_url(

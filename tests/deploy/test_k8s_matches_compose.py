@@ -35,6 +35,11 @@ DIFFERENT_ON_PURPOSE = {
     "PAYSUITE_DATABASE_URL",
     # The simulators keep their charges on a compose volume; in k8s (dev only) an emptyDir.
     "PAYSUITE_SIMULATOR_DATA_DIR",
+    # Kubernetes callers resolve every pod behind a headless Service (dns:///wallet:50052) and
+    # balance over them; compose runs one container per service, reached by its name.
+    "PAYSUITE_PAYMENT_TARGET",
+    "PAYSUITE_WALLET_TARGET",
+    "PAYSUITE_GATEWAY_TARGET",
 }
 # Variables compose sets that a k8s workload does without, and why.
 COMPOSE_ONLY = {
