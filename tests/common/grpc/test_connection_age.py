@@ -10,7 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.grpc.client import channel_options
+from common.config import Settings
+from common.grpc.client import channel_options, create_channel
 from common.grpc.server import create_server, server_options
 from tests.tokens import make_authenticator
 
@@ -54,5 +55,22 @@ async def test_calls_and_streams_go_on_across_connection_ages() -> None:
             assert (await asyncio.wait_for(watch.read(), 5)).status == NOT_SERVING
             watch.cancel()
         assert calls > 20
+    finally:
+        await server.stop(None)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_dns_target_reaches_the_server_behind_the_name() -> None:
+    """What k8s/ gives callers (dns:///wallet:50052), on a name this machine resolves."""
+    server, port, _ = create_server(
+        "127.0.0.1:0", registrars=[], service_names=[], auth=make_authenticator()
+    )
+    await server.start()
+    try:
+        target = Settings(wallet_target=f"dns:///localhost:{port}").wallet_target
+        async with create_channel(target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)  # type: ignore[attr-defined]  # typeshed stub lists no methods
+        assert response.status == SERVING
     finally:
         await server.stop(None)
