@@ -84,11 +84,13 @@ _GET = _SELECT + " WHERE operation_id = %s"
 _GET_FOR_UPDATE = _GET + " FOR UPDATE"
 _BY_KEY = _SELECT + " WHERE idempotency_key = %s"
 # Batches pass arrays, never variable-length lists: one statement text for any batch size,
-# so PostgreSQL's prepared statement is reused. Locks are taken in operation_id order, as
-# lock_for_events takes them, so two batches (or a batch and the inbox) cannot deadlock.
-_GET_MANY = _SELECT + " WHERE operation_id = ANY(%s::uuid[]) ORDER BY operation_id"
+# so PostgreSQL's prepared statement is reused. Arrays go in binary (`%b`): psycopg's text
+# form quotes and escapes each element in Python, about three times the CPU. Locks are taken
+# in operation_id order, as lock_for_events takes them, so two batches (or a batch and the
+# inbox) cannot deadlock.
+_GET_MANY = _SELECT + " WHERE operation_id = ANY(%b::uuid[]) ORDER BY operation_id"
 _GET_MANY_FOR_UPDATE = _GET_MANY + " FOR UPDATE"
-_BY_KEYS = _SELECT + " WHERE idempotency_key = ANY(%s::text[])"
+_BY_KEYS = _SELECT + " WHERE idempotency_key = ANY(%b::text[])"
 _INSERT_COLUMNS = (
     "operation_id",
     "kind",
@@ -127,9 +129,9 @@ _INSERT_MANY = (
     " SELECT operation_id, kind, status, amount_minor, currency, idempotency_key,"
     " payment_method, reference, provider, provider_reference, failure_reason, version,"
     " outcome_unknown, parent_operation_id"
-    " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::text[],"
-    " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
-    " %s::boolean[], %s::uuid[]) WITH ORDINALITY AS o(operation_id, kind, status,"
+    " FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::bigint[], %b::text[],"
+    " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[],"
+    " %b::boolean[], %b::uuid[]) WITH ORDINALITY AS o(operation_id, kind, status,"
     " amount_minor, currency, idempotency_key, payment_method, reference, provider,"
     " provider_reference, failure_reason, version, outcome_unknown, parent_operation_id,"
     " position) ORDER BY position"
@@ -155,8 +157,8 @@ _SAVE = (
 # as _SAVE does, in the order given (WITH ORDINALITY). As in _SAVE a row is matched by id only
 # (the caller holds its lock); an id with no row writes nothing, and the short count says so.
 _SAVE_MANY = (
-    "WITH input AS (SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],"
-    " %s::text[], %s::bigint[], %s::boolean[]) WITH ORDINALITY AS i(operation_id, status,"
+    "WITH input AS (SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[],"
+    " %b::text[], %b::bigint[], %b::boolean[]) WITH ORDINALITY AS i(operation_id, status,"
     " provider, provider_reference, failure_reason, version, outcome_unknown, position)),"
     " changed AS (UPDATE operations o SET status = i.status, provider = i.provider,"
     " provider_reference = i.provider_reference, failure_reason = i.failure_reason,"

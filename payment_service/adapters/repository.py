@@ -7,6 +7,10 @@ unit of work's transaction: through SQLAlchemy Core the same create-and-advance 
 transactions cost 3.2 ms of CPU, as plain SQL 1.3 ms (measured on the embedded server), and
 these run several times per payment. Reads for people (history, listings) stay on Core. The
 SQLAlchemy tables remain the schema's one description (checked against the migrations).
+
+Arrays go in binary (`%b`): psycopg writes a text array element by element in Python, quoting
+and escaping each, and the batch statements below pass a dozen or more arrays; binary, the
+same parameters cost about a third (measured: a 10-payment `_UPDATE_MANY`, 1.3 ms -> 0.5 ms).
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ _GET = _SELECT + " WHERE payment_id = %s"
 _GET_FOR_UPDATE = _GET + " FOR UPDATE"
 # Many payments at once (a group commit's steps): locked in one order everywhere, so two
 # batches never wait on each other in a circle.
-_GET_MANY = _SELECT + " WHERE payment_id = ANY(%s::uuid[])"
+_GET_MANY = _SELECT + " WHERE payment_id = ANY(%b::uuid[])"
 _LOCK_MANY = _GET_MANY + " ORDER BY payment_id FOR UPDATE"
 _CLAIM_KEY = (
     "INSERT INTO idempotency_keys (caller, key, fingerprint, payment_id, response_version)"
@@ -103,7 +107,7 @@ _CLAIM_KEY = (
 # Many claims (a group commit's creates) in one statement; the keys it returns were free.
 _CLAIM_KEYS = (
     "INSERT INTO idempotency_keys (caller, key, fingerprint, payment_id, response_version)"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::uuid[], %s::bigint[])"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::uuid[], %b::bigint[])"
     " ON CONFLICT DO NOTHING RETURNING caller, key"
 )
 _CLAIMED = (
@@ -113,7 +117,7 @@ _CLAIMED = (
 _ANSWER_CLAIMS = (
     "UPDATE idempotency_keys AS k SET response_version = i.version,"
     " error_reason = i.error_reason, error_message = i.error_message"
-    " FROM unnest(%s::uuid[], %s::integer[], %s::text[], %s::text[])"
+    " FROM unnest(%b::uuid[], %b::integer[], %b::text[], %b::text[])"
     " AS i(payment_id, version, error_reason, error_message)"
     " WHERE k.payment_id = i.payment_id AND k.response_version IS NULL"
 )
@@ -139,12 +143,12 @@ _PURGE_CLAIMS = (
 _HISTORY_CTES = (
     " history AS (INSERT INTO payment_status_history (payment_id, sequence, from_status,"
     " to_status, reason, occurred_at)"
-    " SELECT %(payment_id)s, * FROM unnest(%(h_sequence)s::bigint[], %(h_from)s::text[],"
-    " %(h_to)s::text[], %(h_reason)s::text[], %(h_at)s::timestamptz[])"
+    " SELECT %(payment_id)s, * FROM unnest(%(h_sequence)b::bigint[], %(h_from)b::text[],"
+    " %(h_to)b::text[], %(h_reason)b::text[], %(h_at)b::timestamptz[])"
     " WHERE EXISTS (SELECT 1 FROM written)),"
     " audit AS (INSERT INTO payment_steps (payment_id, step, event_type, occurred_at, data, error)"
-    " SELECT %(payment_id)s, * FROM unnest(%(s_step)s::bigint[], %(s_type)s::text[],"
-    " %(s_at)s::timestamptz[], %(s_data)s::jsonb[], %(s_error)s::text[])"
+    " SELECT %(payment_id)s, * FROM unnest(%(s_step)b::bigint[], %(s_type)b::text[],"
+    " %(s_at)b::timestamptz[], %(s_data)b::jsonb[], %(s_error)b::text[])"
     " WHERE EXISTS (SELECT 1 FROM written))"
     " SELECT count(*) FROM written"
 )
@@ -169,10 +173,10 @@ _UPDATE = (
 # _UPDATE, a row whose version or step count moved is not written, nor are its transitions or
 # steps, and the count says so (the caller then fails the whole batch, which is rerun alone).
 _UPDATE_MANY = (
-    "WITH input AS (SELECT * FROM unnest(%(payment_id)s::uuid[], %(status)s::text[],"
-    " %(failure_reason)s::text[], %(operation_id)s::text[], %(version)s::bigint[],"
-    " %(updated_at)s::timestamptz[], %(steps)s::bigint[], %(saga)s::jsonb[],"
-    " %(expected_version)s::bigint[], %(expected_steps)s::bigint[]) AS i(payment_id, status,"
+    "WITH input AS (SELECT * FROM unnest(%(payment_id)b::uuid[], %(status)b::text[],"
+    " %(failure_reason)b::text[], %(operation_id)b::text[], %(version)b::bigint[],"
+    " %(updated_at)b::timestamptz[], %(steps)b::bigint[], %(saga)b::jsonb[],"
+    " %(expected_version)b::bigint[], %(expected_steps)b::bigint[]) AS i(payment_id, status,"
     " failure_reason, operation_id, version, updated_at, steps, saga, expected_version,"
     " expected_steps)),"
     " written AS (UPDATE payments p SET status = i.status, failure_reason = i.failure_reason,"
@@ -181,13 +185,13 @@ _UPDATE_MANY = (
     " AND p.version = i.expected_version AND p.steps = i.expected_steps RETURNING p.payment_id),"
     " history AS (INSERT INTO payment_status_history (payment_id, sequence, from_status,"
     " to_status, reason, occurred_at)"
-    " SELECT * FROM unnest(%(h_payment)s::uuid[], %(h_sequence)s::bigint[], %(h_from)s::text[],"
-    " %(h_to)s::text[], %(h_reason)s::text[], %(h_at)s::timestamptz[]) AS h(payment_id,"
+    " SELECT * FROM unnest(%(h_payment)b::uuid[], %(h_sequence)b::bigint[], %(h_from)b::text[],"
+    " %(h_to)b::text[], %(h_reason)b::text[], %(h_at)b::timestamptz[]) AS h(payment_id,"
     " sequence, from_status, to_status, reason, occurred_at)"
     " WHERE h.payment_id IN (SELECT payment_id FROM written)),"
     " audit AS (INSERT INTO payment_steps (payment_id, step, event_type, occurred_at, data, error)"
-    " SELECT * FROM unnest(%(s_payment)s::uuid[], %(s_step)s::bigint[], %(s_type)s::text[],"
-    " %(s_at)s::timestamptz[], %(s_data)s::jsonb[], %(s_error)s::text[]) AS s(payment_id, step,"
+    " SELECT * FROM unnest(%(s_payment)b::uuid[], %(s_step)b::bigint[], %(s_type)b::text[],"
+    " %(s_at)b::timestamptz[], %(s_data)b::jsonb[], %(s_error)b::text[]) AS s(payment_id, step,"
     " event_type, occurred_at, data, error)"
     " WHERE s.payment_id IN (SELECT payment_id FROM written))"
     " SELECT count(*) FROM written"
