@@ -289,10 +289,13 @@ class PaymentRequests:
     async def _record_one(self, new: _New) -> Created:
         async with self._uow() as uow:
             payment = new.make(new_id())
-            prior = await uow.payments.claim_key(new.request.claim(payment.payment_id))
+            # The batch's one statement, for a batch of one (a claim and an insert apart were
+            # two statements).
+            (prior,) = await uow.payments.add_claimed(
+                [new.request.claim(payment.payment_id)], [payment]
+            )
             if prior is not None:
                 return None, prior
-            await uow.payments.add(payment)
             await uow.commit()
         _initiated(payment)
         return payment, None
