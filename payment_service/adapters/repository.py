@@ -184,9 +184,11 @@ _MANY_TRAIL_CTES = (
     " WHERE s.payment_id IN (SELECT payment_id FROM written))"
 )
 # Many payments' writes (a group commit's steps) in ONE statement: the rows, transitions and
-# audit-trail steps of every payment ride as arrays, the latter two keyed by payment. As in
-# _UPDATE, a row whose version or step count moved is not written, nor are its transitions or
-# steps, and the count says so (the caller then fails the whole batch, which is rerun alone).
+# audit-trail steps of every payment ride as arrays, the latter two keyed by payment, and so
+# do the idempotency keys the steps answer (as _ANSWER_CLAIMS; a statement of its own was
+# one in eight of a transfer's). As in _UPDATE, a row whose version or step count moved is
+# not written, nor are its transitions or steps, and the count says so (the caller then fails
+# the whole batch, rolled back, which is rerun alone).
 _UPDATE_MANY = (
     "WITH input AS (SELECT * FROM unnest(%(payment_id)b::uuid[], %(status)b::text[],"  # noqa: S608 - constant SQL pieces, no input
     " %(failure_reason)b::text[], %(operation_id)b::text[], %(version)b::bigint[],"
@@ -199,7 +201,12 @@ _UPDATE_MANY = (
     " steps = i.steps, saga = i.saga FROM input i WHERE p.payment_id = i.payment_id"
     " AND p.version = i.expected_version AND p.steps = i.expected_steps RETURNING p.payment_id),"
     + _MANY_TRAIL_CTES
-    + " SELECT count(*) FROM written"
+    + ", answered AS (UPDATE idempotency_keys AS k SET response_version = a.version,"
+    " error_reason = a.error_reason, error_message = a.error_message"
+    " FROM unnest(%(a_payment)b::uuid[], %(a_version)b::integer[], %(a_reason)b::text[],"
+    " %(a_message)b::text[]) AS a(payment_id, version, error_reason, error_message)"
+    " WHERE k.payment_id = a.payment_id AND k.response_version IS NULL)"
+    " SELECT count(*) FROM written"
 )
 # A group commit's creates in ONE statement: the keys claimed, and the payments whose key was
 # free inserted with their transitions and steps (one statement each used to be a tenth of the
@@ -481,14 +488,23 @@ class PaymentRepository:
             raise ConcurrentUpdate(f"payment {payment.payment_id} changed concurrently")
         await self._open_cases(payment)
 
-    async def save_many(self, payments: Sequence[Payment]) -> None:
-        """`save` for many payments (distinct ones) in one statement."""
+    async def save_many(
+        self, payments: Sequence[Payment], answers: Sequence[ClaimAnswer] = ()
+    ) -> None:
+        """`save` for many payments (distinct ones) and `answer_claims` for `answers`, in one
+        statement."""
         changed = [payment for payment in payments if payment.has_changes]
         if len(changed) < 2:
             for payment in changed:
                 await self.save(payment)
+            await self.answer_claims(answers)
             return
-        columns: dict[str, builtins.list[Any]] = {}
+        columns: dict[str, builtins.list[Any]] = {
+            "a_payment": [a.payment_id for a in answers],
+            "a_version": [a.version for a in answers],
+            "a_reason": [a.error_reason for a in answers],
+            "a_message": [a.error_message for a in answers],
+        }
         for payment in changed:
             params = self._update(payment)
             params["h_payment"] = [payment.payment_id] * len(params["h_sequence"])

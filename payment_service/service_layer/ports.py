@@ -154,8 +154,11 @@ class PaymentStore(Protocol):
 
     async def add(self, payment: Payment) -> None: ...
     async def save(self, payment: Payment) -> None: ...
-    async def save_many(self, payments: Sequence[Payment]) -> None:
-        """`save` for many distinct payments at once; ConcurrentUpdate if any one moved."""
+    async def save_many(
+        self, payments: Sequence[Payment], answers: Sequence[ClaimAnswer] = ()
+    ) -> None:
+        """`save` for many distinct payments at once, and `answer_claims` for `answers`;
+        ConcurrentUpdate if any one moved."""
         ...
 
     async def history(self, payment_id: str) -> list[StatusChange]: ...

@@ -168,9 +168,12 @@ class TrackingStore:
         self._added[payment.payment_id] = _stored(payment)
         self._stage(payment)
 
-    async def save_many(self, payments: Sequence[Payment]) -> None:
+    async def save_many(
+        self, payments: Sequence[Payment], answers: Sequence[ClaimAnswer] = ()
+    ) -> None:
         for payment in payments:
             await self.save(payment)
+        await self.answer_claims(answers)
 
     async def save(self, payment: Payment) -> None:
         if not payment.has_changes:
