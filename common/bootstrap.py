@@ -3,6 +3,7 @@ Redis client, the outbox relay, readiness checks, and `python -m <service>` itse
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -152,6 +153,11 @@ def serve_main(
 
     async def main() -> None:
         runtime = await build(settings, listen(settings))
+        # What start-up made (modules, generated protobuf classes, SQLAlchemy's tables and
+        # caches) lives as long as the process: out of the collector's sight, a full
+        # collection under load walks only what the work itself keeps (profiled under load,
+        # the payment service spent 1-3% of its CPU in the collector).
+        gc.freeze()
         await run_until_signalled(runtime, grace=settings.shutdown_grace_s)
 
     with metrics_for(name, settings.metrics_port, settings.metrics_host):

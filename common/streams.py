@@ -106,8 +106,9 @@ DEAD_LETTERS = Gauge(
 )
 
 
+# The ids go as a binary array (`%b`), which psycopg writes without quoting each in Python.
 _MARK_MANY_PROCESSED = (
-    "INSERT INTO processed_events (consumer, event_id) SELECT %s, unnest(%s::uuid[])"
+    "INSERT INTO processed_events (consumer, event_id) SELECT %s, unnest(%b::uuid[])"
     " ON CONFLICT DO NOTHING RETURNING event_id"
 )
 

@@ -20,7 +20,7 @@ class GatewayUnitOfWork(SqlUnitOfWork):
 
     def _open(self) -> None:
         self.operations = OperationRepository(self.conn, self.raw, track=self.track)
-        self.provider_events = ProviderEventRepository(self.conn)
+        self.provider_events = ProviderEventRepository(self.conn, self.raw)
 
     def publish(self, *facts: object) -> None:
         self.track(Facts(*facts))

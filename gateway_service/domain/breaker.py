@@ -87,8 +87,12 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._state_since = wall_clock()
         self._opened_at = 0.0
-        # (finished_at, failed, slow) per call, oldest first.
+        # (finished_at, failed, slow) per call, oldest first, and how many of them failed and
+        # were slow: kept as calls enter and leave the window, since counting the window on
+        # every call made each charge's cost grow with the traffic of the last window_s.
         self._window: deque[tuple[float, bool, bool]] = deque()
+        self._failures = 0
+        self._slow = 0
         self._rejected = 0
         self._trials_started = 0
         self._trials_passed = 0
@@ -116,6 +120,8 @@ class CircuitBreaker:
             self._record_trial(failed=failed or slow)
             return
         self._window.append((now, failed, slow))
+        self._failures += failed
+        self._slow += slow
         self._prune(now)
         if self._state is BreakerState.CLOSED and self._should_trip():
             self._move(BreakerState.OPEN)
@@ -139,17 +145,17 @@ class CircuitBreaker:
         calls = len(self._window)
         if calls < self._options.minimum_calls:
             return False
-        failures = sum(1 for _, failed, _ in self._window if failed)
-        slow = sum(1 for _, _, is_slow in self._window if is_slow)
         return (
-            failures / calls >= self._options.failure_rate_threshold
-            or slow / calls >= self._options.slow_call_rate_threshold
+            self._failures / calls >= self._options.failure_rate_threshold
+            or self._slow / calls >= self._options.slow_call_rate_threshold
         )
 
     def _prune(self, now: float) -> None:
         horizon = now - self._options.window_s
         while self._window and self._window[0][0] < horizon:
-            self._window.popleft()
+            _, failed, slow = self._window.popleft()
+            self._failures -= failed
+            self._slow -= slow
 
     def _maybe_half_open(self) -> None:
         if (
@@ -167,6 +173,7 @@ class CircuitBreaker:
         if state is BreakerState.CLOSED:
             # A fresh start: the failures that opened the breaker are history.
             self._window.clear()
+            self._failures = self._slow = 0
         self._on_transition(Transition(self.name, previous, state, self._counts()))
 
     def _counts(self) -> BreakerSnapshot:
@@ -174,8 +181,8 @@ class CircuitBreaker:
             name=self.name,
             state=self._state,
             calls=len(self._window),
-            failures=sum(1 for _, failed, _ in self._window if failed),
-            slow_calls=sum(1 for _, _, slow in self._window if slow),
+            failures=self._failures,
+            slow_calls=self._slow,
             rejected_calls=self._rejected,
             state_since=self._state_since,
         )

@@ -158,24 +158,42 @@ class ProviderEventInbox:
         return None
 
     async def _record_batch(self, batch: list[ProviderEvent]) -> list[ProviderEventReceipt]:
-        return await retry_on_conflict(lambda: self._record_batch_once(batch))
+        # Nearly every event arrives once: the first attempt takes each for a first delivery
+        # and reads nothing before its insert, whose ON CONFLICT says which were recorded
+        # before. If one was, that attempt rolls back and the batch runs again reading what is
+        # recorded first, so a repeat is answered as one and applies nothing.
+        try:
+            return await self._record_batch_once(batch, read_recorded=False)
+        except ConcurrentUpdate:
+            pass
+        return await retry_on_conflict(lambda: self._record_batch_once(batch, read_recorded=True))
 
-    async def _record_batch_once(self, batch: list[ProviderEvent]) -> list[ProviderEventReceipt]:
+    async def _record_batch_once(
+        self, batch: list[ProviderEvent], *, read_recorded: bool
+    ) -> list[ProviderEventReceipt]:
         """Records each event once and applies what it says, in arrival order, in one unit of
         work. Operations are locked before any event row is written, in id order, so batches
-        of several replicas cannot deadlock; an event recorded meanwhile is a duplicate."""
+        of several replicas cannot deadlock; an event recorded meanwhile is a duplicate.
+        Without `read_recorded`, every event of the batch must be new: one recorded before
+        raises ConcurrentUpdate, and nothing is kept."""
         async with self._uow() as uow:
             operations = await uow.operations.lock_for_events(
                 [(e.provider, e.provider_reference) for e in batch if e.provider_reference],
                 [e.operation_id for e in batch if _is_uuid(e.operation_id)],
             )
-            known = await uow.provider_events.recorded(
-                [(e.provider, e.provider_event_id) for e in batch]
+            known = (
+                await uow.provider_events.recorded(
+                    [(e.provider, e.provider_event_id) for e in batch]
+                )
+                if read_recorded
+                else {}
             )
             applied = _Application(operations, known)
             receipts = [applied.apply(event) for event in batch]
             inserted = await uow.provider_events.record(applied.records)
             lost = applied.keys() - inserted
+            if lost and not read_recorded:
+                raise ConcurrentUpdate("a provider event of the batch was recorded before")
             if any(applied.changed_by(key) for key in lost):
                 # Recorded by another transaction meanwhile; ours must not apply it twice.
                 raise ConcurrentUpdate("a provider event was recorded concurrently")

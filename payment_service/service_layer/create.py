@@ -249,8 +249,8 @@ class PaymentRequests:
         return payment, True
 
     async def _record_batch(self, jobs: list[Job]) -> None:
-        """One transaction for the creates waiting together: their keys claimed in one
-        statement, each new payment inserted, their events in one outbox insert. A key twice
+        """One transaction for the creates waiting together: their keys claimed and the new
+        payments inserted in one statement, their events in one outbox insert. A key twice
         in the batch (a client's retry racing its first try) is claimed after it, alone."""
         batch, later = first_per_key(
             jobs, lambda new: (new.request.caller, new.request.idempotency_key)
@@ -262,15 +262,11 @@ class PaymentRequests:
             # Made afresh for each attempt: a payment hands its changes and events over once.
             made = [(job, job.spec.make(new_id())) for job in batch.values()]
             claims = [job.spec.request.claim(payment.payment_id) for job, payment in made]
-            answers: list[tuple[Job, Created]] = []
-            for (job, payment), prior in zip(
-                made, await uow.payments.claim_keys(claims), strict=True
-            ):
-                if prior is None:
-                    await uow.payments.add(payment)
-                    answers.append((job, (payment, None)))
-                else:
-                    answers.append((job, (None, prior)))
+            priors = await uow.payments.add_claimed(claims, [payment for _, payment in made])
+            answers: list[tuple[Job, Created]] = [
+                (job, (payment, None) if prior is None else (None, prior))
+                for (job, payment), prior in zip(made, priors, strict=True)
+            ]
             await uow.commit()
         for job, (payment, prior) in answers:
             if payment is not None:
@@ -293,10 +289,13 @@ class PaymentRequests:
     async def _record_one(self, new: _New) -> Created:
         async with self._uow() as uow:
             payment = new.make(new_id())
-            prior = await uow.payments.claim_key(new.request.claim(payment.payment_id))
+            # The batch's one statement, for a batch of one (a claim and an insert apart were
+            # two statements).
+            (prior,) = await uow.payments.add_claimed(
+                [new.request.claim(payment.payment_id)], [payment]
+            )
             if prior is not None:
                 return None, prior
-            await uow.payments.add(payment)
             await uow.commit()
         _initiated(payment)
         return payment, None

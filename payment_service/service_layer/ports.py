@@ -125,6 +125,14 @@ class PaymentStore(Protocol):
         """`claim_key` for many distinct keys at once, answers in the same order."""
         ...
 
+    async def add_claimed(
+        self, claims: Sequence[IdempotencyClaim], payments: Sequence[Payment]
+    ) -> builtins.list[IdempotencyClaim | None]:
+        """Claims each payment's key (`claims[i]` is `payments[i]`'s; keys distinct) and adds
+        the payments whose key was free; answers in order None for a payment added, the
+        earlier claim of its key for one that was not."""
+        ...
+
     async def claimed(self, caller: str, key: str) -> IdempotencyClaim | None: ...
     async def answer_claim(
         self, payment_id: str, *, version: int, error_reason: str = "", error_message: str = ""
@@ -146,8 +154,11 @@ class PaymentStore(Protocol):
 
     async def add(self, payment: Payment) -> None: ...
     async def save(self, payment: Payment) -> None: ...
-    async def save_many(self, payments: Sequence[Payment]) -> None:
-        """`save` for many distinct payments at once; ConcurrentUpdate if any one moved."""
+    async def save_many(
+        self, payments: Sequence[Payment], answers: Sequence[ClaimAnswer] = ()
+    ) -> None:
+        """`save` for many distinct payments at once, and `answer_claims` for `answers`;
+        ConcurrentUpdate if any one moved."""
         ...
 
     async def history(self, payment_id: str) -> list[StatusChange]: ...

@@ -169,9 +169,7 @@ class _Deferred:
     answers: list[ClaimAnswer] = field(default_factory=list)
 
     async def write(self, store: PaymentStore) -> None:
-        await store.save_many(self.saves)
-        if self.answers:
-            await store.answer_claims(self.answers)
+        await store.save_many(self.saves, self.answers)
 
 
 def _answer_of(spec: _Step[Any, Any], payment: Payment) -> ClaimAnswer | None:

@@ -104,6 +104,15 @@ class TrackingStore:
     ) -> builtins.list[IdempotencyClaim | None]:
         return [await self.claim_key(claim) for claim in claims]
 
+    async def add_claimed(
+        self, claims: Sequence[IdempotencyClaim], payments: Sequence[Payment]
+    ) -> builtins.list[IdempotencyClaim | None]:
+        priors = await self.claim_keys(claims)
+        for payment, prior in zip(payments, priors, strict=True):
+            if prior is None:
+                await self.add(payment)
+        return priors
+
     async def claimed(self, caller: str, key: str) -> IdempotencyClaim | None:
         return self._claimed.get((caller, key)) or self._store.claims.get((caller, key))
 
@@ -159,9 +168,12 @@ class TrackingStore:
         self._added[payment.payment_id] = _stored(payment)
         self._stage(payment)
 
-    async def save_many(self, payments: Sequence[Payment]) -> None:
+    async def save_many(
+        self, payments: Sequence[Payment], answers: Sequence[ClaimAnswer] = ()
+    ) -> None:
         for payment in payments:
             await self.save(payment)
+        await self.answer_claims(answers)
 
     async def save(self, payment: Payment) -> None:
         if not payment.has_changes:

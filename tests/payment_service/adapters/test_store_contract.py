@@ -126,6 +126,41 @@ class StoreContract:
             stored = [await u.payments.claimed("alice", claim.key) for claim in fresh]
         assert [c.payment_id if c else None for c in stored] == [c.payment_id for c in fresh]
 
+    async def test_creates_claim_their_keys_and_only_those_with_a_free_key_are_added(
+        self, uow: UowFactory
+    ) -> None:
+        taken = IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f0", str(uuid.uuid4()), 1)
+        async with uow() as u:
+            assert await u.payments.claim_key(taken) is None
+            await u.commit()
+        payments = [deposit(), deposit(), held_withdrawal()]
+        claims = [
+            IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f1", payments[0].payment_id, 1),
+            IdempotencyClaim("alice", taken.key, "f9", payments[1].payment_id, 1),
+            IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f2", payments[2].payment_id),
+        ]
+        async with uow() as u:
+            priors = await u.payments.add_claimed(claims, payments)
+            await u.commit()
+        assert (priors[0], priors[2]) == (None, None)
+        assert priors[1] is not None
+        assert (priors[1].payment_id, priors[1].fingerprint) == (taken.payment_id, "f0")
+        async with uow() as u:
+            found = [await u.payments.get(p.payment_id) for p in payments]
+            keys = [await u.payments.claimed("alice", c.key) for c in claims]
+            history = await u.payments.history(payments[2].payment_id)
+            trail = [s.event_type for s in await u.payments.steps(payments[2].payment_id)]
+        assert [p is not None for p in found] == [True, False, True]
+        assert found[2] is not None
+        assert found[2].saga.hold_id == "hold-1"
+        assert [k.payment_id if k else None for k in keys] == [
+            payments[0].payment_id,
+            taken.payment_id,
+            payments[2].payment_id,
+        ]
+        assert [c.to_status for c in history] == [PaymentStatus.INITIATED]
+        assert "hold.placed" in trail
+
     async def test_many_events_are_marked_at_once_and_the_seen_ones_left_out(
         self, uow: UowFactory
     ) -> None:
