@@ -11,6 +11,14 @@ tested with a fake clock.
     OPEN ──(reset_timeout elapsed)──> HALF_OPEN
     HALF_OPEN ──(half_open_calls trials all succeed)──> CLOSED
     HALF_OPEN ──(any trial fails)──> OPEN
+    HALF_OPEN ──(a trial unanswered for reset_timeout + slow_call_s)──> HALF_OPEN, new trials
+
+A trial holds one of the few half-open slots until its outcome is recorded, or it is released
+(`release`: its call was cancelled, so it proved nothing). Before both existed, one trial whose
+caller was cancelled (a client gone, a deadline) kept its slot for good: the breaker stayed
+half-open, refusing every call to the provider, until the gateway restarted. Money stopped
+moving to that provider while its status said only "half_open" (found by `make chaos`: refunds
+and status syncs of one provider refused for minutes after its faults ended).
 """
 
 from __future__ import annotations
@@ -60,13 +68,16 @@ class Transition:
 
 
 class Permit:
-    """One admitted call; report its outcome with `CircuitBreaker.record`."""
+    """One admitted call; report its outcome with `CircuitBreaker.record`, or give it back
+    with `CircuitBreaker.release` if the call ended without one."""
 
-    __slots__ = ("started", "trial")
+    __slots__ = ("round", "started", "trial")
 
-    def __init__(self, started: float, *, trial: bool) -> None:
+    def __init__(self, started: float, *, trial: bool, round: int = 0) -> None:
         self.started = started
         self.trial = trial
+        # The half-open period a trial belongs to: one from an earlier period proves nothing.
+        self.round = round
 
 
 class CircuitBreaker:
@@ -96,6 +107,8 @@ class CircuitBreaker:
         self._rejected = 0
         self._trials_started = 0
         self._trials_passed = 0
+        self._round = 0  # half-open periods so far
+        self._half_open_at = 0.0
 
     @property
     def state(self) -> BreakerState:
@@ -109,15 +122,21 @@ class CircuitBreaker:
             return Permit(self._clock(), trial=False)
         if state is BreakerState.HALF_OPEN and self._trials_started < self._options.half_open_calls:
             self._trials_started += 1
-            return Permit(self._clock(), trial=True)
+            return Permit(self._clock(), trial=True, round=self._round)
         self._rejected += 1
         return None
+
+    def release(self, permit: Permit) -> None:
+        """The permitted call ended without an outcome (cancelled): a trial's slot is free
+        again for another trial of the same half-open period."""
+        if permit.trial and self._state is BreakerState.HALF_OPEN and permit.round == self._round:
+            self._trials_started = max(0, self._trials_started - 1)
 
     def record(self, permit: Permit, *, failed: bool) -> None:
         now = self._clock()
         slow = now - permit.started >= self._options.slow_call_s
         if permit.trial:
-            self._record_trial(failed=failed or slow)
+            self._record_trial(permit, failed=failed or slow)
             return
         self._window.append((now, failed, slow))
         self._failures += failed
@@ -131,8 +150,8 @@ class CircuitBreaker:
         self._prune(self._clock())
         return self._counts()
 
-    def _record_trial(self, *, failed: bool) -> None:
-        if self._state is not BreakerState.HALF_OPEN:
+    def _record_trial(self, permit: Permit, *, failed: bool) -> None:
+        if self._state is not BreakerState.HALF_OPEN or permit.round != self._round:
             return  # a trial that outlived its half-open period; it proves nothing now
         if failed:
             self._move(BreakerState.OPEN)
@@ -158,10 +177,18 @@ class CircuitBreaker:
             self._slow -= slow
 
     def _maybe_half_open(self) -> None:
-        if (
-            self._state is BreakerState.OPEN
-            and self._clock() - self._opened_at >= self._options.reset_timeout_s
+        now = self._clock()
+        if self._state is BreakerState.OPEN:
+            if now - self._opened_at >= self._options.reset_timeout_s:
+                self._move(BreakerState.HALF_OPEN)
+        elif (
+            self._state is BreakerState.HALF_OPEN
+            and self._trials_started >= self._options.half_open_calls
+            and now - self._half_open_at
+            >= self._options.reset_timeout_s + self._options.slow_call_s
         ):
+            # Every slot taken and still no verdict, long after a trial would have counted
+            # as slow: a trial's outcome was lost. New trials, rather than refusing forever.
             self._move(BreakerState.HALF_OPEN)
 
     def _move(self, state: BreakerState) -> None:
@@ -170,6 +197,9 @@ class CircuitBreaker:
         self._trials_started = self._trials_passed = 0
         if state is BreakerState.OPEN:
             self._opened_at = self._clock()
+        if state is BreakerState.HALF_OPEN:
+            self._round += 1
+            self._half_open_at = self._clock()
         if state is BreakerState.CLOSED:
             # A fresh start: the failures that opened the breaker are history.
             self._window.clear()

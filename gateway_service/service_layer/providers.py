@@ -182,6 +182,11 @@ class GuardedProvider:
             self._observe(operation, _outcome(exc), started)
             log.info("provider.attempt_failed", provider=self.name, error=str(exc))
             raise
+        except BaseException:
+            # Cancelled (the caller went away) or a bug: no outcome, but a half-open trial
+            # must give its slot back, or the breaker refuses this provider for good.
+            self.breaker.release(permit)
+            raise
         self.breaker.record(permit, failed=False)
         self._observe(operation, "ok", started)
         return result

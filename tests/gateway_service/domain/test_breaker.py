@@ -153,3 +153,55 @@ def test_a_failed_trial_opens_it_again(breaker: CircuitBreaker, clock: Clock) ->
     assert breaker.state is BreakerState.OPEN
     clock.now += 0.1
     assert breaker.state is BreakerState.HALF_OPEN
+
+
+def _half_open(breaker: CircuitBreaker, clock: Clock) -> None:
+    for _ in range(4):
+        call(breaker, clock, failed=True)
+    clock.now += 5
+    assert breaker.state is BreakerState.HALF_OPEN
+
+
+def test_a_released_trial_frees_its_slot_for_another(breaker: CircuitBreaker, clock: Clock) -> None:
+    _half_open(breaker, clock)
+    cancelled, second = breaker.acquire(), breaker.acquire()
+    assert cancelled is not None
+    assert second is not None
+    assert breaker.acquire() is None
+
+    breaker.release(cancelled)  # its caller went away: no outcome
+    third = breaker.acquire()
+    assert third is not None
+    breaker.record(second, failed=False)
+    breaker.record(third, failed=False)
+
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_a_trial_whose_outcome_is_lost_does_not_hold_the_breaker_half_open(
+    breaker: CircuitBreaker, clock: Clock, transitions: list[Transition]
+) -> None:
+    """Seen under `make chaos`: one trial never reported (neither recorded nor released) and
+    the breaker refused every call to its provider until the gateway restarted."""
+    _half_open(breaker, clock)
+    lost, passed = breaker.acquire(), breaker.acquire()
+    assert lost is not None
+    assert passed is not None
+    breaker.record(passed, failed=False)
+    assert breaker.acquire() is None
+
+    clock.now += OPTIONS.reset_timeout_s + OPTIONS.slow_call_s
+    retried = [breaker.acquire(), breaker.acquire()]
+    assert breaker.state is BreakerState.HALF_OPEN
+    for permit in retried:
+        assert permit is not None
+        breaker.record(permit, failed=False)
+    # The lost trial's late outcome belongs to a period that is over: it changes nothing.
+    breaker.record(lost, failed=True)
+
+    assert breaker.state is BreakerState.CLOSED
+    assert [t.to_state for t in transitions][-3:] == [
+        BreakerState.HALF_OPEN,
+        BreakerState.HALF_OPEN,
+        BreakerState.CLOSED,
+    ]
