@@ -33,6 +33,10 @@ log = structlog.get_logger(__name__)
 
 # Payments named in a ladder sweep's notes at most (the log has every one).
 NOTE_SAMPLE = 5
+# Payments in a row whose recovery met an outage before a ladder sweep gives up its round:
+# one provider (or its breaker) down must not hold back the payments of the others, but
+# several in a row are more likely the payment service or the gateway itself.
+UNAVAILABLE_IN_A_ROW = 3
 
 
 class Sweep(Protocol):
@@ -93,13 +97,24 @@ class LadderSweep:
         # updated_at >= created_at, so every payment unchanged for the first rung was also
         # created before it: the service filters on creation, this sweep on the last change.
         created_before = now - self._ladder.rungs[0]
+        # Not remembered as tried: a payment whose service or provider was unreachable is
+        # asked again next round rather than pushed up the ladder by an answer nobody gave.
+        interrupted: DependencyUnavailable | None = None
+        in_a_row = 0
         try:
             async for payment in self._payments.stuck(self.status, created_before=created_before):
-                await self._one(payment, now, tally)
+                try:
+                    await self._one(payment, now, tally)
+                except DependencyUnavailable as exc:
+                    interrupted, in_a_row = exc, in_a_row + 1
+                    if in_a_row >= UNAVAILABLE_IN_A_ROW:
+                        break
+                else:
+                    in_a_row = 0
         except DependencyUnavailable as exc:
-            # Not remembered as tried: an unreachable service or provider is asked again next
-            # round rather than pushed up the ladder by an answer nobody gave.
             return unavailable(self.name, tally, exc)
+        if interrupted is not None:
+            return unavailable(self.name, tally, interrupted)
         return tally.report(self.name)
 
     async def _one(self, payment: PaymentView, now: datetime, tally: Tally) -> None:
@@ -124,7 +139,7 @@ class LadderSweep:
         try:
             result = await self._payments.recover(attempt)
         except DependencyUnavailable:
-            raise  # the whole round waits (run_once), not just this payment
+            raise  # not remembered: asked again next round (run_once)
         except DomainError as exc:
             # The payment service refused (a payment it does not know): a person has to look.
             # It climbs the ladder too, so the refusal is reported once per rung, not per round.

@@ -9,7 +9,10 @@ from recovery_worker.domain.ladder import Ladder
 from recovery_worker.domain.model import (
     GroupHealth,
     PaymentStatus,
+    PaymentView,
+    RecoveryAttempt,
     RecoveryOutcome,
+    RecoveryResult,
     StreamHealth,
     SweepStatus,
 )
@@ -210,3 +213,47 @@ async def test_stalled_groups_and_dead_letters_are_reported() -> None:
         "s.payment / wallet: 2 stalled of 5 pending, lag 40",
         "s.payment.dlq: 1 dead letters",
     )
+
+
+class _OneProviderDown(FakePayments):
+    """The payment service answers, but the recovery of `down_ids` meets an outage (their
+    provider, or its breaker, refuses)."""
+
+    def __init__(self, *payments: PaymentView, down_ids: set[str]) -> None:
+        super().__init__(*payments, outcome=RecoveryOutcome.SETTLED)
+        self.down_ids = down_ids
+        self.asked: list[str] = []
+
+    async def recover(self, attempt: RecoveryAttempt) -> RecoveryResult:
+        self.asked.append(attempt.payment_id)
+        if attempt.payment_id in self.down_ids:
+            raise DependencyUnavailable("gateway unavailable: sim-secondary breaker open")
+        return await super().recover(attempt)
+
+
+async def test_one_payment_meeting_an_outage_does_not_hold_back_the_others() -> None:
+    payments = _OneProviderDown(
+        payment("at-the-down-provider", age=3 * MINUTE),
+        payment("elsewhere-1", age=2 * MINUTE),
+        payment("elsewhere-2", age=2.5 * MINUTE),
+        down_ids={"at-the-down-provider"},
+    )
+    memory = FakeRungMemory()
+
+    report = await pending_sweep(payments, memory).run_once(T0)
+
+    assert payments.recovered == ["elsewhere-1", "elsewhere-2"]
+    assert report.status is SweepStatus.UNAVAILABLE  # not all it should have done
+    assert "breaker open" in report.notes[-1]
+    # Not remembered as tried: asked again at the next round.
+    assert "at-the-down-provider" not in memory.rungs
+
+
+async def test_several_outages_in_a_row_end_the_round() -> None:
+    stuck = [payment(f"p{i}", age=(2 + i) * MINUTE) for i in range(6)]
+    payments = _OneProviderDown(*stuck, down_ids={p.payment_id for p in stuck})
+
+    report = await pending_sweep(payments).run_once(T0)
+
+    assert payments.asked == ["p0", "p1", "p2"]  # then the round gives up
+    assert report.status is SweepStatus.UNAVAILABLE
