@@ -66,12 +66,14 @@ _INSERT = (
     " aggregate_version, envelope) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
 # Many rows (a group commit's events) in one statement of constant text, so it stays
-# prepared; in the given order, which is each aggregate's order.
+# prepared; in the given order, which is each aggregate's order. The arrays go in binary
+# (%b): in text, psycopg escapes every envelope's bytes and quotes every element with
+# regular expressions in Python, which was about 4 % of the wallet's CPU under postings.
 _INSERT_MANY = (
     "INSERT INTO outbox (event_id, stream, event_type, aggregate_type, aggregate_id,"
     " aggregate_version, envelope) SELECT event_id, stream, event_type, aggregate_type,"
-    " aggregate_id, aggregate_version, envelope FROM unnest(%s::uuid[], %s::text[], %s::text[],"
-    " %s::text[], %s::text[], %s::bigint[], %s::bytea[]) WITH ORDINALITY AS e(event_id, stream,"
+    " aggregate_id, aggregate_version, envelope FROM unnest(%b::uuid[], %b::text[], %b::text[],"
+    " %b::text[], %b::text[], %b::bigint[], %b::bytea[]) WITH ORDINALITY AS e(event_id, stream,"
     " event_type, aggregate_type, aggregate_id, aggregate_version, envelope, position)"
     " ORDER BY position"
 )
