@@ -10,6 +10,7 @@ outbox row, relay claim and XADD were one of the five events of every deposit.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from wallet_service.domain.account import Published
 PRODUCER = "wallet-service"
 
 
+@functools.cache  # a dozen event types, each mapped on every event
 def event_type_name(event_type: str) -> str:
     """ "HoldPlaced" -> "account.hold_placed"."""
     return "account." + re.sub(r"(?<!^)(?=[A-Z])", "_", event_type).lower().removeprefix("account_")

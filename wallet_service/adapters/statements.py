@@ -22,21 +22,22 @@ from wallet_service.domain.ledger import Entry, LedgerTransaction, Operation, Sy
 # it, and the operation already recorded under the caller's ref. Its snapshot predates any
 # wait for the lock, so when the locked row (which PostgreSQL re-reads after the wait) is at
 # a later version than the history read, a second, fresh read follows (HISTORY): the same
-# statement with the lock already held, so only its `locked` CTE differs.
+# statement with the lock already held, so only its `locked` CTE differs. Its arrays go in
+# binary (%b): in text, psycopg quotes each element with regular expressions, in Python.
 _LOCK = """
     WITH locked AS (
         SELECT account_id, version FROM accounts
-        WHERE account_id = ANY(CAST(%(ids)s AS uuid[]))
+        WHERE account_id = ANY(CAST(%(ids)b AS uuid[]))
         ORDER BY account_id FOR NO KEY UPDATE
     ),"""
 _LOCKED = """
     WITH locked AS (
-        SELECT account_id, version FROM accounts WHERE account_id = ANY(CAST(%(ids)s AS uuid[]))
+        SELECT account_id, version FROM accounts WHERE account_id = ANY(CAST(%(ids)b AS uuid[]))
     ),"""
 _LOAD = """
     snap AS (
         SELECT DISTINCT ON (account_id) account_id, version, state
-        FROM account_snapshots WHERE account_id = ANY(CAST(%(ids)s AS uuid[]))
+        FROM account_snapshots WHERE account_id = ANY(CAST(%(ids)b AS uuid[]))
         ORDER BY account_id, version DESC
     )
     SELECT a.account_id, a.owner_id, a.currency, a.kind, a.open_ref, a.created_at,
@@ -49,7 +50,7 @@ _LOAD = """
            ), '[]') AS events,
            (SELECT json_agg(json_build_array(o.operation_ref, o.kind, o.fingerprint,
                                              o.result))
-            FROM operations o WHERE o.operation_ref = ANY(CAST(%(refs)s AS text[]))) AS operations
+            FROM operations o WHERE o.operation_ref = ANY(CAST(%(refs)b AS text[]))) AS operations
     FROM locked l JOIN accounts a USING (account_id) LEFT JOIN snap USING (account_id)
     """
 LOCK_AND_LOAD = _LOCK + _LOAD

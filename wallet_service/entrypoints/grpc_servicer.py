@@ -97,18 +97,27 @@ def balance_to_proto(account: Account) -> wallet_pb2.Balance:
 
 
 def entry_to_proto(entry: Entry, transaction_id: str, created_at: Any) -> wallet_pb2.LedgerEntry:
-    message = wallet_pb2.LedgerEntry(
+    return _entry_message(entry, transaction_id, timestamp(created_at))
+
+
+def _entry_message(
+    entry: Entry, transaction_id: str, created_at: Timestamp | None
+) -> wallet_pb2.LedgerEntry:
+    """`created_at` already converted: a transaction's entries share its time, converted once
+    for all of them (a datetime's conversion was most of an entry's)."""
+    balance_after = None
+    if entry.balance_after is not None:
+        balance_after = money_pb2.Money(
+            amount_minor=entry.balance_after, currency=entry.amount.currency
+        )
+    return wallet_pb2.LedgerEntry(
         entry_id=entry.entry_id,
         transaction_id=transaction_id,
         account_id=entry.account_id,
         amount=money_to_proto(entry.amount),
-        created_at=timestamp(created_at),
+        created_at=created_at,
+        balance_after=balance_after,
     )
-    if entry.balance_after is not None:
-        message.balance_after.CopyFrom(
-            money_to_proto(Money(entry.balance_after, entry.amount.currency))
-        )
-    return message
 
 
 def conversion_to_proto(conversion: Conversion) -> wallet_pb2.Conversion:
@@ -122,12 +131,13 @@ def conversion_to_proto(conversion: Conversion) -> wallet_pb2.Conversion:
 
 
 def transaction_to_proto(txn: LedgerTransaction) -> wallet_pb2.LedgerTransaction:
+    created_at = timestamp(txn.created_at)
     message = wallet_pb2.LedgerTransaction(
         transaction_id=txn.transaction_id,
         operation_ref=txn.operation_ref,
         kind=txn.kind.value,
-        entries=[entry_to_proto(e, txn.transaction_id, txn.created_at) for e in txn.entries],
-        created_at=timestamp(txn.created_at),
+        entries=[_entry_message(e, txn.transaction_id, created_at) for e in txn.entries],
+        created_at=created_at,
         description=txn.description,
     )
     if txn.conversion is not None:
@@ -136,12 +146,13 @@ def transaction_to_proto(txn: LedgerTransaction) -> wallet_pb2.LedgerTransaction
 
 
 def recorded_to_proto(txn: RecordedTransaction) -> wallet_pb2.LedgerTransaction:
+    created_at = timestamp(txn.created_at)
     return wallet_pb2.LedgerTransaction(
         transaction_id=txn.transaction_id,
         operation_ref=txn.operation_ref,
         kind=txn.kind,
-        entries=[entry_to_proto(e, txn.transaction_id, txn.created_at) for e in txn.entries],
-        created_at=timestamp(txn.created_at),
+        entries=[_entry_message(e, txn.transaction_id, created_at) for e in txn.entries],
+        created_at=created_at,
         description=txn.description,
     )
 
