@@ -108,7 +108,7 @@ def build_worker(
         connections.redis,
         prefix=settings.stream_prefix,
         ttl=timedelta(seconds=settings.recovery_lease_s),
-        owner=f"{socket.gethostname()}:{os.getpid()}",
+        owner=settings.replica_name or f"{socket.gethostname()}-{os.getpid()}",
     )
     return RecoveryWorker(
         sweeps=build_sweeps(settings, connections),

@@ -18,8 +18,10 @@ from tests.integration.recovery_worker.conftest import Rig, later, sweep
 pytestmark = [pytest.mark.integration]
 
 
-def leases(redis: Redis, prefix: str, ttl_s: float = 30) -> RedisLeases:
-    return RedisLeases(redis, prefix=prefix, ttl=timedelta(seconds=ttl_s), owner="test")
+def leases(redis: Redis, prefix: str, ttl_s: float = 30, owner: str = "") -> RedisLeases:
+    """A worker's leases; each call is another replica unless `owner` names the same one."""
+    owner = owner or f"replica-{uuid.uuid4().hex[:8]}"
+    return RedisLeases(redis, prefix=prefix, ttl=timedelta(seconds=ttl_s), owner=owner)
 
 
 async def test_a_lease_has_one_holder_and_is_free_again_after_it(
@@ -36,6 +38,26 @@ async def test_a_lease_has_one_holder_and_is_free_again_after_it(
         assert again
 
     assert not await connections.redis.exists(one.key("lease-test"))
+
+
+async def test_a_restarted_worker_takes_over_its_killed_predecessors_lease_at_once(
+    rig: Rig, connections: Connections
+) -> None:
+    redis, prefix = connections.redis, rig.settings.stream_prefix
+    killed = leases(redis, prefix, owner="host-recovery")
+    holding = killed.hold("killed-holder")
+    assert await holding.__aenter__()  # and then the process died, its lease left behind
+
+    other_replica = leases(redis, prefix, owner="host-recovery-2")
+    async with other_replica.hold("killed-holder") as taken:
+        assert not taken  # another live replica's lease is never taken
+    restarted = leases(redis, prefix, owner="host-recovery")
+    async with restarted.hold("killed-holder") as taken:
+        assert taken
+        async with restarted.hold("killed-holder") as twice:
+            assert not twice  # nor its own live one
+
+    await holding.__aexit__(None, None, None)
 
 
 async def test_a_holder_whose_lease_expired_never_frees_the_next_holders(

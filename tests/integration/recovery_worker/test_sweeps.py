@@ -139,7 +139,15 @@ async def test_two_workers_sweeping_at_once_act_once(rig: Rig, connections: Conn
     async with clients(rig.suite) as c:
         try:
             payment = await pending_with_lost_webhook(rig, c)
-            workers = [build_worker(rig.settings, connections, clock=later) for _ in range(2)]
+            # Two replicas: each its own name, as two live replicas must have.
+            workers = [
+                build_worker(
+                    rig.settings.model_copy(update={"replica_name": f"recovery-{i}"}),
+                    connections,
+                    clock=later,
+                )
+                for i in range(2)
+            ]
             pendings = [sweep(rig, connections, "pending") for _ in workers]
 
             reports = await asyncio.gather(
