@@ -104,12 +104,6 @@ _CLAIM_KEY = (
     "INSERT INTO idempotency_keys (caller, key, fingerprint, payment_id, response_version)"
     " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
 )
-# Many claims (a group commit's creates) in one statement; the keys it returns were free.
-_CLAIM_KEYS = (
-    "INSERT INTO idempotency_keys (caller, key, fingerprint, payment_id, response_version)"
-    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::uuid[], %b::bigint[])"
-    " ON CONFLICT DO NOTHING RETURNING caller, key"
-)
 _CLAIMED = (
     "SELECT fingerprint, payment_id, response_version, error_reason, error_message"
     " FROM idempotency_keys WHERE caller = %s AND key = %s"
@@ -359,30 +353,14 @@ class PaymentRepository:
         )
         if cursor.rowcount == 1:
             return None
+        return await self._prior_claim(claim)
+
+    async def _prior_claim(self, claim: IdempotencyClaim) -> IdempotencyClaim:
+        """The earlier claim that took `claim`'s key."""
         prior = await self.claimed(claim.caller, claim.key)
         if prior is None:  # claimed and purged in between: a new claim next time
             raise ConcurrentUpdate(f"idempotency key {claim.key!r} changed concurrently")
         return prior
-
-    async def claim_keys(
-        self, claims: Sequence[IdempotencyClaim]
-    ) -> builtins.list[IdempotencyClaim | None]:
-        columns = zip(
-            *((c.caller, c.key, c.fingerprint, c.payment_id, c.response_version) for c in claims),
-            strict=True,
-        )
-        cursor = await self._raw.execute(_CLAIM_KEYS, [list(column) for column in columns])
-        free = {(caller, key) for caller, key in await cursor.fetchall()}
-        priors: builtins.list[IdempotencyClaim | None] = []
-        for claim in claims:
-            if (claim.caller, claim.key) in free:
-                priors.append(None)
-                continue
-            prior = await self.claimed(claim.caller, claim.key)
-            if prior is None:  # claimed and purged in between: a new claim next time
-                raise ConcurrentUpdate(f"idempotency key {claim.key!r} changed concurrently")
-            priors.append(prior)
-        return priors
 
     async def claimed(self, caller: str, key: str) -> IdempotencyClaim | None:
         cursor = await self._raw.execute(_CLAIMED, (caller, key))
@@ -470,11 +448,8 @@ class PaymentRepository:
                 self._track(payment)
                 await self._open_cases(payment)
                 priors.append(None)
-                continue
-            prior = await self.claimed(claim.caller, claim.key)
-            if prior is None:  # claimed and purged in between: a new claim next time
-                raise ConcurrentUpdate(f"idempotency key {claim.key!r} changed concurrently")
-            priors.append(prior)
+            else:
+                priors.append(await self._prior_claim(claim))
         return priors
 
     async def save(self, payment: Payment) -> None:

@@ -119,12 +119,6 @@ class PaymentStore(Protocol):
         concurrent claim of the same key waits for the first one's transaction to end."""
         ...
 
-    async def claim_keys(
-        self, claims: Sequence[IdempotencyClaim]
-    ) -> builtins.list[IdempotencyClaim | None]:
-        """`claim_key` for many distinct keys at once, answers in the same order."""
-        ...
-
     async def add_claimed(
         self, claims: Sequence[IdempotencyClaim], payments: Sequence[Payment]
     ) -> builtins.list[IdempotencyClaim | None]:

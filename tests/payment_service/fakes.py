@@ -99,15 +99,10 @@ class TrackingStore:
         self._claimed[slot] = claim
         return None
 
-    async def claim_keys(
-        self, claims: Sequence[IdempotencyClaim]
-    ) -> builtins.list[IdempotencyClaim | None]:
-        return [await self.claim_key(claim) for claim in claims]
-
     async def add_claimed(
         self, claims: Sequence[IdempotencyClaim], payments: Sequence[Payment]
     ) -> builtins.list[IdempotencyClaim | None]:
-        priors = await self.claim_keys(claims)
+        priors = [await self.claim_key(claim) for claim in claims]
         for payment, prior in zip(payments, priors, strict=True):
             if prior is None:
                 await self.add(payment)

@@ -103,29 +103,6 @@ class StoreContract:
         )
         assert [c.to_status for c in history] == [PaymentStatus.INITIATED]
 
-    async def test_many_keys_are_claimed_at_once_and_taken_ones_answer_their_claim(
-        self, uow: UowFactory
-    ) -> None:
-        taken = IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f0", str(uuid.uuid4()), 1)
-        async with uow() as u:
-            assert await u.payments.claim_key(taken) is None
-            await u.commit()
-        fresh = [
-            IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f1", str(uuid.uuid4()), 1)
-            for _ in range(2)
-        ]
-        again = IdempotencyClaim("alice", taken.key, "f9", str(uuid.uuid4()), 1)
-        async with uow() as u:
-            priors = await u.payments.claim_keys([fresh[0], again, fresh[1]])
-            await u.commit()
-        assert priors[0] is None
-        assert priors[2] is None
-        assert priors[1] is not None
-        assert (priors[1].payment_id, priors[1].fingerprint) == (taken.payment_id, "f0")
-        async with uow() as u:
-            stored = [await u.payments.claimed("alice", claim.key) for claim in fresh]
-        assert [c.payment_id if c else None for c in stored] == [c.payment_id for c in fresh]
-
     async def test_creates_claim_their_keys_and_only_those_with_a_free_key_are_added(
         self, uow: UowFactory
     ) -> None:
@@ -276,7 +253,8 @@ class StoreContract:
             IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f1", p.payment_id) for p in payments
         ]
         async with uow() as u:
-            await u.payments.claim_keys(claims)
+            for claim in claims:
+                await u.payments.claim_key(claim)
             await u.commit()
 
         def cancelled(payment: Payment) -> Payment:
@@ -436,7 +414,8 @@ class StoreContract:
             for _ in range(3)
         ]
         async with uow() as u:
-            await u.payments.claim_keys(claims)
+            for claim in claims:
+                await u.payments.claim_key(claim)
             await u.payments.answer_claim(claims[2].payment_id, version=1)  # answered before
             await u.commit()
         async with uow() as u:
