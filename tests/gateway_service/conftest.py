@@ -329,6 +329,17 @@ class FakeProvider:
         return ProviderAcceptance(provider_reference=reference)
 
 
+def charge_instruction() -> Instruction:
+    """A charge as the gateway sends it to a provider, with a key of its own."""
+    return Instruction(
+        kind=InstructionKind.CHARGE,
+        idempotency_key=f"pay-{uuid.uuid4()}:charge",
+        amount=Money(1250, "EUR"),
+        instrument="pm_card_visa",
+        reference=str(uuid.uuid4()),
+    )
+
+
 def guarded(provider: FakeProvider, **options: Any) -> GuardedProvider:
     return GuardedProvider(
         provider,

@@ -7,32 +7,19 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
-from common.money import Money
 from gateway_service.adapters.metrics import ProviderMetrics, breaker_moved
 from gateway_service.domain.breaker import BreakerOptions, CircuitBreaker
 from gateway_service.domain.provider import (
     CircuitOpen,
-    Instruction,
-    InstructionKind,
     ProviderRejected,
     ProviderUnavailable,
 )
 from gateway_service.service_layer.providers import GuardedProvider, RetryPolicy
-from tests.gateway_service.conftest import FakeProvider
+from tests.gateway_service.conftest import FakeProvider, charge_instruction
 
 
 def value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def instruction() -> Instruction:
-    return Instruction(
-        kind=InstructionKind.CHARGE,
-        idempotency_key=f"pay-{uuid.uuid4()}:charge",
-        amount=Money(1250, "EUR"),
-        instrument="pm_card_visa",
-        reference=str(uuid.uuid4()),
-    )
 
 
 def provider_under_test(**options: float) -> tuple[FakeProvider, GuardedProvider]:
@@ -52,10 +39,10 @@ async def test_each_attempt_is_timed_and_counted_by_outcome_and_retries_are_coun
     fake, guarded = provider_under_test()
     fake.answers = [ProviderUnavailable("502")]
 
-    await guarded.submit(instruction())
+    await guarded.submit(charge_instruction())
     fake.answers = [ProviderRejected("card_declined", "declined")]
     with pytest.raises(ProviderRejected):
-        await guarded.submit(instruction())
+        await guarded.submit(charge_instruction())
 
     labels = {"provider": fake.name, "operation": "charge"}
     assert value("gateway_provider_calls_total", **labels, outcome="unavailable") == 1
@@ -72,10 +59,10 @@ async def test_the_breaker_state_gauge_follows_its_transitions() -> None:
 
     fake.answers = [ProviderUnavailable("502")] * 2
     with pytest.raises(ProviderUnavailable):
-        await guarded.submit(instruction())
+        await guarded.submit(charge_instruction())
     assert value("gateway_circuit_breaker_state", **state) == 2
     with pytest.raises(CircuitOpen):
-        await guarded.submit(instruction())
+        await guarded.submit(charge_instruction())
     labels = {"provider": fake.name, "operation": "charge"}
     # The first call's third attempt was refused too, once the second failure tripped it.
     assert value("gateway_provider_calls_total", **labels, outcome="circuit_open") == 2
