@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from common.config import ConfigError, load_settings
 from common.logging import configure_logging
@@ -18,6 +19,7 @@ from paysuite_cli.endpoints import SuiteNotRunning, locate
 
 # Piped into a file or CI log, rich would wrap the tables at 80 columns.
 console = Console() if sys.stdout.isatty() else Console(width=150)
+SHOWN_AT_THE_END = 5
 
 
 def chaos(
@@ -86,4 +88,11 @@ def chaos(
     console.print(f"[red]chaos: violations found; replay with --seed {chosen}. Schedule:[/red]")
     for planned in outcome.plan:
         console.print(f"  {planned.at:7.1f} s  {planned.name}  for {planned.duration:.1f} s")
+    # Again after the schedule, shortly: CI keeps only the tail of what a run printed.
+    for result in outcome.results:
+        if not result.ok:
+            console.print(f"[red]FAILED {escape(result.name)}: {escape(result.summary)}[/red]")
+            for violation in result.violations[:SHOWN_AT_THE_END]:
+                console.print(f"[red]  {escape(violation)}[/red]")
+    console.print(f"results: {outcome.json_path}")
     raise typer.Exit(1)
