@@ -277,7 +277,9 @@ def _all_terminal(inputs: Inputs) -> tuple[list[str], str]:
         if payment.status == REVIEW and reasons.get(payment.payment_id):
             continue
         what = "in review without a reason code" if payment.status == REVIEW else "stuck"
-        violations.append(f"{payment.kind} {payment.payment_id}: {payment.status}, {what}")
+        steps = inputs.observed.open_steps.get(payment.payment_id)
+        said = f"; its steps: {', '.join(steps)}" if steps else ""
+        violations.append(f"{payment.kind} {payment.payment_id}: {payment.status}, {what}{said}")
     return violations, f"{len(inputs.observed.payments)} payments"
 
 

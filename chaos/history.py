@@ -127,6 +127,9 @@ class Observed:
     payments: dict[str, PaymentView] = field(default_factory=dict)
     # Each payment's audit trail: the statuses it entered, oldest first.
     trails: dict[str, list[str]] = field(default_factory=dict)
+    # The audit steps (time, event, error) of each payment not settled at the end, oldest
+    # first: what a stuck payment's violation shows.
+    open_steps: dict[str, list[str]] = field(default_factory=dict)
     accounts: dict[str, AccountView] = field(default_factory=dict)
     transactions: list[TransactionView] = field(default_factory=list)
     provider_ops: list[ProviderOp] = field(default_factory=list)

@@ -50,6 +50,12 @@ _PAYMENTS = (
 _TRAILS = (
     "SELECT payment_id::text, to_status FROM payment_status_history ORDER BY payment_id, sequence"
 )
+# The audit steps of every payment not settled, for a stuck payment's violation to say why.
+_OPEN_STEPS = (
+    "SELECT s.payment_id::text, s.event_type, s.occurred_at, s.error FROM payment_steps s"
+    " JOIN payments p ON p.payment_id = s.payment_id WHERE NOT (p.status = ANY(%s))"
+    " ORDER BY s.payment_id, s.step"
+)
 _REVIEWS = "SELECT payment_id::text, reason_code, status FROM review_cases"
 _ACCOUNTS = (
     "SELECT a.account_id::text, a.currency, a.kind, a.total_minor, a.held_minor,"
@@ -175,6 +181,13 @@ async def _payments(settings: Settings, observed: Observed) -> None:
     for payment_id, status in await _rows(dsn, _TRAILS):
         trails[payment_id].append(status)
     observed.trails = dict(trails)
+    steps: dict[str, list[str]] = defaultdict(list)
+    for payment_id, event_type, occurred_at, error in await _rows(
+        dsn, _OPEN_STEPS, (list(SETTLED),)
+    ):
+        at = occurred_at.strftime("%H:%M:%S.%f")[:-3]
+        steps[payment_id].append(f"{at} {event_type}" + (f" ({error[:60]})" if error else ""))
+    observed.open_steps = dict(steps)
     observed.review_cases = [ReviewCase(*row) for row in await _rows(dsn, _REVIEWS)]
 
 

@@ -284,3 +284,18 @@ def test_ledger_verify_findings_fail_the_run() -> None:
     observed.ledger_findings.append("chain acc-1: hash mismatch at version 3")
 
     assert "ledger verify" in failed(history, observed)
+
+
+def test_a_stuck_payment_s_violation_shows_its_steps() -> None:
+    history, observed = consistent()
+    observed.payments[WITHDRAWAL] = PaymentView(
+        WITHDRAWAL, "withdrawal", "pending", 30, "USD", "k-wd"
+    )
+    observed.open_steps[WITHDRAWAL] = ["22:01:02.003 payment.pending", "22:01:15.120 recovery"]
+
+    problems = failed(history, observed)
+
+    assert problems["every payment terminal or in review with a reason"] == [
+        f"withdrawal {WITHDRAWAL}: pending, stuck; its steps:"
+        " 22:01:02.003 payment.pending, 22:01:15.120 recovery"
+    ]
