@@ -47,6 +47,7 @@ def _operation(row: Any) -> Operation:
         failure_reason=row.failure_reason,
         version=row.version,
         outcome_unknown=row.outcome_unknown,
+        failover_clear=row.failover_clear,
         parent_operation_id=(
             str(row.parent_operation_id) if row.parent_operation_id is not None else None
         ),
@@ -70,7 +71,8 @@ def _history(row: Any) -> HistoryEntry:
 _SELECT = (
     "SELECT operation_id, kind, status, amount_minor, currency, idempotency_key,"
     " payment_method, reference, provider, provider_reference, failure_reason, version,"
-    " created_at, updated_at, outcome_unknown, parent_operation_id FROM operations"
+    " created_at, updated_at, outcome_unknown, parent_operation_id, failover_clear"
+    " FROM operations"
 )
 _GET = _SELECT + " WHERE operation_id = %s"
 _GET_FOR_UPDATE = _GET + " FOR UPDATE"
@@ -137,7 +139,7 @@ _INSERT_MANY = (
 _SAVE = (
     "WITH changed AS (UPDATE operations SET status = %s, provider = %s,"
     " provider_reference = %s, failure_reason = %s, version = %s, outcome_unknown = %s,"
-    " updated_at = now() WHERE operation_id = %s RETURNING *)"
+    " failover_clear = %s, updated_at = now() WHERE operation_id = %s RETURNING *)"
     " INSERT INTO operation_history (operation_id, version, status, provider,"
     " provider_reference, failure_reason, outcome_unknown)"
     " SELECT operation_id, version, status, provider, provider_reference, failure_reason,"
@@ -150,11 +152,13 @@ _SAVE = (
 # (the caller holds its lock); an id with no row writes nothing, and the short count says so.
 _SAVE_MANY = (
     "WITH input AS (SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[],"
-    " %b::text[], %b::bigint[], %b::boolean[]) WITH ORDINALITY AS i(operation_id, status,"
-    " provider, provider_reference, failure_reason, version, outcome_unknown, position)),"
+    " %b::text[], %b::bigint[], %b::boolean[], %b::boolean[]) WITH ORDINALITY AS"
+    " i(operation_id, status, provider, provider_reference, failure_reason, version,"
+    " outcome_unknown, failover_clear, position)),"
     " changed AS (UPDATE operations o SET status = i.status, provider = i.provider,"
     " provider_reference = i.provider_reference, failure_reason = i.failure_reason,"
-    " version = i.version, outcome_unknown = i.outcome_unknown, updated_at = now()"
+    " version = i.version, outcome_unknown = i.outcome_unknown,"
+    " failover_clear = i.failover_clear, updated_at = now()"
     " FROM input i WHERE o.operation_id = i.operation_id RETURNING o.*),"
     " history AS (INSERT INTO operation_history (operation_id, version, status, provider,"
     " provider_reference, failure_reason, outcome_unknown)"
@@ -318,6 +322,7 @@ class OperationRepository:
             operation.failure_reason,
             operation.version,
             operation.outcome_unknown,
+            operation.failover_clear,
             operation.operation_id,
         ]
         async with unique_violation_is_conflict():
@@ -342,6 +347,7 @@ class OperationRepository:
             [operation.failure_reason for operation in operations],
             [operation.version for operation in operations],
             [operation.outcome_unknown for operation in operations],
+            [operation.failover_clear for operation in operations],
         ]
         raw = await self._driver()
         async with unique_violation_is_conflict():

@@ -42,6 +42,8 @@ operations = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("outcome_unknown", Boolean, nullable=False, server_default="false"),
     Column("parent_operation_id", Uuid(as_uuid=False), ForeignKey("operations.operation_id")),
+    # Every provider asked answered that it did not act (domain Operation.failover_clear).
+    Column("failover_clear", Boolean, nullable=False, server_default="false"),
     # A provider's reference names one operation; webhooks find their operation by it.
     Index(
         "operations_provider_reference",

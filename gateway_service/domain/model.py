@@ -106,11 +106,18 @@ class Operation:
     failure_reason: str | None = None
     version: int = 0
     outcome_unknown: bool = False
+    # Stored: every provider asked so far answered that it did not act, and none has been
+    # asked since. Only then may a later request for this operation go to another provider.
+    failover_clear: bool = False
     parent_operation_id: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
     history: list[HistoryEntry] = field(default_factory=list, repr=False)
     _events: list[events.GatewayEvent] = field(default_factory=list, repr=False)
+    # Not stored: this object was opened by the request holding it, which has asked nobody
+    # yet. A row read back never has it, since the request that opened it may have died, or
+    # lost its deadline, with its provider call in flight.
+    opened_here: bool = field(default=False, init=False, repr=False, compare=False)
 
     @classmethod
     def open(
@@ -125,7 +132,7 @@ class Operation:
         parent_operation_id: str | None = None,
     ) -> Operation:
         """A new operation, CREATED. It emits nothing: only the provider's answer is news."""
-        return cls(
+        operation = cls(
             operation_id=new_id(),
             kind=kind,
             status=OperationStatus.CREATED,
@@ -137,6 +144,8 @@ class Operation:
             parent_operation_id=parent_operation_id,
             version=1,
         )
+        operation.opened_here = True
+        return operation
 
     @classmethod
     def charge(
@@ -169,14 +178,34 @@ class Operation:
 
     @property
     def may_fail_over(self) -> bool:
-        """True while no provider can have acted on this operation."""
+        """True while no provider can have acted on this operation: it is new to the request
+        holding it, or every provider asked answered that it did not act. A stored operation
+        that is neither may have a request in flight to its provider (its asker died, or
+        gave up at its deadline, before recording the answer): asking another provider then
+        could move the money twice, so it stays with the one it has."""
+        return self._unanswered and (self.opened_here or self.failover_clear)
+
+    @property
+    def _unanswered(self) -> bool:
         return self.status is OperationStatus.CREATED and not self.outcome_unknown
 
     def route_to(self, provider: str) -> bool:
-        """Sends the operation to another provider; refused once one may have acted."""
-        if provider == self.provider or not self.may_fail_over:
+        """Records that `provider` is about to be asked (the asker decided it may fail over);
+        from here on a request in flight may exist. Refused once a provider may have acted,
+        and a no-op for the provider already recorded unless it was cleared."""
+        if not self._unanswered or (provider == self.provider and not self.failover_clear):
             return False
         self.provider = provider
+        self.failover_clear = False
+        self.version += 1
+        return True
+
+    def mark_unsent(self) -> bool:
+        """Every provider asked answered that it did not act, and nobody is asking now: a
+        later request may go to any provider."""
+        if not self._unanswered or self.failover_clear:
+            return False
+        self.failover_clear = True
         self.version += 1
         return True
 

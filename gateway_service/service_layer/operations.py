@@ -234,11 +234,12 @@ class Operations:
         if operation.status is not OperationStatus.CREATED:
             return operation  # settled meanwhile, e.g. by a webhook or a sync
         operation_id = operation.operation_id
+        clear = operation.may_fail_over
         last: ProviderNotProcessed | None = None
         for provider in self._candidates(operation):
-            if provider.name != operation.provider:
+            if provider.name != operation.provider or operation.failover_clear:
                 operation = await self.update(operation_id, _route(provider.name))
-                if operation.provider != provider.name:
+                if operation.provider != provider.name or operation.failover_clear:
                     return operation  # a provider may have acted meanwhile: stay with it
             try:
                 acceptance = await provider.submit(_instruction(operation), deadline=deadline)
@@ -255,6 +256,11 @@ class Operations:
                 log.warning("operation.outcome_unknown", operation_id=operation_id, error=str(exc))
                 return await self.update(operation_id, Operation.mark_unknown)
             return await self.update(operation_id, _acceptance(acceptance.provider_reference))
+        if clear:
+            # Only an asker that knew nothing was in flight learns that nothing is: a "not
+            # processed" from a provider an earlier request may still be waiting on says
+            # nothing of that request.
+            await self.update(operation_id, Operation.mark_unsent)
         raise DependencyUnavailable(
             f"no provider could take the {operation.kind.value} now (nothing was moved): {last}"
         )

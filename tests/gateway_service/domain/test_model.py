@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from gateway_service.domain import events
@@ -230,3 +232,38 @@ def test_same_request_compares_every_parameter(same: bool, changes: dict[str, ob
         **changes,
     }
     assert new_charge().same_request(**request) is same  # type: ignore[arg-type]  # the cases vary the types, so they are objects
+
+
+# -- failover ------------------------------------------------------------------------------
+
+
+def test_only_the_request_that_opened_an_operation_may_fail_it_over_at_once() -> None:
+    opened = new_charge()
+    read_back = dataclasses.replace(opened)  # as a row loaded by a later request
+
+    assert opened.may_fail_over
+    # Its first asker may have died with the request in flight: it stays with its provider.
+    assert not read_back.may_fail_over
+
+
+def test_an_operation_cleared_by_not_processed_answers_may_fail_over_until_sent_again() -> None:
+    operation = dataclasses.replace(new_charge())
+
+    assert operation.mark_unsent()
+    assert operation.may_fail_over
+    assert not operation.mark_unsent()  # once
+    # About to be asked again, even of the same provider: a request may be in flight.
+    assert operation.route_to("simulator")
+    assert (operation.provider, operation.failover_clear) == ("simulator", False)
+    assert not operation.may_fail_over
+
+
+def test_routing_is_refused_once_a_provider_may_have_acted() -> None:
+    unknown = new_charge()
+    unknown.mark_unknown()
+    answered = pending_charge()
+
+    assert not unknown.route_to("secondary")
+    assert not answered.route_to("secondary")
+    assert not unknown.mark_unsent()
+    assert not new_charge().route_to("simulator")  # already there, not cleared: no change

@@ -3,6 +3,7 @@ providers, unknown outcomes, and reading an operation back."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -323,6 +324,81 @@ async def test_when_no_provider_can_take_it_nothing_moved_and_it_may_be_retried(
     again = await charge(service)
 
     assert (again.status, again.provider) == (OperationStatus.PENDING, PRIMARY)
+
+
+async def test_a_charge_whose_asker_gave_up_mid_call_never_goes_to_another_provider(
+    service: GatewayService,
+    router: ProviderRouter,
+    fake_provider: FakeProvider,
+    secondary: FakeProvider,
+    fake_db: FakeDatabase,
+) -> None:
+    # The first request ends while the provider holds the charge (its caller's deadline,
+    # a crash, or the database gone as it records a timeout): nothing stored says it was
+    # sent, yet the provider may still take it. Found by make chaos as a double charge.
+    held = asyncio.Event()
+
+    async def hold(_: Instruction) -> None:
+        held.set()
+        await asyncio.Event().wait()
+
+    fake_provider.during_call = hold
+    first = asyncio.create_task(charge(service))
+    await held.wait()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    fake_provider.during_call = None
+    trip(router)  # the primary now refuses at once, as a paused or failing provider does
+
+    with pytest.raises(DependencyUnavailable):
+        await charge(service)
+
+    assert secondary.calls == []
+    [stored] = fake_db.operations.values()
+    assert (stored.status, stored.provider, stored.failover_clear) == (
+        OperationStatus.CREATED,
+        PRIMARY,
+        False,
+    )
+
+
+async def test_after_every_provider_said_not_processed_a_retry_may_fail_over(
+    service: GatewayService,
+    router: ProviderRouter,
+    fake_provider: FakeProvider,
+    secondary: FakeProvider,
+    fake_db: FakeDatabase,
+) -> None:
+    fake_provider.answers = [ProviderNotProcessed("down")] * 2
+    secondary.answers = [ProviderNotProcessed("down")] * 2
+    with pytest.raises(DependencyUnavailable):
+        await charge(service)
+    [stored] = fake_db.operations.values()
+    assert stored.failover_clear
+    trip(router)
+
+    again = await charge(service)
+
+    assert (again.status, again.provider) == (OperationStatus.PENDING, SECONDARY)
+
+
+async def test_a_not_processed_answer_to_a_retry_does_not_clear_an_earlier_request(
+    service: GatewayService,
+    fake_provider: FakeProvider,
+    secondary: FakeProvider,
+    fake_db: FakeDatabase,
+) -> None:
+    fake_provider.answers = [ProviderTimeout("slow")]
+    await charge(service)
+    fake_provider.answers = [ProviderNotProcessed("down")] * 2
+
+    with pytest.raises(DependencyUnavailable):
+        await charge(service)
+
+    [stored] = fake_db.operations.values()
+    assert (stored.provider, stored.failover_clear) == (PRIMARY, False)
+    assert secondary.calls == []
 
 
 async def test_an_exhausted_deadline_asks_nobody(

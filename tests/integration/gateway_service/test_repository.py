@@ -134,20 +134,19 @@ async def test_save_many_writes_every_row_and_its_history_in_one_statement(
     engine: AsyncEngine,
 ) -> None:
     accepted, rejected, unknown = new_operation(), new_operation(), new_operation()
+    cleared = new_operation()
+    everything = [accepted, rejected, unknown, cleared]
     async with GatewayUnitOfWork(engine) as uow:
-        assert await uow.operations.add_many([accepted, rejected, unknown]) == {
-            accepted.operation_id,
-            rejected.operation_id,
-            unknown.operation_id,
-        }
+        assert await uow.operations.add_many(everything) == {o.operation_id for o in everything}
         await uow.commit()
     reference = f"psp-{uuid.uuid4()}"
 
     async with GatewayUnitOfWork(engine) as uow:
         locked = await uow.operations.get_many(
-            [accepted.operation_id, rejected.operation_id, unknown.operation_id], for_update=True
+            [o.operation_id for o in everything], for_update=True
         )
         assert locked[accepted.operation_id].mark_accepted(reference)
+        assert locked[cleared.operation_id].mark_unsent()
         assert locked[rejected.operation_id].mark_rejected("card_declined")
         assert locked[unknown.operation_id].mark_unknown()
         await uow.operations.save_many(list(locked.values()))
@@ -161,11 +160,34 @@ async def test_save_many_writes_every_row_and_its_history_in_one_statement(
         assert stored[op_id].status == operation.status
         assert stored[op_id].version == operation.version
         assert stored[op_id].outcome_unknown == operation.outcome_unknown
+        assert stored[op_id].failover_clear == operation.failover_clear
         assert [h.status for h in histories[op_id]] == [OperationStatus.CREATED, operation.status]
     assert stored[accepted.operation_id].provider_reference == reference
     assert stored[rejected.operation_id].failure_reason == "card_declined"
     assert histories[accepted.operation_id][-1].provider_reference == reference
     assert histories[unknown.operation_id][-1].outcome_unknown
+    assert stored[cleared.operation_id].failover_clear
+
+
+async def test_save_keeps_whether_an_operation_may_fail_over(engine: AsyncEngine) -> None:
+    operation = new_operation()
+    async with GatewayUnitOfWork(engine) as uow:
+        assert await uow.operations.add_new(operation)
+        await uow.commit()
+    assert operation.may_fail_over  # opened here
+
+    # Cleared by a round of "not processed", then about to be asked again.
+    for clear in (True, False):
+        async with GatewayUnitOfWork(engine) as uow:
+            stored = await uow.operations.get(operation.operation_id, for_update=True)
+            assert stored is not None
+            assert stored.mark_unsent() if clear else stored.route_to(stored.provider)
+            await uow.operations.save(stored)
+            await uow.commit()
+        async with GatewayUnitOfWork(engine) as uow:
+            read = await uow.operations.get(operation.operation_id)
+        assert read is not None
+        assert (read.failover_clear, read.may_fail_over) == (clear, clear)
 
 
 async def test_save_many_with_an_operation_gone_keeps_nothing_and_raises(
