@@ -4,7 +4,6 @@ nemesis together, let the suite recover, observe, check, report."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import time
@@ -51,6 +50,10 @@ from wallet_service.service_layer.services import WalletService
 TOKEN_TTL_S = 24 * 3600
 FUNDING_TIMEOUT_S = 120.0
 SAMPLE_EVERY_S = 2.0
+# Beyond the faults and the recovery window: funding, the drain, observing and checking.
+SET_UP_AND_CHECKS_S = 300.0
+# How long cancelled tasks (watchers, the sampler) get to end before the run goes on.
+CANCEL_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +100,18 @@ async def _run(
     )
     async with suite_cm as suite, _clients(suite) as (payments, wallet, http, token):
         session = Session(suite, options, console, payments, http, token)
-        await session.set_up(wallet)
-        await session.attack()
-        return await session.finish(started_at, target_running)
+        # A run that hangs (a call nobody bounded, a task that ignores its cancellation)
+        # must fail, saying where, not hold CI until its own limit.
+        limit_s = options.duration_s + options.recovery_window_s + SET_UP_AND_CHECKS_S
+        try:
+            async with asyncio.timeout(limit_s):
+                await session.set_up(wallet)
+                await session.attack()
+                return await session.finish(started_at, target_running)
+        except TimeoutError:
+            raise SuiteFailed(
+                f"the run did not end within {limit_s:.0f} s; it hung while {session.phase}"
+            ) from None
 
 
 @asynccontextmanager
@@ -169,6 +181,7 @@ class Session:
         self.faults_end = 0.0
         self.nemesis = Nemesis(suite, http, self.clock)
         self._sampler: asyncio.Task[None] | None = None
+        self.phase = "starting"  # what a hung run was doing (SuiteFailed says)
 
     def _client(self, index: int) -> Client:
         return Client(
@@ -185,6 +198,7 @@ class Session:
     # --- set-up ---------------------------------------------------------------------------
 
     async def set_up(self, wallet: wallet_pb2_grpc.WalletServiceAsyncStub) -> None:
+        self.phase = "setting up accounts"
         self.console.print("setting FX rates, opening and funding accounts ...")
         await _set_rates(self.suite.settings)
         run = uuid.uuid4().hex[:8]
@@ -229,6 +243,7 @@ class Session:
             f"seed {options.seed}: {options.clients} clients and {len(self.plan)} faults of"
             f" {len(kinds)} kinds for {options.duration_s:.0f} s ..."
         )
+        self.phase = "under faults"
         clients = [self._client(i) for i in range(options.clients)]
         self._sampler = asyncio.create_task(self._sample())
         nemesis = asyncio.create_task(self.nemesis.run(self.plan))
@@ -236,12 +251,14 @@ class Session:
         try:
             await asyncio.sleep(max(0.0, self.faults_end - self.clock()))
             self.stop.set()
+            self.phase = "waiting for the workload and the nemesis to stop"
             await workload
             await nemesis
         finally:
             # On an error too: no fault left running, nothing left paused or refused.
             self.stop.set()
             await _cancelled([task for task in (workload, nemesis) if not task.done()])
+            self.phase = "healing every fault"
             await self.nemesis.heal()
             self.history.faults = list(self.nemesis.faults)
 
@@ -255,6 +272,7 @@ class Session:
     async def finish(self, started_at: datetime, target_running: bool) -> Outcome:
         options = self.options
         last_fault = max(self.history.last_fault_end, self.faults_end)
+        self.phase = "waiting for every payment to finish"
         self.console.print(
             f"faults over; waiting up to {options.recovery_window_s:.0f} s for every payment"
             " to finish ..."
@@ -265,7 +283,10 @@ class Session:
             deadline=last_fault + options.recovery_window_s,
         )
         sampler = [self._sampler] if self._sampler is not None else []
-        await _cancelled([*self.shared.watches, *sampler])
+        self.phase = "stopping the watchers"
+        if stuck := await _cancelled([*self.shared.watches, *sampler]):
+            self.console.print(f"[yellow]{stuck} watchers did not end when cancelled[/yellow]")
+        self.phase = "observing the end state"
         acknowledged = [c.payment_id for c in self.history.calls if c.payment_id]
         observed = await observe.observe(
             self.suite.settings,
@@ -323,11 +344,20 @@ def _healed(suite: ChaosSuite) -> CheckResult:
     )
 
 
-async def _cancelled(tasks: Sequence[asyncio.Task[Any]]) -> None:
+async def _cancelled(tasks: Sequence[asyncio.Task[Any]]) -> int:
+    """Cancels `tasks` and waits at most CANCEL_WAIT_S for them to end. asyncio.wait, not a
+    gather under suppress(CancelledError): that also swallowed the cancellation of the run
+    itself (Ctrl-C, the run's time limit), and a task ignoring its own cancellation (a gRPC
+    stream over a channel gone bad) then held a chaos run for good."""
     for task in tasks:
         task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.gather(*tasks, return_exceptions=True)
+    if not tasks:
+        return 0
+    done, stuck = await asyncio.wait(tasks, timeout=CANCEL_WAIT_S)
+    for task in done:
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure here is the workload's, reported elsewhere
+    return len(stuck)
 
 
 async def _set_rates(settings: Settings) -> None:
