@@ -25,7 +25,7 @@ import pytest
 from common.config import Settings
 from common.grpc.server import LIVENESS
 from tests.deploy.netpol import Endpoint, allowed
-from tests.deploy.worker_env import worker_starts
+from tests.deploy.worker_env import POD_NAME, worker_starts
 
 yaml = pytest.importorskip("yaml")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -243,9 +243,10 @@ def test_the_recovery_worker_gets_redis_and_the_services_but_no_database(
         assert [p["port"] for p in services[callee]["spec"]["ports"]] == [port], callee
     # It owns no data: no database URL, and of paysuite-secrets only the token-signing key.
     assert "PAYSUITE_DATABASE_URL" not in env
-    assert [e["name"] for e in container.get("env", []) if "valueFrom" in e] == [
-        "PAYSUITE_AUTH_SECRET"
+    secrets = [
+        e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
     ]
+    assert secrets == ["PAYSUITE_AUTH_SECRET"]
 
 
 def test_grpc_callers_balance_calls_over_every_pod_of_a_service(
@@ -278,6 +279,8 @@ async def test_the_recovery_worker_starts_with_the_settings_it_is_given(
     env = _environment(container, _config(objects))
     settings = await worker_starts(env, monkeypatch, tmp_path)
     assert settings.payment_target == "dns:///payment:50051"
+    # Its leases' owner: the pod's name, kept when its container restarts.
+    assert settings.replica_name == POD_NAME
 
 
 def test_only_the_workloads_with_a_database_read_its_url(

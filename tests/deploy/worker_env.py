@@ -19,9 +19,15 @@ from recovery_worker import bootstrap
 FROM_SECRET = "stand-in-for-a-value-read-from-a-kubernetes-secret-0123456789abcdef"
 
 
+# What the downward API gives a pod's `metadata.name`.
+POD_NAME = "recovery-worker-7d9c5b6f4-x2k8q"
+
+
 def _value(name: str, value: Any) -> str:
     if isinstance(value, dict) and "secretKeyRef" in value:
         return FROM_SECRET
+    if isinstance(value, dict) and value.get("fieldRef", {}).get("fieldPath") == "metadata.name":
+        return POD_NAME
     assert isinstance(value, str), f"{name} is neither a value nor a Secret's: {value!r}"
     return value
 
