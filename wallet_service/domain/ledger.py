@@ -12,6 +12,7 @@ there would serialise them all. Plain Python: no SQL, no gRPC.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,16 +41,22 @@ class TransactionKind(StrEnum):
     TRANSFER = "transfer"
 
 
+# Cached: every posting names its system accounts (a credit its clearing account twice), and
+# a uuid5 (a SHA-1 and a UUID object) cost about as much as the rest of the decision. Bounded:
+# providers and currencies are few, but a provider name comes in a request.
+@functools.lru_cache(maxsize=1024)
 def clearing_account_id(currency: str, provider: str = "") -> str:
     # No provider keeps the id the walking skeleton gave each currency's clearing account.
     name = f"clearing:{provider}:{currency}" if provider else f"clearing:{currency}"
     return str(uuid.uuid5(_SYSTEM_NAMESPACE, name))
 
 
+@functools.lru_cache(maxsize=64)
 def fx_account_id(currency: str) -> str:
     return str(uuid.uuid5(_SYSTEM_NAMESPACE, f"fx:{currency}"))
 
 
+@functools.lru_cache(maxsize=64)
 def fees_account_id(currency: str) -> str:
     return str(uuid.uuid5(_SYSTEM_NAMESPACE, f"fees:{currency}"))
 
