@@ -12,6 +12,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from common import tracing
 from common.events import make_envelope
@@ -137,3 +138,36 @@ def test_an_envelope_keeps_the_trace_state_and_a_malformed_context_starts_a_new_
     for bad in ("", "01-x", "00-0af7651916cd43dd8448eb211c80319c-zzzz6b7169203331-01"):
         stamped.traceparent = bad
         assert not trace.get_current_span(tracing.context_of(stamped)).get_span_context().is_valid
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        {
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            "tracestate": "",
+        },
+        {
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "tracestate": "v=1",
+        },
+        {"traceparent": " 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 "},
+        {"traceparent": "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra"},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra"},
+        {"traceparent": "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"},
+        {"traceparent": "00-00000000000000000000000000000000-b7ad6b7169203331-01"},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01"},
+        {"traceparent": "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        {"traceparent": ""},
+        {},
+    ],
+)
+def test_extract_reads_a_context_as_the_w3c_propagator_does(carrier: dict[str, str]) -> None:
+    expected = TraceContextTextMapPropagator().extract(carrier)
+    got = tracing.extract(carrier)
+    assert (
+        trace.get_current_span(got).get_span_context()
+        == trace.get_current_span(expected).get_span_context()
+    )
+    assert dict(got).keys() == dict(expected).keys()
