@@ -149,14 +149,17 @@ def event_from(event_type: str, payload: dict[str, Any]) -> AccountEvent:
     return cls(*[payload[name] for name in _FIELDS[cls]])
 
 
+# The canonical JSON of a chain link, written as json.dumps(sort_keys=True, separators=(",",
+# ":")) writes it. One encoder for every event: json.dumps with any option builds a new
+# JSONEncoder per call, which cost more than the encoding (12.9 us a link against 5.2 us,
+# timeit on the loaded 2-core machine), paid for every event a posting records.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def chain_hash(
     prev_hash: str, account_id: str, version: int, event_type: str, payload: dict[str, Any]
 ) -> str:
-    canonical = json.dumps(
-        [prev_hash, account_id, version, event_type, payload],
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    canonical = _CANONICAL_JSON.encode([prev_hash, account_id, version, event_type, payload])
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
