@@ -44,8 +44,19 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     }
 
 
+# Whether each request message type has a `payment_id` field: asked once per type, since a
+# getattr that misses raises (and catches) an AttributeError, on every call of most methods.
+_NAMES_PAYMENT: dict[type, bool] = {}
+
+
 def _payment_id(request: Any) -> str:
     """The payment a request names, when it names one (GetPayment, RefundPayment, ...)."""
+    kind = type(request)
+    names = _NAMES_PAYMENT.get(kind)
+    if names is None:
+        names = _NAMES_PAYMENT[kind] = hasattr(request, "payment_id")
+    if not names:
+        return ""
     value = getattr(request, "payment_id", "")
     return value if isinstance(value, str) and len(value) <= MAX_ID_LENGTH else ""
 

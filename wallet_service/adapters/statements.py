@@ -23,7 +23,9 @@ from wallet_service.domain.ledger import Entry, LedgerTransaction, Operation, Sy
 # wait for the lock, so when the locked row (which PostgreSQL re-reads after the wait) is at
 # a later version than the history read, a second, fresh read follows (HISTORY): the same
 # statement with the lock already held, so only its `locked` CTE differs. Its arrays go in
-# binary (%b): in text, psycopg quotes each element with regular expressions, in Python.
+# binary (%b): in text, psycopg quotes each element with regular expressions, in Python. The
+# account id comes back as text, the form the domain holds: as a uuid, psycopg built a UUID
+# object that str() then formatted in Python, for every account of every batch.
 _LOCK = """
     WITH locked AS (
         SELECT account_id, version FROM accounts
@@ -40,7 +42,8 @@ _LOAD = """
         FROM account_snapshots WHERE account_id = ANY(CAST(%(ids)b AS uuid[]))
         ORDER BY account_id, version DESC
     )
-    SELECT a.account_id, a.owner_id, a.currency, a.kind, a.open_ref, a.created_at,
+    SELECT a.account_id::text AS account_id, a.owner_id, a.currency, a.kind, a.open_ref,
+           a.created_at,
            l.version AS locked_version, snap.state,
            coalesce((
                SELECT json_agg(json_build_array(e.version, e.event_type, e.payload,
