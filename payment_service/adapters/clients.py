@@ -256,17 +256,24 @@ class WalletClient(_Client):
         )
         return hold.hold_id
 
-    async def capture_hold(self, *, operation_ref: str, hold_id: str, provider: str) -> None:
+    async def capture_hold(
+        self, *, operation_ref: str, hold_id: str, account_id: str, provider: str
+    ) -> None:
         await self._captures.call(
             wallet_pb2.CaptureHoldRequest(
-                operation_ref=operation_ref, hold_id=hold_id, provider=provider
+                operation_ref=operation_ref,
+                hold_id=hold_id,
+                provider=provider,
+                account_id=account_id,
             )
         )
 
-    async def release_hold(self, *, operation_ref: str, hold_id: str) -> None:
+    async def release_hold(self, *, operation_ref: str, hold_id: str, account_id: str) -> None:
         await self._call(
             self._stub.ReleaseHold,
-            wallet_pb2.ReleaseHoldRequest(operation_ref=operation_ref, hold_id=hold_id),
+            wallet_pb2.ReleaseHoldRequest(
+                operation_ref=operation_ref, hold_id=hold_id, account_id=account_id
+            ),
         )
 
     async def transfer(

@@ -74,6 +74,7 @@ class GatewayEventHandlers:
                 await self._wallet.capture_hold(
                     operation_ref=payment.step_ref("capture"),
                     hold_id=payment.saga.hold_id,
+                    account_id=payment.source_account_id,
                     provider=provider,
                 )
                 captured = True
@@ -109,7 +110,9 @@ class GatewayEventHandlers:
         released = False
         if payment.wants_release():
             await self._wallet.release_hold(
-                operation_ref=payment.step_ref("release"), hold_id=payment.saga.hold_id
+                operation_ref=payment.step_ref("release"),
+                hold_id=payment.saga.hold_id,
+                account_id=payment.source_account_id,
             )
             released = True
 

@@ -75,8 +75,17 @@ class WalletPort(Protocol):
         """Returns the hold's id."""
         ...
 
-    async def capture_hold(self, *, operation_ref: str, hold_id: str, provider: str) -> None: ...
-    async def release_hold(self, *, operation_ref: str, hold_id: str) -> None: ...
+    async def capture_hold(
+        self, *, operation_ref: str, hold_id: str, account_id: str, provider: str
+    ) -> None:
+        """`account_id`: the hold's account (the payment's source), which spares the wallet
+        a read of the hold."""
+        ...
+
+    async def release_hold(self, *, operation_ref: str, hold_id: str, account_id: str) -> None:
+        """`account_id`: as for `capture_hold`."""
+        ...
+
     async def transfer(
         self,
         *,

@@ -182,7 +182,9 @@ class Saga:
             return
         payment, call = begun
         release = (
-            (payment.step_ref("release"), payment.saga.hold_id) if payment.wants_release() else None
+            (payment.step_ref("release"), payment.saga.hold_id, payment.source_account_id)
+            if payment.wants_release()
+            else None
         )
         await self._ask(
             payment_id, call, known_operation=payment.gateway_operation_id, release=release
@@ -201,10 +203,10 @@ class Saga:
         call: ProviderCall,
         *,
         known_operation: str = "",
-        release: tuple[str, str] | None = None,
+        release: tuple[str, str, str] | None = None,
     ) -> None:
         """Asks the provider and records its answer; a declined call first releases the hold
-        `release` names (operation ref, hold id: a withdrawal's or refund's)."""
+        `release` names (operation ref, hold id, its account: a withdrawal's or refund's)."""
         requested_at = datetime.now(UTC)
         result = await self._call_provider(payment_id, call)
         crash_point("payment.provider_answered")
@@ -215,8 +217,10 @@ class Saga:
                 f"provider outcome of {call.operation} {result.operation_id} unknown; asking again"
             )
         if result.answer is ProviderAnswer.DECLINED and release is not None:
-            operation_ref, hold_id = release
-            await self._wallet.release_hold(operation_ref=operation_ref, hold_id=hold_id)
+            operation_ref, hold_id, account_id = release
+            await self._wallet.release_hold(
+                operation_ref=operation_ref, hold_id=hold_id, account_id=account_id
+            )
 
         await self._record_answer(payment_id, result, requested_at)
 
@@ -283,7 +287,9 @@ class Saga:
         if not payment.needs_hold_release():
             return
         await self._wallet.release_hold(
-            operation_ref=payment.step_ref("release"), hold_id=payment.saga.hold_id
+            operation_ref=payment.step_ref("release"),
+            hold_id=payment.saga.hold_id,
+            account_id=payment.source_account_id,
         )
         await self._steps.step(payment_id, lambda p: p.record_hold_released())
 

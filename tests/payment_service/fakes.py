@@ -375,13 +375,15 @@ class FakeWallet:
         self.refs[operation_ref] = hold_id
         return hold_id
 
-    async def capture_hold(self, *, operation_ref: str, hold_id: str, provider: str) -> None:
+    async def capture_hold(
+        self, *, operation_ref: str, hold_id: str, account_id: str, provider: str
+    ) -> None:
         self._up()
         account, amount, status = self.holds[hold_id]
         if status == "open":
             self.holds[hold_id] = (account, amount, "captured")
 
-    async def release_hold(self, *, operation_ref: str, hold_id: str) -> None:
+    async def release_hold(self, *, operation_ref: str, hold_id: str, account_id: str) -> None:
         self._up()
         account, amount, status = self.holds[hold_id]
         if status == "open":

@@ -330,6 +330,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
                 request.amount, field="amount", present=request.HasField("amount")
             ),
             provider=request.provider,
+            account_id=request.account_id,
         )
 
     async def CaptureHolds(
@@ -346,7 +347,9 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         self, request: wallet_pb2.ReleaseHoldRequest, context: Context
     ) -> wallet_pb2.Hold:
         hold = await self._service.release_hold(
-            operation_ref=request.operation_ref, hold_id=request.hold_id
+            operation_ref=request.operation_ref,
+            hold_id=request.hold_id,
+            account_id=request.account_id,
         )
         return hold_to_proto(hold)
 

@@ -3,6 +3,8 @@ it, and the sweep that expires the overdue ones."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,7 +15,7 @@ from common.ids import new_id, parse_id
 from common.money import Money
 from wallet_service.domain import postings
 from wallet_service.domain.account import Account
-from wallet_service.domain.errors import HoldNotFound
+from wallet_service.domain.errors import AccountNotFound, HoldNotFound
 from wallet_service.domain.holds import HoldStatus, HoldView
 from wallet_service.domain.ledger import LedgerTransaction, SystemAccount
 from wallet_service.service_layer.accounts import Accounts
@@ -51,6 +53,11 @@ def hold_from_json(data: dict[str, Any]) -> HoldView:
         expires_at=datetime.fromisoformat(data["expires_at"]),
         reference=data["reference"],
     )
+
+
+class _NotOnAccount(HoldNotFound):
+    """The caller named an account on which the hold is not open: the capture or release is
+    then answered as if no account had been named (the hold read first)."""
 
 
 async def _replay_hold(uow: UnitOfWork, stored: dict[str, Any]) -> HoldView:
@@ -120,17 +127,50 @@ class Holds(Accounts):
         hold_id: str,
         amount: Money | None = None,
         provider: str = "",
+        account_id: str = "",
     ) -> LedgerTransaction:
+        """`account_id`, when the caller knows the hold's account (the payment service does:
+        the withdrawal's source), lets the capture lock it at once instead of reading the hold
+        first: one statement and one transaction less per capture. A hold not open on that
+        account is answered exactly as without it (read, then decided on its own account)."""
         require(operation_ref, "operation_ref")
+        if account_id:
+            with contextlib.suppress(_NotOnAccount, AccountNotFound):
+                return await self._capture(
+                    operation_ref,
+                    parse_id(hold_id, "hold_id"),
+                    parse_id(account_id, "account_id"),
+                    amount,
+                    provider,
+                    named=True,
+                )
         hold = await self.get_hold(hold_id)
+        return await self._capture(
+            operation_ref, hold.hold_id, hold.account_id, amount, provider, named=False
+        )
+
+    async def _capture(
+        self,
+        operation_ref: str,
+        hold_id: str,
+        account_id: str,
+        amount: Money | None,
+        provider: str,
+        *,
+        named: bool,
+    ) -> LedgerTransaction:
+        """`named`: the account is the caller's word, not read from the hold, so a hold not
+        open on it is `_NotOnAccount` (answered by the read) rather than refused here."""
 
         async def act(
             uow: UnitOfWork, accounts: dict[str, Account]
         ) -> tuple[LedgerTransaction, dict[str, Any]]:
-            account = accounts[hold.account_id]
+            account = accounts[account_id]
+            if named and hold_id not in account.holds:
+                raise _NotOnAccount(hold_id)
             txn = postings.capture(
                 account,
-                hold.hold_id,
+                hold_id,
                 amount,
                 operation_ref=operation_ref,
                 now=self._clock(),
@@ -144,38 +184,64 @@ class Holds(Accounts):
             Mutation(
                 operation_ref,
                 "capture_hold",
-                fingerprint(hold.hold_id, money_part(amount), provider),
-                [hold.account_id],
+                fingerprint(hold_id, money_part(amount), provider),
+                [account_id],
                 act,
                 replay_transaction,
             )
         )
 
-    async def release_hold(self, *, operation_ref: str, hold_id: str) -> HoldView:
+    async def release_hold(
+        self, *, operation_ref: str, hold_id: str, account_id: str = ""
+    ) -> HoldView:
+        """`account_id`: as for `capture_hold`."""
         require(operation_ref, "operation_ref")
+        if account_id:
+            with contextlib.suppress(_NotOnAccount, AccountNotFound):
+                return await self._release(
+                    operation_ref,
+                    parse_id(hold_id, "hold_id"),
+                    parse_id(account_id, "account_id"),
+                    None,
+                )
         hold = await self.get_hold(hold_id)
+        return await self._release(operation_ref, hold.hold_id, hold.account_id, hold)
+
+    async def _release(
+        self, operation_ref: str, hold_id: str, account_id: str, read: HoldView | None
+    ) -> HoldView:
+        """Releases the hold; `read`, the hold as read beforehand (None: taken from the locked
+        account, where an open hold is)."""
 
         async def act(
             uow: UnitOfWork, accounts: dict[str, Account]
         ) -> tuple[HoldView, dict[str, Any]]:
-            accounts[hold.account_id].release_hold(hold.hold_id, operation_ref)
-            view = HoldView(
-                hold.hold_id,
-                hold.account_id,
-                hold.amount,
-                hold.captured,
-                HoldStatus.RELEASED,
-                hold.expires_at,
-                hold.reference,
-            )
+            account = accounts[account_id]
+            held = account.holds.get(hold_id)
+            if read is None and held is None:
+                raise _NotOnAccount(hold_id)
+            account.release_hold(hold_id, operation_ref)
+            if read is not None:
+                view = dataclasses.replace(read, status=HoldStatus.RELEASED)
+            else:
+                assert held is not None
+                view = HoldView(
+                    hold_id,
+                    account_id,
+                    Money(held.amount_minor, account.currency),
+                    Money(0, account.currency),
+                    HoldStatus.RELEASED,
+                    held.expires_at,
+                    held.reference,
+                )
             return view, {"hold": hold_to_json(view)}
 
         return await self._operate(
             Mutation(
                 operation_ref,
                 "release_hold",
-                hold.hold_id,
-                [hold.account_id],
+                hold_id,
+                [account_id],
                 act,
                 _replay_hold,
             )

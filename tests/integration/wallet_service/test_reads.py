@@ -47,5 +47,21 @@ async def test_holds_are_read_through_the_read_only_engine_and_captured(
         seen = await service.get_account(account.account_id)
         assert (seen.total_minor, seen.held_minor) == (500, 0)
         assert reads == ["read", "read"]
+        # Named by the caller (as the payment service names a withdrawal's source), the
+        # hold's account is locked at once: no read before the capture or the release.
+        again = [
+            await service.place_hold(
+                operation_ref=ref(), account_id=account.account_id, amount=Money(100, "USD")
+            )
+            for _ in range(2)
+        ]
+        reads.clear()
+        await service.capture_hold(
+            operation_ref=ref(), hold_id=again[0].hold_id, account_id=account.account_id
+        )
+        await service.release_hold(
+            operation_ref=ref(), hold_id=again[1].hold_id, account_id=account.account_id
+        )
+        assert reads == []
     finally:
         await reader.dispose()

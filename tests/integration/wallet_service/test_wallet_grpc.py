@@ -209,6 +209,59 @@ async def test_release_gives_the_money_back_and_repeats_idempotently(suite: Suit
     assert (after.available, after.held) == (usd(100), usd(0))
 
 
+async def test_a_capture_or_release_naming_the_account_answers_as_without_it(
+    suite: Suite,
+) -> None:
+    """The hold's account named (as the payment service does, to spare the wallet a read of
+    the hold) or named wrongly: the same answers, refusals included, as without it."""
+    async with clients(suite) as c:
+        account_id, other = await funded(c, 100), await funded(c, 100)
+
+        async def hold(amount: int) -> W.Hold:
+            return await c.wallet.PlaceHold(
+                W.PlaceHoldRequest(operation_ref=ref(), account_id=account_id, amount=usd(amount))
+            )
+
+        captured, released, wrong = await hold(30), await hold(20), await hold(10)
+        capture = W.CaptureHoldRequest(
+            operation_ref=ref(), hold_id=captured.hold_id, account_id=account_id
+        )
+        txn, again = await c.wallet.CaptureHold(capture), await c.wallet.CaptureHold(capture)
+        view = await c.wallet.ReleaseHold(
+            W.ReleaseHoldRequest(
+                operation_ref=ref(), hold_id=released.hold_id, account_id=account_id
+            )
+        )
+        # On another account, or on none that exists: read and decided on its own account.
+        misnamed = await c.wallet.CaptureHold(
+            W.CaptureHoldRequest(operation_ref=ref(), hold_id=wrong.hold_id, account_id=other)
+        )
+        closed = await refused(
+            c.wallet.ReleaseHold(
+                W.ReleaseHoldRequest(
+                    operation_ref=ref(), hold_id=wrong.hold_id, account_id=str(uuid.uuid4())
+                )
+            )
+        )
+        unknown = await refused(
+            c.wallet.CaptureHold(
+                W.CaptureHoldRequest(
+                    operation_ref=ref(), hold_id=str(uuid.uuid4()), account_id=account_id
+                )
+            )
+        )
+        after, untouched = await balance(c, account_id), await balance(c, other)
+    assert txn == again
+    assert txn.kind == "capture"
+    assert (view.status, view.amount, view.captured) == ("released", usd(20), usd(0))
+    assert (view.account_id, view.hold_id) == (account_id, released.hold_id)
+    assert misnamed.kind == "capture"
+    assert closed[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "HOLD_NOT_OPEN")
+    assert unknown[0] == grpc.StatusCode.NOT_FOUND
+    assert (after.available, after.held, after.total) == (usd(60), usd(0), usd(60))
+    assert (untouched.available, untouched.total) == (usd(100), usd(100))
+
+
 async def test_expired_holds_are_swept(suite: Suite) -> None:
     async with clients(suite) as c:
         account_id = await funded(c, 100)

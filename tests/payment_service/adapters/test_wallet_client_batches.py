@@ -82,7 +82,9 @@ async def _place_hold(client: WalletClient, n: int) -> object:
 
 
 async def _capture_hold(client: WalletClient, n: int) -> object:
-    await client.capture_hold(operation_ref=f"pay-{n}:capture", hold_id=f"h-{n}", provider="sim")
+    await client.capture_hold(
+        operation_ref=f"pay-{n}:capture", hold_id=f"h-{n}", account_id=f"acc-{n}", provider="sim"
+    )
     return None
 
 
@@ -228,7 +230,7 @@ async def test_a_lone_call_is_a_batch_of_one_sent_at_once(
         )
         assert answer == "hold-pay-1:hold"
     elif kind.name == "capture":
-        assert (sent.hold_id, sent.provider) == ("h-1", "sim")
+        assert (sent.hold_id, sent.account_id, sent.provider) == ("h-1", "acc-1", "sim")
         assert not sent.HasField("amount")  # the whole hold
         assert answer is None
     else:

@@ -460,6 +460,7 @@ class CaptureHoldRequest(_message.Message):
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     TRACESTATE_FIELD_NUMBER: _builtins.int
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     operation_ref: _builtins.str
     hold_id: _builtins.str
     provider: _builtins.str
@@ -470,6 +471,11 @@ class CaptureHoldRequest(_message.Message):
     """
     tracestate: _builtins.str
     correlation_id: _builtins.str
+    account_id: _builtins.str
+    """Optional: the hold's account, when the caller knows it. The wallet then locks it at once
+    instead of reading the hold first (one statement and one transaction less). A hold not
+    open on that account is answered exactly as if the field were empty.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """Omit to capture the whole hold."""
@@ -484,10 +490,11 @@ class CaptureHoldRequest(_message.Message):
         traceparent: _builtins.str = ...,
         tracestate: _builtins.str = ...,
         correlation_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "correlation_id", b"correlation_id", "hold_id", b"hold_id", "operation_ref", b"operation_ref", "provider", b"provider", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "correlation_id", b"correlation_id", "hold_id", b"hold_id", "operation_ref", b"operation_ref", "provider", b"provider", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -650,17 +657,21 @@ class ReleaseHoldRequest(_message.Message):
 
     OPERATION_REF_FIELD_NUMBER: _builtins.int
     HOLD_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     operation_ref: _builtins.str
     hold_id: _builtins.str
+    account_id: _builtins.str
+    """Optional: the hold's account, as in CaptureHoldRequest."""
     def __init__(
         self,
         *,
         operation_ref: _builtins.str = ...,
         hold_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "operation_ref", b"operation_ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "hold_id", b"hold_id", "operation_ref", b"operation_ref"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
