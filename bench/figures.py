@@ -16,6 +16,10 @@ class Budget:
     at_most: float | None = None
     # The figure divided by its baseline must reach this (e.g. 1/16 of the trivial call).
     min_ratio: float | None = None
+    # The figure counts whole things per payment (events per deposit): a fraction is only
+    # the window's edges (payments in flight as it opens and closes), so the nearest whole
+    # number is judged.
+    whole: bool = False
 
     def describe(self) -> str:
         parts = []
@@ -25,11 +29,15 @@ class Budget:
             parts.append(f"≤ {self.at_most:,.0f}")
         if self.min_ratio is not None:
             parts.append(f"ratio ≥ {self.min_ratio:.4g}")
+        if self.whole:
+            parts.append("rounded")
         return ", ".join(parts)
 
     def passes(self, value: float, ratio: float | None) -> bool:
         if math.isnan(value):
             return False
+        if self.whole:
+            value = round(value)
         if self.at_least is not None and value < self.at_least:
             return False
         if self.at_most is not None and value > self.at_most:

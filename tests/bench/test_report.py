@@ -44,6 +44,17 @@ def test_budget_descriptions() -> None:
     assert Budget(at_least=10_000).describe() == "≥ 10,000"
 
 
+def test_a_whole_count_per_payment_is_judged_without_the_windows_edges() -> None:
+    # Deposits in flight as the window opens and closes move the ratio by a few hundredths;
+    # a fifth event per deposit would move it by one.
+    events = Budget(at_most=4, whole=True)
+    assert events.describe() == "≤ 4, rounded"
+    assert events.passes(4.03, None)
+    assert events.passes(3.97, None)
+    assert not events.passes(4.6, None)
+    assert not Budget(at_most=4).passes(4.03, None)
+
+
 def test_the_table_renders_every_row() -> None:
     console = Console(width=200, record=True)
     console.print(
