@@ -4,10 +4,10 @@ it, and the sweep that expires the overdue ones."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from common.auth import SYSTEM, Principal, denied
 from common.errors import FieldViolation, ValidationError, require, retry_on_conflict
@@ -41,6 +41,9 @@ def hold_to_json(view: HoldView) -> dict[str, Any]:
         "expires_at": view.expires_at.isoformat(),
         "reference": view.reference,
     }
+
+
+T = TypeVar("T")
 
 
 def hold_from_json(data: dict[str, Any]) -> HoldView:
@@ -129,35 +132,42 @@ class Holds(Accounts):
         provider: str = "",
         account_id: str = "",
     ) -> LedgerTransaction:
-        """`account_id`, when the caller knows the hold's account (the payment service does:
-        the withdrawal's source), lets the capture lock it at once instead of reading the hold
-        first: one statement and one transaction less per capture. A hold not open on that
-        account is answered exactly as without it (read, then decided on its own account)."""
         require(operation_ref, "operation_ref")
+        capture = functools.partial(self._capture, operation_ref, amount=amount, provider=provider)
+        return await self._on_hold_account(hold_id, account_id, capture)
+
+    async def release_hold(
+        self, *, operation_ref: str, hold_id: str, account_id: str = ""
+    ) -> HoldView:
+        require(operation_ref, "operation_ref")
+        release = functools.partial(self._release, operation_ref)
+        return await self._on_hold_account(hold_id, account_id, release)
+
+    async def _on_hold_account(
+        self, hold_id: str, account_id: str, run: Callable[[str, str, bool], Awaitable[T]]
+    ) -> T:
+        """Runs `run(hold_id, account_id, named)` on the hold's account. A caller that knows
+        it (the payment service does: the withdrawal's source) names it, and the account is
+        locked at once instead of the hold being read first: one statement and one
+        transaction less. A hold not open on a named account, or no account named, is
+        decided on the account a read of the hold names: the same answers either way."""
         if account_id:
             with contextlib.suppress(_NotOnAccount, AccountNotFound):
-                return await self._capture(
-                    operation_ref,
-                    parse_id(hold_id, "hold_id"),
-                    parse_id(account_id, "account_id"),
-                    amount,
-                    provider,
-                    named=True,
+                return await run(
+                    parse_id(hold_id, "hold_id"), parse_id(account_id, "account_id"), True
                 )
         hold = await self.get_hold(hold_id)
-        return await self._capture(
-            operation_ref, hold.hold_id, hold.account_id, amount, provider, named=False
-        )
+        return await run(hold.hold_id, hold.account_id, False)
 
     async def _capture(
         self,
         operation_ref: str,
         hold_id: str,
         account_id: str,
+        named: bool,
+        *,
         amount: Money | None,
         provider: str,
-        *,
-        named: bool,
     ) -> LedgerTransaction:
         """`named`: the account is the caller's word, not read from the hold, so a hold not
         open on it is `_NotOnAccount` (answered by the read) rather than refused here."""
@@ -191,49 +201,30 @@ class Holds(Accounts):
             )
         )
 
-    async def release_hold(
-        self, *, operation_ref: str, hold_id: str, account_id: str = ""
-    ) -> HoldView:
-        """`account_id`: as for `capture_hold`."""
-        require(operation_ref, "operation_ref")
-        if account_id:
-            with contextlib.suppress(_NotOnAccount, AccountNotFound):
-                return await self._release(
-                    operation_ref,
-                    parse_id(hold_id, "hold_id"),
-                    parse_id(account_id, "account_id"),
-                    None,
-                )
-        hold = await self.get_hold(hold_id)
-        return await self._release(operation_ref, hold.hold_id, hold.account_id, hold)
-
     async def _release(
-        self, operation_ref: str, hold_id: str, account_id: str, read: HoldView | None
+        self, operation_ref: str, hold_id: str, account_id: str, named: bool
     ) -> HoldView:
-        """Releases the hold; `read`, the hold as read beforehand (None: taken from the locked
-        account, where an open hold is)."""
+        """`named`: as for `_capture`. The released hold's view is taken from the locked
+        account, where an open hold is."""
 
         async def act(
             uow: UnitOfWork, accounts: dict[str, Account]
         ) -> tuple[HoldView, dict[str, Any]]:
             account = accounts[account_id]
             held = account.holds.get(hold_id)
-            if read is None and held is None:
+            if named and held is None:
                 raise _NotOnAccount(hold_id)
-            account.release_hold(hold_id, operation_ref)
-            if read is not None:
-                view = dataclasses.replace(read, status=HoldStatus.RELEASED)
-            else:
-                assert held is not None
-                view = HoldView(
-                    hold_id,
-                    account_id,
-                    Money(held.amount_minor, account.currency),
-                    Money(0, account.currency),
-                    HoldStatus.RELEASED,
-                    held.expires_at,
-                    held.reference,
-                )
+            account.release_hold(hold_id, operation_ref)  # HoldNotOpen unless it is open
+            assert held is not None
+            view = HoldView(
+                hold_id,
+                account_id,
+                Money(held.amount_minor, account.currency),
+                Money(0, account.currency),  # an open hold has captured nothing
+                HoldStatus.RELEASED,
+                held.expires_at,
+                held.reference,
+            )
             return view, {"hold": hold_to_json(view)}
 
         return await self._operate(
