@@ -167,6 +167,14 @@ FIGURES: tuple[Figure, ...] = (
         "raw_xread_per_s",
         Budget(at_least=5_000),
     ),
+    # What an entry a group does not act on costs it (acknowledged unread, never decoded):
+    # the saga's group skips two such entries per deposit.
+    Figure(
+        "skipping_consumer_events_per_s",
+        "stream consumer, entries acknowledged unread",
+        _RATE,
+        "raw_xread_per_s",
+    ),
 )
 
 # Reserved for the wallet and webhook sections (bench/wallet_bench.py, bench/webhook_bench.py):

@@ -126,6 +126,12 @@ def _fields(envelope: events_pb2.EventEnvelope) -> dict[str, str | bytes]:
 
 async def _consumer(infra: Infra, stream: str, count: int) -> dict[str, float]:
     figures = {"raw_xread_per_s": await _raw_xread(infra.redis, stream, count)}
+    figures["consumer_events_per_s"] = await _no_op_consumer(infra, stream, count)
+    figures["skipping_consumer_events_per_s"] = await _skipping_consumer(infra, stream, count)
+    return figures
+
+
+async def _no_op_consumer(infra: Infra, stream: str, count: int) -> float:
     handled = 0
 
     async def no_op(_envelope: events_pb2.EventEnvelope) -> None:
@@ -144,8 +150,34 @@ async def _consumer(infra: Infra, stream: str, count: int) -> dict[str, float]:
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
-    figures["consumer_events_per_s"] = rate(count, drained - started) if drained else 0.0
-    return figures
+    return rate(count, drained - started) if drained else 0.0
+
+
+async def _skipping_consumer(infra: Infra, stream: str, count: int) -> float:
+    """A group that acts on none of the stream's types, as the saga's group does not act on
+    `payment.pending` or `payment.completed`: what each entry it acknowledges unread costs."""
+    seen = 0
+
+    def handles(_event_type: str) -> bool:
+        nonlocal seen
+        seen += 1
+        return False
+
+    async def never(_envelope: events_pb2.EventEnvelope) -> None:
+        raise AssertionError("a skipped entry reached the handler")
+
+    name = stream.removeprefix(infra.settings.stream_prefix)
+    consumer = infra.consumer(stream=name, group="bench-skipping", handler=never, handles=handles)
+    await consumer.ensure_group()
+    stop = asyncio.Event()
+    started = time.perf_counter()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        drained = await _until_drained(infra.redis, stream, "bench-skipping", lambda: seen >= count)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+    return rate(count, drained - started) if drained else 0.0
 
 
 async def _raw_xread(redis: Redis, stream: str, count: int) -> float:
