@@ -113,6 +113,7 @@ class WalletRepository:
             "ids": ids,
             "refs": refs,
             "known": [k.version if k is not None else 0 for k in known],
+            "hashes": [k.last_hash if k is not None else "" for k in known],
         }
         loaded = await self._fetch(sql.LOCK_AND_LOAD, params)
         if any(sql.stale(row) for row in loaded):

@@ -27,9 +27,12 @@ from wallet_service.domain.ledger import Entry, LedgerTransaction, Operation, Sy
 # account id comes back as text, the form the domain holds: as a uuid, psycopg built a UUID
 # object that str() then formatted in Python, for every account of every batch.
 # `known` is the version of each account this process already holds the state of (0: none;
-# see AccountCache): when it is no older than the snapshot and no newer than the locked row,
-# the read starts there instead, with no snapshot and only the events after it (usually
-# none), so a posting no longer decodes and replays up to `snapshot_every` events of JSON.
+# see AccountCache), `hashes` its last event's hash: when the stored event at that version
+# has that hash (the chain then vouches for every event before it: a database restored
+# behind the process's back cannot pass for the history it folded), and the version is no
+# older than the snapshot and no newer than the locked row, the read starts there instead,
+# with no snapshot and only the events after it (usually none), so a posting no longer
+# decodes and replays up to `snapshot_every` events of JSON.
 _LOCK = """
     WITH locked AS (
         SELECT account_id, version FROM accounts
@@ -46,8 +49,9 @@ _LOAD = """
         FROM account_snapshots WHERE account_id = ANY(CAST(%(ids)b AS uuid[]))
         ORDER BY account_id, version DESC
     ), known AS (
-        SELECT * FROM unnest(CAST(%(ids)b AS uuid[]), CAST(%(known)b AS bigint[]))
-                 AS k(account_id, version)
+        SELECT * FROM unnest(CAST(%(ids)b AS uuid[]), CAST(%(known)b AS bigint[]),
+                             CAST(%(hashes)b AS text[]))
+                 AS k(account_id, version, hash)
     )
     SELECT a.account_id::text AS account_id, a.owner_id, a.currency, a.kind, a.open_ref,
            a.created_at,
@@ -68,6 +72,10 @@ _LOAD = """
          CROSS JOIN LATERAL (
              SELECT CASE WHEN k.version > 0 AND k.version <= l.version
                               AND k.version >= coalesce(snap.version, 0)
+                              AND EXISTS (
+                                  SELECT FROM account_events h
+                                  WHERE h.account_id = l.account_id AND h.version = k.version
+                                    AND h.hash = k.hash)
                          THEN k.version END AS cached
          ) c
     """

@@ -91,3 +91,24 @@ async def test_a_cached_state_is_a_copy_that_a_refused_or_rolled_back_change_lea
     again = cache.get(account.account_id)
     assert again is not None
     assert state(again) == state(before)
+
+
+async def test_a_cached_state_whose_last_hash_the_history_does_not_hold_is_not_used(
+    private_wallet: PrivateWallet,
+) -> None:
+    """As after a database restored behind the process's back: the same version, another
+    history."""
+    engine = private_wallet.engine
+    cache = AccountCache()
+    service = WalletService(lambda: WalletUnitOfWork(engine, cache=cache))
+    account = await service.open_account(owner_id="o", currency="USD", operation_ref=ref())
+    await service.credit(operation_ref=ref(), account_id=account.account_id, amount=Money(5, "USD"))
+    held = cache.get(account.account_id)
+    assert held is not None
+    other = held.copy()
+    other.total_minor, other.last_hash = 999, "f" * 64
+    cache.put(other)
+    async with WalletUnitOfWork(engine, cache=cache) as uow:
+        accounts, _ = await uow.accounts.lock([account.account_id])
+    loaded = accounts[account.account_id]
+    assert (loaded.total_minor, loaded.last_hash) == (5, held.last_hash)
