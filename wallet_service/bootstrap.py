@@ -20,6 +20,7 @@ from common.supervision import Task, beat
 from paysuite.wallet.v1 import wallet_pb2_grpc
 from wallet_service.adapters import metrics
 from wallet_service.adapters.event_mapping import publisher
+from wallet_service.adapters.repository import AccountCache
 from wallet_service.adapters.uow import WalletUnitOfWork
 from wallet_service.domain.account import Limits
 from wallet_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME, WalletServicer
@@ -36,12 +37,14 @@ def build_service(
 ) -> WalletService:
     """`reader`: a read-only engine for the lone reads (common.db.create_engine)."""
     known_system: set[str] = set()
+    cache = AccountCache()
     publish = publisher(settings.wallet_published_event_patterns())
 
     def on(engine: AsyncEngine) -> Callable[[], WalletUnitOfWork]:
         return lambda: WalletUnitOfWork(
             engine,
             known_system=known_system,
+            cache=cache,
             snapshot_every=settings.wallet_snapshot_every,
             publish=publish,
         )

@@ -34,9 +34,17 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     """The Timestamp Timestamp.FromDatetime makes (a naive datetime taken as UTC), in integer
     arithmetic on a timedelta: FromDatetime goes through a time tuple and calendar.timegm, at
     about five times the cost, and every answer with a time in it pays for it."""
+    parts = timestamp_parts(value)
+    if parts is None:
+        return None
+    return Timestamp(seconds=parts[0], nanos=parts[1])
+
+
+def timestamp_parts(value: datetime | None) -> tuple[int, int] | None:
+    """`timestamp(value)`'s seconds and nanos, for a Timestamp filled in place."""
     if value is None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     since = value - _EPOCH
-    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
+    return since.days * 86_400 + since.seconds, since.microseconds * 1000

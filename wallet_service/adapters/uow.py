@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.uow import EventMapper, SqlUnitOfWork
 from wallet_service.adapters.boundary import translated
 from wallet_service.adapters.event_mapping import to_outgoing
-from wallet_service.adapters.repository import WalletRepository
+from wallet_service.adapters.repository import AccountCache, WalletRepository
 
 # Loading an account replays the events after its latest snapshot: every 10 keeps that to a
 # few events (a batch of 32 postings on distinct accounts loads 32 histories), at one small
@@ -29,10 +29,13 @@ class WalletUnitOfWork(SqlUnitOfWork):
         known_system: set[str] | None = None,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         publish: EventMapper = to_outgoing,
+        cache: AccountCache | None = None,
     ) -> None:
+        """`cache`: shared by the process's units of work (None: every load replays)."""
         super().__init__(engine, publish)
         self._known_system = known_system if known_system is not None else set()
         self._snapshot_every = snapshot_every
+        self._cache = cache
 
     def _open(self) -> None:
         self.accounts = WalletRepository(
@@ -41,6 +44,7 @@ class WalletUnitOfWork(SqlUnitOfWork):
             track=self.track,
             known_system=self._known_system,
             snapshot_every=self._snapshot_every,
+            cache=self._cache,
         )
 
     async def __aenter__(self) -> Self:
@@ -61,3 +65,4 @@ class WalletUnitOfWork(SqlUnitOfWork):
         async with translated():
             await super().commit()
         self._known_system.update(self.accounts.created_system)
+        self.accounts.committed()

@@ -140,6 +140,24 @@ class Account:
             for h in snapshot["holds"]
         }
 
+    def copy(self) -> Account:
+        """The same state as an object of its own (no pending history, no outbox): changing
+        either leaves the other as it was."""
+        return Account(
+            self.account_id,
+            self.owner_id,
+            self.currency,
+            self.kind,
+            self.status,
+            self.total_minor,
+            self.held_minor,
+            self.version,
+            self.last_hash,
+            dict(self.holds),
+            self.open_ref,
+            self.created_at,
+        )
+
     @property
     def new_events(self) -> list[ev.RecordedEvent]:
         """Recorded since loading and not yet stored."""

@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from common.auth import Access, current_principal
 from common.errors import FieldViolation, ValidationError
 from common.grpc.auth import Policy
-from common.grpc.convert import money_from_request, money_to_proto, timestamp
+from common.grpc.convert import money_from_request, money_to_proto, timestamp, timestamp_parts
 from common.grpc.errors import serve_items
 from common.money import Money
 from paysuite.common.v1 import money_pb2
@@ -131,30 +131,56 @@ def conversion_to_proto(conversion: Conversion) -> wallet_pb2.Conversion:
 
 
 def transaction_to_proto(txn: LedgerTransaction) -> wallet_pb2.LedgerTransaction:
-    created_at = timestamp(txn.created_at)
-    message = wallet_pb2.LedgerTransaction(
-        transaction_id=txn.transaction_id,
-        operation_ref=txn.operation_ref,
-        kind=txn.kind.value,
-        entries=[_entry_message(e, txn.transaction_id, created_at) for e in txn.entries],
-        created_at=created_at,
-        description=txn.description,
-    )
+    message = _transaction_message(
+        txn.transaction_id, txn.operation_ref, txn.kind.value, txn.description,
+        txn.created_at, txn.entries,
+    )  # fmt: skip
     if txn.conversion is not None:
         message.conversion.CopyFrom(conversion_to_proto(txn.conversion))
     return message
 
 
 def recorded_to_proto(txn: RecordedTransaction) -> wallet_pb2.LedgerTransaction:
-    created_at = timestamp(txn.created_at)
-    return wallet_pb2.LedgerTransaction(
-        transaction_id=txn.transaction_id,
-        operation_ref=txn.operation_ref,
-        kind=txn.kind,
-        entries=[_entry_message(e, txn.transaction_id, created_at) for e in txn.entries],
-        created_at=created_at,
-        description=txn.description,
+    return _transaction_message(
+        txn.transaction_id, txn.operation_ref, txn.kind, txn.description,
+        txn.created_at, txn.entries,
+    )  # fmt: skip
+
+
+def _transaction_message(
+    transaction_id: str,
+    operation_ref: str,
+    kind: str,
+    description: str,
+    created_at: datetime | None,
+    entries: list[Entry],
+) -> wallet_pb2.LedgerTransaction:
+    """Filled in place (`entries.add`, the sub-messages' fields set where they are): built
+    from keyword arguments, every Money and Timestamp was made and then copied into its
+    parent, at about four times the cost, and every posting answers with one of these.
+    The same message, to the byte, as the keyword-built one."""
+    message = wallet_pb2.LedgerTransaction(
+        transaction_id=transaction_id,
+        operation_ref=operation_ref,
+        kind=kind,
+        description=description,
     )
+    at = timestamp_parts(created_at)
+    if at is not None:
+        message.created_at.seconds, message.created_at.nanos = at
+    add = message.entries.add
+    for entry in entries:
+        item = add(
+            entry_id=entry.entry_id, transaction_id=transaction_id, account_id=entry.account_id
+        )
+        item.amount.amount_minor = entry.amount.amount_minor
+        item.amount.currency = entry.amount.currency
+        if at is not None:
+            item.created_at.seconds, item.created_at.nanos = at
+        if entry.balance_after is not None:
+            item.balance_after.amount_minor = entry.balance_after
+            item.balance_after.currency = entry.amount.currency
+    return message
 
 
 def hold_to_proto(hold: HoldView) -> wallet_pb2.Hold:
