@@ -150,8 +150,8 @@ _SAVE = (
 # for any batch size: the rows ride as arrays, and each updated row appends its history entry
 # as _SAVE does, in the order given (WITH ORDINALITY). As in _SAVE a row is matched by id only
 # (the caller holds its lock); an id with no row writes nothing, and the short count says so.
-_SAVE_MANY = (
-    "WITH input AS (SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[],"
+_SAVE_MANY_CTES = (
+    "input AS (SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[],"
     " %b::text[], %b::bigint[], %b::boolean[], %b::boolean[]) WITH ORDINALITY AS"
     " i(operation_id, status, provider, provider_reference, failure_reason, version,"
     " outcome_unknown, failover_clear, position)),"
@@ -165,7 +165,9 @@ _SAVE_MANY = (
     " SELECT c.operation_id, c.version, c.status, c.provider, c.provider_reference,"
     " c.failure_reason, c.outcome_unknown FROM changed c JOIN input i USING (operation_id)"
     " ORDER BY i.position RETURNING operation_id, recorded_at)"
-    " SELECT operation_id, recorded_at FROM history"
+)
+_SAVE_MANY = (
+    "WITH " + _SAVE_MANY_CTES + " SELECT operation_id, recorded_at FROM history"  # noqa: S608 - constant SQL pieces, no input
 )
 
 
@@ -339,25 +341,11 @@ class OperationRepository:
             for operation in operations:
                 await self.save(operation)
             return
-        params = [
-            [operation.operation_id for operation in operations],
-            [operation.status.value for operation in operations],
-            [operation.provider for operation in operations],
-            [operation.provider_reference for operation in operations],
-            [operation.failure_reason for operation in operations],
-            [operation.version for operation in operations],
-            [operation.outcome_unknown for operation in operations],
-            [operation.failover_clear for operation in operations],
-        ]
         raw = await self._driver()
         async with unique_violation_is_conflict():
-            cursor = await raw.execute(_SAVE_MANY, params)
+            cursor = await raw.execute(_SAVE_MANY, _save_params(operations))
             saved = {str(operation_id): at for operation_id, at in await cursor.fetchall()}
-        if len(saved) != len(operations):
-            # The statement's writes stay in the transaction, which the caller must roll back.
-            raise ConcurrentUpdate("an operation of the batch vanished")
-        for operation in operations:
-            operation.updated_at = saved[operation.operation_id]
+        _saved(operations, saved)
 
     async def _scalar(self, query: str, params: list[Any]) -> Any:
         raw = await self._driver()
@@ -399,6 +387,29 @@ class OperationRepository:
         }
 
 
+def _save_params(operations: Sequence[Operation]) -> list[list[Any]]:
+    """save_many's rows as arrays, one per column of _SAVE_MANY_CTES's input."""
+    return [
+        [operation.operation_id for operation in operations],
+        [operation.status.value for operation in operations],
+        [operation.provider for operation in operations],
+        [operation.provider_reference for operation in operations],
+        [operation.failure_reason for operation in operations],
+        [operation.version for operation in operations],
+        [operation.outcome_unknown for operation in operations],
+        [operation.failover_clear for operation in operations],
+    ]
+
+
+def _saved(operations: Sequence[Operation], saved: dict[str, Any]) -> None:
+    """Each saved operation's new updated_at; a short count means one vanished."""
+    if len(saved) != len(operations):
+        # The statement's writes stay in the transaction, which the caller must roll back.
+        raise ConcurrentUpdate("an operation of the batch vanished")
+    for operation in operations:
+        operation.updated_at = saved[operation.operation_id]
+
+
 # The inbox's statements are plain SQL too: it runs them once per batch of webhooks, and
 # through SQLAlchemy Core their handling cost more than PostgreSQL's work.
 _LOCK_FOR_EVENTS = (
@@ -418,6 +429,18 @@ _RECORD = (
     " provider_event_id, operation_id, event_type, provider_reference, status, occurred_at,"
     " raw_payload, position) ORDER BY position"
     " ON CONFLICT (provider, provider_event_id) DO NOTHING RETURNING provider, provider_event_id"
+)
+# A batch's events and the operations they changed (as _SAVE_MANY) in one round trip
+# instead of two. The two tables are apart, and the caller holds the operations' locks, so
+# the order PostgreSQL runs the two in changes nothing; when the caller finds an event was
+# recorded before, it rolls the whole transaction back, the operations' save with it.
+_RECORD_SAVING = (
+    "WITH recorded AS ("  # noqa: S608 - constant SQL pieces, no input
+    + _RECORD
+    + "), "
+    + _SAVE_MANY_CTES
+    + " SELECT provider, provider_event_id, NULL::uuid, NULL::timestamptz FROM recorded"
+    " UNION ALL SELECT NULL, NULL, operation_id, recorded_at FROM history"
 )
 
 
@@ -441,14 +464,20 @@ class ProviderEventRepository:
         }
 
     async def record(
-        self, records: Sequence[tuple[ProviderEvent, str | None, ProviderEventStatus]]
+        self,
+        records: Sequence[tuple[ProviderEvent, str | None, ProviderEventStatus]],
+        *,
+        saving: Sequence[Operation] = (),
     ) -> set[tuple[str, str]]:
         """Inserts the events with what became of them, in one statement; returns the keys it
         inserted. A key a concurrent transaction inserted meanwhile waits for it, then is left
-        out (DO NOTHING)."""
+        out (DO NOTHING). `saving`: operations (locked by the caller) saved in the same
+        statement, as OperationRepository.save_many saves them."""
         if not records:
+            if saving:
+                raise ValueError("operations are saved only with the events that changed them")
             return set()
-        params = (
+        params = [
             [event.provider for event, _, _ in records],
             [event.provider_event_id for event, _, _ in records],
             [operation_id for _, operation_id, _ in records],
@@ -457,10 +486,16 @@ class ProviderEventRepository:
             [status.value for _, _, status in records],
             [event.occurred_at for event, _, _ in records],
             [event.raw_payload for event, _, _ in records],
-        )
+        ]
         raw = await self._driver()
-        cursor = await raw.execute(_RECORD, params)
-        return {(provider, event_id) for provider, event_id in await cursor.fetchall()}
+        if not saving:
+            cursor = await raw.execute(_RECORD, params)
+            return {(provider, event_id) for provider, event_id in await cursor.fetchall()}
+        async with unique_violation_is_conflict():
+            cursor = await raw.execute(_RECORD_SAVING, [*params, *_save_params(saving)])
+            rows = await cursor.fetchall()
+        _saved(saving, {str(op_id): at for _, _, op_id, at in rows if op_id is not None})
+        return {(provider, event_id) for provider, event_id, op_id, _ in rows if op_id is None}
 
     async def _driver(self) -> RawConnection:
         return self._raw if self._raw is not None else await driver_connection(self._conn)

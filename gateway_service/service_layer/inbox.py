@@ -190,14 +190,17 @@ class ProviderEventInbox:
             )
             applied = _Application(operations, known)
             receipts = [applied.apply(event) for event in batch]
-            inserted = await uow.provider_events.record(applied.records)
+            # The changed operations are saved in the events' statement: one round trip. An
+            # event found recorded before rolls both back (the raises below).
+            inserted = await uow.provider_events.record(
+                applied.records, saving=list(applied.changed.values())
+            )
             lost = applied.keys() - inserted
             if lost and not read_recorded:
                 raise ConcurrentUpdate("a provider event of the batch was recorded before")
             if any(applied.changed_by(key) for key in lost):
                 # Recorded by another transaction meanwhile; ours must not apply it twice.
                 raise ConcurrentUpdate("a provider event was recorded concurrently")
-            await uow.operations.save_many(list(applied.changed.values()))
             uow.publish(*applied.facts(inserted))
             # One batch holds the webhooks of many flows: each operation's events continue
             # the trace of the webhook that changed it, not the batch's.

@@ -79,7 +79,9 @@ class ProviderEventStore(Protocol):
         """Which of these events are already recorded, with the operation each matched."""
         ...
 
-    async def record(self, records: Sequence[EventRecord]) -> set[EventKey]:
+    async def record(
+        self, records: Sequence[EventRecord], *, saving: Sequence[Operation] = ()
+    ) -> set[EventKey]:
         """Records events with what became of them; returns the keys it inserted. A key that
         a concurrent transaction inserted waits for that one, and is then left out."""
         ...

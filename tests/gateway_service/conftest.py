@@ -87,6 +87,8 @@ class FakeOperations:
         self._db = db
         self._staged = staged
         self._track = track
+        # Written by the unit of work's commit: a rolled-back save leaves no history entry.
+        self.staged_history: list[tuple[str, HistoryEntry]] = []
 
     def _seen(self, found: Operation) -> Operation:
         operation = _detached(found)
@@ -157,16 +159,15 @@ class FakeOperations:
         return list(self._db.history.get(operation_id, []))
 
     def _append_history(self, operation: Operation) -> None:
-        self._db.history.setdefault(operation.operation_id, []).append(
-            HistoryEntry(
-                status=operation.status,
-                provider=operation.provider,
-                provider_reference=operation.provider_reference or "",
-                failure_reason=operation.failure_reason or "",
-                outcome_unknown=operation.outcome_unknown,
-                recorded_at=None,
-            )
+        entry = HistoryEntry(
+            status=operation.status,
+            provider=operation.provider,
+            provider_reference=operation.provider_reference or "",
+            failure_reason=operation.failure_reason or "",
+            outcome_unknown=operation.outcome_unknown,
+            recorded_at=None,
         )
+        self.staged_history.append((operation.operation_id, entry))
 
     async def add_new(self, operation: Operation) -> bool:
         try:
@@ -205,15 +206,24 @@ class FakeOperations:
 
 
 class FakeProviderEvents:
-    def __init__(self, staged: dict[tuple[str, str], StoredProviderEvent]) -> None:
+    def __init__(
+        self,
+        staged: dict[tuple[str, str], StoredProviderEvent],
+        save_many: Callable[[Sequence[Operation]], Awaitable[None]],
+    ) -> None:
         self._staged = staged
+        self._save_many = save_many
 
     async def recorded(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
         return {key: self._staged[key].operation_id for key in keys if key in self._staged}
 
     async def record(
-        self, records: Sequence[tuple[ProviderEvent, str | None, ProviderEventStatus]]
+        self,
+        records: Sequence[tuple[ProviderEvent, str | None, ProviderEventStatus]],
+        *,
+        saving: Sequence[Operation] = (),
     ) -> set[tuple[str, str]]:
+        await self._save_many(saving)
         inserted = set()
         for event, operation_id, status in records:
             key = (event.provider, event.provider_event_id)
@@ -235,7 +245,7 @@ class FakeUnitOfWork:
         self._ops = dict(self._db.operations)
         self._events = {k: dataclasses.replace(v) for k, v in self._db.provider_events.items()}
         self.operations = FakeOperations(self._db, self._ops, self.track)
-        self.provider_events = FakeProviderEvents(self._events)
+        self.provider_events = FakeProviderEvents(self._events, self.operations.save_many)
         self._tracked = []
         return self
 
@@ -259,6 +269,9 @@ class FakeUnitOfWork:
         for aggregate in self._tracked:
             self._db.published.extend(aggregate.pull_events())
         self._db.operations = dict(self._ops)
+        for operation_id, entry in self.operations.staged_history:
+            self._db.history.setdefault(operation_id, []).append(entry)
+        self.operations.staged_history = []
         self._db.provider_events = dict(self._events)
         self._tracked = []
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
@@ -17,7 +18,13 @@ from common.config import Settings
 from common.errors import ConcurrentUpdate
 from gateway_service.adapters.uow import GatewayUnitOfWork
 from gateway_service.bootstrap import DATABASE
-from gateway_service.domain.model import Operation, OperationKind, OperationStatus
+from gateway_service.domain.model import (
+    Operation,
+    OperationKind,
+    OperationStatus,
+    ProviderEvent,
+    ProviderEventStatus,
+)
 from tests.gateway_service.conftest import EUR_12_50, PAYMENT_METHOD, PRIMARY
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -216,3 +223,77 @@ async def test_save_many_with_an_operation_gone_keeps_nothing_and_raises(
             assert [h.status for h in await uow.operations.history(op_id)] == [
                 OperationStatus.CREATED
             ]
+
+
+def provider_event(reference: str, operation_id: str) -> ProviderEvent:
+    return ProviderEvent(
+        provider=PRIMARY,
+        provider_event_id=f"evt_{uuid.uuid4().hex}",
+        event_type="charge.succeeded",
+        provider_reference=reference,
+        failure_reason="",
+        occurred_at=datetime.now(UTC),
+        raw_payload=b"{}",
+        operation_id=operation_id,
+    )
+
+
+async def test_events_and_the_operations_they_changed_are_recorded_in_one_statement(
+    engine: AsyncEngine,
+) -> None:
+    changed, untouched = new_operation(), new_operation()
+    async with GatewayUnitOfWork(engine) as uow:
+        await uow.operations.add_many([changed, untouched])
+        await uow.commit()
+    reference = f"psp-{uuid.uuid4()}"
+    applied = provider_event(reference, changed.operation_id)
+    unmatched = provider_event(f"psp-{uuid.uuid4()}", "")
+
+    async with GatewayUnitOfWork(engine) as uow:
+        locked = await uow.operations.get_many([changed.operation_id], for_update=True)
+        operation = locked[changed.operation_id]
+        assert operation.mark_accepted(reference)
+        inserted = await uow.provider_events.record(
+            [
+                (applied, operation.operation_id, ProviderEventStatus.APPLIED),
+                (unmatched, None, ProviderEventStatus.UNMATCHED),
+            ],
+            saving=[operation],
+        )
+        await uow.commit()
+    assert inserted == {
+        (PRIMARY, applied.provider_event_id),
+        (PRIMARY, unmatched.provider_event_id),
+    }
+    assert operation.updated_at is not None
+
+    async with GatewayUnitOfWork(engine) as uow:
+        stored = await uow.operations.get_many([changed.operation_id, untouched.operation_id])
+        history = await uow.operations.history(changed.operation_id)
+        recorded = await uow.provider_events.recorded(
+            [(PRIMARY, applied.provider_event_id), (PRIMARY, unmatched.provider_event_id)]
+        )
+    assert stored[changed.operation_id].status == OperationStatus.PENDING
+    assert stored[changed.operation_id].provider_reference == reference
+    assert stored[untouched.operation_id].status == OperationStatus.CREATED
+    assert [h.status for h in history] == [OperationStatus.CREATED, OperationStatus.PENDING]
+    assert recorded == {
+        (PRIMARY, applied.provider_event_id): changed.operation_id,
+        (PRIMARY, unmatched.provider_event_id): None,
+    }
+
+    # Delivered again: nothing inserted, which the inbox answers by rolling back.
+    async with GatewayUnitOfWork(engine) as uow:
+        again = await uow.provider_events.record([(unmatched, None, ProviderEventStatus.UNMATCHED)])
+    assert again == set()
+
+
+async def test_an_operation_gone_from_the_events_statement_raises(engine: AsyncEngine) -> None:
+    gone = new_operation()  # never stored
+    assert gone.mark_accepted("psp-gone")
+    async with GatewayUnitOfWork(engine) as uow:
+        with pytest.raises(ConcurrentUpdate):
+            await uow.provider_events.record(
+                [(provider_event("psp-gone", ""), None, ProviderEventStatus.UNMATCHED)],
+                saving=[gone],
+            )
