@@ -60,6 +60,9 @@ class SqlUnitOfWork:
         self._engine = engine
         self._to_outgoing = to_outgoing
         self._tracked: list[EventSource] = []
+        # By identity, beside the list that keeps them alive (and their ids unique): a batch
+        # of 32 steps tracked each against the whole list before.
+        self._tracked_ids: set[int] = set()
         self._extra: list[OutgoingEvent] = []
         database = engine.url.database or ""
         self._span_name = f"transaction {database}"
@@ -83,6 +86,7 @@ class SqlUnitOfWork:
             self._end_span(exc)
             raise
         self._tracked = []
+        self._tracked_ids = set()
         self._extra = []
         self._open()
         return self
@@ -128,7 +132,8 @@ class SqlUnitOfWork:
         span.end()
 
     def track(self, aggregate: EventSource) -> None:
-        if not any(aggregate is seen for seen in self._tracked):
+        if id(aggregate) not in self._tracked_ids:
+            self._tracked_ids.add(id(aggregate))
             self._tracked.append(aggregate)
 
     def emit(self, event: OutgoingEvent) -> None:
@@ -142,6 +147,7 @@ class SqlUnitOfWork:
         await write_outbox(self.raw, outgoing)
         await self.conn.commit()
         tracked, self._tracked, self._extra = self._tracked, [], []
+        self._tracked_ids = set()
         if outgoing:
             outbox_committed(self._engine)
         if harvested:
