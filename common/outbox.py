@@ -48,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from common import tracing
 from common.aio import wait_any
-from common.db import RawConnection, database_boundary, driver_connection
+from common.db import RawConnection, database_boundary, driver_connection, raw_transaction
 from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
 from common.streams import redis_boundary
@@ -245,8 +245,7 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         """Publishes up to one batch of the partitions it can lock; returns how many."""
-        async with database_boundary("outbox relay"), self._engine.begin() as conn:
-            raw = await driver_connection(conn)
+        async with database_boundary("outbox relay"), raw_transaction(self._engine) as raw:
             offset = random.randrange(PARTITIONS)  # noqa: S311 - spreads replicas, not a secret
             cursor = await raw.execute(
                 _CLAIM,

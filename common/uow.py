@@ -13,16 +13,14 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-import psycopg
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
 from common import tracing
-from common.db import RawConnection, database_boundary, is_database_down
+from common.db import RawConnection, begin_pooled, database_boundary, is_database_down
 from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
 from common.outbox import outbox_committed, write_outbox
@@ -54,22 +52,6 @@ class UnitOfWork(Protocol):
 EventMapper = Callable[[Any], OutgoingEvent | None]
 
 
-def _begin(engine: Engine) -> tuple[Connection, RawConnection]:
-    """A pooled connection, its transaction begun (which sends nothing: psycopg sends BEGIN
-    with the first statement, and an autocommit engine none) and its driver connection: in
-    one pass through SQLAlchemy's greenlet bridge, where connect, begin and the driver
-    connection as three awaits took three, at about 20 us each, in every transaction."""
-    conn = engine.connect()
-    try:
-        conn.begin()
-        raw = conn.connection.driver_connection
-        assert isinstance(raw, psycopg.AsyncConnection)
-    except BaseException:
-        conn.close()
-        raise
-    return conn, raw
-
-
 class SqlUnitOfWork:
     conn: AsyncConnection
     # The same transaction's driver connection, for plain-SQL hot paths.
@@ -98,7 +80,7 @@ class SqlUnitOfWork:
         self._span_token = otel_context.attach(trace.set_span_in_context(self._span))
         try:
             async with database_boundary("connect"):
-                sync_conn, self.raw = await greenlet_spawn(_begin, self._engine.sync_engine)
+                sync_conn, self.raw = await greenlet_spawn(begin_pooled, self._engine.sync_engine)
                 self.conn = AsyncConnection(self._engine, sync_conn)
         except BaseException as exc:
             self._end_span(exc)
