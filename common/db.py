@@ -19,8 +19,9 @@ from alembic import command
 from alembic.config import Config
 from psycopg import sql
 from sqlalchemy import text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from common.errors import ConcurrentUpdate, DependencyUnavailable
 
@@ -171,3 +172,40 @@ async def unique_violation_is_conflict() -> AsyncIterator[None]:
         raise
     except psycopg.errors.UniqueViolation as exc:
         raise ConcurrentUpdate("a concurrent request changed the same data") from exc
+
+
+def begin_pooled(engine: Engine) -> tuple[Connection, RawConnection]:
+    """A pooled connection, its transaction begun (which sends nothing: psycopg sends BEGIN
+    with the first statement, and an autocommit engine none) and its driver connection, for
+    `greenlet_spawn`: one pass through SQLAlchemy's greenlet bridge, where connect, begin and
+    the driver connection as three awaits took three, at about 20 us each."""
+    conn = engine.connect()
+    try:
+        conn.begin()
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, psycopg.AsyncConnection)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, raw
+
+
+def _commit_and_close(conn: Connection) -> None:
+    try:
+        conn.commit()
+    finally:
+        conn.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_transaction(engine: AsyncEngine) -> AsyncIterator[RawConnection]:
+    """`engine.begin()` for plain SQL on the driver connection: committed when the block ends,
+    rolled back (by closing) when it raises; two passes through the greenlet bridge instead of
+    the five of `engine.begin()` and `driver_connection`."""
+    conn, raw = await greenlet_spawn(begin_pooled, engine.sync_engine)
+    try:
+        yield raw
+    except BaseException:
+        await greenlet_spawn(conn.close)
+        raise
+    await greenlet_spawn(_commit_and_close, conn)

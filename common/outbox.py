@@ -32,6 +32,8 @@ Relay contract (safe with any number of replicas, against every service database
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from common import tracing
 from common.aio import wait_any
-from common.db import RawConnection, database_boundary, driver_connection
+from common.db import RawConnection, database_boundary, driver_connection, raw_transaction
 from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
 from common.streams import redis_boundary
@@ -66,16 +68,19 @@ _INSERT = (
     " aggregate_version, envelope) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
 # Many rows (a group commit's events) in one statement of constant text, so it stays
-# prepared; in the given order, which is each aggregate's order. The arrays go in binary (`%b`):
-# as text, psycopg escapes every envelope's bytes and quotes every element in Python.
+# prepared; in the given order, which is each aggregate's order. The rows go as one JSON
+# document (envelopes in base64), not as seven arrays: psycopg dumps each array parameter in
+# Python (a dumper looked up per array, each element packed), about 28 us an array on this
+# machine, where the C JSON encoder and base64 take a few microseconds for the lot.
 _INSERT_MANY = (
     "INSERT INTO outbox (event_id, stream, event_type, aggregate_type, aggregate_id,"
-    " aggregate_version, envelope) SELECT event_id, stream, event_type, aggregate_type,"
-    " aggregate_id, aggregate_version, envelope FROM unnest(%b::uuid[], %b::text[], %b::text[],"
-    " %b::text[], %b::text[], %b::bigint[], %b::bytea[]) WITH ORDINALITY AS e(event_id, stream,"
-    " event_type, aggregate_type, aggregate_id, aggregate_version, envelope, position)"
-    " ORDER BY position"
+    " aggregate_version, envelope) SELECT e.event_id, e.stream, e.event_type, e.aggregate_type,"
+    " e.aggregate_id, e.aggregate_version, decode(e.envelope, 'base64')"
+    " FROM jsonb_to_recordset(%s::jsonb) AS e(event_id uuid, stream text, event_type text,"
+    " aggregate_type text, aggregate_id text, aggregate_version bigint, envelope text,"
+    " position integer) ORDER BY e.position"
 )
+_json = json.JSONEncoder().encode
 # One statement per batch: lock the partitions no other relay holds (advisory locks, held to
 # the end of the transaction), take the oldest unpublished rows of those partitions in id
 # order and mark them published. The marks commit only after the rows reached Redis: a failed
@@ -177,8 +182,29 @@ async def write_outbox(
     raw = await driver_connection(conn)
     if len(rows) == 1:
         await raw.execute(_INSERT, rows[0])
-    else:
-        await raw.execute(_INSERT_MANY, [list(column) for column in zip(*rows, strict=True)])
+        return
+    document = [
+        {
+            "event_id": event_id,
+            "stream": stream,
+            "event_type": event_type,
+            "aggregate_type": aggregate_type,
+            "aggregate_id": aggregate_id,
+            "aggregate_version": version,
+            "envelope": base64.b64encode(envelope).decode("ascii"),
+            "position": position,
+        }
+        for position, (
+            event_id,
+            stream,
+            event_type,
+            aggregate_type,
+            aggregate_id,
+            version,
+            envelope,
+        ) in enumerate(rows)
+    ]
+    await raw.execute(_INSERT_MANY, (_json(document),))
 
 
 class OutboxRelay:
@@ -219,8 +245,7 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         """Publishes up to one batch of the partitions it can lock; returns how many."""
-        async with database_boundary("outbox relay"), self._engine.begin() as conn:
-            raw = await driver_connection(conn)
+        async with database_boundary("outbox relay"), raw_transaction(self._engine) as raw:
             offset = random.randrange(PARTITIONS)  # noqa: S311 - spreads replicas, not a secret
             cursor = await raw.execute(
                 _CLAIM,

@@ -17,9 +17,10 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from common import tracing
-from common.db import RawConnection, database_boundary, driver_connection, is_database_down
+from common.db import RawConnection, begin_pooled, database_boundary, is_database_down
 from common.errors import DependencyUnavailable
 from common.events import OutgoingEvent
 from common.outbox import outbox_committed, write_outbox
@@ -60,6 +61,9 @@ class SqlUnitOfWork:
         self._engine = engine
         self._to_outgoing = to_outgoing
         self._tracked: list[EventSource] = []
+        # By identity, beside the list that keeps them alive (and their ids unique): a batch
+        # of 32 steps tracked each against the whole list before.
+        self._tracked_ids: set[int] = set()
         self._extra: list[OutgoingEvent] = []
         database = engine.url.database or ""
         self._span_name = f"transaction {database}"
@@ -76,13 +80,13 @@ class SqlUnitOfWork:
         self._span_token = otel_context.attach(trace.set_span_in_context(self._span))
         try:
             async with database_boundary("connect"):
-                self.conn = await self._engine.connect()
-                await self.conn.begin()  # sends nothing on an autocommit (read-only) engine
-                self.raw = await driver_connection(self.conn)
+                sync_conn, self.raw = await greenlet_spawn(begin_pooled, self._engine.sync_engine)
+                self.conn = AsyncConnection(self._engine, sync_conn)
         except BaseException as exc:
             self._end_span(exc)
             raise
         self._tracked = []
+        self._tracked_ids = set()
         self._extra = []
         self._open()
         return self
@@ -128,7 +132,8 @@ class SqlUnitOfWork:
         span.end()
 
     def track(self, aggregate: EventSource) -> None:
-        if not any(aggregate is seen for seen in self._tracked):
+        if id(aggregate) not in self._tracked_ids:
+            self._tracked_ids.add(id(aggregate))
             self._tracked.append(aggregate)
 
     def emit(self, event: OutgoingEvent) -> None:
@@ -142,6 +147,7 @@ class SqlUnitOfWork:
         await write_outbox(self.raw, outgoing)
         await self.conn.commit()
         tracked, self._tracked, self._extra = self._tracked, [], []
+        self._tracked_ids = set()
         if outgoing:
             outbox_committed(self._engine)
         if harvested:
