@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -138,19 +138,7 @@ async def _no_op_consumer(infra: Infra, stream: str, count: int) -> float:
         nonlocal handled
         handled += 1
 
-    # Infra.consumer prefixes the stream name itself.
-    name = stream.removeprefix(infra.settings.stream_prefix)
-    consumer = infra.consumer(stream=name, group="bench-no-op", handler=no_op)
-    await consumer.ensure_group()
-    stop = asyncio.Event()
-    started = time.perf_counter()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        drained = await _until_drained(infra.redis, stream, "bench-no-op", lambda: handled >= count)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
-    return rate(count, drained - started) if drained else 0.0
+    return await _group_rate(infra, stream, "bench-no-op", no_op, lambda: handled >= count, count)
 
 
 async def _skipping_consumer(infra: Infra, stream: str, count: int) -> float:
@@ -166,14 +154,32 @@ async def _skipping_consumer(infra: Infra, stream: str, count: int) -> float:
     async def never(_envelope: events_pb2.EventEnvelope) -> None:
         raise AssertionError("a skipped entry reached the handler")
 
+    return await _group_rate(
+        infra, stream, "bench-skipping", never, lambda: seen >= count, count, handles=handles
+    )
+
+
+async def _group_rate(
+    infra: Infra,
+    stream: str,
+    group: str,
+    handler: Callable[[events_pb2.EventEnvelope], Awaitable[None]],
+    done: Callable[[], bool],
+    count: int,
+    *,
+    handles: Callable[[str], bool] | None = None,
+) -> float:
+    """Entries per second a new consumer group of `stream` took to see all `count` entries
+    (`done`) and acknowledge them; 0 if it did not within the timeout."""
+    # Infra.consumer prefixes the stream name itself.
     name = stream.removeprefix(infra.settings.stream_prefix)
-    consumer = infra.consumer(stream=name, group="bench-skipping", handler=never, handles=handles)
+    consumer = infra.consumer(stream=name, group=group, handler=handler, handles=handles)
     await consumer.ensure_group()
     stop = asyncio.Event()
     started = time.perf_counter()
     task = asyncio.create_task(consumer.run(stop))
     try:
-        drained = await _until_drained(infra.redis, stream, "bench-skipping", lambda: seen >= count)
+        drained = await _until_drained(infra.redis, stream, group, done)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
