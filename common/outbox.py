@@ -167,44 +167,59 @@ async def write_outbox(
     connection: it runs in every business transaction)."""
     if not events:
         return
-    rows = [
-        (
-            e.envelope.event_id,
-            e.stream,
-            e.envelope.event_type,
-            e.envelope.aggregate_type,
-            e.envelope.aggregate_id,
-            e.envelope.aggregate_version,
-            e.envelope.SerializeToString(),
-        )
-        for e in events
-    ]
     raw = await driver_connection(conn)
-    if len(rows) == 1:
-        await raw.execute(_INSERT, rows[0])
+    if len(events) == 1:
+        (event,) = events
+        envelope = event.envelope
+        await raw.execute(
+            _INSERT,
+            (
+                envelope.event_id,
+                event.stream,
+                envelope.event_type,
+                envelope.aggregate_type,
+                envelope.aggregate_id,
+                envelope.aggregate_version,
+                envelope.SerializeToString(),
+            ),
+        )
         return
-    document = [
-        {
-            "event_id": event_id,
-            "stream": stream,
-            "event_type": event_type,
-            "aggregate_type": aggregate_type,
-            "aggregate_id": aggregate_id,
-            "aggregate_version": version,
-            "envelope": base64.b64encode(envelope).decode("ascii"),
-            "position": position,
-        }
-        for position, (
-            event_id,
-            stream,
-            event_type,
-            aggregate_type,
-            aggregate_id,
-            version,
-            envelope,
-        ) in enumerate(rows)
-    ]
-    await raw.execute(_INSERT_MANY, (_json(document),))
+    await raw.execute(_INSERT_MANY, (outbox_document(events),))
+
+
+def outbox_document(events: Sequence[OutgoingEvent]) -> str:
+    """Outbox rows as the one JSON document `_INSERT_MANY` and `outbox_cte` take."""
+    return _json(
+        [
+            {
+                "event_id": e.envelope.event_id,
+                "stream": e.stream,
+                "event_type": e.envelope.event_type,
+                "aggregate_type": e.envelope.aggregate_type,
+                "aggregate_id": e.envelope.aggregate_id,
+                "aggregate_version": e.envelope.aggregate_version,
+                "envelope": base64.b64encode(e.envelope.SerializeToString()).decode("ascii"),
+                "position": position,
+            }
+            for position, e in enumerate(events)
+        ]
+    )
+
+
+def outbox_cte(aggregate_ids: str) -> str:
+    """A CTE (`outboxed`) writing the rows of `%(outbox)s` (an `outbox_document`) whose
+    aggregate id is among `aggregate_ids` (SQL yielding text ids), in the document's order:
+    the outbox part of a unit of work committed as one statement, which writes only the events
+    of the aggregates that statement did write (`SqlUnitOfWork.autocommit`)."""
+    return (
+        "outboxed AS (INSERT INTO outbox (event_id, stream, event_type, aggregate_type,"  # noqa: S608 - constant SQL pieces, no input
+        " aggregate_id, aggregate_version, envelope) SELECT e.event_id, e.stream, e.event_type,"
+        " e.aggregate_type, e.aggregate_id, e.aggregate_version, decode(e.envelope, 'base64')"
+        " FROM jsonb_to_recordset(%(outbox)s::jsonb) AS e(event_id uuid, stream text,"
+        " event_type text, aggregate_type text, aggregate_id text, aggregate_version bigint,"
+        " envelope text, position integer)"
+        f" WHERE e.aggregate_id IN ({aggregate_ids}) ORDER BY e.position)"
+    )
 
 
 class OutboxRelay:

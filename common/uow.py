@@ -8,8 +8,9 @@ the state change (invariant 7). Service code never tracks by hand, so it cannot 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -148,15 +149,41 @@ class SqlUnitOfWork:
         await self.conn.commit()
         tracked, self._tracked, self._extra = self._tracked, [], []
         self._tracked_ids = set()
-        if outgoing:
+        self.committed(harvested, tracked, wrote_outbox=bool(outgoing))
+
+    def committed(
+        self, events: list[Any], aggregates: list[EventSource], *, wrote_outbox: bool
+    ) -> None:
+        """After a commit: wakes this process's relay for the outbox rows it wrote and hands
+        the durable change's domain events to the observers (`_committed`)."""
+        if wrote_outbox:
             outbox_committed(self._engine)
-        if harvested:
+        if events:
             try:
-                self._committed(harvested, tracked)
+                self._committed(events, aggregates)
             except Exception:
                 # The change is durable: an observer's bug must not turn it into a failure
                 # that the caller would retry.
                 log.exception("uow.observer_failed")
+
+    @contextlib.asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[RawConnection]:
+        """The unit's connection in autocommit: each statement is a transaction of its own,
+        with no BEGIN and no COMMIT. For a unit whose writes are one statement, the outbox
+        rows included (`common.outbox.outbox_cte`): one round trip where a transaction takes
+        four (BEGIN, the write, the outbox insert, COMMIT). Only before the unit has sent
+        anything; the caller reports what it wrote (`committed`), as `commit` does."""
+        raw = self.raw
+        await raw.set_autocommit(True)
+        try:
+            yield raw
+        finally:
+            try:
+                await raw.set_autocommit(False)
+            except Exception:
+                # Not back to the pool in autocommit: there every later unit's statements
+                # would commit one by one. A connection that cannot say it is idle is dropped.
+                await self.conn.invalidate()
 
     def _committed(self, events: list[Any], aggregates: list[EventSource]) -> None:
         """Subclasses observe the domain events of a change once it is durable (metrics

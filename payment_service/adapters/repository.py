@@ -35,6 +35,7 @@ from common.db import RawConnection, unique_violation_is_conflict
 from common.errors import ConcurrentUpdate
 from common.ids import new_id
 from common.money import Money
+from common.outbox import outbox_cte
 from common.streams import mark_many_processed, mark_processed
 from payment_service.adapters import tables as t
 from payment_service.domain.errors import ReviewAlreadyResolved
@@ -241,6 +242,14 @@ _ADD_CLAIMED = (
     " position integer)"
     " WHERE p.payment_id IN (SELECT payment_id FROM claimed) ORDER BY p.position"
     " RETURNING payment_id)," + _MANY_TRAIL_CTES + " SELECT caller, key FROM claimed"
+)
+# _ADD_CLAIMED with the new payments' outbox rows: a group commit's creates as one statement,
+# which is their whole transaction (`PaymentUnitOfWork.create`).
+_CREATE = _ADD_CLAIMED.replace(
+    " SELECT caller, key FROM claimed",
+    ", "  # noqa: S608 - constant SQL pieces, no input
+    + outbox_cte("SELECT CAST(payment_id AS text) FROM written")
+    + " SELECT caller, key FROM claimed",
 )
 _STEPS = (
     "SELECT step, event_type, occurred_at, data, error FROM payment_steps"
@@ -467,6 +476,23 @@ class PaymentRepository:
         """Claims each payment's key (`claims[i]` is `payments[i]`'s; keys distinct) and adds
         the payments whose key was free, in one statement. Answers in order: None for a
         payment added, the earlier claim of its key for one that was not."""
+        return await self._claim_and_add(_ADD_CLAIMED, {}, claims, payments)
+
+    async def create(
+        self, claims: Sequence[IdempotencyClaim], payments: Sequence[Payment], outbox: str
+    ) -> builtins.list[IdempotencyClaim | None]:
+        """`add_claimed`, with the outbox rows of the payments it adds taken from `outbox` (an
+        `outbox_document` of every payment's events) in the same statement: on a connection in
+        autocommit, that statement is the creates' whole transaction."""
+        return await self._claim_and_add(_CREATE, {"outbox": outbox}, claims, payments)
+
+    async def _claim_and_add(
+        self,
+        statement: str,
+        extra: dict[str, Any],
+        claims: Sequence[IdempotencyClaim],
+        payments: Sequence[Payment],
+    ) -> builtins.list[IdempotencyClaim | None]:
         keys: builtins.list[dict[str, Any]] = []
         rows: builtins.list[dict[str, Any]] = []
         history: builtins.list[dict[str, Any]] = []
@@ -490,9 +516,10 @@ class PaymentRepository:
             "rows": _json(rows),
             "history": _json(history),
             "audit": _json(audit),
+            **extra,
         }
         async with unique_violation_is_conflict():
-            cursor = await self._raw.execute(_ADD_CLAIMED, params)
+            cursor = await self._raw.execute(statement, params)
             free = {(caller, key) for caller, key in await cursor.fetchall()}
         priors: builtins.list[IdempotencyClaim | None] = []
         for claim, payment in zip(claims, payments, strict=True):

@@ -262,12 +262,11 @@ class PaymentRequests:
             # Made afresh for each attempt: a payment hands its changes and events over once.
             made = [(job, job.spec.make(new_id())) for job in batch.values()]
             claims = [job.spec.request.claim(payment.payment_id) for job, payment in made]
-            priors = await uow.payments.add_claimed(claims, [payment for _, payment in made])
+            priors = await uow.create(claims, [payment for _, payment in made])
             answers: list[tuple[Job, Created]] = [
                 (job, (payment, None) if prior is None else (None, prior))
                 for (job, payment), prior in zip(made, priors, strict=True)
             ]
-            await uow.commit()
         for job, (payment, prior) in answers:
             if payment is not None:
                 _initiated(payment)
@@ -291,12 +290,9 @@ class PaymentRequests:
             payment = new.make(new_id())
             # The batch's one statement, for a batch of one (a claim and an insert apart were
             # two statements).
-            (prior,) = await uow.payments.add_claimed(
-                [new.request.claim(payment.payment_id)], [payment]
-            )
+            (prior,) = await uow.create([new.request.claim(payment.payment_id)], [payment])
             if prior is not None:
                 return None, prior
-            await uow.commit()
         _initiated(payment)
         return payment, None
 

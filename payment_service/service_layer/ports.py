@@ -208,3 +208,11 @@ class PaymentStore(Protocol):
 class UnitOfWork(BaseUnitOfWork, Protocol):
     @property
     def payments(self) -> PaymentStore: ...
+
+    async def create(
+        self, claims: Sequence[IdempotencyClaim], payments: Sequence[Payment]
+    ) -> builtins.list[IdempotencyClaim | None]:
+        """`payments.add_claimed` and `commit` in one, for a unit that does nothing else: the
+        payments whose key was free are durable, with their events, when it returns; answers
+        as `add_claimed` does."""
+        ...

@@ -326,6 +326,13 @@ class FakeUnitOfWork:
         for aggregate in self._tracked:
             self._published.extend(aggregate.pull_events())
 
+    async def create(
+        self, claims: Sequence[IdempotencyClaim], payments: Sequence[Payment]
+    ) -> list[IdempotencyClaim | None]:
+        priors = await self.payments.add_claimed(claims, payments)
+        await self.commit()
+        return priors
+
 
 class FakeWallet:
     """Balances per account (available; holds apart), idempotent on operation refs."""

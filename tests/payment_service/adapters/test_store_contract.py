@@ -103,8 +103,9 @@ class StoreContract:
         )
         assert [c.to_status for c in history] == [PaymentStatus.INITIATED]
 
+    @pytest.mark.parametrize("in_one", [False, True], ids=["add_claimed+commit", "create"])
     async def test_creates_claim_their_keys_and_only_those_with_a_free_key_are_added(
-        self, uow: UowFactory
+        self, uow: UowFactory, in_one: bool
     ) -> None:
         taken = IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f0", str(uuid.uuid4()), 1)
         async with uow() as u:
@@ -117,8 +118,11 @@ class StoreContract:
             IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f2", payments[2].payment_id),
         ]
         async with uow() as u:
-            priors = await u.payments.add_claimed(claims, payments)
-            await u.commit()
+            if in_one:
+                priors = await u.create(claims, payments)
+            else:
+                priors = await u.payments.add_claimed(claims, payments)
+                await u.commit()
         assert (priors[0], priors[2]) == (None, None)
         assert priors[1] is not None
         assert (priors[1].payment_id, priors[1].fingerprint) == (taken.payment_id, "f0")
@@ -754,4 +758,60 @@ async def test_a_read_only_engine_reads_outside_a_transaction_and_refuses_a_writ
         assert again.status is PaymentStatus.INITIATED
     finally:
         await reader.dispose()
+        await engine.dispose()
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio(loop_scope="session")
+async def test_creates_in_one_statement_write_the_outbox_rows_of_the_payments_added_only(
+    migrated: Settings,
+) -> None:
+    """`PaymentUnitOfWork.create`: one autocommit statement writes the free keys' payments
+    and their events' outbox rows, none for a payment whose key was taken; the connection
+    goes back to the pool out of autocommit, so the next unit's writes still wait for its
+    commit."""
+    from sqlalchemy import text
+
+    from common import db
+    from payment_service.adapters.uow import PaymentUnitOfWork
+    from payment_service.bootstrap import DATABASE
+
+    engine = db.create_engine(DATABASE.url(migrated), pool_size=1)
+    try:
+        taken = IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f0", str(uuid.uuid4()), 1)
+        async with PaymentUnitOfWork(engine) as u:
+            await u.payments.claim_key(taken)
+            await u.commit()
+        payments = [deposit(), deposit()]
+        claims = [
+            IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f1", payments[0].payment_id),
+            IdempotencyClaim("alice", taken.key, "f2", payments[1].payment_id),
+        ]
+        async with PaymentUnitOfWork(engine) as u:
+            priors = await u.create(claims, payments)
+        assert priors[0] is None
+        assert priors[1] is not None
+        assert priors[1].payment_id == taken.payment_id
+
+        async def outboxed(payment_id: str) -> list[str]:
+            async with PaymentUnitOfWork(engine) as u:
+                rows = await u.conn.execute(
+                    text("SELECT event_type FROM outbox WHERE aggregate_id = :id ORDER BY id"),
+                    {"id": payment_id},
+                )
+                await u.commit()
+            return [row[0] for row in rows]
+
+        assert await outboxed(payments[0].payment_id) == ["payment.initiated"]
+        assert await outboxed(payments[1].payment_id) == []
+
+        # The pool's one connection again, in a unit that leaves without committing.
+        left = IdempotencyClaim("alice", f"k-{uuid.uuid4()}", "f3", str(uuid.uuid4()))
+        async with PaymentUnitOfWork(engine) as u:
+            assert not u.raw.autocommit
+            assert await u.payments.claim_key(left) is None
+        async with PaymentUnitOfWork(engine) as u:
+            assert await u.payments.claimed("alice", left.key) is None
+            await u.commit()
+    finally:
         await engine.dispose()
