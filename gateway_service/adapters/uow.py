@@ -3,12 +3,15 @@ DependencyUnavailable: common.uow.SqlUnitOfWork is that boundary for every servi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.uow import SqlUnitOfWork
 from gateway_service.adapters.event_mapping import to_outgoing
 from gateway_service.adapters.repository import OperationRepository, ProviderEventRepository
 from gateway_service.domain.events import Facts
+from gateway_service.domain.model import Operation
 
 
 class GatewayUnitOfWork(SqlUnitOfWork):
@@ -24,3 +27,16 @@ class GatewayUnitOfWork(SqlUnitOfWork):
 
     def publish(self, *facts: object) -> None:
         self.track(Facts(*facts))
+
+    async def record_new(
+        self, operations: Sequence[Operation]
+    ) -> tuple[set[str], dict[str, Operation]]:
+        """Autocommit statements, each a transaction of its own: recording the operations
+        before the provider is asked was BEGIN, the insert and COMMIT, three round trips on the
+        saga's path where one will do (`Operation.open` emits nothing: no outbox row). The
+        holders of keys already taken (replays) are read the same way."""
+        async with self.autocommit():
+            inserted = await self.operations.add_many(operations)
+            taken = [op.idempotency_key for op in operations if op.operation_id not in inserted]
+            existing = await self.operations.find_by_idempotency_keys(taken) if taken else {}
+        return inserted, existing

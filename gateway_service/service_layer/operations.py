@@ -195,23 +195,30 @@ class Operations:
 
     async def _record(self, request: OpenRequest) -> Operation:
         """One request in a unit of work of its own (a refund, or a charge or payout whose
-        batch could not commit)."""
+        batch could not commit). A taken key is a replay (or a concurrent twin, which the
+        insert waited for): answered with the operation that holds it."""
+        if request.parent_operation_id is not None:
+            return await self._record_refund(request)
+        operation = request.open()
         async with self._uow() as uow:
-            if request.parent_operation_id is not None:
-                # A refund is checked against the charge's other refunds, which must not count
-                # a replay of itself: look for it first.
-                existing = await uow.operations.find_by_idempotency_key(request.idempotency_key)
-                if existing is not None:
-                    return replayed(existing, request)
-                await self._check_refund_total(uow, request)
-            operation = request.open()
-            # Insert first: a new request (the common case) costs one statement. A taken key
-            # is a replay (or a concurrent twin, which the insert waited for): answer with it.
-            if not await uow.operations.add_new(operation):
-                existing = await uow.operations.find_by_idempotency_key(request.idempotency_key)
-                if existing is None:
-                    raise ConcurrentUpdate("the operation with this key vanished")
+            # One statement, committed on its own: a new operation is all this unit writes.
+            inserted, holders = await uow.record_new([operation])
+        if inserted:
+            return operation
+        return replayed(_holder(holders.get(request.idempotency_key)), request)
+
+    async def _record_refund(self, request: OpenRequest) -> Operation:
+        async with self._uow() as uow:
+            # A refund is checked against the charge's other refunds, which must not count a
+            # replay of itself: look for it first.
+            existing = await uow.operations.find_by_idempotency_key(request.idempotency_key)
+            if existing is not None:
                 return replayed(existing, request)
+            await self._check_refund_total(uow, request)
+            operation = request.open()
+            if not await uow.operations.add_new(operation):
+                holder = await uow.operations.find_by_idempotency_key(request.idempotency_key)
+                return replayed(_holder(holder), request)
             await uow.commit()
             return operation
 
@@ -328,3 +335,10 @@ def _acceptance(provider_reference: str) -> Callable[[Operation], bool]:
         return changed
 
     return accept
+
+
+def _holder(holder: Operation | None) -> Operation:
+    """The operation holding a key the insert found taken."""
+    if holder is None:  # taken, then gone before the read: the whole request runs again
+        raise ConcurrentUpdate("the operation with this key vanished")
+    return holder

@@ -98,6 +98,15 @@ class UnitOfWork(BaseUnitOfWork, Protocol):
         to the outbox at commit with the rest of the change."""
         ...
 
+    async def record_new(
+        self, operations: Sequence[Operation]
+    ) -> tuple[set[str], dict[str, Operation]]:
+        """`operations.add_many` committed at once, for a unit that does nothing before it: the
+        operations whose key was free are durable when it returns (a new operation emits
+        nothing, so nothing else is written with them). Returns their ids, and the operations
+        that hold the other keys (`find_by_idempotency_keys`), read after."""
+        ...
+
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]
 

@@ -113,14 +113,11 @@ class GroupedWrites:
         requests: list[OpenRequest] = [job.spec for job in jobs]
         async with self._uow() as uow:
             opened = [request.open() for request in requests]
-            inserted = await uow.operations.add_many(opened)
-            taken = [op.idempotency_key for op in opened if op.operation_id not in inserted]
-            existing = await uow.operations.find_by_idempotency_keys(taken) if taken else {}
+            inserted, existing = await uow.record_new(opened)
             answers = [
                 _answer(request, operation, inserted, existing)
                 for request, operation in zip(requests, opened, strict=True)
             ]
-            await uow.commit()
         for job, answer in zip(jobs, answers, strict=True):
             if isinstance(answer, IdempotencyConflict):
                 job.fail(answer)

@@ -264,6 +264,24 @@ class FakeUnitOfWork:
     def publish(self, *facts: object) -> None:
         self.track(events.Facts(*facts))
 
+    async def record_new(
+        self, operations: Sequence[Operation]
+    ) -> tuple[set[str], dict[str, Operation]]:
+        """Committed at once, as the SQL one's autocommit statement: the inserted operations
+        (and only they) reach the database, beside what others committed meanwhile. The
+        holders of taken keys are read from this unit's snapshot, as the other reads are."""
+        inserted = await self.operations.add_many(operations)
+        self._db.commits += 1
+        for operation_id in inserted:
+            self._db.operations[operation_id] = self._ops[operation_id]
+        staged = self.operations.staged_history
+        for operation_id, entry in staged:
+            if operation_id in inserted:
+                self._db.history.setdefault(operation_id, []).append(entry)
+        self.operations.staged_history = [e for e in staged if e[0] not in inserted]
+        taken = [op.idempotency_key for op in operations if op.operation_id not in inserted]
+        return inserted, await self.operations.find_by_idempotency_keys(taken) if taken else {}
+
     async def commit(self) -> None:
         self._db.commits += 1
         for aggregate in self._tracked:

@@ -297,3 +297,44 @@ async def test_an_operation_gone_from_the_events_statement_raises(engine: AsyncE
                 [(provider_event("psp-gone", ""), None, ProviderEventStatus.UNMATCHED)],
                 saving=[gone],
             )
+
+
+async def test_new_operations_are_recorded_by_one_statement_committed_on_its_own(
+    migrated: Settings,
+) -> None:
+    """`record_new`: the operations whose key was free are durable without a commit, a taken
+    key answers with its holder, nothing reaches the outbox, and the pool's connection comes
+    back out of autocommit (the next unit's writes still wait for its commit)."""
+    engine = db.create_engine(DATABASE.url(migrated), pool_size=1)
+    try:
+        held = new_operation()
+        async with GatewayUnitOfWork(engine) as uow:
+            await uow.operations.add(held)
+            await uow.commit()
+        fresh = new_operation()
+        twin = Operation.open(
+            kind=OperationKind.CHARGE,
+            idempotency_key=held.idempotency_key,
+            amount=EUR_12_50,
+            instrument=PAYMENT_METHOD,
+            reference="another",
+            provider=PRIMARY,
+        )
+        async with GatewayUnitOfWork(engine) as uow:
+            inserted, holders = await uow.record_new([fresh, twin])
+        assert inserted == {fresh.operation_id}
+        assert holders[held.idempotency_key].operation_id == held.operation_id
+        assert await outbox_types(engine, fresh.operation_id) == []
+
+        left = new_operation()
+        async with GatewayUnitOfWork(engine) as uow:
+            assert not uow.raw.autocommit
+            await uow.operations.add(left)  # and no commit
+        async with GatewayUnitOfWork(engine) as uow:
+            found = [await uow.operations.get(op.operation_id) for op in (fresh, left)]
+            await uow.commit()
+        assert found[0] is not None
+        assert found[0].status is OperationStatus.CREATED
+        assert found[1] is None
+    finally:
+        await engine.dispose()
