@@ -6,11 +6,16 @@ closed-loop phases, each half of `duration_s`, with `concurrency` clients:
 
 - distinct: client k owns two accounts and cycles credit, debit, transfer between them, so no
   two clients ever touch the same account (the ledger's parallel throughput);
-- hot: every client credits and debits one shared account (its row lock is the queue).
+- hot: every client credits and debits one shared account (its row lock is the queue);
+- batched: as distinct, cycling credit and transfer (the postings the suite's saga makes),
+  through the payment service's own wallet client, which sends the calls made together as
+  one Credits or Transfers call (`_Coalesced`): the ledger as the suite uses it, where the
+  unary phases price each posting's own gRPC call on both sides.
 
 Keys: `wallet_trivial_calls_per_s`, `wallet_postings_distinct_per_s`,
-`wallet_postings_hot_per_s` (described in bench/figures.py), `wallet_<rpc>_p50_ms` and
-`_p99_ms` per RPC, and `wallet_errors` (refused calls: they are not postings).
+`wallet_postings_hot_per_s`, `wallet_postings_batched_per_s` (described in bench/figures.py),
+`wallet_<rpc>_p50_ms` and `_p99_ms` per RPC, and `wallet_errors` (refused calls: they are not
+postings).
 
     python -m bench.wallet_bench 127.0.0.1:50052 [--duration 10] [--concurrency 32]
 """
@@ -31,7 +36,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.auth import bench_token
 from common.config import load_settings
+from common.errors import DomainError
 from common.grpc.auth import bearer_channel
+from common.money import Money
+from payment_service.adapters.clients import WalletClient
 from paysuite.common.v1 import money_pb2
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -45,6 +53,7 @@ COMPARED = (
     "wallet_errors",
 )
 FUNDING_MINOR = 10**12
+CALL_TIMEOUT_S = 30.0
 
 
 def _usd(amount_minor: int) -> money_pb2.Money:
@@ -72,7 +81,7 @@ class _Recorder:
         started = time.perf_counter()
         try:
             await call
-        except grpc.aio.AioRpcError:
+        except (grpc.aio.AioRpcError, DomainError):  # a refusal, raw or as the client says it
             self.errors += 1
             return
         self.latencies[name].append((time.perf_counter() - started) * 1000)
@@ -115,8 +124,7 @@ async def measure(
     channels = [bearer_channel(wallet_target, token) for _ in range(CHANNELS)]
     try:
         baseline = await _trivial_calls_per_s(channels, duration_s / 4, concurrency)
-        stubs = [wallet_pb2_grpc.WalletServiceStub(ch) for ch in channels]
-        figures = await _measure(stubs, duration_s=duration_s, concurrency=concurrency)
+        figures = await _measure(channels, duration_s=duration_s, concurrency=concurrency)
     finally:
         for channel in channels:
             await channel.close()
@@ -140,8 +148,11 @@ async def _trivial_calls_per_s(
 
 
 async def _measure(
-    stubs: list[wallet_pb2_grpc.WalletServiceAsyncStub], *, duration_s: float, concurrency: int
+    channels: list[grpc.aio.Channel], *, duration_s: float, concurrency: int
 ) -> dict[str, float]:
+    stubs: list[wallet_pb2_grpc.WalletServiceAsyncStub] = [
+        wallet_pb2_grpc.WalletServiceStub(ch) for ch in channels
+    ]
     stub = stubs[0]
     pairs = [
         (await _open_funded(stub, f"bench-{k}"), await _open_funded(stub, f"bench-{k}"))
@@ -183,17 +194,37 @@ async def _measure(
             W.CreditRequest(operation_ref=_ref(), account_id=hot, amount=_usd(1))
         )
 
+    client = WalletClient(channels[0], timeout_s=CALL_TIMEOUT_S)
+
+    def batched(n: int) -> tuple[str, Awaitable[object]]:
+        k, i = divmod(n, 1_000_000)
+        a, b = pairs[k]
+        if i % 2 == 0:
+            return "batched_credit", client.credit(
+                operation_ref=_ref(), account_id=a, amount=Money(100, "USD")
+            )
+        return "batched_transfer", client.transfer(
+            operation_ref=_ref(),
+            source_account_id=a,
+            destination_account_id=b,
+            amount=Money(25, "USD"),
+            reference="bench",
+        )
+
     spread = _Recorder()
     spread_s = await _closed_loop(distinct, spread, phase_s, concurrency)
     contended = _Recorder()
     hot_s = await _closed_loop(hot_step, contended, phase_s, concurrency)
+    grouped = _Recorder()
+    grouped_s = await _closed_loop(batched, grouped, phase_s, concurrency)
 
     figures = {
         "wallet_postings_distinct_per_s": spread.postings / spread_s,
         "wallet_postings_hot_per_s": contended.postings / hot_s,
-        "wallet_errors": float(spread.errors + contended.errors),
+        "wallet_postings_batched_per_s": grouped.postings / grouped_s,
+        "wallet_errors": float(spread.errors + contended.errors + grouped.errors),
     }
-    for recorder in (spread, contended):
+    for recorder in (spread, contended, grouped):
         for name, samples in recorder.latencies.items():
             figures[f"wallet_{name}_p50_ms"] = _percentile(samples, 0.50)
             figures[f"wallet_{name}_p99_ms"] = _percentile(samples, 0.99)

@@ -16,6 +16,7 @@ async def test_the_wallet_bench_measures_postings_beside_the_trivial_call(suite:
     assert figures["wallet_trivial_calls_per_s"] > 0
     assert figures["wallet_postings_distinct_per_s"] > 0
     assert figures["wallet_postings_hot_per_s"] > 0
+    assert figures["wallet_postings_batched_per_s"] > 0
     assert figures["wallet_errors"] == 0
-    for rpc in ("credit", "debit", "transfer", "hot_credit", "hot_debit"):
+    for rpc in ("credit", "debit", "transfer", "hot_credit", "hot_debit", "batched_credit"):
         assert 0 < figures[f"wallet_{rpc}_p50_ms"] <= figures[f"wallet_{rpc}_p99_ms"]
