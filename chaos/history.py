@@ -130,15 +130,17 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
-class OpenPayment:
-    """A payment not settled yet, as the payment database holds it at one instant."""
+class PaymentSnapshot:
+    """A payment as the payment database holds it at one instant (one still open, or one the
+    resume sweep had to move on), for a maintainer to see where it stood."""
 
     payment_id: str
     kind: str
     status: str
     idempotency_key: str
-    # Its latest audit steps ("<time> <event type> (<error>)"), oldest first.
-    last_steps: list[str]
+    # Its audit steps ("<time> <event type> (<error>)"), oldest first: the latest few of an
+    # open payment, every one (up to observe.ALL_STEPS) of a resumed one.
+    steps: list[str]
     # The requests a client sent with its key and what they were answered (see `calls_for`).
     calls: list[str] = field(default_factory=list)
 

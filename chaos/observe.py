@@ -25,7 +25,7 @@ from chaos.history import (
     AccountView,
     DeadLetter,
     Observed,
-    OpenPayment,
+    PaymentSnapshot,
     PaymentView,
     ProviderOp,
     ReviewCase,
@@ -71,6 +71,13 @@ _LAST_STEPS = (
     " FROM payment_steps s WHERE s.payment_id = ANY(%s::uuid[])) t"
     " WHERE n <= %s ORDER BY payment_id, step"
 )
+# The payments the resume sweep (the safety net behind the saga's own retries) moved on.
+ALL_STEPS = 30
+_RESUMED = (
+    "SELECT p.payment_id::text, p.kind, p.status, p.idempotency_key FROM payments p"
+    " WHERE EXISTS (SELECT 1 FROM payment_steps s WHERE s.payment_id = p.payment_id"
+    " AND s.event_type = 'saga.resumed') ORDER BY p.created_at LIMIT %s"
+)
 _REVIEWS = "SELECT payment_id::text, reason_code, status FROM review_cases"
 _ACCOUNTS = (
     "SELECT a.account_id::text, a.currency, a.kind, a.total_minor, a.held_minor,"
@@ -105,17 +112,27 @@ def _step_line(occurred_at: Any, event_type: str, error: str | None) -> str:
     return f"{at} {event_type}" + (f" ({error[:60]})" if error else "")
 
 
-async def open_now(settings: Settings) -> list[OpenPayment]:
+async def open_now(settings: Settings) -> list[PaymentSnapshot]:
     """The payments open now (at most OPEN_LISTED, oldest first), each with its last steps."""
     dsn = _dsn(settings, PAYMENT_DB)
     opened = await _rows(dsn, _OPEN_NOW, (list(SETTLED), OPEN_LISTED))
+    return await _snapshots(dsn, opened, LAST_STEPS)
+
+
+async def resumed(settings: Settings) -> list[PaymentSnapshot]:
+    """The payments the resume sweep moved on (at most OPEN_LISTED), with all their steps."""
+    dsn = _dsn(settings, PAYMENT_DB)
+    return await _snapshots(dsn, await _rows(dsn, _RESUMED, (OPEN_LISTED,)), ALL_STEPS)
+
+
+async def _snapshots(dsn: str, payments: list[tuple[Any, ...]], last: int) -> list[PaymentSnapshot]:
     steps: dict[str, list[str]] = defaultdict(list)
-    ids = [row[0] for row in opened]
-    for payment_id, event_type, occurred_at, error in await _rows(
-        dsn, _LAST_STEPS, (ids, LAST_STEPS)
-    ):
+    ids = [row[0] for row in payments]
+    for payment_id, event_type, occurred_at, error in await _rows(dsn, _LAST_STEPS, (ids, last)):
         steps[payment_id].append(_step_line(occurred_at, event_type, error))
-    return [OpenPayment(pid, kind, status, key, steps[pid]) for pid, kind, status, key in opened]
+    return [
+        PaymentSnapshot(pid, kind, status, key, steps[pid]) for pid, kind, status, key in payments
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ nemesis together, let the suite recover, observe, check, report."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import time
@@ -22,7 +23,7 @@ from bench.suite import SuiteFailed
 from chaos import observe, report
 from chaos.api import Api, monotonic_since
 from chaos.checker import CheckResult, check
-from chaos.history import History, OpenPayment
+from chaos.history import History, PaymentSnapshot
 from chaos.nemesis import Nemesis, Planned, fault_kinds, schedule, select
 from chaos.suite import ChaosSuite, fresh_suite, running_suite
 from chaos.workload import (
@@ -186,7 +187,9 @@ class Session:
         self.faults_end = 0.0
         # Payments still open at a moment of the recovery wait (label -> what was open, or
         # why it could not be read).
-        self.still_open: dict[str, list[OpenPayment] | str] = {}
+        self.still_open: dict[str, list[PaymentSnapshot] | str] = {}
+        # The payments the resume sweep had to move on (its safety net), read at the end.
+        self.resumed: list[PaymentSnapshot] = []
         self.nemesis = Nemesis(suite, http, self.clock)
         self._sampler: asyncio.Task[None] | None = None
         self.phase = "starting"  # what a hung run was doing (SuiteFailed says)
@@ -283,10 +286,13 @@ class Session:
             self.still_open[label] = f"unreadable: {exc!r}"
             return
         if still_open:
-            self.still_open[label] = [
-                dataclasses.replace(p, calls=self.history.calls_for(p.idempotency_key))
-                for p in still_open
-            ]
+            self.still_open[label] = self._with_calls(still_open)
+
+    def _with_calls(self, payments: list[PaymentSnapshot]) -> list[PaymentSnapshot]:
+        return [
+            dataclasses.replace(p, calls=self.history.calls_for(p.idempotency_key))
+            for p in payments
+        ]
 
     async def _sample(self) -> None:
         while True:
@@ -312,6 +318,8 @@ class Session:
         await _cancelled([slow])
         if settled_at is None:
             await self._note_open("at the end of the recovery wait")
+        with contextlib.suppress(Exception):  # evidence only
+            self.resumed = self._with_calls(await observe.resumed(self.suite.settings))
         sampler = [self._sampler] if self._sampler is not None else []
         self.phase = "stopping the watchers"
         if stuck := await _cancelled([*self.shared.watches, *sampler]):
@@ -359,6 +367,7 @@ class Session:
                 else [dataclasses.asdict(p) for p in still_open]
                 for label, still_open in self.still_open.items()
             },
+            "resumed_by_sweep": [dataclasses.asdict(p) for p in self.resumed],
         }
         doc = report.document(
             self.history,
