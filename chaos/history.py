@@ -51,6 +51,11 @@ class Fault:
         return f"{self.kind}:{self.target}"
 
 
+def call_line(call: Call) -> str:
+    """A call as a line of a report: when (seconds since the start), what, and its answer."""
+    return f"{call.started:.1f}-{call.ended:.1f} s {call.op} via {call.via}: {call.outcome}"
+
+
 @dataclass
 class History:
     seed: int
@@ -62,6 +67,10 @@ class History:
     @property
     def last_fault_end(self) -> float:
         return max((f.end for f in self.faults), default=0.0)
+
+    def calls_for(self, key: str) -> list[str]:
+        """The calls sent with idempotency key `key`, oldest first, as report lines."""
+        return [call_line(c) for c in self.calls if key and c.key == key]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +127,22 @@ class DeadLetter:
     stream: str
     event_type: str
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentSnapshot:
+    """A payment as the payment database holds it at one instant (one still open, or one the
+    resume sweep had to move on), for a maintainer to see where it stood."""
+
+    payment_id: str
+    kind: str
+    status: str
+    idempotency_key: str
+    # Its audit steps ("<time> <event type> (<error>)"), oldest first: the latest few of an
+    # open payment, every one (up to observe.ALL_STEPS) of a resumed one.
+    steps: list[str]
+    # The requests a client sent with its key and what they were answered (see `calls_for`).
+    calls: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from chaos.history import (
     AccountView,
     DeadLetter,
     Observed,
+    PaymentSnapshot,
     PaymentView,
     ProviderOp,
     ReviewCase,
@@ -56,6 +57,27 @@ _OPEN_STEPS = (
     " JOIN payments p ON p.payment_id = s.payment_id WHERE NOT (p.status = ANY(%s))"
     " ORDER BY s.payment_id, s.step"
 )
+# The payments not settled, each with its last audit steps (a slow run's evidence).
+LAST_STEPS = 3
+OPEN_LISTED = 50
+_OPEN_NOW = (
+    "SELECT payment_id::text, kind, status, idempotency_key FROM payments"
+    " WHERE NOT (status = ANY(%s))"
+    " ORDER BY created_at LIMIT %s"
+)
+_LAST_STEPS = (
+    "SELECT payment_id::text, event_type, occurred_at, error FROM ("
+    " SELECT s.*, row_number() OVER (PARTITION BY s.payment_id ORDER BY s.step DESC) AS n"
+    " FROM payment_steps s WHERE s.payment_id = ANY(%s::uuid[])) t"
+    " WHERE n <= %s ORDER BY payment_id, step"
+)
+# The payments the resume sweep (the safety net behind the saga's own retries) moved on.
+ALL_STEPS = 30
+_RESUMED = (
+    "SELECT p.payment_id::text, p.kind, p.status, p.idempotency_key FROM payments p"
+    " WHERE EXISTS (SELECT 1 FROM payment_steps s WHERE s.payment_id = p.payment_id"
+    " AND s.event_type = 'saga.resumed') ORDER BY p.created_at LIMIT %s"
+)
 _REVIEWS = "SELECT payment_id::text, reason_code, status FROM review_cases"
 _ACCOUNTS = (
     "SELECT a.account_id::text, a.currency, a.kind, a.total_minor, a.held_minor,"
@@ -83,6 +105,34 @@ async def _rows(dsn: str, query: str, params: tuple[Any, ...] = ()) -> list[tupl
 async def open_payments(settings: Settings) -> int:
     rows = await _rows(_dsn(settings, PAYMENT_DB), _OPEN_PAYMENTS, (list(SETTLED),))
     return int(rows[0][0])
+
+
+def _step_line(occurred_at: Any, event_type: str, error: str | None) -> str:
+    at = occurred_at.strftime("%H:%M:%S.%f")[:-3]
+    return f"{at} {event_type}" + (f" ({error[:60]})" if error else "")
+
+
+async def open_now(settings: Settings) -> list[PaymentSnapshot]:
+    """The payments open now (at most OPEN_LISTED, oldest first), each with its last steps."""
+    dsn = _dsn(settings, PAYMENT_DB)
+    opened = await _rows(dsn, _OPEN_NOW, (list(SETTLED), OPEN_LISTED))
+    return await _snapshots(dsn, opened, LAST_STEPS)
+
+
+async def resumed(settings: Settings) -> list[PaymentSnapshot]:
+    """The payments the resume sweep moved on (at most OPEN_LISTED), with all their steps."""
+    dsn = _dsn(settings, PAYMENT_DB)
+    return await _snapshots(dsn, await _rows(dsn, _RESUMED, (OPEN_LISTED,)), ALL_STEPS)
+
+
+async def _snapshots(dsn: str, payments: list[tuple[Any, ...]], last: int) -> list[PaymentSnapshot]:
+    steps: dict[str, list[str]] = defaultdict(list)
+    ids = [row[0] for row in payments]
+    for payment_id, event_type, occurred_at, error in await _rows(dsn, _LAST_STEPS, (ids, last)):
+        steps[payment_id].append(_step_line(occurred_at, event_type, error))
+    return [
+        PaymentSnapshot(pid, kind, status, key, steps[pid]) for pid, kind, status, key in payments
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +235,7 @@ async def _payments(settings: Settings, observed: Observed) -> None:
     for payment_id, event_type, occurred_at, error in await _rows(
         dsn, _OPEN_STEPS, (list(SETTLED),)
     ):
-        at = occurred_at.strftime("%H:%M:%S.%f")[:-3]
-        steps[payment_id].append(f"{at} {event_type}" + (f" ({error[:60]})" if error else ""))
+        steps[payment_id].append(_step_line(occurred_at, event_type, error))
     observed.open_steps = dict(steps)
     observed.review_cases = [ReviewCase(*row) for row in await _rows(dsn, _REVIEWS)]
 

@@ -4,6 +4,7 @@ nemesis together, let the suite recover, observe, check, report."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import time
@@ -22,7 +23,7 @@ from bench.suite import SuiteFailed
 from chaos import observe, report
 from chaos.api import Api, monotonic_since
 from chaos.checker import CheckResult, check
-from chaos.history import History
+from chaos.history import History, PaymentSnapshot
 from chaos.nemesis import Nemesis, Planned, fault_kinds, schedule, select
 from chaos.suite import ChaosSuite, fresh_suite, running_suite
 from chaos.workload import (
@@ -54,6 +55,10 @@ SAMPLE_EVERY_S = 2.0
 SET_UP_AND_CHECKS_S = 300.0
 # How long cancelled tasks (watchers, the sampler) get to end before the run goes on.
 CANCEL_WAIT_S = 10.0
+# A run whose payments took longer than this after the last fault to all finish (a healthy
+# one takes a few seconds) keeps its evidence, as a failed run does: every process's log and
+# the payments still open this long after the last fault.
+SLOW_AFTER_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +168,7 @@ class Session:
         self.payments = payments
         self.http = http
         self.clock = monotonic_since(time.monotonic())
+        self.clock_zero = datetime.now(UTC)  # the logs' time at the clock's 0
         self.history = History(seed=options.seed)
         self.recorder = Recorder(self.history)
         self.shared = Shared()
@@ -179,6 +185,11 @@ class Session:
         self.plan: list[Planned] = []
         self.samples: list[observe.Backlog] = []
         self.faults_end = 0.0
+        # Payments still open at a moment of the recovery wait (label -> what was open, or
+        # why it could not be read).
+        self.still_open: dict[str, list[PaymentSnapshot] | str] = {}
+        # The payments the resume sweep had to move on (its safety net), read at the end.
+        self.resumed: list[PaymentSnapshot] = []
         self.nemesis = Nemesis(suite, http, self.clock)
         self._sampler: asyncio.Task[None] | None = None
         self.phase = "starting"  # what a hung run was doing (SuiteFailed says)
@@ -262,6 +273,27 @@ class Session:
             await self.nemesis.heal()
             self.history.faults = list(self.nemesis.faults)
 
+    async def _note_open_at(self, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - self.clock()))
+        await self._note_open(f"{SLOW_AFTER_S:.0f} s after the last fault")
+
+    async def _note_open(self, label: str) -> None:
+        try:
+            still_open = await asyncio.wait_for(
+                observe.open_now(self.suite.settings), observe.CONNECT_TIMEOUT_S
+            )
+        except Exception as exc:  # evidence only: a server may be down
+            self.still_open[label] = f"unreadable: {exc!r}"
+            return
+        if still_open:
+            self.still_open[label] = self._with_calls(still_open)
+
+    def _with_calls(self, payments: list[PaymentSnapshot]) -> list[PaymentSnapshot]:
+        return [
+            dataclasses.replace(p, calls=self.history.calls_for(p.idempotency_key))
+            for p in payments
+        ]
+
     async def _sample(self) -> None:
         while True:
             self.samples.append(await observe.backlog(self.suite.settings, self.clock()))
@@ -277,11 +309,17 @@ class Session:
             f"faults over; waiting up to {options.recovery_window_s:.0f} s for every payment"
             " to finish ..."
         )
+        slow = asyncio.create_task(self._note_open_at(last_fault + SLOW_AFTER_S))
         settled_at = await observe.wait_until_settled(
             self.suite.settings,
             clock=self.clock,
             deadline=last_fault + options.recovery_window_s,
         )
+        await _cancelled([slow])
+        if settled_at is None:
+            await self._note_open("at the end of the recovery wait")
+        with contextlib.suppress(Exception):  # evidence only
+            self.resumed = self._with_calls(await observe.resumed(self.suite.settings))
         sampler = [self._sampler] if self._sampler is not None else []
         self.phase = "stopping the watchers"
         if stuck := await _cancelled([*self.shared.watches, *sampler]):
@@ -315,7 +353,22 @@ class Session:
             k: str(v) if isinstance(v, Path) else v
             for k, v in dataclasses.asdict(self.options).items()
         }
-        meta = {"started_at": started_at.isoformat(), "mode": mode, "options": options}
+        folder = self.options.output_dir
+        logs = self._kept_logs(observed, results, folder / f"{stamp}-logs")
+        meta = {
+            "started_at": started_at.isoformat(),
+            "clock_zero": self.clock_zero.isoformat(),
+            "mode": mode,
+            "options": options,
+            "logs": str(logs) if logs is not None else None,
+            "open_payments": {
+                label: still_open
+                if isinstance(still_open, str)
+                else [dataclasses.asdict(p) for p in still_open]
+                for label, still_open in self.still_open.items()
+            },
+            "resumed_by_sweep": [dataclasses.asdict(p) for p in self.resumed],
+        }
         doc = report.document(
             self.history,
             observed,
@@ -324,7 +377,6 @@ class Session:
             samples=self.samples,
             restarts=self.suite.restarts,
         )
-        folder = self.options.output_dir
         json_path = report.write(folder / f"{stamp}.json", doc)
         png_path = report.draw(
             self.history,
@@ -334,7 +386,23 @@ class Session:
             end=self.faults_end,
         )
         self.console.print(f"results: {json_path}\nchart:   {png_path}")
+        if logs is not None:
+            self.console.print(f"logs:    {logs}")
         return Outcome(results, self.plan, json_path, png_path)
+
+    def _kept_logs(self, observed: Any, results: list[CheckResult], into: Path) -> Path | None:
+        """The logs copied into `into` when the run failed or was slow (see SLOW_AFTER_S)."""
+        if not slow_or_failed(results, observed.all_terminal_at, self.history.last_fault_end):
+            return None
+        return self.suite.keep_logs(into)
+
+
+def slow_or_failed(
+    results: Sequence[CheckResult], all_terminal_at: float | None, last_fault_end: float
+) -> bool:
+    if not all(r.ok for r in results) or all_terminal_at is None:
+        return True
+    return all_terminal_at - last_fault_end > SLOW_AFTER_S
 
 
 def _healed(suite: ChaosSuite) -> CheckResult:

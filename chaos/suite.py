@@ -9,6 +9,7 @@ recovery worker sweeps at the demo pace (every few seconds), as under `paysuite 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.suite import SuiteFailed, child_env, on_free_ports
+from chaos import logs
 from common.config import Settings
 from devstack import supervisor
 from devstack.embedded import EmbeddedServers, start_embedded
@@ -49,6 +51,8 @@ class ChaosSuite:
     restarts: list[str]
     # Set when a process crash-looped and the supervisor gave up on it: the run fails.
     crash_loop: str = ""
+    # The folder each child's log is kept in (chaos.logs); None: a suite started elsewhere.
+    log_folder: Path | None = None
 
     @property
     def targets(self) -> list[str]:
@@ -67,6 +71,24 @@ class ChaosSuite:
         if target == "postgres":
             return self.servers.postgres_pids()
         return []
+
+    def keep_logs(self, into: Path) -> Path | None:
+        """Copies every child's log and the servers' logs into `into` (created); None when
+        there is nothing to copy. A log this process may not read (PostgreSQL's, when pgserver
+        runs the server as another user) is left out, not the run's end."""
+        children = sorted(self.log_folder.glob("*.log")) if self.log_folder is not None else []
+        sources = {path.name: path for path in children}
+        if self.servers is not None:
+            sources["postgres.log"] = self.servers.postgres_log
+            sources["redis.log"] = self.servers.data_dir / "redis" / "redis.log"
+        found = {name: path for name, path in sources.items() if path.is_file()}
+        if not found:
+            return None
+        into.mkdir(parents=True, exist_ok=True)
+        for name, path in found.items():
+            with contextlib.suppress(OSError):
+                shutil.copyfile(path, into / name)
+        return into
 
 
 def _simulators(settings: Settings) -> dict[str, str]:
@@ -102,7 +124,7 @@ async def fresh_suite(base: Settings, *, seed: int) -> AsyncIterator[ChaosSuite]
             await asyncio.to_thread(database.migrate, settings)
         env = child_env(settings, servers.database_url, servers.redis_url)
         env.update(_chaos_env(seed))
-        async with _running(settings, env, servers) as suite:
+        async with _running(settings, env, servers, folder / "logs") as suite:
             yield suite
     finally:
         await asyncio.to_thread(servers.stop)
@@ -116,9 +138,9 @@ def _chaos_env(seed: int) -> dict[str, str]:
             "PAYSUITE_SIMULATOR_SETTLE_DELAY_MS": SETTLE_DELAY_MS,
             # The simulators' dice: the same seed misbehaves the same way for the same requests.
             "PAYSUITE_SIMULATOR_SEED": str(seed),
-            # Under faults every process warns of what it retries: only errors reach the run's
-            # output, where a crash or a bug stands out.
-            "PAYSUITE_LOG_LEVEL": "ERROR",
+            # Every line goes to the process's log file (chaos.logs), kept when a run fails or
+            # is slow; only errors reach the run's output, where a crash or a bug stands out.
+            "PAYSUITE_LOG_LEVEL": logs.LEVEL,
             "GRPC_VERBOSITY": "ERROR",
         }
     )
@@ -127,16 +149,17 @@ def _chaos_env(seed: int) -> dict[str, str]:
 
 @asynccontextmanager
 async def _running(
-    settings: Settings, env: dict[str, str], servers: EmbeddedServers
+    settings: Settings, env: dict[str, str], servers: EmbeddedServers, log_folder: Path
 ) -> AsyncIterator[ChaosSuite]:
     processes = supervisor.plan(settings, demo=True)
+    spawn = logs.spawner(log_folder, _short)
     children: dict[str, supervisor.Child] = {}
     try:
         for stage in sorted({proc.stage for proc in processes}):
             batch = [proc for proc in processes if proc.stage == stage]
             for proc in batch:
-                popen = supervisor.spawn(proc, env)
-                children[_short(proc)] = supervisor.Child(proc, env, popen)
+                popen = spawn(proc, env)
+                children[_short(proc)] = supervisor.Child(proc, env, popen, spawner=spawn)
             popens = {child.name: child.popen for child in children.values()}
             try:
                 await asyncio.to_thread(supervisor.wait_ready, batch, popens)
@@ -148,6 +171,7 @@ async def _running(
             servers,
             _simulators(settings),
             [],
+            log_folder=log_folder,
         )
         async with _healing(suite):
             yield suite

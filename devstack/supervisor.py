@@ -346,7 +346,9 @@ TRAMPOLINE = (
 )
 
 
-def spawn(proc: Process, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def spawn(
+    proc: Process, env: dict[str, str], *, output: int | None = None
+) -> subprocess.Popen[bytes]:
     """Its own session: the terminal's Ctrl-C reaches the supervisor alone, which stops every
     child itself, children before the servers they use, whether the signal came from the
     terminal or from `kill -INT <pid>`.
@@ -354,11 +356,16 @@ def spawn(proc: Process, env: dict[str, str]) -> subprocess.Popen[bytes]:
     No preexec_fn: this process makes gRPC calls (readiness and liveness probes), and Python
     run between fork and exec in a process with gRPC's threads can crash the child (seen:
     restarted children dying of SIGSEGV at once). The trampoline does the same in the child,
-    after exec."""
+    after exec.
+
+    `output` (subprocess.PIPE): the child's stdout and stderr together, for a caller that
+    keeps its log (`make chaos`); by default both are this process's own."""
     return subprocess.Popen(  # noqa: S603 - our own modules, no shell
         [sys.executable, "-c", TRAMPOLINE, proc.module, str(os.getpid())],
         env={**env, **dict(proc.env)},
         start_new_session=True,
+        stdout=output,
+        stderr=None if output is None else subprocess.STDOUT,
     )
 
 

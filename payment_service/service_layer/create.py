@@ -10,10 +10,10 @@ funds at once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import structlog
 
@@ -78,6 +78,9 @@ def _cancelled(payment: Payment) -> Payment:
     return payment
 
 
+T = TypeVar("T")
+
+
 class PaymentRequests:
     def __init__(
         self,
@@ -98,6 +101,8 @@ class PaymentRequests:
         # first, so it keeps its own).
         self._grouped = group_commit
         self._creates = GroupCommit(self._record_batch, self._record_alone)
+        # Request paths whose caller left before they ended (`_outliving_the_caller`).
+        self._unattended: set[asyncio.Task[Any]] = set()
 
     # -- creating payments: one commit, then (withdrawals, refunds, transfers) the wallet ----
 
@@ -148,13 +153,17 @@ class PaymentRequests:
         )
         await self._accounts.authorize(caller, request.account_id, "withdraw from this account")
         await self._accounts.check_currency(request.account_id, amount, "amount.currency")
-        payment, created = await self._create_new(
-            request, lambda pid: Payment.withdrawal(request, pid)
-        )
-        if not created:
-            return payment
-        crash_point("payment.withdrawal_committed")
-        return await self._saga.hold_funds(payment)
+
+        async def create_and_hold() -> Payment:
+            payment, created = await self._create_new(
+                request, lambda pid: Payment.withdrawal(request, pid)
+            )
+            if not created:
+                return payment
+            crash_point("payment.withdrawal_committed")
+            return await self._saga.hold_funds(payment)
+
+        return await self._outliving_the_caller(create_and_hold())
 
     async def create_transfer(
         self,
@@ -183,13 +192,17 @@ class PaymentRequests:
         )
         await self._accounts.check_currency(request.source_account_id, amount, "amount.currency")
         await self._accounts.currency_of(request.destination_account_id)  # NOT_FOUND at once
-        payment, created = await self._create_new(
-            request, lambda pid: Payment.transfer(request, pid)
-        )
-        if not created:
-            return payment
-        crash_point("payment.transfer_committed")
-        return await self._saga.transfer(payment)
+
+        async def create_and_move() -> Payment:
+            payment, created = await self._create_new(
+                request, lambda pid: Payment.transfer(request, pid)
+            )
+            if not created:
+                return payment
+            crash_point("payment.transfer_committed")
+            return await self._saga.transfer(payment)
+
+        return await self._outliving_the_caller(create_and_move())
 
     async def refund_payment(
         self,
@@ -221,10 +234,31 @@ class PaymentRequests:
             await uow.payments.save(deposit)
             return refund
 
-        payment, created = await self._create(request, make)
-        if not created:
-            return payment
-        return await self._saga.hold_funds(payment)
+        async def create_and_hold() -> Payment:
+            payment, created = await self._create(request, make)
+            if not created:
+                return payment
+            return await self._saga.hold_funds(payment)
+
+        return await self._outliving_the_caller(create_and_hold())
+
+    async def _outliving_the_caller(self, work: Coroutine[Any, Any, T]) -> T:
+        """Runs a request path (the create's commit, then its hold or transfer) to its end
+        even if the caller leaves meanwhile. gRPC cancels a request's task when its deadline
+        passes or its caller gives up (under an outage, or after this process was paused):
+        cancelled there, a payment committed by the group commit's worker, or whose wallet
+        call was under way, stopped with no event and nothing deferred to move it on, and
+        waited for the resume sweep's threshold (30 s). Finished without the caller, its
+        step is recorded, or deferred by an outage (`Saga.deferred`) as with the caller
+        there; the downstream calls still end by the request's deadline."""
+        task = asyncio.ensure_future(work)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._unattended.add(task)  # the loop keeps no strong reference to a task
+            task.add_done_callback(_ended_unattended)
+            task.add_done_callback(self._unattended.discard)
+            raise
 
     async def cancel_payment(self, payment_id: str, *, caller: Principal = SYSTEM) -> Payment:
         """Cancels a payment the provider has not been asked about. Its hold, if any, is
@@ -383,3 +417,9 @@ class PaymentRequests:
 
 def _initiated(payment: Payment) -> None:
     log.info("payment.initiated", payment_id=payment.payment_id, kind=payment.kind.value)
+
+
+def _ended_unattended(task: asyncio.Task[Any]) -> None:
+    """Says how a request path its caller left ended (and retrieves its error)."""
+    error = None if task.cancelled() else task.exception()
+    log.info("payment.request_ended_without_caller", error=repr(error) if error else "")

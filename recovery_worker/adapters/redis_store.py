@@ -16,7 +16,6 @@ Redis errors become DependencyUnavailable here, once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
@@ -87,6 +86,8 @@ class RedisLeases:
         self._owner = owner
         # This process's leases, told apart from those of an earlier one of the same owner.
         self._incarnation = f"{owner}:{uuid.uuid4().hex}:"
+        # Leases (key -> token) whose release failed: released before they are next asked for.
+        self._unreleased: dict[str, str] = {}
 
     def key(self, name: str) -> str:
         return f"{self._prefix}paysuite.recovery.lease.{name}"
@@ -94,6 +95,7 @@ class RedisLeases:
     @asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[bool]:
         key, token = self.key(name), f"{self._incarnation}{uuid.uuid4().hex}"
+        await self._release_unreleased(key)
         acquired = await _redis(self._redis.set(key, token, nx=True, px=self._ttl_ms))
         if not acquired:
             acquired = await _redis(
@@ -127,9 +129,22 @@ class RedisLeases:
                 return
 
     async def _release(self, key: str, token: str) -> None:
-        # A failed release is not an error: the lease expires on its own after its ttl.
-        with contextlib.suppress(RedisError, OSError):
+        # A failed release is not an error: it is tried again before this process next asks
+        # for the lease (`_release_unreleased`), and the lease expires after its ttl anyway.
+        try:
             await self._redis.eval(_RELEASE, 1, key, token)
+        except (RedisError, OSError):
+            self._unreleased[key] = token
+
+    async def _release_unreleased(self, key: str) -> None:
+        """Releases this process's own lease on `key` that it failed to release (Redis
+        restarting with its data when the sweep ended, seen in chaos): left, its live holder
+        cannot take it over, so the sweep reported BUSY every round until the ttl ran out
+        (60 s: pending payments whose webhooks were lost waited 45 s past the faults)."""
+        token = self._unreleased.get(key)
+        if token is not None:
+            await _redis(self._redis.eval(_RELEASE, 1, key, token))
+            del self._unreleased[key]
 
 
 class RedisRungMemory:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from chaos import run
+from chaos.checker import CheckResult
 
 
 @asynccontextmanager
@@ -58,3 +59,14 @@ async def test_cancelling_the_run_while_it_waits_for_its_tasks_is_not_swallowed(
 
         with pytest.raises(asyncio.CancelledError):
             await waiting
+
+
+def test_a_failed_or_slow_run_keeps_its_logs() -> None:
+    ok, failed = CheckResult("a", [], ""), CheckResult("b", ["broken"], "")
+    quick = run.SLOW_AFTER_S - 1
+
+    assert not run.slow_or_failed([ok], all_terminal_at=100.0 + quick, last_fault_end=100.0)
+    assert run.slow_or_failed([ok, failed], all_terminal_at=100.0 + quick, last_fault_end=100.0)
+    assert run.slow_or_failed([ok], all_terminal_at=None, last_fault_end=100.0)
+    slow = 100.0 + run.SLOW_AFTER_S + 1
+    assert run.slow_or_failed([ok], all_terminal_at=slow, last_fault_end=100.0)

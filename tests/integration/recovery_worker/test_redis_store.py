@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common.errors import DependencyUnavailable
 from recovery_worker.adapters.redis_store import RedisLeases, RedisPipeline, RedisRungMemory
@@ -58,6 +59,35 @@ async def test_a_restarted_worker_takes_over_its_killed_predecessors_lease_at_on
             assert not twice  # nor its own live one
 
     await holding.__aexit__(None, None, None)
+
+
+async def test_a_lease_whose_release_failed_is_released_before_it_is_next_asked_for(
+    rig: Rig, connections: Connections, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis restarted (with its data) while a sweep ran: the sweep failed, and so did the
+    release of its lease. The same live worker must get the lease at its next round, not
+    report BUSY until its ttl ran out (chaos seed 102: pending payments waited 45 s)."""
+    redis, prefix = connections.redis, rig.settings.stream_prefix
+    worker = leases(redis, prefix, owner="host-recovery")
+
+    async def restarting(*args: object) -> object:
+        raise RedisConnectionError("Connection closed by server.")
+
+    async def sweep_cut_short() -> None:
+        async with worker.hold("unreleased") as held:
+            assert held
+            monkeypatch.setattr(redis, "eval", restarting)
+            raise DependencyUnavailable("redis unavailable: ConnectionError")
+
+    with pytest.raises(DependencyUnavailable):
+        await sweep_cut_short()
+    assert await redis.exists(worker.key("unreleased"))  # left behind, for the ttl
+    monkeypatch.undo()  # Redis is back
+
+    async with worker.hold("unreleased") as again:
+        assert again
+        async with leases(redis, prefix).hold("unreleased") as other:
+            assert not other  # released for its owner, not for anyone else
 
 
 async def test_a_holder_whose_lease_expired_never_frees_the_next_holders(

@@ -25,6 +25,7 @@ from payment_service.domain.errors import (
 from payment_service.domain.requests import IdempotencyClaim
 from payment_service.domain.saga import HoldState, ProviderAnswer
 from payment_service.domain.status import PaymentStatus
+from tests.payment_service.fakes import FakeUnitOfWork
 from tests.payment_service.world import ACCOUNT, World
 
 S = PaymentStatus
@@ -495,3 +496,83 @@ async def test_gateway_refusal_fails_the_payment() -> None:
     payment = await world.queries.get_payment(await world.deposit())
     assert payment.status is S.FAILED
     assert payment.failure_reason == "card_declined"
+
+
+async def what_runs_without_the_caller() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_a_hold_whose_request_was_cancelled_midway_is_placed_all_the_same() -> None:
+    """The caller gave up (its deadline passed, e.g. while this process was paused) while
+    the wallet was placing the hold: gRPC cancels the request's task, and nothing else would
+    move the payment on before the resume sweep's threshold."""
+    world = funded()
+    service = world.process()
+    entered, release = asyncio.Event(), asyncio.Event()
+    place_hold = world.wallet.place_hold
+
+    async def slow_hold(**kwargs: object) -> str:
+        entered.set()
+        await release.wait()
+        return await place_hold(**kwargs)  # type: ignore[arg-type]
+
+    world.wallet.place_hold = slow_hold  # type: ignore[method-assign]
+    request = asyncio.create_task(
+        service.requests.create_withdrawal(
+            idempotency_key="w1", account_id=ACCOUNT, amount=Money(1000, "USD"), destination="d"
+        )
+    )
+    await entered.wait()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    release.set()
+    await what_runs_without_the_caller()
+
+    assert await service.recovery.resume_deferred() == 0
+    (payment,) = world.store.rows.values()
+    resumed = await service.queries.get_payment(payment.payment_id)
+    assert resumed.saga.hold is HoldState.PLACED
+    assert len(world.wallet.holds) == 1
+
+
+async def test_a_withdrawal_whose_request_was_cancelled_as_it_committed_is_held() -> None:
+    """The caller gave up while the create's transaction was in PostgreSQL: the group commit's
+    worker commits it all the same, and the hold must follow without the caller."""
+    world = funded()
+    entered, release = asyncio.Event(), asyncio.Event()
+    make_uow = world.uow
+
+    def slow_uow() -> FakeUnitOfWork:
+        unit = make_uow()
+        commit = unit.commit
+
+        async def slow_commit() -> None:
+            if not release.is_set():
+                entered.set()
+                await release.wait()
+            await commit()
+
+        unit.commit = slow_commit  # type: ignore[method-assign]
+        return unit
+
+    world.uow = slow_uow  # type: ignore[method-assign]
+    service = world.process()
+    request = asyncio.create_task(
+        service.requests.create_withdrawal(
+            idempotency_key="w1", account_id=ACCOUNT, amount=Money(1000, "USD"), destination="d"
+        )
+    )
+    await entered.wait()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    release.set()
+    await what_runs_without_the_caller()
+
+    assert await service.recovery.resume_deferred() == 0
+    (payment,) = world.store.rows.values()
+    held = await service.queries.get_payment(payment.payment_id)
+    assert held.saga.hold is HoldState.PLACED
+    assert len(world.wallet.holds) == 1
