@@ -145,16 +145,33 @@ correlation_id_var: contextvars.ContextVar[str] = contextvars.ContextVar(
 payment_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("payment_id", default="")
 
 
+FlowTokens = tuple[contextvars.Token[str], contextvars.Token[str]]
+
+
+def bind_flow(correlation_id: str, payment_id: str = "") -> FlowTokens:
+    """`bound_flow`'s entry, for a scope that is a class of its own (the gRPC server's span,
+    entered for every call, where a generator's context manager costs more): an id not given
+    keeps the one already bound. Undone by `unbind_flow` with what it returns."""
+    return (
+        correlation_id_var.set(correlation_id or correlation_id_var.get()),
+        payment_id_var.set(payment_id or payment_id_var.get()),
+    )
+
+
+def unbind_flow(tokens: FlowTokens) -> None:
+    correlation, payment = tokens
+    payment_id_var.reset(payment)
+    correlation_id_var.reset(correlation)
+
+
 @contextlib.contextmanager
 def bound_flow(correlation_id: str, payment_id: str = "") -> Iterator[None]:
     """Logs inside carry the flow's correlation id and, when known, its payment id."""
-    correlation = correlation_id_var.set(correlation_id or correlation_id_var.get())
-    payment = payment_id_var.set(payment_id or payment_id_var.get())
+    tokens = bind_flow(correlation_id, payment_id)
     try:
         yield
     finally:
-        payment_id_var.reset(payment)
-        correlation_id_var.reset(correlation)
+        unbind_flow(tokens)
 
 
 def _add_flow_ids(

@@ -29,7 +29,7 @@ from opentelemetry import trace
 from common import tracing
 from common.grpc.auth import AUTHORIZATION, StreamBearerInterceptor, presents_token
 from common.grpc.metrics import code_name, record_client_call, split_method
-from common.logging import bound_flow, correlation_id_var, payment_id_var
+from common.logging import bind_flow, bound_flow, correlation_id_var, unbind_flow
 
 log = structlog.get_logger(__name__)
 
@@ -64,13 +64,12 @@ def _payment_id(request: Any) -> str:
 
 class Served:
     """A SERVER span for the call being served, a child of the caller's; the request's
-    payment id and the caller's correlation id bound to the logs meanwhile (as
-    common.logging.bound_flow binds them). The error mapping's request scope opens it, so the
+    payment id and the caller's correlation id bound to the logs meanwhile
+    (common.logging.bind_flow). The error mapping's request scope opens it, so the
     status it aborts with is on the span. A class rather than a generator: it is entered for
     every call served, and a generator's context manager cost more than the span."""
 
-    __slots__ = ("_context", "_correlation", "_method_name", "_payment", "_request", "_span",
-                 "_token")  # fmt: skip
+    __slots__ = ("_context", "_flow", "_method_name", "_request", "_span", "_token")
 
     def __init__(
         self, method_name: str, context: grpc.aio.ServicerContext[Any, Any], request: Any
@@ -91,8 +90,7 @@ class Served:
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
         )
         self._token = otel_context.attach(trace.set_span_in_context(span))
-        self._correlation = correlation_id_var.set(correlation_id or correlation_id_var.get())
-        self._payment = payment_id_var.set(payment_id or payment_id_var.get())
+        self._flow = bind_flow(correlation_id, payment_id)
 
     def __exit__(
         self,
@@ -104,8 +102,7 @@ class Served:
             try:
                 _finish(self._span, self._context, exc)
             finally:
-                payment_id_var.reset(self._payment)
-                correlation_id_var.reset(self._correlation)
+                unbind_flow(self._flow)
         finally:
             otel_context.detach(self._token)
             self._span.end()
