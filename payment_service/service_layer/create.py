@@ -153,17 +153,11 @@ class PaymentRequests:
         )
         await self._accounts.authorize(caller, request.account_id, "withdraw from this account")
         await self._accounts.check_currency(request.account_id, amount, "amount.currency")
-
-        async def create_and_hold() -> Payment:
-            payment, created = await self._create_new(
-                request, lambda pid: Payment.withdrawal(request, pid)
-            )
-            if not created:
-                return payment
-            crash_point("payment.withdrawal_committed")
-            return await self._saga.hold_funds(payment)
-
-        return await self._outliving_the_caller(create_and_hold())
+        return await self._create_then(
+            self._create_new(request, lambda pid: Payment.withdrawal(request, pid)),
+            self._saga.hold_funds,
+            committed="payment.withdrawal_committed",
+        )
 
     async def create_transfer(
         self,
@@ -192,17 +186,11 @@ class PaymentRequests:
         )
         await self._accounts.check_currency(request.source_account_id, amount, "amount.currency")
         await self._accounts.currency_of(request.destination_account_id)  # NOT_FOUND at once
-
-        async def create_and_move() -> Payment:
-            payment, created = await self._create_new(
-                request, lambda pid: Payment.transfer(request, pid)
-            )
-            if not created:
-                return payment
-            crash_point("payment.transfer_committed")
-            return await self._saga.transfer(payment)
-
-        return await self._outliving_the_caller(create_and_move())
+        return await self._create_then(
+            self._create_new(request, lambda pid: Payment.transfer(request, pid)),
+            self._saga.transfer,
+            committed="payment.transfer_committed",
+        )
 
     async def refund_payment(
         self,
@@ -234,13 +222,28 @@ class PaymentRequests:
             await uow.payments.save(deposit)
             return refund
 
-        async def create_and_hold() -> Payment:
-            payment, created = await self._create(request, make)
+        return await self._create_then(self._create(request, make), self._saga.hold_funds)
+
+    async def _create_then(
+        self,
+        create: Awaitable[tuple[Payment, bool]],
+        then: Callable[[Payment], Awaitable[Payment]],
+        *,
+        committed: str = "",
+    ) -> Payment:
+        """The create, then the wallet step of the payment it made (a replay answers as
+        stored), run to its end even if the caller leaves (`_outliving_the_caller`).
+        `committed`: the crash point between the two."""
+
+        async def create_then() -> Payment:
+            payment, created = await create
             if not created:
                 return payment
-            return await self._saga.hold_funds(payment)
+            if committed:
+                crash_point(committed)
+            return await then(payment)
 
-        return await self._outliving_the_caller(create_and_hold())
+        return await self._outliving_the_caller(create_then())
 
     async def _outliving_the_caller(self, work: Coroutine[Any, Any, T]) -> T:
         """Runs a request path (the create's commit, then its hold or transfer) to its end
