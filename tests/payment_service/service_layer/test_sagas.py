@@ -26,7 +26,7 @@ from payment_service.domain.requests import IdempotencyClaim
 from payment_service.domain.saga import HoldState, ProviderAnswer
 from payment_service.domain.status import PaymentStatus
 from tests.payment_service.fakes import FakeUnitOfWork
-from tests.payment_service.world import ACCOUNT, World
+from tests.payment_service.world import ACCOUNT, Process, World
 
 S = PaymentStatus
 OTHER = "7f0c5b1a-2d3e-4f50-8a6b-9c0d1e2f3a4b"
@@ -503,6 +503,24 @@ async def what_runs_without_the_caller() -> None:
         await asyncio.sleep(0)
 
 
+async def withdrawal_cancelled_midway(
+    service: Process, entered: asyncio.Event, release: asyncio.Event
+) -> None:
+    """A CreateWithdrawal whose caller gives up once `entered` is set (gRPC cancels its
+    task); then `release` lets the held-up step go on, and what runs without the caller runs."""
+    request = asyncio.create_task(
+        service.requests.create_withdrawal(
+            idempotency_key="w1", account_id=ACCOUNT, amount=Money(1000, "USD"), destination="d"
+        )
+    )
+    await entered.wait()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    release.set()
+    await what_runs_without_the_caller()
+
+
 async def test_a_hold_whose_request_was_cancelled_midway_is_placed_all_the_same() -> None:
     """The caller gave up (its deadline passed, e.g. while this process was paused) while
     the wallet was placing the hold: gRPC cancels the request's task, and nothing else would
@@ -518,17 +536,7 @@ async def test_a_hold_whose_request_was_cancelled_midway_is_placed_all_the_same(
         return await place_hold(**kwargs)  # type: ignore[arg-type]
 
     world.wallet.place_hold = slow_hold  # type: ignore[method-assign]
-    request = asyncio.create_task(
-        service.requests.create_withdrawal(
-            idempotency_key="w1", account_id=ACCOUNT, amount=Money(1000, "USD"), destination="d"
-        )
-    )
-    await entered.wait()
-    request.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await request
-    release.set()
-    await what_runs_without_the_caller()
+    await withdrawal_cancelled_midway(service, entered, release)
 
     assert await service.recovery.resume_deferred() == 0
     (payment,) = world.store.rows.values()
@@ -559,17 +567,7 @@ async def test_a_withdrawal_whose_request_was_cancelled_as_it_committed_is_held(
 
     world.uow = slow_uow  # type: ignore[method-assign]
     service = world.process()
-    request = asyncio.create_task(
-        service.requests.create_withdrawal(
-            idempotency_key="w1", account_id=ACCOUNT, amount=Money(1000, "USD"), destination="d"
-        )
-    )
-    await entered.wait()
-    request.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await request
-    release.set()
-    await what_runs_without_the_caller()
+    await withdrawal_cancelled_midway(service, entered, release)
 
     assert await service.recovery.resume_deferred() == 0
     (payment,) = world.store.rows.values()
