@@ -146,28 +146,42 @@ _SAVE = (
     " outcome_unknown FROM changed RETURNING recorded_at"
 )
 
+
 # Many operations' saves (a batch's provider answers or webhooks) in ONE statement of one text
 # for any batch size: the rows ride as arrays, and each updated row appends its history entry
 # as _SAVE does, in the order given (WITH ORDINALITY). As in _SAVE a row is matched by id only
 # (the caller holds its lock); an id with no row writes nothing, and the short count says so.
-_SAVE_MANY_CTES = (
-    "input AS (SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[],"
-    " %b::text[], %b::bigint[], %b::boolean[], %b::boolean[]) WITH ORDINALITY AS"
-    " i(operation_id, status, provider, provider_reference, failure_reason, version,"
-    " outcome_unknown, failover_clear, position)),"
-    " changed AS (UPDATE operations o SET status = i.status, provider = i.provider,"
-    " provider_reference = i.provider_reference, failure_reason = i.failure_reason,"
-    " version = i.version, outcome_unknown = i.outcome_unknown,"
-    " failover_clear = i.failover_clear, updated_at = now()"
-    " FROM input i WHERE o.operation_id = i.operation_id RETURNING o.*),"
-    " history AS (INSERT INTO operation_history (operation_id, version, status, provider,"
-    " provider_reference, failure_reason, outcome_unknown)"
-    " SELECT c.operation_id, c.version, c.status, c.provider, c.provider_reference,"
-    " c.failure_reason, c.outcome_unknown FROM changed c JOIN input i USING (operation_id)"
-    " ORDER BY i.position RETURNING operation_id, recorded_at)"
-)
+# With `unchanged_since`, a row is matched only while it is still at the version the caller
+# last saw (`previous`): a save without the lock, which a concurrent change turns into nothing.
+def _save_many_ctes(*, unchanged_since: bool) -> str:
+    previous = (", %b::bigint[]", ", previous") if unchanged_since else ("", "")
+    guard = " AND o.version = i.previous" if unchanged_since else ""
+    return (
+        "input AS (SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[],"  # noqa: S608 - constant SQL pieces, no input
+        f" %b::text[], %b::bigint[], %b::boolean[], %b::boolean[]{previous[0]}) WITH ORDINALITY"
+        " AS i(operation_id, status, provider, provider_reference, failure_reason, version,"
+        f" outcome_unknown, failover_clear{previous[1]}, position)),"
+        " changed AS (UPDATE operations o SET status = i.status, provider = i.provider,"
+        " provider_reference = i.provider_reference, failure_reason = i.failure_reason,"
+        " version = i.version, outcome_unknown = i.outcome_unknown,"
+        " failover_clear = i.failover_clear, updated_at = now()"
+        f" FROM input i WHERE o.operation_id = i.operation_id{guard} RETURNING o.*),"
+        " history AS (INSERT INTO operation_history (operation_id, version, status, provider,"
+        " provider_reference, failure_reason, outcome_unknown)"
+        " SELECT c.operation_id, c.version, c.status, c.provider, c.provider_reference,"
+        " c.failure_reason, c.outcome_unknown FROM changed c JOIN input i USING (operation_id)"
+        " ORDER BY i.position RETURNING operation_id, recorded_at)"
+    )
+
+
+_SAVE_MANY_CTES = _save_many_ctes(unchanged_since=False)
 _SAVE_MANY = (
     "WITH " + _SAVE_MANY_CTES + " SELECT operation_id, recorded_at FROM history"  # noqa: S608 - constant SQL pieces, no input
+)
+_SAVE_UNCHANGED = (
+    "WITH "  # noqa: S608 - constant SQL pieces, no input
+    + _save_many_ctes(unchanged_since=True)
+    + " SELECT operation_id, recorded_at FROM history"
 )
 
 
@@ -346,6 +360,21 @@ class OperationRepository:
             cursor = await raw.execute(_SAVE_MANY, _save_params(operations))
             saved = {str(operation_id): at for operation_id, at in await cursor.fetchall()}
         _saved(operations, saved)
+
+    async def save_unchanged(self, operations: Sequence[tuple[Operation, int]]) -> set[str]:
+        """Saves each (operation, version it was read at) whose row is still at that version,
+        without a lock, in one statement; returns the ids saved. A row another writer moved
+        on is left as it is, for the caller to decide again under the lock."""
+        raw = await self._driver()
+        params = _save_params([operation for operation, _ in operations])
+        params.append([previous for _, previous in operations])
+        async with unique_violation_is_conflict():
+            cursor = await raw.execute(_SAVE_UNCHANGED, params)
+            saved = {str(operation_id): at for operation_id, at in await cursor.fetchall()}
+        for operation, _ in operations:
+            if operation.operation_id in saved:
+                operation.updated_at = saved[operation.operation_id]
+        return set(saved)
 
     async def _scalar(self, query: str, params: list[Any]) -> Any:
         raw = await self._driver()

@@ -40,3 +40,10 @@ class GatewayUnitOfWork(SqlUnitOfWork):
             taken = [op.idempotency_key for op in operations if op.operation_id not in inserted]
             existing = await self.operations.find_by_idempotency_keys(taken) if taken else {}
         return inserted, existing
+
+    async def save_unchanged(self, operations: Sequence[tuple[Operation, int]]) -> set[str]:
+        """`operations.save_unchanged` as one autocommit statement: recording a provider's
+        answer to the request that holds the operation was BEGIN, the locking read, the
+        save and COMMIT. Only for changes that emit nothing (no outbox row to write)."""
+        async with self.autocommit():
+            return await self.operations.save_unchanged(operations)

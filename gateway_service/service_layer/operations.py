@@ -245,14 +245,14 @@ class Operations:
         last: ProviderNotProcessed | None = None
         for provider in self._candidates(operation):
             if provider.name != operation.provider or operation.failover_clear:
-                operation = await self.update(operation_id, _route(provider.name))
+                operation = await self.update(operation_id, _route(provider.name), known=operation)
                 if operation.provider != provider.name or operation.failover_clear:
                     return operation  # a provider may have acted meanwhile: stay with it
             try:
                 acceptance = await provider.submit(_instruction(operation), deadline=deadline)
             except ProviderRejected as exc:
                 log.info("operation.rejected", operation_id=operation_id, code=exc.code)
-                return await self.update(operation_id, _rejection(exc.code))
+                return await self.update(operation_id, _rejection(exc.code), known=operation)
             except ProviderNotProcessed as exc:
                 log.warning("operation.not_processed", provider=provider.name, error=str(exc))
                 last = exc
@@ -261,13 +261,15 @@ class Operations:
                 # The provider may have acted: failing the operation could lose real money,
                 # and asking another provider could move it twice. It waits for the answer.
                 log.warning("operation.outcome_unknown", operation_id=operation_id, error=str(exc))
-                return await self.update(operation_id, Operation.mark_unknown)
-            return await self.update(operation_id, _acceptance(acceptance.provider_reference))
+                return await self.update(operation_id, Operation.mark_unknown, known=operation)
+            return await self.update(
+                operation_id, _acceptance(acceptance.provider_reference), known=operation
+            )
         if clear:
             # Only an asker that knew nothing was in flight learns that nothing is: a "not
             # processed" from a provider an earlier request may still be waiting on says
             # nothing of that request.
-            await self.update(operation_id, Operation.mark_unsent)
+            await self.update(operation_id, Operation.mark_unsent, known=operation)
         raise DependencyUnavailable(
             f"no provider could take the {operation.kind.value} now (nothing was moved): {last}"
         )
@@ -287,12 +289,17 @@ class Operations:
             raise NotFound("operation", operation_id)
         return operation
 
-    async def update(self, operation_id: str, change: Change) -> Operation:
+    async def update(
+        self, operation_id: str, change: Change, *, known: Operation | None = None
+    ) -> Operation:
         """Applies `change` under the operation's row lock, saved when it returns truthy
-        (service_layer/writes.py:update_operation), in the next group commit if on."""
+        (service_layer/writes.py:update_operation), in the next group commit if on. With
+        group commit, `known` (the operation as this request last saved it) lets a change
+        that emits nothing be saved without the lock while the row is still at its version
+        (GroupedWrites.update)."""
         if self._writes is None:
             return await update_operation(self._uow, operation_id, change)
-        return await self._writes.update(operation_id, change)
+        return await self._writes.update(operation_id, change, known=known)
 
 
 def _check_refundable(charge: Operation, amount: Money) -> None:

@@ -107,6 +107,12 @@ class UnitOfWork(BaseUnitOfWork, Protocol):
         that hold the other keys (`find_by_idempotency_keys`), read after."""
         ...
 
+    async def save_unchanged(self, operations: Sequence[tuple[Operation, int]]) -> set[str]:
+        """Each (operation, the version it was read at) saved, committed at once, if its row
+        is still at that version, for a unit that does nothing before it; returns the ids
+        saved. For changes that emit no event: nothing else is written with them."""
+        ...
+
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]
 

@@ -10,12 +10,19 @@ on the single-request path with its retries (`retry_on_conflict`).
 
 Refunds are never grouped: each locks its charge and checks the charge's refund total, which
 a neighbour in the same batch could change (see Operations._record).
+
+The provider's answer is recorded by the request that asked, which holds the operation as it
+saved it. Such a change that emits no event (accepted: `pending`, routed, unsent) is saved
+without the lock, only while the row is still at the version the request holds, in one
+autocommit statement for the answers that arrive together: BEGIN, the locking read, the save
+and COMMIT were four round trips where one does. A row that moved on meanwhile (a webhook
+was faster) is decided again under the lock, as any other update.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common.errors import ConcurrentUpdate, IdempotencyConflict, NotFound, retry_on_conflict
 from common.group_commit import GroupCommit, Job, first_per_key
@@ -53,6 +60,29 @@ class OpenRequest:
 class Update:
     operation_id: str
     change: Change
+
+
+@dataclass(frozen=True, slots=True)
+class KnownUpdate:
+    """A change already applied to the operation as its request last saved it (`changed`),
+    and the version that request saw (`previous`)."""
+
+    changed: Operation
+    previous: int
+    change: Change
+
+    @property
+    def operation_id(self) -> str:
+        return self.changed.operation_id
+
+
+def applied_to_copy(known: Operation, change: Change) -> Operation | None:
+    """`change` applied to a copy of `known`, if it changes it and emits no event (an event
+    needs its outbox row in the same transaction: that change goes under the lock)."""
+    changed = replace(known, _events=[], history=list(known.history))
+    if not change(changed) or changed.pull_events():
+        return None
+    return changed
 
 
 def replayed(existing: Operation, request: OpenRequest) -> Operation:
@@ -98,14 +128,24 @@ class GroupedWrites:
         self._record_alone = record_alone
         self._records = GroupCommit(self._record_batch, self._run_record_alone)
         self._updates = GroupCommit(self._update_batch, self._run_update_alone)
+        self._known_updates = GroupCommit(self._known_update_batch, self._run_update_alone)
 
     async def record(self, request: OpenRequest) -> Operation:
         """The new operation committed CREATED, or the one its key already names."""
         recorded: Operation = await self._records.submit(request)
         return recorded
 
-    async def update(self, operation_id: str, change: Change) -> Operation:
-        """As update_operation, sharing the transaction with other updates."""
+    async def update(
+        self, operation_id: str, change: Change, *, known: Operation | None = None
+    ) -> Operation:
+        """As update_operation, sharing the transaction with other updates. `known`: the
+        operation as this request last saved it, whose change may then be saved without the
+        lock (see the module's docstring)."""
+        if known is not None and (changed := applied_to_copy(known, change)) is not None:
+            saved: Operation = await self._known_updates.submit(
+                KnownUpdate(changed, known.version, change)
+            )
+            return saved
         updated: Operation = await self._updates.submit(Update(operation_id, change))
         return updated
 
@@ -146,9 +186,24 @@ class GroupedWrites:
         for job in later:
             await self._settle_alone(job)
 
+    async def _known_update_batch(self, jobs: list[Job]) -> None:
+        first, later = first_per_key(jobs, lambda update: update.operation_id)
+        batch = list(first.values())
+        async with self._uow() as uow:
+            saved = await uow.save_unchanged(
+                [(job.spec.changed, job.spec.previous) for job in batch]
+            )
+        for job in batch:
+            if job.spec.operation_id in saved:
+                job.settle(job.spec.changed)
+            else:  # moved on since its request saw it: decided again under the lock
+                later.append(job)
+        for job in later:
+            await self._settle_alone(job)
+
     async def _run_update_alone(self, jobs: list[Job]) -> None:
         (job,) = jobs
-        update: Update = job.spec
+        update: Update | KnownUpdate = job.spec
         job.settle(await update_operation(self._uow, update.operation_id, update.change))
 
     async def _settle_alone(self, job: Job) -> None:

@@ -282,6 +282,23 @@ class FakeUnitOfWork:
         taken = [op.idempotency_key for op in operations if op.operation_id not in inserted]
         return inserted, await self.operations.find_by_idempotency_keys(taken) if taken else {}
 
+    async def save_unchanged(self, operations: Sequence[tuple[Operation, int]]) -> set[str]:
+        """Committed at once, as the SQL one's autocommit statement: each operation whose
+        committed row is still at the version given, beside what others committed meanwhile."""
+        self._db.commits += 1
+        saved = set()
+        for operation, previous in operations:
+            stored = self._db.operations.get(operation.operation_id)
+            if stored is None or stored.version != previous:
+                continue
+            operation.updated_at = datetime.now(UTC)
+            self._db.operations[operation.operation_id] = _detached(operation)
+            self.operations._append_history(operation)
+            entry = self.operations.staged_history.pop()
+            self._db.history.setdefault(operation.operation_id, []).append(entry[1])
+            saved.add(operation.operation_id)
+        return saved
+
     async def commit(self) -> None:
         self._db.commits += 1
         for aggregate in self._tracked:

@@ -338,3 +338,63 @@ async def test_new_operations_are_recorded_by_one_statement_committed_on_its_own
         assert found[1] is None
     finally:
         await engine.dispose()
+
+
+async def test_a_save_without_the_lock_applies_only_to_a_row_still_at_its_version(
+    migrated: Settings,
+) -> None:
+    """`save_unchanged`: one autocommit statement saves each operation whose row is still at
+    the version its caller saw, with its history entry; a row another writer moved on is left
+    as that writer made it, and the pool's connection comes back out of autocommit."""
+    engine = db.create_engine(DATABASE.url(migrated), pool_size=1)
+    try:
+        kept, raced = new_operation(), new_operation()
+        async with GatewayUnitOfWork(engine) as uow:
+            await uow.record_new([kept, raced])
+        async with GatewayUnitOfWork(engine) as uow:  # a webhook settles `raced` first
+            settled = await uow.operations.get(raced.operation_id, for_update=True)
+            assert settled is not None
+            settled.apply_provider_outcome(
+                kind=OperationKind.CHARGE,
+                outcome=OperationStatus.SUCCEEDED,
+                failure_reason="",
+                provider_event_id="evt-1",
+                provider_reference="ref-raced",
+            )
+            await uow.operations.save(settled)
+            await uow.commit()
+
+        answers = []
+        for operation, reference in ((kept, "ref-kept"), (raced, "ref-late")):
+            previous = operation.version
+            assert operation.mark_accepted(reference)
+            answers.append((operation, previous))
+        async with GatewayUnitOfWork(engine) as uow:
+            saved = await uow.save_unchanged(answers)
+        assert saved == {kept.operation_id}
+        assert kept.updated_at is not None
+
+        async with GatewayUnitOfWork(engine) as uow:
+            assert not uow.raw.autocommit
+            now_kept = await uow.operations.get(kept.operation_id)
+            now_raced = await uow.operations.get(raced.operation_id)
+            history = await uow.operations.history(kept.operation_id)
+            await uow.commit()
+        assert now_kept is not None
+        assert (now_kept.status, now_kept.provider_reference, now_kept.version) == (
+            OperationStatus.PENDING,
+            "ref-kept",
+            kept.version,
+        )
+        assert [entry.status for entry in history] == [
+            OperationStatus.CREATED,
+            OperationStatus.PENDING,
+        ]
+        assert now_raced is not None
+        assert (now_raced.status, now_raced.provider_reference) == (
+            OperationStatus.SUCCEEDED,
+            "ref-raced",
+        )
+        assert await outbox_types(engine, kept.operation_id) == []
+    finally:
+        await engine.dispose()
