@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -66,6 +66,10 @@ class SqlUnitOfWork:
         # of 32 steps tracked each against the whole list before.
         self._tracked_ids: set[int] = set()
         self._extra: list[OutgoingEvent] = []
+        # The events whose outbox rows a statement of the unit wrote itself (`take_outgoing`):
+        # reported at commit, not written again.
+        self._outboxed: list[Any] = []
+        self._wrote_outbox = False
         database = engine.url.database or ""
         self._span_name = f"transaction {database}"
         self._span_attributes = {"db.system": "postgresql", "db.name": database}
@@ -89,6 +93,8 @@ class SqlUnitOfWork:
         self._tracked = []
         self._tracked_ids = set()
         self._extra = []
+        self._outboxed = []
+        self._wrote_outbox = False
         self._open()
         return self
 
@@ -141,15 +147,33 @@ class SqlUnitOfWork:
         """An event that belongs to no aggregate of this service."""
         self._extra.append(event)
 
+    def take_outgoing(self, aggregates: Sequence[EventSource]) -> list[OutgoingEvent]:
+        """Pulls the events of `aggregates` now, as outbox rows for a statement that writes
+        them itself (`common.outbox.outbox_cte`) beside its writes of those aggregates: one
+        statement fewer than `commit`'s outbox insert. `commit` then reports them (`committed`)
+        and does not write them again. Should that statement fail, the unit must not commit:
+        the events are no longer on the aggregates."""
+        harvested = [e for agg in aggregates for e in agg.pull_events()]
+        outgoing = self._mapped(harvested)
+        self._outboxed += harvested
+        self._wrote_outbox = self._wrote_outbox or bool(outgoing)
+        return outgoing
+
     async def commit(self) -> None:
         harvested = [e for agg in self._tracked for e in agg.pull_events()]
-        mapped = (self._to_outgoing(e) for e in harvested)
-        outgoing = [*(o for o in mapped if o is not None), *self._extra]
+        outgoing = [*self._mapped(harvested), *self._extra]
         await write_outbox(self.raw, outgoing)
         await self.conn.commit()
+        events = [*self._outboxed, *harvested]
+        wrote_outbox = self._wrote_outbox or bool(outgoing)
         tracked, self._tracked, self._extra = self._tracked, [], []
         self._tracked_ids = set()
-        self.committed(harvested, tracked, wrote_outbox=bool(outgoing))
+        self._outboxed, self._wrote_outbox = [], False
+        self.committed(events, tracked, wrote_outbox=wrote_outbox)
+
+    def _mapped(self, events: list[Any]) -> list[OutgoingEvent]:
+        """The events someone subscribes to, as outbox rows (`EventMapper`)."""
+        return [o for o in map(self._to_outgoing, events) if o is not None]
 
     def committed(
         self, events: list[Any], aggregates: list[EventSource], *, wrote_outbox: bool

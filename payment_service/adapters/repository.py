@@ -22,7 +22,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,10 +33,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db import RawConnection, unique_violation_is_conflict
 from common.errors import ConcurrentUpdate
+from common.events import OutgoingEvent
 from common.ids import new_id
 from common.money import Money
-from common.outbox import outbox_cte
-from common.streams import mark_many_processed, mark_processed
+from common.outbox import outbox_cte, outbox_document
+from common.streams import mark_processed
 from payment_service.adapters import tables as t
 from payment_service.domain.errors import ReviewAlreadyResolved
 from payment_service.domain.model import Payment
@@ -110,6 +111,24 @@ _GET_FOR_UPDATE = _GET + " FOR UPDATE"
 # batches never wait on each other in a circle.
 _GET_MANY = _SELECT + " WHERE payment_id = ANY(%b::uuid[])"
 _LOCK_MANY = _GET_MANY + " ORDER BY payment_id FOR UPDATE"
+# _LOCK_MANY that also records the events a group commit's reactions react to as processed
+# (as common.streams.mark_many_processed, for any number of consumers): ONE statement where
+# the batch sent the lock and then an insert per consumer. Only the events of payments found
+# and locked are recorded, as a step alone records its event under its payment's lock and
+# not at all for a payment that does not exist. Every row carries the same list: the
+# (consumer, event id) pairs recorded now for the first time, whose effects the steps apply.
+_LOCK_MANY_MARKING = (
+    "WITH locked AS MATERIALIZED ("  # noqa: S608 - constant SQL pieces, no input
+    + _SELECT
+    + " WHERE payment_id = ANY(%(ids)b::uuid[]) ORDER BY payment_id FOR UPDATE),"
+    " marked AS (INSERT INTO processed_events (consumer, event_id)"
+    " SELECT e.consumer, e.event_id FROM jsonb_to_recordset(%(events)s::jsonb)"
+    " AS e(payment_id uuid, consumer text, event_id uuid)"
+    " WHERE e.payment_id IN (SELECT payment_id FROM locked)"
+    " ON CONFLICT DO NOTHING RETURNING consumer, event_id)"
+    " SELECT locked.*, (SELECT json_agg(json_build_array(consumer, event_id)) FROM marked)"
+    " AS first_seen FROM locked"
+)
 _CLAIM_KEY = (
     "INSERT INTO idempotency_keys (caller, key, fingerprint, payment_id, response_version)"
     " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
@@ -196,9 +215,11 @@ _MANY_TRAIL_CTES = (
 # Many payments' writes (a group commit's steps) in ONE statement: the rows, transitions and
 # audit-trail steps of every payment ride as arrays, the latter two keyed by payment, and so
 # do the idempotency keys the steps answer (as _ANSWER_CLAIMS; a statement of its own was
-# one in eight of a transfer's). As in _UPDATE, a row whose version or step count moved is
-# not written, nor are its transitions or steps, and the count says so (the caller then fails
-# the whole batch, rolled back, which is rerun alone).
+# one in eight of a transfer's) and the outbox rows of the payments' events (`outbox_cte`;
+# the unit of work's outbox insert at commit was another statement per batch). As in
+# _UPDATE, a row whose version or step count moved is not written, nor are its transitions,
+# steps or outbox rows, and the count says so (the caller then fails the whole batch, rolled
+# back, which is rerun alone).
 _UPDATE_MANY = (
     "WITH input AS (SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS i(payment_id uuid,"  # noqa: S608 - constant SQL pieces, no input
     " status text, failure_reason text, operation_id text, version bigint,"
@@ -215,8 +236,9 @@ _UPDATE_MANY = (
     " answered AS (UPDATE idempotency_keys AS k SET response_version = a.version,"
     " error_reason = a.error_reason, error_message = a.error_message FROM answers a"
     " WHERE k.payment_id = ANY(ARRAY(SELECT payment_id FROM answers))"
-    " AND k.payment_id = a.payment_id AND k.response_version IS NULL)"
-    " SELECT count(*) FROM written"
+    " AND k.payment_id = a.payment_id AND k.response_version IS NULL), "
+    + outbox_cte("SELECT CAST(payment_id AS text) FROM written")
+    + " SELECT count(*) FROM written"
 )
 # A group commit's creates in ONE statement: the keys claimed, and the payments whose key was
 # free inserted with their transitions and steps (one statement each used to be a tenth of the
@@ -386,14 +408,24 @@ def _case(row: Any) -> ReviewCase:
 
 class PaymentRepository:
     """Every payment it hands out or adds is registered with the unit of work (`track`), which
-    harvests their events into the outbox at commit: no call site can forget one."""
+    harvests their events into the outbox at commit: no call site can forget one. `save_many`
+    takes the events of the payments it writes earlier (`take_outgoing`), for its own
+    statement to write their outbox rows."""
 
     def __init__(
-        self, conn: AsyncConnection, raw: RawConnection, *, track: Callable[[Payment], None]
+        self,
+        conn: AsyncConnection,
+        raw: RawConnection,
+        *,
+        track: Callable[[Payment], None],
+        take_outgoing: Callable[[Sequence[Payment]], builtins.list[OutgoingEvent]],
     ) -> None:
         self._conn = conn
         self._raw = raw
         self._track = track
+        # The unit of work's own event mapping, for `save_many`, which writes the outbox rows
+        # of the payments it saves in its statement (`SqlUnitOfWork.take_outgoing`).
+        self._take_outgoing = take_outgoing
 
     async def get(self, payment_id: str, *, for_update: bool = False) -> Payment | None:
         return await self._one(_GET_FOR_UPDATE if for_update else _GET, payment_id)
@@ -406,6 +438,31 @@ class PaymentRepository:
             rows = await cursor.fetchall()
         found = (self._seen(row) for row in rows)
         return {payment.payment_id: payment for payment in found if payment is not None}
+
+    async def lock_many(
+        self, payment_ids: Sequence[str], reactions: Mapping[str, tuple[str, str]]
+    ) -> tuple[dict[str, Payment], set[tuple[str, str]]]:
+        """`get_many(payment_ids, for_update=True)`, and the events the payments found react
+        to (`reactions`: payment id to (consumer, event id)) recorded processed, in one
+        statement; answers the payments and the (consumer, event id) pairs recorded now for
+        the first time."""
+        if not reactions:
+            return await self.get_many(payment_ids, for_update=True), set()
+        events = [
+            {"payment_id": payment_id, "consumer": consumer, "event_id": event_id}
+            for payment_id, (consumer, event_id) in reactions.items()
+        ]
+        async with self._raw.cursor(row_factory=namedtuple_row) as cursor:
+            await cursor.execute(
+                _LOCK_MANY_MARKING, {"ids": list(payment_ids), "events": _json(events)}
+            )
+            rows: builtins.list[Any] = await cursor.fetchall()
+        # The same list on every row; no row when no payment was found, nor anything recorded.
+        recorded = rows[0].first_seen if rows else None
+        first_seen = {(str(consumer), str(event_id)) for consumer, event_id in recorded or ()}
+        found = (self._seen(row) for row in rows)
+        locked = {payment.payment_id: payment for payment in found if payment is not None}
+        return locked, first_seen
 
     async def claim_key(self, claim: IdempotencyClaim) -> IdempotencyClaim | None:
         cursor = await self._raw.execute(
@@ -547,11 +604,12 @@ class PaymentRepository:
         self, payments: Sequence[Payment], answers: Sequence[ClaimAnswer] = ()
     ) -> None:
         """`save` for many payments (distinct ones) and `answer_claims` for `answers`, in one
-        statement."""
+        statement, which also writes the outbox rows of the payments' events (taken from them
+        through the unit of work, which then reports them at commit without writing them
+        again). One payment changed takes it too: `save` would leave its answers and its
+        outbox rows to two statements more."""
         changed = [payment for payment in payments if payment.has_changes]
-        if len(changed) < 2:
-            for payment in changed:
-                await self.save(payment)
+        if not changed:
             await self.answer_claims(answers)
             return
         rows: builtins.list[dict[str, Any]] = []
@@ -567,6 +625,7 @@ class PaymentRepository:
             "history": _json(history),
             "audit": _json(audit),
             "answers": _answers_json(answers),
+            "outbox": outbox_document(self._take_outgoing(changed)),
         }
         cursor = await self._raw.execute(_UPDATE_MANY, params)
         row = await cursor.fetchone()
@@ -615,9 +674,6 @@ class PaymentRepository:
 
     async def mark_processed(self, consumer: str, event_id: str) -> bool:
         return await mark_processed(self._raw, consumer, event_id)
-
-    async def mark_many_processed(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
-        return await mark_many_processed(self._raw, consumer, event_ids)
 
     async def steps(self, payment_id: str) -> builtins.list[PaymentStep]:
         cursor = await self._raw.execute(_STEPS, (payment_id,))

@@ -22,7 +22,9 @@ class PaymentUnitOfWork(SqlUnitOfWork):
         super().__init__(engine, to_outgoing)
 
     def _open(self) -> None:
-        self.payments = PaymentRepository(self.conn, self.raw, track=self.track)
+        self.payments = PaymentRepository(
+            self.conn, self.raw, track=self.track, take_outgoing=self.take_outgoing
+        )
 
     async def create(
         self, claims: Sequence[IdempotencyClaim], payments: Sequence[Payment]
@@ -32,9 +34,7 @@ class PaymentUnitOfWork(SqlUnitOfWork):
         insert, the outbox insert and COMMIT: four round trips on the request path, each a
         wait for PostgreSQL and then for this process to be scheduled again."""
         events = [payment.pull_events() for payment in payments]
-        outgoing = [
-            out for batch in events for event in batch if (out := to_outgoing(event)) is not None
-        ]
+        outgoing = self._mapped([event for batch in events for event in batch])
         async with self.autocommit():
             priors = await self.payments.create(claims, payments, outbox_document(outgoing))
         created = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -123,6 +123,14 @@ class PaymentStore(Protocol):
         """The payments that exist among `payment_ids`; locked in payment id order."""
         ...
 
+    async def lock_many(
+        self, payment_ids: Sequence[str], reactions: Mapping[str, tuple[str, str]]
+    ) -> tuple[dict[str, Payment], set[tuple[str, str]]]:
+        """`get_many(payment_ids, for_update=True)`, and `mark_processed` of the event each
+        payment found reacts to (`reactions`: payment id to (consumer, event id)), at once:
+        the payments, and the (consumer, event id) pairs processed now for the first time."""
+        ...
+
     async def claim_key(self, claim: IdempotencyClaim) -> IdempotencyClaim | None:
         """Records the claim, or returns the earlier claim of the same caller and key. A
         concurrent claim of the same key waits for the first one's transaction to end."""
@@ -161,7 +169,8 @@ class PaymentStore(Protocol):
         self, payments: Sequence[Payment], answers: Sequence[ClaimAnswer] = ()
     ) -> None:
         """`save` for many distinct payments at once, and `answer_claims` for `answers`;
-        ConcurrentUpdate if any one moved."""
+        ConcurrentUpdate if any one moved (and then the unit must not commit: the events of
+        the payments may have been taken for the outbox with the write)."""
         ...
 
     async def history(self, payment_id: str) -> list[StatusChange]: ...
@@ -170,9 +179,6 @@ class PaymentStore(Protocol):
         self, *, account_id: str, limit: int, before_seq: int | None, where: PaymentFilter
     ) -> list[tuple[int, Payment]]: ...
     async def mark_processed(self, consumer: str, event_id: str) -> bool: ...
-    async def mark_many_processed(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
-        """`mark_processed` for many: the ids processed now for the first time."""
-        ...
 
     # -- review cases. A payment's `new_reviews` are written by `add`/`save` with it: each
     # opens a case, or adds its evidence to the payment's open case (at most one is open).

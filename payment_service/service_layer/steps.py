@@ -6,10 +6,15 @@ answered is a step's input. A decision that changes nothing says so (`Unchanged`
 transaction then ends without a write.
 
 `Steps` runs them with group commit (common/group_commit.py): the saga's consumers handle up
-to 32 payments at once, and the steps that arrive together lock their payments in one
-statement, save each, write their events in one outbox insert and commit once. Each step is
-decided on its own payment exactly as alone; a batch that fails for any reason (one step's
-error, a lost race) is rerun step by step, so no step's answer depends on its neighbours'.
+to 32 payments at once, and the steps that arrive together share one transaction of four
+statements: BEGIN; one that locks their payments and records the events the reactions among
+them react to as processed (`PaymentStore.lock_many`); one that saves the payments, answers
+their keys and writes their events to the outbox (`PaymentStore.save_many`); COMMIT. A step
+that must save on its own (a refund settling its deposit, a step with `then`) adds its
+statements, and the unit of work's commit writes the events those leave (one outbox insert).
+Each step is decided on its own payment exactly as alone; a batch that fails for any reason
+(one step's error, a lost race) is rolled back whole and rerun step by step, so no step's
+answer depends on its neighbours'.
 """
 
 from __future__ import annotations
@@ -68,8 +73,8 @@ class _Step(Generic[R, T]):
     decide: Callable[[Payment, R], T | Unchanged[T]]
     missing: Callable[[], T]
     then: Callable[[PaymentStore, T], Awaitable[None]] | None
-    # A reaction to an event: (consumer, event_id), recorded processed by `read` alone and
-    # by one statement for the whole batch in a group commit (`read` then answers from it).
+    # A reaction to an event: (consumer, event_id), recorded processed by `read` alone and,
+    # in a group commit, by the batch's locking statement (`read` then answers from it).
     event: tuple[str, str] | None = None
     # The payment, as the step leaves it, is the response of the key that made it, with
     # this refusal (reason, message) or none: one statement for the whole batch.
@@ -131,18 +136,17 @@ async def _apply(
     store: PaymentStore,
     spec: _Step[Any, T],
     payment: Payment | None,
-    first_seen: dict[str, set[str]] | None = None,
+    first_seen: set[tuple[str, str]] | None = None,
     deferred: _Deferred | None = None,
 ) -> T:
     """One step inside an open transaction, its payment locked: decided, saved, followed.
-    In a batch: `first_seen` holds the events the batch recorded processed for the first time
-    (by consumer), and a plain save (no refund to settle, nothing to follow) and its key's
-    answer are left in `deferred`, for one statement each for the whole batch."""
+    In a batch: `first_seen` holds the (consumer, event_id) the batch recorded processed for
+    the first time, and a plain save (no refund to settle, nothing to follow) and its key's
+    answer are left in `deferred`, for one statement for the whole batch."""
     if payment is None:
         return spec.missing()
     if spec.event is not None and first_seen is not None:
-        consumer, event_id = spec.event
-        read: Any = event_id in first_seen.get(consumer, set())
+        read: Any = spec.event in first_seen
     else:
         read = await spec.read(store, payment)
     decided = spec.decide(payment, read)
@@ -163,7 +167,8 @@ async def _apply(
 
 @dataclass(slots=True)
 class _Deferred:
-    """A batch's plain saves and key answers, written once for the whole batch."""
+    """A batch's plain saves and key answers, written once for the whole batch (with the
+    saved payments' outbox rows)."""
 
     saves: list[Payment] = field(default_factory=list)
     answers: list[ClaimAnswer] = field(default_factory=list)
@@ -179,17 +184,9 @@ def _answer_of(spec: _Step[Any, Any], payment: Payment) -> ClaimAnswer | None:
     return ClaimAnswer(payment.payment_id, payment.version, reason, message)
 
 
-async def _mark_events(store: PaymentStore, specs: list[_Step[Any, Any]]) -> dict[str, set[str]]:
-    """Records the events the batch's reactions react to, one statement per consumer; returns
-    those processed now for the first time."""
-    by_consumer: dict[str, list[str]] = {}
-    for spec in specs:
-        if spec.event is not None:
-            by_consumer.setdefault(spec.event[0], []).append(spec.event[1])
-    return {
-        consumer: await store.mark_many_processed(consumer, event_ids)
-        for consumer, event_ids in by_consumer.items()
-    }
+def _reactions(batch: dict[str, Job]) -> dict[str, tuple[str, str]]:
+    """The event each reaction of the batch reacts to, by its payment."""
+    return {payment_id: job.spec.event for payment_id, job in batch.items() if job.spec.event}
 
 
 class Steps:
@@ -294,8 +291,7 @@ class Steps:
             return
         async with self._uow() as unit:
             store = unit.payments
-            locked = await store.get_many(list(batch), for_update=True)
-            first_seen = await _mark_events(store, [batch[p].spec for p in batch if p in locked])
+            locked, first_seen = await store.lock_many(list(batch), _reactions(batch))
             deferred = _Deferred()
             answers = [
                 (job, await _apply(store, job.spec, locked.get(payment_id), first_seen, deferred))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -296,8 +296,13 @@ class TrackingStore:
         self._marked.add(key)
         return True
 
-    async def mark_many_processed(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
-        return {e for e in event_ids if await self.mark_processed(consumer, e)}
+    async def lock_many(
+        self, payment_ids: Sequence[str], reactions: Mapping[str, tuple[str, str]]
+    ) -> tuple[dict[str, Payment], set[tuple[str, str]]]:
+        locked = await self.get_many(payment_ids, for_update=True)
+        # As the SQL store: only the events of payments found are recorded.
+        found = [event for payment_id, event in reactions.items() if payment_id in locked]
+        return locked, {event for event in found if await self.mark_processed(*event)}
 
 
 class FakeUnitOfWork:

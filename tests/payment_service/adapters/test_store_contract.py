@@ -142,19 +142,49 @@ class StoreContract:
         assert [c.to_status for c in history] == [PaymentStatus.INITIATED]
         assert "hold.placed" in trail
 
-    async def test_many_events_are_marked_at_once_and_the_seen_ones_left_out(
+    async def test_a_batch_lock_records_its_payments_events_and_leaves_the_seen_ones_out(
         self, uow: UowFactory
     ) -> None:
-        seen, new = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(2)]
+        payments = [await added(uow, deposit()) for _ in range(3)]
+        ids = [p.payment_id for p in payments]
+        gone = str(uuid.uuid4())
+        seen, new = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(3)]
         async with uow() as u:
             assert await u.payments.mark_processed("c", seen)
             await u.commit()
+        reactions = {
+            ids[0]: ("c", seen),
+            ids[1]: ("c", new[0]),
+            ids[2]: ("other", new[1]),
+            gone: ("c", new[2]),  # no such payment: its event is not recorded
+        }
         async with uow() as u:
-            assert await u.payments.mark_many_processed("c", [new[0], seen, new[1]]) == set(new)
+            locked, first_seen = await u.payments.lock_many([*ids, gone], reactions)
             await u.commit()
+        assert sorted(locked) == sorted(ids)
+        assert first_seen == {("c", new[0]), ("other", new[1])}
         async with uow() as u:
-            assert await u.payments.mark_many_processed("c", new) == set()
-            assert await u.payments.mark_many_processed("other", new) == set(new)
+            assert not await u.payments.mark_processed("c", new[0])
+            assert not await u.payments.mark_processed("other", new[1])
+            assert await u.payments.mark_processed("c", new[2])
+            assert await u.payments.mark_processed("other", new[0])
+        async with uow() as u:  # none of them: a plain lock
+            locked, first_seen = await u.payments.lock_many(ids, {})
+            await u.commit()
+        assert (sorted(locked), first_seen) == (sorted(ids), set())
+
+    async def test_events_recorded_by_a_batch_lock_are_not_kept_uncommitted(
+        self, uow: UowFactory
+    ) -> None:
+        payment = await added(uow, deposit())
+        event = str(uuid.uuid4())
+        async with uow() as u:
+            _, first_seen = await u.payments.lock_many(
+                [payment.payment_id], {payment.payment_id: ("c", event)}
+            )
+        assert first_seen == {("c", event)}
+        async with uow() as u:
+            assert await u.payments.mark_processed("c", event)
 
     async def test_many_are_saved_at_once_with_their_transitions_and_steps(
         self, uow: UowFactory

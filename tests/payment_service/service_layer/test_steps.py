@@ -176,3 +176,27 @@ async def test_reactions_in_a_batch_record_their_events_once_and_a_redelivery_ch
     assert world.commits == before + 1
     assert declined == ids
     assert {world.store.rows[p].status for p in ids} == {PaymentStatus.FAILED}
+
+
+async def test_two_consumers_reactions_in_a_batch_record_each_and_none_for_a_missing_payment() -> (
+    None
+):
+    world = Counted()
+    ids = [await world.create(key=f"k{i}") for i in range(2)]
+    steps = Steps(world.uow)
+    event = "8c0a0f7e-0000-4000-8000-000000000009"
+    declined: list[str] = []
+
+    def decline_noting(payment: Payment) -> None:
+        declined.append(payment.payment_id)
+        payment.fail("declined")
+
+    before = world.commits
+    await asyncio.gather(
+        steps.react(ids[0], ("saga", event), decline_noting, missing=lambda: None),
+        steps.react(ids[1], ("other", event), decline_noting, missing=lambda: None),
+        steps.react(UNKNOWN, ("third", event), decline_noting, missing=lambda: None),
+    )
+    assert world.commits == before + 1
+    assert declined == ids
+    assert world.store.processed == {("saga", event), ("other", event)}
