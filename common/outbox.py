@@ -206,16 +206,17 @@ def outbox_document(events: Sequence[OutgoingEvent]) -> str:
     )
 
 
-def outbox_cte(aggregate_ids: str) -> str:
-    """A CTE (`outboxed`) writing the rows of `%(outbox)s` (an `outbox_document`) whose
-    aggregate id is among `aggregate_ids` (SQL yielding text ids), in the document's order:
-    the outbox part of a unit of work committed as one statement, which writes only the events
-    of the aggregates that statement did write (`SqlUnitOfWork.autocommit`)."""
+def outbox_cte(aggregate_ids: str, *, document: str = "%(outbox)s") -> str:
+    """A CTE (`outboxed`) writing the rows of `document` (the placeholder of an
+    `outbox_document`; `%s` in a statement of positional parameters) whose aggregate id is
+    among `aggregate_ids` (SQL yielding text ids), in the document's order: the outbox part
+    of a unit of work's write, which writes only the events of the aggregates that statement
+    did write (`SqlUnitOfWork.autocommit`, `SqlUnitOfWork.take_outgoing`)."""
     return (
         "outboxed AS (INSERT INTO outbox (event_id, stream, event_type, aggregate_type,"  # noqa: S608 - constant SQL pieces, no input
         " aggregate_id, aggregate_version, envelope) SELECT e.event_id, e.stream, e.event_type,"
         " e.aggregate_type, e.aggregate_id, e.aggregate_version, decode(e.envelope, 'base64')"
-        " FROM jsonb_to_recordset(%(outbox)s::jsonb) AS e(event_id uuid, stream text,"
+        f" FROM jsonb_to_recordset({document}::jsonb) AS e(event_id uuid, stream text,"
         " event_type text, aggregate_type text, aggregate_id text, aggregate_version bigint,"
         " envelope text, position integer)"
         f" WHERE e.aggregate_id IN ({aggregate_ids}) ORDER BY e.position)"

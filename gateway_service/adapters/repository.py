@@ -21,7 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db import RawConnection, driver_connection, unique_violation_is_conflict
 from common.errors import ConcurrentUpdate
+from common.events import OutgoingEvent
 from common.money import Money
+from common.outbox import outbox_cte, outbox_document
 from gateway_service.adapters import tables as t
 from gateway_service.domain.model import (
     HistoryEntry,
@@ -463,18 +465,31 @@ _RECORD = (
 # instead of two. The two tables are apart, and the caller holds the operations' locks, so
 # the order PostgreSQL runs the two in changes nothing; when the caller finds an event was
 # recorded before, it rolls the whole transaction back, the operations' save with it.
+# The operations' events ride in it too (`outbox_cte`, filtered to the operations it
+# updated): the unit of work's outbox insert at commit was one more statement per batch.
 _RECORD_SAVING = (
     "WITH recorded AS ("  # noqa: S608 - constant SQL pieces, no input
     + _RECORD
     + "), "
     + _SAVE_MANY_CTES
+    + ", "
+    + outbox_cte("SELECT CAST(operation_id AS text) FROM changed", document="%s")
     + " SELECT provider, provider_event_id, NULL::uuid, NULL::timestamptz FROM recorded"
     " UNION ALL SELECT NULL, NULL, operation_id, recorded_at FROM history"
 )
 
 
 class ProviderEventRepository:
-    def __init__(self, conn: AsyncConnection, raw: RawConnection | None = None) -> None:
+    def __init__(
+        self,
+        conn: AsyncConnection,
+        raw: RawConnection | None = None,
+        *,
+        take_outgoing: Callable[[Sequence[Operation]], list[OutgoingEvent]],
+    ) -> None:
+        # The unit of work's own event mapping (`SqlUnitOfWork.take_outgoing`), for `record`,
+        # which writes the outbox rows of the operations it saves in its statement.
+        self._take_outgoing = take_outgoing
         self._conn = conn
         self._raw = raw
 
@@ -501,7 +516,9 @@ class ProviderEventRepository:
         """Inserts the events with what became of them, in one statement; returns the keys it
         inserted. A key a concurrent transaction inserted meanwhile waits for it, then is left
         out (DO NOTHING). `saving`: operations (locked by the caller) saved in the same
-        statement, as OperationRepository.save_many saves them."""
+        statement, as OperationRepository.save_many saves them, with the outbox rows of their
+        events (taken from them through the unit of work, which reports them at commit
+        without writing them again)."""
         if not records:
             if saving:
                 raise ValueError("operations are saved only with the events that changed them")
@@ -521,7 +538,8 @@ class ProviderEventRepository:
             cursor = await raw.execute(_RECORD, params)
             return {(provider, event_id) for provider, event_id in await cursor.fetchall()}
         async with unique_violation_is_conflict():
-            cursor = await raw.execute(_RECORD_SAVING, [*params, *_save_params(saving)])
+            outbox = outbox_document(self._take_outgoing(saving))
+            cursor = await raw.execute(_RECORD_SAVING, [*params, *_save_params(saving), outbox])
             rows = await cursor.fetchall()
         _saved(saving, {str(op_id): at for _, _, op_id, at in rows if op_id is not None})
         return {(provider, event_id) for provider, event_id, op_id, _ in rows if op_id is None}

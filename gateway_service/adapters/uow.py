@@ -23,7 +23,9 @@ class GatewayUnitOfWork(SqlUnitOfWork):
 
     def _open(self) -> None:
         self.operations = OperationRepository(self.conn, self.raw, track=self.track)
-        self.provider_events = ProviderEventRepository(self.conn, self.raw)
+        self.provider_events = ProviderEventRepository(
+            self.conn, self.raw, take_outgoing=self.take_outgoing
+        )
 
     def publish(self, *facts: object) -> None:
         self.track(Facts(*facts))

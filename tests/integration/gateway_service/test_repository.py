@@ -398,3 +398,37 @@ async def test_a_save_without_the_lock_applies_only_to_a_row_still_at_its_versio
         assert await outbox_types(engine, kept.operation_id) == []
     finally:
         await engine.dispose()
+
+
+async def test_an_outcome_recorded_with_its_event_has_its_outbox_row_in_that_statement(
+    engine: AsyncEngine,
+) -> None:
+    """`record(saving=...)` writes the saved operations' events to the outbox itself: once,
+    in its own statement (commit writes nothing more), and rolled back with it."""
+    settled, abandoned = new_operation(), new_operation()
+    async with GatewayUnitOfWork(engine) as uow:
+        await uow.operations.add_many([settled, abandoned])
+        await uow.commit()
+
+    for operation, keep in ((settled, True), (abandoned, False)):
+        reference = f"psp-{uuid.uuid4()}"
+        event = provider_event(reference, operation.operation_id)
+        async with GatewayUnitOfWork(engine) as uow:
+            locked = (await uow.operations.get_many([operation.operation_id], for_update=True))[
+                operation.operation_id
+            ]
+            locked.apply_provider_outcome(
+                kind=OperationKind.CHARGE,
+                outcome=OperationStatus.SUCCEEDED,
+                failure_reason="",
+                provider_event_id=event.provider_event_id,
+                provider_reference=reference,
+            )
+            await uow.provider_events.record(
+                [(event, operation.operation_id, ProviderEventStatus.APPLIED)], saving=[locked]
+            )
+            if keep:
+                await uow.commit()
+
+    assert await outbox_types(engine, settled.operation_id) == ["charge.succeeded"]
+    assert await outbox_types(engine, abandoned.operation_id) == []
