@@ -37,6 +37,17 @@ async def engine(migrated: Settings) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+def succeed(operation: Operation, provider_event_id: str, provider_reference: str) -> None:
+    """The provider's word that a charge succeeded, applied as the inbox applies it."""
+    operation.apply_provider_outcome(
+        kind=OperationKind.CHARGE,
+        outcome=OperationStatus.SUCCEEDED,
+        failure_reason="",
+        provider_event_id=provider_event_id,
+        provider_reference=provider_reference,
+    )
+
+
 async def outbox_types(engine: AsyncEngine, operation_id: str) -> list[str]:
     async with engine.connect() as conn:
         rows = await conn.execute(
@@ -74,13 +85,7 @@ async def test_what_is_added_or_loaded_reaches_the_outbox_at_commit(engine: Asyn
 
     async with GatewayUnitOfWork(engine) as uow:
         [locked] = await uow.operations.lock_for_events([(PRIMARY, "ch_registered")], [])
-        locked.apply_provider_outcome(
-            kind=OperationKind.CHARGE,
-            outcome=OperationStatus.SUCCEEDED,
-            failure_reason="",
-            provider_event_id="evt_registered",
-            provider_reference="ch_registered",
-        )
+        succeed(locked, "evt_registered", "ch_registered")
         await uow.operations.save(locked)
         await uow.commit()
 
@@ -354,13 +359,7 @@ async def test_a_save_without_the_lock_applies_only_to_a_row_still_at_its_versio
         async with GatewayUnitOfWork(engine) as uow:  # a webhook settles `raced` first
             settled = await uow.operations.get(raced.operation_id, for_update=True)
             assert settled is not None
-            settled.apply_provider_outcome(
-                kind=OperationKind.CHARGE,
-                outcome=OperationStatus.SUCCEEDED,
-                failure_reason="",
-                provider_event_id="evt-1",
-                provider_reference="ref-raced",
-            )
+            succeed(settled, "evt-1", "ref-raced")
             await uow.operations.save(settled)
             await uow.commit()
 
@@ -417,13 +416,7 @@ async def test_an_outcome_recorded_with_its_event_has_its_outbox_row_in_that_sta
             locked = (await uow.operations.get_many([operation.operation_id], for_update=True))[
                 operation.operation_id
             ]
-            locked.apply_provider_outcome(
-                kind=OperationKind.CHARGE,
-                outcome=OperationStatus.SUCCEEDED,
-                failure_reason="",
-                provider_event_id=event.provider_event_id,
-                provider_reference=reference,
-            )
+            succeed(locked, event.provider_event_id, reference)
             await uow.provider_events.record(
                 [(event, operation.operation_id, ProviderEventStatus.APPLIED)], saving=[locked]
             )
