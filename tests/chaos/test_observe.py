@@ -20,6 +20,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 ACCOUNT = "0b7d4d1e-55f4-4c43-8c3e-2a51f3c1d6a1"
 
 
+async def stored(settings: Settings, *payments: Payment) -> None:
+    """The payments committed to the real payment database, as the service would."""
+    engine = db.create_engine(DATABASE.url(settings), pool_size=1)
+    try:
+        async with PaymentUnitOfWork(engine) as uow:
+            for payment in payments:
+                await uow.payments.add(payment)
+            await uow.commit()
+    finally:
+        await engine.dispose()
+
+
 async def test_open_payments_come_with_their_kind_status_key_and_steps(
     migrated: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -31,14 +43,7 @@ async def test_open_payments_come_with_their_kind_status_key_and_steps(
         DepositRequest(f"obs-{uuid.uuid4()}", ACCOUNT, Money(100, "USD"), "pm_card_ok")
     )
     settled.apply_charge_failed(operation_id="op", reason="declined")
-    engine = db.create_engine(DATABASE.url(migrated), pool_size=1)
-    try:
-        async with PaymentUnitOfWork(engine) as uow:
-            await uow.payments.add(payment)
-            await uow.payments.add(settled)
-            await uow.commit()
-    finally:
-        await engine.dispose()
+    await stored(migrated, payment, settled)
 
     found = {p.payment_id: p for p in await observe.open_now(migrated)}
 
@@ -61,14 +66,7 @@ async def test_payments_the_resume_sweep_moved_on_come_with_all_their_steps(
     moving = Payment.deposit(
         DepositRequest(f"obs-{uuid.uuid4()}", ACCOUNT, Money(700, "USD"), "pm_card_ok")
     )
-    engine = db.create_engine(DATABASE.url(migrated), pool_size=1)
-    try:
-        async with PaymentUnitOfWork(engine) as uow:
-            await uow.payments.add(stalled)
-            await uow.payments.add(moving)
-            await uow.commit()
-    finally:
-        await engine.dispose()
+    await stored(migrated, stalled, moving)
 
     found = {p.payment_id: p for p in await observe.resumed(migrated)}
 

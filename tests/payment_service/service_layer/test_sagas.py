@@ -4,7 +4,9 @@ the audit trail it leaves and the balances it leaves."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import pytest
 
@@ -27,6 +29,8 @@ from payment_service.domain.saga import HoldState, ProviderAnswer
 from payment_service.domain.status import PaymentStatus
 from tests.payment_service.fakes import FakeUnitOfWork
 from tests.payment_service.world import ACCOUNT, Process, World
+
+T = TypeVar("T")
 
 S = PaymentStatus
 OTHER = "7f0c5b1a-2d3e-4f50-8a6b-9c0d1e2f3a4b"
@@ -503,6 +507,20 @@ async def what_runs_without_the_caller() -> None:
         await asyncio.sleep(0)
 
 
+def held_back(
+    call: Callable[..., Awaitable[T]], entered: asyncio.Event, release: asyncio.Event
+) -> Callable[..., Awaitable[T]]:
+    """`call`, which says when it is first entered and waits for `release` before it runs."""
+
+    async def slow(*args: Any, **kwargs: Any) -> T:
+        if not release.is_set():
+            entered.set()
+            await release.wait()
+        return await call(*args, **kwargs)
+
+    return slow
+
+
 async def withdrawal_cancelled_midway(
     service: Process, entered: asyncio.Event, release: asyncio.Event
 ) -> None:
@@ -528,14 +546,7 @@ async def test_a_hold_whose_request_was_cancelled_midway_is_placed_all_the_same(
     world = funded()
     service = world.process()
     entered, release = asyncio.Event(), asyncio.Event()
-    place_hold = world.wallet.place_hold
-
-    async def slow_hold(**kwargs: object) -> str:
-        entered.set()
-        await release.wait()
-        return await place_hold(**kwargs)  # type: ignore[arg-type]
-
-    world.wallet.place_hold = slow_hold  # type: ignore[method-assign]
+    world.wallet.place_hold = held_back(world.wallet.place_hold, entered, release)  # type: ignore[method-assign]
     await withdrawal_cancelled_midway(service, entered, release)
 
     assert await service.recovery.resume_deferred() == 0
@@ -554,15 +565,7 @@ async def test_a_withdrawal_whose_request_was_cancelled_as_it_committed_is_held(
 
     def slow_uow() -> FakeUnitOfWork:
         unit = make_uow()
-        commit = unit.commit
-
-        async def slow_commit() -> None:
-            if not release.is_set():
-                entered.set()
-                await release.wait()
-            await commit()
-
-        unit.commit = slow_commit  # type: ignore[method-assign]
+        unit.commit = held_back(unit.commit, entered, release)  # type: ignore[method-assign]
         return unit
 
     world.uow = slow_uow  # type: ignore[method-assign]
