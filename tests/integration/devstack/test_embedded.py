@@ -13,17 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import psycopg
 import pytest
 
-from devstack.embedded import AUTOVACUUM_NAPTIME, start_embedded
+from devstack.embedded import start_embedded
 
 pytestmark = [pytest.mark.integration]
 
 OWNER = """
 import sys, time
 from pathlib import Path
-from devstack.embedded import AUTOVACUUM_NAPTIME, start_embedded
+from devstack.embedded import start_embedded
 start_embedded(Path(sys.argv[1]))
 print("up", flush=True)
 time.sleep(600)
@@ -110,16 +109,3 @@ def test_servers_whose_owner_and_watchdog_died_are_taken_over_and_stopped(folder
         servers.stop()
     _gone_within(folder, timeout_s=5)
     assert (folder / "postgres" / "PG_VERSION").exists()  # the data stays
-
-
-@pytest.mark.timeout(90)
-def test_the_embedded_postgresql_analyzes_new_tables_within_seconds(folder: Path) -> None:
-    """A fresh suite's tables grow from empty; PostgreSQL's default (one autovacuum visit per
-    database a minute) left its prepared statements on sequential-scan plans meanwhile."""
-    servers = start_embedded(folder, keep_data=False)
-    try:
-        with psycopg.connect(servers.database_url, autocommit=True) as conn:
-            row = conn.execute("SHOW autovacuum_naptime").fetchone()
-        assert row == (AUTOVACUUM_NAPTIME,)
-    finally:
-        servers.stop()
