@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from rich.table import Table
 
-from bench.cost import LOAD_CLIENT, STATEMENT_KINDS, Cost, per_payment
+from bench.cost import CPU_UNITS, LOAD_CLIENT, STATEMENT_KINDS, Cost, per_payment
 from bench.figures import Budget
 
 # Budgets for a deposit (design.md §9); the other kinds have none yet.
@@ -22,6 +22,7 @@ DEPOSIT_BUDGETS = {
 
 _GROUPS = {
     "cpu_ms": "CPU ms",
+    CPU_UNITS: "CPU in load-client units",
     "transactions": "PostgreSQL transactions",
     "rollbacks": "PostgreSQL transactions",
     "statements": "SQL statements",
@@ -37,6 +38,7 @@ _DETAILS = {
     "rollbacks.total": "of which rollbacks",
     f"cpu_ms.{LOAD_CLIENT}": "load client (this process; not in the total)",
     "cpu_ms.total": "total (every process but the load client)",
+    f"{CPU_UNITS}.total": "total ÷ load client (steadier between runs than ms)",
     "statements.parses": "parses (extended protocol)",
     "statements.executes": "executes (extended protocol)",
     "statements.simple": "simple-protocol statements",
@@ -49,6 +51,7 @@ _DETAILS = {
 # Shown in the table: every key of these groups, and these keys of the others.
 _EVERY_KEY_OF = ("cpu_ms", "transactions", "statements", "http_requests")
 _SHOWN = (
+    f"{CPU_UNITS}.total",
     "rollbacks.total",
     "grpc_calls.total",
     "events_published.total",

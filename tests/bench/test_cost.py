@@ -8,6 +8,7 @@ from rich.console import Console
 
 from bench import cost_report
 from bench.cost import (
+    CPU_UNITS,
     LOAD_CLIENT,
     Cost,
     Meter,
@@ -112,6 +113,7 @@ def test_per_payment_divides_by_the_payments_completed_in_each_window() -> None:
     assert figures["cpu_ms.PostgreSQL"] == 50.0
     assert figures["cpu_ms.total"] == 150.0  # the load client is not in the total
     assert figures[f"cpu_ms.{LOAD_CLIENT}"] == 10.0
+    assert figures[f"{CPU_UNITS}.total"] == 15.0  # 150 ms beside the load client's 10
     assert figures["transactions.payments"] == 5.0
     assert figures["transactions.wallets"] == 2.0
     assert figures["transactions.total"] == 7.0
@@ -137,6 +139,7 @@ def test_per_payment_divides_by_the_payments_completed_in_each_window() -> None:
 def test_nothing_completed_is_nan_not_a_division_by_zero() -> None:
     figures = per_payment(_cost(completed=0))
     assert math.isnan(figures["cpu_ms.total"])
+    assert math.isnan(figures[f"{CPU_UNITS}.total"])
 
 
 def test_the_cost_table_has_a_column_per_kind_and_the_deposit_budgets() -> None:
@@ -144,6 +147,7 @@ def test_the_cost_table_has_a_column_per_kind_and_the_deposit_budgets() -> None:
     console.print(cost_report.render({"deposit": _cost(), "transfer": _cost(5)}, title="t"))
     text = console.export_text()
     assert "CPU ms: total (every process but the load client)" in text
+    assert "CPU in load-client units: total ÷ load client" in text
     assert "SQL statements: BEGIN (all databases)" in text
     assert "≤ 12" in text
     assert "FAIL" in text  # 150 ms per deposit
