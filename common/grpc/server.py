@@ -27,6 +27,7 @@ from common.aio import wait_any
 from common.grpc.auth import Authenticator
 from common.grpc.decoding import DecodeGuardInterceptor
 from common.grpc.errors import ErrorMappingInterceptor
+from common.looplag import loop_lag_task
 from common.supervision import Policy, Task, TaskSupervisor
 
 log = structlog.get_logger(__name__)
@@ -77,7 +78,7 @@ class ServiceRuntime:
         await self._set_liveness(alive=True)
         await self.server.start()
         self._supervisor = TaskSupervisor(self.name, policy=self.supervision)
-        self._tasks = self._supervisor.start(self.background, self._stop)
+        self._tasks = self._supervisor.start([*self.background, loop_lag_task()], self._stop)
         self._tasks.append(asyncio.create_task(self._probe_readiness(), name="readiness"))
         log.info("service.started", service=self.name, port=self.port)
 

@@ -145,6 +145,10 @@ async def test_a_deposit_shows_on_every_process_metrics(processes: Processes) ->
     charged = {"grpc_service": GATEWAY_SERVICE, "grpc_method": "Charges", "grpc_code": "OK"}
     assert get(gateway, "grpc_server_handled_total", **charged) == 1
 
+    # Every gRPC service times its event loop (common/looplag.py), ten samples a second.
+    for samples in (payment, wallet_samples, gateway):
+        assert get(samples, "event_loop_lag_seconds_count") > 0
+
     webhook = await scrape(urls["webhook adapter"])
     assert get(webhook, "webhook_receipts_total", provider="sim-primary", result="accepted") >= 1
     assert (
