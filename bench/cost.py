@@ -191,6 +191,9 @@ def per_payment(cost: Cost) -> dict[str, float]:
     figures["http_requests.total"] = each(sum(http.values()))
     published = counters.group(usage.counters, "published")
     figures["events_published.total"] = each(sum(published.values()))
+    figures["relay_claims.total"] = each(
+        sum(counters.group(usage.counters, "relay_claims").values())
+    )
     consumed = counters.group(usage.counters, "consumed")
     figures["events_consumed.total"] = each(sum(consumed.values()))
     skipped = counters.group(usage.counters, "skipped")

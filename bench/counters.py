@@ -45,6 +45,8 @@ def from_metrics(process: str, text: str) -> dict[str, float]:
                     add("http:webhooks", sample.value)
                 case "outbox_published":
                     add(f"published:{process}", sample.value)
+                case "outbox_claims":
+                    add(f"relay_claims:{process}", sample.value)
                 case "stream_events_handled":
                     kind = "skipped" if labels.get("result") == "skipped" else "consumed"
                     add(f"{kind}:{labels['stream']} {labels['group']}", sample.value)

@@ -79,6 +79,7 @@ class Infra:
             self.redis,
             batch_size=self.settings.relay_batch_size,
             poll_interval_s=self.settings.relay_poll_interval_ms / 1000,
+            linger_s=self.settings.relay_linger_ms / 1000,
             stream_prefix=self.settings.stream_prefix,
             retention=timedelta(seconds=self.settings.outbox_retention_s),
             stream_retention=timedelta(seconds=self.settings.stream_retention_s),

@@ -130,6 +130,15 @@ _PURGE = text(
 
 
 PUBLISHED = Counter("outbox_published_total", "Outbox rows this process published to streams.")
+# Each claim is a transaction of three statements (BEGIN, the claim, COMMIT), whatever it
+# finds: outbox_published_total over the claims that published is the relay's batch size.
+CLAIMS = Counter(
+    "outbox_claims_total",
+    "Claims of unpublished outbox rows by this process's relay, by whether any were found.",
+    ["outcome"],
+)
+_CLAIMED = CLAIMS.labels("published")
+_FOUND_NONE = CLAIMS.labels("empty")
 BACKLOG = Gauge(
     "outbox_backlog", "Unpublished outbox rows, sampled by the relay (counted up to a million)."
 )
@@ -236,8 +245,10 @@ class OutboxRelay:
         stream_retention: timedelta = timedelta(hours=24),
         stream_alarm_length: int = 1_000_000,
         housekeeping_interval_s: float = 60.0,
+        linger_s: float = 0.0,
     ) -> None:
         self._stream_prefix = stream_prefix
+        self._linger_s = linger_s
         self._engine = engine
         self._redis = redis
         self._batch_size = batch_size
@@ -276,7 +287,9 @@ class OutboxRelay:
             self._contended = not claimed or claimed[0][0] < PARTITIONS
             rows = [row[1:] for row in claimed if row[1] is not None]
             if not rows:
+                _FOUND_NONE.inc()
                 return 0
+            _CLAIMED.inc()
             pipe = self._redis.pipeline(transaction=False)
             for _id, stream, event_id, event_type, aggregate_id, version, envelope in rows:
                 stream = self._stream_prefix + stream
@@ -325,6 +338,12 @@ class OutboxRelay:
                     self._next_sample = 0.0
                 wait = CONTENDED_RETRY_S if self._contended else self._poll_interval_s
                 await wait_any(stop, self._wake, at_most_s=wait)
+                if self._wake.is_set() and self._linger_s > 0:
+                    # Woken by a commit: the commits of the next few milliseconds go in the
+                    # same claim. Each claim is a transaction (BEGIN, claim, COMMIT) however
+                    # few rows it finds, and woken at once, the relays made one for about
+                    # every three events (measured: 0.69 claims per deposit of 4 events).
+                    await wait_any(stop, at_most_s=self._linger_s)
         finally:
             wakers.discard(self._wake)
 

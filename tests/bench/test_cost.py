@@ -36,6 +36,10 @@ gateway_provider_calls_total{operation="charge",outcome="circuit_open",provider=
 # HELP outbox_published_total Outbox rows this process published to streams.
 # TYPE outbox_published_total counter
 outbox_published_total 21.0
+# HELP outbox_claims_total Claims.
+# TYPE outbox_claims_total counter
+outbox_claims_total{outcome="published"} 6.0
+outbox_claims_total{outcome="empty"} 2.0
 # HELP stream_events_handled_total Stream entries.
 # TYPE stream_events_handled_total counter
 stream_events_handled_total{group="payment",result="ok",stream="gw.events"} 9.0
@@ -52,6 +56,7 @@ def test_counters_from_metrics() -> None:
         "grpc:p.P/Create": 32.0,
         "http:provider": 10.0,  # the breaker's refusals were never sent
         "published:payment": 21.0,
+        "relay_claims:payment": 8.0,  # found rows or not, each a transaction
         "consumed:gw.events payment": 10.0,
         "skipped:gw.events payment": 3.0,  # acknowledged unread: not consumed
     }
@@ -74,6 +79,7 @@ def _snapshot(at: float, scale: int) -> Snapshot:
             "http:provider": 10.0 * scale,
             "http:webhooks": 10.0 * scale,
             "published:payment": 30.0 * scale,
+            "relay_claims:payment": 15.0 * scale,
             "consumed:s g": 20.0 * scale,
         },
         redis_calls={"xadd": 30 * scale, "xread": 5 * scale},
@@ -131,6 +137,7 @@ def test_per_payment_divides_by_the_payments_completed_in_each_window() -> None:
     assert figures["grpc_calls_by_method.w/Credit"] == 1.0
     assert figures["http_requests.total"] == 2.0
     assert figures["events_published.total"] == 3.0
+    assert figures["relay_claims.total"] == 1.5
     assert figures["events_consumed.total"] == 2.0
     assert figures["redis_commands.suite"] == (35 - 5) / 10
     assert figures[f"redis_commands.{LOAD_CLIENT}"] == 0.5

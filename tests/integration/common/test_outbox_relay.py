@@ -141,6 +141,37 @@ async def test_a_commit_wakes_the_relay_long_before_its_poll_interval(
         await asyncio.wait_for(task, timeout=5)
 
 
+async def test_a_lingering_relay_takes_the_commits_of_its_linger_in_one_claim(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    stream = f"test.{uuid.uuid4()}"
+    the_relay = relay(outbox_engine, redis, migrated, poll_interval_s=60, linger_s=0.3)
+    while await the_relay.publish_batch():  # what earlier tests left
+        pass
+    claimed = {"outcome": "published"}
+    claims_before = REGISTRY.get_sample_value("outbox_claims_total", claimed) or 0.0
+    stop = asyncio.Event()
+    task = asyncio.create_task(the_relay.run(stop))
+    try:
+        await asyncio.sleep(0.1)  # let it start
+        for name in ("first", "second"):
+            async with outbox_engine.begin() as conn:
+                await write_outbox(conn, [event(stream, name)])
+            outbox_committed(outbox_engine)
+            await asyncio.sleep(0.05)
+        assert await published(redis, migrated.stream_prefix + stream) == []  # lingering
+        for _ in range(100):
+            if len(await published(redis, migrated.stream_prefix + stream)) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert await published(redis, migrated.stream_prefix + stream) == ["first", "second"]
+        claims = REGISTRY.get_sample_value("outbox_claims_total", claimed) or 0.0
+        assert claims == claims_before + 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+
+
 def versioned(stream: str, aggregate: str, version: int) -> OutgoingEvent:
     envelope = make_envelope(
         event_type="thing.changed",
@@ -340,14 +371,20 @@ async def test_the_relay_counts_what_it_publishes_and_samples_its_backlog(
     async with outbox_engine.begin() as conn:
         await write_outbox(conn, [event(stream, "a"), event(stream, "b")])
     before = REGISTRY.get_sample_value("outbox_published_total") or 0.0
+    claims = {"outcome": "published"}, {"outcome": "empty"}
+    claims_before = [REGISTRY.get_sample_value("outbox_claims_total", c) or 0.0 for c in claims]
 
     backlog, age = await the_relay.sample_backlog()
     assert backlog == 2
     assert 0 <= age < 60
     assert REGISTRY.get_sample_value("outbox_backlog") == 2
     assert await the_relay.publish_batch() == 2
+    assert await the_relay.publish_batch() == 0
 
     assert REGISTRY.get_sample_value("outbox_published_total") == before + 2
+    # One claim found both rows, the next found none: each a transaction of its own.
+    claims_after = [REGISTRY.get_sample_value("outbox_claims_total", c) or 0.0 for c in claims]
+    assert claims_after == [claims_before[0] + 1, claims_before[1] + 1]
     assert await the_relay.sample_backlog() == (0, 0.0)
     assert REGISTRY.get_sample_value("outbox_oldest_unpublished_age_seconds") == 0
 
