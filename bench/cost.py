@@ -172,7 +172,8 @@ def per_payment(cost: Cost) -> dict[str, float]:
     # only with how fast the machine runs at the moment. On the shared 2-core machine the
     # suite's CPU per deposit ranged 10.2-16.8 ms over six runs of unchanged code, and this
     # ratio 15.1-16.4: the figure to compare runs by. Not between versions of the bench's
-    # client, whose own work it is divided by.
+    # client, whose own work it is divided by, nor across a change to when events reach the
+    # stream the client reads its completions from (its reads then batch differently).
     figures[f"{CPU_UNITS}.total"] = (
         sum(suite_cpu.values()) / client_ms if n and client_ms > 0 else math.nan
     )
