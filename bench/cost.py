@@ -36,6 +36,7 @@ T = TypeVar("T")
 
 LOAD_CLIENT = "load client"
 CPU_UNITS = "cpu_load_client_units"
+REFERENCE_UNITS = "cpu_reference_units"
 POSTGRES = "PostgreSQL"
 REDIS = "Redis"
 # Long enough for every backend to have read the reloaded configuration (each does before its
@@ -64,6 +65,8 @@ class Probe:
     databases: Mapping[str, str]  # label ("payments") -> the database's name on the server
     postgres_log: Path | None  # the server's log file: None, statements are not counted
     load_client_pid: int = field(default_factory=os.getpid)
+    # (units, their CPU ns) of the reference work so far (bench/reference.py), if it runs.
+    reference: Callable[[], tuple[int, int]] | None = None
     proc_dir: Path = proc.PROC
 
 
@@ -76,6 +79,7 @@ class Snapshot:
     counters: dict[str, float] = field(default_factory=dict)
     redis_calls: dict[str, int] = field(default_factory=dict)
     client_redis_commands: int = 0  # the load client's own, so far
+    reference: tuple[int, int] = (0, 0)  # reference units done, their CPU ns, so far
 
 
 async def snapshot(probe: Probe, redis: Redis, client_redis_commands: int) -> Snapshot:
@@ -99,6 +103,7 @@ async def snapshot(probe: Probe, redis: Redis, client_redis_commands: int) -> Sn
         counters=found,
         redis_calls=counters.from_commandstats(info),
         client_redis_commands=client_redis_commands,
+        reference=probe.reference() if probe.reference is not None else (0, 0),
     )
 
 
@@ -113,6 +118,7 @@ class Usage:
     counters: dict[str, float]
     redis_calls: dict[str, int]  # by command, the load client's included
     client_redis_commands: int
+    reference_ms: float = math.nan  # CPU ms of one reference unit in the window (NaN: none)
 
 
 def between(a: Snapshot, b: Snapshot, *, ticks_per_s: int) -> Usage:
@@ -133,7 +139,13 @@ def between(a: Snapshot, b: Snapshot, *, ticks_per_s: int) -> Usage:
         # The earlier snapshot's INFO is counted by the later one (a command is counted once
         # it has run), and is the bench's.
         client_redis_commands=b.client_redis_commands - a.client_redis_commands + 1,
+        reference_ms=_reference_ms(a.reference, b.reference),
     )
+
+
+def _reference_ms(a: tuple[int, int], b: tuple[int, int]) -> float:
+    units = b[0] - a[0]
+    return (b[1] - a[1]) / units / 1e6 if units > 0 else math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +189,10 @@ def per_payment(cost: Cost) -> dict[str, float]:
     figures[f"{CPU_UNITS}.total"] = (
         sum(suite_cpu.values()) / client_ms if n and client_ms > 0 else math.nan
     )
+    # The same, in units of a fixed piece of Python work timed beside the suite
+    # (bench/reference.py), which no change to the suite moves.
+    figures[f"{REFERENCE_UNITS}.total"] = each(sum(suite_cpu.values())) / usage.reference_ms
+    figures[f"{REFERENCE_UNITS}.unit_ms"] = usage.reference_ms
     for label in usage.commits:
         figures[f"transactions.{label}"] = each(usage.commits[label] + usage.rollbacks[label])
     figures["transactions.total"] = each(

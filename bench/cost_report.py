@@ -9,7 +9,14 @@ from collections.abc import Mapping
 
 from rich.table import Table
 
-from bench.cost import CPU_UNITS, LOAD_CLIENT, STATEMENT_KINDS, Cost, per_payment
+from bench.cost import (
+    CPU_UNITS,
+    LOAD_CLIENT,
+    REFERENCE_UNITS,
+    STATEMENT_KINDS,
+    Cost,
+    per_payment,
+)
 from bench.figures import Budget
 
 # Budgets for a deposit (design.md §9); the other kinds have none yet.
@@ -23,6 +30,7 @@ DEPOSIT_BUDGETS = {
 _GROUPS = {
     "cpu_ms": "CPU ms",
     CPU_UNITS: "CPU in load-client units",
+    REFERENCE_UNITS: "CPU in reference units",
     "transactions": "PostgreSQL transactions",
     "rollbacks": "PostgreSQL transactions",
     "statements": "SQL statements",
@@ -40,6 +48,8 @@ _DETAILS = {
     f"cpu_ms.{LOAD_CLIENT}": "load client (this process; not in the total)",
     "cpu_ms.total": "total (every process but the load client)",
     f"{CPU_UNITS}.total": "total ÷ load client (steadier between runs than ms)",
+    f"{REFERENCE_UNITS}.total": "total ÷ the reference unit's CPU (bench/reference.py)",
+    f"{REFERENCE_UNITS}.unit_ms": "the reference unit's CPU ms (the machine's speed now)",
     "statements.parses": "parses (extended protocol)",
     "statements.executes": "executes (extended protocol)",
     "statements.simple": "simple-protocol statements",
@@ -53,6 +63,8 @@ _DETAILS = {
 _EVERY_KEY_OF = ("cpu_ms", "transactions", "statements", "http_requests")
 _SHOWN = (
     f"{CPU_UNITS}.total",
+    f"{REFERENCE_UNITS}.total",
+    f"{REFERENCE_UNITS}.unit_ms",
     "rollbacks.total",
     "grpc_calls.total",
     "events_published.total",

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import os
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -27,6 +28,7 @@ from bench import (
     deposits,
     movements,
     pipeline,
+    reference,
     report,
     wallet_bench,
     webhook_bench,
@@ -119,13 +121,17 @@ def run(
     if not target_running:
         console.print("starting a fresh suite on the embedded servers ...")
     suite_cm = running_suite(settings) if target_running else fresh_suite(settings)
-    with suite_cm as suite:
+    with (
+        suite_cm as suite,
+        tempfile.TemporaryDirectory(prefix="paysuite-reference-") as scratch,
+        reference.running(Path(scratch)) as reference_read,
+    ):
         ctx = BenchContext(
             settings=suite.settings,
             options=options,
             run_id=_run_id(),
             token=bench_token(suite.settings),
-            probe=probe_of(suite),
+            probe=dataclasses.replace(probe_of(suite), reference=reference_read),
             wallet_replicas=suite.wallet_replicas or 1,
             more_wallets=suite.more_wallets if suite.can_add_wallets() else None,
         )

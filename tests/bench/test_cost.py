@@ -10,6 +10,7 @@ from bench import cost_report
 from bench.cost import (
     CPU_UNITS,
     LOAD_CLIENT,
+    REFERENCE_UNITS,
     Cost,
     Meter,
     Snapshot,
@@ -84,6 +85,7 @@ def _snapshot(at: float, scale: int) -> Snapshot:
         },
         redis_calls={"xadd": 30 * scale, "xread": 5 * scale},
         client_redis_commands=4 * scale,
+        reference=(20 * scale, 40_000_000 * scale),  # 2 ms a unit
     )
 
 
@@ -120,6 +122,8 @@ def test_per_payment_divides_by_the_payments_completed_in_each_window() -> None:
     assert figures["cpu_ms.total"] == 150.0  # the load client is not in the total
     assert figures[f"cpu_ms.{LOAD_CLIENT}"] == 10.0
     assert figures[f"{CPU_UNITS}.total"] == 15.0  # 150 ms beside the load client's 10
+    assert figures[f"{REFERENCE_UNITS}.unit_ms"] == 2.0
+    assert figures[f"{REFERENCE_UNITS}.total"] == 75.0  # 150 ms in units of 2 ms
     assert figures["transactions.payments"] == 5.0
     assert figures["transactions.wallets"] == 2.0
     assert figures["transactions.total"] == 7.0
