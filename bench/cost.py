@@ -176,7 +176,8 @@ def per_payment(cost: Cost) -> dict[str, float]:
     suite_cpu = {k: v for k, v in usage.cpu_ms.items() if k != LOAD_CLIENT}
     for name, ms in suite_cpu.items():
         figures[f"cpu_ms.{name}"] = each(ms)
-    figures["cpu_ms.total"] = each(sum(suite_cpu.values()))
+    suite_ms = sum(suite_cpu.values())
+    figures["cpu_ms.total"] = each(suite_ms)
     client_ms = usage.cpu_ms.get(LOAD_CLIENT, math.nan)
     figures[f"cpu_ms.{LOAD_CLIENT}"] = each(client_ms)
     # The suite's CPU in units of the load client's: the client does the same work for every
@@ -186,12 +187,10 @@ def per_payment(cost: Cost) -> dict[str, float]:
     # ratio 15.1-16.4: the figure to compare runs by. Not between versions of the bench's
     # client, whose own work it is divided by, nor across a change to when events reach the
     # stream the client reads its completions from (its reads then batch differently).
-    figures[f"{CPU_UNITS}.total"] = (
-        sum(suite_cpu.values()) / client_ms if n and client_ms > 0 else math.nan
-    )
+    figures[f"{CPU_UNITS}.total"] = suite_ms / client_ms if n and client_ms > 0 else math.nan
     # The same, in units of a fixed piece of Python work timed beside the suite
     # (bench/reference.py), which no change to the suite moves.
-    figures[f"{REFERENCE_UNITS}.total"] = each(sum(suite_cpu.values())) / usage.reference_ms
+    figures[f"{REFERENCE_UNITS}.total"] = each(suite_ms) / usage.reference_ms
     figures[f"{REFERENCE_UNITS}.unit_ms"] = usage.reference_ms
     for label in usage.commits:
         figures[f"transactions.{label}"] = each(usage.commits[label] + usage.rollbacks[label])

@@ -170,8 +170,8 @@ class Settings(BaseSettings):
     # How long a relay woken by a commit waits for more commits before it claims their rows
     # (design.md §5: a stage takes what arrived within T ms): fewer claim transactions, each
     # event this much later on its stream; 0 claims at once. Measured in eight interleaved
-    # bench runs (README, Configuration): at 5 ms, 10 % fewer transactions per deposit and
-    # 5-7 % less CPU, for 4-9 ms more from webhook to `completed`.
+    # bench runs (README, Configuration): at 5 ms, 6-10 % fewer transactions per deposit and
+    # about 5 % less CPU, for 4-11 ms more from webhook to `completed` at p50.
     relay_linger_ms: int = Field(default=5, ge=0, le=1000)
     # Published outbox rows are kept this long (for forensics), then purged.
     outbox_retention_s: int = Field(default=86_400, ge=0)

@@ -341,8 +341,8 @@ class OutboxRelay:
                 if self._wake.is_set() and self._linger_s > 0:
                     # Woken by a commit: the commits of the next few milliseconds go in the
                     # same claim. Each claim is a transaction (BEGIN, claim, COMMIT) however
-                    # few rows it finds, and woken at once, the relays made one for about
-                    # every three events (measured: 0.69 claims per deposit of 4 events).
+                    # few rows it finds; woken at once, the relays made 0.72 claims per
+                    # deposit of 4 events, and 0.56 with 5 ms of linger.
                     await wait_any(stop, at_most_s=self._linger_s)
         finally:
             wakers.discard(self._wake)
