@@ -14,6 +14,10 @@ from common.ids import new_id
 from paysuite.events.v1 import events_pb2
 
 PAYMENT_STREAM = "paysuite.payment.events"
+# The payment events the payment service's own saga acts on, and only those
+# (payment_service/service_layer/saga.py:triggers_saga): on the public stream its consumer
+# group was delivered every payment event and acknowledged two of three unread.
+PAYMENT_SAGA_STREAM = "paysuite.payment.saga"
 WALLET_STREAM = "paysuite.wallet.events"
 GATEWAY_STREAM = "paysuite.gateway.events"
 

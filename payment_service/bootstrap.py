@@ -10,7 +10,7 @@ from common import admission as admission_control
 from common.backlog import Group
 from common.bootstrap import LOOP_HEARTBEAT_S, Infra, ServiceDatabase
 from common.config import Settings
-from common.events import GATEWAY_STREAM, PAYMENT_STREAM
+from common.events import GATEWAY_STREAM, PAYMENT_SAGA_STREAM, PAYMENT_STREAM
 from common.grpc.auth import authenticator
 from common.grpc.client import create_channel
 from common.grpc.server import ServiceRuntime, create_server
@@ -18,6 +18,7 @@ from common.supervision import Task
 from common.tokens import ServiceToken
 from payment_service.adapters.change_feed import PaymentChangeFeed
 from payment_service.adapters.clients import GatewayClient, WalletClient
+from payment_service.adapters.legacy_saga_group import LegacySagaGroup
 from payment_service.adapters.uow import PaymentUnitOfWork
 from payment_service.entrypoints.gateway_events import GROUP, GatewayEventsEntrypoint
 from payment_service.entrypoints.grpc_servicer import POLICY, SERVICE_NAME, PaymentServicer
@@ -69,7 +70,7 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         handles=GatewayEventsEntrypoint.handles,
     )
     saga_consumer = infra.consumer(
-        stream=PAYMENT_STREAM,
+        stream=PAYMENT_SAGA_STREAM,
         group=SAGA_GROUP,
         handler=PaymentSagaEntrypoint(saga),
         handles=PaymentSagaEntrypoint.handles,
@@ -80,8 +81,11 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
     resumer = SagaResumer(recovery, after=timedelta(seconds=settings.saga_resume_after_s))
     feed = PaymentChangeFeed(
         infra.redis,
-        stream=settings.stream_prefix + PAYMENT_STREAM,
+        streams=[settings.stream_prefix + s for s in (PAYMENT_STREAM, PAYMENT_SAGA_STREAM)],
         block_ms=settings.consumer_block_ms,
+    )
+    legacy_group = LegacySagaGroup(
+        infra.redis, stream=settings.stream_prefix + PAYMENT_STREAM, group=SAGA_GROUP
     )
     reviews = ReviewService(uow=uow, wallet=wallet, sla=timedelta(seconds=settings.review_sla_s))
     alarm = ReviewSlaAlarm(reviews)
@@ -126,6 +130,11 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
             Task("saga resume sweep", resumer.run, heartbeat_s=resumer.heartbeat_s),
             Task("review SLA alarm", alarm.run, heartbeat_s=alarm.heartbeat_s),
             Task("watch feed", feed.run, heartbeat_s=LOOP_HEARTBEAT_S),
+            Task(
+                "legacy saga group retirement",
+                legacy_group.run,
+                heartbeat_s=legacy_group.every_s + LOOP_HEARTBEAT_S,
+            ),
             *admission_tasks,
         ],
         closers=[infra.close, close_channels],

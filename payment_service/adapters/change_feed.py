@@ -1,7 +1,8 @@
-"""Which payments changed, as the payment events stream tells every replica.
+"""Which payments changed, as the payment streams tell every replica.
 
-One reader per process follows `paysuite.payment.events` with plain XREAD (not a consumer
-group: every replica must see every event) and wakes the watchers of the payments it names.
+One reader per process follows `paysuite.payment.events` and `paysuite.payment.saga` (each
+payment event is on one of them) with plain XREAD (not a consumer group: every replica must
+see every event) and wakes the watchers of the payments it names.
 A watcher therefore learns of a change made by any replica. The feed only says "look again";
 what a watcher sends is always read from the database, so a missed wake-up (Redis restarting)
 costs at most the watcher's re-check interval, never a wrong state.
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.typing import KeyT, StreamIdT
 
 from common.aio import wait_any
 from common.errors import DependencyUnavailable
@@ -32,9 +34,9 @@ IDLE_BEAT_S = 5.0
 
 
 class PaymentChangeFeed:
-    def __init__(self, redis: Redis, *, stream: str, block_ms: int = 1000) -> None:
+    def __init__(self, redis: Redis, *, streams: Sequence[str], block_ms: int = 1000) -> None:
         self._redis = redis
-        self._stream = stream
+        self._streams = tuple(streams)
         self._block_ms = block_ms
         self._watchers: dict[str, set[asyncio.Event]] = {}
         self._watched = asyncio.Event()
@@ -56,7 +58,7 @@ class PaymentChangeFeed:
                 self._watched.clear()
 
     async def run(self, stop: asyncio.Event) -> None:
-        last: str | None = None  # None: resting, or about to resume from the stream's end
+        last: dict[str, str] | None = None  # None: resting, or about to resume from the ends
         while not stop.is_set():
             beat()
             try:
@@ -66,18 +68,18 @@ class PaymentChangeFeed:
                     await wait_any(stop, self._watched, at_most_s=IDLE_BEAT_S)
                     continue
                 if last is None:
-                    # Where the stream ends now, before the watchers look again: any change
-                    # after their look is an entry past this point.
-                    last = await self._stream_end()
+                    # Where the streams end now, before the watchers look again: any change
+                    # after their look is an entry past these points.
+                    last = {stream: await self._stream_end(stream) for stream in self._streams}
                     self._wake_everyone()
                 last = await self._read(last)
             except DependencyUnavailable as exc:
                 log.warning("payment.change_feed_waiting", error=str(exc))
                 await wait_any(stop, at_most_s=1.0)
 
-    async def _stream_end(self) -> str:
+    async def _stream_end(self, stream: str) -> str:
         async with redis_boundary("XREVRANGE"):
-            newest = await self._redis.xrevrange(self._stream, count=1)
+            newest = await self._redis.xrevrange(stream, count=1)
         if not newest:
             return "0-0"
         entry_id = newest[0][0]
@@ -88,16 +90,19 @@ class PaymentChangeFeed:
             for changed in watchers:
                 changed.set()
 
-    async def _read(self, last: str) -> str:
+    async def _read(self, last: dict[str, str]) -> dict[str, str]:
+        positions: dict[KeyT, StreamIdT] = {stream: at for stream, at in last.items()}
         async with redis_boundary("XREAD"):
             # The stubs type the reply of every protocol version; this client speaks RESP2.
             reply: list[Any] = await self._redis.xread(  # type: ignore[assignment]  # RESP2: a list
-                {self._stream: last}, count=500, block=self._block_ms
+                positions, count=500, block=self._block_ms
             )
-        for _stream, entries in reply or ():
+        read = dict(last)
+        for stream, entries in reply or ():
+            name = stream.decode() if isinstance(stream, bytes) else str(stream)
             for entry_id, fields in entries:
-                last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                read[name] = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
                 aggregate = fields.get(b"aggregate_id", b"").decode()
                 for changed in self._watchers.get(aggregate, ()):
                     changed.set()
-        return last
+        return read

@@ -1,12 +1,15 @@
-"""Payment domain events -> protobuf envelopes on paysuite.payment.events."""
+"""Payment domain events -> protobuf envelopes: on paysuite.payment.saga when the saga acts on
+them (`triggers_saga`), on paysuite.payment.events otherwise. Each event is on one of the two;
+a reader of every payment event reads both and orders by `aggregate_version`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from common.events import PAYMENT_STREAM, OutgoingEvent, make_envelope
+from common.events import PAYMENT_SAGA_STREAM, PAYMENT_STREAM, OutgoingEvent, make_envelope
 from common.grpc.convert import money_to_proto
 from payment_service.domain import events
+from payment_service.service_layer.saga import triggers_saga
 from paysuite.events.v1 import events_pb2
 
 PRODUCER = "payment-service"
@@ -39,7 +42,12 @@ def to_outgoing(event: Any) -> OutgoingEvent:
             provider_call=event.provider_call,
         ),
     )
-    return OutgoingEvent(PAYMENT_STREAM, envelope)
+    return _routed(envelope, event.kind)
+
+
+def _routed(envelope: events_pb2.EventEnvelope, kind: str) -> OutgoingEvent:
+    stream = PAYMENT_SAGA_STREAM if triggers_saga(envelope.event_type, kind) else PAYMENT_STREAM
+    return OutgoingEvent(stream, envelope)
 
 
 def _review_requested(event: events.ReviewRequested) -> OutgoingEvent:
@@ -71,4 +79,4 @@ def _step_recorded(event: events.PaymentStepRecorded) -> OutgoingEvent:
             payment_id=event.payment_id, kind=event.kind, step=event.step
         ),
     )
-    return OutgoingEvent(PAYMENT_STREAM, envelope)
+    return _routed(envelope, event.kind)

@@ -1,4 +1,4 @@
-"""Consumes the payment service's own stream to run the saga's next step asynchronously.
+"""Consumes the payment service's saga stream to run the saga's next step asynchronously.
 
 CreateDeposit only commits the payment (with its `payment.initiated` outbox row); this
 consumer, in its own group, turns that durable fact into the gateway charge. Likewise a
@@ -11,20 +11,10 @@ idempotency key.
 from __future__ import annotations
 
 from common.grpc.convert import money_from_proto
-from payment_service.service_layer.saga import Saga
+from payment_service.service_layer.saga import TRIGGERS, Saga
 from paysuite.events.v1 import events_pb2
 
 GROUP = "payment-saga"
-# The saga's triggers; the group acknowledges every other payment event unread (`handles`).
-TRIGGERS = frozenset(
-    {
-        "payment.initiated",
-        "payment.funds_held",
-        "payment.refunding",
-        "payment.compensation_retry",
-        "payment.cancelled",
-    }
-)
 
 
 class PaymentSagaEntrypoint:
@@ -33,6 +23,8 @@ class PaymentSagaEntrypoint:
 
     @staticmethod
     def handles(event_type: str) -> bool:
+        """Its stream carries only triggers (`triggers_saga`); anything else found there is
+        acknowledged unread."""
         return event_type in TRIGGERS
 
     async def __call__(self, envelope: events_pb2.EventEnvelope) -> None:

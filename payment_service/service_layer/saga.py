@@ -33,6 +33,29 @@ log = structlog.get_logger(__name__)
 # Request-path steps an outage interrupted that one process retries itself (`resume_deferred`).
 MAX_DEFERRED = 10_000
 
+# The events whose durable record starts the saga's next asynchronous step.
+TRIGGERS = frozenset(
+    {
+        "payment.initiated",
+        "payment.funds_held",
+        "payment.refunding",
+        "payment.compensation_retry",
+        "payment.cancelled",
+    }
+)
+
+
+def triggers_saga(event_type: str, kind: str) -> bool:
+    """Whether the saga's consumer acts on this event, so that it is written to the saga's
+    stream and to no other: a consumer group is delivered every entry of its stream, and on
+    one stream with the rest the group acknowledged two events of a deposit's three unread.
+    A withdrawal's, transfer's or refund's `payment.initiated` is not a trigger: their first
+    step runs on the request path (the resume sweep covers a crash there)."""
+    if event_type == "payment.initiated":
+        return kind == PaymentKind.DEPOSIT
+    return event_type in TRIGGERS
+
+
 Begun = tuple[Payment, ProviderCall] | None
 
 

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from common import db
-from common.events import GATEWAY_STREAM, PAYMENT_STREAM, WALLET_STREAM
+from common.events import GATEWAY_STREAM, PAYMENT_SAGA_STREAM, PAYMENT_STREAM, WALLET_STREAM
 from paysuite.events.v1 import events_pb2
 from paysuite.payment.v1 import payment_pb2
 from paysuite.wallet.v1 import wallet_pb2
@@ -86,13 +86,13 @@ async def test_deposit_reaches_completed_and_credits_the_wallet(suite: Suite, re
         assert balance.available == usd(1250)
 
     prefix = suite.settings.stream_prefix
-    payment_events = await wait_for_events(redis, prefix + PAYMENT_STREAM, created.payment_id, 3)
-    assert [e.event_type for e in payment_events] == [
-        "payment.initiated",
-        "payment.pending",
-        "payment.completed",
-    ]
-    assert [e.aggregate_version for e in payment_events] == [1, 2, 3]
+    # Each event on one stream: the saga's trigger on its own, the rest on the public one, so
+    # no consumer group is delivered an entry it does not act on.
+    saga_events = await wait_for_events(redis, prefix + PAYMENT_SAGA_STREAM, created.payment_id, 1)
+    assert [(e.event_type, e.aggregate_version) for e in saga_events] == [("payment.initiated", 1)]
+    payment_events = await wait_for_events(redis, prefix + PAYMENT_STREAM, created.payment_id, 2)
+    assert [e.event_type for e in payment_events] == ["payment.pending", "payment.completed"]
+    assert [e.aggregate_version for e in payment_events] == [2, 3]
     completed = events_pb2.PaymentStatusChanged()
     assert payment_events[-1].payload.Unpack(completed)
     assert completed.destination_account_id == account_id

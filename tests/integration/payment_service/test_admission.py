@@ -18,7 +18,7 @@ import pytest
 from redis.asyncio import Redis
 
 from common.auth import Principal, Role
-from common.events import PAYMENT_STREAM
+from common.events import PAYMENT_SAGA_STREAM
 from common.grpc.auth import bearer_channel
 from common.grpc.client import error_info
 from common.grpc.retry_info import retry_delay_s
@@ -139,7 +139,7 @@ async def test_a_backlog_over_the_bound_sheds_creates_and_under_it_they_are_acce
     suite: Suite, redis: Redis
 ) -> None:
     account = await owned_account(suite, "test-owner")
-    stream = suite.settings.stream_prefix + PAYMENT_STREAM
+    stream = suite.settings.stream_prefix + PAYMENT_SAGA_STREAM
     async with replica(suite, admission_max_backlog=5, admission_retry_after_ms=300) as target:
         await until_accepted(target, account)  # whatever earlier tests left has drained
         async with stuck_saga_entries(redis, stream, 8):
