@@ -4,6 +4,8 @@ work, so a change's events reach the outbox in its transaction without any hand-
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -395,6 +397,44 @@ async def test_a_save_without_the_lock_applies_only_to_a_row_still_at_its_versio
             "ref-raced",
         )
         assert await outbox_types(engine, kept.operation_id) == []
+    finally:
+        await engine.dispose()
+
+
+async def save_unchanged(engine: AsyncEngine, answers: list[tuple[Operation, int]]) -> set[str]:
+    async with GatewayUnitOfWork(engine) as uow:
+        return await uow.save_unchanged(answers)
+
+
+async def test_a_save_without_the_lock_takes_its_row_locks_in_id_order(migrated: Settings) -> None:
+    """An unlocked save of two operations given the higher id first, while a webhook batch
+    holds the lower and then asks for both (in id order, as it always locks): the save waits
+    for the lower before it touches the higher, so the batch gets both at once. Locking in
+    the order given, the two deadlocked, and PostgreSQL broke it only after a second."""
+    engine = db.create_engine(DATABASE.url(migrated), pool_size=2)
+    try:
+        low, high = sorted((new_operation(), new_operation()), key=lambda o: o.operation_id)
+        for operation in (high, low):  # the higher first in the table too, for any plan
+            async with GatewayUnitOfWork(engine) as uow:
+                await uow.record_new([operation])
+        answers = []
+        for operation, reference in ((high, "ref-high"), (low, "ref-low")):
+            previous = operation.version
+            assert operation.mark_accepted(reference)
+            answers.append((operation, previous))
+        async with GatewayUnitOfWork(engine) as webhook:
+            await webhook.operations.lock_for_events([], [low.operation_id])
+            save = asyncio.create_task(save_unchanged(engine, answers))
+            await asyncio.sleep(0.3)  # the save is waiting for `low` by now
+            started = time.monotonic()
+            both = await webhook.operations.lock_for_events(
+                [], [low.operation_id, high.operation_id]
+            )
+            waited = time.monotonic() - started
+            await webhook.commit()
+        assert len(both) == 2
+        assert waited < 0.5  # well under deadlock_timeout
+        assert await save == {low.operation_id, high.operation_id}
     finally:
         await engine.dispose()
 
