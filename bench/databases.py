@@ -38,6 +38,9 @@ _WEBHOOK_RECEIVED_AT = (
 )
 
 
+_DEADLOCKS = "SELECT coalesce(sum(deadlocks), 0) FROM pg_stat_database WHERE datname = ANY(%s)"
+
+
 def dsn(settings: Settings, database: ServiceDatabase) -> str:
     return db.libpq_dsn(database.url(settings))
 
@@ -67,3 +70,12 @@ async def _instants(dsn: str, query: str, ids: Sequence[str]) -> dict[str, datet
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         cursor = await conn.execute(query, (list(ids),))
         return {str(key): at for key, at in await cursor.fetchall()}
+
+
+async def deadlocks(dsn: str, databases: Sequence[str]) -> int:
+    """Deadlocks PostgreSQL broke in these databases since its statistics began (a fresh
+    suite's server: this run). Each stalled its transactions for `deadlock_timeout` (1 s)."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cursor = await conn.execute(_DEADLOCKS, (list(databases),))
+        row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0

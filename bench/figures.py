@@ -217,6 +217,14 @@ FIGURES += (
         for q in ("p50", "p99")
     ),
     Figure("wallet_errors", "wallet calls failed", "calls"),
+    # Every path takes its row locks in one order, so a deadlock is a bug: PostgreSQL breaks
+    # it only after `deadlock_timeout`, and that second stalls every payment behind it.
+    Figure(
+        "postgres_deadlocks",
+        "PostgreSQL deadlocks in the suite's databases, whole run",
+        "deadlocks",
+        budget=Budget(at_most=0),
+    ),
     Figure("wallet_replicas", "wallet replicas in the suite", "processes"),
     Figure(
         "wallet_trivial_calls_per_s_2_replicas",

@@ -158,6 +158,10 @@ async def measure_all(
         began = time.perf_counter()
         ctx.figures.update(await section.measure(ctx))
         console.print(f"  done in {time.perf_counter() - began:.1f} s")
+    if ctx.probe is not None:
+        ctx.figures["postgres_deadlocks"] = float(
+            await databases.deadlocks(ctx.probe.database_dsn, list(ctx.probe.databases.values()))
+        )
     console.print("checking every payment and balance ...")
     return await check_money(ctx)
 
