@@ -142,8 +142,9 @@ async def _no_op_consumer(infra: Infra, stream: str, count: int) -> float:
 
 
 async def _skipping_consumer(infra: Infra, stream: str, count: int) -> float:
-    """A group that acts on none of the stream's types, as the saga's group does not act on
-    `payment.pending` or `payment.completed`: what each entry it acknowledges unread costs."""
+    """A group that acts on none of the stream's types (as the saga's group, before its
+    triggers had a stream of their own, did not act on `payment.pending` or
+    `payment.completed`): what each entry it acknowledges unread costs."""
     seen = 0
 
     def handles(_event_type: str) -> bool:
