@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -65,15 +65,18 @@ class Infra:
             redis=Redis.from_url(settings.require_redis_url()),
         )
 
-    def relay_task(self) -> Task:
+    def relay_task(self, *, broadcast: Collection[str] = ()) -> Task:
         """The outbox relay as a supervised task: each round is bounded by a statement or a
-        Redis round trip, so a minute without one is a stall."""
-        return Task("outbox relay", self.relay().run, heartbeat_s=LOOP_HEARTBEAT_S)
+        Redis round trip, so a minute without one is a stall. `broadcast`: the streams it
+        writes that are read without a consumer group (`OutboxRelay`)."""
+        return Task(
+            "outbox relay", self.relay(broadcast=broadcast).run, heartbeat_s=LOOP_HEARTBEAT_S
+        )
 
     def consumer_task(self, consumer: StreamConsumer) -> Task:
         return Task(f"consumer {consumer.group}", consumer.run, heartbeat_s=LOOP_HEARTBEAT_S)
 
-    def relay(self) -> OutboxRelay:
+    def relay(self, *, broadcast: Collection[str] = ()) -> OutboxRelay:
         return OutboxRelay(
             self.engine,
             self.redis,
@@ -83,6 +86,7 @@ class Infra:
             stream_prefix=self.settings.stream_prefix,
             retention=timedelta(seconds=self.settings.outbox_retention_s),
             stream_retention=timedelta(seconds=self.settings.stream_retention_s),
+            broadcast=broadcast,
         )
 
     def consumer(

@@ -23,10 +23,13 @@ Relay contract (safe with any number of replicas, against every service database
 - housekeeping: published rows are purged after `retention` (the outbox table is the
   events' history), and each stream is trimmed (XTRIM MINID) only below what every consumer
   group has acknowledged and older than the stream retention, so an unread entry is never
-  dropped. Trimming runs every fifth of the stream retention (1 s to 60 s), so Redis holds
-  about one retention's worth of events: its memory is bounded by the event rate, not by how
-  long the suite has run. A stream that grows past `stream_alarm_length` is logged as an
-  alarm (and shown by `paysuite outbox status`).
+  dropped. A stream no group reads is left alone (its consumer's group may not exist yet),
+  unless the service names it `broadcast`: read by plain XREAD (the public payment stream:
+  the watch feed, outside subscribers), it keeps the stream retention alone, as a log's
+  readers expect, until a group appears on it. Trimming runs every fifth of the stream
+  retention (1 s to 60 s), so Redis holds about one retention's worth of events: its memory
+  is bounded by the event rate, not by how long the suite has run. A stream that grows past
+  `stream_alarm_length` is logged as an alarm (and shown by `paysuite outbox status`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import base64
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
 
 import structlog
@@ -246,8 +249,10 @@ class OutboxRelay:
         stream_alarm_length: int = 1_000_000,
         housekeeping_interval_s: float = 60.0,
         linger_s: float = 0.0,
+        broadcast: Collection[str] = (),
     ) -> None:
         self._stream_prefix = stream_prefix
+        self._broadcast = frozenset(stream_prefix + stream for stream in broadcast)
         self._linger_s = linger_s
         self._engine = engine
         self._redis = redis
@@ -429,16 +434,18 @@ class OutboxRelay:
 
     async def trim_stream(self, stream: str) -> int:
         """Trims entries every group has acknowledged and that are older than the stream
-        retention; returns how many were removed. A stream without groups is left alone."""
+        retention; returns how many were removed. A stream without groups is left alone,
+        unless it is `broadcast`: then what is older than the retention goes."""
         async with redis_boundary("stream trim"):
             floor = await acknowledged_floor(self._redis, stream)
             length = int(await self._redis.xlen(stream))
             if length > self._stream_alarm_length:
                 log.error("outbox.stream_too_long", stream=stream, length=length)
-            if floor is None:
+            if floor is None and stream not in self._broadcast:
                 return 0
             oldest_kept_ms = int(time.time() * 1000 - self._stream_retention.total_seconds() * 1000)
-            minid = min(floor, (max(oldest_kept_ms, 0), 0))
+            kept: EntryId = (max(oldest_kept_ms, 0), 0)
+            minid = kept if floor is None else min(floor, kept)
             trimmed = await self._redis.xtrim(
                 stream, minid=f"{minid[0]}-{minid[1]}", approximate=False
             )

@@ -123,7 +123,8 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         readiness_checks=[infra.ping_database, infra.ping_redis],
         progress_checks=[infra.outbox_progress()],
         background=[
-            infra.relay_task(),
+            # Read by plain XREAD (the watch feed, outside subscribers), by no group of ours.
+            infra.relay_task(broadcast=[PAYMENT_STREAM]),
             infra.consumer_task(consumer),
             infra.consumer_task(saga_consumer),
             Task("idempotency key purge", housekeeping.run, heartbeat_s=housekeeping.heartbeat_s),

@@ -14,6 +14,7 @@ from common.aio import wait_any
 from common.bootstrap import LOOP_HEARTBEAT_S, Infra, ServiceDatabase
 from common.config import Settings
 from common.errors import DomainError
+from common.events import WALLET_STREAM
 from common.grpc.auth import authenticator
 from common.grpc.server import ServiceRuntime, create_server
 from common.supervision import Task, beat
@@ -103,7 +104,9 @@ async def build(settings: Settings, address: str) -> ServiceRuntime:
         readiness_checks=[infra.ping_database, infra.ping_redis],
         progress_checks=[infra.outbox_progress()],
         background=[
-            infra.relay_task(),
+            # Nobody in the suite reads it (it publishes only the types configured): what it
+            # holds is for outside subscribers, by plain XREAD or groups of their own.
+            infra.relay_task(broadcast=[WALLET_STREAM]),
             Task("hold expiry sweep", sweeper, heartbeat_s=interval_s + LOOP_HEARTBEAT_S),
         ],
         closers=[infra.close],

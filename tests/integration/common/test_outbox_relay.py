@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -345,6 +346,38 @@ async def test_a_stream_is_trimmed_only_below_what_every_group_acknowledged(
     await the_relay.trim_stream(stream)
     kept = [entry_id for entry_id, _ in await redis.xrange(stream)]
     assert kept == ids[4:]
+
+
+async def test_a_broadcast_stream_without_groups_keeps_the_retention_alone(
+    outbox_engine: AsyncEngine, redis: Redis, migrated: Settings
+) -> None:
+    """A stream read by plain XREAD (the public payment stream) has no group to say what it
+    still needs: what is older than the retention goes, as a log's readers expect. Once a
+    group appears on it, its unread entries are kept as on any stream."""
+    name = f"test.{uuid.uuid4()}"
+    stream = migrated.stream_prefix + name
+    ten_minutes_ago = int(time.time() * 1000) - 600_000
+    for i in range(3):
+        await redis.xadd(stream, {"n": str(i)}, id=f"{ten_minutes_ago}-{i}")
+    recent = [await redis.xadd(stream, {"n": str(i)}) for i in range(2)]
+    the_relay = relay(
+        outbox_engine, redis, migrated, stream_retention=timedelta(minutes=1), broadcast=[name]
+    )
+    assert await the_relay.trim_stream(stream) == 3
+    assert [entry_id for entry_id, _ in await redis.xrange(stream)] == recent
+
+    group_stream = migrated.stream_prefix + f"test.{uuid.uuid4()}"
+    for i in range(3):
+        await redis.xadd(group_stream, {"n": str(i)}, id=f"{ten_minutes_ago}-{i}")
+    await redis.xgroup_create(group_stream, "late", id="0")  # has read nothing yet
+    grouped = relay(
+        outbox_engine,
+        redis,
+        migrated,
+        stream_retention=timedelta(minutes=1),
+        broadcast=[group_stream.removeprefix(migrated.stream_prefix)],
+    )
+    assert await grouped.trim_stream(group_stream) == 0
 
 
 async def test_the_stream_retention_keeps_acknowledged_entries_for_a_while(
