@@ -233,7 +233,9 @@ async def _each(
     return done
 
 
-StreamArg = Annotated[str, typer.Argument(help="payment, wallet, gateway or a full stream name")]
+StreamArg = Annotated[
+    str, typer.Argument(help="payment, saga, wallet, gateway or a full stream name")
+]
 EntryArg = Annotated[str | None, typer.Argument(help="The DLQ entry id (see `dlq list`).")]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every entry in the DLQ.")]
 

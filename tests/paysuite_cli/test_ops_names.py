@@ -10,6 +10,7 @@ from paysuite_cli.ops import resolve_stream
     ("given", "prefix", "expected"),
     [
         ("payment", "", "paysuite.payment.events"),
+        ("saga", "t1.", "t1.paysuite.payment.saga"),
         ("gateway", "t1.", "t1.paysuite.gateway.events"),
         ("paysuite.wallet.events", "t1.", "t1.paysuite.wallet.events"),
         ("paysuite.wallet.events.dlq", "", "paysuite.wallet.events"),
