@@ -347,6 +347,17 @@ async def test_new_operations_are_recorded_by_one_statement_committed_on_its_own
         await engine.dispose()
 
 
+def accepted(answers: list[tuple[Operation, str]]) -> list[tuple[Operation, int]]:
+    """Each operation moved on by the provider's answer (accepted under this reference), with
+    the version it was read at: what `save_unchanged` takes."""
+    saved = []
+    for operation, reference in answers:
+        previous = operation.version
+        assert operation.mark_accepted(reference)
+        saved.append((operation, previous))
+    return saved
+
+
 async def test_a_save_without_the_lock_applies_only_to_a_row_still_at_its_version(
     migrated: Settings,
 ) -> None:
@@ -365,11 +376,7 @@ async def test_a_save_without_the_lock_applies_only_to_a_row_still_at_its_versio
             await uow.operations.save(settled)
             await uow.commit()
 
-        answers = []
-        for operation, reference in ((kept, "ref-kept"), (raced, "ref-late")):
-            previous = operation.version
-            assert operation.mark_accepted(reference)
-            answers.append((operation, previous))
+        answers = accepted([(kept, "ref-kept"), (raced, "ref-late")])
         async with GatewayUnitOfWork(engine) as uow:
             saved = await uow.save_unchanged(answers)
         assert saved == {kept.operation_id}
@@ -417,11 +424,7 @@ async def test_a_save_without_the_lock_takes_its_row_locks_in_id_order(migrated:
         for operation in (high, low):  # the higher first in the table too, for any plan
             async with GatewayUnitOfWork(engine) as uow:
                 await uow.record_new([operation])
-        answers = []
-        for operation, reference in ((high, "ref-high"), (low, "ref-low")):
-            previous = operation.version
-            assert operation.mark_accepted(reference)
-            answers.append((operation, previous))
+        answers = accepted([(high, "ref-high"), (low, "ref-low")])
         async with GatewayUnitOfWork(engine) as webhook:
             await webhook.operations.lock_for_events([], [low.operation_id])
             save = asyncio.create_task(save_unchanged(engine, answers))
