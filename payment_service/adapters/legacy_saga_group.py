@@ -6,7 +6,9 @@ would never trim the stream below it (it trims only what every group acknowledge
 pipeline sweep would report it stalled for ever. So it is destroyed once none of its consumers
 has tried to read for `idle_after`: during a rolling upgrade the old replicas still read it,
 and it stays until they are gone. A trigger it held unread belongs to a payment that stopped
-between two steps, which the resume sweep moves on (`SagaResumer`): none is lost.
+between two steps: the resume sweep (`SagaResumer`) moves on those still `initiated` or
+`refunding`, and a cancelled payment's hold is released when it expires (the wallet's hold
+expiry). None is lost; some wait longer.
 """
 
 from __future__ import annotations
