@@ -348,7 +348,7 @@ class StreamConsumer:
         and are skipped by `_dispatch`); the cursor ends once a page comes back short."""
         assert self._own_cursor is not None
         entries = await self._read(self._own_cursor, count, block=None)
-        self._own_cursor = _text(entries[-1][0]) if len(entries) >= count > 0 else None
+        self._own_cursor = as_text(entries[-1][0]) if len(entries) >= count > 0 else None
         return entries
 
     async def _read(self, start: str, count: int, *, block: int | None) -> list[Entry]:
@@ -413,7 +413,7 @@ class StreamConsumer:
             groups, parked = await pipe.execute()
         self._dead_letters.set(int(parked or 0))
         for info in groups or ():
-            if _text(info.get("name") or b"") == self.group:
+            if as_text(info.get("name") or b"") == self.group:
                 self._pending.set(int(info.get("pending") or 0))
                 if info.get("lag") is not None:
                     self._lag.set(int(info["lag"]))
@@ -621,7 +621,8 @@ def _aggregate_key(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
     return aggregate.decode(errors="replace") if aggregate else f"entry:{entry_id.decode()}"
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
+    """A Redis reply's name or id as text (this client does not decode replies)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -633,7 +634,7 @@ def _owned(reply: Any) -> list[tuple[str, str]]:
             continue
         entry_id, owner = item.get("message_id"), item.get("consumer")
         if isinstance(entry_id, bytes | str) and isinstance(owner, bytes | str):
-            owned.append((_text(entry_id), _text(owner)))
+            owned.append((as_text(entry_id), as_text(owner)))
     return owned
 
 

@@ -25,7 +25,7 @@ from redis.typing import KeyT, StreamIdT
 
 from common.aio import wait_any
 from common.errors import DependencyUnavailable
-from common.streams import redis_boundary
+from common.streams import as_text, redis_boundary
 from common.supervision import beat
 
 log = structlog.get_logger(__name__)
@@ -99,9 +99,9 @@ class PaymentChangeFeed:
             )
         read = dict(last)
         for stream, entries in reply or ():
-            name = stream.decode() if isinstance(stream, bytes) else str(stream)
+            name = as_text(stream)
             for entry_id, fields in entries:
-                read[name] = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                read[name] = as_text(entry_id)
                 aggregate = fields.get(b"aggregate_id", b"").decode()
                 for changed in self._watchers.get(aggregate, ()):
                     changed.set()

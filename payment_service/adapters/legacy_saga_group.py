@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 
 from common.aio import wait_any
 from common.errors import DependencyUnavailable
-from common.streams import redis_boundary
+from common.streams import as_text, redis_boundary
 from common.supervision import beat
 
 log = structlog.get_logger(__name__)
@@ -53,7 +53,7 @@ class LegacySagaGroup:
                 groups: list[dict[str, Any]] = await self._redis.xinfo_groups(self._stream)
             except ResponseError:  # no such stream: nothing to retire
                 return False
-            found = next((g for g in groups if _text(g.get("name")) == self._group), None)
+            found = next((g for g in groups if as_text(g["name"]) == self._group), None)
             if found is None:
                 return False
             consumers: list[dict[str, Any]] = await self._redis.xinfo_consumers(
@@ -79,7 +79,3 @@ class LegacySagaGroup:
             except DependencyUnavailable as exc:
                 log.warning("payment.legacy_saga_group_waiting", error=str(exc))
             await wait_any(stop, at_most_s=self.every_s)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
