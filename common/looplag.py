@@ -14,6 +14,7 @@ burst that keeps the loop busy for 200 ms shows as a sample of up to 200 ms, not
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from prometheus_client import Histogram
 
@@ -29,12 +30,17 @@ LOOP_LAG = Histogram(
 )
 
 
-async def watch_loop_lag(stop: asyncio.Event, *, interval_s: float = INTERVAL_S) -> None:
+async def watch_loop_lag(
+    stop: asyncio.Event,
+    *,
+    interval_s: float = INTERVAL_S,
+    observe: Callable[[float], None] = LOOP_LAG.observe,
+) -> None:
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         due = loop.time() + interval_s
         await asyncio.sleep(interval_s)
-        LOOP_LAG.observe(max(0.0, loop.time() - due))
+        observe(max(0.0, loop.time() - due))
         beat()
 
 
