@@ -28,6 +28,7 @@ from prometheus_client.metrics import Counter as CounterType
 
 from common.config import ConfigError, Settings
 from common.grpc.client import RECONNECT_OPTIONS
+from common.grpc.connections import OWN_CONNECTIONS
 from common.grpc.tracing import client_interceptors
 from common.httptrace import tracing_middleware
 from common.metrics import cached
@@ -251,10 +252,12 @@ async def start(settings: Settings, listen: str) -> tuple[web.AppRunner, int]:
     # The webhook routes act as a service; the facade's calls carry their caller's token.
     token = ServiceToken(settings, "webhook-adapter")
     channel = grpc.aio.insecure_channel(
-        settings.gateway_target, options=RECONNECT_OPTIONS, interceptors=client_interceptors(token)
+        settings.gateway_target,
+        options=[*RECONNECT_OPTIONS, *OWN_CONNECTIONS],
+        interceptors=client_interceptors(token),
     )
     payments = grpc.aio.insecure_channel(
-        settings.payment_target, interceptors=client_interceptors()
+        settings.payment_target, options=OWN_CONNECTIONS, interceptors=client_interceptors()
     )
     try:
         app = create_app(settings, channel, payments)

@@ -16,6 +16,7 @@ import grpc
 from common.auth import Access, Principal, denied
 from common.config import Settings
 from common.errors import Unauthenticated
+from common.grpc.connections import OWN_CONNECTIONS
 from common.tokens import TokenVerifier
 
 AUTHORIZATION = "authorization"
@@ -138,6 +139,6 @@ def bearer_channel(target: str, token: str) -> grpc.aio.Channel:
     Round robin, as create_channel: a target naming several replicas spreads calls over them."""
     return grpc.aio.insecure_channel(
         target,
-        options=[("grpc.lb_policy_name", "round_robin")],
+        options=[("grpc.lb_policy_name", "round_robin"), *OWN_CONNECTIONS],
         interceptors=bearer_interceptors(lambda: token),
     )

@@ -23,6 +23,7 @@ from common.errors import (
     InsufficientFunds,
     NotFound,
 )
+from common.grpc.connections import OWN_CONNECTIONS
 from common.grpc.tracing import client_interceptors
 
 # round_robin: a target naming several addresses (`ipv4:host:port,host:port` for `paysuite up`'s
@@ -68,6 +69,7 @@ def channel_options() -> list[tuple[str, str | int]]:
         ("grpc.service_config", _SERVICE_CONFIG),
         ("grpc.keepalive_time_ms", 30_000),
         *RECONNECT_OPTIONS,
+        *OWN_CONNECTIONS,
     ]
 
 

@@ -4,12 +4,18 @@ addresses, so several replicas of a service each take their share of its calls."
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
 from common.config import Settings
+from common.grpc.auth import bearer_channel
 from common.grpc.client import LB_POLICY, channel_options, create_channel
+from common.grpc.server import create_server
+from tests.tokens import make_authenticator, make_token
 
 
 def _service_config() -> dict[str, object]:
@@ -57,3 +63,41 @@ def test_targets_may_be_an_address_or_a_grpc_name_resolver_target(target: str) -
 def test_a_malformed_target_is_refused(target: str) -> None:
     with pytest.raises(ValidationError, match="wallet_target"):
         Settings(wallet_target=target)
+
+
+async def _serve(port: int) -> tuple[grpc.aio.Server, int]:
+    server, bound, _ = create_server(
+        f"127.0.0.1:{port}", registrars=[], service_names=[], auth=make_authenticator()
+    )
+    await server.start()
+    return server, bound
+
+
+async def _check(channel: grpc.aio.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    await stub.Check(health_pb2.HealthCheckRequest())  # type: ignore[attr-defined]  # typeshed stub lists no methods
+
+
+@pytest.mark.parametrize(
+    "open_channel",
+    [create_channel, lambda target: bearer_channel(target, make_token())],
+    ids=["create_channel", "bearer_channel"],
+)
+async def test_a_new_channel_dials_for_itself_where_an_old_one_waits_out_a_backoff(
+    open_channel: Callable[[str], grpc.aio.Channel],
+) -> None:
+    """Port 0 hands a stopped server's port to the next one. A channel of the same kind still
+    open to the old server must not fail a new channel's first call: shared connections made
+    a gateway servicer test fail with UNAVAILABLE once in a full run."""
+    first, port = await _serve(0)
+    async with open_channel(f"127.0.0.1:{port}") as stale:
+        await _check(stale)
+        await first.stop(None)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await _check(stale)  # its connection to the port now waits out gRPC's backoff
+        second, _ = await _serve(port)
+        try:
+            async with open_channel(f"127.0.0.1:{port}") as fresh:
+                await _check(fresh)
+        finally:
+            await second.stop(None)
