@@ -415,9 +415,12 @@ async def test_the_relay_counts_what_it_publishes_and_samples_its_backlog(
     assert await the_relay.publish_batch() == 0
 
     assert REGISTRY.get_sample_value("outbox_published_total") == before + 2
-    # One claim found both rows, the next found none: each a transaction of its own.
+    # One claim found both rows, the next found none: each a transaction of its own. The
+    # counters are the process's: the relays of services other tests left running claim too,
+    # finding nothing while idle, so only the empty claims may have grown by more than ours.
     claims_after = [REGISTRY.get_sample_value("outbox_claims_total", c) or 0.0 for c in claims]
-    assert claims_after == [claims_before[0] + 1, claims_before[1] + 1]
+    assert claims_after[0] == claims_before[0] + 1
+    assert claims_after[1] >= claims_before[1] + 1
     assert await the_relay.sample_backlog() == (0, 0.0)
     assert REGISTRY.get_sample_value("outbox_oldest_unpublished_age_seconds") == 0
 
@@ -461,7 +464,7 @@ async def test_the_trim_survives_consumers_acknowledging_everything_between_its_
     async with outbox_engine.begin() as conn:
         await write_outbox(conn, [event(stream_name, "late")])
     outbox_committed(outbox_engine)
-    for _ in range(100):
+    for _ in range(400):  # 20 s: a round is milliseconds, but a loaded host stalls the loop
         if len(await redis.xrange(stream)) > 1:
             break
         await asyncio.sleep(0.05)
