@@ -44,7 +44,6 @@ from paysuite.common.v1 import money_pb2
 from paysuite.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 W = wallet_pb2
-CHANNELS = 4
 # The figures worth comparing between runs with one and with several wallet replicas.
 COMPARED = (
     "wallet_trivial_calls_per_s",
@@ -121,26 +120,24 @@ async def _closed_loop(step: Step, recorder: _Recorder, duration_s: float, clien
 async def measure(
     wallet_target: str, token: str, *, duration_s: float = 10.0, concurrency: int = 32
 ) -> dict[str, float]:
-    channels = [bearer_channel(wallet_target, token) for _ in range(CHANNELS)]
-    try:
-        baseline = await _trivial_calls_per_s(channels, duration_s / 4, concurrency)
-        figures = await _measure(channels, duration_s=duration_s, concurrency=concurrency)
-    finally:
-        for channel in channels:
-            await channel.close()
+    # One channel, one connection: what each payment replica holds to the wallet. (This used to
+    # open four channels, which gRPC's process-wide connection sharing made one connection; each
+    # channel now keeps its own, see common.grpc.connections.)
+    async with bearer_channel(wallet_target, token) as channel:
+        baseline = await _trivial_calls_per_s(channel, duration_s / 4, concurrency)
+        figures = await _measure(channel, duration_s=duration_s, concurrency=concurrency)
     return {"wallet_trivial_calls_per_s": baseline, **figures}
 
 
 async def _trivial_calls_per_s(
-    channels: list[grpc.aio.Channel], duration_s: float, concurrency: int
+    channel: grpc.aio.Channel, duration_s: float, concurrency: int
 ) -> float:
     """The same clients calling the wallet's health Check: what the transport alone allows."""
     # The typeshed stub declares no methods on HealthStub.
-    checks = [health_pb2_grpc.HealthStub(ch).Check for ch in channels]  # type: ignore[attr-defined]
+    check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]
     recorder = _Recorder()
 
     def step(n: int) -> tuple[str, Awaitable[object]]:
-        check = checks[n // 1_000_000 % len(checks)]
         return "check", check(health_pb2.HealthCheckRequest())
 
     elapsed = await _closed_loop(step, recorder, duration_s, concurrency)
@@ -148,12 +145,9 @@ async def _trivial_calls_per_s(
 
 
 async def _measure(
-    channels: list[grpc.aio.Channel], *, duration_s: float, concurrency: int
+    channel: grpc.aio.Channel, *, duration_s: float, concurrency: int
 ) -> dict[str, float]:
-    stubs: list[wallet_pb2_grpc.WalletServiceAsyncStub] = [
-        wallet_pb2_grpc.WalletServiceStub(ch) for ch in channels
-    ]
-    stub = stubs[0]
+    stub: wallet_pb2_grpc.WalletServiceAsyncStub = wallet_pb2_grpc.WalletServiceStub(channel)
     pairs = [
         (await _open_funded(stub, f"bench-{k}"), await _open_funded(stub, f"bench-{k}"))
         for k in range(concurrency)
@@ -164,18 +158,17 @@ async def _measure(
     def distinct(n: int) -> tuple[str, Awaitable[object]]:
         k, i = divmod(n, 1_000_000)
         a, b = pairs[k]
-        s = stubs[k % len(stubs)]
         match i % 3:
             case 0:
-                return "credit", s.Credit(
+                return "credit", stub.Credit(
                     W.CreditRequest(operation_ref=_ref(), account_id=a, amount=_usd(100))
                 )
             case 1:
-                return "debit", s.Debit(
+                return "debit", stub.Debit(
                     W.DebitRequest(operation_ref=_ref(), account_id=a, amount=_usd(50))
                 )
             case _:
-                return "transfer", s.Transfer(
+                return "transfer", stub.Transfer(
                     W.TransferRequest(
                         operation_ref=_ref(),
                         source_account_id=a,
@@ -185,16 +178,15 @@ async def _measure(
                 )
 
     def hot_step(n: int) -> tuple[str, Awaitable[object]]:
-        s = stubs[n // 1_000_000 % len(stubs)]
         if n % 2:
-            return "hot_debit", s.Debit(
+            return "hot_debit", stub.Debit(
                 W.DebitRequest(operation_ref=_ref(), account_id=hot, amount=_usd(1))
             )
-        return "hot_credit", s.Credit(
+        return "hot_credit", stub.Credit(
             W.CreditRequest(operation_ref=_ref(), account_id=hot, amount=_usd(1))
         )
 
-    client = WalletClient(channels[0], timeout_s=CALL_TIMEOUT_S)
+    client = WalletClient(channel, timeout_s=CALL_TIMEOUT_S)
 
     def batched(n: int) -> tuple[str, Awaitable[object]]:
         k, i = divmod(n, 1_000_000)
