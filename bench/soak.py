@@ -38,7 +38,7 @@ from bench.harness import check_money
 from bench.suite import RunningSuite, fresh_suite
 from bench.watch import CompletionWatcher
 from common.config import Settings
-from common.events import PAYMENT_STREAM
+from common.events import PAYMENT_STREAM, suite_stream_keys
 from devstack import pipeline, supervisor
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 
@@ -128,7 +128,7 @@ async def _load(ctx: BenchContext, duration_s: float, clients: int) -> SoakRepor
         # Every stream of the suite: each is trimmed its own way (by its groups' floor, or by
         # the retention alone when it is read without groups), and each must stay bounded.
         lengths = await pipeline.stream_lengths(
-            to.redis, [ctx.settings.stream_prefix + name for name in pipeline.STREAMS.values()]
+            to.redis, suite_stream_keys(ctx.settings.stream_prefix)
         )
         report.longest_stream, report.longest_stream_name = max(
             ((length, name) for name, length in lengths.items()), default=(0, "")

@@ -33,8 +33,8 @@ from chaos.history import (
 )
 from common import db
 from common.config import Settings
+from common.events import suite_stream_keys
 from devstack import pipeline
-from devstack.pipeline import STREAMS
 from payment_service.bootstrap import DATABASE as PAYMENT_DB
 from payment_service.domain.status import TERMINAL, PaymentStatus
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
@@ -171,14 +171,10 @@ async def _pending_total(settings: Settings) -> int:
     return sum((await _pending(settings)).values())
 
 
-def _streams(settings: Settings) -> list[str]:
-    return [settings.stream_prefix + name for name in STREAMS.values()]
-
-
 async def _pending(settings: Settings) -> dict[str, int]:
     redis = Redis.from_url(settings.require_redis_url(), socket_timeout=CONNECT_TIMEOUT_S)
     try:
-        statuses = await pipeline.pending_status(redis, _streams(settings))
+        statuses = await pipeline.pending_status(redis, suite_stream_keys(settings.stream_prefix))
     finally:
         await redis.aclose()
     return {f"{s.stream}/{g.group}": g.pending for s in statuses for g in s.groups}
@@ -188,7 +184,7 @@ async def _dead_letters(settings: Settings) -> list[DeadLetter]:
     redis = Redis.from_url(settings.require_redis_url(), socket_timeout=CONNECT_TIMEOUT_S)
     try:
         letters = []
-        for stream in _streams(settings):
+        for stream in suite_stream_keys(settings.stream_prefix):
             for letter in await pipeline.dead_letters(redis, stream, limit=1000):
                 letters.append(
                     DeadLetter(stream, letter.field("event_type"), letter.field("error"))

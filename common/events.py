@@ -20,6 +20,19 @@ PAYMENT_STREAM = "paysuite.payment.events"
 PAYMENT_SAGA_STREAM = "paysuite.payment.saga"
 WALLET_STREAM = "paysuite.wallet.events"
 GATEWAY_STREAM = "paysuite.gateway.events"
+# Every stream of the suite, by the short name the CLI takes for it: what the recovery
+# worker's stall sweep, `paysuite events`, the soak and the chaos observer look at.
+SUITE_STREAMS = {
+    "payment": PAYMENT_STREAM,
+    "saga": PAYMENT_SAGA_STREAM,
+    "wallet": WALLET_STREAM,
+    "gateway": GATEWAY_STREAM,
+}
+
+
+def suite_stream_keys(prefix: str) -> list[str]:
+    """The suite's streams as Redis keys under a deployment's `stream_prefix`."""
+    return [prefix + stream for stream in SUITE_STREAMS.values()]
 
 
 def dead_letter_stream(stream: str) -> str:

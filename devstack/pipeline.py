@@ -15,21 +15,7 @@ from redis.asyncio import Redis
 
 from common import db
 from common.config import Settings
-from common.events import (
-    GATEWAY_STREAM,
-    PAYMENT_SAGA_STREAM,
-    PAYMENT_STREAM,
-    WALLET_STREAM,
-    dead_letter_stream,
-)
-
-# The short names the CLI takes for the suite's streams.
-STREAMS = {
-    "payment": PAYMENT_STREAM,
-    "saga": PAYMENT_SAGA_STREAM,
-    "wallet": WALLET_STREAM,
-    "gateway": GATEWAY_STREAM,
-}
+from common.events import dead_letter_stream
 
 CONNECT_TIMEOUT_S = 5
 # Redis 6 reports no lag: count the undelivered entries, up to this many.

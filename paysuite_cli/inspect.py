@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from common.config import Settings
+from common.events import SUITE_STREAMS
 from common.grpc.client import create_channel
 from common.money import Money
-from devstack.pipeline import STREAMS
 from paysuite.events.v1 import events_pb2
 from paysuite.payment.v1 import payment_pb2, payment_pb2_grpc
 from paysuite_cli import credentials
@@ -97,7 +97,7 @@ async def watch_payment(settings: Settings, console: Console, payment_id: str) -
 async def tail_events(
     settings: Settings, console: Console, stream: str, *, from_start: bool, count: int
 ) -> None:
-    name = settings.stream_prefix + STREAMS.get(stream, stream)
+    name = settings.stream_prefix + SUITE_STREAMS.get(stream, stream)
     redis = Redis.from_url(settings.require_redis_url())
     last_id = "0-0" if from_start else "$"
     seen = 0

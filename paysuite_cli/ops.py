@@ -24,10 +24,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from common.config import ConfigError, Settings
-from common.events import dead_letter_stream
+from common.events import SUITE_STREAMS, dead_letter_stream, suite_stream_keys
 from devstack.pipeline import (
     CONNECT_TIMEOUT_S,
-    STREAMS,
     DeadLetter,
     OutboxStatus,
     RedisMemory,
@@ -123,7 +122,7 @@ def _print_stream_lengths(settings: Settings) -> None:
         settings = settings.model_copy(update={"redis_url": settings.require_redis_url()})
     except ConfigError:
         return  # no Redis configured here: the databases are what this command is about
-    streams = [settings.stream_prefix + name for name in STREAMS.values()]
+    streams = suite_stream_keys(settings.stream_prefix)
     lengths = _with_redis(settings, lambda redis: stream_lengths(redis, streams))
     table = Table(title="streams", title_justify="left")
     for column in ("stream", "length", "state"):
@@ -143,7 +142,7 @@ def events_pending(stalled_after: StalledOpt = None) -> None:
     longest idle, dead letters; then Redis memory. `stalled` (exit 1) past the threshold."""
     settings = _settings()
     threshold_ms = int(_threshold(settings, stalled_after) * 1000)
-    streams = [settings.stream_prefix + name for name in STREAMS.values()]
+    streams = suite_stream_keys(settings.stream_prefix)
 
     async def read(redis: Redis) -> tuple[list[StreamStatus], RedisMemory]:
         return await pending_status(redis, streams), await redis_memory(redis)
@@ -187,7 +186,7 @@ def events_pending(stalled_after: StalledOpt = None) -> None:
 def resolve_stream(settings: Settings, stream: str) -> str:
     """`payment`, `paysuite.payment.events` or its `.dlq`, with or without the configured
     stream prefix: the source stream's full name."""
-    name = STREAMS.get(stream, stream).removesuffix(dead_letter_stream(""))
+    name = SUITE_STREAMS.get(stream, stream).removesuffix(dead_letter_stream(""))
     prefix = settings.stream_prefix
     return name if prefix and name.startswith(prefix) else prefix + name
 

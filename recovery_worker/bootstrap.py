@@ -12,7 +12,7 @@ import grpc
 from redis.asyncio import Redis
 
 from common.config import Settings
-from common.events import GATEWAY_STREAM, PAYMENT_SAGA_STREAM, PAYMENT_STREAM, WALLET_STREAM
+from common.events import suite_stream_keys
 from common.grpc.auth import authenticator
 from common.grpc.client import create_channel
 from common.grpc.server import ServiceRuntime
@@ -75,10 +75,7 @@ def build_sweeps(settings: Settings, connections: Connections) -> list[Sweep]:
     payments = GrpcPayments(connections.payment, timeout_s=timeout_s)
     gateway = GrpcGateway(connections.gateway, timeout_s=timeout_s)
     wallet = GrpcWallet(connections.wallet, timeout_s=timeout_s)
-    streams = [
-        settings.stream_prefix + s
-        for s in (PAYMENT_STREAM, PAYMENT_SAGA_STREAM, WALLET_STREAM, GATEWAY_STREAM)
-    ]
+    streams = suite_stream_keys(settings.stream_prefix)
     memory = RedisRungMemory(connections.redis, prefix=settings.stream_prefix)
     stuck_after = Ladder.starting_at(timedelta(seconds=settings.recovery_pending_after_s))
     refunding = Ladder.starting_at(timedelta(seconds=settings.recovery_refunding_after_s))
